@@ -1,0 +1,140 @@
+"""The ``stacchip`` command line. Click commands only: the work is done by functions a
+Python user can call too."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import StacchipError
+
+log = logging.getLogger("stacchip_core")
+
+
+class _Group(click.Group):
+    """Turns every error into one line on stderr and exit code 1: no tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except StacchipError as exc:
+            log.debug("error", exc_info=True)
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # unexpected: still one line; -v shows the traceback
+            log.debug("unexpected error", exc_info=True)
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug and tracebacks).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="stacchip-core")
+def cli(verbose: int, quiet: bool) -> None:
+    """Index STAC items into ML chips and read their pixels."""
+    _setup_logging(verbose, quiet)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """Installed plugins, their versions, platforms and hooks."""
+    from .plugins import plugin_info
+
+    rows = plugin_info()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed")
+    for row in rows:
+        click.echo(f"{row['name']} ({row['distribution']} {row['version']})")
+        click.echo(f"  platforms: {', '.join(row['platforms']) or '-'}")
+        click.echo(f"  hooks: {', '.join(row['hooks'])}")
+
+
+@cli.command()
+@click.argument("item", type=str)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="GeoParquet file to write.")
+@click.option("--platform", help="Platform name (default: from the item's collection).")
+@click.option("--chip-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Drop chips with a larger nodata fraction.")
+@click.option("--no-stats", is_flag=True, help="Index without cloud/nodata statistics (all 0).")
+@click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
+def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath) -> None:
+    """Index the chips of one STAC ITEM (a JSON file or URL) into OUTPUT."""
+    from .index import write_index
+    from .indexer import Indexer
+
+    indexer = Indexer(item, chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
+                      stats=not no_stats, mountpath=mountpath)
+    table = indexer.create_index()
+    write_index(table, output)
+    click.echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, {indexer.x_size} x {indexer.y_size} grid)")
+
+
+@cli.command()
+@click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
+@click.option("--row", type=click.IntRange(min=0), help="Row number in the index.")
+@click.option("--chipid", help="Chip id ({item_id}-{x}-{y}).")
+@click.option("--assets", help="Comma-separated asset keys or band names (default: the platform's bands).")
+@click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz, .tif or .png (RGB preview).")
+def chip(index_path, row, chipid, assets, mountpath, output) -> None:
+    """Read the pixels of one chip of INDEX into OUTPUT."""
+    from .chipper import Chipper, item_for_row
+    from .index import find_row
+    from .output import write_chip
+
+    if (row is None) == (chipid is None):
+        raise click.UsageError("give exactly one of --row or --chipid")
+    record = find_row(index_path, row=row, chipid=chipid)
+    item = item_for_row(record, mountpath)
+    x, y = int(record["chip_index_x"]), int(record["chip_index_y"])
+    with Chipper(item, assets=assets.split(",") if assets else None, mountpath=mountpath,
+                 chip_size=int(record["chip_size"]), platform=_platform_or_none(record["platform"])) as chipper:
+        pixels = chipper.chip(x, y)
+        write_chip(output, pixels, chipper.grid, x, y, chipper.platform, metadata={"chipid": record["chipid"]})
+    shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
+    click.echo(f"{output}: {record['chipid']}: {shapes}")
+
+
+def _platform_or_none(name: str | None):
+    from .plugins import platforms
+
+    return platforms().get(name) if name else None
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+def merge(src, dst) -> None:
+    """Merge the per-item index files under SRC (folder or s3://) into one GeoParquet DST."""
+    from .merge import merge as merge_indexes
+
+    result = merge_indexes(src, dst)
+    click.echo(f"{result['output']}: {result['rows']} chips from {result['files']} index files")
+
+
+def main() -> None:
+    """Entry point: load plugin commands, then run. Plugin load errors are one line too."""
+    from .plugins import get_plugin_manager
+
+    try:
+        get_plugin_manager().hook.stacchip_register_commands(cli=cli)
+    except StacchipError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    cli(prog_name="stacchip")

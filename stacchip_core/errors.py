@@ -1,0 +1,22 @@
+"""Exceptions. Everything stacchip raises on bad input is a StacchipError, so the
+CLI can print it as one line and callers can catch one type."""
+
+
+class StacchipError(Exception):
+    """Base class for errors caused by input, configuration or data."""
+
+
+class ProjectionError(StacchipError):
+    """The item has no usable projection, or its CRS is not in metres."""
+
+
+class PlatformError(StacchipError):
+    """No installed plugin provides the platform, or it has no statistics."""
+
+
+class AssetError(StacchipError):
+    """An asset is missing, unreadable, or does not align with the chip grid."""
+
+
+class PluginError(StacchipError):
+    """A plugin failed to load or implements a hook that does not exist."""

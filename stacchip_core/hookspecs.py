@@ -1,0 +1,95 @@
+"""The hooks a stacchip plugin can implement. These docstrings are the plugin author's manual.
+
+A plugin is a module (or package) registered under the entry-point group ``stacchip``::
+
+    [project.entry-points.stacchip]
+    mysource = "stacchip_mysource"
+
+and implements any of the hooks below with ``@stacchip_core.hookimpl``. An implementation
+may accept any subset of a hook's arguments, by name. Hooks marked *first result* stop at
+the first implementation that returns something other than ``None``: return ``None`` for
+platforms that are not yours, and mark an implementation ``@hookimpl(tryfirst=True)`` to
+override an installed plugin's behaviour for its platform without forking it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    import pystac
+
+    from .grid import ChipGrid
+    from .platform import Platform
+    from .raster import AssetReader
+    from .stats import ChipStats
+
+hookspec = pluggy.HookspecMarker("stacchip")
+hookimpl = pluggy.HookimplMarker("stacchip")
+
+
+@hookspec
+def stacchip_platforms() -> list[Platform]:
+    """Declare the platforms this plugin provides.
+
+    Return a list of :class:`stacchip_core.Platform`: the platform ``name`` (it names
+    bucket folders and the index's ``platform`` column), the STAC ``collections`` whose
+    items belong to it (used to pick the platform of an item), the model ``bands`` in
+    canonical order with the asset-key ``aliases`` catalogs use for them, auxiliary
+    layers (``aux``, e.g. a cloud mask), the ``nodata`` pixel value and the default
+    ``chip_size``. Platform names must be unique across installed plugins.
+    """
+
+
+@hookspec(firstresult=True)
+def stacchip_chip_stats(
+    platform: Platform, item: pystac.Item, grid: ChipGrid, read_asset: AssetReader
+) -> ChipStats | None:
+    """Cloud and nodata fractions for every chip of ``item`` at once (*first result*).
+
+    Called once per item, never once per chip. ``grid`` is the item's chip grid on its
+    finest asset. Read the quality layer with ``read_asset(name)``: it resolves ``name``
+    through the platform's aliases, reads the whole band at its **native** resolution
+    and returns ``NativeBand(data, factor)``, where ``factor`` is how many grid pixels
+    one native pixel spans (2 for a 20 m layer on a 10 m grid). Turn masks into per-chip
+    fractions with ``grid.chip_fractions(mask, factor)``, and build masks with
+    :func:`stacchip_core.class_mask` / :func:`stacchip_core.bit_mask`.
+
+    Return :class:`stacchip_core.ChipStats` with arrays of shape
+    ``(grid.y_size, grid.x_size)``, or ``None`` when ``platform`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def stacchip_select_items(platform: Platform, sample: Any, catalog: Any) -> list[pystac.Item] | None:
+    """The STAC items to process for one sample location (*first result*).
+
+    ``sample`` is one row of the sample source (its index, geometry and attributes);
+    ``catalog`` is a STAC API client (``pystac_client.Client``-like) whose endpoint is a
+    setting. Seed any randomness from the sample index so that a rerun of the same
+    job selects the same items. Return ``None`` when ``platform`` is not yours.
+    """
+
+
+@hookspec(firstresult=True)
+def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Any, prefix: str) -> pystac.Item | None:
+    """Bring one selected item into the target store (*first result*).
+
+    Keep the assets the platform needs, copy (or resample) them into ``store`` under
+    ``prefix`` and return a copy of ``item`` whose hrefs point at the copies. Must be
+    idempotent: objects already present in the store are not copied again. Return
+    ``None`` when ``platform`` is not yours.
+    """
+
+
+@hookspec
+def stacchip_register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``stacchip`` command line.
+
+    ``cli`` is the top-level :class:`click.Group`; call ``cli.command()`` or
+    ``cli.add_command()`` on it. Raise :class:`stacchip_core.StacchipError` for bad
+    input so that the user sees one clear line instead of a traceback.
+    """

@@ -1,0 +1,163 @@
+"""The chip index: its schema, its GeoParquet 1.1 metadata, reading and writing it."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+
+from .grid import CRS84
+
+GEOPARQUET_VERSION = "1.1.0"
+
+BBOX_TYPE = pa.struct(
+    [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
+)
+
+SCHEMA = pa.schema(
+    [
+        ("chipid", pa.string()),
+        ("platform", pa.string()),
+        ("item_id", pa.string()),
+        ("item_href", pa.string()),  # where the item JSON lives: the chipper finds pixels from here
+        ("date", pa.date32()),
+        ("datetime", pa.timestamp("us", tz="UTC")),
+        ("chip_index_x", pa.int32()),
+        ("chip_index_y", pa.int32()),
+        ("chip_size", pa.int32()),
+        ("cloud_cover_percentage", pa.float32()),  # a fraction 0-1; name kept from stacchip 0.1
+        ("nodata_percentage", pa.float32()),  # a fraction 0-1
+        ("geometry", pa.binary()),  # WKB polygon, OGC:CRS84
+        ("bbox", BBOX_TYPE),  # GeoParquet 1.1 covering column
+    ]
+)
+
+
+def geo_metadata(bounds: np.ndarray) -> dict:
+    """The GeoParquet ``geo`` metadata for a table of chip polygons with ``bounds`` (n, 4)."""
+    if len(bounds):
+        bbox = [float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max())]
+    else:
+        bbox = []
+    column = {
+        "encoding": "WKB",
+        "geometry_types": ["Polygon"],
+        "crs": CRS84.to_json_dict(),
+        "orientation": "counterclockwise",
+        "edges": "planar",
+        "covering": {
+            "bbox": {
+                "xmin": ["bbox", "xmin"],
+                "ymin": ["bbox", "ymin"],
+                "xmax": ["bbox", "xmax"],
+                "ymax": ["bbox", "ymax"],
+            }
+        },
+    }
+    if bbox:
+        column["bbox"] = bbox
+    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+
+
+def with_geo_metadata(table: pa.Table, bounds: np.ndarray | None = None) -> pa.Table:
+    """Attach ``geo`` metadata, computing the overall bbox from the covering column if needed."""
+    if bounds is None:
+        bbox = table.column("bbox").combine_chunks()
+        bounds = np.stack([bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1) if len(table) else np.empty((0, 4))
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = json.dumps(geo_metadata(bounds)).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def build_table(
+    *,
+    item_id: str,
+    item_href: str | None,
+    platform: str,
+    when: datetime,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    chip_size: int,
+    cloud: np.ndarray,
+    nodata: np.ndarray,
+    polygons: np.ndarray,
+    bounds: np.ndarray,
+) -> pa.Table:
+    """One row per chip, from arrays; no per-chip Python work but the chip id strings."""
+    n = len(xs)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    xs_str = xs.astype(str)
+    ys_str = ys.astype(str)
+    chipids = np.char.add(np.char.add(np.char.add(f"{item_id}-", xs_str), "-"), ys_str)
+    columns = {
+        "chipid": pa.array(chipids.tolist() if n else [], pa.string()),
+        "platform": pa.array([platform] * n, pa.string()),
+        "item_id": pa.array([item_id] * n, pa.string()),
+        "item_href": pa.array([item_href] * n, pa.string()),
+        "date": pa.array([when.date()] * n, pa.date32()),
+        "datetime": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        "chip_index_x": pa.array(xs, pa.int32()),
+        "chip_index_y": pa.array(ys, pa.int32()),
+        "chip_size": pa.array(np.full(n, chip_size), pa.int32()),
+        "cloud_cover_percentage": pa.array(cloud, pa.float32()),
+        "nodata_percentage": pa.array(nodata, pa.float32()),
+        "geometry": pa.array(shapely.to_wkb(polygons).tolist() if n else [], pa.binary()),
+        "bbox": pa.StructArray.from_arrays(
+            [pa.array(bounds[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)
+        ),
+    }
+    table = pa.table(columns, schema=SCHEMA)
+    return with_geo_metadata(table, bounds)
+
+
+def atomic_path(path: str | Path) -> Path:
+    """A temporary sibling of ``path``; publish it with os.replace once complete."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_index(table: pa.Table, path: str | Path) -> Path:
+    """Write an index table as GeoParquet, atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if b"geo" not in (table.schema.metadata or {}):
+        table = with_geo_metadata(table)
+    tmp = atomic_path(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_index(path: str | Path, **kwargs) -> pa.Table:
+    """Read an index (a file, or a folder of files) as one pyarrow Table."""
+    return pq.read_table(path, **kwargs)
+
+
+def find_row(path: str | Path, row: int | None = None, chipid: str | None = None) -> dict:
+    """One row of an index (by row number or chip id) as a dict."""
+    import pyarrow.compute as pc
+
+    from .errors import StacchipError
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise StacchipError(f"{path} is not a readable index: {exc}") from None
+    if chipid is not None:
+        table = table.filter(pc.equal(table.column("chipid"), chipid))
+        if len(table) == 0:
+            raise StacchipError(f"chip {chipid!r} is not in {path}")
+        return table.slice(0, 1).to_pylist()[0]
+    if row is None or not 0 <= row < len(table):
+        raise StacchipError(f"row {row} is out of range: {path} has {len(table)} rows")
+    return table.slice(row, 1).to_pylist()[0]

@@ -1,0 +1,109 @@
+"""Writing chips to files: .npz arrays, a georeferenced GeoTIFF, an RGB PNG preview."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from .errors import StacchipError
+from .grid import ChipGrid
+from .platform import Platform
+
+
+def band_stack(chip: dict[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
+    """All bands of a chip in one (bands, cs, cs) array, with a name per band.
+
+    Bands take their canonical names where the platform declares them (NAIP's
+    ``image`` asset gives red, green, blue, nir), else ``asset`` or ``asset_N``.
+    """
+    arrays, names = [], []
+    for key, array in chip.items():
+        for i in range(array.shape[0]):
+            names.append(_band_name(platform, key, i + 1, array.shape[0]))
+        arrays.append(array)
+    dtype = np.result_type(*[a.dtype for a in arrays])
+    return np.concatenate([a.astype(dtype, copy=False) for a in arrays]), names
+
+
+def _band_name(platform: Platform | None, key: str, index: int, count: int) -> str:
+    if platform is not None:
+        for band in platform.bands + platform.aux:
+            if key in band.keys or key.lower() in (k.lower() for k in band.keys):
+                if band.index == index:
+                    return band.name
+    return key if count == 1 else f"{key}_{index}"
+
+
+def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
+    """An RGB uint8 image (3, h, w) from red/green/blue bands (else the first ones),
+    each stretched between its 2nd and 98th percentile of valid pixels."""
+    wanted = [names.index(b) for b in ("red", "green", "blue") if b in names]
+    if len(wanted) != 3:
+        wanted = list(range(min(3, len(names))))
+        wanted += [wanted[-1]] * (3 - len(wanted))
+    rgb = stack[wanted].astype(np.float64)
+    valid = np.ones(rgb.shape[1:], bool) if nodata is None else ~np.all(stack[wanted] == nodata, axis=0)
+    out = np.zeros(rgb.shape, np.uint8)
+    for i in range(3):
+        values = rgb[i][valid]
+        if values.size == 0:
+            continue
+        lo, hi = np.percentile(values, [2, 98])
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        out[i] = np.clip((rgb[i] - lo) * scale, 0, 255).astype(np.uint8)
+        out[i][~valid] = 0
+    return out
+
+
+def write_chip(
+    path: str | Path,
+    chip: dict[str, np.ndarray],
+    grid: ChipGrid,
+    x: int,
+    y: int,
+    platform: Platform | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write a chip as .npz (one array per asset), .tif (all bands, georeferenced) or
+    .png (RGB preview), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".tif", ".tiff", ".png"):
+        raise StacchipError(f"unsupported output {path.name!r}: use .npz, .tif or .png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
+    try:
+        if suffix == ".npz":
+            extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **chip, **extra)
+        else:
+            stack, names = band_stack(chip, platform)
+            if suffix == ".png":
+                nodata = platform.nodata if platform else None
+                stack, names = stretch_rgb(stack, names, nodata), ["red", "green", "blue"]
+                profile = {"driver": "PNG"}
+            else:
+                transform = window_transform(Window(*grid.window(x, y)), grid.transform)
+                profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform,
+                           "compress": "deflate", "tiled": stack.shape[1] % 16 == 0,
+                           "blockxsize": min(256, stack.shape[2]), "blockysize": min(256, stack.shape[1])}
+            with rasterio.open(
+                tmp, "w", count=stack.shape[0], height=stack.shape[1], width=stack.shape[2],
+                dtype=stack.dtype, **profile,
+            ) as dst:
+                dst.write(stack)
+                if suffix != ".png":
+                    for i, name in enumerate(names, start=1):
+                        dst.set_band_description(i, name)
+                    dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
+    return path

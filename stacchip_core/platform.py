@@ -1,0 +1,85 @@
+"""What a plugin declares about one imagery platform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pystac
+
+
+@dataclass(frozen=True)
+class Band:
+    """One canonical band (or auxiliary layer) of a platform.
+
+    ``aliases`` are the other asset keys that catalogs use for it (Earth Search calls
+    the Sentinel-2 red band ``red``, Planetary Computer ``B04``). ``index`` is the
+    1-based band inside the asset, for multi-band assets such as NAIP's ``image``.
+    """
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    index: int = 1
+    asset: str | None = None  # asset key when it differs from the band name (multi-band assets)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Asset keys to try, in order."""
+        first = (self.asset,) if self.asset else (self.name,)
+        return first + tuple(k for k in self.aliases if k not in first)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A platform a plugin provides.
+
+    ``name`` names folders in buckets and the ``platform`` column of the index.
+    ``collections`` are the STAC collection ids whose items belong to it.
+    ``bands`` are the model input bands in canonical order; ``aux`` are layers that are
+    read for statistics but are not model input (SCL, QA). ``nodata`` is the pixel value
+    that marks missing data in the bands (None when the data has none).
+    """
+
+    name: str
+    collections: tuple[str, ...] = ()
+    bands: tuple[Band, ...] = ()
+    aux: tuple[Band, ...] = ()
+    nodata: float | int | None = None
+    chip_size: int = 256
+    description: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b.name for b in self.bands]
+
+    def find(self, name: str) -> Band | None:
+        """The band or aux layer called ``name`` (canonical name or any alias)."""
+        for band in self.bands + self.aux:
+            if name == band.name or name in band.keys:
+                return band
+        return None
+
+    def asset_key(self, item: pystac.Item, name: str) -> str | None:
+        """The key under which ``item`` holds band/layer ``name``, trying every alias.
+
+        Unknown names are looked up as plain asset keys. Matching ignores case, since
+        catalogs disagree (``scl`` vs ``SCL``).
+        """
+        band = self.find(name)
+        candidates = band.keys if band else (name,)
+        lower = {k.lower(): k for k in item.assets}
+        for key in candidates:
+            if key in item.assets:
+                return key
+            if key.lower() in lower:
+                return lower[key.lower()]
+        return None
+
+    def asset_keys(self, item: pystac.Item) -> dict[str, str]:
+        """Canonical band name -> asset key, for the bands this item has."""
+        found = {}
+        for band in self.bands:
+            key = self.asset_key(item, band.name)
+            if key is not None:
+                found[band.name] = key
+        return found

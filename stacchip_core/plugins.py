@@ -1,0 +1,121 @@
+"""The one place that loads plugins: entry points of the group ``stacchip``.
+
+``STACCHIP_PLUGINS`` restricts which entry points load: a comma-separated list of
+entry-point names (``sentinel2,naip``); an empty value loads none. Unset loads all.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+from functools import lru_cache
+
+import pluggy
+import pystac
+
+from . import hookspecs
+from .errors import PlatformError, PluginError
+from .platform import Platform
+
+log = logging.getLogger(__name__)
+
+GROUP = "stacchip"
+ALLOW_ENV = "STACCHIP_PLUGINS"
+
+# entry-point name -> (distribution, version) of the plugins loaded
+_DISTRIBUTIONS: dict[str, tuple[str, str]] = {}
+
+
+def _allowed() -> set[str] | None:
+    value = os.environ.get(ALLOW_ENV)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+@lru_cache(maxsize=1)
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, loaded on first use."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    allowed = _allowed()
+    for ep in importlib.metadata.entry_points(group=GROUP):
+        if allowed is not None and ep.name not in allowed:
+            log.debug("plugin %s not loaded (%s=%s)", ep.name, ALLOW_ENV, os.environ[ALLOW_ENV])
+            continue
+        if pm.get_plugin(ep.name) is not None:
+            continue  # the same distribution seen twice on sys.path
+        try:
+            module = ep.load()
+        except Exception as exc:  # a broken plugin must name itself
+            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        pm.register(module, name=ep.name)
+        _DISTRIBUTIONS[ep.name] = (ep.dist.name, ep.dist.version) if ep.dist else (ep.value, "?")
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{exc} (misspelt hook name? see stacchip_core/hookspecs.py)") from exc
+    return pm
+
+
+def reset() -> None:
+    """Forget loaded plugins (after changing STACCHIP_PLUGINS or installing one)."""
+    get_plugin_manager.cache_clear()
+    platforms.cache_clear()
+    _DISTRIBUTIONS.clear()
+
+
+@lru_cache(maxsize=1)
+def platforms() -> dict[str, Platform]:
+    """All declared platforms by name."""
+    found: dict[str, Platform] = {}
+    for declared in get_plugin_manager().hook.stacchip_platforms():
+        for platform in declared or ():
+            if platform.name in found:
+                raise PluginError(f"platform {platform.name!r} is declared by two plugins")
+            found[platform.name] = platform
+    return found
+
+
+def _installed() -> str:
+    names = sorted(platforms())
+    return ", ".join(names) if names else "none (install a source plugin, e.g. stacchip-sentinel2)"
+
+
+def get_platform(name: str) -> Platform:
+    """The platform called ``name``; a clear error naming the installed ones otherwise."""
+    try:
+        return platforms()[name]
+    except KeyError:
+        raise PlatformError(f"unknown platform {name!r}; installed platforms: {_installed()}") from None
+
+
+def platform_for_item(item: pystac.Item) -> Platform:
+    """The platform whose collections include the item's collection."""
+    collection = item.collection_id
+    for platform in platforms().values():
+        if collection and collection in platform.collections:
+            return platform
+    raise PlatformError(
+        f"no installed platform claims collection {collection!r} of item {item.id!r}; "
+        f"name one with --platform (installed platforms: {_installed()}) or ask for no statistics"
+    )
+
+
+def plugin_info() -> list[dict]:
+    """Installed plugins: name, distribution, version, platforms and implemented hooks."""
+    pm = get_plugin_manager()
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        declared = []
+        if hasattr(plugin, "stacchip_platforms"):
+            declared = [p.name for p in plugin.stacchip_platforms() or []]
+        dist, version = _DISTRIBUTIONS.get(name, (name, "?"))
+        rows.append(
+            {"name": name, "distribution": dist, "version": version, "platforms": declared, "hooks": hooks}
+        )
+    return rows

@@ -1,0 +1,163 @@
+"""Reading rasters: href resolution, GDAL environment, open-handle cache, native and chip reads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pyproj
+import pystac
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from .errors import AssetError
+from .grid import ChipGrid, integer_factor
+from .platform import Platform
+from .settings import gdal_options
+
+log = logging.getLogger(__name__)
+
+
+def resolve_href(href: str, mountpath: str | Path | None = None) -> str:
+    """Where to open ``href``: a local path, or a URL GDAL reads (s3://, https://).
+
+    With a ``mountpath``, remote hrefs map to ``mountpath/<path of the URL>``: the key of
+    ``s3://bucket/key``, as when the bucket is mounted at ``mountpath``.
+    """
+    url = urlparse(href)
+    if url.scheme == "file":
+        return url.path
+    if mountpath and url.scheme in ("s3", "http", "https", "gs", "az"):
+        return str(Path(mountpath) / url.path.lstrip("/"))
+    return href
+
+
+def asset_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
+    return resolve_href(asset.get_absolute_href() or asset.href, mountpath)
+
+
+def gdal_env() -> rasterio.Env:
+    return rasterio.Env(**gdal_options())
+
+
+@dataclass(frozen=True)
+class NativeBand:
+    """A band read at its own resolution; ``factor`` grid pixels per band pixel."""
+
+    data: np.ndarray
+    factor: int
+
+
+class DatasetCache:
+    """Open rasterio datasets by href, one set per thread (GDAL handles are not thread-safe)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    def open(self, href: str):
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = {}
+        ds = handles.get(href)
+        if ds is None:
+            try:
+                ds = rasterio.open(href)
+            except RasterioError as exc:
+                raise AssetError(f"cannot open {href}: {exc}") from None
+            handles[href] = ds
+            with self._lock:
+                self._all.append(ds)
+        return ds
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._all:
+                ds.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def grid_factor(ds, grid: ChipGrid, name: str) -> int:
+    """Grid pixels per dataset pixel, checking CRS, integer ratio, origin and coverage."""
+    t = ds.transform
+    try:
+        fx = integer_factor(t.a, grid.transform.a, f"asset {name!r}")
+        fy = integer_factor(t.e, grid.transform.e, f"asset {name!r}")
+    except ValueError as exc:
+        raise AssetError(str(exc)) from None
+    if fx != fy:
+        raise AssetError(f"asset {name!r} has different x ({fx}) and y ({fy}) resolution factors")
+    tol = 0.01 * grid.resolution
+    if abs(t.c - grid.transform.c) > tol or abs(t.f - grid.transform.f) > tol:
+        raise AssetError(
+            f"asset {name!r} is misaligned: origin ({t.c}, {t.f}) vs grid ({grid.transform.c}, {grid.transform.f})"
+        )
+    if ds.width * fx < grid.x_size * grid.chip_size or ds.height * fy < grid.y_size * grid.chip_size:
+        raise AssetError(
+            f"asset {name!r} ({ds.height} x {ds.width} px at factor {fx}) does not cover the "
+            f"grid ({grid.shape[0]} x {grid.shape[1]} px)"
+        )
+    if ds.crs is not None and not pyproj.CRS.from_user_input(ds.crs.to_wkt()).equals(
+        grid.crs, ignore_axis_order=True
+    ):
+        raise AssetError(f"asset {name!r} is in {ds.crs}, the item in {grid.crs.to_string()}")
+    return fx
+
+
+def read_chip_window(ds, grid: ChipGrid, factor: int, x: int, y: int, indexes=None) -> np.ndarray:
+    """Pixels of chip (x, y), read at the dataset's native resolution and expanded by
+    nearest neighbour to ``chip_size`` a side. Shape (bands, cs, cs)."""
+    col0, row0, cs, _ = grid.window(x, y)
+    if factor == 1:
+        return ds.read(indexes, window=Window(col0, row0, cs, cs))
+    # native pixels that the chip touches (a 60 m pixel may straddle two 10 m chips)
+    r_start, r_stop = row0 // factor, (row0 + cs - 1) // factor + 1
+    c_start, c_stop = col0 // factor, (col0 + cs - 1) // factor + 1
+    block = ds.read(indexes, window=Window(c_start, r_start, c_stop - c_start, r_stop - r_start))
+    rows = (row0 + np.arange(cs)) // factor - r_start
+    cols = (col0 + np.arange(cs)) // factor - c_start
+    return block[:, rows[:, None], cols[None, :]]
+
+
+class AssetReader:
+    """``read_asset(name)`` as handed to the stats hook: whole band, native resolution."""
+
+    def __init__(self, item: pystac.Item, grid: ChipGrid, platform: Platform | None, mountpath=None):
+        self.item, self.grid, self.platform, self.mountpath = item, grid, platform, mountpath
+
+    def key(self, name: str) -> str:
+        key = self.platform.asset_key(self.item, name) if self.platform else None
+        if key is None and name in self.item.assets:
+            key = name
+        if key is None:
+            raise AssetError(
+                f"item {self.item.id!r} has no asset {name!r} (assets: {', '.join(self.item.assets)})"
+            )
+        return key
+
+    def __call__(self, name: str, band: int = 1) -> NativeBand:
+        key = self.key(name)
+        href = asset_href(self.item.assets[key], self.mountpath)
+        log.info("reading %s of %s at native resolution", key, self.item.id)
+        with gdal_env():
+            try:
+                with rasterio.open(href) as ds:
+                    factor = grid_factor(ds, self.grid, key)
+                    block = self.grid.chip_size // factor if self.grid.chip_size % factor == 0 else None
+                    if block is None:
+                        raise AssetError(
+                            f"chip size {self.grid.chip_size} is not a multiple of asset {key!r}'s factor {factor}"
+                        )
+                    # only the part the chips cover
+                    window = Window(0, 0, self.grid.x_size * block, self.grid.y_size * block)
+                    data = ds.read(band, window=window)
+            except RasterioError as exc:
+                raise AssetError(f"cannot read asset {key!r} ({href}): {exc}") from None
+        return NativeBand(data, factor)

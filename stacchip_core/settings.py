@@ -1,0 +1,46 @@
+"""Settings read from the environment: endpoints and GDAL options for cloud reads."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+# boto3 honours AWS_ENDPOINT_URL(_S3) itself; GDAL needs its own spelling of the endpoint.
+S3_ENDPOINT_VARS = ("STACCHIP_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+GDAL_DEFAULTS = {
+    # a COG is one file: never list its "directory" (slow on S3, can hang on some servers)
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MAX_RETRY": "4",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "VSI_CACHE": "TRUE",
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+}
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint URL set for this process, or None for AWS itself."""
+    for var in S3_ENDPOINT_VARS:
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def gdal_options() -> dict[str, str]:
+    """GDAL config options: defaults, then the S3 endpoint translated for GDAL."""
+    options = dict(GDAL_DEFAULTS)
+    endpoint = s3_endpoint()
+    if endpoint:
+        url = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options["AWS_S3_ENDPOINT"] = url.netloc
+        options["AWS_HTTPS"] = "NO" if url.scheme == "http" else "YES"
+        options["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    if os.environ.get("STACCHIP_REQUESTER_PAYS", "").lower() in ("1", "true", "yes"):
+        options["AWS_REQUEST_PAYER"] = "requester"
+    # explicit GDAL settings in the environment win over our defaults
+    for key in list(options):
+        if key in os.environ:
+            options[key] = os.environ[key]
+    return options

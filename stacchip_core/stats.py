@@ -1,0 +1,58 @@
+"""The per-chip statistics a platform plugin returns, and fast mask helpers for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ChipStats:
+    """Cloud and nodata fractions (0-1) for every chip of a grid.
+
+    Both arrays have the grid's shape in chips, ``(y_size, x_size)``: element
+    ``[y, x]`` belongs to chip ``(x, y)``.
+    """
+
+    cloud: np.ndarray
+    nodata: np.ndarray
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, int]) -> ChipStats:
+        """No clouds and no nodata anywhere (sources without a quality layer)."""
+        return cls(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+    def check(self, shape: tuple[int, int]) -> ChipStats:
+        """Validate against the grid's chip shape; return float32 copies."""
+        cloud = np.asarray(self.cloud, dtype=np.float32)
+        nodata = np.asarray(self.nodata, dtype=np.float32)
+        for name, arr in (("cloud", cloud), ("nodata", nodata)):
+            if arr.shape != tuple(shape):
+                raise ValueError(
+                    f"stats hook returned {name} of shape {arr.shape}, expected {tuple(shape)}"
+                )
+        return ChipStats(cloud, nodata)
+
+
+def class_mask(data: np.ndarray, classes: Iterable[int]) -> np.ndarray:
+    """Boolean mask of pixels whose value is in ``classes`` (e.g. SCL cloud classes).
+
+    Uses a lookup table for 8/16-bit integer data: several times faster than np.isin
+    on a full scene.
+    """
+    classes = list(classes)
+    if data.dtype in (np.uint8, np.uint16):
+        lut = np.zeros(np.iinfo(data.dtype).max + 1, dtype=bool)
+        lut[classes] = True
+        return lut[data]
+    return np.isin(data, classes)
+
+
+def bit_mask(data: np.ndarray, bits: Iterable[int]) -> np.ndarray:
+    """Boolean mask of pixels with any of ``bits`` set (e.g. Landsat QA_PIXEL flags)."""
+    flags = 0
+    for bit in bits:
+        flags |= 1 << bit
+    return (data & np.asarray(flags, dtype=data.dtype)) != 0

@@ -1,0 +1,169 @@
+"""A local folder and an S3 bucket behind one small interface. Writes are atomic:
+locally a temp file renamed into place, on S3 a single PUT of the final key."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+from urllib.parse import urlparse
+
+from .errors import StacchipError
+from .settings import s3_endpoint
+
+
+class Store(Protocol):
+    def url(self, key: str) -> str: ...
+    def exists(self, key: str) -> bool: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def write_bytes(self, key: str, data: bytes) -> str: ...
+    def put_file(self, key: str, path: str | Path) -> str: ...
+    def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]: ...
+
+
+@dataclass
+class LocalStore:
+    root: Path
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def url(self, key: str) -> str:
+        return str(self.path(key).resolve())
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            raise StacchipError(f"no such file: {self.path(key)}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return self.url(key)
+
+    def put_file(self, key: str, path: str | Path) -> str:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return self.url(key)
+
+    def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
+        base = self.path(prefix)
+        if base.is_file():
+            yield prefix
+            return
+        if not base.exists():
+            return
+        for path in sorted(base.rglob(f"*{suffix}")):
+            if path.is_file() and not path.name.startswith("."):
+                yield path.relative_to(self.root).as_posix()
+
+
+def s3_client():
+    import boto3  # deferred: boto3 is slow to import and only needed for s3://
+
+    return boto3.client("s3", endpoint_url=s3_endpoint())
+
+
+@dataclass
+class S3Store:
+    bucket: str
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.prefix = self.prefix.strip("/")
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = s3_client()
+        return self._client
+
+    def key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.key(key)}"
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
+        except ClientError as exc:
+            raise StacchipError(f"cannot read {self.url(key)}: {exc}") from None
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
+        return self.url(key)
+
+    def put_file(self, key: str, path: str | Path) -> str:
+        self.client.upload_file(str(path), self.bucket, self.key(key))
+        return self.url(key)
+
+    def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
+        full = self.key(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith(suffix):
+                    keys.append(obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"])
+        yield from sorted(keys)
+
+
+def open_store(location: str | Path) -> LocalStore | S3Store:
+    """A store for ``s3://bucket[/prefix]`` or a local folder (path or file://)."""
+    location = str(location)
+    url = urlparse(location)
+    if url.scheme == "s3":
+        return S3Store(url.netloc, url.path)
+    if url.scheme == "file":
+        return LocalStore(Path(url.path))
+    if url.scheme == "" or len(url.scheme) == 1:  # a path (or a Windows drive letter)
+        return LocalStore(Path(location))
+    raise StacchipError(f"unsupported store location {location!r} (use a folder or s3://bucket/prefix)")
+
+
+def read_url(url: str) -> bytes:
+    """The bytes at a local path, file:// or s3:// URL."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        return S3Store(parsed.netloc).read_bytes(parsed.path.lstrip("/"))
+    path = Path(parsed.path if parsed.scheme == "file" else url)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise StacchipError(f"no such file: {path}") from None
