@@ -27,13 +27,17 @@ def load_item(item: pystac.Item | dict | str | Path) -> pystac.Item:
     """An item from an Item, a dict, or a path/URL to its JSON."""
     if isinstance(item, pystac.Item):
         return item
-    if isinstance(item, dict):
-        return pystac.Item.from_dict(item)
+    with warnings.catch_warnings():
+        # pystac's storage-extension migration cannot parse https hrefs; harmless
+        warnings.filterwarnings("ignore", message="Could not parse bucket", category=UserWarning)
+        if isinstance(item, dict):
+            return pystac.Item.from_dict(item)
+        return _item_from_file(item)
+
+
+def _item_from_file(item: str | Path) -> pystac.Item:
     try:
-        with warnings.catch_warnings():
-            # pystac's storage-extension migration cannot parse https hrefs; harmless
-            warnings.filterwarnings("ignore", message="Could not parse bucket", category=UserWarning)
-            return pystac.Item.from_file(str(item))
+        return pystac.Item.from_file(str(item))
     except FileNotFoundError:
         raise StacchipError(f"no such item file: {item}") from None
     except Exception as exc:  # JSON or STAC structure errors

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
@@ -93,15 +95,15 @@ def write_chip(
                 profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform,
                            "compress": "deflate", "tiled": stack.shape[1] % 16 == 0,
                            "blockxsize": min(256, stack.shape[2]), "blockysize": min(256, stack.shape[1])}
-            with rasterio.open(
-                tmp, "w", count=stack.shape[0], height=stack.shape[1], width=stack.shape[2],
-                dtype=stack.dtype, **profile,
-            ) as dst:
-                dst.write(stack)
-                if suffix != ".png":
-                    for i, name in enumerate(names, start=1):
-                        dst.set_band_description(i, name)
-                    dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a PNG preview has none
+                with rasterio.open(tmp, "w", count=stack.shape[0], height=stack.shape[1],
+                                   width=stack.shape[2], dtype=stack.dtype, **profile) as dst:
+                    dst.write(stack)
+                    if suffix != ".png":
+                        for i, name in enumerate(names, start=1):
+                            dst.set_band_description(i, name)
+                        dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -38,7 +38,12 @@ def resolve_href(href: str, mountpath: str | Path | None = None) -> str:
 
 
 def asset_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
-    return resolve_href(asset.get_absolute_href() or asset.href, mountpath)
+    href = asset.href
+    # only relative hrefs are resolved against the item's location: pystac would turn a
+    # local absolute path into a path on the catalog's host when the item has an https self link
+    if not (urlparse(href).scheme or href.startswith("/")):
+        href = asset.get_absolute_href() or href
+    return resolve_href(href, mountpath)
 
 
 def gdal_env() -> rasterio.Env:

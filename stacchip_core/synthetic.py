@@ -1,0 +1,205 @@
+"""Synthetic but realistic scenes: COGs with the real layout of each source (band names,
+dtypes, resolution ratios, SCL classes, QA bit flags, UTM CRS) and their STAC items.
+
+Used by the demo, the tests and the benchmarks; pixel values follow formulas so that a
+test can recompute any pixel it reads.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.io import MemoryFile
+
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+S2_BANDS_10M = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"}
+S2_BANDS_20M = {"rededge1": "B05", "rededge2": "B06", "rededge3": "B07", "nir08": "B8A",
+                "swir16": "B11", "swir22": "B12"}
+LANDSAT_BANDS = ("blue", "green", "red", "nir08", "swir16", "swir22")
+
+
+def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
+              nodata=None, blocksize: int = 512, compress: str = "DEFLATE") -> Path:
+    """Write ``data`` ((bands,) rows, cols) as a Cloud Optimized GeoTIFF."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    profile = dict(driver="GTiff", count=count, height=height, width=width, dtype=data.dtype,
+                   crs=crs, transform=transform, nodata=nodata)
+    with MemoryFile() as mem, mem.open(**profile) as tmp:
+        tmp.write(data)
+        rasterio.shutil.copy(tmp, path, driver="COG", BLOCKSIZE=blocksize, COMPRESS=compress,
+                             OVERVIEWS="NONE", NUM_THREADS="ALL_CPUS")
+    return path
+
+
+def band_pattern(band: int, rows: int, cols: int, dtype=np.uint16) -> np.ndarray:
+    """Deterministic, distinct per band and pixel, never 0 (0 is nodata):
+    ``1000 * band + (row * (7 + band) + col * (3 + 2 * band)) % 997 + 1``."""
+    r = np.arange(rows, dtype=np.int64)[:, None]
+    c = np.arange(cols, dtype=np.int64)[None, :]
+    return (1000 * band + (r * (7 + band) + c * (3 + 2 * band)) % 997 + 1).astype(dtype)
+
+
+def scl_layer(rows: int, cols: int, seed: int = 0, nodata_corner: float = 0.3,
+              n_clouds: int = 4) -> np.ndarray:
+    """An SCL-like uint8 layer: a nodata triangle in the lower-left corner (a swath edge),
+    cloud blobs (classes 8, 9), their shadows (3), cirrus (10), the rest vegetation (4)
+    or bare soil (5)."""
+    rng = np.random.default_rng(seed)
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    scl = np.where((r + c) % 2 == 0, 4, 5).astype(np.uint8)
+    radius = max(rows, cols) / 12
+    for _ in range(n_clouds):
+        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
+        d2 = (r - cy) ** 2 + (c - cx) ** 2
+        scl[(r - cy - radius / 2) ** 2 + (c - cx - radius / 2) ** 2 < radius**2] = 3
+        scl[d2 < radius**2] = 8
+        scl[d2 < (radius / 2) ** 2] = 9
+    scl[: rows // 10, : cols // 10] = 10
+    if nodata_corner > 0:
+        scl[(rows - 1 - r) + c < nodata_corner * (rows + cols)] = 0
+    return scl
+
+
+def qa_pixel_layer(rows: int, cols: int, seed: int = 0, n_clouds: int = 3) -> np.ndarray:
+    """A Landsat C2 QA_PIXEL-like uint16 layer with real bit values: fill (bit 0) at the
+    left and right margins of a tilted scene, clear (bit 6) elsewhere, cloud (bit 3) with
+    high confidence (bits 8-9), dilated cloud (bit 1) rings and cloud shadow (bit 4)."""
+    FILL, DILATED, CLOUD, SHADOW, CLEAR = 1, 1 << 1, 1 << 3, 1 << 4, 1 << 6
+    HIGH_CONF = 3 << 8
+    rng = np.random.default_rng(seed)
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    qa = np.full((rows, cols), CLEAR | (1 << 8), np.uint16)
+    radius = max(rows, cols) / 14
+    for _ in range(n_clouds):
+        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
+        d2 = (r - cy) ** 2 + (c - cx) ** 2
+        sd2 = (r - cy - radius) ** 2 + (c - cx - radius) ** 2
+        qa[sd2 < radius**2] = SHADOW | (1 << 8)
+        qa[d2 < (1.3 * radius) ** 2] = DILATED | (1 << 8)
+        qa[d2 < radius**2] = CLOUD | DILATED | HIGH_CONF
+    # the scene is a parallelogram inside its bounding grid: fill outside
+    shift = (r * cols) // (4 * rows)
+    qa[(c < cols // 8 - shift) | (c > cols - cols // 8 - shift)] = FILL
+    return qa
+
+
+def _asset(href: Path, shape, transform: Affine, roles=("data",), **extra) -> dict:
+    return {"href": str(href), "type": COG_MEDIA_TYPE, "roles": list(roles),
+            "proj:shape": [int(shape[0]), int(shape[1])], "proj:transform": list(transform)[:6], **extra}
+
+
+def _item(item_id, collection, when, epsg, transform, shape, assets, properties) -> dict:
+    from .grid import ChipGrid  # footprint in lon/lat from the grid math
+    import pyproj
+
+    grid = ChipGrid((shape[0], shape[1]), transform, pyproj.CRS(f"EPSG:{epsg}"), chip_size=min(shape))
+    polygons, bounds = grid.footprints()
+    ring = [list(p) for p in polygons[0].exterior.coords]
+    return {
+        "type": "Feature", "stac_version": "1.1.0",
+        "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+        "id": item_id, "collection": collection,
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "bbox": [float(v) for v in bounds[0]],
+        "properties": {"datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "proj:code": f"EPSG:{epsg}", **properties},
+        "links": [], "assets": assets,
+    }
+
+
+def _write_item(item: dict, outdir: Path) -> Path:
+    path = outdir / f"{item['id']}.json"
+    path.write_text(json.dumps(item, indent=1))
+    return path
+
+
+def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
+                    item_id: str = "S2A_T20HNJ_20240311T140636_L2A", naming: str = "earth-search",
+                    when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=timezone.utc),
+                    origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
+                    bands_10m=tuple(S2_BANDS_10M), bands_20m=tuple(S2_BANDS_20M),
+                    blocksize: int = 512, cloud_cover: float = 18.4) -> Path:
+    """A Sentinel-2 L2A scene of ``size`` px a side at 10 m: 10 m bands, 20 m bands and SCL
+    at ``size/2``, a 60 m coastal band at ``size/6`` (when divisible). ``naming`` picks the
+    asset keys of Earth Search (``red``, ``scl``) or Planetary Computer (``B04``, ``SCL``).
+    Returns the item JSON path."""
+    outdir = Path(outdir) / item_id
+    pc = naming == "planetary-computer"
+    t10 = Affine(10, 0, origin[0], 0, -10, origin[1])
+    t20 = Affine(20, 0, origin[0], 0, -20, origin[1])
+    crs = f"EPSG:{epsg}"
+    assets = {}
+    for i, name in enumerate(bands_10m):
+        key = S2_BANDS_10M[name] if pc else name
+        path = write_cog(outdir / f"{key}.tif", band_pattern(i, size, size), t10, crs, nodata=0, blocksize=blocksize)
+        assets[key] = _asset(path, (size, size), t10, gsd=10)
+    half = size // 2
+    for i, name in enumerate(bands_20m, start=len(bands_10m)):
+        key = S2_BANDS_20M[name] if pc else name
+        path = write_cog(outdir / f"{key}.tif", band_pattern(i, half, half), t20, crs, nodata=0, blocksize=blocksize)
+        assets[key] = _asset(path, (half, half), t20, gsd=20)
+    scl_key = "SCL" if pc else "scl"
+    path = write_cog(outdir / f"{scl_key}.tif", scl_layer(half, half, seed), t20, crs, nodata=0, blocksize=blocksize)
+    assets[scl_key] = _asset(path, (half, half), t20, gsd=20)
+    if size % 6 == 0:
+        t60 = Affine(60, 0, origin[0], 0, -60, origin[1])
+        key = "B01" if pc else "coastal"
+        path = write_cog(outdir / f"{key}.tif", band_pattern(20, size // 6, size // 6), t60, crs, nodata=0, blocksize=blocksize)
+        assets[key] = _asset(path, (size // 6, size // 6), t60, gsd=60)
+    properties = {"eo:cloud_cover": cloud_cover, "platform": "sentinel-2a", "s2:nodata_pixel_percentage": 12.0,
+                  "grid:code": "MGRS-20HNJ"}
+    item = _item(item_id, "sentinel-2-l2a", when, epsg, t10, (size, size), assets, properties)
+    return _write_item(item, outdir)
+
+
+def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed: int = 0,
+                  item_id: str = "LC09_L2SR_086107_20240311_20240312_02_T2_SR",
+                  when: datetime = datetime(2024, 3, 11, 23, 34, 56, tzinfo=timezone.utc),
+                  origin: tuple[float, float] = (1517085.0, -1811685.0), epsg: int = 3031,
+                  blocksize: int = 512, collection: str = "landsat-c2l2-sr") -> Path:
+    """A Landsat C2 scene at 30 m: six uint16 reflectance bands and ``qa_pixel``, shape
+    and transform at item level as USGS publishes them. Returns the item JSON path."""
+    outdir = Path(outdir) / item_id
+    t = Affine(30, 0, origin[0], 0, -30, origin[1])
+    crs = f"EPSG:{epsg}"
+    qa = qa_pixel_layer(rows, cols, seed)
+    fill = (qa & 1) == 1
+    assets = {}
+    for i, name in enumerate(LANDSAT_BANDS):
+        data = band_pattern(i, rows, cols)
+        data[fill] = 0
+        path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
+        assets[name] = {"href": str(path), "type": COG_MEDIA_TYPE, "roles": ["data"]}
+    path = write_cog(outdir / "qa_pixel.tif", qa, t, crs, nodata=1, blocksize=blocksize)
+    assets["qa_pixel"] = {"href": str(path), "type": COG_MEDIA_TYPE, "roles": ["cloud", "cloud-shadow"]}
+    properties = {"eo:cloud_cover": 22.3, "platform": "LANDSAT_9", "proj:shape": [rows, cols],
+                  "proj:transform": list(t)[:6]}
+    item = _item(item_id, collection, when, epsg, t, (rows, cols), assets, properties)
+    return _write_item(item, outdir)
+
+
+def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id: str = "m_4207009_ne_19_060_20211024",
+               when: datetime = datetime(2021, 10, 24, 12, 33, 5, tzinfo=timezone.utc),
+               origin: tuple[float, float] = (341338.2, 4749053.4), epsg: int = 26919,
+               blocksize: int = 512) -> Path:
+    """A NAIP scene at 0.6 m: one 4-band uint8 ``image`` asset (red, green, blue, nir)."""
+    outdir = Path(outdir) / item_id
+    t = Affine(0.6, 0, origin[0], 0, -0.6, origin[1])
+    data = np.stack([(band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)])
+    path = write_cog(outdir / "image.tif", data, t, f"EPSG:{epsg}", blocksize=blocksize)
+    assets = {"image": _asset(path, (rows, cols), t)}
+    properties = {"naip:year": str(when.year), "naip:state": "ma", "gsd": 0.6}
+    item = _item(item_id, "naip", when, epsg, t, (rows, cols), assets, properties)
+    return _write_item(item, outdir)

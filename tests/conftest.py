@@ -1,0 +1,183 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from stacchip_core import plugins
+from stacchip_core.synthetic import write_cog
+
+DATA = Path(__file__).parent / "data"
+PLUGIN_SOURCES = Path(__file__).parent / "plugins"
+
+S2_ITEM = DATA / "sentinel-2-l2a-S2A_T20HNJ_20240311T140636_L2A.json"
+PC_S2_ITEM = DATA / "pc-S2B_MSIL2A_20240419T095549_R122_T47XML_20240419T123458.json"
+LANDSAT_ITEM = DATA / "landsat-c2l2-sr-LC09_L2SR_086107_20240311_20240312_02_T2_SR.json"
+NAIP_ITEM = DATA / "naip_m_4207009_ne_19_060_20211024.json"
+LINZ_ITEM = DATA / "linz-BQ25_10000_0305.json"
+TEST_ITEM = DATA / "stacchip_test_item.json"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins():
+    """Every test sees the plugins of its own environment."""
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+def run_cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """Run the installed ``stacchip`` console script, as a user would."""
+    exe = Path(sys.executable).with_name("stacchip")
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def plugin_dir(tmp_path_factory) -> Path:
+    """The test plugins, pip-installed into a directory of their own: their real entry
+    points are found when it is on the path, and the main environment stays untouched."""
+    target = tmp_path_factory.mktemp("site")
+    for name in ("stacchip-example", "stacchip-broken"):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+             "--target", str(target), str(PLUGIN_SOURCES / name)],
+            check=True,
+        )
+    return target
+
+
+@pytest.fixture
+def with_example_plugin(plugin_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    monkeypatch.setenv("STACCHIP_PLUGINS", "sentinel2,landsat,naip,linz,example")
+    plugins.reset()
+    return plugin_dir
+
+
+# --- synthetic rasters for the real fixture items -------------------------------------
+
+S2_SCL_CLASSES = np.array([4, 8, 5, 9, 3, 10, 1, 6, 4, 11], dtype=np.uint8)
+
+
+def scl_blocks(rows: int, cols: int) -> np.ndarray:
+    """An SCL layer whose classes change every 40 rows and 56 cols (chips see mixtures),
+    with a nodata triangle below the diagonal ``row > col + rows / 3``, as at a swath edge."""
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    scl = S2_SCL_CLASSES[((r // 40) * 3 + c // 56) % len(S2_SCL_CLASSES)]
+    scl[r > c + rows // 3] = 0
+    return scl
+
+
+def qa_blocks(rows: int, cols: int) -> np.ndarray:
+    """QA_PIXEL values cycling through fill, clear, dilated, cloud, shadow, and combinations."""
+    values = np.array([1, 1 << 6, (1 << 1) | (1 << 8), (1 << 3) | (3 << 8), 1 << 4, 1 << 6, (1 << 2) | (1 << 6)],
+                      dtype=np.uint16)
+    r = np.arange(rows)[:, None] // 50
+    c = np.arange(cols)[None, :] // 70
+    return values[(r * 2 + c) % len(values)]
+
+
+def _with_local_asset(item: dict, key: str, path: Path) -> dict:
+    item = json.loads(json.dumps(item))
+    item["assets"][key]["href"] = str(path)
+    return item
+
+
+@pytest.fixture(scope="session")
+def s2_fixture(tmp_path_factory):
+    """The Earth Search S2 item with a full-size synthetic SCL (5490 x 5490 at 20 m)."""
+    d = tmp_path_factory.mktemp("s2")
+    item = load(S2_ITEM)
+    scl = scl_blocks(5490, 5490)
+    t = Affine(*item["assets"]["scl"]["proj:transform"][:6])
+    path = write_cog(d / "SCL.tif", scl, t, "EPSG:32720", nodata=0)
+    return _with_local_asset(item, "scl", path), scl
+
+
+@pytest.fixture(scope="session")
+def pc_s2_fixture(tmp_path_factory):
+    """The Planetary Computer S2 item (B04/SCL keys) with a full-size synthetic SCL."""
+    d = tmp_path_factory.mktemp("pcs2")
+    item = load(PC_S2_ITEM)
+    scl = scl_blocks(5490, 5490)[::-1].copy()
+    t = Affine(*item["assets"]["SCL"]["proj:transform"][:6])
+    path = write_cog(d / "SCL.tif", scl, t, "EPSG:32647", nodata=0)
+    return _with_local_asset(item, "SCL", path), scl
+
+
+@pytest.fixture(scope="session")
+def landsat_fixture(tmp_path_factory):
+    """The USGS Landsat item with a full-size synthetic qa_pixel (8271 x 8331 at 30 m)."""
+    d = tmp_path_factory.mktemp("landsat")
+    item = load(LANDSAT_ITEM)
+    qa = qa_blocks(8271, 8331)
+    t = Affine(*item["properties"]["proj:transform"][:6])
+    path = write_cog(d / "qa_pixel.tif", qa, t, "EPSG:3031", nodata=1)
+    return _with_local_asset(item, "qa_pixel", path), qa
+
+
+@pytest.fixture(scope="session")
+def synthetic_scenes(tmp_path_factory):
+    """Small synthetic scenes of three sources, written once."""
+    from stacchip_core import synthetic
+
+    d = tmp_path_factory.mktemp("scenes")
+    return {
+        "s2": synthetic.sentinel2_scene(d, 768),
+        "s2pc": synthetic.sentinel2_scene(d, 768, naming="planetary-computer", item_id="S2B_PC_TEST"),
+        "landsat": synthetic.landsat_scene(d, 560, 600),
+        "naip": synthetic.naip_scene(d, 600, 530),
+    }
+
+
+# --- a real S3 endpoint on loopback ----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1, with the environment boto3 and GDAL need."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1", "STACCHIP_S3_ENDPOINT": endpoint, "AWS_ENDPOINT_URL": endpoint,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh bucket (unique per test: GDAL caches objects by URL within a process)."""
+    import boto3
+
+    name = f"test-{request.node.name.lower().replace('_', '-')[:40]}-{os.getpid()}".strip("-")
+    name = "".join(ch for ch in name if ch.isalnum() or ch == "-")[:63]
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,113 @@
+import json
+from datetime import date
+
+import numpy as np
+import pyarrow as pa
+import pystac
+import pytest
+
+from conftest import NAIP_ITEM, TEST_ITEM, load, scl_blocks
+from stacchip_core import Indexer, PlatformError, class_mask, bit_mask
+
+
+def per_chip(mask: np.ndarray, block: int, ny: int, nx: int) -> np.ndarray:
+    """The reference: a plain loop over chips."""
+    return np.array([[mask[y * block:(y + 1) * block, x * block:(x + 1) * block].mean()
+                      for x in range(nx)] for y in range(ny)], dtype=np.float64)
+
+
+def test_s2_index_of_the_real_item(s2_fixture):
+    item, scl = s2_fixture
+    indexer = Indexer(item, chip_max_nodata=1.0)
+    assert indexer.platform.name == "sentinel-2-l2a"
+    table = indexer.create_index()
+    assert len(table) == 1764 == 42 * 42
+    cloud = per_chip(np.isin(scl, [1, 3, 8, 9, 10]), 128, 42, 42).ravel()
+    nodata = per_chip(scl == 0, 128, 42, 42).ravel()
+    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), cloud, atol=1e-6)
+    np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), nodata, atol=1e-6)
+    first = table.slice(0, 1).to_pylist()[0]
+    assert first["chipid"] == "S2A_T20HNJ_20240311T140636_L2A-0-0"
+    assert first["date"] == date(2024, 3, 11)
+    assert first["platform"] == "sentinel-2-l2a"
+
+
+def test_s2_nodata_filter_counts(s2_fixture):
+    item, scl = s2_fixture
+    nodata = per_chip(scl == 0, 128, 42, 42)
+    for limit in (0.0, 0.1, 0.5):
+        table = Indexer(item, chip_max_nodata=limit).create_index()
+        assert len(table) == int((nodata <= limit + 1e-7).sum())
+        assert pa.compute.max(table["nodata_percentage"]).as_py() <= limit + 1e-7
+    assert 0 < len(Indexer(item, chip_max_nodata=0.0).create_index()) < len(Indexer(item, chip_max_nodata=0.5).create_index()) < 1764
+
+
+def test_planetary_computer_asset_keys(pc_s2_fixture):
+    item, scl = pc_s2_fixture
+    table = Indexer(item, chip_max_nodata=1.0).create_index()
+    assert len(table) == 1764
+    cloud = per_chip(class_mask(scl, [1, 3, 8, 9, 10]), 128, 42, 42).ravel()
+    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), cloud, atol=1e-6)
+
+
+def test_landsat_index_of_the_real_item(landsat_fixture):
+    item, qa = landsat_fixture
+    table = Indexer(item, chip_max_nodata=1.0).create_index()
+    assert len(table) == 1024 == 32 * 32
+    assert set(table["platform"].to_pylist()) == {"landsat-c2l2-sr"}
+    fill = (qa & 1) == 1
+    cloud = ((qa & 0b10) | (qa & 0b1000) | (qa & 0b10000)) != 0
+    np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), per_chip(fill, 256, 32, 32).ravel(), atol=1e-6)
+    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), per_chip(cloud, 256, 32, 32).ravel(), atol=1e-6)
+    # bit 2 (unused flag) is not cloud
+    assert not bit_mask(np.array([1 << 2], np.uint16), (1, 3, 4))[0]
+
+
+def test_naip_index_of_the_real_item():
+    table = Indexer(str(NAIP_ITEM), platform="naip").create_index()
+    assert len(table) == 1813 == 37 * 49
+    assert pa.compute.sum(table["cloud_cover_percentage"]).as_py() == 0
+    assert table["item_href"][0].as_py() == str(NAIP_ITEM)
+
+
+def test_chip_ids_and_order(synthetic_scenes):
+    table = Indexer(str(synthetic_scenes["s2"]), chip_max_nodata=1.0).create_index()
+    assert table["chip_index_x"].to_pylist()[:4] == [0, 1, 2, 0]
+    assert table["chip_index_y"].to_pylist()[:4] == [0, 0, 0, 1]
+    assert table["chipid"][5].as_py().endswith("-2-1")
+    assert set(table["chip_size"].to_pylist()) == {256}
+
+
+def test_item_without_platform_needs_a_name_or_no_stats():
+    with pytest.raises(PlatformError, match="installed platforms: .*sentinel-2-l2a"):
+        Indexer(str(TEST_ITEM))
+    table = Indexer(str(TEST_ITEM), stats=False, chip_size=100).create_index()
+    assert len(table) == 80
+    assert table["platform"][0].as_py() == "unknown"
+
+
+def test_unknown_platform_names_the_installed_ones():
+    with pytest.raises(PlatformError, match="unknown platform 'sentinel-3'.*landsat-c2l1, landsat-c2l2-sr, linz, naip, sentinel-2-l2a"):
+        Indexer(str(NAIP_ITEM), platform="sentinel-3")
+
+
+def test_linz_nodata_from_band_one(tmp_path):
+    # a LINZ item as the processor writes it (rio-stac adds projection fields)
+    from affine import Affine
+    from stacchip_core.synthetic import write_cog
+
+    rgb = np.full((3, 600, 900), 120, np.uint8)
+    rgb[0, :, :150] = 0  # nodata strip in band 1 only counts
+    rgb[1, 500:, :] = 0  # zeros in band 2 do not
+    t = Affine(0.3, 0, 1570000, 0, -0.3, 5180000)
+    path = write_cog(tmp_path / "visual.tif", rgb, t, "EPSG:2193")
+    d = load(NAIP_ITEM)
+    d["id"] = "linz-test"
+    d["properties"] = {"datetime": "2023-01-01T00:00:00Z", "proj:code": "EPSG:2193", "proj:shape": [600, 900], "proj:transform": list(t)[:6]}
+    d["assets"] = {"visual": {"href": str(path), "type": "image/tiff"}}
+    table = Indexer(d, platform="linz", chip_max_nodata=1.0, chip_size=100).create_index()
+    assert len(table) == 54
+    nodata = table["nodata_percentage"].to_numpy().reshape(6, 9)
+    np.testing.assert_allclose(nodata[:, 0], 1.0)
+    np.testing.assert_allclose(nodata[:, 1], 0.5)
+    np.testing.assert_allclose(nodata[:, 2:], 0.0)
