@@ -128,12 +128,16 @@ def merge(src, dst) -> None:
     click.echo(f"{result['output']}: {result['rows']} chips from {result['files']} index files")
 
 
-def main() -> None:
-    """Entry point: load plugin commands, then run. Plugin load errors are one line too."""
+def register_plugin_commands() -> None:
     from .plugins import get_plugin_manager
 
+    get_plugin_manager().hook.stacchip_register_commands(cli=cli)
+
+
+def main() -> None:
+    """Entry point: load plugin commands, then run. Plugin load errors are one line too."""
     try:
-        get_plugin_manager().hook.stacchip_register_commands(cli=cli)
+        register_plugin_commands()
     except StacchipError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)

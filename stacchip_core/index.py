@@ -91,8 +91,9 @@ def build_table(
 ) -> pa.Table:
     """One row per chip, from arrays; no per-chip Python work but the chip id strings."""
     n = len(xs)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+    # numpy datetimes: converting Python datetime objects would make pyarrow import pandas
+    utc = (when.astimezone(timezone.utc) if when.tzinfo else when).replace(tzinfo=None)
+    stamp = np.datetime64(utc, "us")
     xs_str = xs.astype(str)
     ys_str = ys.astype(str)
     chipids = np.char.add(np.char.add(np.char.add(f"{item_id}-", xs_str), "-"), ys_str)
@@ -101,8 +102,8 @@ def build_table(
         "platform": pa.array([platform] * n, pa.string()),
         "item_id": pa.array([item_id] * n, pa.string()),
         "item_href": pa.array([item_href] * n, pa.string()),
-        "date": pa.array([when.date()] * n, pa.date32()),
-        "datetime": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        "date": pa.array(np.full(n, stamp.astype("datetime64[D]"))).cast(pa.date32()),
+        "datetime": pa.array(np.full(n, stamp)).cast(pa.timestamp("us", tz="UTC")),
         "chip_index_x": pa.array(xs, pa.int32()),
         "chip_index_y": pa.array(ys, pa.int32()),
         "chip_size": pa.array(np.full(n, chip_size), pa.int32()),

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,27 @@ def _fresh_plugins():
     plugins.reset()
 
 
-def run_cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
-    """Run the installed ``stacchip`` console script, as a user would."""
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args, env=None) -> CliResult:
+    """Run the ``stacchip`` command in-process (as its entry point does: plugin commands
+    registered first). A new process costs seconds of imports here; see run_script."""
+    from click.testing import CliRunner
+
+    from stacchip_core.cli import cli, register_plugin_commands
+
+    register_plugin_commands()
+    result = CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def run_script(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """Run the installed ``stacchip`` console script in a new process, as a user would."""
     exe = Path(sys.executable).with_name("stacchip")
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd)
@@ -181,3 +201,9 @@ def bucket(s3_server, request):
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def per_chip_mean(mask: np.ndarray, block: int, ny: int, nx: int) -> np.ndarray:
+    """The reference for per-chip fractions: a plain loop over chips."""
+    return np.array([[mask[y * block:(y + 1) * block, x * block:(x + 1) * block].mean()
+                      for x in range(nx)] for y in range(ny)], dtype=np.float64)

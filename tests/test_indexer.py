@@ -6,14 +6,11 @@ import pyarrow as pa
 import pystac
 import pytest
 
-from conftest import NAIP_ITEM, TEST_ITEM, load, scl_blocks
+from conftest import NAIP_ITEM, TEST_ITEM, load, per_chip_mean
 from stacchip_core import Indexer, PlatformError, class_mask, bit_mask
 
 
-def per_chip(mask: np.ndarray, block: int, ny: int, nx: int) -> np.ndarray:
-    """The reference: a plain loop over chips."""
-    return np.array([[mask[y * block:(y + 1) * block, x * block:(x + 1) * block].mean()
-                      for x in range(nx)] for y in range(ny)], dtype=np.float64)
+per_chip = per_chip_mean
 
 
 def test_s2_index_of_the_real_item(s2_fixture):

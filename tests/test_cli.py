@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from conftest import LINZ_ITEM, NAIP_ITEM, TEST_ITEM, load, run_cli, run_script
+from stacchip_core.synthetic import band_pattern, write_cog
+
+
+def assert_one_line_error(result, pattern):
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and pattern in lines[0], lines[0]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_index_merge_chip_round_trip(synthetic_scenes, tmp_path):
+    out = tmp_path / "idx"
+    r = run_script("-q", "index", synthetic_scenes["s2"], "-o", out / "s2.parquet", "--max-nodata", "1")
+    assert r.returncode == 0, r.stderr
+    assert "9 of 9 chips (sentinel-2-l2a, 3 x 3 grid)" in r.stdout
+    r = run_cli("-q", "index", synthetic_scenes["naip"], "-o", out / "naip.parquet", "--chip-size", "100")
+    assert "30 of 30 chips (naip, 5 x 6 grid)" in r.stdout
+    r = run_cli("-q", "merge", out, tmp_path / "all.parquet")
+    assert r.returncode == 0 and "39 chips from 2 index files" in r.stdout
+
+    chipid = "S2A_T20HNJ_20240311T140636_L2A-1-2"
+    r = run_cli("-q", "chip", tmp_path / "all.parquet", "--chipid", chipid, "--assets", "red,nir08", "-o", tmp_path / "c.npz")
+    assert r.returncode == 0, r.stderr
+    npz = np.load(tmp_path / "c.npz")
+    np.testing.assert_array_equal(npz["red"][0], band_pattern(2, 768, 768)[512:768, 256:512])
+    assert npz["nir08"].shape == (1, 256, 256) and str(npz["meta_chipid"]) == chipid
+
+    r = run_cli("-q", "chip", tmp_path / "all.parquet", "--chipid", chipid, "-o", tmp_path / "c.tif")
+    assert r.returncode == 0, r.stderr
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        assert ds.count == 10 and ds.descriptions[:3] == ("blue", "green", "red")
+        assert ds.transform == Affine(10, 0, 499980 + 2560, 0, -10, 6400000 - 2 * 2560)
+        assert ds.crs.to_epsg() == 32720
+        np.testing.assert_array_equal(ds.read(3), band_pattern(2, 768, 768)[512:768, 256:512])
+
+    naip_row = 0  # the NAIP file sorts first (naip.parquet < s2.parquet)
+    r = run_cli("-q", "chip", tmp_path / "all.parquet", "--row", naip_row, "-o", tmp_path / "c.png")
+    assert r.returncode == 0, r.stderr
+    with rasterio.open(tmp_path / "c.png") as ds:
+        assert (ds.count, ds.width, ds.height, ds.dtypes[0]) == (3, 100, 100, "uint8")
+        rgb = ds.read()
+    assert rgb.min() == 0 and rgb.max() == 255  # stretched
+
+
+def test_plugins_lists_the_four_sources():
+    r = run_script("plugins", "--json")
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) >= {"sentinel2", "landsat", "naip", "linz"}
+    assert rows["landsat"]["platforms"] == ["landsat-c2l1", "landsat-c2l2-sr"]
+    assert rows["sentinel2"]["distribution"] == "stacchip-sentinel2"
+    assert "stacchip_chip_stats" in rows["naip"]["hooks"]
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    t = Affine(10, 0, 500000, 0, -10, 4000000)
+    good = write_cog(tmp_path / "good.tif", np.ones((512, 512), np.uint16), t, "EPSG:32633")
+    odd = write_cog(tmp_path / "odd.tif", np.ones((400, 400), np.uint16), Affine(15, 0, 500000, 0, -15, 4000000), "EPSG:32633")
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"II*\x00garbage")
+
+    def item(name, **changes):
+        d = {"type": "Feature", "stac_version": "1.1.0", "id": name, "geometry": None, "links": [],
+             "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:code": "EPSG:32633"},
+             "assets": {"main": {"href": str(good), "type": "image/tiff", "proj:shape": [512, 512], "proj:transform": list(t)[:6]}}}
+        for key, value in changes.items():
+            if key == "assets":
+                d["assets"].update(value)
+            else:
+                d["properties"][key] = value
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(d))
+        return path
+
+    return {
+        "degrees": item("degrees", **{"proj:code": "EPSG:4326"}),
+        "odd": item("odd", assets={"odd": {"href": str(odd), "type": "image/tiff"}}),
+        "corrupt": item("corrupt", assets={"c": {"href": str(corrupt), "type": "image/tiff"}}),
+        "plain": item("plain"),
+    }
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(bad_inputs, tmp_path):
+    out = tmp_path / "out.parquet"
+    cases = [
+        (("index", tmp_path / "missing.json", "-o", out), "no such item file"),
+        (("index", LINZ_ITEM, "--platform", "linz", "-o", out), "has no projection"),
+        (("index", bad_inputs["degrees"], "--no-stats", "-o", out), "needs a projected CRS in metres"),
+        (("index", NAIP_ITEM, "--platform", "modis", "-o", out), "unknown platform 'modis'; installed platforms: landsat-c2l1"),
+        (("index", TEST_ITEM, "-o", out), "no installed platform claims collection None"),
+        (("index", TEST_ITEM, "--platform", "sentinel-2-l2a", "-o", out), "has no asset 'scl'"),
+        (("index", bad_inputs["plain"], "-o", tmp_path / "x.txt", "--platform", "linz"), "has no asset 'red'"),
+    ]
+    for args, message in cases:
+        assert_one_line_error(run_cli(*args), message)
+    # and once through the real console script, in its own process
+    assert_one_line_error(run_script(*cases[1][0]), cases[1][1])
+    assert not out.exists()
+    assert list(tmp_path.glob(".*tmp*")) == []
+
+
+def test_chip_errors(bad_inputs, tmp_path):
+    idx = tmp_path / "i.parquet"
+    for name in ("odd", "corrupt"):
+        r = run_cli("-q", "index", bad_inputs[name], "--no-stats", "-o", idx)
+        assert r.returncode == 0, r.stderr
+    out = tmp_path / "c.npz"
+    assert_one_line_error(run_cli("chip", idx, "--row", 0, "--assets", "c", "-o", out), "cannot open")
+    run_cli("-q", "index", bad_inputs["odd"], "--no-stats", "-o", idx)
+    assert_one_line_error(run_cli("chip", idx, "--row", 0, "--assets", "odd", "-o", out), "not an integer multiple of the grid's 10")
+    assert_one_line_error(run_cli("chip", idx, "--row", 0, "--assets", "nope", "-o", out), "has no asset 'nope'")
+    assert_one_line_error(run_cli("chip", idx, "--row", 99, "-o", out), "row 99 is out of range")
+    assert_one_line_error(run_cli("chip", idx, "--chipid", "x-0-0", "-o", out), "chip 'x-0-0' is not in")
+    assert_one_line_error(run_cli("chip", idx, "--row", 0, "--assets", "main", "-o", tmp_path / "c.jpg"), "unsupported output")
+    assert not out.exists()
+    assert list(tmp_path.glob(".*tmp*")) == []
+
+
+def test_merge_of_a_corrupt_file_is_one_line(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "bad.parquet").write_bytes(b"PAR1 not really")
+    assert_one_line_error(run_cli("merge", tmp_path / "src", tmp_path / "m.parquet"), "not a readable parquet file")
+    assert not (tmp_path / "m.parquet").exists()

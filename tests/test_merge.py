@@ -1,0 +1,64 @@
+import hashlib
+
+import boto3
+import geopandas as gpd
+import pyarrow.parquet as pq
+import pytest
+
+from stacchip_core import Indexer, StacchipError, merge, write_index
+
+
+@pytest.fixture(scope="module")
+def index_tree(synthetic_scenes, tmp_path_factory):
+    """Per-item index files laid out as the processors do: index/{platform}/{item}/index_{item}.parquet"""
+    root = tmp_path_factory.mktemp("indexes")
+    counts = {}
+    for name in ("s2", "s2pc", "landsat", "naip"):
+        indexer = Indexer(str(synthetic_scenes[name]), chip_max_nodata=1.0)
+        table = indexer.create_index()
+        write_index(table, root / "index" / indexer.platform_name / indexer.item.id / f"index_{indexer.item.id}.parquet")
+        counts[indexer.item.id] = len(table)
+    return root, counts
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_merge_local_keeps_all_rows_and_geo_metadata(index_tree, tmp_path):
+    root, counts = index_tree
+    result = merge(root / "index", tmp_path / "merged.parquet", progress=False)
+    assert result["files"] == 4 and result["rows"] == sum(counts.values()) == 9 + 9 + 4 + 4
+    gdf = gpd.read_parquet(tmp_path / "merged.parquet")
+    assert gdf.groupby("item_id").size().to_dict() == counts
+    assert set(gdf.platform) == {"sentinel-2-l2a", "landsat-c2l2-sr", "naip"}
+    assert gdf.crs.to_string() == "OGC:CRS84"
+
+
+def test_merge_is_idempotent(index_tree, tmp_path):
+    root, _ = index_tree
+    merge(root / "index", tmp_path / "m.parquet", progress=False)
+    first = digest(tmp_path / "m.parquet")
+    merge(root / "index", tmp_path / "m.parquet", progress=False)
+    assert digest(tmp_path / "m.parquet") == first
+    # merging into the source tree does not swallow the previous output
+    merge(root / "index", root / "index" / "all.parquet", progress=False)
+    again = merge(root / "index", root / "index" / "all.parquet", progress=False)
+    assert again["files"] == 4
+    (root / "index" / "all.parquet").unlink()
+
+
+def test_merge_between_s3_buckets(index_tree, bucket, s3_server, tmp_path):
+    root, counts = index_tree
+    client = boto3.client("s3", endpoint_url=s3_server)
+    for path in sorted((root / "index").rglob("*.parquet")):
+        client.upload_file(str(path), bucket, f"v1/{path.relative_to(root).as_posix()}")
+    result = merge(f"s3://{bucket}/v1/index", f"s3://{bucket}/merged/all.parquet", progress=False)
+    assert result == {"files": 4, "rows": sum(counts.values()), "output": f"s3://{bucket}/merged/all.parquet"}
+    client.download_file(bucket, "merged/all.parquet", str(tmp_path / "all.parquet"))
+    assert pq.read_table(tmp_path / "all.parquet").num_rows == sum(counts.values())
+
+
+def test_merge_of_nothing_is_an_error(tmp_path):
+    with pytest.raises(StacchipError, match="no .parquet index files"):
+        merge(tmp_path, tmp_path / "out.parquet")
