@@ -128,6 +128,26 @@ def merge(src, dst) -> None:
     click.echo(f"{result['output']}: {result['rows']} chips from {result['files']} index files")
 
 
+@cli.command()
+@click.option("-o", "--out", default="stacchip-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the synthetic archive, the bucket and the previews.")
+def demo(out: Path) -> None:
+    """Run the whole job on an embedded synthetic archive: generate, index, merge, preview."""
+    from .demo import run_demo
+
+    result = run_demo(out)
+    click.echo(f"archive:  {result['archive']}")
+    click.echo(f"index:    {result['index']}")
+    click.echo(f"previews: {result['previews']}")
+    click.echo("")
+    header = f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}{'nodata mean':>13}{'nodata-free':>13}"
+    click.echo(header)
+    click.echo("-" * len(header))
+    for s in result["summary"]:
+        click.echo(f"{s['platform']:<18}{s['items']:>6}{s['chips']:>7}{s['cloud_mean']:>12.3f}{s['cloud_free_chips']:>12}"
+                   f"{s['nodata_mean']:>13.3f}{s['nodata_free_chips']:>13}")
+
+
 def register_plugin_commands() -> None:
     from .plugins import get_plugin_manager
 

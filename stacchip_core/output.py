@@ -62,6 +62,14 @@ def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
     return out
 
 
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write a (3, h, w) uint8 array as PNG (no georeference, by design)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="PNG", count=3, height=rgb.shape[1], width=rgb.shape[2], dtype="uint8") as dst:
+            dst.write(rgb)
+
+
 def write_chip(
     path: str | Path,
     chip: dict[str, np.ndarray],
@@ -87,23 +95,18 @@ def write_chip(
         else:
             stack, names = band_stack(chip, platform)
             if suffix == ".png":
-                nodata = platform.nodata if platform else None
-                stack, names = stretch_rgb(stack, names, nodata), ["red", "green", "blue"]
-                profile = {"driver": "PNG"}
+                write_png(tmp, stretch_rgb(stack, names, platform.nodata if platform else None))
             else:
                 transform = window_transform(Window(*grid.window(x, y)), grid.transform)
-                profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform,
-                           "compress": "deflate", "tiled": stack.shape[1] % 16 == 0,
-                           "blockxsize": min(256, stack.shape[2]), "blockysize": min(256, stack.shape[1])}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a PNG preview has none
+                profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform, "compress": "deflate",
+                           "tiled": stack.shape[1] % 16 == 0, "blockxsize": min(256, stack.shape[2]),
+                           "blockysize": min(256, stack.shape[1])}
                 with rasterio.open(tmp, "w", count=stack.shape[0], height=stack.shape[1],
                                    width=stack.shape[2], dtype=stack.dtype, **profile) as dst:
                     dst.write(stack)
-                    if suffix != ".png":
-                        for i, name in enumerate(names, start=1):
-                            dst.set_band_description(i, name)
-                        dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
+                    for i, name in enumerate(names, start=1):
+                        dst.set_band_description(i, name)
+                    dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,7 +17,6 @@ def assert_one_line_error(result, pattern):
     assert lines[0].startswith("Error: ") and pattern in lines[0], lines[0]
 
 
-@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_index_merge_chip_round_trip(synthetic_scenes, tmp_path):
     out = tmp_path / "idx"
     r = run_script("-q", "index", synthetic_scenes["s2"], "-o", out / "s2.parquet", "--max-nodata", "1")
