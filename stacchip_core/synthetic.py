@@ -97,7 +97,7 @@ def qa_pixel_layer(rows: int, cols: int, seed: int = 0, n_clouds: int = 3) -> np
 
 
 def _asset(href: Path, shape, transform: Affine, roles=("data",), **extra) -> dict:
-    return {"href": str(href), "type": COG_MEDIA_TYPE, "roles": list(roles),
+    return {"href": str(Path(href).resolve()), "type": COG_MEDIA_TYPE, "roles": list(roles),
             "proj:shape": [int(shape[0]), int(shape[1])], "proj:transform": list(transform)[:6], **extra}
 
 
@@ -181,9 +181,9 @@ def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed:
         data = band_pattern(i, rows, cols)
         data[fill] = 0
         path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
-        assets[name] = {"href": str(path), "type": COG_MEDIA_TYPE, "roles": ["data"]}
+        assets[name] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
     path = write_cog(outdir / "qa_pixel.tif", qa, t, crs, nodata=1, blocksize=blocksize)
-    assets["qa_pixel"] = {"href": str(path), "type": COG_MEDIA_TYPE, "roles": ["cloud", "cloud-shadow"]}
+    assets["qa_pixel"] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["cloud", "cloud-shadow"]}
     properties = {"eo:cloud_cover": 22.3, "platform": "LANDSAT_9", "proj:shape": [rows, cols],
                   "proj:transform": list(t)[:6]}
     item = _item(item_id, collection, when, epsg, t, (rows, cols), assets, properties)

@@ -4,8 +4,9 @@ import rasterio
 from conftest import run_cli
 
 
-def test_demo_runs_the_whole_job_offline(tmp_path):
-    r = run_cli("-q", "demo", "-o", tmp_path / "demo")
+def test_demo_runs_the_whole_job_offline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("-q", "demo", "-o", "demo")  # relative, as in the README
     assert r.returncode == 0, r.stderr
     table = pq.read_table(tmp_path / "demo" / "bucket" / "merged.parquet")
     counts = {p: table["platform"].to_pylist().count(p) for p in set(table["platform"].to_pylist())}
