@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
+from .errors import StacchipError
 from .grid import CRS84
 
 GEOPARQUET_VERSION = "1.1.0"
@@ -146,10 +148,6 @@ def read_index(path: str | Path, **kwargs) -> pa.Table:
 
 def find_row(path: str | Path, row: int | None = None, chipid: str | None = None) -> dict:
     """One row of an index (by row number or chip id) as a dict."""
-    import pyarrow.compute as pc
-
-    from .errors import StacchipError
-
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:

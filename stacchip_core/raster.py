@@ -147,8 +147,13 @@ class AssetReader:
             )
         return key
 
-    def __call__(self, name: str, band: int = 1) -> NativeBand:
+    def __call__(self, name: str, band: int | None = None) -> NativeBand:
+        """Band ``name`` (canonical name, alias or asset key). ``band`` defaults to the
+        band's index in its asset as the platform declares it (NAIP's nir is band 4)."""
         key = self.key(name)
+        if band is None:
+            declared = self.platform.find(name) if self.platform else None
+            band = declared.index if declared else 1
         href = asset_href(self.item.assets[key], self.mountpath)
         log.info("reading %s of %s at native resolution", key, self.item.id)
         with gdal_env():

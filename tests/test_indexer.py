@@ -108,3 +108,24 @@ def test_linz_nodata_from_band_one(tmp_path):
     np.testing.assert_allclose(nodata[:, 0], 1.0)
     np.testing.assert_allclose(nodata[:, 1], 0.5)
     np.testing.assert_allclose(nodata[:, 2:], 0.0)
+
+
+def test_read_asset_reads_the_declared_band_of_a_multiband_asset(tmp_path):
+    """The stats hook's read_asset('nir') on NAIP reads band 4 of the image asset."""
+    from affine import Affine
+    from stacchip_core import Platform
+    from stacchip_core.grid import ChipGrid
+    from stacchip_core.plugins import get_platform
+    from stacchip_core.raster import AssetReader
+    from stacchip_core.synthetic import write_cog
+
+    data = np.stack([np.full((200, 200), v, np.uint8) for v in (11, 22, 33, 44)])
+    t = Affine(0.6, 0, 341338.2, 0, -0.6, 4749053.4)
+    path = write_cog(tmp_path / "image.tif", data, t, "EPSG:26919")
+    d = load(NAIP_ITEM)
+    d["assets"] = {"image": {"href": str(path), "type": "image/tiff"}}
+    d["properties"]["proj:shape"], d["properties"]["proj:transform"] = [200, 200], list(t)[:6]
+    item = pystac.Item.from_dict(d)
+    reader = AssetReader(item, ChipGrid.from_item(item, 100), get_platform("naip"))
+    assert reader("nir").data[0, 0] == 44 and reader("green").data[0, 0] == 22
+    assert reader("image", band=3).data[0, 0] == 33

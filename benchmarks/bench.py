@@ -1,0 +1,151 @@
+"""Benchmark stacchip against the original stacchip 0.1.38 on the same synthetic full-size scenes.
+
+    python benchmarks/bench.py                  # everything; the original needs --original-python
+    python benchmarks/bench.py --original-python /path/to/venv/bin/python --repeats 5
+
+Each measurement runs in a fresh process (peak RSS is per measurement); times are medians of
+--repeats runs with the files in the page cache. Data is generated once into --data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def generate(data: Path) -> dict[str, Path]:
+    """Full-size scenes: S2 L2A (4 x 10980^2 uint16 at 10 m, SCL 5490^2 at 20 m) and Landsat
+    (8271 x 8331 bands and qa_pixel), COGs with 512 px tiles, deflate."""
+    from stacchip_core import synthetic
+
+    s2 = data / "S2A_T20HNJ_20240311T140636_L2A" / "S2A_T20HNJ_20240311T140636_L2A.json"
+    if not s2.exists():
+        synthetic.sentinel2_scene(data, 10980, bands_10m=("blue", "green", "red", "nir"), bands_20m=(), seed=7)
+    ls = data / "LC09_L2SR_086107_20240311_20240312_02_T2_SR" / "LC09_L2SR_086107_20240311_20240312_02_T2_SR.json"
+    if not ls.exists():
+        synthetic.landsat_scene(data, 8271, 8331, seed=7)
+    return {"s2": s2, "landsat": ls}
+
+
+# Each job prints one JSON line: {"seconds": [...], "maxrss_mib": ...}
+JOB = textwrap.dedent(r'''
+import json, random, resource, sys, time
+kind, item_path, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import numpy as np, pystac
+d = json.load(open(item_path))
+times = []
+
+def timed(fn):
+    for _ in range(repeats):
+        t = time.perf_counter(); out = fn(); times.append(time.perf_counter() - t)
+    return out
+
+random.seed(0)
+if kind.startswith("orig"):
+    item = pystac.Item.from_dict(d, migrate=False)
+    from stacchip.indexer import Sentinel2Indexer, LandsatIndexer
+    from stacchip.chipper import Chipper
+    if kind == "orig-s2-index":
+        timed(lambda: Sentinel2Indexer(item).create_index())
+    elif kind == "orig-landsat-index":
+        timed(lambda: LandsatIndexer(item).create_index())
+    elif kind == "orig-chips":
+        indexer = Sentinel2Indexer(item)
+        xy = [(random.randrange(indexer.x_size), random.randrange(indexer.y_size)) for _ in range(200)]
+        chipper = Chipper(indexer, assets=["red", "green", "blue"])
+        timed(lambda: [chipper.chip(x, y) for x, y in xy])
+else:
+    import rasterio
+    from rasterio.windows import Window
+    from stacchip_core import Chipper, Indexer
+    item = pystac.Item.from_dict(d)
+    if kind == "ours-s2-index":
+        timed(lambda: Indexer(item).create_index())
+    elif kind == "ours-landsat-index":
+        timed(lambda: Indexer(item).create_index())
+    elif kind == "read-qa":
+        timed(lambda: rasterio.open(d["assets"]["qa_pixel"]["href"]).read(1))
+    elif kind == "read-scl-native":
+        timed(lambda: rasterio.open(d["assets"]["scl"]["href"]).read(1))
+    else:
+        chipper = Chipper(item, assets=["red", "green", "blue"])
+        xy = [(random.randrange(chipper.grid.x_size), random.randrange(chipper.grid.y_size)) for _ in range(200)]
+        if kind == "ours-chips":
+            chipper.chip(*xy[0])  # handles open once, as in a long-running loader
+            timed(lambda: [chipper.chip(x, y) for x, y in xy])
+        elif kind == "ours-chips-parallel":
+            chipper.chips(xy[:4], workers=2)
+            timed(lambda: chipper.chips(xy, workers=2))
+        elif kind == "floor-open-handles":
+            handles = [rasterio.open(d["assets"][k]["href"]) for k in ("red", "green", "blue")]
+            timed(lambda: [[h.read(window=Window(x * 256, y * 256, 256, 256)) for h in handles] for x, y in xy])
+print(json.dumps({"seconds": times, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+''')
+
+
+def run(python: str, kind: str, item: Path, repeats: int) -> dict:
+    out = subprocess.run([python, "-c", JOB, kind, str(item), str(repeats)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{kind} failed:\n{out.stderr[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["median"] = statistics.median(result["seconds"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=HERE / ".data")
+    parser.add_argument("--original-python", help="python of a venv with stacchip==0.1.38 (numpy<2, pyarrow 25.0.1)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    t = time.perf_counter()
+    items = generate(args.data)
+    print(f"data ready in {time.perf_counter() - t:.1f} s under {args.data}", file=sys.stderr)
+    ours = sys.executable
+    r = {}
+    for kind, item in [("ours-s2-index", "s2"), ("read-scl-native", "s2"), ("ours-landsat-index", "landsat"),
+                       ("read-qa", "landsat"), ("floor-open-handles", "s2"), ("ours-chips", "s2"),
+                       ("ours-chips-parallel", "s2")]:
+        r[kind] = run(ours, kind, items[item], args.repeats)
+    if args.original_python:
+        for kind, item in [("orig-s2-index", "s2"), ("orig-landsat-index", "landsat"), ("orig-chips", "s2")]:
+            r[kind] = run(args.original_python, kind, items[item], max(1, args.repeats // 2) if "index" in kind else args.repeats)
+
+    def line(name, key, unit="s"):
+        v = r[key]
+        print(f"{name:<44}{v['median']:>9.3f} s   peak RSS {v['maxrss_mib']:>6.0f} MiB")
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    line("stacchip S2 index (1764 chips)", "ours-s2-index")
+    line("  reading SCL at native 20 m", "read-scl-native")
+    line("stacchip Landsat index (1024 chips)", "ours-landsat-index")
+    line("  reading qa_pixel once", "read-qa")
+    chips = lambda key: 200 / r[key]["median"]  # noqa: E731
+    print(f"{'open-handle floor, 200 RGB chips':<44}{chips('floor-open-handles'):>9.1f} chips/s")
+    print(f"{'stacchip Chipper.chip, 1 thread':<44}{chips('ours-chips'):>9.1f} chips/s")
+    print(f"{'stacchip Chipper.chips, 2 threads':<44}{chips('ours-chips-parallel'):>9.1f} chips/s")
+    print("ratios:")
+    print(f"  Landsat index / one qa_pixel read        {r['ours-landsat-index']['median'] / r['read-qa']['median']:.2f}  (target <= 1.3)")
+    print(f"  single-thread chips / open-handle floor  {chips('ours-chips') / chips('floor-open-handles'):.2f}  (target >= 0.9)")
+    if args.original_python:
+        line("original S2 index", "orig-s2-index")
+        line("original Landsat index", "orig-landsat-index")
+        print(f"{'original Chipper.chip':<44}{chips('orig-chips'):>9.1f} chips/s")
+        print(f"  S2 index speed-up vs original            {r['orig-s2-index']['median'] / r['ours-s2-index']['median']:.1f}x  (target >= 10)")
+        print(f"  S2 index peak RSS ours / original        {r['ours-s2-index']['maxrss_mib'] / r['orig-s2-index']['maxrss_mib']:.2f}  (target < 1)")
+        print(f"  parallel chips / original chips          {chips('ours-chips-parallel') / chips('orig-chips'):.1f}x  (target >= 3)")
+    (args.data / "results.json").write_text(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+    main()
