@@ -52,6 +52,11 @@ def timed(fn):
 
 random.seed(0)
 if kind.startswith("orig"):
+    # stacchip 0.1 reads only the legacy proj:epsg of projection extension v1
+    d["properties"]["proj:epsg"] = int(d["properties"].pop("proj:code").split(":")[1])
+    d["stac_extensions"] = ["https://stac-extensions.github.io/projection/v1.1.0/schema.json"]
+    if "qa_pixel" in d["assets"]:  # it always reads qa_pixel from alternate.s3.href
+        d["assets"]["qa_pixel"]["alternate"] = {"s3": {"href": d["assets"]["qa_pixel"]["href"]}}
     item = pystac.Item.from_dict(d, migrate=False)
     from stacchip.indexer import Sentinel2Indexer, LandsatIndexer
     from stacchip.chipper import Chipper
@@ -93,8 +98,35 @@ print(json.dumps({"seconds": times, "maxrss_mib": resource.getrusage(resource.RU
 ''')
 
 
-def run(python: str, kind: str, item: Path, repeats: int) -> dict:
-    out = subprocess.run([python, "-c", JOB, kind, str(item), str(repeats)], capture_output=True, text=True)
+def s3_copy(item: Path, data: Path) -> tuple[Path, dict, object]:
+    """Start moto's S3 server on loopback, upload the RGB COGs; an item pointing at them."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
+           "STACCHIP_S3_ENDPOINT": f"http://{host}:{port}"}
+    client = boto3.client("s3", endpoint_url=env["STACCHIP_S3_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+    client.create_bucket(Bucket="bench")
+    d = json.loads(item.read_text())
+    for key in ("red", "green", "blue"):
+        client.upload_file(d["assets"][key]["href"], "bench", f"s2/{key}.tif")
+        d["assets"][key]["href"] = f"s3://bench/s2/{key}.tif"
+    path = data / "s2_on_s3.json"
+    path.write_text(json.dumps(d))
+    return path, env, server
+
+
+def run(python: str, kind: str, item: Path, repeats: int, env: dict | None = None) -> dict:
+    out = subprocess.run([python, "-c", JOB, kind, str(item), str(repeats)], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -117,6 +149,12 @@ def main() -> None:
                        ("read-qa", "landsat"), ("floor-open-handles", "s2"), ("ours-chips", "s2"),
                        ("ours-chips-parallel", "s2")]:
         r[kind] = run(ours, kind, items[item], args.repeats)
+    s3_item, s3_env, server = s3_copy(items["s2"], args.data)
+    try:
+        r["ours-chips-s3"] = run(ours, "ours-chips", s3_item, args.repeats, s3_env)
+        r["ours-chips-parallel-s3"] = run(ours, "ours-chips-parallel", s3_item, args.repeats, s3_env)
+    finally:
+        server.stop()
     if args.original_python:
         for kind, item in [("orig-s2-index", "s2"), ("orig-landsat-index", "landsat"), ("orig-chips", "s2")]:
             r[kind] = run(args.original_python, kind, items[item], max(1, args.repeats // 2) if "index" in kind else args.repeats)
@@ -134,6 +172,8 @@ def main() -> None:
     print(f"{'open-handle floor, 200 RGB chips':<44}{chips('floor-open-handles'):>9.1f} chips/s")
     print(f"{'stacchip Chipper.chip, 1 thread':<44}{chips('ours-chips'):>9.1f} chips/s")
     print(f"{'stacchip Chipper.chips, 2 threads':<44}{chips('ours-chips-parallel'):>9.1f} chips/s")
+    print(f"{'stacchip Chipper.chip from loopback S3':<44}{chips('ours-chips-s3'):>9.1f} chips/s")
+    print(f"{'stacchip Chipper.chips, 2 threads, S3':<44}{chips('ours-chips-parallel-s3'):>9.1f} chips/s")
     print("ratios:")
     print(f"  Landsat index / one qa_pixel read        {r['ours-landsat-index']['median'] / r['read-qa']['median']:.2f}  (target <= 1.3)")
     print(f"  single-thread chips / open-handle floor  {chips('ours-chips') / chips('floor-open-handles'):.2f}  (target >= 0.9)")

@@ -17,7 +17,8 @@ from .grid import ChipGrid
 from .indexer import Indexer, load_item
 from .platform import Platform
 from .plugins import get_platform, platform_for_item
-from .raster import DatasetCache, asset_href, gdal_env, grid_factor, read_chip_window, resolve_href
+from .raster import DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href
+from .settings import apply_gdal_options
 from .store import read_url
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Chipper:
         self.mountpath = mountpath
         blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
         self.assets = self._select_assets(assets, blacklist)
+        apply_gdal_options()
         self._cache = DatasetCache()
         self._factors: dict[str, int] = {}
 
@@ -132,13 +134,12 @@ class Chipper:
         """Pixels of chip (x, y) for every selected asset."""
         self.grid.window(x, y)  # bounds check with a clear message
         out = {}
-        with gdal_env():
-            for key in self.assets:
-                ds = self._dataset(key)
-                try:
-                    out[key] = read_chip_window(ds, self.grid, self._factors[key], x, y)
-                except RasterioError as exc:
-                    raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
+        for key in self.assets:
+            ds = self._dataset(key)
+            try:
+                out[key] = read_chip_window(ds, self.grid, self._factors[key], x, y)
+            except RasterioError as exc:
+                raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
         return out
 
     def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[dict[str, np.ndarray]]:

@@ -44,3 +44,11 @@ def gdal_options() -> dict[str, str]:
         if key in os.environ:
             options[key] = os.environ[key]
     return options
+
+
+def apply_gdal_options() -> None:
+    """Put the GDAL options in the process environment, where GDAL also reads them,
+    without overriding anything already set. Entering a rasterio.Env for every chip
+    costs as much as reading the chip."""
+    for key, value in gdal_options().items():
+        os.environ.setdefault(key, value)
