@@ -114,37 +114,34 @@ def _with_local_asset(item: dict, key: str, path: Path) -> dict:
     return item
 
 
+def _with_synthetic_layer(tmp_path_factory, item_path: Path, key: str, crs: str, layer: np.ndarray,
+                          nodata: int, transform_from: str = "asset"):
+    """A real fixture item whose ``key`` asset is a full-size synthetic COG of ``layer``."""
+    d = tmp_path_factory.mktemp(item_path.stem[:20])
+    item = load(item_path)
+    fields = item["assets"][key] if transform_from == "asset" else item["properties"]
+    path = write_cog(d / f"{key}.tif", layer, Affine(*fields["proj:transform"][:6]), crs, nodata=nodata)
+    return _with_local_asset(item, key, path), layer
+
+
 @pytest.fixture(scope="session")
 def s2_fixture(tmp_path_factory):
     """The Earth Search S2 item with a full-size synthetic SCL (5490 x 5490 at 20 m)."""
-    d = tmp_path_factory.mktemp("s2")
-    item = load(S2_ITEM)
-    scl = scl_blocks(5490, 5490)
-    t = Affine(*item["assets"]["scl"]["proj:transform"][:6])
-    path = write_cog(d / "SCL.tif", scl, t, "EPSG:32720", nodata=0)
-    return _with_local_asset(item, "scl", path), scl
+    return _with_synthetic_layer(tmp_path_factory, S2_ITEM, "scl", "EPSG:32720", scl_blocks(5490, 5490), 0)
 
 
 @pytest.fixture(scope="session")
 def pc_s2_fixture(tmp_path_factory):
     """The Planetary Computer S2 item (B04/SCL keys) with a full-size synthetic SCL."""
-    d = tmp_path_factory.mktemp("pcs2")
-    item = load(PC_S2_ITEM)
-    scl = scl_blocks(5490, 5490)[::-1].copy()
-    t = Affine(*item["assets"]["SCL"]["proj:transform"][:6])
-    path = write_cog(d / "SCL.tif", scl, t, "EPSG:32647", nodata=0)
-    return _with_local_asset(item, "SCL", path), scl
+    layer = scl_blocks(5490, 5490)[::-1].copy()
+    return _with_synthetic_layer(tmp_path_factory, PC_S2_ITEM, "SCL", "EPSG:32647", layer, 0)
 
 
 @pytest.fixture(scope="session")
 def landsat_fixture(tmp_path_factory):
     """The USGS Landsat item with a full-size synthetic qa_pixel (8271 x 8331 at 30 m)."""
-    d = tmp_path_factory.mktemp("landsat")
-    item = load(LANDSAT_ITEM)
-    qa = qa_blocks(8271, 8331)
-    t = Affine(*item["properties"]["proj:transform"][:6])
-    path = write_cog(d / "qa_pixel.tif", qa, t, "EPSG:3031", nodata=1)
-    return _with_local_asset(item, "qa_pixel", path), qa
+    return _with_synthetic_layer(tmp_path_factory, LANDSAT_ITEM, "qa_pixel", "EPSG:3031", qa_blocks(8271, 8331), 1,
+                                 transform_from="item")
 
 
 @pytest.fixture(scope="session")
