@@ -42,12 +42,17 @@ def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
     return path
 
 
-def band_pattern(band: int, rows: int, cols: int, dtype=np.uint16) -> np.ndarray:
+def band_pattern(band: int, rows: int, cols: int, dtype=np.uint16, noise: int = 0) -> np.ndarray:
     """Deterministic, distinct per band and pixel, never 0 (0 is nodata):
-    ``1000 * band + (row * (7 + band) + col * (3 + 2 * band)) % 997 + 1``."""
-    r = np.arange(rows, dtype=np.int64)[:, None]
-    c = np.arange(cols, dtype=np.int64)[None, :]
-    return (1000 * band + (r * (7 + band) + c * (3 + 2 * band)) % 997 + 1).astype(dtype)
+    ``1000 * band + (row * (7 + band) + col * (3 + 2 * band)) % 997 + 1``, plus seeded
+    uniform noise in ``[0, noise)`` when asked (realistic entropy for benchmarks: without
+    it a band compresses ~100:1, real imagery ~2-3:1)."""
+    r = np.arange(rows, dtype=np.int32)[:, None]
+    c = np.arange(cols, dtype=np.int32)[None, :]
+    out = (1000 * band + (r * (7 + band) + c * (3 + 2 * band)) % 997 + 1).astype(dtype)
+    if noise:
+        out += np.random.default_rng(band).integers(0, noise, size=out.shape, dtype=dtype)
+    return out
 
 
 def scl_layer(rows: int, cols: int, seed: int = 0, nodata_corner: float = 0.3,
@@ -130,7 +135,7 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
                     when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=timezone.utc),
                     origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
                     bands_10m=tuple(S2_BANDS_10M), bands_20m=tuple(S2_BANDS_20M),
-                    blocksize: int = 512, cloud_cover: float = 18.4) -> Path:
+                    blocksize: int = 512, cloud_cover: float = 18.4, noise: int = 0) -> Path:
     """A Sentinel-2 L2A scene of ``size`` px a side at 10 m: 10 m bands, 20 m bands and SCL
     at ``size/2``, a 60 m coastal band at ``size/6`` (when divisible). ``naming`` picks the
     asset keys of Earth Search (``red``, ``scl``) or Planetary Computer (``B04``, ``SCL``).
@@ -143,12 +148,12 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
     assets = {}
     for i, name in enumerate(bands_10m):
         key = S2_BANDS_10M[name] if pc else name
-        path = write_cog(outdir / f"{key}.tif", band_pattern(i, size, size), t10, crs, nodata=0, blocksize=blocksize)
+        path = write_cog(outdir / f"{key}.tif", band_pattern(i, size, size, noise=noise), t10, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size, size), t10, gsd=10)
     half = size // 2
     for i, name in enumerate(bands_20m, start=len(bands_10m)):
         key = S2_BANDS_20M[name] if pc else name
-        path = write_cog(outdir / f"{key}.tif", band_pattern(i, half, half), t20, crs, nodata=0, blocksize=blocksize)
+        path = write_cog(outdir / f"{key}.tif", band_pattern(i, half, half, noise=noise), t20, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (half, half), t20, gsd=20)
     scl_key = "SCL" if pc else "scl"
     path = write_cog(outdir / f"{scl_key}.tif", scl_layer(half, half, seed), t20, crs, nodata=0, blocksize=blocksize)
@@ -168,7 +173,7 @@ def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed:
                   item_id: str = "LC09_L2SR_086107_20240311_20240312_02_T2_SR",
                   when: datetime = datetime(2024, 3, 11, 23, 34, 56, tzinfo=timezone.utc),
                   origin: tuple[float, float] = (1517085.0, -1811685.0), epsg: int = 3031,
-                  blocksize: int = 512, collection: str = "landsat-c2l2-sr") -> Path:
+                  blocksize: int = 512, collection: str = "landsat-c2l2-sr", noise: int = 0) -> Path:
     """A Landsat C2 scene at 30 m: six uint16 reflectance bands and ``qa_pixel``, shape
     and transform at item level as USGS publishes them. Returns the item JSON path."""
     outdir = Path(outdir) / item_id
@@ -178,7 +183,7 @@ def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed:
     fill = (qa & 1) == 1
     assets = {}
     for i, name in enumerate(LANDSAT_BANDS):
-        data = band_pattern(i, rows, cols)
+        data = band_pattern(i, rows, cols, noise=noise)
         data[fill] = 0
         path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
         assets[name] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}

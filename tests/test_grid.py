@@ -123,3 +123,16 @@ def test_chip_fractions_need_whole_blocks():
     grid = ChipGrid((1000, 1000), Affine(10, 0, 0, 0, -10, 0), pyproj.CRS("EPSG:32633"), 256)
     with pytest.raises(ValueError, match="multiple"):
         grid.chip_fractions(np.zeros((200, 200), bool), 6)
+
+
+def test_class_and_bit_masks():
+    from stacchip_core import bit_mask, class_mask
+
+    scl = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    expected = np.isin(scl, [1, 3, 8, 9, 10])
+    np.testing.assert_array_equal(class_mask(scl, [1, 3, 8, 9, 10]), expected)
+    np.testing.assert_array_equal(class_mask(scl, list(range(1, 11))), (scl >= 1) & (scl <= 10))  # lookup table
+    np.testing.assert_array_equal(class_mask(scl.astype(np.int32), list(range(1, 11))), (scl >= 1) & (scl <= 10))
+    assert not class_mask(scl, []).any()
+    qa = np.array([0, 1, 2, 4, 8, 16, 1 << 6, (1 << 3) | (3 << 8)], np.uint16)
+    np.testing.assert_array_equal(bit_mask(qa, (1, 3, 4)), [0, 0, 1, 0, 1, 1, 0, 1])

@@ -129,3 +129,16 @@ def test_read_asset_reads_the_declared_band_of_a_multiband_asset(tmp_path):
     reader = AssetReader(item, ChipGrid.from_item(item, 100), get_platform("naip"))
     assert reader("nir").data[0, 0] == 44 and reader("green").data[0, 0] == 22
     assert reader("image", band=3).data[0, 0] == 33
+
+
+def test_stats_read_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server):
+    import boto3
+
+    d = load(synthetic_scenes["s2"])
+    local = Indexer(d, chip_max_nodata=1.0).create_index()
+    boto3.client("s3", endpoint_url=s3_server).upload_file(d["assets"]["scl"]["href"], bucket, "s2/scl.tif")
+    d["assets"]["scl"]["href"] = f"s3://{bucket}/s2/scl.tif"
+    remote = Indexer(d, chip_max_nodata=1.0).create_index()
+    assert remote["cloud_cover_percentage"].to_pylist() == local["cloud_cover_percentage"].to_pylist()
+    assert remote["nodata_percentage"].to_pylist() == local["nodata_percentage"].to_pylist()
+    assert 0 < sum(local["cloud_cover_percentage"].to_pylist()) < 9
