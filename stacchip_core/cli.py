@@ -129,6 +129,26 @@ def merge(src, dst) -> None:
 
 
 @cli.command()
+@click.argument("platform")
+@click.option("--index", "job_index", type=click.IntRange(min=0), envvar="AWS_BATCH_JOB_ARRAY_INDEX",
+              required=True, help="Sample (row) to process [env: AWS_BATCH_JOB_ARRAY_INDEX].")
+@click.option("--sample", "sample_source", envvar=["STACCHIP_SAMPLE_SOURCE", "STACCHIP_MGRS_SOURCE"],
+              help="Sample locations: any layer geopandas reads [env: STACCHIP_SAMPLE_SOURCE].")
+@click.option("--bucket", required=True, envvar="STACCHIP_BUCKET",
+              help="Target: a folder or s3://bucket[/prefix] [env: STACCHIP_BUCKET].")
+@click.option("--stac-api", envvar="STACCHIP_STAC_API",
+              help="STAC API URL, or a folder of item JSON (embedded catalog) [env: STACCHIP_STAC_API].")
+@click.option("--chip-size", type=click.IntRange(min=1), help="Default: the platform's.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+def process(platform, job_index, sample_source, bucket, stac_api, chip_size, max_nodata) -> None:
+    """Process sample --index of PLATFORM into --bucket: select, normalize, index."""
+    from .process import process as run
+
+    for r in run(platform, job_index, bucket, sample_source, stac_api, chip_size, max_nodata):
+        click.echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+
+
+@cli.command()
 @click.option("-o", "--out", default="stacchip-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the synthetic archive, the bucket and the previews.")
 def demo(out: Path) -> None:

@@ -55,6 +55,12 @@ def run_cli(*args, env=None) -> CliResult:
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
+def run_script_named(name: str, *args, env=None) -> subprocess.CompletedProcess:
+    """Run another installed console script (a plugin's) in a new process."""
+    exe = Path(sys.executable).with_name(name)
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
 def run_script(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run the installed ``stacchip`` console script in a new process, as a user would."""
     exe = Path(sys.executable).with_name("stacchip")
@@ -163,8 +169,11 @@ def synthetic_scenes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on 127.0.0.1, with the environment boto3 and GDAL need."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -2,14 +2,28 @@
 
 Statistics come from ``qa_pixel`` bit flags: nodata is bit 0 (fill); cloud is bit 1
 (dilated cloud), bit 3 (cloud) or bit 4 (cloud shadow).
+
+Sample selection: the centroid of the sample geometry; seeded by the sample index, one
+random year in 2018-2023; per quarter the least cloudy LANDSAT_8 or LANDSAT_9 item of the
+platform's collection with ``eo:cloud_cover`` at most 75. Assets are copied from their
+``alternate.s3.href`` where the item has one (the requester-pays bucket on AWS).
 """
 
 from __future__ import annotations
 
+import random
+
 from stacchip_core import Band, ChipStats, Platform, bit_mask, hookimpl
+from stacchip_core.normalize import copy_assets
 
 QA_FILL_BIT = 0
 QA_CLOUD_BITS = (1, 3, 4)
+
+STAC_API = "https://landsatlook.usgs.gov/stac-server"
+YEARS = range(2018, 2024)
+QUARTERS = (("01-01", "03-31"), ("04-01", "06-30"), ("07-01", "09-30"), ("10-01", "12-31"))
+SATELLITES = ["LANDSAT_8", "LANDSAT_9"]
+MAX_CLOUD_COVER = 75.0
 
 _BANDS = (
     Band("blue", ("B2",)),
@@ -24,10 +38,12 @@ _QA = (Band("qa_pixel", ("QA_PIXEL",)),)
 L1 = Platform(
     name="landsat-c2l1",
     collections=("landsat-c2l1", "landsat-c2-l1"),
-    bands=_BANDS,
+    # pan is 15 m: an L1 item's chip grid is the 15 m grid, the 30 m bands expand 2x
+    bands=_BANDS + (Band("pan", ("B8",)), Band("lwir", ("lwir11", "B10")), Band("lwir_high", ("lwir12", "B11"))),
     aux=_QA,
     nodata=0,
-    description="Landsat 8/9 Collection 2 Level 1, 30 m",
+    description="Landsat 8/9 Collection 2 Level 1",
+    extra={"stac_api": STAC_API},
 )
 L2 = Platform(
     name="landsat-c2l2-sr",
@@ -36,6 +52,7 @@ L2 = Platform(
     aux=_QA,
     nodata=0,
     description="Landsat 8/9 Collection 2 Level 2 surface reflectance, 30 m",
+    extra={"stac_api": STAC_API},
 )
 NAMES = {L1.name, L2.name}
 
@@ -54,3 +71,48 @@ def stacchip_chip_stats(platform, grid, read_asset):
         cloud=grid.chip_fractions(bit_mask(qa.data, QA_CLOUD_BITS), qa.factor),
         nodata=grid.chip_fractions(bit_mask(qa.data, (QA_FILL_BIT,)), qa.factor),
     )
+
+
+@hookimpl
+def stacchip_select_items(platform, sample, catalog):
+    if platform.name not in NAMES:
+        return None
+    point = sample.geometry.centroid
+    year = random.Random(sample.index).choice(list(YEARS))
+    selected = []
+    for start, end in QUARTERS:
+        # one search per satellite: the query extension has no "in" (pgstac refuses it)
+        candidates = []
+        for satellite in SATELLITES:
+            candidates += list(catalog.search(
+                collections=[platform.name],
+                datetime=f"{year}-{start}/{year}-{end}",
+                intersects=point,
+                sortby="properties.eo:cloud_cover",
+                query={"platform": {"eq": satellite}, "eo:cloud_cover": {"lte": MAX_CLOUD_COVER}},
+                max_items=1,
+            ).items())
+        if candidates:
+            selected.append(min(candidates, key=lambda item: item.properties["eo:cloud_cover"]))
+    return selected
+
+
+@hookimpl
+def stacchip_normalize_item(platform, item, store, prefix):
+    if platform.name not in NAMES:
+        return None
+    keys = [k for k in list(platform.asset_keys(item).values()) + [platform.asset_key(item, "qa_pixel")] if k]
+    alternates = {k: item.assets[k].extra_fields.get("alternate", {}).get("s3", {}).get("href") for k in keys}
+    return copy_assets(item, keys, store, prefix, hrefs={k: v for k, v in alternates.items() if v})
+
+
+def main_l2() -> None:
+    from stacchip_core.process import env_job
+
+    env_job(L2.name)
+
+
+def main_l1() -> None:
+    from stacchip_core.process import env_job
+
+    env_job(L1.name)

@@ -1,13 +1,55 @@
 """stacchip source plugin for LINZ aerial imagery (New Zealand), RGB.
 
 No cloud mask; nodata is every pixel that is 0 in band 1, counted at native resolution.
+
+Sample N is a catalog prefix of the source bucket (``PREFIXES``, the regional collections
+of the original processor, or a ``prefix`` column of the sample source). Its ``.tiff``
+objects are listed, half of them sampled (at least 10, at most 2000, seed 42), and each is
+resampled to 0.30 m (bilinear), its alpha band dropped, written as a COG into the target
+store and described by a new item (rio-stac, projection extension) whose datetime is the
+source item's ``start_datetime``.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
 
-from stacchip_core import Band, ChipStats, Platform, hookimpl
+import numpy as np
+import pystac
+import rasterio
+from rasterio.enums import Resampling
+
+from stacchip_core import Band, ChipStats, Platform, StacchipError, hookimpl
+from stacchip_core.settings import apply_gdal_options
+from stacchip_core.store import open_store
+from stacchip_core.synthetic import write_cog
+
+SOURCE_ENV = "STACCHIP_LINZ_SOURCE"
+SOURCE = "s3://nz-imagery"
+TARGET_RESOLUTION = 0.3
+SAMPLE_FRACTION, SAMPLE_MIN, SAMPLE_MAX, SAMPLE_SEED = 0.5, 10, 2000, 42
+PREFIXES = [
+    "auckland/auckland_2022_0.075m/", "wellington/wellington_2021_0.075m/", "wellington/wellington_2021_0.3m/",
+    "bay-of-plenty/bay-of-plenty_2023_0.1m/", "bay-of-plenty/tauranga_2022_0.1m/",
+    "bay-of-plenty/tauranga-winter_2022_0.1m/", "canterbury/canterbury_2023_0.3m/", "canterbury/ashburton_2023_0.1m/",
+    "canterbury/hurunui_2023_0.075m/", "canterbury/timaru_2022-2023_0.1m/", "canterbury/selwyn_2022-2023_0.075m/",
+    "gisborne/gisborne_2023_0.075m/", "hawkes-bay/hawkes-bay_2022_0.05m/", "hawkes-bay/napier_2017-2018_0.05m/",
+    "hawkes-bay/wairoa_2014-2015_0.1m/", "manawatu-whanganui/manawatu-whanganui_2021-2022_0.3m/",
+    "manawatu-whanganui/palmerston-north_2022_0.125m/", "manawatu-whanganui/rangitikei_2021_0.125m/",
+    "manawatu-whanganui/tararua_2024_0.1m/", "manawatu-whanganui/whanganui_2022_0.075m/",
+    "marlborough/marlborough_2023_0.075m/", "nelson/nelson_2022_0.075m/", "northland/northland_2016_0.1m/",
+    "otago/queenstown_2021_0.1m/", "otago/otago_2018_0.1m/", "otago/dunedin_2018-2019_0.1m/",
+    "southland/southland_2023_0.1m/", "southland/invercargill_2022_0.05m/", "taranaki/taranaki_2022_0.05m/",
+    "taranaki/new-plymouth_2017_0.1m/", "tasman/tasman_2023_0.075m/", "waikato/hamilton_2023_0.05m/",
+    "waikato/otorohanga_2021_0.1m/", "waikato/taupo_2023_0.075m/", "waikato/thames-coromandel_2021_0.1m/",
+    "waikato/waikato_2021_0.1m/", "waikato/waipa_2021_0.1m/", "west-coast/buller_2020_0.2m/",
+    "west-coast/west-coast_2016_0.1m/",
+]
 
 _ALIASES = ("image", "asset")
 PLATFORM = Platform(
@@ -35,3 +77,68 @@ def stacchip_chip_stats(platform, grid, read_asset):
     band1 = read_asset("red")
     nodata = grid.chip_fractions(band1.data == 0, band1.factor)
     return ChipStats(cloud=np.zeros_like(nodata), nodata=nodata)
+
+
+def sample_size(n: int) -> int:
+    return min(n, max(SAMPLE_MIN, min(int(n * SAMPLE_FRACTION), SAMPLE_MAX)))
+
+
+@hookimpl
+def stacchip_select_items(platform, sample):
+    if platform.name != PLATFORM.name:
+        return None
+    prefix = sample.properties.get("prefix")
+    if prefix is None:
+        if sample.index >= len(PREFIXES):
+            raise StacchipError(f"sample {sample.index} is out of range: there are {len(PREFIXES)} LINZ prefixes")
+        prefix = PREFIXES[sample.index]
+    source = open_store(os.environ.get(SOURCE_ENV, SOURCE))
+    tiffs = [key for key in source.list(prefix, ".tiff")]
+    chosen = random.Random(SAMPLE_SEED).sample(tiffs, sample_size(len(tiffs)))
+    items = []
+    for key in chosen:
+        item = pystac.Item.from_dict(json.loads(source.read_bytes(key[: -len(".tiff")] + ".json")))
+        item.assets = {"visual": pystac.Asset(source.url(key), media_type=pystac.MediaType.COG, roles=["data"])}
+        items.append(item)
+    return items
+
+
+def resample(href: str, path: Path, resolution: float = TARGET_RESOLUTION) -> None:
+    """Resample a LINZ tile to ``resolution`` (bilinear), keep RGB, write a COG."""
+    apply_gdal_options()
+    with rasterio.open(href) as src:
+        scale = abs(src.transform.a) / resolution
+        height, width = max(1, round(src.height * scale)), max(1, round(src.width * scale))
+        data = src.read([1, 2, 3], out_shape=(3, height, width), resampling=Resampling.bilinear)
+        transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
+        write_cog(path, data, transform, src.crs.to_wkt(), nodata=0)
+
+
+@hookimpl
+def stacchip_normalize_item(platform, item, store, prefix):
+    if platform.name != PLATFORM.name:
+        return None
+    from rio_stac import create_stac_item
+
+    source = item.assets["visual"].href
+    key = f"{prefix}/{Path(urlparse(source).path).name}"
+    with tempfile.TemporaryDirectory(prefix="stacchip-linz-") as tmp:
+        local = Path(tmp) / "visual.tiff"
+        if store.exists(key):
+            href = store.url(key)  # a rerun: resampled already
+        else:
+            resample(source, local)
+            href = str(local)
+        new = create_stac_item(href, input_datetime=item.common_metadata.start_datetime, id=item.id,
+                               asset_name="visual", asset_media_type=pystac.MediaType.COG, with_proj=True)
+        if not store.exists(key):
+            store.put_file(key, local)
+    new.assets["visual"].href = store.url(key)
+    new.clear_links()
+    return new
+
+
+def main() -> None:
+    from stacchip_core.process import env_job
+
+    env_job(PLATFORM.name)

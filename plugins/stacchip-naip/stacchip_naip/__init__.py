@@ -1,11 +1,20 @@
 """stacchip source plugin for NAIP aerial imagery (USDA), one 4-band asset.
 
 NAIP has no cloud mask and no nodata value: every chip gets 0 for both.
+
+Sample selection: the items intersecting the centroid of the sample geometry, sorted by
+``naip:year``; the latest, plus one older item drawn at random (seeded by the sample index).
 """
 
 from __future__ import annotations
 
+import random
+
 from stacchip_core import Band, ChipStats, Platform, hookimpl
+from stacchip_core.normalize import copy_assets
+
+STAC_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
+COLLECTION = "naip"
 
 _IMAGE = ("image", "asset")  # Planetary Computer's key, and rio-stac's default
 PLATFORM = Platform(
@@ -19,6 +28,7 @@ PLATFORM = Platform(
     ),
     nodata=None,
     description="NAIP 0.6 m / 1 m RGB+NIR aerial imagery",
+    extra={"stac_api": STAC_API},
 )
 
 
@@ -32,3 +42,36 @@ def stacchip_chip_stats(platform, grid):
     if platform.name != PLATFORM.name:
         return None
     return ChipStats.zeros((grid.y_size, grid.x_size))
+
+
+def _year(item) -> int:
+    return int(item.properties.get("naip:year") or item.datetime.year)
+
+
+@hookimpl
+def stacchip_select_items(platform, sample, catalog):
+    if platform.name != PLATFORM.name:
+        return None
+    found = list(catalog.search(collections=[COLLECTION], intersects=sample.geometry.centroid).items())
+    if not found:
+        return []
+    found.sort(key=lambda item: (_year(item), item.id))
+    latest = found[-1]
+    older = [item for item in found if _year(item) < _year(latest)]
+    selected = [latest]
+    if older:
+        selected.append(random.Random(sample.index).choice(older))
+    return selected
+
+
+@hookimpl
+def stacchip_normalize_item(platform, item, store, prefix):
+    if platform.name != PLATFORM.name:
+        return None
+    return copy_assets(item, [platform.asset_key(item, "red")], store, prefix)
+
+
+def main() -> None:
+    from stacchip_core.process import env_job
+
+    env_job(PLATFORM.name)

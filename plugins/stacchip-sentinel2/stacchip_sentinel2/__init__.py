@@ -4,15 +4,34 @@ Statistics come from the Scene Classification Layer (SCL) at its native 20 m: cl
 classes 1 (saturated/defective), 3 (cloud shadow), 8, 9 (cloud medium/high probability)
 and 10 (thin cirrus); nodata is class 0. Asset keys of Earth Search (``red``, ``scl``)
 and Planetary Computer (``B04``, ``SCL``) both resolve.
+
+Sample selection (the original processor's behaviour; every number is a parameter below):
+samples are MGRS tiles (column ``name``); seeded by the sample index, two random years in
+2018-2023; per quarter, the least cloudy item of the tile with at most 20 % nodata pixels,
+skipped when its ``eo:cloud_cover`` is above ``MAX_CLOUD_COVER``.
 """
 
 from __future__ import annotations
 
+import random
+
 from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl
+from stacchip_core.normalize import copy_assets
 
 NAME = "sentinel-2-l2a"
 SCL_CLOUD_CLASSES = (1, 3, 8, 9, 10)
 SCL_NODATA_CLASS = 0
+
+STAC_API = "https://earth-search.aws.element84.com/v1"
+COLLECTION = "sentinel-2-l2a"
+YEARS = range(2018, 2024)  # 2018-2023 inclusive
+N_YEARS = 2
+QUARTERS = (("01-01", "03-31"), ("04-01", "06-30"), ("07-01", "09-30"), ("10-01", "12-31"))
+MAX_NODATA_PIXEL_PERCENTAGE = 20
+# eo:cloud_cover is a percentage (0-100). stacchip 0.1 compared it with 0.75, which kept
+# only scenes with less than 0.75 % cloud; the per-chip cloud fraction in the index is the
+# right place to filter chips, so scenes are kept up to 75 % cloud.
+MAX_CLOUD_COVER = 75.0
 
 PLATFORM = Platform(
     name=NAME,
@@ -33,6 +52,7 @@ PLATFORM = Platform(
     nodata=0,
     chip_size=256,
     description="Sentinel-2 L2A surface reflectance, 10/20 m bands, SCL cloud mask",
+    extra={"stac_api": STAC_API},
 )
 
 
@@ -50,3 +70,45 @@ def stacchip_chip_stats(platform, grid, read_asset):
         cloud=grid.chip_fractions(class_mask(scl.data, SCL_CLOUD_CLASSES), scl.factor),
         nodata=grid.chip_fractions(scl.data == SCL_NODATA_CLASS, scl.factor),
     )
+
+
+def quarters(year: int) -> list[str]:
+    return [f"{year}-{start}/{year}-{end}" for start, end in QUARTERS]
+
+
+@hookimpl
+def stacchip_select_items(platform, sample, catalog):
+    if platform.name != NAME:
+        return None
+    tile = sample.properties["name"]
+    years = sorted(random.Random(sample.index).sample(list(YEARS), N_YEARS))
+    selected = []
+    for year in years:
+        for interval in quarters(year):
+            found = list(catalog.search(
+                collections=[COLLECTION],
+                datetime=interval,
+                intersects=sample.geometry,
+                sortby="properties.eo:cloud_cover",
+                query={"grid:code": {"eq": f"MGRS-{tile}"},
+                       "s2:nodata_pixel_percentage": {"lte": MAX_NODATA_PIXEL_PERCENTAGE}},
+                max_items=1,
+            ).items())
+            if found and found[0].properties["eo:cloud_cover"] <= MAX_CLOUD_COVER:
+                selected.append(found[0])
+    return selected
+
+
+@hookimpl
+def stacchip_normalize_item(platform, item, store, prefix):
+    if platform.name != NAME:
+        return None
+    keys = list(platform.asset_keys(item).values()) + [platform.asset_key(item, "scl")]
+    return copy_assets(item, [k for k in keys if k], store, prefix)
+
+
+def main() -> None:
+    """``stacchip-sentinel-2``: the original console script, configured by environment."""
+    from stacchip_core.process import env_job
+
+    env_job(NAME, ("STACCHIP_MGRS_SOURCE", "STACCHIP_SAMPLE_SOURCE"))

@@ -1,0 +1,183 @@
+"""A synthetic archive of every source, with choices for sample selection to make.
+
+``build_archive(root)`` writes small scenes with each source's real layout (see
+``synthetic``) for several dates and cloud levels, the items' JSON, the collections, the
+sample sources (an MGRS tile layer, a point layer) and a LINZ-like source bucket of RGBA
+tiles with their item JSONs. The same archive is loaded into a STAC API (pgstac) by the
+tests, or searched in place by the embedded catalog (the demo).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+
+from . import synthetic
+
+S2_TILE = "20HNJ"
+S2_ORIGIN = (499980.0, 6400000.0)  # EPSG:32720, the Earth Search fixture's tile
+LANDSAT_ORIGIN = (500000.0, 6380000.0)  # inside the S2 tile, so one point serves both
+NAIP_ORIGIN = (341338.2, 4749053.4)  # EPSG:26919
+LINZ_PREFIX = "auckland/auckland_2022_0.075m/"
+LINZ_ORIGIN = (1756000.0, 5920000.0)  # NZTM (EPSG:2193)
+
+
+@dataclass
+class Archive:
+    root: Path
+    items: Path  # folder of item JSON (the embedded catalog reads it)
+    collections: Path  # collections.json
+    mgrs: Path  # MGRS tile samples (name, polygon)
+    points: Path  # point samples (Landsat, NAIP)
+    linz_source: Path  # a LINZ-like source bucket, as a folder
+
+
+def _quarter_dates(year: int) -> list[datetime]:
+    return [datetime(year, m, 15, 10, 30, tzinfo=timezone.utc) for m in (2, 5, 8, 11)]
+
+
+def _s2_years(index: int) -> list[int]:
+    from random import Random
+
+    return sorted(Random(index).sample(list(range(2018, 2024)), 2))
+
+
+def build_archive(root: str | Path, scene_px: int = 512, seed: int = 0) -> Archive:
+    """Write the archive under ``root`` (idempotent for the same arguments)."""
+    root = Path(root)
+    items = root / "items"
+    rng = random.Random(seed)
+    _sentinel2(items, scene_px, rng)
+    _landsat(items, rng)
+    _naip(items)
+    linz = _linz_source(root / "linz-source")
+    collections = root / "collections.json"
+    collections.write_text(json.dumps([_collection(c) for c in
+                                       ("sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1", "naip")]))
+    return Archive(root, items, collections, _mgrs_samples(root), _point_samples(root), linz)
+
+
+def _sentinel2(items: Path, px: int, rng: random.Random) -> None:
+    """For sample 0's two years, per quarter: a clear-ish item, a cloudier one, and decoys
+    (lowest cloud but too much nodata; another MGRS tile; above the cloud limit)."""
+    n = 0
+    for year in _s2_years(0):
+        for q, when in enumerate(_quarter_dates(year)):
+            variants = [("a", 10.0 + q + year % 10, 5.0, S2_TILE), ("b", 40.0 + q, 3.0, S2_TILE),
+                        ("nodata", 1.0, 35.0, S2_TILE), ("othertile", 0.5, 0.0, "20HNK")]
+            if q == 3:  # last quarter: every item of the tile is too cloudy
+                variants = [("a", 80.0, 5.0, S2_TILE), ("b", 90.0, 2.0, S2_TILE)]
+            for tag, cloud, nodata_pct, tile in variants:
+                day = when.replace(day=10 + len(tag))
+                item_id = f"S2A_{tile}_{day:%Y%m%d}_{tag}"
+                path = synthetic.sentinel2_scene(items / "sentinel-2-l2a", px, seed=n, item_id=item_id, when=day,
+                                                 origin=S2_ORIGIN, cloud_cover=cloud, bands_10m=tuple(synthetic.S2_BANDS_10M),
+                                                 naming="planetary-computer" if year % 2 else "earth-search")
+                d = json.loads(path.read_text())
+                d["properties"].update({"s2:nodata_pixel_percentage": nodata_pct, "grid:code": f"MGRS-{tile}"})
+                path.write_text(json.dumps(d, indent=1))
+                n += 1
+    # a decoy outside sample 0's years
+    other = next(y for y in range(2018, 2024) if y not in _s2_years(0))
+    synthetic.sentinel2_scene(items / "sentinel-2-l2a", px, item_id=f"S2A_{S2_TILE}_{other}0615_x",
+                              when=datetime(other, 6, 15, tzinfo=timezone.utc), origin=S2_ORIGIN, cloud_cover=0.0)
+
+
+def _landsat(items: Path, rng: random.Random) -> None:
+    from random import Random
+
+    year = Random(0).choice(list(range(2018, 2024)))  # sample 0's year
+    for collection in ("landsat-c2l2-sr", "landsat-c2l1"):
+        for q, when in enumerate(_quarter_dates(year)):
+            for tag, cloud, sat in (("l8", 30.0 - 5 * q, "LANDSAT_8"), ("l9", 20.0 + 3 * q, "LANDSAT_9"),
+                                    ("l7", 1.0, "LANDSAT_7"), ("cloudy", 0.5 if q == 2 else 99.0, "LANDSAT_9")):
+                if tag == "cloudy" and q != 2:
+                    continue
+                level = "L2SP" if collection.endswith("sr") else "L1TP"
+                item_id = f"LC0{sat[-1]}_{level}_086107_{when:%Y%m%d}_{tag}"
+                path = synthetic.landsat_scene(items / collection, 300, 300, item_id=item_id, when=when,
+                                               origin=LANDSAT_ORIGIN, epsg=32720, collection=collection, seed=q)
+                d = json.loads(path.read_text())
+                d["properties"].update({"eo:cloud_cover": 99.0 if tag == "cloudy" else cloud, "platform": sat})
+                for key, asset in d["assets"].items():
+                    # the public item: https hrefs that cannot be reached here, and the s3 alternate
+                    asset["alternate"] = {"s3": {"href": asset["href"]}}
+                    asset["href"] = f"https://landsatlook.invalid/{item_id}/{key}.TIF"
+                path.write_text(json.dumps(d, indent=1))
+
+
+def _naip(items: Path) -> None:
+    for year in (2014, 2016, 2018, 2020, 2022):
+        path = synthetic.naip_scene(items / "naip", 600, 520, item_id=f"m_4207009_ne_19_060_{year}0701",
+                                    when=datetime(year, 7, 1, 16, tzinfo=timezone.utc), origin=NAIP_ORIGIN)
+        d = json.loads(path.read_text())
+        d["properties"]["naip:year"] = str(year)
+        path.write_text(json.dumps(d, indent=1))
+
+
+def _linz_source(root: Path, tiles: int = 12, px: int = 1200) -> Path:
+    """RGBA uint8 tiles at 0.075 m with their item JSONs (no proj fields, datetime null),
+    as in the LINZ imagery bucket. Each tile has a zero strip in band 1 (nodata)."""
+    for i in range(tiles):
+        name = f"BQ31_1000_{4701 + i:04d}"
+        x0, y0 = LINZ_ORIGIN[0] + (i % 4) * px * 0.075, LINZ_ORIGIN[1] - (i // 4) * px * 0.075
+        t = Affine(0.075, 0, x0, 0, -0.075, y0)
+        data = np.stack([(synthetic.band_pattern(b, px, px) % 250 + 1).astype(np.uint8) for b in range(3)]
+                        + [np.full((px, px), 255, np.uint8)])
+        data[:, :, : px // 4 * (i % 2)] = 0  # odd tiles: a quarter of nodata (alpha 0 too)
+        tiff = synthetic.write_cog(root / LINZ_PREFIX / f"{name}.tiff", data, t, "EPSG:2193")
+        item = {
+            "type": "Feature", "stac_version": "1.0.0", "id": name, "collection": "01HQRJ",
+            "geometry": None, "links": [{"rel": "self", "href": f"./{name}.json"}],
+            "properties": {"start_datetime": f"2022-12-{1 + i:02d}T11:00:00Z",
+                           "end_datetime": f"2022-12-{1 + i:02d}T11:00:00Z", "datetime": None},
+            "assets": {"visual": {"href": f"./{name}.tiff", "type": "image/tiff; application=geotiff; profile=cloud-optimized"}},
+        }
+        (root / LINZ_PREFIX / f"{name}.json").write_text(json.dumps(item, indent=1))
+        assert tiff.exists()
+    return root
+
+
+def _mgrs_samples(root: Path) -> Path:
+    import geopandas as gpd
+    import pyproj
+    import shapely
+
+    transformer = pyproj.Transformer.from_crs(32720, 4326, always_xy=True)
+    to_lonlat = lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))  # noqa: E731
+    x0, y0 = S2_ORIGIN
+    tile = shapely.transform(shapely.box(x0, y0 - 109800, x0 + 109800, y0), to_lonlat)
+    other = shapely.transform(shapely.box(x0 + 99960, y0 - 109800, x0 + 209760, y0), to_lonlat)
+    path = root / "samples" / "mgrs.geojson"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gpd.GeoDataFrame({"name": [S2_TILE, "20HNK"]}, geometry=[tile, other], crs=4326).to_file(path, driver="GeoJSON")
+    return path
+
+
+def _point_samples(root: Path) -> Path:
+    import geopandas as gpd
+    import pyproj
+    import shapely
+
+    landsat = pyproj.Transformer.from_crs(32720, 4326, always_xy=True).transform(LANDSAT_ORIGIN[0] + 4500, LANDSAT_ORIGIN[1] - 4500)
+    naip = pyproj.Transformer.from_crs(26919, 4326, always_xy=True).transform(NAIP_ORIGIN[0] + 150, NAIP_ORIGIN[1] - 150)
+    path = root / "samples" / "points.geojson"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gpd.GeoDataFrame({"site": ["pampa", "massachusetts"]},
+                     geometry=[shapely.Point(*landsat), shapely.Point(*naip)], crs=4326).to_file(path, driver="GeoJSON")
+    return path
+
+
+def _collection(cid: str) -> dict:
+    return {
+        "type": "Collection", "stac_version": "1.1.0", "id": cid, "description": f"synthetic {cid}",
+        "license": "proprietary", "links": [],
+        "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
+                   "temporal": {"interval": [["2000-01-01T00:00:00Z", None]]}},
+    }

@@ -1,0 +1,66 @@
+"""Helpers for the asset-normalization hook: copy assets into a store, rewrite hrefs."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pystac
+
+from .errors import AssetError
+from .raster import asset_href
+from .store import S3Store, Store
+
+log = logging.getLogger(__name__)
+
+
+def copy_into(store: Store, href: str, key: str) -> str:
+    """Copy the object at ``href`` (local path, file://, s3://, http(s)://) to ``key`` of
+    ``store``, unless it is there already. Returns the store URL of the copy."""
+    if store.exists(key):
+        return store.url(key)
+    url = urlparse(href)
+    try:
+        if url.scheme == "s3" and isinstance(store, S3Store):
+            # server-side copy, no bytes through this machine
+            store.client.copy({"Bucket": url.netloc, "Key": url.path.lstrip("/")}, store.bucket, store.key(key))
+            return store.url(key)
+        with tempfile.TemporaryDirectory(prefix="stacchip-copy-") as tmp:
+            local = Path(tmp) / Path(url.path).name
+            if url.scheme == "s3":
+                S3Store(url.netloc).client.download_file(url.netloc, url.path.lstrip("/"), str(local))
+            elif url.scheme in ("http", "https"):
+                with urllib.request.urlopen(href, timeout=60) as response, open(local, "wb") as fh:
+                    shutil.copyfileobj(response, fh)
+            else:
+                local = Path(url.path if url.scheme == "file" else href)
+                if not local.exists():
+                    raise AssetError(f"no such file: {local}")
+            return store.put_file(key, local)
+    except AssetError:
+        raise
+    except Exception as exc:  # boto/urllib errors name the object
+        raise AssetError(f"cannot copy {href} to {store.url(key)}: {exc}") from None
+
+
+def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
+                hrefs: dict[str, str] | None = None) -> pystac.Item:
+    """A copy of ``item`` with only ``keys``, each copied to ``{prefix}/{file name}`` in the
+    store and its href rewritten. ``hrefs`` overrides where to copy an asset from (e.g. an
+    alternate s3 href)."""
+    out = item.clone()
+    for key in list(out.assets):
+        if key not in keys:
+            del out.assets[key]
+    for key in keys:
+        asset = out.assets[key]
+        source = (hrefs or {}).get(key) or asset_href(asset)
+        name = Path(urlparse(source).path).name or f"{key}.tif"
+        asset.href = copy_into(store, source, f"{prefix}/{name}")
+        log.info("copied %s -> %s", key, asset.href)
+    out.clear_links()
+    return out

@@ -1,0 +1,156 @@
+"""The processing pipeline, the same for every platform, one sample per job:
+
+sample N -> select hook -> items -> for each item: normalize hook (assets into the store),
+write ``{platform}/{item_id}/stac_item.json``, index it, write
+``index/{platform}/{item_id}/index_{item_id}.parquet`` **last**, so an index never points
+at missing data. An item whose index exists is complete and skipped on reruns; one
+without is redone, and assets already copied are not copied again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pystac
+import shapely
+
+from .catalog import STAC_API_ENV, open_catalog
+from .errors import PlatformError, StacchipError
+from .index import with_geo_metadata
+from .indexer import Indexer
+from .platform import Platform
+from .plugins import get_platform, get_plugin_manager
+from .store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample location: row ``index`` of the sample source, its geometry in
+    EPSG:4326 (None when the source has none) and its attributes."""
+
+    index: int
+    geometry: shapely.Geometry | None = None
+    properties: dict = field(default_factory=dict)
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    status: str  # "done" or "skipped"
+    chips: int | None = None
+    index: str | None = None
+
+
+def load_sample(source: str | Path | None, index: int) -> Sample:
+    """Row ``index`` of any layer geopandas reads (a local file, URL or s3:// path)."""
+    if index < 0:
+        raise StacchipError(f"sample index must be >= 0, got {index}")
+    if source is None:
+        return Sample(index)
+    import geopandas as gpd
+
+    location = str(source)
+    if location.startswith("s3://"):
+        from .settings import apply_gdal_options
+
+        apply_gdal_options()
+        location = "/vsis3/" + location[5:]
+    try:
+        frame = gpd.read_file(location)
+    except Exception as exc:
+        raise StacchipError(f"cannot read sample source {source}: {exc}") from None
+    if not 0 <= index < len(frame):
+        raise StacchipError(f"sample {index} is out of range: {source} has {len(frame)} rows")
+    if frame.crs is not None and frame.crs.to_epsg() != 4326:
+        frame = frame.to_crs(4326)
+    row = frame.iloc[index]
+    properties = {k: _plain(v) for k, v in row.items() if k != frame.geometry.name}
+    return Sample(index, row.geometry, properties)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def index_key(platform: str, item_id: str) -> str:
+    return f"index/{platform}/{item_id}/index_{item_id}.parquet"
+
+
+def item_key(platform: str, item_id: str) -> str:
+    return f"{platform}/{item_id}/stac_item.json"
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table if b"geo" in (table.schema.metadata or {}) else with_geo_metadata(table), sink,
+                   compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size: int | None = None,
+                 max_nodata: float = 0.5) -> ItemResult:
+    """Normalize, write and index one item into the store (skipped when its index exists)."""
+    ikey = index_key(platform.name, item.id)
+    if store.exists(ikey):
+        log.info("%s: complete, skipped", item.id)
+        return ItemResult(item.id, "skipped", index=store.url(ikey))
+    prefix = f"{platform.name}/{item.id}"
+    normalized = get_plugin_manager().hook.stacchip_normalize_item(
+        platform=platform, item=item, store=store, prefix=prefix
+    )
+    if normalized is None:
+        raise PlatformError(f"no installed plugin normalizes items of platform {platform.name!r}")
+    skey = item_key(platform.name, item.id)
+    normalized.set_self_href(store.url(skey))
+    store.write_bytes(skey, json.dumps(normalized.to_dict(include_self_link=False), indent=1).encode())
+    table = Indexer(normalized, chip_size=chip_size or platform.chip_size, chip_max_nodata=max_nodata,
+                    platform=platform).create_index()
+    url = store.write_bytes(ikey, _parquet_bytes(table))  # last: the index only points at data that exists
+    log.info("%s: %d chips indexed", item.id, len(table))
+    return ItemResult(item.id, "done", len(table), url)
+
+
+def process(platform: str, index: int, bucket: str | Path, sample_source: str | Path | None = None,
+            stac_api: str | None = None, chip_size: int | None = None, max_nodata: float = 0.5) -> list[ItemResult]:
+    """Run one job: select the items for sample ``index`` and process each into ``bucket``."""
+    plat = get_platform(platform)
+    sample = load_sample(sample_source, index)
+    stac_api = stac_api or os.environ.get(STAC_API_ENV) or plat.extra.get("stac_api")
+    catalog = open_catalog(stac_api) if stac_api else None
+    items = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
+    if items is None:
+        raise PlatformError(f"no installed plugin selects items for platform {platform!r}")
+    log.info("sample %d: %d items selected for %s", index, len(items), platform)
+    store = open_store(bucket)
+    return [process_item(plat, item, store, chip_size, max_nodata) for item in items]
+
+
+def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOURCE",)) -> None:
+    """Console-script entry of the original processors: configured by environment
+    variables (AWS_BATCH_JOB_ARRAY_INDEX, STACCHIP_SAMPLE_SOURCE or STACCHIP_MGRS_SOURCE,
+    STACCHIP_BUCKET, STACCHIP_STAC_API). Errors are one line."""
+    import sys
+
+    from .cli import _setup_logging
+
+    _setup_logging(0, False)
+    try:
+        if "AWS_BATCH_JOB_ARRAY_INDEX" not in os.environ:
+            raise StacchipError("AWS_BATCH_JOB_ARRAY_INDEX env var not set")
+        if "STACCHIP_BUCKET" not in os.environ:
+            raise StacchipError("STACCHIP_BUCKET env var not set")
+        source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
+        results = process(platform, int(os.environ["AWS_BATCH_JOB_ARRAY_INDEX"]), os.environ["STACCHIP_BUCKET"], source)
+    except (StacchipError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    for r in results:
+        print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))

@@ -1,0 +1,252 @@
+"""The processors of the four sources, against a real STAC API (stac-fastapi-pgstac) and
+a real S3 endpoint (moto) on loopback, over the synthetic archive."""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+
+from conftest import run_cli
+from services import StacApi, pgstac_available
+from stacchip_core import StacchipError
+from stacchip_core.archive import LINZ_PREFIX, build_archive
+from stacchip_core.catalog import open_catalog
+from stacchip_core.process import load_sample, process
+
+S2, L2, L1 = "sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1"
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    return build_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(scope="session")
+def s3_archive(archive, s3_server, tmp_path_factory):
+    """The archive uploaded to a source bucket; item JSONs whose hrefs point there."""
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket="source-archive")
+    for path in sorted(archive.root.rglob("*")):
+        if path.is_file() and path.suffix in (".tif", ".tiff", ".json"):
+            client.upload_file(str(path), "source-archive", path.relative_to(archive.root).as_posix())
+    items = tmp_path_factory.mktemp("items-s3")
+    for path in sorted(archive.items.rglob("*.json")):
+        d = json.loads(path.read_text())
+        for asset in d["assets"].values():
+            for holder in (asset, asset.get("alternate", {}).get("s3", {})):
+                if holder.get("href", "").startswith(str(archive.root)):
+                    holder["href"] = "s3://source-archive/" + Path(holder["href"]).relative_to(archive.root).as_posix()
+        target = items / path.relative_to(archive.items)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(d))
+    return items
+
+
+@pytest.fixture(scope="session")
+def stac_api(archive, s3_archive):
+    if not pgstac_available():
+        pytest.skip("PostgreSQL 15 is not installed (.ci/run installs it)")
+    api = StacApi().start()
+    items = [json.loads(p.read_text()) for p in sorted(s3_archive.rglob("*.json"))]
+    api.load(json.loads(archive.collections.read_text()), items)
+    yield api.url
+    api.stop()
+
+
+def s2_expected(archive) -> list[str]:
+    """By construction: sample 0's two years, quarters 1-3 pick the 'a' item (lowest cloud of
+    the tile with <= 20 % nodata); quarter 4 has only items above 75 % cloud."""
+    years = sorted(random.Random(0).sample(list(range(2018, 2024)), 2))
+    return [f"S2A_20HNJ_{y}{m:02d}11_a" for y in years for m in (2, 5, 8)]
+
+
+def landsat_expected(collection: str) -> list[str]:
+    year = random.Random(0).choice(list(range(2018, 2024)))
+    level = "L2SP" if collection == L2 else "L1TP"
+    # l8 cloud 30, 25, 20, 15; l9 20, 23, 26, 29; l7 (1 %) and 'cloudy' (99 %) never qualify
+    winners = ["9", "9", "8", "8"]
+    return [f"LC0{w}_{level}_086107_{year}{m:02d}15_l{w}" for w, m in zip(winners, (2, 5, 8, 11))]
+
+
+def naip_expected() -> list[str]:
+    older = [2014, 2016, 2018, 2020]
+    return [f"m_4207009_ne_19_060_{y}0701" for y in (2022, random.Random(1).choice(older))]
+
+
+def ids(results):
+    return [r.item_id for r in results]
+
+
+# --- selection -------------------------------------------------------------------------
+
+def test_embedded_catalog_and_pgstac_select_the_same_items(archive, s3_archive, stac_api):
+    embedded, api = open_catalog(s3_archive), open_catalog(stac_api)
+    from stacchip_core.plugins import get_platform, get_plugin_manager
+
+    hook = get_plugin_manager().hook.stacchip_select_items
+    cases = [(S2, archive.mgrs, 0), (L2, archive.points, 0), (L1, archive.points, 0), ("naip", archive.points, 1)]
+    for platform, source, index in cases:
+        sample = load_sample(source, index)
+        a = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=embedded)]
+        b = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=api)]
+        assert a == b, platform
+        assert a  # each case selects something
+    assert [i.id for i in hook(platform=get_platform(S2), sample=load_sample(archive.mgrs, 0), catalog=api)] == s2_expected(archive)
+
+
+# --- Sentinel-2, local bucket ----------------------------------------------------------
+
+def test_sentinel2_local_job(archive, tmp_path):
+    bucket = tmp_path / "bucket"
+    results = process(S2, 0, bucket, archive.mgrs, str(archive.items))
+    assert ids(results) == s2_expected(archive)
+    assert all(r.status == "done" and r.chips == 3 for r in results)
+    first = results[0].item_id
+    item = json.loads((bucket / S2 / first / "stac_item.json").read_text())
+    kept = sorted(item["assets"])
+    # both spellings occur in the archive (odd years use Planetary Computer keys)
+    assert kept in (sorted(["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22", "scl"]),
+                    sorted(["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL"]))
+    for key, asset in item["assets"].items():
+        assert asset["href"] == str((bucket / S2 / first / f"{key}.tif").resolve())
+        assert Path(asset["href"]).exists()
+    # stats against the SCL as copied
+    scl_key = "scl" if "scl" in item["assets"] else "SCL"
+    with rasterio.open(item["assets"][scl_key]["href"]) as ds:
+        scl = ds.read(1)
+    table = pq.read_table(bucket / "index" / S2 / first / f"index_{first}.parquet")
+    expected = [np.isin(scl[y * 128:(y + 1) * 128, x * 128:(x + 1) * 128], [1, 3, 8, 9, 10]).mean()
+                for x, y in zip(table["chip_index_x"].to_pylist(), table["chip_index_y"].to_pylist())]
+    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), expected, atol=1e-6)
+    assert table["item_href"][0].as_py() == str((bucket / S2 / first / "stac_item.json").resolve())
+    # rerun: everything complete, nothing rewritten
+    mtimes = {p: p.stat().st_mtime_ns for p in bucket.rglob("*")}
+    again = process(S2, 0, bucket, archive.mgrs, str(archive.items))
+    assert [r.status for r in again] == ["skipped"] * 6
+    assert {p: p.stat().st_mtime_ns for p in bucket.rglob("*")} == mtimes
+
+
+def test_a_job_killed_midway_is_finished_by_a_rerun(archive, tmp_path):
+    """A source object vanishes after the first item (the job dies there); the rerun after
+    it is back completes the job, and the result equals an uninterrupted run."""
+    items = tmp_path / "items"
+    shutil.copytree(archive.items / S2, items / S2)
+    expected = s2_expected(archive)
+    victim = json.loads(next(items.rglob(f"{expected[1]}.json")).read_text())
+    red = Path(victim["assets"].get("red", victim["assets"].get("B04"))["href"])
+    hidden = tmp_path / "hidden.tif"
+    shutil.move(red, hidden)
+    bucket = tmp_path / "bucket"
+    try:
+        with pytest.raises(StacchipError, match="no such file"):
+            process(S2, 0, bucket, archive.mgrs, str(items))
+        # the first item is complete, the second has assets but no index
+        assert (bucket / "index" / S2 / expected[0]).exists()
+        assert (bucket / S2 / expected[1]).exists() and not (bucket / "index" / S2 / expected[1]).exists()
+    finally:
+        shutil.move(hidden, red)
+    results = process(S2, 0, bucket, archive.mgrs, str(items))
+    assert [r.status for r in results] == ["skipped"] + ["done"] * 5
+    clean = tmp_path / "clean"
+    process(S2, 0, clean, archive.mgrs, str(items))
+    layout = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())  # noqa: E731
+    assert layout(bucket) == layout(clean)
+    for rel in layout(clean):
+        if rel.endswith(".parquet"):
+            a, b = pq.read_table(bucket / rel), pq.read_table(clean / rel)
+            assert a.drop(["item_href"]).equals(b.drop(["item_href"]))
+
+
+# --- S3 source and target, through the STAC API ------------------------------------------
+
+def _keys(client, bucket, prefix=""):
+    return sorted(o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                  for o in page.get("Contents", []))
+
+
+def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
+    client = boto3.client("s3", endpoint_url=s3_server)
+    results = process(L2, 0, f"s3://{bucket}/v1", archive.points, stac_api)
+    assert ids(results) == landsat_expected(L2)
+    first = results[0].item_id
+    keys = _keys(client, bucket, f"v1/{L2}/{first}/")
+    assert keys == sorted([f"v1/{L2}/{first}/{k}.tif" for k in ("blue", "green", "red", "nir08", "swir16", "swir22", "qa_pixel")]
+                          + [f"v1/{L2}/{first}/stac_item.json"])
+    item = json.loads(client.get_object(Bucket=bucket, Key=f"v1/{L2}/{first}/stac_item.json")["Body"].read())
+    assert item["assets"]["red"]["href"] == f"s3://{bucket}/v1/{L2}/{first}/red.tif"
+    assert _keys(client, bucket, "v1/index/") == sorted(f"v1/index/{L2}/{i}/index_{i}.parquet" for i in ids(results))
+    # the index points at the item JSON in the bucket, and the chip reads through S3
+    from stacchip_core import chip_from_row
+    import io
+
+    table = pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=f"v1/index/{L2}/{first}/index_{first}.parquet")["Body"].read()))
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["item_href"] == f"s3://{bucket}/v1/{L2}/{first}/stac_item.json"
+    pixels = chip_from_row(row, assets=["red"])
+    from stacchip_core.synthetic import band_pattern
+
+    expected = band_pattern(2, 300, 300)[:256, :256]
+    assert pixels["red"][0][pixels["red"][0] > 0].size > 0
+    np.testing.assert_array_equal(pixels["red"][0][pixels["red"][0] > 0], expected[pixels["red"][0] > 0])
+    again = process(L2, 0, f"s3://{bucket}/v1", archive.points, stac_api)
+    assert {r.status for r in again} == {"skipped"}
+
+
+def test_naip_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
+    results = process("naip", 1, f"s3://{bucket}", archive.points, stac_api)
+    assert ids(results) == naip_expected()
+    client = boto3.client("s3", endpoint_url=s3_server)
+    assert _keys(client, bucket, f"naip/{results[0].item_id}/") == [f"naip/{results[0].item_id}/image.tif", f"naip/{results[0].item_id}/stac_item.json"]
+    assert [r.chips for r in results] == [4, 4]
+
+
+def test_landsat_l1_selects_its_own_collection(archive, tmp_path):
+    results = process(L1, 0, tmp_path / "b", archive.points, str(archive.items))
+    assert ids(results) == landsat_expected(L1)
+
+
+# --- LINZ ------------------------------------------------------------------------------
+
+def test_linz_job_resamples_to_30cm(archive, tmp_path, monkeypatch):
+    monkeypatch.setenv("STACCHIP_LINZ_SOURCE", str(archive.linz_source))
+    results = process("linz", 0, tmp_path / "bucket", None, None)
+    tiles = sorted(p.name for p in (archive.linz_source / LINZ_PREFIX).glob("*.tiff"))
+    chosen = random.Random(42).sample([f"{LINZ_PREFIX}{t}" for t in tiles], 10)  # 12 tiles: half, at least 10
+    assert ids(results) == [Path(k).stem for k in chosen]
+    for r in results:
+        item = json.loads((tmp_path / "bucket" / "linz" / r.item_id / "stac_item.json").read_text())
+        props = item["properties"]
+        assert props.get("proj:code") == "EPSG:2193" or props.get("proj:epsg") == 2193  # rio-stac writes projection v1
+        assert item["properties"]["datetime"].startswith("2022-12-")
+        with rasterio.open(item["assets"]["visual"]["href"]) as ds:
+            assert ds.res == (0.3, 0.3) and ds.count == 3 and (ds.width, ds.height) == (300, 300)
+            band1 = ds.read(1)
+        table = pq.read_table(tmp_path / "bucket" / "index" / "linz" / r.item_id / f"index_{r.item_id}.parquet")
+        assert len(table) == 1
+        assert table["nodata_percentage"][0].as_py() == pytest.approx((band1[:256, :256] == 0).mean(), abs=1e-6)
+        odd = int(r.item_id[-4:]) % 2 == 0  # tiles 4702, 4704, ... carry the nodata strip
+        assert (table["nodata_percentage"][0].as_py() > 0.25) == odd
+
+
+# --- the command line and the original console scripts ----------------------------------
+
+def test_cli_process_and_env_configured_console_script(archive, tmp_path):
+    r = run_cli("-q", "process", "naip", "--index", "1", "--sample", archive.points, "--bucket", tmp_path / "b",
+                "--stac-api", archive.items)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{i}: done, 4 chips" for i in naip_expected()]
+    from conftest import run_script_named
+
+    env = {"AWS_BATCH_JOB_ARRAY_INDEX": "1", "STACCHIP_SAMPLE_SOURCE": str(archive.points),
+           "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}
+    r = run_script_named("stacchip-naip", env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{i}: skipped" for i in naip_expected()]
+    r = run_script_named("stacchip-naip", env={**env, "AWS_BATCH_JOB_ARRAY_INDEX": "7"})
+    assert r.returncode == 1 and r.stderr.strip() == f"Error: sample 7 is out of range: {archive.points} has 2 rows"
