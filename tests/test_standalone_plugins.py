@@ -1,0 +1,46 @@
+"""Each source plugin installs and works alone: a fresh environment with stacchip-core and
+that one plugin, running a whole job on the synthetic archive."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_process import archive, landsat_expected, naip_expected, s2_expected  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).parents[1]
+UV = Path(sys.executable).with_name("uv")
+
+
+@pytest.mark.parametrize("plugin, entry, platform, index, source", [
+    ("stacchip-sentinel2", "sentinel2", "sentinel-2-l2a", 0, "mgrs"),
+    ("stacchip-landsat", "landsat", "landsat-c2l2-sr", 0, "points"),
+    ("stacchip-naip", "naip", "naip", 1, "points"),
+    ("stacchip-linz", "linz", "linz", 0, None),
+])
+def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path):  # noqa: F811
+    venv = tmp_path / "venv"
+    subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
+    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    str(ROOT), str(ROOT / "plugins" / plugin)], check=True)
+    stacchip = venv / "bin" / "stacchip"
+    env = {"PATH": str(venv / "bin"), "STACCHIP_LINZ_SOURCE": str(archive.linz_source), "HOME": str(tmp_path)}
+    info = json.loads(subprocess.run([str(stacchip), "plugins", "--json"], capture_output=True, text=True,
+                                     env=env, check=True).stdout)
+    assert [row["name"] for row in info] == [entry]
+    args = [str(stacchip), "-q", "process", platform, "--index", str(index), "--bucket", str(tmp_path / "bucket")]
+    if source:
+        args += ["--sample", str(getattr(archive, source)), "--stac-api", str(archive.items)]
+    r = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    done = [line.split(":")[0] for line in r.stdout.splitlines()]
+    expected = {"sentinel-2-l2a": s2_expected(archive), "landsat-c2l2-sr": landsat_expected("landsat-c2l2-sr"),
+                "naip": naip_expected()}.get(platform)
+    if expected is not None:
+        assert done == expected
+    else:
+        assert len(done) == 10
+    indexes = sorted((tmp_path / "bucket" / "index" / platform).rglob("*.parquet"))
+    assert [p.parent.name for p in indexes] == sorted(done)
