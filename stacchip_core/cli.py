@@ -152,11 +152,12 @@ def process(platform, job_index, sample_source, bucket, stac_api, chip_size, max
 @click.option("-o", "--out", default="stacchip-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the synthetic archive, the bucket and the previews.")
 def demo(out: Path) -> None:
-    """Run the whole job on an embedded synthetic archive: generate, index, merge, preview."""
+    """Run the whole job on an embedded synthetic archive: generate, process every source, merge, preview."""
     from .demo import run_demo
 
     result = run_demo(out)
     click.echo(f"archive:  {result['archive']}")
+    click.echo(f"bucket:   {result['bucket']}")
     click.echo(f"index:    {result['index']}")
     click.echo(f"previews: {result['previews']}")
     click.echo("")

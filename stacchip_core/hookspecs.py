@@ -67,10 +67,15 @@ def stacchip_chip_stats(
 def stacchip_select_items(platform: Platform, sample: Any, catalog: Any) -> list[pystac.Item] | None:
     """The STAC items to process for one sample location (*first result*).
 
-    ``sample`` is one row of the sample source (its index, geometry and attributes);
-    ``catalog`` is a STAC API client (``pystac_client.Client``-like) whose endpoint is a
-    setting. Seed any randomness from the sample index so that a rerun of the same
-    job selects the same items. Return ``None`` when ``platform`` is not yours.
+    ``sample`` is a :class:`stacchip_core.process.Sample`: ``index`` (the job's sample
+    number), ``geometry`` (shapely, EPSG:4326; None without a sample source) and
+    ``properties`` (the row's attributes). ``catalog`` answers pystac-client's
+    ``search(collections=, datetime=, intersects=, query=, sortby=, max_items=)``: a
+    ``pystac_client.Client`` for a STAC API, or the embedded catalog over item files (None
+    when no STAC API is configured, for sources that list a bucket instead). Use only the
+    query operators every STAC API has (eq, lt, lte, gt, gte: pgstac has no ``in``). Seed
+    any randomness from ``sample.index`` so that a rerun selects the same items. Return a
+    list of ``pystac.Item``, or ``None`` when ``platform`` is not yours.
     """
 
 
@@ -79,9 +84,12 @@ def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Any, p
     """Bring one selected item into the target store (*first result*).
 
     Keep the assets the platform needs, copy (or resample) them into ``store`` under
-    ``prefix`` and return a copy of ``item`` whose hrefs point at the copies. Must be
-    idempotent: objects already present in the store are not copied again. Return
-    ``None`` when ``platform`` is not yours.
+    ``prefix`` (``{platform}/{item_id}``) and return a copy of ``item`` whose hrefs point at
+    the copies. ``store`` is a local folder or an S3 bucket behind one interface
+    (``exists``, ``url``, ``read_bytes``, ``write_bytes``, ``put_file``, ``list``; see
+    ``stacchip_core.store``); :func:`stacchip_core.normalize.copy_assets` does the common
+    case in one call. Must be idempotent: objects already in the store are not copied
+    again, so a rerun finishes a half-done item. Return ``None`` when ``platform`` is not yours.
     """
 
 
