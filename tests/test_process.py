@@ -197,6 +197,12 @@ def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucke
     expected = band_pattern(2, 300, 300)[:256, :256]
     assert pixels["red"][0][pixels["red"][0] > 0].size > 0
     np.testing.assert_array_equal(pixels["red"][0][pixels["red"][0] > 0], expected[pixels["red"][0] > 0])
+    # stats against the QA_PIXEL flags as copied into the bucket
+    with rasterio.open(f"s3://{bucket}/v1/{L2}/{first}/qa_pixel.tif") as ds:
+        qa = ds.read(1)[:256, :256]
+    assert row["nodata_percentage"] == pytest.approx(((qa & 1) != 0).mean(), abs=1e-6)
+    assert row["cloud_cover_percentage"] == pytest.approx(((qa & 0b11010) != 0).mean(), abs=1e-6)
+    assert 0 < row["cloud_cover_percentage"] < 1 and 0 < row["nodata_percentage"] < 1
     again = process(L2, 0, f"s3://{bucket}/v1", archive.points, stac_api)
     assert {r.status for r in again} == {"skipped"}
 
