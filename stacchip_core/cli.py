@@ -149,6 +149,58 @@ def process(platform, job_index, sample_source, bucket, stac_api, chip_size, max
 
 
 @cli.command()
+@click.argument("index_path", metavar="INDEX")
+@click.argument("target")
+@click.option("--version", "version", default="v1", show_default=True, help="Folder name for this cube set.")
+@click.option("--index", "job", type=click.IntRange(min=0), default=0, envvar="AWS_BATCH_JOB_ARRAY_INDEX",
+              show_default=True, help="Job number [env: AWS_BATCH_JOB_ARRAY_INDEX].")
+@click.option("--cubes-per-job", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--cube-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--platform", "platforms_", multiple=True, help="Keep these platforms (repeatable).")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--max-cloud", type=click.FloatRange(0, 1))
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), help="First date (YYYY-MM-DD).")
+@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), help="Last date (YYYY-MM-DD).")
+@click.option("--bbox", type=float, nargs=4, help="xmin ymin xmax ymax in lon/lat.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Parallel chip reads.")
+@click.option("--mountpath", type=click.Path(file_okay=False))
+def prechip(index_path, target, version, job, cubes_per_job, cube_size, seed, platforms_, max_nodata, max_cloud,
+            start, end, bbox, workers, mountpath) -> None:
+    """Cut shuffled cubes of chips from INDEX into TARGET (folder or s3://), one job's share."""
+    from .prechip import ChipFilter, prechip as run
+
+    chip_filter = ChipFilter(tuple(platforms_) or None, max_nodata, max_cloud, start.date() if start else None,
+                             end.date() if end else None, tuple(bbox) if bbox else None)
+    report = run(index_path, target, version=version, job=job, cubes_per_job=cubes_per_job, cube_size=cube_size,
+                 seed=seed, chip_filter=chip_filter, workers=workers, mountpath=mountpath)
+    click.echo(f"{report['chips']} chips kept, {report['cubes_total']} cubes in all; this job: "
+               f"{len(report['written'])} written, {len(report['skipped'])} skipped, {len(report['failed'])} failed, "
+               f"{len(report['failed_chips'])} chips replaced")
+    for line in report["failed"]:
+        click.echo(f"failed: {line}", err=True)
+    if report["failed"]:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the statistics (.json or .yaml).")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True)
+def stats(source, output, workers) -> None:
+    """Per-platform, per-band count, mean and std over the cubes under SOURCE."""
+    from .bandstats import band_stats, dump
+
+    result = band_stats(source, workers)
+    if output:
+        dump(result, output)
+    click.echo(f"{'platform':<18}{'band':<12}{'count':>14}{'mean':>14}{'std':>14}")
+    for platform, bands in result.items():
+        for band, s in bands.items():
+            click.echo(f"{platform:<18}{band:<12}{s['count']:>14}{s['mean']:>14.4f}{s['std']:>14.4f}")
+
+
+@cli.command()
 @click.option("-o", "--out", default="stacchip-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the synthetic archive, the bucket and the previews.")
 def demo(out: Path) -> None:

@@ -1,0 +1,103 @@
+"""Per-platform, per-band statistics over prechip cubes (``stacchip stats``).
+
+Each cube gives exact per-band moments (count, mean, sum of squared deviations, two-pass
+in float64); cubes are merged with Chan et al.'s pairwise update, which is numerically
+stable (no sum-of-squares cancellation). Pixels equal to the platform's nodata value are
+left out. Cubes are read in parallel.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StacchipError
+from .plugins import platforms
+from .store import open_store
+
+
+@dataclass
+class Moments:
+    count: np.ndarray  # (bands,) int64
+    mean: np.ndarray  # (bands,) float64
+    m2: np.ndarray  # (bands,) float64: sum of squared deviations from the mean
+
+    def merge(self, other: Moments) -> Moments:
+        n = self.count + other.count
+        safe = np.where(n == 0, 1, n)
+        delta = other.mean - self.mean
+        mean = self.mean + delta * other.count / safe
+        m2 = self.m2 + other.m2 + delta**2 * self.count * other.count / safe
+        return Moments(n, mean, m2)
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / np.where(self.count == 0, 1, self.count))
+
+
+def moments(pixels: np.ndarray, nodata=None) -> Moments:
+    """Exact moments per band of (N, bands, h, w) pixels, nodata left out."""
+    bands = pixels.shape[1]
+    count, mean, m2 = np.zeros(bands, np.int64), np.zeros(bands), np.zeros(bands)
+    for b in range(bands):
+        values = pixels[:, b].astype(np.float64).ravel()
+        if nodata is not None:
+            values = values[values != nodata]
+        count[b] = values.size
+        if values.size:
+            mean[b] = values.mean()
+            m2[b] = ((values - mean[b]) ** 2).sum()
+    return Moments(count, mean, m2)
+
+
+def band_stats(source: str | Path, workers: int = 4) -> dict:
+    """{platform: {band: {count, mean, std}}} over every cube_*.npz under ``source``."""
+    store = open_store(source)
+    keys = [k for k in store.list("", ".npz") if Path(k).name.startswith("cube_")]
+    if not keys:
+        raise StacchipError(f"no cube_*.npz under {source}")
+    declared = platforms()
+
+    def one(key):
+        with np.load(io.BytesIO(store.read_bytes(key))) as cube:
+            platform = str(cube["platform"])
+            nodata = declared[platform].nodata if platform in declared else None
+            return platform, [str(b) for b in cube["bands"]], moments(cube["pixels"], nodata)
+
+    totals: dict[str, tuple[list[str], Moments]] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for platform, bands, m in pool.map(one, keys):  # merged in key order: deterministic
+            if platform in totals:
+                known, acc = totals[platform]
+                if known != bands:
+                    raise StacchipError(f"cubes of {platform} disagree on bands: {known} vs {bands}")
+                totals[platform] = (known, acc.merge(m))
+            else:
+                totals[platform] = (bands, m)
+    return {
+        platform: {band: {"count": int(m.count[i]), "mean": float(m.mean[i]), "std": float(m.std[i])}
+                   for i, band in enumerate(bands)}
+        for platform, (bands, m) in sorted(totals.items())
+    }
+
+
+def dump(stats: dict, path: str | Path) -> None:
+    """Write stats as JSON, or YAML for a .yaml/.yml path (needs PyYAML)."""
+    path = Path(path)
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise StacchipError("writing YAML needs PyYAML (pip install pyyaml); or use .json") from None
+        text = yaml.safe_dump(stats, sort_keys=False)
+    else:
+        text = json.dumps(stats, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

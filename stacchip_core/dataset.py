@@ -1,0 +1,102 @@
+"""A map-style dataset over a chip index, for torch's DataLoader or any other loader.
+
+Torch is not imported: items are numpy arrays and plain metadata, which the DataLoader's
+default collate turns into tensors. Each worker process keeps its own open datasets (the
+cache starts empty after a fork and is not pickled for spawn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .chipread import ChipReader
+from .prechip import ChipFilter, load_index
+
+
+class ChipDataset:
+    """``dataset[i] -> {"pixels": float32 (bands, cs, cs), "chipid", "platform", "item_id",
+    "date", "lon", "lat"}``, after the optional ``transform(sample) -> sample``.
+
+    ``bands`` selects bands by name for every platform (a list) or per platform (a dict);
+    default: each platform's canonical bands. ``chip_filter`` keeps rows of the index
+    (default: all rows).
+    """
+
+    def __init__(self, index: str | pa.Table, bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
+                 transform: Callable[[dict], dict] | None = None, chip_filter: ChipFilter | None = None,
+                 mountpath=None) -> None:
+        table = load_index(index) if not isinstance(index, pa.Table) else index
+        if chip_filter is not None:
+            table = chip_filter.apply(table)
+        self.table = table
+        self.transform = transform
+        self._bands = bands
+        self._readers: dict[str, ChipReader] = {}
+        self.mountpath = mountpath
+        self.platforms = np.asarray(table["platform"].to_pylist(), dtype=object)
+
+    def _reader(self, platform: str) -> ChipReader:
+        reader = self._readers.get(platform)
+        if reader is None:
+            bands = self._bands.get(platform) if isinstance(self._bands, dict) else self._bands
+            reader = self._readers[platform] = ChipReader(list(bands) if bands else None, self.mountpath)
+        return reader
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} chips")
+        row = self.table.slice(i, 1).to_pylist()[0]
+        bbox = row["bbox"]
+        sample = {
+            "pixels": self._reader(row["platform"]).read(row),
+            "chipid": row["chipid"], "platform": row["platform"], "item_id": row["item_id"],
+            "date": row["date"].isoformat(),
+            "lon": (bbox["xmin"] + bbox["xmax"]) / 2, "lat": (bbox["ymin"] + bbox["ymax"]) / 2,
+        }
+        return self.transform(sample) if self.transform else sample
+
+
+class PlatformBatchSampler:
+    """Batches of indices that each hold one platform only (sources differ in band count).
+
+    Shuffled with ``seed + epoch`` (call ``set_epoch`` each epoch): indices within each
+    platform, then the order of the batches. A torch ``batch_sampler``.
+    """
+
+    def __init__(self, platforms: Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        self.platforms = np.asarray(platforms, dtype=object)
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        batches = []
+        for name in sorted(set(self.platforms)):
+            indices = np.flatnonzero(self.platforms == name)
+            if self.shuffle:
+                indices = rng.permutation(indices)
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start:start + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch.tolist())
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

@@ -1,0 +1,187 @@
+"""Pre-cut, shuffled training cubes from a merged index (``stacchip prechip``).
+
+The kept chips of each platform are put in a seeded random permutation (each chip once).
+Cube ``k`` of a platform owns the permutation block ``[k*B, (k+1)*B)`` with
+``B = cube_size + spares``: its first ``cube_size`` chips that read, so a chip that fails is
+replaced by the next chip of the same block. Cubes never share chips, so jobs are
+independent and reruns give the same cubes; the unused spares (``spares / B`` of the
+chips, 6 % by default) are not used. A cube whose block has too many failures is reported
+and not written. Cubes are ``{version}/{platform}/cube_{k:06d}.npz`` with:
+
+- ``pixels`` float32 (N, bands, cs, cs), bands in the platform's canonical order (``bands``)
+- ``lat_norm``, ``lon_norm``: (N, 2) sin and cos of the chip centre's latitude / longitude
+- ``week_norm``, ``hour_norm``: (N, 2) sin and cos of the ISO week (/52) and hour (/24);
+  noon for items without a time of day
+- ``chipids``, ``platform``, ``bands``: every pixel is traceable to its source chip
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .chipread import ChipReader
+from .errors import StacchipError
+from .store import open_store, read_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChipFilter:
+    platforms: tuple[str, ...] | None = None
+    max_nodata: float = 0.05
+    max_cloud: float | None = None
+    start: date | None = None
+    end: date | None = None
+    bbox: tuple[float, float, float, float] | None = None  # lon/lat, chips intersecting it
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        mask = pc.less_equal(table["nodata_percentage"], self.max_nodata)
+        if self.max_cloud is not None:
+            mask = pc.and_(mask, pc.less_equal(table["cloud_cover_percentage"], self.max_cloud))
+        if self.platforms:
+            mask = pc.and_(mask, pc.is_in(table["platform"], pa.array(list(self.platforms))))
+        if self.start is not None:
+            mask = pc.and_(mask, pc.greater_equal(table["date"], pa.scalar(self.start, pa.date32())))
+        if self.end is not None:
+            mask = pc.and_(mask, pc.less_equal(table["date"], pa.scalar(self.end, pa.date32())))
+        if self.bbox is not None:
+            xmin, ymin, xmax, ymax = self.bbox
+            b = table["bbox"]
+            mask = pc.and_(mask, pc.and_(
+                pc.and_(pc.less_equal(pc.struct_field(b, "xmin"), xmax), pc.greater_equal(pc.struct_field(b, "xmax"), xmin)),
+                pc.and_(pc.less_equal(pc.struct_field(b, "ymin"), ymax), pc.greater_equal(pc.struct_field(b, "ymax"), ymin))))
+        return table.filter(mask)
+
+
+@dataclass(frozen=True)
+class Cube:
+    platform: str
+    number: int  # k: the cube's number within its platform
+    rows: np.ndarray  # the row numbers of its permutation block, in order
+
+
+def load_index(location: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(io.BytesIO(read_url(str(location))))
+    except pa.ArrowInvalid as exc:
+        raise StacchipError(f"{location} is not a readable index: {exc}") from None
+
+
+def plan_cubes(table: pa.Table, cube_size: int = 128, spares: int | None = None, seed: int = 42) -> list[Cube]:
+    """Every cube of every platform (platforms by name, then cube number)."""
+    spares = max(1, cube_size // 16) if spares is None else spares
+    block = cube_size + spares
+    platform_col = np.asarray(table["platform"].to_pylist(), dtype=object)
+    cubes = []
+    for name in sorted(set(platform_col)):
+        rows = np.flatnonzero(platform_col == name)
+        # chips in id order first, so the permutation does not depend on file order
+        ids = np.asarray(table["chipid"].take(pa.array(rows)).to_pylist(), dtype=object)
+        rows = rows[np.argsort(ids, kind="stable")]
+        order = rows[np.random.default_rng([seed, _stable_hash(name)]).permutation(len(rows))]
+        for k in range(len(order) // block):
+            cubes.append(Cube(name, k, order[k * block:(k + 1) * block]))
+    return cubes
+
+
+def _stable_hash(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode())
+
+
+def cube_key(version: str, cube: Cube) -> str:
+    return f"{version}/{cube.platform}/cube_{cube.number:06d}.npz"
+
+
+def _norms(rows: list[dict]) -> dict[str, np.ndarray]:
+    import shapely
+
+    centres = shapely.centroid(shapely.from_wkb([r["geometry"] for r in rows]))
+    lon, lat = np.radians(shapely.get_x(centres)), np.radians(shapely.get_y(centres))
+    weeks, hours = [], []
+    for r in rows:
+        when = r.get("datetime")
+        if isinstance(when, datetime):
+            hour = when.hour + when.minute / 60
+            day = when.date()
+        else:
+            day, hour = r["date"], 12.0
+        weeks.append(day.isocalendar()[1])
+        hours.append(hour)
+    week = 2 * np.pi * np.asarray(weeks, float) / 52
+    hour = 2 * np.pi * np.asarray(hours, float) / 24
+    pair = lambda a: np.stack([np.sin(a), np.cos(a)], axis=1).astype(np.float32)  # noqa: E731
+    return {"lat_norm": pair(lat), "lon_norm": pair(lon), "week_norm": pair(week), "hour_norm": pair(hour)}
+
+
+def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, workers: int = 4) -> tuple[dict, list[str]]:
+    """Read a cube's chips (in parallel); returns (arrays, failed chip ids)."""
+    rows = table.take(pa.array(cube.rows)).to_pylist()
+
+    def read(row):
+        try:
+            return reader.read(row), None
+        except Exception as exc:  # any read failure: report it, use a spare
+            return None, f"{row['chipid']}: {exc}"
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(read, rows))
+    kept, failed = [], []
+    for row, (pixels, error) in zip(rows, results):
+        if error:
+            failed.append(error)
+            log.warning("chip failed, replaced by a spare: %s", error)
+        elif len(kept) < cube_size:
+            kept.append((row, pixels))
+    if len(kept) < cube_size:
+        raise StacchipError(f"cube {cube.platform}/{cube.number}: {len(failed)} chips failed, "
+                            f"more than its {len(rows) - cube_size} spares")
+    chosen = [r for r, _ in kept]
+    arrays = {"pixels": np.stack([p for _, p in kept]), **_norms(chosen),
+              "chipids": np.asarray([r["chipid"] for r in chosen]),
+              "platform": np.asarray(cube.platform),
+              "bands": np.asarray(reader.band_names(cube.platform))}
+    return arrays, failed
+
+
+def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes_per_job: int = 1,
+            cube_size: int = 128, spares: int | None = None, seed: int = 42, chip_filter: ChipFilter = ChipFilter(),
+            workers: int = 4, mountpath=None) -> dict:
+    """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
+    table = chip_filter.apply(load_index(index))
+    cubes = plan_cubes(table, cube_size, spares, seed)
+    mine = cubes[job * cubes_per_job:(job + 1) * cubes_per_job]
+    store = open_store(target)
+    reader = ChipReader(mountpath=mountpath)
+    report = {"chips": len(table), "cubes_total": len(cubes), "written": [], "skipped": [], "failed": [], "failed_chips": []}
+    for cube in mine:
+        key = cube_key(version, cube)
+        if store.exists(key):
+            report["skipped"].append(key)
+            continue
+        try:
+            arrays, failed = build_cube(table, cube, cube_size, reader, workers)
+        except StacchipError as exc:
+            report["failed"].append(f"{key}: {exc}")
+            log.error("%s", exc)
+            continue
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        store.write_bytes(key, buffer.getvalue())
+        report["written"].append(key)
+        report["failed_chips"] += failed
+        log.info("wrote %s (%d chips, %d replaced)", key, cube_size, len(failed))
+    reader.close()
+    return report
