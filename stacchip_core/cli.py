@@ -31,20 +31,34 @@ class _Group(click.Group):
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer"):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if log_json else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer", "distributed"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug and tracebacks).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--log-json", is_flag=True, help="Log lines as JSON objects (for log shippers).")
 @click.version_option(package_name="stacchip-core")
-def cli(verbose: int, quiet: bool) -> None:
+def cli(verbose: int, quiet: bool, log_json: bool) -> None:
     """Index STAC items into ML chips and read their pixels."""
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, log_json)
 
 
 @cli.command()
@@ -128,11 +142,49 @@ def merge(src, dst) -> None:
     click.echo(f"{result['output']}: {result['rows']} chips from {result['files']} index files")
 
 
+def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
+    """The job indices to run and whether to fan them out: --index (else the array-job
+    environment), --index-range a:b, or --all."""
+    from .runner import INDEX_ENV_VARS, job_index_from_env, parse_range
+
+    given = sum(x is not None and x is not False for x in (index, index_range, all_jobs or None))
+    if given > 1:
+        raise click.UsageError("give only one of --index, --index-range and --all")
+    if index_range:
+        return list(parse_range(index_range)), True
+    if all_jobs:
+        return list(range(count())), True
+    if index is None:
+        index = job_index_from_env()
+    if index is None:
+        raise click.UsageError(f"give --index, --index-range or --all (or set one of {', '.join(INDEX_ENV_VARS)})")
+    return [index], False
+
+
+def _finish(report, store_location: str, key: str) -> None:
+    """Write the run report next to the outputs, print the summary; exit 1 on failures."""
+    from .store import open_store
+
+    url = open_store(store_location).write_bytes(key, report.to_json().encode())
+    s = report.summary()
+    click.echo(f"{s['done']} of {s['tasks']} jobs done, {s['failed']} failed in {report.seconds:.1f} s "
+               f"({report.scheduler}); report: {url}")
+    for task in report.failed:
+        click.echo(f"failed: job {task.index}: {task.error}", err=True)
+    if report.failed:
+        raise SystemExit(1)
+
+
+_SCHEDULER_HELP = "Where --index-range/--all jobs run: local[:N] (a dask LocalCluster), tcp://HOST:PORT, or sync."
+
+
 @cli.command()
 @click.argument("platform")
-@click.option("--index", "job_index", type=click.IntRange(min=0), envvar="AWS_BATCH_JOB_ARRAY_INDEX",
-              required=True, help="Sample (row) to process [env: AWS_BATCH_JOB_ARRAY_INDEX].")
-@click.option("--sample", "sample_source", envvar=["STACCHIP_SAMPLE_SOURCE", "STACCHIP_MGRS_SOURCE"],
+@click.option("--index", "job_index", type=click.IntRange(min=0),
+              help="Sample to process [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].")
+@click.option("--index-range", help="Samples a:b (b excluded), fanned out over --scheduler.")
+@click.option("--all", "all_samples", is_flag=True, help="Every sample of the source, fanned out over --scheduler.")
+@click.option("--sample", "--samples", "sample_source", envvar=["STACCHIP_SAMPLE_SOURCE", "STACCHIP_MGRS_SOURCE"],
               help="Sample locations: any layer geopandas reads [env: STACCHIP_SAMPLE_SOURCE].")
 @click.option("--bucket", required=True, envvar="STACCHIP_BUCKET",
               help="Target: a folder or s3://bucket[/prefix] [env: STACCHIP_BUCKET].")
@@ -140,20 +192,37 @@ def merge(src, dst) -> None:
               help="STAC API URL, or a folder of item JSON (embedded catalog) [env: STACCHIP_STAC_API].")
 @click.option("--chip-size", type=click.IntRange(min=1), help="Default: the platform's.")
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True)
-def process(platform, job_index, sample_source, bucket, stac_api, chip_size, max_nodata) -> None:
-    """Process sample --index of PLATFORM into --bucket: select, normalize, index."""
-    from .process import process as run
+@click.option("--scheduler", default="local", show_default=True, help=_SCHEDULER_HELP)
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed job.")
+def process(platform, job_index, index_range, all_samples, sample_source, bucket, stac_api, chip_size, max_nodata,
+            scheduler, retries) -> None:
+    """Process samples of PLATFORM into --bucket: select, normalize, index."""
+    from functools import partial
 
-    for r in run(platform, job_index, bucket, sample_source, stac_api, chip_size, max_nodata):
-        click.echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+    from .process import count_samples, process_job
+    from .runner import run_tasks
+
+    indices, fan_out = _indices(job_index, index_range, all_samples, lambda: count_samples(platform, sample_source))
+    job = partial(process_job, platform=platform, bucket=bucket, sample_source=sample_source, stac_api=stac_api,
+                  chip_size=chip_size, max_nodata=max_nodata)
+    if not fan_out:
+        for r in job(indices[0]):
+            click.echo(f"{r['item_id']}: {r['status']}" + (f", {r['chips']} chips" if r["chips"] is not None else ""))
+        return
+    report = run_tasks(job, indices, scheduler, retries, command=f"process {platform}")
+    _finish(report, bucket, f"_runs/process-{platform}-{indices[0]}-{indices[-1] + 1}.json")
 
 
 @cli.command()
 @click.argument("index_path", metavar="INDEX")
 @click.argument("target")
 @click.option("--version", "version", default="v1", show_default=True, help="Folder name for this cube set.")
-@click.option("--index", "job", type=click.IntRange(min=0), default=0, envvar="AWS_BATCH_JOB_ARRAY_INDEX",
-              show_default=True, help="Job number [env: AWS_BATCH_JOB_ARRAY_INDEX].")
+@click.option("--index", "job", type=click.IntRange(min=0),
+              help="Job number [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].")
+@click.option("--index-range", help="Jobs a:b (b excluded), fanned out over --scheduler.")
+@click.option("--all", "all_jobs", is_flag=True, help="Every job (all cubes), fanned out over --scheduler.")
+@click.option("--scheduler", default="local", show_default=True, help=_SCHEDULER_HELP)
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--cubes-per-job", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--cube-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -165,15 +234,29 @@ def process(platform, job_index, sample_source, bucket, stac_api, chip_size, max
 @click.option("--bbox", type=float, nargs=4, help="xmin ymin xmax ymax in lon/lat.")
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Parallel chip reads.")
 @click.option("--mountpath", type=click.Path(file_okay=False))
-def prechip(index_path, target, version, job, cubes_per_job, cube_size, seed, platforms_, max_nodata, max_cloud,
-            start, end, bbox, workers, mountpath) -> None:
-    """Cut shuffled cubes of chips from INDEX into TARGET (folder or s3://), one job's share."""
-    from .prechip import ChipFilter, prechip as run
+def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, retries, cubes_per_job, cube_size, seed,
+            platforms_, max_nodata, max_cloud, start, end, bbox, workers, mountpath) -> None:
+    """Cut shuffled cubes of chips from INDEX into TARGET (folder or s3://), one job's share
+    (or many jobs with --index-range/--all)."""
+    from functools import partial
+
+    from .prechip import ChipFilter, count_jobs, prechip_job
+    from .runner import run_tasks
 
     chip_filter = ChipFilter(tuple(platforms_) or None, max_nodata, max_cloud, start.date() if start else None,
                              end.date() if end else None, tuple(bbox) if bbox else None)
-    report = run(index_path, target, version=version, job=job, cubes_per_job=cubes_per_job, cube_size=cube_size,
-                 seed=seed, chip_filter=chip_filter, workers=workers, mountpath=mountpath)
+    indices, fan_out = _indices(job, index_range, all_jobs,
+                                lambda: count_jobs(index_path, cube_size, cubes_per_job, None, seed, chip_filter))
+    task = partial(prechip_job, index=index_path, target=target, version=version, cubes_per_job=cubes_per_job,
+                   cube_size=cube_size, seed=seed, chip_filter=chip_filter, workers=workers, mountpath=mountpath)
+    if fan_out:
+        run = run_tasks(task, indices, scheduler, retries, command="prechip")
+        for t in run.tasks:
+            if t.status == "done" and t.result["failed"]:  # cubes with too many failed chips
+                t.status, t.error = "failed", "; ".join(t.result["failed"])
+        _finish(run, target, f"_runs/prechip-{version}-{indices[0]}-{indices[-1] + 1}.json")
+        return
+    report = task(indices[0])
     click.echo(f"{report['chips']} chips kept, {report['cubes_total']} cubes in all; this job: "
                f"{len(report['written'])} written, {len(report['skipped'])} skipped, {len(report['failed'])} failed, "
                f"{len(report['failed_chips'])} chips replaced")

@@ -185,3 +185,14 @@ def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes
         log.info("wrote %s (%d chips, %d replaced)", key, cube_size, len(failed))
     reader.close()
     return report
+
+
+def prechip_job(job: int, **kwargs) -> dict:
+    """One prechip job, picklable for a cluster."""
+    return prechip(kwargs.pop("index"), kwargs.pop("target"), job=job, **kwargs)
+
+
+def count_jobs(index: str, cube_size: int, cubes_per_job: int, spares: int | None, seed: int,
+               chip_filter: ChipFilter) -> int:
+    cubes = len(plan_cubes(chip_filter.apply(load_index(index)), cube_size, spares, seed))
+    return -(-cubes // cubes_per_job)

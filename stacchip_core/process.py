@@ -135,22 +135,55 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
 
 def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOURCE",)) -> None:
     """Console-script entry of the original processors: configured by environment
-    variables (AWS_BATCH_JOB_ARRAY_INDEX, STACCHIP_SAMPLE_SOURCE or STACCHIP_MGRS_SOURCE,
-    STACCHIP_BUCKET, STACCHIP_STAC_API). Errors are one line."""
+    variables (the job index from AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX or
+    SLURM_ARRAY_TASK_ID; STACCHIP_SAMPLE_SOURCE or STACCHIP_MGRS_SOURCE, STACCHIP_BUCKET,
+    STACCHIP_STAC_API). Errors are one line."""
     import sys
 
     from .cli import _setup_logging
+    from .runner import INDEX_ENV_VARS, job_index_from_env
 
     _setup_logging(0, False)
     try:
-        if "AWS_BATCH_JOB_ARRAY_INDEX" not in os.environ:
-            raise StacchipError("AWS_BATCH_JOB_ARRAY_INDEX env var not set")
+        index = job_index_from_env()
+        if index is None:
+            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
         if "STACCHIP_BUCKET" not in os.environ:
             raise StacchipError("STACCHIP_BUCKET env var not set")
         source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
-        results = process(platform, int(os.environ["AWS_BATCH_JOB_ARRAY_INDEX"]), os.environ["STACCHIP_BUCKET"], source)
+        results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
     except (StacchipError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
     for r in results:
         print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+
+
+def process_job(index: int, *, platform: str, bucket: str, sample_source=None, stac_api=None,
+                chip_size=None, max_nodata: float = 0.5) -> list[dict]:
+    """One job, picklable for a cluster: the results as plain dicts."""
+    from dataclasses import asdict
+
+    return [asdict(r) for r in process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)]
+
+
+def count_samples(platform: str, sample_source=None) -> int:
+    """How many samples ``--all`` means: the rows of the sample source, or the platform's
+    own sample count (LINZ's list of prefixes)."""
+    if sample_source is not None:
+        import pyogrio
+
+        location = str(sample_source)
+        if location.startswith("s3://"):
+            from .settings import apply_gdal_options
+
+            apply_gdal_options()
+            location = "/vsis3/" + location[5:]
+        try:
+            return int(pyogrio.read_info(location)["features"])
+        except Exception as exc:
+            raise StacchipError(f"cannot read sample source {sample_source}: {exc}") from None
+    count = get_platform(platform).extra.get("samples")
+    if count is None:
+        raise StacchipError(f"platform {platform!r} needs a sample source (--sample) for --all")
+    return int(count)

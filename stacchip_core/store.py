@@ -81,8 +81,11 @@ class LocalStore:
 
 def s3_client():
     import boto3  # deferred: boto3 is slow to import and only needed for s3://
+    from botocore.config import Config
 
-    return boto3.client("s3", endpoint_url=s3_endpoint())
+    # transient errors (throttling, 5xx, dropped connections) are retried with backoff
+    config = Config(retries={"max_attempts": 8, "mode": "standard"})
+    return boto3.client("s3", endpoint_url=s3_endpoint(), config=config)
 
 
 @dataclass

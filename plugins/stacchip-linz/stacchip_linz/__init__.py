@@ -62,6 +62,7 @@ PLATFORM = Platform(
     ),
     nodata=0,
     description="LINZ aerial imagery resampled to 0.30 m, RGB",
+    extra={"samples": len(PREFIXES)},  # --all: every regional prefix
 )
 
 

@@ -1,0 +1,155 @@
+"""Running many jobs: the array-job index from the environment, index ranges, and fanning
+jobs out over a dask.distributed cluster (an existing engine; stacchip has no scheduler).
+
+One failing job never aborts the others: results, failures (with reasons) and retries are
+collected into a run report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from tqdm import tqdm
+
+from .errors import StacchipError
+
+log = logging.getLogger(__name__)
+
+# checked in this order: AWS Batch array jobs, Kubernetes indexed jobs, Slurm job arrays
+INDEX_ENV_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")
+
+
+def job_index_from_env() -> int | None:
+    for var in INDEX_ENV_VARS:
+        value = os.environ.get(var)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                raise StacchipError(f"{var}={value!r} is not a job index") from None
+    return None
+
+
+def parse_range(text: str) -> range:
+    """``a:b`` -> indices a .. b-1."""
+    try:
+        a, b = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise StacchipError(f"index range {text!r} is not of the form a:b") from None
+    if not 0 <= a < b:
+        raise StacchipError(f"index range {text!r} is empty or negative")
+    return range(a, b)
+
+
+@dataclass
+class TaskResult:
+    index: int
+    status: str  # "done" or "failed"
+    result: object = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RunReport:
+    command: str
+    scheduler: str
+    started: str
+    seconds: float = 0.0
+    tasks: list[TaskResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[TaskResult]:
+        return [t for t in self.tasks if t.status == "failed"]
+
+    def summary(self) -> dict:
+        return {"tasks": len(self.tasks), "done": len(self.tasks) - len(self.failed), "failed": len(self.failed)}
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["summary"] = self.summary()
+        return json.dumps(data, indent=1, default=str)
+
+
+def _timed(fn: Callable, index: int):
+    start = time.perf_counter()
+    return fn(index), time.perf_counter() - start
+
+
+def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: str = "local",
+              retries: int = 2, command: str = "") -> RunReport:
+    """Run ``fn(index)`` for every index and collect a report.
+
+    ``scheduler``: ``sync`` (in this process, one after the other), ``local`` or
+    ``local:N`` (a dask LocalCluster of N worker processes, default one per core, on
+    127.0.0.1), or ``tcp://HOST:PORT`` (an existing dask scheduler). ``fn`` must be
+    picklable (a module-level function or a functools.partial of one). Failed tasks are
+    retried ``retries`` times by dask before they count as failed.
+    """
+    indices = list(indices)
+    report = RunReport(command, scheduler, datetime.now(timezone.utc).isoformat())
+    start = time.perf_counter()
+    bar = tqdm(total=len(indices), desc=command or "jobs", unit="job", disable=None)
+    if scheduler == "sync":
+        for index in indices:
+            report.tasks.append(_run_one(fn, index))
+            bar.update()
+            _log_task(report.tasks[-1])
+    else:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if scheduler.startswith("local"):
+            workers = int(scheduler.split(":")[1]) if ":" in scheduler else (os.cpu_count() or 1)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None)
+            address = cluster
+        elif scheduler.startswith("tcp://"):
+            address = scheduler
+        else:
+            raise StacchipError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
+        try:
+            with Client(address) as client:
+                futures = {client.submit(_timed, fn, i, retries=retries, pure=False, key=f"{command}-{i}-{time.time_ns()}"): i
+                           for i in indices}
+                for future in as_completed(futures):
+                    index = futures[future]
+                    if future.status == "error":
+                        exc = future.exception()
+                        task = TaskResult(index, "failed", error=f"{type(exc).__name__}: {exc}")
+                    else:
+                        value, seconds = future.result()
+                        task = TaskResult(index, "done", value, seconds=round(seconds, 3))
+                    report.tasks.append(task)
+                    bar.update()
+                    _log_task(task)
+        finally:
+            if cluster is not None:
+                cluster.close()
+    bar.close()
+    report.tasks.sort(key=lambda t: t.index)
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+def _run_one(fn, index) -> TaskResult:
+    try:
+        value, seconds = _timed(fn, index)
+        return TaskResult(index, "done", value, seconds=round(seconds, 3))
+    except Exception as exc:  # one failing job never aborts the others
+        log.debug("job %d failed:\n%s", index, traceback.format_exc())
+        return TaskResult(index, "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _log_task(task: TaskResult) -> None:
+    if task.status == "failed":
+        log.warning("job %d failed: %s", task.index, task.error)
+    else:
+        log.info("job %d done in %.1f s", task.index, task.seconds)
