@@ -13,9 +13,30 @@ import pystac
 
 from .errors import AssetError
 from .raster import asset_href
+from .settings import s3_endpoint, source_s3_endpoint
 from .store import S3Store, Store
 
 log = logging.getLogger(__name__)
+
+
+def fetch(href: str, directory: Path) -> Path:
+    """A local file with the object at ``href``: a local path as is, else downloaded into
+    ``directory`` (s3:// from the source endpoint, STACCHIP_SOURCE_S3_ENDPOINT)."""
+    url = urlparse(href)
+    if url.scheme in ("", "file"):
+        local = Path(url.path if url.scheme == "file" else href)
+        if not local.exists():
+            raise AssetError(f"no such file: {local}")
+        return local
+    local = directory / (Path(url.path).name or "object")
+    if url.scheme == "s3":
+        S3Store(url.netloc, endpoint=source_s3_endpoint()).client.download_file(url.netloc, url.path.lstrip("/"), str(local))
+    elif url.scheme in ("http", "https"):
+        with urllib.request.urlopen(href, timeout=60) as response, open(local, "wb") as fh:
+            shutil.copyfileobj(response, fh)
+    else:
+        raise AssetError(f"cannot fetch {href}: unsupported scheme {url.scheme!r}")
+    return local
 
 
 def copy_into(store: Store, href: str, key: str) -> str:
@@ -25,22 +46,12 @@ def copy_into(store: Store, href: str, key: str) -> str:
         return store.url(key)
     url = urlparse(href)
     try:
-        if url.scheme == "s3" and isinstance(store, S3Store):
-            # server-side copy, no bytes through this machine
+        if url.scheme == "s3" and isinstance(store, S3Store) and source_s3_endpoint() == (store.endpoint or s3_endpoint()):
+            # same endpoint: a server-side copy, no bytes through this machine
             store.client.copy({"Bucket": url.netloc, "Key": url.path.lstrip("/")}, store.bucket, store.key(key))
             return store.url(key)
         with tempfile.TemporaryDirectory(prefix="stacchip-copy-") as tmp:
-            local = Path(tmp) / Path(url.path).name
-            if url.scheme == "s3":
-                S3Store(url.netloc).client.download_file(url.netloc, url.path.lstrip("/"), str(local))
-            elif url.scheme in ("http", "https"):
-                with urllib.request.urlopen(href, timeout=60) as response, open(local, "wb") as fh:
-                    shutil.copyfileobj(response, fh)
-            else:
-                local = Path(url.path if url.scheme == "file" else href)
-                if not local.exists():
-                    raise AssetError(f"no such file: {local}")
-            return store.put_file(key, local)
+            return store.put_file(key, fetch(href, Path(tmp)))
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object

@@ -28,6 +28,15 @@ def s3_endpoint() -> str | None:
     return None
 
 
+SOURCE_S3_ENDPOINT_VAR = "STACCHIP_SOURCE_S3_ENDPOINT"
+
+
+def source_s3_endpoint() -> str | None:
+    """The S3 endpoint of the source archive (processors read from it), when it differs
+    from the target's; default: the same endpoint."""
+    return os.environ.get(SOURCE_S3_ENDPOINT_VAR) or s3_endpoint()
+
+
 def gdal_options() -> dict[str, str]:
     """GDAL config options: defaults, then the S3 endpoint translated for GDAL."""
     options = dict(GDAL_DEFAULTS)

@@ -79,19 +79,20 @@ class LocalStore:
                 yield path.relative_to(self.root).as_posix()
 
 
-def s3_client():
+def s3_client(endpoint: str | None = None):
     import boto3  # deferred: boto3 is slow to import and only needed for s3://
     from botocore.config import Config
 
     # transient errors (throttling, 5xx, dropped connections) are retried with backoff
     config = Config(retries={"max_attempts": 8, "mode": "standard"})
-    return boto3.client("s3", endpoint_url=s3_endpoint(), config=config)
+    return boto3.client("s3", endpoint_url=endpoint or s3_endpoint(), config=config)
 
 
 @dataclass
 class S3Store:
     bucket: str
     prefix: str = ""
+    endpoint: str | None = None  # None: the configured S3 endpoint (or AWS)
 
     def __post_init__(self) -> None:
         self.prefix = self.prefix.strip("/")
@@ -100,7 +101,7 @@ class S3Store:
     @property
     def client(self):
         if self._client is None:
-            self._client = s3_client()
+            self._client = s3_client(self.endpoint)
         return self._client
 
     def key(self, key: str) -> str:
@@ -147,12 +148,13 @@ class S3Store:
         yield from sorted(keys)
 
 
-def open_store(location: str | Path) -> LocalStore | S3Store:
-    """A store for ``s3://bucket[/prefix]`` or a local folder (path or file://)."""
+def open_store(location: str | Path, endpoint: str | None = None) -> LocalStore | S3Store:
+    """A store for ``s3://bucket[/prefix]`` (at ``endpoint``, default the configured one)
+    or a local folder (path or file://)."""
     location = str(location)
     url = urlparse(location)
     if url.scheme == "s3":
-        return S3Store(url.netloc, url.path)
+        return S3Store(url.netloc, url.path, endpoint)
     if url.scheme == "file":
         return LocalStore(Path(url.path))
     if url.scheme == "" or len(url.scheme) == 1:  # a path (or a Windows drive letter)
@@ -160,11 +162,11 @@ def open_store(location: str | Path) -> LocalStore | S3Store:
     raise StacchipError(f"unsupported store location {location!r} (use a folder or s3://bucket/prefix)")
 
 
-def read_url(url: str) -> bytes:
+def read_url(url: str, endpoint: str | None = None) -> bytes:
     """The bytes at a local path, file:// or s3:// URL."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
-        return S3Store(parsed.netloc).read_bytes(parsed.path.lstrip("/"))
+        return S3Store(parsed.netloc, endpoint=endpoint).read_bytes(parsed.path.lstrip("/"))
     path = Path(parsed.path if parsed.scheme == "file" else url)
     try:
         return path.read_bytes()

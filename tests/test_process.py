@@ -259,3 +259,51 @@ def test_cli_process_and_env_configured_console_script(archive, tmp_path):
     assert r.stdout.splitlines() == [f"{i}: skipped" for i in naip_expected()]
     r = run_script_named("stacchip-naip", env={**env, "AWS_BATCH_JOB_ARRAY_INDEX": "7"})
     assert r.returncode == 1 and r.stderr.strip() == f"Error: sample 7 is out of range: {archive.points} has 2 rows"
+
+
+def test_source_archive_behind_another_s3_endpoint(archive, s3_server, bucket, tmp_path, monkeypatch):
+    """Source and target buckets on two S3 endpoints (two moto servers, in two processes so
+    that they share no state): sources are read through STACCHIP_SOURCE_S3_ENDPOINT, the
+    target through STACCHIP_S3_ENDPOINT."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from services import free_port
+
+    port = free_port()
+    other = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    source_endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(source_endpoint, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        src = boto3.client("s3", endpoint_url=source_endpoint)
+        src.create_bucket(Bucket="source")
+        items = tmp_path / "items"
+        for path in sorted((archive.items / "naip").rglob("*.json")):
+            d = json.loads(path.read_text())
+            key = f"naip/{d['id']}/image.tif"
+            src.upload_file(d["assets"]["image"]["href"], "source", key)
+            d["assets"]["image"]["href"] = f"s3://source/{key}"
+            (items / "naip").mkdir(parents=True, exist_ok=True)
+            (items / "naip" / path.name).write_text(json.dumps(d))
+        for path in sorted((archive.linz_source / LINZ_PREFIX).iterdir()):
+            src.upload_file(str(path), "source", f"linz/{LINZ_PREFIX}{path.name}")
+        monkeypatch.setenv("STACCHIP_SOURCE_S3_ENDPOINT", source_endpoint)
+        monkeypatch.setenv("STACCHIP_LINZ_SOURCE", "s3://source/linz")
+        naip = process("naip", 1, f"s3://{bucket}/out", archive.points, str(items))
+        linz = process("linz", 0, f"s3://{bucket}/out", None, None)
+    finally:
+        other.terminate()
+        other.wait(10)
+    assert ids(naip) == naip_expected() and len(linz) == 10
+    target = boto3.client("s3", endpoint_url=s3_server)
+    keys = _keys(target, bucket, "out/index/")
+    assert len(keys) == 12 and all(k.endswith(".parquet") for k in keys)
+    assert "source" not in [b["Name"] for b in target.list_buckets()["Buckets"]]  # the source lives elsewhere

@@ -121,3 +121,16 @@ def test_log_json(archive, tmp_path):  # noqa: F811
     lines = [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
     assert lines and {"time", "level", "logger", "message"} <= set(lines[0])
     assert any("1 of 1 chips kept" in line["message"] for line in lines)
+
+
+def test_fan_out_to_a_running_cluster_over_tcp(archive, tmp_path):  # noqa: F811
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        r = run_cli("-q", "process", "naip", "--index-range", "1:2", "--samples", archive.points,
+                    "--stac-api", archive.items, "--bucket", tmp_path, "--scheduler", cluster.scheduler_address)
+    assert r.returncode == 0, r.stderr
+    assert "1 of 1 jobs done, 0 failed" in r.stdout
+    assert sorted(p.parent.name for p in (tmp_path / "index" / "naip").rglob("*.parquet")) == sorted(naip_expected())

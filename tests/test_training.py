@@ -205,3 +205,19 @@ def test_torch_dataloader_with_two_workers(index):
     assert [c for c, _ in got] == [s["chipid"] for s in single]
     for (_, px), s in zip(got, single):
         assert torch.equal(px, torch.from_numpy(s["pixels"]))
+
+
+def test_prechip_from_and_to_s3(index, bucket, s3_server, tmp_path):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.upload_file(index, bucket, "index/merged.parquet")
+    remote = prechip(f"s3://{bucket}/index/merged.parquet", f"s3://{bucket}/cubes", cube_size=4, spares=1,
+                     cubes_per_job=10, chip_filter=ChipFilter(max_nodata=1.0))
+    local = prechip(index, str(tmp_path), cube_size=4, spares=1, cubes_per_job=10, chip_filter=ChipFilter(max_nodata=1.0))
+    assert [k for k in remote["written"]] == local["written"] and len(local["written"]) == 3
+    for key in local["written"]:
+        body = client.get_object(Bucket=bucket, Key=f"cubes/{key}")["Body"].read()
+        with np.load(io.BytesIO(body)) as a, np.load(tmp_path / key) as b:
+            np.testing.assert_array_equal(a["pixels"], b["pixels"])
+            assert list(a["chipids"]) == list(b["chipids"])

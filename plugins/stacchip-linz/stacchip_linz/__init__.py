@@ -25,7 +25,8 @@ import rasterio
 from rasterio.enums import Resampling
 
 from stacchip_core import Band, ChipStats, Platform, StacchipError, hookimpl
-from stacchip_core.settings import apply_gdal_options
+from stacchip_core.normalize import fetch
+from stacchip_core.settings import apply_gdal_options, source_s3_endpoint
 from stacchip_core.store import open_store
 from stacchip_core.synthetic import write_cog
 
@@ -93,7 +94,7 @@ def stacchip_select_items(platform, sample):
         if sample.index >= len(PREFIXES):
             raise StacchipError(f"sample {sample.index} is out of range: there are {len(PREFIXES)} LINZ prefixes")
         prefix = PREFIXES[sample.index]
-    source = open_store(os.environ.get(SOURCE_ENV, SOURCE))
+    source = open_store(os.environ.get(SOURCE_ENV, SOURCE), endpoint=source_s3_endpoint())
     tiffs = [key for key in source.list(prefix, ".tiff")]
     chosen = random.Random(SAMPLE_SEED).sample(tiffs, sample_size(len(tiffs)))
     items = []
@@ -128,7 +129,8 @@ def stacchip_normalize_item(platform, item, store, prefix):
         if store.exists(key):
             href = store.url(key)  # a rerun: resampled already
         else:
-            resample(source, local)
+            # fetched first: the source bucket may sit behind another endpoint than the target
+            resample(str(fetch(source, Path(tmp))), local)
             href = str(local)
         new = create_stac_item(href, input_datetime=item.common_metadata.start_datetime, id=item.id,
                                asset_name="visual", asset_media_type=pystac.MediaType.COG, with_proj=True)
