@@ -16,7 +16,7 @@ from .errors import AssetError, PlatformError, StacchipError
 from .grid import ChipGrid
 from .indexer import Indexer, load_item
 from .platform import Platform
-from .plugins import get_platform, platform_for_item
+from .plugins import find_platform, get_platform, platform_for_item
 from .raster import DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href
 from .settings import apply_gdal_options
 from .store import read_url
@@ -171,19 +171,12 @@ def chip_from_row(
 ) -> dict[str, np.ndarray]:
     """Pixels of the chip an index row describes (a dict of the row's columns)."""
     item = item_for_row(row, mountpath)
-    platform = row.get("platform")
     with Chipper(
         item,
         assets=assets,
         asset_blacklist=asset_blacklist,
         mountpath=mountpath,
         chip_size=int(row.get("chip_size") or 256),
-        platform=platform if platform and _known(platform) else None,
+        platform=find_platform(row.get("platform")),
     ) as chipper:
         return chipper.chip(int(row["chip_index_x"]), int(row["chip_index_y"]))
-
-
-def _known(platform: str) -> bool:
-    from .plugins import platforms
-
-    return platform in platforms()

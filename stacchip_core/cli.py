@@ -111,6 +111,7 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
     from .chipper import Chipper, item_for_row
     from .index import find_row
     from .output import write_chip
+    from .plugins import find_platform
 
     if (row is None) == (chipid is None):
         raise click.UsageError("give exactly one of --row or --chipid")
@@ -118,17 +119,11 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
     item = item_for_row(record, mountpath)
     x, y = int(record["chip_index_x"]), int(record["chip_index_y"])
     with Chipper(item, assets=assets.split(",") if assets else None, mountpath=mountpath,
-                 chip_size=int(record["chip_size"]), platform=_platform_or_none(record["platform"])) as chipper:
+                 chip_size=int(record["chip_size"]), platform=find_platform(record["platform"])) as chipper:
         pixels = chipper.chip(x, y)
         write_chip(output, pixels, chipper.grid, x, y, chipper.platform, metadata={"chipid": record["chipid"]})
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
     click.echo(f"{output}: {record['chipid']}: {shapes}")
-
-
-def _platform_or_none(name: str | None):
-    from .plugins import platforms
-
-    return platforms().get(name) if name else None
 
 
 @cli.command()

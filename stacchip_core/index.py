@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -120,24 +119,21 @@ def build_table(
     return with_geo_metadata(table, bounds)
 
 
-def atomic_path(path: str | Path) -> Path:
-    """A temporary sibling of ``path``; publish it with os.replace once complete."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def index_bytes(table: pa.Table) -> bytes:
+    """An index table as GeoParquet file contents."""
+    if b"geo" not in (table.schema.metadata or {}):
+        table = with_geo_metadata(table)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 def write_index(table: pa.Table, path: str | Path) -> Path:
-    """Write an index table as GeoParquet, atomically (temp file, then rename)."""
+    """Write an index table as a GeoParquet file, atomically (temp file, then rename)."""
+    from .store import LocalStore
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if b"geo" not in (table.schema.metadata or {}):
-        table = with_geo_metadata(table)
-    tmp = atomic_path(path)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    LocalStore(path.parent).write_bytes(path.name, index_bytes(table))
     return path
 
 

@@ -91,6 +91,11 @@ def get_platform(name: str) -> Platform:
         raise PlatformError(f"unknown platform {name!r}; installed platforms: {_installed()}") from None
 
 
+def find_platform(name: str | None) -> Platform | None:
+    """The installed platform called ``name``, or None (unknown, or no name)."""
+    return platforms().get(name) if name else None
+
+
 def platform_for_item(item: pystac.Item) -> Platform:
     """The platform whose collections include the item's collection."""
     collection = item.collection_id

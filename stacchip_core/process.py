@@ -15,14 +15,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pystac
 import shapely
 
 from .catalog import STAC_API_ENV, open_catalog
 from .errors import PlatformError, StacchipError
-from .index import with_geo_metadata
+from .index import index_bytes
 from .indexer import Indexer
 from .platform import Platform
 from .plugins import get_platform, get_plugin_manager
@@ -88,13 +86,6 @@ def item_key(platform: str, item_id: str) -> str:
     return f"{platform}/{item_id}/stac_item.json"
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table if b"geo" in (table.schema.metadata or {}) else with_geo_metadata(table), sink,
-                   compression="zstd")
-    return sink.getvalue().to_pybytes()
-
-
 def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size: int | None = None,
                  max_nodata: float = 0.5) -> ItemResult:
     """Normalize, write and index one item into the store (skipped when its index exists)."""
@@ -113,7 +104,7 @@ def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size:
     store.write_bytes(skey, json.dumps(normalized.to_dict(include_self_link=False), indent=1).encode())
     table = Indexer(normalized, chip_size=chip_size or platform.chip_size, chip_max_nodata=max_nodata,
                     platform=platform).create_index()
-    url = store.write_bytes(ikey, _parquet_bytes(table))  # last: the index only points at data that exists
+    url = store.write_bytes(ikey, index_bytes(table))  # last: the index only points at data that exists
     log.info("%s: %d chips indexed", item.id, len(table))
     return ItemResult(item.id, "done", len(table), url)
 

@@ -43,29 +43,24 @@ class LocalStore:
         except FileNotFoundError:
             raise StacchipError(f"no such file: {self.path(key)}") from None
 
-    def write_bytes(self, key: str, data: bytes) -> str:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return self.url(key)
-
-    def put_file(self, key: str, path: str | Path) -> str:
+    def _publish(self, key: str, write) -> str:
+        """``write(tmp_path)`` fills a temporary sibling, which is then renamed into place."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            shutil.copyfile(path, tmp)
+            write(tmp)
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return self.url(key)
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        return self._publish(key, lambda tmp: Path(tmp).write_bytes(data))
+
+    def put_file(self, key: str, path: str | Path) -> str:
+        return self._publish(key, lambda tmp: shutil.copyfile(path, tmp))
 
     def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
         base = self.path(prefix)

@@ -1,9 +1,7 @@
-import json
 import shutil
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 
 from conftest import load

@@ -5,7 +5,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from conftest import LINZ_ITEM, NAIP_ITEM, TEST_ITEM, load, run_cli, run_script
+from conftest import LINZ_ITEM, NAIP_ITEM, TEST_ITEM, run_cli, run_script
 from stacchip_core.synthetic import band_pattern, write_cog
 
 

@@ -1,4 +1,3 @@
-import json
 from datetime import date
 
 import numpy as np
@@ -113,7 +112,6 @@ def test_linz_nodata_from_band_one(tmp_path):
 def test_read_asset_reads_the_declared_band_of_a_multiband_asset(tmp_path):
     """The stats hook's read_asset('nir') on NAIP reads band 4 of the image asset."""
     from affine import Affine
-    from stacchip_core import Platform
     from stacchip_core.grid import ChipGrid
     from stacchip_core.plugins import get_platform
     from stacchip_core.raster import AssetReader

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from conftest import load, per_chip_mean, run_cli, run_script
+from conftest import per_chip_mean, run_script
 from stacchip_core import Indexer, PluginError, class_mask, hookspecs, plugins
 from stacchip_core.synthetic import write_cog
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from conftest import run_cli
 from stacchip_core.runner import job_index_from_env, parse_range

@@ -1,18 +1,15 @@
 """Training data out of the index: prechip cubes, band statistics, the data-loader dataset."""
 
 import io
-import json
 import multiprocessing
 from datetime import date
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from stacchip_core import Chipper, Indexer
 from stacchip_core.bandstats import Moments, band_stats, moments
-from stacchip_core.chipread import ChipReader
 from stacchip_core.dataset import ChipDataset, PlatformBatchSampler
 from stacchip_core.prechip import ChipFilter, plan_cubes, prechip
 from stacchip_core.synthetic import band_pattern
@@ -43,7 +40,6 @@ def test_cubes_hold_exactly_the_chips_they_name(index, tmp_path, synthetic_scene
     cubes = cubes_in(tmp_path)
     # S2: 18 chips in blocks of 5 -> 3 cubes; NAIP and Landsat: 4 chips < 5 -> none
     assert sorted(cubes) == [f"v1/sentinel-2-l2a/cube_00000{k}.npz" for k in range(3)]
-    table = pa.parquet.read_table(index) if hasattr(pa, "parquet") else None
     import pyarrow.parquet as pq
 
     table = pq.read_table(index)
