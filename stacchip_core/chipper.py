@@ -69,6 +69,7 @@ class Chipper:
         apply_gdal_options()
         self._cache = DatasetCache()
         self._factors: dict[str, int] = {}
+        self._pool: ThreadPoolExecutor | None = None  # kept: its threads keep their open handles
 
     def _platform(self, platform) -> Platform | None:
         if isinstance(platform, Platform):
@@ -121,6 +122,9 @@ class Chipper:
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._cache.close()
 
     def _dataset(self, key: str):
@@ -143,13 +147,17 @@ class Chipper:
         return out
 
     def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[dict[str, np.ndarray]]:
-        """Many chips, read by ``workers`` threads (GDAL reads release the GIL);
-        each thread keeps its own open handles. Results keep the order of ``xys``."""
+        """Many chips, read by ``workers`` threads (GDAL reads release the GIL). The threads
+        live as long as the Chipper and each keeps its own open handles across calls.
+        Results keep the order of ``xys``."""
         xys = list(xys)
         if workers <= 1 or len(xys) < 2:
             return [self.chip(x, y) for x, y in xys]
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(lambda xy: self.chip(*xy), xys))
+        if self._pool is None or self._pool._max_workers != workers:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stacchip-chips")
+        return list(self._pool.map(lambda xy: self.chip(*xy), xys))
 
 
 def item_for_row(row: dict, mountpath: str | Path | None = None) -> pystac.Item:

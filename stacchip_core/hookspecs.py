@@ -51,11 +51,14 @@ def stacchip_chip_stats(
     """Cloud and nodata fractions for every chip of ``item`` at once (*first result*).
 
     Called once per item, never once per chip. ``grid`` is the item's chip grid on its
-    finest asset. Read the quality layer with ``read_asset(name)``: it resolves ``name``
-    through the platform's aliases, reads the whole band at its **native** resolution
-    and returns ``NativeBand(data, factor)``, where ``factor`` is how many grid pixels
-    one native pixel spans (2 for a 20 m layer on a 10 m grid). Turn masks into per-chip
-    fractions with ``grid.chip_fractions(mask, factor)``, and build masks with
+    finest asset. The fast way: ``read_asset.chip_fractions(name, {"cloud": fn, ...})``
+    resolves ``name`` through the platform's aliases, reads the band at its **native**
+    resolution in strips on several threads, applies each ``fn(data) -> bool array`` and
+    reduces it per chip, returning ``{"cloud": float32 (y_size, x_size), ...}``: decoding
+    overlaps with the mask work and the band is never held whole. For anything else,
+    ``read_asset(name)`` returns the whole band as ``NativeBand(data, factor)``, where
+    ``factor`` is how many grid pixels one native pixel spans (2 for a 20 m layer on a 10 m
+    grid); reduce masks with ``grid.chip_fractions(mask, factor)``. Build masks with
     :func:`stacchip_core.class_mask` / :func:`stacchip_core.bit_mask`.
 
     Return :class:`stacchip_core.ChipStats` with arrays of shape

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,54 @@ class AssetReader:
         except RasterioError as exc:
             raise AssetError(f"cannot read asset {key!r} ({href}): {exc}") from None
         return NativeBand(data, factor)
+
+    def chip_fractions(self, name: str, masks: dict[str, Callable[[np.ndarray], np.ndarray]],
+                       band: int | None = None) -> dict[str, np.ndarray]:
+        """Per-chip fractions of several masks of one band, without holding the band.
+
+        ``masks`` maps a name to ``fn(data) -> boolean array`` of the same shape. The band is
+        read at native resolution in tile-aligned strips of whole chip rows, by several
+        threads with their own handles, and each strip is masked and reduced right away:
+        decoding overlaps with the mask work and memory stays at a few strips. Returns
+        ``{name: float32 (y_size, x_size)}``, equal to ``grid.chip_fractions(fn(data), factor)``.
+        """
+        key = self.key(name)
+        if band is None:
+            declared = self.platform.find(name) if self.platform else None
+            band = declared.index if declared else 1
+        href = asset_href(self.item.assets[key], self.mountpath)
+        log.info("reading %s of %s at native resolution, in strips", key, self.item.id)
+        apply_gdal_options()
+        grid = self.grid
+        try:
+            with rasterio.open(href) as ds:
+                factor = grid_factor(ds, grid, key)
+                if grid.chip_size % factor:
+                    raise AssetError(f"chip size {grid.chip_size} is not a multiple of asset {key!r}'s factor {factor}")
+                tile_height = ds.block_shapes[band - 1][0]
+            block = grid.chip_size // factor
+            rows_per_read = max(1, tile_height // block)  # whole tiles per read where chips allow
+            ny, nx = grid.y_size, grid.x_size
+            counts = {k: np.zeros((ny, nx), np.int64) for k in masks}
+            groups = [range(y, min(y + rows_per_read, ny)) for y in range(0, ny, rows_per_read)]
+
+            def work(part: list[range]) -> None:
+                with rasterio.open(href) as ds:
+                    for rows in part:
+                        data = ds.read(band, window=Window(0, rows[0] * block, nx * block, len(rows) * block))
+                        for k, fn in masks.items():
+                            m = fn(data)
+                            if m.dtype != np.uint8:
+                                m = m.view(np.uint8) if m.dtype == np.bool_ else (m != 0).view(np.uint8)
+                            strip = m.reshape(len(rows), block, nx, block).sum(axis=1, dtype=np.uint16)
+                            counts[k][rows[0]:rows[-1] + 1] = strip.sum(axis=2, dtype=np.uint32)
+
+            parts = [groups[i::self.threads] for i in range(self.threads)]
+            with ThreadPoolExecutor(self.threads) as pool:
+                list(pool.map(work, [p for p in parts if p]))
+        except RasterioError as exc:
+            raise AssetError(f"cannot read asset {key!r} ({href}): {exc}") from None
+        return {k: (c / float(block * block)).astype(np.float32) for k, c in counts.items()}
 
 
 def _read_strips(href: str, band: int, out: np.ndarray, threads: int) -> None:

@@ -17,6 +17,9 @@ GDAL_DEFAULTS = {
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "VSI_CACHE": "TRUE",
     "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+    # a chip window spans up to 4 tiles: GDAL decodes them in parallel (measured: 2 reader
+    # threads go from 240 to 300 chips/s on 2 cores)
+    "GDAL_NUM_THREADS": "ALL_CPUS",
 }
 
 

@@ -151,3 +151,13 @@ def test_missing_and_corrupt_assets(tmp_path):
         Chipper(d, assets=["nope"])
     with Chipper(d, assets=["c"]) as chipper, pytest.raises(AssetError, match="cannot open"):
         chipper.chip(0, 0)
+
+
+def test_batch_reads_reuse_their_threads_handles(synthetic_scenes):
+    with Chipper(str(synthetic_scenes["s2"]), assets=["red", "nir08"]) as chipper:
+        xys = [(x, y) for y in range(3) for x in range(3)]
+        chipper.chips(xys, workers=2)
+        opened = len(chipper._cache._all)
+        assert 2 <= opened <= 4  # two assets, opened by at most two threads
+        chipper.chips(xys[::-1], workers=2)
+        assert len(chipper._cache._all) == opened  # a second batch opens nothing new

@@ -140,3 +140,23 @@ def test_stats_read_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server)
     assert remote["cloud_cover_percentage"].to_pylist() == local["cloud_cover_percentage"].to_pylist()
     assert remote["nodata_percentage"].to_pylist() == local["nodata_percentage"].to_pylist()
     assert 0 < sum(local["cloud_cover_percentage"].to_pylist()) < 9
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads):
+    """read_asset.chip_fractions (strips, threads) == grid.chip_fractions on the whole band."""
+    from stacchip_core.grid import ChipGrid
+    from stacchip_core.plugins import get_platform
+    from stacchip_core.raster import AssetReader
+
+    item, _ = s2_fixture
+    it = pystac.Item.from_dict(item)
+    for chip_size in (256, 512, 640):  # 42, 21, 17 chip rows: strips of 4, 2 and 1 chip rows (512 px tiles)
+        grid = ChipGrid.from_item(it, chip_size)
+        reader = AssetReader(it, grid, get_platform("sentinel-2-l2a"), threads=threads)
+        masks = {"cloud": lambda a: class_mask(a, [1, 3, 8, 9, 10]), "zero": lambda a: a == 0}
+        strips = reader.chip_fractions("scl", masks)
+        whole = reader("scl")
+        for name, fn in masks.items():
+            np.testing.assert_array_equal(strips[name], grid.chip_fractions(fn(whole.data), whole.factor))
+        assert strips["cloud"].shape == (grid.y_size, grid.x_size)

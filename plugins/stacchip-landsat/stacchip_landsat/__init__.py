@@ -66,11 +66,12 @@ def stacchip_platforms():
 def stacchip_chip_stats(platform, grid, read_asset):
     if platform.name not in NAMES:
         return None
-    qa = read_asset("qa_pixel")
-    return ChipStats(
-        cloud=grid.chip_fractions(bit_mask(qa.data, QA_CLOUD_BITS), qa.factor),
-        nodata=grid.chip_fractions(bit_mask(qa.data, (QA_FILL_BIT,)), qa.factor),
-    )
+    # strip by strip: decoding overlaps with the bit tests, the 69 Mpx band is never held whole
+    fractions = read_asset.chip_fractions("qa_pixel", {
+        "cloud": lambda qa: bit_mask(qa, QA_CLOUD_BITS),
+        "nodata": lambda qa: bit_mask(qa, (QA_FILL_BIT,)),
+    })
+    return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
 
 
 @hookimpl

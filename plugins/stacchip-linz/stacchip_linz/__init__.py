@@ -76,8 +76,7 @@ def stacchip_platforms():
 def stacchip_chip_stats(platform, grid, read_asset):
     if platform.name != PLATFORM.name:
         return None
-    band1 = read_asset("red")
-    nodata = grid.chip_fractions(band1.data == 0, band1.factor)
+    nodata = read_asset.chip_fractions("red", {"nodata": lambda band1: band1 == 0})["nodata"]
     return ChipStats(cloud=np.zeros_like(nodata), nodata=nodata)
 
 

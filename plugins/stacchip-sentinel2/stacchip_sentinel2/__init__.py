@@ -65,11 +65,11 @@ def stacchip_platforms():
 def stacchip_chip_stats(platform, grid, read_asset):
     if platform.name != NAME:
         return None
-    scl = read_asset("scl")
-    return ChipStats(
-        cloud=grid.chip_fractions(class_mask(scl.data, SCL_CLOUD_CLASSES), scl.factor),
-        nodata=grid.chip_fractions(scl.data == SCL_NODATA_CLASS, scl.factor),
-    )
+    fractions = read_asset.chip_fractions("scl", {
+        "cloud": lambda scl: class_mask(scl, SCL_CLOUD_CLASSES),
+        "nodata": lambda scl: scl == SCL_NODATA_CLASS,
+    })
+    return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
 
 
 def quarters(year: int) -> list[str]:
