@@ -139,7 +139,7 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
         index = job_index_from_env()
         if index is None:
             raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
-        if "STACCHIP_BUCKET" not in os.environ:
+        if not os.environ.get("STACCHIP_BUCKET"):  # empty counts as unset
             raise StacchipError("STACCHIP_BUCKET env var not set")
         source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)

@@ -161,3 +161,10 @@ def test_batch_reads_reuse_their_threads_handles(synthetic_scenes):
         assert 2 <= opened <= 4  # two assets, opened by at most two threads
         chipper.chips(xys[::-1], workers=2)
         assert len(chipper._cache._all) == opened  # a second batch opens nothing new
+
+
+def test_file_urls(synthetic_scenes):
+    d = load(synthetic_scenes["s2"])
+    d["assets"]["red"]["href"] = "file://" + d["assets"]["red"]["href"]
+    with Chipper(d, assets=["red"]) as chipper:
+        np.testing.assert_array_equal(chipper.chip(0, 1)["red"][0], band_pattern(2, 768, 768)[256:512, :256])
