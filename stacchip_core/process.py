@@ -94,6 +94,10 @@ def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size:
         log.info("%s: complete, skipped", item.id)
         return ItemResult(item.id, "skipped", index=store.url(ikey))
     prefix = f"{platform.name}/{item.id}"
+    # a killed run may have left temporary files: redoing the item starts clean
+    removed = store.remove_partial(prefix) + store.remove_partial(f"index/{platform.name}/{item.id}")
+    if removed:
+        log.info("%s: removed %d temporary files of an interrupted run", item.id, removed)
     normalized = get_plugin_manager().hook.stacchip_normalize_item(
         platform=platform, item=item, store=store, prefix=prefix
     )

@@ -22,6 +22,7 @@ class Store(Protocol):
     def write_bytes(self, key: str, data: bytes) -> str: ...
     def put_file(self, key: str, path: str | Path) -> str: ...
     def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]: ...
+    def remove_partial(self, prefix: str) -> int: ...
 
 
 @dataclass
@@ -61,6 +62,15 @@ class LocalStore:
 
     def put_file(self, key: str, path: str | Path) -> str:
         return self._publish(key, lambda tmp: shutil.copyfile(path, tmp))
+
+    def remove_partial(self, prefix: str) -> int:
+        """Delete temporary files that a killed writer left under ``prefix``; their rename
+        never happened, so they are garbage. Returns how many were removed."""
+        base = self.path(prefix)
+        stale = [p for p in base.rglob(".*.tmp") if p.is_file()] if base.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
 
     def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
         base = self.path(prefix)
@@ -127,6 +137,11 @@ class S3Store:
     def write_bytes(self, key: str, data: bytes) -> str:
         self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
         return self.url(key)
+
+    def remove_partial(self, prefix: str) -> int:
+        """Nothing to do: an S3 object appears whole or not at all (an interrupted
+        multipart upload is not an object)."""
+        return 0
 
     def put_file(self, key: str, path: str | Path) -> str:
         self.client.upload_file(str(path), self.bucket, self.key(key))

@@ -62,3 +62,16 @@ def test_merge_between_s3_buckets(index_tree, bucket, s3_server, tmp_path):
 def test_merge_of_nothing_is_an_error(tmp_path):
     with pytest.raises(StacchipError, match="no .parquet index files"):
         merge(tmp_path, tmp_path / "out.parquet")
+
+
+def test_local_store_removes_what_a_killed_writer_left(tmp_path):
+    from stacchip_core.store import LocalStore
+
+    store = LocalStore(tmp_path)
+    store.write_bytes("p/item/a.tif", b"done")
+    (tmp_path / "p" / "item" / ".b.tif.x1y2.tmp").write_bytes(b"half")
+    (tmp_path / "p" / "item" / "sub").mkdir()
+    (tmp_path / "p" / "item" / "sub" / ".c.json.zz.tmp").write_bytes(b"half")
+    assert store.remove_partial("p/item") == 2
+    assert sorted(p.name for p in (tmp_path / "p").rglob("*") if p.is_file()) == ["a.tif"]
+    assert store.remove_partial("p/missing") == 0
