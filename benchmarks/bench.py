@@ -27,7 +27,7 @@ NOISE = 512  # uniform noise amplitude in the bands: ~2.3:1 deflate, close to re
 def generate(data: Path) -> dict[str, Path]:
     """Full-size scenes: S2 L2A (4 x 10980^2 uint16 at 10 m, SCL 5490^2 at 20 m) and Landsat
     (8271 x 8331 bands and qa_pixel), COGs with 512 px tiles, deflate."""
-    from stacchip_core import synthetic
+    from stacchip_core.demo import synthetic
 
     s2 = data / "S2A_T20HNJ_20240311T140636_L2A" / "S2A_T20HNJ_20240311T140636_L2A.json"
     if not s2.exists():

@@ -17,10 +17,10 @@ import time
 from functools import partial
 from pathlib import Path
 
-from stacchip_core.archive import build_archive
-from stacchip_core.demo import demo_jobs
-from stacchip_core.process import process
-from stacchip_core.runner import run_tasks
+from stacchip_core.demo.archive import build_archive
+from stacchip_core.demo.run import demo_jobs
+from stacchip_core.pipeline.process import process
+from stacchip_core.pipeline.runner import run_tasks
 
 
 def demo_job(i: int, jobs, items: str, bucket: str) -> int:

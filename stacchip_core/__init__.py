@@ -1,17 +1,24 @@
-"""stacchip: index STAC items into machine-learning chips and read them on demand."""
+"""stacchip: index STAC items into machine-learning chips and read them on demand.
+
+The package root is the public API: what a plugin or a user script needs is importable
+from here. The tree shows the layers (each imports only from those below it):
+``cli`` > ``demo`` > ``training`` | ``pipeline`` > ``core`` > ``io`` > the plugin API
+(``plugins``, ``hookspecs``, ``platform``, ``types``, ``errors``).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .chipper import Chipper, chip_from_row, item_for_row
-from .errors import AssetError, PlatformError, PluginError, ProjectionError, StacchipError
-from .grid import ChipGrid
-from .hookspecs import hookimpl
-from .index import read_index, write_index
-from .indexer import Indexer
-from .merge import merge
-from .platform import Band, Platform
-from .raster import NativeBand
-from .stats import ChipStats, bit_mask, class_mask
+from stacchip_core.core.chipper import Chipper, chip_from_row, item_for_row
+from stacchip_core.core.chipstats import ChipStats, bit_mask, class_mask
+from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.index import read_index, write_index
+from stacchip_core.core.indexer import Indexer
+from stacchip_core.core.raster import NativeBand
+from stacchip_core.errors import AssetError, PlatformError, PluginError, ProjectionError, StacchipError
+from stacchip_core.hookspecs import hookimpl, hookimpl_for
+from stacchip_core.pipeline.merge import merge
+from stacchip_core.platform import Band, Platform
+from stacchip_core.types import Catalog, Sample, Store
 
 try:
     __version__ = version("stacchip-core")
@@ -19,7 +26,8 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
-    "AssetError", "Band", "ChipGrid", "ChipStats", "Chipper", "Indexer", "NativeBand", "Platform",
-    "PlatformError", "PluginError", "ProjectionError", "StacchipError", "bit_mask", "chip_from_row",
-    "class_mask", "hookimpl", "item_for_row", "merge", "read_index", "write_index",
+    "AssetError", "Band", "Catalog", "ChipGrid", "ChipStats", "Chipper", "Indexer", "NativeBand", "Platform",
+    "PlatformError", "PluginError", "ProjectionError", "Sample", "StacchipError", "Store", "bit_mask",
+    "chip_from_row", "class_mask", "hookimpl", "hookimpl_for", "item_for_row", "merge", "read_index",
+    "write_index",
 ]

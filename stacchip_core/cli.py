@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .errors import StacchipError
+from stacchip_core.errors import StacchipError
 
 log = logging.getLogger("stacchip_core")
 
@@ -43,7 +43,8 @@ class _JsonFormatter(logging.Formatter):
 
 
 def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    # default WARNING, -v INFO, -vv DEBUG (with tracebacks); -q only errors
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if log_json else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
@@ -53,7 +54,7 @@ def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug and tracebacks).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 @click.option("--log-json", is_flag=True, help="Log lines as JSON objects (for log shippers).")
 @click.version_option(package_name="stacchip-core")
 def cli(verbose: int, quiet: bool, log_json: bool) -> None:
@@ -65,7 +66,7 @@ def cli(verbose: int, quiet: bool, log_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """Installed plugins, their versions, platforms and hooks."""
-    from .plugins import plugin_info
+    from stacchip_core.plugins import plugin_info
 
     rows = plugin_info()
     if as_json:
@@ -89,8 +90,8 @@ def plugins(as_json: bool) -> None:
 @click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
 def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath) -> None:
     """Index the chips of one STAC ITEM (a JSON file or URL) into OUTPUT."""
-    from .index import write_index
-    from .indexer import Indexer
+    from stacchip_core.core.index import write_index
+    from stacchip_core.core.indexer import Indexer
 
     indexer = Indexer(item, chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
                       stats=not no_stats, mountpath=mountpath)
@@ -108,10 +109,10 @@ def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath) ->
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz, .tif or .png (RGB preview).")
 def chip(index_path, row, chipid, assets, mountpath, output) -> None:
     """Read the pixels of one chip of INDEX into OUTPUT."""
-    from .chipper import Chipper, item_for_row
-    from .index import find_row
-    from .output import write_chip
-    from .plugins import find_platform
+    from stacchip_core.core.chipper import Chipper, item_for_row
+    from stacchip_core.core.index import find_row
+    from stacchip_core.core.output import write_chip
+    from stacchip_core.plugins import find_platform
 
     if (row is None) == (chipid is None):
         raise click.UsageError("give exactly one of --row or --chipid")
@@ -131,7 +132,7 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
 @click.argument("dst")
 def merge(src, dst) -> None:
     """Merge the per-item index files under SRC (folder or s3://) into one GeoParquet DST."""
-    from .merge import merge as merge_indexes
+    from stacchip_core.pipeline.merge import merge as merge_indexes
 
     result = merge_indexes(src, dst)
     click.echo(f"{result['output']}: {result['rows']} chips from {result['files']} index files")
@@ -140,7 +141,7 @@ def merge(src, dst) -> None:
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
     """The job indices to run and whether to fan them out: --index (else the array-job
     environment), --index-range a:b, or --all."""
-    from .runner import INDEX_ENV_VARS, job_index_from_env, parse_range
+    from stacchip_core.pipeline.runner import INDEX_ENV_VARS, job_index_from_env, parse_range
 
     given = sum(x is not None and x is not False for x in (index, index_range, all_jobs or None))
     if given > 1:
@@ -158,7 +159,7 @@ def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) 
 
 def _finish(report, store_location: str, key: str) -> None:
     """Write the run report next to the outputs, print the summary; exit 1 on failures."""
-    from .store import open_store
+    from stacchip_core.io.store import open_store
 
     url = open_store(store_location).write_bytes(key, report.to_json().encode())
     s = report.summary()
@@ -194,8 +195,8 @@ def process(platform, job_index, index_range, all_samples, sample_source, bucket
     """Process samples of PLATFORM into --bucket: select, normalize, index."""
     from functools import partial
 
-    from .process import count_samples, process_job
-    from .runner import run_tasks
+    from stacchip_core.pipeline.process import count_samples, process_job
+    from stacchip_core.pipeline.runner import run_tasks
 
     indices, fan_out = _indices(job_index, index_range, all_samples, lambda: count_samples(platform, sample_source))
     job = partial(process_job, platform=platform, bucket=bucket, sample_source=sample_source, stac_api=stac_api,
@@ -235,8 +236,8 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
     (or many jobs with --index-range/--all)."""
     from functools import partial
 
-    from .prechip import ChipFilter, count_jobs, prechip_job
-    from .runner import run_tasks
+    from stacchip_core.training.prechip import ChipFilter, count_jobs, prechip_job
+    from stacchip_core.pipeline.runner import run_tasks
 
     chip_filter = ChipFilter(tuple(platforms_) or None, max_nodata, max_cloud, start.date() if start else None,
                              end.date() if end else None, tuple(bbox) if bbox else None)
@@ -267,7 +268,7 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True)
 def stats(source, output, workers) -> None:
     """Per-platform, per-band count, mean and std over the cubes under SOURCE."""
-    from .bandstats import band_stats, dump
+    from stacchip_core.training.bandstats import band_stats, dump
 
     result = band_stats(source, workers)
     if output:
@@ -283,7 +284,7 @@ def stats(source, output, workers) -> None:
               help="Folder for the synthetic archive, the bucket and the previews.")
 def demo(out: Path) -> None:
     """Run the whole job on an embedded synthetic archive: generate, process every source, merge, preview."""
-    from .demo import run_demo
+    from stacchip_core.demo.run import run_demo
 
     result = run_demo(out)
     click.echo(f"archive:  {result['archive']}")
@@ -300,7 +301,7 @@ def demo(out: Path) -> None:
 
 
 def register_plugin_commands() -> None:
-    from .plugins import get_plugin_manager
+    from stacchip_core.plugins import get_plugin_manager
 
     get_plugin_manager().hook.stacchip_register_commands(cli=cli)
 
@@ -313,3 +314,29 @@ def main() -> None:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     cli(prog_name="stacchip")
+
+
+def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOURCE",)) -> None:
+    """Console-script entry of the original processors: configured by environment
+    variables (the job index from AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX or
+    SLURM_ARRAY_TASK_ID; STACCHIP_SAMPLE_SOURCE or STACCHIP_MGRS_SOURCE, STACCHIP_BUCKET,
+    STACCHIP_STAC_API). Errors are one line."""
+    import os
+
+    from stacchip_core.pipeline.process import process
+    from stacchip_core.pipeline.runner import INDEX_ENV_VARS, job_index_from_env
+
+    _setup_logging(1, False)  # batch logs: INFO
+    try:
+        index = job_index_from_env()
+        if index is None:
+            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
+        if not os.environ.get("STACCHIP_BUCKET"):  # empty counts as unset
+            raise StacchipError("STACCHIP_BUCKET env var not set")
+        source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
+        results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
+    except (StacchipError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    for r in results:
+        print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))

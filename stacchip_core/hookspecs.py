@@ -5,16 +5,21 @@ A plugin is a module (or package) registered under the entry-point group ``stacc
     [project.entry-points.stacchip]
     mysource = "stacchip_mysource"
 
-and implements any of the hooks below with ``@stacchip_core.hookimpl``. An implementation
-may accept any subset of a hook's arguments, by name. Hooks marked *first result* stop at
-the first implementation that returns something other than ``None``: return ``None`` for
-platforms that are not yours, and mark an implementation ``@hookimpl(tryfirst=True)`` to
-override an installed plugin's behaviour for its platform without forking it.
+and implements the hooks below. Hooks about one platform (statistics, selection,
+normalization) are implemented with ``@hookimpl_for(PLATFORM)``: the implementation is called
+for that platform's items only, so it needs no ``if platform.name != ...`` guard (a forgotten
+guard would answer for every platform). Hooks about the plugin as a whole (platforms,
+commands) use ``@hookimpl``. An implementation may accept any subset of a hook's arguments,
+by name. Hooks marked *first result* stop at the first implementation that returns
+something other than ``None``; ``@hookimpl_for(PLATFORM, tryfirst=True)`` overrides an
+installed plugin's behaviour for its platform without forking it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -22,13 +27,50 @@ if TYPE_CHECKING:
     import click
     import pystac
 
-    from .grid import ChipGrid
-    from .platform import Platform
-    from .raster import AssetReader
-    from .stats import ChipStats
+    from stacchip_core.core.chipstats import ChipStats
+    from stacchip_core.core.grid import ChipGrid
+    from stacchip_core.core.raster import AssetReader
+    from stacchip_core.platform import Platform
+    from stacchip_core.types import Catalog, Sample, Store
 
 hookspec = pluggy.HookspecMarker("stacchip")
 hookimpl = pluggy.HookimplMarker("stacchip")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def hookimpl_for(*platforms: Platform | str, tryfirst: bool = False, trylast: bool = False,
+                 specname: str | None = None) -> Callable[[F], F]:
+    """Mark a hook implementation that answers for ``platforms`` only (Platform objects or names).
+
+    The implementation keeps its own arguments (any subset of the hook's); stacchip calls it
+    only when the hook's ``platform`` is one of these, and the other platforms' plugins never
+    see it. ``tryfirst``/``trylast``/``specname`` are pluggy's (``specname`` lets one module
+    implement a hook twice, for example for two platforms).
+    """
+    names = frozenset(p if isinstance(p, str) else p.name for p in platforms)
+    if not names:
+        raise TypeError("hookimpl_for needs at least one platform")
+
+    def decorate(fn: F) -> F:
+        params = list(inspect.signature(fn).parameters)
+        # pluggy passes hook arguments by the implementation's parameter names, read from its
+        # code object: the wrapper is compiled with the implementation's names plus platform.
+        wrapper_params = ["platform"] + [p for p in params if p != "platform"]
+        call = ", ".join(f"{p}={p}" for p in params)
+        source = (f"def {fn.__name__}({', '.join(wrapper_params)}):\n"
+                  f"    if getattr(platform, 'name', platform) not in _names:\n"
+                  f"        return None\n"
+                  f"    return _impl({call})\n")
+        namespace: dict[str, Any] = {"_names": names, "_impl": fn}
+        exec(source, namespace)  # noqa: S102 - a fixed template over the function's own names
+        wrapper = namespace[fn.__name__]
+        wrapper.__doc__, wrapper.__module__ = fn.__doc__, fn.__module__
+        wrapper.__qualname__ = fn.__qualname__
+        wrapper.stacchip_platforms = names
+        return hookimpl(tryfirst=tryfirst, trylast=trylast, specname=specname)(wrapper)
+
+    return decorate
 
 
 @hookspec
@@ -62,15 +104,15 @@ def stacchip_chip_stats(
     :func:`stacchip_core.class_mask` / :func:`stacchip_core.bit_mask`.
 
     Return :class:`stacchip_core.ChipStats` with arrays of shape
-    ``(grid.y_size, grid.x_size)``, or ``None`` when ``platform`` is not yours.
+    ``(grid.y_size, grid.x_size)``, or ``None`` to leave the item to another implementation.
     """
 
 
 @hookspec(firstresult=True)
-def stacchip_select_items(platform: Platform, sample: Any, catalog: Any) -> list[pystac.Item] | None:
+def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog | None) -> list[pystac.Item] | None:
     """The STAC items to process for one sample location (*first result*).
 
-    ``sample`` is a :class:`stacchip_core.process.Sample`: ``index`` (the job's sample
+    ``sample`` is a :class:`stacchip_core.Sample`: ``index`` (the job's sample
     number), ``geometry`` (shapely, EPSG:4326; None without a sample source) and
     ``properties`` (the row's attributes). ``catalog`` answers pystac-client's
     ``search(collections=, datetime=, intersects=, query=, sortby=, max_items=)``: a
@@ -78,21 +120,21 @@ def stacchip_select_items(platform: Platform, sample: Any, catalog: Any) -> list
     when no STAC API is configured, for sources that list a bucket instead). Use only the
     query operators every STAC API has (eq, lt, lte, gt, gte: pgstac has no ``in``). Seed
     any randomness from ``sample.index`` so that a rerun selects the same items. Return a
-    list of ``pystac.Item``, or ``None`` when ``platform`` is not yours.
+    list of ``pystac.Item``, or ``None`` to leave the item to another implementation.
     """
 
 
 @hookspec(firstresult=True)
-def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Any, prefix: str) -> pystac.Item | None:
+def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Store, prefix: str) -> pystac.Item | None:
     """Bring one selected item into the target store (*first result*).
 
     Keep the assets the platform needs, copy (or resample) them into ``store`` under
     ``prefix`` (``{platform}/{item_id}``) and return a copy of ``item`` whose hrefs point at
-    the copies. ``store`` is a local folder or an S3 bucket behind one interface
-    (``exists``, ``url``, ``read_bytes``, ``write_bytes``, ``put_file``, ``list``; see
-    ``stacchip_core.store``); :func:`stacchip_core.normalize.copy_assets` does the common
+    the copies. ``store`` is a :class:`stacchip_core.Store`: a local folder or an object-store
+    prefix behind one interface (``exists``, ``url``, ``read_bytes``, ``write_bytes``,
+    ``put_file``, ``list``); :func:`stacchip_core.pipeline.ingest.copy_assets` does the common
     case in one call. Must be idempotent: objects already in the store are not copied
-    again, so a rerun finishes a half-done item. Return ``None`` when ``platform`` is not yours.
+    again, so a rerun finishes a half-done item.
     """
 
 

@@ -14,9 +14,9 @@ from functools import lru_cache
 import pluggy
 import pystac
 
-from . import hookspecs
-from .errors import PlatformError, PluginError
-from .platform import Platform
+from stacchip_core import hookspecs
+from stacchip_core.errors import PlatformError, PluginError
+from stacchip_core.platform import Platform
 
 log = logging.getLogger(__name__)
 

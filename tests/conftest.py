@@ -11,7 +11,7 @@ import pytest
 from affine import Affine
 
 from stacchip_core import plugins
-from stacchip_core.synthetic import write_cog
+from stacchip_core.core.output import write_cog
 
 DATA = Path(__file__).parent / "data"
 PLUGIN_SOURCES = Path(__file__).parent / "plugins"
@@ -153,7 +153,7 @@ def landsat_fixture(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_scenes(tmp_path_factory):
     """Small synthetic scenes of three sources, written once."""
-    from stacchip_core import synthetic
+    from stacchip_core.demo import synthetic
 
     d = tmp_path_factory.mktemp("scenes")
     return {

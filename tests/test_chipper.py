@@ -6,7 +6,8 @@ from affine import Affine
 
 from conftest import load
 from stacchip_core import AssetError, Chipper, Indexer, chip_from_row
-from stacchip_core.synthetic import band_pattern, write_cog
+from stacchip_core.core.output import write_cog
+from stacchip_core.demo.synthetic import band_pattern
 
 
 def expand(native: np.ndarray, factor: int, row0: int, col0: int, cs: int) -> np.ndarray:

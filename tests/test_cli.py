@@ -6,7 +6,8 @@ import rasterio
 from affine import Affine
 
 from conftest import LINZ_ITEM, NAIP_ITEM, TEST_ITEM, run_cli, run_script
-from stacchip_core.synthetic import band_pattern, write_cog
+from stacchip_core.core.output import write_cog
+from stacchip_core.demo.synthetic import band_pattern
 
 
 def assert_one_line_error(result, pattern):

@@ -7,7 +7,7 @@ from affine import Affine
 
 from conftest import LANDSAT_ITEM, LINZ_ITEM, NAIP_ITEM, S2_ITEM, TEST_ITEM, load
 from stacchip_core import ChipGrid, ProjectionError
-from stacchip_core.grid import item_crs
+from stacchip_core.core.grid import item_crs
 
 
 def item(path) -> pystac.Item:

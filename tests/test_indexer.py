@@ -90,7 +90,7 @@ def test_unknown_platform_names_the_installed_ones():
 def test_linz_nodata_from_band_one(tmp_path):
     # a LINZ item as the processor writes it (rio-stac adds projection fields)
     from affine import Affine
-    from stacchip_core.synthetic import write_cog
+    from stacchip_core.core.output import write_cog
 
     rgb = np.full((3, 600, 900), 120, np.uint8)
     rgb[0, :, :150] = 0  # nodata strip in band 1 only counts
@@ -112,10 +112,10 @@ def test_linz_nodata_from_band_one(tmp_path):
 def test_read_asset_reads_the_declared_band_of_a_multiband_asset(tmp_path):
     """The stats hook's read_asset('nir') on NAIP reads band 4 of the image asset."""
     from affine import Affine
-    from stacchip_core.grid import ChipGrid
+    from stacchip_core.core.grid import ChipGrid
     from stacchip_core.plugins import get_platform
-    from stacchip_core.raster import AssetReader
-    from stacchip_core.synthetic import write_cog
+    from stacchip_core.core.raster import AssetReader
+    from stacchip_core.core.output import write_cog
 
     data = np.stack([np.full((200, 200), v, np.uint8) for v in (11, 22, 33, 44)])
     t = Affine(0.6, 0, 341338.2, 0, -0.6, 4749053.4)
@@ -145,9 +145,9 @@ def test_stats_read_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads):
     """read_asset.chip_fractions (strips, threads) == grid.chip_fractions on the whole band."""
-    from stacchip_core.grid import ChipGrid
+    from stacchip_core.core.grid import ChipGrid
     from stacchip_core.plugins import get_platform
-    from stacchip_core.raster import AssetReader
+    from stacchip_core.core.raster import AssetReader
 
     item, _ = s2_fixture
     it = pystac.Item.from_dict(item)

@@ -65,7 +65,7 @@ def test_merge_of_nothing_is_an_error(tmp_path):
 
 
 def test_local_store_removes_what_a_killed_writer_left(tmp_path):
-    from stacchip_core.store import LocalStore
+    from stacchip_core.io.store import LocalStore
 
     store = LocalStore(tmp_path)
     store.write_bytes("p/item/a.tif", b"done")

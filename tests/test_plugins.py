@@ -9,7 +9,7 @@ from affine import Affine
 
 from conftest import per_chip_mean, run_script
 from stacchip_core import Indexer, PluginError, class_mask, hookspecs, plugins
-from stacchip_core.synthetic import write_cog
+from stacchip_core.core.output import write_cog
 
 README = Path(__file__).parents[1] / "README.md"
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("stacchip_")]

@@ -16,9 +16,9 @@ import rasterio
 from conftest import run_cli
 from services import StacApi, pgstac_available
 from stacchip_core import StacchipError
-from stacchip_core.archive import LINZ_PREFIX, build_archive
-from stacchip_core.catalog import open_catalog
-from stacchip_core.process import load_sample, process
+from stacchip_core.demo.archive import LINZ_PREFIX, build_archive
+from stacchip_core.io.catalog import open_catalog
+from stacchip_core.pipeline.process import load_sample, process
 
 S2, L2, L1 = "sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1"
 
@@ -192,7 +192,7 @@ def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucke
     row = table.slice(0, 1).to_pylist()[0]
     assert row["item_href"] == f"s3://{bucket}/v1/{L2}/{first}/stac_item.json"
     pixels = chip_from_row(row, assets=["red"])
-    from stacchip_core.synthetic import band_pattern
+    from stacchip_core.demo.synthetic import band_pattern
 
     expected = band_pattern(2, 300, 300)[:256, :256]
     assert pixels["red"][0][pixels["red"][0] > 0].size > 0

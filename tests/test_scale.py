@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from conftest import run_cli
-from stacchip_core.runner import job_index_from_env, parse_range
+from stacchip_core.pipeline.runner import job_index_from_env, parse_range
 from test_process import archive, naip_expected, s2_expected  # noqa: F401  (fixture)
 
 
@@ -62,8 +62,8 @@ def test_fan_out_on_a_local_cluster(archive, tmp_path):  # noqa: F811
 
 
 def test_prechip_all_on_a_local_cluster(archive, tmp_path):  # noqa: F811
-    from stacchip_core.merge import merge
-    from stacchip_core.process import process
+    from stacchip_core.pipeline.merge import merge
+    from stacchip_core.pipeline.process import process
 
     bucket = tmp_path / "bucket"
     process("sentinel-2-l2a", 0, bucket, archive.mgrs, str(archive.items))
@@ -111,11 +111,11 @@ def test_a_job_killed_with_sigkill_reruns_to_the_same_outputs(archive, tmp_path)
             assert a[key] == b[key], key
 
 
-def test_log_json(archive, tmp_path):  # noqa: F811
-    from stacchip_core.synthetic import naip_scene
+def test_log_json(tmp_path):
+    from stacchip_core.demo.synthetic import naip_scene
 
     item = naip_scene(tmp_path, 300, 300)
-    r = run_cli("--log-json", "index", item, "-o", tmp_path / "i.parquet")
+    r = run_cli("--log-json", "-v", "index", item, "-o", tmp_path / "i.parquet")
     assert r.returncode == 0
     lines = [json.loads(line) for line in r.stderr.splitlines() if line.strip()]
     assert lines and {"time", "level", "logger", "message"} <= set(lines[0])

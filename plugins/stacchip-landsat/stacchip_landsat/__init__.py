@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import random
 
-from stacchip_core import Band, ChipStats, Platform, bit_mask, hookimpl
-from stacchip_core.normalize import copy_assets
+from stacchip_core import Band, ChipStats, Platform, bit_mask, hookimpl, hookimpl_for
+from stacchip_core.pipeline.ingest import copy_assets
 
 QA_FILL_BIT = 0
 QA_CLOUD_BITS = (1, 3, 4)
@@ -62,10 +62,8 @@ def stacchip_platforms():
     return [L1, L2]
 
 
-@hookimpl
+@hookimpl_for(*NAMES)
 def stacchip_chip_stats(platform, grid, read_asset):
-    if platform.name not in NAMES:
-        return None
     # strip by strip: decoding overlaps with the bit tests, the 69 Mpx band is never held whole
     fractions = read_asset.chip_fractions("qa_pixel", {
         "cloud": lambda qa: bit_mask(qa, QA_CLOUD_BITS),
@@ -74,10 +72,8 @@ def stacchip_chip_stats(platform, grid, read_asset):
     return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
 
 
-@hookimpl
+@hookimpl_for(*NAMES)
 def stacchip_select_items(platform, sample, catalog):
-    if platform.name not in NAMES:
-        return None
     point = sample.geometry.centroid
     year = random.Random(sample.index).choice(list(YEARS))
     selected = []
@@ -98,22 +94,20 @@ def stacchip_select_items(platform, sample, catalog):
     return selected
 
 
-@hookimpl
+@hookimpl_for(*NAMES)
 def stacchip_normalize_item(platform, item, store, prefix):
-    if platform.name not in NAMES:
-        return None
     keys = [k for k in list(platform.asset_keys(item).values()) + [platform.asset_key(item, "qa_pixel")] if k]
     alternates = {k: item.assets[k].extra_fields.get("alternate", {}).get("s3", {}).get("href") for k in keys}
     return copy_assets(item, keys, store, prefix, hrefs={k: v for k, v in alternates.items() if v})
 
 
 def main_l2() -> None:
-    from stacchip_core.process import env_job
+    from stacchip_core.cli import env_job
 
     env_job(L2.name)
 
 
 def main_l1() -> None:
-    from stacchip_core.process import env_job
+    from stacchip_core.cli import env_job
 
     env_job(L1.name)

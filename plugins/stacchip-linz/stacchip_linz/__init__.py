@@ -24,11 +24,11 @@ import pystac
 import rasterio
 from rasterio.enums import Resampling
 
-from stacchip_core import Band, ChipStats, Platform, StacchipError, hookimpl
-from stacchip_core.normalize import fetch
-from stacchip_core.settings import apply_gdal_options, source_s3_endpoint
-from stacchip_core.store import open_store
-from stacchip_core.synthetic import write_cog
+from stacchip_core import Band, ChipStats, Platform, StacchipError, hookimpl, hookimpl_for
+from stacchip_core.pipeline.ingest import fetch
+from stacchip_core.io.settings import apply_gdal_options, source_s3_endpoint
+from stacchip_core.io.store import open_store
+from stacchip_core.core.output import write_cog
 
 SOURCE_ENV = "STACCHIP_LINZ_SOURCE"
 SOURCE = "s3://nz-imagery"
@@ -72,10 +72,8 @@ def stacchip_platforms():
     return [PLATFORM]
 
 
-@hookimpl
+@hookimpl_for(PLATFORM)
 def stacchip_chip_stats(platform, grid, read_asset):
-    if platform.name != PLATFORM.name:
-        return None
     nodata = read_asset.chip_fractions("red", {"nodata": lambda band1: band1 == 0})["nodata"]
     return ChipStats(cloud=np.zeros_like(nodata), nodata=nodata)
 
@@ -84,10 +82,8 @@ def sample_size(n: int) -> int:
     return min(n, max(SAMPLE_MIN, min(int(n * SAMPLE_FRACTION), SAMPLE_MAX)))
 
 
-@hookimpl
+@hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample):
-    if platform.name != PLATFORM.name:
-        return None
     prefix = sample.properties.get("prefix")
     if prefix is None:
         if sample.index >= len(PREFIXES):
@@ -115,10 +111,8 @@ def resample(href: str, path: Path, resolution: float = TARGET_RESOLUTION) -> No
         write_cog(path, data, transform, src.crs.to_wkt(), nodata=0)
 
 
-@hookimpl
+@hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
-    if platform.name != PLATFORM.name:
-        return None
     from rio_stac import create_stac_item
 
     source = item.assets["visual"].href
@@ -141,6 +135,6 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 
 def main() -> None:
-    from stacchip_core.process import env_job
+    from stacchip_core.cli import env_job
 
     env_job(PLATFORM.name)

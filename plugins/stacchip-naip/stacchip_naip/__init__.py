@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from stacchip_core import Band, ChipStats, Platform, hookimpl
-from stacchip_core.normalize import copy_assets
+from stacchip_core import Band, ChipStats, Platform, hookimpl, hookimpl_for
+from stacchip_core.pipeline.ingest import copy_assets
 
 STAC_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
 COLLECTION = "naip"
@@ -37,10 +37,8 @@ def stacchip_platforms():
     return [PLATFORM]
 
 
-@hookimpl
+@hookimpl_for(PLATFORM)
 def stacchip_chip_stats(platform, grid):
-    if platform.name != PLATFORM.name:
-        return None
     return ChipStats.zeros((grid.y_size, grid.x_size))
 
 
@@ -48,10 +46,8 @@ def _year(item) -> int:
     return int(item.properties.get("naip:year") or item.datetime.year)
 
 
-@hookimpl
+@hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
-    if platform.name != PLATFORM.name:
-        return None
     found = list(catalog.search(collections=[COLLECTION], intersects=sample.geometry.centroid).items())
     if not found:
         return []
@@ -64,14 +60,12 @@ def stacchip_select_items(platform, sample, catalog):
     return selected
 
 
-@hookimpl
+@hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
-    if platform.name != PLATFORM.name:
-        return None
     return copy_assets(item, [platform.asset_key(item, "red")], store, prefix)
 
 
 def main() -> None:
-    from stacchip_core.process import env_job
+    from stacchip_core.cli import env_job
 
     env_job(PLATFORM.name)

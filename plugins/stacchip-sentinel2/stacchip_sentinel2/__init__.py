@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import random
 
-from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl
-from stacchip_core.normalize import copy_assets
+from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl, hookimpl_for
+from stacchip_core.pipeline.ingest import copy_assets
 
 NAME = "sentinel-2-l2a"
 SCL_CLOUD_CLASSES = (1, 3, 8, 9, 10)
@@ -61,10 +61,8 @@ def stacchip_platforms():
     return [PLATFORM]
 
 
-@hookimpl
+@hookimpl_for(NAME)
 def stacchip_chip_stats(platform, grid, read_asset):
-    if platform.name != NAME:
-        return None
     fractions = read_asset.chip_fractions("scl", {
         "cloud": lambda scl: class_mask(scl, SCL_CLOUD_CLASSES),
         "nodata": lambda scl: scl == SCL_NODATA_CLASS,
@@ -76,10 +74,8 @@ def quarters(year: int) -> list[str]:
     return [f"{year}-{start}/{year}-{end}" for start, end in QUARTERS]
 
 
-@hookimpl
+@hookimpl_for(NAME)
 def stacchip_select_items(platform, sample, catalog):
-    if platform.name != NAME:
-        return None
     tile = sample.properties["name"]
     years = sorted(random.Random(sample.index).sample(list(YEARS), N_YEARS))
     selected = []
@@ -99,16 +95,14 @@ def stacchip_select_items(platform, sample, catalog):
     return selected
 
 
-@hookimpl
+@hookimpl_for(NAME)
 def stacchip_normalize_item(platform, item, store, prefix):
-    if platform.name != NAME:
-        return None
     keys = list(platform.asset_keys(item).values()) + [platform.asset_key(item, "scl")]
     return copy_assets(item, [k for k in keys if k], store, prefix)
 
 
 def main() -> None:
     """``stacchip-sentinel-2``: the original console script, configured by environment."""
-    from stacchip_core.process import env_job
+    from stacchip_core.cli import env_job
 
     env_job(NAME, ("STACCHIP_MGRS_SOURCE", "STACCHIP_SAMPLE_SOURCE"))

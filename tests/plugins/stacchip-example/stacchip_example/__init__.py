@@ -3,7 +3,7 @@
 cloud, and a command."""
 
 import click
-from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl
+from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl, hookimpl_for
 
 PLATFORM = Platform(
     name="example-sat",
@@ -19,10 +19,8 @@ def stacchip_platforms():
     return [PLATFORM]
 
 
-@hookimpl
+@hookimpl_for(PLATFORM)
 def stacchip_chip_stats(platform, grid, read_asset):
-    if platform.name != PLATFORM.name:
-        return None
     mask = read_asset("mask")
     return ChipStats(
         cloud=grid.chip_fractions(mask.data == 1, mask.factor),
@@ -31,10 +29,8 @@ def stacchip_chip_stats(platform, grid, read_asset):
 
 
 # tryfirst: runs before stacchip-sentinel2's implementation, and firstresult stops there
-@hookimpl(tryfirst=True, specname="stacchip_chip_stats")
+@hookimpl_for("sentinel-2-l2a", tryfirst=True, specname="stacchip_chip_stats")
 def s2_high_probability_clouds_only(platform, grid, read_asset):
-    if platform.name != "sentinel-2-l2a":
-        return None
     scl = read_asset("scl")
     return ChipStats(
         cloud=grid.chip_fractions(class_mask(scl.data, [9]), scl.factor),

@@ -12,10 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import rasterio.shutil
 from affine import Affine
-from rasterio.io import MemoryFile
+
+from stacchip_core.core.output import write_cog  # noqa: F401  (re-exported for the demo)
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
@@ -23,23 +22,6 @@ S2_BANDS_10M = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08"}
 S2_BANDS_20M = {"rededge1": "B05", "rededge2": "B06", "rededge3": "B07", "nir08": "B8A",
                 "swir16": "B11", "swir22": "B12"}
 LANDSAT_BANDS = ("blue", "green", "red", "nir08", "swir16", "swir22")
-
-
-def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
-              nodata=None, blocksize: int = 512, compress: str = "DEFLATE") -> Path:
-    """Write ``data`` ((bands,) rows, cols) as a Cloud Optimized GeoTIFF."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if data.ndim == 2:
-        data = data[None]
-    count, height, width = data.shape
-    profile = dict(driver="GTiff", count=count, height=height, width=width, dtype=data.dtype,
-                   crs=crs, transform=transform, nodata=nodata)
-    with MemoryFile() as mem, mem.open(**profile) as tmp:
-        tmp.write(data)
-        rasterio.shutil.copy(tmp, path, driver="COG", BLOCKSIZE=blocksize, COMPRESS=compress,
-                             OVERVIEWS="NONE", NUM_THREADS="ALL_CPUS")
-    return path
 
 
 def band_pattern(band: int, rows: int, cols: int, dtype=np.uint16, noise: int = 0) -> np.ndarray:
@@ -107,7 +89,7 @@ def _asset(href: Path, shape, transform: Affine, roles=("data",), **extra) -> di
 
 
 def _item(item_id, collection, when, epsg, transform, shape, assets, properties) -> dict:
-    from .grid import ChipGrid  # footprint in lon/lat from the grid math
+    from stacchip_core.core.grid import ChipGrid  # footprint in lon/lat from the grid math
     import pyproj
 
     grid = ChipGrid((shape[0], shape[1]), transform, pyproj.CRS(f"EPSG:{epsg}"), chip_size=min(shape))

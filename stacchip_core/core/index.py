@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
-from .errors import StacchipError
-from .grid import CRS84
+from stacchip_core.errors import StacchipError
+from stacchip_core.core.grid import CRS84
 
 GEOPARQUET_VERSION = "1.1.0"
 
@@ -130,7 +130,7 @@ def index_bytes(table: pa.Table) -> bytes:
 
 def write_index(table: pa.Table, path: str | Path) -> Path:
     """Write an index table as a GeoParquet file, atomically (temp file, then rename)."""
-    from .store import LocalStore
+    from stacchip_core.io.store import LocalStore
 
     path = Path(path)
     LocalStore(path.parent).write_bytes(path.name, index_bytes(table))

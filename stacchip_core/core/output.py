@@ -8,13 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
+from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from .errors import StacchipError
-from .grid import ChipGrid
-from .platform import Platform
+from stacchip_core.errors import StacchipError
+from stacchip_core.core.grid import ChipGrid
+from stacchip_core.platform import Platform
 
 
 def band_stack(chip: dict[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
@@ -111,4 +114,21 @@ def write_chip(
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
+    return path
+
+
+def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
+              nodata=None, blocksize: int = 512, compress: str = "DEFLATE") -> Path:
+    """Write ``data`` ((bands,) rows, cols) as a Cloud Optimized GeoTIFF."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    profile = dict(driver="GTiff", count=count, height=height, width=width, dtype=data.dtype,
+                   crs=crs, transform=transform, nodata=nodata)
+    with MemoryFile() as mem, mem.open(**profile) as tmp:
+        tmp.write(data)
+        rasterio.shutil.copy(tmp, path, driver="COG", BLOCKSIZE=blocksize, COMPRESS=compress,
+                             OVERVIEWS="NONE", NUM_THREADS="ALL_CPUS")
     return path

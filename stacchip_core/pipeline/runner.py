@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from tqdm import tqdm
 
-from .errors import StacchipError
+from stacchip_core.errors import StacchipError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from .chipread import ChipReader
-from .prechip import ChipFilter, load_index
+from stacchip_core.training.chipread import ChipReader
+from stacchip_core.training.prechip import ChipFilter, load_index
 
 
 class ChipDataset:

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from .errors import StacchipError
-from .index import SCHEMA, with_geo_metadata
-from .store import LocalStore, open_store
+from stacchip_core.errors import StacchipError
+from stacchip_core.core.index import SCHEMA, with_geo_metadata
+from stacchip_core.io.store import LocalStore, open_store
 
 log = logging.getLogger(__name__)
 

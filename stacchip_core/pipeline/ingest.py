@@ -11,10 +11,11 @@ from urllib.parse import urlparse
 
 import pystac
 
-from .errors import AssetError
-from .raster import asset_href
-from .settings import s3_endpoint, source_s3_endpoint
-from .store import S3Store, Store
+from stacchip_core.errors import AssetError
+from stacchip_core.core.raster import asset_href
+from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
+from stacchip_core.io.store import S3Store
+from stacchip_core.types import Store
 
 log = logging.getLogger(__name__)
 

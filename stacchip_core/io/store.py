@@ -8,21 +8,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator
 from urllib.parse import urlparse
 
-from .errors import StacchipError
-from .settings import s3_endpoint
-
-
-class Store(Protocol):
-    def url(self, key: str) -> str: ...
-    def exists(self, key: str) -> bool: ...
-    def read_bytes(self, key: str) -> bytes: ...
-    def write_bytes(self, key: str, data: bytes) -> str: ...
-    def put_file(self, key: str, path: str | Path) -> str: ...
-    def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]: ...
-    def remove_partial(self, prefix: str) -> int: ...
+from stacchip_core.errors import StacchipError
+from stacchip_core.types import Store  # noqa: F401  (the protocol LocalStore and S3Store satisfy)
+from stacchip_core.io.settings import s3_endpoint
 
 
 @dataclass

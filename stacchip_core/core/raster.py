@@ -18,10 +18,10 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from .errors import AssetError
-from .grid import ChipGrid, integer_factor
-from .platform import Platform
-from .settings import apply_gdal_options
+from stacchip_core.errors import AssetError
+from stacchip_core.core.grid import ChipGrid, integer_factor
+from stacchip_core.platform import Platform
+from stacchip_core.io.settings import apply_gdal_options
 
 log = logging.getLogger(__name__)
 

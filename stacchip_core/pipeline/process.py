@@ -18,13 +18,14 @@ from pathlib import Path
 import pystac
 import shapely
 
-from .catalog import STAC_API_ENV, open_catalog
-from .errors import PlatformError, StacchipError
-from .index import index_bytes
-from .indexer import Indexer
-from .platform import Platform
-from .plugins import get_platform, get_plugin_manager
-from .store import Store, open_store
+from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
+from stacchip_core.errors import PlatformError, StacchipError
+from stacchip_core.core.index import index_bytes
+from stacchip_core.core.indexer import Indexer
+from stacchip_core.platform import Platform
+from stacchip_core.plugins import get_platform, get_plugin_manager
+from stacchip_core.io.store import open_store
+from stacchip_core.types import Store
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def load_sample(source: str | Path | None, index: int) -> Sample:
 
     location = str(source)
     if location.startswith("s3://"):
-        from .settings import apply_gdal_options
+        from stacchip_core.io.settings import apply_gdal_options
 
         apply_gdal_options()
         location = "/vsis3/" + location[5:]
@@ -128,32 +129,6 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
     return [process_item(plat, item, store, chip_size, max_nodata) for item in items]
 
 
-def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOURCE",)) -> None:
-    """Console-script entry of the original processors: configured by environment
-    variables (the job index from AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX or
-    SLURM_ARRAY_TASK_ID; STACCHIP_SAMPLE_SOURCE or STACCHIP_MGRS_SOURCE, STACCHIP_BUCKET,
-    STACCHIP_STAC_API). Errors are one line."""
-    import sys
-
-    from .cli import _setup_logging
-    from .runner import INDEX_ENV_VARS, job_index_from_env
-
-    _setup_logging(0, False)
-    try:
-        index = job_index_from_env()
-        if index is None:
-            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
-        if not os.environ.get("STACCHIP_BUCKET"):  # empty counts as unset
-            raise StacchipError("STACCHIP_BUCKET env var not set")
-        source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
-        results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
-    except (StacchipError, ValueError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    for r in results:
-        print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
-
-
 def process_job(index: int, *, platform: str, bucket: str, sample_source=None, stac_api=None,
                 chip_size=None, max_nodata: float = 0.5) -> list[dict]:
     """One job, picklable for a cluster: the results as plain dicts."""
@@ -170,7 +145,7 @@ def count_samples(platform: str, sample_source=None) -> int:
 
         location = str(sample_source)
         if location.startswith("s3://"):
-            from .settings import apply_gdal_options
+            from stacchip_core.io.settings import apply_gdal_options
 
             apply_gdal_options()
             location = "/vsis3/" + location[5:]

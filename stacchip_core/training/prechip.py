@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .chipread import ChipReader
-from .errors import StacchipError
-from .store import open_store, read_url
+from stacchip_core.training.chipread import ChipReader
+from stacchip_core.errors import StacchipError
+from stacchip_core.io.store import open_store, read_url
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ import numpy as np
 import pystac
 from rasterio.errors import RasterioError
 
-from .errors import AssetError, PlatformError, StacchipError
-from .grid import ChipGrid
-from .indexer import Indexer, load_item
-from .platform import Platform
-from .plugins import find_platform, get_platform, platform_for_item
-from .raster import DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href
-from .settings import apply_gdal_options
-from .store import read_url
+from stacchip_core.errors import AssetError, PlatformError, StacchipError
+from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.indexer import Indexer, load_item
+from stacchip_core.platform import Platform
+from stacchip_core.plugins import find_platform, get_platform, platform_for_item
+from stacchip_core.core.raster import DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href
+from stacchip_core.io.settings import apply_gdal_options
+from stacchip_core.io.store import read_url
 
 log = logging.getLogger(__name__)
 

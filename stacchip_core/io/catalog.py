@@ -19,7 +19,7 @@ import pystac
 import shapely
 from shapely.geometry import shape
 
-from .errors import StacchipError
+from stacchip_core.errors import StacchipError
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from .archive import build_archive
-from .chipper import Chipper, item_for_row
-from .index import read_index
-from .merge import merge
-from .output import band_stack, stretch_rgb, write_png
-from .plugins import platforms
-from .process import process
+from stacchip_core.demo.archive import build_archive
+from stacchip_core.core.chipper import Chipper, item_for_row
+from stacchip_core.core.index import read_index
+from stacchip_core.pipeline.merge import merge
+from stacchip_core.core.output import band_stack, stretch_rgb, write_png
+from stacchip_core.plugins import platforms
+from stacchip_core.pipeline.process import process
 
 log = logging.getLogger(__name__)
 

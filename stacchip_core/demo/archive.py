@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from . import synthetic
+from stacchip_core.demo import synthetic
 
 S2_TILE = "20HNJ"
 S2_ORIGIN = (499980.0, 6400000.0)  # EPSG:32720, the Earth Search fixture's tile

@@ -8,10 +8,10 @@ import threading
 
 import numpy as np
 
-from .chipper import Chipper, item_for_row
-from .errors import StacchipError
-from .output import band_stack
-from .plugins import platforms
+from stacchip_core.core.chipper import Chipper, item_for_row
+from stacchip_core.errors import StacchipError
+from stacchip_core.core.output import band_stack
+from stacchip_core.plugins import platforms
 
 
 class ChipReader:

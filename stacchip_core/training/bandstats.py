@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StacchipError
-from .plugins import platforms
-from .store import open_store
+from stacchip_core.errors import StacchipError
+from stacchip_core.plugins import platforms
+from stacchip_core.io.store import open_store
 
 
 @dataclass

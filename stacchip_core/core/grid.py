@@ -12,7 +12,7 @@ import pystac
 import shapely
 from affine import Affine
 
-from .errors import ProjectionError
+from stacchip_core.errors import ProjectionError
 
 CRS84 = pyproj.CRS("OGC:CRS84")
 _PROJ_KEYS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")

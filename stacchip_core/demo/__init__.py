@@ -1,0 +1,1 @@
+"""The synthetic archive and the demo. Never imported by production code."""

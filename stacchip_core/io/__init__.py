@@ -1,0 +1,1 @@
+"""Object stores, settings and STAC catalogs: everything that talks to the outside."""

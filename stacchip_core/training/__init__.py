@@ -1,0 +1,1 @@
+"""From the index to model input: chip reads, pre-cut cubes, band statistics, datasets."""
