@@ -213,3 +213,14 @@ def per_chip_mean(mask: np.ndarray, block: int, ny: int, nx: int) -> np.ndarray:
     """The reference for per-chip fractions: a plain loop over chips."""
     return np.array([[mask[y * block:(y + 1) * block, x * block:(x + 1) * block].mean()
                       for x in range(nx)] for y in range(ny)], dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """torch (CPU build), installed on first use by tests/provision.py."""
+    from provision import ensure_optional_packages
+
+    ensure_optional_packages()
+    import torch
+
+    return torch

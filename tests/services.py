@@ -23,10 +23,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pgstac_available() -> bool:
-    return (PG_BIN / "initdb").exists()
-
-
 def _as_postgres(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     # PostgreSQL refuses to run as root
     if os.geteuid() == 0:
@@ -88,6 +84,7 @@ class StacApi:
             self._pypgstac("load", kind, str(path), "--method", "upsert")
 
     def stop(self) -> None:
+        """Stop whatever started (safe after a failed start)."""
         if self.api is not None:
             self.api.terminate()
             self.api.wait(10)

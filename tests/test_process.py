@@ -14,7 +14,8 @@ import pytest
 import rasterio
 
 from conftest import run_cli
-from services import StacApi, pgstac_available
+from provision import ensure_postgis
+from services import StacApi
 from stacchip_core import StacchipError
 from stacchip_core.demo.archive import LINZ_PREFIX, build_archive
 from stacchip_core.io.catalog import open_catalog
@@ -51,15 +52,15 @@ def s3_archive(archive, s3_server, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def stac_api(archive, s3_archive):
-    if not pgstac_available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL 15 is not installed: CI must run the STAC API tests")
-        pytest.skip("PostgreSQL 15 is not installed (.ci/run installs it)")
-    api = StacApi().start()
-    items = [json.loads(p.read_text()) for p in sorted(s3_archive.rglob("*.json"))]
-    api.load(json.loads(archive.collections.read_text()), items)
-    yield api.url
-    api.stop()
+    ensure_postgis()
+    api = StacApi()
+    try:  # a failure while starting or loading still stops PostgreSQL
+        api.start()
+        items = [json.loads(p.read_text()) for p in sorted(s3_archive.rglob("*.json"))]
+        api.load(json.loads(archive.collections.read_text()), items)
+        yield api.url
+    finally:
+        api.stop()
 
 
 def s2_expected(archive) -> list[str]:

@@ -189,8 +189,7 @@ def test_dataset_in_worker_processes_matches_one_process(index, method):
     assert parallel == single
 
 
-def test_torch_dataloader_with_two_workers(index):
-    torch = pytest.importorskip("torch")
+def test_torch_dataloader_with_two_workers(index, torch):
     ds = ChipDataset(index, bands=["red", "green", "blue"])
     sampler = PlatformBatchSampler(ds.platforms, batch_size=4, shuffle=False)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2)
