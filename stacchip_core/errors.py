@@ -20,3 +20,8 @@ class AssetError(StacchipError):
 
 class PluginError(StacchipError):
     """A plugin failed to load or implements a hook that does not exist."""
+
+
+class ObjectError(AssetError):
+    """An object (an asset or an item JSON) could not be read: missing, forbidden,
+    truncated, or the server kept failing. The message names the URL, redacted."""
