@@ -53,6 +53,8 @@ class Chipper:
         mountpath: str | Path | None = None,
         chip_size: int | None = None,
         platform: str | Platform | None = None,
+        layouts: bytes | None = None,
+        use_layouts: bool = True,
     ) -> None:
         if isinstance(item_or_indexer, Indexer):
             self.item = item_or_indexer.item
@@ -70,6 +72,12 @@ class Chipper:
         self._cache = DatasetCache()
         self._factors: dict[str, int] = {}
         self._pool: ThreadPoolExecutor | None = None  # kept: its threads keep their open handles
+        # COG layouts (core.layout): from the index row, else recorded on first use (one ranged
+        # read per asset instead of rasterio's probe + header per asset)
+        self.use_layouts = use_layouts
+        self._layout_blob = layouts
+        self._layouts: dict | None = None
+        self._spec = None
 
     def _platform(self, platform) -> Platform | None:
         if isinstance(platform, Platform):
@@ -134,30 +142,84 @@ class Chipper:
             self._factors[key] = grid_factor(ds, self.grid, key)
         return ds
 
+    def layouts(self) -> dict:
+        """``{asset key: AssetLayout}`` of the selected assets that have one."""
+        if self._layouts is None:
+            from stacchip_core.core.layout import decoded, record_layouts
+
+            blob = self._layout_blob
+            if blob is None and self.use_layouts:
+                blob = record_layouts({k: asset_href(self.item.assets[k], self.mountpath) for k in self.assets})
+            self._layouts = decoded.get(blob) if blob else {}
+            from stacchip_core.core.tiles import GridSpec
+
+            self._spec = GridSpec.from_grid(self.grid)
+        return self._layouts
+
+    def _rasterio_chip(self, key: str, x: int, y: int) -> np.ndarray:
+        ds = self._dataset(key)
+        try:
+            return read_chip_window(ds, self.grid, self._factors[key], x, y)
+        except RasterioError as exc:
+            raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
+
     def chip(self, x: int, y: int) -> dict[str, np.ndarray]:
         """Pixels of chip (x, y) for every selected asset."""
-        self.grid.window(x, y)  # bounds check with a clear message
-        out = {}
-        for key in self.assets:
-            ds = self._dataset(key)
-            try:
-                out[key] = read_chip_window(ds, self.grid, self._factors[key], x, y)
-            except RasterioError as exc:
-                raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
-        return out
+        return self.chips([(x, y)], workers=1)[0]
 
     def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[dict[str, np.ndarray]]:
-        """Many chips, read by ``workers`` threads (GDAL reads release the GIL). The threads
-        live as long as the Chipper and each keeps its own open handles across calls.
-        Results keep the order of ``xys``."""
-        xys = list(xys)
-        if workers <= 1 or len(xys) < 2:
-            return [self.chip(x, y) for x, y in xys]
-        if self._pool is None or self._pool._max_workers != workers:
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stacchip-chips")
-        return list(self._pool.map(lambda xy: self.chip(*xy), xys))
+        """Many chips. From layouts: every tile of every chip and asset fetched concurrently
+        (adjacent ranges coalesced) and decoded in async-tiff's thread pool. Assets without a
+        usable layout are read through rasterio by ``workers`` threads (GDAL releases the
+        GIL), which live as long as the Chipper and keep their open handles. Results keep
+        the order of ``xys``."""
+        xys = [(int(x), int(y)) for x, y in xys]
+        for x, y in xys:
+            self.grid.window(x, y)  # bounds check with a clear message
+        from stacchip_core.io.objects import usable
+
+        lays = self.layouts() if self.use_layouts and usable() else {}
+        if lays:
+            from stacchip_core.core.tiles import read_batch
+
+            out = read_batch([lays] * len(xys), [self.assets] * len(xys), [self._spec] * len(xys), xys)
+        else:
+            out = [{} for _ in xys]
+        todo = [(i, k) for i, res in enumerate(out) for k in self.assets
+                if not isinstance(res.get(k), np.ndarray)]
+        for i, k in todo:
+            note_fallback(out[i].get(k), self.item.assets[k].href, k)
+        if todo:
+            if workers <= 1 or len(todo) < 2:
+                arrays = [self._rasterio_chip(k, *xys[i]) for i, k in todo]
+            else:
+                if self._pool is None or self._pool._max_workers != workers:
+                    if self._pool is not None:
+                        self._pool.shutdown()
+                    self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stacchip-chips")
+                arrays = list(self._pool.map(lambda ik: self._rasterio_chip(ik[1], *xys[ik[0]]), todo))
+            for (i, k), arr in zip(todo, arrays):
+                out[i][k] = arr
+        return [{k: res[k] for k in self.assets} for res in out]
+
+
+_WARNED: set[str] = set()
+
+
+def note_fallback(reason, href: str, key: str) -> None:
+    """One warning per asset whose layout is stale; quieter notes for the other fallbacks."""
+    from stacchip_core.core.tiles import StaleLayout
+    from stacchip_core.io.urls import redact
+
+    if isinstance(reason, StaleLayout):
+        if href not in _WARNED:
+            _WARNED.add(href)
+            if len(_WARNED) > 100_000:
+                _WARNED.clear()
+            log.warning("asset %r (%s) changed since it was indexed (%s); reading it with rasterio",
+                        key, redact(href), reason)
+    elif reason is not None:
+        log.debug("asset %r read with rasterio: %s", key, reason)
 
 
 def item_for_row(row: dict, mountpath: str | Path | None = None) -> pystac.Item:
@@ -186,5 +248,6 @@ def chip_from_row(
         mountpath=mountpath,
         chip_size=int(row.get("chip_size") or 256),
         platform=find_platform(row.get("platform")),
+        layouts=row.get("layouts"),
     ) as chipper:
         return chipper.chip(int(row["chip_index_x"]), int(row["chip_index_y"]))

@@ -151,7 +151,11 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     None (and a log line) when it is not a tiled TIFF that the layout path can read."""
     from async_tiff import TIFF
 
-    header, meta = await objects.get_head_async(href, HEADER_PREFETCH)
+    try:
+        header, meta = await objects.get_head_async(href, HEADER_PREFETCH)
+    except StacchipError as exc:  # best effort: chips of this asset then open the file
+        log.warning("no layout for asset %r: %s", key, exc)
+        return None
     try:
         tiff = await TIFF.open("x", store=HeaderInput(href, header), prefetch=len(header))
     except Exception as exc:  # not a TIFF (a JP2, a PNG...): rasterio reads it
@@ -186,7 +190,7 @@ async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
 
 def record_layouts(hrefs: dict[str, str]) -> bytes | None:
     """The encoded layouts of ``{asset key: href}``, read concurrently; None if no asset has one."""
-    if not hrefs:
+    if not hrefs or not objects.usable():
         return None
     found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
     return encode(found) if found else None

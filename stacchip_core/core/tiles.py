@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,10 +42,16 @@ def _pool():
     if _POOL is None:
         from async_tiff import ThreadPool
 
-        import os
-
         _POOL = ThreadPool(max(1, os.cpu_count() or 1))
     return _POOL
+
+
+def _reset_pool() -> None:
+    global _POOL
+    _POOL = None
+
+
+os.register_at_fork(after_in_child=_reset_pool)
 
 
 @dataclass(frozen=True)
@@ -215,7 +222,8 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
 
     ranges = [r for p in plans for r in _ranges(p)]
     data = await _fetch(lay, ranges) if ranges else {}
-    tiff = await TIFF.open("x", store=HeaderInput(lay.href, synth_header(lay), data), prefetch=1 << 20)
+    header = synth_header(lay)
+    tiff = await TIFF.open("x", store=HeaderInput(lay.href, header, data), prefetch=len(header))
     tpr = lay.tiles_across
     wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
     decoded: dict[tuple[int, int], np.ndarray] = {}

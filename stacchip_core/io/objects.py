@@ -88,6 +88,7 @@ def _store(scheme: str, netloc: str, endpoint: str | None, anonymous: bool, paye
 def locate(url: str | Path):
     """``(store, path)`` for any URL or local path: THE place every object read passes."""
     url = str(url)
+    _mark_used()
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("", "file") or len(scheme) == 1:  # a path, file://, or a Windows drive letter
@@ -221,3 +222,34 @@ def run(coro):
     """Run a coroutine on stacchip's I/O loop and wait for its result (from any thread that
     is not that loop)."""
     return _LOOP.run(coro)
+
+
+_USED_BY: int | None = None  # the process that started obstore's (tokio) runtime
+
+
+def usable() -> bool:
+    """Whether this process may use obstore/async-tiff. Their Rust runtime does not survive
+    ``fork()`` (its threads are not copied; reads then hang forever), so a process forked
+    after its parent read through them must not: callers fall back to rasterio/boto3 there.
+    Forking before the first read (a DataLoader's usual case) or the spawn start method
+    keeps the fast path."""
+    return _USED_BY is None or _USED_BY == os.getpid()
+
+
+def _mark_used() -> None:
+    global _USED_BY
+    if _USED_BY is None:
+        _USED_BY = os.getpid()
+    elif _USED_BY != os.getpid():
+        raise ForkedError("obstore cannot be used in a process forked after its parent used it")
+
+
+class ForkedError(ObjectError):
+    """This process was forked after obstore was used: read another way."""
+
+
+def _after_fork() -> None:
+    _store.cache_clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
