@@ -171,7 +171,10 @@ async def _fetch(lay: AssetLayout, ranges: list[tuple[int, int]]) -> dict[tuple[
         except Exception as exc:
             if "412" in str(exc) or "Precondition" in str(exc):
                 raise StaleLayout("precondition failed") from None
-            raise objects._error(lay.href, exc) from None
+            err = objects._error(lay.href, exc)
+            if str(err).endswith(": not found"):
+                raise StaleLayout("object not found") from None
+            raise err from None
         if int(result.meta["size"]) != lay.size:
             raise StaleLayout(f"size {result.meta['size']} != {lay.size}")
         if len(data) != e - s:
