@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +16,16 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from stacchip_core.core.chip import band_names, stack_arrays
 from stacchip_core.errors import StacchipError
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.platform import Platform
 
 
-def band_stack(chip: dict[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
-    """All bands of a chip in one (bands, cs, cs) array, with a name per band.
-
-    Bands take their canonical names where the platform declares them (NAIP's
-    ``image`` asset gives red, green, blue, nir), else ``asset`` or ``asset_N``.
-    """
-    arrays, names = [], []
-    for key, array in chip.items():
-        for i in range(array.shape[0]):
-            names.append(_band_name(platform, key, i + 1, array.shape[0]))
-        arrays.append(array)
-    dtype = np.result_type(*[a.dtype for a in arrays])
-    return np.concatenate([a.astype(dtype, copy=False) for a in arrays]), names
-
-
-def _band_name(platform: Platform | None, key: str, index: int, count: int) -> str:
-    if platform is not None:
-        for band in platform.bands + platform.aux:
-            if key in band.keys or key.lower() in (k.lower() for k in band.keys):
-                if band.index == index:
-                    return band.name
-    return key if count == 1 else f"{key}_{index}"
+def band_stack(chip: Mapping[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
+    """All bands of a chip in one (bands, cs, cs) array, with a name per band
+    (see :func:`stacchip_core.core.chip.band_names`)."""
+    return stack_arrays(chip), list(band_names(chip, platform))
 
 
 def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
