@@ -236,8 +236,11 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
     (or many jobs with --index-range/--all)."""
     from functools import partial
 
+    from stacchip_core.io.keys import name
     from stacchip_core.training.prechip import ChipFilter, count_jobs, prechip_job
     from stacchip_core.pipeline.runner import run_tasks
+
+    name(version, "--version")  # a folder under TARGET, never a path out of it
 
     chip_filter = ChipFilter(tuple(platforms_) or None, max_nodata, max_cloud, start.date() if start else None,
                              end.date() if end else None, tuple(bbox) if bbox else None)

@@ -13,6 +13,7 @@ import pystac
 
 from stacchip_core.errors import AssetError
 from stacchip_core.core.raster import asset_href
+from stacchip_core.io.keys import join as join_key, segment
 from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
 from stacchip_core.io.store import S3Store
 from stacchip_core.types import Store
@@ -71,8 +72,8 @@ def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
     for key in keys:
         asset = out.assets[key]
         source = (hrefs or {}).get(key) or asset_href(asset)
-        name = Path(urlparse(source).path).name or f"{key}.tif"
-        asset.href = copy_into(store, source, f"{prefix}/{name}")
+        name = segment(Path(urlparse(source).path).name or f"{key}.tif", "asset file name")
+        asset.href = copy_into(store, source, join_key(prefix, name))
         log.info("copied %s -> %s", key, asset.href)
     out.clear_links()
     return out

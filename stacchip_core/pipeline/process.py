@@ -18,6 +18,7 @@ from pathlib import Path
 import pystac
 import shapely
 
+from stacchip_core.io import keys
 from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
 from stacchip_core.errors import PlatformError, StacchipError
 from stacchip_core.core.index import index_bytes
@@ -79,12 +80,19 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def item_prefix(platform: str, item_id: str) -> str:
+    """``{platform}/{item_id}``: the item id from the catalog is encoded, the platform name
+    must be plain (see io.keys), so no key leaves the bucket."""
+    return keys.join(keys.name(platform, "platform name"), keys.segment(item_id, "item id"))
+
+
 def index_key(platform: str, item_id: str) -> str:
-    return f"index/{platform}/{item_id}/index_{item_id}.parquet"
+    safe = keys.segment(item_id, "item id")
+    return keys.join("index", keys.name(platform, "platform name"), safe, f"index_{safe}.parquet")
 
 
 def item_key(platform: str, item_id: str) -> str:
-    return f"{platform}/{item_id}/stac_item.json"
+    return keys.join(item_prefix(platform, item_id), "stac_item.json")
 
 
 def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size: int | None = None,
@@ -94,9 +102,9 @@ def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size:
     if store.exists(ikey):
         log.info("%s: complete, skipped", item.id)
         return ItemResult(item.id, "skipped", index=store.url(ikey))
-    prefix = f"{platform.name}/{item.id}"
+    prefix = item_prefix(platform.name, item.id)
     # a killed run may have left temporary files: redoing the item starts clean
-    removed = store.remove_partial(prefix) + store.remove_partial(f"index/{platform.name}/{item.id}")
+    removed = store.remove_partial(prefix) + store.remove_partial(ikey.rpartition("/")[0])
     if removed:
         log.info("%s: removed %d temporary files of an interrupted run", item.id, removed)
     normalized = get_plugin_manager().hook.stacchip_normalize_item(
