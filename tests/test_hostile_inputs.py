@@ -98,3 +98,66 @@ def test_s3_keys_stay_under_the_prefix(archive, tmp_path, bucket):  # noqa: F811
     names = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
     assert all(n.startswith("run/one/") and ".." not in n.split("/") for n in names), names
     assert "run/one/index/naip/..%2F..%2Fescape/index_..%2F..%2Fescape.parquet" in names
+
+
+# --- secrets and forged log lines ----------------------------------------------------------
+
+SECRETS = ("hunter2", "SIGNATURE0123", "SASSIG456", "PCTOKEN789")
+SECRET_HREF = ("https://alice:hunter2@127.0.0.1:9/naip/m.tif?X-Amz-Credential=AKIA&X-Amz-Signature=SIGNATURE0123"
+               "&st=2024&se=2025&sp=rl&sv=2021&sr=b&sig=SASSIG456&token=PCTOKEN789")
+
+
+def assert_no_secret(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, text
+
+
+@pytest.mark.parametrize("args", [["-q"], ["-v"], ["--log-json", "-v"]])
+def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):  # noqa: F811
+    items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
+    r = run_cli(*args, "process", "naip", "--index", 1, "--sample", archive.points, "--bucket", tmp_path / "b",
+                "--stac-api", items)
+    assert r.returncode == 1
+    assert_no_secret(r.stdout + r.stderr)
+    assert "https://REDACTED@127.0.0.1:9/naip/m.tif?" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("Error: ")
+
+
+def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):  # noqa: F811
+    items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
+    r = run_cli("-q", "process", "naip", "--index-range", "1:2", "--scheduler", "sync", "--sample", archive.points,
+                "--bucket", tmp_path / "b", "--stac-api", items)
+    assert r.returncode == 1
+    assert_no_secret(r.stdout + r.stderr)
+    report = (tmp_path / "b" / "_runs" / "process-naip-1-2.json").read_text()
+    assert_no_secret(report)
+    task = json.loads(report)["tasks"][0]
+    assert task["status"] == "failed" and "https://REDACTED@127.0.0.1:9/naip/m.tif" in task["error"]
+
+
+@pytest.mark.parametrize("log_json", [False, True])
+def test_item_ids_with_newlines_do_not_forge_log_lines(archive, tmp_path, log_json):  # noqa: F811
+    forged = "evil\nERROR stacchip_core: forged\r\x1b[2K line"
+    items = hostile_items(archive, tmp_path, forged)
+    r = run_cli(*(["--log-json"] if log_json else []), "-v", "process", "naip", "--index", 1, "--sample",
+                archive.points, "--bucket", tmp_path / "b", "--stac-api", items)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    messages = [json.loads(line)["message"] for line in lines] if log_json else lines
+    assert any("evil\\nERROR stacchip_core: forged\\r\\x1b[2K line" in m for m in messages), messages
+    assert not any(ch in r.stderr for ch in "\r\x1b")
+    for line in lines:
+        if log_json:
+            entry = json.loads(line)
+            assert entry["level"] in ("INFO", "DEBUG", "WARNING") and "\n" not in entry["message"]
+        else:
+            assert line.startswith(("INFO ", "DEBUG ", "WARNING ")), line
+
+
+def test_one_line_errors_escape_control_characters(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1\x00\x01\x1b[31mnot parquet\nERROR forged\x07PAR1")
+    r = run_cli("chip", bad, "--row", 0, "-o", tmp_path / "x.npz")
+    assert r.returncode == 1
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("Error: ")
+    assert not any(ch in r.stderr.rstrip("\n") for ch in "\x00\x01\x1b\x07\n")

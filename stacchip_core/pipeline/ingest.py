@@ -14,6 +14,7 @@ import pystac
 from stacchip_core.errors import AssetError
 from stacchip_core.core.raster import asset_href
 from stacchip_core.io.keys import join as join_key, segment
+from stacchip_core.io.urls import redact, redact_text
 from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
 from stacchip_core.io.store import S3Store
 from stacchip_core.types import Store
@@ -37,7 +38,7 @@ def fetch(href: str, directory: Path) -> Path:
         with urllib.request.urlopen(href, timeout=60) as response, open(local, "wb") as fh:
             shutil.copyfileobj(response, fh)
     else:
-        raise AssetError(f"cannot fetch {href}: unsupported scheme {url.scheme!r}")
+        raise AssetError(f"cannot fetch {redact(href)}: unsupported scheme {url.scheme!r}")
     return local
 
 
@@ -57,7 +58,7 @@ def copy_into(store: Store, href: str, key: str) -> str:
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object
-        raise AssetError(f"cannot copy {href} to {store.url(key)}: {exc}") from None
+        raise AssetError(redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")) from None
 
 
 def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
