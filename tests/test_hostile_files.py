@@ -130,7 +130,7 @@ def test_only_stale_temporary_files_are_removed(tmp_path):
         f".b.tif~{host}~{dead_pid}~00ff.tmp": True,  # its writer is gone
         ".c.tif~otherhost~1~00ff.tmp": False,  # another host, recently written: maybe in flight
         ".d.tif~otherhost~1~00ff.tmp.old": False,  # not a temporary file name
-        ".e.tif.x1y2z3.tmp": False,  # an older naming scheme, recent
+        ".e.tif.x1y2z3.tmp": True,  # an older version's name: no current writer makes it
     }
     for name in names:
         (tmp_path / "sub").mkdir(exist_ok=True)
@@ -138,6 +138,6 @@ def test_only_stale_temporary_files_are_removed(tmp_path):
     old = tmp_path / "sub" / ".f.tif~otherhost~1~00ff.tmp"
     old.write_bytes(b"x")
     os.utime(old, (0, 0))  # untouched for decades: its writer is dead
-    assert f.remove_stale(tmp_path) == 2
+    assert f.remove_stale(tmp_path) == 3
     left = sorted(p.name for p in (tmp_path / "sub").iterdir())
     assert left == sorted(n for n, stale in names.items() if not stale)

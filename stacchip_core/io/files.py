@@ -69,13 +69,16 @@ def _alive(pid: int) -> bool:
 
 def is_stale(path: Path, now: float | None = None) -> bool:
     """Whether a temporary file was left by a writer that is gone (see the module doc).
-    Temporary files of other naming schemes (older versions) count by age alone."""
+    Temporary files of other naming schemes (stacchip before 0.2's host/pid names) are
+    stale: no current writer makes them."""
     try:
         age = (time.time() if now is None else now) - path.stat().st_mtime
     except FileNotFoundError:
         return False
     found = _TEMP.match(path.name)
-    if found and found["host"] == _HOST:
+    if found is None:
+        return True
+    if found["host"] == _HOST:
         return not _alive(int(found["pid"])) or age > STALE_AFTER
     return age > STALE_AFTER
 
