@@ -67,20 +67,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def is_stale(path: Path, now: float | None = None) -> bool:
+def is_stale(path: Path) -> bool:
     """Whether a temporary file was left by a writer that is gone (see the module doc).
     Temporary files of other naming schemes (stacchip before 0.2's host/pid names) are
     stale: no current writer makes them."""
-    try:
-        age = (time.time() if now is None else now) - path.stat().st_mtime
-    except FileNotFoundError:
-        return False
     found = _TEMP.match(path.name)
     if found is None:
         return True
-    if found["host"] == _HOST:
-        return not _alive(int(found["pid"])) or age > STALE_AFTER
-    return age > STALE_AFTER
+    return _stale_owner(found["host"], int(found["pid"]), path)
 
 
 def is_temp(path: Path) -> bool:
@@ -99,3 +93,35 @@ def remove_stale(folder: str | Path, recursive: bool = True) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def scratch_dir(what: str, parent: str | Path | None = None) -> Iterator[Path]:
+    """A private scratch folder ``{parent}/stacchip-{what}~{host}~{pid}~{token}`` (parent:
+    the system's temporary folder), removed on exit. Entering one first removes the scratch
+    folders of ``what`` that killed processes left (same rules as :func:`is_stale`), so a
+    rerun cleans up after a ``kill -9``."""
+    import shutil
+    import tempfile
+
+    parent = Path(parent or tempfile.gettempdir())
+    for old in parent.glob(f"stacchip-{what}~*"):
+        found = re.match(r"^stacchip-.+~(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[0-9a-f]+$", old.name)
+        if found and old.is_dir() and _stale_owner(found["host"], int(found["pid"]), old):
+            shutil.rmtree(old, ignore_errors=True)
+    path = parent / f"stacchip-{what}~{_HOST}~{os.getpid()}~{secrets.token_hex(4)}"
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _stale_owner(host: str, pid: int, path: Path) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if host == _HOST:
+        return not _alive(pid) or age > STALE_AFTER
+    return age > STALE_AFTER

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +12,7 @@ import pystac
 
 from stacchip_core.errors import AssetError
 from stacchip_core.core.raster import asset_href
+from stacchip_core.io.files import scratch_dir  # noqa: F401  (also for plugins' normalize hooks)
 from stacchip_core.io.keys import join as join_key, segment
 from stacchip_core.io.urls import redact, redact_text
 from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
@@ -53,8 +53,8 @@ def copy_into(store: Store, href: str, key: str) -> str:
             # same endpoint: a server-side copy, no bytes through this machine
             store.client.copy({"Bucket": url.netloc, "Key": url.path.lstrip("/")}, store.bucket, store.key(key))
             return store.url(key)
-        with tempfile.TemporaryDirectory(prefix="stacchip-copy-") as tmp:
-            return store.put_file(key, fetch(href, Path(tmp)))
+        with scratch_dir("copy") as tmp:  # a rerun removes what a killed job left
+            return store.put_file(key, fetch(href, tmp))
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object

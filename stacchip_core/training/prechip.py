@@ -168,6 +168,7 @@ def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes
     cubes = plan_cubes(table, cube_size, spares, seed)
     mine = cubes[job * cubes_per_job:(job + 1) * cubes_per_job]
     store = open_store(target)
+    store.remove_partial(version)  # cubes a killed job was writing (io.files: only stale ones)
     reader = ChipReader(mountpath=mountpath)
     report = {"chips": len(table), "cubes_total": len(cubes), "written": [], "skipped": [], "failed": [], "failed_chips": []}
     for cube in mine:
