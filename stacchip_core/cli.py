@@ -20,7 +20,7 @@ def error_line(exc: BaseException) -> str:
     """The one line an error prints as: its message (unexpected errors with their type),
     URLs redacted, control characters escaped (catalog data cannot forge lines)."""
     text = str(exc) if isinstance(exc, StacchipError) else f"{type(exc).__name__}: {exc}"
-    return redact_text(text)
+    return redact_text(text.strip())  # arrow ends some messages with a newline
 
 
 class _Group(click.Group):

@@ -32,3 +32,10 @@ class IndexFormatError(StacchipError):
 
 class GridError(StacchipError):
     """The chip grid of an item is degenerate (empty, too large, rotated, non-square pixels)."""
+
+
+class SampleAttributeError(StacchipError, KeyError):
+    """A platform's selection needs an attribute the sample source does not have (still a
+    KeyError for code that catches one)."""
+
+    __str__ = Exception.__str__

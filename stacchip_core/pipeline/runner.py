@@ -151,7 +151,7 @@ def _run_one(fn, index) -> TaskResult:
 
 def _error(exc: BaseException) -> str:
     # reports are shared files: no credentials, one line per error
-    return redact_text(f"{type(exc).__name__}: {exc}")
+    return redact_text(f"{type(exc).__name__}: {str(exc).strip()}")
 
 
 def _log_task(task: TaskResult) -> None:
