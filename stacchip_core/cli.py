@@ -11,32 +11,50 @@ from pathlib import Path
 import click
 
 from stacchip_core.errors import StacchipError
+from stacchip_core.io.urls import redact_text
 
 log = logging.getLogger("stacchip_core")
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line an error prints as: its message (unexpected errors with their type),
+    URLs redacted, control characters escaped (catalog data cannot forge lines)."""
+    text = str(exc) if isinstance(exc, StacchipError) else f"{type(exc).__name__}: {exc}"
+    return redact_text(text.strip())  # arrow ends some messages with a newline
+
+
 class _Group(click.Group):
-    """Turns every error into one line on stderr and exit code 1: no tracebacks."""
+    """Turns every error into one line on stderr and exit code 1: no tracebacks.
+    Usage errors (a missing or bad option) stay click's: exit code 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except StacchipError as exc:
+        except Exception as exc:  # -vv shows the traceback
             log.debug("error", exc_info=True)
-            raise click.ClickException(str(exc)) from None
-        except Exception as exc:  # unexpected: still one line; -v shows the traceback
-            log.debug("unexpected error", exc_info=True)
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            raise click.ClickException(error_line(exc)) from None
 
 
-class _JsonFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """One line per message: URLs redacted, control characters (newlines in item ids…)
+    escaped. Tracebacks (-vv only) keep their lines, with URLs redacted."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = redact_text(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        return "\n".join(redact_text(line) for line in super().formatException(ei).splitlines())
+
+
+class _JsonFormatter(_LineFormatter):
     """One JSON object per line, for log shippers."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
+                 "logger": record.name, "message": redact_text(record.getMessage())}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -46,7 +64,7 @@ def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
     # default WARNING, -v INFO, -vv DEBUG (with tracebacks); -q only errors
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if log_json else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_JsonFormatter() if log_json else _LineFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer", "distributed"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
@@ -166,7 +184,7 @@ def _finish(report, store_location: str, key: str) -> None:
     click.echo(f"{s['done']} of {s['tasks']} jobs done, {s['failed']} failed in {report.seconds:.1f} s "
                f"({report.scheduler}); report: {url}")
     for task in report.failed:
-        click.echo(f"failed: job {task.index}: {task.error}", err=True)
+        click.echo(f"failed: job {task.index}: {redact_text(task.error or '')}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -236,8 +254,11 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
     (or many jobs with --index-range/--all)."""
     from functools import partial
 
+    from stacchip_core.io.keys import name
     from stacchip_core.training.prechip import ChipFilter, count_jobs, prechip_job
     from stacchip_core.pipeline.runner import run_tasks
+
+    name(version, "--version")  # a folder under TARGET, never a path out of it
 
     chip_filter = ChipFilter(tuple(platforms_) or None, max_nodata, max_cloud, start.date() if start else None,
                              end.date() if end else None, tuple(bbox) if bbox else None)
@@ -335,8 +356,9 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
             raise StacchipError("STACCHIP_BUCKET env var not set")
         source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
-    except (StacchipError, ValueError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
+        log.debug("error", exc_info=True)
+        print(f"Error: {error_line(exc)}", file=sys.stderr)
         sys.exit(1)
     for r in results:
         print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))

@@ -12,7 +12,7 @@ import pystac
 import shapely
 from affine import Affine
 
-from stacchip_core.errors import ProjectionError
+from stacchip_core.errors import GridError, ProjectionError
 
 CRS84 = pyproj.CRS("OGC:CRS84")
 _PROJ_KEYS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
@@ -90,6 +90,42 @@ def finest_shape_transform(item: pystac.Item) -> tuple[tuple[int, int], Affine]:
     return shape, transform
 
 
+# Limits of one item's grid. The index holds a polygon per chip and the statistics read
+# full-resolution masks, so memory grows with both: 2**32 pixels (a 65,536 px square; a
+# Sentinel-2 scene has 1.2e8) and 2**22 chips (~1 GB of footprints; a Sentinel-2 scene at
+# 256 px has 1,764). A 1e7 x 1e7 proj:shape wanted > 17 GB before this check.
+MAX_PIXELS = 1 << 32
+MAX_CHIPS = 1 << 22
+
+
+def validate_grid(item_id: str, shape: tuple[int, int], transform: Affine, chip_size: int) -> None:
+    """A GridError unless chips of ``chip_size`` on a raster of ``shape`` and ``transform``
+    make a usable grid: pixels present and at most MAX_PIXELS, at least one and at most
+    MAX_CHIPS whole chips, a north-up (or south-up) transform with square, non-zero pixels.
+    The one check every grid built from an item passes, with or without statistics."""
+    rows, cols = shape
+    what = f"item {item_id!r}"
+    if rows < 1 or cols < 1:
+        raise GridError(f"{what} has an empty raster (proj:shape [{rows}, {cols}])")
+    if rows * cols > MAX_PIXELS:
+        raise GridError(f"{what} has {rows * cols} pixels, more than the limit of {MAX_PIXELS}")
+    a, b, d, e = transform.a, transform.b, transform.d, transform.e
+    for size in (a, e):
+        if not math.isfinite(size) or size == 0:
+            raise GridError(f"{what} has a pixel size of {size:g} (proj:transform {list(transform)[:6]})")
+    if b != 0 or d != 0:
+        raise GridError(f"{what} is rotated or sheared (proj:transform {list(transform)[:6]}); "
+                        "stacchip needs north-up rasters")
+    if not math.isclose(abs(a), abs(e), rel_tol=1e-6):
+        raise GridError(f"{what} has non-square pixels ({abs(a):g} x {abs(e):g})")
+    chips = (rows // chip_size) * (cols // chip_size)
+    if chips == 0:
+        raise GridError(f"{what}: no whole chip of {chip_size} px fits its {rows} x {cols} px raster")
+    if chips > MAX_CHIPS:
+        raise GridError(f"{what} has {chips} chips of {chip_size} px, more than the limit of {MAX_CHIPS}; "
+                        "use a larger chip size")
+
+
 @dataclass(frozen=True)
 class ChipGrid:
     """Chips of ``chip_size`` pixels on a raster of ``shape`` (rows, cols) and ``transform``.
@@ -117,6 +153,7 @@ class ChipGrid:
             sy = transform.e * found_shape[0] / shape[0]
             transform = Affine(sx, transform.b, transform.c, transform.d, sy, transform.f)
             found_shape = (int(shape[0]), int(shape[1]))
+        validate_grid(item.id, found_shape, transform, chip_size)
         return cls(found_shape, transform, crs, chip_size)
 
     @property

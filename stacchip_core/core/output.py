@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
@@ -20,6 +26,8 @@ from stacchip_core.core.chip import band_names, stack_arrays
 from stacchip_core.errors import StacchipError
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.platform import Platform
+
+log = logging.getLogger(__name__)
 
 
 def band_stack(chip: Mapping[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
@@ -72,33 +80,81 @@ def write_chip(
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".tif", ".tiff", ".png"):
         raise StacchipError(f"unsupported output {path.name!r}: use .npz, .tif or .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
+    from stacchip_core.io.files import publishing
+
+    gdal_said: list[str] = []
     try:
-        if suffix == ".npz":
-            extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **chip, **extra)
-        else:
-            stack, names = band_stack(chip, platform)
-            if suffix == ".png":
-                write_png(tmp, stretch_rgb(stack, names, platform.nodata if platform else None))
-            else:
-                transform = window_transform(Window(*grid.window(x, y)), grid.transform)
-                profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform, "compress": "deflate",
-                           "tiled": stack.shape[1] % 16 == 0, "blockxsize": min(256, stack.shape[2]),
-                           "blockysize": min(256, stack.shape[1])}
-                with rasterio.open(tmp, "w", count=stack.shape[0], height=stack.shape[1],
-                                   width=stack.shape[2], dtype=stack.dtype, **profile) as dst:
-                    dst.write(stack)
-                    for i, name in enumerate(names, start=1):
-                        dst.set_band_description(i, name)
-                    dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
+        with publishing(path) as tmp, quiet_gdal() as gdal_said:
+            try:
+                _write_chip_file(tmp, suffix, chip, grid, x, y, platform, metadata)
+            finally:
+                Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
+    except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+        # GDAL's own words say why ("_tiffWriteProc: No space left on device"), its exception only "Write failed"
+        reason = getattr(exc, "strerror", None) or (gdal_said[-1].rpartition(": ")[2] if gdal_said else str(exc))
+        if not getattr(exc, "strerror", None) and _disk_full(path.parent):
+            reason = os.strerror(errno.ENOSPC)
+        raise StacchipError(f"cannot write {path}: {reason}") from None
     return path
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _write_chip_file(tmp: Path, suffix: str, chip, grid, x, y, platform, metadata) -> None:
+    if suffix == ".npz":
+        extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **chip, **extra)
+        return
+    stack, names = band_stack(chip, platform)
+    if suffix == ".png":
+        write_png(tmp, stretch_rgb(stack, names, platform.nodata if platform else None))
+        return
+    transform = window_transform(Window(*grid.window(x, y)), grid.transform)
+    profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform, "compress": "deflate",
+               "tiled": stack.shape[1] % 16 == 0, "blockxsize": min(256, stack.shape[2]),
+               "blockysize": min(256, stack.shape[1])}
+    with rasterio.open(tmp, "w", count=stack.shape[0], height=stack.shape[1],
+                       width=stack.shape[2], dtype=stack.dtype, **profile) as dst:
+        dst.write(stack)
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+        dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
+
+
+@contextlib.contextmanager
+def quiet_gdal():
+    """Capture what GDAL and libtiff print straight to the C-level stderr while writing
+    (a full disk prints ``_tiffWriteProc: No space left on device.`` several times, past
+    rasterio's error handler: measured, GDAL 3.10). Yields a list that holds the captured
+    lines afterwards; they are logged at DEBUG, the caller turns a failure into one line.
+    Redirects file descriptor 2 of the process for the duration of one write."""
+    import tempfile
+
+    said: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hide
+        yield said
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(65536).decode(errors="replace")
+            said.extend(line.strip().rstrip(".") for line in text.splitlines() if line.strip())
+            for line in said:
+                log.debug("GDAL: %s", line)
 
 
 def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
