@@ -237,6 +237,17 @@ def test_chipper_0_1_32_api_with_a_mountpath(tmp_path):
     np.testing.assert_array_equal(again["image"], naip_pixels(600, 530, 1, 0))
     assert [(x, y) for x, y, _ in chipper] == [(0, 0), (1, 0), (0, 1), (1, 1)]
     np.testing.assert_array_equal(chipper.get_pixels_for_asset("image", 0, 1), naip_pixels(600, 530, 0, 1))
+    # the first releases' form, reading the item from the mount
+    (tmp_path / "mount" / "naip" / "item1" / "stac_item.json").write_text(json.dumps(d))
+    for kwargs in ({}, {"bucket": "example-bucket"}):
+        old = Chipper(platform="naip", item_id="item1", chip_index_x=1, chip_index_y=0, mountpath=tmp_path / "mount", **kwargs)
+        np.testing.assert_array_equal(old.chip["image"], naip_pixels(600, 530, 1, 0))
+    from stacchip_core import StacchipError
+
+    with pytest.raises(StacchipError, match="give a bucket or a mountpath"):
+        Chipper(platform="naip", item_id="item1")
+    with pytest.raises(TypeError, match="names no chip"):
+        dict(Chipper(indexer).chip)
 
 
 def test_old_readme_chipper_example_verbatim_over_s3(s3_server, tmp_path):

@@ -53,14 +53,9 @@ class _Chip(Mapping):
 class Chipper:
     """Chips of one indexed item, read on demand (0.1 API)."""
 
-    def __init__(self, indexer: ChipIndexer | str | None = None, mountpath=None, assets=None, asset_blacklist=None,
-                 *args, platform=None, item_id=None, chip_index_x=None, chip_index_y=None, bucket: str = "") -> None:
-        if isinstance(indexer, str):  # the first releases' positional form: platform, item_id, x, y, bucket, mountpath
-            legacy = [indexer, mountpath, assets, asset_blacklist, *args]
-            platform, item_id, chip_index_x, chip_index_y = (legacy + [None] * 4)[:4]
-            bucket = legacy[4] if len(legacy) > 4 and legacy[4] is not None else bucket
-            mountpath = legacy[5] if len(legacy) > 5 else None
-            indexer = assets = asset_blacklist = None
+    def __init__(self, indexer: ChipIndexer | None = None, mountpath=None, assets=None, asset_blacklist=None, *,
+                 platform=None, item_id=None, chip_index_x=None, chip_index_y=None, bucket: str = "") -> None:
+        # the first releases' form takes keywords (as their README wrote it): platform, item_id, ...
         if indexer is None:
             if platform is None or item_id is None:
                 raise StacchipError("give an indexer, or platform and item_id (with bucket or mountpath)")
