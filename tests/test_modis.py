@@ -64,9 +64,15 @@ def test_sinusoidal_grid_from_proj_wkt2_and_footprints_match_pyproj(scene):
     assert first[0][0] == pytest.approx(-60.0 / np.cos(np.radians(50.0)), abs=1e-6)
 
 
-def test_a_gdal_wkt1_sinusoidal_crs_is_accepted_too(scene, tmp_path):
+@pytest.mark.parametrize("field", ["wkt1", "projjson"])
+def test_the_sinusoidal_crs_as_gdal_wkt1_or_projjson_is_accepted_too(scene, tmp_path, field):
     d = json.loads(scene.read_text())
-    d["properties"]["proj:wkt2"] = pyproj.CRS(synthetic.MODIS_SINUSOIDAL).to_wkt("WKT1_GDAL")
+    crs = pyproj.CRS(synthetic.MODIS_SINUSOIDAL)
+    if field == "wkt1":
+        d["properties"]["proj:wkt2"] = crs.to_wkt("WKT1_GDAL")
+    else:
+        del d["properties"]["proj:wkt2"]
+        d["properties"]["proj:projjson"] = crs.to_json_dict()
     path = tmp_path / "wkt1.json"
     path.write_text(json.dumps(d))
     assert Indexer(str(path)).grid.crs.equals(pyproj.CRS(synthetic.MODIS_SINUSOIDAL))
