@@ -194,3 +194,21 @@ def test_console_script_reads_the_original_environment(archive, tmp_path):  # no
     assert r.stdout.splitlines() == [f"{s1_expected(0)[0]}: done, 4 chips"]
     r = run_script_named("stacchip-sentinel-1", env={**env, "STACCHIP_BUCKET": ""})
     assert r.returncode == 1 and r.stderr.strip() == "Error: STACCHIP_BUCKET env var not set"
+
+
+def test_png_preview_of_a_chip_with_nan_leaves_those_pixels_black(scene, tmp_path):
+    """stretch_rgb (core.output) skips non-finite pixels: before, one NaN made every
+    percentile NaN and the preview black, with a cast warning."""
+    import warnings
+
+    from stacchip_core.core.output import stretch_rgb
+
+    vv = synthetic.s1_backscatter(0, 600, 640)[:256, 384:640]
+    vh = synthetic.s1_backscatter(1, 600, 640)[:256, 384:640]
+    vh[:150, 96:] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = stretch_rgb(np.stack([vv, vh]), ["vv", "vh"], -32768.0)
+    assert (rgb[:, :150, 96:] == 0).all()
+    finite = rgb[:, 150:, :]
+    assert finite.min() == 0 and finite.max() == 255 and 100 < finite.mean() < 160
