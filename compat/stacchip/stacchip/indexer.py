@@ -22,7 +22,7 @@ from pystac import Item
 from shapely.ops import transform as transform_geometry
 
 from stacchip_core import Indexer
-from stacchip_core.core.indexer import item_datetime
+from stacchip_core.core.indexer import item_datetime, load_item
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ class ChipIndexer:
     platform: str | None = None  # the stacchip-core platform computing the statistics
 
     def __init__(self, item: Item, chip_size: int = 256, chip_max_nodata: float = 0.5, shape=None) -> None:
-        self.item = item
+        self.item = item if isinstance(item, Item) else load_item(item)  # 0.1 took Items; dicts and paths work too
+        item = self.item
         self.chip_size = chip_size
         self.chip_max_nodata = chip_max_nodata
         self._shape = shape

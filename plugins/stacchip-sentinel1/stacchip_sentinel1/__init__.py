@@ -4,8 +4,8 @@ Statistics: radar sees through clouds, so the cloud fraction is 0 by definition.
 nodata in a polarisation when it holds the asset's declared nodata value (``raster:bands``;
 the product default otherwise: -32768 for RTC, 0 for GRD amplitudes) or is not finite (NaN,
 inf). A chip's nodata fraction is the larger of its per-polarisation fractions (``vv``,
-``vh``): both polarisations share one geocoding, so on the published product their masks
-coincide and this is the fraction of pixels without signal.
+``vh``): both polarisations come from one acquisition and one geocoding, so their masks
+normally coincide and this is the fraction of pixels without signal.
 
 Sample selection (the original processor's behaviour; constants below): samples are MGRS
 tiles (a polygon layer, column ``name``); seeded by the sample index, one year in 2018-2023
