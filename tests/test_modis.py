@@ -137,6 +137,21 @@ def test_selection_on_both_catalogs_and_pgstac(archive, s3_archive, stac_api):  
     for catalog in (open_catalog(archive.items), open_catalog(s3_archive), open_catalog(stac_api)):
         got = hook(platform=get_platform(MODIS), sample=Sample(0), catalog=catalog)
         assert [i.id for i in got] == modis_expected()
+    # every item of each drawn month, not only the first: the composite that starts in the month
+    # before and ends inside one is found by both catalogs (time ranges overlap, as in pgstac)
+    from datetime import timedelta
+
+    from stacchip_modis import month_range
+
+    drawn = modis_months(h, v, 2018)
+    first = next(m for m in drawn if m > 1 and m - 1 not in drawn)
+    straddler = f"MOD09A1.A{datetime(2018, first, 1) - timedelta(days=4):%Y%j}.h{h:02d}v{v:02d}.061.synthetic"
+    query = {"modis:horizontal-tile": {"eq": h}, "modis:vertical-tile": {"eq": v}}
+    for month in drawn:
+        found = [[i.id for i in c.search(collections=["modis-09A1-061"], datetime=month_range(2018, month),
+                                         query=query).items()] for c in (open_catalog(archive.items), open_catalog(stac_api))]
+        assert found[0] == found[1]
+        assert (straddler in found[0]) == (month == first) and len(found[0]) == 2 + (month == first)
     # h/v columns of a sample source choose the tile instead of the list
     other = hook(platform=get_platform(MODIS), sample=Sample(5, None, {"h": h + 1, "v": v}), catalog=open_catalog(stac_api))
     assert other == []  # (13, 2) has items only on days 17-24 of months drawn for (12, 2), not its own

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +241,8 @@ def _modis(items: Path) -> None:
             synthetic.modis_scene(items / "modis-09A1-061", size, h=tile, v=v, platform=platform, seed=n,
                                   start=datetime(2018, m, day, tzinfo=timezone.utc))
     synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, start=datetime(2018, other, 9, tzinfo=timezone.utc))
+    # a composite that starts in the (undrawn) month before a drawn one and ends inside it: both
+    # catalogs must find it in the drawn month (ranges overlap), where the newer Aqua one still wins
+    month = next(m for m in drawn if m > 1 and m - 1 not in drawn)
+    synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, platform="terra",
+                          start=datetime(2018, month, 1, tzinfo=timezone.utc) - timedelta(days=4))
