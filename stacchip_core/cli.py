@@ -362,3 +362,94 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
         sys.exit(1)
     for r in results:
         print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+
+
+# --- the original's stacchip-prechip and stacchip-stats scripts (appended) -----------------
+
+ORIGINAL_CUBE_VERSION = "mode_v1_chipper_v2"  # the cube folder stacchip 0.1 wrote
+ORIGINAL_CUBE_BUCKET = "clay-v1-data-cubes"  # where stacchip 0.1's stacchip-stats read cubes
+
+
+def _env_value(name: str, default=None, kind=str):
+    import os
+
+    value = os.environ.get(name)
+    if value in (None, ""):  # empty counts as unset
+        if default is None:
+            raise StacchipError(f"{name} env var not set")
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise StacchipError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+
+
+def _bucket_location(value: str) -> str:
+    """stacchip 0.1 took bucket names; a URL or a path is used as it is."""
+    if "://" in value or value.startswith(("/", ".")):
+        return value
+    return f"s3://{value}"
+
+
+def env_prechip() -> None:
+    """``stacchip-prechip``: stacchip 0.1's cube script, configured as it was, mapped onto
+    ``stacchip prechip``: AWS_BATCH_JOB_ARRAY_INDEX (or JOB_COMPLETION_INDEX,
+    SLURM_ARRAY_TASK_ID) the job, STACCHIP_INDEXPATH the merged index, STACCHIP_CHIP_BUCKET
+    the target (a bucket name, an s3:// URL or a folder), STACCHIP_PLATFORM (optional, one
+    platform), STACCHIP_CUBES_PER_JOB (10), STACCHIP_POOL_SIZE (10 parallel reads),
+    STACCHIP_MAX_NODATA (0.05). Cubes of 128 chips go to ``mode_v1_chipper_v2/{platform}/``
+    as in 0.1. STACCHIP_DATA_BUCKET is not needed: index rows carry their item's href."""
+    from stacchip_core.pipeline.runner import INDEX_ENV_VARS, job_index_from_env
+    from stacchip_core.training.prechip import ChipFilter, prechip_job
+
+    _setup_logging(1, False)  # batch logs: INFO
+    try:
+        job = job_index_from_env()
+        if job is None:
+            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
+        index = _env_value("STACCHIP_INDEXPATH")
+        target = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET"))
+        platform = _env_value("STACCHIP_PLATFORM", "")
+        chip_filter = ChipFilter((platform,) if platform else None, _env_value("STACCHIP_MAX_NODATA", 0.05, float))
+        report = prechip_job(job, index=index, target=target, version=ORIGINAL_CUBE_VERSION,
+                             cubes_per_job=_env_value("STACCHIP_CUBES_PER_JOB", 10, int), cube_size=128, seed=42,
+                             chip_filter=chip_filter, workers=_env_value("STACCHIP_POOL_SIZE", 10, int))
+    except StacchipError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{len(report['written'])} cubes written, {len(report['skipped'])} skipped, {len(report['failed'])} failed "
+          f"({report['chips']} chips, {report['cubes_total']} cubes in all)")
+    for line in report["failed"]:
+        print(f"failed: {line}", file=sys.stderr)
+    if report["failed"]:
+        sys.exit(1)
+
+
+def env_stats() -> None:
+    """``stacchip-stats``: stacchip 0.1's band statistics script, mapped onto ``stacchip
+    stats``: STACCHIP_PLATFORM (required) picks ``{bucket}/mode_v1_chipper_v2/{platform}``,
+    the bucket is STACCHIP_CHIP_BUCKET (default ``clay-v1-data-cubes``, where 0.1 read),
+    STACCHIP_POOL_SIZE (4) parallel reads. Prints the mean and std per band as 0.1 did.
+    STACCHIP_MAX_CUBES is not honoured: every cube is read (0.1 read the first 4 by default)."""
+    import os
+
+    from stacchip_core.training.bandstats import band_stats
+
+    _setup_logging(1, False)
+    try:
+        platform = _env_value("STACCHIP_PLATFORM")
+        bucket = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET", ORIGINAL_CUBE_BUCKET))
+        if os.environ.get("STACCHIP_MAX_CUBES"):
+            log.warning("STACCHIP_MAX_CUBES is ignored: the statistics are computed over every cube")
+        result = band_stats(f"{bucket.rstrip('/')}/{ORIGINAL_CUBE_VERSION}/{platform}",
+                            _env_value("STACCHIP_POOL_SIZE", 4, int))
+    except StacchipError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    bands = result.get(platform, {})
+    print("-- Mean by band")
+    for band, s in bands.items():
+        print(f"{band}: {s['mean']}")
+    print("-- Std by band")
+    for band, s in bands.items():
+        print(f"{band}: {s['std']}")

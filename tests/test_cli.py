@@ -96,7 +96,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(bad_inputs, tmp_path):
         (("index", tmp_path / "missing.json", "-o", out), "no such item file"),
         (("index", LINZ_ITEM, "--platform", "linz", "-o", out), "has no projection"),
         (("index", bad_inputs["degrees"], "--no-stats", "-o", out), "needs a projected CRS in metres"),
-        (("index", NAIP_ITEM, "--platform", "modis", "-o", out), "unknown platform 'modis'; installed platforms: landsat-c2l1"),
+        (("index", NAIP_ITEM, "--platform", "goes-16", "-o", out), "unknown platform 'goes-16'; installed platforms: landsat-c2l1"),
         (("index", TEST_ITEM, "-o", out), "no installed platform claims collection None"),
         (("index", TEST_ITEM, "--platform", "sentinel-2-l2a", "-o", out), "has no asset 'scl'"),
         (("index", bad_inputs["plain"], "-o", tmp_path / "x.txt", "--platform", "linz"), "has no asset 'red'"),

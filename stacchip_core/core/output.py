@@ -45,6 +45,8 @@ def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
         wanted += [wanted[-1]] * (3 - len(wanted))
     rgb = stack[wanted].astype(np.float64)
     valid = np.ones(rgb.shape[1:], bool) if nodata is None else ~np.all(stack[wanted] == nodata, axis=0)
+    valid &= np.isfinite(rgb).all(axis=0)  # NaN/inf (Sentinel-1 without signal) would poison the percentiles
+    rgb[:, ~valid] = 0
     out = np.zeros(rgb.shape, np.uint8)
     for i in range(3):
         values = rgb[i][valid]

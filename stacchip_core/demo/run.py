@@ -30,6 +30,8 @@ def demo_jobs(archive) -> list[tuple[str, Path | None, int]]:
         ("landsat-c2l1", archive.points, 0),
         ("naip", archive.points, 1),
         ("linz", None, 0),
+        ("sentinel-1-rtc", archive.mgrs, 0),
+        ("modis", None, 0),
     ]
 
 

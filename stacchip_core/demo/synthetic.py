@@ -209,3 +209,155 @@ def linz_scene(outdir: str | Path, rows: int = 1000, cols: int = 800, *, item_id
     properties = {"start_datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "end_datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
     item = _item(item_id, "linz", when, epsg, t, (rows, cols), assets, properties)
     return _write_item(item, outdir)
+
+
+# --- Sentinel-1 RTC and MODIS (appended) -----------------------------------------------
+
+S1_NODATA = -32768.0
+MODIS_FILL = -28672
+MODIS_STATE_FILL = 65535
+MODIS_PIXEL = 463.31271652791656  # 500 m grid of the sinusoidal tiles (4800 px / 2 per 1111950.5197665 m)
+MODIS_TILE = 1111950.5197665
+MODIS_ORIGIN = (-20015109.355798, 10007554.677899)  # upper left of tile h00v00
+MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs +type=crs"
+
+
+def s1_backscatter(band: int, rows: int, cols: int) -> np.ndarray:
+    """gamma0-like float32 backscatter, exactly ``band_pattern / 20000`` (0.05 .. 0.45)."""
+    return (band_pattern(band, rows, cols).astype(np.float32) / np.float32(20000.0)).astype(np.float32)
+
+
+def s1_nodata_masks(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where vv and vh carry no signal: both lose a swath-edge wedge on the left (-32768);
+    vh also has a NaN block in its upper right quarter (a non-finite pixel is nodata too)."""
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    edge = c < (cols // 5) - r // 6
+    nan_block = (r < rows // 4) & (c >= cols - cols // 4)
+    return edge, nan_block
+
+
+def sentinel1_scene(outdir: str | Path, rows: int = 600, cols: int = 640, *,
+                    item_id: str = "S1A_IW_GRDH_1SDV_20240311T094350_20240311T094415_052930_06687D_rtc",
+                    when: datetime = datetime(2024, 3, 11, 9, 43, 50, tzinfo=timezone.utc),
+                    origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
+                    polarisations: tuple[str, ...] = ("vv", "vh"), collection: str = "sentinel-1-rtc",
+                    blocksize: int = 512) -> Path:
+    """A Sentinel-1 RTC scene as Planetary Computer publishes it: float32 gamma0 ``vv`` and
+    ``vh`` at 10 m in UTM, nodata -32768 where there is no signal (and NaN in vh, see
+    ``s1_nodata_masks``), projection fields at item level, ``raster:bands`` nodata per asset.
+    ``polarisations=("hh", "hv")`` writes a polar-mode scene. Returns the item JSON path."""
+    outdir = Path(outdir) / item_id
+    t = Affine(10, 0, origin[0], 0, -10, origin[1])
+    edge, nan_block = s1_nodata_masks(rows, cols)
+    assets = {}
+    for i, pol in enumerate(polarisations):
+        data = s1_backscatter(i, rows, cols)
+        data[edge] = S1_NODATA
+        if i == 1:
+            data[nan_block] = np.nan
+        path = write_cog(outdir / f"{pol}.tif", data, t, f"EPSG:{epsg}", nodata=S1_NODATA, blocksize=blocksize)
+        assets[pol] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"],
+                       "title": f"{pol.upper()}: gamma0 backscatter",
+                       "raster:bands": [{"nodata": S1_NODATA, "data_type": "float32", "spatial_resolution": 10.0}]}
+    properties = {"platform": "SENTINEL-1A", "constellation": "Sentinel-1", "sar:instrument_mode": "IW",
+                  "sar:polarizations": [p.upper() for p in polarisations], "sar:product_type": "GRD",
+                  "sar:frequency_band": "C", "sat:orbit_state": "descending",
+                  "start_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                  "end_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                  "proj:shape": [rows, cols], "proj:transform": list(t)[:6]}
+    item = _item(item_id, collection, when, epsg, t, (rows, cols), assets, properties)
+    return _write_item(item, outdir)
+
+
+def modis_tile_origin(h: int, v: int) -> tuple[float, float]:
+    """Upper-left corner of sinusoidal tile (h, v) in metres."""
+    return MODIS_ORIGIN[0] + h * MODIS_TILE, MODIS_ORIGIN[1] - v * MODIS_TILE
+
+
+def modis_state_layer(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """``sur_refl_state_500m``-like uint16 flags with real bit values: land (bits 3-5 = 001)
+    and clear everywhere, then cloud blobs (cloud state 01 cloudy, rims 10 mixed), shadows
+    (bit 2), internal-algorithm cloud (bit 10) in a band, 'not set, assumed clear' (11) and
+    cirrus (bits 8-9, not counted as cloud) patches."""
+    LAND = 1 << 3
+    rng = np.random.default_rng(seed)
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    state = np.full((rows, cols), LAND, np.uint16)
+    radius = max(rows, cols) / 10
+    for _ in range(3):
+        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
+        d2 = (r - cy) ** 2 + (c - cx) ** 2
+        state[(r - cy - radius) ** 2 + (c - cx - radius) ** 2 < radius**2] = LAND | (1 << 2)
+        state[d2 < (1.2 * radius) ** 2] = LAND | 2
+        state[d2 < radius**2] = LAND | 1
+    state[(r[:, 0] // 40) % 7 == 3] |= np.uint16(1 << 10)
+    state[: rows // 8, : cols // 8] = LAND | 3
+    state[-(rows // 8):, : cols // 8] = LAND | (2 << 8)
+    return state
+
+
+def modis_fill_mask(rows: int, cols: int) -> np.ndarray:
+    """Pixels without observation (fill): a strip along the bottom right."""
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    return (r > rows - rows // 6) & (c > cols // 3)
+
+
+def modis_scene(outdir: str | Path, size: int = 520, *, h: int = 12, v: int = 4,
+                item_id: str | None = None, start: datetime = datetime(2018, 3, 6, tzinfo=timezone.utc),
+                platform: str = "terra", seed: int = 0, blocksize: int = 512) -> Path:
+    """A MODIS 09A1 (8-day, 500 m) scene as Planetary Computer publishes it: int16
+    ``sur_refl_b01`` .. ``b07`` (fill -28672), uint16 ``sur_refl_state_500m`` (fill 65535),
+    uint32 ``sur_refl_qc_500m`` (MODLAND bits 10 where cloudy), the upper-left ``size`` px of
+    tile (h, v) in the sinusoidal CRS given as ``proj:wkt2`` only, ``datetime`` null with an
+    8-day ``start_datetime``/``end_datetime``, ``modis:horizontal-tile``/``vertical-tile``."""
+    import pyproj
+
+    from stacchip_core.core.grid import ChipGrid
+
+    prefix = "MOD09A1" if platform == "terra" else "MYD09A1"
+    item_id = item_id or f"{prefix}.A{start:%Y%j}.h{h:02d}v{v:02d}.061.synthetic"
+    outdir = Path(outdir) / item_id
+    x0, y0 = modis_tile_origin(h, v)
+    t = Affine(MODIS_PIXEL, 0, x0, 0, -MODIS_PIXEL, y0)
+    crs = pyproj.CRS(MODIS_SINUSOIDAL)
+    wkt = crs.to_wkt()
+    fill = modis_fill_mask(size, size)
+    state = modis_state_layer(size, size, seed)
+    state[fill] = MODIS_STATE_FILL
+    cloudy = ((state & 3) == 1) & ~fill
+    qc = np.where(cloudy, 2, 0).astype(np.uint32) | np.uint32(3 << 30)  # bits 30-31: corrections done
+    qc[fill] = 3
+    assets = {}
+    layers = [(f"sur_refl_b{i + 1:02d}", band_pattern(i, size, size).astype(np.int16), MODIS_FILL) for i in range(7)]
+    for key, data, nodata in layers:
+        data[fill] = nodata
+        path = write_cog(outdir / f"{key}.tif", data, t, wkt, nodata=nodata, blocksize=blocksize)
+        assets[key] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"],
+                       "raster:bands": [{"nodata": nodata, "data_type": "int16", "scale": 0.0001}]}
+    for key, data, nodata in ((STATE_KEY, state, MODIS_STATE_FILL), (QC_KEY, qc, None)):
+        path = write_cog(outdir / f"{key}.tif", data, t, wkt, nodata=nodata, blocksize=blocksize)
+        assets[key] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
+    grid = ChipGrid((size, size), t, crs, chip_size=size)
+    polygons, bounds = grid.footprints()
+    end = start.replace(hour=23, minute=59, second=59) + (datetime(2000, 1, 8) - datetime(2000, 1, 1))
+    item = {
+        "type": "Feature", "stac_version": "1.1.0",
+        "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+        "id": item_id, "collection": "modis-09A1-061",
+        "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in polygons[0].exterior.coords]]},
+        "bbox": [float(b) for b in bounds[0]],
+        "properties": {"datetime": None, "start_datetime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                       "end_datetime": end.strftime("%Y-%m-%dT%H:%M:%SZ"), "platform": platform,
+                       "instruments": ["modis"], "modis:horizontal-tile": h, "modis:vertical-tile": v,
+                       "modis:tile-id": f"5{h:02d}0{v:02d}", "proj:wkt2": wkt,
+                       "proj:shape": [size, size], "proj:transform": list(t)[:6]},
+        "links": [], "assets": assets,
+    }
+    return _write_item(item, outdir)
+
+
+STATE_KEY = "sur_refl_state_500m"
+QC_KEY = "sur_refl_qc_500m"

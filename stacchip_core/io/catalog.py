@@ -105,8 +105,10 @@ class EmbeddedCatalog:
             if area is not None and (geom is None or not geom.intersects(area)):
                 continue
             if start or end:
-                when = _item_time(d)
-                if when is None or (start and when < start) or (end and when > end):
+                # an item's time range (datetime, or start_datetime .. end_datetime) overlaps the
+                # interval, as pgstac matches it: an 8-day composite that starts in January is in February too
+                first, last = _item_time(d), _item_end(d)
+                if first is None or (start and last < start) or (end and first > end):
                     continue
             if query and not all(_match(d["properties"].get(k), ops) for k, ops in query.items()):
                 continue
@@ -158,6 +160,12 @@ def _interval(value) -> tuple[datetime | None, datetime | None]:
 def _item_time(d: dict) -> datetime | None:
     props = d["properties"]
     value = props.get("datetime") or props.get("start_datetime")
+    return _parse(value) if value else None
+
+
+def _item_end(d: dict) -> datetime | None:
+    props = d["properties"]
+    value = props.get("end_datetime") or props.get("datetime") or props.get("start_datetime")
     return _parse(value) if value else None
 
 
