@@ -15,7 +15,7 @@ from rasterio.errors import RasterioError
 from stacchip_core.errors import AssetError, PlatformError, StacchipError
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.indexer import Indexer, load_item
-from stacchip_core.platform import Platform
+from stacchip_core.platform import Platform, unresolved_bands_message
 from stacchip_core.plugins import find_platform, get_platform, platform_for_item
 from stacchip_core.core.raster import DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href
 from stacchip_core.io.settings import apply_gdal_options
@@ -97,7 +97,10 @@ class Chipper:
             keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
         else:
             keys = [k for k, a in self.item.assets.items() if _is_raster(a)]
-        return [k for k in keys if k.lower() not in blacklist]
+        keys = [k for k in keys if k.lower() not in blacklist]
+        if not keys:  # never hand out empty chips silently
+            raise AssetError(unresolved_bands_message(self.item, self.platform))
+        return keys
 
     # sequence protocol, as in stacchip 0.1: chips in row-major order
     def __len__(self) -> int:
