@@ -184,12 +184,17 @@ class ChipGrid:
     def footprints(self) -> tuple[np.ndarray, np.ndarray]:
         """Chip footprints in OGC:CRS84, in row-major chip order (y, then x).
 
-        Returns (polygons, bounds) where polygons is an array of shapely Polygons with a
-        counter-clockwise ring and bounds is float64 (n, 4) xmin, ymin, xmax, ymax.
+        Returns (geometries, bounds): an array of shapely Polygons (MultiPolygons for chips
+        that cross the antimeridian), every ring counter-clockwise, and float64 (n, 4) bounds
+        west, south, east, north. As in STAC items and GeoJSON (RFC 7946, 5.2), a chip that
+        crosses the antimeridian is split into its parts east and west of 180 degrees and
+        its bounds have west > east; a chip that contains a pole goes round it (the ring
+        follows the pole's latitude from -180 to 180) with bounds -180 to 180. Everything is
+        vectorized; only crossing and pole chips (one column, one chip) get extra work.
         """
         lon, lat = self._lattice_lonlat
         ny, nx = self.y_size, self.x_size
-        # corners in ring order top-left, bottom-left, bottom-right, top-right (CCW)
+        # corners in ring order top-left, bottom-left, bottom-right, top-right (CCW on a north-up grid)
         corner_slices = [
             (slice(0, ny), slice(0, nx)),
             (slice(1, ny + 1), slice(0, nx)),
@@ -202,7 +207,84 @@ class ChipGrid:
         ring = np.concatenate([ring, ring[:, :1]], axis=1)
         polygons = shapely.polygons(ring)
         bounds = np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
+        poles = self._pole_chips()
+        # corners more than 180 degrees apart in longitude: the chip crosses the antimeridian
+        # (chips are far smaller than a hemisphere), unless it holds a pole
+        crossing = (xs.max(1) - xs.min(1)) > 180
+        crossing[list(poles)] = False
+        if crossing.any():
+            polygons[crossing], bounds[crossing] = _split_at_antimeridian(ring[crossing])
+        for index, north in poles.items():
+            polygons[index], bounds[index] = _around_pole(self, index, north)
+        # projections that mirror (polar stereographic south, for one) turn rings clockwise
+        polygons = shapely.orient_polygons(polygons, exterior_cw=False)
         return polygons, bounds
+
+    def _pole_chips(self) -> dict[int, bool]:
+        """{chip index: True for the north pole, False for the south} of chips holding a pole."""
+        found = {}
+        transformer = pyproj.Transformer.from_crs(CRS84, self.crs, always_xy=True)
+        for north, lat in ((True, 90.0), (False, -90.0)):
+            x, y = transformer.transform(0.0, lat)
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue  # not representable (UTM): no pole on this grid
+            col, row = ~self.transform @ (x, y)
+            cx, cy = int(np.floor(col / self.chip_size)), int(np.floor(row / self.chip_size))
+            if 0 <= cx < self.x_size and 0 <= cy < self.y_size:
+                found[cy * self.x_size + cx] = north
+        return found
+
+
+def _split_at_antimeridian(rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MultiPolygons of rings (n, 5, 2) that cross 180 degrees, split there, and their
+    RFC 7946 bounds (west > east). Vectorized over the crossing chips."""
+    unwrapped = rings.copy()
+    lons = unwrapped[..., 0]
+    lons[lons < 0] += 360.0  # one continuous polygon from ~179 to ~181
+    whole = shapely.polygons(unwrapped)
+    east = shapely.intersection(whole, shapely.box(0.0, -90.0, 180.0, 90.0))
+    west = shapely.transform(shapely.intersection(whole, shapely.box(180.0, -90.0, 360.0, 90.0)),
+                             lambda c: c - np.array([360.0, 0.0]))
+    east_b, west_b = shapely.bounds(east), shapely.bounds(west)
+    bounds = np.stack([east_b[:, 0], np.fmin(east_b[:, 1], west_b[:, 1]), west_b[:, 2],
+                       np.fmax(east_b[:, 3], west_b[:, 3])], axis=1)
+    # a chip that only touches 180 degrees at a corner or edge leaves a point or a line on one side
+    east_ok, west_ok = shapely.get_type_id(east) == 3, shapely.get_type_id(west) == 3
+    both = east_ok & west_ok
+    out = np.empty(len(rings), dtype=object)
+    if both.any():
+        out[both] = shapely.multipolygons(np.stack([east[both], west[both]], axis=1))
+    out[east_ok & ~both], bounds[east_ok & ~both] = east[east_ok & ~both], east_b[east_ok & ~both]
+    out[west_ok & ~both], bounds[west_ok & ~both] = west[west_ok & ~both], west_b[west_ok & ~both]
+    return out, bounds
+
+
+def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
+    """The footprint of a chip holding a pole. Its edges are sampled densely (a straight line
+    between two corners 90 degrees of longitude apart is far from the chip's edge), ordered
+    by longitude and closed along the antimeridian to the pole: a lon/lat polygon cannot
+    hold a pole otherwise."""
+    y, x = divmod(index, grid.x_size)
+    cs = grid.chip_size
+    t = np.linspace(0.0, 1.0, per_side, endpoint=False)
+    # the chip's boundary in pixel coordinates, once round
+    cols = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t]) * cs + x * cs
+    rows = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t)]) * cs + y * cs
+    gt = grid.transform
+    xs, ys = gt.a * cols + gt.b * rows + gt.c, gt.d * cols + gt.e * rows + gt.f
+    lon, lat = pyproj.Transformer.from_crs(grid.crs, CRS84, always_xy=True).transform(xs, ys)
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    # the boundary winds once round the pole: start right after its jump across 180 degrees
+    jump = int(np.argmax(np.abs(np.diff(np.append(lon, lon[0])))))
+    lon, lat = np.roll(lon, -(jump + 1)), np.roll(lat, -(jump + 1))
+    if lon[0] > lon[-1]:
+        lon, lat = lon[::-1], lat[::-1]
+    span = (lon[0] + 360.0) - lon[-1]
+    at_180 = lat[-1] + (lat[0] - lat[-1]) * ((180.0 - lon[-1]) / span if span else 0.5)
+    pole = 90.0 if north else -90.0
+    polygon = shapely.Polygon([*zip(lon, lat), (180.0, at_180), (180.0, pole), (-180.0, pole), (-180.0, at_180)])
+    south_lat, north_lat = (min(lat.min(), at_180), 90.0) if north else (-90.0, max(lat.max(), at_180))
+    return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
 
 
 def integer_factor(coarse: float, fine: float, what: str) -> int:
