@@ -38,3 +38,70 @@ def pattern(rows: int, cols: int, seed: int, dtype=np.uint16) -> np.ndarray:
     """Distinct, nonzero pixel values, so that a wrong offset or band shows."""
     rng = np.random.default_rng(seed)
     return rng.integers(1, np.iinfo(dtype).max, size=(rows, cols), dtype=dtype)
+
+
+class TokenServer:
+    """A loopback HTTP server for one directory that answers only requests carrying
+    ``?token=<token>`` (403 otherwise), with HEAD and Range support as GDAL needs: a stand-in
+    for a signed-URL store (Planetary Computer SAS) that never leaves 127.0.0.1."""
+
+    def __init__(self, root: Path, token: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _target(self):
+                url = urlsplit(self.path)
+                server.requests.append(url.path)
+                if parse_qs(url.query).get("token") != [token]:
+                    self.send_error(403, "token required")
+                    return None
+                path = root / url.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return None
+                return path.read_bytes()
+
+            def do_HEAD(self):
+                data = self._target()
+                if data is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("Accept-Ranges", "bytes")
+                    self.end_headers()
+
+            def do_GET(self):
+                data = self._target()
+                if data is None:
+                    return
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes="):
+                    start, _, end = rng[6:].partition("-")
+                    start, end = int(start), min(int(end) if end else len(data) - 1, len(data) - 1)
+                    body = data[start:end + 1]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                else:
+                    body = data
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.requests: list[str] = []
+        self.root = root
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

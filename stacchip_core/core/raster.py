@@ -21,6 +21,8 @@ from rasterio.windows import Window
 from stacchip_core.errors import AssetError
 from stacchip_core.core.grid import ChipGrid, integer_factor
 from stacchip_core.platform import Platform
+from stacchip_core.plugins import sign_href
+from stacchip_core.io.urls import redact_text
 from stacchip_core.io.settings import apply_gdal_options
 
 log = logging.getLogger(__name__)
@@ -41,12 +43,14 @@ def resolve_href(href: str, mountpath: str | Path | None = None) -> str:
 
 
 def asset_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
+    """Where to open ``asset`` now: resolved, then signed by the ``stacchip_sign_href`` hook
+    (Planetary Computer SAS tokens, ...). Never store the result: signatures expire."""
     href = asset.href
     # only relative hrefs are resolved against the item's location: pystac would turn a
     # local absolute path into a path on the catalog's host when the item has an https self link
     if not (urlparse(href).scheme or href.startswith("/")):
         href = asset.get_absolute_href() or href
-    return resolve_href(href, mountpath)
+    return sign_href(resolve_href(href, mountpath), asset)
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class DatasetCache:
             try:
                 ds = rasterio.open(href)
             except RasterioError as exc:
-                raise AssetError(f"cannot open {href}: {exc}") from None
+                raise AssetError(redact_text(f"cannot open {href}: {exc}")) from None
             handles[href] = ds
             with self._lock:
                 self._all.append(ds)
@@ -171,7 +175,7 @@ class AssetReader:
                 data = np.empty(shape, dtype=ds.dtypes[band - 1])
             _read_strips(href, band, data, self.threads)
         except RasterioError as exc:
-            raise AssetError(f"cannot read asset {key!r} ({href}): {exc}") from None
+            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from None
         return NativeBand(data, factor)
 
     def chip_fractions(self, name: str, masks: dict[str, Callable[[np.ndarray], np.ndarray]],
@@ -219,7 +223,7 @@ class AssetReader:
             with ThreadPoolExecutor(self.threads) as pool:
                 list(pool.map(work, [p for p in parts if p]))
         except RasterioError as exc:
-            raise AssetError(f"cannot read asset {key!r} ({href}): {exc}") from None
+            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from None
         return {k: (c / float(block * block)).astype(np.float32) for k, c in counts.items()}
 
 

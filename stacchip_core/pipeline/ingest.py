@@ -13,6 +13,8 @@ import pystac
 
 from stacchip_core.errors import AssetError
 from stacchip_core.core.raster import asset_href
+from stacchip_core.io.urls import redact_text
+from stacchip_core.plugins import sign_href
 from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
 from stacchip_core.io.store import S3Store
 from stacchip_core.types import Store
@@ -56,7 +58,7 @@ def copy_into(store: Store, href: str, key: str) -> str:
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object
-        raise AssetError(f"cannot copy {href} to {store.url(key)}: {exc}") from None
+        raise AssetError(redact_text(f"cannot copy {href} to {store.url(key)}: {exc}")) from None
 
 
 def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
@@ -70,7 +72,8 @@ def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
             del out.assets[key]
     for key in keys:
         asset = out.assets[key]
-        source = (hrefs or {}).get(key) or asset_href(asset)
+        override = (hrefs or {}).get(key)
+        source = sign_href(override, asset) if override else asset_href(asset)  # asset_href signs
         name = Path(urlparse(source).path).name or f"{key}.tif"
         asset.href = copy_into(store, source, f"{prefix}/{name}")
         log.info("copied %s -> %s", key, asset.href)
