@@ -61,7 +61,7 @@ class Chipper:
             mountpath = mountpath or item_or_indexer.mountpath
         else:
             self.item = load_item(item_or_indexer)
-            self.grid = ChipGrid.from_item(self.item, chip_size or 256)
+            self.grid = ChipGrid.from_item(self.item, chip_size or 256, mountpath=mountpath)
             self.platform = self._platform(platform)
         self.mountpath = mountpath
         blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}

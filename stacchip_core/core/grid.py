@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,6 +14,8 @@ import shapely
 from affine import Affine
 
 from stacchip_core.errors import ProjectionError
+
+log = logging.getLogger(__name__)
 
 CRS84 = pyproj.CRS("OGC:CRS84")
 _PROJ_KEYS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
@@ -32,24 +35,33 @@ def _crs_from_fields(fields: dict) -> pyproj.CRS | None:
     return None
 
 
-def item_crs(item: pystac.Item) -> pyproj.CRS:
-    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson (item or asset level)."""
+def _item_crs_or_none(item: pystac.Item) -> pyproj.CRS | None:
     crs = _crs_from_fields(item.properties)
     if crs is None:
         for asset in item.assets.values():
             crs = _crs_from_fields(asset.extra_fields)
             if crs is not None:
                 break
-    if crs is None:
-        raise ProjectionError(
-            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or its assets)"
-        )
+    return crs
+
+
+def _check_metric(item: pystac.Item, crs: pyproj.CRS) -> pyproj.CRS:
     unit = crs.axis_info[0].unit_name if crs.axis_info else None
     if not crs.is_projected or unit not in ("metre", "meter"):
         raise ProjectionError(
             f"item {item.id!r} is in {crs.to_string()} with units {unit!r}; stacchip needs a projected CRS in metres"
         )
     return crs
+
+
+def item_crs(item: pystac.Item) -> pyproj.CRS:
+    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson (item or asset level)."""
+    crs = _item_crs_or_none(item)
+    if crs is None:
+        raise ProjectionError(
+            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or its assets)"
+        )
+    return _check_metric(item, crs)
 
 
 def _shape_transform(fields: dict) -> tuple[tuple[int, int], Affine] | None:
@@ -105,12 +117,27 @@ class ChipGrid:
 
     @classmethod
     def from_item(
-        cls, item: pystac.Item, chip_size: int = 256, shape: tuple[int, int] | None = None
+        cls, item: pystac.Item, chip_size: int = 256, shape: tuple[int, int] | None = None,
+        mountpath=None,
     ) -> ChipGrid:
+        """The chip grid of ``item`` from its projection metadata; where the item has none
+        (no CRS, or no shape with transform), from the header of its finest raster asset
+        (:func:`grid_from_header`, logged). ``mountpath`` maps remote hrefs as the readers do."""
         if chip_size < 1:
             raise ValueError(f"chip_size must be positive, got {chip_size}")
-        crs = item_crs(item)
-        found_shape, transform = finest_shape_transform(item)
+        crs = _item_crs_or_none(item)
+        try:
+            found_shape, transform = finest_shape_transform(item)
+        except ProjectionError:
+            found = None
+        else:
+            found = (found_shape, transform)
+        if crs is None or found is None:
+            # no projection metadata (LINZ items, early Landsat C2 items): the raster's header
+            header_shape, header_transform, header_crs = grid_from_header(item, mountpath)
+            crs = crs or header_crs
+            found_shape, transform = found or (header_shape, header_transform)
+        crs = _check_metric(item, crs)
         if shape is not None:
             # a caller-given shape keeps the footprint: pixel size follows from it
             sx = transform.a * found_shape[1] / shape[1]
@@ -285,6 +312,53 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
     polygon = shapely.Polygon([*zip(lon, lat), (180.0, at_180), (180.0, pole), (-180.0, pole), (-180.0, at_180)])
     south_lat, north_lat = (min(lat.min(), at_180), 90.0) if north else (-90.0, max(lat.max(), at_180))
     return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
+
+
+_HEADER_MEDIA = ("tiff", "jp2")
+_NON_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual-preview"}
+
+
+def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int], Affine, pyproj.CRS]:
+    """Shape, transform and CRS of the finest raster asset, read from the file's header.
+
+    For items without projection metadata. Only headers are read (a few kB a file): the asset
+    with the smallest ``gsd`` when assets state one, else every raster data asset (finest
+    pixel wins, then the larger raster). Each read is logged.
+    """
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from stacchip_core.core.raster import asset_href  # resolves and signs; imports this module
+
+    candidates = [(k, a) for k, a in item.assets.items()
+                  if (not a.media_type or any(m in a.media_type.lower() for m in _HEADER_MEDIA))
+                  and not (set(a.roles or ()) and set(a.roles or ()) <= _NON_DATA_ROLES)]
+    if not candidates:
+        raise ProjectionError(f"item {item.id!r} has no projection metadata and no raster asset to read it from")
+    with_gsd = [(a.extra_fields.get("gsd") or a.common_metadata.gsd, k, a) for k, a in candidates]
+    with_gsd = [c for c in with_gsd if c[0]]
+    if with_gsd:
+        _, key, asset = min(with_gsd, key=lambda c: c[0])
+        candidates = [(key, asset)]
+    found = []
+    for key, asset in candidates:
+        href = asset_href(asset, mountpath)
+        log.info("item %s has no projection metadata: reading the header of asset %r", item.id, key)
+        try:
+            with rasterio.open(href) as ds:
+                if ds.crs is None:
+                    continue
+                crs = pyproj.CRS.from_user_input(ds.crs.to_wkt())
+                found.append((key, (ds.height, ds.width), Affine(*tuple(ds.transform)[:6]), crs))
+        except RasterioError as exc:
+            raise ProjectionError(f"item {item.id!r} has no projection metadata and asset {key!r} "
+                                  f"cannot be read for it: {exc}") from None
+    if not found:
+        raise ProjectionError(f"item {item.id!r} has no projection metadata and its rasters have no CRS")
+    key, shape, transform, crs = min(found, key=lambda c: (abs(c[2].a), -c[1][0] * c[1][1]))
+    log.info("item %s: grid from asset %r: %d x %d px of %g m, %s", item.id, key, shape[0], shape[1],
+             abs(transform.a), crs.to_string())
+    return shape, transform, crs
 
 
 def integer_factor(coarse: float, fine: float, what: str) -> int:
