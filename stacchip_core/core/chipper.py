@@ -41,7 +41,8 @@ class Chipper:
     Default assets: the platform's bands in canonical order when the platform is known,
     else every raster asset; minus ``asset_blacklist`` (default: SCL and QA layers).
     Coarser assets (20 m, 60 m on a 10 m grid) are read at native resolution and expanded
-    by nearest neighbour. Open datasets are kept for the Chipper's lifetime: use it as a
+    by nearest neighbour. Assets off the grid's lattice (offset by a fraction of a pixel, or
+    of a non-whole pixel ratio) are resampled: ``resampling`` "nearest" (default) or "bilinear". Open datasets are kept for the Chipper's lifetime: use it as a
     context manager or call ``close()``.
     """
 
@@ -53,6 +54,7 @@ class Chipper:
         mountpath: str | Path | None = None,
         chip_size: int | None = None,
         platform: str | Platform | None = None,
+        resampling: str = "nearest",
     ) -> None:
         if isinstance(item_or_indexer, Indexer):
             self.item = item_or_indexer.item
@@ -64,6 +66,7 @@ class Chipper:
             self.grid = ChipGrid.from_item(self.item, chip_size or 256, mountpath=mountpath)
             self.platform = self._platform(platform)
         self.mountpath = mountpath
+        self.resampling = resampling  # for assets off the grid's lattice (core.resample)
         blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
         self.assets = self._select_assets(assets, blacklist)
         apply_gdal_options()
@@ -144,7 +147,7 @@ class Chipper:
         for key in self.assets:
             ds = self._dataset(key)
             try:
-                out[key] = read_chip_window(ds, self.grid, self._factors[key], x, y)
+                out[key] = read_chip_window(ds, self.grid, self._factors[key], x, y, resampling=self.resampling)
             except RasterioError as exc:
                 raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
         return out

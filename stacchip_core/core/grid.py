@@ -173,14 +173,24 @@ class ChipGrid:
         """Fraction of True pixels of a native-resolution mask in every chip.
 
         ``factor`` is how many grid pixels one mask pixel spans; a chip then covers
-        ``chip_size / factor`` mask pixels a side, which must be whole. Returns float32
+        ``chip_size / factor`` mask pixels a side. When that is not whole (255 px chips on a
+        20 m layer of a 10 m grid) native pixels cut by a chip edge count by the share of
+        their area inside the chip, as if the mask were expanded to the grid. Returns float32
         of shape (y_size, x_size). One vectorized reduction, no loop over chips.
         """
         cs = self.chip_size
-        if factor < 1 or cs % factor:
-            raise ValueError(f"chip size {cs} is not a multiple of the mask's factor {factor}")
-        block = cs // factor
+        if factor < 1:
+            raise ValueError(f"the mask's factor must be a positive integer, got {factor}")
         ny, nx = self.y_size, self.x_size
+        if cs % factor:
+            # chip edges cut native pixels: each counts by its share inside the chip
+            from stacchip_core.core.resample import partial_block_fractions
+
+            need = (-(-ny * cs // factor), -(-nx * cs // factor))
+            if mask.shape[0] < need[0] or mask.shape[1] < need[1]:
+                raise ValueError(f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of {cs / factor:g} px")
+            return partial_block_fractions(mask[: need[0], : need[1]] != 0, factor, cs, ny, nx)
+        block = cs // factor
         if mask.shape[0] < ny * block or mask.shape[1] < nx * block:
             raise ValueError(
                 f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of {block} px"

@@ -44,21 +44,23 @@ QUARTERS = (("01-01", "03-31"), ("04-01", "06-30"), ("07-01", "09-30"), ("10-01"
 SATELLITES = ["LANDSAT_8", "LANDSAT_9"]
 MAX_CLOUD_COVER = 75.0
 
+# aliases: USGS/Earth Search keys (B2...) and Geoscience Australia ARD keys (nbart_blue...)
 _BANDS = (
-    Band("blue", ("B2",)),
-    Band("green", ("B3",)),
-    Band("red", ("B4",)),
-    Band("nir08", ("B5",)),
-    Band("swir16", ("B6",)),
-    Band("swir22", ("B7",)),
+    Band("blue", ("B2", "nbart_blue")),
+    Band("green", ("B3", "nbart_green")),
+    Band("red", ("B4", "nbart_red")),
+    Band("nir08", ("B5", "nbart_nir")),
+    Band("swir16", ("B6", "nbart_swir_1")),
+    Band("swir22", ("B7", "nbart_swir_2")),
 )
 _QA = (Band("qa_pixel", ("QA_PIXEL",)),)
 
 L1 = Platform(
     name="landsat-c2l1",
     collections=("landsat-c2l1", "landsat-c2-l1"),
-    # pan is 15 m: an L1 item's chip grid is the 15 m grid, the 30 m bands expand 2x
-    bands=_BANDS + (Band("pan", ("B8",)), Band("lwir", ("lwir11", "B10")), Band("lwir_high", ("lwir12", "B11"))),
+    # pan is 15 m: an L1 item's chip grid is the 15 m grid, the 30 m bands expand 2x; where pan
+    # is offset by 7.5 m from them (GA ARD) they are resampled onto it (core.resample)
+    bands=_BANDS + (Band("pan", ("B8", "nbart_panchromatic")), Band("lwir", ("lwir11", "B10")), Band("lwir_high", ("lwir12", "B11"))),
     aux=_QA,
     nodata=0,
     description="Landsat 8/9 Collection 2 Level 1",
