@@ -59,8 +59,10 @@ def test_cdse_stats_from_scl_20m(cdse_item):
     item, _, _, scl = cdse_item
     table = Indexer(item, chip_max_nodata=1.0).create_index()
     assert len(table) == 42 * 42
-    nodata = per_chip_mean(class_mask(scl, [0]), 128, 42, 42).ravel()
+    nodata = per_chip_mean(class_mask(scl, [0, 1]), 128, 42, 42).ravel()
+    cloud = per_chip_mean(class_mask(scl, [3, 8, 9, 10]), 128, 42, 42).ravel()
     np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), nodata, atol=1e-6)
+    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), cloud, atol=1e-6)
     assert 0 < nodata.mean() < 1
 
 

@@ -5,6 +5,7 @@ ARD, grids verbatim: 30 m bands at origin 230685, the 15 m pan at 230692.5 - hal
 off), with sparse synthetic rasters of the exact shapes."""
 
 import numpy as np
+import pyproj
 import pytest
 from affine import Affine
 
@@ -49,7 +50,7 @@ def test_landsat_l1_default_bands_read_on_the_offset_pan_grid(ga):
 def test_bilinear_is_an_option(ga):
     item, red, _ = ga
     with Chipper(item, assets=["nbart_red"], resampling="bilinear") as chipper:
-        chip = chipper.chip(0, 0)[ "nbart_red"][0]
+        chip = chipper.chip(0, 0)["nbart_red"][0]
     # centre of grid pixel j is at 30 m pixel coordinate j / 2 + 0.5: even j on a centre, odd j halfway
     j = np.arange(256)
     lo, w = j // 2, (j % 2) / 2
@@ -71,7 +72,7 @@ def test_non_whole_pixel_ratio(tmp_path):
                                 "proj:transform": list(t10)[:6]},
                        "odd": {"href": str(odd), "type": "image/tiff"}}}
     with Chipper(item, assets=["odd"]) as chipper:
-        chip = chipper.chip(1, 0)[ "odd"][0]
+        chip = chipper.chip(1, 0)["odd"][0]
     idx = ((np.arange(256) + 0.5) * 10 // 25).astype(int)
     np.testing.assert_array_equal(chip, layer[idx][:, ((np.arange(256, 512) + 0.5) * 10 // 25).astype(int)])
 
@@ -83,7 +84,7 @@ def test_non_whole_pixel_ratio(tmp_path):
     (2, (2, 0), {(0, 0): 0, (1, 0): 0, (0, 1): 4 / 9, (1, 1): 0}),  # rows 4-5, cols 0-1: inside chip (0, 1)
 ])
 def test_partial_native_pixels_weigh_by_their_share(factor, mask_true, expected):
-    grid = ChipGrid((6, 6), Affine(10, 0, 0, 0, -10, 0), __import__("pyproj").CRS("EPSG:32633"), 3)
+    grid = ChipGrid((6, 6), Affine(10, 0, 0, 0, -10, 0), pyproj.CRS("EPSG:32633"), 3)
     mask = np.zeros((3, 3), bool)
     mask[mask_true] = True
     fractions = grid.chip_fractions(mask, factor)

@@ -3,6 +3,7 @@
 Item: tests/data/linz-BQ25_10000_0305.json (LINZ topo-imagery: no proj:* fields at all), its
 `visual` asset a synthetic RGB COG of the 1:10k sheet in NZTM2000 (4.8 x 7.2 km at 1.2 m)."""
 
+import json
 import logging
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_grid_from_the_header(linz, caplog):
     assert "no projection metadata: reading the header of asset 'visual'" in caplog.text
     # footprints land on the item's own footprint
     geoms, _ = grid.footprints()
-    assert shapely.from_geojson(__import__("json").dumps(item["geometry"])).buffer(1e-4).contains(
+    assert shapely.from_geojson(json.dumps(item["geometry"])).buffer(1e-4).contains(
         shapely.union_all(geoms))
 
 

@@ -17,7 +17,7 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 
 def test_every_hook_has_a_docstring_and_a_readme_section():
     assert set(HOOKS) == {"stacchip_platforms", "stacchip_chip_stats", "stacchip_select_items",
-                          "stacchip_normalize_item", "stacchip_register_commands"}
+                          "stacchip_normalize_item", "stacchip_register_commands", "stacchip_sign_href"}
     text = README.read_text()
     for name in HOOKS:
         doc = inspect.getdoc(getattr(hookspecs, name))
