@@ -147,29 +147,40 @@ def _overlap_weights(start: int, n: int, cs: int, factor: int, native0: int, nat
 def chip_fractions(href: str, band: int, grid, factor: int | None, masks: dict, threads: int = 1) -> dict:
     """``AssetReader.chip_fractions`` for a band off the grid's lattice (``factor`` None: read
     resampled, nearest, at grid resolution) or whose factor does not divide the chip size
-    (native pixels cut by chip edges, weighed by their share). One chip row per read."""
+    (native pixels cut by chip edges, weighed by their share). Reads span whole tile rows
+    (a chip row's window alone would decode each 512 px tile row several times), on
+    ``threads`` threads with their own handles."""
     import rasterio
     from concurrent.futures import ThreadPoolExecutor
 
     cs, ny, nx = grid.chip_size, grid.y_size, grid.x_size
     out = {k: np.zeros((ny, nx), np.float32) for k in masks}
+    with rasterio.open(href) as ds:
+        tile_height = ds.block_shapes[band - 1][0]
+    native_per_chip = cs if factor is None else cs / factor
+    per_read = max(1, int(tile_height // native_per_chip))
+    groups = [range(y, min(y + per_read, ny)) for y in range(0, ny, per_read)]
 
-    def work(y: int) -> None:
+    def work(part: list[range]) -> None:
         with rasterio.open(href) as ds:
-            if factor is None:
-                data = read_resampled(ds, grid, 0, y * cs, nx * cs, cs, band)
-            else:
-                r0, r1 = (y * cs) // factor, ((y + 1) * cs - 1) // factor + 1
-                c1 = min(ds.width, (nx * cs - 1) // factor + 1)
-                data = ds.read(band, window=Window(0, r0, c1, r1 - r0))
-        for k, fn in masks.items():
-            m = fn(data)
-            if factor is None:
-                blocks = m.reshape(1, cs, nx, cs).sum(axis=(1, 3), dtype=np.uint32)
-                out[k][y] = (blocks / float(cs * cs))[0]
-            else:
-                out[k][y] = partial_block_fractions(m, factor, cs, 1, nx, row0=r0, first_chip=y)[0]
+            for rows in part:
+                y0, n = rows[0], len(rows)
+                if factor is None:
+                    data = read_resampled(ds, grid, 0, y0 * cs, nx * cs, n * cs, band)
+                else:
+                    r0, r1 = (y0 * cs) // factor, ((y0 + n) * cs - 1) // factor + 1
+                    c1 = min(ds.width, (nx * cs - 1) // factor + 1)
+                    data = ds.read(band, window=Window(0, r0, c1, r1 - r0))
+                for k, fn in masks.items():
+                    m = fn(data)
+                    if factor is None:
+                        blocks = m.reshape(n, cs, nx, cs).sum(axis=(1, 3), dtype=np.uint32)
+                        out[k][y0:y0 + n] = blocks / float(cs * cs)
+                    else:
+                        out[k][y0:y0 + n] = partial_block_fractions(m, factor, cs, n, nx, row0=r0, first_chip=y0)
 
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        list(pool.map(work, range(ny)))
+    threads = max(1, threads)
+    parts = [groups[i::threads] for i in range(threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, [p for p in parts if p]))
     return out
