@@ -127,21 +127,18 @@ def partial_block_fractions(mask: np.ndarray, factor: int, chip_size: int, ny: i
     area inside the chip, so the result equals the fraction of the mask expanded to the grid.
 
     ``mask`` holds native rows from ``row0`` on (a strip) and must cover chips ``ny`` x ``nx``
-    from chip row ``first_chip``. Separable: rows are weighed into chip rows,
-    then columns into chip columns (two small matrix products, no loop over chips).
+    from chip row ``first_chip``. Separable and in integers: rows are repeated ``factor``
+    times and summed per chip row, then the (small) row sums are repeated along columns and
+    summed per chip: no loop over chips, no float rounding.
     """
-    wr = _overlap_weights(first_chip * chip_size, ny, chip_size, factor, row0, mask.shape[0])
-    wc = _overlap_weights(0, nx, chip_size, factor, 0, mask.shape[1])
-    counts = wr @ mask.astype(np.float32) @ wc.T
-    return (counts / float(chip_size * chip_size)).astype(np.float32)
-
-
-def _overlap_weights(start: int, n: int, cs: int, factor: int, native0: int, native_n: int) -> np.ndarray:
-    """(n chips, native_n pixels): grid pixels of native pixel ``native0 + j`` inside chip i."""
-    chip_lo = start + np.arange(n)[:, None] * cs
-    pix_lo = (native0 + np.arange(native_n))[None, :] * factor
-    overlap = np.minimum(chip_lo + cs, pix_lo + factor) - np.maximum(chip_lo, pix_lo)
-    return np.clip(overlap, 0, None).astype(np.float32)
+    cs = chip_size
+    m = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
+    skip = first_chip * cs - row0 * factor  # grid rows of the strip's first native row before chip row 0
+    rows = np.repeat(m, factor, axis=0)[skip: skip + ny * cs]
+    by_row = rows.reshape(ny, cs, -1).sum(axis=1, dtype=np.uint32)  # (ny, native cols)
+    cols = np.repeat(by_row, factor, axis=1)[:, : nx * cs]
+    counts = cols.reshape(ny, nx, cs).sum(axis=2, dtype=np.uint32)
+    return (counts / float(cs * cs)).astype(np.float32)
 
 
 def chip_fractions(href: str, band: int, grid, factor: int | None, masks: dict, threads: int = 1) -> dict:
