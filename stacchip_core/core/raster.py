@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import pyproj
 import pystac
 import rasterio
 from rasterio.errors import RasterioError
