@@ -124,3 +124,25 @@ def plugin_info() -> list[dict]:
             {"name": name, "distribution": dist, "version": version, "platforms": declared, "hooks": hooks}
         )
     return rows
+
+
+def sign_href(href: str, asset: pystac.Asset | None = None) -> str:
+    """``href`` as the ``stacchip_sign_href`` hook rewrites it (signed, redirected), or
+    unchanged when no installed plugin answers. Call it right before an href is opened or
+    copied, never earlier: signatures expire, and items keep their unsigned hrefs."""
+    signed = get_plugin_manager().hook.stacchip_sign_href(href=href, asset=asset)
+    if signed is None or signed == href:
+        return href
+    if not isinstance(signed, str):
+        raise PluginError(f"stacchip_sign_href returned {type(signed).__name__}, not a str")
+    log.debug("href of asset %s rewritten by a stacchip_sign_href hook", _asset_name(asset))
+    return signed
+
+
+def _asset_name(asset: pystac.Asset | None) -> str:
+    if asset is None or asset.owner is None:
+        return "(none)"
+    for key, value in asset.owner.assets.items():
+        if value is asset:
+            return f"{key!r} of {asset.owner.id!r}"
+    return f"of {asset.owner.id!r}"

@@ -15,7 +15,7 @@ from rasterio.errors import RasterioError
 from stacchip_core.errors import AssetError, PlatformError, StacchipError
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.indexer import Indexer, load_item
-from stacchip_core.platform import Platform
+from stacchip_core.platform import Platform, unresolved_bands_message
 from stacchip_core.plugins import find_platform, get_platform, platform_for_item
 from stacchip_core.core.raster import DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href
 from stacchip_core.io.settings import apply_gdal_options
@@ -41,7 +41,8 @@ class Chipper:
     Default assets: the platform's bands in canonical order when the platform is known,
     else every raster asset; minus ``asset_blacklist`` (default: SCL and QA layers).
     Coarser assets (20 m, 60 m on a 10 m grid) are read at native resolution and expanded
-    by nearest neighbour. Open datasets are kept for the Chipper's lifetime: use it as a
+    by nearest neighbour. Assets off the grid's lattice (offset by a fraction of a pixel, or
+    of a non-whole pixel ratio) are resampled: ``resampling`` "nearest" (default) or "bilinear". Open datasets are kept for the Chipper's lifetime: use it as a
     context manager or call ``close()``.
     """
 
@@ -53,6 +54,7 @@ class Chipper:
         mountpath: str | Path | None = None,
         chip_size: int | None = None,
         platform: str | Platform | None = None,
+        resampling: str = "nearest",
     ) -> None:
         if isinstance(item_or_indexer, Indexer):
             self.item = item_or_indexer.item
@@ -61,9 +63,10 @@ class Chipper:
             mountpath = mountpath or item_or_indexer.mountpath
         else:
             self.item = load_item(item_or_indexer)
-            self.grid = ChipGrid.from_item(self.item, chip_size or 256)
+            self.grid = ChipGrid.from_item(self.item, chip_size or 256, mountpath=mountpath)
             self.platform = self._platform(platform)
         self.mountpath = mountpath
+        self.resampling = resampling  # for assets off the grid's lattice (core.resample)
         blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
         self.assets = self._select_assets(assets, blacklist)
         apply_gdal_options()
@@ -97,7 +100,10 @@ class Chipper:
             keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
         else:
             keys = [k for k, a in self.item.assets.items() if _is_raster(a)]
-        return [k for k in keys if k.lower() not in blacklist]
+        keys = [k for k in keys if k.lower() not in blacklist]
+        if not keys:  # never hand out empty chips silently
+            raise AssetError(unresolved_bands_message(self.item, self.platform))
+        return keys
 
     # sequence protocol, as in stacchip 0.1: chips in row-major order
     def __len__(self) -> int:
@@ -141,7 +147,7 @@ class Chipper:
         for key in self.assets:
             ds = self._dataset(key)
             try:
-                out[key] = read_chip_window(ds, self.grid, self._factors[key], x, y)
+                out[key] = read_chip_window(ds, self.grid, self._factors[key], x, y, resampling=self.resampling)
             except RasterioError as exc:
                 raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
         return out

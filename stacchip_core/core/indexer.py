@@ -75,7 +75,7 @@ class Indexer:
         self.stats = stats
         self.mountpath = mountpath
         self.platform = self._resolve_platform(platform)
-        self.grid = ChipGrid.from_item(self.item, chip_size, shape)
+        self.grid = ChipGrid.from_item(self.item, chip_size, shape, mountpath=mountpath)
 
     def _resolve_platform(self, platform) -> Platform | None:
         if isinstance(platform, Platform):

@@ -15,6 +15,7 @@ from stacchip_core.core.raster import asset_href
 from stacchip_core.io.files import scratch_dir  # noqa: F401  (also for plugins' normalize hooks)
 from stacchip_core.io.keys import join as join_key, segment
 from stacchip_core.io.urls import redact, redact_text
+from stacchip_core.plugins import sign_href
 from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
 from stacchip_core.io.store import S3Store
 from stacchip_core.types import Store
@@ -72,7 +73,8 @@ def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
             del out.assets[key]
     for key in keys:
         asset = out.assets[key]
-        source = (hrefs or {}).get(key) or asset_href(asset)
+        override = (hrefs or {}).get(key)
+        source = sign_href(override, asset) if override else asset_href(asset)  # asset_href signs
         name = segment(Path(urlparse(source).path).name or f"{key}.tif", "asset file name")
         asset.href = copy_into(store, source, join_key(prefix, name))
         log.info("copied %s -> %s", key, asset.href)
