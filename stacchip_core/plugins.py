@@ -14,7 +14,7 @@ from functools import lru_cache
 import pluggy
 import pystac
 
-from stacchip_core import hookspecs
+from stacchip_core import hookspecs, signing
 from stacchip_core.errors import PlatformError, PluginError
 from stacchip_core.platform import Platform
 
@@ -39,6 +39,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, loaded on first use."""
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
+    pm.register(signing, name="stacchip-core.signing")  # built in: Planetary Computer hrefs
     allowed = _allowed()
     for ep in importlib.metadata.entry_points(group=GROUP):
         if allowed is not None and ep.name not in allowed:

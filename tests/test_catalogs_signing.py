@@ -5,7 +5,7 @@ Item: tests/data/pgstac-pc-naip-m_3008506_nw_16_1_20110825.json, a Planetary Com
 local plugin that rewrites those hrefs to a loopback server requiring ``?token=``: nothing
 leaves 127.0.0.1."""
 
-import importlib.util
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -77,11 +77,53 @@ def test_a_rejected_token_never_reaches_the_message(token_server):
     assert "wrong-token-value" not in str(err.value) and "127.0.0.1" in str(err.value)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("planetary_computer") is not None,
-                    reason="planetary-computer installed: signing would ask the internet")
-def test_unsigned_planetary_computer_href_asks_for_the_extra():
-    with pytest.raises(StacchipError, match=r"naipeuwest.blob.core.windows.net \(Planetary Computer\) needs "
-                                            r"signed hrefs: install 'stacchip-naip\[planetary-computer\]'"):
+@pytest.fixture
+def sas_endpoint(monkeypatch):
+    """A loopback stand-in for Planetary Computer's SAS token API, which the real
+    planetary-computer package is pointed at through its own setting (PC_SDK_SAS_URL)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import planetary_computer.sas
+    import planetary_computer.settings
+
+    asked = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            asked.append(self.path)
+            body = json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": "st=1&se=2&sig=loopback"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PC_SDK_SAS_URL", f"http://127.0.0.1:{httpd.server_port}/api/sas/v1/token")
+    planetary_computer.settings.Settings.get.cache_clear()
+    planetary_computer.sas.TOKEN_CACHE.clear()
+    yield asked
+    httpd.shutdown()
+    planetary_computer.settings.Settings.get.cache_clear()
+    planetary_computer.sas.TOKEN_CACHE.clear()
+
+
+def test_planetary_computer_hrefs_are_signed_by_the_built_in_signer(sas_endpoint):
+    href = load(PC_NAIP)["assets"]["image"]["href"]
+    assert plugins.sign_href(href) == f"{href}?st=1&se=2&sig=loopback"
+    assert sas_endpoint == ["/api/sas/v1/token/naipeuwest/naip"]
+
+
+def test_unsigned_planetary_computer_href_asks_for_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "planetary_computer", None)  # the extra not installed
+    with pytest.raises(AssetError, match=r"naipeuwest.blob.core.windows.net \(Planetary Computer\) needs "
+                                         r"signed hrefs: install 'stacchip-core\[planetary-computer\]'"):
         Chipper(load(PC_NAIP), platform="naip").chip(0, 0)
 
 

@@ -110,11 +110,15 @@ MAX_PIXELS = 1 << 32
 MAX_CHIPS = 1 << 22
 
 
-def validate_grid(item_id: str, shape: tuple[int, int], transform: Affine, chip_size: int) -> None:
+def validate_grid(
+    item_id: str, shape: tuple[int, int], transform: Affine, chip_size: int, square: bool = True,
+) -> None:
     """A GridError unless chips of ``chip_size`` on a raster of ``shape`` and ``transform``
     make a usable grid: pixels present and at most MAX_PIXELS, at least one and at most
     MAX_CHIPS whole chips, a north-up (or south-up) transform with square, non-zero pixels.
-    The one check every grid built from an item passes, with or without statistics."""
+    The one check every grid built from an item passes, with or without statistics.
+    ``square=False`` admits non-square pixels: a caller-given shape (0.1's ``shape=``)
+    stretches the item's footprint over it."""
     rows, cols = shape
     what = f"item {item_id!r}"
     if rows < 1 or cols < 1:
@@ -128,7 +132,7 @@ def validate_grid(item_id: str, shape: tuple[int, int], transform: Affine, chip_
     if b != 0 or d != 0:
         raise GridError(f"{what} is rotated or sheared (proj:transform {list(transform)[:6]}); "
                         "stacchip needs north-up rasters")
-    if not math.isclose(abs(a), abs(e), rel_tol=1e-6):
+    if square and not math.isclose(abs(a), abs(e), rel_tol=1e-6):
         raise GridError(f"{what} has non-square pixels ({abs(a):g} x {abs(e):g})")
     chips = (rows // chip_size) * (cols // chip_size)
     if chips == 0:
@@ -180,7 +184,7 @@ class ChipGrid:
             sy = transform.e * found_shape[0] / shape[0]
             transform = Affine(sx, transform.b, transform.c, transform.d, sy, transform.f)
             found_shape = (int(shape[0]), int(shape[1]))
-        validate_grid(item.id, found_shape, transform, chip_size)
+        validate_grid(item.id, found_shape, transform, chip_size, square=shape is None)
         return cls(found_shape, transform, crs, chip_size)
 
     @property

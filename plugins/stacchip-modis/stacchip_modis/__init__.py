@@ -176,22 +176,11 @@ def stacchip_select_items(platform, sample, catalog):
     return selected
 
 
-def _signed(href: str) -> str:
-    from urllib.parse import urlparse
-
-    if (urlparse(href).hostname or "").endswith(".blob.core.windows.net"):
-        import planetary_computer
-
-        return planetary_computer.sign(href)
-    return href
-
-
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
     keys = [k for k in [*platform.asset_keys(item).values(), platform.asset_key(item, STATE),
                         platform.asset_key(item, QC)] if k]
-    hrefs = {k: _signed(item.assets[k].href) for k in keys if item.assets[k].href.startswith("https://")}
-    out = copy_assets(item, keys, store, prefix, hrefs=hrefs)
+    out = copy_assets(item, keys, store, prefix)  # signs Planetary Computer hrefs on the way
     end = out.common_metadata.end_datetime
     if end is not None:  # composites: dated by their last day, as stacchip 0.1 did
         out.datetime = end

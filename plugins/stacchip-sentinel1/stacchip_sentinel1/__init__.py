@@ -14,7 +14,7 @@ quarter that **intersects the tile** and has both ``vv`` and ``vh``. stacchip 0.
 intersects filter commented out and took any item of the quarter, anywhere on Earth.
 
 Normalization: ``vv`` and ``vh`` are rewritten as deflate-compressed COGs into the target
-store. Planetary Computer hrefs are signed on the way (``planetary-computer``). GRD items are
+store. Planetary Computer hrefs are signed on the way (``stacchip_core.signing``). GRD items are
 accepted when their metadata gives a map grid (projection, shape, transform); GRD scenes in
 radar geometry are refused with a clear error.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -123,22 +122,21 @@ def stacchip_select_items(platform, sample, catalog):
     return []
 
 
-def signed(href: str) -> str:
-    """Planetary Computer's blob-storage hrefs need a SAS token; other hrefs are left alone."""
-    if (urlparse(href).hostname or "").endswith(".blob.core.windows.net"):
-        import planetary_computer
-
-        return planetary_computer.sign(href)
-    return href
-
-
 def check_grid(item: pystac.Item) -> None:
-    try:
-        ChipGrid.from_item(item)
-    except ProjectionError as exc:
+    # GRD files carry ground control points, not a map grid; refused by collection before any
+    # header read (the header fallback for items without projection would read a GCP raster)
+    reason = None
+    if (item.collection_id or "").lower().endswith("-grd"):
+        reason = f"collection {item.collection_id!r} is in radar geometry"
+    else:
+        try:
+            ChipGrid.from_item(item)
+        except ProjectionError as exc:
+            reason = str(exc)
+    if reason is not None:
         raise PlatformError(
-            f"Sentinel-1 item {item.id!r} has no map grid ({exc}); GRD scenes in radar geometry must be "
-            f"terrain corrected first (the {COLLECTION} collection is)") from None
+            f"Sentinel-1 item {item.id!r} has no map grid ({reason}); GRD scenes in radar geometry must be "
+            f"terrain corrected first (the {COLLECTION} collection is)")
 
 
 def to_deflate_cog(source: Path, target: Path) -> None:
@@ -157,7 +155,8 @@ def stacchip_normalize_item(platform, item, store, prefix):
     from stacchip_core.core.raster import asset_href
     from stacchip_core.io.settings import apply_gdal_options
     from stacchip_core.io.urls import redact, redact_text
-    from stacchip_core.pipeline.ingest import fetch
+    from stacchip_core.io.keys import join as join_key, segment
+    from stacchip_core.pipeline.ingest import fetch, scratch_dir
 
     check_grid(item)
     keys = polarisation_keys(platform, item)
@@ -168,18 +167,18 @@ def stacchip_normalize_item(platform, item, store, prefix):
     apply_gdal_options()
     for key in keys:
         source = asset_href(out.assets[key])
-        name = Path(urlparse(source).path).name or f"{key}.tif"
-        target = f"{prefix}/{name}"
+        name = segment(Path(urlparse(source).path).name or f"{key}.tif", "asset file name")
+        target = join_key(prefix, name)
         if not store.exists(target):  # a rerun keeps what is there
-            with tempfile.TemporaryDirectory(prefix="stacchip-s1-") as tmp:
+            with scratch_dir("s1") as tmp:  # a rerun removes what a killed job left
                 try:
-                    local = fetch(signed(source), Path(tmp))
-                    to_deflate_cog(local, Path(tmp) / f"cog-{name}")
+                    local = fetch(source, tmp)  # asset_href signed it
+                    to_deflate_cog(local, tmp / f"cog-{name}")
                 except AssetError:
                     raise
                 except Exception as exc:
                     raise AssetError(f"cannot rewrite {redact(source)} as a COG: {redact_text(str(exc))}") from None
-                store.put_file(target, Path(tmp) / f"cog-{name}")
+                store.put_file(target, tmp / f"cog-{name}")
         out.assets[key].href = store.url(target)
         log.info("%s: %s -> %s", item.id, key, out.assets[key].href)
     out.clear_links()
