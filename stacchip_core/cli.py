@@ -82,11 +82,12 @@ def cli(verbose: int, quiet: bool, log_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(as_json: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help="Also stacchip-core's built-in hook implementations.")
+def plugins(as_json: bool, show_all: bool) -> None:
     """Installed plugins, their versions, platforms and hooks."""
     from stacchip_core.plugins import plugin_info
 
-    rows = plugin_info()
+    rows = plugin_info(builtins=show_all)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -21,6 +21,8 @@ from stacchip_core.platform import Platform
 log = logging.getLogger(__name__)
 
 GROUP = "stacchip"
+BUILTIN_SIGNER = "stacchip-core.signing"
+BUILTIN_PLUGINS = frozenset({BUILTIN_SIGNER})  # listed by `stacchip plugins --all` only
 ALLOW_ENV = "STACCHIP_PLUGINS"
 
 # entry-point name -> (distribution, version) of the plugins loaded
@@ -39,7 +41,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, loaded on first use."""
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
-    pm.register(signing, name="stacchip-core.signing")  # built in: Planetary Computer hrefs
+    pm.register(signing, name=BUILTIN_SIGNER)  # built in: Planetary Computer hrefs
     allowed = _allowed()
     for ep in importlib.metadata.entry_points(group=GROUP):
         if allowed is not None and ep.name not in allowed:
@@ -109,18 +111,21 @@ def platform_for_item(item: pystac.Item) -> Platform:
     )
 
 
-def plugin_info() -> list[dict]:
-    """Installed plugins: name, distribution, version, platforms and implemented hooks."""
+def plugin_info(builtins: bool = False) -> list[dict]:
+    """Installed plugins: name, distribution, version, platforms and implemented hooks;
+    with ``builtins``, stacchip-core's own hook implementations too."""
     pm = get_plugin_manager()
     rows = []
     for name, plugin in pm.list_name_plugin():
-        if plugin is None:
+        if plugin is None or (name in BUILTIN_PLUGINS and not builtins):
             continue
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         declared = []
         if hasattr(plugin, "stacchip_platforms"):
             declared = [p.name for p in plugin.stacchip_platforms() or []]
         dist, version = _DISTRIBUTIONS.get(name, (name, "?"))
+        if name in BUILTIN_PLUGINS:
+            dist, version = "stacchip-core", importlib.metadata.version("stacchip-core")
         rows.append(
             {"name": name, "distribution": dist, "version": version, "platforms": declared, "hooks": hooks}
         )

@@ -98,3 +98,17 @@ def test_misspelt_hook_is_reported(plugin_dir, monkeypatch):
     r = run_script("plugins", env={"PYTHONPATH": str(plugin_dir), "STACCHIP_PLUGINS": "broken"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("Error: ") and "stacchip_chip_stat" in r.stderr
+
+
+@pytest.mark.parametrize("args, listed", [([], False), (["--all"], True)])
+def test_the_built_in_signer_is_listed_with_all_only(args, listed):
+    from click.testing import CliRunner
+
+    from stacchip_core.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugins", "--json", *args])
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert ("stacchip-core.signing" in rows) is listed
+    if listed:
+        assert rows["stacchip-core.signing"]["hooks"] == ["stacchip_sign_href"]
+        assert rows["stacchip-core.signing"]["distribution"] == "stacchip-core"

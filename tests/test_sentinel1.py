@@ -140,7 +140,7 @@ def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):  # n
     assert [r.item_id for r in results] == s1_expected(0)
     item_id = results[0].item_id
     client = boto3.client("s3", endpoint_url=s3_server)
-    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="v1/")["Contents"])
     assert keys == [f"v1/index/{S1}/{item_id}/index_{item_id}.parquet", f"v1/{S1}/{item_id}/stac_item.json",
                     f"v1/{S1}/{item_id}/vh.tif", f"v1/{S1}/{item_id}/vv.tif"]
     raw = client.get_object(Bucket=bucket, Key=f"v1/index/{S1}/{item_id}/index_{item_id}.parquet")["Body"].read()
