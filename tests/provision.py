@@ -69,6 +69,24 @@ def ensure_postgis() -> None:
         raise ProvisionError(f"installing {' '.join(DEBIAN_PACKAGES)} did not provide {POSTGIS_CONTROL}")
 
 
+def ensure_chromium() -> str:
+    """Debian's headless-capable Chromium (for the demo map's rendering test); its path."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    with _install_lock():
+        if not shutil.which("chromium"):
+            if os.geteuid() != 0 or not shutil.which("apt-get"):
+                raise ProvisionError("the demo map test needs Chromium: install Debian's chromium package")
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            _run(["apt-get", "update", "-qq"], env=env)
+            _run(["apt-get", "install", "-y", "-qq", "chromium"], env=env)
+    found = shutil.which("chromium")
+    if not found:
+        raise ProvisionError("installing chromium did not provide a chromium executable")
+    return found
+
+
 def _pins() -> dict[str, str]:
     pins = {}
     for line in OPTIONAL.read_text().splitlines():
