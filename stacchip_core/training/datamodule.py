@@ -148,17 +148,25 @@ class StacchipDataModule(lightning.LightningDataModule):
         indexes: merged indexes; their rows are concatenated.
         bands: band names for every platform (list) or per platform (dict).
         chip_filter: rows to keep (default: every row).
-        split_block_deg, val_fraction, test_fraction, split_seed: the spatial split
-            (ignored when the index has a ``split`` column).
-        batch_size, num_workers, seed: loading.
+        split_block_deg: side of the split's lon/lat blocks, degrees (ignored, like the three
+            below, when the index has a ``split`` column).
+        val_fraction: share of blocks in the validation split.
+        test_fraction: share of blocks in the test split.
+        split_seed: seed of the block hash.
+        batch_size: chips per batch.
+        num_workers: data-loader worker processes per rank.
+        seed: shuffling seed (with the epoch).
         oversample: repeat small platforms' chips in training up to the largest platform.
         transform: ``sample -> sample`` applied to each chip (see ``ChipDataset``).
+        mountpath: for bucket hrefs mounted locally.
     """
 
-    def __init__(self, indexes: str | pa.Table | Sequence[str | pa.Table], bands=None,
+    def __init__(self, indexes: str | pa.Table | Sequence[str | pa.Table],
+                 bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
                  chip_filter: ChipFilter | None = None, split_block_deg: float = 1.0, val_fraction: float = 0.1,
                  test_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 32, num_workers: int = 0,
-                 seed: int = 0, oversample: bool = False, transform=None, mountpath=None) -> None:
+                 seed: int = 0, oversample: bool = False, transform: Callable[[dict], dict] | None = None,
+                 mountpath: str | None = None) -> None:
         super().__init__()
         if isinstance(indexes, (str, pa.Table)) or hasattr(indexes, "__fspath__"):
             indexes = [indexes]

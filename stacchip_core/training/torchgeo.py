@@ -53,9 +53,10 @@ class StacchipGeoDataset(GeoDataset):
         mountpath: for bucket hrefs mounted locally.
     """
 
-    def __init__(self, index: str | pa.Table, bands: Sequence[str] | None = None, crs=None,
+    def __init__(self, index: str | pa.Table, bands: Sequence[str] | None = None, crs: pyproj.CRS | str | None = None,
                  chip_filter: ChipFilter | None = None, label_column: str | None = None,
-                 transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None, mountpath=None) -> None:
+                 transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 mountpath: str | None = None) -> None:
         table = load_index(index) if not isinstance(index, pa.Table) else index
         if chip_filter is not None:
             table = chip_filter.apply(table)
