@@ -182,7 +182,8 @@ def test_100k_items_from_stac_geoparquet(big_catalog, area):
     # hits come back as whole items, hrefs included
     first_item = next(iter(got.items()))
     assert first_item.assets["red"].href == f"s3://b/{int(first_item.id[3:])}/red.tif"
-    assert opened < 5 and second < 1.0, (opened, first, second)
+    # measured: open 0.2 s, first search 0.4 s (columns and geometries built once), then ~7 ms
+    assert opened < 5 and first < 5 and second < 0.25, (opened, first, second)
     # descending: the cloudiest first, ties by id descending (pgstac's tie-break)
     top = max(d["properties"]["eo:cloud_cover"] for d in items)
     assert [i.id for i in catalog.search(max_items=1, sortby="-eo:cloud_cover").items()] == \

