@@ -41,8 +41,15 @@ def _svg_path(geom) -> str:
     return "".join(parts)
 
 
+def _by_cloud(table: pa.Table) -> pa.Table:
+    """Least cloudy first: where chips of several dates overlap, the cloudiest is drawn on top."""
+    order = np.argsort(table["cloud_cover_percentage"].to_numpy(), kind="stable")
+    return table.take(pa.array(order))
+
+
 def index_map_html(table: pa.Table, path: str | Path, title: str = "stacchip index") -> Path:
     path = Path(path)
+    table = _by_cloud(table)
     geoms = _footprints(table)
     cloud = table["cloud_cover_percentage"].to_numpy()
     nodata = table["nodata_percentage"].to_numpy()
@@ -117,6 +124,7 @@ def index_map_png(table: pa.Table, path: str | Path) -> Path:
     from matplotlib.patches import Polygon
 
     path = Path(path)
+    table = _by_cloud(table)
     geoms = _footprints(table)
     cloud = table["cloud_cover_percentage"].to_numpy()
     platforms = np.asarray(table["platform"].to_pylist(), dtype=object)
@@ -137,6 +145,7 @@ def index_map_png(table: pa.Table, path: str | Path) -> Path:
         ax.set_aspect(1 / max(np.cos(np.radians((ymin + ymax) / 2)), 0.05))
         ax.set_title(f"{name} ({int((platforms == name).sum())})", fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.ticklabel_format(useOffset=False)
     fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), ax=list(axes), label="cloud fraction", fraction=0.03)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig).print_png(str(path))
