@@ -320,6 +320,12 @@ def demo(out: Path) -> None:
     for s in result["summary"]:
         click.echo(f"{s['platform']:<18}{s['items']:>6}{s['chips']:>7}{s['cloud_mean']:>12.3f}{s['cloud_free_chips']:>12}"
                    f"{s['nodata_mean']:>13.3f}{s['nodata_free_chips']:>13}")
+    t = result.get("throughput")
+    if t:  # the demo's index map and throughput
+        click.echo(f"\nmap:      {result['map_html']} (offline page), {result['map_png']}")
+        click.echo(f"indexed:  {t['chips']} chips of {t['items']} items in {t['process_seconds']:.1f} s "
+                   f"({t['chips_indexed_per_second']:.1f} chips/s, processing included)")
+        click.echo(f"read:     {t['chips_read']} chips in {t['read_seconds']:.1f} s ({t['chips_read_per_second']:.1f} chips/s)")
 
 
 def register_plugin_commands() -> None:

@@ -7,7 +7,9 @@ test can recompute any pixel it reads.
 
 from __future__ import annotations
 
+import contextvars
 import json
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +85,116 @@ def qa_pixel_layer(rows: int, cols: int, seed: int = 0, n_clouds: int = 3) -> np
     return qa
 
 
+# --- scenes that look like land (the demo's appearance) ----------------------------------
+#
+# By default scenes carry ``band_pattern`` values (tests recompute them pixel by pixel). Inside
+# ``with land_appearance():`` the same functions write land instead: terrain-like texture, water
+# in the valleys, forest on the heights, rectangular fields between, in each band's typical
+# reflectance; clouds, cirrus and shadows drawn exactly where the scene's SCL / QA_PIXEL layer
+# marks them, so a preview shows what the index's fractions measure. Masks are unchanged.
+
+_APPEARANCE: contextvars.ContextVar[str] = contextvars.ContextVar("stacchip_synthetic_appearance", default="pattern")
+
+# typical surface reflectance x 10000 per cover class: water, forest, green crop, ripe crop, bare soil
+_COVER = ("water", "forest", "crop", "ripe", "soil")
+_REFLECTANCE = {
+    "coastal": (700, 250, 350, 700, 1100), "blue": (600, 300, 400, 800, 1200), "green": (500, 550, 800, 1100, 1500),
+    "red": (300, 300, 500, 1300, 1800), "rededge1": (250, 900, 1300, 1700, 2000),
+    "rededge2": (200, 2200, 2800, 2200, 2200), "rededge3": (180, 2700, 3400, 2500, 2300),
+    "nir": (150, 3000, 4000, 2700, 2500), "nir08": (140, 3100, 4100, 2800, 2600),
+    "swir16": (60, 1500, 1900, 2600, 3000), "swir22": (40, 800, 1000, 1900, 2600),
+}
+
+
+@contextmanager
+def land_appearance():
+    """Scenes written inside look like land, with clouds and shadows where their masks say."""
+    token = _APPEARANCE.set("land")
+    try:
+        yield
+    finally:
+        _APPEARANCE.reset(token)
+
+
+def terrain(rows: int, cols: int, seed: int = 0, octaves: int = 5) -> np.ndarray:
+    """Fractal value noise in [0, 1]: octaves of seeded random lattices, bilinearly upsampled
+    (the same seed gives the same landscape at any size, so 10 m and 20 m bands agree)."""
+    rng = np.random.default_rng(seed + 7919)
+    out = np.zeros((rows, cols))
+    for o in range(octaves):
+        n = 2 ** (o + 2)
+        lattice = rng.random((n + 1, n + 1))
+        y = np.linspace(0, n, rows, endpoint=False) + n / rows / 2
+        x = np.linspace(0, n, cols, endpoint=False) + n / cols / 2
+        y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+        fy, fx = (y - y0)[:, None], (x - x0)[None, :]
+        fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)  # smoothstep: no lattice creases
+        a, b = lattice[y0][:, x0], lattice[y0][:, x0 + 1]
+        c, d = lattice[y0 + 1][:, x0], lattice[y0 + 1][:, x0 + 1]
+        out += 0.55 ** o * ((a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy)
+    return (out - out.min()) / max(out.max() - out.min(), 1e-9)
+
+
+def land_cover(rows: int, cols: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(cover class index into ``_COVER``, terrain) of a landscape: water below 0.3, forest
+    above 0.68, fields (a seeded crop per rectangle of a tilted grid) between."""
+    t = terrain(rows, cols, seed)
+    r = np.arange(rows)[:, None] / rows
+    c = np.arange(cols)[None, :] / cols
+    field = ((r * 9 + c * 2).astype(int) * 31 + (c * 7 - r * 1.5 + 2).astype(int) * 17 + seed) % 5
+    crops = np.array([2, 3, 4, 2, 3])[field]
+    cover = np.where(t < 0.3, 0, np.where(t > 0.68, 1, crops))
+    return cover, t
+
+
+def land_band(name: str, rows: int, cols: int, seed: int = 0, dtype=np.uint16, scale: float = 1.0,
+              clouds: np.ndarray | None = None, shadows: np.ndarray | None = None,
+              haze: np.ndarray | None = None) -> np.ndarray:
+    """One band of the landscape (``name``: a canonical band; reflectance x 10000 x ``scale``),
+    with opaque ``clouds``, semi-transparent ``haze`` (cirrus, dilated cloud edges) and dark
+    ``shadows`` (boolean masks of the band's shape). Never 0 (0 is nodata)."""
+    cover, t = land_cover(rows, cols, seed)
+    base = np.asarray(_REFLECTANCE.get(name, _REFLECTANCE["red"]), dtype=np.float64)[cover]
+    detail = terrain(rows, cols, seed + 1, octaves=3)
+    value = base * (0.8 + 0.25 * t + 0.15 * detail)
+    bright = 7000 + 2500 * terrain(rows, cols, seed + 2, octaves=4)
+    if haze is not None:
+        value = np.where(haze, 0.55 * value + 0.45 * bright, value)
+    if clouds is not None:
+        value = np.where(clouds, bright, value)
+    if shadows is not None:
+        value = np.where(shadows, 0.35 * value, value)
+    top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else np.inf
+    return np.clip(value * scale, 1, top).astype(dtype)
+
+
+def _scl_masks(scl: np.ndarray) -> dict[str, np.ndarray]:
+    return {"clouds": np.isin(scl, (8, 9)), "haze": scl == 10, "shadows": scl == 3, "nodata": scl == 0}
+
+
+def _qa_masks(qa: np.ndarray) -> dict[str, np.ndarray]:
+    return {"clouds": (qa & (1 << 3)) > 0, "haze": ((qa & (1 << 1)) > 0) & ((qa & (1 << 3)) == 0),
+            "shadows": (qa & (1 << 4)) > 0}
+
+
+def _expand(mask: np.ndarray, factor: int) -> np.ndarray:
+    return np.repeat(np.repeat(mask, factor, 0), factor, 1) if factor > 1 else mask
+
+
+def _band_data(i: int, name: str, rows: int, cols: int, seed: int, noise: int,
+               masks: dict[str, np.ndarray] | None = None, factor: int = 1) -> np.ndarray:
+    """``band_pattern`` (the default) or, in ``land_appearance``, the land band with the
+    masks (given at 1/``factor`` of this band's resolution... or finer: see callers)."""
+    if _APPEARANCE.get() != "land":
+        return band_pattern(i, rows, cols, noise=noise)
+    masks = {k: _expand(v, factor)[:rows, :cols] for k, v in (masks or {}).items()}
+    nodata = masks.pop("nodata", None)
+    data = land_band(name, rows, cols, seed, **masks)
+    if nodata is not None:
+        data[nodata] = 0
+    return data
+
+
 def _asset(href: Path, shape, transform: Affine, roles=("data",), **extra) -> dict:
     return {"href": str(Path(href).resolve()), "type": COG_MEDIA_TYPE, "roles": list(roles),
             "proj:shape": [int(shape[0]), int(shape[1])], "proj:transform": list(transform)[:6], **extra}
@@ -128,22 +240,29 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
     t20 = Affine(20, 0, origin[0], 0, -20, origin[1])
     crs = f"EPSG:{epsg}"
     assets = {}
+    half = size // 2
+    scl = scl_layer(half, half, seed)
+    masks = _scl_masks(scl)
     for i, name in enumerate(bands_10m):
         key = S2_BANDS_10M[name] if pc else name
-        path = write_cog(outdir / f"{key}.tif", band_pattern(i, size, size, noise=noise), t10, crs, nodata=0, blocksize=blocksize)
+        data = _band_data(i, name, size, size, seed, noise, masks, 2)
+        path = write_cog(outdir / f"{key}.tif", data, t10, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size, size), t10, gsd=10)
-    half = size // 2
     for i, name in enumerate(bands_20m, start=len(bands_10m)):
         key = S2_BANDS_20M[name] if pc else name
-        path = write_cog(outdir / f"{key}.tif", band_pattern(i, half, half, noise=noise), t20, crs, nodata=0, blocksize=blocksize)
+        data = _band_data(i, name, half, half, seed, noise, masks, 1)
+        path = write_cog(outdir / f"{key}.tif", data, t20, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (half, half), t20, gsd=20)
     scl_key = "SCL" if pc else "scl"
-    path = write_cog(outdir / f"{scl_key}.tif", scl_layer(half, half, seed), t20, crs, nodata=0, blocksize=blocksize)
+    path = write_cog(outdir / f"{scl_key}.tif", scl, t20, crs, nodata=0, blocksize=blocksize)
     assets[scl_key] = _asset(path, (half, half), t20, gsd=20)
     if size % 6 == 0:
         t60 = Affine(60, 0, origin[0], 0, -60, origin[1])
         key = "B01" if pc else "coastal"
-        path = write_cog(outdir / f"{key}.tif", band_pattern(20, size // 6, size // 6), t60, crs, nodata=0, blocksize=blocksize)
+        sixth = size // 6
+        data = (band_pattern(20, sixth, sixth) if _APPEARANCE.get() != "land" else
+                _band_data(20, "coastal", sixth, sixth, seed, 0, {k: v[1::3, 1::3] for k, v in masks.items()}))
+        path = write_cog(outdir / f"{key}.tif", data, t60, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size // 6, size // 6), t60, gsd=60)
     properties = {"eo:cloud_cover": cloud_cover, "platform": "sentinel-2a", "s2:nodata_pixel_percentage": 12.0,
                   "grid:code": "MGRS-20HNJ"}
@@ -164,8 +283,9 @@ def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed:
     qa = qa_pixel_layer(rows, cols, seed)
     fill = (qa & 1) == 1
     assets = {}
+    masks = _qa_masks(qa)
     for i, name in enumerate(LANDSAT_BANDS):
-        data = band_pattern(i, rows, cols, noise=noise)
+        data = _band_data(i, name, rows, cols, seed, noise, masks)
         data[fill] = 0
         path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
         assets[name] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
@@ -184,7 +304,10 @@ def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id:
     """A NAIP scene at 0.6 m: one 4-band uint8 ``image`` asset (red, green, blue, nir)."""
     outdir = Path(outdir) / item_id
     t = Affine(0.6, 0, origin[0], 0, -0.6, origin[1])
-    data = np.stack([(band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)])
+    if _APPEARANCE.get() == "land":
+        data = np.stack([land_band(n, rows, cols, 3, np.uint8, 255 / 6000) for n in ("red", "green", "blue", "nir")])
+    else:
+        data = np.stack([(band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)])
     path = write_cog(outdir / "image.tif", data, t, f"EPSG:{epsg}", blocksize=blocksize)
     assets = {"image": _asset(path, (rows, cols), t)}
     properties = {"naip:year": str(when.year), "naip:state": "ma", "gsd": 0.6}
@@ -200,7 +323,10 @@ def linz_scene(outdir: str | Path, rows: int = 1000, cols: int = 800, *, item_id
     in NZTM, zeros in band 1 marking nodata along the right edge."""
     outdir = Path(outdir) / item_id
     t = Affine(0.3, 0, origin[0], 0, -0.3, origin[1])
-    data = np.stack([(band_pattern(i, rows, cols) % 250 + 1).astype(np.uint8) for i in range(3)])
+    if _APPEARANCE.get() == "land":
+        data = np.stack([land_band(n, rows, cols, 5, np.uint8, 255 / 3000) for n in ("red", "green", "blue")])
+    else:
+        data = np.stack([(band_pattern(i, rows, cols) % 250 + 1).astype(np.uint8) for i in range(3)])
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     data[:, c > cols - cols // 5 + r // 8] = 0
