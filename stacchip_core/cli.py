@@ -11,32 +11,50 @@ from pathlib import Path
 import click
 
 from stacchip_core.errors import StacchipError
+from stacchip_core.io.urls import redact_text
 
 log = logging.getLogger("stacchip_core")
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line an error prints as: its message (unexpected errors with their type),
+    URLs redacted, control characters escaped (catalog data cannot forge lines)."""
+    text = str(exc) if isinstance(exc, StacchipError) else f"{type(exc).__name__}: {exc}"
+    return redact_text(text.strip())  # arrow ends some messages with a newline
+
+
 class _Group(click.Group):
-    """Turns every error into one line on stderr and exit code 1: no tracebacks."""
+    """Turns every error into one line on stderr and exit code 1: no tracebacks.
+    Usage errors (a missing or bad option) stay click's: exit code 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except StacchipError as exc:
+        except Exception as exc:  # -vv shows the traceback
             log.debug("error", exc_info=True)
-            raise click.ClickException(str(exc)) from None
-        except Exception as exc:  # unexpected: still one line; -v shows the traceback
-            log.debug("unexpected error", exc_info=True)
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            raise click.ClickException(error_line(exc)) from None
 
 
-class _JsonFormatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """One line per message: URLs redacted, control characters (newlines in item ids…)
+    escaped. Tracebacks (-vv only) keep their lines, with URLs redacted."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = redact_text(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        return "\n".join(redact_text(line) for line in super().formatException(ei).splitlines())
+
+
+class _JsonFormatter(_LineFormatter):
     """One JSON object per line, for log shippers."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-                 "logger": record.name, "message": record.getMessage()}
+                 "logger": record.name, "message": redact_text(record.getMessage())}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -46,7 +64,7 @@ def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
     # default WARNING, -v INFO, -vv DEBUG (with tracebacks); -q only errors
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if log_json else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_JsonFormatter() if log_json else _LineFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer", "distributed"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
@@ -64,11 +82,12 @@ def cli(verbose: int, quiet: bool, log_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(as_json: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help="Also stacchip-core's built-in hook implementations.")
+def plugins(as_json: bool, show_all: bool) -> None:
     """Installed plugins, their versions, platforms and hooks."""
     from stacchip_core.plugins import plugin_info
 
-    rows = plugin_info()
+    rows = plugin_info(builtins=show_all)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -121,9 +140,10 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
     item = item_for_row(record, mountpath)
     x, y = int(record["chip_index_x"]), int(record["chip_index_y"])
     with Chipper(item, assets=assets.split(",") if assets else None, mountpath=mountpath,
-                 chip_size=int(record["chip_size"]), platform=find_platform(record["platform"])) as chipper:
+                 chip_size=int(record["chip_size"]), platform=find_platform(record["platform"]),
+                 layouts=record.get("layouts")) as chipper:
         pixels = chipper.chip(x, y)
-        write_chip(output, pixels, chipper.grid, x, y, chipper.platform, metadata={"chipid": record["chipid"]})
+        write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
     click.echo(f"{output}: {record['chipid']}: {shapes}")
 
@@ -167,7 +187,7 @@ def _finish(report, store_location: str, key: str) -> None:
     click.echo(f"{s['done']} of {s['tasks']} jobs done, {s['failed']} failed in {report.seconds:.1f} s "
                f"({report.scheduler}); report: {url}")
     for task in report.failed:
-        click.echo(f"failed: job {task.index}: {task.error}", err=True)
+        click.echo(f"failed: job {task.index}: {redact_text(task.error or '')}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -237,8 +257,11 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
     (or many jobs with --index-range/--all)."""
     from functools import partial
 
+    from stacchip_core.io.keys import name
     from stacchip_core.training.prechip import ChipFilter, count_jobs, prechip_job
     from stacchip_core.pipeline.runner import run_tasks
+
+    name(version, "--version")  # a folder under TARGET, never a path out of it
 
     chip_filter = ChipFilter(tuple(platforms_) or None, max_nodata, max_cloud, start.date() if start else None,
                              end.date() if end else None, tuple(bbox) if bbox else None)
@@ -299,6 +322,12 @@ def demo(out: Path) -> None:
     for s in result["summary"]:
         click.echo(f"{s['platform']:<18}{s['items']:>6}{s['chips']:>7}{s['cloud_mean']:>12.3f}{s['cloud_free_chips']:>12}"
                    f"{s['nodata_mean']:>13.3f}{s['nodata_free_chips']:>13}")
+    t = result.get("throughput")
+    if t:  # the demo's index map and throughput
+        click.echo(f"\nmap:      {result['map_html']} (offline page), {result['map_png']}")
+        click.echo(f"indexed:  {t['chips']} chips of {t['items']} items in {t['process_seconds']:.1f} s "
+                   f"({t['chips_indexed_per_second']:.1f} chips/s, processing included)")
+        click.echo(f"read:     {t['chips_read']} chips in {t['read_seconds']:.1f} s ({t['chips_read_per_second']:.1f} chips/s)")
 
 
 def register_plugin_commands() -> None:
@@ -336,8 +365,100 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
             raise StacchipError("STACCHIP_BUCKET env var not set")
         source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
-    except (StacchipError, ValueError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    except Exception as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
+        log.debug("error", exc_info=True)
+        print(f"Error: {error_line(exc)}", file=sys.stderr)
         sys.exit(1)
     for r in results:
         print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+
+
+# --- the original's stacchip-prechip and stacchip-stats scripts (appended) -----------------
+
+ORIGINAL_CUBE_VERSION = "mode_v1_chipper_v2"  # the cube folder stacchip 0.1 wrote
+ORIGINAL_CUBE_BUCKET = "clay-v1-data-cubes"  # where stacchip 0.1's stacchip-stats read cubes
+
+
+def _env_value(name: str, default=None, kind=str):
+    import os
+
+    value = os.environ.get(name)
+    if value in (None, ""):  # empty counts as unset
+        if default is None:
+            raise StacchipError(f"{name} env var not set")
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise StacchipError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+
+
+def _bucket_location(value: str) -> str:
+    """stacchip 0.1 took bucket names; a URL or a path is used as it is."""
+    if "://" in value or value.startswith(("/", ".")):
+        return value
+    return f"s3://{value}"
+
+
+def env_prechip() -> None:
+    """``stacchip-prechip``: stacchip 0.1's cube script, configured as it was, mapped onto
+    ``stacchip prechip``: AWS_BATCH_JOB_ARRAY_INDEX (or JOB_COMPLETION_INDEX,
+    SLURM_ARRAY_TASK_ID) the job, STACCHIP_INDEXPATH the merged index, STACCHIP_CHIP_BUCKET
+    the target (a bucket name, an s3:// URL or a folder), STACCHIP_PLATFORM (optional, one
+    platform), STACCHIP_CUBES_PER_JOB (10), STACCHIP_POOL_SIZE (10 parallel reads),
+    STACCHIP_MAX_NODATA (0.05). Cubes of 128 chips go to ``mode_v1_chipper_v2/{platform}/``
+    as in 0.1. STACCHIP_DATA_BUCKET is not needed: index rows carry their item's href."""
+    from stacchip_core.pipeline.runner import INDEX_ENV_VARS, job_index_from_env
+    from stacchip_core.training.prechip import ChipFilter, prechip_job
+
+    _setup_logging(1, False)  # batch logs: INFO
+    try:
+        job = job_index_from_env()
+        if job is None:
+            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
+        index = _env_value("STACCHIP_INDEXPATH")
+        target = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET"))
+        platform = _env_value("STACCHIP_PLATFORM", "")
+        chip_filter = ChipFilter((platform,) if platform else None, _env_value("STACCHIP_MAX_NODATA", 0.05, float))
+        report = prechip_job(job, index=index, target=target, version=ORIGINAL_CUBE_VERSION,
+                             cubes_per_job=_env_value("STACCHIP_CUBES_PER_JOB", 10, int), cube_size=128, seed=42,
+                             chip_filter=chip_filter, workers=_env_value("STACCHIP_POOL_SIZE", 10, int))
+    except StacchipError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{len(report['written'])} cubes written, {len(report['skipped'])} skipped, {len(report['failed'])} failed "
+          f"({report['chips']} chips, {report['cubes_total']} cubes in all)")
+    for line in report["failed"]:
+        print(f"failed: {line}", file=sys.stderr)
+    if report["failed"]:
+        sys.exit(1)
+
+
+def env_stats() -> None:
+    """``stacchip-stats``: stacchip 0.1's band statistics script, mapped onto ``stacchip
+    stats``: STACCHIP_PLATFORM (required) picks ``{bucket}/mode_v1_chipper_v2/{platform}``,
+    the bucket is STACCHIP_CHIP_BUCKET (default ``clay-v1-data-cubes``, where 0.1 read),
+    STACCHIP_POOL_SIZE (4) parallel reads. Prints the mean and std per band as 0.1 did.
+    STACCHIP_MAX_CUBES is not honoured: every cube is read (0.1 read the first 4 by default)."""
+    import os
+
+    from stacchip_core.training.bandstats import band_stats
+
+    _setup_logging(1, False)
+    try:
+        platform = _env_value("STACCHIP_PLATFORM")
+        bucket = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET", ORIGINAL_CUBE_BUCKET))
+        if os.environ.get("STACCHIP_MAX_CUBES"):
+            log.warning("STACCHIP_MAX_CUBES is ignored: the statistics are computed over every cube")
+        result = band_stats(f"{bucket.rstrip('/')}/{ORIGINAL_CUBE_VERSION}/{platform}",
+                            _env_value("STACCHIP_POOL_SIZE", 4, int))
+    except StacchipError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    bands = result.get(platform, {})
+    print("-- Mean by band")
+    for band, s in bands.items():
+        print(f"{band}: {s['mean']}")
+    print("-- Std by band")
+    for band, s in bands.items():
+        print(f"{band}: {s['std']}")

@@ -25,3 +25,22 @@ class PluginError(StacchipError):
 class ObjectError(AssetError):
     """An object (an asset or an item JSON) could not be read: missing, forbidden,
     truncated, or the server kept failing. The message names the URL, redacted."""
+
+
+class UnsafeKeyError(StacchipError):
+    """A store key built from an option or catalog data would leave its prefix."""
+
+
+class IndexFormatError(StacchipError):
+    """A file is not a stacchip index (unreadable, wrong schema, missing values)."""
+
+
+class GridError(StacchipError):
+    """The chip grid of an item is degenerate (empty, too large, rotated, non-square pixels)."""
+
+
+class SampleAttributeError(StacchipError, KeyError):
+    """A platform's selection needs an attribute the sample source does not have (still a
+    KeyError for code that catches one)."""
+
+    __str__ = Exception.__str__

@@ -138,6 +138,23 @@ def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Store,
     """
 
 
+@hookspec(firstresult=True)
+def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
+    """Sign or rewrite an asset href just before stacchip reads or copies it (*first result*).
+
+    Called with the href about to be opened (``s3://``, ``https://``, or a local path when a
+    mount path maps it) and the :class:`pystac.Asset` it belongs to (``asset.owner`` is its
+    item), or ``None`` when the href has no asset. Return the href to use instead (a URL with
+    a SAS token or a presigned query, a mirror, a local cache path), or ``None`` to leave it
+    to the next implementation and finally unchanged. Called for every open and copy, so
+    cache tokens rather than fetching one per call; never log the signed href (stacchip
+    redacts it in its own messages). The stacchip-naip plugin signs Planetary Computer blob
+    hrefs with the ``planetary-computer`` package (extra ``stacchip-naip[planetary-computer]``),
+    as the last resort (``trylast``): a user's signer registered as a plugin answers first.
+    Use :func:`stacchip_core.plugins.sign_href` to apply it.
+    """
+
+
 @hookspec
 def stacchip_register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``stacchip`` command line.

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import pystac
+
+# Copernicus Data Space names assets by band and resolution: B04_10m, B04_20m, SCL_20m, SCL_60m
+_RESOLUTION_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<res>\d+(?:\.\d+)?)m$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,9 @@ class Platform:
         """The key under which ``item`` holds band/layer ``name``, trying every alias.
 
         Unknown names are looked up as plain asset keys. Matching ignores case, since
-        catalogs disagree (``scl`` vs ``SCL``).
+        catalogs disagree (``scl`` vs ``SCL``). When no key matches exactly, keys with a
+        resolution suffix match (Copernicus Data Space: ``B04_10m``, ``SCL_20m``), the
+        finest resolution of a band first.
         """
         band = self.find(name)
         candidates = band.keys if band else (name,)
@@ -73,6 +79,12 @@ class Platform:
                 return key
             if key.lower() in lower:
                 return lower[key.lower()]
+        # resolution-suffixed keys (CDSE: B04_10m, B04_20m, B04_60m): the finest of a band wins
+        suffixed = resolution_suffixed(item.assets)
+        for key in candidates:
+            found = suffixed.get(key.lower())
+            if found:
+                return found
         return None
 
     def asset_keys(self, item: pystac.Item) -> dict[str, str]:
@@ -83,3 +95,23 @@ class Platform:
             if key is not None:
                 found[band.name] = key
         return found
+
+
+def resolution_suffixed(keys) -> dict[str, str]:
+    """``{base key lowercased: finest-resolution key}`` for keys like ``B04_10m``/``B04_20m``."""
+    best: dict[str, tuple[float, str]] = {}
+    for key in keys:
+        m = _RESOLUTION_SUFFIX.match(key)
+        if m:
+            base, res = m["base"].lower(), float(m["res"])
+            if base not in best or res < best[base][0]:
+                best[base] = (res, key)
+    return {base: key for base, (_, key) in best.items()}
+
+
+def unresolved_bands_message(item: pystac.Item, platform: Platform | None) -> str:
+    """One line saying that no band of ``platform`` resolves in ``item``, with its asset keys."""
+    what = f"none of platform {platform.name!r}'s bands ({', '.join(platform.band_names)})" if platform and \
+        platform.bands else "no raster asset"
+    return (f"item {item.id!r}: {what} resolves to an asset; its asset keys are: "
+            f"{', '.join(item.assets) or '(none)'}; name assets explicitly or add aliases in the plugin")

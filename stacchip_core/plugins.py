@@ -14,13 +14,15 @@ from functools import lru_cache
 import pluggy
 import pystac
 
-from stacchip_core import hookspecs
+from stacchip_core import hookspecs, signing
 from stacchip_core.errors import PlatformError, PluginError
 from stacchip_core.platform import Platform
 
 log = logging.getLogger(__name__)
 
 GROUP = "stacchip"
+BUILTIN_SIGNER = "stacchip-core.signing"
+BUILTIN_PLUGINS = frozenset({BUILTIN_SIGNER})  # listed by `stacchip plugins --all` only
 ALLOW_ENV = "STACCHIP_PLUGINS"
 
 # entry-point name -> (distribution, version) of the plugins loaded
@@ -39,6 +41,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager, loaded on first use."""
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
+    pm.register(signing, name=BUILTIN_SIGNER)  # built in: Planetary Computer hrefs
     allowed = _allowed()
     for ep in importlib.metadata.entry_points(group=GROUP):
         if allowed is not None and ep.name not in allowed:
@@ -108,19 +111,44 @@ def platform_for_item(item: pystac.Item) -> Platform:
     )
 
 
-def plugin_info() -> list[dict]:
-    """Installed plugins: name, distribution, version, platforms and implemented hooks."""
+def plugin_info(builtins: bool = False) -> list[dict]:
+    """Installed plugins: name, distribution, version, platforms and implemented hooks;
+    with ``builtins``, stacchip-core's own hook implementations too."""
     pm = get_plugin_manager()
     rows = []
     for name, plugin in pm.list_name_plugin():
-        if plugin is None:
+        if plugin is None or (name in BUILTIN_PLUGINS and not builtins):
             continue
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         declared = []
         if hasattr(plugin, "stacchip_platforms"):
             declared = [p.name for p in plugin.stacchip_platforms() or []]
         dist, version = _DISTRIBUTIONS.get(name, (name, "?"))
+        if name in BUILTIN_PLUGINS:
+            dist, version = "stacchip-core", importlib.metadata.version("stacchip-core")
         rows.append(
             {"name": name, "distribution": dist, "version": version, "platforms": declared, "hooks": hooks}
         )
     return rows
+
+
+def sign_href(href: str, asset: pystac.Asset | None = None) -> str:
+    """``href`` as the ``stacchip_sign_href`` hook rewrites it (signed, redirected), or
+    unchanged when no installed plugin answers. Call it right before an href is opened or
+    copied, never earlier: signatures expire, and items keep their unsigned hrefs."""
+    signed = get_plugin_manager().hook.stacchip_sign_href(href=href, asset=asset)
+    if signed is None or signed == href:
+        return href
+    if not isinstance(signed, str):
+        raise PluginError(f"stacchip_sign_href returned {type(signed).__name__}, not a str")
+    log.debug("href of asset %s rewritten by a stacchip_sign_href hook", _asset_name(asset))
+    return signed
+
+
+def _asset_name(asset: pystac.Asset | None) -> str:
+    if asset is None or asset.owner is None:
+        return "(none)"
+    for key, value in asset.owner.assets.items():
+        if value is asset:
+            return f"{key!r} of {asset.owner.id!r}"
+    return f"of {asset.owner.id!r}"

@@ -224,3 +224,23 @@ def torch():
     import torch
 
     return torch
+
+
+# --- torchgeo / lightning (issue 14: integrations) -------------------------------------
+
+@pytest.fixture(scope="session")
+def torchgeo(torch):
+    """torchgeo (and lightning, torchvision), installed on first use by tests/provision.py."""
+    from provision import import_torch_stack
+
+    import_torch_stack()
+    import torchgeo
+
+    return torchgeo
+
+
+@pytest.fixture(scope="session")
+def lightning(torchgeo):
+    import lightning
+
+    return lightning

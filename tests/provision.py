@@ -69,6 +69,24 @@ def ensure_postgis() -> None:
         raise ProvisionError(f"installing {' '.join(DEBIAN_PACKAGES)} did not provide {POSTGIS_CONTROL}")
 
 
+def ensure_chromium() -> str:
+    """Debian's headless-capable Chromium (for the demo map's rendering test); its path."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    with _install_lock():
+        if not shutil.which("chromium"):
+            if os.geteuid() != 0 or not shutil.which("apt-get"):
+                raise ProvisionError("the demo map test needs Chromium: install Debian's chromium package")
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            _run(["apt-get", "update", "-qq"], env=env)
+            _run(["apt-get", "install", "-y", "-qq", "chromium"], env=env)
+    found = shutil.which("chromium")
+    if not found:
+        raise ProvisionError("installing chromium did not provide a chromium executable")
+    return found
+
+
 def _pins() -> dict[str, str]:
     pins = {}
     for line in OPTIONAL.read_text().splitlines():
@@ -104,3 +122,33 @@ def ensure_optional_packages() -> None:
     still = _missing()
     if still:
         raise ProvisionError(f"could not install {', '.join(still)} from {OPTIONAL.name}")
+
+
+def import_torch_stack() -> None:
+    """Import torch, torchvision, lightning and torchgeo (installed by ensure_optional_packages).
+
+    The only torchvision wheels in the registries are CUDA builds: their compiled ops cannot
+    load against the CPU torch from /opt/wheels, and torchvision 0.28 then fails at import on
+    registering a fake kernel for ``torchvision::nms``. Declaring the two op schemas first lets
+    it import (detection ops like nms stay unavailable; nothing here uses them). With a
+    matching torchvision build this does nothing."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    if spec is not None and not _cpu_stub_lib:
+        libs = list(Path(spec.origin).parent.glob("_C*.so"))
+        try:
+            for path in libs:
+                torch.ops.load_library(str(path))
+        except OSError:  # a CUDA build: libc10_cuda.so is missing
+            _cpu_stub_lib.append(lib := torch.library.Library("torchvision", "FRAGMENT"))
+            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision  # noqa: F401
+    import lightning  # noqa: F401
+    import torchgeo  # noqa: F401
+
+
+_cpu_stub_lib: list = []  # keeps the Library object (and its definitions) alive

@@ -1,26 +1,128 @@
+import json
+import os
+import subprocess
+
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import rasterio
+import shapely
 
 from conftest import run_cli
+from provision import ensure_chromium
+from stacchip_core.demo.maps import cloud_colours
+
+SCL_CLOUD = (1, 3, 8, 9, 10)  # what the Sentinel-2 plugin counts as cloud
 
 
-def test_demo_runs_the_whole_job_offline(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("STACCHIP_LINZ_SOURCE", raising=False)
-    r = run_cli("-q", "demo", "-o", "demo")  # relative, as in the README
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    cwd, linz = os.getcwd(), os.environ.pop("STACCHIP_LINZ_SOURCE", None)
+    os.chdir(root)
+    try:
+        r = run_cli("-q", "demo", "-o", "demo")  # relative, as in the README
+    finally:
+        os.chdir(cwd)
+        os.environ.pop("STACCHIP_LINZ_SOURCE", None)
+        if linz is not None:
+            os.environ["STACCHIP_LINZ_SOURCE"] = linz
     assert r.returncode == 0, r.stderr
-    table = pq.read_table(tmp_path / "demo" / "bucket" / "merged.parquet")
+    return root / "demo", r
+
+
+def test_demo_runs_the_whole_job_offline(demo):
+    out, r = demo
+    table = pq.read_table(out / "bucket" / "merged.parquet")
     platforms = table["platform"].to_pylist()
     items = {p: len({i for i, q in zip(table["item_id"].to_pylist(), platforms) if q == p}) for p in set(platforms)}
     # by the archive's construction: S2 sample 0 -> 6 items (2 years x 3 quarters under the cloud
-    # limit), Landsat 4 quarters per level, NAIP latest + one older, LINZ 10 of 12 tiles
-    assert items == {"sentinel-2-l2a": 6, "landsat-c2l2-sr": 4, "landsat-c2l1": 4, "naip": 2, "linz": 10}
+    # limit), Landsat 4 quarters per level, NAIP latest + one older, LINZ 10 of 12 tiles,
+    # Sentinel-1 the one item over the tile in the drawn quarter, MODIS one per drawn month of 2018
+    assert items == {"sentinel-2-l2a": 6, "landsat-c2l2-sr": 4, "landsat-c2l1": 4, "naip": 2, "linz": 10,
+                     "sentinel-1-rtc": 1, "modis": 4}
     assert platforms.count("naip") == 8 and platforms.count("linz") == 10
-    index_files = list((tmp_path / "demo" / "bucket" / "index").rglob("*.parquet"))
-    assert len(index_files) == 26
-    for item_dir in (tmp_path / "demo" / "bucket" / "sentinel-2-l2a").iterdir():
+    index_files = list((out / "bucket" / "index").rglob("*.parquet"))
+    assert len(index_files) == 31
+    for item_dir in (out / "bucket" / "sentinel-2-l2a").iterdir():
         assert (item_dir / "stac_item.json").exists()
     for platform in items:
-        with rasterio.open(tmp_path / "demo" / "previews" / f"{platform}.png") as ds:
+        with rasterio.open(out / "previews" / f"{platform}.png") as ds:
             assert ds.count == 3
     assert "sentinel-2-l2a" in r.stdout and "cloud mean" in r.stdout and "bucket:" in r.stdout
+    assert f"indexed:  {len(table)} chips of 31 items" in r.stdout and "chips/s" in r.stdout
+    assert "read:     44 chips" in r.stdout  # 8 previewed chips of linz, naip, S2, S1; 4 of each Landsat, MODIS
+
+
+def _outline(mask):
+    m = np.pad(mask, 1, mode="edge")
+    return mask & ~(m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])
+
+
+@pytest.mark.parametrize("tile", [0, 1, 5])
+def test_s2_preview_outlines_the_cloud_mask_and_shows_clouds(demo, tile):
+    """Tiles are the cloudiest chips first; in each, magenta is exactly the SCL cloud mask's
+    outline, clouds are white, and the printed fraction is the mask's mean."""
+    from stacchip_core.demo.previews import GAP, LABEL
+
+    out, _ = demo
+    table = pq.read_table(out / "bucket" / "merged.parquet").to_pylist()
+    rows = sorted([r for r in table if r["platform"] == "sentinel-2-l2a"], key=lambda r: -r["cloud_cover_percentage"])
+    row = rows[tile]
+    item = json.loads(open(row["item_href"]).read())
+    cs, x, y = row["chip_size"], row["chip_index_x"], row["chip_index_y"]
+    scl_href = next(a["href"] for k, a in item["assets"].items() if k.lower() == "scl")
+    with rasterio.open(scl_href) as ds:  # 20 m: half the chip's pixels
+        scl = ds.read(1, window=((y * cs // 2, (y + 1) * cs // 2), (x * cs // 2, (x + 1) * cs // 2)))
+    scl = np.repeat(np.repeat(scl, 2, 0), 2, 1)
+    mask = np.isin(scl, SCL_CLOUD)
+    assert mask.mean() == pytest.approx(row["cloud_cover_percentage"], abs=1e-6)
+    with rasterio.open(out / "previews" / "sentinel-2-l2a.png") as ds:
+        png = ds.read()
+    r, c = divmod(tile, 4)
+    r0, c0 = GAP + r * (cs + LABEL + GAP), GAP + c * (cs + GAP)
+    pix = png[:, r0:r0 + cs, c0:c0 + cs]
+    magenta = (pix[0] == 255) & (pix[1] == 0) & (pix[2] == 255)
+    np.testing.assert_array_equal(magenta, _outline(mask))
+    opaque = np.isin(scl, (8, 9)) & ~_outline(mask)
+    assert opaque.sum() > 100 and (pix[:, opaque] >= 250).all()  # clouds are drawn white
+    clear = ~mask & (scl != 0)
+    assert (pix[:, clear].min(axis=0) >= 250).mean() < 0.02  # and the land is not
+
+
+def test_index_map_png_shows_every_cloud_level(demo):
+    out, _ = demo
+    table = pq.read_table(out / "bucket" / "merged.parquet")
+    with rasterio.open(out / "previews" / "index_map.png") as ds:
+        png = ds.read()[:3]
+    found = {tuple(int(v) for v in png[:, i, j]) for i, j in zip(*np.nonzero(png[0] >= 0))}
+    for colour in set(cloud_colours(table["cloud_cover_percentage"].to_numpy())):
+        rgb = tuple(int(colour[k:k + 2], 16) for k in (1, 3, 5))
+        assert rgb in found, colour
+
+
+def test_index_map_html_renders_the_chips_offline_in_chromium(demo, tmp_path):
+    out, _ = demo
+    chromium = ensure_chromium()
+    page = out / "previews" / "index_map.html"
+    text = page.read_text()
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in text
+    table = pq.read_table(out / "bucket" / "merged.parquet")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--window-size=1000,700"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.stdout.count('class="chip"') == len(table)
+    shot = tmp_path / "map.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    with rasterio.open(shot) as ds:
+        pixels = ds.read()[:3].reshape(3, -1).T
+    # the first view is the S2 tile; where chips of several dates overlap, the cloudiest is on top
+    s2 = table.filter(np.asarray(table["platform"].to_pylist()) == "sentinel-2-l2a")
+    top = {}
+    for g, cloud in zip(shapely.from_wkb(s2["geometry"].to_numpy(zero_copy_only=False)),
+                        s2["cloud_cover_percentage"].to_numpy()):
+        top[g.wkb] = max(cloud, top.get(g.wkb, -1.0))
+    colours = {tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in cloud_colours(np.array(list(top.values())))}
+    for rgb in colours:
+        assert (pixels == rgb).all(axis=1).sum() > 2000, rgb

@@ -118,10 +118,15 @@ def test_chip_fractions_equal_a_per_chip_loop():
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
-def test_chip_fractions_need_whole_blocks():
+def test_chip_fractions_weigh_native_pixels_cut_by_chip_edges():
+    # 256 is not a multiple of 6: a 60 m pixel straddles chips and counts by its share in each
     grid = ChipGrid((1000, 1000), Affine(10, 0, 0, 0, -10, 0), pyproj.CRS("EPSG:32633"), 256)
-    with pytest.raises(ValueError, match="multiple"):
-        grid.chip_fractions(np.zeros((200, 200), bool), 6)
+    mask = np.random.default_rng(6).random((200, 200)) < 0.3
+    expanded = mask.repeat(6, 0).repeat(6, 1)
+    reference = [[expanded[y * 256:(y + 1) * 256, x * 256:(x + 1) * 256].mean() for x in range(3)] for y in range(3)]
+    np.testing.assert_allclose(grid.chip_fractions(mask, 6), reference, atol=1e-6)
+    with pytest.raises(ValueError, match="does not cover"):
+        grid.chip_fractions(np.zeros((100, 100), bool), 6)
 
 
 def test_class_and_bit_masks():

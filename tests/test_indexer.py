@@ -18,8 +18,9 @@ def test_s2_index_of_the_real_item(s2_fixture):
     assert indexer.platform.name == "sentinel-2-l2a"
     table = indexer.create_index()
     assert len(table) == 1764 == 42 * 42
-    cloud = per_chip(np.isin(scl, [1, 3, 8, 9, 10]), 128, 42, 42).ravel()
-    nodata = per_chip(scl == 0, 128, 42, 42).ravel()
+    # ESA SCL: 3, 8, 9, 10 cloud; 0 no data and 1 saturated/defective are nodata (test_catalogs_classes.py)
+    cloud = per_chip(np.isin(scl, [3, 8, 9, 10]), 128, 42, 42).ravel()
+    nodata = per_chip(np.isin(scl, [0, 1]), 128, 42, 42).ravel()
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), cloud, atol=1e-6)
     np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), nodata, atol=1e-6)
     first = table.slice(0, 1).to_pylist()[0]
@@ -30,19 +31,21 @@ def test_s2_index_of_the_real_item(s2_fixture):
 
 def test_s2_nodata_filter_counts(s2_fixture):
     item, scl = s2_fixture
-    nodata = per_chip(scl == 0, 128, 42, 42)
-    for limit in (0.0, 0.1, 0.5):
+    nodata = per_chip(np.isin(scl, [0, 1]), 128, 42, 42)
+    # every chip holds some class 1 (saturated/defective, nodata): no chip passes a limit of 0
+    assert len(Indexer(item, chip_max_nodata=0.0).create_index()) == 0
+    for limit in (0.05, 0.1, 0.5):
         table = Indexer(item, chip_max_nodata=limit).create_index()
         assert len(table) == int((nodata <= limit + 1e-7).sum())
         assert pa.compute.max(table["nodata_percentage"]).as_py() <= limit + 1e-7
-    assert 0 < len(Indexer(item, chip_max_nodata=0.0).create_index()) < len(Indexer(item, chip_max_nodata=0.5).create_index()) < 1764
+    assert 0 < len(Indexer(item, chip_max_nodata=0.05).create_index()) < len(Indexer(item, chip_max_nodata=0.5).create_index()) < 1764
 
 
 def test_planetary_computer_asset_keys(pc_s2_fixture):
     item, scl = pc_s2_fixture
     table = Indexer(item, chip_max_nodata=1.0).create_index()
     assert len(table) == 1764
-    cloud = per_chip(class_mask(scl, [1, 3, 8, 9, 10]), 128, 42, 42).ravel()
+    cloud = per_chip(class_mask(scl, [3, 8, 9, 10]), 128, 42, 42).ravel()
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), cloud, atol=1e-6)
 
 
@@ -52,11 +55,12 @@ def test_landsat_index_of_the_real_item(landsat_fixture):
     assert len(table) == 1024 == 32 * 32
     assert set(table["platform"].to_pylist()) == {"landsat-c2l2-sr"}
     fill = (qa & 1) == 1
-    cloud = ((qa & 0b10) | (qa & 0b1000) | (qa & 0b10000)) != 0
+    # dilated cloud, cirrus (bit 2, Landsat 8/9), cloud, cloud shadow
+    cloud = ((qa & 0b10) | (qa & 0b100) | (qa & 0b1000) | (qa & 0b10000)) != 0
     np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), per_chip(fill, 256, 32, 32).ravel(), atol=1e-6)
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), per_chip(cloud, 256, 32, 32).ravel(), atol=1e-6)
-    # bit 2 (unused flag) is not cloud
-    assert not bit_mask(np.array([1 << 2], np.uint16), (1, 3, 4))[0]
+    # bit 5 (snow) is not cloud; bit 2 (cirrus) is
+    assert bit_mask(np.array([1 << 2, 1 << 5], np.uint16), (1, 2, 3, 4)).tolist() == [True, False]
 
 
 def test_naip_index_of_the_real_item():
@@ -83,7 +87,7 @@ def test_item_without_platform_needs_a_name_or_no_stats():
 
 
 def test_unknown_platform_names_the_installed_ones():
-    with pytest.raises(PlatformError, match="unknown platform 'sentinel-3'.*landsat-c2l1, landsat-c2l2-sr, linz, naip, sentinel-2-l2a"):
+    with pytest.raises(PlatformError, match="unknown platform 'sentinel-3'; installed platforms: landsat-c2l1, landsat-c2l2-sr, linz, modis, naip, sentinel-1-rtc, sentinel-2-l2a"):
         Indexer(str(NAIP_ITEM), platform="sentinel-3")
 
 

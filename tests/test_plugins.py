@@ -17,7 +17,7 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) 
 
 def test_every_hook_has_a_docstring_and_a_readme_section():
     assert set(HOOKS) == {"stacchip_platforms", "stacchip_chip_stats", "stacchip_select_items",
-                          "stacchip_normalize_item", "stacchip_register_commands"}
+                          "stacchip_normalize_item", "stacchip_register_commands", "stacchip_sign_href"}
     text = README.read_text()
     for name in HOOKS:
         doc = inspect.getdoc(getattr(hookspecs, name))
@@ -53,7 +53,7 @@ def test_third_party_plugin_overrides_sentinel2_stats(with_example_plugin, s2_fi
     table = Indexer(item, chip_max_nodata=1.0).create_index()
     expected = per_chip_mean(class_mask(scl, [9]), 128, 42, 42)
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), expected.ravel(), atol=1e-6)
-    # without the plugin, the stock definition (classes 1, 3, 8, 9, 10) applies
+    # without the plugin, the stock definition (classes 3, 8, 9, 10) applies
     with pytest.MonkeyPatch.context() as m:
         m.setenv("STACCHIP_PLUGINS", "sentinel2")
         plugins.reset()
@@ -98,3 +98,17 @@ def test_misspelt_hook_is_reported(plugin_dir, monkeypatch):
     r = run_script("plugins", env={"PYTHONPATH": str(plugin_dir), "STACCHIP_PLUGINS": "broken"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().startswith("Error: ") and "stacchip_chip_stat" in r.stderr
+
+
+@pytest.mark.parametrize("args, listed", [([], False), (["--all"], True)])
+def test_the_built_in_signer_is_listed_with_all_only(args, listed):
+    from click.testing import CliRunner
+
+    from stacchip_core.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugins", "--json", *args])
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert ("stacchip-core.signing" in rows) is listed
+    if listed:
+        assert rows["stacchip-core.signing"]["hooks"] == ["stacchip_sign_href"]
+        assert rows["stacchip-core.signing"]["distribution"] == "stacchip-core"

@@ -44,3 +44,53 @@ def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path)
         assert len(done) == 10
     indexes = sorted((tmp_path / "bucket" / "index" / platform).rglob("*.parquet"))
     assert [p.parent.name for p in indexes] == sorted(done)
+
+
+# --- Sentinel-1 and MODIS (appended) -------------------------------------------------------
+
+@pytest.mark.parametrize("plugin, entry, platform, source", [
+    ("stacchip-sentinel1", "sentinel1", "sentinel-1-rtc", "mgrs"),
+    ("stacchip-modis", "modis", "modis", None),
+])
+def test_new_source_plugin_alone(plugin, entry, platform, source, archive, tmp_path):  # noqa: F811
+    from stacchip_core.demo.archive import modis_expected, s1_expected
+
+    venv = tmp_path / "venv"
+    subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
+    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    str(ROOT), str(ROOT / "plugins" / plugin)], check=True)
+    stacchip = venv / "bin" / "stacchip"
+    env = {"PATH": str(venv / "bin"), "HOME": str(tmp_path)}
+    info = json.loads(subprocess.run([str(stacchip), "plugins", "--json"], capture_output=True, text=True,
+                                     env=env, check=True).stdout)
+    assert [row["name"] for row in info] == [entry]
+    args = [str(stacchip), "-q", "process", platform, "--index", "0", "--bucket", str(tmp_path / "bucket"),
+            "--stac-api", str(archive.items)] + (["--sample", str(getattr(archive, source))] if source else [])
+    r = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    done = [line.split(":")[0] for line in r.stdout.splitlines()]
+    assert done == (s1_expected(0) if platform == "sentinel-1-rtc" else modis_expected())
+    indexes = sorted((tmp_path / "bucket" / "index" / platform).rglob("*.parquet"))
+    assert [p.parent.name for p in indexes] == sorted(done)
+
+
+def test_the_0_1_compat_distribution_installs_with_every_source(tmp_path):
+    """``stacchip`` (compat/stacchip) brings the 0.1 imports and every source plugin."""
+    venv = tmp_path / "venv"
+    subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
+    plugins = sorted((ROOT / "plugins").iterdir())
+    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT),
+                    *map(str, plugins), str(ROOT / "compat" / "stacchip")], check=True)
+    code = ("from stacchip.indexer import ChipIndexer, NoStatsChipIndexer, NoDataMaskChipIndexer, LandsatIndexer, "
+            "Sentinel2Indexer, ModisIndexer; from stacchip.chipper import Chipper; "
+            "from stacchip.utils import load_indexer_s3, load_indexer_local; import stacchip; print(stacchip.__version__)")
+    env = {"PATH": str(venv / "bin"), "HOME": str(tmp_path)}
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "0.2.0"
+    info = json.loads(subprocess.run([str(venv / "bin" / "stacchip"), "plugins", "--json"], capture_output=True,
+                                     text=True, env=env, check=True).stdout)
+    assert sorted(row["name"] for row in info) == ["landsat", "linz", "modis", "naip", "sentinel1", "sentinel2"]
+    scripts = {p.name for p in (venv / "bin").iterdir() if p.name.startswith("stacchip-")}
+    assert scripts == {"stacchip-landsat", "stacchip-landsat-l1", "stacchip-linz", "stacchip-modis", "stacchip-naip",
+                       "stacchip-prechip", "stacchip-sentinel-1", "stacchip-sentinel-2", "stacchip-stats"}

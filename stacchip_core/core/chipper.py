@@ -10,14 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pystac
+from affine import Affine
 from rasterio.errors import RasterioError
 
 from stacchip_core.errors import AssetError, PlatformError, StacchipError
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.indexer import Indexer, load_item
-from stacchip_core.platform import Platform
+from stacchip_core.platform import Platform, unresolved_bands_message
 from stacchip_core.plugins import find_platform, get_platform, platform_for_item
-from stacchip_core.core.raster import DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href
+from stacchip_core.core.chip import Chip, band_names
+from stacchip_core.core.raster import (DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href,
+                                       unsigned_href)
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.io.store import read_url
 
@@ -41,7 +44,8 @@ class Chipper:
     Default assets: the platform's bands in canonical order when the platform is known,
     else every raster asset; minus ``asset_blacklist`` (default: SCL and QA layers).
     Coarser assets (20 m, 60 m on a 10 m grid) are read at native resolution and expanded
-    by nearest neighbour. Open datasets are kept for the Chipper's lifetime: use it as a
+    by nearest neighbour. Assets off the grid's lattice (offset by a fraction of a pixel, or
+    of a non-whole pixel ratio) are resampled: ``resampling`` "nearest" (default) or "bilinear". Open datasets are kept for the Chipper's lifetime: use it as a
     context manager or call ``close()``.
     """
 
@@ -53,6 +57,7 @@ class Chipper:
         mountpath: str | Path | None = None,
         chip_size: int | None = None,
         platform: str | Platform | None = None,
+        resampling: str = "nearest",
         layouts: bytes | None = None,
         use_layouts: bool = True,
     ) -> None:
@@ -63,9 +68,10 @@ class Chipper:
             mountpath = mountpath or item_or_indexer.mountpath
         else:
             self.item = load_item(item_or_indexer)
-            self.grid = ChipGrid.from_item(self.item, chip_size or 256)
+            self.grid = ChipGrid.from_item(self.item, chip_size or 256, mountpath=mountpath)
             self.platform = self._platform(platform)
         self.mountpath = mountpath
+        self.resampling = resampling  # for assets off the grid's lattice (core.resample)
         blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
         self.assets = self._select_assets(assets, blacklist)
         apply_gdal_options()
@@ -105,13 +111,16 @@ class Chipper:
             keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
         else:
             keys = [k for k, a in self.item.assets.items() if _is_raster(a)]
-        return [k for k in keys if k.lower() not in blacklist]
+        keys = [k for k in keys if k.lower() not in blacklist]
+        if not keys:  # never hand out empty chips silently
+            raise AssetError(unresolved_bands_message(self.item, self.platform))
+        return keys
 
     # sequence protocol, as in stacchip 0.1: chips in row-major order
     def __len__(self) -> int:
         return self.grid.size
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def __getitem__(self, index: int) -> Chip:
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -119,7 +128,7 @@ class Chipper:
         y, x = divmod(index, self.grid.x_size)
         return self.chip(x, y)
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[Chip]:
         for index in range(len(self)):
             yield self[index]
 
@@ -149,7 +158,9 @@ class Chipper:
 
             blob = self._layout_blob
             if blob is None and self.use_layouts:
-                blob = record_layouts({k: asset_href(self.item.assets[k], self.mountpath) for k in self.assets})
+                t = self.grid.transform
+                blob = record_layouts({k: unsigned_href(self.item.assets[k], self.mountpath) for k in self.assets},
+                                      (t.a, t.c, t.e, t.f))
             self._layouts = decoded.get(blob) if blob else {}
             from stacchip_core.core.tiles import GridSpec
 
@@ -159,20 +170,33 @@ class Chipper:
     def _rasterio_chip(self, key: str, x: int, y: int) -> np.ndarray:
         ds = self._dataset(key)
         try:
-            return read_chip_window(ds, self.grid, self._factors[key], x, y)
+            return read_chip_window(ds, self.grid, self._factors[key], x, y, resampling=self.resampling)
         except RasterioError as exc:
             raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
 
-    def chip(self, x: int, y: int) -> dict[str, np.ndarray]:
-        """Pixels of chip (x, y) for every selected asset."""
+    def chip(self, x: int, y: int) -> Chip:
+        """Chip (x, y): a :class:`~stacchip_core.core.chip.Chip`, the mapping ``{asset key:
+        array (bands, cs, cs)}`` of every selected asset, with its transform and CRS."""
         return self.chips([(x, y)], workers=1)[0]
 
-    def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[dict[str, np.ndarray]]:
-        """Many chips. From layouts: every tile of every chip and asset fetched concurrently
-        (adjacent ranges coalesced) and decoded in async-tiff's thread pool. Assets without a
-        usable layout are read through rasterio by ``workers`` threads (GDAL releases the
-        GIL), which live as long as the Chipper and keep their open handles. Results keep
-        the order of ``xys``."""
+    def _chip(self, arrays: dict[str, np.ndarray], x: int, y: int) -> Chip:
+        col0, row0, _, _ = self.grid.window(x, y)
+        when = self.item.datetime or self.item.common_metadata.start_datetime
+        return Chip(
+            arrays=arrays, transform=self.grid.transform @ Affine.translation(col0, row0), crs=self.grid.crs,
+            item_id=self.item.id, x=x, y=y, band_names=band_names(arrays, self.platform),
+            platform=self.platform.name if self.platform else None,
+            datetime=when.isoformat() if when else None,
+            nodata=self.platform.nodata if self.platform else None,
+        )
+
+    def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[Chip]:
+        """Many chips (:class:`~stacchip_core.core.chip.Chip`). From layouts: every tile of
+        every chip and asset fetched concurrently (adjacent ranges coalesced) and decoded in
+        async-tiff's thread pool. Assets without a usable layout (none recorded, stale, a
+        codec async-tiff lacks, or off the grid's lattice: resampled) are read through
+        rasterio by ``workers`` threads (GDAL releases the GIL), which live as long as the
+        Chipper and keep their open handles. Results keep the order of ``xys``."""
         xys = [(int(x), int(y)) for x, y in xys]
         for x, y in xys:
             self.grid.window(x, y)  # bounds check with a clear message
@@ -200,7 +224,7 @@ class Chipper:
                 arrays = list(self._pool.map(lambda ik: self._rasterio_chip(ik[1], *xys[ik[0]]), todo))
             for (i, k), arr in zip(todo, arrays):
                 out[i][k] = arr
-        return [{k: res[k] for k in self.assets} for res in out]
+        return [self._chip({k: res[k] for k in self.assets}, x, y) for res, (x, y) in zip(out, xys)]
 
 
 _WARNED: set[str] = set()
@@ -238,8 +262,9 @@ def chip_from_row(
     assets: Sequence[str] | None = None,
     mountpath: str | Path | None = None,
     asset_blacklist: Sequence[str] | None = None,
-) -> dict[str, np.ndarray]:
-    """Pixels of the chip an index row describes (a dict of the row's columns)."""
+) -> Chip:
+    """The chip an index row describes (a dict of the row's columns); from the row's COG
+    layouts when it has them."""
     item = item_for_row(row, mountpath)
     with Chipper(
         item,

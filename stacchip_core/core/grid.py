@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,7 +13,9 @@ import pystac
 import shapely
 from affine import Affine
 
-from stacchip_core.errors import ProjectionError
+from stacchip_core.errors import GridError, ProjectionError
+
+log = logging.getLogger(__name__)
 
 CRS84 = pyproj.CRS("OGC:CRS84")
 _PROJ_KEYS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
@@ -32,24 +35,33 @@ def _crs_from_fields(fields: dict) -> pyproj.CRS | None:
     return None
 
 
-def item_crs(item: pystac.Item) -> pyproj.CRS:
-    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson (item or asset level)."""
+def _item_crs_or_none(item: pystac.Item) -> pyproj.CRS | None:
     crs = _crs_from_fields(item.properties)
     if crs is None:
         for asset in item.assets.values():
             crs = _crs_from_fields(asset.extra_fields)
             if crs is not None:
                 break
-    if crs is None:
-        raise ProjectionError(
-            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or its assets)"
-        )
+    return crs
+
+
+def _check_metric(item: pystac.Item, crs: pyproj.CRS) -> pyproj.CRS:
     unit = crs.axis_info[0].unit_name if crs.axis_info else None
     if not crs.is_projected or unit not in ("metre", "meter"):
         raise ProjectionError(
             f"item {item.id!r} is in {crs.to_string()} with units {unit!r}; stacchip needs a projected CRS in metres"
         )
     return crs
+
+
+def item_crs(item: pystac.Item) -> pyproj.CRS:
+    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson (item or asset level)."""
+    crs = _item_crs_or_none(item)
+    if crs is None:
+        raise ProjectionError(
+            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or its assets)"
+        )
+    return _check_metric(item, crs)
 
 
 def _shape_transform(fields: dict) -> tuple[tuple[int, int], Affine] | None:
@@ -90,6 +102,46 @@ def finest_shape_transform(item: pystac.Item) -> tuple[tuple[int, int], Affine]:
     return shape, transform
 
 
+# Limits of one item's grid. The index holds a polygon per chip and the statistics read
+# full-resolution masks, so memory grows with both: 2**32 pixels (a 65,536 px square; a
+# Sentinel-2 scene has 1.2e8) and 2**22 chips (~1 GB of footprints; a Sentinel-2 scene at
+# 256 px has 1,764). A 1e7 x 1e7 proj:shape wanted > 17 GB before this check.
+MAX_PIXELS = 1 << 32
+MAX_CHIPS = 1 << 22
+
+
+def validate_grid(
+    item_id: str, shape: tuple[int, int], transform: Affine, chip_size: int, square: bool = True,
+) -> None:
+    """A GridError unless chips of ``chip_size`` on a raster of ``shape`` and ``transform``
+    make a usable grid: pixels present and at most MAX_PIXELS, at least one and at most
+    MAX_CHIPS whole chips, a north-up (or south-up) transform with square, non-zero pixels.
+    The one check every grid built from an item passes, with or without statistics.
+    ``square=False`` admits non-square pixels: a caller-given shape (0.1's ``shape=``)
+    stretches the item's footprint over it."""
+    rows, cols = shape
+    what = f"item {item_id!r}"
+    if rows < 1 or cols < 1:
+        raise GridError(f"{what} has an empty raster (proj:shape [{rows}, {cols}])")
+    if rows * cols > MAX_PIXELS:
+        raise GridError(f"{what} has {rows * cols} pixels, more than the limit of {MAX_PIXELS}")
+    a, b, d, e = transform.a, transform.b, transform.d, transform.e
+    for size in (a, e):
+        if not math.isfinite(size) or size == 0:
+            raise GridError(f"{what} has a pixel size of {size:g} (proj:transform {list(transform)[:6]})")
+    if b != 0 or d != 0:
+        raise GridError(f"{what} is rotated or sheared (proj:transform {list(transform)[:6]}); "
+                        "stacchip needs north-up rasters")
+    if square and not math.isclose(abs(a), abs(e), rel_tol=1e-6):
+        raise GridError(f"{what} has non-square pixels ({abs(a):g} x {abs(e):g})")
+    chips = (rows // chip_size) * (cols // chip_size)
+    if chips == 0:
+        raise GridError(f"{what}: no whole chip of {chip_size} px fits its {rows} x {cols} px raster")
+    if chips > MAX_CHIPS:
+        raise GridError(f"{what} has {chips} chips of {chip_size} px, more than the limit of {MAX_CHIPS}; "
+                        "use a larger chip size")
+
+
 @dataclass(frozen=True)
 class ChipGrid:
     """Chips of ``chip_size`` pixels on a raster of ``shape`` (rows, cols) and ``transform``.
@@ -105,18 +157,34 @@ class ChipGrid:
 
     @classmethod
     def from_item(
-        cls, item: pystac.Item, chip_size: int = 256, shape: tuple[int, int] | None = None
+        cls, item: pystac.Item, chip_size: int = 256, shape: tuple[int, int] | None = None,
+        mountpath=None,
     ) -> ChipGrid:
+        """The chip grid of ``item`` from its projection metadata; where the item has none
+        (no CRS, or no shape with transform), from the header of its finest raster asset
+        (:func:`grid_from_header`, logged). ``mountpath`` maps remote hrefs as the readers do."""
         if chip_size < 1:
             raise ValueError(f"chip_size must be positive, got {chip_size}")
-        crs = item_crs(item)
-        found_shape, transform = finest_shape_transform(item)
+        crs = _item_crs_or_none(item)
+        try:
+            found_shape, transform = finest_shape_transform(item)
+        except ProjectionError:
+            found = None
+        else:
+            found = (found_shape, transform)
+        if crs is None or found is None:
+            # no projection metadata (LINZ items, early Landsat C2 items): the raster's header
+            header_shape, header_transform, header_crs = grid_from_header(item, mountpath)
+            crs = crs or header_crs
+            found_shape, transform = found or (header_shape, header_transform)
+        crs = _check_metric(item, crs)
         if shape is not None:
             # a caller-given shape keeps the footprint: pixel size follows from it
             sx = transform.a * found_shape[1] / shape[1]
             sy = transform.e * found_shape[0] / shape[0]
             transform = Affine(sx, transform.b, transform.c, transform.d, sy, transform.f)
             found_shape = (int(shape[0]), int(shape[1]))
+        validate_grid(item.id, found_shape, transform, chip_size, square=shape is None)
         return cls(found_shape, transform, crs, chip_size)
 
     @property
@@ -146,14 +214,24 @@ class ChipGrid:
         """Fraction of True pixels of a native-resolution mask in every chip.
 
         ``factor`` is how many grid pixels one mask pixel spans; a chip then covers
-        ``chip_size / factor`` mask pixels a side, which must be whole. Returns float32
+        ``chip_size / factor`` mask pixels a side. When that is not whole (255 px chips on a
+        20 m layer of a 10 m grid) native pixels cut by a chip edge count by the share of
+        their area inside the chip, as if the mask were expanded to the grid. Returns float32
         of shape (y_size, x_size). One vectorized reduction, no loop over chips.
         """
         cs = self.chip_size
-        if factor < 1 or cs % factor:
-            raise ValueError(f"chip size {cs} is not a multiple of the mask's factor {factor}")
-        block = cs // factor
+        if factor < 1:
+            raise ValueError(f"the mask's factor must be a positive integer, got {factor}")
         ny, nx = self.y_size, self.x_size
+        if cs % factor:
+            # chip edges cut native pixels: each counts by its share inside the chip
+            from stacchip_core.core.resample import partial_block_fractions
+
+            need = (-(-ny * cs // factor), -(-nx * cs // factor))
+            if mask.shape[0] < need[0] or mask.shape[1] < need[1]:
+                raise ValueError(f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of {cs / factor:g} px")
+            return partial_block_fractions(mask[: need[0], : need[1]] != 0, factor, cs, ny, nx)
+        block = cs // factor
         if mask.shape[0] < ny * block or mask.shape[1] < nx * block:
             raise ValueError(
                 f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of {block} px"
@@ -184,12 +262,17 @@ class ChipGrid:
     def footprints(self) -> tuple[np.ndarray, np.ndarray]:
         """Chip footprints in OGC:CRS84, in row-major chip order (y, then x).
 
-        Returns (polygons, bounds) where polygons is an array of shapely Polygons with a
-        counter-clockwise ring and bounds is float64 (n, 4) xmin, ymin, xmax, ymax.
+        Returns (geometries, bounds): an array of shapely Polygons (MultiPolygons for chips
+        that cross the antimeridian), every ring counter-clockwise, and float64 (n, 4) bounds
+        west, south, east, north. As in STAC items and GeoJSON (RFC 7946, 5.2), a chip that
+        crosses the antimeridian is split into its parts east and west of 180 degrees and
+        its bounds have west > east; a chip that contains a pole goes round it (the ring
+        follows the pole's latitude from -180 to 180) with bounds -180 to 180. Everything is
+        vectorized; only crossing and pole chips (one column, one chip) get extra work.
         """
         lon, lat = self._lattice_lonlat
         ny, nx = self.y_size, self.x_size
-        # corners in ring order top-left, bottom-left, bottom-right, top-right (CCW)
+        # corners in ring order top-left, bottom-left, bottom-right, top-right (CCW on a north-up grid)
         corner_slices = [
             (slice(0, ny), slice(0, nx)),
             (slice(1, ny + 1), slice(0, nx)),
@@ -202,7 +285,131 @@ class ChipGrid:
         ring = np.concatenate([ring, ring[:, :1]], axis=1)
         polygons = shapely.polygons(ring)
         bounds = np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
+        poles = self._pole_chips()
+        # corners more than 180 degrees apart in longitude: the chip crosses the antimeridian
+        # (chips are far smaller than a hemisphere), unless it holds a pole
+        crossing = (xs.max(1) - xs.min(1)) > 180
+        crossing[list(poles)] = False
+        if crossing.any():
+            polygons[crossing], bounds[crossing] = _split_at_antimeridian(ring[crossing])
+        for index, north in poles.items():
+            polygons[index], bounds[index] = _around_pole(self, index, north)
+        # projections that mirror (polar stereographic south, for one) turn rings clockwise
+        polygons = shapely.orient_polygons(polygons, exterior_cw=False)
         return polygons, bounds
+
+    def _pole_chips(self) -> dict[int, bool]:
+        """{chip index: True for the north pole, False for the south} of chips holding a pole."""
+        found = {}
+        transformer = pyproj.Transformer.from_crs(CRS84, self.crs, always_xy=True)
+        for north, lat in ((True, 90.0), (False, -90.0)):
+            x, y = transformer.transform(0.0, lat)
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue  # not representable (UTM): no pole on this grid
+            col, row = ~self.transform @ (x, y)
+            cx, cy = int(np.floor(col / self.chip_size)), int(np.floor(row / self.chip_size))
+            if 0 <= cx < self.x_size and 0 <= cy < self.y_size:
+                found[cy * self.x_size + cx] = north
+        return found
+
+
+def _split_at_antimeridian(rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MultiPolygons of rings (n, 5, 2) that cross 180 degrees, split there, and their
+    RFC 7946 bounds (west > east). Vectorized over the crossing chips."""
+    unwrapped = rings.copy()
+    lons = unwrapped[..., 0]
+    lons[lons < 0] += 360.0  # one continuous polygon from ~179 to ~181
+    whole = shapely.polygons(unwrapped)
+    east = shapely.intersection(whole, shapely.box(0.0, -90.0, 180.0, 90.0))
+    west = shapely.transform(shapely.intersection(whole, shapely.box(180.0, -90.0, 360.0, 90.0)),
+                             lambda c: c - np.array([360.0, 0.0]))
+    east_b, west_b = shapely.bounds(east), shapely.bounds(west)
+    bounds = np.stack([east_b[:, 0], np.fmin(east_b[:, 1], west_b[:, 1]), west_b[:, 2],
+                       np.fmax(east_b[:, 3], west_b[:, 3])], axis=1)
+    # a chip that only touches 180 degrees at a corner or edge leaves a point or a line on one side
+    east_ok, west_ok = shapely.get_type_id(east) == 3, shapely.get_type_id(west) == 3
+    both = east_ok & west_ok
+    out = np.empty(len(rings), dtype=object)
+    if both.any():
+        out[both] = shapely.multipolygons(np.stack([east[both], west[both]], axis=1))
+    out[east_ok & ~both], bounds[east_ok & ~both] = east[east_ok & ~both], east_b[east_ok & ~both]
+    out[west_ok & ~both], bounds[west_ok & ~both] = west[west_ok & ~both], west_b[west_ok & ~both]
+    return out, bounds
+
+
+def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
+    """The footprint of a chip holding a pole. Its edges are sampled densely (a straight line
+    between two corners 90 degrees of longitude apart is far from the chip's edge), ordered
+    by longitude and closed along the antimeridian to the pole: a lon/lat polygon cannot
+    hold a pole otherwise."""
+    y, x = divmod(index, grid.x_size)
+    cs = grid.chip_size
+    t = np.linspace(0.0, 1.0, per_side, endpoint=False)
+    # the chip's boundary in pixel coordinates, once round
+    cols = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t]) * cs + x * cs
+    rows = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t)]) * cs + y * cs
+    gt = grid.transform
+    xs, ys = gt.a * cols + gt.b * rows + gt.c, gt.d * cols + gt.e * rows + gt.f
+    lon, lat = pyproj.Transformer.from_crs(grid.crs, CRS84, always_xy=True).transform(xs, ys)
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    # the boundary winds once round the pole: start right after its jump across 180 degrees
+    jump = int(np.argmax(np.abs(np.diff(np.append(lon, lon[0])))))
+    lon, lat = np.roll(lon, -(jump + 1)), np.roll(lat, -(jump + 1))
+    if lon[0] > lon[-1]:
+        lon, lat = lon[::-1], lat[::-1]
+    span = (lon[0] + 360.0) - lon[-1]
+    at_180 = lat[-1] + (lat[0] - lat[-1]) * ((180.0 - lon[-1]) / span if span else 0.5)
+    pole = 90.0 if north else -90.0
+    polygon = shapely.Polygon([*zip(lon, lat), (180.0, at_180), (180.0, pole), (-180.0, pole), (-180.0, at_180)])
+    south_lat, north_lat = (min(lat.min(), at_180), 90.0) if north else (-90.0, max(lat.max(), at_180))
+    return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
+
+
+_HEADER_MEDIA = ("tiff", "jp2")
+_NON_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual-preview"}
+
+
+def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int], Affine, pyproj.CRS]:
+    """Shape, transform and CRS of the finest raster asset, read from the file's header.
+
+    For items without projection metadata. Only headers are read (a few kB a file): the asset
+    with the smallest ``gsd`` when assets state one, else every raster data asset (finest
+    pixel wins, then the larger raster). Each read is logged.
+    """
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from stacchip_core.core.raster import asset_href  # resolves and signs; imports this module
+
+    candidates = [(k, a) for k, a in item.assets.items()
+                  if (not a.media_type or any(m in a.media_type.lower() for m in _HEADER_MEDIA))
+                  and not (set(a.roles or ()) and set(a.roles or ()) <= _NON_DATA_ROLES)]
+    if not candidates:
+        raise ProjectionError(f"item {item.id!r} has no projection metadata and no raster asset to read it from")
+    with_gsd = [(a.extra_fields.get("gsd") or a.common_metadata.gsd, k, a) for k, a in candidates]
+    with_gsd = [c for c in with_gsd if c[0]]
+    if with_gsd:
+        _, key, asset = min(with_gsd, key=lambda c: c[0])
+        candidates = [(key, asset)]
+    found = []
+    for key, asset in candidates:
+        href = asset_href(asset, mountpath)
+        log.info("item %s has no projection metadata: reading the header of asset %r", item.id, key)
+        try:
+            with rasterio.open(href) as ds:
+                if ds.crs is None:
+                    continue
+                crs = pyproj.CRS.from_user_input(ds.crs.to_wkt())
+                found.append((key, (ds.height, ds.width), Affine(*tuple(ds.transform)[:6]), crs))
+        except RasterioError as exc:
+            raise ProjectionError(f"item {item.id!r} has no projection metadata and asset {key!r} "
+                                  f"cannot be read for it: {exc}") from None
+    if not found:
+        raise ProjectionError(f"item {item.id!r} has no projection metadata and its rasters have no CRS")
+    key, shape, transform, crs = min(found, key=lambda c: (abs(c[2].a), -c[1][0] * c[1][1]))
+    log.info("item %s: grid from asset %r: %d x %d px of %g m, %s", item.id, key, shape[0], shape[1],
+             abs(transform.a), crs.to_string())
+    return shape, transform, crs
 
 
 def integer_factor(coarse: float, fine: float, what: str) -> int:

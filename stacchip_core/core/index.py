@@ -43,15 +43,33 @@ SCHEMA = pa.schema(
 )
 
 
+def overall_bbox(bounds: np.ndarray) -> list[float]:
+    """The bbox of all rows (RFC 7946, as GeoParquet's ``bbox`` asks): rows that cross the
+    antimeridian have west > east, and so does the result when any row crosses."""
+    if not len(bounds):
+        return []
+    south, north = float(bounds[:, 1].min()), float(bounds[:, 3].max())
+    crossing = bounds[:, 0] > bounds[:, 2]
+    if not crossing.any():
+        return [float(bounds[:, 0].min()), south, float(bounds[:, 2].max()), north]
+    # longitudes unwrapped east of the west edge: rows west of 180 keep theirs, the rest add 360
+    west_edges = np.where(bounds[:, 0] >= 0, bounds[:, 0], bounds[:, 0] + 360)
+    east_edges = np.where(crossing | (bounds[:, 2] < 0), bounds[:, 2] + 360, bounds[:, 2])
+    west, east = float(west_edges.min()), float(east_edges.max())
+    if east - west >= 360:
+        return [-180.0, south, 180.0, north]
+    return [west if west <= 180 else west - 360, south, east - 360 if east > 180 else east, north]
+
+
 def geo_metadata(bounds: np.ndarray) -> dict:
-    """The GeoParquet ``geo`` metadata for a table of chip polygons with ``bounds`` (n, 4)."""
-    if len(bounds):
-        bbox = [float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max())]
-    else:
-        bbox = []
+    """The GeoParquet ``geo`` metadata for a table of chip footprints with ``bounds`` (n, 4).
+
+    Footprints that cross the antimeridian are MultiPolygons (bounds west > east)."""
+    bbox = overall_bbox(bounds)
+    types = ["Polygon", "MultiPolygon"] if len(bounds) and (bounds[:, 0] > bounds[:, 2]).any() else ["Polygon"]
     column = {
         "encoding": "WKB",
-        "geometry_types": ["Polygon"],
+        "geometry_types": types,
         "crs": CRS84.to_json_dict(),
         "orientation": "counterclockwise",
         "edges": "planar",

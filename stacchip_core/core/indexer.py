@@ -77,7 +77,7 @@ class Indexer:
         self.mountpath = mountpath
         self.layouts = layouts
         self.platform = self._resolve_platform(platform)
-        self.grid = ChipGrid.from_item(self.item, chip_size, shape)
+        self.grid = ChipGrid.from_item(self.item, chip_size, shape, mountpath=mountpath)
 
     def _resolve_platform(self, platform) -> Platform | None:
         if isinstance(platform, Platform):
@@ -151,14 +151,16 @@ class Indexer:
         """The encoded COG layouts of the assets a chipper reads (core.layout), from one
         ranged read per asset, all at once; None when off or when no asset has one."""
         from stacchip_core.core.layout import record_layouts
-        from stacchip_core.core.raster import asset_href
+        from stacchip_core.core.raster import unsigned_href
 
         if self.platform is not None and self.platform.bands:
             keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
         else:
             keys = [k for k, a in self.item.assets.items() if "tiff" in (a.media_type or "").lower()]
-        hrefs = {k: asset_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
-        return record_layouts(hrefs)
+        # unsigned: layouts are stored, and signed again right before each read
+        hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
+        t = self.grid.transform
+        return record_layouts(hrefs, (t.a, t.c, t.e, t.f))
 
     def create_index(self) -> pa.Table:
         """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""

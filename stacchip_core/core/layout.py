@@ -4,9 +4,12 @@ Recorded at index time with one small ranged read per asset (the header; it also
 object's size and ETag), stored in the index's ``layouts`` column (one value per item, the
 same on each of its rows, so Parquet's dictionary encoding stores it once per row group).
 
-Encoding of one item's layouts: ``b"SCL1"`` + zlib(u32 JSON length + JSON list of per-asset
-scalars + each asset's tile offsets (u64 LE) then byte counts (u32 LE)). JSON keeps the
-scalars readable and versionable; the tile tables are the bulk and stay binary.
+Encoding of one item's layouts: ``b"SCL1"`` + zlib(u32 JSON length + JSON ``{"grid": [a, c,
+e, f], "assets": [per-asset scalars]}`` + each asset's tile offsets (u64 LE) then byte counts
+(u32 LE)). JSON keeps the scalars readable and versionable; the tile tables are the bulk and
+stay binary. ``grid`` is the item's chip grid (pixel size and origin) as the indexer saw it, so
+readers need not derive it. Hrefs are stored unsigned: they are signed (``stacchip_sign_href``)
+right before each read, since signatures expire.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from stacchip_core.errors import StacchipError
 from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
+from stacchip_core.plugins import sign_href
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +77,17 @@ class AssetLayout:
                                               "size", "etag", "transform")} | {"tiles": int(len(self.offsets))}
 
 
-def encode(layouts: Iterable[AssetLayout]) -> bytes:
+class ItemLayouts(dict):
+    """``{asset key: AssetLayout}`` of one item, with ``grid``: the item's chip grid as
+    ``(a, c, e, f)`` (pixel width, x origin, pixel height, y origin), or None."""
+
+    grid: tuple[float, float, float, float] | None = None
+
+
+def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, float] | None = None) -> bytes:
     layouts = list(layouts)
-    meta = json.dumps([lay.scalars() for lay in layouts], separators=(",", ":")).encode()
+    meta = json.dumps({"grid": list(grid) if grid else None, "assets": [lay.scalars() for lay in layouts]},
+                      separators=(",", ":")).encode()
     parts = [struct.pack("<I", len(meta)), meta]
     for lay in layouts:
         parts.append(np.asarray(lay.offsets, "<u8").tobytes())
@@ -83,15 +95,20 @@ def encode(layouts: Iterable[AssetLayout]) -> bytes:
     return MAGIC + zlib.compress(b"".join(parts), 6)
 
 
-def decode(blob: bytes) -> dict[str, AssetLayout]:
-    """``{asset key: AssetLayout}`` from :func:`encode`'s bytes."""
+def decode(blob: bytes) -> ItemLayouts:
+    """``{asset key: AssetLayout}`` (with ``.grid``) from :func:`encode`'s bytes."""
     if not blob or blob[:4] != MAGIC:
         raise StacchipError("not a stacchip layout (unknown encoding)")
     raw = zlib.decompress(blob[4:])
     (n,) = struct.unpack_from("<I", raw)
-    metas = json.loads(raw[4:4 + n])
+    doc = json.loads(raw[4:4 + n])
+    out = ItemLayouts()
+    if isinstance(doc, list):  # written before the grid was stored
+        metas = doc
+    else:
+        metas = doc["assets"]
+        out.grid = tuple(doc["grid"]) if doc.get("grid") else None
     pos = 4 + n
-    out = {}
     for m in metas:
         t = m.pop("tiles")
         offsets = np.frombuffer(raw, "<u8", t, pos).astype(np.int64)
@@ -108,9 +125,9 @@ class _Decoded:
 
     def __init__(self, maxsize: int = 1024) -> None:
         self.maxsize = maxsize
-        self._d: OrderedDict[bytes, dict[str, AssetLayout]] = OrderedDict()
+        self._d: OrderedDict[bytes, ItemLayouts] = OrderedDict()
 
-    def get(self, blob: bytes) -> dict[str, AssetLayout]:
+    def get(self, blob: bytes) -> ItemLayouts:
         hit = self._d.get(blob)
         if hit is None:
             hit = self._d[blob] = decode(blob)
@@ -151,13 +168,14 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     None (and a log line) when it is not a tiled TIFF that the layout path can read."""
     from async_tiff import TIFF
 
+    signed = sign_href(href)  # at read time; the layout keeps ``href`` unsigned
     try:
-        header, meta = await objects.get_head_async(href, HEADER_PREFETCH)
+        header, meta = await objects.get_head_async(signed, HEADER_PREFETCH)
     except StacchipError as exc:  # best effort: chips of this asset then open the file
         log.warning("no layout for asset %r: %s", key, exc)
         return None
     try:
-        tiff = await TIFF.open("x", store=HeaderInput(href, header), prefetch=len(header))
+        tiff = await TIFF.open("x", store=HeaderInput(signed, header), prefetch=len(header))
     except Exception as exc:  # not a TIFF (a JP2, a PNG...): rasterio reads it
         log.info("no layout for %s: %s", redact(href), exc)
         return None
@@ -188,9 +206,10 @@ async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
     return await asyncio.gather(*(read_layout(k, h) for k, h in hrefs.items()))
 
 
-def record_layouts(hrefs: dict[str, str]) -> bytes | None:
-    """The encoded layouts of ``{asset key: href}``, read concurrently; None if no asset has one."""
+def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float] | None = None) -> bytes | None:
+    """The encoded layouts of ``{asset key: unsigned href}``, read concurrently, with the
+    item's chip ``grid`` ``(a, c, e, f)``; None if no asset has one."""
     if not hrefs or not objects.usable():
         return None
     found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
-    return encode(found) if found else None
+    return encode(found, grid) if found else None

@@ -2,46 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from stacchip_core.core.chip import Chip, band_names, stack_arrays
 from stacchip_core.errors import StacchipError
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.platform import Platform
 
-
-def band_stack(chip: dict[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
-    """All bands of a chip in one (bands, cs, cs) array, with a name per band.
-
-    Bands take their canonical names where the platform declares them (NAIP's
-    ``image`` asset gives red, green, blue, nir), else ``asset`` or ``asset_N``.
-    """
-    arrays, names = [], []
-    for key, array in chip.items():
-        for i in range(array.shape[0]):
-            names.append(_band_name(platform, key, i + 1, array.shape[0]))
-        arrays.append(array)
-    dtype = np.result_type(*[a.dtype for a in arrays])
-    return np.concatenate([a.astype(dtype, copy=False) for a in arrays]), names
+log = logging.getLogger(__name__)
 
 
-def _band_name(platform: Platform | None, key: str, index: int, count: int) -> str:
-    if platform is not None:
-        for band in platform.bands + platform.aux:
-            if key in band.keys or key.lower() in (k.lower() for k in band.keys):
-                if band.index == index:
-                    return band.name
-    return key if count == 1 else f"{key}_{index}"
+def band_stack(chip: Mapping[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
+    """All bands of a chip in one (bands, cs, cs) array, with a name per band
+    (see :func:`stacchip_core.core.chip.band_names`)."""
+    return stack_arrays(chip), list(band_names(chip, platform))
 
 
 def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
@@ -53,6 +45,8 @@ def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
         wanted += [wanted[-1]] * (3 - len(wanted))
     rgb = stack[wanted].astype(np.float64)
     valid = np.ones(rgb.shape[1:], bool) if nodata is None else ~np.all(stack[wanted] == nodata, axis=0)
+    valid &= np.isfinite(rgb).all(axis=0)  # NaN/inf (Sentinel-1 without signal) would poison the percentiles
+    rgb[:, ~valid] = 0
     out = np.zeros(rgb.shape, np.uint8)
     for i in range(3):
         values = rgb[i][valid]
@@ -75,46 +69,112 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
 
 def write_chip(
     path: str | Path,
-    chip: dict[str, np.ndarray],
-    grid: ChipGrid,
-    x: int,
-    y: int,
+    chip: Chip | Mapping[str, np.ndarray],
+    grid: ChipGrid | None = None,
+    x: int | None = None,
+    y: int | None = None,
     platform: Platform | None = None,
     metadata: dict | None = None,
 ) -> Path:
     """Write a chip as .npz (one array per asset), .tif (all bands, georeferenced) or
-    .png (RGB preview), atomically."""
+    .png (RGB preview), by the suffix of ``path``, atomically.
+
+    A :class:`~stacchip_core.core.chip.Chip` carries its own transform, CRS and band names
+    (``write_chip(path, chip)``); a plain mapping of arrays needs ``grid``, ``x`` and ``y``
+    for a .tif (and ``platform`` for band names)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".tif", ".tiff", ".png"):
         raise StacchipError(f"unsupported output {path.name!r}: use .npz, .tif or .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{suffix}")
+    if isinstance(chip, Chip):
+        georef = (chip.transform, chip.crs.to_wkt(), list(chip.band_names))
+        if platform is None and chip.platform:
+            from stacchip_core.plugins import find_platform
+
+            platform = find_platform(chip.platform)
+        metadata = {"chipid": chip.chipid, **(metadata or {})}
+    elif grid is not None and x is not None and y is not None:
+        georef = (window_transform(Window(*grid.window(x, y)), grid.transform), grid.crs.to_wkt(),
+                  list(band_names(chip, platform)))
+    elif suffix in (".tif", ".tiff"):
+        raise StacchipError(f"cannot write {path.name}: a GeoTIFF needs a Chip, or grid, x and y")
+    else:
+        georef = (None, None, list(band_names(chip, platform)))
+    from stacchip_core.io.files import publishing
+
+    gdal_said: list[str] = []
     try:
-        if suffix == ".npz":
-            extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **chip, **extra)
-        else:
-            stack, names = band_stack(chip, platform)
-            if suffix == ".png":
-                write_png(tmp, stretch_rgb(stack, names, platform.nodata if platform else None))
-            else:
-                transform = window_transform(Window(*grid.window(x, y)), grid.transform)
-                profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform, "compress": "deflate",
-                           "tiled": stack.shape[1] % 16 == 0, "blockxsize": min(256, stack.shape[2]),
-                           "blockysize": min(256, stack.shape[1])}
-                with rasterio.open(tmp, "w", count=stack.shape[0], height=stack.shape[1],
-                                   width=stack.shape[2], dtype=stack.dtype, **profile) as dst:
-                    dst.write(stack)
-                    for i, name in enumerate(names, start=1):
-                        dst.set_band_description(i, name)
-                    dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
+        with publishing(path) as tmp, quiet_gdal() as gdal_said:
+            try:
+                _write_chip_file(tmp, suffix, chip, georef, platform, metadata)
+            finally:
+                Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
+    except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+        # GDAL's own words say why ("_tiffWriteProc: No space left on device"), its exception only "Write failed"
+        reason = getattr(exc, "strerror", None) or (gdal_said[-1].rpartition(": ")[2] if gdal_said else str(exc))
+        if not getattr(exc, "strerror", None) and _disk_full(path.parent):
+            reason = os.strerror(errno.ENOSPC)
+        raise StacchipError(f"cannot write {path}: {reason}") from None
     return path
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _write_chip_file(tmp: Path, suffix: str, chip, georef, platform, metadata) -> None:
+    if suffix == ".npz":
+        extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **chip, **extra)
+        return
+    transform, crs, names = georef
+    stack = stack_arrays(chip)
+    if suffix == ".png":
+        write_png(tmp, stretch_rgb(stack, names, platform.nodata if platform else None))
+        return
+    profile = {"driver": "GTiff", "crs": crs, "transform": transform, "compress": "deflate",
+               "tiled": stack.shape[1] % 16 == 0, "blockxsize": min(256, stack.shape[2]),
+               "blockysize": min(256, stack.shape[1])}
+    with rasterio.open(tmp, "w", count=stack.shape[0], height=stack.shape[1],
+                       width=stack.shape[2], dtype=stack.dtype, **profile) as dst:
+        dst.write(stack)
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+        dst.update_tags(**{k: str(v) for k, v in (metadata or {}).items()})
+
+
+@contextlib.contextmanager
+def quiet_gdal():
+    """Capture what GDAL and libtiff print straight to the C-level stderr while writing
+    (a full disk prints ``_tiffWriteProc: No space left on device.`` several times, past
+    rasterio's error handler: measured, GDAL 3.10). Yields a list that holds the captured
+    lines afterwards; they are logged at DEBUG, the caller turns a failure into one line.
+    Redirects file descriptor 2 of the process for the duration of one write."""
+    import tempfile
+
+    said: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hide
+        yield said
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(65536).decode(errors="replace")
+            said.extend(line.strip().rstrip(".") for line in text.splitlines() if line.strip())
+            for line in said:
+                log.debug("GDAL: %s", line)
 
 
 def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,

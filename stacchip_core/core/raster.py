@@ -12,15 +12,17 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import pyproj
 import pystac
 import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from stacchip_core.errors import AssetError
-from stacchip_core.core.grid import ChipGrid, integer_factor
+from stacchip_core.core import resample
+from stacchip_core.core.grid import ChipGrid
 from stacchip_core.platform import Platform
+from stacchip_core.plugins import sign_href
+from stacchip_core.io.urls import redact_text
 from stacchip_core.io.settings import apply_gdal_options
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,13 @@ def resolve_href(href: str, mountpath: str | Path | None = None) -> str:
 
 
 def asset_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
+    """Where to open ``asset`` now: resolved, then signed by the ``stacchip_sign_href`` hook
+    (Planetary Computer SAS tokens, ...). Never store the result: signatures expire."""
+    return sign_href(unsigned_href(asset, mountpath), asset)
+
+
+def unsigned_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
+    """Where ``asset`` lies, resolved but not signed: what may be stored (COG layouts)."""
     href = asset.href
     # only relative hrefs are resolved against the item's location: pystac would turn a
     # local absolute path into a path on the catalog's host when the item has an https self link
@@ -74,7 +83,7 @@ class DatasetCache:
             try:
                 ds = rasterio.open(href)
             except RasterioError as exc:
-                raise AssetError(f"cannot open {href}: {exc}") from None
+                raise AssetError(redact_text(f"cannot open {href}: {exc}")) from None
             handles[href] = ds
             with self._lock:
                 self._all.append(ds)
@@ -88,36 +97,20 @@ class DatasetCache:
         self._local = threading.local()
 
 
-def grid_factor(ds, grid: ChipGrid, name: str) -> int:
-    """Grid pixels per dataset pixel, checking CRS, integer ratio, origin and coverage."""
-    t = ds.transform
-    try:
-        fx = integer_factor(t.a, grid.transform.a, f"asset {name!r}")
-        fy = integer_factor(t.e, grid.transform.e, f"asset {name!r}")
-    except ValueError as exc:
-        raise AssetError(str(exc)) from None
-    if fx != fy:
-        raise AssetError(f"asset {name!r} has different x ({fx}) and y ({fy}) resolution factors")
-    tol = 0.01 * grid.resolution
-    if abs(t.c - grid.transform.c) > tol or abs(t.f - grid.transform.f) > tol:
-        raise AssetError(
-            f"asset {name!r} is misaligned: origin ({t.c}, {t.f}) vs grid ({grid.transform.c}, {grid.transform.f})"
-        )
-    if ds.width * fx < grid.x_size * grid.chip_size or ds.height * fy < grid.y_size * grid.chip_size:
-        raise AssetError(
-            f"asset {name!r} ({ds.height} x {ds.width} px at factor {fx}) does not cover the "
-            f"grid ({grid.shape[0]} x {grid.shape[1]} px)"
-        )
-    if ds.crs is not None and not pyproj.CRS.from_user_input(ds.crs.to_wkt()).equals(
-        grid.crs, ignore_axis_order=True
-    ):
-        raise AssetError(f"asset {name!r} is in {ds.crs}, the item in {grid.crs.to_string()}")
-    return fx
+def grid_factor(ds, grid: ChipGrid, name: str) -> int | None:
+    """Grid pixels per dataset pixel when the dataset sits exactly on the grid's lattice;
+    ``None`` when it is offset or of a non-whole pixel ratio and is read through
+    :mod:`stacchip_core.core.resample`. Raises for another CRS or no coverage."""
+    return resample.alignment(ds, grid, name)
 
 
-def read_chip_window(ds, grid: ChipGrid, factor: int, x: int, y: int, indexes=None) -> np.ndarray:
+def read_chip_window(ds, grid: ChipGrid, factor: int | None, x: int, y: int, indexes=None,
+                     resampling: str = "nearest") -> np.ndarray:
     """Pixels of chip (x, y), read at the dataset's native resolution and expanded by
-    nearest neighbour to ``chip_size`` a side. Shape (bands, cs, cs)."""
+    nearest neighbour to ``chip_size`` a side. Shape (bands, cs, cs). ``factor`` None (off
+    the grid's lattice): a resampled read (``resampling`` nearest or bilinear)."""
+    if factor is None:  # offset or non-whole pixel ratio
+        return resample.read_chip(ds, grid, x, y, indexes, resampling)
     col0, row0, cs, _ = grid.window(x, y)
     if factor == 1:
         return ds.read(indexes, window=Window(col0, row0, cs, cs))
@@ -161,17 +154,17 @@ class AssetReader:
         try:
             with rasterio.open(href) as ds:
                 factor = grid_factor(ds, self.grid, key)
-                if self.grid.chip_size % factor:
-                    raise AssetError(
-                        f"chip size {self.grid.chip_size} is not a multiple of asset {key!r}'s factor {factor}"
-                    )
-                block = self.grid.chip_size // factor
-                # only the part the chips cover
-                shape = (self.grid.y_size * block, self.grid.x_size * block)
+                if factor is None:  # off the lattice: resampled onto the grid (nearest), factor 1
+                    g = self.grid
+                    data = resample.read_resampled(ds, g, 0, 0, g.x_size * g.chip_size, g.y_size * g.chip_size, band)
+                    return NativeBand(data, 1)
+                # only the part the chips cover (native pixels cut by a chip edge included)
+                shape = (-(-self.grid.y_size * self.grid.chip_size // factor),
+                         -(-self.grid.x_size * self.grid.chip_size // factor))
                 data = np.empty(shape, dtype=ds.dtypes[band - 1])
             _read_strips(href, band, data, self.threads)
         except RasterioError as exc:
-            raise AssetError(f"cannot read asset {key!r} ({href}): {exc}") from None
+            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from None
         return NativeBand(data, factor)
 
     def chip_fractions(self, name: str, masks: dict[str, Callable[[np.ndarray], np.ndarray]],
@@ -195,9 +188,9 @@ class AssetReader:
         try:
             with rasterio.open(href) as ds:
                 factor = grid_factor(ds, grid, key)
-                if grid.chip_size % factor:
-                    raise AssetError(f"chip size {grid.chip_size} is not a multiple of asset {key!r}'s factor {factor}")
                 tile_height = ds.block_shapes[band - 1][0]
+            if factor is None or grid.chip_size % factor:  # off the lattice, or chips cut native pixels
+                return resample.chip_fractions(href, band, grid, factor, masks, self.threads)
             block = grid.chip_size // factor
             rows_per_read = max(1, tile_height // block)  # whole tiles per read where chips allow
             ny, nx = grid.y_size, grid.x_size
@@ -219,7 +212,7 @@ class AssetReader:
             with ThreadPoolExecutor(self.threads) as pool:
                 list(pool.map(work, [p for p in parts if p]))
         except RasterioError as exc:
-            raise AssetError(f"cannot read asset {key!r} ({href}): {exc}") from None
+            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from None
         return {k: (c / float(block * block)).astype(np.float32) for k, c in counts.items()}
 
 

@@ -24,6 +24,7 @@ from stacchip_core.core.layout import AssetLayout, HeaderInput
 from stacchip_core.errors import AssetError, ObjectError
 from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
+from stacchip_core.plugins import sign_href
 
 COALESCE_GAP = 64 * 1024  # merge tile ranges closer than this into one request
 _POOL = None
@@ -71,7 +72,11 @@ class GridSpec:
 
     @classmethod
     def from_layouts(cls, layouts: dict[str, AssetLayout], chip_size: int) -> "GridSpec":
-        """The grid of the finest asset (as ``ChipGrid.from_item`` takes it)."""
+        """The item's grid as the indexer recorded it; for older layouts, the grid of the
+        finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata)."""
+        grid = getattr(layouts, "grid", None)
+        if grid:
+            return cls(*grid, chip_size)
         finest = min(layouts.values(), key=lambda lay: abs(lay.transform[0]))
         a, c, e, f = finest.transform
         return cls(a, c, e, f, chip_size)
@@ -151,12 +156,13 @@ def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in merged]
 
 
-async def _fetch(lay: AssetLayout, ranges: list[tuple[int, int]]) -> dict[tuple[int, int], memoryview]:
-    """The bytes of ``ranges`` of one object: coalesced, concurrent, conditional on the ETag."""
+async def _fetch(lay: AssetLayout, url: str, ranges: list[tuple[int, int]]) -> dict[tuple[int, int], memoryview]:
+    """The bytes of ``ranges`` of one object (at ``url``: the layout's href, signed):
+    coalesced, concurrent, conditional on the ETag."""
     import obstore
     import obstore.exceptions as oe
 
-    store, path = objects.locate(lay.href)
+    store, path = objects.locate(url)
     merged = _coalesce(ranges)
 
     async def one(s: int, e: int):
@@ -224,9 +230,10 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
     from async_tiff import TIFF
 
     ranges = [r for p in plans for r in _ranges(p)]
-    data = await _fetch(lay, ranges) if ranges else {}
+    url = sign_href(lay.href)  # right before the read: signatures expire, layouts keep hrefs unsigned
+    data = await _fetch(lay, url, ranges) if ranges else {}
     header = synth_header(lay)
-    tiff = await TIFF.open("x", store=HeaderInput(lay.href, header, data), prefetch=len(header))
+    tiff = await TIFF.open("x", store=HeaderInput(url, header, data), prefetch=len(header))
     tpr = lay.tiles_across
     wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
     decoded: dict[tuple[int, int], np.ndarray] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +56,13 @@ def build_archive(root: str | Path, scene_px: int = 512, seed: int = 0) -> Archi
     _sentinel2(items, scene_px, rng)
     _landsat(items, rng)
     _naip(items)
+    _sentinel1(items)
+    _modis(items)
     linz = _linz_source(root / "linz-source")
     collections = root / "collections.json"
     collections.write_text(json.dumps([_collection(c) for c in
-                                       ("sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1", "naip")]))
+                                       ("sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1", "naip",
+                                        "sentinel-1-rtc", "modis-09A1-061")]))
     return Archive(root, items, collections, _mgrs_samples(root), _point_samples(root), linz)
 
 
@@ -181,3 +184,65 @@ def _collection(cid: str) -> dict:
         "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]},
                    "temporal": {"interval": [["2000-01-01T00:00:00Z", None]]}},
     }
+
+
+# --- Sentinel-1 RTC and MODIS ------------------------------------------------------------
+
+S1_ORIGIN = (S2_ORIGIN[0] + 20000, S2_ORIGIN[1] - 20000)  # inside MGRS tile 20HNJ
+S1_ELSEWHERE = (S2_ORIGIN[0] + 300000, S2_ORIGIN[1] - 20000)  # east of both MGRS sample tiles
+MODIS_TILE = (12, 2)  # (h, v): the first tile of the MODIS plugin's list, sample 0
+
+
+def s1_quarter(index: int) -> tuple[int, int]:
+    """The year and quarter (0-3) the Sentinel-1 plugin draws for MGRS sample ``index``."""
+    rng = random.Random(index)
+    year = rng.sample(range(2018, 2024), 1)[0]
+    return year, rng.sample(range(4), 1)[0]
+
+
+def s1_expected(index: int = 0) -> list[str]:
+    year, q = s1_quarter(index)
+    return [f"S1A_IW_GRDH_1SDV_{year}{2 + 3 * q:02d}10T094350_in_rtc"]
+
+
+def _sentinel1(items: Path) -> None:
+    """For sample 0's quarter: the item over the tile, and newer decoys that the original
+    processor could pick (one elsewhere on Earth, one HH/HV over the tile); one more item
+    over the tile in another quarter."""
+    year, q = s1_quarter(0)
+    month = 2 + 3 * q
+    cases = [("in", S1_ORIGIN, month, 10, ("vv", "vh")), ("elsewhere", S1_ELSEWHERE, month, 20, ("vv", "vh")),
+             ("polar", S1_ORIGIN, month, 25, ("hh", "hv")), ("otherquarter", S1_ORIGIN, 2 + 3 * ((q + 1) % 4), 10, ("vv", "vh"))]
+    for tag, origin, m, day, pols in cases:
+        when = datetime(year, m, day, 9, 43, 50, tzinfo=timezone.utc)
+        kind = "1SDV" if pols[0] == "vv" else "1SDH"
+        synthetic.sentinel1_scene(items / "sentinel-1-rtc", 600, 640, origin=origin, when=when, polarisations=pols,
+                                  item_id=f"S1A_IW_GRDH_{kind}_{when:%Y%m%d}T094350_{tag}_rtc")
+
+
+def modis_months(h: int, v: int, year: int) -> list[int]:
+    return random.Random(h * v * year).sample(range(1, 13), 4)
+
+
+def modis_expected() -> list[str]:
+    h, v = MODIS_TILE
+    return [f"MYD09A1.A{datetime(2018, m, 9):%Y%j}.h{h:02d}v{v:02d}.061.synthetic" for m in modis_months(h, v, 2018)]
+
+
+def _modis(items: Path) -> None:
+    """Tile (12, 2), 2018 only: in each month sample 0 draws, a Terra (days 1-8) and a newer
+    Aqua composite (days 9-16, selected), and a still newer one of tile (13, 2); one
+    composite in a month that is not drawn."""
+    h, v = MODIS_TILE
+    drawn = modis_months(h, v, 2018)
+    other = next(m for m in range(1, 13) if m not in drawn)
+    for n, m in enumerate(drawn):
+        for day, platform, tile, size in ((1, "terra", h, 260), (9, "aqua", h, 520), (17, "terra", h + 1, 260)):
+            synthetic.modis_scene(items / "modis-09A1-061", size, h=tile, v=v, platform=platform, seed=n,
+                                  start=datetime(2018, m, day, tzinfo=timezone.utc))
+    synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, start=datetime(2018, other, 9, tzinfo=timezone.utc))
+    # a composite that starts in the (undrawn) month before a drawn one and ends inside it: both
+    # catalogs must find it in the drawn month (ranges overlap), where the newer Aqua one still wins
+    month = next(m for m in drawn if m > 1 and m - 1 not in drawn)
+    synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, platform="terra",
+                          start=datetime(2018, month, 1, tzinfo=timezone.utc) - timedelta(days=4))

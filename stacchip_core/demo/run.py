@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 
-from stacchip_core.demo.archive import build_archive
-from stacchip_core.core.chipper import Chipper, item_for_row
 from stacchip_core.core.index import read_index
+from stacchip_core.demo import synthetic
+from stacchip_core.demo.archive import build_archive
+from stacchip_core.demo.maps import index_map_html, index_map_png
+from stacchip_core.demo.previews import preview_grid
 from stacchip_core.pipeline.merge import merge
-from stacchip_core.core.output import band_stack, stretch_rgb, write_png
-from stacchip_core.plugins import platforms
 from stacchip_core.pipeline.process import process
+from stacchip_core.plugins import platforms
 
 log = logging.getLogger(__name__)
 
@@ -30,52 +32,56 @@ def demo_jobs(archive) -> list[tuple[str, Path | None, int]]:
         ("landsat-c2l1", archive.points, 0),
         ("naip", archive.points, 1),
         ("linz", None, 0),
+        ("sentinel-1-rtc", archive.mgrs, 0),
+        ("modis", None, 0),
     ]
 
 
 def run_demo(out: str | Path, preview_chips: int = 8) -> dict:
-    """Build the archive under ``out``, run one job per source, merge, preview, summarise."""
+    """Build the archive under ``out`` (scenes that look like land), run one job per source,
+    merge, then write per-source preview grids, the index map (HTML and PNG) and a summary with
+    the indexing and reading throughput."""
     out = Path(out).resolve()
-    archive = build_archive(out / "archive")
+    with synthetic.land_appearance():
+        archive = build_archive(out / "archive")
     bucket, previews = out / "bucket", out / "previews"
     os.environ.setdefault("STACCHIP_LINZ_SOURCE", str(archive.linz_source))
     installed = platforms()
+    t0 = time.perf_counter()
     for platform, source, index in demo_jobs(archive):
         if platform not in installed:
             log.warning("platform %s is not installed: skipped", platform)
             continue
         results = process(platform, index, bucket, source, str(archive.items))
         log.info("%s sample %d: %d items", platform, index, len(results))
+    process_s = time.perf_counter() - t0
     merged = merge(bucket / "index", bucket / "merged.parquet")
     table = read_index(bucket / "merged.parquet")
-    summary = []
+    summary, read_s, read_chips = [], 0.0, 0
     for name in sorted(set(table["platform"].to_pylist())):
         rows = table.filter(pc.equal(table["platform"], name))
         cloud = rows["cloud_cover_percentage"].to_numpy()
         nodata = rows["nodata_percentage"].to_numpy()
-        png = _preview(rows, installed.get(name), previews / f"{name}.png", preview_chips)
+        # the cloudiest chips first, so that the previews show what the fractions measure
+        order = np.argsort(-cloud, kind="stable")[:preview_chips]
+        t = time.perf_counter()
+        grid = preview_grid(rows.take(order).to_pylist(), installed.get(name), previews / f"{name}.png")
+        read_s += time.perf_counter() - t
+        read_chips += len(order)
         summary.append({
             "platform": name, "items": len(set(rows["item_id"].to_pylist())), "chips": len(rows),
             "cloud_mean": float(cloud.mean()), "cloud_free_chips": int((cloud == 0).sum()),
-            "nodata_mean": float(nodata.mean()), "nodata_free_chips": int((nodata == 0).sum()), "preview": str(png),
+            "nodata_mean": float(nodata.mean()), "nodata_free_chips": int((nodata == 0).sum()),
+            "preview": str(grid["path"]),
         })
+    map_html = index_map_html(table, previews / "index_map.html")
+    map_png = index_map_png(table, previews / "index_map.png")
+    throughput = {
+        "items": len(set(table["item_id"].to_pylist())), "chips": len(table), "process_seconds": process_s,
+        "chips_indexed_per_second": len(table) / process_s if process_s else 0.0,
+        "chips_read": read_chips, "read_seconds": read_s,
+        "chips_read_per_second": read_chips / read_s if read_s else 0.0,
+    }
     return {"archive": str(archive.root), "bucket": str(bucket), "index": merged["output"],
-            "previews": str(previews), "summary": summary}
-
-
-def _preview(rows, platform, path: Path, n: int) -> Path:
-    """A PNG grid (2 rows) of the first ``n`` chips of a platform, read back from the bucket."""
-    tiles = []
-    for row in rows.slice(0, n).to_pylist():
-        with Chipper(item_for_row(row), platform=platform, chip_size=row["chip_size"]) as chipper:
-            stack, names = band_stack(chipper.chip(row["chip_index_x"], row["chip_index_y"]), platform)
-        tiles.append(stretch_rgb(stack, names, platform.nodata if platform else None))
-    cols = (len(tiles) + 1) // 2
-    cs = max(t.shape[1] for t in tiles)
-    canvas = np.full((3, 2 * cs + 4, cols * (cs + 4)), 255, np.uint8)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        canvas[:, r * (cs + 4): r * (cs + 4) + tile.shape[1], c * (cs + 4): c * (cs + 4) + tile.shape[2]] = tile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(path, canvas)
-    return path
+            "previews": str(previews), "map_html": str(map_html), "map_png": str(map_png),
+            "summary": summary, "throughput": throughput}

@@ -7,7 +7,9 @@ test can recompute any pixel it reads.
 
 from __future__ import annotations
 
+import contextvars
 import json
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +85,116 @@ def qa_pixel_layer(rows: int, cols: int, seed: int = 0, n_clouds: int = 3) -> np
     return qa
 
 
+# --- scenes that look like land (the demo's appearance) ----------------------------------
+#
+# By default scenes carry ``band_pattern`` values (tests recompute them pixel by pixel). Inside
+# ``with land_appearance():`` the same functions write land instead: terrain-like texture, water
+# in the valleys, forest on the heights, rectangular fields between, in each band's typical
+# reflectance; clouds, cirrus and shadows drawn exactly where the scene's SCL / QA_PIXEL layer
+# marks them, so a preview shows what the index's fractions measure. Masks are unchanged.
+
+_APPEARANCE: contextvars.ContextVar[str] = contextvars.ContextVar("stacchip_synthetic_appearance", default="pattern")
+
+# typical surface reflectance x 10000 per cover class: water, forest, green crop, ripe crop, bare soil
+_COVER = ("water", "forest", "crop", "ripe", "soil")
+_REFLECTANCE = {
+    "coastal": (700, 250, 350, 700, 1100), "blue": (600, 300, 400, 800, 1200), "green": (500, 550, 800, 1100, 1500),
+    "red": (300, 300, 500, 1300, 1800), "rededge1": (250, 900, 1300, 1700, 2000),
+    "rededge2": (200, 2200, 2800, 2200, 2200), "rededge3": (180, 2700, 3400, 2500, 2300),
+    "nir": (150, 3000, 4000, 2700, 2500), "nir08": (140, 3100, 4100, 2800, 2600),
+    "swir16": (60, 1500, 1900, 2600, 3000), "swir22": (40, 800, 1000, 1900, 2600),
+}
+
+
+@contextmanager
+def land_appearance():
+    """Scenes written inside look like land, with clouds and shadows where their masks say."""
+    token = _APPEARANCE.set("land")
+    try:
+        yield
+    finally:
+        _APPEARANCE.reset(token)
+
+
+def terrain(rows: int, cols: int, seed: int = 0, octaves: int = 5) -> np.ndarray:
+    """Fractal value noise in [0, 1]: octaves of seeded random lattices, bilinearly upsampled
+    (the same seed gives the same landscape at any size, so 10 m and 20 m bands agree)."""
+    rng = np.random.default_rng(seed + 7919)
+    out = np.zeros((rows, cols))
+    for o in range(octaves):
+        n = 2 ** (o + 2)
+        lattice = rng.random((n + 1, n + 1))
+        y = np.linspace(0, n, rows, endpoint=False) + n / rows / 2
+        x = np.linspace(0, n, cols, endpoint=False) + n / cols / 2
+        y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+        fy, fx = (y - y0)[:, None], (x - x0)[None, :]
+        fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)  # smoothstep: no lattice creases
+        a, b = lattice[y0][:, x0], lattice[y0][:, x0 + 1]
+        c, d = lattice[y0 + 1][:, x0], lattice[y0 + 1][:, x0 + 1]
+        out += 0.55 ** o * ((a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy)
+    return (out - out.min()) / max(out.max() - out.min(), 1e-9)
+
+
+def land_cover(rows: int, cols: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(cover class index into ``_COVER``, terrain) of a landscape: water below 0.3, forest
+    above 0.68, fields (a seeded crop per rectangle of a tilted grid) between."""
+    t = terrain(rows, cols, seed)
+    r = np.arange(rows)[:, None] / rows
+    c = np.arange(cols)[None, :] / cols
+    field = ((r * 9 + c * 2).astype(int) * 31 + (c * 7 - r * 1.5 + 2).astype(int) * 17 + seed) % 5
+    crops = np.array([2, 3, 4, 2, 3])[field]
+    cover = np.where(t < 0.3, 0, np.where(t > 0.68, 1, crops))
+    return cover, t
+
+
+def land_band(name: str, rows: int, cols: int, seed: int = 0, dtype=np.uint16, scale: float = 1.0,
+              clouds: np.ndarray | None = None, shadows: np.ndarray | None = None,
+              haze: np.ndarray | None = None) -> np.ndarray:
+    """One band of the landscape (``name``: a canonical band; reflectance x 10000 x ``scale``),
+    with opaque ``clouds``, semi-transparent ``haze`` (cirrus, dilated cloud edges) and dark
+    ``shadows`` (boolean masks of the band's shape). Never 0 (0 is nodata)."""
+    cover, t = land_cover(rows, cols, seed)
+    base = np.asarray(_REFLECTANCE.get(name, _REFLECTANCE["red"]), dtype=np.float64)[cover]
+    detail = terrain(rows, cols, seed + 1, octaves=3)
+    value = base * (0.8 + 0.25 * t + 0.15 * detail)
+    bright = 7000 + 2500 * terrain(rows, cols, seed + 2, octaves=4)
+    if haze is not None:
+        value = np.where(haze, 0.55 * value + 0.45 * bright, value)
+    if clouds is not None:
+        value = np.where(clouds, bright, value)
+    if shadows is not None:
+        value = np.where(shadows, 0.35 * value, value)
+    top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else np.inf
+    return np.clip(value * scale, 1, top).astype(dtype)
+
+
+def _scl_masks(scl: np.ndarray) -> dict[str, np.ndarray]:
+    return {"clouds": np.isin(scl, (8, 9)), "haze": scl == 10, "shadows": scl == 3, "nodata": scl == 0}
+
+
+def _qa_masks(qa: np.ndarray) -> dict[str, np.ndarray]:
+    return {"clouds": (qa & (1 << 3)) > 0, "haze": ((qa & (1 << 1)) > 0) & ((qa & (1 << 3)) == 0),
+            "shadows": (qa & (1 << 4)) > 0}
+
+
+def _expand(mask: np.ndarray, factor: int) -> np.ndarray:
+    return np.repeat(np.repeat(mask, factor, 0), factor, 1) if factor > 1 else mask
+
+
+def _band_data(i: int, name: str, rows: int, cols: int, seed: int, noise: int,
+               masks: dict[str, np.ndarray] | None = None, factor: int = 1) -> np.ndarray:
+    """``band_pattern`` (the default) or, in ``land_appearance``, the land band with the
+    masks (given at 1/``factor`` of this band's resolution... or finer: see callers)."""
+    if _APPEARANCE.get() != "land":
+        return band_pattern(i, rows, cols, noise=noise)
+    masks = {k: _expand(v, factor)[:rows, :cols] for k, v in (masks or {}).items()}
+    nodata = masks.pop("nodata", None)
+    data = land_band(name, rows, cols, seed, **masks)
+    if nodata is not None:
+        data[nodata] = 0
+    return data
+
+
 def _asset(href: Path, shape, transform: Affine, roles=("data",), **extra) -> dict:
     return {"href": str(Path(href).resolve()), "type": COG_MEDIA_TYPE, "roles": list(roles),
             "proj:shape": [int(shape[0]), int(shape[1])], "proj:transform": list(transform)[:6], **extra}
@@ -128,22 +240,29 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
     t20 = Affine(20, 0, origin[0], 0, -20, origin[1])
     crs = f"EPSG:{epsg}"
     assets = {}
+    half = size // 2
+    scl = scl_layer(half, half, seed)
+    masks = _scl_masks(scl)
     for i, name in enumerate(bands_10m):
         key = S2_BANDS_10M[name] if pc else name
-        path = write_cog(outdir / f"{key}.tif", band_pattern(i, size, size, noise=noise), t10, crs, nodata=0, blocksize=blocksize)
+        data = _band_data(i, name, size, size, seed, noise, masks, 2)
+        path = write_cog(outdir / f"{key}.tif", data, t10, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size, size), t10, gsd=10)
-    half = size // 2
     for i, name in enumerate(bands_20m, start=len(bands_10m)):
         key = S2_BANDS_20M[name] if pc else name
-        path = write_cog(outdir / f"{key}.tif", band_pattern(i, half, half, noise=noise), t20, crs, nodata=0, blocksize=blocksize)
+        data = _band_data(i, name, half, half, seed, noise, masks, 1)
+        path = write_cog(outdir / f"{key}.tif", data, t20, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (half, half), t20, gsd=20)
     scl_key = "SCL" if pc else "scl"
-    path = write_cog(outdir / f"{scl_key}.tif", scl_layer(half, half, seed), t20, crs, nodata=0, blocksize=blocksize)
+    path = write_cog(outdir / f"{scl_key}.tif", scl, t20, crs, nodata=0, blocksize=blocksize)
     assets[scl_key] = _asset(path, (half, half), t20, gsd=20)
     if size % 6 == 0:
         t60 = Affine(60, 0, origin[0], 0, -60, origin[1])
         key = "B01" if pc else "coastal"
-        path = write_cog(outdir / f"{key}.tif", band_pattern(20, size // 6, size // 6), t60, crs, nodata=0, blocksize=blocksize)
+        sixth = size // 6
+        data = (band_pattern(20, sixth, sixth) if _APPEARANCE.get() != "land" else
+                _band_data(20, "coastal", sixth, sixth, seed, 0, {k: v[1::3, 1::3] for k, v in masks.items()}))
+        path = write_cog(outdir / f"{key}.tif", data, t60, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size // 6, size // 6), t60, gsd=60)
     properties = {"eo:cloud_cover": cloud_cover, "platform": "sentinel-2a", "s2:nodata_pixel_percentage": 12.0,
                   "grid:code": "MGRS-20HNJ"}
@@ -164,8 +283,9 @@ def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed:
     qa = qa_pixel_layer(rows, cols, seed)
     fill = (qa & 1) == 1
     assets = {}
+    masks = _qa_masks(qa)
     for i, name in enumerate(LANDSAT_BANDS):
-        data = band_pattern(i, rows, cols, noise=noise)
+        data = _band_data(i, name, rows, cols, seed, noise, masks)
         data[fill] = 0
         path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
         assets[name] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
@@ -184,7 +304,10 @@ def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id:
     """A NAIP scene at 0.6 m: one 4-band uint8 ``image`` asset (red, green, blue, nir)."""
     outdir = Path(outdir) / item_id
     t = Affine(0.6, 0, origin[0], 0, -0.6, origin[1])
-    data = np.stack([(band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)])
+    if _APPEARANCE.get() == "land":
+        data = np.stack([land_band(n, rows, cols, 3, np.uint8, 255 / 6000) for n in ("red", "green", "blue", "nir")])
+    else:
+        data = np.stack([(band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)])
     path = write_cog(outdir / "image.tif", data, t, f"EPSG:{epsg}", blocksize=blocksize)
     assets = {"image": _asset(path, (rows, cols), t)}
     properties = {"naip:year": str(when.year), "naip:state": "ma", "gsd": 0.6}
@@ -200,7 +323,10 @@ def linz_scene(outdir: str | Path, rows: int = 1000, cols: int = 800, *, item_id
     in NZTM, zeros in band 1 marking nodata along the right edge."""
     outdir = Path(outdir) / item_id
     t = Affine(0.3, 0, origin[0], 0, -0.3, origin[1])
-    data = np.stack([(band_pattern(i, rows, cols) % 250 + 1).astype(np.uint8) for i in range(3)])
+    if _APPEARANCE.get() == "land":
+        data = np.stack([land_band(n, rows, cols, 5, np.uint8, 255 / 3000) for n in ("red", "green", "blue")])
+    else:
+        data = np.stack([(band_pattern(i, rows, cols) % 250 + 1).astype(np.uint8) for i in range(3)])
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     data[:, c > cols - cols // 5 + r // 8] = 0
@@ -209,3 +335,155 @@ def linz_scene(outdir: str | Path, rows: int = 1000, cols: int = 800, *, item_id
     properties = {"start_datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "end_datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
     item = _item(item_id, "linz", when, epsg, t, (rows, cols), assets, properties)
     return _write_item(item, outdir)
+
+
+# --- Sentinel-1 RTC and MODIS (appended) -----------------------------------------------
+
+S1_NODATA = -32768.0
+MODIS_FILL = -28672
+MODIS_STATE_FILL = 65535
+MODIS_PIXEL = 463.31271652791656  # 500 m grid of the sinusoidal tiles (4800 px / 2 per 1111950.5197665 m)
+MODIS_TILE = 1111950.5197665
+MODIS_ORIGIN = (-20015109.355798, 10007554.677899)  # upper left of tile h00v00
+MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs +type=crs"
+
+
+def s1_backscatter(band: int, rows: int, cols: int) -> np.ndarray:
+    """gamma0-like float32 backscatter, exactly ``band_pattern / 20000`` (0.05 .. 0.45)."""
+    return (band_pattern(band, rows, cols).astype(np.float32) / np.float32(20000.0)).astype(np.float32)
+
+
+def s1_nodata_masks(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where vv and vh carry no signal: both lose a swath-edge wedge on the left (-32768);
+    vh also has a NaN block in its upper right quarter (a non-finite pixel is nodata too)."""
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    edge = c < (cols // 5) - r // 6
+    nan_block = (r < rows // 4) & (c >= cols - cols // 4)
+    return edge, nan_block
+
+
+def sentinel1_scene(outdir: str | Path, rows: int = 600, cols: int = 640, *,
+                    item_id: str = "S1A_IW_GRDH_1SDV_20240311T094350_20240311T094415_052930_06687D_rtc",
+                    when: datetime = datetime(2024, 3, 11, 9, 43, 50, tzinfo=timezone.utc),
+                    origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
+                    polarisations: tuple[str, ...] = ("vv", "vh"), collection: str = "sentinel-1-rtc",
+                    blocksize: int = 512) -> Path:
+    """A Sentinel-1 RTC scene as Planetary Computer publishes it: float32 gamma0 ``vv`` and
+    ``vh`` at 10 m in UTM, nodata -32768 where there is no signal (and NaN in vh, see
+    ``s1_nodata_masks``), projection fields at item level, ``raster:bands`` nodata per asset.
+    ``polarisations=("hh", "hv")`` writes a polar-mode scene. Returns the item JSON path."""
+    outdir = Path(outdir) / item_id
+    t = Affine(10, 0, origin[0], 0, -10, origin[1])
+    edge, nan_block = s1_nodata_masks(rows, cols)
+    assets = {}
+    for i, pol in enumerate(polarisations):
+        data = s1_backscatter(i, rows, cols)
+        data[edge] = S1_NODATA
+        if i == 1:
+            data[nan_block] = np.nan
+        path = write_cog(outdir / f"{pol}.tif", data, t, f"EPSG:{epsg}", nodata=S1_NODATA, blocksize=blocksize)
+        assets[pol] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"],
+                       "title": f"{pol.upper()}: gamma0 backscatter",
+                       "raster:bands": [{"nodata": S1_NODATA, "data_type": "float32", "spatial_resolution": 10.0}]}
+    properties = {"platform": "SENTINEL-1A", "constellation": "Sentinel-1", "sar:instrument_mode": "IW",
+                  "sar:polarizations": [p.upper() for p in polarisations], "sar:product_type": "GRD",
+                  "sar:frequency_band": "C", "sat:orbit_state": "descending",
+                  "start_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                  "end_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                  "proj:shape": [rows, cols], "proj:transform": list(t)[:6]}
+    item = _item(item_id, collection, when, epsg, t, (rows, cols), assets, properties)
+    return _write_item(item, outdir)
+
+
+def modis_tile_origin(h: int, v: int) -> tuple[float, float]:
+    """Upper-left corner of sinusoidal tile (h, v) in metres."""
+    return MODIS_ORIGIN[0] + h * MODIS_TILE, MODIS_ORIGIN[1] - v * MODIS_TILE
+
+
+def modis_state_layer(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """``sur_refl_state_500m``-like uint16 flags with real bit values: land (bits 3-5 = 001)
+    and clear everywhere, then cloud blobs (cloud state 01 cloudy, rims 10 mixed), shadows
+    (bit 2), internal-algorithm cloud (bit 10) in a band, 'not set, assumed clear' (11) and
+    cirrus (bits 8-9, not counted as cloud) patches."""
+    LAND = 1 << 3
+    rng = np.random.default_rng(seed)
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    state = np.full((rows, cols), LAND, np.uint16)
+    radius = max(rows, cols) / 10
+    for _ in range(3):
+        cy, cx = rng.uniform(0, rows), rng.uniform(0, cols)
+        d2 = (r - cy) ** 2 + (c - cx) ** 2
+        state[(r - cy - radius) ** 2 + (c - cx - radius) ** 2 < radius**2] = LAND | (1 << 2)
+        state[d2 < (1.2 * radius) ** 2] = LAND | 2
+        state[d2 < radius**2] = LAND | 1
+    state[(r[:, 0] // 40) % 7 == 3] |= np.uint16(1 << 10)
+    state[: rows // 8, : cols // 8] = LAND | 3
+    state[-(rows // 8):, : cols // 8] = LAND | (2 << 8)
+    return state
+
+
+def modis_fill_mask(rows: int, cols: int) -> np.ndarray:
+    """Pixels without observation (fill): a strip along the bottom right."""
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    return (r > rows - rows // 6) & (c > cols // 3)
+
+
+def modis_scene(outdir: str | Path, size: int = 520, *, h: int = 12, v: int = 4,
+                item_id: str | None = None, start: datetime = datetime(2018, 3, 6, tzinfo=timezone.utc),
+                platform: str = "terra", seed: int = 0, blocksize: int = 512) -> Path:
+    """A MODIS 09A1 (8-day, 500 m) scene as Planetary Computer publishes it: int16
+    ``sur_refl_b01`` .. ``b07`` (fill -28672), uint16 ``sur_refl_state_500m`` (fill 65535),
+    uint32 ``sur_refl_qc_500m`` (MODLAND bits 10 where cloudy), the upper-left ``size`` px of
+    tile (h, v) in the sinusoidal CRS given as ``proj:wkt2`` only, ``datetime`` null with an
+    8-day ``start_datetime``/``end_datetime``, ``modis:horizontal-tile``/``vertical-tile``."""
+    import pyproj
+
+    from stacchip_core.core.grid import ChipGrid
+
+    prefix = "MOD09A1" if platform == "terra" else "MYD09A1"
+    item_id = item_id or f"{prefix}.A{start:%Y%j}.h{h:02d}v{v:02d}.061.synthetic"
+    outdir = Path(outdir) / item_id
+    x0, y0 = modis_tile_origin(h, v)
+    t = Affine(MODIS_PIXEL, 0, x0, 0, -MODIS_PIXEL, y0)
+    crs = pyproj.CRS(MODIS_SINUSOIDAL)
+    wkt = crs.to_wkt()
+    fill = modis_fill_mask(size, size)
+    state = modis_state_layer(size, size, seed)
+    state[fill] = MODIS_STATE_FILL
+    cloudy = ((state & 3) == 1) & ~fill
+    qc = np.where(cloudy, 2, 0).astype(np.uint32) | np.uint32(3 << 30)  # bits 30-31: corrections done
+    qc[fill] = 3
+    assets = {}
+    layers = [(f"sur_refl_b{i + 1:02d}", band_pattern(i, size, size).astype(np.int16), MODIS_FILL) for i in range(7)]
+    for key, data, nodata in layers:
+        data[fill] = nodata
+        path = write_cog(outdir / f"{key}.tif", data, t, wkt, nodata=nodata, blocksize=blocksize)
+        assets[key] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"],
+                       "raster:bands": [{"nodata": nodata, "data_type": "int16", "scale": 0.0001}]}
+    for key, data, nodata in ((STATE_KEY, state, MODIS_STATE_FILL), (QC_KEY, qc, None)):
+        path = write_cog(outdir / f"{key}.tif", data, t, wkt, nodata=nodata, blocksize=blocksize)
+        assets[key] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
+    grid = ChipGrid((size, size), t, crs, chip_size=size)
+    polygons, bounds = grid.footprints()
+    end = start.replace(hour=23, minute=59, second=59) + (datetime(2000, 1, 8) - datetime(2000, 1, 1))
+    item = {
+        "type": "Feature", "stac_version": "1.1.0",
+        "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
+        "id": item_id, "collection": "modis-09A1-061",
+        "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in polygons[0].exterior.coords]]},
+        "bbox": [float(b) for b in bounds[0]],
+        "properties": {"datetime": None, "start_datetime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                       "end_datetime": end.strftime("%Y-%m-%dT%H:%M:%SZ"), "platform": platform,
+                       "instruments": ["modis"], "modis:horizontal-tile": h, "modis:vertical-tile": v,
+                       "modis:tile-id": f"5{h:02d}0{v:02d}", "proj:wkt2": wkt,
+                       "proj:shape": [size, size], "proj:transform": list(t)[:6]},
+        "links": [], "assets": assets,
+    }
+    return _write_item(item, outdir)
+
+
+STATE_KEY = "sur_refl_state_500m"
+QC_KEY = "sur_refl_qc_500m"

@@ -3,9 +3,7 @@ locally a temp file renamed into place, on S3 a single PUT of the final key."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -36,16 +34,12 @@ class LocalStore:
             raise StacchipError(f"no such file: {self.path(key)}") from None
 
     def _publish(self, key: str, write) -> str:
-        """``write(tmp_path)`` fills a temporary sibling, which is then renamed into place."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        """``write(tmp_path)`` fills a temporary sibling, which is then renamed into place
+        (mode from the umask; a name that says which host and process writes it: io.files)."""
+        from stacchip_core.io.files import publishing
+
+        with publishing(self.path(key)) as tmp:
+            write(str(tmp))
         return self.url(key)
 
     def write_bytes(self, key: str, data: bytes) -> str:
@@ -56,12 +50,11 @@ class LocalStore:
 
     def remove_partial(self, prefix: str) -> int:
         """Delete temporary files that a killed writer left under ``prefix``; their rename
-        never happened, so they are garbage. Returns how many were removed."""
-        base = self.path(prefix)
-        stale = [p for p in base.rglob(".*.tmp") if p.is_file()] if base.is_dir() else []
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return len(stale)
+        never happened, so they are garbage. Only stale ones: a concurrent writer's
+        temporary file stays (io.files.is_stale). Returns how many were removed."""
+        from stacchip_core.io.files import remove_stale
+
+        return remove_stale(self.path(prefix))
 
     def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
         base = self.path(prefix)

@@ -48,6 +48,7 @@ def redact(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """``text`` with every URL in it redacted and control characters (newlines included)
-    escaped, so that a message built from catalog data is one honest line."""
+    escaped, so that a message built from catalog data is one honest line. Trailing
+    whitespace goes (arrow ends some messages with a newline)."""
     text = _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
-    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text.replace("\n", "\\n"))
+    return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text.rstrip().replace("\n", "\\n"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +12,10 @@ import pystac
 
 from stacchip_core.errors import AssetError
 from stacchip_core.core.raster import asset_href
+from stacchip_core.io.files import scratch_dir  # noqa: F401  (also for plugins' normalize hooks)
+from stacchip_core.io.keys import join as join_key, segment
+from stacchip_core.io.urls import redact, redact_text
+from stacchip_core.plugins import sign_href
 from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
 from stacchip_core.io.store import S3Store
 from stacchip_core.types import Store
@@ -36,7 +39,7 @@ def fetch(href: str, directory: Path) -> Path:
         with urllib.request.urlopen(href, timeout=60) as response, open(local, "wb") as fh:
             shutil.copyfileobj(response, fh)
     else:
-        raise AssetError(f"cannot fetch {href}: unsupported scheme {url.scheme!r}")
+        raise AssetError(f"cannot fetch {redact(href)}: unsupported scheme {url.scheme!r}")
     return local
 
 
@@ -51,12 +54,12 @@ def copy_into(store: Store, href: str, key: str) -> str:
             # same endpoint: a server-side copy, no bytes through this machine
             store.client.copy({"Bucket": url.netloc, "Key": url.path.lstrip("/")}, store.bucket, store.key(key))
             return store.url(key)
-        with tempfile.TemporaryDirectory(prefix="stacchip-copy-") as tmp:
-            return store.put_file(key, fetch(href, Path(tmp)))
+        with scratch_dir("copy") as tmp:  # a rerun removes what a killed job left
+            return store.put_file(key, fetch(href, tmp))
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object
-        raise AssetError(f"cannot copy {href} to {store.url(key)}: {exc}") from None
+        raise AssetError(redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")) from None
 
 
 def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
@@ -70,9 +73,10 @@ def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
             del out.assets[key]
     for key in keys:
         asset = out.assets[key]
-        source = (hrefs or {}).get(key) or asset_href(asset)
-        name = Path(urlparse(source).path).name or f"{key}.tif"
-        asset.href = copy_into(store, source, f"{prefix}/{name}")
+        override = (hrefs or {}).get(key)
+        source = sign_href(override, asset) if override else asset_href(asset)  # asset_href signs
+        name = segment(Path(urlparse(source).path).name or f"{key}.tif", "asset file name")
+        asset.href = copy_into(store, source, join_key(prefix, name))
         log.info("copied %s -> %s", key, asset.href)
     out.clear_links()
     return out

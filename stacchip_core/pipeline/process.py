@@ -18,8 +18,9 @@ from pathlib import Path
 import pystac
 import shapely
 
+from stacchip_core.io import keys
 from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
-from stacchip_core.errors import PlatformError, StacchipError
+from stacchip_core.errors import PlatformError, SampleAttributeError, StacchipError
 from stacchip_core.core.index import index_bytes
 from stacchip_core.core.indexer import Indexer
 from stacchip_core.platform import Platform
@@ -40,6 +41,18 @@ class Sample:
     properties: dict = field(default_factory=dict)
 
 
+class Attributes(dict):
+    """A sample's attributes; reading a missing one is a SampleAttributeError that names
+    the sample (not a bare ``KeyError: 'name'``)."""
+
+    def __init__(self, values: dict, where: str) -> None:
+        super().__init__(values)
+        self.where = where
+
+    def __missing__(self, key):
+        raise SampleAttributeError(f"{self.where} has no attribute {key!r}")
+
+
 @dataclass
 class ItemResult:
     item_id: str
@@ -53,7 +66,7 @@ def load_sample(source: str | Path | None, index: int) -> Sample:
     if index < 0:
         raise StacchipError(f"sample index must be >= 0, got {index}")
     if source is None:
-        return Sample(index)
+        return Sample(index, None, Attributes({}, f"sample {index}"))
     import geopandas as gpd
 
     location = str(source)
@@ -72,19 +85,26 @@ def load_sample(source: str | Path | None, index: int) -> Sample:
         frame = frame.to_crs(4326)
     row = frame.iloc[index]
     properties = {k: _plain(v) for k, v in row.items() if k != frame.geometry.name}
-    return Sample(index, row.geometry, properties)
+    return Sample(index, row.geometry, Attributes(properties, f"sample {index} of {source}"))
 
 
 def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def item_prefix(platform: str, item_id: str) -> str:
+    """``{platform}/{item_id}``: the item id from the catalog is encoded, the platform name
+    must be plain (see io.keys), so no key leaves the bucket."""
+    return keys.join(keys.name(platform, "platform name"), keys.segment(item_id, "item id"))
+
+
 def index_key(platform: str, item_id: str) -> str:
-    return f"index/{platform}/{item_id}/index_{item_id}.parquet"
+    safe = keys.segment(item_id, "item id")
+    return keys.join("index", keys.name(platform, "platform name"), safe, f"index_{safe}.parquet")
 
 
 def item_key(platform: str, item_id: str) -> str:
-    return f"{platform}/{item_id}/stac_item.json"
+    return keys.join(item_prefix(platform, item_id), "stac_item.json")
 
 
 def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size: int | None = None,
@@ -94,9 +114,9 @@ def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size:
     if store.exists(ikey):
         log.info("%s: complete, skipped", item.id)
         return ItemResult(item.id, "skipped", index=store.url(ikey))
-    prefix = f"{platform.name}/{item.id}"
+    prefix = item_prefix(platform.name, item.id)
     # a killed run may have left temporary files: redoing the item starts clean
-    removed = store.remove_partial(prefix) + store.remove_partial(f"index/{platform.name}/{item.id}")
+    removed = store.remove_partial(prefix) + store.remove_partial(ikey.rpartition("/")[0])
     if removed:
         log.info("%s: removed %d temporary files of an interrupted run", item.id, removed)
     normalized = get_plugin_manager().hook.stacchip_normalize_item(
@@ -118,10 +138,16 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
             stac_api: str | None = None, chip_size: int | None = None, max_nodata: float = 0.5) -> list[ItemResult]:
     """Run one job: select the items for sample ``index`` and process each into ``bucket``."""
     plat = get_platform(platform)
+    if sample_source is None and plat.extra.get("samples") is None:
+        # only platforms that number their own samples (LINZ's prefixes) run without a source
+        raise StacchipError(f"platform {platform!r} needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)")
     sample = load_sample(sample_source, index)
     stac_api = stac_api or os.environ.get(STAC_API_ENV) or plat.extra.get("stac_api")
     catalog = open_catalog(stac_api) if stac_api else None
-    items = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
+    try:
+        items = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
+    except SampleAttributeError as exc:  # the selection reads an attribute the sample source lacks
+        raise SampleAttributeError(f"{exc}, which platform {platform!r} needs") from None
     if items is None:
         raise PlatformError(f"no installed plugin selects items for platform {platform!r}")
     log.info("sample %d: %d items selected for %s", index, len(items), platform)

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from tqdm import tqdm
 
 from stacchip_core.errors import StacchipError
+from stacchip_core.io.urls import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
                     index = futures[future]
                     if future.status == "error":
                         exc = future.exception()
-                        task = TaskResult(index, "failed", error=f"{type(exc).__name__}: {exc}")
+                        task = TaskResult(index, "failed", error=_error(exc))
                     else:
                         value, seconds = future.result()
                         task = TaskResult(index, "done", value, seconds=round(seconds, 3))
@@ -145,7 +146,12 @@ def _run_one(fn, index) -> TaskResult:
         return TaskResult(index, "done", value, seconds=round(seconds, 3))
     except Exception as exc:  # one failing job never aborts the others
         log.debug("job %d failed:\n%s", index, traceback.format_exc())
-        return TaskResult(index, "failed", error=f"{type(exc).__name__}: {exc}")
+        return TaskResult(index, "failed", error=_error(exc))
+
+
+def _error(exc: BaseException) -> str:
+    # reports are shared files: no credentials, one line per error
+    return redact_text(f"{type(exc).__name__}: {str(exc).strip()}")
 
 
 def _log_task(task: TaskResult) -> None:

@@ -97,7 +97,11 @@ def dump(stats: dict, path: str | Path) -> None:
         text = yaml.safe_dump(stats, sort_keys=False)
     else:
         text = json.dumps(stats, indent=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from stacchip_core.io.files import publishing, remove_stale
+
+    remove_stale(path.parent, recursive=False)  # what an earlier, killed or failed dump left
+    try:
+        with publishing(path) as tmp:  # atomic; on a full disk nothing is left behind
+            tmp.write_text(text)
+    except OSError as exc:
+        raise StacchipError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.errors import StacchipError
+from stacchip_core.io import keys
 from stacchip_core.io.store import open_store, read_url
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,9 @@ def _stable_hash(text: str) -> int:
 
 
 def cube_key(version: str, cube: Cube) -> str:
-    return f"{version}/{cube.platform}/cube_{cube.number:06d}.npz"
+    # the version is an option (refused when unsafe), the platform comes from the index (encoded)
+    return keys.join(keys.name(version, "--version"), keys.segment(cube.platform, "platform"),
+                     f"cube_{cube.number:06d}.npz")
 
 
 def _norms(rows: list[dict]) -> dict[str, np.ndarray]:
@@ -160,10 +163,12 @@ def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes
             cube_size: int = 128, spares: int | None = None, seed: int = 42, chip_filter: ChipFilter = ChipFilter(),
             workers: int = 4, mountpath=None) -> dict:
     """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
+    keys.name(version, "--version")  # before any work
     table = chip_filter.apply(load_index(index))
     cubes = plan_cubes(table, cube_size, spares, seed)
     mine = cubes[job * cubes_per_job:(job + 1) * cubes_per_job]
     store = open_store(target)
+    store.remove_partial(version)  # cubes a killed job was writing (io.files: only stale ones)
     reader = ChipReader(mountpath=mountpath)
     report = {"chips": len(table), "cubes_total": len(cubes), "written": [], "skipped": [], "failed": [], "failed_chips": []}
     for cube in mine:

@@ -1,7 +1,25 @@
 """stacchip source plugin for Landsat 8/9 Collection 2, Level 1 and Level 2 surface reflectance.
 
-Statistics come from ``qa_pixel`` bit flags: nodata is bit 0 (fill); cloud is bit 1
-(dilated cloud), bit 3 (cloud) or bit 4 (cloud shadow).
+Statistics come from the ``qa_pixel`` bit flags of Collection 2 (USGS Landsat 8-9 C2 Level 2
+Science Product Guide LSDS-1619, Table 6-3; Landsat 4-7: LSDS-1618; USGS "Landsat Collection 2
+Quality Assessment Bands";
+README "Landsat classes"):
+
+===  ===================  ============================  =================================
+bit  flag                 stacchip                      sensors
+===  ===================  ============================  =================================
+0    fill                 nodata                        all (ETM+ SLC-off gaps are fill)
+1    dilated cloud        cloud                         OLI/TIRS, TM, ETM+ (not MSS)
+2    cirrus               cloud (0.1.38: ignored)       OLI/TIRS only; unused (0) elsewhere
+3    cloud                cloud                         all, MSS included
+4    cloud shadow         cloud                         OLI/TIRS, TM, ETM+ (not MSS)
+5    snow                 clear                         OLI/TIRS, TM, ETM+
+6    clear                clear                         -
+7    water                clear                         -
+===  ===================  ============================  =================================
+
+Bits 8-15 are confidences (cloud, shadow, snow, cirrus); the flags above already encode the
+high-confidence decisions, so they are not read again.
 
 Sample selection: the centroid of the sample geometry; seeded by the sample index, one
 random year in 2018-2023; per quarter the least cloudy LANDSAT_8 or LANDSAT_9 item of the
@@ -17,7 +35,8 @@ from stacchip_core import Band, ChipStats, Platform, bit_mask, hookimpl, hookimp
 from stacchip_core.pipeline.ingest import copy_assets
 
 QA_FILL_BIT = 0
-QA_CLOUD_BITS = (1, 3, 4)
+# 1 dilated cloud, 2 cirrus (OLI only, high-confidence cirrus; 0.1.38 ignored it), 3 cloud, 4 cloud shadow
+QA_CLOUD_BITS = (1, 2, 3, 4)
 
 STAC_API = "https://landsatlook.usgs.gov/stac-server"
 YEARS = range(2018, 2024)
@@ -25,21 +44,23 @@ QUARTERS = (("01-01", "03-31"), ("04-01", "06-30"), ("07-01", "09-30"), ("10-01"
 SATELLITES = ["LANDSAT_8", "LANDSAT_9"]
 MAX_CLOUD_COVER = 75.0
 
+# aliases: USGS/Earth Search keys (B2...) and Geoscience Australia ARD keys (nbart_blue...)
 _BANDS = (
-    Band("blue", ("B2",)),
-    Band("green", ("B3",)),
-    Band("red", ("B4",)),
-    Band("nir08", ("B5",)),
-    Band("swir16", ("B6",)),
-    Band("swir22", ("B7",)),
+    Band("blue", ("B2", "nbart_blue")),
+    Band("green", ("B3", "nbart_green")),
+    Band("red", ("B4", "nbart_red")),
+    Band("nir08", ("B5", "nbart_nir")),
+    Band("swir16", ("B6", "nbart_swir_1")),
+    Band("swir22", ("B7", "nbart_swir_2")),
 )
 _QA = (Band("qa_pixel", ("QA_PIXEL",)),)
 
 L1 = Platform(
     name="landsat-c2l1",
     collections=("landsat-c2l1", "landsat-c2-l1"),
-    # pan is 15 m: an L1 item's chip grid is the 15 m grid, the 30 m bands expand 2x
-    bands=_BANDS + (Band("pan", ("B8",)), Band("lwir", ("lwir11", "B10")), Band("lwir_high", ("lwir12", "B11"))),
+    # pan is 15 m: an L1 item's chip grid is the 15 m grid, the 30 m bands expand 2x; where pan
+    # is offset by 7.5 m from them (GA ARD) they are resampled onto it (core.resample)
+    bands=_BANDS + (Band("pan", ("B8", "nbart_panchromatic")), Band("lwir", ("lwir11", "B10")), Band("lwir_high", ("lwir12", "B11"))),
     aux=_QA,
     nodata=0,
     description="Landsat 8/9 Collection 2 Level 1",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,7 +24,7 @@ import rasterio
 from rasterio.enums import Resampling
 
 from stacchip_core import Band, ChipStats, Platform, StacchipError, hookimpl, hookimpl_for
-from stacchip_core.pipeline.ingest import fetch
+from stacchip_core.pipeline.ingest import fetch, scratch_dir
 from stacchip_core.io.settings import apply_gdal_options, source_s3_endpoint
 from stacchip_core.io.store import open_store
 from stacchip_core.core.output import write_cog
@@ -117,13 +116,13 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
     source = item.assets["visual"].href
     key = f"{prefix}/{Path(urlparse(source).path).name}"
-    with tempfile.TemporaryDirectory(prefix="stacchip-linz-") as tmp:
-        local = Path(tmp) / "visual.tiff"
+    with scratch_dir("linz") as tmp:  # a rerun removes what a killed job left
+        local = tmp / "visual.tiff"
         if store.exists(key):
             href = store.url(key)  # a rerun: resampled already
         else:
             # fetched first: the source bucket may sit behind another endpoint than the target
-            resample(str(fetch(source, Path(tmp))), local)
+            resample(str(fetch(source, tmp)), local)
             href = str(local)
         new = create_stac_item(href, input_datetime=item.common_metadata.start_datetime, id=item.id,
                                asset_name="visual", asset_media_type=pystac.MediaType.COG, with_proj=True)

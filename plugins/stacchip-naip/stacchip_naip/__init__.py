@@ -4,6 +4,10 @@ NAIP has no cloud mask and no nodata value: every chip gets 0 for both.
 
 Sample selection: the items intersecting the centroid of the sample geometry, sorted by
 ``naip:year``; the latest, plus one older item drawn at random (seeded by the sample index).
+
+Planetary Computer serves NAIP from Azure blob storage that needs a SAS token: stacchip signs
+such hrefs just before they are read or copied (``stacchip_core.signing``; install
+``'stacchip-naip[planetary-computer]'``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,25 @@
 """stacchip source plugin for Sentinel-2 L2A.
 
-Statistics come from the Scene Classification Layer (SCL) at its native 20 m: cloud is
-classes 1 (saturated/defective), 3 (cloud shadow), 8, 9 (cloud medium/high probability)
-and 10 (thin cirrus); nodata is class 0. Asset keys of Earth Search (``red``, ``scl``)
-and Planetary Computer (``B04``, ``SCL``) both resolve.
+Statistics come from the Scene Classification Layer (SCL) at its native 20 m, with the
+classes of the Sentinel-2 L2A product definition (ESA, Sen2Cor Product Specification
+Table "Scene Classification values"; README "Sentinel-2 classes"):
+
+====  ==========================  =============================
+SCL   class                       stacchip
+====  ==========================  =============================
+0     no data                     nodata
+1     saturated or defective      nodata (invalid; 0.1.38: cloud)
+2     dark area / cast shadow     clear (topography, not cloud)
+3     cloud shadow                cloud
+4-7   vegetation, bare, water,    clear
+      unclassified
+8, 9  cloud medium/high prob.     cloud
+10    thin cirrus                 cloud
+11    snow or ice                 clear
+====  ==========================  =============================
+
+Asset keys of Earth Search (``red``, ``scl``), Planetary Computer (``B04``, ``SCL``) and
+Copernicus Data Space (``B04_10m``, ``SCL_20m``) all resolve.
 
 Sample selection (the original processor's behaviour; every number is a parameter below):
 samples are MGRS tiles (column ``name``); seeded by the sample index, two random years in
@@ -19,8 +35,10 @@ from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl, hooki
 from stacchip_core.pipeline.ingest import copy_assets
 
 NAME = "sentinel-2-l2a"
-SCL_CLOUD_CLASSES = (1, 3, 8, 9, 10)
-SCL_NODATA_CLASS = 0
+# ESA L2A SCL: 3 cloud shadows, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus
+SCL_CLOUD_CLASSES = (3, 8, 9, 10)
+# 0 no data; 1 saturated or defective: the pixel holds no valid measurement (0.1.38 counted it as cloud)
+SCL_NODATA_CLASSES = (0, 1)
 
 STAC_API = "https://earth-search.aws.element84.com/v1"
 COLLECTION = "sentinel-2-l2a"
@@ -65,7 +83,7 @@ def stacchip_platforms():
 def stacchip_chip_stats(platform, grid, read_asset):
     fractions = read_asset.chip_fractions("scl", {
         "cloud": lambda scl: class_mask(scl, SCL_CLOUD_CLASSES),
-        "nodata": lambda scl: scl == SCL_NODATA_CLASS,
+        "nodata": lambda scl: class_mask(scl, SCL_NODATA_CLASSES),
     })
     return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
 

@@ -1,0 +1,127 @@
+"""Preview grids that show what the index measures: each chip in true colour, its cloud mask
+outlined in magenta, its cloud and nodata fractions printed under it.
+
+The masks are the demo sources' quality layers read for the chip's window and reduced as their
+plugins reduce them (Sentinel-2 SCL classes 1, 3, 8, 9, 10; Landsat QA_PIXEL bits 1, 3, 4).
+Tiles are pasted pixel for pixel (no resampling), so a test can find a mask's outline exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stacchip_core.core.chipper import Chipper, item_for_row
+from stacchip_core.core.output import band_stack, write_png
+from stacchip_core.platform import Platform
+
+OUTLINE = (255, 0, 255)
+GAP, LABEL = 6, 30  # px between tiles; px of text under each tile
+
+# platform -> (quality layer, mask of what its plugin counts as cloud)
+CLOUD_MASKS = {
+    "sentinel-2-l2a": ("scl", lambda scl: np.isin(scl, (1, 3, 8, 9, 10))),
+    "landsat-c2l2-sr": ("qa_pixel", lambda qa: (qa & 0b11010) > 0),
+    "landsat-c2l1": ("qa_pixel", lambda qa: (qa & 0b11010) > 0),
+}
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it (edges of the tile excluded)."""
+    m = np.pad(mask, 1, mode="edge")
+    inner = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask & ~inner
+
+
+def chip_cloud_mask(chipper: Chipper, platform: Platform | None, x: int, y: int) -> np.ndarray | None:
+    """The cloud mask of chip (x, y) on the chip's grid, or None when the platform has none."""
+    if platform is None or platform.name not in CLOUD_MASKS:
+        return None
+    layer, fn = CLOUD_MASKS[platform.name]
+    key = platform.asset_key(chipper.item, layer)
+    if key is None:
+        return None
+    with Chipper(chipper.item, assets=[key], chip_size=chipper.grid.chip_size, platform=platform) as qa:
+        return fn(qa.chip(x, y)[key][0])
+
+
+def true_colour(stack: np.ndarray, names: list[str], nodata, clear: np.ndarray | None) -> np.ndarray:
+    """RGB uint8 (3, h, w): 2-98 % stretch over clear, valid pixels (clouds then saturate)."""
+    wanted = [names.index(b) for b in ("red", "green", "blue") if b in names] or list(range(min(3, len(names))))
+    wanted += [wanted[-1]] * (3 - len(wanted))
+    rgb = stack[wanted].astype(np.float64)
+    valid = np.all(np.isfinite(rgb), axis=0)  # Sentinel-1 marks nodata NaN: NaN makes every percentile NaN
+    if nodata is not None:
+        valid &= ~np.all(stack[wanted] == nodata, axis=0)
+    sample = valid & (clear if clear is not None else True)
+    if sample.sum() < 16:
+        sample = valid
+    out = np.zeros(rgb.shape, np.uint8)
+    for i in range(3):
+        if not sample.any():
+            break
+        lo, hi = np.percentile(rgb[i][sample], [2, 98])
+        hi = lo + 1.4 * (hi - lo)  # headroom: bright soil stays below cloud white
+        scaled = np.clip((rgb[i] - lo) * (255.0 / (hi - lo) if hi > lo else 0.0), 0, 255)
+        out[i] = np.where(valid, scaled, 0).astype(np.uint8)
+    return out
+
+
+def tile_origin(i: int, cols: int, cs: int) -> tuple[int, int]:
+    """(row, col) of tile ``i``'s top-left pixel in a preview grid."""
+    r, c = divmod(i, cols)
+    return GAP + r * (cs + LABEL + GAP), GAP + c * (cs + GAP)
+
+
+def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: int = 4) -> dict:
+    """Write the preview PNG of index ``rows``; returns the tiles' chipids, origins and masks
+    (``masks[i]``: the outlined cloud mask of tile i, or None)."""
+    tiles, masks, labels = [], [], []
+    for row in rows:
+        x, y = int(row["chip_index_x"]), int(row["chip_index_y"])
+        with Chipper(item_for_row(row), platform=platform, chip_size=int(row["chip_size"])) as chipper:
+            stack, names = band_stack(chipper.chip(x, y), platform)
+            mask = chip_cloud_mask(chipper, platform, x, y)
+        rgb = true_colour(stack, names, platform.nodata if platform else None, None if mask is None else ~mask)
+        if mask is not None:
+            edge = outline(mask)
+            for b in range(3):
+                rgb[b][edge] = OUTLINE[b]
+        tiles.append(rgb)
+        masks.append(mask)
+        labels.append(f"cloud {row['cloud_cover_percentage']:.2f}  nodata {row['nodata_percentage']:.2f}")
+    cs = max(t.shape[1] for t in tiles)
+    cols = min(cols, len(tiles))
+    nrows = (len(tiles) + cols - 1) // cols
+    height, width = GAP + nrows * (cs + LABEL + GAP), GAP + cols * (cs + GAP)
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    origins = []
+    for i, tile in enumerate(tiles):
+        r0, c0 = tile_origin(i, cols, cs)
+        canvas[r0:r0 + tile.shape[1], c0:c0 + tile.shape[2]] = tile.transpose(1, 2, 0)
+        origins.append((r0, c0))
+    canvas = _with_labels(canvas, [(r0 + cs + 4, c0, text) for (r0, c0), text in zip(origins, labels)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path, canvas.transpose(2, 0, 1))
+    return {"path": path, "chipids": [r["chipid"] for r in rows], "origins": origins, "masks": masks,
+            "cols": cols, "chip_size": cs}
+
+
+def _with_labels(canvas: np.ndarray, labels: list[tuple[int, int, str]]) -> np.ndarray:
+    """Text drawn by matplotlib into the white strips under the tiles; the tiles stay untouched
+    pixel for pixel (the figure is the canvas at 1 px per pixel)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h, w = canvas.shape[:2]
+    fig = Figure(figsize=(w / 100, h / 100), dpi=100)
+    fig.figimage(canvas, 0, 0, origin="upper")
+    for row, col, text in labels:
+        fig.text(col / w, 1 - row / h, text, fontsize=9, family="monospace", va="top", ha="left")
+    agg = FigureCanvasAgg(fig)
+    agg.draw()
+    out = np.asarray(agg.buffer_rgba())[..., :3].copy()
+    tiles_mask = np.all(canvas != 255, axis=-1)  # keep tile pixels exactly (text never reaches them)
+    out[tiles_mask] = canvas[tiles_mask]
+    return out

@@ -1,0 +1,165 @@
+"""A TorchGeo ``GeoDataset`` over a stacchip index (needs the ``torchgeo`` extra; this module
+is the only one that imports torchgeo, and nothing imports it unless you do).
+
+``StacchipGeoDataset(index)`` holds one row per chip in TorchGeo's index: a GeoDataFrame whose
+geometry is the chip's exact window on its item grid (in the items' CRS) and whose index is
+the acquisition time as a closed ``pd.IntervalIndex``. TorchGeo's samplers
+(``RandomGeoSampler``, ``GridGeoSampler``, ...), ``IntersectionDataset``/``UnionDataset``,
+``stack_samples`` and trainers work on it unchanged. A query ``[xmin:xmax:res, ymin:ymax:res,
+tmin:tmax:tstep]`` returns ``{"image": float32 (bands, H, W), "bounds": query, "crs": crs}``
+(TorchGeo 0.8's sample keys), mosaicked from the chips it touches (the earliest first,
+nearest neighbour onto the query's pixel grid, 0 where no chip is); ``label_column`` adds
+``"label"``: the pixel-weighted mean of that index column over the chips that filled the
+query (e.g. ``cloud_cover_percentage`` for a cloud-fraction regression).
+
+A TorchGeo dataset has one CRS and one resolution: chips of other CRSs or resolutions are left
+out (logged); pick them with ``crs=`` or build one dataset per CRS and join them with ``|``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyproj
+import shapely
+import torch
+from geopandas import GeoDataFrame
+from torchgeo.datasets import GeoDataset
+
+from stacchip_core.core.chipper import item_for_row
+from stacchip_core.core.grid import ChipGrid
+from stacchip_core.errors import StacchipError
+from stacchip_core.training.chipread import ChipReader
+from stacchip_core.training.prechip import ChipFilter, load_index
+
+log = logging.getLogger(__name__)
+
+
+class StacchipGeoDataset(GeoDataset):
+    """TorchGeo view of a stacchip index (a path/URL or a ``pyarrow.Table``).
+
+    Args:
+        index: the merged index.
+        bands: band names to read (default: the platform's canonical bands).
+        crs: keep chips in this CRS (default: the CRS of the most chips).
+        chip_filter: rows to keep (a ``ChipFilter``; default: all rows).
+        label_column: an index column returned as ``sample["label"]``.
+        transforms: TorchGeo-style ``transforms(sample) -> sample``.
+        mountpath: for bucket hrefs mounted locally.
+    """
+
+    def __init__(self, index: str | pa.Table, bands: Sequence[str] | None = None, crs: pyproj.CRS | str | None = None,
+                 chip_filter: ChipFilter | None = None, label_column: str | None = None,
+                 transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 mountpath: str | None = None) -> None:
+        table = load_index(index) if not isinstance(index, pa.Table) else index
+        if chip_filter is not None:
+            table = chip_filter.apply(table)
+        if not len(table):
+            raise StacchipError("no chips in the index (after filtering)")
+        self.reader = ChipReader(list(bands) if bands else None, mountpath)
+        self.transforms = transforms
+        self.label_column = label_column
+        if label_column is not None and label_column not in table.column_names:
+            raise StacchipError(f"label column {label_column!r} is not in the index ({table.column_names})")
+        self.mountpath = mountpath
+
+        # one grid per item (not per chip): each chip's window from its (x, y)
+        hrefs = np.asarray(table["item_href"].to_pylist(), dtype=object)
+        cx = table["chip_index_x"].to_numpy()
+        cy = table["chip_index_y"].to_numpy()
+        cs = table["chip_size"].to_numpy()
+        boxes = np.zeros((len(table), 4))
+        crss, res = [None] * len(table), np.zeros(len(table))
+        for href in np.unique(hrefs):
+            rows = np.flatnonzero(hrefs == href)
+            first = table.slice(int(rows[0]), 1).to_pylist()[0]
+            grid = ChipGrid.from_item(item_for_row(first, mountpath), int(first["chip_size"]))
+            t = grid.transform
+            if t.b or t.d or t.e >= 0:
+                raise StacchipError(f"item {first['item_id']}: only north-up grids are supported")
+            x0 = t.c + cx[rows] * cs[rows] * t.a
+            y1 = t.f + cy[rows] * cs[rows] * t.e
+            boxes[rows] = np.column_stack([x0, y1 + cs[rows] * t.e, x0 + cs[rows] * t.a, y1])
+            res[rows] = t.a
+            for r in rows:
+                crss[r] = grid.crs
+        wkts = np.asarray([c.to_wkt() for c in crss], dtype=object)
+        if crs is None:
+            values, counts = np.unique(wkts, return_counts=True)
+            crs = pyproj.CRS(values[np.argmax(counts)])
+        crs = pyproj.CRS(crs)
+        keep = wkts == crs.to_wkt()
+        if not keep.any():
+            raise StacchipError(f"no chips in {crs.to_string()}")
+        resolution = float(np.median(res[keep]))
+        keep &= np.isclose(res, resolution)
+        if (~keep).any():
+            log.info("%d chips in another CRS or resolution left out", int((~keep).sum()))
+        rows = np.flatnonzero(keep)
+        self.table = table.take(pa.array(rows))
+        when = pd.to_datetime(self.table["datetime"].to_numpy(zero_copy_only=False), utc=True).tz_localize(None)
+        interval = pd.IntervalIndex.from_arrays(when, when, closed="both", name="datetime")
+        self.index = GeoDataFrame({"row": np.arange(len(rows))}, index=interval,
+                                  geometry=shapely.box(*boxes[rows].T), crs=crs)
+        self._res = (resolution, resolution)
+        self._labels = (np.asarray(self.table[label_column].to_numpy(zero_copy_only=False), dtype=np.float64)
+                        if label_column else None)
+
+    def __getitem__(self, query) -> dict[str, Any]:
+        x, y, t = self._disambiguate_slice(query)
+        hits = self.index.iloc[self.index.index.overlaps(pd.Interval(t.start, t.stop, closed="both"))]
+        hits = hits.iloc[:: t.step]
+        hits = hits.cx[x.start:x.stop, y.start:y.stop]
+        if hits.empty:
+            raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
+        xres, yres = x.step or self.res[0], y.step or self.res[1]
+        width = max(1, int(round((x.stop - x.start) / xres)))
+        height = max(1, int(round((y.stop - y.start) / yres)))
+        # the query's pixel centres; each is filled from the first chip (earliest) holding it
+        xs = x.start + (np.arange(width) + 0.5) * xres
+        ys = y.stop - (np.arange(height) + 0.5) * yres
+        image = None
+        filled = np.zeros((height, width), dtype=bool)
+        label_sum, res = 0.0, self.res[0]
+        order = np.argsort(hits.index.left.values, kind="stable")
+        for k in order:
+            r = int(hits["row"].iloc[k])
+            xmin, ymin, xmax, ymax = hits.geometry.iloc[k].bounds
+            cols = np.floor((xs - xmin) / res).astype(np.int64)
+            rows = np.floor((ymax - ys) / res).astype(np.int64)
+            ci, ri = np.flatnonzero((cols >= 0) & (xs < xmax)), np.flatnonzero((rows >= 0) & (ys > ymin))
+            if not len(ci) or not len(ri):
+                continue
+            todo = ~filled[np.ix_(ri, ci)]
+            if not todo.any():
+                continue
+            pixels = self.reader.read(self.table.slice(r, 1).to_pylist()[0])
+            if image is None:
+                image = np.zeros((pixels.shape[0], height, width), dtype=np.float32)
+            block = pixels[:, rows[ri]][:, :, cols[ci]]
+            target = image[:, ri[:, None], ci[None, :]]
+            target[:, todo] = block[:, todo]
+            image[:, ri[:, None], ci[None, :]] = target
+            filled[np.ix_(ri, ci)] |= todo
+            if self._labels is not None:
+                label_sum += self._labels[r] * int(todo.sum())
+        if image is None:
+            raise IndexError(f"query: {query} holds no chip pixel")
+        sample: dict[str, Any] = {"image": torch.from_numpy(image), "bounds": query, "crs": self.crs}
+        if self._labels is not None:
+            sample["label"] = torch.tensor(label_sum / max(1, int(filled.sum())), dtype=torch.float32)
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        return sample
+
+    def chip_query(self, i: int) -> tuple[slice, slice, slice]:
+        """The query that returns exactly chip ``i`` of the dataset (its window and time)."""
+        xmin, ymin, xmax, ymax = self.index.geometry.iloc[i].bounds
+        iv = self.index.index[i]
+        return slice(xmin, xmax, self.res[0]), slice(ymin, ymax, self.res[1]), slice(iv.left, iv.right, 1)

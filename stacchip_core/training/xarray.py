@@ -1,0 +1,139 @@
+"""Chips as ``xarray.DataArray``s, and model outputs written back where their chip came from.
+
+``chip_dataarray(row)`` is a chip's pixels with dims (band, y, x), pixel-centre coordinates in
+the item's CRS, a ``time`` coordinate and a CF ``spatial_ref`` coordinate (``crs_wkt`` and
+``GeoTransform``, which rioxarray and GDAL read). ``prediction_dataarray`` and
+``write_prediction`` georeference any array of the chip's height and width (or an integer
+fraction of it, for outputs at a coarser stride), with any number of channels, on the chip's
+window of the item grid. Needs the ``xarray`` extra for DataArrays; GeoTIFFs need only rasterio.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyproj
+import rasterio
+from affine import Affine
+
+from stacchip_core.core.chipper import item_for_row
+from stacchip_core.core.grid import ChipGrid
+from stacchip_core.errors import StacchipError
+from stacchip_core.training.chipread import ChipReader
+
+
+@dataclass(frozen=True)
+class ChipGeoref:
+    """Where a chip lies: its pixel grid (``transform`` of its top-left pixel, ``crs``,
+    ``height`` x ``width``) and its acquisition ``time``."""
+
+    transform: Affine
+    crs: pyproj.CRS
+    height: int
+    width: int
+    time: datetime | None
+
+    def scaled(self, height: int, width: int) -> ChipGeoref:
+        """The same footprint on a ``height`` x ``width`` grid (an integer fraction of it)."""
+        if (height, width) == (self.height, self.width):
+            return self
+        if height < 1 or width < 1 or self.height % height or self.width % width:
+            raise StacchipError(f"an output of {height} x {width} px does not fit a chip of "
+                                f"{self.height} x {self.width} px (use the chip's size or an integer fraction)")
+        t = self.transform @ Affine.scale(self.width / width, self.height / height)
+        return ChipGeoref(t, self.crs, height, width, self.time)
+
+    def coords(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-centre x and y coordinates (1-D, north-up grids)."""
+        t = self.transform
+        x = t.c + (np.arange(self.width) + 0.5) * t.a
+        y = t.f + (np.arange(self.height) + 0.5) * t.e
+        return x, y
+
+
+def chip_georef(row: dict, mountpath=None, item=None) -> ChipGeoref:
+    """The grid window of the chip an index row names (``chip_index_x``/``_y``, ``chip_size``)
+    on its item's finest grid, as the chipper reads it."""
+    item = item or item_for_row(row, mountpath)
+    grid = ChipGrid.from_item(item, int(row["chip_size"]))
+    col, row_off, w, h = grid.window(int(row["chip_index_x"]), int(row["chip_index_y"]))
+    when = row.get("datetime")
+    if isinstance(when, datetime) and when.tzinfo is not None:
+        when = when.replace(tzinfo=None)  # numpy datetime64 is naive (UTC)
+    return ChipGeoref(grid.transform @ Affine.translation(col, row_off), grid.crs, h, w, when)
+
+
+def _dataarray(data: np.ndarray, geo: ChipGeoref, names: Sequence[str], attrs: dict):
+    import xarray as xr
+
+    x, y = geo.coords()
+    coords = {"band": list(names), "y": y, "x": x,
+              "spatial_ref": ((), 0, {"crs_wkt": geo.crs.to_wkt(), "spatial_ref": geo.crs.to_wkt(),
+                                      "GeoTransform": " ".join(str(v) for v in geo.transform.to_gdal())})}
+    if geo.time is not None:
+        coords["time"] = np.datetime64(geo.time, "ns")
+    da = xr.DataArray(data, dims=("band", "y", "x"), coords=coords,
+                      attrs={"crs": geo.crs.to_string(), "transform": tuple(geo.transform)[:6], **attrs})
+    da.x.attrs.update(units="m", axis="X")
+    da.y.attrs.update(units="m", axis="Y")
+    return da
+
+
+def chip_dataarray(row: dict, bands: Sequence[str] | None = None, mountpath=None, reader: ChipReader | None = None):
+    """A chip as ``xarray.DataArray`` (band, y, x) of float32, bands in the platform's
+    canonical order (or ``bands``), with coordinates, CRS and time; ``attrs`` hold
+    ``chipid``, ``platform``, ``item_id``, ``crs`` and ``transform``."""
+    reader = reader or ChipReader(list(bands) if bands else None, mountpath)
+    data = reader.read(row)
+    geo = chip_georef(row, mountpath)
+    return _dataarray(data, geo, reader.band_names(row["platform"]),
+                      {"chipid": row["chipid"], "platform": row["platform"], "item_id": row["item_id"]})
+
+
+def _as_chw(output) -> np.ndarray:
+    data = np.asarray(output.detach().cpu().numpy() if hasattr(output, "detach") else output)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise StacchipError(f"a prediction must be (height, width) or (channels, height, width), got shape {data.shape}")
+    return data
+
+
+def prediction_dataarray(output, row: dict, names: Sequence[str] | None = None, mountpath=None,
+                         georef: ChipGeoref | None = None):
+    """A model's output for the chip of ``row`` (``(C, H, W)`` or ``(H, W)``, numpy or torch;
+    H x W the chip's size or an integer fraction of it) as a georeferenced DataArray."""
+    data = _as_chw(output)
+    geo = (georef or chip_georef(row, mountpath)).scaled(data.shape[1], data.shape[2])
+    names = list(names) if names is not None else [f"channel_{i}" for i in range(data.shape[0])]
+    if len(names) != data.shape[0]:
+        raise StacchipError(f"{len(names)} channel names for {data.shape[0]} channels")
+    return _dataarray(data, geo, names, {"chipid": row["chipid"]})
+
+
+def write_prediction(path: str | Path, output, row: dict, names: Sequence[str] | None = None, mountpath=None,
+                     georef: ChipGeoref | None = None, nodata=None) -> Path:
+    """Write a model's output for the chip of ``row`` as a GeoTIFF on the chip's window
+    (atomically: a temporary name, then renamed). Channel names become band descriptions."""
+    data = _as_chw(output)
+    geo = (georef or chip_georef(row, mountpath)).scaled(data.shape[1], data.shape[2])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.tif")
+    try:
+        with rasterio.open(tmp, "w", driver="GTiff", count=data.shape[0], height=data.shape[1], width=data.shape[2],
+                           dtype=data.dtype, crs=geo.crs.to_wkt(), transform=geo.transform, nodata=nodata,
+                           compress="deflate") as dst:
+            dst.write(data)
+            for i, name in enumerate(names or [], start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(chipid=row["chipid"])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,171 @@
+"""StacchipDataModule: filters, spatially disjoint splits, platform batches, oversampling,
+and sharding over DDP ranks and data-loader workers (a real 2-process DDP run on CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from stacchip_core import Indexer
+from stacchip_core.training.prechip import ChipFilter
+
+BLOCK = 0.01  # degrees: the synthetic scenes span a few blocks of this size
+
+
+@pytest.fixture(scope="module")
+def index_path(synthetic_scenes, tmp_path_factory):
+    """S2 (two items, 18 chips), NAIP (4) and Landsat (4)."""
+    tables = [Indexer(str(synthetic_scenes[k]), chip_max_nodata=1.0).create_index() for k in ("s2", "s2pc", "naip", "landsat")]
+    path = tmp_path_factory.mktemp("dm") / "merged.parquet"
+    pq.write_table(pa.concat_tables(tables), path)
+    return path
+
+
+def make(index_path, **kwargs):
+    from stacchip_core.training.datamodule import StacchipDataModule
+
+    kwargs = {"split_block_deg": BLOCK, "val_fraction": 0.3, "test_fraction": 0.3, "bands": ["red", "green", "blue"],
+              **kwargs}
+    return StacchipDataModule(index_path if isinstance(index_path, pa.Table) else str(index_path), **kwargs)
+
+
+def blocks(table):
+    b = table["bbox"]
+    lon = (pc.struct_field(b, "xmin").to_numpy() + pc.struct_field(b, "xmax").to_numpy()) / 2
+    lat = (pc.struct_field(b, "ymin").to_numpy() + pc.struct_field(b, "ymax").to_numpy()) / 2
+    return list(zip(np.floor(lon / BLOCK).astype(int), np.floor(lat / BLOCK).astype(int)))
+
+
+def test_splits_are_spatially_disjoint_reproducible_and_stored(lightning, index_path, tmp_path):
+    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0))
+    split = dm.table["split"].to_pylist()
+    by_block = {}
+    for block, s in zip(blocks(dm.table), split):
+        by_block.setdefault(block, set()).add(s)
+    assert all(len(v) == 1 for v in by_block.values())  # a block is in one split only
+    assert set(split) == {"train", "val", "test"} and len(split) == 26
+    again = make(index_path, chip_filter=ChipFilter(max_nodata=1.0))
+    assert again.table["split"].to_pylist() == split  # same seed, same split
+    other = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_seed=5)
+    assert other.table["split"].to_pylist() != split
+    # stored: an index with a split column keeps it, edits included
+    dm.write_splits(tmp_path / "with_split.parquet")
+    edited = pq.read_table(tmp_path / "with_split.parquet")
+    edited = edited.set_column(edited.schema.get_field_index("split"), "split", pa.array(["test"] * 26))
+    assert set(make(edited).table["split"].to_pylist()) == {"test"}
+
+
+def test_filters_apply_before_splitting(lightning, index_path):
+    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0, platforms=("naip", "landsat-c2l2-sr")))
+    assert sorted(Counter(dm.table["platform"].to_pylist()).items()) == [("landsat-c2l2-sr", 4), ("naip", 4)]
+    full = pq.read_table(index_path)
+    cloudy = ChipFilter(max_nodata=1.0, max_cloud=0.2)
+    assert len(make(index_path, chip_filter=cloudy).table) == int(pc.sum(pc.less_equal(full["cloud_cover_percentage"], 0.2)).as_py())
+
+
+@pytest.mark.parametrize("world,workers,batch", [(1, 0, 4), (2, 2, 4), (3, 2, 2)])
+def test_every_chip_once_per_epoch_over_ranks_and_workers(lightning, index_path, world, workers, batch):
+    from stacchip_core.training.datamodule import ShardedChipBatches, _EpochLoader
+    from stacchip_core.training.dataset import ChipDataset
+
+    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0, test_fraction=0.0)  # one block: all train
+    train = dm.split_table("train")
+    assert len(train) == 26
+    for epoch in (0, 1):
+        seen, steps = [], []
+        for rank in range(world):
+            ds = ShardedChipBatches(ChipDataset(train, bands=["red", "green", "blue"]), batch, rank, world, seed=3)
+            ds.set_epoch(epoch)
+            loader = _EpochLoader(ds, batch_size=None, num_workers=workers, epoch_fn=lambda: epoch)
+            batches = list(loader)
+            steps.append(len(batches))
+            for b in batches:
+                assert len(set(b["platform"] if isinstance(b["platform"], list) else [b["platform"]])) == 1
+                assert tuple(b["pixels"].shape[1:]) == (3, 256, 256) and len(b["chipid"]) <= batch
+                seen += b["chipid"]
+        assert len(set(steps)) == 1  # DDP needs equal step counts on every rank
+        assert sorted(seen) == sorted(train["chipid"].to_pylist())  # each chip exactly once
+        if epoch == 0:
+            first = list(seen)
+    assert seen != first  # reshuffled
+
+
+def test_oversampling_balances_platforms_in_training_only(lightning, index_path):
+    from stacchip_core.training.datamodule import epoch_batches
+
+    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0, test_fraction=0.0)
+    platforms = np.asarray(dm.split_table("train")["platform"].to_pylist(), dtype=object)
+    rows = np.concatenate(epoch_batches(platforms, 4, 0, 0, True, True, 1))
+    counts = Counter(platforms[rows].tolist())
+    assert counts == {"sentinel-2-l2a": 18, "naip": 18, "landsat-c2l2-sr": 18}
+    # every small-platform chip appears 4 or 5 times (4 whole passes + 2 of a fifth)
+    per_chip = Counter(rows.tolist())
+    assert sorted(set(per_chip[i] for i in np.flatnonzero(platforms == "naip"))) == [4, 5]
+    assert sum(per_chip[i] for i in np.flatnonzero(platforms == "naip")) == 18
+    val = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), oversample=True)
+    assert val.val_dataloader().dataset.oversample is False
+
+
+DDP_SCRIPT = r'''
+import json, sys
+sys.path.insert(0, sys.argv[3])
+from provision import import_torch_stack
+import_torch_stack()
+import lightning, torch
+from stacchip_core.training.datamodule import StacchipDataModule
+from stacchip_core.training.prechip import ChipFilter
+
+
+class Probe(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        self.seen = []
+
+    def training_step(self, batch, i):
+        self.seen.append([self.current_epoch, batch["chipid"]])
+        return self.layer(batch["pixels"].mean(dim=(2, 3)) / 1000).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def on_train_end(self):
+        with open(f"{sys.argv[2]}/rank{self.global_rank}.json", "w") as fh:
+            json.dump({"world": self.trainer.world_size, "seen": self.seen}, fh)
+
+
+dm = StacchipDataModule(sys.argv[1], bands=["red", "green", "blue"], chip_filter=ChipFilter(max_nodata=1.0),
+                        split_block_deg=100, val_fraction=0.0, test_fraction=0.0, batch_size=4, num_workers=2, seed=1)
+trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0)
+trainer.fit(Probe(), datamodule=dm)
+'''
+
+
+def test_ddp_two_processes_see_every_chip_once_per_epoch(lightning, index_path, tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PL_DISABLE_FORK": "1"}
+    r = subprocess.run([sys.executable, str(script), str(index_path), str(out), str(Path(__file__).parent)],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    expected = sorted(pq.read_table(index_path)["chipid"].to_pylist())
+    for epoch in (0, 1):
+        per_rank = [[c for e, batch in r["seen"] if e == epoch for c in batch] for r in ranks]
+        assert per_rank[0] and per_rank[1]
+        assert not set(per_rank[0]) & set(per_rank[1])
+        assert sorted(per_rank[0] + per_rank[1]) == expected  # every chip, exactly once
+        assert len([b for e, b in ranks[0]["seen"] if e == epoch]) == len([b for e, b in ranks[1]["seen"] if e == epoch])
