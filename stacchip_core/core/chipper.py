@@ -212,7 +212,8 @@ class Chipper:
         todo = [(i, k) for i, res in enumerate(out) for k in self.assets
                 if not isinstance(res.get(k), np.ndarray)]
         for i, k in todo:
-            note_fallback(out[i].get(k), self.item.assets[k].href, k)
+            lay = lays.get(k)
+            note_fallback(out[i].get(k), lay.href if lay is not None else self.item.assets[k].href, k)
         if todo:
             if workers <= 1 or len(todo) < 2:
                 arrays = [self._rasterio_chip(k, *xys[i]) for i, k in todo]

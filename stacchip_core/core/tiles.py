@@ -34,6 +34,10 @@ class StaleLayout(Exception):
     """The object behind a layout changed or is gone: read it through rasterio instead."""
 
 
+# layouts found stale in this process, by (href, etag, size): later chips skip their request
+_STALE: dict[tuple, StaleLayout] = {}
+
+
 class Unsupported(Exception):
     """The layout path cannot read this asset for this grid (odd codec, offset grid...)."""
 
@@ -297,8 +301,14 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
     async def group(gk):
         members = groups[gk]
         try:
+            known = _STALE.get(gk[:3])
+            if known is not None:  # found stale before: no request, straight to the fallback
+                raise known
             arrays = await _asset_chips(lays[gk], [p for _, p in members], gk[3])
         except StaleLayout as exc:
+            _STALE[gk[:3]] = exc
+            if len(_STALE) > 10_000:  # bounded over a long epoch
+                _STALE.pop(next(iter(_STALE)))
             for i, p in members:
                 results[i][p.lay.key] = exc
             return

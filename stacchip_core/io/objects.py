@@ -104,7 +104,14 @@ def locate(url: str | Path):
             return _store(scheme, parts.netloc, None, False, False, url), ""
         return _store(scheme, parts.netloc, None, False, False), unquote(parts.path.lstrip("/"))
     if scheme in ("gs", "az", "abfs", "abfss"):
-        return _store(scheme, parts.netloc, None, s3_anonymous(), False), unquote(parts.path.lstrip("/"))
+        try:
+            store = _store(scheme, parts.netloc, None, s3_anonymous(), False)
+        except Exception as exc:  # obstore.exceptions.GenericError: settings missing from the environment
+            hint = (" (az://CONTAINER/KEY takes the account from AZURE_STORAGE_ACCOUNT_NAME)"
+                    if scheme != "gs" else "")
+            reason = _strip_urls(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+            raise ObjectError(f"cannot open {redact(url)}: {reason}{hint}") from None
+        return store, unquote(parts.path.lstrip("/"))
     raise ObjectError(f"unsupported URL {redact(url)!r} (use a path, file://, s3://, http(s)://, gs:// or az://)")
 
 
