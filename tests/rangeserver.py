@@ -1,9 +1,11 @@
 """A loopback HTTP object server for tests and benchmarks: files under a root, GET/HEAD with
 single ``Range`` requests, ETags, a per-request delay, request/byte counters, and faults
-(a status returned N times, a truncated body, a stall) to test retries and errors."""
+(a status returned N times, a truncated body, a stall) to test retries and errors.
+``GET /_stats`` returns the counters as JSON (for a benchmark's client in another process)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -36,6 +38,14 @@ class RangeServer:
 
             def _serve(self, body: bool):
                 path = self.path.split("?")[0]
+                if path == "/_stats":  # the counters, for a client in another process; not counted
+                    with server._lock:
+                        data = json.dumps({"requests": server.requests, "bytes": server.bytes}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 rng = self.headers.get("Range")
                 with server._lock:
                     server.requests += 1
