@@ -54,14 +54,13 @@ def test_multiband_naip(synthetic_scenes):
         np.testing.assert_array_equal(chip["image"][b], (band_pattern(b, 600, 530) % 251).astype(np.uint8)[256:512, 256:512])
 
 
-@pytest.mark.parametrize("use_layouts", [False, True])
-def test_sequence_protocol_and_handle_reuse(synthetic_scenes, use_layouts):
-    with Chipper(str(synthetic_scenes["landsat"]), assets=["red", "qa_pixel"], use_layouts=use_layouts) as chipper:
+def test_sequence_protocol_and_handle_reuse(synthetic_scenes):
+    with Chipper(str(synthetic_scenes["landsat"]), assets=["red", "qa_pixel"]) as chipper:
         chips = list(chipper)
         assert len(chips) == len(chipper) == 4
         np.testing.assert_array_equal(chips[-1]["red"], chipper[-1]["red"])
-        # rasterio: every asset was opened once, however many chips were read; layouts: none
-        assert len(chipper._cache._all) == (0 if use_layouts else 2)
+        # local files: every asset was opened once, however many chips were read
+        assert len(chipper._cache._all) == 2
         with pytest.raises(IndexError):
             chipper[4]
         with pytest.raises(IndexError, match="outside grid"):

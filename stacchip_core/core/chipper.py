@@ -152,16 +152,21 @@ class Chipper:
         return ds
 
     def layouts(self) -> dict:
-        """``{asset key: AssetLayout}`` of the selected assets that have one."""
+        """``{asset key: AssetLayout}`` of the selected remote assets that have one.
+
+        Local files are read through rasterio: a Chipper keeps their handles open, and GDAL
+        then reads a chip in half the time of the layout path (full-size S2, RGB: 245 vs 122
+        chips/s, benchmarks/bench_cloud.py); layouts save requests, which local files do not cost."""
         if self._layouts is None:
             from stacchip_core.core.layout import decoded, record_layouts
+            from stacchip_core.io.objects import is_remote
 
             blob = self._layout_blob
             if blob is None and self.use_layouts:
                 t = self.grid.transform
-                blob = record_layouts({k: unsigned_href(self.item.assets[k], self.mountpath) for k in self.assets},
-                                      (t.a, t.c, t.e, t.f))
-            self._layouts = decoded.get(blob) if blob else {}
+                hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in self.assets}
+                blob = record_layouts({k: h for k, h in hrefs.items() if is_remote(h)}, (t.a, t.c, t.e, t.f))
+            self._layouts = {k: lay for k, lay in (decoded.get(blob) if blob else {}).items() if is_remote(lay.href)}
             from stacchip_core.core.tiles import GridSpec
 
             self._spec = GridSpec.from_grid(self.grid)

@@ -67,7 +67,9 @@ class ChipReader:
                 return chipper
         platform = self._platform(row["platform"])
         item = item_for_row(row, self.mountpath)
-        assets = list(dict.fromkeys(platform.asset_keys(item).values()))
+        # only the assets of the wanted bands (all platform assets opened 10 files for an RGB chip)
+        keys = [platform.asset_key(item, name) for name in self.band_names(row["platform"])]
+        assets = list(dict.fromkeys(keys if None not in keys else platform.asset_keys(item).values()))
         chipper = Chipper(item, assets=assets, mountpath=self.mountpath, chip_size=int(row["chip_size"]),
                           platform=platform, layouts=row.get("layouts"), use_layouts=self.use_layouts)
         with self._lock:
