@@ -18,6 +18,7 @@ from rasterio.transform import from_origin
 from conftest import run_cli
 from stacchip_core import hookimpl, plugins
 from stacchip_core.core import chipper as chipper_mod
+from stacchip_core.core import tiles
 from stacchip_core.core.chip import Chip
 from stacchip_core.core.chipper import Chipper, chip_from_row
 from stacchip_core.core.indexer import Indexer
@@ -38,7 +39,9 @@ XYS = [(0, 0), (2, 0), (2, 2), (1, 3)]
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings():
-    chipper_mod._WARNED.clear()  # "one warning per asset" is per process: each test starts afresh
+    # "one warning per asset" and known stale objects are per process: each test starts afresh
+    chipper_mod._WARNED.clear()
+    tiles._STALE.clear()
 
 
 def _item_at(src: Path, where: str, tmp_path: Path, request) -> dict:
