@@ -4,7 +4,6 @@ over a local disk, file://, moto's S3 server and a loopback HTTP Range server.""
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import boto3

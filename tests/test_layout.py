@@ -8,7 +8,6 @@ import geopandas
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import rasterio
 
 from stacchip_core.core.indexer import Indexer
