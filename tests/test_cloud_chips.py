@@ -274,3 +274,13 @@ def test_index_of_an_http_item_chips_through_the_cli(tmp_path, http_s2):
     with Chipper(url, assets=["red"], use_layouts=False) as chipper:
         ref = chipper.chip(row["chip_index_x"], row["chip_index_y"])["red"]
     np.testing.assert_array_equal(np.load(out)["red"], ref)
+
+
+def test_big_endian_tiffs_are_left_to_rasterio(tmp_path):
+    path = tmp_path / "be.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint16", crs="EPSG:32633",
+                       transform=from_origin(500000, 4000000, 10, 10), tiled=True, blockxsize=TILE, blockysize=TILE,
+                       compress="deflate", ENDIANNESS="BIG") as ds:
+        ds.write(pattern(1, H, W, "uint16"))
+    assert path.read_bytes()[:2] == b"MM"
+    assert record_layouts({"a": str(path)}) is None

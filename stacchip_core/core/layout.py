@@ -174,6 +174,9 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     except StacchipError as exc:  # best effort: chips of this asset then open the file
         log.warning("no layout for asset %r: %s", key, exc)
         return None
+    if header[:2] != b"II":  # chips are decoded as little-endian (the synthetic header says so)
+        log.info("no layout for %s: not a little-endian TIFF", redact(href))
+        return None
     try:
         tiff = await TIFF.open("x", store=HeaderInput(signed, header), prefetch=len(header))
     except Exception as exc:  # not a TIFF (a JP2, a PNG...): rasterio reads it
