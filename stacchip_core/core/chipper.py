@@ -84,6 +84,7 @@ class Chipper:
         self._layout_blob = layouts
         self._layouts: dict | None = None
         self._spec = None
+        self._remote: bool | None = None
 
     def _platform(self, platform) -> Platform | None:
         if isinstance(platform, Platform):
@@ -205,9 +206,11 @@ class Chipper:
         xys = [(int(x), int(y)) for x, y in xys]
         for x, y in xys:
             self.grid.window(x, y)  # bounds check with a clear message
-        from stacchip_core.io.objects import usable
+        from stacchip_core.io.objects import chips_usable, is_remote
 
-        lays = self.layouts() if self.use_layouts and usable() else {}
+        if self._remote is None:  # once: local files never take the layout path (see layouts())
+            self._remote = any(is_remote(unsigned_href(self.item.assets[k], self.mountpath)) for k in self.assets)
+        lays = self.layouts() if self.use_layouts and self._remote and chips_usable() else {}
         if lays:
             from stacchip_core.core.tiles import read_batch
 

@@ -10,6 +10,7 @@ Errors are :class:`~stacchip_core.errors.ObjectError` and name the URL through
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 from stacchip_core.errors import ObjectError
 from stacchip_core.io.settings import object_timeouts, requester_pays, s3_anonymous, s3_endpoint
 from stacchip_core.io.urls import redact
+
+log = logging.getLogger(__name__)
 
 _SCHEMES = {"s3", "http", "https", "gs", "az", "abfs", "abfss"}
 
@@ -241,6 +244,22 @@ def usable() -> bool:
     Forking before the first read (a DataLoader's usual case) or the spawn start method
     keeps the fast path."""
     return _USED_BY is None or _USED_BY == os.getpid()
+
+
+def chips_usable() -> bool:
+    """:func:`usable`, for chip readers: the first time it is False in a process, one warning
+    says why chips are slow there and how to avoid it."""
+    ok = usable()
+    global _FORK_WARNED
+    if not ok and _FORK_WARNED != os.getpid():
+        _FORK_WARNED = os.getpid()
+        log.warning("process %d was forked after its parent read through obstore, whose runtime does not "
+                    "survive fork(): it reads chips through rasterio (slower). Start DataLoader workers "
+                    "before reading any chip in the parent, or use multiprocessing_context='spawn'", os.getpid())
+    return ok
+
+
+_FORK_WARNED: int | None = None
 
 
 def _mark_used() -> None:

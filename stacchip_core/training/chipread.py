@@ -107,7 +107,9 @@ class ChipReader:
         out: list[np.ndarray | None] = [None] * len(rows)
         fast = []  # (i, sources, layouts, grid)
         for i, row in enumerate(rows):
-            blob = row.get("layouts") if self.use_layouts and objects.usable() else None
+            blob = row.get("layouts") if self.use_layouts else None
+            if blob and not objects.chips_usable():
+                blob = None
             if blob:
                 lays = decoded.get(blob)
                 sources = self._sources(row, lays)
