@@ -1,5 +1,5 @@
 """A loopback HTTP object server for tests and benchmarks: files under a root, GET/HEAD with
-single ``Range`` requests, ETags, a per-request delay, request/byte counters, and faults
+single ``Range`` requests, ETags and ``If-Match``, a per-request delay, request/byte counters, and faults
 (a status returned N times, a truncated body, a stall) to test retries and errors.
 ``GET /_stats`` returns the counters as JSON (for a benchmark's client in another process)."""
 
@@ -70,6 +70,12 @@ class RangeServer:
                 st = file.stat()
                 size = st.st_size
                 etag = f'"{size:x}-{st.st_mtime_ns:x}"'
+                wanted = self.headers.get("If-Match")
+                if wanted and wanted.strip() not in ("*", etag):  # as object stores do (RFC 9110)
+                    self.send_response(412)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 start, end = 0, size
                 status = 200
                 if rng and rng.startswith("bytes="):

@@ -345,3 +345,49 @@ def test_az_url_without_account_is_one_clear_error(monkeypatch):
     objects._store.cache_clear()
     with pytest.raises(ObjectError, match=r"^cannot open az://cont/x.tif: .*AZURE_STORAGE_ACCOUNT_NAME\)$"):
         objects.locate("az://cont/x.tif")
+
+
+@pytest.mark.parametrize("where", ["http", "s3"])
+def test_same_size_rewrite_is_caught_by_the_etag(tmp_path, request, caplog, where):
+    """An object rewritten with other pixels of the same size: only its ETag tells (If-Match)."""
+    rng = np.random.default_rng(5)
+    first, second = (rng.integers(0, 60000, (1, 128, 128)).astype("uint16") for _ in range(2))
+    item = {"type": "Feature", "stac_version": "1.0.0", "id": "etag", "geometry": None, "links": [],
+            "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
+            "assets": {"a": {"type": "image/tiff", "proj:shape": [128, 128],
+                             "proj:transform": [10, 0, 500000, 0, -10, 4000000]}}}
+    path = tmp_path / "a.tif"
+
+    def write(data):  # uncompressed: the same size whatever the pixels
+        with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=1, dtype="uint16",
+                           crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10), tiled=True,
+                           blockxsize=64, blockysize=64) as ds:
+            ds.write(data)
+
+    write(first)
+    size = path.stat().st_size
+    if where == "s3":
+        bucket = request.getfixturevalue("bucket")
+        boto3.client("s3").upload_file(str(path), bucket, "e/a.tif")
+        item["assets"]["a"]["href"] = f"s3://{bucket}/e/a.tif"
+        context = None
+    else:
+        from rangeserver import RangeServer
+
+        context = RangeServer(tmp_path).start()
+        item["assets"]["a"]["href"] = f"{context.url}/a.tif"
+    try:
+        indexer = Indexer(item, chip_size=64, stats=False)
+        blob = indexer.asset_layouts()
+        write(second)
+        assert path.stat().st_size == size
+        if where == "s3":
+            boto3.client("s3").upload_file(str(path), bucket, "e/a.tif")
+        with caplog.at_level(logging.WARNING), Chipper(item, chip_size=64, layouts=blob) as chipper:
+            np.testing.assert_array_equal(chipper.chip(1, 1)["a"], second[:, 64:, 64:])
+            np.testing.assert_array_equal(chipper.chip(0, 0)["a"], second[:, :64, :64])
+        stale = [r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()]
+        assert len(stale) == 1 and "'a'" in stale[0]
+    finally:
+        if context is not None:
+            context.stop()
