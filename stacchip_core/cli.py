@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ConfigError, StacchipError
 from stacchip_core.io.urls import redact_text
 
 log = logging.getLogger("stacchip_core")
@@ -358,9 +358,9 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
     try:
         index = job_index_from_env()
         if index is None:
-            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
+            raise ConfigError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
         if not os.environ.get("STACCHIP_BUCKET"):  # empty counts as unset
-            raise StacchipError("STACCHIP_BUCKET env var not set")
+            raise ConfigError("STACCHIP_BUCKET env var not set")
         source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
     except Exception as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
@@ -383,12 +383,12 @@ def _env_value(name: str, default=None, kind=str):
     value = os.environ.get(name)
     if value in (None, ""):  # empty counts as unset
         if default is None:
-            raise StacchipError(f"{name} env var not set")
+            raise ConfigError(f"{name} env var not set")
         return default
     try:
         return kind(value)
-    except ValueError:
-        raise StacchipError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from exc
 
 
 def _bucket_location(value: str) -> str:
@@ -413,7 +413,7 @@ def env_prechip() -> None:
     try:
         job = job_index_from_env()
         if job is None:
-            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
+            raise ConfigError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
         index = _env_value("STACCHIP_INDEXPATH")
         target = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET"))
         platform = _env_value("STACCHIP_PLATFORM", "")

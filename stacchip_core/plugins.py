@@ -90,8 +90,8 @@ def get_platform(name: str) -> Platform:
     """The platform called ``name``; a clear error naming the installed ones otherwise."""
     try:
         return platforms()[name]
-    except KeyError:
-        raise PlatformError(f"unknown platform {name!r}; installed platforms: {_installed()}") from None
+    except KeyError as exc:
+        raise PlatformError(f"unknown platform {name!r}; installed platforms: {_installed()}") from exc
 
 
 def find_platform(name: str | None) -> Platform | None:

@@ -20,7 +20,7 @@ import pystac
 import shapely
 from shapely.geometry import shape
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import CatalogError
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class EmbeddedCatalog:
                     d.setdefault("links", []).append({"rel": "self", "href": str(p.resolve())})
                     items.append(d)
         else:
-            raise StacchipError(f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}")
+            raise CatalogError(f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}")
         log.info("embedded catalog: %d items from %s", len(items), path)
         return cls(items)
 
@@ -174,7 +174,7 @@ class EmbeddedCatalog:
     def search(self, collections=None, datetime=None, intersects=None, bbox=None, query=None,
                sortby=None, max_items=None, limit=None, ids=None, **unsupported) -> EmbeddedSearch:
         if unsupported:
-            raise StacchipError(f"the embedded catalog does not support {sorted(unsupported)}")
+            raise CatalogError(f"the embedded catalog does not support {sorted(unsupported)}")
         _check_query(query)
         keys = _sort_keys(sortby)
         keep = np.ones(len(self), dtype=bool)
@@ -247,11 +247,11 @@ class EmbeddedCatalog:
 def _check_query(query) -> None:
     for name, ops in (query or {}).items():
         if not isinstance(ops, dict):
-            raise StacchipError(f"query {name!r}: expected {{operator: value}}, got {ops!r}")
+            raise CatalogError(f"query {name!r}: expected {{operator: value}}, got {ops!r}")
         bad = sorted(set(ops) - set(QUERY_OPS))
         if bad:
-            raise StacchipError(f"query {name!r}: operator(s) {bad} not supported by pgstac "
-                                f"(it accepts {', '.join(QUERY_OPS)}); use one search per value")
+            raise CatalogError(f"query {name!r}: operator(s) {bad} not supported by pgstac "
+                               f"(it accepts {', '.join(QUERY_OPS)}); use one search per value")
 
 
 def _query_mask(typed, ops: dict) -> np.ndarray:

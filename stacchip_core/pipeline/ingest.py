@@ -59,7 +59,7 @@ def copy_into(store: Store, href: str, key: str) -> str:
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object
-        raise AssetError(redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")) from None
+        raise AssetError(redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")) from exc
 
 
 def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,

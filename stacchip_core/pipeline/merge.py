@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from stacchip_core.core.index import SCHEMA, with_geo_metadata
-from stacchip_core.errors import IndexFormatError, StacchipError
+from stacchip_core.errors import IndexFormatError, NotFoundError, OutputError
 from stacchip_core.io.store import LocalStore, S3Store, open_store
 from stacchip_core.io.urls import redact_text
 
@@ -53,11 +53,11 @@ def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
     dst = str(dst)
     parent, _, name = dst.rstrip("/").rpartition("/")
     if not name:
-        raise StacchipError(f"merge output {dst!r} names no file")
+        raise OutputError(f"merge output {dst!r} names no file")
     target = open_store(parent or ".")
     keys = [k for k in source.list("", ".parquet") if not _same_object(source, k, target, name)]
     if not keys:
-        raise StacchipError(f"no .parquet index files under {src}")
+        raise NotFoundError(f"no .parquet index files under {src}")
     schema = _merged_schema(source, keys[0])
     # the overall bbox is optional in GeoParquet: leave it out and stream in one pass
     geo_schema = with_geo_metadata(schema.empty_table(), np.empty((0, 4))).schema
@@ -122,7 +122,7 @@ class _output:
         if isinstance(self.store, S3Store):
             self._ctx = _MultipartUpload(self.store, self.name)
             return self._ctx.__enter__()
-        raise StacchipError(f"cannot write a merged index to {self.store!r}")
+        raise OutputError(f"cannot write a merged index to {self.store!r}")
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
@@ -191,7 +191,7 @@ def _read(store, key: str) -> pa.Table:
             return pq.read_table(store.path(key))
         return pq.read_table(io.BytesIO(store.read_bytes(key)))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise IndexFormatError(redact_text(f"{store.url(key)} is not a readable parquet file: {exc}")) from None
+        raise IndexFormatError(redact_text(f"{store.url(key)} is not a readable parquet file: {exc}")) from exc
 
 
 def _merged_schema(store, first_key: str) -> pa.Schema:
@@ -219,7 +219,7 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
         try:
             columns.append(col if col.type == field.type else col.cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise IndexFormatError(f"{where}: column {field.name!r} is {col.type}, expected {field.type}: {exc}") from None
+            raise IndexFormatError(f"{where}: column {field.name!r} is {col.type}, expected {field.type}: {exc}") from exc
     if pc.any(pc.equal(columns[schema.get_field_index("chipid")], "")).as_py():
         raise IndexFormatError(f"{where} is not a stacchip index: empty chip ids")
     return pa.Table.from_arrays(columns, schema=schema)

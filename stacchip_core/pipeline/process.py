@@ -20,7 +20,7 @@ import shapely
 
 from stacchip_core.io import keys
 from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
-from stacchip_core.errors import PlatformError, SampleAttributeError, StacchipError
+from stacchip_core.errors import PlatformError, SampleAttributeError, SampleError
 from stacchip_core.core.index import index_bytes
 from stacchip_core.core.indexer import Indexer
 from stacchip_core.platform import Platform
@@ -64,7 +64,7 @@ class ItemResult:
 def load_sample(source: str | Path | None, index: int) -> Sample:
     """Row ``index`` of any layer geopandas reads (a local file, URL or s3:// path)."""
     if index < 0:
-        raise StacchipError(f"sample index must be >= 0, got {index}")
+        raise SampleError(f"sample index must be >= 0, got {index}")
     if source is None:
         return Sample(index, None, Attributes({}, f"sample {index}"))
     import geopandas as gpd
@@ -78,9 +78,9 @@ def load_sample(source: str | Path | None, index: int) -> Sample:
     try:
         frame = gpd.read_file(location)
     except Exception as exc:
-        raise StacchipError(f"cannot read sample source {source}: {exc}") from None
+        raise SampleError(f"cannot read sample source {source}: {exc}") from exc
     if not 0 <= index < len(frame):
-        raise StacchipError(f"sample {index} is out of range: {source} has {len(frame)} rows")
+        raise SampleError(f"sample {index} is out of range: {source} has {len(frame)} rows")
     if frame.crs is not None and frame.crs.to_epsg() != 4326:
         frame = frame.to_crs(4326)
     row = frame.iloc[index]
@@ -140,14 +140,14 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
     plat = get_platform(platform)
     if sample_source is None and plat.extra.get("samples") is None:
         # only platforms that number their own samples (LINZ's prefixes) run without a source
-        raise StacchipError(f"platform {platform!r} needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)")
+        raise SampleError(f"platform {platform!r} needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)")
     sample = load_sample(sample_source, index)
     stac_api = stac_api or os.environ.get(STAC_API_ENV) or plat.extra.get("stac_api")
     catalog = open_catalog(stac_api) if stac_api else None
     try:
         items = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
     except SampleAttributeError as exc:  # the selection reads an attribute the sample source lacks
-        raise SampleAttributeError(f"{exc}, which platform {platform!r} needs") from None
+        raise SampleAttributeError(f"{exc}, which platform {platform!r} needs") from exc
     if items is None:
         raise PlatformError(f"no installed plugin selects items for platform {platform!r}")
     log.info("sample %d: %d items selected for %s", index, len(items), platform)
@@ -178,8 +178,8 @@ def count_samples(platform: str, sample_source=None) -> int:
         try:
             return int(pyogrio.read_info(location)["features"])
         except Exception as exc:
-            raise StacchipError(f"cannot read sample source {sample_source}: {exc}") from None
+            raise SampleError(f"cannot read sample source {sample_source}: {exc}") from exc
     count = get_platform(platform).extra.get("samples")
     if count is None:
-        raise StacchipError(f"platform {platform!r} needs a sample source (--sample) for --all")
+        raise SampleError(f"platform {platform!r} needs a sample source (--sample) for --all")
     return int(count)

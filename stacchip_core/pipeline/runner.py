@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 from tqdm import tqdm
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ConfigError
 from stacchip_core.io.urls import redact_text
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ def job_index_from_env() -> int | None:
         if value not in (None, ""):
             try:
                 return int(value)
-            except ValueError:
-                raise StacchipError(f"{var}={value!r} is not a job index") from None
+            except ValueError as exc:
+                raise ConfigError(f"{var}={value!r} is not a job index") from exc
     return None
 
 
@@ -42,10 +42,10 @@ def parse_range(text: str) -> range:
     """``a:b`` -> indices a .. b-1."""
     try:
         a, b = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise StacchipError(f"index range {text!r} is not of the form a:b") from None
+    except ValueError as exc:
+        raise ConfigError(f"index range {text!r} is not of the form a:b") from exc
     if not 0 <= a < b:
-        raise StacchipError(f"index range {text!r} is empty or negative")
+        raise ConfigError(f"index range {text!r} is empty or negative")
     return range(a, b)
 
 
@@ -115,7 +115,7 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
         elif scheduler.startswith("tcp://"):
             address = scheduler
         else:
-            raise StacchipError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
+            raise ConfigError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
         try:
             with Client(address) as client:
                 futures = {client.submit(_timed, fn, i, retries=retries, pure=False, key=f"{command}-{i}-{time.time_ns()}"): i

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ConfigError, CubeError, NotFoundError, OutputError
 from stacchip_core.plugins import platforms
 from stacchip_core.io.store import open_store
 
@@ -60,7 +60,7 @@ def band_stats(source: str | Path, workers: int = 4) -> dict:
     store = open_store(source)
     keys = [k for k in store.list("", ".npz") if Path(k).name.startswith("cube_")]
     if not keys:
-        raise StacchipError(f"no cube_*.npz under {source}")
+        raise NotFoundError(f"no cube_*.npz under {source}")
     declared = platforms()
 
     def one(key):
@@ -75,7 +75,7 @@ def band_stats(source: str | Path, workers: int = 4) -> dict:
             if platform in totals:
                 known, acc = totals[platform]
                 if known != bands:
-                    raise StacchipError(f"cubes of {platform} disagree on bands: {known} vs {bands}")
+                    raise CubeError(f"cubes of {platform} disagree on bands: {known} vs {bands}")
                 totals[platform] = (known, acc.merge(m))
             else:
                 totals[platform] = (bands, m)
@@ -92,8 +92,8 @@ def dump(stats: dict, path: str | Path) -> None:
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
-        except ImportError:
-            raise StacchipError("writing YAML needs PyYAML (pip install pyyaml); or use .json") from None
+        except ImportError as exc:
+            raise ConfigError("writing YAML needs PyYAML (pip install pyyaml); or use .json") from exc
         text = yaml.safe_dump(stats, sort_keys=False)
     else:
         text = json.dumps(stats, indent=2)
@@ -104,4 +104,4 @@ def dump(stats: dict, path: str | Path) -> None:
         with publishing(path) as tmp:  # atomic; on a full disk nothing is left behind
             tmp.write_text(text)
     except OSError as exc:
-        raise StacchipError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc

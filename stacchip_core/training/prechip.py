@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.training.chipread import ChipReader
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
 from stacchip_core.io.store import open_store, read_url
 
@@ -76,7 +76,7 @@ def load_index(location: str) -> pa.Table:
     try:
         return pq.read_table(io.BytesIO(read_url(str(location))))
     except pa.ArrowInvalid as exc:
-        raise StacchipError(f"{location} is not a readable index: {exc}") from None
+        raise IndexFormatError(f"{location} is not a readable index: {exc}") from exc
 
 
 def plan_cubes(table: pa.Table, cube_size: int = 128, spares: int | None = None, seed: int = 42) -> list[Cube]:
@@ -149,8 +149,8 @@ def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, 
         elif len(kept) < cube_size:
             kept.append((row, pixels))
     if len(kept) < cube_size:
-        raise StacchipError(f"cube {cube.platform}/{cube.number}: {len(failed)} chips failed, "
-                            f"more than its {len(rows) - cube_size} spares")
+        raise CubeError(f"cube {cube.platform}/{cube.number}: {len(failed)} chips failed, "
+                        f"more than its {len(rows) - cube_size} spares")
     chosen = [r for r, _ in kept]
     arrays = {"pixels": np.stack([p for _, p in kept]), **_norms(chosen),
               "chipids": np.asarray([r["chipid"] for r in chosen]),

@@ -30,7 +30,7 @@ import numpy as np
 import pystac
 
 from stacchip_core import (AssetError, Band, ChipGrid, ChipStats, Platform, PlatformError, ProjectionError,
-                           StacchipError, hookimpl, hookimpl_for)
+                           ConfigError, SampleError, hookimpl, hookimpl_for)
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +109,9 @@ def year_and_quarter(index: int) -> tuple[int, str]:
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
     if sample.geometry is None:
-        raise StacchipError("sentinel-1-rtc needs a sample source of MGRS tile polygons (--sample)")
+        raise SampleError("sentinel-1-rtc needs a sample source of MGRS tile polygons (--sample)")
     if catalog is None:
-        raise StacchipError("sentinel-1-rtc needs a STAC API (--stac-api)")
+        raise ConfigError("sentinel-1-rtc needs a STAC API (--stac-api)")
     _, interval = year_and_quarter(sample.index)
     log.info("sample %d (MGRS %s): %s", sample.index, sample.properties.get("name"), interval)
     search = catalog.search(collections=[COLLECTION], datetime=interval, intersects=sample.geometry,
@@ -177,7 +177,7 @@ def stacchip_normalize_item(platform, item, store, prefix):
                 except AssetError:
                     raise
                 except Exception as exc:
-                    raise AssetError(f"cannot rewrite {redact(source)} as a COG: {redact_text(str(exc))}") from None
+                    raise AssetError(f"cannot rewrite {redact(source)} as a COG: {redact_text(str(exc))}") from exc
                 store.put_file(target, tmp / f"cog-{name}")
         out.assets[key].href = store.url(target)
         log.info("%s: %s -> %s", item.id, key, out.assets[key].href)
