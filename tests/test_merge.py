@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stacchip_core import Indexer, StacchipError, merge, write_index
+from stacchip_core.pipeline.merge import MergeReport
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def digest(path) -> str:
 def test_merge_local_keeps_all_rows_and_geo_metadata(index_tree, tmp_path):
     root, counts = index_tree
     result = merge(root / "index", tmp_path / "merged.parquet", progress=False)
-    assert result["files"] == 4 and result["rows"] == sum(counts.values()) == 9 + 9 + 4 + 4
+    assert result.files == 4 and result.rows == sum(counts.values()) == 9 + 9 + 4 + 4
     gdf = gpd.read_parquet(tmp_path / "merged.parquet")
     assert gdf.groupby("item_id").size().to_dict() == counts
     assert set(gdf.platform) == {"sentinel-2-l2a", "landsat-c2l2-sr", "naip"}
@@ -44,7 +45,7 @@ def test_merge_is_idempotent(index_tree, tmp_path):
     # merging into the source tree does not swallow the previous output
     merge(root / "index", root / "index" / "all.parquet", progress=False)
     again = merge(root / "index", root / "index" / "all.parquet", progress=False)
-    assert again["files"] == 4
+    assert again.files == 4
     (root / "index" / "all.parquet").unlink()
 
 
@@ -54,7 +55,7 @@ def test_merge_between_s3_buckets(index_tree, bucket, s3_server, tmp_path):
     for path in sorted((root / "index").rglob("*.parquet")):
         client.upload_file(str(path), bucket, f"v1/{path.relative_to(root).as_posix()}")
     result = merge(f"s3://{bucket}/v1/index", f"s3://{bucket}/merged/all.parquet", progress=False)
-    assert result == {"files": 4, "rows": sum(counts.values()), "output": f"s3://{bucket}/merged/all.parquet"}
+    assert result == MergeReport(files=4, rows=sum(counts.values()), output=f"s3://{bucket}/merged/all.parquet")
     client.download_file(bucket, "merged/all.parquet", str(tmp_path / "all.parquet"))
     assert pq.read_table(tmp_path / "all.parquet").num_rows == sum(counts.values())
 

@@ -46,7 +46,7 @@ def test_fan_out_on_a_local_cluster(archive, tmp_path):  # noqa: F811
     # sample 2 does not exist: it fails, the others are done
     assert r.returncode == 1
     assert "2 of 3 jobs done, 1 failed" in r.stdout and "(local:2)" in r.stdout
-    assert "failed: job 2: StacchipError: sample 2 is out of range" in r.stderr
+    assert "failed: job 2: SampleError: sample 2 is out of range" in r.stderr
     report = json.loads((tmp_path / "dask" / "_runs" / "process-naip-0-3.json").read_text())
     assert report["summary"] == {"tasks": 3, "done": 2, "failed": 1}
     assert [t["status"] for t in report["tasks"]] == ["done", "done", "failed"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from stacchip_core.core.index import SCHEMA, with_geo_metadata
 from stacchip_core.errors import IndexFormatError, NotFoundError, OutputError
 from stacchip_core.io.store import LocalStore, S3Store, open_store
 from stacchip_core.io.urls import redact_text
+from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +42,23 @@ NOT_NULL = ("chipid", "platform", "item_href", "chip_index_x", "chip_index_y", "
 _PART_BYTES = 16 * 1024 * 1024  # S3 multipart: parts of 16 MiB (the minimum is 5 MiB)
 
 
+@dataclass(frozen=True)
+class MergeReport(Report):
+    """What a merge wrote: ``rows`` chips from ``files`` index files into ``output`` (a URL)."""
+
+    files: int
+    rows: int
+    output: str
+
+
 def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
-          row_group_rows: int = ROW_GROUP_ROWS) -> dict:
+          row_group_rows: int = ROW_GROUP_ROWS) -> MergeReport:
     """Combine every ``*.parquet`` under ``src`` (a folder or ``s3://bucket/prefix``) into one
     GeoParquet file ``dst`` (local or s3://).
 
     Files are read in sorted key order and streamed, so reruns give the same file and memory
     stays at one row group; ``dst`` is published only when complete (see the module doc).
-    ``progress=None`` shows a bar on terminals only. Returns counts and the output URL.
+    ``progress=None`` shows a bar on terminals only. Returns the counts and the output URL.
     """
     source = open_store(src)
     dst = str(dst)
@@ -76,7 +87,7 @@ def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
         _flush(writer, pending, row_group_rows, final=True)
     url = target.url(name)
     log.info("merged %d rows from %d files into %s", rows, len(keys), url)
-    return {"files": len(keys), "rows": rows, "output": url}
+    return MergeReport(len(keys), rows, url)
 
 
 def _flush(writer: pq.ParquetWriter, pending: list[pa.Table], size: int, final: bool) -> int:

@@ -26,7 +26,7 @@ from stacchip_core.core.indexer import Indexer
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager
 from stacchip_core.io.store import open_store
-from stacchip_core.types import Store
+from stacchip_core.types import Report, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ class Attributes(dict):
         raise SampleAttributeError(f"{self.where} has no attribute {key!r}")
 
 
-@dataclass
-class ItemResult:
+@dataclass(frozen=True)
+class ItemResult(Report):
+    """One item of a job: ``done`` with ``chips`` chips indexed into ``index`` (a URL), or
+    ``skipped`` because its index exists (a rerun; ``chips`` is None then)."""
+
     item_id: str
     status: str  # "done" or "skipped"
     chips: int | None = None
@@ -156,11 +159,9 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
 
 
 def process_job(index: int, *, platform: str, bucket: str, sample_source=None, stac_api=None,
-                chip_size=None, max_nodata: float = 0.5) -> list[dict]:
-    """One job, picklable for a cluster: the results as plain dicts."""
-    from dataclasses import asdict
-
-    return [asdict(r) for r in process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)]
+                chip_size=None, max_nodata: float = 0.5) -> list[ItemResult]:
+    """One job, picklable for a cluster (its results pickle too)."""
+    return process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)
 
 
 def count_samples(platform: str, sample_source=None) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import numpy as np
@@ -31,6 +31,7 @@ from stacchip_core.training.chipread import ChipReader
 from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
 from stacchip_core.io.store import open_store, read_url
+from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,23 @@ def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, 
     return arrays, failed
 
 
+@dataclass(frozen=True)
+class PrechipReport(Report):
+    """What one prechip job did: ``chips`` in the filtered index and ``cubes_total`` cubes
+    planned in all; this job's cube keys ``written``, ``skipped`` (there already) and
+    ``failed`` (one line each, why); ``failed_chips``: chips replaced by spares."""
+
+    chips: int
+    cubes_total: int
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    failed_chips: list[str] = field(default_factory=list)
+
+
 def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes_per_job: int = 1,
             cube_size: int = 128, spares: int | None = None, seed: int = 42, chip_filter: ChipFilter = ChipFilter(),
-            workers: int = 4, mountpath=None) -> dict:
+            workers: int = 4, mountpath=None) -> PrechipReport:
     """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
     keys.name(version, "--version")  # before any work
     table = chip_filter.apply(load_index(index))
@@ -170,29 +185,29 @@ def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes
     store = open_store(target)
     store.remove_partial(version)  # cubes a killed job was writing (io.files: only stale ones)
     reader = ChipReader(mountpath=mountpath)
-    report = {"chips": len(table), "cubes_total": len(cubes), "written": [], "skipped": [], "failed": [], "failed_chips": []}
+    report = PrechipReport(len(table), len(cubes))  # its lists fill as the cubes go
     for cube in mine:
         key = cube_key(version, cube)
         if store.exists(key):
-            report["skipped"].append(key)
+            report.skipped.append(key)
             continue
         try:
             arrays, failed = build_cube(table, cube, cube_size, reader, workers)
         except StacchipError as exc:
-            report["failed"].append(f"{key}: {exc}")
+            report.failed.append(f"{key}: {exc}")
             log.error("%s", exc)
             continue
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         store.write_bytes(key, buffer.getvalue())
-        report["written"].append(key)
-        report["failed_chips"] += failed
+        report.written.append(key)
+        report.failed_chips.extend(failed)
         log.info("wrote %s (%d chips, %d replaced)", key, cube_size, len(failed))
     reader.close()
     return report
 
 
-def prechip_job(job: int, **kwargs) -> dict:
+def prechip_job(job: int, **kwargs) -> PrechipReport:
     """One prechip job, picklable for a cluster."""
     return prechip(kwargs.pop("index"), kwargs.pop("target"), job=job, **kwargs)
 
