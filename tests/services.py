@@ -50,7 +50,7 @@ class StacApi:
         _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(self.tmp / "pg.log"), "-o",
                       f"-p {self.pg_port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
                       "-c synchronous_commit=off -c full_page_writes=off", "start"])
-        self._pypgstac("migrate")
+        self.pypgstac("migrate")
         env = {**os.environ, "PGUSER": "postgres", "PGPASSWORD": "postgres", "PGHOST": "127.0.0.1",
                "PGPORT": str(self.pg_port), "PGDATABASE": "postgres",
                "POSTGRES_USER": "postgres", "POSTGRES_PASS": "postgres", "POSTGRES_HOST_READER": "127.0.0.1",
@@ -71,7 +71,7 @@ class StacApi:
                 time.sleep(0.3)
         raise RuntimeError("stac-fastapi-pgstac did not start: " + (self.tmp / "api.log").read_text()[-3000:])
 
-    def _pypgstac(self, *args: str) -> None:
+    def pypgstac(self, *args: str) -> None:
         exe = Path(sys.executable).with_name("pypgstac")
         subprocess.run([str(exe), *args, "--dsn", self.dsn], check=True, capture_output=True, text=True)
 
@@ -81,7 +81,7 @@ class StacApi:
                 continue
             path = self.tmp / f"{kind}.ndjson"
             path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-            self._pypgstac("load", kind, str(path), "--method", "upsert")
+            self.pypgstac("load", kind, str(path), "--method", "upsert")
 
     def stop(self) -> None:
         """Stop whatever started (safe after a failed start)."""

@@ -50,7 +50,7 @@ def pgstac():
         api.load([COLLECTION], small_items())
         path = api.tmp / "queryables.json"
         path.write_text(json.dumps(QUERYABLES))
-        api._pypgstac("load_queryables", str(path))
+        api.pypgstac("load_queryables", str(path))
         yield open_catalog(api.url)
     finally:
         api.stop()

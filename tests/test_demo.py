@@ -12,6 +12,8 @@ from conftest import run_cli
 from provision import ensure_chromium
 from stacchip_core.demo.maps import cloud_colours
 
+pytestmark = pytest.mark.slow  # every test here needs the whole demo run (its module fixture)
+
 SCL_CLOUD = (1, 3, 8, 9, 10)  # what the Sentinel-2 plugin counts as cloud
 
 

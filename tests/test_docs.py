@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "docs" / "tutorials"
 
 
+@pytest.mark.slow
 def test_docs_build_strict(tmp_path):
     site = tmp_path / "site"
     mkdocs = Path(sys.executable).with_name("mkdocs")
@@ -41,6 +42,7 @@ def outputs(nb) -> str:
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,expected", [
     ("01_index_an_item.ipynb", ["42 42 1764 chips of 256 px at 10 m", "S2A_T20HNJ_20240311T140636_L2A-0-0", "ndvi.tif"]),
     ("03_scale_out.ipynb", ["not supported by pgstac", "MergeReport(files="]),
@@ -51,6 +53,7 @@ def test_tutorial_runs_offline(name, expected):
         assert e in text
 
 
+@pytest.mark.slow
 def test_training_tutorial_runs_on_cpu(torchgeo):
     # the kernel is a new process: it needs the same torchvision fix as the tests (tests/provision.py)
     preamble = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom provision import import_torch_stack\nimport_torch_stack()"

@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from test_process import archive, s3_archive  # noqa: F401  (fixtures)
 
 EXE = str(Path(sys.executable).with_name("stacchip"))
 
@@ -38,7 +37,7 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
 
 
 @pytest.fixture(scope="module")
-def merged(archive, tmp_path_factory):  # noqa: F811
+def merged(archive, tmp_path_factory):
     from stacchip_core.pipeline.merge import merge
     from stacchip_core.pipeline.process import process
 
@@ -55,6 +54,7 @@ def prechip_args(index: Path, target: Path) -> list[str]:
     return [EXE, *PRECHIP[:2], str(index), str(target), *PRECHIP[2:]]
 
 
+@pytest.mark.slow
 def test_killed_prechip_reruns_to_exactly_the_clean_outputs(merged, tmp_path):
     clean = tmp_path / "clean"
     assert subprocess.run(prechip_args(merged, clean), capture_output=True).returncode == 0
@@ -72,11 +72,11 @@ def test_killed_prechip_reruns_to_exactly_the_clean_outputs(merged, tmp_path):
     cubes = next(p for p in target.rglob("*") if p.is_dir() and p.parent.parent == target) if target.exists() else None
     folder = cubes or (target / "v1" / "sentinel-2-l2a")
     folder.mkdir(parents=True, exist_ok=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from stacchip_core.io.files import _HOST
-
     (folder / ".cube_000002.npz.k3j4h5.tmp").write_bytes(b"half")
-    (folder / f".cube_000003.npz~{_HOST}~{int(dead.stdout)}~00ab.tmp").write_bytes(b"half")
+    # a writer that made its temporary file, wrote half of it and died before the rename
+    code = ("import sys; from stacchip_core.io.files import temp_sibling; "
+            "temp_sibling(sys.argv[1]).write_bytes(b'half')")
+    subprocess.run([sys.executable, "-c", code, str(folder / "cube_000003.npz")], check=True)
     r = subprocess.run(prechip_args(merged, target), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     got = tree(target)
@@ -87,6 +87,7 @@ def test_killed_prechip_reruns_to_exactly_the_clean_outputs(merged, tmp_path):
             assert list(x["chipids"]) == list(y["chipids"])
 
 
+@pytest.mark.slow
 def test_killed_merge_leaves_nothing(merged, tmp_path):
     from stacchip_core import write_index
     from stacchip_core.core.index import read_index
@@ -110,7 +111,8 @@ def test_killed_merge_leaves_nothing(merged, tmp_path):
     assert pq.read_metadata(out / "m.parquet").num_rows == 600 * 5
 
 
-def test_killed_copy_from_s3_leaves_nothing(archive, s3_archive, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_killed_copy_from_s3_leaves_nothing(archive, s3_archive, tmp_path):
     scratch = tmp_path / "tmpdir"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}

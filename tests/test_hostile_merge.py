@@ -2,11 +2,7 @@
 parquet that is not an index, a small $TMPDIR, many small inputs, a killed merge."""
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import boto3
@@ -17,13 +13,12 @@ import pytest
 from stacchip_core import merge, write_index
 from stacchip_core.core.index import read_index
 from stacchip_core.errors import IndexFormatError
-from test_merge import index_tree  # noqa: F401  (fixture)
 
 ROWS = 9 + 9 + 4 + 4
 
 
 @pytest.fixture
-def tree(index_tree, tmp_path):  # noqa: F811
+def tree(index_tree, tmp_path):
     import shutil
 
     root, _ = index_tree

@@ -147,7 +147,9 @@ def test_stats_read_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads):
+# 42, 21, 17 chip rows: strips of 4, 2 and 1 chip rows (512 px tiles)
+@pytest.mark.parametrize(("chip_size", "rows"), [(256, 42), (512, 21), (640, 17)])
+def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads, chip_size, rows):
     """read_asset.chip_fractions (strips, threads) == grid.chip_fractions on the whole band."""
     from stacchip_core.core.grid import ChipGrid
     from stacchip_core.plugins import get_platform
@@ -155,12 +157,11 @@ def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads):
 
     item, _ = s2_fixture
     it = pystac.Item.from_dict(item)
-    for chip_size in (256, 512, 640):  # 42, 21, 17 chip rows: strips of 4, 2 and 1 chip rows (512 px tiles)
-        grid = ChipGrid.from_item(it, chip_size)
-        reader = AssetReader(it, grid, get_platform("sentinel-2-l2a"), threads=threads)
-        masks = {"cloud": lambda a: class_mask(a, [1, 3, 8, 9, 10]), "zero": lambda a: a == 0}
-        strips = reader.chip_fractions("scl", masks)
-        whole = reader("scl")
-        for name, fn in masks.items():
-            np.testing.assert_array_equal(strips[name], grid.chip_fractions(fn(whole.data), whole.factor))
-        assert strips["cloud"].shape == (grid.y_size, grid.x_size)
+    grid = ChipGrid.from_item(it, chip_size)
+    reader = AssetReader(it, grid, get_platform("sentinel-2-l2a"), threads=threads)
+    masks = {"cloud": lambda a: class_mask(a, [1, 3, 8, 9, 10]), "zero": lambda a: a == 0}
+    strips = reader.chip_fractions("scl", masks)
+    whole = reader("scl")
+    for name, fn in masks.items():
+        np.testing.assert_array_equal(strips[name], grid.chip_fractions(fn(whole.data), whole.factor))
+    assert strips["cloud"].shape == (grid.y_size, grid.x_size) == (rows, rows)

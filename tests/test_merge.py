@@ -5,21 +5,9 @@ import geopandas as gpd
 import pyarrow.parquet as pq
 import pytest
 
-from stacchip_core import Indexer, StacchipError, merge, write_index
+from conftest import copy_tree
+from stacchip_core import StacchipError, merge
 from stacchip_core.pipeline.merge import MergeReport
-
-
-@pytest.fixture(scope="module")
-def index_tree(synthetic_scenes, tmp_path_factory):
-    """Per-item index files laid out as the processors do: index/{platform}/{item}/index_{item}.parquet"""
-    root = tmp_path_factory.mktemp("indexes")
-    counts = {}
-    for name in ("s2", "s2pc", "landsat", "naip"):
-        indexer = Indexer(str(synthetic_scenes[name]), chip_max_nodata=1.0)
-        table = indexer.create_index()
-        write_index(table, root / "index" / indexer.platform_name / indexer.item.id / f"index_{indexer.item.id}.parquet")
-        counts[indexer.item.id] = len(table)
-    return root, counts
 
 
 def digest(path) -> str:
@@ -37,16 +25,18 @@ def test_merge_local_keeps_all_rows_and_geo_metadata(index_tree, tmp_path):
 
 
 def test_merge_is_idempotent(index_tree, tmp_path):
-    root, _ = index_tree
+    root, counts = index_tree
     merge(root / "index", tmp_path / "m.parquet", progress=False)
     first = digest(tmp_path / "m.parquet")
     merge(root / "index", tmp_path / "m.parquet", progress=False)
     assert digest(tmp_path / "m.parquet") == first
-    # merging into the source tree does not swallow the previous output
-    merge(root / "index", root / "index" / "all.parquet", progress=False)
-    again = merge(root / "index", root / "index" / "all.parquet", progress=False)
-    assert again.files == 4
-    (root / "index" / "all.parquet").unlink()
+    # merging into the source tree does not swallow the previous output (on a copy: the tree
+    # is shared by other tests)
+    tree = copy_tree(root / "index", tmp_path / "index")
+    merge(tree, tree / "all.parquet", progress=False)
+    again = merge(tree, tree / "all.parquet", progress=False)
+    assert again.files == 4 and again.rows == sum(counts.values())
+    assert digest(tree / "all.parquet") == first  # the same rows in the same order
 
 
 def test_merge_between_s3_buckets(index_tree, bucket, s3_server, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_process import archive, landsat_expected, naip_expected, s2_expected  # noqa: F401  (fixture)
+from conftest import landsat_expected, naip_expected, s2_expected
 
 ROOT = Path(__file__).parents[1]
 UV = Path(sys.executable).with_name("uv")
@@ -20,7 +20,7 @@ UV = Path(sys.executable).with_name("uv")
     ("stacchip-naip", "naip", "naip", 1, "points"),
     ("stacchip-linz", "linz", "linz", 0, None),
 ])
-def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path):  # noqa: F811
+def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
     subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
@@ -52,7 +52,7 @@ def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path)
     ("stacchip-sentinel1", "sentinel1", "sentinel-1-rtc", "mgrs"),
     ("stacchip-modis", "modis", "modis", None),
 ])
-def test_new_source_plugin_alone(plugin, entry, platform, source, archive, tmp_path):  # noqa: F811
+def test_new_source_plugin_alone(plugin, entry, platform, source, archive, tmp_path):
     from stacchip_core.demo.archive import modis_expected, s1_expected
 
     venv = tmp_path / "venv"
