@@ -14,9 +14,24 @@ from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.index import read_index, write_index
 from stacchip_core.core.indexer import Indexer
 from stacchip_core.core.raster import NativeBand
-from stacchip_core.errors import (AssetError, CatalogError, ConfigError, CubeError, GridError, IndexFormatError,
-                                  NotFoundError, OutputError, PlatformError, PluginError, ProjectionError,
-                                  SampleAttributeError, SampleError, ShapeError, StacchipError, UnsafeKeyError)
+from stacchip_core.errors import (
+    AssetError,
+    CatalogError,
+    ConfigError,
+    CubeError,
+    GridError,
+    IndexFormatError,
+    NotFoundError,
+    OutputError,
+    PlatformError,
+    PluginError,
+    ProjectionError,
+    SampleAttributeError,
+    SampleError,
+    ShapeError,
+    StacchipError,
+    UnsafeKeyError,
+)
 from stacchip_core.hookspecs import hookimpl, hookimpl_for
 from stacchip_core.pipeline.merge import merge
 from stacchip_core.platform import Band, Platform

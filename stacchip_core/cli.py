@@ -257,8 +257,8 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
     from functools import partial
 
     from stacchip_core.io.keys import name
-    from stacchip_core.training.prechip import ChipFilter, count_jobs, prechip_job
     from stacchip_core.pipeline.runner import run_tasks
+    from stacchip_core.training.prechip import ChipFilter, PrechipReport, count_jobs, prechip_job
 
     name(version, "--version")  # a folder under TARGET, never a path out of it
 
@@ -272,7 +272,8 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
         run = run_tasks(task, indices, scheduler, retries, command="prechip")
         # a job whose cubes had too many failed chips failed
         run = replace(run, tasks=[replace(t, status="failed", error="; ".join(t.result.failed))
-                                  if t.status == "done" and t.result.failed else t for t in run.tasks])
+                                  if isinstance(t.result, PrechipReport) and t.result.failed else t
+                                  for t in run.tasks])
         _finish(run, target, f"_runs/prechip-{version}-{indices[0]}-{indices[-1] + 1}.json")
         return
     report = task(indices[0])

@@ -148,7 +148,8 @@ def sign_href(href: str, asset: pystac.Asset | None = None) -> str:
 def _asset_name(asset: pystac.Asset | None) -> str:
     if asset is None or asset.owner is None:
         return "(none)"
-    for key, value in asset.owner.assets.items():
+    owner_id = getattr(asset.owner, "id", None)  # an item or a collection
+    for key, value in getattr(asset.owner, "assets", {}).items():
         if value is asset:
-            return f"{key!r} of {asset.owner.id!r}"
-    return f"of {asset.owner.id!r}"
+            return f"{key!r} of {owner_id!r}"
+    return f"of {owner_id!r}"

@@ -59,14 +59,15 @@ def run_cli(*args, env=None) -> CliResult:
 def run_script_named(name: str, *args, env=None) -> subprocess.CompletedProcess:
     """Run another installed console script (a plugin's) in a new process."""
     exe = Path(sys.executable).with_name(name)
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=False)
 
 
 def run_script(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run the installed ``stacchip`` console script in a new process, as a user would."""
     exe = Path(sys.executable).with_name("stacchip")
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd)
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd, check=False)
 
 
 @pytest.fixture(scope="session")

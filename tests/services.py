@@ -48,8 +48,8 @@ class StacApi:
             shutil.chown(data, "postgres")
         _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"])
         _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(self.tmp / "pg.log"), "-o",
-                      f"-p {self.pg_port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-                      "-c synchronous_commit=off -c full_page_writes=off", "start"])
+                      (f"-p {self.pg_port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
+                       "-c synchronous_commit=off -c full_page_writes=off"), "start"])
         self.pypgstac("migrate")
         env = {**os.environ, "PGUSER": "postgres", "PGPASSWORD": "postgres", "PGHOST": "127.0.0.1",
                "PGPORT": str(self.pg_port), "PGDATABASE": "postgres",
@@ -58,7 +58,7 @@ class StacApi:
         self.api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.api_port), "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "api.log", "w"),
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "api.log", "w"),  # noqa: SIM115 - the server's log, open while it runs
         )
         deadline = time.time() + 60
         while time.time() < deadline:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-
 from conftest import LINZ_ITEM, NAIP_ITEM, TEST_ITEM, run_cli, run_script
+
 from stacchip_core.core.output import write_cog
 from stacchip_core.demo.synthetic import band_pattern
 

@@ -15,10 +15,10 @@ import pyproj
 import pystac
 import pytest
 import shapely
-
 from conftest import S2_ITEM, per_chip_mean, run_script_named
 from provision import ensure_postgis
 from services import StacApi
+
 from stacchip_core.demo import synthetic
 from stacchip_core.demo.archive import NAIP_ORIGIN
 from stacchip_core.io.store import open_store

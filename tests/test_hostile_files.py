@@ -6,7 +6,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli
+
 from stacchip_core.errors import UnsafeKeyError
 from stacchip_core.io import keys
 

@@ -55,7 +55,7 @@ def test_dst_inside_src_is_not_an_input_on_s3(tree, bucket, s3_server):
 
 
 def _not_an_index(path: Path, kind: str) -> None:
-    table = read_index(sorted(path.parent.parent.rglob("index_*.parquet"))[0])
+    table = read_index(min(path.parent.parent.rglob("index_*.parquet")))
     if kind == "other schema":
         table = pa.table({"a": [1, 2], "b": ["x", "y"]})
     elif kind == "null chipids":

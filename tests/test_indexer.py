@@ -4,10 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pystac
 import pytest
-
 from conftest import NAIP_ITEM, TEST_ITEM, load, per_chip_mean
-from stacchip_core import Indexer, PlatformError, class_mask, bit_mask
 
+from stacchip_core import Indexer, PlatformError, bit_mask, class_mask
 
 per_chip = per_chip_mean
 
@@ -94,6 +93,7 @@ def test_unknown_platform_names_the_installed_ones():
 def test_linz_nodata_from_band_one(tmp_path):
     # a LINZ item as the processor writes it (rio-stac adds projection fields)
     from affine import Affine
+
     from stacchip_core.core.output import write_cog
 
     rgb = np.full((3, 600, 900), 120, np.uint8)
@@ -116,10 +116,11 @@ def test_linz_nodata_from_band_one(tmp_path):
 def test_read_asset_reads_the_declared_band_of_a_multiband_asset(tmp_path):
     """The stats hook's read_asset('nir') on NAIP reads band 4 of the image asset."""
     from affine import Affine
+
     from stacchip_core.core.grid import ChipGrid
-    from stacchip_core.plugins import get_platform
-    from stacchip_core.core.raster import AssetReader
     from stacchip_core.core.output import write_cog
+    from stacchip_core.core.raster import AssetReader
+    from stacchip_core.plugins import get_platform
 
     data = np.stack([np.full((200, 200), v, np.uint8) for v in (11, 22, 33, 44)])
     t = Affine(0.6, 0, 341338.2, 0, -0.6, 4749053.4)
@@ -152,8 +153,8 @@ def test_stats_read_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server)
 def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads, chip_size, rows):
     """read_asset.chip_fractions (strips, threads) == grid.chip_fractions on the whole band."""
     from stacchip_core.core.grid import ChipGrid
-    from stacchip_core.plugins import get_platform
     from stacchip_core.core.raster import AssetReader
+    from stacchip_core.plugins import get_platform
 
     item, _ = s2_fixture
     it = pystac.Item.from_dict(item)

@@ -4,8 +4,8 @@ import boto3
 import geopandas as gpd
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import copy_tree
+
 from stacchip_core import StacchipError, merge
 from stacchip_core.pipeline.merge import MergeReport
 

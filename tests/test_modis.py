@@ -14,8 +14,8 @@ import pyproj
 import pytest
 import rasterio
 import shapely
-
 from conftest import per_chip_mean, run_script_named
+
 from stacchip_core import Indexer, StacchipError, chip_from_row
 from stacchip_core.demo import synthetic
 from stacchip_core.demo.archive import MODIS_TILE, modis_expected, modis_months
@@ -174,7 +174,7 @@ def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):
     assert sorted(item["assets"]) == sorted([f"sur_refl_b0{i}" for i in range(1, 8)] + ["sur_refl_qc_500m", "sur_refl_state_500m"])
     assert item["properties"]["datetime"] == item["properties"]["end_datetime"]  # as stacchip 0.1
     table = pq.read_table(bucket / "index" / MODIS / item_id / f"index_{item_id}.parquet")
-    end = datetime.fromisoformat(item["properties"]["end_datetime"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(item["properties"]["end_datetime"])
     assert table["date"][0].as_py() == end.date()
     row = table.slice(2, 1).to_pylist()[0]  # chip (0, 1)
     pixels = chip_from_row(row)

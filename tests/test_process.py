@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-
 from conftest import landsat_expected, naip_expected, run_cli, s2_expected
+
 from stacchip_core import StacchipError
 from stacchip_core.demo.archive import LINZ_PREFIX
 from stacchip_core.io.catalog import open_catalog
@@ -97,7 +97,7 @@ def test_a_job_killed_midway_is_finished_by_a_rerun(archive, tmp_path):
     assert [r.status for r in results] == ["skipped"] + ["done"] * 5
     clean = tmp_path / "clean"
     process(S2, 0, clean, archive.mgrs, str(items))
-    layout = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())  # noqa: E731
+    layout = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert layout(bucket) == layout(clean)
     for rel in layout(clean):
         if rel.endswith(".parquet"):
@@ -124,8 +124,9 @@ def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucke
     assert item["assets"]["red"]["href"] == f"s3://{bucket}/v1/{L2}/{first}/red.tif"
     assert _keys(client, bucket, "v1/index/") == sorted(f"v1/index/{L2}/{i}/index_{i}.parquet" for i in ids(results))
     # the index points at the item JSON in the bucket, and the chip reads through S3
-    from stacchip_core import chip_from_row
     import io
+
+    from stacchip_core import chip_from_row
 
     table = pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=f"v1/index/{L2}/{first}/index_{first}.parquet")["Body"].read()))
     row = table.slice(0, 1).to_pylist()[0]

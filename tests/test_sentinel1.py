@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
+from conftest import per_chip_mean, run_script_named
 from rasterio.enums import Compression
 
-from conftest import per_chip_mean, run_script_named
 from stacchip_core import ChipGrid, Indexer, PlatformError, chip_from_row
 from stacchip_core.demo import synthetic
 from stacchip_core.demo.archive import S1_ORIGIN, s1_expected, s1_quarter
@@ -150,7 +150,7 @@ def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     row = pq.read_table(io.BytesIO(raw)).slice(0, 1).to_pylist()[0]
     pixels = chip_from_row(row, assets=["vh"])
     expected = synthetic.s1_backscatter(1, 600, 640)[:256, :256]
-    vv_mask, vh_mask = hand_nodata(600, 640)
+    _, vh_mask = hand_nodata(600, 640)
     keep = ~vh_mask[:256, :256]
     np.testing.assert_array_equal(pixels["vh"][0][keep], expected[keep])
     assert (pixels["vh"][0][~keep] == -32768).all()

@@ -389,7 +389,7 @@ def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int]
     with_gsd = [(a.extra_fields.get("gsd") or a.common_metadata.gsd, k, a) for k, a in candidates]
     with_gsd = [c for c in with_gsd if c[0]]
     if with_gsd:
-        _, key, asset = min(with_gsd, key=lambda c: c[0])
+        _, key, asset = min(with_gsd, key=lambda c: float(c[0] or 0))  # all truthy here
         candidates = [(key, asset)]
     found = []
     for key, asset in candidates:

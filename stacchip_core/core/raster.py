@@ -17,13 +17,13 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from stacchip_core.errors import AssetError
 from stacchip_core.core import resample
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.errors import AssetError
+from stacchip_core.io.settings import apply_gdal_options
+from stacchip_core.io.urls import redact_text
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import sign_href
-from stacchip_core.io.urls import redact_text
-from stacchip_core.io.settings import apply_gdal_options
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import pystac
 import shapely
 
-from stacchip_core.io import keys
-from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
-from stacchip_core.errors import PlatformError, SampleAttributeError, SampleError
 from stacchip_core.core.index import index_bytes
 from stacchip_core.core.indexer import Indexer
+from stacchip_core.errors import PlatformError, SampleAttributeError, SampleError
+from stacchip_core.io import keys
+from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
+from stacchip_core.io.store import open_store
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager
-from stacchip_core.io.store import open_store
 from stacchip_core.types import Report, Store
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tqdm import tqdm
 
@@ -113,7 +113,7 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
     retried ``retries`` times by dask before they count as failed.
     """
     indices = list(indices)
-    started = datetime.now(timezone.utc).isoformat()
+    started = datetime.now(UTC).isoformat()
     tasks: list[TaskResult] = []
     start = time.perf_counter()
     bar = tqdm(total=len(indices), desc=command or "jobs", unit="job", disable=None)
@@ -126,6 +126,7 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
         from dask.distributed import Client, LocalCluster, as_completed
 
         cluster = None
+        address: LocalCluster | str
         if scheduler.startswith("local"):
             workers = int(scheduler.split(":")[1]) if ":" in scheduler else (os.cpu_count() or 1)
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -162,7 +163,7 @@ def _run_one(fn, index) -> TaskResult:
     try:
         value, seconds = _timed(fn, index)
         return TaskResult(index, "done", value, seconds=round(seconds, 3))
-    except Exception as exc:  # one failing job never aborts the others
+    except Exception as exc:  # noqa: BLE001 - one failing job never aborts the others
         log.debug("job %d failed:\n%s", index, traceback.format_exc())
         return TaskResult(index, "failed", error=_error(exc))
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from stacchip_core.errors import ConfigError, CubeError, NotFoundError, OutputError
-from stacchip_core.plugins import platforms
 from stacchip_core.io.store import open_store
+from stacchip_core.plugins import platforms
 from stacchip_core.types import Report
 
 

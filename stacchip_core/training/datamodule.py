@@ -23,7 +23,6 @@ Batches are dicts: ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import lightning

@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stacchip_core.training.chipread import ChipReader
 from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
 from stacchip_core.io.store import open_store, read_url
+from stacchip_core.training.chipread import ChipReader
 from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
@@ -118,15 +118,15 @@ def _norms(rows: list[dict]) -> dict[str, np.ndarray]:
     for r in rows:
         when = r.get("datetime")
         if isinstance(when, datetime):
-            hour = when.hour + when.minute / 60
+            hours.append(when.hour + when.minute / 60)
             day = when.date()
         else:
-            day, hour = r["date"], 12.0
+            day = r["date"]
+            hours.append(12.0)
         weeks.append(day.isocalendar()[1])
-        hours.append(hour)
     week = 2 * np.pi * np.asarray(weeks, float) / 52
     hour = 2 * np.pi * np.asarray(hours, float) / 24
-    pair = lambda a: np.stack([np.sin(a), np.cos(a)], axis=1).astype(np.float32)  # noqa: E731
+    pair = lambda a: np.stack([np.sin(a), np.cos(a)], axis=1).astype(np.float32)
     return {"lat_norm": pair(lat), "lon_norm": pair(lon), "week_norm": pair(week), "hour_norm": pair(hour)}
 
 
@@ -137,12 +137,13 @@ def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, 
     def read(row):
         try:
             return reader.read(row), None
-        except Exception as exc:  # any read failure: report it, use a spare
+        except Exception as exc:  # noqa: BLE001 - any read failure: report it, use a spare
             return None, f"{row['chipid']}: {exc}"
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(pool.map(read, rows))
-    kept, failed = [], []
+    kept: list[tuple[dict, np.ndarray]] = []
+    failed: list[str] = []
     for row, (pixels, error) in zip(rows, results):
         if error:
             failed.append(error)

@@ -75,7 +75,8 @@ class StacchipGeoDataset(GeoDataset):
         cy = table["chip_index_y"].to_numpy()
         cs = table["chip_size"].to_numpy()
         boxes = np.zeros((len(table), 4))
-        crss, res = [None] * len(table), np.zeros(len(table))
+        crss: list[Any] = [None] * len(table)  # pyproj.CRS of each chip, all set below
+        res = np.zeros(len(table))
         for href in np.unique(hrefs):
             rows = np.flatnonzero(hrefs == href)
             first = table.slice(int(rows[0]), 1).to_pylist()[0]
@@ -119,8 +120,8 @@ class StacchipGeoDataset(GeoDataset):
         if hits.empty:
             raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
         xres, yres = x.step or self.res[0], y.step or self.res[1]
-        width = max(1, int(round((x.stop - x.start) / xres)))
-        height = max(1, int(round((y.stop - y.start) / yres)))
+        width = max(1, round((x.stop - x.start) / xres))
+        height = max(1, round((y.stop - y.start) / yres))
         # the query's pixel centres; each is filled from the first chip (earliest) holding it
         xs = x.start + (np.arange(width) + 0.5) * xres
         ys = y.stop - (np.arange(height) + 0.5) * yres

@@ -11,10 +11,10 @@ window of the item grid. Needs the ``xarray`` extra for DataArrays; GeoTIFFs nee
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyproj

@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from stacchip_core import Chipper as CoreChipper
-from stacchip_core.errors import ConfigError
-
 from stacchip.indexer import ChipIndexer
 from stacchip.utils import _plain, load_item_local, load_item_s3
+from stacchip_core import Chipper as CoreChipper
+from stacchip_core.errors import ConfigError
 
 
 class _Chip(Mapping):

@@ -24,10 +24,10 @@ import rasterio
 from rasterio.enums import Resampling
 
 from stacchip_core import Band, ChipStats, Platform, SampleError, hookimpl, hookimpl_for
-from stacchip_core.pipeline.ingest import fetch, scratch_dir
+from stacchip_core.core.output import write_cog
 from stacchip_core.io.settings import apply_gdal_options, source_s3_endpoint
 from stacchip_core.io.store import open_store
-from stacchip_core.core.output import write_cog
+from stacchip_core.pipeline.ingest import fetch, scratch_dir
 
 SOURCE_ENV = "STACCHIP_LINZ_SOURCE"
 SOURCE = "s3://nz-imagery"

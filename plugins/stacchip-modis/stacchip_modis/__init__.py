@@ -56,7 +56,16 @@ import random
 
 import numpy as np
 
-from stacchip_core import AssetError, Band, ChipStats, ConfigError, Platform, SampleError, hookimpl, hookimpl_for
+from stacchip_core import (
+    AssetError,
+    Band,
+    ChipStats,
+    ConfigError,
+    Platform,
+    SampleError,
+    hookimpl,
+    hookimpl_for,
+)
 from stacchip_core.pipeline.ingest import copy_assets
 
 log = logging.getLogger(__name__)

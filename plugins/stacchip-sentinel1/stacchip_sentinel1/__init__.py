@@ -29,8 +29,19 @@ from urllib.parse import urlparse
 import numpy as np
 import pystac
 
-from stacchip_core import (AssetError, Band, ChipGrid, ChipStats, Platform, PlatformError, ProjectionError,
-                           ConfigError, SampleError, hookimpl, hookimpl_for)
+from stacchip_core import (
+    AssetError,
+    Band,
+    ChipGrid,
+    ChipStats,
+    ConfigError,
+    Platform,
+    PlatformError,
+    ProjectionError,
+    SampleError,
+    hookimpl,
+    hookimpl_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +164,10 @@ def to_deflate_cog(source: Path, target: Path) -> None:
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
     from stacchip_core.core.raster import asset_href
+    from stacchip_core.io.keys import join as join_key
+    from stacchip_core.io.keys import segment
     from stacchip_core.io.settings import apply_gdal_options
     from stacchip_core.io.urls import redact, redact_text
-    from stacchip_core.io.keys import join as join_key, segment
     from stacchip_core.pipeline.ingest import fetch, scratch_dir
 
     check_grid(item)
