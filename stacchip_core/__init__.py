@@ -14,7 +14,25 @@ from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.index import read_index, write_index
 from stacchip_core.core.indexer import Indexer
 from stacchip_core.core.raster import NativeBand
-from stacchip_core.errors import AssetError, PlatformError, PluginError, ProjectionError, StacchipError
+from stacchip_core.errors import (
+    AssetError,
+    CatalogError,
+    ConfigError,
+    CubeError,
+    GridError,
+    IndexFormatError,
+    NotFoundError,
+    ObjectError,
+    OutputError,
+    PlatformError,
+    PluginError,
+    ProjectionError,
+    SampleAttributeError,
+    SampleError,
+    ShapeError,
+    StacchipError,
+    UnsafeKeyError,
+)
 from stacchip_core.hookspecs import hookimpl, hookimpl_for
 from stacchip_core.pipeline.merge import merge
 from stacchip_core.platform import Band, Platform
@@ -26,8 +44,10 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
-    "AssetError", "Band", "Catalog", "ChipGrid", "ChipStats", "Chipper", "Indexer", "NativeBand", "Platform",
-    "PlatformError", "PluginError", "ProjectionError", "Sample", "StacchipError", "Store", "bit_mask",
+    "AssetError", "Band", "Catalog", "CatalogError", "ChipGrid", "ChipStats", "Chipper", "ConfigError", "CubeError",
+    "GridError", "IndexFormatError", "Indexer", "NativeBand", "NotFoundError", "ObjectError", "OutputError", "Platform",
+    "PlatformError", "PluginError", "ProjectionError", "Sample", "SampleAttributeError", "SampleError",
+    "ShapeError", "StacchipError", "Store", "UnsafeKeyError", "bit_mask",
     "chip_from_row", "class_mask", "hookimpl", "hookimpl_for", "item_for_row", "merge", "read_index",
     "write_index",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ConfigError, StacchipError
 from stacchip_core.io.urls import redact_text
 
 log = logging.getLogger("stacchip_core")
@@ -156,7 +156,7 @@ def merge(src, dst) -> None:
     from stacchip_core.pipeline.merge import merge as merge_indexes
 
     result = merge_indexes(src, dst)
-    click.echo(f"{result['output']}: {result['rows']} chips from {result['files']} index files")
+    click.echo(f"{result.output}: {result.rows} chips from {result.files} index files")
 
 
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
@@ -184,7 +184,7 @@ def _finish(report, store_location: str, key: str) -> None:
 
     url = open_store(store_location).write_bytes(key, report.to_json().encode())
     s = report.summary()
-    click.echo(f"{s['done']} of {s['tasks']} jobs done, {s['failed']} failed in {report.seconds:.1f} s "
+    click.echo(f"{s.done} of {s.tasks} jobs done, {s.failed} failed in {report.seconds:.1f} s "
                f"({report.scheduler}); report: {url}")
     for task in report.failed:
         click.echo(f"failed: job {task.index}: {redact_text(task.error or '')}", err=True)
@@ -224,7 +224,7 @@ def process(platform, job_index, index_range, all_samples, sample_source, bucket
                   chip_size=chip_size, max_nodata=max_nodata)
     if not fan_out:
         for r in job(indices[0]):
-            click.echo(f"{r['item_id']}: {r['status']}" + (f", {r['chips']} chips" if r["chips"] is not None else ""))
+            click.echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
         return
     report = run_tasks(job, indices, scheduler, retries, command=f"process {platform}")
     _finish(report, bucket, f"_runs/process-{platform}-{indices[0]}-{indices[-1] + 1}.json")
@@ -255,11 +255,12 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
             platforms_, max_nodata, max_cloud, start, end, bbox, workers, mountpath) -> None:
     """Cut shuffled cubes of chips from INDEX into TARGET (folder or s3://), one job's share
     (or many jobs with --index-range/--all)."""
+    from dataclasses import replace
     from functools import partial
 
     from stacchip_core.io.keys import name
-    from stacchip_core.training.prechip import ChipFilter, count_jobs, prechip_job
     from stacchip_core.pipeline.runner import run_tasks
+    from stacchip_core.training.prechip import ChipFilter, PrechipReport, count_jobs, prechip_job
 
     name(version, "--version")  # a folder under TARGET, never a path out of it
 
@@ -271,18 +272,19 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
                    cube_size=cube_size, seed=seed, chip_filter=chip_filter, workers=workers, mountpath=mountpath)
     if fan_out:
         run = run_tasks(task, indices, scheduler, retries, command="prechip")
-        for t in run.tasks:
-            if t.status == "done" and t.result["failed"]:  # cubes with too many failed chips
-                t.status, t.error = "failed", "; ".join(t.result["failed"])
+        # a job whose cubes had too many failed chips failed
+        run = replace(run, tasks=[replace(t, status="failed", error="; ".join(t.result.failed))
+                                  if isinstance(t.result, PrechipReport) and t.result.failed else t
+                                  for t in run.tasks])
         _finish(run, target, f"_runs/prechip-{version}-{indices[0]}-{indices[-1] + 1}.json")
         return
     report = task(indices[0])
-    click.echo(f"{report['chips']} chips kept, {report['cubes_total']} cubes in all; this job: "
-               f"{len(report['written'])} written, {len(report['skipped'])} skipped, {len(report['failed'])} failed, "
-               f"{len(report['failed_chips'])} chips replaced")
-    for line in report["failed"]:
+    click.echo(f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
+               f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed, "
+               f"{len(report.failed_chips)} chips replaced")
+    for line in report.failed:
         click.echo(f"failed: {line}", err=True)
-    if report["failed"]:
+    if report.failed:
         raise SystemExit(1)
 
 
@@ -300,7 +302,7 @@ def stats(source, output, workers) -> None:
     click.echo(f"{'platform':<18}{'band':<12}{'count':>14}{'mean':>14}{'std':>14}")
     for platform, bands in result.items():
         for band, s in bands.items():
-            click.echo(f"{platform:<18}{band:<12}{s['count']:>14}{s['mean']:>14.4f}{s['std']:>14.4f}")
+            click.echo(f"{platform:<18}{band:<12}{s.count:>14}{s.mean:>14.4f}{s.std:>14.4f}")
 
 
 @cli.command()
@@ -311,23 +313,22 @@ def demo(out: Path) -> None:
     from stacchip_core.demo.run import run_demo
 
     result = run_demo(out)
-    click.echo(f"archive:  {result['archive']}")
-    click.echo(f"bucket:   {result['bucket']}")
-    click.echo(f"index:    {result['index']}")
-    click.echo(f"previews: {result['previews']}")
+    click.echo(f"archive:  {result.archive}")
+    click.echo(f"bucket:   {result.bucket}")
+    click.echo(f"index:    {result.index}")
+    click.echo(f"previews: {result.previews}")
     click.echo("")
     header = f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}{'nodata mean':>13}{'nodata-free':>13}"
     click.echo(header)
     click.echo("-" * len(header))
-    for s in result["summary"]:
-        click.echo(f"{s['platform']:<18}{s['items']:>6}{s['chips']:>7}{s['cloud_mean']:>12.3f}{s['cloud_free_chips']:>12}"
-                   f"{s['nodata_mean']:>13.3f}{s['nodata_free_chips']:>13}")
-    t = result.get("throughput")
-    if t:  # the demo's index map and throughput
-        click.echo(f"\nmap:      {result['map_html']} (offline page), {result['map_png']}")
-        click.echo(f"indexed:  {t['chips']} chips of {t['items']} items in {t['process_seconds']:.1f} s "
-                   f"({t['chips_indexed_per_second']:.1f} chips/s, processing included)")
-        click.echo(f"read:     {t['chips_read']} chips in {t['read_seconds']:.1f} s ({t['chips_read_per_second']:.1f} chips/s)")
+    for s in result.summary:
+        click.echo(f"{s.platform:<18}{s.items:>6}{s.chips:>7}{s.cloud_mean:>12.3f}{s.cloud_free_chips:>12}"
+                   f"{s.nodata_mean:>13.3f}{s.nodata_free_chips:>13}")
+    t = result.throughput  # the demo's index map and throughput
+    click.echo(f"\nmap:      {result.map_html} (offline page), {result.map_png}")
+    click.echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
+               f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
+    click.echo(f"read:     {t.chips_read} chips in {t.read_seconds:.1f} s ({t.chips_read_per_second:.1f} chips/s)")
 
 
 def register_plugin_commands() -> None:
@@ -360,9 +361,9 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
     try:
         index = job_index_from_env()
         if index is None:
-            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
+            raise ConfigError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
         if not os.environ.get("STACCHIP_BUCKET"):  # empty counts as unset
-            raise StacchipError("STACCHIP_BUCKET env var not set")
+            raise ConfigError("STACCHIP_BUCKET env var not set")
         source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
     except Exception as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
@@ -385,12 +386,12 @@ def _env_value(name: str, default=None, kind=str):
     value = os.environ.get(name)
     if value in (None, ""):  # empty counts as unset
         if default is None:
-            raise StacchipError(f"{name} env var not set")
+            raise ConfigError(f"{name} env var not set")
         return default
     try:
         return kind(value)
-    except ValueError:
-        raise StacchipError(f"{name}={value!r} is not a valid {kind.__name__}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} is not a valid {kind.__name__}") from exc
 
 
 def _bucket_location(value: str) -> str:
@@ -415,7 +416,7 @@ def env_prechip() -> None:
     try:
         job = job_index_from_env()
         if job is None:
-            raise StacchipError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
+            raise ConfigError(f"none of {', '.join(INDEX_ENV_VARS)} is set")
         index = _env_value("STACCHIP_INDEXPATH")
         target = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET"))
         platform = _env_value("STACCHIP_PLATFORM", "")
@@ -426,11 +427,11 @@ def env_prechip() -> None:
     except StacchipError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"{len(report['written'])} cubes written, {len(report['skipped'])} skipped, {len(report['failed'])} failed "
-          f"({report['chips']} chips, {report['cubes_total']} cubes in all)")
-    for line in report["failed"]:
+    print(f"{len(report.written)} cubes written, {len(report.skipped)} skipped, {len(report.failed)} failed "
+          f"({report.chips} chips, {report.cubes_total} cubes in all)")
+    for line in report.failed:
         print(f"failed: {line}", file=sys.stderr)
-    if report["failed"]:
+    if report.failed:
         sys.exit(1)
 
 
@@ -458,7 +459,7 @@ def env_stats() -> None:
     bands = result.get(platform, {})
     print("-- Mean by band")
     for band, s in bands.items():
-        print(f"{band}: {s['mean']}")
+        print(f"{band}: {s.mean}")
     print("-- Std by band")
     for band, s in bands.items():
-        print(f"{band}: {s['std']}")
+        print(f"{band}: {s.std}")

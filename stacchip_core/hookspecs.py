@@ -79,10 +79,12 @@ def stacchip_platforms() -> list[Platform]:
 
     Return a list of :class:`stacchip_core.Platform`: the platform ``name`` (it names
     bucket folders and the index's ``platform`` column), the STAC ``collections`` whose
-    items belong to it (used to pick the platform of an item), the model ``bands`` in
-    canonical order with the asset-key ``aliases`` catalogs use for them, auxiliary
-    layers (``aux``, e.g. a cloud mask), the ``nodata`` pixel value and the default
-    ``chip_size``. Platform names must be unique across installed plugins.
+    items belong to it (the indexer picks an item's platform from its collection), the
+    model ``bands`` in canonical order with the asset-key ``aliases`` catalogs use for them
+    (``Band("red", ("B04",))``; ``Band("red", index=1, asset="image")`` for band 1 of a
+    multi-band asset), auxiliary layers read for statistics only (``aux``, e.g. a cloud
+    mask), the ``nodata`` pixel value and the default ``chip_size``. Platform names must be
+    unique across installed plugins.
     """
 
 
@@ -120,7 +122,8 @@ def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog |
     when no STAC API is configured, for sources that list a bucket instead). Use only the
     query operators every STAC API has (eq, lt, lte, gt, gte: pgstac has no ``in``). Seed
     any randomness from ``sample.index`` so that a rerun selects the same items. Return a
-    list of ``pystac.Item``, or ``None`` to leave the item to another implementation.
+    list of ``pystac.Item``, or ``None`` to leave the sample to another implementation.
+    Used by the processors (``stacchip process``).
     """
 
 
@@ -148,10 +151,14 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     a SAS token or a presigned query, a mirror, a local cache path), or ``None`` to leave it
     to the next implementation and finally unchanged. Called for every open and copy, so
     cache tokens rather than fetching one per call; never log the signed href (stacchip
-    redacts it in its own messages). The stacchip-naip plugin signs Planetary Computer blob
-    hrefs with the ``planetary-computer`` package (extra ``stacchip-naip[planetary-computer]``),
-    as the last resort (``trylast``): a user's signer registered as a plugin answers first.
-    Use :func:`stacchip_core.plugins.sign_href` to apply it.
+    redacts it in its own messages). :func:`stacchip_core.plugins.sign_href` applies the hook
+    in every read (``core.raster.asset_href``) and copy (``pipeline.ingest.copy_assets``);
+    items keep their unsigned hrefs. stacchip itself signs Planetary Computer blob hrefs
+    with the ``planetary-computer`` package (``stacchip_core.signing``, extra
+    ``stacchip-core[planetary-computer]``) as the last resort (``trylast``): a user's
+    signer answers first. A user's own signer is a plugin like any other: an entry point,
+    or ``plugins.get_plugin_manager().register(obj)`` for an object with a ``@hookimpl``
+    method.
     """
 
 
@@ -160,6 +167,7 @@ def stacchip_register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``stacchip`` command line.
 
     ``cli`` is the top-level :class:`click.Group`; call ``cli.command()`` or
-    ``cli.add_command()`` on it. Raise :class:`stacchip_core.StacchipError` for bad
-    input so that the user sees one clear line instead of a traceback.
+    ``cli.add_command()`` on it. Raise a :class:`stacchip_core.StacchipError` (one of its
+    subclasses in :mod:`stacchip_core.errors`, e.g. ``ConfigError`` for a bad option) for
+    bad input so that the user sees one clear line instead of a traceback.
     """

@@ -90,8 +90,8 @@ def get_platform(name: str) -> Platform:
     """The platform called ``name``; a clear error naming the installed ones otherwise."""
     try:
         return platforms()[name]
-    except KeyError:
-        raise PlatformError(f"unknown platform {name!r}; installed platforms: {_installed()}") from None
+    except KeyError as exc:
+        raise PlatformError(f"unknown platform {name!r}; installed platforms: {_installed()}") from exc
 
 
 def find_platform(name: str | None) -> Platform | None:
@@ -148,7 +148,8 @@ def sign_href(href: str, asset: pystac.Asset | None = None) -> str:
 def _asset_name(asset: pystac.Asset | None) -> str:
     if asset is None or asset.owner is None:
         return "(none)"
-    for key, value in asset.owner.assets.items():
+    owner_id = getattr(asset.owner, "id", None)  # an item or a collection
+    for key, value in getattr(asset.owner, "assets", {}).items():
         if value is asset:
-            return f"{key!r} of {asset.owner.id!r}"
-    return f"of {asset.owner.id!r}"
+            return f"{key!r} of {owner_id!r}"
+    return f"of {owner_id!r}"

@@ -44,9 +44,9 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
         return None
     try:
         import planetary_computer
-    except ImportError:
+    except ImportError as exc:
         raise AssetError(
             f"{urlparse(href).hostname} (Planetary Computer) needs signed hrefs: install "
             "'stacchip-core[planetary-computer]', or register a stacchip_sign_href plugin"
-        ) from None
+        ) from exc
     return planetary_computer.sign(href)

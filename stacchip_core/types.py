@@ -57,3 +57,22 @@ class Catalog(Protocol):
     def search(self, *, collections: list[str] | None = None, datetime: str | None = None,
                intersects: Any = None, bbox: Any = None, query: dict | None = None,
                sortby: Any = None, max_items: int | None = None, **kwargs: Any) -> SearchResult: ...
+
+
+class Report:
+    """Base of the reports stacchip's functions return (merge counts, run reports, prechip
+    and band statistics): frozen dataclasses whose fields are attributes. ``to_dict()``
+    gives plain JSON-ready values; ``report["rows"]`` still reads a field, for code written
+    when the reports were dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    def __getitem__(self, key: str) -> Any:
+        import dataclasses
+
+        if key not in {f.name for f in dataclasses.fields(self)}:  # type: ignore[arg-type]
+            raise KeyError(key)
+        return getattr(self, key)

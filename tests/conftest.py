@@ -1,5 +1,6 @@
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -58,14 +59,15 @@ def run_cli(*args, env=None) -> CliResult:
 def run_script_named(name: str, *args, env=None) -> subprocess.CompletedProcess:
     """Run another installed console script (a plugin's) in a new process."""
     exe = Path(sys.executable).with_name(name)
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=False)
 
 
 def run_script(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run the installed ``stacchip`` console script in a new process, as a user would."""
     exe = Path(sys.executable).with_name("stacchip")
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd)
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -244,6 +246,93 @@ def lightning(torchgeo):
     import lightning
 
     return lightning
+
+
+# --- the synthetic archive of every source, its S3 copy, a STAC API over it, index trees ---
+# (shared by the processing, hostile-input, scale, plugin and merge tests)
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    """The synthetic archive of every source (scenes, item JSONs, sample sources), built once."""
+    from stacchip_core.demo.archive import build_archive
+
+    return build_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(scope="session")
+def s3_archive(archive, s3_server, tmp_path_factory):
+    """The archive uploaded to a source bucket; item JSONs whose hrefs point there."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket="source-archive")
+    for path in sorted(archive.root.rglob("*")):
+        if path.is_file() and path.suffix in (".tif", ".tiff", ".json"):
+            client.upload_file(str(path), "source-archive", path.relative_to(archive.root).as_posix())
+    items = tmp_path_factory.mktemp("items-s3")
+    for path in sorted(archive.items.rglob("*.json")):
+        d = json.loads(path.read_text())
+        for asset in d["assets"].values():
+            for holder in (asset, asset.get("alternate", {}).get("s3", {})):
+                if holder.get("href", "").startswith(str(archive.root)):
+                    holder["href"] = "s3://source-archive/" + Path(holder["href"]).relative_to(archive.root).as_posix()
+        target = items / path.relative_to(archive.items)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(d))
+    return items
+
+
+@pytest.fixture(scope="session")
+def stac_api(archive, s3_archive):
+    """stac-fastapi-pgstac on loopback, loaded with the S3 copy of the archive's items."""
+    from provision import ensure_postgis
+    from services import StacApi
+
+    ensure_postgis()
+    api = StacApi()
+    try:  # a failure while starting or loading still stops PostgreSQL
+        api.start()
+        items = [json.loads(p.read_text()) for p in sorted(s3_archive.rglob("*.json"))]
+        api.load(json.loads(archive.collections.read_text()), items)
+        yield api.url
+    finally:
+        api.stop()
+
+
+def s2_expected(archive) -> list[str]:
+    """By construction: sample 0's two years, quarters 1-3 pick the 'a' item (lowest cloud of
+    the tile with <= 20 % nodata); quarter 4 has only items above 75 % cloud."""
+    years = sorted(random.Random(0).sample(list(range(2018, 2024)), 2))
+    return [f"S2A_20HNJ_{y}{m:02d}11_a" for y in years for m in (2, 5, 8)]
+
+
+def landsat_expected(collection: str) -> list[str]:
+    year = random.Random(0).choice(list(range(2018, 2024)))
+    level = "L2SP" if collection == "landsat-c2l2-sr" else "L1TP"
+    # l8 cloud 30, 25, 20, 15; l9 20, 23, 26, 29; l7 (1 %) and 'cloudy' (99 %) never qualify
+    winners = ["9", "9", "8", "8"]
+    return [f"LC0{w}_{level}_086107_{year}{m:02d}15_l{w}" for w, m in zip(winners, (2, 5, 8, 11))]
+
+
+def naip_expected() -> list[str]:
+    older = [2014, 2016, 2018, 2020]
+    return [f"m_4207009_ne_19_060_{y}0701" for y in (2022, random.Random(1).choice(older))]
+
+
+@pytest.fixture(scope="session")
+def index_tree(synthetic_scenes, tmp_path_factory):
+    """Per-item index files laid out as the processors do: index/{platform}/{item}/index_{item}.parquet
+    and the chips per item. Shared: a test that writes into it works on a copy (copy_tree)."""
+    from stacchip_core import Indexer, write_index
+
+    root = tmp_path_factory.mktemp("indexes")
+    counts = {}
+    for name in ("s2", "s2pc", "landsat", "naip"):
+        indexer = Indexer(str(synthetic_scenes[name]), chip_max_nodata=1.0)
+        table = indexer.create_index()
+        write_index(table, root / "index" / indexer.platform_name / indexer.item.id / f"index_{indexer.item.id}.parquet")
+        counts[indexer.item.id] = len(table)
+    return root, counts
 
 
 # --- items over a loopback HTTP object server (issue 10: cloud chips) -------------------

@@ -42,7 +42,7 @@ def _install_lock():
 
 
 def _run(cmd: list[str], **kwargs) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    r = subprocess.run(cmd, capture_output=True, text=True, **kwargs, check=False)
     if r.returncode:
         raise ProvisionError(f"{' '.join(cmd)} failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
 
@@ -146,9 +146,9 @@ def import_torch_stack() -> None:
             _cpu_stub_lib.append(lib := torch.library.Library("torchvision", "FRAGMENT"))
             lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
             lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    import torchvision  # noqa: F401
     import lightning  # noqa: F401
     import torchgeo  # noqa: F401
+    import torchvision  # noqa: F401
 
 
 _cpu_stub_lib: list = []  # keeps the Library object (and its definitions) alive

@@ -48,9 +48,9 @@ class StacApi:
             shutil.chown(data, "postgres")
         _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"])
         _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(self.tmp / "pg.log"), "-o",
-                      f"-p {self.pg_port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-                      "-c synchronous_commit=off -c full_page_writes=off", "start"])
-        self._pypgstac("migrate")
+                      (f"-p {self.pg_port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
+                       "-c synchronous_commit=off -c full_page_writes=off"), "start"])
+        self.pypgstac("migrate")
         env = {**os.environ, "PGUSER": "postgres", "PGPASSWORD": "postgres", "PGHOST": "127.0.0.1",
                "PGPORT": str(self.pg_port), "PGDATABASE": "postgres",
                "POSTGRES_USER": "postgres", "POSTGRES_PASS": "postgres", "POSTGRES_HOST_READER": "127.0.0.1",
@@ -58,7 +58,7 @@ class StacApi:
         self.api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.api_port), "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "api.log", "w"),
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.tmp / "api.log", "w"),  # noqa: SIM115 - the server's log, open while it runs
         )
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -71,7 +71,7 @@ class StacApi:
                 time.sleep(0.3)
         raise RuntimeError("stac-fastapi-pgstac did not start: " + (self.tmp / "api.log").read_text()[-3000:])
 
-    def _pypgstac(self, *args: str) -> None:
+    def pypgstac(self, *args: str) -> None:
         exe = Path(sys.executable).with_name("pypgstac")
         subprocess.run([str(exe), *args, "--dsn", self.dsn], check=True, capture_output=True, text=True)
 
@@ -81,7 +81,7 @@ class StacApi:
                 continue
             path = self.tmp / f"{kind}.ndjson"
             path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-            self._pypgstac("load", kind, str(path), "--method", "upsert")
+            self.pypgstac("load", kind, str(path), "--method", "upsert")
 
     def stop(self) -> None:
         """Stop whatever started (safe after a failed start)."""

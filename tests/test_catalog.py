@@ -3,16 +3,16 @@ and at scale over a stac-geoparquet file of 100k items."""
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pystac_client.exceptions
 import pytest
 import shapely
-from shapely.geometry import shape
-
 from provision import ensure_postgis
 from services import StacApi
+from shapely.geometry import shape
+
 from stacchip_core.errors import StacchipError
 from stacchip_core.io.catalog import EmbeddedCatalog, open_catalog
 
@@ -30,7 +30,7 @@ def small_items() -> list[dict]:
         x, y = float(i % 8), float(i // 8)
         geom = ({"type": "Point", "coordinates": [x, y]} if i % 3 else
                 {"type": "Polygon", "coordinates": [[[x, y], [x + 0.6, y], [x + 0.6, y + 0.6], [x, y + 0.6], [x, y]]]})
-        props = {"datetime": (datetime(2024, 1, 1, tzinfo=timezone.utc) + timedelta(hours=7 * (i % 13)))
+        props = {"datetime": (datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=7 * (i % 13)))
                  .strftime("%Y-%m-%dT%H:%M:%SZ"),
                  "platform": ["x", "y", "z"][i % 3], "grid:code": f"MGRS-{'AB'[i % 2]}", "n": i}
         if i % 5:
@@ -50,7 +50,7 @@ def pgstac():
         api.load([COLLECTION], small_items())
         path = api.tmp / "queryables.json"
         path.write_text(json.dumps(QUERYABLES))
-        api._pypgstac("load_queryables", str(path))
+        api.pypgstac("load_queryables", str(path))
         yield open_catalog(api.url)
     finally:
         api.stop()
@@ -119,7 +119,7 @@ def big_items() -> list[dict]:
     cloud = np.round(rng.uniform(0, 100, N), 1)
     day = rng.integers(0, 365 * 3, N)
     tiles = rng.integers(0, 50, N)
-    t0 = datetime(2021, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2021, 1, 1, tzinfo=UTC)
     items = []
     for i in range(N):
         x, y = float(lon[i]), float(lat[i])
@@ -139,7 +139,7 @@ def reference(items, collections, area, start, end, tile, max_cloud, max_nodata)
     hits = []
     for d in items:
         p = d["properties"]
-        when = datetime.fromisoformat(p["datetime"].replace("Z", "+00:00"))
+        when = datetime.fromisoformat(p["datetime"])
         if (d["collection"] in collections and start <= when <= end and p["grid:code"] == tile
                 and p["eo:cloud_cover"] <= max_cloud and p["s2:nodata_pixel_percentage"] <= max_nodata
                 and shape(d["geometry"]).intersects(area)):
@@ -164,13 +164,14 @@ def test_100k_items_from_stac_geoparquet(big_catalog, area):
     catalog = open_catalog(path)
     opened = time.perf_counter() - t
     assert len(catalog) == N
-    kwargs = dict(collections=["sentinel-2-l2a"], intersects=shapely.geometry.mapping(area),
+    kwargs = dict(  # noqa: C408 - keyword arguments for search()
+                  collections=["sentinel-2-l2a"], intersects=shapely.geometry.mapping(area),
                   datetime="2022-01-01T00:00:00Z/2022-12-31T23:59:59Z",
                   query={"grid:code": {"eq": "MGRS-07"}, "eo:cloud_cover": {"lte": 60},
                          "s2:nodata_pixel_percentage": {"lte": 20}},
                   sortby="properties.eo:cloud_cover")
-    expected = reference(items, {"sentinel-2-l2a"}, area, datetime(2022, 1, 1, tzinfo=timezone.utc),
-                         datetime(2022, 12, 31, 23, 59, 59, tzinfo=timezone.utc), "MGRS-07", 60, 20)
+    expected = reference(items, {"sentinel-2-l2a"}, area, datetime(2022, 1, 1, tzinfo=UTC),
+                         datetime(2022, 12, 31, 23, 59, 59, tzinfo=UTC), "MGRS-07", 60, 20)
     t = time.perf_counter()
     got = catalog.search(**kwargs)
     first = time.perf_counter() - t

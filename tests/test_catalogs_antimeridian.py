@@ -10,9 +10,9 @@ import pyproj
 import pytest
 import shapely
 from affine import Affine
-
 from catalogs_helpers import DATA, load
 from conftest import LANDSAT_ITEM, S2_ITEM
+
 from stacchip_core import Indexer
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.index import write_index
@@ -64,7 +64,7 @@ def test_index_bbox_query_over_norway_returns_no_chukotka_chip(chukotka_index):
     path, table = chukotka_index
     meta = json.loads(table.schema.metadata[b"geo"])["columns"]["geometry"]
     assert meta["geometry_types"] == ["Polygon", "MultiPolygon"]
-    west, south, east, north = meta["bbox"]
+    west, _south, east, _north = meta["bbox"]
     item_bbox = load(T01WCP)["bbox"]  # the catalog's own: [178.47, 65.67, -178.97, 66.71]
     assert item_bbox[0] <= west < 180 and -180 < east <= item_bbox[2] and west > east
     assert len(geopandas.read_parquet(path, bbox=NORWAY)) == 0

@@ -4,16 +4,16 @@ and proj:code on the assets only. Item: tests/data/cdse-S2B_MSIL2A_20200322T0746
 import numpy as np
 import pytest
 from affine import Affine
-
 from catalogs_helpers import CDSE_S2_ITEM, load, pattern, sparse_tiff
 from conftest import per_chip_mean, scl_blocks
+
 from stacchip_core import Indexer, class_mask
 from stacchip_core.core.chipper import Chipper
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.indexer import load_item
 from stacchip_core.core.output import write_cog
 from stacchip_core.errors import AssetError
 from stacchip_core.plugins import platform_for_item
-from stacchip_core.core.indexer import load_item
 
 CRS = "EPSG:32636"
 

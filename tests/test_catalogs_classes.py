@@ -5,9 +5,9 @@ chip (0, 0) holds one stripe per class, every other chip reads as the layer's no
 import numpy as np
 import pytest
 from affine import Affine
-
 from catalogs_helpers import load, sparse_tiff
 from conftest import LANDSAT_ITEM, S2_ITEM
+
 from stacchip_core import Indexer
 
 

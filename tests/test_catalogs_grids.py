@@ -8,9 +8,9 @@ import numpy as np
 import pyproj
 import pytest
 from affine import Affine
-
 from catalogs_helpers import DATA, load, pattern, sparse_tiff
 from conftest import per_chip_mean
+
 from stacchip_core import Indexer
 from stacchip_core.core.chipper import Chipper
 from stacchip_core.core.grid import ChipGrid

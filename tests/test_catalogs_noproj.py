@@ -11,9 +11,9 @@ import pyproj
 import pytest
 import shapely
 from affine import Affine
-
 from catalogs_helpers import load, pattern, sparse_tiff
 from conftest import LINZ_ITEM
+
 from stacchip_core import Indexer
 from stacchip_core.core.chipper import Chipper
 from stacchip_core.core.grid import ChipGrid

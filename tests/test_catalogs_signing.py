@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 from affine import Affine
-
 from catalogs_helpers import DATA, TokenServer, load, pattern, sparse_tiff
-from stacchip_core import StacchipError, hookimpl, plugins
+
+from stacchip_core import hookimpl, plugins
 from stacchip_core.core.chipper import Chipper
 from stacchip_core.errors import AssetError
 from stacchip_core.io.store import LocalStore

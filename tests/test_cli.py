@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-
 from conftest import LINZ_ITEM, NAIP_ITEM, TEST_ITEM, run_cli, run_script
+
 from stacchip_core.core.output import write_cog
 from stacchip_core.demo.synthetic import band_pattern
 
@@ -90,22 +90,30 @@ def bad_inputs(tmp_path):
     }
 
 
-def test_bad_input_gives_one_line_and_writes_nothing(bad_inputs, tmp_path):
-    out = tmp_path / "out.parquet"
-    cases = [
-        (("index", tmp_path / "missing.json", "-o", out), "no such item file"),
-        (("index", LINZ_ITEM, "--platform", "linz", "-o", out), "has no projection"),
-        (("index", bad_inputs["degrees"], "--no-stats", "-o", out), "needs a projected CRS in metres"),
-        (("index", NAIP_ITEM, "--platform", "goes-16", "-o", out), "unknown platform 'goes-16'; installed platforms: landsat-c2l1"),
-        (("index", TEST_ITEM, "-o", out), "no installed platform claims collection None"),
-        (("index", TEST_ITEM, "--platform", "sentinel-2-l2a", "-o", out), "has no asset 'scl'"),
-        (("index", bad_inputs["plain"], "-o", tmp_path / "x.txt", "--platform", "linz"), "has no asset 'red'"),
-    ]
-    for args, message in cases:
-        assert_one_line_error(run_cli(*args), message)
-    # and once through the real console script, in its own process
-    assert_one_line_error(run_script(*cases[1][0]), cases[1][1])
-    assert not out.exists()
+# (the item, the options after it, the message); "missing" is a path that does not exist,
+# other strings name a bad_inputs item
+BAD_INPUTS = {
+    "missing item": ("missing", ("-o", "out.parquet"), "no such item file"),
+    "no projection": (LINZ_ITEM, ("--platform", "linz", "-o", "out.parquet"), "has no projection"),
+    "degrees": ("degrees", ("--no-stats", "-o", "out.parquet"), "needs a projected CRS in metres"),
+    "unknown platform": (NAIP_ITEM, ("--platform", "goes-16", "-o", "out.parquet"),
+                         "unknown platform 'goes-16'; installed platforms: landsat-c2l1"),
+    "no platform": (TEST_ITEM, ("-o", "out.parquet"), "no installed platform claims collection None"),
+    "missing stats asset": (TEST_ITEM, ("--platform", "sentinel-2-l2a", "-o", "out.parquet"), "has no asset 'scl'"),
+    "missing band asset": ("plain", ("-o", "x.txt", "--platform", "linz"), "has no asset 'red'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gives_one_line_and_writes_nothing(bad_inputs, tmp_path, case):
+    item, options, message = BAD_INPUTS[case]
+    if isinstance(item, str):
+        item = tmp_path / "missing.json" if item == "missing" else bad_inputs[item]
+    args = ("index", item, *(tmp_path / o if o.endswith((".parquet", ".txt")) else o for o in options))
+    assert_one_line_error(run_cli(*args), message)
+    if case == "no projection":  # and once through the real console script, in its own process
+        assert_one_line_error(run_script(*args), message)
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "x.txt").exists()
     assert list(tmp_path.glob(".*tmp*")) == []
 
 

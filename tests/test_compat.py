@@ -15,10 +15,10 @@ import pyproj
 import pystac
 import pytest
 import shapely
-
 from conftest import S2_ITEM, per_chip_mean, run_script_named
 from provision import ensure_postgis
 from services import StacApi
+
 from stacchip_core.demo import synthetic
 from stacchip_core.demo.archive import NAIP_ORIGIN
 from stacchip_core.io.store import open_store
@@ -309,6 +309,7 @@ def test_naip_tutorial_verbatim_against_a_stac_api(naip_api, monkeypatch):
 
 # --- the original's prechip and stats scripts ------------------------------------------------
 
+@pytest.mark.slow
 def test_prechip_and_stats_scripts_read_the_original_environment(tmp_path):
     from stacchip_core import merge
 
@@ -329,13 +330,27 @@ def test_prechip_and_stats_scripts_read_the_original_environment(tmp_path):
     r = run_script_named("stacchip-stats", env={"STACCHIP_PLATFORM": "naip", "STACCHIP_CHIP_BUCKET": str(tmp_path / "cubes")})
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    nodata = get_platform("naip").nodata  # pixels of the platform's nodata value are left out
-    valid = np.ones(pixels.shape, bool) if nodata is None else pixels != nodata
-    expected_mean = [pixels[:, b][valid[:, b]].astype(np.float64).mean() for b in range(4)]
+    # the expected statistics from the raster itself, not from the cube or the code under test:
+    # the windows of the cube's 128 chips, read with rasterio; the NAIP image declares no
+    # nodata value, so every pixel counts
+    import pyarrow.parquet as pq
+    import rasterio
+    from rasterio.windows import Window
+
+    where = {r["chipid"]: (r["chip_index_x"], r["chip_index_y"])
+             for r in pq.read_table(bucket / "merged.parquet", columns=["chipid", "chip_index_x", "chip_index_y"]).to_pylist()}
+    with rasterio.open(path.parent / "image.tif") as ds:
+        assert ds.nodata is None and ds.count == 4
+        windows = np.stack([ds.read(window=Window(x * 64, y * 64, 64, 64))
+                            for x, y in (where[str(c)] for c in np.load(cubes[0])["chipids"])])
+    np.testing.assert_array_equal(pixels, windows)  # the cube holds exactly those windows
+    values = windows.astype(np.float64).transpose(1, 0, 2, 3).reshape(4, -1)
     assert lines[0] == "-- Mean by band" and lines[5] == "-- Std by band"
     for b, name in enumerate(["red", "green", "blue", "nir"]):
-        band, value = lines[1 + b].split(": ")
-        assert band == name and float(value) == pytest.approx(expected_mean[b], rel=1e-9)
+        band, mean = lines[1 + b].split(": ")
+        assert band == name and float(mean) == pytest.approx(values[b].mean(), rel=1e-12)
+        band, std = lines[6 + b].split(": ")
+        assert band == name and float(std) == pytest.approx(values[b].std(), rel=1e-9)
     r = run_script_named("stacchip-prechip", env={**env, "STACCHIP_INDEXPATH": ""})
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "Error: STACCHIP_INDEXPATH env var not set"
     r = run_script_named("stacchip-stats", env={"STACCHIP_PLATFORM": ""})

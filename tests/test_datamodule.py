@@ -84,7 +84,7 @@ def test_every_chip_once_per_epoch_over_ranks_and_workers(lightning, index_path,
         for rank in range(world):
             ds = ShardedChipBatches(ChipDataset(train, bands=["red", "green", "blue"]), batch, rank, world, seed=3)
             ds.set_epoch(epoch)
-            loader = _EpochLoader(ds, batch_size=None, num_workers=workers, epoch_fn=lambda: epoch)
+            loader = _EpochLoader(ds, batch_size=None, num_workers=workers, epoch_fn=lambda epoch=epoch: epoch)
             batches = list(loader)
             steps.append(len(batches))
             for b in batches:
@@ -108,7 +108,7 @@ def test_oversampling_balances_platforms_in_training_only(lightning, index_path)
     assert counts == {"sentinel-2-l2a": 18, "naip": 18, "landsat-c2l2-sr": 18}
     # every small-platform chip appears 4 or 5 times (4 whole passes + 2 of a fifth)
     per_chip = Counter(rows.tolist())
-    assert sorted(set(per_chip[i] for i in np.flatnonzero(platforms == "naip"))) == [4, 5]
+    assert sorted({per_chip[i] for i in np.flatnonzero(platforms == "naip")}) == [4, 5]
     assert sum(per_chip[i] for i in np.flatnonzero(platforms == "naip")) == 18
     val = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), oversample=True)
     assert val.val_dataloader().dataset.oversample is False
@@ -158,7 +158,7 @@ def test_ddp_two_processes_see_every_chip_once_per_epoch(lightning, index_path, 
     out.mkdir()
     env = {**os.environ, "PL_DISABLE_FORK": "1"}
     r = subprocess.run([sys.executable, str(script), str(index_path), str(out), str(Path(__file__).parent)],
-                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]

@@ -1,16 +1,19 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
-
 from conftest import run_cli
 from provision import ensure_chromium
+
 from stacchip_core.demo.maps import cloud_colours
+
+pytestmark = pytest.mark.slow  # every test here needs the whole demo run (its module fixture)
 
 SCL_CLOUD = (1, 3, 8, 9, 10)  # what the Sentinel-2 plugin counts as cloud
 
@@ -69,7 +72,7 @@ def test_s2_preview_outlines_the_cloud_mask_and_shows_clouds(demo, tile):
     table = pq.read_table(out / "bucket" / "merged.parquet").to_pylist()
     rows = sorted([r for r in table if r["platform"] == "sentinel-2-l2a"], key=lambda r: -r["cloud_cover_percentage"])
     row = rows[tile]
-    item = json.loads(open(row["item_href"]).read())
+    item = json.loads(Path(row["item_href"]).read_text())
     cs, x, y = row["chip_size"], row["chip_index_x"], row["chip_index_y"]
     scl_href = next(a["href"] for k, a in item["assets"].items() if k.lower() == "scl")
     with rasterio.open(scl_href) as ds:  # 20 m: half the chip's pixels
@@ -111,7 +114,7 @@ def test_index_map_html_renders_the_chips_offline_in_chromium(demo, tmp_path):
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
              "--window-size=1000,700"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
     assert dom.stdout.count('class="chip"') == len(table)
     shot = tmp_path / "map.png"
     subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)

@@ -13,12 +13,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "docs" / "tutorials"
 
 
+@pytest.mark.slow
 def test_docs_build_strict(tmp_path):
     site = tmp_path / "site"
     mkdocs = Path(sys.executable).with_name("mkdocs")
     # cwd: the notebook plugin's cache goes to the temp dir, not the checkout
     r = subprocess.run([str(mkdocs), "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"), "-d", str(site)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     api = (site / "api" / "training" / "index.html").read_text()
     for name in ("StacchipGeoDataset", "StacchipDataModule", "chip_dataarray", "write_prediction", "ChipDataset"):
@@ -41,9 +42,10 @@ def outputs(nb) -> str:
                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,expected", [
     ("01_index_an_item.ipynb", ["42 42 1764 chips of 256 px at 10 m", "S2A_T20HNJ_20240311T140636_L2A-0-0", "ndvi.tif"]),
-    ("03_scale_out.ipynb", ["not supported by pgstac", "'output'"]),
+    ("03_scale_out.ipynb", ["not supported by pgstac", "MergeReport(files="]),
 ])
 def test_tutorial_runs_offline(name, expected):
     text = outputs(run_notebook(TUTORIALS / name))
@@ -51,6 +53,7 @@ def test_tutorial_runs_offline(name, expected):
         assert e in text
 
 
+@pytest.mark.slow
 def test_training_tutorial_runs_on_cpu(torchgeo):
     # the kernel is a new process: it needs the same torchvision fix as the tests (tests/provision.py)
     preamble = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom provision import import_torch_stack\nimport_torch_stack()"

@@ -4,8 +4,8 @@ import pyproj
 import pystac
 import pytest
 from affine import Affine
-
 from conftest import LANDSAT_ITEM, LINZ_ITEM, NAIP_ITEM, S2_ITEM, TEST_ITEM, load
+
 from stacchip_core import ChipGrid, ProjectionError
 from stacchip_core.core.grid import item_crs
 

@@ -1,15 +1,12 @@
 """Files under hostile conditions (issue 12): modes of published files, concurrent jobs on
 the same sample, temporary files left by killed writers, full disks."""
 
-import json
 import os
 import stat
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from test_process import archive  # noqa: F401  (fixture)
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -23,7 +20,7 @@ def modes(root: Path) -> dict[str, int]:
     return {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
 
 
-def test_published_files_honour_the_umask(archive, tmp_path, umask):  # noqa: F811
+def test_published_files_honour_the_umask(archive, tmp_path, umask):
     from stacchip_core.training.bandstats import dump
 
     expected = 0o666 & ~umask
@@ -40,7 +37,7 @@ def test_published_files_honour_the_umask(archive, tmp_path, umask):  # noqa: F8
                 "-o", tmp_path / "out" / "one.parquet", "--chip-size", 128)
     index = bucket / "index" / "naip"
     row_index = next(index.rglob("*.parquet"))
-    for name in ("c.npz", "c.tif"):
+    for name in ("c.npz", "c.tif"):  # two outputs checked together below, not two cases
         r = run_cli("chip", row_index, "--row", 0, "-o", tmp_path / "out" / name)
         assert r.returncode == 0, r.stderr
     dump({"naip": {}}, tmp_path / "out" / "stats.json")
@@ -95,7 +92,8 @@ def same_tree(a_root: Path, b_root: Path) -> None:
             assert a[key] == b[key], key
 
 
-def test_two_jobs_on_the_same_sample_at_once_both_succeed(archive, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_two_jobs_on_the_same_sample_at_once_both_succeed(archive, tmp_path):
     import subprocess
     import sys
     import time
@@ -124,12 +122,15 @@ def test_only_stale_temporary_files_are_removed(tmp_path):
 
     from stacchip_core.io import files as f
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(dead.stdout)
-    host = f._HOST
+    (tmp_path / "sub").mkdir()
+    live = f.temp_sibling(tmp_path / "sub" / "a.tif").name  # this live process: in flight
+    # a writer that made its temporary file and died before the rename
+    code = "import sys; from stacchip_core.io.files import temp_sibling; print(temp_sibling(sys.argv[1]).name)"
+    dead = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sub" / "b.tif")], capture_output=True,
+                          text=True, check=True).stdout.strip()
     names = {
-        f".a.tif~{host}~{os.getpid()}~00ff.tmp": False,  # this live process: in flight
-        f".b.tif~{host}~{dead_pid}~00ff.tmp": True,  # its writer is gone
+        live: False,
+        dead: True,  # its writer is gone
         ".c.tif~otherhost~1~00ff.tmp": False,  # another host, recently written: maybe in flight
         ".d.tif~otherhost~1~00ff.tmp.old": False,  # not a temporary file name
         ".e.tif.x1y2z3.tmp": True,  # an older version's name: no current writer makes it

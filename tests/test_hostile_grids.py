@@ -4,8 +4,8 @@ zero, rotated or non-square pixels are clear errors, with or without statistics.
 import json
 
 import pytest
-
 from conftest import TEST_ITEM, load, run_cli
+
 from stacchip_core.core.grid import MAX_CHIPS, MAX_PIXELS, ChipGrid
 from stacchip_core.errors import GridError
 

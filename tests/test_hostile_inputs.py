@@ -2,22 +2,20 @@
 messages and reports, forged log lines."""
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import run_cli
+
 from stacchip_core.errors import UnsafeKeyError
 from stacchip_core.io import keys
-from test_process import archive  # noqa: F401  (fixture)
 
 LATEST_NAIP = "m_4207009_ne_19_060_20220701"
 
 
-def hostile_items(archive, folder: Path, item_id: str, href: str | None = None) -> Path:  # noqa: F811
+def hostile_items(archive, folder: Path, item_id: str, href: str | None = None) -> Path:
     """The archive's NAIP items, the latest (which sample 1 selects) renamed to ``item_id``
     and its image optionally at ``href``."""
     items = folder / "items"
@@ -38,7 +36,7 @@ def files_outside(root: Path, *inside: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("item_id", ["../../../x", "..", ".", "a/b", "ABS", "nul\x00id", "back\\slash", "line\nbreak"])
-def test_item_ids_never_leave_the_bucket(archive, tmp_path, item_id):  # noqa: F811
+def test_item_ids_never_leave_the_bucket(archive, tmp_path, item_id):
     if item_id == "ABS":
         item_id = str(tmp_path / "abs" / "x")  # an absolute path (inside tmp_path, to see it)
     items = hostile_items(archive, tmp_path, item_id)
@@ -85,7 +83,7 @@ def test_prechip_version_must_be_a_plain_name(tmp_path, version):
     assert not (tmp_path / "target").exists()
 
 
-def test_s3_keys_stay_under_the_prefix(archive, tmp_path, bucket):  # noqa: F811
+def test_s3_keys_stay_under_the_prefix(archive, tmp_path, bucket):
     import boto3
 
     items = hostile_items(archive, tmp_path, "../../escape")
@@ -113,7 +111,7 @@ def assert_no_secret(text: str) -> None:
 
 
 @pytest.mark.parametrize("args", [["-q"], ["-v"], ["--log-json", "-v"]])
-def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):  # noqa: F811
+def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
     r = run_cli(*args, "process", "naip", "--index", 1, "--sample", archive.points, "--bucket", tmp_path / "b",
                 "--stac-api", items)
@@ -123,7 +121,7 @@ def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):  # no
     assert r.stderr.splitlines()[-1].startswith("Error: ")
 
 
-def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):  # noqa: F811
+def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
     r = run_cli("-q", "process", "naip", "--index-range", "1:2", "--scheduler", "sync", "--sample", archive.points,
                 "--bucket", tmp_path / "b", "--stac-api", items)
@@ -136,7 +134,7 @@ def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):  # noqa: F811
 
 
 @pytest.mark.parametrize("log_json", [False, True])
-def test_item_ids_with_newlines_do_not_forge_log_lines(archive, tmp_path, log_json):  # noqa: F811
+def test_item_ids_with_newlines_do_not_forge_log_lines(archive, tmp_path, log_json):
     forged = "evil\nERROR stacchip_core: forged\r\x1b[2K line"
     items = hostile_items(archive, tmp_path, forged)
     r = run_cli(*(["--log-json"] if log_json else []), "-v", "process", "naip", "--index", 1, "--sample",

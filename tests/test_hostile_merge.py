@@ -2,11 +2,7 @@
 parquet that is not an index, a small $TMPDIR, many small inputs, a killed merge."""
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import boto3
@@ -17,13 +13,12 @@ import pytest
 from stacchip_core import merge, write_index
 from stacchip_core.core.index import read_index
 from stacchip_core.errors import IndexFormatError
-from test_merge import index_tree  # noqa: F401  (fixture)
 
 ROWS = 9 + 9 + 4 + 4
 
 
 @pytest.fixture
-def tree(index_tree, tmp_path):  # noqa: F811
+def tree(index_tree, tmp_path):
     import shutil
 
     root, _ = index_tree
@@ -43,7 +38,7 @@ def test_dst_inside_src_is_not_an_input_locally(tree, form, monkeypatch):
         src, dst = tree, out
     for _ in range(3):
         result = merge(src, dst, progress=False)
-        assert (result["files"], result["rows"]) == (4, ROWS)
+        assert (result.files, result.rows) == (4, ROWS)
         assert pq.read_metadata(out).num_rows == ROWS
 
 
@@ -53,14 +48,14 @@ def test_dst_inside_src_is_not_an_input_on_s3(tree, bucket, s3_server):
         client.upload_file(str(path), bucket, f"v1/index/{path.relative_to(tree).as_posix()}")
     for _ in range(3):
         result = merge(f"s3://{bucket}/v1/index", f"s3://{bucket}/v1/index/all.parquet", progress=False)
-        assert (result["files"], result["rows"]) == (4, ROWS)
+        assert (result.files, result.rows) == (4, ROWS)
     body = client.get_object(Bucket=bucket, Key="v1/index/all.parquet")["Body"].read()
     assert pq.read_metadata(pa.BufferReader(body)).num_rows == ROWS
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def _not_an_index(path: Path, kind: str) -> None:
-    table = read_index(sorted(path.parent.parent.rglob("index_*.parquet"))[0])
+    table = read_index(min(path.parent.parent.rglob("index_*.parquet")))
     if kind == "other schema":
         table = pa.table({"a": [1, 2], "b": ["x", "y"]})
     elif kind == "null chipids":
@@ -104,11 +99,11 @@ def test_merge_needs_no_tmpdir(tree, tmp_path, monkeypatch, where, request):
     monkeypatch.setenv("TMPDIR", str(tmp_path / "no-such-tmpdir"))
     if where == "local":
         result = merge(tree, tmp_path / "out" / "m.parquet", progress=False)
-        assert result["rows"] == ROWS and sorted(os.listdir(tmp_path / "out")) == ["m.parquet"]
+        assert result.rows == ROWS and sorted(os.listdir(tmp_path / "out")) == ["m.parquet"]
     else:
         name = request.getfixturevalue("bucket")
         result = merge(tree, f"s3://{name}/m.parquet", progress=False)
-        assert result["rows"] == ROWS
+        assert result.rows == ROWS
 
 
 @pytest.mark.parametrize("size, groups", [(10, [10, 10, 6]), (26, [26]), (1000, [26])])
@@ -123,7 +118,7 @@ def test_many_small_inputs_make_one_row_group(tree, tmp_path):
     for i in range(300):
         write_index(one, tmp_path / "many" / f"{i:04d}" / "index.parquet")
     result = merge(tmp_path / "many", tmp_path / "m.parquet", progress=False)
-    assert result == {"files": 300, "rows": 300 * len(one), "output": str((tmp_path / "m.parquet").resolve())}
+    assert result.to_dict() == {"files": 300, "rows": 300 * len(one), "output": str((tmp_path / "m.parquet").resolve())}
     meta = pq.read_metadata(tmp_path / "m.parquet")
     assert meta.num_row_groups == 1 and meta.num_rows == 300 * len(one)
     assert pq.read_table(tmp_path / "m.parquet")["chipid"].to_pylist() == one["chipid"].to_pylist() * 300

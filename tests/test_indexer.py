@@ -4,10 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pystac
 import pytest
-
 from conftest import NAIP_ITEM, TEST_ITEM, load, per_chip_mean
-from stacchip_core import Indexer, PlatformError, class_mask, bit_mask
 
+from stacchip_core import Indexer, PlatformError, bit_mask, class_mask
 
 per_chip = per_chip_mean
 
@@ -94,6 +93,7 @@ def test_unknown_platform_names_the_installed_ones():
 def test_linz_nodata_from_band_one(tmp_path):
     # a LINZ item as the processor writes it (rio-stac adds projection fields)
     from affine import Affine
+
     from stacchip_core.core.output import write_cog
 
     rgb = np.full((3, 600, 900), 120, np.uint8)
@@ -116,10 +116,11 @@ def test_linz_nodata_from_band_one(tmp_path):
 def test_read_asset_reads_the_declared_band_of_a_multiband_asset(tmp_path):
     """The stats hook's read_asset('nir') on NAIP reads band 4 of the image asset."""
     from affine import Affine
+
     from stacchip_core.core.grid import ChipGrid
-    from stacchip_core.plugins import get_platform
-    from stacchip_core.core.raster import AssetReader
     from stacchip_core.core.output import write_cog
+    from stacchip_core.core.raster import AssetReader
+    from stacchip_core.plugins import get_platform
 
     data = np.stack([np.full((200, 200), v, np.uint8) for v in (11, 22, 33, 44)])
     t = Affine(0.6, 0, 341338.2, 0, -0.6, 4749053.4)
@@ -147,20 +148,21 @@ def test_stats_read_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads):
+# 42, 21, 17 chip rows: strips of 4, 2 and 1 chip rows (512 px tiles)
+@pytest.mark.parametrize(("chip_size", "rows"), [(256, 42), (512, 21), (640, 17)])
+def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads, chip_size, rows):
     """read_asset.chip_fractions (strips, threads) == grid.chip_fractions on the whole band."""
     from stacchip_core.core.grid import ChipGrid
-    from stacchip_core.plugins import get_platform
     from stacchip_core.core.raster import AssetReader
+    from stacchip_core.plugins import get_platform
 
     item, _ = s2_fixture
     it = pystac.Item.from_dict(item)
-    for chip_size in (256, 512, 640):  # 42, 21, 17 chip rows: strips of 4, 2 and 1 chip rows (512 px tiles)
-        grid = ChipGrid.from_item(it, chip_size)
-        reader = AssetReader(it, grid, get_platform("sentinel-2-l2a"), threads=threads)
-        masks = {"cloud": lambda a: class_mask(a, [1, 3, 8, 9, 10]), "zero": lambda a: a == 0}
-        strips = reader.chip_fractions("scl", masks)
-        whole = reader("scl")
-        for name, fn in masks.items():
-            np.testing.assert_array_equal(strips[name], grid.chip_fractions(fn(whole.data), whole.factor))
-        assert strips["cloud"].shape == (grid.y_size, grid.x_size)
+    grid = ChipGrid.from_item(it, chip_size)
+    reader = AssetReader(it, grid, get_platform("sentinel-2-l2a"), threads=threads)
+    masks = {"cloud": lambda a: class_mask(a, [1, 3, 8, 9, 10]), "zero": lambda a: a == 0}
+    strips = reader.chip_fractions("scl", masks)
+    whole = reader("scl")
+    for name, fn in masks.items():
+        np.testing.assert_array_equal(strips[name], grid.chip_fractions(fn(whole.data), whole.factor))
+    assert strips["cloud"].shape == (grid.y_size, grid.x_size) == (rows, rows)

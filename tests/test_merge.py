@@ -4,21 +4,10 @@ import boto3
 import geopandas as gpd
 import pyarrow.parquet as pq
 import pytest
+from conftest import copy_tree
 
-from stacchip_core import Indexer, StacchipError, merge, write_index
-
-
-@pytest.fixture(scope="module")
-def index_tree(synthetic_scenes, tmp_path_factory):
-    """Per-item index files laid out as the processors do: index/{platform}/{item}/index_{item}.parquet"""
-    root = tmp_path_factory.mktemp("indexes")
-    counts = {}
-    for name in ("s2", "s2pc", "landsat", "naip"):
-        indexer = Indexer(str(synthetic_scenes[name]), chip_max_nodata=1.0)
-        table = indexer.create_index()
-        write_index(table, root / "index" / indexer.platform_name / indexer.item.id / f"index_{indexer.item.id}.parquet")
-        counts[indexer.item.id] = len(table)
-    return root, counts
+from stacchip_core import StacchipError, merge
+from stacchip_core.pipeline.merge import MergeReport
 
 
 def digest(path) -> str:
@@ -28,7 +17,7 @@ def digest(path) -> str:
 def test_merge_local_keeps_all_rows_and_geo_metadata(index_tree, tmp_path):
     root, counts = index_tree
     result = merge(root / "index", tmp_path / "merged.parquet", progress=False)
-    assert result["files"] == 4 and result["rows"] == sum(counts.values()) == 9 + 9 + 4 + 4
+    assert result.files == 4 and result.rows == sum(counts.values()) == 9 + 9 + 4 + 4
     gdf = gpd.read_parquet(tmp_path / "merged.parquet")
     assert gdf.groupby("item_id").size().to_dict() == counts
     assert set(gdf.platform) == {"sentinel-2-l2a", "landsat-c2l2-sr", "naip"}
@@ -36,16 +25,18 @@ def test_merge_local_keeps_all_rows_and_geo_metadata(index_tree, tmp_path):
 
 
 def test_merge_is_idempotent(index_tree, tmp_path):
-    root, _ = index_tree
+    root, counts = index_tree
     merge(root / "index", tmp_path / "m.parquet", progress=False)
     first = digest(tmp_path / "m.parquet")
     merge(root / "index", tmp_path / "m.parquet", progress=False)
     assert digest(tmp_path / "m.parquet") == first
-    # merging into the source tree does not swallow the previous output
-    merge(root / "index", root / "index" / "all.parquet", progress=False)
-    again = merge(root / "index", root / "index" / "all.parquet", progress=False)
-    assert again["files"] == 4
-    (root / "index" / "all.parquet").unlink()
+    # merging into the source tree does not swallow the previous output (on a copy: the tree
+    # is shared by other tests)
+    tree = copy_tree(root / "index", tmp_path / "index")
+    merge(tree, tree / "all.parquet", progress=False)
+    again = merge(tree, tree / "all.parquet", progress=False)
+    assert again.files == 4 and again.rows == sum(counts.values())
+    assert digest(tree / "all.parquet") == first  # the same rows in the same order
 
 
 def test_merge_between_s3_buckets(index_tree, bucket, s3_server, tmp_path):
@@ -54,7 +45,7 @@ def test_merge_between_s3_buckets(index_tree, bucket, s3_server, tmp_path):
     for path in sorted((root / "index").rglob("*.parquet")):
         client.upload_file(str(path), bucket, f"v1/{path.relative_to(root).as_posix()}")
     result = merge(f"s3://{bucket}/v1/index", f"s3://{bucket}/merged/all.parquet", progress=False)
-    assert result == {"files": 4, "rows": sum(counts.values()), "output": f"s3://{bucket}/merged/all.parquet"}
+    assert result == MergeReport(files=4, rows=sum(counts.values()), output=f"s3://{bucket}/merged/all.parquet")
     client.download_file(bucket, "merged/all.parquet", str(tmp_path / "all.parquet"))
     assert pq.read_table(tmp_path / "all.parquet").num_rows == sum(counts.values())
 

@@ -5,7 +5,7 @@ and a real STAC API (pgstac), jobs with exact pixels, the original console scrip
 import io
 import json
 import random
-from datetime import date, datetime, timezone
+from datetime import datetime
 
 import boto3
 import numpy as np
@@ -14,15 +14,14 @@ import pyproj
 import pytest
 import rasterio
 import shapely
-
 from conftest import per_chip_mean, run_script_named
+
 from stacchip_core import Indexer, StacchipError, chip_from_row
 from stacchip_core.demo import synthetic
 from stacchip_core.demo.archive import MODIS_TILE, modis_expected, modis_months
 from stacchip_core.io.catalog import open_catalog
-from stacchip_core.pipeline.process import Sample, load_sample, process
+from stacchip_core.pipeline.process import Sample, process
 from stacchip_core.plugins import get_platform, get_plugin_manager
-from test_process import archive, s3_archive, stac_api  # noqa: F401  (fixtures)
 
 MODIS = "modis"
 SIZE = 520
@@ -127,16 +126,20 @@ def test_items_without_state_take_cloud_from_the_qc_modland_bits(scene, tmp_path
 
 # --- selection -----------------------------------------------------------------------------
 
-def test_selection_on_both_catalogs_and_pgstac(archive, s3_archive, stac_api):  # noqa: F811
+@pytest.mark.parametrize("where", ["item files", "item files on S3", "pgstac"])
+def test_selection_on_each_catalog(archive, s3_archive, stac_api, where):
+    location = {"item files": archive.items, "item files on S3": s3_archive, "pgstac": stac_api}[where]
+    hook = get_plugin_manager().hook.stacchip_select_items
+    got = hook(platform=get_platform(MODIS), sample=Sample(0), catalog=open_catalog(location))
+    assert [i.id for i in got] == modis_expected()
+
+
+def test_month_draws_tiles_and_sample_columns(archive, stac_api):
     from stacchip_modis import TILES
 
     assert len(TILES) == 233 and TILES[0] == MODIS_TILE and TILES[-1] == (22, 14)
     h, v = MODIS_TILE
     assert modis_months(h, v, 2018) == random.Random(h * v * 2018).sample(range(1, 13), 4)
-    hook = get_plugin_manager().hook.stacchip_select_items
-    for catalog in (open_catalog(archive.items), open_catalog(s3_archive), open_catalog(stac_api)):
-        got = hook(platform=get_platform(MODIS), sample=Sample(0), catalog=catalog)
-        assert [i.id for i in got] == modis_expected()
     # every item of each drawn month, not only the first: the composite that starts in the month
     # before and ends inside one is found by both catalogs (time ranges overlap, as in pgstac)
     from datetime import timedelta
@@ -153,6 +156,7 @@ def test_selection_on_both_catalogs_and_pgstac(archive, s3_archive, stac_api):  
         assert found[0] == found[1]
         assert (straddler in found[0]) == (month == first) and len(found[0]) == 2 + (month == first)
     # h/v columns of a sample source choose the tile instead of the list
+    hook = get_plugin_manager().hook.stacchip_select_items
     other = hook(platform=get_platform(MODIS), sample=Sample(5, None, {"h": h + 1, "v": v}), catalog=open_catalog(stac_api))
     assert other == []  # (13, 2) has items only on days 17-24 of months drawn for (12, 2), not its own
     with pytest.raises(StacchipError, match="sample 233 is out of range: there are 233 MODIS tiles"):
@@ -161,7 +165,7 @@ def test_selection_on_both_catalogs_and_pgstac(archive, s3_archive, stac_api):  
 
 # --- jobs ----------------------------------------------------------------------------------
 
-def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):  # noqa: F811
+def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):
     bucket = tmp_path / "bucket"
     results = process(MODIS, 0, bucket, None, str(archive.items))
     assert [(r.item_id, r.status, r.chips) for r in results] == [(i, "done", 4) for i in modis_expected()]
@@ -170,7 +174,7 @@ def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):  # noqa: F811
     assert sorted(item["assets"]) == sorted([f"sur_refl_b0{i}" for i in range(1, 8)] + ["sur_refl_qc_500m", "sur_refl_state_500m"])
     assert item["properties"]["datetime"] == item["properties"]["end_datetime"]  # as stacchip 0.1
     table = pq.read_table(bucket / "index" / MODIS / item_id / f"index_{item_id}.parquet")
-    end = datetime.fromisoformat(item["properties"]["end_datetime"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(item["properties"]["end_datetime"])
     assert table["date"][0].as_py() == end.date()
     row = table.slice(2, 1).to_pylist()[0]  # chip (0, 1)
     pixels = chip_from_row(row)
@@ -184,7 +188,7 @@ def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):  # noqa: F811
         assert "Sinusoidal" in ds.crs.to_wkt() and ds.res == (synthetic.MODIS_PIXEL, synthetic.MODIS_PIXEL)
 
 
-def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):  # noqa: F811
+def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     results = process(MODIS, 0, f"s3://{bucket}", None, stac_api)
     assert [r.item_id for r in results] == modis_expected()
     client = boto3.client("s3", endpoint_url=s3_server)
@@ -196,7 +200,7 @@ def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):  # n
     np.testing.assert_array_equal(pixels["sur_refl_b01"][0], synthetic.band_pattern(0, SIZE, SIZE).astype(np.int16)[:256, :256])
 
 
-def test_console_script_reads_the_original_environment(archive, tmp_path):  # noqa: F811
+def test_console_script_reads_the_original_environment(archive, tmp_path):
     env = {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}
     r = run_script_named("stacchip-modis", env=env)
     assert r.returncode == 0, r.stderr

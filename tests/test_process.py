@@ -2,7 +2,6 @@
 a real S3 endpoint (moto) on loopback, over the synthetic archive."""
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -12,75 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from conftest import landsat_expected, naip_expected, run_cli, s2_expected
 
-from conftest import run_cli
-from provision import ensure_postgis
-from services import StacApi
 from stacchip_core import StacchipError
-from stacchip_core.demo.archive import LINZ_PREFIX, build_archive
+from stacchip_core.demo.archive import LINZ_PREFIX
 from stacchip_core.io.catalog import open_catalog
 from stacchip_core.pipeline.process import load_sample, process
 
 S2, L2, L1 = "sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1"
-
-
-@pytest.fixture(scope="session")
-def archive(tmp_path_factory):
-    return build_archive(tmp_path_factory.mktemp("archive"))
-
-
-@pytest.fixture(scope="session")
-def s3_archive(archive, s3_server, tmp_path_factory):
-    """The archive uploaded to a source bucket; item JSONs whose hrefs point there."""
-    client = boto3.client("s3", endpoint_url=s3_server)
-    client.create_bucket(Bucket="source-archive")
-    for path in sorted(archive.root.rglob("*")):
-        if path.is_file() and path.suffix in (".tif", ".tiff", ".json"):
-            client.upload_file(str(path), "source-archive", path.relative_to(archive.root).as_posix())
-    items = tmp_path_factory.mktemp("items-s3")
-    for path in sorted(archive.items.rglob("*.json")):
-        d = json.loads(path.read_text())
-        for asset in d["assets"].values():
-            for holder in (asset, asset.get("alternate", {}).get("s3", {})):
-                if holder.get("href", "").startswith(str(archive.root)):
-                    holder["href"] = "s3://source-archive/" + Path(holder["href"]).relative_to(archive.root).as_posix()
-        target = items / path.relative_to(archive.items)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(d))
-    return items
-
-
-@pytest.fixture(scope="session")
-def stac_api(archive, s3_archive):
-    ensure_postgis()
-    api = StacApi()
-    try:  # a failure while starting or loading still stops PostgreSQL
-        api.start()
-        items = [json.loads(p.read_text()) for p in sorted(s3_archive.rglob("*.json"))]
-        api.load(json.loads(archive.collections.read_text()), items)
-        yield api.url
-    finally:
-        api.stop()
-
-
-def s2_expected(archive) -> list[str]:
-    """By construction: sample 0's two years, quarters 1-3 pick the 'a' item (lowest cloud of
-    the tile with <= 20 % nodata); quarter 4 has only items above 75 % cloud."""
-    years = sorted(random.Random(0).sample(list(range(2018, 2024)), 2))
-    return [f"S2A_20HNJ_{y}{m:02d}11_a" for y in years for m in (2, 5, 8)]
-
-
-def landsat_expected(collection: str) -> list[str]:
-    year = random.Random(0).choice(list(range(2018, 2024)))
-    level = "L2SP" if collection == L2 else "L1TP"
-    # l8 cloud 30, 25, 20, 15; l9 20, 23, 26, 29; l7 (1 %) and 'cloudy' (99 %) never qualify
-    winners = ["9", "9", "8", "8"]
-    return [f"LC0{w}_{level}_086107_{year}{m:02d}15_l{w}" for w, m in zip(winners, (2, 5, 8, 11))]
-
-
-def naip_expected() -> list[str]:
-    older = [2014, 2016, 2018, 2020]
-    return [f"m_4207009_ne_19_060_{y}0701" for y in (2022, random.Random(1).choice(older))]
 
 
 def ids(results):
@@ -89,19 +27,19 @@ def ids(results):
 
 # --- selection -------------------------------------------------------------------------
 
-def test_embedded_catalog_and_pgstac_select_the_same_items(archive, s3_archive, stac_api):
+@pytest.mark.parametrize(("platform", "source", "index"), [
+    (S2, "mgrs", 0), (L2, "points", 0), (L1, "points", 0), ("naip", "points", 1)])
+def test_embedded_catalog_and_pgstac_select_the_same_items(archive, s3_archive, stac_api, platform, source, index):
     embedded, api = open_catalog(s3_archive), open_catalog(stac_api)
     from stacchip_core.plugins import get_platform, get_plugin_manager
 
     hook = get_plugin_manager().hook.stacchip_select_items
-    cases = [(S2, archive.mgrs, 0), (L2, archive.points, 0), (L1, archive.points, 0), ("naip", archive.points, 1)]
-    for platform, source, index in cases:
-        sample = load_sample(source, index)
-        a = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=embedded)]
-        b = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=api)]
-        assert a == b, platform
-        assert a  # each case selects something
-    assert [i.id for i in hook(platform=get_platform(S2), sample=load_sample(archive.mgrs, 0), catalog=api)] == s2_expected(archive)
+    sample = load_sample(getattr(archive, source), index)
+    a = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=embedded)]
+    b = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=api)]
+    assert a == b
+    expected = {S2: s2_expected(archive), L2: landsat_expected(L2), L1: landsat_expected(L1), "naip": naip_expected()}
+    assert a == expected[platform]
 
 
 # --- Sentinel-2, local bucket ----------------------------------------------------------
@@ -159,7 +97,7 @@ def test_a_job_killed_midway_is_finished_by_a_rerun(archive, tmp_path):
     assert [r.status for r in results] == ["skipped"] + ["done"] * 5
     clean = tmp_path / "clean"
     process(S2, 0, clean, archive.mgrs, str(items))
-    layout = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())  # noqa: E731
+    layout = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert layout(bucket) == layout(clean)
     for rel in layout(clean):
         if rel.endswith(".parquet"):
@@ -188,8 +126,9 @@ def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucke
     assert item["assets"]["red"]["href"] == f"s3://{bucket}/v1/{L2}/{first}/red.tif"
     assert _keys(client, bucket, "v1/index/") == sorted(f"v1/index/{L2}/{i}/index_{i}.parquet" for i in ids(results))
     # the index points at the item JSON in the bucket, and the chip reads through S3
-    from stacchip_core import chip_from_row
     import io
+
+    from stacchip_core import chip_from_row
 
     table = pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=f"v1/index/{L2}/{first}/index_{first}.parquet")["Body"].read()))
     row = table.slice(0, 1).to_pylist()[0]

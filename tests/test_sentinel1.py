@@ -4,8 +4,6 @@ pixels, GRD items, the original console script."""
 
 import io
 import json
-import random
-from pathlib import Path
 
 import boto3
 import numpy as np
@@ -13,16 +11,15 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
+from conftest import per_chip_mean, run_script_named
 from rasterio.enums import Compression
 
-from conftest import per_chip_mean, run_script_named
 from stacchip_core import ChipGrid, Indexer, PlatformError, chip_from_row
 from stacchip_core.demo import synthetic
 from stacchip_core.demo.archive import S1_ORIGIN, s1_expected, s1_quarter
 from stacchip_core.io.catalog import open_catalog
 from stacchip_core.pipeline.process import load_sample, process
 from stacchip_core.plugins import get_platform, get_plugin_manager
-from test_process import archive, s3_archive, stac_api  # noqa: F401  (fixtures)
 
 S1 = "sentinel-1-rtc"
 
@@ -73,13 +70,19 @@ def test_nodata_value_as_declared_else_as_the_product_defines(declared, collecti
 
 # --- selection ---------------------------------------------------------------------------
 
-def test_selection_is_the_item_over_the_tile_in_the_drawn_quarter(archive, s3_archive, stac_api):  # noqa: F811
+@pytest.mark.parametrize("where", ["item files", "item files on S3", "pgstac"])
+def test_selection_on_each_catalog(archive, s3_archive, stac_api, where):
+    location = {"item files": archive.items, "item files on S3": s3_archive, "pgstac": stac_api}[where]
+    hook = get_plugin_manager().hook.stacchip_select_items
+    got = hook(platform=get_platform(S1), sample=load_sample(archive.mgrs, 0), catalog=open_catalog(location))
+    assert [i.id for i in got] == s1_expected(0)
+
+
+def test_selection_is_the_item_over_the_tile_in_the_drawn_quarter(archive, stac_api):
     hook = get_plugin_manager().hook.stacchip_select_items
     sample = load_sample(archive.mgrs, 0)
     year, q = s1_quarter(0)
     assert (year, q) == (2021, 3)  # random.seed(0): the year, then the quarter, as stacchip 0.1 drew them
-    for catalog in (open_catalog(archive.items), open_catalog(s3_archive), open_catalog(stac_api)):
-        assert [i.id for i in hook(platform=get_platform(S1), sample=sample, catalog=catalog)] == s1_expected(0)
     # what stacchip 0.1 took (no intersects filter: the newest item of the quarter) is elsewhere
     api = open_catalog(stac_api)
     newest = next(api.search(collections=[S1], datetime=f"{year}-10-01/{year}-12-31", max_items=1).items())
@@ -87,7 +90,7 @@ def test_selection_is_the_item_over_the_tile_in_the_drawn_quarter(archive, s3_ar
     assert not any(i.id.endswith("_elsewhere_rtc") for i in hook(platform=get_platform(S1), sample=sample, catalog=api))
 
 
-def test_selection_needs_tile_polygons_and_a_catalog(archive):  # noqa: F811
+def test_selection_needs_tile_polygons_and_a_catalog(archive):
     from stacchip_core import StacchipError
     from stacchip_core.pipeline.process import Sample
 
@@ -100,7 +103,7 @@ def test_selection_needs_tile_polygons_and_a_catalog(archive):  # noqa: F811
 
 # --- jobs --------------------------------------------------------------------------------
 
-def test_local_job_writes_deflate_cogs_with_the_exact_pixels(archive, tmp_path):  # noqa: F811
+def test_local_job_writes_deflate_cogs_with_the_exact_pixels(archive, tmp_path):
     bucket = tmp_path / "bucket"
     results = process(S1, 0, bucket, archive.mgrs, str(archive.items))
     assert [(r.item_id, r.status, r.chips) for r in results] == [(s1_expected(0)[0], "done", 4)]
@@ -135,7 +138,7 @@ def test_local_job_writes_deflate_cogs_with_the_exact_pixels(archive, tmp_path):
     assert [r.status for r in process(S1, 0, bucket, archive.mgrs, str(archive.items))] == ["skipped"]
 
 
-def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):  # noqa: F811
+def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     results = process(S1, 0, f"s3://{bucket}/v1", archive.mgrs, stac_api)
     assert [r.item_id for r in results] == s1_expected(0)
     item_id = results[0].item_id
@@ -147,7 +150,7 @@ def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):  # n
     row = pq.read_table(io.BytesIO(raw)).slice(0, 1).to_pylist()[0]
     pixels = chip_from_row(row, assets=["vh"])
     expected = synthetic.s1_backscatter(1, 600, 640)[:256, :256]
-    vv_mask, vh_mask = hand_nodata(600, 640)
+    _, vh_mask = hand_nodata(600, 640)
     keep = ~vh_mask[:256, :256]
     np.testing.assert_array_equal(pixels["vh"][0][keep], expected[keep])
     assert (pixels["vh"][0][~keep] == -32768).all()
@@ -186,7 +189,7 @@ def test_grd_with_a_grid_is_accepted_with_zero_as_nodata(tmp_path):
 
 # --- the original console script ----------------------------------------------------------
 
-def test_console_script_reads_the_original_environment(archive, tmp_path):  # noqa: F811
+def test_console_script_reads_the_original_environment(archive, tmp_path):
     env = {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "STACCHIP_MGRS_SOURCE": str(archive.mgrs), "STACCHIP_SAMPLE_SOURCE": "",
            "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}
     r = run_script_named("stacchip-sentinel-1", env=env)

@@ -33,9 +33,8 @@ def band_names(arrays: Mapping[str, np.ndarray], platform: Platform | None) -> t
 def _band_name(platform: Platform | None, key: str, index: int, count: int) -> str:
     if platform is not None:
         for band in platform.bands + platform.aux:
-            if key in band.keys or key.lower() in (k.lower() for k in band.keys):
-                if band.index == index:
-                    return band.name
+            if band.index == index and (key in band.keys or key.lower() in (k.lower() for k in band.keys)):
+                return band.name
     return key if count == 1 else f"{key}_{index}"
 
 

@@ -31,7 +31,7 @@ def _crs_from_fields(fields: dict) -> pyproj.CRS | None:
         try:
             return pyproj.CRS.from_user_input(value)
         except pyproj.exceptions.CRSError as exc:
-            raise ProjectionError(f"cannot parse {key}={str(value)[:80]!r}: {exc}") from None
+            raise ProjectionError(f"cannot parse {key}={str(value)[:80]!r}: {exc}") from exc
     return None
 
 
@@ -389,7 +389,7 @@ def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int]
     with_gsd = [(a.extra_fields.get("gsd") or a.common_metadata.gsd, k, a) for k, a in candidates]
     with_gsd = [c for c in with_gsd if c[0]]
     if with_gsd:
-        _, key, asset = min(with_gsd, key=lambda c: c[0])
+        _, key, asset = min(with_gsd, key=lambda c: float(c[0] or 0))  # all truthy here
         candidates = [(key, asset)]
     found = []
     for key, asset in candidates:
@@ -403,7 +403,7 @@ def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int]
                 found.append((key, (ds.height, ds.width), Affine(*tuple(ds.transform)[:6]), crs))
         except RasterioError as exc:
             raise ProjectionError(f"item {item.id!r} has no projection metadata and asset {key!r} "
-                                  f"cannot be read for it: {exc}") from None
+                                  f"cannot be read for it: {exc}") from exc
     if not found:
         raise ProjectionError(f"item {item.id!r} has no projection metadata and its rasters have no CRS")
     key, shape, transform, crs = min(found, key=lambda c: (abs(c[2].a), -c[1][0] * c[1][1]))

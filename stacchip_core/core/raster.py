@@ -17,13 +17,13 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from stacchip_core.errors import AssetError
 from stacchip_core.core import resample
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.errors import AssetError
+from stacchip_core.io.settings import apply_gdal_options
+from stacchip_core.io.urls import redact_text
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import sign_href
-from stacchip_core.io.urls import redact_text
-from stacchip_core.io.settings import apply_gdal_options
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class DatasetCache:
             try:
                 ds = rasterio.open(href)
             except RasterioError as exc:
-                raise AssetError(redact_text(f"cannot open {href}: {exc}")) from None
+                raise AssetError(redact_text(f"cannot open {href}: {exc}")) from exc
             handles[href] = ds
             with self._lock:
                 self._all.append(ds)
@@ -164,7 +164,7 @@ class AssetReader:
                 data = np.empty(shape, dtype=ds.dtypes[band - 1])
             _read_strips(href, band, data, self.threads)
         except RasterioError as exc:
-            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from None
+            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from exc
         return NativeBand(data, factor)
 
     def chip_fractions(self, name: str, masks: dict[str, Callable[[np.ndarray], np.ndarray]],
@@ -212,7 +212,7 @@ class AssetReader:
             with ThreadPoolExecutor(self.threads) as pool:
                 list(pool.map(work, [p for p in parts if p]))
         except RasterioError as exc:
-            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from None
+            raise AssetError(redact_text(f"cannot read asset {key!r} ({href}): {exc}")) from exc
         return {k: (c / float(block * block)).astype(np.float32) for k, c in counts.items()}
 
 

@@ -147,8 +147,9 @@ def chip_fractions(href: str, band: int, grid, factor: int | None, masks: dict, 
     (native pixels cut by chip edges, weighed by their share). Reads span whole tile rows
     (a chip row's window alone would decode each 512 px tile row several times), on
     ``threads`` threads with their own handles."""
-    import rasterio
     from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
 
     cs, ny, nx = grid.chip_size, grid.y_size, grid.x_size
     out = {k: np.zeros((ny, nx), np.float32) for k in masks}

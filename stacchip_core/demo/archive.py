@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ class Archive:
 
 
 def _quarter_dates(year: int) -> list[datetime]:
-    return [datetime(year, m, 15, 10, 30, tzinfo=timezone.utc) for m in (2, 5, 8, 11)]
+    return [datetime(year, m, 15, 10, 30, tzinfo=UTC) for m in (2, 5, 8, 11)]
 
 
 def _s2_years(index: int) -> list[int]:
@@ -89,7 +89,7 @@ def _sentinel2(items: Path, px: int, rng: random.Random) -> None:
     # a decoy outside sample 0's years
     other = next(y for y in range(2018, 2024) if y not in _s2_years(0))
     synthetic.sentinel2_scene(items / "sentinel-2-l2a", px, item_id=f"S2A_{S2_TILE}_{other}0615_x",
-                              when=datetime(other, 6, 15, tzinfo=timezone.utc), origin=S2_ORIGIN, cloud_cover=0.0)
+                              when=datetime(other, 6, 15, tzinfo=UTC), origin=S2_ORIGIN, cloud_cover=0.0)
 
 
 def _landsat(items: Path, rng: random.Random) -> None:
@@ -118,7 +118,7 @@ def _landsat(items: Path, rng: random.Random) -> None:
 def _naip(items: Path) -> None:
     for year in (2014, 2016, 2018, 2020, 2022):
         path = synthetic.naip_scene(items / "naip", 600, 520, item_id=f"m_4207009_ne_19_060_{year}0701",
-                                    when=datetime(year, 7, 1, 16, tzinfo=timezone.utc), origin=NAIP_ORIGIN)
+                                    when=datetime(year, 7, 1, 16, tzinfo=UTC), origin=NAIP_ORIGIN)
         d = json.loads(path.read_text())
         d["properties"]["naip:year"] = str(year)
         path.write_text(json.dumps(d, indent=1))
@@ -153,7 +153,7 @@ def _mgrs_samples(root: Path) -> Path:
     import shapely
 
     transformer = pyproj.Transformer.from_crs(32720, 4326, always_xy=True)
-    to_lonlat = lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))  # noqa: E731
+    to_lonlat = lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
     x0, y0 = S2_ORIGIN
     tile = shapely.transform(shapely.box(x0, y0 - 109800, x0 + 109800, y0), to_lonlat)
     other = shapely.transform(shapely.box(x0 + 99960, y0 - 109800, x0 + 209760, y0), to_lonlat)
@@ -214,7 +214,7 @@ def _sentinel1(items: Path) -> None:
     cases = [("in", S1_ORIGIN, month, 10, ("vv", "vh")), ("elsewhere", S1_ELSEWHERE, month, 20, ("vv", "vh")),
              ("polar", S1_ORIGIN, month, 25, ("hh", "hv")), ("otherquarter", S1_ORIGIN, 2 + 3 * ((q + 1) % 4), 10, ("vv", "vh"))]
     for tag, origin, m, day, pols in cases:
-        when = datetime(year, m, day, 9, 43, 50, tzinfo=timezone.utc)
+        when = datetime(year, m, day, 9, 43, 50, tzinfo=UTC)
         kind = "1SDV" if pols[0] == "vv" else "1SDH"
         synthetic.sentinel1_scene(items / "sentinel-1-rtc", 600, 640, origin=origin, when=when, polarisations=pols,
                                   item_id=f"S1A_IW_GRDH_{kind}_{when:%Y%m%d}T094350_{tag}_rtc")
@@ -239,10 +239,10 @@ def _modis(items: Path) -> None:
     for n, m in enumerate(drawn):
         for day, platform, tile, size in ((1, "terra", h, 260), (9, "aqua", h, 520), (17, "terra", h + 1, 260)):
             synthetic.modis_scene(items / "modis-09A1-061", size, h=tile, v=v, platform=platform, seed=n,
-                                  start=datetime(2018, m, day, tzinfo=timezone.utc))
-    synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, start=datetime(2018, other, 9, tzinfo=timezone.utc))
+                                  start=datetime(2018, m, day, tzinfo=UTC))
+    synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, start=datetime(2018, other, 9, tzinfo=UTC))
     # a composite that starts in the (undrawn) month before a drawn one and ends inside it: both
     # catalogs must find it in the drawn month (ranges overlap), where the newer Aqua one still wins
     month = next(m for m in drawn if m > 1 and m - 1 not in drawn)
     synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, platform="terra",
-                          start=datetime(2018, month, 1, tzinfo=timezone.utc) - timedelta(days=4))
+                          start=datetime(2018, month, 1, tzinfo=UTC) - timedelta(days=4))

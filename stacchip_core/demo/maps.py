@@ -25,7 +25,7 @@ def cloud_colours(cloud: np.ndarray) -> list[str]:
     from matplotlib import colormaps
 
     rgba = colormaps[CMAP](np.clip(np.asarray(cloud, dtype=float), 0, 1))
-    return ["#%02x%02x%02x" % tuple(int(round(v * 255)) for v in c[:3]) for c in rgba]
+    return ["#{:02x}{:02x}{:02x}".format(*(round(v * 255) for v in c[:3])) for c in rgba]
 
 
 def _footprints(table: pa.Table) -> np.ndarray:

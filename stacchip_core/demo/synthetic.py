@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextvars
 import json
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from affine import Affine
 
-from stacchip_core.core.output import write_cog  # noqa: F401  (re-exported for the demo)
+from stacchip_core.core.output import write_cog
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
@@ -189,7 +189,8 @@ def _band_data(i: int, name: str, rows: int, cols: int, seed: int, noise: int,
         return band_pattern(i, rows, cols, noise=noise)
     masks = {k: _expand(v, factor)[:rows, :cols] for k, v in (masks or {}).items()}
     nodata = masks.pop("nodata", None)
-    data = land_band(name, rows, cols, seed, **masks)
+    data = land_band(name, rows, cols, seed, clouds=masks.get("clouds"), shadows=masks.get("shadows"),
+                     haze=masks.get("haze"))
     if nodata is not None:
         data[nodata] = 0
     return data
@@ -201,8 +202,9 @@ def _asset(href: Path, shape, transform: Affine, roles=("data",), **extra) -> di
 
 
 def _item(item_id, collection, when, epsg, transform, shape, assets, properties) -> dict:
-    from stacchip_core.core.grid import ChipGrid  # footprint in lon/lat from the grid math
     import pyproj
+
+    from stacchip_core.core.grid import ChipGrid  # footprint in lon/lat from the grid math
 
     grid = ChipGrid((shape[0], shape[1]), transform, pyproj.CRS(f"EPSG:{epsg}"), chip_size=min(shape))
     polygons, bounds = grid.footprints()
@@ -226,7 +228,7 @@ def _write_item(item: dict, outdir: Path) -> Path:
 
 def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
                     item_id: str = "S2A_T20HNJ_20240311T140636_L2A", naming: str = "earth-search",
-                    when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=timezone.utc),
+                    when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=UTC),
                     origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
                     bands_10m=tuple(S2_BANDS_10M), bands_20m=tuple(S2_BANDS_20M),
                     blocksize: int = 512, cloud_cover: float = 18.4, noise: int = 0) -> Path:
@@ -272,7 +274,7 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
 
 def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed: int = 0,
                   item_id: str = "LC09_L2SR_086107_20240311_20240312_02_T2_SR",
-                  when: datetime = datetime(2024, 3, 11, 23, 34, 56, tzinfo=timezone.utc),
+                  when: datetime = datetime(2024, 3, 11, 23, 34, 56, tzinfo=UTC),
                   origin: tuple[float, float] = (1517085.0, -1811685.0), epsg: int = 3031,
                   blocksize: int = 512, collection: str = "landsat-c2l2-sr", noise: int = 0) -> Path:
     """A Landsat C2 scene at 30 m: six uint16 reflectance bands and ``qa_pixel``, shape
@@ -298,7 +300,7 @@ def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed:
 
 
 def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id: str = "m_4207009_ne_19_060_20211024",
-               when: datetime = datetime(2021, 10, 24, 12, 33, 5, tzinfo=timezone.utc),
+               when: datetime = datetime(2021, 10, 24, 12, 33, 5, tzinfo=UTC),
                origin: tuple[float, float] = (341338.2, 4749053.4), epsg: int = 26919,
                blocksize: int = 512) -> Path:
     """A NAIP scene at 0.6 m: one 4-band uint8 ``image`` asset (red, green, blue, nir)."""
@@ -316,7 +318,7 @@ def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id:
 
 
 def linz_scene(outdir: str | Path, rows: int = 1000, cols: int = 800, *, item_id: str = "BQ25_10000_0305",
-               when: datetime = datetime(2022, 12, 31, 11, 0, 0, tzinfo=timezone.utc),
+               when: datetime = datetime(2022, 12, 31, 11, 0, 0, tzinfo=UTC),
                origin: tuple[float, float] = (1747200.0, 5428800.0), epsg: int = 2193,
                blocksize: int = 512) -> Path:
     """A LINZ aerial scene as the LINZ processor writes it: RGB uint8 ``visual`` at 0.30 m
@@ -365,7 +367,7 @@ def s1_nodata_masks(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
 
 def sentinel1_scene(outdir: str | Path, rows: int = 600, cols: int = 640, *,
                     item_id: str = "S1A_IW_GRDH_1SDV_20240311T094350_20240311T094415_052930_06687D_rtc",
-                    when: datetime = datetime(2024, 3, 11, 9, 43, 50, tzinfo=timezone.utc),
+                    when: datetime = datetime(2024, 3, 11, 9, 43, 50, tzinfo=UTC),
                     origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
                     polarisations: tuple[str, ...] = ("vv", "vh"), collection: str = "sentinel-1-rtc",
                     blocksize: int = 512) -> Path:
@@ -432,7 +434,7 @@ def modis_fill_mask(rows: int, cols: int) -> np.ndarray:
 
 
 def modis_scene(outdir: str | Path, size: int = 520, *, h: int = 12, v: int = 4,
-                item_id: str | None = None, start: datetime = datetime(2018, 3, 6, tzinfo=timezone.utc),
+                item_id: str | None = None, start: datetime = datetime(2018, 3, 6, tzinfo=UTC),
                 platform: str = "terra", seed: int = 0, blocksize: int = 512) -> Path:
     """A MODIS 09A1 (8-day, 500 m) scene as Planetary Computer publishes it: int16
     ``sur_refl_b01`` .. ``b07`` (fill -28672), uint16 ``sur_refl_state_500m`` (fill 65535),
@@ -463,8 +465,10 @@ def modis_scene(outdir: str | Path, size: int = 520, *, h: int = 12, v: int = 4,
         path = write_cog(outdir / f"{key}.tif", data, t, wkt, nodata=nodata, blocksize=blocksize)
         assets[key] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"],
                        "raster:bands": [{"nodata": nodata, "data_type": "int16", "scale": 0.0001}]}
-    for key, data, nodata in ((STATE_KEY, state, MODIS_STATE_FILL), (QC_KEY, qc, None)):
-        path = write_cog(outdir / f"{key}.tif", data, t, wkt, nodata=nodata, blocksize=blocksize)
+    qa_layers: list[tuple[str, np.ndarray, int | None]] = [(STATE_KEY, state, MODIS_STATE_FILL),
+                                                          (QC_KEY, qc, None)]
+    for key, layer, fill_value in qa_layers:
+        path = write_cog(outdir / f"{key}.tif", layer, t, wkt, nodata=fill_value, blocksize=blocksize)
         assets[key] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
     grid = ChipGrid((size, size), t, crs, chip_size=size)
     polygons, bounds = grid.footprints()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +20,13 @@ import pystac
 import shapely
 from shapely.geometry import shape
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import CatalogError
 
 log = logging.getLogger(__name__)
 
 STAC_API_ENV = "STACCHIP_STAC_API"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def open_catalog(url: str | Path):
@@ -82,7 +82,7 @@ class EmbeddedCatalog:
 
     def __init__(self, items: list[dict] | None = None, *, _table=None) -> None:
         self._table = _table  # stac-geoparquet: items are rebuilt for the hits only
-        self._items = items
+        self._items: list[dict] = items or []  # empty for stac-geoparquet (its table holds them)
         if _table is not None:
             self._ids = np.asarray(_table["id"].to_numpy(zero_copy_only=False), dtype=object)
             self._colls = np.asarray(_table["collection"].to_numpy(zero_copy_only=False), dtype=object) \
@@ -99,7 +99,7 @@ class EmbeddedCatalog:
             self._times = np.asarray([_to_us(_item_time(d)) for d in items], dtype=np.int64)
             self._ends = np.asarray([_to_us(_item_end(d)) for d in items], dtype=np.int64)
             self._bbox = np.asarray([_bbox_of(d) for d in items], dtype=np.float64).reshape(-1, 4)
-        self._geoms = None
+        self._geoms: np.ndarray | None = None
         self._props: dict[str, np.ndarray] = {}
         self._typed: dict[str, tuple] = {}
 
@@ -127,7 +127,7 @@ class EmbeddedCatalog:
                     d.setdefault("links", []).append({"rel": "self", "href": str(p.resolve())})
                     items.append(d)
         else:
-            raise StacchipError(f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}")
+            raise CatalogError(f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}")
         log.info("embedded catalog: %d items from %s", len(items), path)
         return cls(items)
 
@@ -136,10 +136,12 @@ class EmbeddedCatalog:
     def _geometries(self) -> np.ndarray:
         if self._geoms is None:
             if self._table is not None:
-                self._geoms = shapely.from_wkb(self._table["geometry"].to_numpy(zero_copy_only=False))
+                geoms = shapely.from_wkb(self._table["geometry"].to_numpy(zero_copy_only=False))
             else:
-                self._geoms = np.asarray([shape(d["geometry"]) if d.get("geometry") else None
-                                          for d in self._items], dtype=object)
+                geoms = np.asarray([shape(d["geometry"]) if d.get("geometry") else None
+                                    for d in self._items], dtype=object)
+            self._geoms = geoms
+            return geoms
         return self._geoms
 
     def _prop(self, name: str) -> np.ndarray:
@@ -174,7 +176,7 @@ class EmbeddedCatalog:
     def search(self, collections=None, datetime=None, intersects=None, bbox=None, query=None,
                sortby=None, max_items=None, limit=None, ids=None, **unsupported) -> EmbeddedSearch:
         if unsupported:
-            raise StacchipError(f"the embedded catalog does not support {sorted(unsupported)}")
+            raise CatalogError(f"the embedded catalog does not support {sorted(unsupported)}")
         _check_query(query)
         keys = _sort_keys(sortby)
         keep = np.ones(len(self), dtype=bool)
@@ -247,11 +249,11 @@ class EmbeddedCatalog:
 def _check_query(query) -> None:
     for name, ops in (query or {}).items():
         if not isinstance(ops, dict):
-            raise StacchipError(f"query {name!r}: expected {{operator: value}}, got {ops!r}")
+            raise CatalogError(f"query {name!r}: expected {{operator: value}}, got {ops!r}")
         bad = sorted(set(ops) - set(QUERY_OPS))
         if bad:
-            raise StacchipError(f"query {name!r}: operator(s) {bad} not supported by pgstac "
-                                f"(it accepts {', '.join(QUERY_OPS)}); use one search per value")
+            raise CatalogError(f"query {name!r}: operator(s) {bad} not supported by pgstac "
+                               f"(it accepts {', '.join(QUERY_OPS)}); use one search per value")
 
 
 def _query_mask(typed, ops: dict) -> np.ndarray:
@@ -356,7 +358,7 @@ def _parse(value: str) -> datetime:
     if len(value) == 10:
         value += "T00:00:00+00:00"
     parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _interval(value) -> tuple[datetime | None, datetime | None]:
@@ -368,11 +370,11 @@ def _interval(value) -> tuple[datetime | None, datetime | None]:
             return start, start.replace(hour=23, minute=59, second=59, microsecond=999999)
         return start, start
     a, b = value.split("/")
-    start = None if a in ("", "..") else _parse(a)
-    end = None if b in ("", "..") else _parse(b)
+    begin: datetime | None = None if a in ("", "..") else _parse(a)
+    end: datetime | None = None if b in ("", "..") else _parse(b)
     if end is not None and len(b) == 10:  # an end date includes the whole day, as STAC APIs do
         end = end.replace(hour=23, minute=59, second=59, microsecond=999999)
-    return start, end
+    return begin, end
 
 
 def _item_time(d: dict) -> datetime | None:

@@ -10,14 +10,15 @@ from urllib.parse import urlparse
 
 import pystac
 
-from stacchip_core.errors import AssetError
 from stacchip_core.core.raster import asset_href
-from stacchip_core.io.files import scratch_dir  # noqa: F401  (also for plugins' normalize hooks)
-from stacchip_core.io.keys import join as join_key, segment
-from stacchip_core.io.urls import redact, redact_text
-from stacchip_core.plugins import sign_href
+from stacchip_core.errors import AssetError
+from stacchip_core.io.files import scratch_dir
+from stacchip_core.io.keys import join as join_key
+from stacchip_core.io.keys import segment
 from stacchip_core.io.settings import s3_endpoint, source_s3_endpoint
 from stacchip_core.io.store import S3Store
+from stacchip_core.io.urls import redact, redact_text
+from stacchip_core.plugins import sign_href
 from stacchip_core.types import Store
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def copy_into(store: Store, href: str, key: str) -> str:
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object
-        raise AssetError(redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")) from None
+        raise AssetError(redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")) from exc
 
 
 def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from stacchip_core.core.index import SCHEMA, with_geo_metadata
-from stacchip_core.errors import IndexFormatError, StacchipError
+from stacchip_core.errors import IndexFormatError, NotFoundError, OutputError
 from stacchip_core.io.store import LocalStore, S3Store, open_store
 from stacchip_core.io.urls import redact_text
+from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +42,33 @@ NOT_NULL = ("chipid", "platform", "item_href", "chip_index_x", "chip_index_y", "
 _PART_BYTES = 16 * 1024 * 1024  # S3 multipart: parts of 16 MiB (the minimum is 5 MiB)
 
 
+@dataclass(frozen=True)
+class MergeReport(Report):
+    """What a merge wrote: ``rows`` chips from ``files`` index files into ``output`` (a URL)."""
+
+    files: int
+    rows: int
+    output: str
+
+
 def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
-          row_group_rows: int = ROW_GROUP_ROWS) -> dict:
+          row_group_rows: int = ROW_GROUP_ROWS) -> MergeReport:
     """Combine every ``*.parquet`` under ``src`` (a folder or ``s3://bucket/prefix``) into one
     GeoParquet file ``dst`` (local or s3://).
 
     Files are read in sorted key order and streamed, so reruns give the same file and memory
     stays at one row group; ``dst`` is published only when complete (see the module doc).
-    ``progress=None`` shows a bar on terminals only. Returns counts and the output URL.
+    ``progress=None`` shows a bar on terminals only. Returns the counts and the output URL.
     """
     source = open_store(src)
     dst = str(dst)
     parent, _, name = dst.rstrip("/").rpartition("/")
     if not name:
-        raise StacchipError(f"merge output {dst!r} names no file")
+        raise OutputError(f"merge output {dst!r} names no file")
     target = open_store(parent or ".")
     keys = [k for k in source.list("", ".parquet") if not _same_object(source, k, target, name)]
     if not keys:
-        raise StacchipError(f"no .parquet index files under {src}")
+        raise NotFoundError(f"no .parquet index files under {src}")
     schema = _merged_schema(source, keys[0])
     # the overall bbox is optional in GeoParquet: leave it out and stream in one pass
     geo_schema = with_geo_metadata(schema.empty_table(), np.empty((0, 4))).schema
@@ -76,7 +87,7 @@ def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
         _flush(writer, pending, row_group_rows, final=True)
     url = target.url(name)
     log.info("merged %d rows from %d files into %s", rows, len(keys), url)
-    return {"files": len(keys), "rows": rows, "output": url}
+    return MergeReport(len(keys), rows, url)
 
 
 def _flush(writer: pq.ParquetWriter, pending: list[pa.Table], size: int, final: bool) -> int:
@@ -122,7 +133,7 @@ class _output:
         if isinstance(self.store, S3Store):
             self._ctx = _MultipartUpload(self.store, self.name)
             return self._ctx.__enter__()
-        raise StacchipError(f"cannot write a merged index to {self.store!r}")
+        raise OutputError(f"cannot write a merged index to {self.store!r}")
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
@@ -191,7 +202,7 @@ def _read(store, key: str) -> pa.Table:
             return pq.read_table(store.path(key))
         return pq.read_table(io.BytesIO(store.read_bytes(key)))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise IndexFormatError(redact_text(f"{store.url(key)} is not a readable parquet file: {exc}")) from None
+        raise IndexFormatError(redact_text(f"{store.url(key)} is not a readable parquet file: {exc}")) from exc
 
 
 def _merged_schema(store, first_key: str) -> pa.Schema:
@@ -219,7 +230,7 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
         try:
             columns.append(col if col.type == field.type else col.cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise IndexFormatError(f"{where}: column {field.name!r} is {col.type}, expected {field.type}: {exc}") from None
+            raise IndexFormatError(f"{where}: column {field.name!r} is {col.type}, expected {field.type}: {exc}") from exc
     if pc.any(pc.equal(columns[schema.get_field_index("chipid")], "")).as_py():
         raise IndexFormatError(f"{where} is not a stacchip index: empty chip ids")
     return pa.Table.from_arrays(columns, schema=schema)

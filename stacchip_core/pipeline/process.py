@@ -18,15 +18,15 @@ from pathlib import Path
 import pystac
 import shapely
 
-from stacchip_core.io import keys
-from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
-from stacchip_core.errors import PlatformError, SampleAttributeError, StacchipError
 from stacchip_core.core.index import index_bytes
 from stacchip_core.core.indexer import Indexer
+from stacchip_core.errors import PlatformError, SampleAttributeError, SampleError
+from stacchip_core.io import keys
+from stacchip_core.io.catalog import STAC_API_ENV, open_catalog
+from stacchip_core.io.store import open_store
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager
-from stacchip_core.io.store import open_store
-from stacchip_core.types import Store
+from stacchip_core.types import Report, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ class Attributes(dict):
         raise SampleAttributeError(f"{self.where} has no attribute {key!r}")
 
 
-@dataclass
-class ItemResult:
+@dataclass(frozen=True)
+class ItemResult(Report):
+    """One item of a job: ``done`` with ``chips`` chips indexed into ``index`` (a URL), or
+    ``skipped`` because its index exists (a rerun; ``chips`` is None then)."""
+
     item_id: str
     status: str  # "done" or "skipped"
     chips: int | None = None
@@ -64,7 +67,7 @@ class ItemResult:
 def load_sample(source: str | Path | None, index: int) -> Sample:
     """Row ``index`` of any layer geopandas reads (a local file, URL or s3:// path)."""
     if index < 0:
-        raise StacchipError(f"sample index must be >= 0, got {index}")
+        raise SampleError(f"sample index must be >= 0, got {index}")
     if source is None:
         return Sample(index, None, Attributes({}, f"sample {index}"))
     import geopandas as gpd
@@ -78,9 +81,9 @@ def load_sample(source: str | Path | None, index: int) -> Sample:
     try:
         frame = gpd.read_file(location)
     except Exception as exc:
-        raise StacchipError(f"cannot read sample source {source}: {exc}") from None
+        raise SampleError(f"cannot read sample source {source}: {exc}") from exc
     if not 0 <= index < len(frame):
-        raise StacchipError(f"sample {index} is out of range: {source} has {len(frame)} rows")
+        raise SampleError(f"sample {index} is out of range: {source} has {len(frame)} rows")
     if frame.crs is not None and frame.crs.to_epsg() != 4326:
         frame = frame.to_crs(4326)
     row = frame.iloc[index]
@@ -140,14 +143,14 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
     plat = get_platform(platform)
     if sample_source is None and plat.extra.get("samples") is None:
         # only platforms that number their own samples (LINZ's prefixes) run without a source
-        raise StacchipError(f"platform {platform!r} needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)")
+        raise SampleError(f"platform {platform!r} needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)")
     sample = load_sample(sample_source, index)
     stac_api = stac_api or os.environ.get(STAC_API_ENV) or plat.extra.get("stac_api")
     catalog = open_catalog(stac_api) if stac_api else None
     try:
         items = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
     except SampleAttributeError as exc:  # the selection reads an attribute the sample source lacks
-        raise SampleAttributeError(f"{exc}, which platform {platform!r} needs") from None
+        raise SampleAttributeError(f"{exc}, which platform {platform!r} needs") from exc
     if items is None:
         raise PlatformError(f"no installed plugin selects items for platform {platform!r}")
     log.info("sample %d: %d items selected for %s", index, len(items), platform)
@@ -156,11 +159,9 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
 
 
 def process_job(index: int, *, platform: str, bucket: str, sample_source=None, stac_api=None,
-                chip_size=None, max_nodata: float = 0.5) -> list[dict]:
-    """One job, picklable for a cluster: the results as plain dicts."""
-    from dataclasses import asdict
-
-    return [asdict(r) for r in process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)]
+                chip_size=None, max_nodata: float = 0.5) -> list[ItemResult]:
+    """One job, picklable for a cluster (its results pickle too)."""
+    return process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)
 
 
 def count_samples(platform: str, sample_source=None) -> int:
@@ -178,8 +179,8 @@ def count_samples(platform: str, sample_source=None) -> int:
         try:
             return int(pyogrio.read_info(location)["features"])
         except Exception as exc:
-            raise StacchipError(f"cannot read sample source {sample_source}: {exc}") from None
+            raise SampleError(f"cannot read sample source {sample_source}: {exc}") from exc
     count = get_platform(platform).extra.get("samples")
     if count is None:
-        raise StacchipError(f"platform {platform!r} needs a sample source (--sample) for --all")
+        raise SampleError(f"platform {platform!r} needs a sample source (--sample) for --all")
     return int(count)

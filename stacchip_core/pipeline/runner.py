@@ -14,12 +14,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tqdm import tqdm
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ConfigError
 from stacchip_core.io.urls import redact_text
+from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ def job_index_from_env() -> int | None:
         if value not in (None, ""):
             try:
                 return int(value)
-            except ValueError:
-                raise StacchipError(f"{var}={value!r} is not a job index") from None
+            except ValueError as exc:
+                raise ConfigError(f"{var}={value!r} is not a job index") from exc
     return None
 
 
@@ -42,15 +43,18 @@ def parse_range(text: str) -> range:
     """``a:b`` -> indices a .. b-1."""
     try:
         a, b = (int(part) for part in text.split(":"))
-    except ValueError:
-        raise StacchipError(f"index range {text!r} is not of the form a:b") from None
+    except ValueError as exc:
+        raise ConfigError(f"index range {text!r} is not of the form a:b") from exc
     if not 0 <= a < b:
-        raise StacchipError(f"index range {text!r} is empty or negative")
+        raise ConfigError(f"index range {text!r} is empty or negative")
     return range(a, b)
 
 
-@dataclass
-class TaskResult:
+@dataclass(frozen=True)
+class TaskResult(Report):
+    """One job of a run: ``done`` with the job's ``result``, or ``failed`` with a one-line,
+    redacted ``error``; ``seconds`` it took (done jobs)."""
+
     index: int
     status: str  # "done" or "failed"
     result: object = None
@@ -58,8 +62,20 @@ class TaskResult:
     seconds: float = 0.0
 
 
-@dataclass
-class RunReport:
+@dataclass(frozen=True)
+class RunSummary(Report):
+    """How many jobs a run had, and how many of them were done and failed."""
+
+    tasks: int
+    done: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class RunReport(Report):
+    """A run of many jobs: the ``command``, where it ran (``scheduler``), when it
+    ``started`` (ISO 8601, UTC), how long it took and each job's result, by index."""
+
     command: str
     scheduler: str
     started: str
@@ -70,13 +86,15 @@ class RunReport:
     def failed(self) -> list[TaskResult]:
         return [t for t in self.tasks if t.status == "failed"]
 
-    def summary(self) -> dict:
-        return {"tasks": len(self.tasks), "done": len(self.tasks) - len(self.failed), "failed": len(self.failed)}
+    def summary(self) -> RunSummary:
+        failed = len(self.failed)
+        return RunSummary(len(self.tasks), len(self.tasks) - failed, failed)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "summary": asdict(self.summary())}
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["summary"] = self.summary()
-        return json.dumps(data, indent=1, default=str)
+        return json.dumps(self.to_dict(), indent=1, default=str)
 
 
 def _timed(fn: Callable, index: int):
@@ -95,18 +113,20 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
     retried ``retries`` times by dask before they count as failed.
     """
     indices = list(indices)
-    report = RunReport(command, scheduler, datetime.now(timezone.utc).isoformat())
+    started = datetime.now(UTC).isoformat()
+    tasks: list[TaskResult] = []
     start = time.perf_counter()
     bar = tqdm(total=len(indices), desc=command or "jobs", unit="job", disable=None)
     if scheduler == "sync":
         for index in indices:
-            report.tasks.append(_run_one(fn, index))
+            tasks.append(_run_one(fn, index))
             bar.update()
-            _log_task(report.tasks[-1])
+            _log_task(tasks[-1])
     else:
         from dask.distributed import Client, LocalCluster, as_completed
 
         cluster = None
+        address: LocalCluster | str
         if scheduler.startswith("local"):
             workers = int(scheduler.split(":")[1]) if ":" in scheduler else (os.cpu_count() or 1)
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -115,7 +135,7 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
         elif scheduler.startswith("tcp://"):
             address = scheduler
         else:
-            raise StacchipError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
+            raise ConfigError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
         try:
             with Client(address) as client:
                 futures = {client.submit(_timed, fn, i, retries=retries, pure=False, key=f"{command}-{i}-{time.time_ns()}"): i
@@ -128,23 +148,22 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
                     else:
                         value, seconds = future.result()
                         task = TaskResult(index, "done", value, seconds=round(seconds, 3))
-                    report.tasks.append(task)
+                    tasks.append(task)
                     bar.update()
                     _log_task(task)
         finally:
             if cluster is not None:
                 cluster.close()
     bar.close()
-    report.tasks.sort(key=lambda t: t.index)
-    report.seconds = round(time.perf_counter() - start, 3)
-    return report
+    tasks.sort(key=lambda t: t.index)
+    return RunReport(command, scheduler, started, round(time.perf_counter() - start, 3), tasks)
 
 
 def _run_one(fn, index) -> TaskResult:
     try:
         value, seconds = _timed(fn, index)
         return TaskResult(index, "done", value, seconds=round(seconds, 3))
-    except Exception as exc:  # one failing job never aborts the others
+    except Exception as exc:  # noqa: BLE001 - one failing job never aborts the others
         log.debug("job %d failed:\n%s", index, traceback.format_exc())
         return TaskResult(index, "failed", error=_error(exc))
 

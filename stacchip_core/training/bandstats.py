@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stacchip_core.errors import StacchipError
-from stacchip_core.plugins import platforms
+from stacchip_core.errors import ConfigError, CubeError, NotFoundError, OutputError
 from stacchip_core.io.store import open_store
+from stacchip_core.plugins import platforms
+from stacchip_core.types import Report
 
 
 @dataclass
@@ -55,12 +56,23 @@ def moments(pixels: np.ndarray, nodata=None) -> Moments:
     return Moments(count, mean, m2)
 
 
-def band_stats(source: str | Path, workers: int = 4) -> dict:
-    """{platform: {band: {count, mean, std}}} over every cube_*.npz under ``source``."""
+@dataclass(frozen=True)
+class BandStats(Report):
+    """One band of one platform over the cubes: ``count`` pixels (nodata left out), their
+    ``mean`` and (population) ``std``."""
+
+    count: int
+    mean: float
+    std: float
+
+
+def band_stats(source: str | Path, workers: int = 4) -> dict[str, dict[str, BandStats]]:
+    """{platform: {band: BandStats}} over every cube_*.npz under ``source``, platforms and
+    (within one) bands in order."""
     store = open_store(source)
     keys = [k for k in store.list("", ".npz") if Path(k).name.startswith("cube_")]
     if not keys:
-        raise StacchipError(f"no cube_*.npz under {source}")
+        raise NotFoundError(f"no cube_*.npz under {source}")
     declared = platforms()
 
     def one(key):
@@ -75,28 +87,35 @@ def band_stats(source: str | Path, workers: int = 4) -> dict:
             if platform in totals:
                 known, acc = totals[platform]
                 if known != bands:
-                    raise StacchipError(f"cubes of {platform} disagree on bands: {known} vs {bands}")
+                    raise CubeError(f"cubes of {platform} disagree on bands: {known} vs {bands}")
                 totals[platform] = (known, acc.merge(m))
             else:
                 totals[platform] = (bands, m)
     return {
-        platform: {band: {"count": int(m.count[i]), "mean": float(m.mean[i]), "std": float(m.std[i])}
+        platform: {band: BandStats(int(m.count[i]), float(m.mean[i]), float(m.std[i]))
                    for i, band in enumerate(bands)}
         for platform, (bands, m) in sorted(totals.items())
     }
 
 
-def dump(stats: dict, path: str | Path) -> None:
+def stats_dict(stats: dict[str, dict[str, BandStats]]) -> dict[str, dict[str, dict]]:
+    """The statistics as plain values, as JSON and YAML write them."""
+    return {p: {b: s.to_dict() if isinstance(s, BandStats) else dict(s) for b, s in bands.items()}
+            for p, bands in stats.items()}
+
+
+def dump(stats: dict[str, dict[str, BandStats]], path: str | Path) -> None:
     """Write stats as JSON, or YAML for a .yaml/.yml path (needs PyYAML)."""
     path = Path(path)
+    plain = stats_dict(stats)
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
-        except ImportError:
-            raise StacchipError("writing YAML needs PyYAML (pip install pyyaml); or use .json") from None
-        text = yaml.safe_dump(stats, sort_keys=False)
+        except ImportError as exc:
+            raise ConfigError("writing YAML needs PyYAML (pip install pyyaml); or use .json") from exc
+        text = yaml.safe_dump(plain, sort_keys=False)
     else:
-        text = json.dumps(stats, indent=2)
+        text = json.dumps(plain, indent=2)
     from stacchip_core.io.files import publishing, remove_stale
 
     remove_stale(path.parent, recursive=False)  # what an earlier, killed or failed dump left
@@ -104,4 +123,4 @@ def dump(stats: dict, path: str | Path) -> None:
         with publishing(path) as tmp:  # atomic; on a full disk nothing is left behind
             tmp.write_text(text)
     except OSError as exc:
-        raise StacchipError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -23,7 +23,6 @@ Batches are dicts: ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import lightning
@@ -33,7 +32,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ConfigError
 from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.prechip import ChipFilter, load_index
 
@@ -77,11 +76,11 @@ def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int,
             rows = np.concatenate([rows, *reps, rng.choice(groups[name], target % len(rows), replace=False)])
         batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     if len(batches) and len(batches) < world_size and sum(map(len, batches)) < world_size:
-        raise StacchipError(f"{sum(map(len, batches))} chips cannot feed {world_size} ranks")
+        raise ConfigError(f"{sum(map(len, batches))} chips cannot feed {world_size} ranks")
     while len(batches) % world_size:  # split the largest batch rather than repeat chips
         i = max(range(len(batches)), key=lambda k: len(batches[k]))
         if len(batches[i]) < 2:
-            raise StacchipError(f"{len(batches)} batches of one chip cannot be shared by {world_size} ranks")
+            raise ConfigError(f"{len(batches)} batches of one chip cannot be shared by {world_size} ranks")
         half = len(batches[i]) // 2
         batches[i:i + 1] = [batches[i][:half], batches[i][half:]]
     if shuffle:
@@ -183,7 +182,7 @@ class StacchipDataModule(lightning.LightningDataModule):
 
     def split_table(self, split: str) -> pa.Table:
         if split not in SPLITS:
-            raise StacchipError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+            raise ConfigError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
         return self.table.filter(pc.equal(self.table["split"], split))
 
     def write_splits(self, path) -> None:

@@ -20,17 +20,18 @@ from __future__ import annotations
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stacchip_core.training.chipread import ChipReader
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
 from stacchip_core.io.store import open_store, read_url
+from stacchip_core.training.chipread import ChipReader
+from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def load_index(location: str) -> pa.Table:
     try:
         return pq.read_table(io.BytesIO(read_url(str(location))))
     except pa.ArrowInvalid as exc:
-        raise StacchipError(f"{location} is not a readable index: {exc}") from None
+        raise IndexFormatError(f"{location} is not a readable index: {exc}") from exc
 
 
 def plan_cubes(table: pa.Table, cube_size: int = 128, spares: int | None = None, seed: int = 42) -> list[Cube]:
@@ -117,15 +118,15 @@ def _norms(rows: list[dict]) -> dict[str, np.ndarray]:
     for r in rows:
         when = r.get("datetime")
         if isinstance(when, datetime):
-            hour = when.hour + when.minute / 60
+            hours.append(when.hour + when.minute / 60)
             day = when.date()
         else:
-            day, hour = r["date"], 12.0
+            day = r["date"]
+            hours.append(12.0)
         weeks.append(day.isocalendar()[1])
-        hours.append(hour)
     week = 2 * np.pi * np.asarray(weeks, float) / 52
     hour = 2 * np.pi * np.asarray(hours, float) / 24
-    pair = lambda a: np.stack([np.sin(a), np.cos(a)], axis=1).astype(np.float32)  # noqa: E731
+    pair = lambda a: np.stack([np.sin(a), np.cos(a)], axis=1).astype(np.float32)
     return {"lat_norm": pair(lat), "lon_norm": pair(lon), "week_norm": pair(week), "hour_norm": pair(hour)}
 
 
@@ -136,15 +137,16 @@ def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, 
     def read(row):
         try:
             return reader.read(row), None
-        except Exception as exc:  # any read failure: report it, use a spare
+        except Exception as exc:  # noqa: BLE001 - any read failure: report it, use a spare
             return None, f"{row['chipid']}: {exc}"
 
     try:  # the whole cube at once: all its tiles fetched concurrently (rows with COG layouts)
         results = [(pixels, None) for pixels in reader.read_many(rows)]
-    except Exception:  # some chip failed: read one by one to learn which, spares replace them
+    except Exception:  # noqa: BLE001 - some chip failed: read one by one to learn which, spares replace them
         with ThreadPoolExecutor(max(1, workers)) as pool:
             results = list(pool.map(read, rows))
-    kept, failed = [], []
+    kept: list[tuple[dict, np.ndarray]] = []
+    failed: list[str] = []
     for row, (pixels, error) in zip(rows, results):
         if error:
             failed.append(error)
@@ -152,8 +154,8 @@ def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, 
         elif len(kept) < cube_size:
             kept.append((row, pixels))
     if len(kept) < cube_size:
-        raise StacchipError(f"cube {cube.platform}/{cube.number}: {len(failed)} chips failed, "
-                            f"more than its {len(rows) - cube_size} spares")
+        raise CubeError(f"cube {cube.platform}/{cube.number}: {len(failed)} chips failed, "
+                        f"more than its {len(rows) - cube_size} spares")
     chosen = [r for r, _ in kept]
     arrays = {"pixels": np.stack([p for _, p in kept]), **_norms(chosen),
               "chipids": np.asarray([r["chipid"] for r in chosen]),
@@ -162,9 +164,23 @@ def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, 
     return arrays, failed
 
 
+@dataclass(frozen=True)
+class PrechipReport(Report):
+    """What one prechip job did: ``chips`` in the filtered index and ``cubes_total`` cubes
+    planned in all; this job's cube keys ``written``, ``skipped`` (there already) and
+    ``failed`` (one line each, why); ``failed_chips``: chips replaced by spares."""
+
+    chips: int
+    cubes_total: int
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    failed_chips: list[str] = field(default_factory=list)
+
+
 def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes_per_job: int = 1,
             cube_size: int = 128, spares: int | None = None, seed: int = 42, chip_filter: ChipFilter = ChipFilter(),
-            workers: int = 4, mountpath=None) -> dict:
+            workers: int = 4, mountpath=None) -> PrechipReport:
     """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
     keys.name(version, "--version")  # before any work
     table = chip_filter.apply(load_index(index))
@@ -173,29 +189,29 @@ def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes
     store = open_store(target)
     store.remove_partial(version)  # cubes a killed job was writing (io.files: only stale ones)
     reader = ChipReader(mountpath=mountpath)
-    report = {"chips": len(table), "cubes_total": len(cubes), "written": [], "skipped": [], "failed": [], "failed_chips": []}
+    report = PrechipReport(len(table), len(cubes))  # its lists fill as the cubes go
     for cube in mine:
         key = cube_key(version, cube)
         if store.exists(key):
-            report["skipped"].append(key)
+            report.skipped.append(key)
             continue
         try:
             arrays, failed = build_cube(table, cube, cube_size, reader, workers)
         except StacchipError as exc:
-            report["failed"].append(f"{key}: {exc}")
+            report.failed.append(f"{key}: {exc}")
             log.error("%s", exc)
             continue
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         store.write_bytes(key, buffer.getvalue())
-        report["written"].append(key)
-        report["failed_chips"] += failed
+        report.written.append(key)
+        report.failed_chips.extend(failed)
         log.info("wrote %s (%d chips, %d replaced)", key, cube_size, len(failed))
     reader.close()
     return report
 
 
-def prechip_job(job: int, **kwargs) -> dict:
+def prechip_job(job: int, **kwargs) -> PrechipReport:
     """One prechip job, picklable for a cluster."""
     return prechip(kwargs.pop("index"), kwargs.pop("target"), job=job, **kwargs)
 

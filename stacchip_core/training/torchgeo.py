@@ -33,7 +33,7 @@ from torchgeo.datasets import GeoDataset
 
 from stacchip_core.core.chipper import item_for_row
 from stacchip_core.core.grid import ChipGrid
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ConfigError, GridError, NotFoundError
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.prechip import ChipFilter, load_index
 
@@ -61,12 +61,12 @@ class StacchipGeoDataset(GeoDataset):
         if chip_filter is not None:
             table = chip_filter.apply(table)
         if not len(table):
-            raise StacchipError("no chips in the index (after filtering)")
+            raise NotFoundError("no chips in the index (after filtering)")
         self.reader = ChipReader(list(bands) if bands else None, mountpath)
         self.transforms = transforms
         self.label_column = label_column
         if label_column is not None and label_column not in table.column_names:
-            raise StacchipError(f"label column {label_column!r} is not in the index ({table.column_names})")
+            raise ConfigError(f"label column {label_column!r} is not in the index ({table.column_names})")
         self.mountpath = mountpath
 
         # one grid per item (not per chip): each chip's window from its (x, y)
@@ -75,14 +75,15 @@ class StacchipGeoDataset(GeoDataset):
         cy = table["chip_index_y"].to_numpy()
         cs = table["chip_size"].to_numpy()
         boxes = np.zeros((len(table), 4))
-        crss, res = [None] * len(table), np.zeros(len(table))
+        crss: list[Any] = [None] * len(table)  # pyproj.CRS of each chip, all set below
+        res = np.zeros(len(table))
         for href in np.unique(hrefs):
             rows = np.flatnonzero(hrefs == href)
             first = table.slice(int(rows[0]), 1).to_pylist()[0]
             grid = ChipGrid.from_item(item_for_row(first, mountpath), int(first["chip_size"]))
             t = grid.transform
             if t.b or t.d or t.e >= 0:
-                raise StacchipError(f"item {first['item_id']}: only north-up grids are supported")
+                raise GridError(f"item {first['item_id']}: only north-up grids are supported")
             x0 = t.c + cx[rows] * cs[rows] * t.a
             y1 = t.f + cy[rows] * cs[rows] * t.e
             boxes[rows] = np.column_stack([x0, y1 + cs[rows] * t.e, x0 + cs[rows] * t.a, y1])
@@ -96,7 +97,7 @@ class StacchipGeoDataset(GeoDataset):
         crs = pyproj.CRS(crs)
         keep = wkts == crs.to_wkt()
         if not keep.any():
-            raise StacchipError(f"no chips in {crs.to_string()}")
+            raise NotFoundError(f"no chips in {crs.to_string()}")
         resolution = float(np.median(res[keep]))
         keep &= np.isclose(res, resolution)
         if (~keep).any():
@@ -119,8 +120,8 @@ class StacchipGeoDataset(GeoDataset):
         if hits.empty:
             raise IndexError(f"query: {query} not found in index with bounds: {self.bounds}")
         xres, yres = x.step or self.res[0], y.step or self.res[1]
-        width = max(1, int(round((x.stop - x.start) / xres)))
-        height = max(1, int(round((y.stop - y.start) / yres)))
+        width = max(1, round((x.stop - x.start) / xres))
+        height = max(1, round((y.stop - y.start) / yres))
         # the query's pixel centres; each is filled from the first chip (earliest) holding it
         xs = x.start + (np.arange(width) + 0.5) * xres
         ys = y.stop - (np.arange(height) + 0.5) * yres

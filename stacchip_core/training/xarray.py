@@ -11,10 +11,10 @@ window of the item grid. Needs the ``xarray`` extra for DataArrays; GeoTIFFs nee
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyproj
@@ -23,7 +23,7 @@ from affine import Affine
 
 from stacchip_core.core.chipper import item_for_row
 from stacchip_core.core.grid import ChipGrid
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import ShapeError
 from stacchip_core.training.chipread import ChipReader
 
 
@@ -43,8 +43,8 @@ class ChipGeoref:
         if (height, width) == (self.height, self.width):
             return self
         if height < 1 or width < 1 or self.height % height or self.width % width:
-            raise StacchipError(f"an output of {height} x {width} px does not fit a chip of "
-                                f"{self.height} x {self.width} px (use the chip's size or an integer fraction)")
+            raise ShapeError(f"an output of {height} x {width} px does not fit a chip of "
+                             f"{self.height} x {self.width} px (use the chip's size or an integer fraction)")
         t = self.transform @ Affine.scale(self.width / width, self.height / height)
         return ChipGeoref(t, self.crs, height, width, self.time)
 
@@ -100,7 +100,7 @@ def _as_chw(output) -> np.ndarray:
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3:
-        raise StacchipError(f"a prediction must be (height, width) or (channels, height, width), got shape {data.shape}")
+        raise ShapeError(f"a prediction must be (height, width) or (channels, height, width), got shape {data.shape}")
     return data
 
 
@@ -112,7 +112,7 @@ def prediction_dataarray(output, row: dict, names: Sequence[str] | None = None, 
     geo = (georef or chip_georef(row, mountpath)).scaled(data.shape[1], data.shape[2])
     names = list(names) if names is not None else [f"channel_{i}" for i in range(data.shape[0])]
     if len(names) != data.shape[0]:
-        raise StacchipError(f"{len(names)} channel names for {data.shape[0]} channels")
+        raise ShapeError(f"{len(names)} channel names for {data.shape[0]} channels")
     return _dataarray(data, geo, names, {"chipid": row["chipid"]})
 
 

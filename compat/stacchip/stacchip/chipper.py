@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from stacchip_core import Chipper as CoreChipper
-from stacchip_core.errors import StacchipError
-
 from stacchip.indexer import ChipIndexer
 from stacchip.utils import _plain, load_item_local, load_item_s3
+from stacchip_core import Chipper as CoreChipper
+from stacchip_core.errors import ConfigError
 
 
 class _Chip(Mapping):
@@ -58,13 +57,13 @@ class Chipper:
         # the first releases' form takes keywords (as their README wrote it): platform, item_id, ...
         if indexer is None:
             if platform is None or item_id is None:
-                raise StacchipError("give an indexer, or platform and item_id (with bucket or mountpath)")
+                raise ConfigError("give an indexer, or platform and item_id (with bucket or mountpath)")
             if mountpath:
                 item = load_item_local(mountpath, platform, item_id)
             elif bucket:
                 item = load_item_s3(bucket, platform, item_id)
             else:
-                raise StacchipError("give a bucket or a mountpath to read the item from")
+                raise ConfigError("give a bucket or a mountpath to read the item from")
             indexer = ChipIndexer(item)
         self.indexer = indexer
         self.mountpath = None if not mountpath else Path(mountpath)

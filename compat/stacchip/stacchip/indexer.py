@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
-from typing import Tuple
 
 import geoarrow.pyarrow as ga
 import numpy as np
@@ -98,7 +97,7 @@ class ChipIndexer:
         return self.x_size * self.y_size
 
     @property
-    def bbox(self) -> Tuple[float, float, float, float]:
+    def bbox(self) -> tuple[float, float, float, float]:
         return self._core.bbox
 
     def get_chip_bbox(self, x: int, y: int) -> shapely.Polygon:
@@ -111,7 +110,7 @@ class ChipIndexer:
         return self.grid.footprints()[0]
 
     # --- statistics ------------------------------------------------------------------------
-    def get_stats(self, x: int, y: int) -> Tuple[float, float]:
+    def get_stats(self, x: int, y: int) -> tuple[float, float]:
         """(cloud fraction, nodata fraction) of chip (x, y): subclasses implement it."""
         raise NotImplementedError()
 
@@ -157,7 +156,7 @@ class ChipIndexer:
 
 class _PlatformIndexer(ChipIndexer):
     @_vectorized
-    def get_stats(self, x: int, y: int) -> Tuple[float, float]:
+    def get_stats(self, x: int, y: int) -> tuple[float, float]:
         self.grid.window(x, y)
         cloud, nodata = self._arrays
         return float(cloud[y, x]), float(nodata[y, x])
@@ -206,7 +205,7 @@ class Sentinel2Indexer(_PlatformIndexer):
     """Sentinel-2 L2A: SCL classes (stacchip-sentinel2), either catalog's asset keys."""
 
     platform = "sentinel-2-l2a"
-    scl_filter = [1, 3, 8, 9, 10]
+    scl_filter = (1, 3, 8, 9, 10)
     nodata_value = 0
 
 

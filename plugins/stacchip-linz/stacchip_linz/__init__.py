@@ -23,11 +23,11 @@ import pystac
 import rasterio
 from rasterio.enums import Resampling
 
-from stacchip_core import Band, ChipStats, Platform, StacchipError, hookimpl, hookimpl_for
-from stacchip_core.pipeline.ingest import fetch, scratch_dir
+from stacchip_core import Band, ChipStats, Platform, SampleError, hookimpl, hookimpl_for
+from stacchip_core.core.output import write_cog
 from stacchip_core.io.settings import apply_gdal_options, source_s3_endpoint
 from stacchip_core.io.store import open_store
-from stacchip_core.core.output import write_cog
+from stacchip_core.pipeline.ingest import fetch, scratch_dir
 
 SOURCE_ENV = "STACCHIP_LINZ_SOURCE"
 SOURCE = "s3://nz-imagery"
@@ -86,7 +86,7 @@ def stacchip_select_items(platform, sample):
     prefix = sample.properties.get("prefix")
     if prefix is None:
         if sample.index >= len(PREFIXES):
-            raise StacchipError(f"sample {sample.index} is out of range: there are {len(PREFIXES)} LINZ prefixes")
+            raise SampleError(f"sample {sample.index} is out of range: there are {len(PREFIXES)} LINZ prefixes")
         prefix = PREFIXES[sample.index]
     source = open_store(os.environ.get(SOURCE_ENV, SOURCE), endpoint=source_s3_endpoint())
     tiffs = [key for key in source.list(prefix, ".tiff")]

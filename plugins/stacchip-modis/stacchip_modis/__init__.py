@@ -56,7 +56,16 @@ import random
 
 import numpy as np
 
-from stacchip_core import AssetError, Band, ChipStats, Platform, StacchipError, hookimpl, hookimpl_for
+from stacchip_core import (
+    AssetError,
+    Band,
+    ChipStats,
+    ConfigError,
+    Platform,
+    SampleError,
+    hookimpl,
+    hookimpl_for,
+)
 from stacchip_core.pipeline.ingest import copy_assets
 
 log = logging.getLogger(__name__)
@@ -138,7 +147,7 @@ def tile_of(sample) -> tuple[int, int]:
     if props.get("h") is not None and props.get("v") is not None:
         return int(props["h"]), int(props["v"])
     if sample.index >= len(TILES):
-        raise StacchipError(f"sample {sample.index} is out of range: there are {len(TILES)} MODIS tiles")
+        raise SampleError(f"sample {sample.index} is out of range: there are {len(TILES)} MODIS tiles")
     return TILES[sample.index]
 
 
@@ -157,7 +166,7 @@ def month_range(year: int, month: int) -> str:
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
     if catalog is None:
-        raise StacchipError("modis needs a STAC API (--stac-api)")
+        raise ConfigError("modis needs a STAC API (--stac-api)")
     h, v = tile_of(sample)
     selected = []
     for year in YEARS:

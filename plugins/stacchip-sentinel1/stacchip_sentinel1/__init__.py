@@ -29,8 +29,19 @@ from urllib.parse import urlparse
 import numpy as np
 import pystac
 
-from stacchip_core import (AssetError, Band, ChipGrid, ChipStats, Platform, PlatformError, ProjectionError,
-                           StacchipError, hookimpl, hookimpl_for)
+from stacchip_core import (
+    AssetError,
+    Band,
+    ChipGrid,
+    ChipStats,
+    ConfigError,
+    Platform,
+    PlatformError,
+    ProjectionError,
+    SampleError,
+    hookimpl,
+    hookimpl_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +120,9 @@ def year_and_quarter(index: int) -> tuple[int, str]:
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
     if sample.geometry is None:
-        raise StacchipError("sentinel-1-rtc needs a sample source of MGRS tile polygons (--sample)")
+        raise SampleError("sentinel-1-rtc needs a sample source of MGRS tile polygons (--sample)")
     if catalog is None:
-        raise StacchipError("sentinel-1-rtc needs a STAC API (--stac-api)")
+        raise ConfigError("sentinel-1-rtc needs a STAC API (--stac-api)")
     _, interval = year_and_quarter(sample.index)
     log.info("sample %d (MGRS %s): %s", sample.index, sample.properties.get("name"), interval)
     search = catalog.search(collections=[COLLECTION], datetime=interval, intersects=sample.geometry,
@@ -153,9 +164,10 @@ def to_deflate_cog(source: Path, target: Path) -> None:
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
     from stacchip_core.core.raster import asset_href
+    from stacchip_core.io.keys import join as join_key
+    from stacchip_core.io.keys import segment
     from stacchip_core.io.settings import apply_gdal_options
     from stacchip_core.io.urls import redact, redact_text
-    from stacchip_core.io.keys import join as join_key, segment
     from stacchip_core.pipeline.ingest import fetch, scratch_dir
 
     check_grid(item)
@@ -177,7 +189,7 @@ def stacchip_normalize_item(platform, item, store, prefix):
                 except AssetError:
                     raise
                 except Exception as exc:
-                    raise AssetError(f"cannot rewrite {redact(source)} as a COG: {redact_text(str(exc))}") from None
+                    raise AssetError(f"cannot rewrite {redact(source)} as a COG: {redact_text(str(exc))}") from exc
                 store.put_file(target, tmp / f"cog-{name}")
         out.assets[key].href = store.url(target)
         log.info("%s: %s -> %s", item.id, key, out.assets[key].href)

@@ -3,6 +3,7 @@
 cloud, and a command."""
 
 import click
+
 from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl, hookimpl_for
 
 PLATFORM = Platform(
