@@ -140,7 +140,7 @@ print(json.dumps({"passes": passes, "chips": len(rows)}))
 
 def job(python: str, kind: str, index: Path, bands: list[str], stats_url: str, env: dict | None = None) -> dict:
     env = {**os.environ, "GDAL_CACHEMAX": "64", **(env or {})}
-    out = subprocess.run([python, "-c", JOB, kind, str(index), ",".join(bands), stats_url],
+    out = subprocess.run([python, "-c", JOB, kind, str(index), ",".join(bands), stats_url], check=False,
                          capture_output=True, text=True, env=env, timeout=900)
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
@@ -181,7 +181,7 @@ def local_rows(item: Path, repeats: int) -> dict:
             s = time.perf_counter(); Indexer(item, layouts=on).create_index(); t[on].append(time.perf_counter() - s)
     print(json.dumps({"with": statistics.median(t[True]), "without": statistics.median(t[False])}))
     ''')
-    out = subprocess.run([sys.executable, "-c", code, str(item), str(repeats)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code, str(item), str(repeats)], capture_output=True, text=True, check=False,
                          env={**os.environ, "GDAL_CACHEMAX": "64"})
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
@@ -264,7 +264,7 @@ def main() -> None:
         print(f"{r['name']:<52}{c:>6}{c / cold['seconds']:>9.1f}{cold['requests'] / c:>9.1f}{r['tiles']:>11.1f}"
               f"{cold['bytes'] / c / 1024:>9.0f}{c / warm['seconds']:>13.1f}")
     by = {(r["kind"], len(r["bands"])): r for r in results}
-    speed = lambda k, b: by[(k, b)]["chips"] / by[(k, b)]["passes"][0]["seconds"]  # noqa: E731
+    speed = lambda k, b: by[(k, b)]["chips"] / by[(k, b)]["passes"][0]["seconds"]
     if args.original_python:
         orig = {b: max(speed("orig", b), speed("orig-tuned", b)) for b in (3, 10)}  # its better setting
         print("ratios to stacchip 0.1.38 (cold, its faster GDAL setting):")
@@ -275,7 +275,7 @@ def main() -> None:
     if local:
         floor = local["floor-open-handles"]
         ours = local["ours-chips"]
-        rate = lambda v: v["chips"] / v["median"]  # noqa: E731
+        rate = lambda v: v["chips"] / v["median"]
         print(f"local disk: open-handle floor {rate(floor):.1f} chips/s, Chipper.chip {rate(ours):.1f} chips/s: "
               f"ratio {rate(ours) / rate(floor):.2f} (target >= 0.9)")
         ix = local["index"]

@@ -125,7 +125,7 @@ class RangeServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def start(self) -> "RangeServer":
+    def start(self) -> RangeServer:
         self._thread.start()
         return self
 

@@ -11,15 +11,14 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from stacchip_core.core.chipper import Chipper, _WARNED
+from stacchip_core.core.chipper import _WARNED, Chipper
 from stacchip_core.core.layout import decode, record_layouts
 from stacchip_core.core.tiles import GridSpec, StaleLayout, Unsupported, plan, read_batch
 from stacchip_core.errors import AssetError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rangeserver import RangeServer  # noqa: E402
-
-from conftest import run_cli  # noqa: E402
+from conftest import run_cli
+from rangeserver import RangeServer
 
 CS = 64  # chip size; tiles of 128 px: a chip touches 1, 2 or 4 tiles depending on where it lies
 TILE = 128
@@ -37,9 +36,9 @@ def pattern(bands: int, h: int, w: int, dtype: str, seed: int = 0) -> np.ndarray
 def write_tif(path: Path, data: np.ndarray, res: float = 10.0, nodata=None, predictor: int = 2,
               compress: str = "deflate", sparse_windows=None) -> Path:
     bands, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs="EPSG:32633",
-                   transform=from_origin(500000, 4000000, res, res), tiled=True, blockxsize=TILE,
-                   blockysize=TILE, compress=compress, predictor=predictor, nodata=nodata)
+    profile = {"driver": "GTiff", "width": w, "height": h, "count": bands, "dtype": data.dtype.name, "crs": "EPSG:32633",
+                   "transform": from_origin(500000, 4000000, res, res), "tiled": True, "blockxsize": TILE,
+                   "blockysize": TILE, "compress": compress, "predictor": predictor, "nodata": nodata}
     if sparse_windows is not None:
         profile["sparse_ok"] = True
     with rasterio.open(path, "w", **profile) as ds:
@@ -84,7 +83,7 @@ def test_exact_pixels_by_dtype_and_predictor(tmp_path, dtype, predictor):
 def test_floating_point_predictor(tmp_path):
     data = pattern(1, H, W, "float32")
     href = str(write_tif(tmp_path / "a.tif", data, predictor=3))
-    lays, res = chips({"a": href}, XYS_10M)
+    _lays, res = chips({"a": href}, XYS_10M)
     for (x, y), r in zip(XYS_10M, res):
         np.testing.assert_array_equal(r["a"], expected(data, 1, x, y))
 
@@ -222,7 +221,7 @@ def test_http_timeout_is_one_clear_error(served, monkeypatch):
 
 
 def test_stale_layout_falls_back_with_one_warning(served, caplog):
-    server, data, root = served
+    server, _data, root = served
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "it", "properties": {"datetime": "2024-01-01T00:00:00Z",
             "proj:epsg": 32633}, "geometry": None, "links": [],
             "assets": {"a": {"href": f"{server.url}/a.tif", "type": "image/tiff; application=geotiff",
@@ -263,7 +262,7 @@ def test_index_of_an_http_item_chips_through_the_cli(tmp_path, http_s2):
     the rasterio path."""
     import pyarrow.parquet as pq
 
-    server, url, _ = http_s2
+    _server, url, _ = http_s2
     result = run_cli("index", url, "-o", tmp_path / "idx.parquet")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "chip.npz"

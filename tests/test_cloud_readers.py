@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from affine import Affine
+from conftest import run_cli
 from rasterio.transform import from_origin
 
-from conftest import run_cli
 from stacchip_core import hookimpl, plugins
 from stacchip_core.core import chipper as chipper_mod
 from stacchip_core.core import tiles
@@ -145,7 +145,7 @@ def test_dataset_batches_equal_single_reads(http_s2, tmp_path):
 
 
 def test_chip_from_row_over_http(http_s2, tmp_path):
-    server, url, _ = http_s2
+    _server, url, _ = http_s2
     row = pq.read_table(_http_index(url, tmp_path)).slice(5, 1).to_pylist()[0]
     chip = chip_from_row(row, assets=["red"])
     assert chip.chipid == row["chipid"] and list(chip) == ["red"]
@@ -155,7 +155,7 @@ def test_chip_from_row_over_http(http_s2, tmp_path):
 
 @pytest.mark.parametrize("change", ["rewritten", "missing"])
 def test_stale_layouts_fall_back_with_one_warning_per_asset(http_s2, tmp_path, caplog, change):
-    server, url, root = http_s2
+    _server, url, root = http_s2
     rows = pq.read_table(_http_index(url, tmp_path)).to_pylist()
     red = root / "red.tif"
     if change == "rewritten":  # another size and ETag: the same scene written with other tiles
@@ -275,12 +275,12 @@ def test_offset_assets_are_resampled_exact_ones_read_from_layouts(tmp_path, capl
                                  "proj:transform": [10, 0, 500000, 0, -10, 4000000]},
                        "offset": {"href": f"{server.url}/offset.tif", "type": "image/tiff",
                                   "proj:shape": [128, 128], "proj:transform": [20, 0, 499995, 0, -20, 4000000]}}}
-    with caplog.at_level(logging.DEBUG, logger="stacchip_core.core.chipper"), server:
-        with Chipper(item, chip_size=64) as fast, Chipper(item, chip_size=64, use_layouts=False) as slow:
-            assert set(fast.layouts()) == {"exact", "offset"}
-            for x, y in [(0, 0), (3, 2)]:
-                _assert_same_chip(fast.chip(x, y), slow.chip(x, y))
-            np.testing.assert_array_equal(fast.chip(3, 2)["exact"], exact[:, 128:192, 192:256])
+    with caplog.at_level(logging.DEBUG, logger="stacchip_core.core.chipper"), server, \
+            Chipper(item, chip_size=64) as fast, Chipper(item, chip_size=64, use_layouts=False) as slow:
+        assert set(fast.layouts()) == {"exact", "offset"}
+        for x, y in [(0, 0), (3, 2)]:
+            _assert_same_chip(fast.chip(x, y), slow.chip(x, y))
+        np.testing.assert_array_equal(fast.chip(3, 2)["exact"], exact[:, 128:192, 192:256])
     rasterio_reads = {r.args[0] for r in caplog.records if "read with rasterio" in r.getMessage()}
     assert rasterio_reads == {"offset"}
 
@@ -308,7 +308,7 @@ def test_write_chip_exact_pixels_and_georeferencing(synthetic_scenes, tmp_path, 
 
 
 def test_cli_chip_of_an_http_index_writes_a_georeferenced_tif(http_s2, tmp_path):
-    server, url, _ = http_s2
+    _server, url, _ = http_s2
     index = _http_index(url, tmp_path)
     out = tmp_path / "chip.tif"
     result = run_cli("chip", index, "--row", 4, "--assets", "red,nir08", "-o", out)

@@ -14,7 +14,7 @@ from stacchip_core.core.indexer import Indexer
 from stacchip_core.core.layout import decode, encode, record_layouts
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rangeserver import RangeServer  # noqa: E402
+from rangeserver import RangeServer
 
 
 def test_layout_matches_gdal(synthetic_scenes):
@@ -22,7 +22,7 @@ def test_layout_matches_gdal(synthetic_scenes):
     table = ix.create_index()
     lays = decode(table["layouts"][0].as_py())
     assert set(table["layouts"].to_pylist()) == {table["layouts"][0].as_py()}  # one value per item
-    for key, lay in lays.items():
+    for lay in lays.values():
         with rasterio.open(lay.href) as ds:
             assert (lay.width, lay.height) == (ds.width, ds.height)
             assert (lay.tile_height, lay.tile_width) == ds.block_shapes[0]

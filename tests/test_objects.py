@@ -11,7 +11,7 @@ from stacchip_core.io import objects
 from stacchip_core.io.store import read_url
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rangeserver import RangeServer  # noqa: E402
+from rangeserver import RangeServer
 
 BODY = bytes(range(256)) * 40  # 10240 bytes
 

@@ -13,16 +13,22 @@ import pystac
 from affine import Affine
 from rasterio.errors import RasterioError
 
-from stacchip_core.errors import AssetError, PlatformError, StacchipError
+from stacchip_core.core.chip import Chip, band_names
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.indexer import Indexer, load_item
-from stacchip_core.platform import Platform, unresolved_bands_message
-from stacchip_core.plugins import find_platform, get_platform, platform_for_item
-from stacchip_core.core.chip import Chip, band_names
-from stacchip_core.core.raster import (DatasetCache, asset_href, grid_factor, read_chip_window, resolve_href,
-                                       unsigned_href)
+from stacchip_core.core.raster import (
+    DatasetCache,
+    asset_href,
+    grid_factor,
+    read_chip_window,
+    resolve_href,
+    unsigned_href,
+)
+from stacchip_core.errors import AssetError, PlatformError, StacchipError
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.io.store import read_url
+from stacchip_core.platform import Platform, unresolved_bands_message
+from stacchip_core.plugins import find_platform, get_platform, platform_for_item
 
 log = logging.getLogger(__name__)
 

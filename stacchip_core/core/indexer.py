@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pystac
 
-from stacchip_core.errors import PlatformError, StacchipError
+from stacchip_core.core.chipstats import ChipStats
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.index import build_table
+from stacchip_core.core.raster import AssetReader
+from stacchip_core.errors import PlatformError, StacchipError
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager, platform_for_item
-from stacchip_core.core.raster import AssetReader
-from stacchip_core.core.chipstats import ChipStats
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,7 @@ class AssetLayout:
     def scalars(self) -> dict:
         return {k: getattr(self, k) for k in ("key", "href", "width", "height", "tile_width", "tile_height",
                                               "dtype", "bands", "planar", "compression", "predictor", "nodata",
-                                              "size", "etag", "transform")} | {"tiles": int(len(self.offsets))}
+                                              "size", "etag", "transform")} | {"tiles": len(self.offsets)}
 
 
 class ItemLayouts(dict):
@@ -179,7 +179,7 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
         return None
     try:
         tiff = await TIFF.open("x", store=HeaderInput(signed, header), prefetch=len(header))
-    except Exception as exc:  # not a TIFF (a JP2, a PNG...): rasterio reads it
+    except Exception as exc:  # noqa: BLE001 - not a TIFF (a JP2, a PNG...): rasterio reads it
         log.info("no layout for %s: %s", redact(href), exc)
         return None
     ifd = tiff.ifds[0]

@@ -23,8 +23,8 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from stacchip_core.core.chip import Chip, band_names, stack_arrays
-from stacchip_core.errors import StacchipError
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.errors import StacchipError
 from stacchip_core.platform import Platform
 
 log = logging.getLogger(__name__)

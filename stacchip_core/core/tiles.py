@@ -105,12 +105,12 @@ class GridSpec:
     chip_size: int
 
     @classmethod
-    def from_grid(cls, grid) -> "GridSpec":
+    def from_grid(cls, grid) -> GridSpec:
         t = grid.transform
         return cls(t.a, t.c, t.e, t.f, grid.chip_size)
 
     @classmethod
-    def from_layouts(cls, layouts: dict[str, AssetLayout], chip_size: int) -> "GridSpec":
+    def from_layouts(cls, layouts: dict[str, AssetLayout], chip_size: int) -> GridSpec:
         """The item's grid as the indexer recorded it; for older layouts, the grid of the
         finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata)."""
         grid = getattr(layouts, "grid", None)
@@ -171,7 +171,7 @@ def synth_header(lay: AssetLayout) -> bytes:
     entries = bytearray()
     base = 16 + ifd_size
     for tag, typ, values in tags:
-        code, size = _TIFF_TYPES[typ]
+        code, _size = _TIFF_TYPES[typ]
         data = struct.pack(f"<{len(values)}{code}", *values)
         if len(data) <= 8:
             value = data.ljust(8, b"\0")
@@ -213,7 +213,7 @@ async def _fetch(lay: AssetLayout, url: str, ranges: list[tuple[int, int]]) -> d
             data = await result.bytes_async()
         except (oe.NotFoundError, oe.PreconditionError) as exc:
             raise StaleLayout(f"{type(exc).__name__}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
             if "412" in str(exc) or "Precondition" in str(exc):
                 raise StaleLayout("precondition failed") from None
             err = objects._error(lay.href, exc)
@@ -284,7 +284,7 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
         try:
             arrays = await asyncio.gather(*(loop.run_in_executor(_inflaters(), _inflate_tile, tile_bytes(*xy), lay)
                                             for xy in wanted))
-        except Exception as exc:  # not what the layout promised (a corrupt tile...): async-tiff's turn
+        except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
             log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
         else:
             decoded = dict(zip(wanted, arrays))
@@ -300,7 +300,7 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
     th, tw = lay.tile_height, lay.tile_width
     out = []
     for p in plans:
-        row0, col0, r0, r1, c0, c1 = p.window
+        row0, col0, r0, _r1, c0, _c1 = p.window
         tx0, ty0 = p.tiles[0]
         tx1, ty1 = p.tiles[-1]
         block = np.empty((lay.bands, (ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw), lay.dtype)

@@ -109,7 +109,7 @@ def locate(url: str | Path):
     if scheme in ("gs", "az", "abfs", "abfss"):
         try:
             store = _store(scheme, parts.netloc, None, s3_anonymous(), False)
-        except Exception as exc:  # obstore.exceptions.GenericError: settings missing from the environment
+        except Exception as exc:  # noqa: BLE001 - obstore.exceptions.GenericError: settings missing from the environment
             hint = (" (az://CONTAINER/KEY takes the account from AZURE_STORAGE_ACCOUNT_NAME)"
                     if scheme != "gs" else "")
             reason = _strip_urls(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
@@ -150,7 +150,7 @@ def get_bytes(url: str | Path) -> bytes:
     store, path = locate(url)
     try:
         return obstore.get(store, path).bytes().to_bytes()
-    except Exception as exc:  # obstore raises its own hierarchy and OSErrors
+    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
         raise _error(str(url), exc) from None
 
 
@@ -158,7 +158,7 @@ def head(url: str | Path) -> Meta:
     store, path = locate(url)
     try:
         meta = obstore.head(store, path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
         raise _error(str(url), exc, "stat") from None
     return Meta(int(meta["size"]), meta.get("e_tag"))
 
@@ -176,7 +176,7 @@ def get_ranges(url: str | Path, starts: Sequence[int], ends: Sequence[int]) -> l
     starts, ends = [int(s) for s in starts], [int(e) for e in ends]
     try:
         out = obstore.get_ranges(store, path, starts=starts, ends=ends)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
         raise _error(str(url), exc) from None
     return _check(str(url), starts, ends, out)
 
@@ -186,7 +186,7 @@ async def get_ranges_async(url: str | Path, starts: Sequence[int], ends: Sequenc
     starts, ends = [int(s) for s in starts], [int(e) for e in ends]
     try:
         out = await obstore.get_ranges_async(store, path, starts=starts, ends=ends)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
         raise _error(str(url), exc) from None
     return _check(str(url), starts, ends, out)
 
@@ -198,7 +198,7 @@ async def get_head_async(url: str | Path, length: int) -> tuple[bytes, Meta]:
     try:
         result = await obstore.get_async(store, path, options={"range": (0, int(length))})
         data = (await result.bytes_async()).to_bytes()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
         raise _error(str(url), exc) from None
     meta = result.meta
     return data, Meta(int(meta["size"]), meta.get("e_tag"))
