@@ -106,14 +106,15 @@ def plugins(as_json: bool, show_all: bool) -> None:
 @click.option("--chip-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Drop chips with a larger nodata fraction.")
 @click.option("--no-stats", is_flag=True, help="Index without cloud/nodata statistics (all 0).")
+@click.option("--no-layouts", is_flag=True, help="Do not record COG layouts (chips then open each file).")
 @click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
-def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath) -> None:
+def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath, no_layouts) -> None:
     """Index the chips of one STAC ITEM (a JSON file or URL) into OUTPUT."""
     from stacchip_core.core.index import write_index
     from stacchip_core.core.indexer import Indexer
 
     indexer = Indexer(item, chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
-                      stats=not no_stats, mountpath=mountpath)
+                      stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
     table = indexer.create_index()
     write_index(table, output)
     click.echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, {indexer.x_size} x {indexer.y_size} grid)")
@@ -139,9 +140,10 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
     item = item_for_row(record, mountpath)
     x, y = int(record["chip_index_x"]), int(record["chip_index_y"])
     with Chipper(item, assets=assets.split(",") if assets else None, mountpath=mountpath,
-                 chip_size=int(record["chip_size"]), platform=find_platform(record["platform"])) as chipper:
+                 chip_size=int(record["chip_size"]), platform=find_platform(record["platform"]),
+                 layouts=record.get("layouts")) as chipper:
         pixels = chipper.chip(x, y)
-        write_chip(output, pixels, chipper.grid, x, y, chipper.platform, metadata={"chipid": record["chipid"]})
+        write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
     click.echo(f"{output}: {record['chipid']}: {shapes}")
 

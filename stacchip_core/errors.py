@@ -25,6 +25,11 @@ class PluginError(StacchipError):
     """A plugin failed to load or implements a hook that does not exist."""
 
 
+class ObjectError(AssetError):
+    """An object (an asset or an item JSON) could not be read: missing, forbidden,
+    truncated, or the server kept failing. The message names the URL, redacted."""
+
+
 class UnsafeKeyError(StacchipError):
     """A store key built from an option or catalog data would leave its prefix."""
 

@@ -333,3 +333,25 @@ def index_tree(synthetic_scenes, tmp_path_factory):
         write_index(table, root / "index" / indexer.platform_name / indexer.item.id / f"index_{indexer.item.id}.parquet")
         counts[indexer.item.id] = len(table)
     return root, counts
+
+
+# --- items over a loopback HTTP object server (issue 10: cloud chips) -------------------
+
+@pytest.fixture
+def http_s2(synthetic_scenes, tmp_path):
+    """The synthetic S2 scene behind ``tests/rangeserver.py``: ``(server, item URL, folder)``.
+    Assets are copies (tests may rewrite or delete them) and the item's hrefs relative, so
+    they resolve against the item's URL; the server's counters start at zero."""
+    from rangeserver import RangeServer
+
+    src = Path(synthetic_scenes["s2"])
+    item = json.loads(src.read_text())
+    root = tmp_path / "served"
+    root.mkdir()
+    for asset in item["assets"].values():
+        if asset["href"].startswith(str(src.parent)):
+            shutil.copy(asset["href"], root / Path(asset["href"]).name)
+            asset["href"] = Path(asset["href"]).name
+    (root / "item.json").write_text(json.dumps(item))
+    with RangeServer(root) as server:
+        yield server, f"{server.url}/item.json", root

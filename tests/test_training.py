@@ -115,6 +115,10 @@ def test_a_failing_chip_is_replaced_by_a_spare(index, tmp_path):
     hrefs = table["item_href"].to_pylist()
     hrefs[victim] = str(tmp_path / "gone.json")
     broken = table.set_column(table.schema.get_field_index("item_href"), "item_href", pa.array(hrefs))
+    # without its layout the chip needs its (gone) item JSON
+    lays = broken["layouts"].to_pylist()
+    lays[victim] = None
+    broken = broken.set_column(broken.schema.get_field_index("layouts"), "layouts", pa.array(lays, pa.binary()))
     pq.write_table(broken, tmp_path / "broken.parquet")
     report = prechip(str(tmp_path / "broken.parquet"), str(tmp_path / "out"), cube_size=4, spares=1, cubes_per_job=1,
                      chip_filter=ChipFilter(max_nodata=1.0))

@@ -36,6 +36,9 @@ SCHEMA = pa.schema(
         ("nodata_percentage", pa.float32()),  # a fraction 0-1
         ("geometry", pa.binary()),  # WKB polygon, OGC:CRS84
         ("bbox", BBOX_TYPE),  # GeoParquet 1.1 covering column
+        # the item's COG layouts (core.layout): the same value on each of its rows, stored once
+        # per row group by Parquet's dictionary encoding; null when not recorded
+        ("layouts", pa.binary()),
     ]
 )
 
@@ -107,6 +110,7 @@ def build_table(
     nodata: np.ndarray,
     polygons: np.ndarray,
     bounds: np.ndarray,
+    layouts: bytes | None = None,
 ) -> pa.Table:
     """One row per chip, from arrays; no per-chip Python work but the chip id strings."""
     n = len(xs)
@@ -132,6 +136,8 @@ def build_table(
         "bbox": pa.StructArray.from_arrays(
             [pa.array(bounds[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)
         ),
+        "layouts": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([layouts], pa.binary()))
+        .cast(pa.binary()) if n else pa.array([], pa.binary()),
     }
     table = pa.table(columns, schema=SCHEMA)
     return with_geo_metadata(table, bounds)

@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pystac
 
-from stacchip_core.errors import PlatformError, StacchipError
+from stacchip_core.core.chipstats import ChipStats
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.index import build_table
+from stacchip_core.core.raster import AssetReader
+from stacchip_core.errors import PlatformError, StacchipError
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager, platform_for_item
-from stacchip_core.core.raster import AssetReader
-from stacchip_core.core.chipstats import ChipStats
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,14 @@ class Indexer:
         shape: tuple[int, int] | None = None,
         stats: bool = True,
         mountpath: str | Path | None = None,
+        layouts: bool = True,
     ) -> None:
         self.item = load_item(item)
         self.chip_size = chip_size
         self.chip_max_nodata = chip_max_nodata
         self.stats = stats
         self.mountpath = mountpath
+        self.layouts = layouts
         self.platform = self._resolve_platform(platform)
         self.grid = ChipGrid.from_item(self.item, chip_size, shape, mountpath=mountpath)
 
@@ -145,6 +147,21 @@ class Indexer:
             )
         return result.check(shape)
 
+    def asset_layouts(self) -> bytes | None:
+        """The encoded COG layouts of the assets a chipper reads (core.layout), from one
+        ranged read per asset, all at once; None when off or when no asset has one."""
+        from stacchip_core.core.layout import record_layouts
+        from stacchip_core.core.raster import unsigned_href
+
+        if self.platform is not None and self.platform.bands:
+            keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
+        else:
+            keys = [k for k, a in self.item.assets.items() if "tiff" in (a.media_type or "").lower()]
+        # unsigned: layouts are stored, and signed again right before each read
+        hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
+        t = self.grid.transform
+        return record_layouts(hrefs, (t.a, t.c, t.e, t.f))
+
     def create_index(self) -> pa.Table:
         """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""
         grid = self.grid
@@ -168,4 +185,5 @@ class Indexer:
             nodata=nodata[keep],
             polygons=polygons[keep],
             bounds=bounds[keep],
+            layouts=self.asset_layouts() if self.layouts else None,
         )

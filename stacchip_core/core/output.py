@@ -22,9 +22,9 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from stacchip_core.core.chip import band_names, stack_arrays
-from stacchip_core.errors import StacchipError
+from stacchip_core.core.chip import Chip, band_names, stack_arrays
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.errors import StacchipError
 from stacchip_core.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -69,26 +69,44 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
 
 def write_chip(
     path: str | Path,
-    chip: dict[str, np.ndarray],
-    grid: ChipGrid,
-    x: int,
-    y: int,
+    chip: Chip | Mapping[str, np.ndarray],
+    grid: ChipGrid | None = None,
+    x: int | None = None,
+    y: int | None = None,
     platform: Platform | None = None,
     metadata: dict | None = None,
 ) -> Path:
     """Write a chip as .npz (one array per asset), .tif (all bands, georeferenced) or
-    .png (RGB preview), atomically."""
+    .png (RGB preview), by the suffix of ``path``, atomically.
+
+    A :class:`~stacchip_core.core.chip.Chip` carries its own transform, CRS and band names
+    (``write_chip(path, chip)``); a plain mapping of arrays needs ``grid``, ``x`` and ``y``
+    for a .tif (and ``platform`` for band names)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".tif", ".tiff", ".png"):
         raise StacchipError(f"unsupported output {path.name!r}: use .npz, .tif or .png")
+    if isinstance(chip, Chip):
+        georef = (chip.transform, chip.crs.to_wkt(), list(chip.band_names))
+        if platform is None and chip.platform:
+            from stacchip_core.plugins import find_platform
+
+            platform = find_platform(chip.platform)
+        metadata = {"chipid": chip.chipid, **(metadata or {})}
+    elif grid is not None and x is not None and y is not None:
+        georef = (window_transform(Window(*grid.window(x, y)), grid.transform), grid.crs.to_wkt(),
+                  list(band_names(chip, platform)))
+    elif suffix in (".tif", ".tiff"):
+        raise StacchipError(f"cannot write {path.name}: a GeoTIFF needs a Chip, or grid, x and y")
+    else:
+        georef = (None, None, list(band_names(chip, platform)))
     from stacchip_core.io.files import publishing
 
     gdal_said: list[str] = []
     try:
         with publishing(path) as tmp, quiet_gdal() as gdal_said:
             try:
-                _write_chip_file(tmp, suffix, chip, grid, x, y, platform, metadata)
+                _write_chip_file(tmp, suffix, chip, georef, platform, metadata)
             finally:
                 Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
     except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
@@ -107,18 +125,18 @@ def _disk_full(folder: Path) -> bool:
         return False
 
 
-def _write_chip_file(tmp: Path, suffix: str, chip, grid, x, y, platform, metadata) -> None:
+def _write_chip_file(tmp: Path, suffix: str, chip, georef, platform, metadata) -> None:
     if suffix == ".npz":
         extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **chip, **extra)
         return
-    stack, names = band_stack(chip, platform)
+    transform, crs, names = georef
+    stack = stack_arrays(chip)
     if suffix == ".png":
         write_png(tmp, stretch_rgb(stack, names, platform.nodata if platform else None))
         return
-    transform = window_transform(Window(*grid.window(x, y)), grid.transform)
-    profile = {"driver": "GTiff", "crs": grid.crs.to_wkt(), "transform": transform, "compress": "deflate",
+    profile = {"driver": "GTiff", "crs": crs, "transform": transform, "compress": "deflate",
                "tiled": stack.shape[1] % 16 == 0, "blockxsize": min(256, stack.shape[2]),
                "blockysize": min(256, stack.shape[1])}
     with rasterio.open(tmp, "w", count=stack.shape[0], height=stack.shape[1],

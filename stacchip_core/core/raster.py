@@ -45,12 +45,17 @@ def resolve_href(href: str, mountpath: str | Path | None = None) -> str:
 def asset_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
     """Where to open ``asset`` now: resolved, then signed by the ``stacchip_sign_href`` hook
     (Planetary Computer SAS tokens, ...). Never store the result: signatures expire."""
+    return sign_href(unsigned_href(asset, mountpath), asset)
+
+
+def unsigned_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
+    """Where ``asset`` lies, resolved but not signed: what may be stored (COG layouts)."""
     href = asset.href
     # only relative hrefs are resolved against the item's location: pystac would turn a
     # local absolute path into a path on the catalog's host when the item has an https self link
     if not (urlparse(href).scheme or href.startswith("/")):
         href = asset.get_absolute_href() or href
-    return sign_href(resolve_href(href, mountpath), asset)
+    return resolve_href(href, mountpath)
 
 
 @dataclass(frozen=True)

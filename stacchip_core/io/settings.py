@@ -64,3 +64,19 @@ def apply_gdal_options() -> None:
     costs as much as reading the chip."""
     for key, value in gdal_options().items():
         os.environ.setdefault(key, value)
+
+
+def requester_pays() -> bool:
+    """Reads of ``s3://`` objects pay as the requester (``STACCHIP_REQUESTER_PAYS``)."""
+    return os.environ.get("STACCHIP_REQUESTER_PAYS", "").lower() in ("1", "true", "yes")
+
+
+def s3_anonymous() -> bool:
+    """Unsigned requests to public buckets (``STACCHIP_ANONYMOUS`` or GDAL's ``AWS_NO_SIGN_REQUEST``)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("STACCHIP_ANONYMOUS", "AWS_NO_SIGN_REQUEST"))
+
+
+def object_timeouts() -> tuple[float, int]:
+    """(seconds per request, retries) for object reads: ``STACCHIP_IO_TIMEOUT`` (default 30)
+    and ``STACCHIP_IO_RETRIES`` (default 4)."""
+    return float(os.environ.get("STACCHIP_IO_TIMEOUT") or 30), int(os.environ.get("STACCHIP_IO_RETRIES") or 4)

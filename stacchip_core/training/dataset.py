@@ -31,6 +31,12 @@ class ChipDataset:
         table = load_index(index) if not isinstance(index, pa.Table) else index
         if chip_filter is not None:
             table = chip_filter.apply(table)
+        if "layouts" in table.column_names and not pa.types.is_dictionary(table.schema.field("layouts").type):
+            # one layout per item, repeated on its rows: held once per item in memory
+            import pyarrow.compute as pc
+
+            i = table.column_names.index("layouts")
+            table = table.set_column(i, "layouts", pc.dictionary_encode(table.column(i)))
         self.table = table
         self.transform = transform
         self._bands = bands
@@ -48,20 +54,43 @@ class ChipDataset:
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitem__(self, i: int) -> dict:
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} chips")
-        row = self.table.slice(i, 1).to_pylist()[0]
+    def _rows(self, indices: list[int]) -> list[dict]:
+        n = len(self)
+        fixed = []
+        for i in indices:
+            i = int(i)
+            if i < 0:
+                i += n
+            if not 0 <= i < n:
+                raise IndexError(f"index {i} out of range for {n} chips")
+            fixed.append(i)
+        return self.table.take(fixed).to_pylist()
+
+    def _sample(self, row: dict, pixels: np.ndarray) -> dict:
         bbox = row["bbox"]
         sample = {
-            "pixels": self._reader(row["platform"]).read(row),
+            "pixels": pixels,
             "chipid": row["chipid"], "platform": row["platform"], "item_id": row["item_id"],
             "date": row["date"].isoformat(),
             "lon": (bbox["xmin"] + bbox["xmax"]) / 2, "lat": (bbox["ymin"] + bbox["ymax"]) / 2,
         }
         return self.transform(sample) if self.transform else sample
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """A batch of samples (torch's DataLoader calls this with a batch of indices): the
+        tiles of all its chips are fetched concurrently, per platform."""
+        rows = self._rows(list(indices))
+        pixels: list = [None] * len(rows)
+        by_platform: dict[str, list[int]] = {}
+        for j, row in enumerate(rows):
+            by_platform.setdefault(row["platform"], []).append(j)
+        for name, js in by_platform.items():
+            for j, arr in zip(js, self._reader(name).read_many([rows[j] for j in js])):
+                pixels[j] = arr
+        return [self._sample(row, px) for row, px in zip(rows, pixels)]
 
 
 class PlatformBatchSampler:

@@ -140,8 +140,11 @@ def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, 
         except Exception as exc:  # noqa: BLE001 - any read failure: report it, use a spare
             return None, f"{row['chipid']}: {exc}"
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(read, rows))
+    try:  # the whole cube at once: all its tiles fetched concurrently (rows with COG layouts)
+        results = [(pixels, None) for pixels in reader.read_many(rows)]
+    except Exception:  # noqa: BLE001 - some chip failed: read one by one to learn which, spares replace them
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            results = list(pool.map(read, rows))
     kept: list[tuple[dict, np.ndarray]] = []
     failed: list[str] = []
     for row, (pixels, error) in zip(rows, results):

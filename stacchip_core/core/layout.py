@@ -1,0 +1,218 @@
+"""COG layouts: what a reader needs to fetch any chip of an asset without opening the file.
+
+Recorded at index time with one small ranged read per asset (the header; it also returns the
+object's size and ETag), stored in the index's ``layouts`` column (one value per item, the
+same on each of its rows, so Parquet's dictionary encoding stores it once per row group).
+
+Encoding of one item's layouts: ``b"SCL1"`` + zlib(u32 JSON length + JSON ``{"grid": [a, c,
+e, f], "assets": [per-asset scalars]}`` + each asset's tile offsets (u64 LE) then byte counts
+(u32 LE)). JSON keeps the scalars readable and versionable; the tile tables are the bulk and
+stay binary. ``grid`` is the item's chip grid (pixel size and origin) as the indexer saw it, so
+readers need not derive it. Hrefs are stored unsigned: they are signed (``stacchip_sign_href``)
+right before each read, since signatures expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stacchip_core.errors import StacchipError
+from stacchip_core.io import objects
+from stacchip_core.io.urls import redact
+from stacchip_core.plugins import sign_href
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SCL1"
+HEADER_PREFETCH = 65536  # S2/Landsat COG headers (all IFDs) fit in 16-40 KiB
+
+# TIFF sample formats (1 uint, 2 int, 3 float) and bits -> numpy dtype
+_DTYPES = {(1, 8): "uint8", (1, 16): "uint16", (1, 32): "uint32", (2, 8): "int8", (2, 16): "int16",
+           (2, 32): "int32", (3, 32): "float32", (3, 64): "float64", (1, 64): "uint64", (2, 64): "int64"}
+# codecs the layout path decodes (async-tiff); anything else is read through rasterio
+SUPPORTED_COMPRESSION = {1, 5, 8, 32946, 50000}
+
+
+@dataclass
+class AssetLayout:
+    key: str
+    href: str
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    dtype: str
+    bands: int
+    planar: int
+    compression: int
+    predictor: int
+    nodata: float | None
+    size: int
+    etag: str | None
+    transform: tuple[float, float, float, float]  # (a, c, e, f): pixel width, x origin, pixel height, y origin
+    offsets: np.ndarray = field(repr=False)
+    counts: np.ndarray = field(repr=False)
+
+    @property
+    def tiles_across(self) -> int:
+        return -(-self.width // self.tile_width)
+
+    @property
+    def supported(self) -> bool:
+        return (self.compression in SUPPORTED_COMPRESSION and self.predictor in (1, 2, 3)
+                and (self.planar == 1 or self.bands == 1))
+
+    def scalars(self) -> dict:
+        return {k: getattr(self, k) for k in ("key", "href", "width", "height", "tile_width", "tile_height",
+                                              "dtype", "bands", "planar", "compression", "predictor", "nodata",
+                                              "size", "etag", "transform")} | {"tiles": len(self.offsets)}
+
+
+class ItemLayouts(dict):
+    """``{asset key: AssetLayout}`` of one item, with ``grid``: the item's chip grid as
+    ``(a, c, e, f)`` (pixel width, x origin, pixel height, y origin), or None."""
+
+    grid: tuple[float, float, float, float] | None = None
+
+
+def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, float] | None = None) -> bytes:
+    layouts = list(layouts)
+    meta = json.dumps({"grid": list(grid) if grid else None, "assets": [lay.scalars() for lay in layouts]},
+                      separators=(",", ":")).encode()
+    parts = [struct.pack("<I", len(meta)), meta]
+    for lay in layouts:
+        parts.append(np.asarray(lay.offsets, "<u8").tobytes())
+        parts.append(np.asarray(lay.counts, "<u4").tobytes())
+    return MAGIC + zlib.compress(b"".join(parts), 6)
+
+
+def decode(blob: bytes) -> ItemLayouts:
+    """``{asset key: AssetLayout}`` (with ``.grid``) from :func:`encode`'s bytes."""
+    if not blob or blob[:4] != MAGIC:
+        raise StacchipError("not a stacchip layout (unknown encoding)")
+    raw = zlib.decompress(blob[4:])
+    (n,) = struct.unpack_from("<I", raw)
+    doc = json.loads(raw[4:4 + n])
+    out = ItemLayouts()
+    if isinstance(doc, list):  # written before the grid was stored
+        metas = doc
+    else:
+        metas = doc["assets"]
+        out.grid = tuple(doc["grid"]) if doc.get("grid") else None
+    pos = 4 + n
+    for m in metas:
+        t = m.pop("tiles")
+        offsets = np.frombuffer(raw, "<u8", t, pos).astype(np.int64)
+        pos += 8 * t
+        counts = np.frombuffer(raw, "<u4", t, pos).astype(np.int64)
+        pos += 4 * t
+        m["transform"] = tuple(m["transform"])
+        out[m["key"]] = AssetLayout(**m, offsets=offsets, counts=counts)
+    return out
+
+
+class _Decoded:
+    """A small LRU of decoded layout blobs: an epoch touches each item's blob many times."""
+
+    def __init__(self, maxsize: int = 1024) -> None:
+        self.maxsize = maxsize
+        self._d: OrderedDict[bytes, ItemLayouts] = OrderedDict()
+
+    def get(self, blob: bytes) -> ItemLayouts:
+        hit = self._d.get(blob)
+        if hit is None:
+            hit = self._d[blob] = decode(blob)
+            if len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+        else:
+            self._d.move_to_end(blob)
+        return hit
+
+
+decoded = _Decoded()
+
+
+class HeaderInput:
+    """An obspec input for async-tiff: bytes it already has (a header, prefetched tiles) are
+    served from memory; anything else is read from the object through the I/O layer."""
+
+    def __init__(self, url: str, header: bytes, tiles: dict | None = None) -> None:
+        self.url, self.header = url, header
+        self.tiles = tiles if tiles is not None else {}
+
+    async def get_range_async(self, path, *, start, end=None, length=None):
+        end = start + length if end is None else end
+        if end <= len(self.header):
+            return self.header[start:end]
+        hit = self.tiles.get((start, end))
+        if hit is not None:
+            return hit
+        return (await objects.get_ranges_async(self.url, [start], [end]))[0]
+
+    async def get_ranges_async(self, path, *, starts, ends=None, lengths=None):
+        ends = [s + n for s, n in zip(starts, lengths)] if ends is None else ends
+        return [await self.get_range_async(path, start=s, end=e) for s, e in zip(starts, ends)]
+
+
+async def read_layout(key: str, href: str) -> AssetLayout | None:
+    """The layout of one asset from one ranged read (more only if its header is larger);
+    None (and a log line) when it is not a tiled TIFF that the layout path can read."""
+    from async_tiff import TIFF
+
+    signed = sign_href(href)  # at read time; the layout keeps ``href`` unsigned
+    try:
+        header, meta = await objects.get_head_async(signed, HEADER_PREFETCH)
+    except StacchipError as exc:  # best effort: chips of this asset then open the file
+        log.warning("no layout for asset %r: %s", key, exc)
+        return None
+    if header[:2] != b"II":  # chips are decoded as little-endian (the synthetic header says so)
+        log.info("no layout for %s: not a little-endian TIFF", redact(href))
+        return None
+    try:
+        tiff = await TIFF.open("x", store=HeaderInput(signed, header), prefetch=len(header))
+    except Exception as exc:  # noqa: BLE001 - not a TIFF (a JP2, a PNG...): rasterio reads it
+        log.info("no layout for %s: %s", redact(href), exc)
+        return None
+    ifd = tiff.ifds[0]
+    if ifd.tile_offsets is None or ifd.tile_width is None:
+        log.info("no layout for %s: not tiled", redact(href))
+        return None
+    fmt = int(ifd.sample_format[0]) if ifd.sample_format else 1
+    dtype = _DTYPES.get((fmt, int(ifd.bits_per_sample[0])))
+    scale, tie = ifd.model_pixel_scale, ifd.model_tiepoint
+    if dtype is None or not scale or not tie:
+        log.info("no layout for %s: unsupported sample type or no georeferencing", redact(href))
+        return None
+    a, e = float(scale[0]), -float(scale[1])
+    c, f = float(tie[3]) - tie[0] * a, float(tie[4]) - tie[1] * e
+    nodata = ifd.gdal_nodata
+    return AssetLayout(
+        key=key, href=href, width=int(ifd.image_width), height=int(ifd.image_height),
+        tile_width=int(ifd.tile_width), tile_height=int(ifd.tile_height), dtype=dtype,
+        bands=int(ifd.samples_per_pixel), planar=int(ifd.planar_configuration), compression=int(ifd.compression),
+        predictor=int(ifd.predictor or 1), nodata=float(nodata) if nodata not in (None, "") else None,
+        size=meta.size, etag=meta.etag, transform=(a, c, e, f),
+        offsets=np.asarray(ifd.tile_offsets, np.int64), counts=np.asarray(ifd.tile_byte_counts, np.int64),
+    )
+
+
+async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
+    return await asyncio.gather(*(read_layout(k, h) for k, h in hrefs.items()))
+
+
+def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float] | None = None) -> bytes | None:
+    """The encoded layouts of ``{asset key: unsigned href}``, read concurrently, with the
+    item's chip ``grid`` ``(a, c, e, f)``; None if no asset has one."""
+    if not hrefs or not objects.usable():
+        return None
+    found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
+    return encode(found, grid) if found else None

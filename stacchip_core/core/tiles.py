@@ -1,0 +1,375 @@
+"""Chips from layouts: the byte ranges of exactly the tiles a chip touches, fetched for all
+assets (and all chips of a batch) concurrently, decoded by async-tiff in its Rust thread pool
+(off the event loop, without the GIL), cropped and expanded exactly as
+:func:`stacchip_core.core.raster.read_chip_window` does.
+
+No item JSON and no header request: a synthetic one-IFD BigTIFF header made from the layout
+lets async-tiff decode the tiles. Reads send ``If-Match: <ETag>`` (where the layout has one)
+and check the object size, so a changed or missing object raises :class:`StaleLayout` and the
+caller falls back to rasterio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from stacchip_core.core.layout import AssetLayout, HeaderInput
+from stacchip_core.errors import AssetError, ObjectError
+from stacchip_core.io import objects
+from stacchip_core.io.urls import redact
+from stacchip_core.plugins import sign_href
+
+log = logging.getLogger(__name__)
+
+COALESCE_GAP = 64 * 1024  # merge tile ranges closer than this into one request
+_POOL = None
+
+
+class StaleLayout(Exception):
+    """The object behind a layout changed or is gone: read it through rasterio instead."""
+
+
+# layouts found stale in this process, by (href, etag, size): later chips skip their request
+_STALE: dict[tuple, StaleLayout] = {}
+
+
+class Unsupported(Exception):
+    """The layout path cannot read this asset for this grid (odd codec, offset grid...)."""
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from async_tiff import ThreadPool
+
+        _POOL = ThreadPool(max(1, os.cpu_count() or 1))
+    return _POOL
+
+
+def _reset_pool() -> None:
+    global _POOL, _INFLATERS
+    _POOL = None
+    _INFLATERS = None
+
+
+_INFLATERS = None
+
+
+def _inflaters():
+    """Threads for libdeflate (it releases the GIL)."""
+    global _INFLATERS
+    if _INFLATERS is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _INFLATERS = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="stacchip-inflate")
+    return _INFLATERS
+
+
+def _inflate_tile(buf, lay: AssetLayout) -> np.ndarray:
+    """One deflate tile (predictor 1 or 2, integers) as (th, tw, bands): libdeflate, then the
+    horizontal predictor undone by a wrapping cumulative sum. Measured on full-size S2 tiles
+    (512 px uint16): 1.4 ms a tile vs 2.2 for async-tiff's decoder and 2.5 for zlib."""
+    import deflate
+
+    dtype = np.dtype(lay.dtype).newbyteorder("<")  # layouts are recorded from little-endian TIFFs only
+    size = lay.tile_height * lay.tile_width * lay.bands * dtype.itemsize
+    arr = np.frombuffer(deflate.zlib_decompress(buf, size), dtype).reshape(lay.tile_height, lay.tile_width, lay.bands)
+    if lay.predictor == 2:
+        arr = np.cumsum(arr, axis=1, dtype=dtype)
+    return arr
+
+
+def _libdeflate_decodes(lay: AssetLayout) -> bool:
+    return lay.compression in (8, 32946) and lay.predictor in (1, 2) and np.dtype(lay.dtype).kind in "ui"
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The chip grid as the layout path needs it: resolution, origin, chip size."""
+
+    a: float
+    c: float
+    e: float
+    f: float
+    chip_size: int
+
+    @classmethod
+    def from_grid(cls, grid) -> GridSpec:
+        t = grid.transform
+        return cls(t.a, t.c, t.e, t.f, grid.chip_size)
+
+    @classmethod
+    def from_layouts(cls, layouts: dict[str, AssetLayout], chip_size: int) -> GridSpec:
+        """The item's grid as the indexer recorded it; for older layouts, the grid of the
+        finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata)."""
+        grid = getattr(layouts, "grid", None)
+        if grid:
+            return cls(*grid, chip_size)
+        finest = min(layouts.values(), key=lambda lay: abs(lay.transform[0]))
+        a, c, e, f = finest.transform
+        return cls(a, c, e, f, chip_size)
+
+
+def factor_for(lay: AssetLayout, grid: GridSpec) -> int:
+    """Grid pixels per asset pixel, or Unsupported when not a whole, aligned factor."""
+    a, c, e, f = lay.transform
+    fx, fy = abs(a) / abs(grid.a), abs(e) / abs(grid.e)
+    k = round(fx)
+    if k < 1 or not math.isclose(fx, k, rel_tol=1e-6) or not math.isclose(fy, k, rel_tol=1e-6):
+        raise Unsupported(f"{lay.key}: factor {fx:g} x {fy:g}")
+    tol = 0.01 * abs(grid.a)
+    if abs(c - grid.c) > tol or abs(f - grid.f) > tol:
+        raise Unsupported(f"{lay.key}: origin differs from the grid's")
+    if not lay.supported:
+        raise Unsupported(f"{lay.key}: compression {lay.compression}, predictor {lay.predictor}")
+    return k
+
+
+def _window(lay: AssetLayout, grid: GridSpec, factor: int, x: int, y: int):
+    cs = grid.chip_size
+    col0, row0 = x * cs, y * cs
+    r0, r1 = row0 // factor, (row0 + cs - 1) // factor + 1
+    c0, c1 = col0 // factor, (col0 + cs - 1) // factor + 1
+    if r1 > lay.height or c1 > lay.width:
+        raise Unsupported(f"{lay.key}: chip ({x}, {y}) beyond the image")
+    return row0, col0, r0, r1, c0, c1
+
+
+def _tiles(lay: AssetLayout, r0, r1, c0, c1) -> list[tuple[int, int]]:
+    th, tw = lay.tile_height, lay.tile_width
+    return [(tx, ty) for ty in range(r0 // th, (r1 - 1) // th + 1) for tx in range(c0 // tw, (c1 - 1) // tw + 1)]
+
+
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
+
+
+def synth_header(lay: AssetLayout) -> bytes:
+    """A minimal little-endian BigTIFF with one IFD describing the asset's full-resolution
+    image, its tile offsets and byte counts pointing into the real object."""
+    bits = np.dtype(lay.dtype).itemsize * 8
+    fmt = {"u": 1, "i": 2, "f": 3}[np.dtype(lay.dtype).kind]
+    spp = lay.bands
+    tags = [
+        (256, 4, [lay.width]), (257, 4, [lay.height]), (258, 3, [bits] * spp), (259, 3, [lay.compression]),
+        (262, 3, [1]), (277, 3, [spp]), (284, 3, [lay.planar]), (317, 3, [lay.predictor]),
+        (322, 4, [lay.tile_width]), (323, 4, [lay.tile_height]),
+        (324, 16, [int(v) for v in lay.offsets]), (325, 16, [int(v) for v in lay.counts]), (339, 3, [fmt] * spp),
+    ]
+    ifd_size = 8 + 20 * len(tags) + 8
+    extra = bytearray()
+    entries = bytearray()
+    base = 16 + ifd_size
+    for tag, typ, values in tags:
+        code, _size = _TIFF_TYPES[typ]
+        data = struct.pack(f"<{len(values)}{code}", *values)
+        if len(data) <= 8:
+            value = data.ljust(8, b"\0")
+        else:
+            value = struct.pack("<Q", base + len(extra))
+            extra += data
+            if len(extra) % 2:
+                extra += b"\0"
+        entries += struct.pack("<HHQ", tag, typ, len(values)) + value
+    return (b"II" + struct.pack("<HHHQ", 43, 8, 0, 16) + struct.pack("<Q", len(tags)) + bytes(entries)
+            + struct.pack("<Q", 0) + bytes(extra))
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for s, e in sorted(set(ranges)):
+        if merged and s - merged[-1][1] <= COALESCE_GAP:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+async def _fetch(lay: AssetLayout, url: str, ranges: list[tuple[int, int]]) -> dict[tuple[int, int], memoryview]:
+    """The bytes of ``ranges`` of one object (at ``url``: the layout's href, signed):
+    coalesced, concurrent, conditional on the ETag."""
+    import obstore
+    import obstore.exceptions as oe
+
+    store, path = objects.locate(url)
+    merged = _coalesce(ranges)
+
+    async def one(s: int, e: int):
+        options = {"range": (s, e)}
+        if lay.etag:
+            options["if_match"] = lay.etag
+        try:
+            result = await obstore.get_async(store, path, options=options)
+            data = await result.bytes_async()
+        except (oe.NotFoundError, oe.PreconditionError) as exc:
+            raise StaleLayout(f"{type(exc).__name__}") from None
+        except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
+            if "412" in str(exc) or "Precondition" in str(exc):
+                raise StaleLayout("precondition failed") from None
+            err = objects._error(lay.href, exc)
+            if str(err).endswith(": not found"):
+                raise StaleLayout("object not found") from None
+            raise err from None
+        if int(result.meta["size"]) != lay.size:
+            raise StaleLayout(f"size {result.meta['size']} != {lay.size}")
+        if len(data) != e - s:
+            raise ObjectError(f"cannot read {redact(lay.href)}: truncated (bytes {s}-{e} gave {len(data)})")
+        return s, memoryview(data)
+
+    blocks = await asyncio.gather(*(one(s, e) for s, e in merged))
+    out = {}
+    for s, e in ranges:
+        for bs, buf in blocks:
+            if bs <= s and e <= bs + len(buf):
+                out[(s, e)] = buf[s - bs:e - bs]
+                break
+    return out
+
+
+@dataclass
+class ChipPlan:
+    """One chip of one asset: where its native window lies and which tiles it needs."""
+
+    lay: AssetLayout
+    factor: int
+    window: tuple
+    tiles: list[tuple[int, int]]
+
+
+def plan(lay: AssetLayout, grid: GridSpec, x: int, y: int) -> ChipPlan:
+    factor = factor_for(lay, grid)
+    window = _window(lay, grid, factor, x, y)
+    return ChipPlan(lay, factor, window, _tiles(lay, *window[2:]))
+
+
+def _ranges(p: ChipPlan) -> list[tuple[int, int]]:
+    tpr = p.lay.tiles_across
+    out = []
+    for tx, ty in p.tiles:
+        i = ty * tpr + tx
+        n = int(p.lay.counts[i])
+        if n:
+            s = int(p.lay.offsets[i])
+            out.append((s, s + n))
+    return out
+
+
+async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list[np.ndarray]:
+    """All chips of one asset in a batch: one fetch (coalesced), one decode per distinct tile."""
+    from async_tiff import TIFF
+
+    ranges = [r for p in plans for r in _ranges(p)]
+    url = sign_href(lay.href)  # right before the read: signatures expire, layouts keep hrefs unsigned
+    data = await _fetch(lay, url, ranges) if ranges else {}
+    tpr = lay.tiles_across
+    wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
+    decoded: dict[tuple[int, int], np.ndarray] = {}
+    if wanted and _libdeflate_decodes(lay):
+        loop = asyncio.get_running_loop()
+
+        def tile_bytes(tx, ty):
+            s = int(lay.offsets[ty * tpr + tx])
+            return data[(s, s + int(lay.counts[ty * tpr + tx]))]
+
+        try:
+            arrays = await asyncio.gather(*(loop.run_in_executor(_inflaters(), _inflate_tile, tile_bytes(*xy), lay)
+                                            for xy in wanted))
+        except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
+            log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
+        else:
+            decoded = dict(zip(wanted, arrays))
+    if wanted and not decoded:
+        header = synth_header(lay)
+        tiff = await TIFF.open("x", store=HeaderInput(url, header, data), prefetch=len(header))
+        tiles = await tiff.fetch_tiles(wanted, 0)
+        arrays = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
+        for xy, arr in zip(wanted, arrays):
+            decoded[xy] = np.asarray(arr)
+    fill = lay.nodata if lay.nodata is not None and not np.isnan(lay.nodata) else (
+        np.nan if lay.nodata is not None else 0)
+    th, tw = lay.tile_height, lay.tile_width
+    out = []
+    for p in plans:
+        row0, col0, r0, _r1, c0, _c1 = p.window
+        tx0, ty0 = p.tiles[0]
+        tx1, ty1 = p.tiles[-1]
+        block = np.empty((lay.bands, (ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw), lay.dtype)
+        for tx, ty in p.tiles:
+            arr = decoded.get((tx, ty))
+            view = block[:, (ty - ty0) * th:(ty - ty0 + 1) * th, (tx - tx0) * tw:(tx - tx0 + 1) * tw]
+            if arr is None:  # a sparse tile (offset/byte count 0): GDAL reads nodata, or 0
+                view[...] = fill
+            else:
+                view[...] = np.moveaxis(arr.reshape(th, tw, lay.bands), 2, 0)
+        rb, cb = r0 - ty0 * th, c0 - tx0 * tw
+        if p.factor == 1:
+            out.append(np.ascontiguousarray(block[:, rb:rb + cs, cb:cb + cs]))
+        else:
+            rows = (row0 + np.arange(cs)) // p.factor - r0 + rb
+            cols = (col0 + np.arange(cs)) // p.factor - c0 + cb
+            out.append(block[:, rows[:, None], cols[None, :]])
+    return out
+
+
+async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequence[Sequence[str]],
+                           grids: Sequence[GridSpec], xys: Sequence[tuple[int, int]]) -> list[dict]:
+    """Chips ``xys[i]`` of assets ``keys[i]`` described by ``layouts[i]`` on ``grids[i]``.
+
+    Returns per chip ``{key: array (bands, cs, cs)}``, or ``{key: exception}`` entries for
+    assets the caller must read through rasterio (:class:`StaleLayout`, :class:`Unsupported`).
+    Chips of the same object share one coalesced fetch and one decode per tile.
+    """
+    results: list[dict] = [{} for _ in xys]
+    groups: dict[tuple, list[tuple[int, ChipPlan]]] = {}
+    lays: dict[tuple, AssetLayout] = {}
+    for i, (lay_map, ks, grid, (x, y)) in enumerate(zip(layouts, keys, grids, xys)):
+        for k in ks:
+            lay = lay_map.get(k)
+            if lay is None:
+                results[i][k] = Unsupported(f"{k}: no layout")
+                continue
+            try:
+                p = plan(lay, grid, x, y)
+            except Unsupported as exc:
+                results[i][k] = exc
+                continue
+            gk = (lay.href, lay.etag, lay.size, grid.chip_size)
+            groups.setdefault(gk, []).append((i, p))
+            lays[gk] = lay
+
+    async def group(gk):
+        members = groups[gk]
+        try:
+            known = _STALE.get(gk[:3])
+            if known is not None:  # found stale before: no request, straight to the fallback
+                raise known
+            arrays = await _asset_chips(lays[gk], [p for _, p in members], gk[3])
+        except StaleLayout as exc:
+            _STALE[gk[:3]] = exc
+            if len(_STALE) > 10_000:  # bounded over a long epoch
+                _STALE.pop(next(iter(_STALE)))
+            for i, p in members:
+                results[i][p.lay.key] = exc
+            return
+        except ObjectError as exc:
+            raise AssetError(f"asset {members[0][1].lay.key!r}: {exc}") from None
+        for (i, p), arr in zip(members, arrays):
+            results[i][p.lay.key] = arr
+
+    await asyncio.gather(*(group(gk) for gk in groups))
+    return results
+
+
+def read_batch(layouts, keys, grids, xys) -> list[dict]:
+    """:func:`read_batch_async` from sync code, on the I/O layer's event loop."""
+    return objects.run(read_batch_async(layouts, keys, grids, xys))
