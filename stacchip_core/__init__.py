@@ -21,6 +21,7 @@ from stacchip_core.errors import (
     CubeError,
     GridError,
     IndexFormatError,
+    ItemError,
     NotFoundError,
     ObjectError,
     OutputError,
@@ -45,7 +46,7 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "AssetError", "Band", "Catalog", "CatalogError", "ChipGrid", "ChipStats", "Chipper", "ConfigError", "CubeError",
-    "GridError", "IndexFormatError", "Indexer", "NativeBand", "NotFoundError", "ObjectError", "OutputError", "Platform",
+    "GridError", "IndexFormatError", "Indexer", "ItemError", "NativeBand", "NotFoundError", "ObjectError", "OutputError", "Platform",
     "PlatformError", "PluginError", "ProjectionError", "Sample", "SampleAttributeError", "SampleError",
     "ShapeError", "StacchipError", "Store", "UnsafeKeyError", "bit_mask",
     "chip_from_row", "class_mask", "hookimpl", "hookimpl_for", "item_for_row", "merge", "read_index",

@@ -42,6 +42,10 @@ class GridError(StacchipError):
     """The chip grid of an item is degenerate (empty, too large, rotated, non-square pixels)."""
 
 
+class ItemError(StacchipError):
+    """A STAC item cannot be read, or lacks what every index needs (a datetime)."""
+
+
 class ConfigError(StacchipError):
     """An option, environment variable or setting is missing, malformed or unsupported
     (a job index that is not a number, an unknown scheduler, an optional dependency a

@@ -3,8 +3,8 @@ import shutil
 import numpy as np
 import pytest
 from affine import Affine
-
 from conftest import load
+
 from stacchip_core import AssetError, Chipper, Indexer, chip_from_row
 from stacchip_core.core.output import write_cog
 from stacchip_core.demo.synthetic import band_pattern

@@ -212,11 +212,14 @@ def test_http_timeout_is_one_clear_error(served, monkeypatch):
     from stacchip_core.io.objects import _store
 
     _store.cache_clear()
-    server.faults["/a.tif"] = ["stall"]
+    # every request stalls, however many attempts the client makes: once, in a run of many test
+    # files under load, this read succeeded with a single stall (cause not found; retries are 0)
+    server.faults["/a.tif"] = ["stall"] * 4
     try:
         with pytest.raises(AssetError, match="timed out"):
             read_batch([lays], [["a"]], [GridSpec.from_layouts(lays, CS)], [(0, 0)])
     finally:
+        server.faults.pop("/a.tif", None)
         _store.cache_clear()
 
 

@@ -113,6 +113,40 @@ def _unknown_platform(tmp_path):
 
 
 # (case, the error it raises, a phrase of its message, the type of the chained cause or None)
+def _missing_item(tmp_path):
+    from stacchip_core import Indexer
+
+    Indexer(tmp_path / "missing.json")
+
+
+def _not_an_item(tmp_path):
+    from stacchip_core import Indexer
+
+    (tmp_path / "item.json").write_text("{not json")
+    Indexer(tmp_path / "item.json")
+
+
+def _row_without_item(tmp_path):
+    from stacchip_core.core.chipper import chip_from_row
+
+    chip_from_row({"chipid": "a-0-0", "chip_index_x": 0, "chip_index_y": 0})
+
+
+def _unsupported_chip_output(tmp_path):
+    from stacchip_core.core.chip import Chip
+    from stacchip_core.core.output import write_chip
+
+    chip = Chip(arrays={"red": np.zeros((1, 4, 4), "uint16")}, transform=Affine.identity(),
+                crs=pyproj.CRS.from_epsg(32633), item_id="a", x=0, y=0, band_names=("red",))
+    write_chip(tmp_path / "chip.jpg", chip)
+
+
+def _unsupported_store(tmp_path):
+    from stacchip_core.io.store import open_store
+
+    open_store("ftp://host/prefix")
+
+
 CASES = [
     (_parse_range, errors.ConfigError, "'5:2' is empty or negative", None),
     (_bad_range, errors.ConfigError, "'a:b' is not of the form a:b", ValueError),
@@ -129,6 +163,11 @@ CASES = [
     (_cubes_disagree, errors.CubeError, "cubes of p disagree on bands: ['red', 'nir'] vs ['nir', 'red']", None),
     (_not_an_index, errors.IndexFormatError, "is not a readable index", Exception),
     (_unknown_platform, errors.PlatformError, "unknown platform 'no-such-platform'", KeyError),
+    (_missing_item, errors.ItemError, "no such item file", FileNotFoundError),
+    (_not_an_item, errors.ItemError, "cannot read STAC item", ValueError),
+    (_row_without_item, errors.IndexFormatError, "index row 'a-0-0' has no item_href", None),
+    (_unsupported_chip_output, errors.OutputError, "unsupported output 'chip.jpg'", None),
+    (_unsupported_store, errors.ConfigError, "unsupported store location 'ftp://host/prefix'", None),
 ]
 
 

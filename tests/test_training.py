@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 
 from stacchip_core import Chipper, Indexer
+from stacchip_core.demo.synthetic import band_pattern
 from stacchip_core.training.bandstats import Moments, band_stats, moments
 from stacchip_core.training.dataset import ChipDataset, PlatformBatchSampler
 from stacchip_core.training.prechip import ChipFilter, plan_cubes, prechip
-from stacchip_core.demo.synthetic import band_pattern
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import pystac
@@ -24,11 +25,14 @@ from stacchip_core.core.raster import (
     resolve_href,
     unsigned_href,
 )
-from stacchip_core.errors import AssetError, PlatformError, StacchipError
+from stacchip_core.errors import AssetError, IndexFormatError, PlatformError
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.io.store import read_url
 from stacchip_core.platform import Platform, unresolved_bands_message
 from stacchip_core.plugins import find_platform, get_platform, platform_for_item
+
+if TYPE_CHECKING:  # imported on first use: obstore and async-tiff load only for remote reads
+    from stacchip_core.core.tiles import GridSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +86,14 @@ class Chipper:
         self.assets = self._select_assets(assets, blacklist)
         apply_gdal_options()
         self._cache = DatasetCache()
-        self._factors: dict[str, int] = {}
+        self._factors: dict[str, int | None] = {}  # None: off the lattice, resampled
         self._pool: ThreadPoolExecutor | None = None  # kept: its threads keep their open handles
         # COG layouts (core.layout): from the index row, else recorded on first use (one ranged
         # read per asset instead of rasterio's probe + header per asset)
         self.use_layouts = use_layouts
         self._layout_blob = layouts
         self._layouts: dict | None = None
-        self._spec = None
+        self._spec: GridSpec | None = None
         self._remote: bool | None = None
 
     def _platform(self, platform) -> Platform | None:
@@ -139,7 +143,7 @@ class Chipper:
         for index in range(len(self)):
             yield self[index]
 
-    def __enter__(self) -> Chipper:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,7 +188,7 @@ class Chipper:
         try:
             return read_chip_window(ds, self.grid, self._factors[key], x, y, resampling=self.resampling)
         except RasterioError as exc:
-            raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from None
+            raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from exc
 
     def chip(self, x: int, y: int) -> Chip:
         """Chip (x, y): a :class:`~stacchip_core.core.chip.Chip`, the mapping ``{asset key:
@@ -265,7 +269,7 @@ def item_for_row(row: dict, mountpath: str | Path | None = None) -> pystac.Item:
     """The STAC item an index row points at (its ``item_href``)."""
     href = row.get("item_href")
     if not href:
-        raise StacchipError(f"index row {row.get('chipid')!r} has no item_href; load the item yourself")
+        raise IndexFormatError(f"index row {row.get('chipid')!r} has no item_href; load the item yourself")
     data = json.loads(read_url(resolve_href(href, mountpath)))
     item = pystac.Item.from_dict(data)
     item.set_self_href(href)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
-from stacchip_core.errors import StacchipError
 from stacchip_core.core.grid import CRS84
+from stacchip_core.errors import IndexFormatError, NotFoundError
 
 GEOPARQUET_VERSION = "1.1.0"
 
@@ -115,7 +115,7 @@ def build_table(
     """One row per chip, from arrays; no per-chip Python work but the chip id strings."""
     n = len(xs)
     # numpy datetimes: converting Python datetime objects would make pyarrow import pandas
-    utc = (when.astimezone(timezone.utc) if when.tzinfo else when).replace(tzinfo=None)
+    utc = (when.astimezone(UTC) if when.tzinfo else when).replace(tzinfo=None)
     stamp = np.datetime64(utc, "us")
     xs_str = xs.astype(str)
     ys_str = ys.astype(str)
@@ -171,12 +171,12 @@ def find_row(path: str | Path, row: int | None = None, chipid: str | None = None
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise StacchipError(f"{path} is not a readable index: {exc}") from None
+        raise IndexFormatError(f"{path} is not a readable index: {exc}") from exc
     if chipid is not None:
         table = table.filter(pc.equal(table.column("chipid"), chipid))
         if len(table) == 0:
-            raise StacchipError(f"chip {chipid!r} is not in {path}")
+            raise NotFoundError(f"chip {chipid!r} is not in {path}")
         return table.slice(0, 1).to_pylist()[0]
     if row is None or not 0 <= row < len(table):
-        raise StacchipError(f"row {row} is out of range: {path} has {len(table)} rows")
+        raise NotFoundError(f"row {row} is out of range: {path} has {len(table)} rows")
     return table.slice(row, 1).to_pylist()[0]

@@ -16,7 +16,7 @@ from stacchip_core.core.chipstats import ChipStats
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.index import build_table
 from stacchip_core.core.raster import AssetReader
-from stacchip_core.errors import PlatformError, StacchipError
+from stacchip_core.errors import ItemError, PlatformError
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager, platform_for_item
 
@@ -38,16 +38,16 @@ def load_item(item: pystac.Item | dict | str | Path) -> pystac.Item:
 def _item_from_file(item: str | Path) -> pystac.Item:
     try:
         return pystac.Item.from_file(str(item))
-    except FileNotFoundError:
-        raise StacchipError(f"no such item file: {item}") from None
-    except Exception as exc:  # JSON or STAC structure errors
-        raise StacchipError(f"cannot read STAC item {item}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise ItemError(f"no such item file: {item}") from exc
+    except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:  # unreadable, not JSON, not STAC
+        raise ItemError(f"cannot read STAC item {item}: {exc}") from exc
 
 
 def item_datetime(item: pystac.Item) -> datetime:
     when = item.datetime or item.common_metadata.start_datetime
     if when is None:
-        raise StacchipError(f"item {item.id!r} has neither datetime nor start_datetime")
+        raise ItemError(f"item {item.id!r} has neither datetime nor start_datetime")
     return when
 
 
@@ -141,8 +141,9 @@ class Indexer:
             platform=self.platform, item=self.item, grid=self.grid, read_asset=reader
         )
         if result is None:
+            name = self.platform.name if self.platform is not None else None
             raise PlatformError(
-                f"no installed plugin computes statistics for platform {self.platform.name!r}; "
+                f"no installed plugin computes statistics for platform {name!r}; "
                 "ask for no statistics (stats=False / --no-stats) to index it anyway"
             )
         return result.check(shape)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import IndexFormatError, StacchipError
 from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
 from stacchip_core.plugins import sign_href
@@ -98,7 +98,7 @@ def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, floa
 def decode(blob: bytes) -> ItemLayouts:
     """``{asset key: AssetLayout}`` (with ``.grid``) from :func:`encode`'s bytes."""
     if not blob or blob[:4] != MAGIC:
-        raise StacchipError("not a stacchip layout (unknown encoding)")
+        raise IndexFormatError("not a stacchip layout (unknown encoding)")
     raw = zlib.decompress(blob[4:])
     (n,) = struct.unpack_from("<I", raw)
     doc = json.loads(raw[4:4 + n])
@@ -183,7 +183,7 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
         log.info("no layout for %s: %s", redact(href), exc)
         return None
     ifd = tiff.ifds[0]
-    if ifd.tile_offsets is None or ifd.tile_width is None:
+    if ifd.tile_offsets is None or ifd.tile_width is None or ifd.tile_height is None:
         log.info("no layout for %s: not tiled", redact(href))
         return None
     fmt = int(ifd.sample_format[0]) if ifd.sample_format else 1

@@ -24,7 +24,7 @@ from rasterio.windows import transform as window_transform
 
 from stacchip_core.core.chip import Chip, band_names, stack_arrays
 from stacchip_core.core.grid import ChipGrid
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import OutputError
 from stacchip_core.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,10 @@ def write_chip(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".tif", ".tiff", ".png"):
-        raise StacchipError(f"unsupported output {path.name!r}: use .npz, .tif or .png")
+        raise OutputError(f"unsupported output {path.name!r}: use .npz, .tif or .png")
     if isinstance(chip, Chip):
-        georef = (chip.transform, chip.crs.to_wkt(), list(chip.band_names))
+        georef: tuple[Affine | None, str | None, list[str]] = (chip.transform, chip.crs.to_wkt(),
+                                                                list(chip.band_names))
         if platform is None and chip.platform:
             from stacchip_core.plugins import find_platform
 
@@ -97,7 +98,7 @@ def write_chip(
         georef = (window_transform(Window(*grid.window(x, y)), grid.transform), grid.crs.to_wkt(),
                   list(band_names(chip, platform)))
     elif suffix in (".tif", ".tiff"):
-        raise StacchipError(f"cannot write {path.name}: a GeoTIFF needs a Chip, or grid, x and y")
+        raise OutputError(f"cannot write {path.name}: a GeoTIFF needs a Chip, or grid, x and y")
     else:
         georef = (None, None, list(band_names(chip, platform)))
     from stacchip_core.io.files import publishing
@@ -114,7 +115,7 @@ def write_chip(
         reason = getattr(exc, "strerror", None) or (gdal_said[-1].rpartition(": ")[2] if gdal_said else str(exc))
         if not getattr(exc, "strerror", None) and _disk_full(path.parent):
             reason = os.strerror(errno.ENOSPC)
-        raise StacchipError(f"cannot write {path}: {reason}") from None
+        raise OutputError(f"cannot write {path}: {reason}") from exc
     return path
 
 
@@ -129,7 +130,7 @@ def _write_chip_file(tmp: Path, suffix: str, chip, georef, platform, metadata) -
     if suffix == ".npz":
         extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **chip, **extra)
+            np.savez_compressed(fh, **{**chip, **extra})
         return
     transform, crs, names = georef
     stack = stack_arrays(chip)
@@ -185,8 +186,8 @@ def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
     if data.ndim == 2:
         data = data[None]
     count, height, width = data.shape
-    profile = dict(driver="GTiff", count=count, height=height, width=width, dtype=data.dtype,
-                   crs=crs, transform=transform, nodata=nodata)
+    profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": data.dtype,
+                   "crs": crs, "transform": transform, "nodata": nodata}
     with MemoryFile() as mem, mem.open(**profile) as tmp:
         tmp.write(data)
         rasterio.shutil.copy(tmp, path, driver="COG", BLOCKSIZE=blocksize, COMPRESS=compress,

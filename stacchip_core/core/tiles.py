@@ -18,6 +18,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from stacchip_core.errors import AssetError, ObjectError
 from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
 from stacchip_core.plugins import sign_href
+
+if TYPE_CHECKING:  # obstore's option types exist in its stubs only
+    from obstore import GetOptions
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,8 @@ class GridSpec:
         finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata)."""
         grid = getattr(layouts, "grid", None)
         if grid:
-            return cls(*grid, chip_size)
+            a, c, e, f = grid
+            return cls(a, c, e, f, chip_size)
         finest = min(layouts.values(), key=lambda lay: abs(lay.transform[0]))
         a, c, e, f = finest.transform
         return cls(a, c, e, f, chip_size)
@@ -205,7 +210,7 @@ async def _fetch(lay: AssetLayout, url: str, ranges: list[tuple[int, int]]) -> d
     merged = _coalesce(ranges)
 
     async def one(s: int, e: int):
-        options = {"range": (s, e)}
+        options: GetOptions = {"range": (s, e)}
         if lay.etag:
             options["if_match"] = lay.etag
         try:
@@ -292,9 +297,9 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
         header = synth_header(lay)
         tiff = await TIFF.open("x", store=HeaderInput(url, header, data), prefetch=len(header))
         tiles = await tiff.fetch_tiles(wanted, 0)
-        arrays = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
-        for xy, arr in zip(wanted, arrays):
-            decoded[xy] = np.asarray(arr)
+        pixels = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
+        for xy, tile_pixels in zip(wanted, pixels):
+            decoded[xy] = np.asarray(tile_pixels)
     fill = lay.nodata if lay.nodata is not None and not np.isnan(lay.nodata) else (
         np.nan if lay.nodata is not None else 0)
     th, tw = lay.tile_height, lay.tile_width
@@ -305,12 +310,12 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
         tx1, ty1 = p.tiles[-1]
         block = np.empty((lay.bands, (ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw), lay.dtype)
         for tx, ty in p.tiles:
-            arr = decoded.get((tx, ty))
+            tile = decoded.get((tx, ty))
             view = block[:, (ty - ty0) * th:(ty - ty0 + 1) * th, (tx - tx0) * tw:(tx - tx0 + 1) * tw]
-            if arr is None:  # a sparse tile (offset/byte count 0): GDAL reads nodata, or 0
+            if tile is None:  # a sparse tile (offset/byte count 0): GDAL reads nodata, or 0
                 view[...] = fill
             else:
-                view[...] = np.moveaxis(arr.reshape(th, tw, lay.bands), 2, 0)
+                view[...] = np.moveaxis(tile.reshape(th, tw, lay.bands), 2, 0)
         rb, cb = r0 - ty0 * th, c0 - tx0 * tw
         if p.factor == 1:
             out.append(np.ascontiguousarray(block[:, rb:rb + cs, cb:cb + cs]))
@@ -362,7 +367,7 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
                 results[i][p.lay.key] = exc
             return
         except ObjectError as exc:
-            raise AssetError(f"asset {members[0][1].lay.key!r}: {exc}") from None
+            raise AssetError(f"asset {members[0][1].lay.key!r}: {exc}") from exc
         for (i, p), arr in zip(members, arrays):
             results[i][p.lay.key] = arr
 

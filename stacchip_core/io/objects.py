@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 import obstore
@@ -26,6 +27,9 @@ from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 from stacchip_core.errors import ObjectError
 from stacchip_core.io.settings import object_timeouts, requester_pays, s3_anonymous, s3_endpoint
 from stacchip_core.io.urls import redact
+
+if TYPE_CHECKING:  # obstore's option types exist in its stubs only
+    from obstore.store import AzureConfig, ClientConfig, GCSConfig, RetryConfig, S3Config
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ def is_remote(url: str) -> bool:
     return urlsplit(str(url)).scheme.lower() in _SCHEMES
 
 
-def _retry() -> dict:
+def _retry() -> RetryConfig:
     timeout, retries = object_timeouts()
     # transient failures (5xx, throttling, resets) back off 50 ms, 100 ms, ... up to `retries` times
     return {"max_retries": retries, "retry_timeout": timedelta(seconds=max(timeout * 4, 10)),
@@ -52,9 +56,9 @@ def _retry() -> dict:
                         "base": 2}}
 
 
-def _client(allow_http: bool = False) -> dict:
+def _client(allow_http: bool = False) -> ClientConfig:
     timeout, _ = object_timeouts()
-    options = {"timeout": timedelta(seconds=timeout), "connect_timeout": timedelta(seconds=min(timeout, 10))}
+    options: ClientConfig = {"timeout": timedelta(seconds=timeout), "connect_timeout": timedelta(seconds=min(timeout, 10))}
     if allow_http:
         options["allow_http"] = True
     return options
@@ -66,7 +70,7 @@ def _store(scheme: str, netloc: str, endpoint: str | None, anonymous: bool, paye
     if scheme == "file":
         return LocalStore()
     if scheme == "s3":
-        kwargs = {}
+        kwargs: S3Config = {}
         if endpoint:
             kwargs["endpoint"] = endpoint
             kwargs["virtual_hosted_style_request"] = False
@@ -74,17 +78,17 @@ def _store(scheme: str, netloc: str, endpoint: str | None, anonymous: bool, paye
             kwargs["skip_signature"] = True
         if payer:
             kwargs["request_payer"] = True
-        return S3Store(netloc, retry_config=_retry(),
-                       client_options=_client(bool(endpoint and endpoint.startswith("http://"))), **kwargs)
+        return S3Store(netloc, config=kwargs, retry_config=_retry(),
+                       client_options=_client(bool(endpoint and endpoint.startswith("http://"))))
     if scheme in ("http", "https"):
         return HTTPStore.from_url(base or f"{scheme}://{netloc}", retry_config=_retry(),
                                   client_options=_client(scheme == "http"))
     if scheme == "gs":
-        return GCSStore(netloc, retry_config=_retry(), client_options=_client(),
-                        **({"skip_signature": True} if anonymous else {}))
+        gcs: GCSConfig = {"skip_signature": True} if anonymous else {}
+        return GCSStore(netloc, config=gcs, retry_config=_retry(), client_options=_client())
     if scheme in ("az", "abfs", "abfss"):
-        return AzureStore(netloc, retry_config=_retry(), client_options=_client(),
-                          **({"skip_signature": True} if anonymous else {}))
+        azure: AzureConfig = {"skip_signature": True} if anonymous else {}
+        return AzureStore(netloc, config=azure, retry_config=_retry(), client_options=_client())
     raise ObjectError(f"unsupported URL scheme {scheme!r}")
 
 

@@ -4,14 +4,14 @@ locally a temp file renamed into place, on S3 a single PUT of the final key."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
-from stacchip_core.errors import StacchipError
-from stacchip_core.types import Store  # noqa: F401  (the protocol LocalStore and S3Store satisfy)
+from stacchip_core.errors import ConfigError, ObjectError
 from stacchip_core.io.settings import s3_endpoint
+from stacchip_core.types import Store  # noqa: F401  (the protocol LocalStore and S3Store satisfy)
 
 
 @dataclass
@@ -30,8 +30,8 @@ class LocalStore:
     def read_bytes(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()
-        except FileNotFoundError:
-            raise StacchipError(f"no such file: {self.path(key)}") from None
+        except FileNotFoundError as exc:
+            raise ObjectError(f"no such file: {self.path(key)}") from exc
 
     def _publish(self, key: str, write) -> str:
         """``write(tmp_path)`` fills a temporary sibling, which is then renamed into place
@@ -116,7 +116,7 @@ class S3Store:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read()
         except ClientError as exc:
-            raise StacchipError(f"cannot read {self.url(key)}: {exc}") from None
+            raise ObjectError(f"cannot read {self.url(key)}: {exc}") from exc
 
     def write_bytes(self, key: str, data: bytes) -> str:
         self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=data)
@@ -153,7 +153,7 @@ def open_store(location: str | Path, endpoint: str | None = None) -> LocalStore 
         return LocalStore(Path(url.path))
     if url.scheme == "" or len(url.scheme) == 1:  # a path (or a Windows drive letter)
         return LocalStore(Path(location))
-    raise StacchipError(f"unsupported store location {location!r} (use a folder or s3://bucket/prefix)")
+    raise ConfigError(f"unsupported store location {location!r} (use a folder or s3://bucket/prefix)")
 
 
 def read_url(url: str, endpoint: str | None = None) -> bytes:

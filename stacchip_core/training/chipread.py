@@ -20,7 +20,7 @@ from stacchip_core.core.chipper import Chipper, item_for_row, note_fallback
 from stacchip_core.core.layout import decoded
 from stacchip_core.core.output import band_stack
 from stacchip_core.core.tiles import GridSpec, read_batch
-from stacchip_core.errors import StacchipError
+from stacchip_core.errors import AssetError, PlatformError
 from stacchip_core.io import objects
 from stacchip_core.plugins import platforms
 
@@ -53,7 +53,7 @@ class ChipReader:
     def _platform(self, name: str):
         platform = platforms().get(name)
         if platform is None:
-            raise StacchipError(f"platform {name!r} is not installed")
+            raise PlatformError(f"platform {name!r} is not installed")
         return platform
 
     def _chipper(self, row: dict) -> Chipper:
@@ -126,10 +126,7 @@ class ChipReader:
                 if bad:  # stale or undecodable: the rasterio path reads this row
                     continue
                 out[i] = np.stack([res[k][b - 1] for k, b in sources]).astype(np.float32)
-        for i, row in enumerate(rows):
-            if out[i] is None:
-                out[i] = self._read_slow(row)
-        return out
+        return [self._read_slow(row) if arr is None else arr for arr, row in zip(out, rows)]
 
     def _read_slow(self, row: dict) -> np.ndarray:
         chipper = self._chipper(row)
@@ -138,7 +135,7 @@ class ChipReader:
         wanted = self.band_names(row["platform"])
         missing = [b for b in wanted if b not in names]
         if missing:
-            raise StacchipError(f"chip {row['chipid']}: bands {missing} missing (item has {names})")
+            raise AssetError(f"chip {row['chipid']}: bands {missing} missing (item has {names})")
         return stack[[names.index(b) for b in wanted]].astype(np.float32)
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from stacchip.indexer import ChipIndexer
 from stacchip.utils import _plain, load_item_local, load_item_s3
 from stacchip_core import Chipper as CoreChipper
@@ -26,17 +28,17 @@ class _Chip(Mapping):
 
     def __init__(self, chipper: Chipper) -> None:
         self._chipper = chipper
-        self._data = None
+        self._data: Mapping[str, np.ndarray] | None = None
 
-    def __call__(self, x: int, y: int) -> dict:
+    def __call__(self, x: int, y: int) -> Mapping[str, np.ndarray]:
         return self._chipper._core.chip(int(x), int(y))
 
-    def _fixed(self) -> dict:
+    def _fixed(self) -> Mapping[str, np.ndarray]:
         if self._data is None:
-            xy = self._chipper.chip_index_x, self._chipper.chip_index_y
-            if None in xy:
+            x, y = self._chipper.chip_index_x, self._chipper.chip_index_y
+            if x is None or y is None:
                 raise TypeError("this Chipper names no chip: call chipper.chip(x, y)")
-            self._data = self(*xy)
+            self._data = self(x, y)
         return self._data
 
     def __getitem__(self, key):
