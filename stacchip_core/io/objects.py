@@ -123,6 +123,9 @@ def locate(url: str | Path):
 
 
 def _error(url: str, exc: Exception, what: str = "read") -> ObjectError:
+    """One redacted ObjectError for a failed object read. Callers raise it ``from None``,
+    unlike the rest of the library: obstore's messages carry the full request URL, signature
+    and all, and a chained cause would print it in every traceback a user logs."""
     import obstore.exceptions as oe
 
     if isinstance(exc, (oe.NotFoundError, FileNotFoundError)):
