@@ -37,6 +37,55 @@ def _fresh_plugins():
     plugins.reset()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pc_sas_endpoint():
+    """Planetary Computer's SAS token API as a loopback stand-in for the whole run (the
+    planetary-computer package's own setting, PC_SDK_SAS_URL, inherited by subprocesses).
+    Items with Planetary Computer hrefs get signed without the internet; without it the real
+    endpoint's client retries for minutes before it fails. Yields the paths it was asked for."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            asked.append(self.path)
+            body = json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": "st=1&se=2&sig=loopback"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    before = os.environ.get("PC_SDK_SAS_URL")
+    os.environ["PC_SDK_SAS_URL"] = f"http://127.0.0.1:{httpd.server_port}/api/sas/v1/token"
+    _reset_pc_sdk()
+    yield asked
+    httpd.shutdown()
+    if before is None:
+        os.environ.pop("PC_SDK_SAS_URL", None)
+    else:
+        os.environ["PC_SDK_SAS_URL"] = before
+    _reset_pc_sdk()
+
+
+def _reset_pc_sdk() -> None:
+    """planetary-computer caches its settings and tokens per process."""
+    try:
+        import planetary_computer.sas
+        import planetary_computer.settings
+    except ImportError:
+        return
+    planetary_computer.settings.Settings.get.cache_clear()
+    planetary_computer.sas.TOKEN_CACHE.clear()
+
+
 @dataclass
 class CliResult:
     returncode: int

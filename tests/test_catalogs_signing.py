@@ -78,40 +78,13 @@ def test_a_rejected_token_never_reaches_the_message(token_server):
 
 
 @pytest.fixture
-def sas_endpoint(monkeypatch):
-    """A loopback stand-in for Planetary Computer's SAS token API, which the real
-    planetary-computer package is pointed at through its own setting (PC_SDK_SAS_URL)."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+def sas_endpoint(pc_sas_endpoint):
+    """The run's loopback SAS endpoint (conftest), with fresh token caches and request log."""
+    from conftest import _reset_pc_sdk
 
-    import planetary_computer.sas
-    import planetary_computer.settings
-
-    asked = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            asked.append(self.path)
-            body = json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": "st=1&se=2&sig=loopback"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setenv("PC_SDK_SAS_URL", f"http://127.0.0.1:{httpd.server_port}/api/sas/v1/token")
-    planetary_computer.settings.Settings.get.cache_clear()
-    planetary_computer.sas.TOKEN_CACHE.clear()
-    yield asked
-    httpd.shutdown()
-    planetary_computer.settings.Settings.get.cache_clear()
-    planetary_computer.sas.TOKEN_CACHE.clear()
+    _reset_pc_sdk()
+    pc_sas_endpoint.clear()
+    return pc_sas_endpoint
 
 
 def test_planetary_computer_hrefs_are_signed_by_the_built_in_signer(sas_endpoint):

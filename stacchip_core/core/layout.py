@@ -168,8 +168,8 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     None (and a log line) when it is not a tiled TIFF that the layout path can read."""
     from async_tiff import TIFF
 
-    signed = sign_href(href)  # at read time; the layout keeps ``href`` unsigned
     try:
+        signed = sign_href(href)  # at read time; the layout keeps ``href`` unsigned
         header, meta = await objects.get_head_async(signed, HEADER_PREFETCH)
     except StacchipError as exc:  # best effort: chips of this asset then open the file
         log.warning("no layout for asset %r: %s", key, exc)
