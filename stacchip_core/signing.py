@@ -49,4 +49,8 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
             f"{urlparse(href).hostname} (Planetary Computer) needs signed hrefs: install "
             "'stacchip-core[planetary-computer]', or register a stacchip_sign_href plugin"
         ) from exc
-    return planetary_computer.sign(href)
+    try:
+        return planetary_computer.sign(href)
+    except Exception as exc:
+        raise AssetError(f"cannot sign an href on {urlparse(href).hostname} with Planetary Computer's token endpoint: "
+                         f"{type(exc).__name__}") from exc
