@@ -54,7 +54,7 @@ def test_demo_runs_the_whole_job_offline(demo):
             assert ds.count == 3
     assert "sentinel-2-l2a" in r.stdout and "cloud mean" in r.stdout and "bucket:" in r.stdout
     assert f"indexed:  {len(table)} chips of 31 items" in r.stdout and "chips/s" in r.stdout
-    assert "read:     44 chips" in r.stdout  # 8 previewed chips of linz, naip, S2, S1; 4 of each Landsat, MODIS
+    assert "read:     44 chips" in r.stdout  # 8 previewed chips of linz, naip, S2, MODIS; all 4 of each Landsat and S1
 
 
 def _outline(mask):
