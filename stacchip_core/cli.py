@@ -160,13 +160,14 @@ def merge(src, dst) -> None:
 
 
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
-    """The job indices to run and whether to fan them out: --index (else the array-job
-    environment), --index-range a:b, or --all."""
+    """The job numbers to run and whether to fan them out: --job (else the array-job
+    environment), --jobs a:b, or --all. ("index" names the GeoParquet chip table only; the
+    earlier option names --index and --index-range remain as aliases.)"""
     from stacchip_core.pipeline.runner import INDEX_ENV_VARS, job_index_from_env, parse_range
 
     given = sum(x is not None and x is not False for x in (index, index_range, all_jobs or None))
     if given > 1:
-        raise click.UsageError("give only one of --index, --index-range and --all")
+        raise click.UsageError("give only one of --job, --jobs and --all")
     if index_range:
         return list(parse_range(index_range)), True
     if all_jobs:
@@ -174,7 +175,7 @@ def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) 
     if index is None:
         index = job_index_from_env()
     if index is None:
-        raise click.UsageError(f"give --index, --index-range or --all (or set one of {', '.join(INDEX_ENV_VARS)})")
+        raise click.UsageError(f"give --job, --jobs or --all (or set one of {', '.join(INDEX_ENV_VARS)})")
     return [index], False
 
 
@@ -192,14 +193,14 @@ def _finish(report, store_location: str, key: str) -> None:
         raise SystemExit(1)
 
 
-_SCHEDULER_HELP = "Where --index-range/--all jobs run: local[:N] (a dask LocalCluster), tcp://HOST:PORT, or sync."
+_SCHEDULER_HELP = "Where --jobs/--all jobs run: local[:N] (a dask LocalCluster), tcp://HOST:PORT, or sync."
 
 
 @cli.command()
 @click.argument("platform")
-@click.option("--index", "job_index", type=click.IntRange(min=0),
-              help="Sample to process [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].")
-@click.option("--index-range", help="Samples a:b (b excluded), fanned out over --scheduler.")
+@click.option("--job", "--index", "job_index", type=click.IntRange(min=0),
+              help="Job: the sample to process [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].")
+@click.option("--jobs", "--index-range", "index_range", help="Jobs (samples) a:b (b excluded), fanned out over --scheduler.")
 @click.option("--all", "all_samples", is_flag=True, help="Every sample of the source, fanned out over --scheduler.")
 @click.option("--sample", "--samples", "sample_source", envvar=["STACCHIP_SAMPLE_SOURCE", "STACCHIP_MGRS_SOURCE"],
               help="Sample locations: any layer geopandas reads [env: STACCHIP_SAMPLE_SOURCE].")
@@ -234,9 +235,9 @@ def process(platform, job_index, index_range, all_samples, sample_source, bucket
 @click.argument("index_path", metavar="INDEX")
 @click.argument("target")
 @click.option("--version", "version", default="v1", show_default=True, help="Folder name for this cube set.")
-@click.option("--index", "job", type=click.IntRange(min=0),
+@click.option("--job", "--index", "job", type=click.IntRange(min=0),
               help="Job number [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].")
-@click.option("--index-range", help="Jobs a:b (b excluded), fanned out over --scheduler.")
+@click.option("--jobs", "--index-range", "index_range", help="Jobs a:b (b excluded), fanned out over --scheduler.")
 @click.option("--all", "all_jobs", is_flag=True, help="Every job (all cubes), fanned out over --scheduler.")
 @click.option("--scheduler", default="local", show_default=True, help=_SCHEDULER_HELP)
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True)

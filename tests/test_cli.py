@@ -141,3 +141,20 @@ def test_merge_of_a_corrupt_file_is_one_line(tmp_path):
     (tmp_path / "src" / "bad.parquet").write_bytes(b"PAR1 not really")
     assert_one_line_error(run_cli("merge", tmp_path / "src", tmp_path / "m.parquet"), "not a readable parquet file")
     assert not (tmp_path / "m.parquet").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--job", "0", "--jobs", "0:2"], "give only one of --job, --jobs and --all"),
+    (["--index", "0", "--index-range", "0:2"], "give only one of --job, --jobs and --all"),  # the earlier names
+    ([], "give --job, --jobs or --all"),
+])
+def test_job_options_and_their_earlier_names(args, message, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from stacchip_core.cli import cli
+    from stacchip_core.pipeline.runner import INDEX_ENV_VARS
+
+    for name in INDEX_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(cli, ["process", "naip", *args, "--bucket", str(tmp_path)])
+    assert result.exit_code == 2 and message in result.output

@@ -96,7 +96,7 @@ def test_sentinel_2_without_a_sample_source_says_what_is_missing(how, archive, t
                "AWS_BATCH_JOB_ARRAY_INDEX": "0"}
         r = run_script_named("stacchip-sentinel-2", env=env)
     else:
-        r = run_cli("process", "sentinel-2-l2a", "--index", 0, "--bucket", tmp_path / "b", "--stac-api", archive.items,
+        r = run_cli("process", "sentinel-2-l2a", "--job", 0, "--bucket", tmp_path / "b", "--stac-api", archive.items,
                     env={"STACCHIP_SAMPLE_SOURCE": "", "STACCHIP_MGRS_SOURCE": ""})
     assert r.returncode == 1
     assert one_line(r.stderr) == message
@@ -105,7 +105,7 @@ def test_sentinel_2_without_a_sample_source_says_what_is_missing(how, archive, t
 
 def test_a_sample_without_the_attribute_a_platform_needs(archive, tmp_path):
     # the point layer has no MGRS tile name: Sentinel-2's selection needs one
-    r = run_cli("process", "sentinel-2-l2a", "--index", 0, "--sample", archive.points, "--bucket", tmp_path / "b",
+    r = run_cli("process", "sentinel-2-l2a", "--job", 0, "--sample", archive.points, "--bucket", tmp_path / "b",
                 "--stac-api", archive.items)
     assert r.returncode == 1
     assert one_line(r.stderr) == (f"Error: sample 0 of {archive.points} has no attribute 'name', "
@@ -115,7 +115,7 @@ def test_a_sample_without_the_attribute_a_platform_needs(archive, tmp_path):
 def test_usage_errors_exit_2(tmp_path):
     r = run_cli("chip", tmp_path)  # no -o
     assert r.returncode == 2 and "Missing option '-o'" in r.stderr
-    r = run_cli("process", "naip", "--bucket", tmp_path, "--index", -1)
+    r = run_cli("process", "naip", "--bucket", tmp_path, "--job", -1)
     assert r.returncode == 2
 
 

@@ -25,7 +25,7 @@ def test_published_files_honour_the_umask(archive, tmp_path, umask):
 
     expected = 0o666 & ~umask
     bucket = tmp_path / "bucket"
-    r = run_cli("-q", "process", "naip", "--index", 1, "--sample", archive.points, "--bucket", bucket,
+    r = run_cli("-q", "process", "naip", "--job", 1, "--sample", archive.points, "--bucket", bucket,
                 "--stac-api", archive.items)
     assert r.returncode == 0, r.stderr
     tree = modes(bucket)
@@ -98,7 +98,7 @@ def test_two_jobs_on_the_same_sample_at_once_both_succeed(archive, tmp_path):
     import sys
     import time
 
-    args = ["-q", "process", "sentinel-2-l2a", "--index", "0", "--sample", str(archive.mgrs),
+    args = ["-q", "process", "sentinel-2-l2a", "--job", "0", "--sample", str(archive.mgrs),
             "--stac-api", str(archive.items), "--bucket"]
     for attempt in range(3):  # the race window is narrow: three rounds, each must pass
         shared = tmp_path / f"shared{attempt}"

@@ -41,7 +41,7 @@ def test_item_ids_never_leave_the_bucket(archive, tmp_path, item_id):
         item_id = str(tmp_path / "abs" / "x")  # an absolute path (inside tmp_path, to see it)
     items = hostile_items(archive, tmp_path, item_id)
     bucket = tmp_path / "a" / "b" / "c" / "bucket"
-    r = run_cli("-q", "process", "naip", "--index", 1, "--sample", archive.points, "--bucket", bucket,
+    r = run_cli("-q", "process", "naip", "--job", 1, "--sample", archive.points, "--bucket", bucket,
                 "--stac-api", items)
     assert r.returncode == 0, r.stderr
     assert files_outside(tmp_path, bucket, items) == []
@@ -76,7 +76,7 @@ def test_keys_that_leave_their_prefix_are_refused(key):
 
 @pytest.mark.parametrize("version", ["../..", "..", "a/b", "/tmp/x", "", "v\n1"])
 def test_prechip_version_must_be_a_plain_name(tmp_path, version):
-    r = run_cli("prechip", tmp_path / "missing.parquet", tmp_path / "target", "--version", version, "--index", 0)
+    r = run_cli("prechip", tmp_path / "missing.parquet", tmp_path / "target", "--version", version, "--job", 0)
     assert r.returncode == 1
     assert r.stderr.startswith("Error: --version ") and "is not a plain name" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -87,7 +87,7 @@ def test_s3_keys_stay_under_the_prefix(archive, tmp_path, bucket):
     import boto3
 
     items = hostile_items(archive, tmp_path, "../../escape")
-    r = run_cli("-q", "process", "naip", "--index", 1, "--sample", archive.points,
+    r = run_cli("-q", "process", "naip", "--job", 1, "--sample", archive.points,
                 "--bucket", f"s3://{bucket}/run/one", "--stac-api", items)
     assert r.returncode == 0, r.stderr
     import os
@@ -113,7 +113,7 @@ def assert_no_secret(text: str) -> None:
 @pytest.mark.parametrize("args", [["-q"], ["-v"], ["--log-json", "-v"]])
 def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
-    r = run_cli(*args, "process", "naip", "--index", 1, "--sample", archive.points, "--bucket", tmp_path / "b",
+    r = run_cli(*args, "process", "naip", "--job", 1, "--sample", archive.points, "--bucket", tmp_path / "b",
                 "--stac-api", items)
     assert r.returncode == 1
     assert_no_secret(r.stdout + r.stderr)
@@ -123,7 +123,7 @@ def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):
 
 def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
-    r = run_cli("-q", "process", "naip", "--index-range", "1:2", "--scheduler", "sync", "--sample", archive.points,
+    r = run_cli("-q", "process", "naip", "--jobs", "1:2", "--scheduler", "sync", "--sample", archive.points,
                 "--bucket", tmp_path / "b", "--stac-api", items)
     assert r.returncode == 1
     assert_no_secret(r.stdout + r.stderr)
@@ -137,7 +137,7 @@ def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):
 def test_item_ids_with_newlines_do_not_forge_log_lines(archive, tmp_path, log_json):
     forged = "evil\nERROR stacchip_core: forged\r\x1b[2K line"
     items = hostile_items(archive, tmp_path, forged)
-    r = run_cli(*(["--log-json"] if log_json else []), "-v", "process", "naip", "--index", 1, "--sample",
+    r = run_cli(*(["--log-json"] if log_json else []), "-v", "process", "naip", "--job", 1, "--sample",
                 archive.points, "--bucket", tmp_path / "b", "--stac-api", items)
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()

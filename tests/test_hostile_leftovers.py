@@ -46,7 +46,7 @@ def merged(archive, tmp_path_factory):
     return bucket / "merged.parquet"
 
 
-PRECHIP = ["-q", "prechip", "--cube-size", "3", "--cubes-per-job", "4", "--max-nodata", "1", "--index", "0"]
+PRECHIP = ["-q", "prechip", "--cube-size", "3", "--cubes-per-job", "4", "--max-nodata", "1", "--job", "0"]
 
 
 def prechip_args(index: Path, target: Path) -> list[str]:
@@ -115,7 +115,7 @@ def test_killed_copy_from_s3_leaves_nothing(archive, s3_archive, tmp_path):
     scratch = tmp_path / "tmpdir"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    args = [EXE, "-q", "process", "sentinel-2-l2a", "--index", "0", "--sample", str(archive.mgrs),
+    args = [EXE, "-q", "process", "sentinel-2-l2a", "--job", "0", "--sample", str(archive.mgrs),
             "--stac-api", str(s3_archive), "--bucket"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*args, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -188,7 +188,7 @@ def test_linz_job_resamples_to_30cm(archive, tmp_path, monkeypatch):
 # --- the command line and the original console scripts ----------------------------------
 
 def test_cli_process_and_env_configured_console_script(archive, tmp_path):
-    r = run_cli("-q", "process", "naip", "--index", "1", "--sample", archive.points, "--bucket", tmp_path / "b",
+    r = run_cli("-q", "process", "naip", "--job", "1", "--sample", archive.points, "--bucket", tmp_path / "b",
                 "--stac-api", archive.items)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{i}: done, 4 chips" for i in naip_expected()]

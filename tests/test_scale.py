@@ -41,7 +41,7 @@ def test_job_index_from_the_array_job_environment(monkeypatch, archive, tmp_path
 
 @pytest.mark.slow
 def test_fan_out_on_a_local_cluster(archive, tmp_path):
-    args = ["process", "naip", "--index-range", "0:3", "--samples", archive.points, "--stac-api", archive.items,
+    args = ["process", "naip", "--jobs", "0:3", "--samples", archive.points, "--stac-api", archive.items,
             "--retries", "1"]
     r = run_cli("-q", *args, "--bucket", tmp_path / "dask", "--scheduler", "local:2")
     # sample 2 does not exist: it fails, the others are done
@@ -74,7 +74,7 @@ def test_prechip_all_on_a_local_cluster(archive, tmp_path):
     r = run_cli("-q", *common[:2], tmp_path / "dask", *common[2:], "--all", "--scheduler", "local:2")
     assert r.returncode == 0, r.stderr
     assert "4 of 4 jobs done, 0 failed" in r.stdout  # 18 chips in blocks of 3 + 1 spare: 4 cubes, one per job
-    r = run_cli("-q", *common[:2], tmp_path / "seq", *common[2:], "--cubes-per-job", "4", "--index", "0")
+    r = run_cli("-q", *common[:2], tmp_path / "seq", *common[2:], "--cubes-per-job", "4", "--job", "0")
     assert r.returncode == 0, r.stderr
     a, b = files(tmp_path / "dask"), files(tmp_path / "seq")
     assert sorted(a) == sorted(b) and len(a) == 4
@@ -87,7 +87,7 @@ def test_prechip_all_on_a_local_cluster(archive, tmp_path):
 @pytest.mark.slow
 def test_a_job_killed_with_sigkill_reruns_to_the_same_outputs(archive, tmp_path):
     exe = Path(sys.executable).with_name("stacchip")
-    args = [str(exe), "-q", "process", "sentinel-2-l2a", "--index", "0", "--sample", str(archive.mgrs),
+    args = [str(exe), "-q", "process", "sentinel-2-l2a", "--job", "0", "--sample", str(archive.mgrs),
             "--stac-api", str(archive.items), "--bucket"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(args + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -133,7 +133,7 @@ def test_fan_out_to_a_running_cluster_over_tcp(archive, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        r = run_cli("-q", "process", "naip", "--index-range", "1:2", "--samples", archive.points,
+        r = run_cli("-q", "process", "naip", "--jobs", "1:2", "--samples", archive.points,
                     "--stac-api", archive.items, "--bucket", tmp_path, "--scheduler", cluster.scheduler_address)
     assert r.returncode == 0, r.stderr
     assert "1 of 1 jobs done, 0 failed" in r.stdout

@@ -29,7 +29,7 @@ def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path)
     info = json.loads(subprocess.run([str(stacchip), "plugins", "--json"], capture_output=True, text=True,
                                      env=env, check=True).stdout)
     assert [row["name"] for row in info] == [entry]
-    args = [str(stacchip), "-q", "process", platform, "--index", str(index), "--bucket", str(tmp_path / "bucket")]
+    args = [str(stacchip), "-q", "process", platform, "--job", str(index), "--bucket", str(tmp_path / "bucket")]
     if source:
         args += ["--sample", str(getattr(archive, source)), "--stac-api", str(archive.items)]
     r = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
@@ -63,7 +63,7 @@ def test_new_source_plugin_alone(plugin, entry, platform, source, archive, tmp_p
     info = json.loads(subprocess.run([str(stacchip), "plugins", "--json"], capture_output=True, text=True,
                                      env=env, check=True).stdout)
     assert [row["name"] for row in info] == [entry]
-    args = [str(stacchip), "-q", "process", platform, "--index", "0", "--bucket", str(tmp_path / "bucket"),
+    args = [str(stacchip), "-q", "process", platform, "--job", "0", "--bucket", str(tmp_path / "bucket"),
             "--stac-api", str(archive.items)] + (["--sample", str(getattr(archive, source))] if source else [])
     r = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr
