@@ -251,22 +251,9 @@ def test_source_archive_behind_another_s3_endpoint(archive, s3_server, bucket, t
     assert "source" not in [b["Name"] for b in target.list_buckets()["Buckets"]]  # the source lives elsewhere
 
 
-@pytest.mark.parametrize("script", ["stacchip-sentinel-2", "stacchip-landsat", "stacchip-landsat-l1", "stacchip-naip", "stacchip-linz"])
+@pytest.mark.parametrize("script", ["stacchip-sentinel-2", "stacchip-landsat", "stacchip-landsat-l1", "stacchip-naip",
+                                    "stacchip-linz", "stacchip-sentinel-1", "stacchip-modis"])
 def test_original_console_scripts_need_their_environment(script, tmp_path):
-    from conftest import run_script_named
-
-    clean = {k: "" for k in ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID", "STACCHIP_BUCKET")}
-    r = run_script_named(script, env=clean)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "Error: none of AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID is set"
-    r = run_script_named(script, env={**clean, "AWS_BATCH_JOB_ARRAY_INDEX": "0"})
-    assert r.stderr.strip() == "Error: STACCHIP_BUCKET env var not set"
-
-
-# --- Sentinel-1 and MODIS console scripts (appended) ---------------------------------------
-
-@pytest.mark.parametrize("script", ["stacchip-sentinel-1", "stacchip-modis"])
-def test_new_console_scripts_need_their_environment(script, tmp_path):
     from conftest import run_script_named
 
     clean = {k: "" for k in ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID", "STACCHIP_BUCKET")}

@@ -204,7 +204,6 @@ async def _fetch(lay: AssetLayout, url: str, ranges: list[tuple[int, int]]) -> d
     """The bytes of ``ranges`` of one object (at ``url``: the layout's href, signed):
     coalesced, concurrent, conditional on the ETag."""
     import obstore
-    import obstore.exceptions as oe
 
     store, path = objects.locate(url)
     merged = _coalesce(ranges)
@@ -216,15 +215,11 @@ async def _fetch(lay: AssetLayout, url: str, ranges: list[tuple[int, int]]) -> d
         try:
             result = await obstore.get_async(store, path, options=options)
             data = await result.bytes_async()
-        except (oe.NotFoundError, oe.PreconditionError) as exc:
-            raise StaleLayout(f"{type(exc).__name__}") from None
         except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
-            if "412" in str(exc) or "Precondition" in str(exc):
-                raise StaleLayout("precondition failed") from None
-            err = objects._error(lay.href, exc)
-            if str(err).endswith(": not found"):
-                raise StaleLayout("object not found") from None
-            raise err from None
+            kind = objects.failure(exc)
+            if kind in ("not found", "precondition failed"):  # the object changed or went away
+                raise StaleLayout(kind) from None
+            raise objects._error(lay.href, exc) from None
         if int(result.meta["size"]) != lay.size:
             raise StaleLayout(f"size {result.meta['size']} != {lay.size}")
         if len(data) != e - s:

@@ -122,28 +122,38 @@ def locate(url: str | Path):
     raise ObjectError(f"unsupported URL {redact(url)!r} (use a path, file://, s3://, http(s)://, gs:// or az://)")
 
 
+def failure(exc: Exception) -> str:
+    """What an object read met, in a few words: ``not found``, ``precondition failed`` (an
+    ``If-Match`` that no longer holds), ``access denied``, ``timed out``, or the first line of
+    the error with URLs redacted. obstore types only some of its failures, so the rest are
+    told apart by the status in its message; the one place that does so."""
+    import obstore.exceptions as oe
+
+    if isinstance(exc, (oe.NotFoundError, FileNotFoundError)):
+        return "not found"
+    if isinstance(exc, oe.PreconditionError):
+        return "precondition failed"
+    if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)):
+        return "access denied"
+    message = str(exc)
+    if "timed out" in message.lower() or "timeout" in message.lower():
+        return "timed out"
+    if "status: 404" in message:
+        return "not found"
+    if "status: 412" in message or "Precondition" in message:
+        return "precondition failed"
+    if "status: 403" in message or "status: 401" in message:
+        return "access denied"
+    text = message.splitlines()[0] if message else type(exc).__name__
+    # obstore's messages repeat the URL, with its query: keep the kind of failure only
+    return _strip_urls(text.split(" in ")[0] if "Error performing" in text else text)
+
+
 def _error(url: str, exc: Exception, what: str = "read") -> ObjectError:
     """One redacted ObjectError for a failed object read. Callers raise it ``from None``,
     unlike the rest of the library: obstore's messages carry the full request URL, signature
     and all, and a chained cause would print it in every traceback a user logs."""
-    import obstore.exceptions as oe
-
-    if isinstance(exc, (oe.NotFoundError, FileNotFoundError)):
-        reason = "not found"
-    elif isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)):
-        reason = "access denied"
-    else:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        # obstore's messages repeat the URL, with its query: keep the kind of failure only
-        reason = text.split(" in ")[0] if "Error performing" in text else text
-        if "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
-            reason = "timed out"
-        elif "status: 404" in str(exc):
-            reason = "not found"
-        elif "status: 403" in str(exc) or "status: 401" in str(exc):
-            reason = "access denied"
-        reason = _strip_urls(reason)
-    return ObjectError(f"cannot {what} {redact(url)}: {reason}")
+    return ObjectError(f"cannot {what} {redact(url)}: {failure(exc)}")
 
 
 def _strip_urls(text: str) -> str:
