@@ -251,7 +251,7 @@ _WARNED: set[str] = set()
 
 def note_fallback(reason, href: str, key: str) -> None:
     """One warning per asset whose layout is stale; quieter notes for the other fallbacks."""
-    from stacchip_core.core.tiles import StaleLayout
+    from stacchip_core.io.objects import StaleObject as StaleLayout
     from stacchip_core.io.urls import redact
 
     if isinstance(reason, StaleLayout):

@@ -18,7 +18,6 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,17 +27,14 @@ from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
 from stacchip_core.plugins import sign_href
 
-if TYPE_CHECKING:  # obstore's option types exist in its stubs only
-    from obstore import GetOptions
-
 log = logging.getLogger(__name__)
 
-COALESCE_GAP = 64 * 1024  # merge tile ranges closer than this into one request
 _POOL = None
 
 
-class StaleLayout(Exception):
-    """The object behind a layout changed or is gone: read it through rasterio instead."""
+# The object behind a layout changed or is gone: read it through rasterio instead. Raised by
+# the I/O layer's validated range reads (objects.read_ranges).
+StaleLayout = objects.StaleObject
 
 
 # layouts found stale in this process, by (href, etag, size): later chips skip their request
@@ -190,52 +186,6 @@ def synth_header(lay: AssetLayout) -> bytes:
             + struct.pack("<Q", 0) + bytes(extra))
 
 
-def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[list[int]] = []
-    for s, e in sorted(set(ranges)):
-        if merged and s - merged[-1][1] <= COALESCE_GAP:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    return [(s, e) for s, e in merged]
-
-
-async def _fetch(lay: AssetLayout, url: str, ranges: list[tuple[int, int]]) -> dict[tuple[int, int], memoryview]:
-    """The bytes of ``ranges`` of one object (at ``url``: the layout's href, signed):
-    coalesced, concurrent, conditional on the ETag."""
-    import obstore
-
-    store, path = objects.locate(url)
-    merged = _coalesce(ranges)
-
-    async def one(s: int, e: int):
-        options: GetOptions = {"range": (s, e)}
-        if lay.etag:
-            options["if_match"] = lay.etag
-        try:
-            result = await obstore.get_async(store, path, options=options)
-            data = await result.bytes_async()
-        except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
-            kind = objects.failure(exc)
-            if kind in ("not found", "precondition failed"):  # the object changed or went away
-                raise StaleLayout(kind) from None
-            raise objects._error(lay.href, exc) from None
-        if int(result.meta["size"]) != lay.size:
-            raise StaleLayout(f"size {result.meta['size']} != {lay.size}")
-        if len(data) != e - s:
-            raise ObjectError(f"cannot read {redact(lay.href)}: truncated (bytes {s}-{e} gave {len(data)})")
-        return s, memoryview(data)
-
-    blocks = await asyncio.gather(*(one(s, e) for s, e in merged))
-    out = {}
-    for s, e in ranges:
-        for bs, buf in blocks:
-            if bs <= s and e <= bs + len(buf):
-                out[(s, e)] = buf[s - bs:e - bs]
-                break
-    return out
-
-
 @dataclass
 class ChipPlan:
     """One chip of one asset: where its native window lies and which tiles it needs."""
@@ -269,8 +219,7 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
     from async_tiff import TIFF
 
     ranges = [r for p in plans for r in _ranges(p)]
-    url = sign_href(lay.href)  # right before the read: signatures expire, layouts keep hrefs unsigned
-    data = await _fetch(lay, url, ranges) if ranges else {}
+    data = await objects.read_ranges(lay.href, ranges, objects.Expect(lay.size, lay.etag)) if ranges else {}
     tpr = lay.tiles_across
     wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
     decoded: dict[tuple[int, int], np.ndarray] = {}
@@ -290,7 +239,7 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
             decoded = dict(zip(wanted, arrays))
     if wanted and not decoded:
         header = synth_header(lay)
-        tiff = await TIFF.open("x", store=HeaderInput(url, header, data), prefetch=len(header))
+        tiff = await TIFF.open("x", store=HeaderInput(sign_href(lay.href), header, data), prefetch=len(header))
         tiles = await tiff.fetch_tiles(wanted, 0)
         pixels = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
         for xy, tile_pixels in zip(wanted, pixels):

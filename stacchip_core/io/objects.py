@@ -29,6 +29,7 @@ from stacchip_core.io.settings import object_timeouts, requester_pays, s3_anonym
 from stacchip_core.io.urls import redact
 
 if TYPE_CHECKING:  # obstore's option types exist in its stubs only
+    from obstore import GetOptions
     from obstore.store import AzureConfig, ClientConfig, GCSConfig, RetryConfig, S3Config
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,74 @@ async def get_head_async(url: str | Path, length: int) -> tuple[bytes, Meta]:
         raise _error(str(url), exc) from None
     meta = result.meta
     return data, Meta(int(meta["size"]), meta.get("e_tag"))
+
+
+# --- validated range reads: the one entry point of chip reads -----------------------------
+
+COALESCE_GAP = 64 * 1024  # merge ranges closer than this into one request
+
+
+class StaleObject(Exception):  # a signal to fall back, not an error for users
+    """The object no longer is what the index recorded (changed size or ETag, or gone): its
+    reader falls back to opening the file."""
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the index recorded of an object, checked on every validated read."""
+
+    size: int
+    etag: str | None = None
+
+
+def _coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for s, e in sorted(set(ranges)):
+        if merged and s - merged[-1][1] <= COALESCE_GAP:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
+                      expect: Expect) -> dict[tuple[int, int], memoryview]:
+    """The bytes of ``ranges`` (``[start, end)``) of the object at ``href`` (UNSIGNED: it is
+    signed here, right before the read, since signatures expire): coalesced, concurrent, and
+    checked against ``expect`` (size always; ``If-Match`` where an ETag is known). Raises
+    :class:`StaleObject` when the object changed or is gone, :class:`ObjectError` otherwise."""
+    from stacchip_core.plugins import sign_href
+
+    url = sign_href(href)
+    store, path = locate(url)
+    merged = _coalesce(ranges)
+
+    async def one(s: int, e: int):
+        options: GetOptions = {"range": (s, e)}
+        if expect.etag:
+            options["if_match"] = expect.etag
+        try:
+            result = await obstore.get_async(store, path, options=options)
+            data = await result.bytes_async()
+        except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
+            kind = failure(exc)
+            if kind in ("not found", "precondition failed"):  # the object changed or went away
+                raise StaleObject(kind) from None
+            raise _error(href, exc) from None
+        if int(result.meta["size"]) != expect.size:
+            raise StaleObject(f"size {result.meta['size']} != {expect.size}")
+        if len(data) != e - s:
+            raise ObjectError(f"cannot read {redact(href)}: truncated (bytes {s}-{e} gave {len(data)})")
+        return s, memoryview(data)
+
+    blocks = await asyncio.gather(*(one(s, e) for s, e in merged))
+    out = {}
+    for s, e in ranges:
+        for bs, buf in blocks:
+            if bs <= s and e <= bs + len(buf):
+                out[(s, e)] = buf[s - bs:e - bs]
+                break
+    return out
 
 
 # --- a private event loop for sync callers ------------------------------------------------
