@@ -71,6 +71,10 @@ class AssetLayout:
         return (self.compression in SUPPORTED_COMPRESSION and self.predictor in (1, 2, 3)
                 and (self.planar == 1 or self.bands == 1))
 
+    def expect(self) -> objects.Expect:
+        """What every validated read of this asset checks (objects.read_ranges)."""
+        return objects.Expect(self.size, self.etag)
+
     def scalars(self) -> dict:
         return {k: getattr(self, k) for k in ("key", "href", "width", "height", "tile_width", "tile_height",
                                               "dtype", "bands", "planar", "compression", "predictor", "nodata",

@@ -219,7 +219,7 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
     from async_tiff import TIFF
 
     ranges = [r for p in plans for r in _ranges(p)]
-    data = await objects.read_ranges(lay.href, ranges, objects.Expect(lay.size, lay.etag)) if ranges else {}
+    data = await objects.read_ranges(lay.href, ranges, lay.expect()) if ranges else {}
     tpr = lay.tiles_across
     wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
     decoded: dict[tuple[int, int], np.ndarray] = {}
