@@ -144,6 +144,7 @@ class ShardedBatchSampler(BatchSampler):
         self.epoch_fn = epoch_fn
         self.epoch: int | None = None
         self._passes = 0
+        self._cache: tuple[int, list[np.ndarray]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -156,9 +157,12 @@ class ShardedBatchSampler(BatchSampler):
 
     def rank_batches(self, epoch: int | None = None) -> list[np.ndarray]:
         """This rank's batches (row numbers) of ``epoch`` (default: the current one)."""
-        batches = epoch_batches(self.platforms, self.batch_size, self.current_epoch() if epoch is None else epoch,
-                                self.seed, self.shuffle, self.oversample, self.world_size)
-        return batches[self.rank::self.world_size]
+        epoch = self.current_epoch() if epoch is None else epoch
+        if self._cache is None or self._cache[0] != epoch:  # len() and iter() of one epoch shuffle once
+            batches = epoch_batches(self.platforms, self.batch_size, epoch, self.seed, self.shuffle, self.oversample,
+                                    self.world_size)
+            self._cache = (epoch, batches[self.rank::self.world_size])
+        return self._cache[1]
 
     def __iter__(self) -> Iterator[list[int]]:
         # a generator: the epoch is taken when the pass starts, not when iter() is called
