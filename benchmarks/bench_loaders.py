@@ -9,7 +9,7 @@ reused between items), batches of 16, 2 workers, at 0, 20 and 50 ms per request,
 
     python benchmarks/bench_loaders.py --quick                     # ~5 minutes: few chips per mode
     python benchmarks/bench_loaders.py --original-python /tmp/orig-venv/bin/python    # the full run
-    python benchmarks/bench_loaders.py --delays 20 --modes loader0,module --bands rgb
+    python benchmarks/bench_loaders.py --plan 20 --modes loader0,module --bands rgb
 
 Reported per mode: chips/s (wall time of one epoch, worker start-up included), CPU ms per chip of
 the parent and of its workers (getrusage of the process and of its waited-for children),
@@ -110,8 +110,10 @@ else:
     import torch
     from torch.utils.data import DataLoader
     from stacchip_core.training.dataset import ChipDataset, PlatformBatchSampler
-    # what a training script has imported before its first epoch; nothing read, no I/O started
-    import stacchip_core.core.tiles, stacchip_core.training.chipread  # noqa: E401
+    # imports a training process pays once, not per epoch (nothing read, no I/O runtime started;
+    # spawned workers import them again, inside the timing)
+    import async_tiff, deflate, obstore, rasterio  # noqa: E401,F401
+    import stacchip_core.core.tiles, stacchip_core.training.chipread  # noqa: E401,F401
     from stacchip_core.plugins import platforms
     platforms()
     if kind == "loader":
@@ -177,19 +179,25 @@ MEMORY_JOB = textwrap.dedent(r'''
 import json, os, resource, sys, threading, time
 import psutil
 cfg = json.loads(sys.argv[1])
+sys.path.insert(0, cfg["tests_dir"])
+from provision import import_torch_stack
+import_torch_stack()
 from stacchip_core.training.datamodule import StacchipDataModule
 me = psutil.Process()
 samples = []
 done = threading.Event()
 
 def rss():
-    total, procs = 0, [me] + me.children(recursive=True)
-    for p in procs:
+    """(parent + workers, parent, largest worker) PSS in bytes: pages shared after fork count
+    once in the total. getrusage's ru_maxrss is no use here: Linux keeps it across fork and
+    exec, so a job would report its launcher's peak."""
+    sizes = []
+    for p in [me] + me.children(recursive=True):
         try:
-            total += p.memory_info().rss
+            sizes.append(p.memory_full_info().pss)
         except psutil.Error:
-            pass
-    return total, len(procs)
+            sizes.append(0)
+    return sum(sizes), sizes[0], max(sizes[1:], default=0)
 
 def watch():
     while not done.is_set():
@@ -204,14 +212,14 @@ threading.Thread(target=watch, daemon=True).start()
 loader = dm.train_dataloader()
 for b in loader:
     count[0] += len(b["chipid"])
+    if time.perf_counter() - t0 > cfg["limit_s"]:  # a slow read path would take hours: stop, say so
+        break
 done.set()
 dt = time.perf_counter() - t0
 it = getattr(loader, "_iterator", None)
 if it is not None and hasattr(it, "_shutdown_workers"):
     it._shutdown_workers()
-print(json.dumps({"seconds": dt, "chips": count[0], "samples": samples,
-                  "maxrss_parent": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "maxrss_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+print(json.dumps({"seconds": dt, "chips": count[0], "planned": len(dm.table), "samples": samples}))
 ''')
 
 
@@ -270,8 +278,10 @@ def index_items(items: list[tuple[Path, str]]):
     parts = []
     for local, url in items:
         t = Indexer(url, platform=S2, stats=False).create_index()
+        i = t.column_names.index("layouts")  # one item's layout on each of its rows: held once
+        t = t.set_column(i, "layouts", pa.compute.dictionary_encode(t.column(i)))
         parts.append(t.append_column("local_item", pa.array([str(local)] * len(t))))
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts).unify_dictionaries()
 
 
 def pick(table, n: int, seed: int):
@@ -358,18 +368,28 @@ def memory_index(base, n_items: int, per_item: int, url: str, path: Path, seed: 
         "chipid": pa.array([f"{ids[k]}-{x}-{y}" for k, x, y in
                             zip(item, t["chip_index_x"].to_pylist(), t["chip_index_y"].to_pylist())]),
         "layouts": pa.DictionaryArray.from_arrays(pa.array(item, pa.int32()),
-                                                  pa.array(blobs, t.schema.field("layouts").type)),
+                                                  pa.array(blobs, pa.binary())),
     }
     for name, col in cols.items():
         i = t.column_names.index(name)
         t = t.set_column(i, name, col)
+    # item JSONs too, for readers that fall back to them (a forked worker that may not use obstore)
+    src = json.loads(Path(one["local_item"][0].as_py()).read_text())
+    folder = Path(one["local_item"][0].as_py()).parent / "m"
+    folder.mkdir(exist_ok=True)
+    for k, item_id in enumerate(ids):
+        d = json.loads(json.dumps(src))
+        d["id"] = item_id
+        for asset in d["assets"].values():
+            asset["href"] = f"{url}/a/m{k:05d}/scene/{Path(asset['href']).name}"
+        (folder / f"{item_id}.json").write_text(json.dumps(d))
     t = t.drop_columns([c for c in ("local_item",) if c in t.column_names])
     pq.write_table(t, path)
 
 
 # --- the run -----------------------------------------------------------------------------
 
-def fmt_row(name: str, r: dict, floor_ms: float, tiles: float) -> str:
+def fmt_row(name: str, r: dict, floor_ms: float, tiles: float | None) -> str:
     if "error" in r:
         return f"| {name} | failed: {r['error']} | | | | | | |"
     c = r["chips"] or 1
@@ -378,7 +398,7 @@ def fmt_row(name: str, r: dict, floor_ms: float, tiles: float) -> str:
     if "construct_s" in r:
         extra = f" (+ {r['construct_s']:.1f} s, {r['construct_requests']} requests to construct)"
     return (f"| {name}{extra} | {r['chips']} | {r['chips'] / r['seconds']:.1f} | {cpu_p:.1f} + {cpu_w:.1f} "
-            f"| {(cpu_p + cpu_w) / floor_ms:.1f}x | {r['requests'] / c:.1f} (tiles {tiles:.1f}) "
+            f"| {(cpu_p + cpu_w) / floor_ms:.1f}x | {r['requests'] / c:.1f}{f' (tiles {tiles:.1f})' if tiles else ''} "
             f"| {r['bytes'] / c / 1024:.0f} |")
 
 
@@ -389,9 +409,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--quick", action="store_true", help="few chips per mode, small memory mode")
-    parser.add_argument("--delays", default="0,20,50", help="milliseconds per request (default 0,20,50)")
+    parser.add_argument("--plan", default="0,20,50,memory",
+                        help="what to run, in order: delays in ms per request, and 'memory' (default 0,20,50,memory)")
     parser.add_argument("--bands", default="rgb,ten", help="rgb, ten or both (default)")
-    parser.add_argument("--modes", default=",".join(m[0] for m in MODES) + ",memory")
+    parser.add_argument("--modes", default=",".join(m[0] for m in MODES), help="modes to run at each delay")
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
@@ -399,16 +420,27 @@ def main() -> None:
     parser.add_argument("--slow-chips", type=int, help="chips of the slow modes (default 32; --quick 8)")
     parser.add_argument("--memory-items", type=int, help="items of the memory mode (default 10000; --quick 200)")
     parser.add_argument("--memory-chips", type=int, help="chips per item there (default 10)")
+    parser.add_argument("--memory-limit", type=float, default=900, help="seconds before the memory mode stops")
+    parser.add_argument("--report", type=Path, help="print the tables of a results JSON written before, and exit")
     parser.add_argument("--original-python", help="python of a venv with stacchip==0.1.38 (else no 0.1.38 rows)")
     parser.add_argument("--out", type=Path, help="results JSON (default DATA/results_loaders.json)")
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        keys = {k.split(":")[0] for per in saved["delays"].values() for k in per}
+        names = {k.split(":")[1] for per in saved["delays"].values() for k in per}
+        for k in ("items", "batch", "workers"):
+            setattr(args, k, saved.get("args", {}).get(k, getattr(args, k)))
+        report(saved, [m for m in MODES if m[0] in keys], {k: v for k, v in (("rgb", RGB), ("ten", TEN)) if k in names},
+               saved.get("chips", 48), saved.get("slow", 8), args)
+        return
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
     chips = args.chips or (48 if args.quick else 320)
     slow = args.slow_chips or (8 if args.quick else 32)
     mem_items = args.memory_items or (200 if args.quick else 10000)
     mem_chips = args.memory_chips or 10
-    delays = [float(d) / 1000 for d in args.delays.split(",")]
+    plan = args.plan.split(",")
     bandsets = {"rgb": RGB, "ten": TEN}
     bandsets = {k: v for k, v in bandsets.items() if k in args.bands.split(",")}
     modes = [m for m in MODES if m[0] in args.modes.split(",")]
@@ -420,7 +452,9 @@ def main() -> None:
     scene_dir = scene(args.data).parent
     root = args.data / "loaders"
     root.mkdir(parents=True, exist_ok=True)
-    results: dict = {"delays": {}, "floors": {}, "memory": None}
+    results: dict = {"delays": {}, "floors": {}, "memory": None, "chips": chips, "slow": slow,
+                     "args": vars(args) | {"data": str(args.data), "out": str(args.out)}}
+    out_path = args.out or args.data / "results_loaders.json"
     with NginxServer(root, delay=0) as server:
         _, items = serve(args.data, server.url, args.items)
         t = time.perf_counter()
@@ -437,7 +471,25 @@ def main() -> None:
                                       "slow": decode_floor(slow_table, bands, scene_dir)}
         # TorchGeo's files: one URL per band file of the slow table's items
         slow_items = sorted({int(h.rsplit("item", 1)[1][:4]) for h in slow_table["item_href"].to_pylist()})
-        for delay in delays:
+
+        def run_memory() -> None:
+            server.delay = 0
+            mem_idx = args.data / "bench_loaders_memory.parquet"
+            t = time.perf_counter()
+            memory_index(full, mem_items, mem_chips, server.url, mem_idx)
+            log.info("memory index: %d chips from %d items in %.0f s", mem_items * mem_chips, mem_items,
+                     time.perf_counter() - t)
+            cfg = {"index": str(mem_idx), "bands": RGB, "batch": args.batch, "workers": args.workers,
+                   "limit_s": args.memory_limit, "tests_dir": str(HERE.parent / "tests")}
+            results["memory"] = run_job(sys.executable, MEMORY_JOB, cfg, timeout=4 * 3600)
+            results["memory"]["items"] = mem_items
+            out_path.write_text(json.dumps(results, indent=1, default=str))
+
+        for step in plan:
+            if step == "memory":
+                run_memory()
+                continue
+            delay = float(step) / 1000
             server.delay = delay
             per = results["delays"][str(int(delay * 1000))] = {}
             for key, bands in bandsets.items():
@@ -462,24 +514,15 @@ def main() -> None:
                     t = time.perf_counter()
                     r = run_job(python, JOB, cfg)
                     per[f"{mkey}:{key}"] = r
+                    out_path.write_text(json.dumps(results, indent=1, default=str))  # a cut-short run keeps its rows
                     if "error" in r:
                         log.warning("%s, %s, %d ms: failed: %s", mkey, key, delay * 1000, r["stderr"][-1500:])
                     else:
                         log.info("%-13s %-4s %3d ms: %6.1f chips/s, %5.1f req/chip (%.0f s)", mkey, key, delay * 1000,
                                  r["chips"] / r["seconds"], r["requests"] / max(1, r["chips"]),
                                  time.perf_counter() - t)
-        if "memory" in args.modes.split(","):
-            server.delay = 0
-            mem_idx = args.data / "bench_loaders_memory.parquet"
-            t = time.perf_counter()
-            memory_index(full, mem_items, mem_chips, server.url, mem_idx)
-            log.info("memory index: %d chips from %d items in %.0f s", mem_items * mem_chips, mem_items,
-                     time.perf_counter() - t)
-            cfg = {"index": str(mem_idx), "bands": RGB, "batch": args.batch, "workers": args.workers}
-            results["memory"] = run_job(sys.executable, MEMORY_JOB, cfg, timeout=4 * 3600)
-            results["memory"]["items"] = mem_items
     results["elapsed_s"] = time.perf_counter() - t_start
-    (args.out or args.data / "results_loaders.json").write_text(json.dumps(results, indent=1, default=str))
+    out_path.write_text(json.dumps(results, indent=1, default=str))
     report(results, modes, bandsets, chips, slow, args)
 
 
@@ -500,25 +543,29 @@ def report(results: dict, modes, bandsets, chips: int, slow: int, args) -> None:
                 r = per.get(f"{mkey}:{key}")
                 if r is not None:
                     s = opts.get("slow", False)
-                    print(fmt_row(label, r, slow_floor if s else fast_floor, slow_tiles if s else fast_tiles))
+                    # TorchGeo's RasterDataset reads random windows, not the chips the floor counts
+                    tiles = None if _kind == "tgraster" else (slow_tiles if s else fast_tiles)
+                    print(fmt_row(label, r, slow_floor if s else fast_floor, tiles))
     m = results.get("memory")
     if m:
         if "error" in m:
             print(f"\nmemory mode failed: {m['error']}")
         else:
             s = m["samples"]
-            peak = max(x[3] for x in s) if s else 0
+            peak = max(x[2] for x in s) if s else 0
             marks = []
             for frac in (0.1, 0.25, 0.5, 0.75, 1.0):
                 want = frac * m["chips"]
                 x = next((x for x in s if x[1] >= want), s[-1]) if s else None
                 if x:
-                    marks.append(f"{x[1]} chips: {x[3] / 2**20:.0f} MiB")
-            print(f"\nmemory: data module, RGB, {m['chips']} chips from {m['items']} items, {args.workers} workers, "
-                  f"0 ms: {m['chips'] / m['seconds']:.1f} chips/s; peak RSS of parent + workers {peak / 2**20:.0f} MiB "
-                  f"(parent max {m['maxrss_parent'] / 2**20:.0f} MiB, largest worker {m['maxrss_worker'] / 2**20:.0f} "
-                  f"MiB); along the epoch: {'; '.join(marks)}")
-    print(f"\n(total {results['elapsed_s'] / 60:.1f} min)")
+                    marks.append(f"{x[1]} chips: {x[2] / 2**20:.0f} MiB")
+            cut = f" (stopped at the time limit; {m['planned']} planned)" if m["chips"] < m["planned"] else ""
+            print(f"\nmemory: data module, RGB, {m['chips']} chips{cut} from {m['items']} items, {args.workers} workers, "
+                  f"0 ms: {m['chips'] / m['seconds']:.1f} chips/s; peak PSS of parent + workers {peak / 2**20:.0f} MiB "
+                  f"(parent {max(x[3] for x in s) / 2**20:.0f} MiB, largest worker {max(x[4] for x in s) / 2**20:.0f} "
+                  f"MiB, sampled every second); along the epoch: {'; '.join(marks)}")
+    if "elapsed_s" in results:
+        print(f"\n(total {results['elapsed_s'] / 60:.1f} min)")
 
 
 if __name__ == "__main__":
