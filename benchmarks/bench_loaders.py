@@ -104,9 +104,10 @@ if kind == "orig":
         Chipper(NoStatsChipIndexer(items[r["local_item"]]), assets=bands).chip(r["chip_index_x"], r["chip_index_y"])
     n = len(rows)
 else:
-    sys.path.insert(0, cfg["tests_dir"])
-    from provision import import_torch_stack  # torchvision's CPU stub, as the test suite does
-    import_torch_stack()
+    if kind in ("module", "geods", "tgraster"):  # lightning / torchgeo import torchvision
+        sys.path.insert(0, cfg["tests_dir"])
+        from provision import import_torch_stack  # torchvision's CPU stub, as the test suite does
+        import_torch_stack()
     import torch
     from torch.utils.data import DataLoader
     from stacchip_core.training.dataset import ChipDataset, PlatformBatchSampler
