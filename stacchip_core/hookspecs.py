@@ -77,7 +77,7 @@ def hookimpl_for(*platforms: Platform | str, tryfirst: bool = False, trylast: bo
 def stacchip_platforms() -> list[Platform]:
     """Declare the platforms this plugin provides.
 
-    Return a list of :class:`stacchip_core.Platform`: the platform ``name`` (it names
+    Return a list of `stacchip_core.Platform`: the platform ``name`` (it names
     bucket folders and the index's ``platform`` column), the STAC ``collections`` whose
     items belong to it (the indexer picks an item's platform from its collection), the
     model ``bands`` in canonical order with the asset-key ``aliases`` catalogs use for them
@@ -103,9 +103,9 @@ def stacchip_chip_stats(
     ``read_asset(name)`` returns the whole band as ``NativeBand(data, factor)``, where
     ``factor`` is how many grid pixels one native pixel spans (2 for a 20 m layer on a 10 m
     grid); reduce masks with ``grid.chip_fractions(mask, factor)``. Build masks with
-    :func:`stacchip_core.class_mask` / :func:`stacchip_core.bit_mask`.
+    `stacchip_core.class_mask` / `stacchip_core.bit_mask`.
 
-    Return :class:`stacchip_core.ChipStats` with arrays of shape
+    Return `stacchip_core.ChipStats` with arrays of shape
     ``(grid.y_size, grid.x_size)``, or ``None`` to leave the item to another implementation.
     """
 
@@ -114,7 +114,7 @@ def stacchip_chip_stats(
 def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog | None) -> list[pystac.Item] | None:
     """The STAC items to process for one sample location (*first result*).
 
-    ``sample`` is a :class:`stacchip_core.Sample`: ``index`` (the job's sample
+    ``sample`` is a `stacchip_core.Sample`: ``index`` (the job's sample
     number), ``geometry`` (shapely, EPSG:4326; None without a sample source) and
     ``properties`` (the row's attributes). ``catalog`` answers pystac-client's
     ``search(collections=, datetime=, intersects=, query=, sortby=, max_items=)``: a
@@ -133,9 +133,9 @@ def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Store,
 
     Keep the assets the platform needs, copy (or resample) them into ``store`` under
     ``prefix`` (``{platform}/{item_id}``) and return a copy of ``item`` whose hrefs point at
-    the copies. ``store`` is a :class:`stacchip_core.Store`: a local folder or an object-store
+    the copies. ``store`` is a `stacchip_core.Store`: a local folder or an object-store
     prefix behind one interface (``exists``, ``url``, ``read_bytes``, ``write_bytes``,
-    ``put_file``, ``list``); :func:`stacchip_core.pipeline.ingest.copy_assets` does the common
+    ``put_file``, ``list``); `stacchip_core.pipeline.ingest.copy_assets` does the common
     case in one call. Must be idempotent: objects already in the store are not copied
     again, so a rerun finishes a half-done item.
     """
@@ -146,12 +146,12 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     """Sign or rewrite an asset href just before stacchip reads or copies it (*first result*).
 
     Called with the href about to be opened (``s3://``, ``https://``, or a local path when a
-    mount path maps it) and the :class:`pystac.Asset` it belongs to (``asset.owner`` is its
+    mount path maps it) and the `pystac.Asset` it belongs to (``asset.owner`` is its
     item), or ``None`` when the href has no asset. Return the href to use instead (a URL with
     a SAS token or a presigned query, a mirror, a local cache path), or ``None`` to leave it
     to the next implementation and finally unchanged. Called for every open and copy, so
     cache tokens rather than fetching one per call; never log the signed href (stacchip
-    redacts it in its own messages). :func:`stacchip_core.plugins.sign_href` applies the hook
+    redacts it in its own messages). `stacchip_core.plugins.sign_href` applies the hook
     in every read (``core.raster.asset_href``) and copy (``pipeline.ingest.copy_assets``);
     items keep their unsigned hrefs. stacchip itself signs Planetary Computer blob hrefs
     with the ``planetary-computer`` package (``stacchip_core.signing``, extra
@@ -166,8 +166,8 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
 def stacchip_register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``stacchip`` command line.
 
-    ``cli`` is the top-level :class:`click.Group`; call ``cli.command()`` or
-    ``cli.add_command()`` on it. Raise a :class:`stacchip_core.StacchipError` (one of its
-    subclasses in :mod:`stacchip_core.errors`, e.g. ``ConfigError`` for a bad option) for
+    ``cli`` is the top-level `click.Group`; call ``cli.command()`` or
+    ``cli.add_command()`` on it. Raise a `stacchip_core.StacchipError` (one of its
+    subclasses in `stacchip_core.errors`, e.g. ``ConfigError`` for a bad option) for
     bad input so that the user sees one clear line instead of a traceback.
     """

@@ -191,7 +191,7 @@ class Chipper:
             raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from exc
 
     def chip(self, x: int, y: int) -> Chip:
-        """Chip (x, y): a :class:`~stacchip_core.core.chip.Chip`, the mapping ``{asset key:
+        """Chip (x, y): a `Chip`, the mapping ``{asset key:
         array (bands, cs, cs)}`` of every selected asset, with its transform and CRS."""
         return self.chips([(x, y)], workers=1)[0]
 
@@ -207,7 +207,7 @@ class Chipper:
         )
 
     def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[Chip]:
-        """Many chips (:class:`~stacchip_core.core.chip.Chip`). From layouts: every tile of
+        """Many chips (`Chip`). From layouts: every tile of
         every chip and asset fetched concurrently (adjacent ranges coalesced) and decoded in
         async-tiff's thread pool. Assets without a usable layout (none recorded, stale, a
         codec async-tiff lacks, or off the grid's lattice: resampled) are read through

@@ -162,7 +162,7 @@ class ChipGrid:
     ) -> ChipGrid:
         """The chip grid of ``item`` from its projection metadata; where the item has none
         (no CRS, or no shape with transform), from the header of its finest raster asset
-        (:func:`grid_from_header`, logged). ``mountpath`` maps remote hrefs as the readers do."""
+        (`grid_from_header`, logged). ``mountpath`` maps remote hrefs as the readers do."""
         if chip_size < 1:
             raise ValueError(f"chip_size must be positive, got {chip_size}")
         crs = _item_crs_or_none(item)
