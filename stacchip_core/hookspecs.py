@@ -1,22 +1,17 @@
-"""The hooks a stacchip plugin can implement. These docstrings are the plugin author's manual.
+"""The hooks a stacchip plugin can implement: each hook's arguments, return value and contract.
 
-A plugin is a module (or package) registered under the entry-point group ``stacchip``::
-
-    [project.entry-points.stacchip]
-    mysource = "stacchip_mysource"
-
-and implements the hooks below. Hooks about one platform (statistics, selection,
-normalization) are implemented with ``@hookimpl_for(PLATFORM)``: the implementation is called
-for that platform's items only, so it needs no ``if platform.name != ...`` guard (a forgotten
-guard would answer for every platform). Hooks about the plugin as a whole (platforms,
-commands) use ``@hookimpl``. An implementation may accept any subset of a hook's arguments,
-by name. Hooks marked *first result* stop at the first implementation that returns
-something other than ``None``; ``@hookimpl_for(PLATFORM, tryfirst=True)`` overrides an
-installed plugin's behaviour for its platform without forking it.
+These docstrings are the reference; the docs site's "Writing a plugin" page is the tutorial
+(a complete source, from ``stacchip plugin new``). Hooks about one platform (statistics,
+selection, normalization) are marked ``@hookimpl_for(PLATFORM)`` and called for that
+platform's items only; hooks about the plugin as a whole (platforms, commands) use
+``@hookimpl``. An implementation may accept any subset of a hook's arguments, by name. Hooks
+marked *first result* stop at the first implementation that returns something other than
+``None``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,34 +36,65 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def hookimpl_for(*platforms: Platform | str, tryfirst: bool = False, trylast: bool = False,
                  specname: str | None = None) -> Callable[[F], F]:
-    """Mark a hook implementation that answers for ``platforms`` only (Platform objects or names).
+    """Mark a hook implementation that answers for ``platforms`` only.
 
     The implementation keeps its own arguments (any subset of the hook's); stacchip calls it
     only when the hook's ``platform`` is one of these, and the other platforms' plugins never
-    see it. ``tryfirst``/``trylast``/``specname`` are pluggy's (``specname`` lets one module
-    implement a hook twice, for example for two platforms).
+    see it. ``specname`` lets one module implement a hook twice, for example for two
+    platforms.
+
+    Args:
+        *platforms: `Platform` objects or platform names.
+        tryfirst: pluggy's: call this implementation before the others.
+        trylast: pluggy's: call this implementation after the others.
+        specname: The hook's name when the function is named otherwise.
+
+    Returns:
+        A decorator that registers the function as the hook's implementation.
+
+    Raises:
+        TypeError: No platform given, a hook without a ``platform`` argument, or an argument
+            the hook does not have.
     """
     names = frozenset(p if isinstance(p, str) else p.name for p in platforms)
     if not names:
         raise TypeError("hookimpl_for needs at least one platform")
+    marker = hookimpl(tryfirst=tryfirst, trylast=trylast, specname=specname)
 
     def decorate(fn: F) -> F:
+        hook = specname or fn.__name__
+        spec: Callable[..., Any] | None = globals().get(hook)
+        if spec is None or not hasattr(spec, "stacchip_spec"):  # not a hook: pluggy names it at load
+            return marker(fn)
+        spec_params = list(inspect.signature(spec).parameters)
+        if "platform" not in spec_params:
+            raise TypeError(f"{hook} is not about one platform: mark {fn.__qualname__} with @hookimpl")
         params = list(inspect.signature(fn).parameters)
-        # pluggy passes hook arguments by the implementation's parameter names, read from its
-        # code object: the wrapper is compiled with the implementation's names plus platform.
-        wrapper_params = ["platform"] + [p for p in params if p != "platform"]
-        call = ", ".join(f"{p}={p}" for p in params)
-        source = (f"def {fn.__name__}({', '.join(wrapper_params)}):\n"
-                  f"    if getattr(platform, 'name', platform) not in _names:\n"
-                  f"        return None\n"
-                  f"    return _impl({call})\n")
-        namespace: dict[str, Any] = {"_names": names, "_impl": fn}
-        exec(source, namespace)  # noqa: S102 - a fixed template over the function's own names
-        wrapper = namespace[fn.__name__]
-        wrapper.__doc__, wrapper.__module__ = fn.__doc__, fn.__module__
-        wrapper.__qualname__ = fn.__qualname__
-        wrapper.stacchip_platforms = names
-        return hookimpl(tryfirst=tryfirst, trylast=trylast, specname=specname)(wrapper)
+        unknown = [p for p in params if p not in spec_params]
+        if unknown:
+            raise TypeError(f"{fn.__qualname__}: {hook} has no argument {', '.join(map(repr, unknown))} "
+                            f"(it has {', '.join(spec_params)})")
+
+        # pluggy passes an implementation the arguments it names, positionally in that order:
+        # the wrapper names all of the hook's (the spec's signature), checks the platform and
+        # hands the implementation its own subset by name.
+        platform_at = spec_params.index("platform")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            platform = args[platform_at]
+            if getattr(platform, "name", platform) not in names:
+                return None
+            given = dict(zip(spec_params, args, strict=True))
+            return fn(**{p: given[p] for p in params})
+
+        # pluggy < 1.7 reads the names through inspect.signature, pluggy 1.7 from the code of
+        # the function inspect.unwrap reaches: both find the spec's
+        wrapper.__signature__ = inspect.signature(spec)  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = spec  # type: ignore[attr-defined]
+        wrapper.stacchip_platforms = names  # type: ignore[attr-defined]
+        wrapper.stacchip_implementation = fn  # type: ignore[attr-defined]
+        return marker(wrapper)  # type: ignore[return-value]
 
     return decorate
 
@@ -135,7 +161,7 @@ def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Store,
     ``prefix`` (``{platform}/{item_id}``) and return a copy of ``item`` whose hrefs point at
     the copies. ``store`` is a `stacchip_core.Store`: a local folder or an object-store
     prefix behind one interface (``exists``, ``url``, ``read_bytes``, ``write_bytes``,
-    ``put_file``, ``list``); `stacchip_core.pipeline.ingest.copy_assets` does the common
+    ``put_file``, ``list``); `stacchip_core.plugin_api.copy_assets` does the common
     case in one call. Must be idempotent: objects already in the store are not copied
     again, so a rerun finishes a half-done item.
     """
@@ -152,7 +178,7 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     to the next implementation and finally unchanged. Called for every open and copy, so
     cache tokens rather than fetching one per call; never log the signed href (stacchip
     redacts it in its own messages). `stacchip_core.plugins.sign_href` applies the hook
-    in every read (``core.raster.asset_href``) and copy (``pipeline.ingest.copy_assets``);
+    in every read and copy (``asset_href`` and ``copy_assets`` of ``stacchip_core.plugin_api``);
     items keep their unsigned hrefs. stacchip itself signs Planetary Computer blob hrefs
     with the ``planetary-computer`` package (``stacchip_core.signing``, extra
     ``stacchip-core[planetary-computer]``) as the last resort (``trylast``): a user's
