@@ -14,11 +14,12 @@ import pyproj
 import pytest
 import rasterio
 import shapely
+from archive_expectations import modis_expected
 from conftest import per_chip_mean, run_script_named
 
 from stacchip_core import Indexer, StacchipError, chip_from_row
 from stacchip_core.demo import synthetic
-from stacchip_core.demo.archive import MODIS_TILE, modis_expected, modis_months
+from stacchip_core.demo.archive import MODIS_TILE, modis_months
 from stacchip_core.io.catalog import open_catalog
 from stacchip_core.pipeline.process import Sample, process
 from stacchip_core.plugins import get_platform, get_plugin_manager

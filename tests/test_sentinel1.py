@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
+from archive_expectations import s1_expected
 from conftest import per_chip_mean, run_script_named
 from rasterio.enums import Compression
 
 from stacchip_core import ChipGrid, Indexer, PlatformError, chip_from_row
 from stacchip_core.demo import synthetic
-from stacchip_core.demo.archive import S1_ORIGIN, s1_expected, s1_quarter
+from stacchip_core.demo.archive import S1_ORIGIN, s1_quarter
 from stacchip_core.io.catalog import open_catalog
 from stacchip_core.pipeline.process import load_sample, process
 from stacchip_core.plugins import get_platform, get_plugin_manager

@@ -7,10 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from archive_expectations import modis_expected, s1_expected
 from conftest import landsat_expected, naip_expected, s2_expected
 
 ROOT = Path(__file__).parents[1]
 UV = Path(sys.executable).with_name("uv")
+
+# each test builds a fresh venv and installs into it: 20 s and more each on two shared cores
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("plugin, entry, platform, index, source", [
@@ -45,15 +49,11 @@ def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path)
     assert [p.parent.name for p in indexes] == sorted(done)
 
 
-# --- Sentinel-1 and MODIS (appended) -------------------------------------------------------
-
 @pytest.mark.parametrize("plugin, entry, platform, source", [
     ("stacchip-sentinel1", "sentinel1", "sentinel-1-rtc", "mgrs"),
     ("stacchip-modis", "modis", "modis", None),
 ])
 def test_new_source_plugin_alone(plugin, entry, platform, source, archive, tmp_path):
-    from stacchip_core.demo.archive import modis_expected, s1_expected
-
     venv = tmp_path / "venv"
     subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
     subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
