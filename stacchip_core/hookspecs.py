@@ -64,15 +64,17 @@ def hookimpl_for(*platforms: Platform | str, tryfirst: bool = False, trylast: bo
     def decorate(fn: F) -> F:
         hook = specname or fn.__name__
         spec: Callable[..., Any] | None = globals().get(hook)
-        if spec is None or not hasattr(spec, "stacchip_spec"):  # not a hook: pluggy names it at load
+        if spec is None or not hasattr(spec, "stacchip_spec"):  # pluggy names a misspelt hook
             return marker(fn)
         spec_params = list(inspect.signature(spec).parameters)
         if "platform" not in spec_params:
-            raise TypeError(f"{hook} is not about one platform: mark {fn.__qualname__} with @hookimpl")
+            raise TypeError(f"{hook} is not about one platform: mark {fn.__qualname__} "
+                            "with @hookimpl")
         params = list(inspect.signature(fn).parameters)
         unknown = [p for p in params if p not in spec_params]
         if unknown:
-            raise TypeError(f"{fn.__qualname__}: {hook} has no argument {', '.join(map(repr, unknown))} "
+            missing = ", ".join(map(repr, unknown))
+            raise TypeError(f"{fn.__qualname__}: {hook} has no argument {missing} "
                             f"(it has {', '.join(spec_params)})")
 
         # pluggy passes an implementation the arguments it names, positionally in that order:

@@ -15,4 +15,5 @@ def s1_expected(index: int = 0) -> list[str]:
 def modis_expected() -> list[str]:
     """The MODIS items sample 0 selects: the newer Aqua composite of each drawn month."""
     h, v = MODIS_TILE
-    return [f"MYD09A1.A{datetime(2018, m, 9):%Y%j}.h{h:02d}v{v:02d}.061.synthetic" for m in modis_months(h, v, 2018)]
+    return [f"MYD09A1.A{datetime(2018, m, 9):%Y%j}.h{h:02d}v{v:02d}.061.synthetic"
+            for m in modis_months(h, v, 2018)]

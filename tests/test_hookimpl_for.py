@@ -38,7 +38,8 @@ def stacchip_chip_stats(read_asset, item):  # a subset, in another order than th
 def test_pluggy_passes_the_named_arguments_for_the_platform_only(platform, expected):
     CALLS.clear()
     pm = _manager(stacchip_chip_stats)
-    result = pm.hook.stacchip_chip_stats(platform=platform, item="ITEM", grid="GRID", read_asset="READER")
+    result = pm.hook.stacchip_chip_stats(platform=platform, item="ITEM", grid="GRID",
+                                         read_asset="READER")
     assert result == expected
     assert CALLS == ([("stats", "READER", "ITEM")] if expected else [])
 
@@ -74,14 +75,17 @@ def test_an_override_answers_first_for_its_platform():
         return f"override of {item}"
 
     pm = _manager(stacchip_chip_stats, override)
-    assert pm.hook.stacchip_chip_stats(platform="s2", item="I", grid=None, read_asset=None) == "override of I"
+    result = pm.hook.stacchip_chip_stats(platform="s2", item="I", grid=None, read_asset=None)
+    assert result == "override of I"
 
 
 def test_the_wrapper_shows_the_hook_signature_and_keeps_the_implementation():
-    assert inspect.signature(stacchip_chip_stats) == inspect.signature(hookspecs.stacchip_chip_stats)
+    spec = inspect.signature(hookspecs.stacchip_chip_stats)
+    assert inspect.signature(stacchip_chip_stats) == spec
     assert stacchip_chip_stats.stacchip_platforms == frozenset({"s2"})
     assert stacchip_chip_stats.__name__ == "stacchip_chip_stats"
-    assert list(inspect.signature(stacchip_chip_stats.stacchip_implementation).parameters) == ["read_asset", "item"]
+    implementation = stacchip_chip_stats.stacchip_implementation
+    assert list(inspect.signature(implementation).parameters) == ["read_asset", "item"]
 
 
 def _bad_argument():
@@ -103,7 +107,8 @@ def _no_platform():
 
 
 @pytest.mark.parametrize("define, message", [
-    (_bad_argument, "stacchip_select_items has no argument 'colour' (it has platform, sample, catalog)"),
+    (_bad_argument,
+     "stacchip_select_items has no argument 'colour' (it has platform, sample, catalog)"),
     (_not_a_platform_hook, "stacchip_register_commands is not about one platform"),
     (_no_platform, "hookimpl_for needs at least one platform"),
 ])

@@ -47,7 +47,8 @@ _HEADER_MEDIA = ("tiff", "jp2")
 _NON_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual-preview"}
 
 
-def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int], Affine, pyproj.CRS]:
+def grid_from_header(item: pystac.Item,
+                     mountpath=None) -> tuple[tuple[int, int], Affine, pyproj.CRS]:
     """Shape, transform and CRS of the finest raster asset, read from the file's header.
 
     For items without projection metadata. Only headers are read (a few kB a file): the asset
@@ -68,7 +69,8 @@ def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int]
                   if (not a.media_type or any(m in a.media_type.lower() for m in _HEADER_MEDIA))
                   and not (set(a.roles or ()) and set(a.roles or ()) <= _NON_DATA_ROLES)]
     if not candidates:
-        raise ProjectionError(f"item {item.id!r} has no projection metadata and no raster asset to read it from")
+        raise ProjectionError(f"item {item.id!r} has no projection metadata and no raster asset "
+                              "to read it from")
     with_gsd = [(a.extra_fields.get("gsd") or a.common_metadata.gsd, k, a) for k, a in candidates]
     with_gsd = [c for c in with_gsd if c[0]]
     if with_gsd:
@@ -88,8 +90,10 @@ def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int]
             raise ProjectionError(f"item {item.id!r} has no projection metadata and asset {key!r} "
                                   f"cannot be read for it: {exc}") from exc
     if not found:
-        raise ProjectionError(f"item {item.id!r} has no projection metadata and its rasters have no CRS")
+        raise ProjectionError(f"item {item.id!r} has no projection metadata and its rasters "
+                              "have no CRS")
     key, shape, transform, crs = min(found, key=lambda c: (abs(c[2].a), -c[1][0] * c[1][1]))
-    log.info("item %s: grid from asset %r: %d x %d px of %g m, %s", item.id, key, shape[0], shape[1],
+    log.info("item %s: grid from asset %r: %d x %d px of %g m, %s", item.id, key, shape[0],
+             shape[1],
              abs(transform.a), crs.to_string())
     return shape, transform, crs

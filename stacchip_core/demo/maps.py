@@ -11,21 +11,33 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import shapely
 
+log = logging.getLogger(__name__)
+
 CMAP = "viridis"
 
 
-def cloud_colours(cloud: np.ndarray) -> list[str]:
-    """Hex colours of cloud fractions 0..1 (matplotlib's viridis: clear is purple, cloudy yellow)."""
-    from matplotlib import colormaps
+# viridis at 17 even stops (matplotlib's colormap data), interpolated in between: the page and
+# the previews need no plotting library
+_VIRIDIS = np.array([[int(c[k:k + 2], 16) for k in (1, 3, 5)] for c in (
+    "#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e",
+    "#21918c", "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219",
+    "#fde725")], float)
 
-    rgba = colormaps[CMAP](np.clip(np.asarray(cloud, dtype=float), 0, 1))
-    return ["#{:02x}{:02x}{:02x}".format(*(round(v * 255) for v in c[:3])) for c in rgba]
+
+def cloud_colours(cloud: np.ndarray) -> list[str]:
+    """Hex colours of cloud fractions 0..1 (viridis: clear is purple, cloudy yellow)."""
+    at = np.clip(np.asarray(cloud, dtype=float), 0, 1) * (len(_VIRIDIS) - 1)
+    stops = np.arange(len(_VIRIDIS))
+    rgb = np.stack([np.interp(at, stops, _VIRIDIS[:, b]) for b in range(3)], axis=-1)
+    return ["#{:02x}{:02x}{:02x}".format(*c) 
+            for c in np.rint(rgb).astype(int).reshape(-1, 3).tolist()]
 
 
 def _footprints(table: pa.Table) -> np.ndarray:
@@ -115,8 +127,15 @@ window.addEventListener("mousemove", e => {{
     return path
 
 
-def index_map_png(table: pa.Table, path: str | Path) -> Path:
-    """A static map: one panel per platform, chips filled by cloud fraction, a shared colour bar."""
+def index_map_png(table: pa.Table, path: str | Path) -> Path | None:
+    """A static map: one panel per platform, chips filled by cloud fraction, a shared colour
+    bar. Drawn with matplotlib (the ``viz`` extra); None, with one log line, without it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("index_map.png not drawn: it needs matplotlib "
+                    "(pip install 'stacchip-core[viz]'); index_map.html shows the same")
+        return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
