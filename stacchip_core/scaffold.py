@@ -38,6 +38,8 @@ def _replacements(name: str) -> list[tuple[str, str]]:
 
 
 def _render(text: str, name: str) -> str:
+    # the template marks the sections the docs' tutorial shows (pymdownx.snippets): not copied
+    text = "".join(line for line in text.splitlines(keepends=True) if "# --8<-- [" not in line)
     for old, new in _replacements(name):
         text = text.replace(old, new)
     return text

@@ -8,6 +8,7 @@ Everything comes from ``stacchip_core.plugin_api``, the public plugin API.
 
 from __future__ import annotations
 
+# --8<-- [start:imports]
 from stacchip_core.plugin_api import (
     Band,
     ChipStats,
@@ -19,12 +20,16 @@ from stacchip_core.plugin_api import (
     hookimpl_for,
 )
 
+# --8<-- [end:imports]
+# --8<-- [start:constants]
 COLLECTION = "mysource-l2"
 MASK_CLOUD_CLASSES = (2, 3)  # values of the quality layer that count as cloud
 MASK_NODATA = 0  # the quality layer's value where the scene has no data
 MAX_CLOUD_COVER = 75  # items cloudier than this (eo:cloud_cover, percent) are not selected
 ITEMS_PER_SAMPLE = 2
+# --8<-- [end:constants]
 
+# --8<-- [start:platform]
 PLATFORM = Platform(
     name="mysource",
     collections=(COLLECTION,),
@@ -45,8 +50,10 @@ PLATFORM = Platform(
 @hookimpl
 def stacchip_platforms():
     return [PLATFORM]
+# --8<-- [end:platform]
 
 
+# --8<-- [start:stats]
 @hookimpl_for(PLATFORM)
 def stacchip_chip_stats(grid, read_asset):
     # the quality layer at its native resolution, in strips, reduced per chip as it is read
@@ -58,8 +65,10 @@ def stacchip_chip_stats(grid, read_asset):
         },
     )
     return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
+# --8<-- [end:stats]
 
 
+# --8<-- [start:select]
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(sample, catalog):
     # the least cloudy items over the sample's location
@@ -67,16 +76,21 @@ def stacchip_select_items(sample, catalog):
     items = [i for i in found.items() if i.properties.get("eo:cloud_cover", 0) <= MAX_CLOUD_COVER]
     items.sort(key=lambda i: (i.properties.get("eo:cloud_cover", 0), i.id))
     return items[:ITEMS_PER_SAMPLE]
+# --8<-- [end:select]
 
 
+# --8<-- [start:normalize]
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
     # copy the bands and the quality layer into the bucket (a rerun copies nothing twice)
     keys = [platform.asset_key(item, name) for name in platform.band_names + ["mask"]]
     return copy_assets(item, [k for k in keys if k], store, prefix)
+# --8<-- [end:normalize]
 
 
+# --8<-- [start:main]
 def main() -> None:
     """``stacchip-mysource``: one processing job configured by environment variables
     (AWS_BATCH_JOB_ARRAY_INDEX, STACCHIP_SAMPLE_SOURCE, STACCHIP_BUCKET, STACCHIP_STAC_API)."""
     env_job(PLATFORM.name)
+# --8<-- [end:main]

@@ -21,6 +21,7 @@ CRS, SIZE, RES = 32633, 512, 10.0
 BIN = Path(sys.executable).parent
 
 
+# --8<-- [start:layer]
 def quality_layer() -> np.ndarray:
     """Chip (0, 0) clear; (1, 0) half cloud; (0, 1) a quarter without data; (1, 1) all cloud."""
     mask = np.ones((SIZE, SIZE), np.uint8)
@@ -28,6 +29,7 @@ def quality_layer() -> np.ndarray:
     mask[256:384, :128] = 0
     mask[256:, 256:] = 3
     return mask
+# --8<-- [end:layer]
 
 
 def write_item(folder: Path, item_id: str, origin: tuple[float, float], cloud_cover: float) -> Path:
@@ -108,6 +110,7 @@ def archive(tmp_path):
     return items, samples
 
 
+# --8<-- [start:stats]
 def test_statistics_are_the_quality_layer_fractions(tmp_path):
     item = write_item(tmp_path, "one", ORIGIN, 10.0)
     rows = Indexer(str(item), chip_max_nodata=1.0).create_index().to_pylist()
@@ -119,6 +122,7 @@ def test_statistics_are_the_quality_layer_fractions(tmp_path):
         for r in rows
     }
     assert got == {(0, 0): (0.0, 0.0), (1, 0): (0.5, 0.0), (0, 1): (0.0, 0.25), (1, 1): (1.0, 0.0)}
+# --8<-- [end:stats]
 
 
 def expect_job(bucket: Path, stdout: str) -> None:
@@ -133,6 +137,7 @@ def expect_job(bucket: Path, stdout: str) -> None:
         assert sorted(index["cloud_cover_percentage"].to_pylist()) == [0.0, 0.0, 0.5, 1.0]
 
 
+# --8<-- [start:job]
 def test_a_processing_job_selects_copies_and_indexes(archive, tmp_path):
     items, samples = archive
     bucket = tmp_path / "bucket"
@@ -158,6 +163,7 @@ def test_a_processing_job_selects_copies_and_indexes(archive, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     expect_job(bucket, r.stdout)
+# --8<-- [end:job]
 
 
 def test_the_console_script_runs_a_job_from_the_environment(archive, tmp_path):
