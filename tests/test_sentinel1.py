@@ -190,6 +190,7 @@ def test_grd_with_a_grid_is_accepted_with_zero_as_nodata(tmp_path):
 
 # --- the original console script ----------------------------------------------------------
 
+@pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 def test_console_script_reads_the_original_environment(archive, tmp_path):
     env = {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "STACCHIP_MGRS_SOURCE": str(archive.mgrs), "STACCHIP_SAMPLE_SOURCE": "",
            "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}
