@@ -385,7 +385,7 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
         print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
 
 
-# --- the original's stacchip-prechip and stacchip-stats scripts (appended) -----------------
+# --- the original's stacchip-prechip and stacchip-stats scripts ----------------------------
 
 ORIGINAL_CUBE_VERSION = "mode_v1_chipper_v2"  # the cube folder stacchip 0.1 wrote
 ORIGINAL_CUBE_BUCKET = "clay-v1-data-cubes"  # where stacchip 0.1's stacchip-stats read cubes

@@ -317,7 +317,7 @@ def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id:
     return _write_item(item, outdir)
 
 
-# --- Sentinel-1 RTC and MODIS (appended) -----------------------------------------------
+# --- Sentinel-1 RTC and MODIS ----------------------------------------------------------
 
 S1_NODATA = -32768.0
 MODIS_FILL = -28672
