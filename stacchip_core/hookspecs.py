@@ -41,7 +41,8 @@ def hookimpl_for(*platforms: Platform | str, tryfirst: bool = False, trylast: bo
     The implementation keeps its own arguments (any subset of the hook's); stacchip calls it
     only when the hook's ``platform`` is one of these, and the other platforms' plugins never
     see it. ``specname`` lets one module implement a hook twice, for example for two
-    platforms.
+    platforms. It marks functions of a plugin module (or of any object whose attributes are
+    plain functions), not methods.
 
     Args:
         *platforms: `Platform` objects or platform names.

@@ -20,7 +20,6 @@ import shapely
 
 log = logging.getLogger(__name__)
 
-CMAP = "viridis"
 
 
 # viridis at 17 even stops (matplotlib's colormap data), interpolated in between: the page and
@@ -31,13 +30,18 @@ _VIRIDIS = np.array([[int(c[k:k + 2], 16) for k in (1, 3, 5)] for c in (
     "#fde725")], float)
 
 
+# 256 levels, as matplotlib's colormaps have: the static map's colour bar shows every colour
+# a chip can have
+_AT = np.linspace(0, len(_VIRIDIS) - 1, 256)
+_STOPS = np.arange(len(_VIRIDIS))
+_LEVELS = np.rint(np.stack([np.interp(_AT, _STOPS, _VIRIDIS[:, b]) for b in range(3)], axis=-1)).astype(int)
+
+
 def cloud_colours(cloud: np.ndarray) -> list[str]:
-    """Hex colours of cloud fractions 0..1 (viridis: clear is purple, cloudy yellow)."""
-    at = np.clip(np.asarray(cloud, dtype=float), 0, 1) * (len(_VIRIDIS) - 1)
-    stops = np.arange(len(_VIRIDIS))
-    rgb = np.stack([np.interp(at, stops, _VIRIDIS[:, b]) for b in range(3)], axis=-1)
-    return ["#{:02x}{:02x}{:02x}".format(*c) 
-            for c in np.rint(rgb).astype(int).reshape(-1, 3).tolist()]
+    """Hex colours of cloud fractions 0..1 (viridis in 256 levels: clear is purple, cloudy
+    yellow)."""
+    level = np.minimum((np.clip(np.asarray(cloud, dtype=float), 0, 1) * 256).astype(int), 255)
+    return ["#{:02x}{:02x}{:02x}".format(*c) for c in _LEVELS[level.reshape(-1)].tolist()]
 
 
 def _footprints(table: pa.Table) -> np.ndarray:
@@ -138,7 +142,7 @@ def index_map_png(table: pa.Table, path: str | Path) -> Path | None:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Polygon
 
@@ -165,7 +169,8 @@ def index_map_png(table: pa.Table, path: str | Path) -> Path | None:
         ax.set_title(f"{name} ({int((platforms == name).sum())})", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.ticklabel_format(useOffset=False)
-    fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), ax=list(axes), label="cloud fraction", fraction=0.03)
+    cmap = ListedColormap(_LEVELS / 255)
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(axes), label="cloud fraction", fraction=0.03)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig).print_png(str(path))
     return path
