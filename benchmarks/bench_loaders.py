@@ -361,8 +361,18 @@ def memory_index(base, n_items: int, per_item: int, url: str, path: Path, seed: 
     t = one.take(pa.array(take))
     item = np.repeat(np.arange(n_items), per_item)
     ids = [f"MEM-{k:05d}" for k in range(n_items)]
-    blobs = [encode([replace(v, href=f"{url}/a/m{k:05d}/scene/{Path(v.href).name}") for v in lays.values()],
-                    lays.grid) for k in range(n_items)]
+    def moved(href: str, k: int) -> str:
+        return f"{url}/a/m{k:05d}/scene/{Path(href).name}"
+
+    def extras(k: int) -> dict:  # what newer layouts hold besides the tiles (grid shape, CRS, bands, hrefs)
+        out = {a: getattr(lays, a) for a in ("shape", "crs", "bands") if getattr(lays, a, None)}
+        hrefs: dict[str, str] = getattr(lays, "hrefs", None) or {}
+        if hrefs:
+            out["hrefs"] = {key: moved(h, k) for key, h in hrefs.items()}
+        return out
+
+    blobs = [encode([replace(v, href=moved(v.href, k)) for v in lays.values()], lays.grid, **extras(k))
+             for k in range(n_items)]
     cols = {
         "item_id": pa.array([ids[k] for k in item]),
         "item_href": pa.array([f"{url}/m/{ids[k]}.json" for k in item]),
