@@ -496,42 +496,47 @@ def main() -> None:
             results["memory"]["items"] = mem_items
             out_path.write_text(json.dumps(results, indent=1, default=str))
 
-        for step in plan:
-            if step == "memory":
-                run_memory()
-                continue
-            delay = float(step) / 1000
-            server.delay = delay
-            per = results["delays"][str(int(delay * 1000))] = {}
-            for key, bands in bandsets.items():
-                for mkey, label, kind, opts in modes:
-                    is_slow = opts.get("slow", False)
-                    cfg = {"kind": kind, "bands": bands, "batch": args.batch, "workers": opts.get("workers", args.workers),
-                           "stats_url": server.stats_url, "index": str(slow_idx if is_slow else idx),
-                           "chips": slow if is_slow else chips, "parent_read": opts.get("parent_read", False),
-                           "context": opts.get("context"), "tests_dir": str(HERE.parent / "tests")}
-                    python = sys.executable
-                    if kind == "orig":
-                        python = args.original_python
-                        from stacchip_core.io.settings import GDAL_DEFAULTS
+        try:
+            for step in plan:
+                if step == "memory":
+                    run_memory()
+                    continue
+                delay = float(step) / 1000
+                server.delay = delay
+                per = results["delays"][str(int(delay * 1000))] = {}
+                for key, bands in bandsets.items():
+                    for mkey, label, kind, opts in modes:
+                        is_slow = opts.get("slow", False)
+                        cfg = {"kind": kind, "bands": bands, "batch": args.batch, "workers": opts.get("workers", args.workers),
+                               "stats_url": server.stats_url, "index": str(slow_idx if is_slow else idx),
+                               "chips": slow if is_slow else chips, "parent_read": opts.get("parent_read", False),
+                               "context": opts.get("context"), "tests_dir": str(HERE.parent / "tests")}
+                        python = sys.executable
+                        if kind == "orig":
+                            python = args.original_python
+                            from stacchip_core.io.settings import GDAL_DEFAULTS
 
-                        cfg["env"] = {k: str(v) for k, v in GDAL_DEFAULTS.items()} if opts.get("tuned") else {}
-                    if kind == "tgraster":
-                        cfg["env"] = USER_GDAL
-                        cfg["band_ids"] = [S2_IDS[b] for b in bands]
-                        day = datetime(2024, 1, 1)
-                        cfg["paths"] = [f"/vsicurl/{server.url}/tg/i{i:04d}/T20HNJ_{day + timedelta(days=i):%Y%m%d}_B02.tif"
-                                        for i in slow_items]
-                    t = time.perf_counter()
-                    r = run_job(python, JOB, cfg)
-                    per[f"{mkey}:{key}"] = r
-                    out_path.write_text(json.dumps(results, indent=1, default=str))  # a cut-short run keeps its rows
-                    if "error" in r:
-                        log.warning("%s, %s, %d ms: failed: %s", mkey, key, delay * 1000, r["stderr"][-1500:])
-                    else:
-                        log.info("%-13s %-4s %3d ms: %6.1f chips/s, %5.1f req/chip (%.0f s)", mkey, key, delay * 1000,
-                                 r["chips"] / r["seconds"], r["requests"] / max(1, r["chips"]),
-                                 time.perf_counter() - t)
+                            cfg["env"] = {k: str(v) for k, v in GDAL_DEFAULTS.items()} if opts.get("tuned") else {}
+                        if kind == "tgraster":
+                            cfg["env"] = USER_GDAL
+                            cfg["band_ids"] = [S2_IDS[b] for b in bands]
+                            day = datetime(2024, 1, 1)
+                            cfg["paths"] = [f"/vsicurl/{server.url}/tg/i{i:04d}/T20HNJ_{day + timedelta(days=i):%Y%m%d}_B02.tif"
+                                            for i in slow_items]
+                        t = time.perf_counter()
+                        r = run_job(python, JOB, cfg)
+                        per[f"{mkey}:{key}"] = r
+                        out_path.write_text(json.dumps(results, indent=1, default=str))  # a cut-short run keeps its rows
+                        if "error" in r:
+                            log.warning("%s, %s, %d ms: failed: %s", mkey, key, delay * 1000, r["stderr"][-1500:])
+                        else:
+                            log.info("%-13s %-4s %3d ms: %6.1f chips/s, %5.1f req/chip (%.0f s)", mkey, key, delay * 1000,
+                                     r["chips"] / r["seconds"], r["requests"] / max(1, r["chips"]),
+                                     time.perf_counter() - t)
+        except KeyboardInterrupt:  # Ctrl-C: nginx stops, the tables show what ran
+            log.warning("interrupted: reporting the modes that ran")
+            results["interrupted"] = True
+
     results["elapsed_s"] = time.perf_counter() - t_start
     out_path.write_text(json.dumps(results, indent=1, default=str))
     report(results, modes, bandsets, chips, slow, args)
