@@ -147,9 +147,11 @@ class ShardedBatchSampler(BatchSampler):
         self._cache: tuple[int, list[np.ndarray]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next passes (when there is no ``epoch_fn``)."""
         self.epoch = epoch
 
     def current_epoch(self) -> int:
+        """The epoch the next pass shuffles with."""
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
         if epoch is None:
             epoch = self.epoch if self.epoch is not None else self._passes
@@ -177,7 +179,15 @@ class ShardedBatchSampler(BatchSampler):
 
 
 def collate_chips(samples: list[dict]) -> dict:
-    """One batch dict from ``ChipDataset.__getitems__``'s samples (all of one platform)."""
+    """One batch from ``ChipDataset.__getitems__``'s samples.
+
+    Args:
+        samples: the samples of one batch, all of one platform.
+
+    Returns:
+        ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``item_id``/``date`` lists,
+        ``platform`` (one string), ``lon``/``lat`` tensors.
+    """
     return {"pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),
             "chipid": [s["chipid"] for s in samples], "item_id": [s["item_id"] for s in samples],
             "date": [s["date"] for s in samples], "platform": samples[0]["platform"],
@@ -191,7 +201,15 @@ def default_workers(ranks_per_node: int = 1, cpus: int | None = None) -> int:
     on a thread per CPU, so workers are not needed for CPU parallelism: two already overlap one
     batch's round trip with another's decoding (2 cores: 2 workers). More help on large machines
     until decoding saturates the cores; each also holds its own caches (see the training-at-scale
-    docs page)."""
+    docs page).
+
+    Args:
+        ranks_per_node: training processes on this machine (devices per node).
+        cpus: CPUs this process may use (default: its affinity mask).
+
+    Returns:
+        The number of workers for each rank's loaders.
+    """
     if cpus is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(2, min(8, cpus // max(1, ranks_per_node) // 2))
