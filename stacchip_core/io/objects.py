@@ -530,41 +530,24 @@ def _coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in merged]
 
 
-async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
-                      expect: Expect) -> dict[tuple[int, int], memoryview]:
-    """The bytes of ``ranges`` (``[start, end)``) of the object at ``href`` (UNSIGNED: it is
-    signed here, off the loop, right before the read, since signatures expire): coalesced,
-    concurrent, and checked against ``expect``.
+class _Changed(StaleObject):
+    """An If-Match that no longer holds (412)."""
 
-    The size is checked on every response. A layout with a header digest is checked once per
-    process: its header is read beside the first tile reads (no added latency) and the ETag
-    seen then goes as If-Match on later reads, which catches a later rewrite. A layout from
-    before digests sends its recorded ETag as If-Match, as it always did.
 
-    Raises:
-        StaleObject: the object changed or is gone (the caller falls back).
-        ObjectError: any other failure (one redacted line).
-        AssetError: signing the href failed.
-    """
-    url = await sign(href)
-    merged = _coalesce(ranges)
-    if_match = expect.etag
-    check = None
-    if expect.digest and not if_match:
-        key = (href, expect.size, expect.digest)
-        if key in _VERIFIED:
-            if_match = _VERIFIED[key]
-        else:
-            check = asyncio.ensure_future(_verified(href, url, expect))
+async def _blocks(href: str, url: str, merged: list[tuple[int, int]], expect: Expect, if_match: str | None,
+                  check: asyncio.Future | None) -> list[tuple[int, memoryview]]:
+    """The merged ranges, read concurrently (beside ``check``, a header check, if any)."""
 
-    async def one(s: int, e: int):
+    async def one(s: int, e: int) -> tuple[int, memoryview]:
         try:
             response = await _fetch(url, s, e, if_match)
         except NoTransport:
             raise
         except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
             kind = failure(exc)
-            if kind in ("not found", "precondition failed"):  # the object changed or went away
+            if kind == "precondition failed":
+                raise _Changed(kind) from None
+            if kind == "not found":  # the object went away
                 raise StaleObject(kind) from None
             raise _error(href, exc) from None
         if response.size != expect.size:
@@ -574,16 +557,53 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
         return s, memoryview(response.body)
 
     try:
-        if check is not None:
-            *blocks, _ = await asyncio.gather(*(one(s, e) for s, e in merged), check)
-        else:
-            blocks = list(await asyncio.gather(*(one(s, e) for s, e in merged)))
-    except StaleObject:
-        _count(stale=1)
-        raise
+        if check is None:
+            return list(await asyncio.gather(*(one(s, e) for s, e in merged)))
+        *blocks, _ = await asyncio.gather(*(one(s, e) for s, e in merged), check)
+        return blocks
     finally:
         if check is not None and not check.done():
             check.cancel()
+
+
+async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
+                      expect: Expect) -> dict[tuple[int, int], memoryview]:
+    """The bytes of ``ranges`` (``[start, end)``) of the object at ``href`` (UNSIGNED: it is
+    signed here, off the loop, right before the read, since signatures expire): coalesced,
+    concurrent, and checked against ``expect``.
+
+    The size is checked on every response. A layout with a header digest is checked once per
+    process: its header is read beside the first tile reads (no added latency) and the ETag
+    seen then goes as If-Match on later reads. When that fails (the object was rewritten, or
+    copied anew) the header is checked once more: unchanged, reads go on with the new ETag;
+    changed, the object is stale. A layout from before digests sends its recorded ETag as
+    If-Match, as it always did.
+
+    Raises:
+        StaleObject: the object changed or is gone (the caller falls back).
+        ObjectError: any other failure (one redacted line).
+        AssetError: signing the href failed.
+    """
+    url = await sign(href)
+    merged = _coalesce(ranges)
+    try:
+        if not expect.digest or expect.etag:  # a layout from before digests: its ETag decides
+            blocks = await _blocks(href, url, merged, expect, expect.etag, None)
+        else:
+            key = (href, expect.size, expect.digest)
+            for attempt in range(2):
+                known = key in _VERIFIED
+                check = None if known else asyncio.ensure_future(_verified(href, url, expect))
+                try:
+                    blocks = await _blocks(href, url, merged, expect, _VERIFIED.get(key), check)
+                    break
+                except _Changed:
+                    if attempt or not known:
+                        raise
+                    _VERIFIED.pop(key, None)  # rewritten or copied since its check: check again
+    except StaleObject:
+        _count(stale=1)
+        raise
     out = {}
     for s, e in ranges:
         for bs, buf in blocks:
