@@ -66,6 +66,24 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     return f"{href}?{token}"
 
 
+def sign_cached(href: str) -> str | None:
+    """``href`` as the built-in signer answers it when that needs no request: unchanged (not
+    a Planetary Computer blob), or signed with a cached token; None when a token must be
+    asked (or the package is missing: the hook then says so)."""
+    if not from_planetary_computer(href, None):
+        return href
+    try:
+        from planetary_computer import sas
+        from planetary_computer.settings import Settings
+    except ImportError:
+        return None
+    url = urlparse(href)
+    account = (url.hostname or "").removesuffix(PC_BLOB_SUFFIX)
+    container = url.path.lstrip("/").split("/", 1)[0]
+    cached = sas.TOKEN_CACHE.get(f"{Settings.get().sas_url}/{account}/{container}")
+    return f"{href}?{cached.token}" if cached is not None and cached.ttl() >= 60 else None
+
+
 FAILURE_MEMORY = 30.0  # seconds a failed token request is remembered for its container
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_LOCK = threading.Lock()

@@ -4,8 +4,9 @@
 obstore's Rust runtime does not survive ``fork()``: a process forked after its parent read
 through obstore hangs on its next obstore call. This transport holds nothing that a fork
 breaks: its aiohttp sessions belong to the process and the loop that made them, and a forked
-child makes its own. :mod:`stacchip_core.io.objects` uses it wherever obstore cannot run, and
-to read indexes, so that loading one never starts obstore's runtime in a DataLoader's parent.
+child makes its own. io.objects reads through it: local files always, remote objects wherever
+obstore cannot run, and indexes, so that loading one never starts obstore's runtime in the
+parent of a DataLoader.
 
 S3 requests are presigned locally by botocore (no request of its own: moto, custom
 endpoints, anonymous and requester-pays buckets alike), then sent as plain HTTP GETs with
