@@ -143,12 +143,9 @@ def _session():
     key = (os.getpid(), id(loop))
     session = _SESSIONS.get(key)
     if session is None or session.closed:  # type: ignore[attr-defined]
-        timeout, _ = object_timeouts()
         # limit_per_host: as many connections as a batch has concurrent tile reads of one host
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
-        session = _SESSIONS[key] = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10)))
+        session = _SESSIONS[key] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     return session
 
 
@@ -181,8 +178,10 @@ async def _http(url: str, start: int | None, end: int | None, if_match: str | No
     if if_match:
         headers["If-Match"] = if_match
     # encoded=True: a signed query (SAS, presigned S3) must reach the server byte for byte
+    timeout, _ = object_timeouts()  # per request: the setting may change while a session lives
     async with _session().request("GET" if body else "HEAD", URL(url, encoded=True),  # type: ignore[attr-defined]
-                                  headers=headers) as resp:
+                                  headers=headers,
+                                  timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10))) as resp:
         if resp.status not in (200, 206):
             raise HttpStatus(resp.status)
         data = await resp.read() if body else b""
