@@ -279,8 +279,8 @@ def get_bytes(url: str | Path) -> bytes:
             _count(requests=1, bytes=len(response.body), portable=1)
             return response.body
         return run(_fetch(url)).body
-    except NoTransport:
-        raise
+    except NoTransport as exc:
+        raise ForkedError(f"cannot read {redact(url)}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
         raise _error(url, exc) from None
 
@@ -296,8 +296,8 @@ def head(url: str | Path) -> Meta:
             return Meta(response.size, response.etag)
         store, path = locate(url)
         meta = obstore.head(store, path)
-    except NoTransport:
-        raise
+    except NoTransport as exc:
+        raise ForkedError(f"cannot read {redact(url)}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
         raise _error(url, exc, "stat") from None
     _count(requests=1)
@@ -327,8 +327,8 @@ async def get_ranges_async(url: str | Path, starts: Sequence[int], ends: Sequenc
             store, path = locate(url)
             out = await obstore.get_ranges_async(store, path, starts=starts, ends=ends)
             _count(requests=len(_coalesce(list(zip(starts, ends)))), bytes=sum(len(b) for b in out))
-    except NoTransport:
-        raise
+    except NoTransport as exc:
+        raise ForkedError(f"cannot read {redact(url)}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
         raise _error(url, exc) from None
     return _check(url, starts, ends, out)

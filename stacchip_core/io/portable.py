@@ -16,6 +16,7 @@ endpoints, anonymous and requester-pays buckets alike), then sent as plain HTTP 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -133,7 +134,6 @@ def presign(url: str, method: str = "GET") -> str:
 # --- HTTP(S): aiohttp, one session per process and loop -----------------------------------
 
 _SESSIONS: dict[tuple[int, int], object] = {}
-_ORPHANS: list = []  # a forked child's copies of its parent's sessions: kept, never closed or collected
 
 
 def _session():
@@ -149,14 +149,34 @@ def _session():
     return session
 
 
-def _after_fork() -> None:
-    _ORPHANS.extend(_SESSIONS.values())
+def _drop(session) -> None:
+    """Forget a session without any I/O: its sockets close with their file descriptors, no
+    bytes sent. A forked child must not close its parent's connections the polite way (a TLS
+    close_notify on a shared socket would break the parent's stream), and at exit the OS
+    closes them anyway; aiohttp would otherwise warn 'Unclosed client session' at exit."""
+    try:
+        connector = session._connector  # private: aiohttp has no public way to drop a session
+        if connector is not None:
+            connector._conns.clear()
+        session._connector = None
+    except AttributeError:  # another aiohttp: its warning at exit is harmless
+        pass
+
+
+def _drop_all() -> None:
+    for session in _SESSIONS.values():
+        _drop(session)
     _SESSIONS.clear()
+
+
+def _after_fork() -> None:
+    _drop_all()  # the parent's: the child makes its own
     _CLIENTS.clear()
     _PRESIGNED.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_drop_all)
 
 
 def _size(headers, status: int, body_len: int) -> int:
