@@ -274,15 +274,19 @@ def get_bytes(url: str | Path) -> bytes:
     """The whole object."""
     url = str(url)
     try:
-        if _portable(url) and not is_remote(url):
-            response = portable.read_local(url, None, None)  # no loop needed
+        if _portable(url):
+            # local files need no loop
+            response = portable.read_local(url, None, None) if not is_remote(url) else run(portable.read(url))
             _count(requests=1, bytes=len(response.body), portable=1)
             return response.body
-        return run(_fetch(url)).body
+        store, path = locate(url)
+        data = obstore.get(store, path).bytes().to_bytes()
     except NoTransport as exc:
         raise ForkedError(f"cannot read {redact(url)}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
         raise _error(url, exc) from None
+    _count(requests=1, bytes=len(data))
+    return data
 
 
 def head(url: str | Path) -> Meta:
@@ -313,7 +317,24 @@ def _check(url: str, starts, ends, buffers) -> list:
 
 def get_ranges(url: str | Path, starts: Sequence[int], ends: Sequence[int]) -> list:
     """Byte ranges ``[start, end)``, concurrently (adjacent ones coalesced by obstore)."""
-    return run(get_ranges_async(url, starts, ends))
+    url = str(url)
+    if _portable_or_forked(url):
+        return run(get_ranges_async(url, starts, ends))
+    store, path = locate(url)
+    starts, ends = [int(s) for s in starts], [int(e) for e in ends]
+    try:
+        out = obstore.get_ranges(store, path, starts=starts, ends=ends)
+    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
+        raise _error(url, exc) from None
+    _count(requests=len(_coalesce(list(zip(starts, ends)))), bytes=sum(len(b) for b in out))
+    return _check(url, starts, ends, out)
+
+
+def _portable_or_forked(url: str) -> bool:
+    try:
+        return _portable(url)
+    except NoTransport:
+        return True  # get_ranges_async says so, as one ForkedError
 
 
 async def get_ranges_async(url: str | Path, starts: Sequence[int], ends: Sequence[int]) -> list:
@@ -630,14 +651,21 @@ class _Loop:
         self._lock = threading.Lock()
         self._loop = None
         self._pid = None
+        self._thread: threading.Thread | None = None
 
     def run(self, coro):
         if self._pid != os.getpid() or self._loop is None:
             with self._lock:
                 if self._pid != os.getpid() or self._loop is None:
                     loop = asyncio.new_event_loop()
-                    threading.Thread(target=loop.run_forever, daemon=True, name="stacchip-io").start()
+                    self._thread = threading.Thread(target=loop.run_forever, daemon=True, name="stacchip-io")
+                    self._thread.start()
                     self._loop, self._pid = loop, os.getpid()
+        if threading.current_thread() is self._thread:  # sync code called from a coroutine on this loop
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1) as helper:  # waiting on our own loop would never end
+                return helper.submit(asyncio.run, coro).result()
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
 

@@ -133,7 +133,7 @@ def presign(url: str, method: str = "GET") -> str:
 
 # --- HTTP(S): aiohttp, one session per process and loop -----------------------------------
 
-_SESSIONS: dict[tuple[int, int], object] = {}
+_SESSIONS: dict[tuple[int, int], tuple[object, object]] = {}  # (pid, id(loop)) -> (loop, session)
 
 
 def _session():
@@ -141,11 +141,15 @@ def _session():
 
     loop = asyncio.get_running_loop()
     key = (os.getpid(), id(loop))
-    session = _SESSIONS.get(key)
-    if session is None or session.closed:  # type: ignore[attr-defined]
-        # limit_per_host: as many connections as a batch has concurrent tile reads of one host
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
-        session = _SESSIONS[key] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    held = _SESSIONS.get(key)
+    if held is not None and held[0] is loop and not held[1].closed:  # type: ignore[attr-defined]
+        return held[1]
+    if held is not None:  # a loop that ended, whose id a new one reuses
+        _drop(held[1])
+    # limit_per_host: as many connections as a batch has concurrent tile reads of one host
+    connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    _SESSIONS[key] = (loop, session)
     return session
 
 
@@ -164,7 +168,7 @@ def _drop(session) -> None:
 
 
 def _drop_all() -> None:
-    for session in _SESSIONS.values():
+    for _, session in _SESSIONS.values():
         _drop(session)
     _SESSIONS.clear()
 
