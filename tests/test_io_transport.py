@@ -421,3 +421,26 @@ def test_a_slow_token_endpoint_is_asked_once_per_container(token_endpoint):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(sign_href, [_pc("slow3", f"b{i}") for i in range(16)]))
     assert sum(p.endswith("/slow3") for p in token_endpoint.asked) == 1
+
+
+@pytest.mark.parametrize("mode", ["signed", "requester-pays", "anonymous"])
+def test_presigned_s3_reads(bucket, monkeypatch, mode):
+    """The fork-safe transport's S3 reads: presigned by botocore (nothing asked of the
+    server), requester-pays sending the header it signed, anonymous reads of a public object."""
+    from stacchip_core.io import portable
+
+    body = bytes(range(200))
+    boto3.client("s3").put_object(Bucket=bucket, Key="p/o.bin", Body=body, ACL="public-read")
+    if mode == "requester-pays":
+        monkeypatch.setenv("STACCHIP_REQUESTER_PAYS", "1")
+    if mode == "anonymous":
+        monkeypatch.setenv("STACCHIP_ANONYMOUS", "1")
+    url = f"s3://{bucket}/p/o.bin"
+    signed, headers = portable.presign(url)
+    assert ("X-Amz-Signature=" in signed) == (mode != "anonymous")
+    assert headers == ({"x-amz-request-payer": "requester"} if mode == "requester-pays" else {})
+    got = objects.run(portable.read(url, 10, 20))
+    assert got.body == body[10:20] and got.size == 200 and got.etag
+    with pytest.raises(portable.HttpStatus) as err:
+        objects.run(portable.read(url, 0, 10, if_match='"not-the-etag"'))
+    assert err.value.status == 412

@@ -109,17 +109,19 @@ def _s3_client(endpoint: str | None, anonymous: bool):
     return client
 
 
-def presign(url: str, method: str = "GET") -> str:
+def presign(url: str, method: str = "GET") -> tuple[str, dict[str, str]]:
     """An HTTP(S) URL for ``s3://bucket/key`` that needs no further signing (plain when the
-    bucket is read anonymously), reused while it has more than 10 minutes left."""
+    bucket is read anonymously), reused while it has more than 10 minutes left, and the
+    headers it signed, which requests must send (``x-amz-request-payer``)."""
     parts = urlsplit(url)
     bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
     endpoint, anonymous, payer = s3_endpoint(), s3_anonymous(), requester_pays()
     cache_key = (os.getpid(), method, bucket, key, endpoint, anonymous, payer)
     now = time.monotonic()
+    headers = {"x-amz-request-payer": "requester"} if payer else {}
     hit = _PRESIGNED.get(cache_key)
     if hit is not None and hit[0] > now:
-        return hit[1]
+        return hit[1], headers
     params = {"Bucket": bucket, "Key": key}
     if payer:
         params["RequestPayer"] = "requester"
@@ -128,7 +130,7 @@ def presign(url: str, method: str = "GET") -> str:
     if len(_PRESIGNED) > 100_000:  # bounded over a long epoch
         _PRESIGNED.clear()
     _PRESIGNED[cache_key] = (now + _PRESIGN_REUSE, signed)
-    return signed
+    return signed, headers
 
 
 # --- HTTP(S): aiohttp, one session per process and loop -----------------------------------
@@ -192,11 +194,12 @@ def _size(headers, status: int, body_len: int) -> int:
     return -1
 
 
-async def _http(url: str, start: int | None, end: int | None, if_match: str | None, body: bool) -> Response:
+async def _http(url: str, start: int | None, end: int | None, if_match: str | None, body: bool,
+                extra: dict[str, str]) -> Response:
     import aiohttp
     from yarl import URL
 
-    headers = {"Accept-Encoding": "identity"}
+    headers = {"Accept-Encoding": "identity", **extra}
     if start is not None:
         headers["Range"] = f"bytes={start}-{max(start, int(end or 0) - 1)}"
     if if_match:
@@ -230,9 +233,9 @@ async def read(url: str, start: int | None = None, end: int | None = None, if_ma
         return await loop.run_in_executor(None, read_local, url, start, end, if_match, body)
     _, retries = object_timeouts()
     for attempt in range(retries + 1):
-        target = presign(url, "GET" if body else "HEAD") if scheme == "s3" else url
+        target, extra = presign(url, "GET" if body else "HEAD") if scheme == "s3" else (url, {})
         try:
-            return await _http(target, start, end, if_match, body)
+            return await _http(target, start, end, if_match, body, extra)
         except HttpStatus as exc:
             if exc.status not in _RETRY_STATUS or attempt == retries:
                 raise
