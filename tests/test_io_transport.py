@@ -444,3 +444,30 @@ def test_presigned_s3_reads(bucket, monkeypatch, mode):
     with pytest.raises(portable.HttpStatus) as err:
         objects.run(portable.read(url, 0, 10, if_match='"not-the-etag"'))
     assert err.value.status == 412
+
+
+def _layouts_and_lzw_chip(href: str, blob: bytes):
+    lays = decode(blob)
+    res = read_batch([lays], [["a"]], [GridSpec.from_layouts(lays, 64)], [(0, 0)])[0]["a"]
+    return record_layouts({"a": href}), objects.async_tiff_usable(), type(res).__name__, str(res)
+
+
+def test_a_child_forked_after_async_tiff_ran_does_not_hang(tmp_path):
+    """async-tiff's runtime hangs in such a child, like obstore's: the child records no layout
+    and leaves an LZW asset (which async-tiff would decode) to rasterio, within seconds."""
+    import rasterio
+    from rangeserver import RangeServer
+    from rasterio.transform import from_origin
+
+    with rasterio.open(tmp_path / "a.tif", "w", driver="GTiff", width=128, height=128, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10), tiled=True,
+                       blockxsize=64, blockysize=64, compress="lzw") as ds:
+        ds.write(np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128))
+    with RangeServer(tmp_path) as server:
+        href = f"{server.url}/a.tif"
+        blob = record_layouts({"a": href})  # async-tiff parses the header here
+        assert blob is not None and objects.async_tiff_usable()
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            layout, usable, kind, reason = pool.apply_async(_layouts_and_lzw_chip, (href, blob)).get(timeout=60)
+    assert layout is None and not usable
+    assert kind == "NoTransport" and "async-tiff cannot run in a process forked after its parent used it" in reason

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import struct
 import zlib
 from collections import OrderedDict
@@ -258,6 +259,9 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     return layout
 
 
+_FORK_NOTED: int | None = None
+
+
 async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
     return await asyncio.gather(*(read_layout(k, h) for k, h in hrefs.items()))
 
@@ -265,7 +269,15 @@ async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
 def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float] | None = None) -> bytes | None:
     """The encoded layouts of ``{asset key: unsigned href}``, read concurrently, with the
     item's chip ``grid`` ``(a, c, e, f)``; None if no asset has one."""
-    if not hrefs or not objects.async_tiff_usable():  # it parses the headers; it would hang here
+    if not hrefs:
+        return None
+    if not objects.async_tiff_usable():  # it parses the headers; it would hang here
+        global _FORK_NOTED
+        if _FORK_NOTED != os.getpid():
+            _FORK_NOTED = os.getpid()
+            log.warning("process %d was forked after its parent parsed COG headers with async-tiff, which "
+                        "cannot run here: its indexes get no layouts (start it with 'spawn' or 'forkserver')",
+                        os.getpid())
         return None
     found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
     return encode(found, grid) if found else None
