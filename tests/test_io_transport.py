@@ -113,17 +113,21 @@ def test_workers_started_after_the_parent_read_use_layouts_only(served_index, me
 
 
 @pytest.mark.slow
-def test_torch_dataloader_workers_use_layouts_only(served_index, torch):
+@pytest.mark.parametrize("persistent", [False, True])
+def test_torch_dataloader_workers_use_layouts_only(served_index, torch, persistent):
     """torch's DataLoader with 2 workers and its default start method (fork on Linux), after
-    the parent loaded the index and read a sample."""
+    the parent loaded the index and read a sample; persistent workers over two epochs."""
     from torch.utils.data import DataLoader
 
     server, index_url, rows = served_index
     ds = ChipDataset(index_url, bands=["red"])
     first = ds[0]["pixels"]
     server.reset()
-    got = [batch["pixels"][0].numpy() for batch in DataLoader(ds, batch_size=1, num_workers=2)]
-    _assert_layout_reads_only(server, len(rows), 0)  # forked: the parent's check holds
+    loader = DataLoader(ds, batch_size=1, num_workers=2, persistent_workers=persistent)
+    epochs = 2 if persistent else 1
+    for _ in range(epochs):
+        got = [batch["pixels"][0].numpy() for batch in loader]
+    _assert_layout_reads_only(server, epochs * len(rows), 0)  # forked: the parent's check holds
     np.testing.assert_array_equal(got[0], first)
     slow = ChipReader(bands=["red"], use_layouts=False)
     for row, pixels in zip(rows, got):

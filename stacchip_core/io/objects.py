@@ -242,7 +242,7 @@ def _portable(url: str) -> bool:
     transport lacks (gs://, az://) there."""
     if not is_remote(url):
         return True
-    if usable() and os.environ.get(TRANSPORT_ENV, "auto") != "portable":
+    if usable() and (os.environ.get(TRANSPORT_ENV, "auto") != "portable" or not portable.serves(url)):
         return False
     if not portable.serves(url):
         _warn_no_transport()
@@ -369,9 +369,10 @@ async def get_head_async(url: str | Path, length: int) -> tuple[bytes, Meta]:
 
 def read_table(url: str | Path, **kwargs):
     """The Parquet table at a local path or URL (``pyarrow.parquet.read_table`` keyword
-    arguments pass through). Never through obstore: the parent of a DataLoader loads its
+    arguments pass through). Not through obstore: the parent of a DataLoader loads its
     index, then forks, and obstore's runtime would not survive into the workers. Local
-    files are read by pyarrow itself; remote ones in one GET of the fork-safe transport.
+    files are read by pyarrow itself, http(s) and s3 ones in one GET of the fork-safe
+    transport; only gs:// and az:// indexes (which it cannot read) go through obstore.
 
     Raises:
         ObjectError: the object cannot be read.
