@@ -210,6 +210,8 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
         return None
     except StacchipError as exc:  # best effort: chips of this asset then open the file
         if str(exc) not in _NO_LAYOUT_WARNED:
+            if len(_NO_LAYOUT_WARNED) > 10_000:  # bounded over a long run
+                _NO_LAYOUT_WARNED.clear()
             _NO_LAYOUT_WARNED.add(str(exc))
             log.warning("no layout for asset %r: %s", key, exc)
         else:
