@@ -365,10 +365,6 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
     return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
 
 
-_HEADER_MEDIA = ("tiff", "jp2")
-_NON_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual-preview"}
-
-
 def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int], Affine, pyproj.CRS]:
     """Shape, transform and CRS of the finest raster asset, read from the file's header.
 
@@ -379,11 +375,10 @@ def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int]
     import rasterio
     from rasterio.errors import RasterioError
 
+    from stacchip_core.core.assets import is_raster_asset
     from stacchip_core.core.raster import asset_href  # resolves and signs; imports this module
 
-    candidates = [(k, a) for k, a in item.assets.items()
-                  if (not a.media_type or any(m in a.media_type.lower() for m in _HEADER_MEDIA))
-                  and not (set(a.roles or ()) and set(a.roles or ()) <= _NON_DATA_ROLES)]
+    candidates = [(k, a) for k, a in item.assets.items() if is_raster_asset(a)]
     if not candidates:
         raise ProjectionError(f"item {item.id!r} has no projection metadata and no raster asset to read it from")
     with_gsd = [(a.extra_fields.get("gsd") or a.common_metadata.gsd, k, a) for k, a in candidates]
@@ -411,13 +406,3 @@ def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int]
              abs(transform.a), crs.to_string())
     return shape, transform, crs
 
-
-def integer_factor(coarse: float, fine: float, what: str) -> int:
-    """How many ``fine`` pixels one ``coarse`` pixel spans; a clear error if not whole."""
-    ratio = abs(coarse) / abs(fine)
-    factor = round(ratio)
-    if factor < 1 or not math.isclose(ratio, factor, rel_tol=1e-6):
-        raise ValueError(
-            f"{what}: pixel size {abs(coarse):g} is not an integer multiple of the grid's {abs(fine):g}"
-        )
-    return factor
