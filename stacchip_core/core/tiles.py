@@ -47,6 +47,10 @@ class Unsupported(Exception):
     """The layout path cannot read this asset for this grid (odd codec, offset grid...)."""
 
 
+class Undecodable(Unsupported):
+    """The tiles were fetched but the decoders refused them (not what the layout said)."""
+
+
 def _pool():
     global _POOL
     if _POOL is None:
@@ -321,6 +325,11 @@ async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = No
             return
         except ObjectError as exc:
             raise AssetError(f"asset {lay.key!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - tiles the decoders refuse: this asset goes to rasterio
+            log.debug("cannot decode tiles of %s: %s", redact(lay.href), exc)
+            for i in members:
+                results[i] = Undecodable(f"{lay.key}: {exc}")
+            return
         for i, arr in zip(members, arrays):
             results[i] = arr
 
