@@ -176,9 +176,11 @@ class Indexer:
             keys = raster_keys(self.item)
         # unsigned: layouts are stored, and signed again right before each read
         hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
+        # the other layers (SCL, QA) by href only: read through rasterio, without the item JSON
+        others = {k: unsigned_href(self.item.assets[k], self.mountpath) for k, _ in bands.values() if k not in hrefs}
         t = self.grid.transform
         return record_layouts(hrefs, (t.a, t.c, t.e, t.f), shape=self.grid.shape, crs=crs_text(self.grid.crs),
-                              bands=bands)
+                              bands=bands, other_hrefs=others)
 
     def create_index(self) -> pa.Table:
         """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""

@@ -249,11 +249,13 @@ async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
 
 def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float] | None = None, *,
                    shape: tuple[int, int] | None = None, crs: str | None = None,
-                   bands: dict[str, tuple[str, int]] | None = None) -> bytes | None:
+                   bands: dict[str, tuple[str, int]] | None = None,
+                   other_hrefs: dict[str, str] | None = None) -> bytes | None:
     """The encoded layouts of ``{asset key: unsigned href}``, read concurrently, with the
     item's chip ``grid`` ``(a, c, e, f)`` and, when given, the grid's ``shape`` and ``crs``
     and the platform's ``bands`` (what a read needs without the item JSON; the hrefs of
-    assets without a layout are kept too); None if no asset has a layout."""
+    assets without a layout are kept too, and ``other_hrefs``: assets stored by href only,
+    such as quality layers); None if no asset has a layout."""
     if not hrefs or not objects.usable():
         return None
     found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
@@ -261,4 +263,4 @@ def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float
         return None
     with_layout = {lay.key for lay in found}
     return encode(found, grid, shape=shape, crs=crs, bands=bands,
-                  hrefs={k: h for k, h in hrefs.items() if k not in with_layout})
+                  hrefs={k: h for k, h in {**hrefs, **(other_hrefs or {})}.items() if k not in with_layout})

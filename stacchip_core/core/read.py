@@ -185,7 +185,7 @@ class Source:
         asset key): the one band resolver of every read. The index's record first, then
         the platform's aliases and key rules over this source's asset keys."""
         band = self.platform.find(name) if self.platform else None
-        if band is not None and band.name in self.bands:
+        if band is not None and band.name in self.bands and self.bands[band.name][0] in self.hrefs:
             return self.bands[band.name]
         if self.platform is not None:
             key = self.platform.key_in(self.hrefs, name)
