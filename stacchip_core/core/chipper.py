@@ -28,7 +28,7 @@ from stacchip_core.io import objects
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, platform_for_item
 
-__all__ = ["DEFAULT_BLACKLIST", "Chipper", "_WARNED", "chip_from_row", "item_for_row", "note_fallback"]
+__all__ = ["DEFAULT_BLACKLIST", "_WARNED", "Chipper", "chip_from_row", "item_for_row", "note_fallback"]
 
 
 class Chipper:

@@ -32,7 +32,10 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
+from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import pyproj
@@ -114,6 +117,12 @@ def _io_counters() -> tuple[int, int] | None:
 
 # --- one item as a read needs it ---------------------------------------------------------
 
+@lru_cache(maxsize=256)
+def _crs(text: str) -> pyproj.CRS:
+    """A CRS from the index's text, parsed once per process (about 1 ms each)."""
+    return pyproj.CRS.from_user_input(text)
+
+
 def item_for_row(row: dict, mountpath: str | Path | None = None) -> pystac.Item:
     """The STAC item an index row points at (its ``item_href``).
 
@@ -173,12 +182,12 @@ class Source:
             raise IndexFormatError(f"index row {row.get('chipid')!r}: its layouts do not hold the grid's CRS")
         a, c, e, f = lays.grid  # type: ignore[misc]
         grid = ChipGrid(tuple(lays.shape), Affine(a, 0, c, 0, e, f),  # type: ignore[arg-type]
-                        pyproj.CRS.from_user_input(lays.crs), int(row.get("chip_size") or 256))
+                        _crs(lays.crs), int(row.get("chip_size") or 256))
         hrefs = {k: resolve_href(lay.href, mountpath) for k, lay in lays.items()}
         hrefs.update({k: resolve_href(h, mountpath) for k, h in lays.hrefs.items()})
         when = row.get("datetime")
-        return cls(str(row["item_id"]), grid, platform, hrefs, lays, lays.bands,
-                   when.isoformat() if hasattr(when, "isoformat") else (str(when) if when else None))
+        text = when.isoformat() if isinstance(when, datetime) else (str(when) if when else None)
+        return cls(str(row["item_id"]), grid, platform, hrefs, lays, lays.bands, text)
 
     def key_for(self, name: str) -> tuple[str, int] | None:
         """``(asset key, 1-based band index)`` of band ``name`` (canonical name, alias or
@@ -264,7 +273,7 @@ def grid_for_row(row: dict, mountpath: str | Path | None = None) -> ChipGrid:
     if lays is not None and lays.standalone:
         a, c, e, f = lays.grid  # type: ignore[misc]
         return ChipGrid(tuple(lays.shape), Affine(a, 0, c, 0, e, f),  # type: ignore[arg-type]
-                        pyproj.CRS.from_user_input(lays.crs), int(row.get("chip_size") or 256))
+                        _crs(lays.crs), int(row.get("chip_size") or 256))
     return ChipGrid.from_item(item_for_row(row, mountpath), int(row.get("chip_size") or 256), mountpath=mountpath)
 
 
@@ -296,7 +305,7 @@ class AssetRead:
     reason: str | None = None
     factor: int | None = None
     window: tuple[int, int, int, int] | None = None
-    tile_plan: object | None = field(default=None, repr=False)
+    tile_plan: Any = field(default=None, repr=False)  # core.tiles.ChipPlan of the layout backend
 
 
 def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str | None:
@@ -323,7 +332,7 @@ def plan(requests: Sequence[ChipRequest], use_layouts: bool = True) -> list[Asse
     Raises:
         IndexError: a chip outside its item's grid.
     """
-    from stacchip_core.core.tiles import GridSpec, Unsupported, plan_window, factor_for
+    from stacchip_core.core.tiles import GridSpec, Unsupported, factor_for, plan_window
 
     out = []
     for i, req in enumerate(requests):
@@ -452,7 +461,7 @@ class Reader:
                     p.backend, p.reason = RASTERIO, f"{kind}: {res}"
         slow = [p for p in plans if p.backend == RASTERIO]
         for p in slow:
-            if p.reason not in CHOSEN and not p.reason.startswith(("stale", "undecodable")):  # noted above
+            if p.reason not in CHOSEN and not (p.reason or "").startswith(("stale", "undecodable")):  # noted
                 log.debug("asset %r read with rasterio: %s", p.key, p.reason)
         if slow:
             apply_gdal_options()
@@ -538,7 +547,7 @@ class Reader:
                 source.close()
             self._sources.clear()
 
-    def __enter__(self) -> Reader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -630,7 +639,8 @@ def read_windows(layouts: Sequence[AssetLayout], windows: Sequence[tuple[int, in
     from stacchip_core.core.tiles import Unsupported, plan_window, read_plans
 
     factors = factors or [1] * len(windows)
-    plans, where, out = [], [], [None] * len(windows)
+    plans, where = [], []
+    out: list = [None] * len(windows)
     for i, (lay, (row0, col0, h, w), k) in enumerate(zip(layouts, windows, factors)):
         try:
             plans.append(plan_window(lay, row0, col0, h, w, k))

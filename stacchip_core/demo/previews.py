@@ -35,11 +35,21 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def preview_bands(platform: Platform | None) -> list[str] | None:
+    """The bands ``true_colour`` shows: red, green and blue, else the platform's first three
+    (None: the default assets). Only these are read: a Sentinel-2 preview needs 3 of 10."""
+    if platform is None or not platform.bands:
+        return None
+    names = platform.band_names
+    return ["red", "green", "blue"] if {"red", "green", "blue"} <= set(names) else names[:3]
+
+
 def read_preview_chips(rows: list[dict], platform: Platform | None,
                        reader: Reader) -> tuple[list[Chip], list[np.ndarray | None]]:
-    """The chips of ``rows`` (the platform's bands) and their cloud masks (None where the
-    platform has no quality layer), read through ``reader`` as two batches."""
-    chips = reader.chips(rows)
+    """The chips of ``rows`` (the bands a preview shows: ``preview_bands``) and their cloud
+    masks (None where the platform has no quality layer), read through ``reader`` as two
+    batches."""
+    chips = reader.chips(rows, assets=preview_bands(platform))
     masks: list[np.ndarray | None] = [None] * len(rows)
     if platform is not None and platform.name in CLOUD_MASKS:
         layer, fn = CLOUD_MASKS[platform.name]
