@@ -167,17 +167,19 @@ class Indexer:
 
         bands: dict[str, tuple[str, int]] = {}
         if self.platform is not None and self.platform.bands:
-            keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
             for band in self.platform.bands + self.platform.aux:
                 key = self.platform.asset_key(self.item, band.name)
                 if key is not None:
                     bands[band.name] = (key, band.index)
+            # the bands' and layers' (SCL, QA: masks are read with chips) assets get a layout
+            keys = list(dict.fromkeys(k for k, _ in bands.values()))
         else:
             keys = raster_keys(self.item)
         # unsigned: layouts are stored, and signed again right before each read
         hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
-        # the other layers (SCL, QA) by href only: read through rasterio, without the item JSON
-        others = {k: unsigned_href(self.item.assets[k], self.mountpath) for k, _ in bands.values() if k not in hrefs}
+        # every other raster asset by href alone (read through rasterio, still without the item JSON)
+        others = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in raster_keys(self.item)
+                  if k not in hrefs}
         t = self.grid.transform
         return record_layouts(hrefs, (t.a, t.c, t.e, t.f), shape=self.grid.shape, crs=crs_text(self.grid.crs),
                               bands=bands, other_hrefs=others)

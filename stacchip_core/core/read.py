@@ -423,21 +423,37 @@ class Reader:
         if os.getpid() != self._pid:  # a forked child: its parent's handles and threads are not its own
             self._init()
 
-    def source(self, row: dict) -> Source:
-        """The source of an index row, kept for later rows of the same item."""
+    def source(self, row: dict, names: Sequence[str] = ()) -> Source:
+        """The source of an index row, kept for later rows of the same item. When the row's
+        layouts do not know an asset of ``names`` (band names or keys that are neither the
+        platform's bands nor its layers), the item JSON's source, which knows every asset."""
         self._check_fork()
         key = (row.get("item_href") or row.get("item_id"), int(row.get("chip_size") or 256))
+        found = self._kept(key)
+        if found is None:
+            found = self._keep(key, source_for_row(row, self.mountpath))
+        if found.item is None and any(found.key_for(n) is None for n in names):
+            full = self._kept((*key, "item"))
+            if full is None:
+                item = item_for_row(row, self.mountpath)
+                full = self._keep((*key, "item"), Source.from_item(
+                    item, key[1], found.platform, self.mountpath, layouts=found.layouts, grid=found.grid))
+            return full
+        return found
+
+    def _kept(self, key: tuple) -> Source | None:
         with self._lock:
             found = self._sources.get(key)
             if found is not None:
                 self._sources.move_to_end(key)
-                return found
-        found = source_for_row(row, self.mountpath)
+            return found
+
+    def _keep(self, key: tuple, source: Source) -> Source:
         with self._lock:
-            self._sources[key] = found
+            self._sources[key] = source
             while len(self._sources) > self.max_sources:
                 self._sources.popitem(last=False)[1].close()
-        return found
+        return source
 
     def read(self, requests: Sequence[ChipRequest], workers: int | None = None) -> list[dict[str, np.ndarray]]:
         """The pixels of each request, ``{asset key: (bands, cs, cs)}`` in the order of its
@@ -506,7 +522,7 @@ class Reader:
         blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
         requests = []
         for row in rows:
-            source = self.source(row)
+            source = self.source(row, assets or ())
             keys = chip_keys(source, assets, blacklist)
             requests.append(ChipRequest(source, int(row["chip_index_x"]), int(row["chip_index_y"]), tuple(keys)))
         return [make_chip(req, arrays) for req, arrays in zip(requests, self.read(requests))]
@@ -515,9 +531,13 @@ class Reader:
         """The chips of index rows as float32 ``(bands, cs, cs)``, bands in the platform's
         canonical order (or ``bands``, by name)."""
         requests, picks = [], []
+        known: dict[str, list[str]] = {}
         for row in rows:
-            source = self.source(row)
-            wanted = band_list(source.platform, row.get("platform"), bands)
+            name_of = row.get("platform")
+            wanted = known.get(name_of)
+            if wanted is None:
+                wanted = known[name_of] = band_list(find_platform(name_of), name_of, bands)
+            source = self.source(row, wanted)
             pick = []
             for name in wanted:
                 found = source.key_for(name)
