@@ -531,7 +531,7 @@ class Reader:
         """The chips of index rows as float32 ``(bands, cs, cs)``, bands in the platform's
         canonical order (or ``bands``, by name)."""
         requests, picks = [], []
-        known: dict[str, list[str]] = {}
+        known: dict[str | None, list[str]] = {}
         for row in rows:
             name_of = row.get("platform")
             wanted = known.get(name_of)
