@@ -302,3 +302,19 @@ def test_read_report_adds_up():
     assert total == ReadReport(chips=3, requests=4, bytes=15, tiles=3, decode_seconds=0.75, layout_reads=5,
                                rasterio_reads=3, fallbacks=(("no layout", 1), ("stale", 2)))
     assert total.fallback_count == 3
+
+
+def test_torchgeo_dataset_is_built_and_read_from_the_rows_alone(torchgeo, served_s2):
+    """Construction takes each item's grid from the layouts: no item JSON over the wire; a
+    chip's query returns exactly its pixels, read through the pipeline."""
+    from stacchip_core.training.torchgeo import StacchipGeoDataset
+
+    server, _url, rows, item_json = served_s2
+    ds = StacchipGeoDataset(pa.Table.from_pylist(rows), bands=["red", "nir08"])
+    assert len(ds) == 9 and ds.crs.to_epsg() == 32720
+    sample = ds[ds.chip_query(4)]
+    assert "/item.json" not in {p for _, p, _ in server.log}
+    row = rows[int(ds.index["row"].iloc[4])]
+    x, y = row["chip_index_x"], row["chip_index_y"]
+    np.testing.assert_array_equal(sample["image"].numpy(),
+                                  _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
