@@ -54,6 +54,15 @@ from stacchip_core.core.raster import (
     resolve_href,
     unsigned_href,
 )
+from stacchip_core.core.tiles import (
+    GridSpec,
+    StaleLayout,
+    TileCost,
+    Unsupported,
+    factor_for,
+    plan_window,
+    read_plans,
+)
 from stacchip_core.errors import AssetError, IndexFormatError, PlatformError
 from stacchip_core.io import objects
 from stacchip_core.io.settings import apply_gdal_options
@@ -332,8 +341,6 @@ def plan(requests: Sequence[ChipRequest], use_layouts: bool = True) -> list[Asse
     Raises:
         IndexError: a chip outside its item's grid.
     """
-    from stacchip_core.core.tiles import GridSpec, Unsupported, factor_for, plan_window
-
     out = []
     for i, req in enumerate(requests):
         grid = req.source.grid
@@ -366,8 +373,6 @@ _WARNED: set[str] = set()
 
 def note_fallback(reason, href: str, key: str) -> None:
     """One warning per asset whose layout is stale; quieter notes for the other fallbacks."""
-    from stacchip_core.core.tiles import StaleLayout
-
     if isinstance(reason, StaleLayout):
         if href not in _WARNED:
             _WARNED.add(href)
@@ -460,8 +465,6 @@ class Reader:
         keys: one plan, the layout backend for the whole batch at once, then rasterio for
         the rest (``workers`` threads, default the reader's)."""
         self._check_fork()
-        from stacchip_core.core.tiles import StaleLayout, TileCost, read_plans
-
         plans = plan(requests, self.use_layouts)
         out: list[dict[str, np.ndarray]] = [{} for _ in requests]
         cost = TileCost()
@@ -656,8 +659,6 @@ def read_windows(layouts: Sequence[AssetLayout], windows: Sequence[tuple[int, in
     Raises:
         AssetError: an object cannot be read (not stale: gone wrong).
     """
-    from stacchip_core.core.tiles import Unsupported, plan_window, read_plans
-
     factors = factors or [1] * len(windows)
     plans, where = [], []
     out: list = [None] * len(windows)

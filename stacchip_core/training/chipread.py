@@ -51,8 +51,8 @@ class ChipReader:
 
     def read_many(self, rows: list[dict]) -> list[np.ndarray]:
         """The chips of ``rows``: all tiles of all rows with layouts fetched concurrently."""
-        for row in rows:
-            self.band_names(row["platform"])  # an uninstalled platform: one clear error first
+        for name in {row["platform"] for row in rows}:
+            self.band_names(name)  # an uninstalled platform: one clear error first
         return self._reader.stacks(rows, self.bands)
 
     @property
