@@ -275,8 +275,15 @@ def source_for_row(row: dict, mountpath: str | Path | None = None, platform: Pla
 
 
 def grid_for_row(row: dict, mountpath: str | Path | None = None) -> ChipGrid:
-    """The chip grid of an index row's item: from its layouts when they hold it, else from
-    its item JSON (one request)."""
+    """The chip grid of an index row's item.
+
+    Args:
+        row: an index row.
+        mountpath: a local mirror that remote hrefs map to.
+
+    Returns:
+        The grid, from the row's layouts when they hold it, else from its item JSON.
+    """
     blob = row.get("layouts")
     lays = decoded.get(blob) if blob else None
     if lays is not None and lays.standalone:
@@ -323,6 +330,14 @@ def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str
     Local files are read through rasterio's open handles: measured on full-size Sentinel-2,
     RGB, 245 chips/s against 122 through layouts (benchmarks/bench_cloud.py); layouts save
     requests, which local files do not cost.
+
+    Args:
+        lay: the asset's layout, or None.
+        href: where the asset lies (unsigned, resolved).
+        use_layouts: False reads everything through rasterio.
+
+    Returns:
+        None, or the reason (``CHOSEN`` reasons are not fallbacks).
     """
     if not use_layouts:
         return "layouts off"
@@ -337,6 +352,13 @@ def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str
 
 def plan(requests: Sequence[ChipRequest], use_layouts: bool = True) -> list[AssetRead]:
     """Per chip and asset of ``requests``, what reads it (see ``AssetRead``).
+
+    Args:
+        requests: the chips and their assets.
+        use_layouts: False plans every asset for rasterio.
+
+    Returns:
+        One ``AssetRead`` per chip and asset, in request order.
 
     Raises:
         IndexError: a chip outside its item's grid.
@@ -372,7 +394,13 @@ _WARNED: set[str] = set()
 
 
 def note_fallback(reason, href: str, key: str) -> None:
-    """One warning per asset whose layout is stale; quieter notes for the other fallbacks."""
+    """Log why a layout read fell back: one warning per stale object, debug otherwise.
+
+    Args:
+        reason: the exception the layout backend returned (``StaleLayout``, ``Unsupported``).
+        href: the asset's href (redacted in the message).
+        key: the asset key.
+    """
     if isinstance(reason, StaleLayout):
         if href not in _WARNED:
             _WARNED.add(href)
@@ -461,9 +489,19 @@ class Reader:
         return source
 
     def read(self, requests: Sequence[ChipRequest], workers: int | None = None) -> list[dict[str, np.ndarray]]:
-        """The pixels of each request, ``{asset key: (bands, cs, cs)}`` in the order of its
-        keys: one plan, the layout backend for the whole batch at once, then rasterio for
-        the rest (``workers`` threads, default the reader's)."""
+        """The pixels of each request: one plan, the layout backend for the whole batch at
+        once, then rasterio for the rest. Sets ``last`` and adds it to ``report``.
+
+        Args:
+            requests: chips and their assets.
+            workers: rasterio threads (default: the reader's; 1: in this thread).
+
+        Returns:
+            Per request, ``{asset key: (bands, cs, cs)}`` in the order of its keys.
+
+        Raises:
+            AssetError: an asset cannot be read by either backend.
+        """
         self._check_fork()
         plans = plan(requests, self.use_layouts)
         out: list[dict[str, np.ndarray]] = [{} for _ in requests]
@@ -520,8 +558,16 @@ class Reader:
     # front-end helpers over rows
     def chips(self, rows: Sequence[dict], assets: Sequence[str] | None = None,
               asset_blacklist: Sequence[str] | None = None) -> list[Chip]:
-        """The chips of index rows as ``Chip``s: ``assets`` (band names or asset keys), by
-        default the platform's bands' assets minus ``asset_blacklist`` (SCL, QA)."""
+        """The chips of index rows as ``Chip``s.
+
+        Args:
+            rows: index rows.
+            assets: band names or asset keys (default: the platform's bands' assets).
+            asset_blacklist: keys left out of the default (default: SCL and QA layers).
+
+        Returns:
+            One Chip per row.
+        """
         blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
         requests = []
         for row in rows:
@@ -531,8 +577,18 @@ class Reader:
         return [make_chip(req, arrays) for req, arrays in zip(requests, self.read(requests))]
 
     def stacks(self, rows: Sequence[dict], bands: Sequence[str] | None = None) -> list[np.ndarray]:
-        """The chips of index rows as float32 ``(bands, cs, cs)``, bands in the platform's
-        canonical order (or ``bands``, by name)."""
+        """The chips of index rows as float32 stacks.
+
+        Args:
+            rows: index rows.
+            bands: band names (default: each platform's canonical bands).
+
+        Returns:
+            One float32 ``(bands, cs, cs)`` per row, bands in that order.
+
+        Raises:
+            AssetError: a band is missing or an asset cannot be read.
+        """
         requests, picks = [], []
         known: dict[str | None, list[str]] = {}
         for row in rows:
@@ -581,7 +637,19 @@ DEFAULT_BLACKLIST = ("scl", "qa_pixel")
 
 
 def band_list(platform: Platform | None, name: str | None, bands: Sequence[str] | None) -> list[str]:
-    """``bands``, or the canonical bands of the platform; PlatformError when neither."""
+    """The band names to read.
+
+    Args:
+        platform: the row's platform, or None when not installed.
+        name: the platform's name (for the message).
+        bands: the bands asked for, or None.
+
+    Returns:
+        ``bands``, or the platform's canonical bands.
+
+    Raises:
+        PlatformError: no bands asked for and the platform is not installed.
+    """
     if bands:
         return list(bands)
     if platform is None:
@@ -590,7 +658,19 @@ def band_list(platform: Platform | None, name: str | None, bands: Sequence[str] 
 
 
 def chip_keys(source: Source, assets: Sequence[str] | None, blacklist: set[str]) -> list[str]:
-    """The asset keys of a chip: ``assets`` resolved (band names or keys), or the defaults."""
+    """The asset keys of a chip.
+
+    Args:
+        source: the chip's source.
+        assets: band names or asset keys, or None for the defaults.
+        blacklist: lowercase keys left out of the defaults.
+
+    Returns:
+        The keys, in order, without repeats.
+
+    Raises:
+        AssetError: a named asset is missing, or no default asset resolves.
+    """
     if assets is not None:
         return list(dict.fromkeys(source.asset_key(name) for name in assets))
     keys = source.default_keys(blacklist)
@@ -603,7 +683,15 @@ def chip_keys(source: Source, assets: Sequence[str] | None, blacklist: set[str])
 
 
 def make_chip(req: ChipRequest, arrays: dict[str, np.ndarray]) -> Chip:
-    """The ``Chip`` of a request's pixels, with its transform, CRS and band names."""
+    """The ``Chip`` of a request's pixels.
+
+    Args:
+        req: the request.
+        arrays: its pixels, ``{asset key: (bands, H, W)}``.
+
+    Returns:
+        The Chip, with its transform, CRS, band names, item id and time.
+    """
     source = req.source
     platform = source.platform
     return Chip(arrays=arrays, transform=source.chip_transform(req.x, req.y), crs=source.grid.crs,
