@@ -11,6 +11,7 @@ import pystac
 
 from stacchip_core.core.chip import Chip
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.headers import item_grid
 from stacchip_core.core.indexer import Indexer, load_item
 from stacchip_core.core.read import (
     _WARNED,
@@ -62,7 +63,7 @@ class Chipper:
             mountpath = mountpath or item_or_indexer.mountpath
         else:
             self.item = load_item(item_or_indexer)
-            self.grid = ChipGrid.from_item(self.item, chip_size or 256, mountpath=mountpath)
+            self.grid = item_grid(self.item, chip_size or 256, mountpath=mountpath)
             self.platform = self._platform(platform)
         self.mountpath = mountpath
         self.resampling = resampling  # for assets off the grid's lattice (core.resample)

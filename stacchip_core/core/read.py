@@ -46,6 +46,7 @@ from rasterio.errors import RasterioError
 from stacchip_core.core.assets import raster_keys
 from stacchip_core.core.chip import Chip, band_names
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.headers import item_grid
 from stacchip_core.core.layout import AssetLayout, ItemLayouts, decoded
 from stacchip_core.core.raster import (
     DatasetCache,
@@ -178,7 +179,7 @@ class Source:
                   grid: ChipGrid | None = None) -> Source:
         """The source of a STAC item; its grid from the item's projection metadata (or the
         header of its finest raster), unless ``grid`` is given."""
-        grid = grid or ChipGrid.from_item(item, chip_size, mountpath=mountpath)
+        grid = grid or item_grid(item, chip_size, mountpath=mountpath)
         when = item.datetime or item.common_metadata.start_datetime
         hrefs = {k: unsigned_href(a, mountpath) for k, a in item.assets.items()}
         return cls(item.id, grid, platform, hrefs, layouts, None, when.isoformat() if when else None, item)
@@ -290,7 +291,7 @@ def grid_for_row(row: dict, mountpath: str | Path | None = None) -> ChipGrid:
         a, c, e, f = lays.grid  # type: ignore[misc]
         return ChipGrid(tuple(lays.shape), Affine(a, 0, c, 0, e, f),  # type: ignore[arg-type]
                         _crs(lays.crs), int(row.get("chip_size") or 256))
-    return ChipGrid.from_item(item_for_row(row, mountpath), int(row.get("chip_size") or 256), mountpath=mountpath)
+    return item_grid(item_for_row(row, mountpath), int(row.get("chip_size") or 256), mountpath=mountpath)
 
 
 # --- the plan -----------------------------------------------------------------------------
