@@ -24,6 +24,7 @@ seconds, reads through rasterio and fallbacks by reason; a ``Reader`` adds them 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -117,12 +118,23 @@ class ReadReport:
 
 
 def _io_counters() -> tuple[int, int] | None:
-    """(requests, bytes) so far from the I/O layer, when it counts them."""
+    """(requests, bytes) so far from the I/O layer, when it counts them (validation reads
+    included: they cross the wire too)."""
     counters = getattr(objects, "counters", None)
     if counters is None:
         return None
     snap = counters()
-    return int(snap.requests), int(snap.bytes)
+    return (int(snap.requests) + int(getattr(snap, "checks", 0)),
+            int(snap.bytes) + int(getattr(snap, "check_bytes", 0)))
+
+
+# whether the I/O layer can say per href if layouts are readable in this process (a fork-safe
+# transport serves some schemes in a forked child)
+_USABLE_PER_HREF = "href" in inspect.signature(objects.chips_usable).parameters
+
+
+def _layouts_usable(href: str) -> bool:
+    return objects.chips_usable(href) if _USABLE_PER_HREF else objects.chips_usable()  # type: ignore[call-arg]
 
 
 # --- one item as a read needs it ---------------------------------------------------------
@@ -346,7 +358,7 @@ def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str
         return "local file"
     if lay is None:
         return "no layout"
-    if not objects.chips_usable():
+    if not _layouts_usable(href):
         return "I/O layer unusable after fork"
     return None
 
