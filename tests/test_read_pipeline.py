@@ -318,3 +318,22 @@ def test_torchgeo_dataset_is_built_and_read_from_the_rows_alone(torchgeo, served
     x, y = row["chip_index_x"], row["chip_index_y"]
     np.testing.assert_array_equal(sample["image"].numpy(),
                                   _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
+
+
+def test_cli_chip_reads_from_the_row_alone(served_s2, tmp_path):
+    """`stacchip chip` on an index with layouts: the chip's tiles only, no item JSON."""
+    from conftest import run_cli
+
+    server, _url, rows, item_json = served_s2
+    index = tmp_path / "idx.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), index)
+    out = tmp_path / "chip.tif"
+    server.reset()
+    result = run_cli("chip", index, "--row", 4, "--assets", "red,nir08", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert {p for _, p, _ in server.log} == {"/red.tif", "/nir08.tif"}
+    x, y = rows[4]["chip_index_x"], rows[4]["chip_index_y"]
+    with rasterio.open(out) as ds:
+        np.testing.assert_array_equal(ds.read().astype(np.float32),
+                                      _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
+        assert ds.transform == Affine(10, 0, 499980 + x * 2560, 0, -10, 6400000 - y * 2560)
