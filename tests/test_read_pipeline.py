@@ -337,3 +337,21 @@ def test_cli_chip_reads_from_the_row_alone(served_s2, tmp_path):
         np.testing.assert_array_equal(ds.read().astype(np.float32),
                                       _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
         assert ds.transform == Affine(10, 0, 499980 + x * 2560, 0, -10, 6400000 - y * 2560)
+
+
+def test_open_files_stay_bounded_over_many_items(synthetic_scenes):
+    """A Reader keeps the handles of its last ``max_sources`` items: reading one chip of each
+    of four local items with room for two leaves only the last two items' files open."""
+    names = ["s2", "s2pc", "landsat", "naip"]
+    rows = [Indexer(str(synthetic_scenes[n]), stats=False).create_index().to_pylist()[0] for n in names]
+    folders = [str(Path(synthetic_scenes[n]).parent) for n in names]
+
+    def open_in(folder: str) -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(folder + "/"))
+
+    with Reader(max_sources=2, workers=1) as reader:
+        for row in rows:  # one batch per item, as an epoch over a shuffled index goes
+            reader.stacks([row], ["red"] if row["platform"] != "naip" else ["red", "nir"])
+        assert [open_in(f) > 0 for f in folders] == [False, False, True, True]
+    assert [open_in(f) for f in folders] == [0, 0, 0, 0]

@@ -454,6 +454,8 @@ class Reader:
     def _init(self) -> None:
         self._pid = os.getpid()
         self._sources: OrderedDict[tuple, Source] = OrderedDict()
+        self._retired: list[Source] = []  # evicted, closed once no read is running (threads may share a reader)
+        self._active = 0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -498,7 +500,7 @@ class Reader:
         with self._lock:
             self._sources[key] = source
             while len(self._sources) > self.max_sources:
-                self._sources.popitem(last=False)[1].close()
+                self._retired.append(self._sources.popitem(last=False)[1])
         return source
 
     def read(self, requests: Sequence[ChipRequest], workers: int | None = None) -> list[dict[str, np.ndarray]]:
@@ -516,6 +518,20 @@ class Reader:
             AssetError: an asset cannot be read by either backend.
         """
         self._check_fork()
+        with self._lock:
+            self._active += 1
+        try:
+            return self._read(requests, workers)
+        finally:
+            with self._lock:
+                self._active -= 1
+                retired = self._retired if self._active == 0 else []
+                if retired:
+                    self._retired = []
+            for source in retired:
+                source.close()
+
+    def _read(self, requests: Sequence[ChipRequest], workers: int | None) -> list[dict[str, np.ndarray]]:
         plans = plan(requests, self.use_layouts)
         out: list[dict[str, np.ndarray]] = [{} for _ in requests]
         cost = TileCost()
@@ -635,9 +651,10 @@ class Reader:
             self._pool.shutdown()
             self._pool = None
         with self._lock:
-            for source in self._sources.values():
+            for source in [*self._sources.values(), *self._retired]:
                 source.close()
             self._sources.clear()
+            self._retired.clear()
 
     def __enter__(self) -> Self:
         return self
