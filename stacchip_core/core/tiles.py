@@ -39,7 +39,7 @@ _POOL = None
 StaleLayout = objects.StaleObject
 
 
-# layouts found stale in this process, by (href, etag, size): later chips skip their request
+# layouts found stale in this process, by (href, etag, digest, size): later chips skip their request
 _STALE: dict[tuple, StaleLayout] = {}
 
 
@@ -307,7 +307,7 @@ async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = No
     results: list = [None] * len(plans)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(plans):
-        groups.setdefault((p.lay.href, p.lay.etag, p.lay.size), []).append(i)
+        groups.setdefault((p.lay.href, p.lay.etag, getattr(p.lay, "digest", None), p.lay.size), []).append(i)
 
     async def group(gk, members):
         lay = plans[members[0]].lay
