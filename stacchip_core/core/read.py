@@ -24,7 +24,6 @@ seconds, reads through rasterio and fallbacks by reason; a ``Reader`` adds them 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -87,9 +86,10 @@ MAX_SOURCES = 32  # items whose open handles a Reader keeps; older ones are clos
 class ReadReport:
     """What reads cost: one batch (``Reader.last``) or all so far (``Reader.report``).
 
-    ``requests``/``bytes``: object-store requests and bytes received, from the I/O layer's
-    counters (where it has none: the byte ranges the layout path asked for and their size,
-    before coalescing); reads through rasterio are not in them (GDAL does its own I/O).
+    ``requests``/``bytes``: object-store requests and bytes received during the batch, from
+    the I/O layer's per-process counters (``objects.counters()``, validation reads included;
+    reads that other threads make meanwhile count too); reads through rasterio are not in
+    them (GDAL does its own I/O).
     ``tiles``: distinct tiles decoded by the layout path; ``decode_seconds``: CPU seconds
     spent decoding them. ``layout_reads``/``rasterio_reads``: asset reads (one asset of one
     chip) by backend. ``fallbacks``: ``(reason, asset reads)`` of the rasterio reads that
@@ -117,24 +117,11 @@ class ReadReport:
         return sum(n for _, n in self.fallbacks)
 
 
-def _io_counters() -> tuple[int, int] | None:
-    """(requests, bytes) so far from the I/O layer, when it counts them (validation reads
-    included: they cross the wire too)."""
-    counters = getattr(objects, "counters", None)
-    if counters is None:
-        return None
-    snap = counters()
-    return (int(snap.requests) + int(getattr(snap, "checks", 0)),
-            int(snap.bytes) + int(getattr(snap, "check_bytes", 0)))
-
-
-# whether the I/O layer can say per href if layouts are readable in this process (a fork-safe
-# transport serves some schemes in a forked child)
-_USABLE_PER_HREF = "href" in inspect.signature(objects.chips_usable).parameters
-
-
-def _layouts_usable(href: str) -> bool:
-    return objects.chips_usable(href) if _USABLE_PER_HREF else objects.chips_usable()  # type: ignore[call-arg]
+def _io_counters() -> tuple[int, int]:
+    """(requests, bytes) of this process so far, from the I/O layer's counters (validation
+    reads included: they cross the wire too)."""
+    snap = objects.counters()
+    return snap.requests + snap.checks, snap.bytes + snap.check_bytes
 
 
 # --- one item as a read needs it ---------------------------------------------------------
@@ -358,7 +345,7 @@ def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str
         return "local file"
     if lay is None:
         return "no layout"
-    if not _layouts_usable(href):
+    if not objects.chips_usable(href):
         return "I/O layer unusable after fork"
     return None
 
@@ -559,8 +546,7 @@ class Reader:
             for p, arr in zip(slow, arrays):
                 out[p.chip][p.key] = arr
         after = _io_counters()
-        requests_n, bytes_n = ((after[0] - before[0], after[1] - before[1]) if before and after
-                               else (cost.ranges, cost.bytes))
+        requests_n, bytes_n = after[0] - before[0], after[1] - before[1]
         fallbacks = Counter(_reason_kind(p.reason) for p in slow if p.reason not in CHOSEN)
         self.last = ReadReport(chips=len(requests), requests=requests_n, bytes=bytes_n, tiles=cost.tiles,
                                decode_seconds=cost.decode_seconds, layout_reads=len(plans) - len(slow),
