@@ -274,7 +274,8 @@ class ChipGrid:
         ys = t.d * cols + t.e * rows + t.f
         transformer = pyproj.Transformer.from_crs(self.crs, CRS84, always_xy=True)
         lon, lat = transformer.transform(xs, ys)
-        return np.asarray(lon), np.asarray(lat)
+        # a corner on the antimeridian can come back a rounding error beyond it (-180.00000000000003)
+        return np.clip(np.asarray(lon), -180.0, 180.0), np.asarray(lat)
 
     def footprints(self) -> tuple[np.ndarray, np.ndarray]:
         """Chip footprints in OGC:CRS84, in row-major chip order (y, then x).
@@ -308,12 +309,21 @@ class ChipGrid:
         # (chips are far smaller than a hemisphere), unless it holds or touches a pole
         crossing = (xs.max(1) - xs.min(1)) > 180
         crossing[list(poles) + list(touching)] = False
+        # near a pole a chip spans many degrees of longitude and its edges curve far from the
+        # straight lines between its corners: those chips are sampled densely (the fuzz tests
+        # found a chip centre outside its footprint 12 m from the south pole)
+        unwrapped = np.unwrap(xs, period=360.0, axis=1)
+        curved = (unwrapped.max(1) - unwrapped.min(1)) > CURVED_SPAN
+        curved[list(poles) + list(touching)] = False
+        crossing &= ~curved
         if crossing.any():
             polygons[crossing], bounds[crossing] = _split_at_antimeridian(ring[crossing])
+        for i in np.flatnonzero(curved).tolist():
+            polygons[i], bounds[i] = _dense_footprint(self, i)
         for index, north in poles.items():
             polygons[index], bounds[index] = _around_pole(self, index, north)
         for index, (north, pole_px) in touching.items():
-            polygons[index], bounds[index] = _wedge_at_pole(self, index, north, pole_px)
+            polygons[index], bounds[index] = _dense_footprint(self, index, (north, pole_px))
         # projections that mirror (polar stereographic south, for one) turn rings clockwise
         polygons = shapely.orient_polygons(polygons, exterior_cw=False)
         return polygons, bounds
@@ -381,7 +391,8 @@ def _split_at_antimeridian(rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bounds = np.stack([east_b[:, 0], np.fmin(east_b[:, 1], west_b[:, 1]), west_b[:, 2],
                        np.fmax(east_b[:, 3], west_b[:, 3])], axis=1)
     # a chip that only touches 180 degrees at a corner or edge leaves a point or a line on one side
-    east_ok, west_ok = shapely.get_type_id(east) == 3, shapely.get_type_id(west) == 3
+    east_ok = (shapely.get_type_id(east) == 3) & (shapely.area(east) > 0)  # not an empty polygon
+    west_ok = (shapely.get_type_id(west) == 3) & (shapely.area(west) > 0)
     both = east_ok & west_ok
     out = np.empty(len(rings), dtype=object)
     if both.any():
@@ -419,36 +430,44 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
     return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
 
 
-def _wedge_at_pole(grid: ChipGrid, index: int, north: bool, pole_px: tuple[float, float],
-                   per_side: int = 64):
-    """The footprint of a chip with a pole on its edge or corner: from the pole it spans a
-    range of longitudes (90 degrees at a corner, 180 on an edge), so the pole becomes a
-    segment along its latitude. The edges are sampled densely (as for _around_pole), the
-    pole's point replaced by that segment, longitudes unwrapped and the result split at the
-    antimeridian if it crosses it."""
+# chips whose corners span more degrees of longitude than this are sampled densely
+CURVED_SPAN = 10.0
+
+
+def _dense_footprint(grid: ChipGrid, index: int, pole: tuple[bool, tuple[float, float]] | None = None,
+                     per_side: int = 64):
+    """The footprint of a chip that spans many degrees of longitude without holding a pole:
+    its edges sampled densely (as for _around_pole), longitudes unwrapped, split at the
+    antimeridian if it crosses it. ``pole`` (north, its (col, row)): a pole on the chip's
+    edge or corner, which from there spans a range of longitudes (90 degrees at a corner,
+    180 on an edge), so the pole's point becomes a segment along its latitude."""
     y, x = divmod(index, grid.x_size)
     cs = grid.chip_size
     t = np.linspace(0.0, 1.0, per_side, endpoint=False)
     cols = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t]) * cs + x * cs
     rows = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t)]) * cs + y * cs
-    # put the pole on the sampled boundary (an edge's sample may miss it), then start there
-    pc, pr = pole_px
-    at = int(np.argmin(np.hypot(cols - pc, rows - pr)))
-    if np.hypot(cols[at] - pc, rows[at] - pr) > 1e-6:
-        at = at + 1 if np.hypot(np.roll(cols, -1)[at] - pc, np.roll(rows, -1)[at] - pr) < \
-            np.hypot(np.roll(cols, 1)[at] - pc, np.roll(rows, 1)[at] - pr) else at
-        cols, rows = np.insert(cols, at, pc), np.insert(rows, at, pr)
-    else:
-        cols[at], rows[at] = pc, pr
-    cols, rows = np.roll(cols, -at)[1:], np.roll(rows, -at)[1:]  # the pole itself left out
+    if pole is not None:
+        # put the pole on the sampled boundary (an edge's sample may miss it), then start there
+        pc, pr = pole[1]
+        at = int(np.argmin(np.hypot(cols - pc, rows - pr)))
+        if np.hypot(cols[at] - pc, rows[at] - pr) > 1e-6:
+            at = at + 1 if np.hypot(np.roll(cols, -1)[at] - pc, np.roll(rows, -1)[at] - pr) < \
+                np.hypot(np.roll(cols, 1)[at] - pc, np.roll(rows, 1)[at] - pr) else at
+            cols, rows = np.insert(cols, at, pc), np.insert(rows, at, pr)
+        else:
+            cols[at], rows[at] = pc, pr
+        cols, rows = np.roll(cols, -at)[1:], np.roll(rows, -at)[1:]  # the pole itself left out
     gt = grid.transform
     xs, ys = gt.a * cols + gt.b * rows + gt.c, gt.d * cols + gt.e * rows + gt.f
     lon, lat = pyproj.Transformer.from_crs(grid.crs, CRS84, always_xy=True).transform(xs, ys)
     lon = np.unwrap(np.asarray(lon), period=360.0)
-    pole = 90.0 if north else -90.0
-    # from the pole at the first sample's longitude, round the chip, back to the pole at the
-    # last sample's, and along the pole's latitude to the start
-    ring = [(lon[0], pole), *zip(lon, np.asarray(lat)), (lon[-1], pole), (lon[0], pole)]
+    if pole is None:
+        ring = [*zip(lon, np.asarray(lat)), (lon[0], lat[0])]
+    else:
+        # from the pole at the first sample's longitude, round the chip, back to the pole at
+        # the last sample's, and along the pole's latitude to the start
+        lat_p = 90.0 if pole[0] else -90.0
+        ring = [(lon[0], lat_p), *zip(lon, np.asarray(lat)), (lon[-1], lat_p), (lon[0], lat_p)]
     whole = shapely.make_valid(shapely.Polygon(ring))
     parts = []
     for shift in (-360.0, 0.0, 360.0):  # the unwrapped span may leave [-180, 180] on one side
