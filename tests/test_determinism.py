@@ -11,6 +11,7 @@ until the I/O branch validates layouts by content: the full-bytes tests are stri
 for that reason only, and their companions check that nothing else differs.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -153,7 +155,7 @@ def test_two_clean_runs_differ_in_the_layouts_column_only(runs):
     # and what was run is there: 6 items, their indexes, the merged index, cubes, two reports
     files = tree(runs["clean"])
     assert sum(k.endswith("stac_item.json") for k in files) == 6
-    assert sum(k.startswith("cubes/v1/") for k in files) == 8
+    assert sum(k.startswith("cubes/v1/") for k in files) == 4  # cubes of 3 chips: job 0 writes all 4
     assert sorted(k for k in files if "_runs/" in k) == ["_runs/process-sentinel-2-l2a-0-2.json",
                                                          "cubes/_runs/prechip-v1-0-2.json"]
 
@@ -189,7 +191,7 @@ def test_the_layouts_differ_by_their_etags_only(runs):
     assert la.keys() == lb.keys()
     for asset in la:
         x, y = la[asset], lb[asset]
-        fields = [f for f in vars(x) if getattr(x, f) != getattr(y, f)]
+        fields = [f.name for f in dataclasses.fields(x) if not np.array_equal(getattr(x, f.name), getattr(y, f.name))]
         assert fields == ["etag"], (asset, fields)
 
 
