@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_hostile_inputs import LATEST_NAIP, hostile_items
+from test_keys_and_redaction import LATEST_NAIP, hostile_items
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).parent.parent
