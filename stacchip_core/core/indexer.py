@@ -17,6 +17,7 @@ from stacchip_core.core.headers import item_grid
 from stacchip_core.core.index import build_table
 from stacchip_core.core.raster import AssetReader
 from stacchip_core.errors import ItemError, PlatformError
+from stacchip_core.io.urls import redact_text
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager, platform_for_item
 
@@ -45,13 +46,15 @@ def load_item(item: pystac.Item | dict | str | Path) -> pystac.Item:
             try:
                 return _checked(pystac.Item.from_dict(item))
             except _NOT_AN_ITEM as exc:
-                raise ItemError(f"not a STAC item: {exc}") from exc
+                raise ItemError(f"not a STAC item: {redact_text(str(exc))}") from exc
         return _checked(_item_from_file(item))
 
 
 def _checked(item: pystac.Item) -> pystac.Item:
     if not isinstance(item.id, str) or not item.id:
         raise ItemError(f"item id {item.id!r} is not a non-empty string")
+    if item.collection_id is not None and not isinstance(item.collection_id, str):
+        raise ItemError(f"item {item.id!r} has collection {item.collection_id!r}, not a string")
     return item
 
 
@@ -61,7 +64,7 @@ def _item_from_file(item: str | Path) -> pystac.Item:
     except FileNotFoundError as exc:
         raise ItemError(f"no such item file: {item}") from exc
     except (OSError, *_NOT_AN_ITEM) as exc:  # unreadable, not JSON, not STAC
-        raise ItemError(f"cannot read STAC item {item}: {exc}") from exc
+        raise ItemError(redact_text(f"cannot read STAC item {item}: {exc}")) from exc
 
 
 def item_datetime(item: pystac.Item) -> datetime:
