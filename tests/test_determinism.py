@@ -5,13 +5,11 @@ index, the cubes of ``stacchip prechip``, and the run reports except the fields 
 when (``started``, ``seconds``).
 
 Every run writes to the same bucket path (then moved aside), since item JSON and indexes name
-the bucket they were written in. The ``layouts`` column still holds each asset's ETag, which a
-local folder derives from the file's inode and modification time, so indexes differ there
-until the I/O branch validates layouts by content: the full-bytes tests are strict xfails
-for that reason only, and their companions check that nothing else differs.
+the bucket they were written in. Until layouts were validated by size and header digest, the
+``layouts`` column held each asset's ETag, which a local folder derives from the file's inode
+and modification time: the indexes of every pair of runs differed there, and nowhere else.
 """
 
-import dataclasses
 import json
 import os
 import random
@@ -22,13 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 EXE = str(Path(sys.executable).with_name("stacchip"))
 WHEN = ("started", "seconds")  # the fields of a run report that say when
-ETAG_XFAIL = pytest.mark.xfail(strict=True, reason="ETag in layouts until the io branch lands")
 
 pytestmark = pytest.mark.slow
 
@@ -148,51 +144,41 @@ def runs(archive, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def test_two_clean_runs_differ_in_the_layouts_column_only(runs):
-    diff = differing(runs["clean"], runs["clean-again"])
-    assert diff and set(diff.values()) == {"layouts"}, diff
-    assert sorted(diff) == sorted(k for k in tree(runs["clean"]) if k.endswith(".parquet"))
+def test_two_clean_runs_are_byte_identical(runs):
+    assert differing(runs["clean"], runs["clean-again"]) == {}
     # and what was run is there: 6 items, their indexes, the merged index, cubes, two reports
     files = tree(runs["clean"])
     assert sum(k.endswith("stac_item.json") for k in files) == 6
+    assert sum(k.startswith("index/") and k.endswith(".parquet") for k in files) == 6
     assert sum(k.startswith("cubes/v1/") for k in files) == 4  # cubes of 3 chips: job 0 writes all 4
     assert sorted(k for k in files if "_runs/" in k) == ["_runs/process-sentinel-2-l2a-0-2.json",
                                                          "cubes/_runs/prechip-v1-0-2.json"]
 
 
 @pytest.mark.parametrize("other", ["killed", "overlapping"])
-def test_killed_and_overlapping_runs_differ_in_the_layouts_column_only(runs, other):
+def test_killed_and_overlapping_runs_are_byte_identical(runs, other):
     """Against the clean run, without its run reports (these runs ran job by job, which
     writes none)."""
-    diff = {k: v for k, v in differing(runs["clean"], runs[other]).items() if "_runs/" not in k}
-    assert diff and set(diff.values()) == {"layouts"}, diff
+    assert {k: v for k, v in differing(runs["clean"], runs[other]).items() if "_runs/" not in k} == {}
     assert not [k for k in tree(runs[other]) if ".tmp" in k or "_runs/" in k]
 
 
-@ETAG_XFAIL
-def test_two_clean_runs_are_byte_identical(runs):
-    assert differing(runs["clean"], runs["clean-again"]) == {}
-
-
-@ETAG_XFAIL
-@pytest.mark.parametrize("other", ["killed", "overlapping"])
-def test_killed_and_overlapping_runs_are_byte_identical(runs, other):
-    assert {k: v for k, v in differing(runs["clean"], runs[other]).items() if "_runs/" not in k} == {}
-
-
-def test_the_layouts_differ_by_their_etags_only(runs):
-    """What the xfails wait for: decoded, two clean runs' layouts differ in the ETag alone."""
+def test_the_indexes_compared_hold_layouts(runs):
+    """The comparison covers the layouts: every row of every index has one, and the run's
+    copy of each asset is what it describes (its size)."""
     from stacchip_core.core.layout import decode
 
+    for key in sorted(tree(runs["clean"])):
+        if key.endswith(".parquet"):
+            layouts = pq.read_table(runs["clean"] / key)["layouts"]
+            assert layouts.null_count == 0, key
     key = next(k for k in sorted(tree(runs["clean"])) if k.startswith("index/") and k.endswith(".parquet"))
-    a = pq.read_table(runs["clean"] / key)["layouts"][0].as_py()
-    b = pq.read_table(runs["clean-again"] / key)["layouts"][0].as_py()
-    la, lb = decode(a), decode(b)
-    assert la.keys() == lb.keys()
-    for asset in la:
-        x, y = la[asset], lb[asset]
-        fields = [f.name for f in dataclasses.fields(x) if not np.array_equal(getattr(x, f.name), getattr(y, f.name))]
-        assert fields == ["etag"], (asset, fields)
+    decoded = decode(pq.read_table(runs["clean"] / key)["layouts"][0].as_py())
+    assert decoded
+    for lay in decoded.values():
+        # written in the bucket path, the tree moved to runs["clean"] afterwards
+        name = Path(lay.href).relative_to(runs["clean"].parent / "bucket")
+        assert (runs["clean"] / name).stat().st_size == lay.size
 
 
 def test_tree_copies_are_independent(runs, tmp_path):
