@@ -186,21 +186,15 @@ def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath, no
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz, .tif or .png (RGB preview).")
 def chip(index_path, row, chipid, assets, mountpath, output) -> None:
     """Read the pixels of one chip of INDEX into OUTPUT."""
-    from stacchip_core.core.chipper import Chipper, item_for_row
+    from stacchip_core.core.chipper import chip_from_row
     from stacchip_core.core.index import find_row
     from stacchip_core.core.output import write_chip
-    from stacchip_core.plugins import find_platform
 
     if (row is None) == (chipid is None):
         raise click.UsageError("give exactly one of --row or --chipid")
     record = find_row(index_path, row=row, chipid=chipid)
-    item = item_for_row(record, mountpath)
-    x, y = int(record["chip_index_x"]), int(record["chip_index_y"])
-    with Chipper(item, assets=assets.split(",") if assets else None, mountpath=mountpath,
-                 chip_size=int(record["chip_size"]), platform=find_platform(record["platform"]),
-                 layouts=record.get("layouts")) as chipper:
-        pixels = chipper.chip(x, y)
-        write_chip(output, pixels)
+    pixels = chip_from_row(record, assets=assets.split(",") if assets else None, mountpath=mountpath)
+    write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
     echo(f"{output}: {record['chipid']}: {shapes}")
 
@@ -388,7 +382,8 @@ def demo(out: Path) -> None:
     echo(f"map:      {result.map_html} (offline page){png}")
     echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
-    echo(f"read:     {t.chips_read} chips in {t.read_seconds:.1f} s ({t.chips_read_per_second:.1f} chips/s)")
+    echo(f"read:     {t.chips_read} chips in {t.read_seconds:.2f} s ({t.chips_read_per_second:.1f} chips/s, "
+         f"{t.read_requests} requests, {t.read_fallbacks} fallbacks; previews drawn in {t.draw_seconds:.1f} s)")
 
 
 def _add_plugin_authoring() -> None:

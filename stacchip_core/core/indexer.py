@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyproj
 import pystac
 
+from stacchip_core.core.assets import raster_keys
 from stacchip_core.core.chipstats import ChipStats
 from stacchip_core.core.headers import item_grid
 from stacchip_core.core.index import build_table
@@ -65,6 +67,13 @@ def _item_from_file(item: str | Path) -> pystac.Item:
         raise ItemError(f"no such item file: {item}") from exc
     except (OSError, *_NOT_AN_ITEM) as exc:  # unreadable, not JSON, not STAC
         raise ItemError(redact_text(f"cannot read STAC item {item}: {exc}")) from exc
+
+
+def crs_text(crs: pyproj.CRS) -> str:
+    """``crs`` as the index stores it: its authority code (``EPSG:32633``) when it is exactly
+    that, else WKT2."""
+    auth = crs.to_authority(min_confidence=100)
+    return f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
 
 
 def item_datetime(item: pystac.Item) -> datetime:
@@ -173,18 +182,30 @@ class Indexer:
 
     def asset_layouts(self) -> bytes | None:
         """The encoded COG layouts of the assets a chipper reads (core.layout), from one
-        ranged read per asset, all at once; None when off or when no asset has one."""
+        ranged read per asset, all at once, with what a read needs besides: the grid's
+        transform, shape and CRS and where each of the platform's bands lies; None when off
+        or when no asset has a layout."""
         from stacchip_core.core.layout import record_layouts
         from stacchip_core.core.raster import unsigned_href
 
+        bands: dict[str, tuple[str, int]] = {}
         if self.platform is not None and self.platform.bands:
-            keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
+            for band in self.platform.bands + self.platform.aux:
+                key = self.platform.asset_key(self.item, band.name)
+                if key is not None:
+                    bands[band.name] = (key, band.index)
+            # the bands' and layers' (SCL, QA: masks are read with chips) assets get a layout
+            keys = list(dict.fromkeys(k for k, _ in bands.values()))
         else:
-            keys = [k for k, a in self.item.assets.items() if "tiff" in (a.media_type or "").lower()]
+            keys = raster_keys(self.item)
         # unsigned: layouts are stored, and signed again right before each read
         hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
+        # every other raster asset by href alone (read through rasterio, still without the item JSON)
+        others = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in raster_keys(self.item)
+                  if k not in hrefs}
         t = self.grid.transform
-        return record_layouts(hrefs, (t.a, t.c, t.e, t.f))
+        return record_layouts(hrefs, (t.a, t.c, t.e, t.f), shape=self.grid.shape, crs=crs_text(self.grid.crs),
+                              bands=bands, other_hrefs=others)
 
     def create_index(self) -> pa.Table:
         """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stacchip_core.core.chipper import Chipper, item_for_row
+from stacchip_core.core.chip import Chip
 from stacchip_core.core.output import band_stack, write_png
+from stacchip_core.core.read import Reader
 from stacchip_core.platform import Platform
 
 OUTLINE = (255, 0, 255)
@@ -34,16 +35,30 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def chip_cloud_mask(chipper: Chipper, platform: Platform | None, x: int, y: int) -> np.ndarray | None:
-    """The cloud mask of chip (x, y) on the chip's grid, or None when the platform has none."""
-    if platform is None or platform.name not in CLOUD_MASKS:
+def preview_bands(platform: Platform | None) -> list[str] | None:
+    """The bands ``true_colour`` shows: red, green and blue, else the platform's first three
+    (None: the default assets). Only these are read: a Sentinel-2 preview needs 3 of 10."""
+    if platform is None or not platform.bands:
         return None
-    layer, fn = CLOUD_MASKS[platform.name]
-    key = platform.asset_key(chipper.item, layer)
-    if key is None:
-        return None
-    with Chipper(chipper.item, assets=[key], chip_size=chipper.grid.chip_size, platform=platform) as qa:
-        return fn(qa.chip(x, y)[key][0])
+    names = platform.band_names
+    return ["red", "green", "blue"] if {"red", "green", "blue"} <= set(names) else names[:3]
+
+
+def read_preview_chips(rows: list[dict], platform: Platform | None,
+                       reader: Reader) -> tuple[list[Chip], list[np.ndarray | None]]:
+    """The chips of ``rows`` (the bands a preview shows: ``preview_bands``) and their cloud
+    masks (None where the platform has no quality layer), read through ``reader`` as two
+    batches."""
+    chips = reader.chips(rows, assets=preview_bands(platform))
+    masks: list[np.ndarray | None] = [None] * len(rows)
+    if platform is not None and platform.name in CLOUD_MASKS:
+        layer, fn = CLOUD_MASKS[platform.name]
+        with_layer = [i for i, row in enumerate(rows) if reader.source(row).key_for(layer) is not None]
+        if with_layer:
+            qa = reader.chips([rows[i] for i in with_layer], assets=[layer])
+            for i, chip in zip(with_layer, qa):
+                masks[i] = fn(next(iter(chip.values()))[0])
+    return chips, masks
 
 
 def true_colour(stack: np.ndarray, names: list[str], nodata, clear: np.ndarray | None) -> np.ndarray:
@@ -74,22 +89,23 @@ def tile_origin(i: int, cols: int, cs: int) -> tuple[int, int]:
     return GAP + r * (cs + LABEL + GAP), GAP + c * (cs + GAP)
 
 
-def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: int = 4) -> dict:
+def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: int = 4, *,
+                 chips: list[Chip] | None = None, masks: list[np.ndarray | None] | None = None) -> dict:
     """Write the preview PNG of index ``rows``; returns the tiles' chipids, origins and masks
-    (``masks[i]``: the outlined cloud mask of tile i, or None)."""
-    tiles, masks, labels = [], [], []
-    for row in rows:
-        x, y = int(row["chip_index_x"]), int(row["chip_index_y"])
-        with Chipper(item_for_row(row), platform=platform, chip_size=int(row["chip_size"])) as chipper:
-            stack, names = band_stack(chipper.chip(x, y), platform)
-            mask = chip_cloud_mask(chipper, platform, x, y)
+    (``masks[i]``: the outlined cloud mask of tile i, or None). ``chips`` and ``masks``: as
+    ``read_preview_chips`` gives them (read here when not given)."""
+    if chips is None or masks is None:
+        with Reader() as reader:
+            chips, masks = read_preview_chips(rows, platform, reader)
+    tiles, labels = [], []
+    for row, chip, mask in zip(rows, chips, masks):
+        stack, names = band_stack(chip, platform)
         rgb = true_colour(stack, names, platform.nodata if platform else None, None if mask is None else ~mask)
         if mask is not None:
             edge = outline(mask)
             for b in range(3):
                 rgb[b][edge] = OUTLINE[b]
         tiles.append(rgb)
-        masks.append(mask)
         labels.append(f"cloud {row['cloud_cover_percentage']:.2f}  nodata {row['nodata_percentage']:.2f}")
     cs = max(t.shape[1] for t in tiles)
     cols = min(cols, len(tiles))

@@ -21,8 +21,8 @@ import pyproj
 import rasterio
 from affine import Affine
 
-from stacchip_core.core.chipper import item_for_row
 from stacchip_core.core.headers import item_grid
+from stacchip_core.core.read import grid_for_row
 from stacchip_core.errors import ShapeError
 from stacchip_core.training.chipread import ChipReader
 
@@ -58,9 +58,10 @@ class ChipGeoref:
 
 def chip_georef(row: dict, mountpath=None, item=None) -> ChipGeoref:
     """The grid window of the chip an index row names (``chip_index_x``/``_y``, ``chip_size``)
-    on its item's finest grid, as the chipper reads it."""
-    item = item or item_for_row(row, mountpath)
-    grid = item_grid(item, int(row["chip_size"]))
+    on its item's finest grid, as the chipper reads it: from the row's layouts when they hold
+    the grid, else from ``item`` or the item JSON."""
+    grid = item_grid(item, int(row["chip_size"]), mountpath=mountpath) if item is not None else \
+        grid_for_row(row, mountpath)
     col, row_off, w, h = grid.window(int(row["chip_index_x"]), int(row["chip_index_y"]))
     when = row.get("datetime")
     if isinstance(when, datetime) and when.tzinfo is not None:
