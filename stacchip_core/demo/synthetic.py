@@ -231,11 +231,13 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
                     when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=UTC),
                     origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
                     bands_10m=tuple(S2_BANDS_10M), bands_20m=tuple(S2_BANDS_20M),
-                    blocksize: int = 512, cloud_cover: float = 18.4, noise: int = 0) -> Path:
+                    blocksize: int = 512, cloud_cover: float = 18.4, noise: int = 0,
+                    nodata_corner: float = 0.3, n_clouds: int = 4) -> Path:
     """A Sentinel-2 L2A scene of ``size`` px a side at 10 m: 10 m bands, 20 m bands and SCL
     at ``size/2``, a 60 m coastal band at ``size/6`` (when divisible). ``naming`` picks the
     asset keys of Earth Search (``red``, ``scl``) or Planetary Computer (``B04``, ``SCL``).
-    Returns the item JSON path."""
+    ``nodata_corner`` and ``n_clouds`` shape the SCL layer (``scl_layer``). Returns the item
+    JSON path."""
     outdir = Path(outdir) / item_id
     pc = naming == "planetary-computer"
     t10 = Affine(10, 0, origin[0], 0, -10, origin[1])
@@ -243,7 +245,7 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
     crs = f"EPSG:{epsg}"
     assets = {}
     half = size // 2
-    scl = scl_layer(half, half, seed)
+    scl = scl_layer(half, half, seed, nodata_corner=nodata_corner, n_clouds=n_clouds)
     masks = _scl_masks(scl)
     for i, name in enumerate(bands_10m):
         key = S2_BANDS_10M[name] if pc else name
