@@ -159,6 +159,32 @@ def merge(src, dst) -> None:
     click.echo(f"{result.output}: {result.rows} chips from {result.files} index files")
 
 
+@cli.command()
+@click.argument("index_path", metavar="INDEX")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Stacks GeoParquet file to write.")
+@click.option("--anchor", help="Platform whose chips anchor the stacks (default: each platform its own).")
+@click.option("--with", "with_", multiple=True, help="Platform whose items join each anchor step (repeatable).")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Least share of the anchor chip a joining item covers.")
+@click.option("--window", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Days between an anchor step and a joining item, at most.")
+@click.option("--min-steps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Keep the clearest N steps.")
+@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Drop steps with a larger cloud fraction.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Drop steps with a larger nodata fraction.")
+@click.option("--every", type=click.IntRange(min=1), help="One step per this many days, the clearest.")
+def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps, max_cloud, max_nodata, every) -> None:
+    """Group the chips of INDEX into stacks of the same place (time series, other sensors)."""
+    from stacchip_core.core.stacks import build_stacks, write_stacks
+
+    table = build_stacks(index_path, anchor=anchor, with_=with_, share=share, window=window, min_steps=min_steps,
+                         max_steps=max_steps, max_cloud=max_cloud, max_nodata=max_nodata, every=every)
+    write_stacks(table, output)
+    members = sum(len(v) for v in table["member_chipid"].to_pylist()) if table.num_rows else 0
+    click.echo(f"{output}: {table.num_rows} stacks, {members} members")
+
+
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
     """The job numbers to run and whether to fan them out: --job (else the array-job
     environment), --jobs a:b, or --all. ("index" names the GeoParquet chip table only; the

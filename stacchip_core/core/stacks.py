@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stacchip_core.core.index import BBOX_TYPE, with_geo_metadata
-from stacchip_core.errors import IndexFormatError, NotFoundError, StacchipError
+from stacchip_core.errors import IndexFormatError, NotFoundError, StackError
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ MEMBER_FIELDS = [
     ("chip_index_y", pa.int32()), ("chip_size", pa.int32()),
     ("layouts", pa.dictionary(pa.int32(), pa.binary())), ("crs", pa.dictionary(pa.int32(), pa.string())),
 ]
-
-
-class StackError(StacchipError):
-    """A stack cannot be built or read (a member's object is gone, options that contradict)."""
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.core.layout import AssetLayout, decoded
-from stacchip_core.core.stacks import StackError, read_stacks
+from stacchip_core.core.stacks import read_stacks
 from stacchip_core.core.tiles import GridSpec, read_batch_async
-from stacchip_core.errors import AssetError, PlatformError
+from stacchip_core.errors import AssetError, PlatformError, StackError
 from stacchip_core.io import objects
 from stacchip_core.plugins import platforms
 
@@ -359,7 +359,7 @@ class StackReader:
         for i, (k, b, aux) in enumerate(sources):
             lay, w = lays[k], wins[k]
             src_t = _affine((lay.transform[0], 0.0, lay.transform[1], 0.0, lay.transform[2], lay.transform[3]))
-            src_t = src_t * _translation(w.col0, w.row0)
+            src_t = src_t @ _translation(w.col0, w.row0)
             band = w.data[b - 1].astype(np.float32)
             ok = w.read & _valid(band, lay.nodata)
             band = np.where(ok, band, np.nan).astype(np.float32)
