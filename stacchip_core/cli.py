@@ -127,13 +127,17 @@ def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath, no
 @click.option("--assets", help="Comma-separated asset keys or band names (default: the platform's bands).")
 @click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz, .tif or .png (RGB preview).")
-def chip(index_path, row, chipid, assets, mountpath, output) -> None:
+@click.option("--stack", "stackid", help="A stack id: INDEX is then a stacks table (stacchip stack); .npz or .tif.")
+def chip(index_path, row, chipid, assets, mountpath, output, stackid) -> None:
     """Read the pixels of one chip of INDEX into OUTPUT."""
     from stacchip_core.core.chipper import Chipper, item_for_row
     from stacchip_core.core.index import find_row
     from stacchip_core.core.output import write_chip
     from stacchip_core.plugins import find_platform
 
+    if stackid is not None:
+        _write_stack(index_path, stackid, assets, output)
+        return
     if (row is None) == (chipid is None):
         raise click.UsageError("give exactly one of --row or --chipid")
     record = find_row(index_path, row=row, chipid=chipid)
@@ -146,6 +150,26 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
         write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
     click.echo(f"{output}: {record['chipid']}: {shapes}")
+
+
+def _write_stack(path: Path, stackid: str, bands: str | None, output: Path) -> None:
+    import pyarrow.compute as pc
+
+    from stacchip_core.core.output import write_chip
+    from stacchip_core.core.stacks import read_stacks
+    from stacchip_core.errors import NotFoundError
+    from stacchip_core.training.stacks import StackReader
+
+    table = read_stacks(path)
+    found = table.filter(pc.equal(table["stackid"], stackid))
+    if not found.num_rows:
+        raise NotFoundError(f"stack {stackid!r} is not in {path}")
+    record = found.slice(0, 1).to_pylist()[0]
+    # --assets names the anchor platform's bands; other platforms read their canonical bands
+    pixels = StackReader({record["platform"]: bands.split(",")} if bands else None).read(record)
+    write_chip(output, pixels)
+    shapes = ", ".join(f"{p} {v.shape}" for p, v in pixels.pixels.items())
+    click.echo(f"{output}: {stackid}: {shapes}")
 
 
 @cli.command()

@@ -393,3 +393,49 @@ def test_stack_dataset_samples_batch_with_padding(place):
     assert not first["valid"][1].any() and not first["pixels"][1].any()
     assert first["sensors"][S1]["pixels"].shape == (2, 1, 256, 256)
     assert first["dates"] == ["2023-02-04"] and len(ds) == 4
+
+
+def test_xarray_and_written_stacks_hold_the_members(place, tmp_path):
+    from stacchip_core.core.output import write_chip
+    from stacchip_core.training.stacks import StackReader
+    from stacchip_core.training.xarray import stack_dataarray
+
+    _, idx = place
+    pairs = build_stacks(idx, anchor=S2, with_=[S1], window=3)
+    series = build_stacks(idx, anchor=S2, min_steps=6)
+    reader = StackReader({S2: ["red", "nir"], S1: ["vv", "vh"]})
+    pair, ts = reader.read(pairs.to_pylist()[1]), reader.read(series.to_pylist()[0])
+    da = stack_dataarray(ts)  # an exact series built without CRS: the first item says it
+    assert da.dims == ("time", "band", "y", "x") and da.shape == (6, 2, 256, 256)
+    assert [str(t)[:10] for t in da.time.values] == [d.isoformat() for d in ts.dates[S2]]
+    assert da.band.values.tolist() == ["red", "nir"] and "32720" in da.attrs["crs"]
+    assert float(da.x[0]) == 767785.0 and float(da.y[0]) == 6167435.0
+    np.testing.assert_array_equal(da.values, ts.series)
+    s1 = stack_dataarray(pair, S1)
+    assert s1.shape == (1, 2, 256, 256) and float(s1.x[0]) == 767780.0 + 2560 + 5
+    np.testing.assert_array_equal(np.isnan(s1.values[0, 1]), ~pair.valid[S1][0])
+
+    npz = write_chip(tmp_path / "pair.npz", pair)
+    with np.load(npz) as z:
+        np.testing.assert_array_equal(z[S1], pair.pixels[S1])
+        np.testing.assert_array_equal(z[f"{S1}_valid"], pair.valid[S1])
+        assert z[f"{S1}_dates"].tolist() == ["2023-02-05"] and z[f"{S2}_bands"].tolist() == ["red", "nir"]
+    tif = write_chip(tmp_path / "pair.tif", pair)
+    with rasterio.open(tif) as ds:
+        assert ds.descriptions == (f"{S2} 2023-02-04 red", f"{S2} 2023-02-04 nir", f"{S1} 2023-02-05 vv",
+                                   f"{S1} 2023-02-05 vh")
+        assert ds.crs.to_epsg() == 32720 and ds.transform == rasterio.Affine(*pairs["transform"].to_pylist()[1])
+        np.testing.assert_array_equal(ds.read(3), np.where(pair.valid[S1][0], pair.pixels[S1][0, 0], np.nan))
+
+
+def test_cli_chip_writes_a_stack(place, tmp_path):
+    _, idx = place
+    write_stacks(build_stacks(idx, anchor=S2, with_=[S1, LS], window=3), tmp_path / "stacks.parquet")
+    stackid = read_stacks(tmp_path / "stacks.parquet")["stackid"][0].as_py()
+    r = run_cli("chip", tmp_path / "stacks.parquet", "--stack", stackid, "--assets", "red,green,blue",
+                "-o", tmp_path / "s.npz")
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "s.npz") as z:
+        assert z[S2].shape == (1, 3, 256, 256) and z[S1].shape == (1, 2, 256, 256) and z[LS].shape == (1, 6, 256, 256)
+    r = run_cli("chip", tmp_path / "stacks.parquet", "--stack", "nope", "-o", tmp_path / "n.npz")
+    assert r.returncode == 1 and "stack 'nope' is not in" in r.stderr

@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,34 @@ class StackOptions:
             raise StackError(f"every must be at least 1 day, got {self.every}")
         if self.window < 0:
             raise StackError(f"window must be >= 0 days, got {self.window}")
+
+
+@dataclass
+class StackPixels:
+    """One stack's pixels on the anchor chip's window.
+
+    ``pixels[platform]`` is float32 ``(T, C, H, W)`` (T the anchor's steps: every platform of a
+    multi-sensor stack has one member per step), ``valid[platform]`` bool ``(T, H, W)`` (all
+    bands hold data there), ``dates[platform]`` the members' dates, ``bands[platform]`` the
+    band names. ``anchor`` names the anchor platform; ``crs`` and ``transform`` (affine
+    ``[a, b, c, d, e, f]``) the anchor window, when known.
+    """
+
+    stackid: str
+    anchor: str
+    pixels: dict[str, np.ndarray]
+    valid: dict[str, np.ndarray]
+    dates: dict[str, list[date]]
+    bands: dict[str, list[str]]
+    crs: str | None = None
+    transform: list[float] | None = None
+    members: dict[str, list[str]] = field(default_factory=dict)
+    rows: dict[str, list[dict]] = field(default_factory=dict, repr=False)  # members' index fields
+
+    @property
+    def series(self) -> np.ndarray:
+        """The anchor platform's ``(T, C, H, W)``."""
+        return self.pixels[self.anchor]
 
 
 # --- reading the index -------------------------------------------------------------------
@@ -608,3 +637,40 @@ def stack_options(table: pa.Table) -> dict:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 
+
+
+def stack_arrays_for_output(stack: StackPixels, suffix: str, metadata: dict | None):
+    """What ``write_chip`` writes for a stack: for .npz the arrays ``{platform}`` (T, C, H, W),
+    ``{platform}_valid``, ``{platform}_dates`` and ``{platform}_bands`` (no georeference); for
+    .tif one float32 band per (member, band), NaN where not valid, described
+    ``"{platform} {date} {band}"``, on the anchor window.
+
+    Raises:
+        OutputError: A GeoTIFF of a stack whose anchor CRS or transform is unknown.
+    """
+    from affine import Affine
+
+    from stacchip_core.errors import OutputError
+
+    meta = {"stackid": stack.stackid, **(metadata or {})}
+    if suffix == ".npz":
+        arrays: dict[str, np.ndarray] = {"stackid": np.asarray(stack.stackid)}
+        for p, px in stack.pixels.items():
+            arrays[p] = px
+            arrays[f"{p}_valid"] = stack.valid[p]
+            arrays[f"{p}_dates"] = np.asarray([d.isoformat() for d in stack.dates[p]])
+            arrays[f"{p}_bands"] = np.asarray(stack.bands[p])
+        return arrays, None, meta
+    if not stack.crs or not stack.transform:
+        raise OutputError(f"stack {stack.stackid}: its CRS or transform is unknown (build the stacks from an "
+                          "index whose layouts record them), so it cannot be written as a GeoTIFF")
+    import pyproj
+
+    bands, names = [], []
+    for p, px in stack.pixels.items():
+        for t, d in enumerate(stack.dates[p]):
+            for c, name in enumerate(stack.bands[p]):
+                bands.append(np.where(stack.valid[p][t], px[t, c], np.nan).astype(np.float32))
+                names.append(f"{p} {d.isoformat()} {name}")
+    georef = (Affine(*stack.transform[:6]), pyproj.CRS.from_user_input(stack.crs).to_wkt(), names)
+    return {"stack": np.stack(bands)}, georef, meta

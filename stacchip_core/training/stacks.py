@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.core.layout import AssetLayout, decoded
-from stacchip_core.core.stacks import read_stacks
+from stacchip_core.core.stacks import StackPixels, read_stacks
 from stacchip_core.core.tiles import GridSpec, read_batch_async
 from stacchip_core.errors import AssetError, PlatformError, StackError
 from stacchip_core.io import objects
@@ -133,33 +133,6 @@ def fetch(chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]) -> tup
                 read[ys, xs] = True
         out_windows.append(err if err is not None else Window(data, read, w.rows[0], w.cols[0]))
     return results[:len(chips)], out_windows
-
-
-@dataclass
-class StackPixels:
-    """One stack's pixels on the anchor chip's window.
-
-    ``pixels[platform]`` is float32 ``(T, C, H, W)`` (T the anchor's steps: every platform of a
-    multi-sensor stack has one member per step), ``valid[platform]`` bool ``(T, H, W)`` (all
-    bands hold data there), ``dates[platform]`` the members' dates, ``bands[platform]`` the
-    band names. ``anchor`` names the anchor platform; ``crs`` and ``transform`` (affine
-    ``[a, b, c, d, e, f]``) the anchor window, when known.
-    """
-
-    stackid: str
-    anchor: str
-    pixels: dict[str, np.ndarray]
-    valid: dict[str, np.ndarray]
-    dates: dict[str, list[date]]
-    bands: dict[str, list[str]]
-    crs: str | None = None
-    transform: list[float] | None = None
-    members: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def series(self) -> np.ndarray:
-        """The anchor platform's ``(T, C, H, W)``."""
-        return self.pixels[self.anchor]
 
 
 def _member_table(stacks: list[dict]) -> list[list[dict]]:
@@ -310,6 +283,7 @@ class StackReader:
         valids: dict[str, list[np.ndarray]] = {}
         dates: dict[str, list[date]] = {}
         ids: dict[str, list[str]] = {}
+        rows: dict[str, list[dict]] = {}
         for kind, m, lays, sources, req in plan:
             try:
                 if kind == "exact":
@@ -322,11 +296,12 @@ class StackReader:
             valids.setdefault(m["platform"], []).append(valid)
             dates.setdefault(m["platform"], []).append(m["date"])
             ids.setdefault(m["platform"], []).append(m["chipid"])
+            rows.setdefault(m["platform"], []).append({k: v for k, v in m.items() if k != "layouts"})
         return StackPixels(
             stackid=s["stackid"], anchor=s["platform"],
             pixels={p: np.stack(v) for p, v in arrays.items()}, valid={p: np.stack(v) for p, v in valids.items()},
             dates=dates, bands={p: self.band_names(p) for p in arrays}, crs=s.get("crs"),
-            transform=s.get("transform"), members=ids)
+            transform=s.get("transform"), members=ids, rows=rows)
 
     @staticmethod
     def _gone(m: dict, key: str, exc: Exception) -> StackError:
