@@ -380,6 +380,10 @@ def demo(out: Path) -> None:
     click.echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
     click.echo(f"read:     {t.chips_read} chips in {t.read_seconds:.1f} s ({t.chips_read_per_second:.1f} chips/s)")
+    if result.stacks is not None:
+        st = result.stacks
+        click.echo(f"stacks:   {st.series_stacks} time series ({st.series_steps} steps previewed), {st.pair_stacks} "
+                   f"{' + '.join(st.pair_platforms)} stacks: {st.series_preview}, {st.pair_preview}")
 
 
 def register_plugin_commands() -> None:

@@ -439,3 +439,34 @@ def test_cli_chip_writes_a_stack(place, tmp_path):
         assert z[S2].shape == (1, 3, 256, 256) and z[S1].shape == (1, 2, 256, 256) and z[LS].shape == (1, 6, 256, 256)
     r = run_cli("chip", tmp_path / "stacks.parquet", "--stack", "nope", "-o", tmp_path / "n.npz")
     assert r.returncode == 1 and "stack 'nope' is not in" in r.stderr
+
+
+def test_demo_stacks_and_their_previews(tmp_path):
+    """The demo's stacks place as the demo writes it (land appearance): 4 six-step series and 4
+    S2 + S1 + Landsat stacks; the series strip shows each step's pixels, black exactly where the
+    step has no data (the nodata corner of every other date: the tile seen from two orbits)."""
+    from stacchip_core.demo import synthetic
+    from stacchip_core.demo.archive import _stack_place
+    from stacchip_core.demo.previews import GAP, LABEL
+    from stacchip_core.demo.run import run_stacks
+    from stacchip_core.training.stacks import StackReader
+
+    with synthetic.land_appearance():
+        items = _stack_place(tmp_path / "items")
+    report = run_stacks(items, tmp_path / "stacks", tmp_path / "previews")
+    assert (report.series_stacks, report.series_steps, report.pair_stacks) == (4, 6, 4)
+    series = read_stacks(report.series)
+    clouds = series["member_cloud"].to_pylist()
+    pick = int(np.argmax([max(c) - min(c) for c in clouds]))
+    ts = StackReader({S2: ["red", "green", "blue"]}).read(series.to_pylist()[pick])
+    with rasterio.open(report.series_preview) as ds:
+        png = ds.read()
+    assert png.shape == (3, GAP + 256 + LABEL + GAP, GAP + 6 * (256 + GAP))
+    for t in range(6):
+        tile = png[:, GAP:GAP + 256, GAP + t * (256 + GAP):GAP + t * (256 + GAP) + 256]
+        black = (tile == 0).all(axis=0)
+        invalid = ~ts.valid[S2][t]
+        assert black[invalid].all()
+        assert invalid.any() == bool(t % 2)  # odd dates: the nodata corner
+    with rasterio.open(report.pair_preview) as ds:
+        assert ds.width == GAP + 3 * (256 + GAP)

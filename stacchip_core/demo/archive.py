@@ -271,7 +271,7 @@ def _stack_place(items: Path) -> Path:
         synthetic.sentinel2_scene(items / "sentinel-2-l2a", 512, seed=100 + i, item_id=f"S2B_20HQH_{when:%Y%m%d}",
                                   when=when, origin=STACK_S2_ORIGIN, cloud_cover=10.0 * i,
                                   bands_10m=tuple(synthetic.S2_BANDS_10M),
-                                  nodata_corner=0.3 if i % 2 else 0.0, n_clouds=(1, 3, 0, 2, 6, 1)[i])
+                                  nodata_corner=0.3 if i % 2 else 0.0, n_clouds=(1, 3, 0, 2, 6, 1)[i], land_seed=100)
     synthetic.sentinel1_scene(items / "sentinel-1-rtc", 800, 800, origin=STACK_S1_ORIGIN, when=STACK_S1_DATE,
                               item_id=f"S1A_IW_GRDH_1SDV_{STACK_S1_DATE:%Y%m%dT%H%M%S}_stack_rtc")
     synthetic.landsat_scene(items / "landsat-c2l2-sr", 320, 384, seed=7, item_id="LC09_L2SP_225084_20230207_stack",
