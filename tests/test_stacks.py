@@ -470,3 +470,16 @@ def test_demo_stacks_and_their_previews(tmp_path):
         assert invalid.any() == bool(t % 2)  # odd dates: the nodata corner
     with rasterio.open(report.pair_preview) as ds:
         assert ds.width == GAP + 3 * (256 + GAP)
+
+
+def test_place_hash_collisions_fall_back_to_exact_grouping(monkeypatch, caplog):
+    """Every hash equal (a forced collision): the grouping is still exact."""
+    import stacchip_core.core.stacks as stacks
+
+    t = index([{"item": "a", "date": "2024-01-01", "box": PLACE}, {"item": "b", "date": "2024-01-06", "box": PLACE},
+               {"item": "c", "date": "2024-01-06", "box": ELSEWHERE}, {"item": "d", "date": "2024-01-09", "box": PLACE, "x": 1}])
+    expected = members(build_stacks(t))
+    assert expected == [["a-0-0", "b-0-0"], ["c-0-0"], ["d-1-0"]]
+    monkeypatch.setattr(stacks, "_mix", lambda h: h * np.uint64(0))
+    assert members(build_stacks(t)) == expected
+    assert "hash collision" in caplog.text

@@ -182,36 +182,55 @@ def _row_grids(codes: np.ndarray, blobs: list) -> np.ndarray:
 
 # --- grouping ------------------------------------------------------------------------------
 
-def _place_keys(table: pa.Table, bounds: np.ndarray) -> np.ndarray:
-    """A group id per row: same platform, grid, chip size, chip index and footprint."""
-    n = table.num_rows
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a well-spread 64-bit hash of each value (wrapping uint64)."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def _place_keys(table: pa.Table, rows: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """A group id per row of ``rows``: same platform, grid, chip size, chip index and footprint.
+
+    The key columns are hashed together and sorted once (10M rows: ~2 s, ~1 GB less than
+    arrow's group-by plus join); equal hashes are then checked column by column, and a
+    collision (never seen; odds ~1e-6 at 10M rows) falls back to an exact arrow group-by."""
     platform, _ = _codes(table.column("platform"))
-    lay_codes, blobs = _codes(table.column("layouts")) if "layouts" in table.column_names else (
-        np.full(n, -1), [])
-    g = _row_grids(lay_codes, blobs)
+    lay_codes, blobs = (_codes(table.column("layouts")) if "layouts" in table.column_names
+                        else (np.full(table.num_rows, -1), []))
+    g = _row_grids(lay_codes[rows], blobs)
     # grid numbers to 1e-6 of their unit; unknown grids: the footprint alone decides
     gq = np.where(np.isfinite(g), np.round(g * 1e6), 0).astype(np.int64)
-    cx = np.round((bounds[:, 0] + bounds[:, 2]) / 2 * QUANTUM).astype(np.int64)
-    cy = np.round((bounds[:, 1] + bounds[:, 3]) / 2 * QUANTUM).astype(np.int64)
-    cols = {"p": platform, "cs": table.column("chip_size").to_numpy(), "x": table.column("chip_index_x").to_numpy(),
-            "y": table.column("chip_index_y").to_numpy(), "a": gq[:, 0], "c": gq[:, 1], "e": gq[:, 2], "f": gq[:, 3],
-            "cx": cx, "cy": cy}
-    keys = pa.table({k: pa.array(v) for k, v in cols.items()})
-    # a hash aggregation (exact equality, C++): group ids by first appearance
-    ids = keys.append_column("row", pa.array(np.arange(n))).group_by(list(cols), use_threads=False) \
-        .aggregate([("row", "min")])
-    first = ids.column("row_min").to_numpy()
-    gid = np.empty(n, np.int64)
-    # map each row to its group via a join on the keys (arrow's hash join)
-    joined = keys.append_column("row", pa.array(np.arange(n))).join(
-        ids.append_column("gid", pa.array(np.arange(len(first)))).drop(["row_min"]), list(cols), use_threads=False)
-    gid[joined.column("row").to_numpy()] = joined.column("gid").to_numpy()
-    return gid
+    b = bounds[rows]
+    cols = [platform[rows], table.column("chip_size").to_numpy()[rows].astype(np.int64),
+            table.column("chip_index_x").to_numpy()[rows].astype(np.int64),
+            table.column("chip_index_y").to_numpy()[rows].astype(np.int64), gq[:, 0], gq[:, 1], gq[:, 2], gq[:, 3],
+            np.round((b[:, 0] + b[:, 2]) / 2 * QUANTUM).astype(np.int64),
+            np.round((b[:, 1] + b[:, 3]) / 2 * QUANTUM).astype(np.int64)]
+    h = np.zeros(len(rows), np.uint64)
+    with np.errstate(over="ignore"):
+        for i, col in enumerate(cols):
+            h = _mix(h ^ _mix(col.astype(np.uint64) + np.uint64(i + 1)))
+    _, first, gid = np.unique(h, return_index=True, return_inverse=True)
+    if all(np.array_equal(col, col[first][gid]) for col in cols):
+        # numbered by first appearance: stacks come out in the index's (spatial) order
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        return rank[gid]
+    log.warning("a hash collision among place keys: grouping exactly instead")
+    names = [f"k{i}" for i in range(len(cols))]
+    keys = pa.table(dict(zip(names, cols))).append_column("row", pa.array(np.arange(len(rows))))
+    ids = keys.group_by(names, use_threads=False).aggregate([("row", "min")])
+    ids = ids.append_column("gid", pa.array(np.arange(ids.num_rows))).drop(["row_min"])
+    joined = keys.join(ids, names, use_threads=False)
+    out = np.empty(len(rows), np.int64)
+    out[joined.column("row").to_numpy()] = joined.column("gid").to_numpy()
+    return out
 
 
 def _score(cloud: np.ndarray, nodata: np.ndarray) -> np.ndarray:
-    """The clearest first: cloud, then nodata (both fractions of the chip)."""
-    return cloud.astype(np.float64) * 2.0 + nodata.astype(np.float64) * 1e-3
+    """The clearest first: the lower cloud fraction (to 1e-4), then the lower nodata fraction."""
+    return np.round(cloud.astype(np.float64), 4) + np.clip(nodata, 0, 1).astype(np.float64) * 1e-5
 
 
 def _first_per(keys: Sequence[np.ndarray], order_by: Sequence[np.ndarray]) -> np.ndarray:
@@ -377,7 +396,7 @@ def build_stacks(index: str | Path | pa.Table, anchor: str | None = None, with_:
     score = _score(cloud, nodata)
     # anchor steps: grouped by place, one per day, filtered
     arow = rows[is_anchor & ok]
-    gid_all = _place_keys(table.take(pa.array(arow)), bounds[arow]) if len(arow) else np.empty(0, np.int64)
+    gid_all = _place_keys(table, arow, bounds) if len(arow) else np.empty(0, np.int64)
     if opts.with_:
         arow, gid_all, joined = _join_others(index, source, table, arow, gid_all, bounds, day, score, cloud, nodata,
                                              ok, platform_codes, platforms, opts)
