@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stacchip_core.core.index import BBOX_TYPE, with_geo_metadata
-from stacchip_core.errors import IndexFormatError, NotFoundError, StackError
+from stacchip_core.errors import IndexFormatError, NotFoundError, StacchipError, StackError
 
 log = logging.getLogger(__name__)
 
@@ -198,26 +198,34 @@ def _place_keys(table: pa.Table, rows: np.ndarray, bounds: np.ndarray) -> np.nda
     platform, _ = _codes(table.column("platform"))
     lay_codes, blobs = (_codes(table.column("layouts")) if "layouts" in table.column_names
                         else (np.full(table.num_rows, -1), []))
-    g = _row_grids(lay_codes[rows], blobs)
     # grid numbers to 1e-6 of their unit; unknown grids: the footprint alone decides
-    gq = np.where(np.isfinite(g), np.round(g * 1e6), 0).astype(np.int64)
-    b = bounds[rows]
-    cols = [platform[rows], table.column("chip_size").to_numpy()[rows].astype(np.int64),
-            table.column("chip_index_x").to_numpy()[rows].astype(np.int64),
-            table.column("chip_index_y").to_numpy()[rows].astype(np.int64), gq[:, 0], gq[:, 1], gq[:, 2], gq[:, 3],
-            np.round((b[:, 0] + b[:, 2]) / 2 * QUANTUM).astype(np.int64),
-            np.round((b[:, 1] + b[:, 3]) / 2 * QUANTUM).astype(np.int64)]
+    grid_q = np.where(np.isfinite(g := _grids(blobs)[0]), np.round(g * 1e6), 0).astype(np.int64) if blobs else None
+
+    def columns():
+        """The key columns one at a time (at 10M rows each is 80 MB: never all held at once)."""
+        yield platform[rows]
+        for name in ("chip_size", "chip_index_x", "chip_index_y"):
+            yield table.column(name).to_numpy()[rows].astype(np.int64)
+        codes = lay_codes[rows]
+        for k in range(4):
+            yield (np.where(codes >= 0, grid_q[np.maximum(codes, 0), k], 0) if grid_q is not None
+                   else np.zeros(len(rows), np.int64))
+        for lo, hi in ((0, 2), (1, 3)):
+            yield np.round((bounds[rows, lo] + bounds[rows, hi]) / 2 * QUANTUM).astype(np.int64)
+
     h = np.zeros(len(rows), np.uint64)
     with np.errstate(over="ignore"):
-        for i, col in enumerate(cols):
+        for i, col in enumerate(columns()):
             h = _mix(h ^ _mix(col.astype(np.uint64) + np.uint64(i + 1)))
     _, first, gid = np.unique(h, return_index=True, return_inverse=True)
-    if all(np.array_equal(col, col[first][gid]) for col in cols):
+    del h
+    if all(np.array_equal(col, col[first][gid]) for col in columns()):
         # numbered by first appearance: stacks come out in the index's (spatial) order
         rank = np.empty(len(first), np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(first))
         return rank[gid]
     log.warning("a hash collision among place keys: grouping exactly instead")
+    cols = list(columns())
     names = [f"k{i}" for i in range(len(cols))]
     keys = pa.table(dict(zip(names, cols))).append_column("row", pa.array(np.arange(len(rows))))
     ids = keys.group_by(names, use_threads=False).aggregate([("row", "min")])
@@ -311,15 +319,13 @@ def _overlaps(anchor_geoms, anchor_bounds: np.ndarray, cand_geoms, cand_bounds: 
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
 
 
-def _geometry(index, table_rows: np.ndarray, source: pa.Table | None) -> np.ndarray:
-    """Shapely footprints of the given row positions (read in row-group batches from a file,
-    so the geometry of rows in no stack is never held)."""
-    import shapely
-
+def _wkb(index, table_rows: np.ndarray, source: pa.Table | None) -> pa.Array:
+    """The WKB footprints of the given row positions, in that order (read from a file in
+    row-group batches, so the geometry of rows in no stack is never held)."""
     if source is not None:
-        return shapely.from_wkb(source.column("geometry").take(pa.array(table_rows)).to_numpy(zero_copy_only=False))
-    wanted = np.sort(np.unique(table_rows))
-    found: dict[int, bytes] = {}
+        return source.column("geometry").combine_chunks().take(pa.array(table_rows))
+    wanted = np.unique(table_rows)
+    parts = []
     offset = 0
     dataset = pq.ParquetFile(index) if Path(index).is_file() else None
     batches = (dataset.iter_batches(columns=["geometry"], batch_size=262_144) if dataset is not None else
@@ -328,11 +334,17 @@ def _geometry(index, table_rows: np.ndarray, source: pa.Table | None) -> np.ndar
         n = batch.num_rows
         lo, hi = np.searchsorted(wanted, [offset, offset + n])
         if hi > lo:
-            local = wanted[lo:hi] - offset
-            values = batch.column(0).take(pa.array(local)).to_pylist()
-            found.update(zip((wanted[lo:hi]).tolist(), values))
+            parts.append(batch.column(0).take(pa.array(wanted[lo:hi] - offset)))
         offset += n
-    return shapely.from_wkb(np.array([found[int(r)] for r in table_rows], dtype=object))
+    found = pa.concat_arrays(parts) if parts else pa.array([], pa.binary())
+    return found.take(pa.array(np.searchsorted(wanted, table_rows)))
+
+
+def _geometry(index, table_rows: np.ndarray, source: pa.Table | None) -> np.ndarray:
+    """Shapely footprints of the given row positions."""
+    import shapely
+
+    return shapely.from_wkb(_wkb(index, table_rows, source).to_numpy(zero_copy_only=False))
 
 
 # --- the whole thing ---------------------------------------------------------------------------
@@ -542,9 +554,7 @@ def _assemble(index, source, table, arow, stack_of, step, n_stacks, joined, boun
     fl = table.take(pa.array(first))
     transform = _anchor_transforms(fl)
     b = bounds[first]
-    geoms = _geometry(index, first, source) if n_stacks else np.empty(0, object)
-    import shapely
-
+    wkb = _wkb(index, first, source).cast(pa.binary()) if n_stacks else pa.array([], pa.binary())
     plat = fl.column("platform").combine_chunks().cast(pa.string())
     fx, fy = fl.column("chip_index_x").combine_chunks(), fl.column("chip_index_y").combine_chunks()
     first_items = fl.column("item_id").combine_chunks().cast(pa.string())
@@ -560,7 +570,7 @@ def _assemble(index, source, table, arow, stack_of, step, n_stacks, joined, boun
         "crs": first_crs.cast(pa.string()),
         "transform": transform,
         **cols,
-        "geometry": pa.array(shapely.to_wkb(geoms).tolist() if n_stacks else [], pa.binary()),
+        "geometry": wkb,
         "bbox": pa.StructArray.from_arrays([pa.array(b[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)),
     })
     out = with_geo_metadata(out, b)
@@ -591,25 +601,42 @@ def _anchor_transforms(fl: pa.Table) -> pa.Array:
 
 
 def _member_crs(lt: pa.Table, m: dict, opts: StackOptions) -> pa.Array:
-    """Each member's CRS: the index's ``crs`` column, else its layouts', else (with warped
-    members and ``resolve_crs``) its item JSON's, read once per item."""
+    """Each member's CRS (dictionary-encoded): the index's ``crs`` column, else its layouts',
+    else (with warped members and ``resolve_crs``) its item JSON's, read once per item. Works
+    on distinct values only: per-member work is numpy indexing."""
     n = lt.num_rows
-    out: list[str | None] = [None] * n
+    names: list[str] = []
+    where: dict[str, int] = {}
+
+    def code(value: str | None) -> int:
+        if value is None:
+            return -1
+        if value not in where:
+            where[value] = len(names)
+            names.append(value)
+        return where[value]
+
+    out = np.full(n, -1, np.int64)
     if "crs" in lt.column_names:
         codes, vals = _codes(lt.column("crs"))
-        out = [vals[c] if c >= 0 else None for c in codes]
+        table_codes = np.array([code(v) for v in vals] + [-1], np.int64)
+        out = table_codes[codes]
     if "layouts" in lt.column_names:
         codes, blobs = _codes(lt.column("layouts"))
         _, crss = _grids(blobs)
-        out = [o if o is not None else (crss[c] if c >= 0 else None) for o, c in zip(out, codes)]
+        blob_codes = np.array([code(v) for v in crss] + [-1], np.int64)
+        out = np.where(out >= 0, out, blob_codes[codes])
     if opts.resolve_crs and not m["exact"].all() and "item_href" in lt.column_names:
-        stacks_warped = np.unique(m["stack"][~m["exact"]])
-        need = np.isin(m["stack"], stacks_warped) & np.array([o is None for o in out], bool)
+        warped_stacks = np.unique(m["stack"][~m["exact"]])
+        need = np.isin(m["stack"], warped_stacks) & (out < 0)
         if need.any():
-            hrefs = lt.column("item_href").combine_chunks().cast(pa.string()).to_pylist()
-            found = _item_crs({hrefs[i] for i in np.flatnonzero(need) if hrefs[i]})
-            out = [o if o is not None else found.get(hrefs[i]) for i, o in enumerate(out)]
-    return pa.array(out, pa.string()).dictionary_encode()
+            codes, hrefs = _codes(lt.column("item_href"))
+            wanted = np.unique(codes[need])
+            found = _item_crs({hrefs[c] for c in wanted if c >= 0 and hrefs[c]})
+            href_codes = np.array([code(found.get(h)) for h in hrefs] + [-1], np.int64)
+            out = np.where(out >= 0, out, href_codes[codes])
+    indices = pa.array(out.astype(np.int32), mask=out < 0)
+    return pa.DictionaryArray.from_arrays(indices, pa.array(names, pa.string()))
 
 
 def _item_crs(hrefs: set[str]) -> dict[str, str]:
@@ -619,25 +646,58 @@ def _item_crs(hrefs: set[str]) -> dict[str, str]:
     from stacchip_core.core.grid import item_crs
     from stacchip_core.core.indexer import load_item
 
-    def one(href: str) -> tuple[str, str]:
-        crs = item_crs(load_item(href))
+    def one(href: str) -> tuple[str, str | None]:
+        try:
+            crs = item_crs(load_item(href))
+        except StacchipError as exc:  # its stacks then fail when read, naming the member
+            log.warning("no CRS for the members of item %s: %s", href, exc)
+            return href, None
         auth = crs.to_authority()
         return href, f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
 
     with ThreadPoolExecutor(8) as pool:
-        return dict(pool.map(one, sorted(hrefs)))
+        return {k: v for k, v in pool.map(one, sorted(hrefs)) if v is not None}
 
 
-def write_stacks(table: pa.Table, path: str | Path, row_group_size: int = 65_536) -> Path:
-    """Write a stacks table as GeoParquet, atomically, row groups in the table's order (grid
-    then place: readers filtering by bbox skip whole row groups)."""
-    from stacchip_core.io.store import LocalStore
+def write_stacks(table: pa.Table, path: str | Path, row_group_size: int = 16_384) -> Path:
+    """Write a stacks table as GeoParquet, atomically (a temporary file, then renamed), row
+    groups in the table's order (places in index order: readers filtering by bbox skip whole
+    row groups). Each row group's layouts dictionary holds only the items it uses (a Parquet
+    dictionary is written whole per row group: 10M-row indexes have thousands of items)."""
+    import os
 
     path = Path(path)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_size)
-    LocalStore(path.parent).write_bytes(path.name, sink.getvalue().to_pybytes())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
+            for start in range(0, max(table.num_rows, 1), row_group_size):
+                writer.write_table(_compact_dictionaries(table.slice(start, row_group_size)),
+                                   row_group_size=row_group_size)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _compact_dictionaries(part: pa.Table) -> pa.Table:
+    """``part`` with its list-of-dictionary columns holding only the values its rows use."""
+    for i, f in enumerate(part.schema):
+        if not (pa.types.is_list(f.type) and pa.types.is_dictionary(f.type.value_type)):
+            continue
+        col = part.column(i).combine_chunks()
+        raw = col.offsets.to_numpy()  # a slice's offsets are not rebased: its values start at raw[0]
+        values = col.values.slice(int(raw[0]), int(raw[-1] - raw[0]))
+        offsets = pa.array((raw - raw[0]).astype(np.int32))
+        idx = values.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        valid = np.asarray(values.indices.is_valid())
+        used, inverse = np.unique(idx[valid], return_inverse=True)
+        full = np.zeros(len(idx), np.int64)
+        full[valid] = inverse
+        inverse = full
+        indices = pa.array(inverse.astype(np.int32), mask=~valid)
+        compact = pa.DictionaryArray.from_arrays(indices, values.dictionary.take(pa.array(used)))
+        part = part.set_column(i, f, pa.ListArray.from_arrays(offsets, compact))
+    return part
 
 
 def read_stacks(path: str | Path) -> pa.Table:
