@@ -474,7 +474,7 @@ def test_demo_stacks_and_their_previews(tmp_path):
 
 def test_place_hash_collisions_fall_back_to_exact_grouping(monkeypatch, caplog):
     """Every hash equal (a forced collision): the grouping is still exact."""
-    import stacchip_core.core.stacks as stacks
+    from stacchip_core.core import stacks
 
     t = index([{"item": "a", "date": "2024-01-01", "box": PLACE}, {"item": "b", "date": "2024-01-06", "box": PLACE},
                {"item": "c", "date": "2024-01-06", "box": ELSEWHERE}, {"item": "d", "date": "2024-01-09", "box": PLACE, "x": 1}])
