@@ -483,3 +483,27 @@ def test_place_hash_collisions_fall_back_to_exact_grouping(monkeypatch, caplog):
     monkeypatch.setattr(stacks, "_mix", lambda h: h * np.uint64(0))
     assert members(build_stacks(t)) == expected
     assert "hash collision" in caplog.text
+
+
+def test_footprint_overlap_areas_equal_shapely():
+    """The vectorized clipping of chip footprints (rotated, either orientation, disjoint,
+    nested, touching) against shapely's intersections; other geometries go to shapely."""
+    from stacchip_core.core.stacks import intersection_areas
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    base = np.array([[-1, -1], [1, -1], [1.2, 1], [-0.8, 1.1]])
+    ang = rng.uniform(0, np.pi, (n, 1))
+    scale = rng.uniform(0.01, 0.3, (n, 1, 1))
+    rot = np.stack([np.cos(ang) * base[:, 0] - np.sin(ang) * base[:, 1],
+                    np.sin(ang) * base[:, 0] + np.cos(ang) * base[:, 1]], -1) * scale
+    quads = shapely.polygons(rng.uniform(0, 1, (n, 1, 2)) + rot)
+    a, b = quads, np.where(rng.random(n) < 0.5, np.roll(quads, 1), shapely.reverse(np.roll(quads, 1)))
+    special = [shapely.box(0, 0, 1, 1), shapely.box(0.2, 0.2, 0.4, 0.4), shapely.box(1, 0, 2, 1),
+               shapely.MultiPolygon([shapely.box(0, 0, 0.5, 1), shapely.box(0.6, 0, 1, 1)])]
+    a = np.r_[a, special[0], special[0], special[0], special[3]]
+    b = np.r_[b, special[1], special[2], special[0], special[0]]
+    got = intersection_areas(a, b)
+    ref = shapely.area(shapely.intersection(a, b))
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-15)
+    assert (ref > 0).sum() > n // 10 and got[-4:].tolist() == pytest.approx([0.04, 0.0, 1.0, 0.9])

@@ -287,6 +287,97 @@ def _cells(bounds: np.ndarray) -> np.ndarray:
     return cx * 100_000 + cy
 
 
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, b) for a, b in zip(lo, hi)])`` without the loop."""
+    counts = hi - lo
+    starts = np.r_[0, np.cumsum(counts)[:-1]] if len(counts) else np.empty(0, np.int64)
+    return (np.repeat(lo - starts, counts) + np.arange(counts.sum())).astype(np.int64)
+
+
+def _quads(geoms) -> tuple[np.ndarray, np.ndarray]:
+    """(vertices (n, 4, 2) counterclockwise, mask of the geometries that are quadrilaterals:
+    polygons of 5 coordinates, which leaves no room for a hole)."""
+    import shapely
+
+    n = len(geoms)
+    ok = (shapely.get_type_id(geoms) == 3) & (shapely.get_num_coordinates(geoms) == 5)
+    quads = np.zeros((n, 4, 2))
+    if ok.any():
+        coords = shapely.get_coordinates(geoms[ok]).reshape(-1, 5, 2)[:, :4]
+        x, y = coords[..., 0], coords[..., 1]
+        signed = (x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1)
+        coords[signed < 0] = coords[signed < 0][:, ::-1]
+        quads[ok] = coords
+        ok[np.flatnonzero(ok)[signed == 0]] = False  # degenerate
+    return quads, ok
+
+
+def _convex_clip_areas(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Areas of the intersections of convex quadrilaterals ``a[i]`` and ``b[i]`` ((n, 4, 2),
+    counterclockwise): Sutherland-Hodgman clipping of each ``a`` by ``b``'s four edges, all pairs
+    and vertices at once (a clip adds at most one vertex per edge: at most 8), then the shoelace
+    formula."""
+    n, M = len(a), 8
+    poly = np.zeros((n, M, 2))
+    poly[:, :4] = a
+    count = np.full(n, 4)
+    slots = np.arange(M)[None, :]
+    for k in range(4):
+        p0, p1 = b[:, k], b[:, (k + 1) % 4]
+        ex, ey = (p1 - p0)[:, 0:1], (p1 - p0)[:, 1:2]
+        side = ex * (poly[..., 1] - p0[:, 1:2]) - ey * (poly[..., 0] - p0[:, 0:1])
+        live = slots < count[:, None]
+        prev = (slots - 1) % np.maximum(count, 1)[:, None]
+        prev_s = np.take_along_axis(side, prev, 1)
+        prev_v = np.take_along_axis(poly, prev[..., None], 1)
+        cur_in, prev_in = side >= 0, prev_s >= 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(cur_in != prev_in, prev_s / (prev_s - side), 0.0)
+        crossing = prev_v + t[..., None] * (poly - prev_v)
+        # per slot: maybe the crossing point, then maybe the vertex itself, in that order
+        emit = np.stack([live & (cur_in != prev_in), live & cur_in], axis=2).reshape(n, 2 * M)
+        values = np.stack([crossing, poly], axis=2).reshape(n, 2 * M, 2)
+        pos = np.cumsum(emit, 1) - 1
+        r, c = np.nonzero(emit)
+        out = np.zeros((n, M, 2))
+        out[r, pos[r, c]] = values[r, c]
+        poly, count = out, emit.sum(1)
+    x, y = poly[..., 0], poly[..., 1]
+    nxt = np.where(slots + 1 < count[:, None], slots + 1, 0)
+    xn, yn = np.take_along_axis(x, nxt, 1), np.take_along_axis(y, nxt, 1)
+    terms = np.where(slots < count[:, None], x * yn - xn * y, 0.0)
+    return np.where(count >= 3, np.abs(terms.sum(1)) / 2, 0.0)
+
+
+def intersection_areas(a, b) -> np.ndarray:
+    """Areas of ``a[i] & b[i]`` for arrays of shapely geometries (see ``_pair_areas``)."""
+    qa, oka = _quads(a)
+    qb, okb = _quads(b)
+    i = np.arange(len(a))
+    return _pair_areas((a, qa, oka), (b, qb, okb), i, i)
+
+
+def _pair_areas(a, b, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Areas of ``a[i] & b[j]``, ``a`` and ``b`` as (geometries, quads, quad mask): chip
+    footprints (convex quadrilaterals) by vectorized clipping in cache-sized blocks (measured on
+    200k pairs: 2.9 s against 9.0 s for shapely.intersection, a loaded machine), anything else
+    (antimeridian MultiPolygons, pole chips) by shapely."""
+    import shapely
+
+    ga, qa, oka = a
+    gb, qb, okb = b
+    both = oka[i] & okb[j]
+    out = np.empty(len(i))
+    w = np.flatnonzero(both)
+    for k in range(0, len(w), 4096):  # blocks that stay in cache: 3x faster than all at once
+        part = w[k:k + 4096]
+        out[part] = _convex_clip_areas(qa[i[part]], qb[j[part]])
+    rest = np.flatnonzero(~both)
+    if len(rest):
+        out[rest] = shapely.area(shapely.intersection(ga[i[rest]], gb[j[rest]]))
+    return out
+
+
 def _overlaps(anchor_geoms, anchor_bounds: np.ndarray, cand_geoms, cand_bounds: np.ndarray):
     """(anchor i, candidate j, intersection area / anchor area) of intersecting pairs, one
     1-degree cell of anchors at a time (candidates from the cell and its neighbours)."""
@@ -297,6 +388,8 @@ def _overlaps(anchor_geoms, anchor_bounds: np.ndarray, cand_geoms, cand_bounds: 
     c_sorted = c_cell[c_order]
     out_i, out_j, out_s = [], [], []
     areas = shapely.area(anchor_geoms)
+    anchors = (anchor_geoms, *_quads(anchor_geoms))
+    cands = (cand_geoms, *_quads(cand_geoms))
     for cell in np.unique(a_cell):
         ai = np.flatnonzero(a_cell == cell)
         near = [cell + dx * 100_000 + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
@@ -309,7 +402,7 @@ def _overlaps(anchor_geoms, anchor_bounds: np.ndarray, cand_geoms, cand_bounds: 
         if not len(qa):
             continue
         i, j = ai[qa], cj[qc]
-        inter = shapely.area(shapely.intersection(anchor_geoms[i], cand_geoms[j]))
+        inter = _pair_areas(anchors, cands, i, j)
         ok = inter > 0
         out_i.append(i[ok])
         out_j.append(j[ok])
@@ -461,7 +554,7 @@ def _join_others(index, source, table, arow, gid, bounds, day, score, cloud, nod
     lo, hi = np.searchsorted(p_sorted, pi, "left"), np.searchsorted(p_sorted, pi, "right")
     counts = hi - lo
     pair = np.repeat(np.arange(len(pi)), counts)
-    step_pos = by_place[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] if len(pi) else np.empty(0, int)
+    step_pos = by_place[_ranges(lo, hi)]
     srow, mrow, mfrac = arow[step_pos], crow[pair], frac[pair]
     dt = np.abs(day[srow] - day[mrow])
     near = (dt <= opts.window) & ok[mrow]
