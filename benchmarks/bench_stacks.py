@@ -339,6 +339,8 @@ def _fresh(stacks, count: int, root: Path, url: str, local_root: Path, offset: i
         for blob in r["member_layouts"]:
             lays = decode(blob)
             for lay in lays.values():
+                st = os.stat(lay.href)  # the ETag tests/rangeserver.py sends for this file
+                lay.etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
                 lay.href = f"{url}/c{i:04d}/{Path(lay.href).relative_to(local_root).as_posix()}"
             blobs.append(encode(lays.values(), lays.grid))
         r["member_layouts"] = blobs

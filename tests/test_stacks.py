@@ -507,3 +507,33 @@ def test_footprint_overlap_areas_equal_shapely():
     ref = shapely.area(shapely.intersection(a, b))
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-15)
     assert (ref > 0).sum() > n // 10 and got[-4:].tolist() == pytest.approx([0.04, 0.0, 1.0, 0.9])
+
+
+@pytest.mark.parametrize(("rows", "cols", "unread_rows", "unread_cols"), [
+    ((100, 400), (300, 700), 0, 0),      # whole tiles only
+    ((900, 1000), (100, 400), 8, 0),     # the partial last tile row: 16 px blocks up to row 992
+    ((-5, 40), (990, 1000), 0, 8),       # clipped to the image; the partial last column
+])
+def test_native_windows_equal_the_file_and_mark_the_unread_edge(tmp_path, rows, cols, unread_rows, unread_cols):
+    """A 1000 px image in 256 px tiles: windows in whole tiles read as tiles, in the partial
+    last tiles as 16 px blocks, and the last 8 px (1000 - 992) stay unread and say so."""
+    from rasterio.transform import from_origin
+
+    from stacchip_core.core.layout import decode, record_layouts
+    from stacchip_core.training.stacks import WindowRequest, fetch
+
+    data = np.random.default_rng(1).integers(1, 60000, (1, 1000, 1000)).astype(np.uint16)
+    path = tmp_path / "a.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=1000, height=1000, count=1, dtype="uint16", crs="EPSG:32633",
+                       transform=from_origin(500000, 4000000, 10, 10), tiled=True, blockxsize=256, blockysize=256,
+                       compress="deflate") as ds:
+        ds.write(data)
+    lays = decode(record_layouts({"a": str(path)}))
+    r0, r1 = max(rows[0], 0), min(rows[1], 1000)
+    c0, c1 = max(cols[0], 0), min(cols[1], 1000)
+    _, (win,) = fetch([], [WindowRequest(lays, "a", (r0, r1), (c0, c1))])
+    nr, nc = (r1 - r0) - unread_rows, (c1 - c0) - unread_cols
+    expected = np.zeros((r1 - r0, c1 - c0), bool)
+    expected[:nr, :nc] = True
+    np.testing.assert_array_equal(win.read, expected)
+    np.testing.assert_array_equal(win.data[0, :nr, :nc], data[0, r0:r0 + nr, c0:c0 + nc])

@@ -31,7 +31,7 @@ from stacchip_core.plugins import platforms
 
 log = logging.getLogger(__name__)
 
-WINDOW_BLOCK = 16  # native windows are fetched as 16 px chips of the asset's own grid (see fetch)
+WINDOW_BLOCK = 16  # px: blocks of a window in an image's partial edge tiles (see _blocks)
 MARGIN = 2  # native pixels around the anchor footprint, for the resampling kernel
 
 
@@ -66,13 +66,32 @@ class Window:
     col0: int = 0
 
 
+def _blocks(lay: AssetLayout, rows: tuple[int, int], cols: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """Square blocks ``(size, bx, by)`` of the asset's own grid that cover the window inside the
+    image: whole tiles where the tile lies inside the image (one plan, one copy per tile), and
+    ``WINDOW_BLOCK`` px blocks in the image's partial last tile row and column (the tile reader
+    refuses chips past the image's edge; a strip narrower than a block stays unread)."""
+    T = min(lay.tile_width, lay.tile_height)
+    out = []
+    full_r, full_c = (lay.height // T) * T, (lay.width // T) * T
+    for by in range(max(rows[0], 0) // T, -(-min(rows[1], lay.height) // T)):
+        for bx in range(max(cols[0], 0) // T, -(-min(cols[1], lay.width) // T)):
+            if (by + 1) * T <= full_r and (bx + 1) * T <= full_c:
+                out.append((T, bx, by))
+                continue
+            B = WINDOW_BLOCK
+            r0, r1 = max(rows[0], by * T), min(rows[1], (by + 1) * T, (lay.height // B) * B)
+            c0, c1 = max(cols[0], bx * T), min(cols[1], (bx + 1) * T, (lay.width // B) * B)
+            out.extend((B, x, y) for y in range(r0 // B, -(-r1 // B)) for x in range(c0 // B, -(-c1 // B)))
+    return out
+
+
 def fetch(chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]) -> tuple[list[dict], list]:
     """Chips and native windows from layouts, all concurrently (requests = tiles touched).
 
-    The one place stack reading touches the chip read path: today a window is read as the
-    ``WINDOW_BLOCK`` px chips of the asset's own grid that lie inside the image (so a strip
-    narrower than a block at the image's right and bottom edges is not read, and is marked
-    so); the chip read pipeline's window reader replaces this function.
+    The one place stack reading touches the chip read path, on today's tile reader: a window is
+    read as chips of the asset's own grid (``_blocks``: whole tiles, and small blocks in partial
+    edge tiles). The chip read pipeline's window reader replaces this function.
 
     Args:
         chips: Chips on item grids.
@@ -85,7 +104,6 @@ def fetch(chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]) -> tup
     Raises:
         AssetError: An object could not be read (not because it is gone).
     """
-    B = WINDOW_BLOCK
     lays_l, keys_l, grids_l, xys_l = [], [], [], []
     for c in chips:
         lays_l.append(c.layouts)
@@ -96,39 +114,30 @@ def fetch(chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]) -> tup
     for w in windows:
         lay = w.layouts[w.key]
         a, c0, e, f = lay.transform
-        grid = GridSpec(a, c0, e, f, B)
-        # blocks inside the image only (the tile reader refuses chips past its edge)
-        r0, r1 = max(0, w.rows[0]), min(w.rows[1], (lay.height // B) * B)
-        k0, k1 = max(0, w.cols[0]), min(w.cols[1], (lay.width // B) * B)
-        bys = range(r0 // B, -(-r1 // B)) if r1 > r0 else range(0)
-        bxs = range(k0 // B, -(-k1 // B)) if k1 > k0 else range(0)
-        start = len(xys_l)
-        for by in bys:
-            for bx in bxs:
-                lays_l.append(w.layouts)
-                keys_l.append([w.key])
-                grids_l.append(grid)
-                xys_l.append((bx, by))
-        spans.append((start, bys, bxs))
+        blocks = _blocks(lay, w.rows, w.cols)
+        spans.append((len(xys_l), blocks))
+        for size, bx, by in blocks:
+            lays_l.append(w.layouts)
+            keys_l.append([w.key])
+            grids_l.append(GridSpec(a, c0, e, f, size))
+            xys_l.append((bx, by))
     results = objects.run(read_batch_async(lays_l, keys_l, grids_l, xys_l)) if xys_l else []
     out_windows: list = []
-    for w, (start, bys, bxs) in zip(windows, spans):
+    for w, (start, blocks) in zip(windows, spans):
         lay = w.layouts[w.key]
         h, wd = w.rows[1] - w.rows[0], w.cols[1] - w.cols[0]
         data = np.zeros((lay.bands, h, wd), lay.dtype)
         read = np.zeros((h, wd), bool)
         err = None
-        i = start
-        for by in bys:
-            for bx in bxs:
-                got = results[i][w.key]
-                i += 1
-                if not isinstance(got, np.ndarray):
-                    err = got
-                    continue
-                # the block's place in the window, clipped
-                y0, x0 = by * B - w.rows[0], bx * B - w.cols[0]
-                ys, xs = slice(max(0, y0), min(h, y0 + B)), slice(max(0, x0), min(wd, x0 + B))
+        for n, (size, bx, by) in enumerate(blocks):
+            got = results[start + n][w.key]
+            if not isinstance(got, np.ndarray):
+                err = got
+                break
+            # the block's place in the window, clipped
+            y0, x0 = by * size - w.rows[0], bx * size - w.cols[0]
+            ys, xs = slice(max(0, y0), min(h, y0 + size)), slice(max(0, x0), min(wd, x0 + size))
+            if ys.stop > ys.start and xs.stop > xs.start:
                 data[:, ys, xs] = got[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
                 read[ys, xs] = True
         out_windows.append(err if err is not None else Window(data, read, w.rows[0], w.cols[0]))
