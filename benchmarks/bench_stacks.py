@@ -34,6 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
 S2, S1 = "sentinel-2-l2a", "sentinel-1-rtc"
 RGB = ["red", "green", "blue"]
@@ -264,6 +265,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=[1_000_000], help="index sizes to build stacks of")
     parser.add_argument("--delay", type=float, default=0.02, help="seconds added to every request (default 0.02)")
     parser.add_argument("--stacks", type=int, default=8, help="stacks per reading scenario (+1 warm-up)")
+    parser.add_argument("--server", choices=["python", "nginx"], default="python",
+                        help="tests/rangeserver.py, or nginx (benchmarks/nginx_server.py; nginx-light + Lua module)")
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--skip-read", action="store_true")
     args = parser.parse_args()
@@ -295,11 +298,25 @@ def main() -> None:
     pairs = build_stacks(index, anchor=S2, with_=[S1], window=1)
     serve_root = args.data / "place_served"
     serve_root.mkdir(exist_ok=True)
-    server = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "rangeserver.py"), str(serve_root),
-                               str(args.delay)], stdout=subprocess.PIPE, text=True)
-    try:
+    if args.server == "nginx":  # benchmarks/nginx_server.py (from the data-loader benchmarks)
+        from nginx_server import NginxServer
+
+        nginx = NginxServer(serve_root, delay=args.delay).start()
+        url, stats_url = nginx.url, nginx.stats_url
+
+        def stop():
+            nginx.__exit__(None, None, None)
+    else:
+        server = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "rangeserver.py"), str(serve_root),
+                                   str(args.delay)], stdout=subprocess.PIPE, text=True)
         url = server.stdout.readline().strip()
         stats_url = f"{url}/_stats"
+
+        def stop():
+            server.terminate()
+            server.wait(10)
+    try:
+        print(f"server: {args.server}")
         print(f"\nreading over loopback, {args.delay * 1000:.0f} ms per request, cold (each stack from fresh URLs)")
         print(f"{'scenario':<52}{'stacks':>7}{'stacks/s':>10}{'req/stack':>10}{'KiB/stack':>10}")
         copy = 0
@@ -307,7 +324,7 @@ def main() -> None:
                                     ("S1 + S2 pair", pairs, {S2: RGB, S1: ["vv", "vh"]})):
             for kind, what in (("batched", f"StackDataset.__getitems__({BATCH})"), ("single", "StackDataset[i]"),
                                ("chips", "same members, ChipReader.read each")):
-                fresh = _fresh(table, args.stacks + 1, serve_root, url, local_root, copy)
+                fresh = _fresh(table, args.stacks + 1, serve_root, url, local_root, copy, args.server)
                 copy += args.stacks + 1
                 path = args.data / f"bench_stacks_{label[:6].strip()}_{kind}.parquet"
                 pq.write_table(fresh, path)
@@ -316,11 +333,18 @@ def main() -> None:
                 print(f"{label + ': ' + what:<52}{n:>7}{n / r['seconds']:>10.2f}{r['requests'] / n:>10.1f}"
                       f"{r['bytes'] / n / 1024:>10.0f}")
     finally:
-        server.terminate()
-        server.wait(10)
+        stop()
 
 
-def _fresh(stacks, count: int, root: Path, url: str, local_root: Path, offset: int):
+def _etag(path: str, server: str) -> str:
+    """The ETag the server sends for a file: tests/rangeserver.py's, or nginx's."""
+    st = os.stat(path)
+    if server == "nginx":
+        return f'"{int(st.st_mtime):x}-{st.st_size:x}"'
+    return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+def _fresh(stacks, count: int, root: Path, url: str, local_root: Path, offset: int, server: str = "python"):
     """``count`` stacks (the table's rows, cycled), stack j's members served under copy
     ``offset + j``: its own folder of symlinks, the layouts' hrefs rewritten (nothing
     re-indexed)."""
@@ -339,8 +363,7 @@ def _fresh(stacks, count: int, root: Path, url: str, local_root: Path, offset: i
         for blob in r["member_layouts"]:
             lays = decode(blob)
             for lay in lays.values():
-                st = os.stat(lay.href)  # the ETag tests/rangeserver.py sends for this file
-                lay.etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+                lay.etag = _etag(lay.href, server)
                 lay.href = f"{url}/c{i:04d}/{Path(lay.href).relative_to(local_root).as_posix()}"
             blobs.append(encode(lays.values(), lays.grid))
         r["member_layouts"] = blobs
