@@ -100,7 +100,7 @@ def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, floa
 
 
 def decode(blob: bytes) -> ItemLayouts:
-    """``{asset key: AssetLayout}`` (with ``.grid``) from :func:`encode`'s bytes."""
+    """``{asset key: AssetLayout}`` (with ``.grid``) from `encode`'s bytes."""
     if not blob or blob[:4] != MAGIC:
         raise IndexFormatError("not a stacchip layout (unknown encoding)")
     raw = zlib.decompress(blob[4:])

@@ -80,7 +80,7 @@ class DemoReport(Report):
     index: str
     previews: str
     map_html: str
-    map_png: str
+    map_png: str | None  # None without matplotlib (the viz extra)
     summary: list[PlatformSummary]
     throughput: Throughput
     stacks: StacksSummary | None = None
@@ -146,8 +146,8 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
     )
     stacks = run_stacks(archive.stack_items, out / "stacks", previews) if archive.stack_items else None
     return DemoReport(archive=str(archive.root), bucket=str(bucket), index=merged.output, previews=str(previews),
-                      map_html=str(map_html), map_png=str(map_png), summary=summary, throughput=throughput,
-                      stacks=stacks)
+                      map_html=str(map_html), map_png=str(map_png) if map_png else None, summary=summary,
+                      throughput=throughput, stacks=stacks)
 
 
 STACK_PLATFORMS = ("sentinel-2-l2a", "sentinel-1-rtc", "landsat-c2l2-sr")

@@ -1,10 +1,10 @@
 """One object I/O layer for every URL stacchip reads: local paths, ``file://``, ``s3://``,
 ``https://``, ``gs://``, ``az://``, on obstore (Rust, async, retries and timeouts built in).
 
-Every read goes through :func:`locate`, which turns a URL into a cached ``(store, path)``;
+Every read goes through `locate`, which turns a URL into a cached ``(store, path)``;
 an href-signing hook (signed Planetary Computer URLs, say) plugs in there and nowhere else.
-Errors are :class:`~stacchip_core.errors.ObjectError` and name the URL through
-:func:`~stacchip_core.io.urls.redact`, never its credentials or signature.
+Errors are `ObjectError` and name the URL through
+`redact`, never its credentials or signature.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
     """The bytes of ``ranges`` (``[start, end)``) of the object at ``href`` (UNSIGNED: it is
     signed here, right before the read, since signatures expire): coalesced, concurrent, and
     checked against ``expect`` (size always; ``If-Match`` where an ETag is known). Raises
-    :class:`StaleObject` when the object changed or is gone, :class:`ObjectError` otherwise."""
+    `StaleObject` when the object changed or is gone, `ObjectError` otherwise."""
     from stacchip_core.plugins import sign_href
 
     url = sign_href(href)
@@ -333,7 +333,7 @@ def usable() -> bool:
 
 
 def chips_usable() -> bool:
-    """:func:`usable`, for chip readers: the first time it is False in a process, one warning
+    """`usable`, for chip readers: the first time it is False in a process, one warning
     says why chips are slow there and how to avoid it."""
     ok = usable()
     global _FORK_WARNED

@@ -158,7 +158,7 @@ def open_store(location: str | Path, endpoint: str | None = None) -> LocalStore 
 
 def read_url(url: str, endpoint: str | None = None) -> bytes:
     """The bytes at a local path, file://, s3://, http(s)://, gs:// or az:// URL, through the
-    one object layer (:mod:`stacchip_core.io.objects`). ``endpoint`` overrides the configured
+    one object layer (`stacchip_core.io.objects`). ``endpoint`` overrides the configured
     S3 endpoint (boto3, as before)."""
     from stacchip_core.errors import ObjectError
     from stacchip_core.io import objects
