@@ -49,7 +49,9 @@ def index(spec: list[dict]) -> pa.Table:
         cols["nodata_percentage"].append(r.get("nodata", 0.0))
         geom = r["geom"] if "geom" in r else shapely.box(*r["box"])
         cols["geometry"].append(shapely.to_wkb(geom))
-        cols["bbox"].append(dict(zip(("xmin", "ymin", "xmax", "ymax"), shapely.bounds(geom).tolist())))
+        cols["bbox"].append(
+            dict(zip(("xmin", "ymin", "xmax", "ymax"), shapely.bounds(geom).tolist()))
+        )
         cols["layouts"].append(encode([], r["grid"]) if "grid" in r else None)
     return with_geo_metadata(pa.table(cols, schema=SCHEMA))
 
@@ -64,15 +66,25 @@ ELSEWHERE = (5.0, 5.0, 5.02, 5.02)
 
 # --- grouping ------------------------------------------------------------------------------
 
+
 def test_same_grid_and_chip_form_one_series_in_date_order():
-    t = index([{"item": "a", "date": "2024-01-21", "box": PLACE}, {"item": "b", "date": "2024-01-01", "box": PLACE},
-               {"item": "c", "date": "2024-01-11", "box": PLACE}, {"item": "d", "date": "2024-01-11", "box": ELSEWHERE},
-               {"item": "e", "date": "2024-01-11", "box": PLACE, "x": 1}])  # another chip index: another place
+    t = index(
+        [
+            {"item": "a", "date": "2024-01-21", "box": PLACE},
+            {"item": "b", "date": "2024-01-01", "box": PLACE},
+            {"item": "c", "date": "2024-01-11", "box": PLACE},
+            {"item": "d", "date": "2024-01-11", "box": ELSEWHERE},
+            {"item": "e", "date": "2024-01-11", "box": PLACE, "x": 1},
+        ]
+    )  # another chip index: another place
     s = build_stacks(t, min_steps=2)
     assert s["stackid"].to_pylist() == ["s2-b-0-0"]
     assert members(s) == [["b-0-0", "c-0-0", "a-0-0"]]
     assert s["steps"].to_pylist() == [3]
-    assert (s["start_date"][0].as_py(), s["end_date"][0].as_py()) == (dt.date(2024, 1, 1), dt.date(2024, 1, 21))
+    assert (s["start_date"][0].as_py(), s["end_date"][0].as_py()) == (
+        dt.date(2024, 1, 1),
+        dt.date(2024, 1, 21),
+    )
     assert build_stacks(t)["steps"].to_pylist() == [3, 1, 1]
 
 
@@ -85,57 +97,98 @@ def test_zone_boundary_same_grid_numbers_in_two_zones_are_two_places():
 
     def footprint(epsg):
         tr = pyproj.Transformer.from_crs(epsg, 4326, always_xy=True)
-        xs, ys = np.array([499980, 502540, 502540, 499980.0]), np.array([6400000, 6400000, 6397440, 6397440.0])
+        xs, ys = (
+            np.array([499980, 502540, 502540, 499980.0]),
+            np.array([6400000, 6400000, 6397440, 6397440.0]),
+        )
         return shapely.Polygon(np.column_stack(tr.transform(xs, ys)))
 
-    t = index([{"item": "z20a", "date": "2024-01-01", "geom": footprint(32720), "grid": grid},
-               {"item": "z20b", "date": "2024-01-06", "geom": footprint(32720), "grid": grid},
-               {"item": "z21", "date": "2024-01-01", "geom": footprint(32721), "grid": grid}])
+    t = index(
+        [
+            {"item": "z20a", "date": "2024-01-01", "geom": footprint(32720), "grid": grid},
+            {"item": "z20b", "date": "2024-01-06", "geom": footprint(32720), "grid": grid},
+            {"item": "z21", "date": "2024-01-01", "geom": footprint(32721), "grid": grid},
+        ]
+    )
     s = build_stacks(t)
     assert sorted(members(s)) == [["z20a-0-0", "z20b-0-0"], ["z21-0-0"]]
     # the same footprint on another grid (resolution) is another grid: not an exact series
-    t2 = index([{"item": "a", "date": "2024-01-01", "box": PLACE, "grid": grid},
-                {"item": "b", "date": "2024-01-02", "box": PLACE, "grid": (20.0, 499980.0, -20.0, 6400000.0)}])
+    t2 = index(
+        [
+            {"item": "a", "date": "2024-01-01", "box": PLACE, "grid": grid},
+            {
+                "item": "b",
+                "date": "2024-01-02",
+                "box": PLACE,
+                "grid": (20.0, 499980.0, -20.0, 6400000.0),
+            },
+        ]
+    )
     assert build_stacks(t2)["steps"].to_pylist() == [1, 1]
 
 
-@pytest.mark.parametrize(("kwargs", "expected"), [
-    ({}, ["a-0-0", "b-0-0", "c-0-0", "d-0-0"]),
-    ({"max_cloud": 0.3}, ["a-0-0", "c-0-0", "d-0-0"]),
-    ({"max_nodata": 0.2}, ["a-0-0", "b-0-0", "d-0-0"]),
-    ({"max_cloud": 0.3, "max_nodata": 0.2}, ["a-0-0", "d-0-0"]),
-    ({"max_cloud": 0.3, "max_nodata": 0.2, "min_steps": 3}, None),  # too few steps left: no stack
-    ({"max_steps": 2}, ["a-0-0", "d-0-0"]),  # the two clearest, in date order
-    ({"every": 10}, ["a-0-0", "d-0-0"]),  # one per 10-day interval from 1970-01-01: the clearest
-])
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, ["a-0-0", "b-0-0", "c-0-0", "d-0-0"]),
+        ({"max_cloud": 0.3}, ["a-0-0", "c-0-0", "d-0-0"]),
+        ({"max_nodata": 0.2}, ["a-0-0", "b-0-0", "d-0-0"]),
+        ({"max_cloud": 0.3, "max_nodata": 0.2}, ["a-0-0", "d-0-0"]),
+        (
+            {"max_cloud": 0.3, "max_nodata": 0.2, "min_steps": 3},
+            None,
+        ),  # too few steps left: no stack
+        ({"max_steps": 2}, ["a-0-0", "d-0-0"]),  # the two clearest, in date order
+        (
+            {"every": 10},
+            ["a-0-0", "d-0-0"],
+        ),  # one per 10-day interval from 1970-01-01: the clearest
+    ],
+)
 def test_step_filters(kwargs, expected):
     # 2024-01-01 is day 19723: 10-day intervals [19720, 19730) holds a, b, c; [19730, 19740) holds d
-    t = index([{"item": "a", "date": "2024-01-01", "box": PLACE, "cloud": 0.1, "nodata": 0.1},
-               {"item": "b", "date": "2024-01-03", "box": PLACE, "cloud": 0.5, "nodata": 0.0},
-               {"item": "c", "date": "2024-01-07", "box": PLACE, "cloud": 0.2, "nodata": 0.4},
-               {"item": "d", "date": "2024-01-08", "box": PLACE, "cloud": 0.0, "nodata": 0.0}])
+    t = index(
+        [
+            {"item": "a", "date": "2024-01-01", "box": PLACE, "cloud": 0.1, "nodata": 0.1},
+            {"item": "b", "date": "2024-01-03", "box": PLACE, "cloud": 0.5, "nodata": 0.0},
+            {"item": "c", "date": "2024-01-07", "box": PLACE, "cloud": 0.2, "nodata": 0.4},
+            {"item": "d", "date": "2024-01-08", "box": PLACE, "cloud": 0.0, "nodata": 0.0},
+        ]
+    )
     s = build_stacks(t, **kwargs)
     assert members(s) == ([expected] if expected else [])
 
 
 def test_two_items_of_one_place_and_day_keep_the_clearest():
     """The same MGRS tile from two relative orbits on one day (or a reprocessed duplicate)."""
-    t = index([{"item": "orbit1", "date": "2024-01-01", "box": PLACE, "cloud": 0.0, "nodata": 0.4},
-               {"item": "orbit2", "date": "2024-01-01", "box": PLACE, "cloud": 0.0, "nodata": 0.1},
-               {"item": "later", "date": "2024-01-06", "box": PLACE, "nodata": 0.5}])
+    t = index(
+        [
+            {"item": "orbit1", "date": "2024-01-01", "box": PLACE, "cloud": 0.0, "nodata": 0.4},
+            {"item": "orbit2", "date": "2024-01-01", "box": PLACE, "cloud": 0.0, "nodata": 0.1},
+            {"item": "later", "date": "2024-01-06", "box": PLACE, "nodata": 0.5},
+        ]
+    )
     assert members(build_stacks(t)) == [["orbit2-0-0", "later-0-0"]]
 
 
 def _pair_index(s1_date="2024-01-06", partial_box=(0.003, 0.0, 0.02, 0.02)) -> pa.Table:
-    return index([
-        {"item": "a", "date": "2024-01-01", "box": PLACE, "cloud": 0.1},
-        {"item": "b", "date": "2024-01-11", "box": PLACE, "cloud": 0.2},
-        # one S1 item whose two chips cover the place together (0.5 each)
-        {"item": "s1", "platform": "s1", "date": s1_date, "box": (-0.01, -0.01, 0.01, 0.03)},
-        {"item": "s1", "platform": "s1", "date": s1_date, "x": 1, "box": (0.01, -0.01, 0.03, 0.03)},
-        # another covering 85 % of it
-        {"item": "s1p", "platform": "s1", "date": "2024-01-02", "box": partial_box},
-    ])
+    return index(
+        [
+            {"item": "a", "date": "2024-01-01", "box": PLACE, "cloud": 0.1},
+            {"item": "b", "date": "2024-01-11", "box": PLACE, "cloud": 0.2},
+            # one S1 item whose two chips cover the place together (0.5 each)
+            {"item": "s1", "platform": "s1", "date": s1_date, "box": (-0.01, -0.01, 0.01, 0.03)},
+            {
+                "item": "s1",
+                "platform": "s1",
+                "date": s1_date,
+                "x": 1,
+                "box": (0.01, -0.01, 0.03, 0.03),
+            },
+            # another covering 85 % of it
+            {"item": "s1p", "platform": "s1", "date": "2024-01-02", "box": partial_box},
+        ]
+    )
 
 
 def test_joining_items_cover_the_share_summed_over_their_chips():
@@ -157,10 +210,14 @@ def test_partial_overlap_below_the_share_is_excluded(share, partial_joins):
         assert members(s, "coverage")[0][2] == pytest.approx(0.85)
 
 
-@pytest.mark.parametrize(("window", "steps"), [(4, []), (5, ["a-0-0", "b-0-0"]), (6, ["a-0-0", "b-0-0"])])
+@pytest.mark.parametrize(
+    ("window", "steps"), [(4, []), (5, ["a-0-0", "b-0-0"]), (6, ["a-0-0", "b-0-0"])]
+)
 def test_time_window_edges_are_inclusive(window, steps):
     """s1 is 5 days from both anchor steps: a window of 5 days holds it, 4 does not."""
-    s = build_stacks(_pair_index(partial_box=(5, 5, 6, 6)), anchor="s2", with_=["s1"], window=window)
+    s = build_stacks(
+        _pair_index(partial_box=(5, 5, 6, 6)), anchor="s2", with_=["s1"], window=window
+    )
     assert [m[:2] for m in members(s)] == ([steps] if steps else [])
 
 
@@ -171,14 +228,21 @@ def test_steps_without_every_joining_platform_are_dropped():
     assert build_stacks(t, anchor="s2", with_=["s1"], window=2, min_steps=2).num_rows == 0
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"with_": ["s1"]}, StackError, "--with needs --anchor"),
-    ({"anchor": "s2", "with_": ["s2"]}, StackError, "repeats the anchor platform"),
-    ({"anchor": "landsat"}, NotFoundError, "no rows of platform 'landsat'"),
-    ({"anchor": "s2", "with_": ["landsat"]}, NotFoundError, "no rows of platform(s) ['landsat']"),
-    ({"min_steps": 3, "max_steps": 2}, StackError, "min_steps <= max_steps"),
-    ({"share": 0}, StackError, "share must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"with_": ["s1"]}, StackError, "--with needs --anchor"),
+        ({"anchor": "s2", "with_": ["s2"]}, StackError, "repeats the anchor platform"),
+        ({"anchor": "landsat"}, NotFoundError, "no rows of platform 'landsat'"),
+        (
+            {"anchor": "s2", "with_": ["landsat"]},
+            NotFoundError,
+            "no rows of platform(s) ['landsat']",
+        ),
+        ({"min_steps": 3, "max_steps": 2}, StackError, "min_steps <= max_steps"),
+        ({"share": 0}, StackError, "share must be in (0, 1]"),
+    ],
+)
 def test_contradicting_options_say_so(kwargs, error, message):
     with pytest.raises(error, match=None) as info:
         build_stacks(_pair_index(), **kwargs)
@@ -189,31 +253,52 @@ def test_output_is_geoparquet_for_geopandas_and_duckdb(tmp_path):
     import duckdb
     import geopandas as gpd
 
-    t = index([{"item": "a", "date": "2024-01-01", "box": PLACE}, {"item": "b", "date": "2024-01-06", "box": PLACE},
-               {"item": "c", "date": "2024-01-06", "box": ELSEWHERE}])
+    t = index(
+        [
+            {"item": "a", "date": "2024-01-01", "box": PLACE},
+            {"item": "b", "date": "2024-01-06", "box": PLACE},
+            {"item": "c", "date": "2024-01-06", "box": ELSEWHERE},
+        ]
+    )
     path = write_stacks(build_stacks(t), tmp_path / "stacks.parquet")
     gdf = gpd.read_parquet(path)
     assert list(gdf.geometry.bounds.itertuples(index=False, name=None)) == [PLACE, ELSEWHERE]
     assert gdf.crs.to_string() == "OGC:CRS84"
-    rows = duckdb.sql(f"select stackid, len(member_chipid), member_date[1] from '{path}' "
-                      "where bbox.xmin < 1 order by stackid").fetchall()
+    rows = duckdb.sql(
+        f"select stackid, len(member_chipid), member_date[1] from '{path}' "
+        "where bbox.xmin < 1 order by stackid"
+    ).fetchall()
     assert rows == [("s2-a-0-0", 2, dt.date(2024, 1, 1))]
     assert read_stacks(path)["member_chipid"].to_pylist() == [["a-0-0", "b-0-0"], ["c-0-0"]]
 
 
 def test_cli_writes_the_stacks(tmp_path):
     write_index(_pair_index(), tmp_path / "index.parquet")
-    r = run_cli("stack", tmp_path / "index.parquet", "-o", tmp_path / "stacks.parquet", "--anchor", "s2",
-                "--with", "s1", "--window", "5", "--max-cloud", "0.15")
+    r = run_cli(
+        "stack",
+        tmp_path / "index.parquet",
+        "-o",
+        tmp_path / "stacks.parquet",
+        "--anchor",
+        "s2",
+        "--with",
+        "s1",
+        "--window",
+        "5",
+        "--max-cloud",
+        "0.15",
+    )
     assert r.returncode == 0, r.stderr
     assert members(read_stacks(tmp_path / "stacks.parquet")) == [["a-0-0", "s1-0-0"]]
     assert "1 stacks" in r.stdout
     r = run_cli("stack", tmp_path / "index.parquet", "-o", tmp_path / "x.parquet", "--with", "s1")
-    assert r.returncode == 1 and r.stderr.strip().endswith("--with needs --anchor: members of other sensors "
-                                                           "join an anchor platform's chips")
+    assert r.returncode == 1 and r.stderr.strip().endswith(
+        "--with needs --anchor: members of other sensors join an anchor platform's chips"
+    )
 
 
 # --- reading the demo's stacks place --------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def place(tmp_path_factory):
@@ -223,8 +308,12 @@ def place(tmp_path_factory):
     from stacchip_core.demo.archive import _stack_place
 
     root = _stack_place(tmp_path_factory.mktemp("place"))
-    tables = [Indexer(str(p), chip_size=128 if "landsat" in p.parts[-3] else 256, chip_max_nodata=1.0).create_index()
-              for p in sorted(root.rglob("*.json"))]
+    tables = [
+        Indexer(
+            str(p), chip_size=128 if "landsat" in p.parts[-3] else 256, chip_max_nodata=1.0
+        ).create_index()
+        for p in sorted(root.rglob("*.json"))
+    ]
     return root, pa.concat_tables(tables)
 
 
@@ -264,8 +353,17 @@ def _reference(href: str, stack: dict, band: int, resampling: Resampling) -> np.
         if nod is not None:
             src[src == nod] = np.nan
         dst = np.full((256, 256), np.nan, np.float32)
-        reproject(src, dst, src_transform=ds.transform, src_crs=ds.crs, dst_transform=rasterio.Affine(*stack["transform"]),
-                  dst_crs=stack["crs"], src_nodata=np.nan, dst_nodata=np.nan, resampling=resampling)
+        reproject(
+            src,
+            dst,
+            src_transform=ds.transform,
+            src_crs=ds.crs,
+            dst_transform=rasterio.Affine(*stack["transform"]),
+            dst_crs=stack["crs"],
+            src_nodata=np.nan,
+            dst_nodata=np.nan,
+            resampling=resampling,
+        )
     return dst
 
 
@@ -280,12 +378,18 @@ def test_warped_members_equal_gdal_reprojection_of_the_member_raster(place, resa
     s = build_stacks(idx, anchor=S2, with_=[S1, LS], window=3)
     assert s.num_rows == 4
     assert set(s["member_crs"].to_pylist()[0]) == {"EPSG:32720", "EPSG:32721"}
-    reader = StackReader({S2: ["red"], S1: ["vv", "vh"], LS: ["red", "nir08"]}, resampling=resampling)
+    reader = StackReader(
+        {S2: ["red"], S1: ["vv", "vh"], LS: ["red", "nir08"]}, resampling=resampling
+    )
     method = Resampling.nearest if resampling == "nearest" else Resampling.bilinear
     compared = 0
     for stack, px in zip(s.to_pylist(), reader.read_many(s.to_pylist())):
         assert isinstance(px, object) and not isinstance(px, Exception), px
-        assert px.dates == {S2: [dt.date(2023, 2, 4)], S1: [dt.date(2023, 2, 5)], LS: [dt.date(2023, 2, 7)]}
+        assert px.dates == {
+            S2: [dt.date(2023, 2, 4)],
+            S1: [dt.date(2023, 2, 5)],
+            LS: [dt.date(2023, 2, 7)],
+        }
         for platform, names in ((S1, ["vv", "vh"]), (LS, ["red", "nir08"])):
             item_id = stack["member_item_id"][stack["member_platform"].index(platform)]
             assets = _item(root, item_id)["assets"]
@@ -293,7 +397,9 @@ def test_warped_members_equal_gdal_reprojection_of_the_member_raster(place, resa
                 ref = _reference(assets[name]["href"], stack, 1, method)
                 got = px.pixels[platform][0, b]
                 valid = px.valid[platform][0]
-                assert (valid == (np.isfinite(ref) & valid)).all()  # valid pixels have a reference value
+                assert (
+                    valid == (np.isfinite(ref) & valid)
+                ).all()  # valid pixels have a reference value
                 np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
                 if tolerance == 0:
                     np.testing.assert_array_equal(got, ref)
@@ -313,7 +419,8 @@ def test_the_s1_nan_block_and_edge_wedge_are_invalid(place):
     top_right = next(r for r in s.to_pylist() if (r["chip_index_x"], r["chip_index_y"]) == (1, 0))
     px = StackReader({S2: ["red"], S1: ["vv", "vh"]}).read(top_right)
     valid = px.valid[S1][0]
-    # S2 chip (1, 0) spans x0 + 2560 .. 5120 m, y0 .. y0 - 2560 m: the block is its cols >= 194, rows < 150
+    # S2 chip (1, 0) spans x0 + 2560 .. 5120 m, y0 .. y0 - 2560 m:
+    # the block is its cols >= 194, rows < 150
     expected = np.ones((256, 256), bool)
     expected[:150, 194:] = False
     np.testing.assert_array_equal(valid, expected)
@@ -335,8 +442,11 @@ def served_place(place, tmp_path):
             for a in d["assets"].values():
                 a["href"] = f"{server.url}/{Path(a['href']).relative_to(root).as_posix()}"
             p.write_text(json.dumps(d))
-            tables.append(Indexer(str(p), chip_size=128 if "landsat" in p.parts[-3] else 256,
-                                  chip_max_nodata=1.0).create_index())
+            tables.append(
+                Indexer(
+                    str(p), chip_size=128 if "landsat" in p.parts[-3] else 256, chip_max_nodata=1.0
+                ).create_index()
+            )
         server.reset()
         yield server, served, pa.concat_tables(tables)
 
@@ -350,9 +460,13 @@ def test_a_batch_fetches_each_tile_once_and_no_item_json(served_place):
     s = build_stacks(idx, anchor=S2, min_steps=6)
     reader = StackReader({S2: ["red", "green", "swir16"]})
     got = reader.read_many(s.to_pylist())
-    assert [px.series.shape if hasattr(px, "series") else str(px) for px in got] == [(6, 3, 256, 256)] * 4
+    assert [px.series.shape if hasattr(px, "series") else str(px) for px in got] == [
+        (6, 3, 256, 256)
+    ] * 4
     assert server.requests == 6 * 3
-    assert all(method == "GET" and rng and path.endswith(".tif") for method, path, rng in server.log)
+    assert all(
+        method == "GET" and rng and path.endswith(".tif") for method, path, rng in server.log
+    )
     server.reset()
     for row in s.to_pylist():  # one stack at a time: each stack fetches the same tiles again
         reader.read(row)
@@ -370,11 +484,16 @@ def test_a_gone_member_fails_its_stack_only_and_names_it(served_place):
     rows = series.to_pylist()[:2] + pairs.to_pylist()[:1]
     got = StackReader({S2: ["red"], S1: ["vv"], LS: ["red"]}).read_many(rows)
     assert [type(g).__name__ for g in got] == ["StackPixels", "StackPixels", "StackError"]
-    assert str(got[2]) == (f"stack {rows[2]['stackid']}: member {rows[2]['member_chipid'][2]} "
-                           f"(landsat-c2l2-sr, 2023-02-07): asset 'red' of item '{landsat_id}' cannot be read "
-                           "from its layout: not found")
-    ds = StackDataset(pa.concat_tables([series.slice(0, 2), pairs.slice(0, 1)]), bands={S2: ["red"], S1: ["vv"],
-                                                                                        LS: ["red"]}, errors="skip")
+    assert str(got[2]) == (
+        f"stack {rows[2]['stackid']}: member {rows[2]['member_chipid'][2]} "
+        f"(landsat-c2l2-sr, 2023-02-07): asset 'red' of item '{landsat_id}' cannot be read "
+        "from its layout: not found"
+    )
+    ds = StackDataset(
+        pa.concat_tables([series.slice(0, 2), pairs.slice(0, 1)]),
+        bands={S2: ["red"], S1: ["vv"], LS: ["red"]},
+        errors="skip",
+    )
     assert [x["stackid"] for x in ds.__getitems__([0, 1, 2])] == [r["stackid"] for r in rows[:2]]
     with pytest.raises(StackError, match="cannot be read from its layout: not found"):
         StackDataset(pairs, bands={S2: ["red"], S1: ["vv"], LS: ["red"]})[0]
@@ -419,24 +538,49 @@ def test_xarray_and_written_stacks_hold_the_members(place, tmp_path):
     with np.load(npz) as z:
         np.testing.assert_array_equal(z[S1], pair.pixels[S1])
         np.testing.assert_array_equal(z[f"{S1}_valid"], pair.valid[S1])
-        assert z[f"{S1}_dates"].tolist() == ["2023-02-05"] and z[f"{S2}_bands"].tolist() == ["red", "nir"]
+        assert z[f"{S1}_dates"].tolist() == ["2023-02-05"] and z[f"{S2}_bands"].tolist() == [
+            "red",
+            "nir",
+        ]
     tif = write_chip(tmp_path / "pair.tif", pair)
     with rasterio.open(tif) as ds:
-        assert ds.descriptions == (f"{S2} 2023-02-04 red", f"{S2} 2023-02-04 nir", f"{S1} 2023-02-05 vv",
-                                   f"{S1} 2023-02-05 vh")
-        assert ds.crs.to_epsg() == 32720 and ds.transform == rasterio.Affine(*pairs["transform"].to_pylist()[1])
-        np.testing.assert_array_equal(ds.read(3), np.where(pair.valid[S1][0], pair.pixels[S1][0, 0], np.nan))
+        assert ds.descriptions == (
+            f"{S2} 2023-02-04 red",
+            f"{S2} 2023-02-04 nir",
+            f"{S1} 2023-02-05 vv",
+            f"{S1} 2023-02-05 vh",
+        )
+        assert ds.crs.to_epsg() == 32720 and ds.transform == rasterio.Affine(
+            *pairs["transform"].to_pylist()[1]
+        )
+        np.testing.assert_array_equal(
+            ds.read(3), np.where(pair.valid[S1][0], pair.pixels[S1][0, 0], np.nan)
+        )
 
 
 def test_cli_chip_writes_a_stack(place, tmp_path):
     _, idx = place
-    write_stacks(build_stacks(idx, anchor=S2, with_=[S1, LS], window=3), tmp_path / "stacks.parquet")
+    write_stacks(
+        build_stacks(idx, anchor=S2, with_=[S1, LS], window=3), tmp_path / "stacks.parquet"
+    )
     stackid = read_stacks(tmp_path / "stacks.parquet")["stackid"][0].as_py()
-    r = run_cli("chip", tmp_path / "stacks.parquet", "--stack", stackid, "--assets", "red,green,blue",
-                "-o", tmp_path / "s.npz")
+    r = run_cli(
+        "chip",
+        tmp_path / "stacks.parquet",
+        "--stack",
+        stackid,
+        "--assets",
+        "red,green,blue",
+        "-o",
+        tmp_path / "s.npz",
+    )
     assert r.returncode == 0, r.stderr
     with np.load(tmp_path / "s.npz") as z:
-        assert z[S2].shape == (1, 3, 256, 256) and z[S1].shape == (1, 2, 256, 256) and z[LS].shape == (1, 6, 256, 256)
+        assert (
+            z[S2].shape == (1, 3, 256, 256)
+            and z[S1].shape == (1, 2, 256, 256)
+            and z[LS].shape == (1, 6, 256, 256)
+        )
     r = run_cli("chip", tmp_path / "stacks.parquet", "--stack", "nope", "-o", tmp_path / "n.npz")
     assert r.returncode == 1 and "stack 'nope' is not in" in r.stderr
 
@@ -463,7 +607,7 @@ def test_demo_stacks_and_their_previews(tmp_path):
         png = ds.read()
     assert png.shape == (3, GAP + 256 + LABEL + GAP, GAP + 6 * (256 + GAP))
     for t in range(6):
-        tile = png[:, GAP:GAP + 256, GAP + t * (256 + GAP):GAP + t * (256 + GAP) + 256]
+        tile = png[:, GAP : GAP + 256, GAP + t * (256 + GAP) : GAP + t * (256 + GAP) + 256]
         black = (tile == 0).all(axis=0)
         invalid = ~ts.valid[S2][t]
         assert black[invalid].all()
@@ -476,8 +620,14 @@ def test_place_hash_collisions_fall_back_to_exact_grouping(monkeypatch, caplog):
     """Every hash equal (a forced collision): the grouping is still exact."""
     from stacchip_core.core import stacks
 
-    t = index([{"item": "a", "date": "2024-01-01", "box": PLACE}, {"item": "b", "date": "2024-01-06", "box": PLACE},
-               {"item": "c", "date": "2024-01-06", "box": ELSEWHERE}, {"item": "d", "date": "2024-01-09", "box": PLACE, "x": 1}])
+    t = index(
+        [
+            {"item": "a", "date": "2024-01-01", "box": PLACE},
+            {"item": "b", "date": "2024-01-06", "box": PLACE},
+            {"item": "c", "date": "2024-01-06", "box": ELSEWHERE},
+            {"item": "d", "date": "2024-01-09", "box": PLACE, "x": 1},
+        ]
+    )
     expected = members(build_stacks(t))
     assert expected == [["a-0-0", "b-0-0"], ["c-0-0"], ["d-1-0"]]
     monkeypatch.setattr(stacks, "_mix", lambda h: h * np.uint64(0))
@@ -495,12 +645,27 @@ def test_footprint_overlap_areas_equal_shapely():
     base = np.array([[-1, -1], [1, -1], [1.2, 1], [-0.8, 1.1]])
     ang = rng.uniform(0, np.pi, (n, 1))
     scale = rng.uniform(0.01, 0.3, (n, 1, 1))
-    rot = np.stack([np.cos(ang) * base[:, 0] - np.sin(ang) * base[:, 1],
-                    np.sin(ang) * base[:, 0] + np.cos(ang) * base[:, 1]], -1) * scale
+    rot = (
+        np.stack(
+            [
+                np.cos(ang) * base[:, 0] - np.sin(ang) * base[:, 1],
+                np.sin(ang) * base[:, 0] + np.cos(ang) * base[:, 1],
+            ],
+            -1,
+        )
+        * scale
+    )
     quads = shapely.polygons(rng.uniform(0, 1, (n, 1, 2)) + rot)
-    a, b = quads, np.where(rng.random(n) < 0.5, np.roll(quads, 1), shapely.reverse(np.roll(quads, 1)))
-    special = [shapely.box(0, 0, 1, 1), shapely.box(0.2, 0.2, 0.4, 0.4), shapely.box(1, 0, 2, 1),
-               shapely.MultiPolygon([shapely.box(0, 0, 0.5, 1), shapely.box(0.6, 0, 1, 1)])]
+    a, b = (
+        quads,
+        np.where(rng.random(n) < 0.5, np.roll(quads, 1), shapely.reverse(np.roll(quads, 1))),
+    )
+    special = [
+        shapely.box(0, 0, 1, 1),
+        shapely.box(0.2, 0.2, 0.4, 0.4),
+        shapely.box(1, 0, 2, 1),
+        shapely.MultiPolygon([shapely.box(0, 0, 0.5, 1), shapely.box(0.6, 0, 1, 1)]),
+    ]
     a = np.r_[a, special[0], special[0], special[0], special[3]]
     b = np.r_[b, special[1], special[2], special[0], special[0]]
     got = intersection_areas(a, b)
@@ -509,12 +674,17 @@ def test_footprint_overlap_areas_equal_shapely():
     assert (ref > 0).sum() > n // 10 and got[-4:].tolist() == pytest.approx([0.04, 0.0, 1.0, 0.9])
 
 
-@pytest.mark.parametrize(("rows", "cols", "unread_rows", "unread_cols"), [
-    ((100, 400), (300, 700), 0, 0),      # whole tiles only
-    ((900, 1000), (100, 400), 8, 0),     # the partial last tile row: 16 px blocks up to row 992
-    ((-5, 40), (990, 1000), 0, 8),       # clipped to the image; the partial last column
-])
-def test_native_windows_equal_the_file_and_mark_the_unread_edge(tmp_path, rows, cols, unread_rows, unread_cols):
+@pytest.mark.parametrize(
+    ("rows", "cols", "unread_rows", "unread_cols"),
+    [
+        ((100, 400), (300, 700), 0, 0),  # whole tiles only
+        ((900, 1000), (100, 400), 8, 0),  # the partial last tile row: 16 px blocks up to row 992
+        ((-5, 40), (990, 1000), 0, 8),  # clipped to the image; the partial last column
+    ],
+)
+def test_native_windows_equal_the_file_and_mark_the_unread_edge(
+    tmp_path, rows, cols, unread_rows, unread_cols
+):
     """A 1000 px image in 256 px tiles: windows in whole tiles read as tiles, in the partial
     last tiles as 16 px blocks, and the last 8 px (1000 - 992) stay unread and say so."""
     from rasterio.transform import from_origin
@@ -524,9 +694,21 @@ def test_native_windows_equal_the_file_and_mark_the_unread_edge(tmp_path, rows, 
 
     data = np.random.default_rng(1).integers(1, 60000, (1, 1000, 1000)).astype(np.uint16)
     path = tmp_path / "a.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=1000, height=1000, count=1, dtype="uint16", crs="EPSG:32633",
-                       transform=from_origin(500000, 4000000, 10, 10), tiled=True, blockxsize=256, blockysize=256,
-                       compress="deflate") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=1000,
+        height=1000,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 10, 10),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    ) as ds:
         ds.write(data)
     lays = decode(record_layouts({"a": str(path)}))
     r0, r1 = max(rows[0], 0), min(rows[1], 1000)
@@ -536,4 +718,4 @@ def test_native_windows_equal_the_file_and_mark_the_unread_edge(tmp_path, rows, 
     expected = np.zeros((r1 - r0, c1 - c0), bool)
     expected[:nr, :nc] = True
     np.testing.assert_array_equal(win.read, expected)
-    np.testing.assert_array_equal(win.data[0, :nr, :nc], data[0, r0:r0 + nr, c0:c0 + nc])
+    np.testing.assert_array_equal(win.data[0, :nr, :nc], data[0, r0 : r0 + nr, c0 : c0 + nc])

@@ -37,19 +37,42 @@ from stacchip_core.errors import IndexFormatError, NotFoundError, StacchipError,
 log = logging.getLogger(__name__)
 
 # columns the grouping needs; geometry is read later, for the rows that end up in a stack only
-_LIGHT = ["platform", "item_id", "item_href", "date", "chip_index_x", "chip_index_y", "chip_size",
-          "cloud_cover_percentage", "nodata_percentage", "bbox", "layouts"]
+_LIGHT = [
+    "platform",
+    "item_id",
+    "item_href",
+    "date",
+    "chip_index_x",
+    "chip_index_y",
+    "chip_size",
+    "cloud_cover_percentage",
+    "nodata_percentage",
+    "bbox",
+    "layouts",
+]
 _DICT = ["platform", "item_id", "item_href", "layouts", "crs"]
-QUANTUM = 1e5  # footprint centres are compared at 1e-5 degree (~1 m): same grid + chip = same footprint
+QUANTUM = (
+    1e5  # footprint centres are compared at 1e-5 degree (~1 m): same grid + chip = same footprint
+)
 CELL = 1.0  # degrees: the partition of the overlap search
 METADATA_KEY = b"stacchip:stacks"
 
 MEMBER_FIELDS = [
-    ("chipid", pa.string()), ("item_id", pa.string()), ("item_href", pa.string()), ("platform", pa.string()),
-    ("date", pa.date32()), ("cloud", pa.float32()), ("nodata", pa.float32()), ("step", pa.int16()),
-    ("exact", pa.bool_()), ("coverage", pa.float32()), ("chip_index_x", pa.int32()),
-    ("chip_index_y", pa.int32()), ("chip_size", pa.int32()),
-    ("layouts", pa.dictionary(pa.int32(), pa.binary())), ("crs", pa.dictionary(pa.int32(), pa.string())),
+    ("chipid", pa.string()),
+    ("item_id", pa.string()),
+    ("item_href", pa.string()),
+    ("platform", pa.string()),
+    ("date", pa.date32()),
+    ("cloud", pa.float32()),
+    ("nodata", pa.float32()),
+    ("step", pa.int16()),
+    ("exact", pa.bool_()),
+    ("coverage", pa.float32()),
+    ("chip_index_x", pa.int32()),
+    ("chip_index_y", pa.int32()),
+    ("chip_size", pa.int32()),
+    ("layouts", pa.dictionary(pa.int32(), pa.binary())),
+    ("crs", pa.dictionary(pa.int32(), pa.string())),
 ]
 
 
@@ -70,13 +93,20 @@ class StackOptions:
 
     def check(self) -> None:
         if self.with_ and not self.anchor:
-            raise StackError("--with needs --anchor: members of other sensors join an anchor platform's chips")
+            raise StackError(
+                "--with needs --anchor: members of other sensors join an anchor platform's chips"
+            )
         if self.anchor and self.anchor in self.with_:
-            raise StackError(f"--with {self.anchor} repeats the anchor platform: its other grids form their own stacks")
+            raise StackError(
+                f"--with {self.anchor} repeats the anchor platform: "
+                "its other grids form their own stacks"
+            )
         if not 0 < self.share <= 1:
             raise StackError(f"share must be in (0, 1], got {self.share}")
         if self.min_steps < 1 or (self.max_steps is not None and self.max_steps < self.min_steps):
-            raise StackError(f"steps: need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
+            raise StackError(
+                f"steps: need 1 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}"
+            )
         if self.every is not None and self.every < 1:
             raise StackError(f"every must be at least 1 day, got {self.every}")
         if self.window < 0:
@@ -113,6 +143,7 @@ class StackPixels:
 
 # --- reading the index -------------------------------------------------------------------
 
+
 def _load(index: str | Path | pa.Table, columns: list[str]) -> pa.Table:
     if isinstance(index, pa.Table):
         table = index.select([c for c in columns if c in index.column_names])
@@ -121,7 +152,9 @@ def _load(index: str | Path | pa.Table, columns: list[str]) -> pa.Table:
         schema = pq.read_schema(index) if Path(index).is_file() else None
         names = schema.names if schema is not None else pq.ParquetDataset(index).schema.names
         cols = [c for c in columns if c in names]
-        return _dict_encode(pq.read_table(index, columns=cols, read_dictionary=[c for c in _DICT if c in cols]))
+        return _dict_encode(
+            pq.read_table(index, columns=cols, read_dictionary=[c for c in _DICT if c in cols])
+        )
     except (pa.ArrowInvalid, OSError) as exc:
         raise IndexFormatError(f"{index} is not a readable index: {exc}") from exc
 
@@ -146,7 +179,10 @@ def _codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list]:
 
 def _bounds(table: pa.Table) -> np.ndarray:
     bbox = table.column("bbox").combine_chunks()
-    return np.stack([bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+    return np.stack(
+        [bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")],
+        axis=1,
+    )
 
 
 def _grids(blobs: list) -> tuple[np.ndarray, list[str | None]]:
@@ -182,6 +218,7 @@ def _row_grids(codes: np.ndarray, blobs: list) -> np.ndarray:
 
 # --- grouping ------------------------------------------------------------------------------
 
+
 def _mix(h: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer: a well-spread 64-bit hash of each value (wrapping uint64)."""
     h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -196,10 +233,17 @@ def _place_keys(table: pa.Table, rows: np.ndarray, bounds: np.ndarray) -> np.nda
     arrow's group-by plus join); equal hashes are then checked column by column, and a
     collision (never seen; odds ~1e-6 at 10M rows) falls back to an exact arrow group-by."""
     platform, _ = _codes(table.column("platform"))
-    lay_codes, blobs = (_codes(table.column("layouts")) if "layouts" in table.column_names
-                        else (np.full(table.num_rows, -1), []))
+    lay_codes, blobs = (
+        _codes(table.column("layouts"))
+        if "layouts" in table.column_names
+        else (np.full(table.num_rows, -1), [])
+    )
     # grid numbers to 1e-6 of their unit; unknown grids: the footprint alone decides
-    grid_q = np.where(np.isfinite(g := _grids(blobs)[0]), np.round(g * 1e6), 0).astype(np.int64) if blobs else None
+    grid_q = (
+        np.where(np.isfinite(g := _grids(blobs)[0]), np.round(g * 1e6), 0).astype(np.int64)
+        if blobs
+        else None
+    )
 
     def columns():
         """The key columns one at a time (at 10M rows each is 80 MB: never all held at once)."""
@@ -208,8 +252,11 @@ def _place_keys(table: pa.Table, rows: np.ndarray, bounds: np.ndarray) -> np.nda
             yield table.column(name).to_numpy()[rows].astype(np.int64)
         codes = lay_codes[rows]
         for k in range(4):
-            yield (np.where(codes >= 0, grid_q[np.maximum(codes, 0), k], 0) if grid_q is not None
-                   else np.zeros(len(rows), np.int64))
+            yield (
+                np.where(codes >= 0, grid_q[np.maximum(codes, 0), k], 0)
+                if grid_q is not None
+                else np.zeros(len(rows), np.int64)
+            )
         for lo, hi in ((0, 2), (1, 3)):
             yield np.round((bounds[rows, lo] + bounds[rows, hi]) / 2 * QUANTUM).astype(np.int64)
 
@@ -281,6 +328,7 @@ def _thin(gid: np.ndarray, day: np.ndarray, score: np.ndarray, opts: StackOption
 
 # --- overlap of other sensors ----------------------------------------------------------------
 
+
 def _cells(bounds: np.ndarray) -> np.ndarray:
     cx = np.floor((bounds[:, 0] + bounds[:, 2]) / 2 / CELL).astype(np.int64)
     cy = np.floor((bounds[:, 1] + bounds[:, 3]) / 2 / CELL).astype(np.int64)
@@ -350,7 +398,15 @@ def _convex_clip_areas(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def intersection_areas(a, b) -> np.ndarray:
-    """Areas of ``a[i] & b[i]`` for arrays of shapely geometries (see ``_pair_areas``)."""
+    """Areas of ``a[i] & b[i]`` for arrays of shapely geometries (see ``_pair_areas``).
+
+    Args:
+        a: Shapely geometries.
+        b: Shapely geometries, as many.
+
+    Returns:
+        float64 areas, in the geometries' units.
+    """
     qa, oka = _quads(a)
     qb, okb = _quads(b)
     i = np.arange(len(a))
@@ -370,7 +426,7 @@ def _pair_areas(a, b, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     out = np.empty(len(i))
     w = np.flatnonzero(both)
     for k in range(0, len(w), 4096):  # blocks that stay in cache: 3x faster than all at once
-        part = w[k:k + 4096]
+        part = w[k : k + 4096]
         out[part] = _convex_clip_areas(qa[i[part]], qb[j[part]])
     rest = np.flatnonzero(~both)
     if len(rest):
@@ -394,7 +450,11 @@ def _overlaps(anchor_geoms, anchor_bounds: np.ndarray, cand_geoms, cand_bounds: 
         ai = np.flatnonzero(a_cell == cell)
         near = [cell + dx * 100_000 + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
         lo, hi = np.searchsorted(c_sorted, near, "left"), np.searchsorted(c_sorted, near, "right")
-        cj = np.concatenate([c_order[a:b] for a, b in zip(lo, hi)]) if len(near) else np.empty(0, np.int64)
+        cj = (
+            np.concatenate([c_order[a:b] for a, b in zip(lo, hi)])
+            if len(near)
+            else np.empty(0, np.int64)
+        )
         if not len(cj):
             continue
         tree = shapely.STRtree(shapely.box(*cand_bounds[cj].T))
@@ -421,8 +481,11 @@ def _wkb(index, table_rows: np.ndarray, source: pa.Table | None) -> pa.Array:
     parts = []
     offset = 0
     dataset = pq.ParquetFile(index) if Path(index).is_file() else None
-    batches = (dataset.iter_batches(columns=["geometry"], batch_size=262_144) if dataset is not None else
-               pq.read_table(index, columns=["geometry"]).to_batches(262_144))
+    batches = (
+        dataset.iter_batches(columns=["geometry"], batch_size=262_144)
+        if dataset is not None
+        else pq.read_table(index, columns=["geometry"]).to_batches(262_144)
+    )
     for batch in batches:
         n = batch.num_rows
         lo, hi = np.searchsorted(wanted, [offset, offset + n])
@@ -442,10 +505,20 @@ def _geometry(index, table_rows: np.ndarray, source: pa.Table | None) -> np.ndar
 
 # --- the whole thing ---------------------------------------------------------------------------
 
-def build_stacks(index: str | Path | pa.Table, anchor: str | None = None, with_: Sequence[str] = (),
-                 share: float = 0.9, window: float = 0.0, min_steps: int = 1, max_steps: int | None = None,
-                 max_cloud: float | None = None, max_nodata: float | None = None, every: int | None = None,
-                 resolve_crs: bool = True) -> pa.Table:
+
+def build_stacks(
+    index: str | Path | pa.Table,
+    anchor: str | None = None,
+    with_: Sequence[str] = (),
+    share: float = 0.9,
+    window: float = 0.0,
+    min_steps: int = 1,
+    max_steps: int | None = None,
+    max_cloud: float | None = None,
+    max_nodata: float | None = None,
+    every: int | None = None,
+    resolve_crs: bool = True,
+) -> pa.Table:
     """Group the rows of a chip index into stacks of the same place.
 
     Args:
@@ -471,15 +544,38 @@ def build_stacks(index: str | Path | pa.Table, anchor: str | None = None, with_:
         IndexFormatError: The index cannot be read.
         NotFoundError: No row of the anchor platform passes the filters.
     """
-    opts = StackOptions(anchor, tuple(with_), share, window, min_steps, max_steps, max_cloud, max_nodata, every,
-                        resolve_crs)
+    opts = StackOptions(
+        anchor,
+        tuple(with_),
+        share,
+        window,
+        min_steps,
+        max_steps,
+        max_cloud,
+        max_nodata,
+        every,
+        resolve_crs,
+    )
     opts.check()
     source = index if isinstance(index, pa.Table) else None
     table = _load(index, _LIGHT + ["crs"])
-    missing = [c for c in ("platform", "item_id", "date", "chip_index_x", "chip_index_y", "chip_size", "bbox")
-               if c not in table.column_names]
+    missing = [
+        c
+        for c in (
+            "platform",
+            "item_id",
+            "date",
+            "chip_index_x",
+            "chip_index_y",
+            "chip_size",
+            "bbox",
+        )
+        if c not in table.column_names
+    ]
     if missing:
-        raise IndexFormatError(f"{index if source is None else 'the table'} is not a chip index: no {missing}")
+        raise IndexFormatError(
+            f"{index if source is None else 'the table'} is not a chip index: no {missing}"
+        )
     n = table.num_rows
     rows = np.arange(n)
     cloud = table.column("cloud_cover_percentage").to_numpy(zero_copy_only=False).astype(np.float32)
@@ -492,7 +588,9 @@ def build_stacks(index: str | Path | pa.Table, anchor: str | None = None, with_:
     platform_codes, platforms = _codes(table.column("platform"))
     if anchor is not None:
         if anchor not in platforms:
-            raise NotFoundError(f"no rows of platform {anchor!r} in the index (it has {sorted(platforms)})")
+            raise NotFoundError(
+                f"no rows of platform {anchor!r} in the index (it has {sorted(platforms)})"
+            )
         is_anchor = platform_codes == platforms.index(anchor)
     else:
         is_anchor = np.ones(n, bool)
@@ -503,8 +601,22 @@ def build_stacks(index: str | Path | pa.Table, anchor: str | None = None, with_:
     arow = rows[is_anchor & ok]
     gid_all = _place_keys(table, arow, bounds) if len(arow) else np.empty(0, np.int64)
     if opts.with_:
-        arow, gid_all, joined = _join_others(index, source, table, arow, gid_all, bounds, day, score, cloud, nodata,
-                                             ok, platform_codes, platforms, opts)
+        arow, gid_all, joined = _join_others(
+            index,
+            source,
+            table,
+            arow,
+            gid_all,
+            bounds,
+            day,
+            score,
+            cloud,
+            nodata,
+            ok,
+            platform_codes,
+            platforms,
+            opts,
+        )
     else:
         joined = None
     keep = _thin(gid_all, day[arow], score[arow], opts)
@@ -512,7 +624,9 @@ def build_stacks(index: str | Path | pa.Table, anchor: str | None = None, with_:
     # steps in date order within each stack; stacks with too few steps dropped
     order = np.lexsort((day[arow], gid))
     arow, gid = arow[order], gid[order]
-    starts = np.r_[0, np.flatnonzero(gid[1:] != gid[:-1]) + 1] if len(gid) else np.empty(0, np.int64)
+    starts = (
+        np.r_[0, np.flatnonzero(gid[1:] != gid[:-1]) + 1] if len(gid) else np.empty(0, np.int64)
+    )
     sizes = np.diff(np.r_[starts, len(gid)])
     big = sizes >= min_steps
     stack_of = np.repeat(np.arange(len(starts)), sizes)
@@ -523,16 +637,50 @@ def build_stacks(index: str | Path | pa.Table, anchor: str | None = None, with_:
     n_stacks = int(big.sum())
     if n_stacks == 0:
         log.warning("no stack has %d steps or more", min_steps)
-    step = (np.arange(len(arow)) - np.repeat(np.r_[0, np.flatnonzero(np.diff(stack_of)) + 1],
-                                             np.diff(np.r_[0, np.flatnonzero(np.diff(stack_of)) + 1, len(arow)]))
-            if len(arow) else np.empty(0, np.int64))
-    out = _assemble(index, source, table, arow, stack_of, step, n_stacks, joined, bounds, day, cloud, nodata, opts)
+    step = (
+        np.arange(len(arow))
+        - np.repeat(
+            np.r_[0, np.flatnonzero(np.diff(stack_of)) + 1],
+            np.diff(np.r_[0, np.flatnonzero(np.diff(stack_of)) + 1, len(arow)]),
+        )
+        if len(arow)
+        else np.empty(0, np.int64)
+    )
+    out = _assemble(
+        index,
+        source,
+        table,
+        arow,
+        stack_of,
+        step,
+        n_stacks,
+        joined,
+        bounds,
+        day,
+        cloud,
+        nodata,
+        opts,
+    )
     log.info("%d stacks from %d rows (%d steps)", n_stacks, n, len(arow))
     return out
 
 
-def _join_others(index, source, table, arow, gid, bounds, day, score, cloud, nodata, ok, platform_codes, platforms,
-                 opts: StackOptions):
+def _join_others(
+    index,
+    source,
+    table,
+    arow,
+    gid,
+    bounds,
+    day,
+    score,
+    cloud,
+    nodata,
+    ok,
+    platform_codes,
+    platforms,
+    opts: StackOptions,
+):
     """Anchor steps that every ``with_`` platform joins (the rest are dropped), and the joining
     members: ``{anchor row: [(platform, row, coverage, cloud, nodata), ...]}`` as arrays."""
     wanted = [platforms.index(p) for p in opts.with_ if p in platforms]
@@ -545,7 +693,7 @@ def _join_others(index, source, table, arow, gid, bounds, day, score, cloud, nod
     place_rows = arow[first]
     place_of = np.searchsorted(gid[first], gid) if len(first) else np.empty(0, np.int64)
     geoms = _geometry(index, np.r_[place_rows, cand], source)
-    pg, cg = geoms[:len(place_rows)], geoms[len(place_rows):]
+    pg, cg = geoms[: len(place_rows)], geoms[len(place_rows) :]
     pi, cj, frac = _overlaps(pg, bounds[place_rows], cg, bounds[cand])
     crow = cand[cj]
     # expand place pairs to anchor steps within the time window
@@ -568,10 +716,16 @@ def _join_others(index, source, table, arow, gid, bounds, day, score, cloud, nod
     new[1:] = (sp[1:] != sp[:-1]) | (it[1:] != it[:-1])
     starts = np.flatnonzero(new)
     cover = np.add.reduceat(mfrac[order], starts) if len(starts) else np.empty(0)
-    w_cloud = np.add.reduceat(mfrac[order] * cloud[mrow[order]], starts) / np.maximum(cover, 1e-12) if len(starts) \
+    w_cloud = (
+        np.add.reduceat(mfrac[order] * cloud[mrow[order]], starts) / np.maximum(cover, 1e-12)
+        if len(starts)
         else np.empty(0)
-    w_nodata = np.add.reduceat(mfrac[order] * nodata[mrow[order]], starts) / np.maximum(cover, 1e-12) if len(starts) \
+    )
+    w_nodata = (
+        np.add.reduceat(mfrac[order] * nodata[mrow[order]], starts) / np.maximum(cover, 1e-12)
+        if len(starts)
         else np.empty(0)
+    )
     best_row = mrow[order][starts]  # the chip of the item that overlaps most
     g_step, g_dt = sp[starts], dt[order][starts]
     full = cover >= opts.share - 1e-9
@@ -590,31 +744,70 @@ def _join_others(index, source, table, arow, gid, bounds, day, score, cloud, nod
     full_steps: np.ndarray = np.asarray(have.all(axis=1))
     keep_step = np.flatnonzero(full_steps)
     pick = pick[full_steps[g_step[pick]]]
-    joined = {"anchor_row": arow[g_step[pick]], "row": best_row[pick], "coverage": cover[pick],
-              "cloud": w_cloud[pick], "nodata": w_nodata[pick]}
+    joined = {
+        "anchor_row": arow[g_step[pick]],
+        "row": best_row[pick],
+        "coverage": cover[pick],
+        "cloud": w_cloud[pick],
+        "nodata": w_nodata[pick],
+    }
     log.info("%d of %d anchor steps joined by %s", len(keep_step), len(arow), ", ".join(opts.with_))
     return arow[keep_step], gid[keep_step], joined
 
 
-def _assemble(index, source, table, arow, stack_of, step, n_stacks, joined, bounds, day, cloud, nodata,
-              opts: StackOptions) -> pa.Table:
+def _assemble(
+    index,
+    source,
+    table,
+    arow,
+    stack_of,
+    step,
+    n_stacks,
+    joined,
+    bounds,
+    day,
+    cloud,
+    nodata,
+    opts: StackOptions,
+) -> pa.Table:
     """The stacks table from anchor steps (and joined members)."""
-    members = {"row": arow, "stack": stack_of, "step": step, "exact": np.ones(len(arow), bool),
-               "coverage": np.ones(len(arow), np.float32), "cloud": cloud[arow], "nodata": nodata[arow],
-               "rank": np.zeros(len(arow), np.int64)}
+    members = {
+        "row": arow,
+        "stack": stack_of,
+        "step": step,
+        "exact": np.ones(len(arow), bool),
+        "coverage": np.ones(len(arow), np.float32),
+        "cloud": cloud[arow],
+        "nodata": nodata[arow],
+        "rank": np.zeros(len(arow), np.int64),
+    }
     if joined is not None and len(arow):
         # joined members follow the anchor's steps, platform by platform in --with order
         a_sorted = np.argsort(arow)
         k = np.searchsorted(arow[a_sorted], joined["anchor_row"])
-        inside = (k < len(arow)) & (arow[a_sorted][np.minimum(k, len(arow) - 1)] == joined["anchor_row"])
+        inside = (k < len(arow)) & (
+            arow[a_sorted][np.minimum(k, len(arow) - 1)] == joined["anchor_row"]
+        )
         at = a_sorted[np.minimum(k, len(arow) - 1)][inside]
         plat_codes, plats = _codes(table.column("platform"))
         rank_of = {plats.index(p): r + 1 for r, p in enumerate(opts.with_)}
         jr = joined["row"][inside]
-        members = {k2: np.concatenate([v, extra]) for (k2, v), extra in zip(members.items(), [
-            jr, stack_of[at], step[at], np.zeros(len(jr), bool), joined["coverage"][inside].astype(np.float32),
-            joined["cloud"][inside].astype(np.float32), joined["nodata"][inside].astype(np.float32),
-            np.array([rank_of[int(c)] for c in plat_codes[jr]], np.int64)])}
+        members = {
+            k2: np.concatenate([v, extra])
+            for (k2, v), extra in zip(
+                members.items(),
+                [
+                    jr,
+                    stack_of[at],
+                    step[at],
+                    np.zeros(len(jr), bool),
+                    joined["coverage"][inside].astype(np.float32),
+                    joined["cloud"][inside].astype(np.float32),
+                    joined["nodata"][inside].astype(np.float32),
+                    np.array([rank_of[int(c)] for c in plat_codes[jr]], np.int64),
+                ],
+            )
+        }
     order = np.lexsort((members["step"], members["rank"], members["stack"]))
     m = {k2: v[order] for k2, v in members.items()}
     offsets = np.r_[0, np.cumsum(np.bincount(m["stack"], minlength=n_stacks))].astype(np.int32)
@@ -624,26 +817,44 @@ def _assemble(index, source, table, arow, stack_of, step, n_stacks, joined, boun
     x, y = lt.column("chip_index_x").combine_chunks(), lt.column("chip_index_y").combine_chunks()
     chipid = pc.binary_join_element_wise(item_id, x.cast(pa.string()), y.cast(pa.string()), "-")
     crs = _member_crs(lt, m, opts)
-    layouts = (lt.column("layouts").combine_chunks() if "layouts" in lt.column_names
-               else pa.nulls(len(rows), pa.dictionary(pa.int32(), pa.binary())))
-    href = (lt.column("item_href").combine_chunks().cast(pa.string()) if "item_href" in lt.column_names
-            else pa.nulls(len(rows), pa.string()))
+    layouts = (
+        lt.column("layouts").combine_chunks()
+        if "layouts" in lt.column_names
+        else pa.nulls(len(rows), pa.dictionary(pa.int32(), pa.binary()))
+    )
+    href = (
+        lt.column("item_href").combine_chunks().cast(pa.string())
+        if "item_href" in lt.column_names
+        else pa.nulls(len(rows), pa.string())
+    )
     values = {
-        "chipid": chipid, "item_id": item_id, "item_href": href,
+        "chipid": chipid,
+        "item_id": item_id,
+        "item_href": href,
         "platform": lt.column("platform").combine_chunks().cast(pa.string()),
-        "date": lt.column("date").combine_chunks(), "cloud": pa.array(m["cloud"], pa.float32()),
-        "nodata": pa.array(m["nodata"], pa.float32()), "step": pa.array(m["step"], pa.int16()),
-        "exact": pa.array(m["exact"]), "coverage": pa.array(m["coverage"], pa.float32()),
-        "chip_index_x": x, "chip_index_y": y, "chip_size": lt.column("chip_size").combine_chunks(),
+        "date": lt.column("date").combine_chunks(),
+        "cloud": pa.array(m["cloud"], pa.float32()),
+        "nodata": pa.array(m["nodata"], pa.float32()),
+        "step": pa.array(m["step"], pa.int16()),
+        "exact": pa.array(m["exact"]),
+        "coverage": pa.array(m["coverage"], pa.float32()),
+        "chip_index_x": x,
+        "chip_index_y": y,
+        "chip_size": lt.column("chip_size").combine_chunks(),
         "layouts": layouts.cast(pa.dictionary(pa.int32(), pa.binary())),
         "crs": crs,
     }
     off = pa.array(offsets)
-    cols = {f"member_{name}": pa.ListArray.from_arrays(off, values[name].cast(t)) for name, t in MEMBER_FIELDS}
+    cols = {
+        f"member_{name}": pa.ListArray.from_arrays(off, values[name].cast(t))
+        for name, t in MEMBER_FIELDS
+    }
     # the anchor: the first member of each stack
     first = m["row"][offsets[:-1]] if n_stacks else np.empty(0, np.int64)
     first_crs = crs.take(pa.array(offsets[:-1])) if n_stacks else pa.nulls(0, pa.string())
-    steps = np.array([0]) if not n_stacks else np.bincount(m["stack"][m["exact"]], minlength=n_stacks)
+    steps = (
+        np.array([0]) if not n_stacks else np.bincount(m["stack"][m["exact"]], minlength=n_stacks)
+    )
     fl = table.take(pa.array(first))
     transform = _anchor_transforms(fl)
     b = bounds[first]
@@ -651,27 +862,49 @@ def _assemble(index, source, table, arow, stack_of, step, n_stacks, joined, boun
     plat = fl.column("platform").combine_chunks().cast(pa.string())
     fx, fy = fl.column("chip_index_x").combine_chunks(), fl.column("chip_index_y").combine_chunks()
     first_items = fl.column("item_id").combine_chunks().cast(pa.string())
-    stackid = pc.binary_join_element_wise(plat, first_items, fx.cast(pa.string()), fy.cast(pa.string()), "-")
+    stackid = pc.binary_join_element_wise(
+        plat, first_items, fx.cast(pa.string()), fy.cast(pa.string()), "-"
+    )
     date_col = values["date"]
     exact_ends = np.r_[offsets[:-1] + steps - 1] if n_stacks else np.empty(0, np.int64)
-    out = pa.table({
-        "stackid": stackid, "platform": plat, "chip_index_x": fx, "chip_index_y": fy,
-        "chip_size": fl.column("chip_size").combine_chunks(),
-        "steps": pa.array(steps[:n_stacks] if n_stacks else np.empty(0, np.int32), pa.int32()),
-        "start_date": date_col.take(pa.array(offsets[:-1])) if n_stacks else pa.array([], pa.date32()),
-        "end_date": date_col.take(pa.array(exact_ends)) if n_stacks else pa.array([], pa.date32()),
-        "crs": first_crs.cast(pa.string()),
-        "transform": transform,
-        **cols,
-        "geometry": wkb,
-        "bbox": pa.StructArray.from_arrays([pa.array(b[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)),
-    })
+    out = pa.table(
+        {
+            "stackid": stackid,
+            "platform": plat,
+            "chip_index_x": fx,
+            "chip_index_y": fy,
+            "chip_size": fl.column("chip_size").combine_chunks(),
+            "steps": pa.array(steps[:n_stacks] if n_stacks else np.empty(0, np.int32), pa.int32()),
+            "start_date": date_col.take(pa.array(offsets[:-1]))
+            if n_stacks
+            else pa.array([], pa.date32()),
+            "end_date": date_col.take(pa.array(exact_ends))
+            if n_stacks
+            else pa.array([], pa.date32()),
+            "crs": first_crs.cast(pa.string()),
+            "transform": transform,
+            **cols,
+            "geometry": wkb,
+            "bbox": pa.StructArray.from_arrays(
+                [pa.array(b[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)
+            ),
+        }
+    )
     out = with_geo_metadata(out, b)
     meta = dict(out.schema.metadata or {})
-    meta[METADATA_KEY] = json.dumps({"anchor": opts.anchor, "with": list(opts.with_), "share": opts.share,
-                                     "window": opts.window, "min_steps": opts.min_steps,
-                                     "max_steps": opts.max_steps, "max_cloud": opts.max_cloud,
-                                     "max_nodata": opts.max_nodata, "every": opts.every}).encode()
+    meta[METADATA_KEY] = json.dumps(
+        {
+            "anchor": opts.anchor,
+            "with": list(opts.with_),
+            "share": opts.share,
+            "window": opts.window,
+            "min_steps": opts.min_steps,
+            "max_steps": opts.max_steps,
+            "max_cloud": opts.max_cloud,
+            "max_nodata": opts.max_nodata,
+            "every": opts.every,
+        }
+    ).encode()
     return out.replace_schema_metadata(meta)
 
 
@@ -756,7 +989,16 @@ def write_stacks(table: pa.Table, path: str | Path, row_group_size: int = 16_384
     """Write a stacks table as GeoParquet, atomically (a temporary file, then renamed), row
     groups in the table's order (places in index order: readers filtering by bbox skip whole
     row groups). Each row group's layouts dictionary holds only the items it uses (a Parquet
-    dictionary is written whole per row group: 10M-row indexes have thousands of items)."""
+    dictionary is written whole per row group: 10M-row indexes have thousands of items).
+
+    Args:
+        table: A stacks table (``build_stacks``).
+        path: A local file path.
+        row_group_size: Stacks per row group.
+
+    Returns:
+        The path written.
+    """
     import os
 
     path = Path(path)
@@ -764,8 +1006,10 @@ def write_stacks(table: pa.Table, path: str | Path, row_group_size: int = 16_384
     try:
         with pq.ParquetWriter(tmp, table.schema, compression="zstd") as writer:
             for start in range(0, max(table.num_rows, 1), row_group_size):
-                writer.write_table(_compact_dictionaries(table.slice(start, row_group_size)),
-                                   row_group_size=row_group_size)
+                writer.write_table(
+                    _compact_dictionaries(table.slice(start, row_group_size)),
+                    row_group_size=row_group_size,
+                )
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -778,7 +1022,9 @@ def _compact_dictionaries(part: pa.Table) -> pa.Table:
         if not (pa.types.is_list(f.type) and pa.types.is_dictionary(f.type.value_type)):
             continue
         col = part.column(i).combine_chunks()
-        raw = col.offsets.to_numpy()  # a slice's offsets are not rebased: its values start at raw[0]
+        raw = (
+            col.offsets.to_numpy()
+        )  # a slice's offsets are not rebased: its values start at raw[0]
         values = col.values.slice(int(raw[0]), int(raw[-1] - raw[0]))
         offsets = pa.array((raw - raw[0]).astype(np.int32))
         idx = values.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -794,7 +1040,17 @@ def _compact_dictionaries(part: pa.Table) -> pa.Table:
 
 
 def read_stacks(path: str | Path) -> pa.Table:
-    """A stacks table written by ``write_stacks``."""
+    """A stacks table written by ``write_stacks``.
+
+    Args:
+        path: The stacks file.
+
+    Returns:
+        The table (members' layouts stay dictionary-encoded).
+
+    Raises:
+        IndexFormatError: Not a readable stacks table.
+    """
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -805,10 +1061,16 @@ def read_stacks(path: str | Path) -> pa.Table:
 
 
 def stack_options(table: pa.Table) -> dict:
-    """The options a stacks table was built with."""
+    """The options a stacks table was built with (its ``stacchip:stacks`` metadata).
+
+    Args:
+        table: A stacks table.
+
+    Returns:
+        The options as a dict (empty when the table does not record them).
+    """
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
-
 
 
 def stack_arrays_for_output(stack: StackPixels, suffix: str, metadata: dict | None):
@@ -834,8 +1096,10 @@ def stack_arrays_for_output(stack: StackPixels, suffix: str, metadata: dict | No
             arrays[f"{p}_bands"] = np.asarray(stack.bands[p])
         return arrays, None, meta
     if not stack.crs or not stack.transform:
-        raise OutputError(f"stack {stack.stackid}: its CRS or transform is unknown (build the stacks from an "
-                          "index whose layouts record them), so it cannot be written as a GeoTIFF")
+        raise OutputError(
+            f"stack {stack.stackid}: its CRS or transform is unknown (build the stacks from an "
+            "index whose layouts record them), so it cannot be written as a GeoTIFF"
+        )
     import pyproj
 
     bands, names = [], []

@@ -66,7 +66,9 @@ class Window:
     col0: int = 0
 
 
-def _blocks(lay: AssetLayout, rows: tuple[int, int], cols: tuple[int, int]) -> list[tuple[int, int, int]]:
+def _blocks(
+    lay: AssetLayout, rows: tuple[int, int], cols: tuple[int, int]
+) -> list[tuple[int, int, int]]:
     """Square blocks ``(size, bx, by)`` of the asset's own grid that cover the window inside the
     image: whole tiles where the tile lies inside the image (one plan, one copy per tile), and
     ``WINDOW_BLOCK`` px blocks in the image's partial last tile row and column (the tile reader
@@ -82,11 +84,15 @@ def _blocks(lay: AssetLayout, rows: tuple[int, int], cols: tuple[int, int]) -> l
             B = WINDOW_BLOCK
             r0, r1 = max(rows[0], by * T), min(rows[1], (by + 1) * T, (lay.height // B) * B)
             c0, c1 = max(cols[0], bx * T), min(cols[1], (bx + 1) * T, (lay.width // B) * B)
-            out.extend((B, x, y) for y in range(r0 // B, -(-r1 // B)) for x in range(c0 // B, -(-c1 // B)))
+            out.extend(
+                (B, x, y) for y in range(r0 // B, -(-r1 // B)) for x in range(c0 // B, -(-c1 // B))
+            )
     return out
 
 
-def fetch(chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]) -> tuple[list[dict], list]:
+def fetch(
+    chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]
+) -> tuple[list[dict], list]:
     """Chips and native windows from layouts, all concurrently (requests = tiles touched).
 
     The one place stack reading touches the chip read path, on today's tile reader: a window is
@@ -138,16 +144,18 @@ def fetch(chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]) -> tup
             y0, x0 = by * size - w.rows[0], bx * size - w.cols[0]
             ys, xs = slice(max(0, y0), min(h, y0 + size)), slice(max(0, x0), min(wd, x0 + size))
             if ys.stop > ys.start and xs.stop > xs.start:
-                data[:, ys, xs] = got[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+                data[:, ys, xs] = got[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
                 read[ys, xs] = True
         out_windows.append(err if err is not None else Window(data, read, w.rows[0], w.cols[0]))
-    return results[:len(chips)], out_windows
+    return results[: len(chips)], out_windows
 
 
 def _member_table(stacks: list[dict]) -> list[list[dict]]:
     """Members of each stack as dicts (the list columns zipped)."""
-    names = [k[len("member_"):] for k in stacks[0] if k.startswith("member_")] if stacks else []
-    return [[dict(zip(names, vals)) for vals in zip(*(s[f"member_{n}"] for n in names))] for s in stacks]
+    names = [k[len("member_") :] for k in stacks[0] if k.startswith("member_")] if stacks else []
+    return [
+        [dict(zip(names, vals)) for vals in zip(*(s[f"member_{n}"] for n in names))] for s in stacks
+    ]
 
 
 @lru_cache(maxsize=64)
@@ -157,8 +165,9 @@ def _transformer(src: str, dst: str):
     return pyproj.Transformer.from_crs(src, dst, always_xy=True)
 
 
-def _native_window(lay: AssetLayout, anchor_t: Sequence[float], cs: int, anchor_crs: str, crs: str,
-                   margin: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+def _native_window(
+    lay: AssetLayout, anchor_t: Sequence[float], cs: int, anchor_crs: str, crs: str, margin: int
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """Rows and cols of the asset covering the anchor window (edges sampled), plus ``margin``."""
     a, _, c, _, e, f = anchor_t
     t = np.linspace(0, cs, 17)
@@ -189,8 +198,12 @@ class StackReader:
         margin: Native pixels fetched around a warped member's footprint.
     """
 
-    def __init__(self, bands: dict[str, Sequence[str]] | Sequence[str] | None = None, resampling: str = "nearest",
-                 margin: int = MARGIN) -> None:
+    def __init__(
+        self,
+        bands: dict[str, Sequence[str]] | Sequence[str] | None = None,
+        resampling: str = "nearest",
+        margin: int = MARGIN,
+    ) -> None:
         if resampling not in ("nearest", "bilinear"):
             raise StackError(f"resampling must be 'nearest' or 'bilinear', got {resampling!r}")
         self.bands, self.resampling, self.margin = bands, resampling, margin
@@ -219,19 +232,30 @@ class StackReader:
             keys = band.keys if band else (name,)
             key = next((lower[k.lower()] for k in keys if k.lower() in lower), None)
             if key is None:
-                raise StackError(f"band {name!r} of {platform} has no asset in the member's layouts "
-                                 f"(assets: {', '.join(lays)})")
+                raise StackError(
+                    f"band {name!r} of {platform} has no asset in the member's layouts "
+                    f"(assets: {', '.join(lays)})"
+                )
             out.append((key, band.index if band else 1, band in p.aux if band else False))
         return out
 
     def read(self, stack: dict) -> StackPixels:
+        """One stack (a row of a stacks table as a dict); raises its ``StackError``."""
         result = self.read_many([stack])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
     def read_many(self, stacks: list[dict]) -> list[StackPixels | StackError]:
-        """Stacks (rows of a stacks table as dicts), all their members fetched concurrently."""
+        """Stacks (rows of a stacks table as dicts), all their members fetched concurrently.
+
+        Args:
+            stacks: Rows of a stacks table (``table.to_pylist()``).
+
+        Returns:
+            Per stack its ``StackPixels``, or the ``StackError`` that stopped it (a member
+            whose object is gone, a band the member lacks): one stack fails, not the batch.
+        """
         try:
             return self._read_many(stacks)
         except AssetError:
@@ -264,27 +288,43 @@ class StackReader:
 
     def _plan(self, s: dict, m: dict, chips: list, windows: list):
         if not m["layouts"]:
-            raise StackError(f"member {m['chipid']} has no COG layouts in the index (re-index it with layouts)")
+            raise StackError(
+                f"member {m['chipid']} has no COG layouts in the index (re-index it with layouts)"
+            )
         lays = decoded.get(m["layouts"])
         sources = self._sources(m["platform"], lays)
         keys = list(dict.fromkeys(k for k, _, _ in sources))
         if m["exact"]:
-            chips.append(ChipRequest(lays, keys, GridSpec.from_layouts(lays, int(m["chip_size"])),
-                                     (int(m["chip_index_x"]), int(m["chip_index_y"]))))
+            chips.append(
+                ChipRequest(
+                    lays,
+                    keys,
+                    GridSpec.from_layouts(lays, int(m["chip_size"])),
+                    (int(m["chip_index_x"]), int(m["chip_index_y"])),
+                )
+            )
             return ("exact", m, lays, sources, len(chips) - 1)
         if s.get("transform") is None or not s.get("crs") or not m.get("crs"):
-            raise StackError(f"member {m['chipid']}: the anchor's or the member's grid is unknown "
-                             "(build the stacks from an index whose layouts record grid and CRS)")
+            raise StackError(
+                f"member {m['chipid']}: the anchor's or the member's grid is unknown "
+                "(build the stacks from an index whose layouts record grid and CRS)"
+            )
         idx = {}
         for k in keys:
-            win = _native_window(lays[k], s["transform"], int(s["chip_size"]), s["crs"], m["crs"], self.margin)
+            win = _native_window(
+                lays[k], s["transform"], int(s["chip_size"]), s["crs"], m["crs"], self.margin
+            )
             if win is None:
-                raise StackError(f"member {m['chipid']}: asset {k} does not reach the anchor window")
+                raise StackError(
+                    f"member {m['chipid']}: asset {k} does not reach the anchor window"
+                )
             windows.append(WindowRequest(lays, k, *win))
             idx[k] = len(windows) - 1
         return ("warp", m, lays, sources, idx)
 
-    def _assemble(self, s: dict, plan: list, chip_res: list, win_res: list) -> StackPixels | StackError:
+    def _assemble(
+        self, s: dict, plan: list, chip_res: list, win_res: list
+    ) -> StackPixels | StackError:
         if plan and isinstance(plan[0], StackError):
             return plan[0]
         cs = int(s["chip_size"])
@@ -298,24 +338,37 @@ class StackReader:
                 if kind == "exact":
                     data, valid = self._exact(m, lays, sources, chip_res[req])
                 else:
-                    data, valid = self._warp(s, m, lays, sources, {k: win_res[i] for k, i in req.items()}, cs)
+                    data, valid = self._warp(
+                        s, m, lays, sources, {k: win_res[i] for k, i in req.items()}, cs
+                    )
             except StackError as exc:
                 return StackError(f"stack {s['stackid']}: {exc}")
             arrays.setdefault(m["platform"], []).append(data)
             valids.setdefault(m["platform"], []).append(valid)
             dates.setdefault(m["platform"], []).append(m["date"])
             ids.setdefault(m["platform"], []).append(m["chipid"])
-            rows.setdefault(m["platform"], []).append({k: v for k, v in m.items() if k != "layouts"})
+            rows.setdefault(m["platform"], []).append(
+                {k: v for k, v in m.items() if k != "layouts"}
+            )
         return StackPixels(
-            stackid=s["stackid"], anchor=s["platform"],
-            pixels={p: np.stack(v) for p, v in arrays.items()}, valid={p: np.stack(v) for p, v in valids.items()},
-            dates=dates, bands={p: self.band_names(p) for p in arrays}, crs=s.get("crs"),
-            transform=s.get("transform"), members=ids, rows=rows)
+            stackid=s["stackid"],
+            anchor=s["platform"],
+            pixels={p: np.stack(v) for p, v in arrays.items()},
+            valid={p: np.stack(v) for p, v in valids.items()},
+            dates=dates,
+            bands={p: self.band_names(p) for p in arrays},
+            crs=s.get("crs"),
+            transform=s.get("transform"),
+            members=ids,
+            rows=rows,
+        )
 
     @staticmethod
     def _gone(m: dict, key: str, exc: Exception) -> StackError:
-        return StackError(f"member {m['chipid']} ({m['platform']}, {m['date']}): asset {key!r} of item "
-                          f"{m['item_id']!r} cannot be read from its layout: {exc or type(exc).__name__}")
+        return StackError(
+            f"member {m['chipid']} ({m['platform']}, {m['date']}): asset {key!r} of item "
+            f"{m['item_id']!r} cannot be read from its layout: {exc or type(exc).__name__}"
+        )
 
     def _exact(self, m, lays, sources, res: dict) -> tuple[np.ndarray, np.ndarray]:
         for k, v in res.items():
@@ -342,18 +395,40 @@ class StackReader:
         masks: dict[str, np.ndarray] = {}
         for i, (k, b, aux) in enumerate(sources):
             lay, w = lays[k], wins[k]
-            src_t = _affine((lay.transform[0], 0.0, lay.transform[1], 0.0, lay.transform[2], lay.transform[3]))
+            src_t = _affine(
+                (lay.transform[0], 0.0, lay.transform[1], 0.0, lay.transform[2], lay.transform[3])
+            )
             src_t = src_t @ _translation(w.col0, w.row0)
             band = w.data[b - 1].astype(np.float32)
             ok = w.read & _valid(band, lay.nodata)
             band = np.where(ok, band, np.nan).astype(np.float32)
-            method = Resampling.nearest if aux or self.resampling == "nearest" else Resampling.bilinear
-            reproject(band, out[i], src_transform=src_t, src_crs=src_crs, dst_transform=dst_t, dst_crs=dst_crs,
-                      src_nodata=np.nan, dst_nodata=np.nan, resampling=method)
+            method = (
+                Resampling.nearest if aux or self.resampling == "nearest" else Resampling.bilinear
+            )
+            reproject(
+                band,
+                out[i],
+                src_transform=src_t,
+                src_crs=src_crs,
+                dst_transform=dst_t,
+                dst_crs=dst_crs,
+                src_nodata=np.nan,
+                dst_nodata=np.nan,
+                resampling=method,
+            )
             if k not in masks:
                 mask = np.zeros((cs, cs), np.uint8)
-                reproject(ok.astype(np.uint8), mask, src_transform=src_t, src_crs=src_crs, dst_transform=dst_t,
-                          dst_crs=dst_crs, src_nodata=None, dst_nodata=0, resampling=Resampling.nearest)
+                reproject(
+                    ok.astype(np.uint8),
+                    mask,
+                    src_transform=src_t,
+                    src_crs=src_crs,
+                    dst_transform=dst_t,
+                    dst_crs=dst_crs,
+                    src_nodata=None,
+                    dst_nodata=0,
+                    resampling=Resampling.nearest,
+                )
                 masks[k] = mask.astype(bool)
             valid &= masks[k] & np.isfinite(out[i])
         return out, valid
@@ -380,6 +455,7 @@ def _translation(cols: int, rows: int):
 
 # --- a dataset ---------------------------------------------------------------------------------
 
+
 class StackDataset:
     """``dataset[i] -> {"pixels": float32 (T, C, H, W) of the anchor platform, "valid": bool
     (T, H, W), "time": int64 (T,) days since 1970-01-01, "dates": [ISO dates], "stackid",
@@ -392,9 +468,15 @@ class StackDataset:
     ``errors="skip"`` drops stacks that cannot be read from a batch (logged) instead of raising.
     """
 
-    def __init__(self, stacks: str | pa.Table, bands: dict[str, Sequence[str]] | Sequence[str] | None = None,
-                 transform: Callable[[dict], dict] | None = None, steps: int | None = None,
-                 resampling: str = "nearest", errors: str = "raise") -> None:
+    def __init__(
+        self,
+        stacks: str | pa.Table,
+        bands: dict[str, Sequence[str]] | Sequence[str] | None = None,
+        transform: Callable[[dict], dict] | None = None,
+        steps: int | None = None,
+        resampling: str = "nearest",
+        errors: str = "raise",
+    ) -> None:
         table = read_stacks(stacks) if not isinstance(stacks, pa.Table) else stacks
         if errors not in ("raise", "skip"):
             raise StackError(f"errors must be 'raise' or 'skip', got {errors!r}")
@@ -436,21 +518,29 @@ class StackDataset:
         if self.steps is None or len(arr) == self.steps:
             return arr
         if len(arr) > self.steps:
-            return arr[:self.steps]
+            return arr[: self.steps]
         pad = np.full((self.steps - len(arr), *arr.shape[1:]), fill, arr.dtype)
         return np.concatenate([arr, pad])
 
     def _sample(self, row: dict, res: StackPixels) -> dict:
         def part(p: str) -> dict:
             days = np.array([(d - date(1970, 1, 1)).days for d in res.dates[p]], np.int64)
-            return {"pixels": self._fit(res.pixels[p], 0), "valid": self._fit(res.valid[p], False),
-                    "time": self._fit(days, -1)}
+            return {
+                "pixels": self._fit(res.pixels[p], 0),
+                "valid": self._fit(res.valid[p], False),
+                "time": self._fit(days, -1),
+            }
 
         bbox = row["bbox"]
         anchor = part(res.anchor)
-        sample = {**anchor, "dates": [d.isoformat() for d in res.dates[res.anchor]][:self.steps or None],
-                  "stackid": row["stackid"], "platform": row["platform"],
-                  "lon": (bbox["xmin"] + bbox["xmax"]) / 2, "lat": (bbox["ymin"] + bbox["ymax"]) / 2}
+        sample = {
+            **anchor,
+            "dates": [d.isoformat() for d in res.dates[res.anchor]][: self.steps or None],
+            "stackid": row["stackid"],
+            "platform": row["platform"],
+            "lon": (bbox["xmin"] + bbox["xmax"]) / 2,
+            "lat": (bbox["ymin"] + bbox["ymax"]) / 2,
+        }
         others = {p: part(p) for p in res.pixels if p != res.anchor}
         if others:
             sample["sensors"] = others
