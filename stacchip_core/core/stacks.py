@@ -536,8 +536,8 @@ def build_stacks(
             the layouts record their CRS (once per item, here: readers then need none).
 
     Returns:
-        The stacks table (one row per stack; see ``STACK_SCHEMA`` and docs/stacks.md) with its
-        GeoParquet metadata.
+        The stacks table (one row per stack, members as list columns: ``MEMBER_FIELDS``;
+        docs/stacks.md) with its GeoParquet metadata.
 
     Raises:
         StackError: Contradicting options.
