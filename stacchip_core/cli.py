@@ -198,12 +198,16 @@ def merge(src, dst) -> None:
 @click.option("--max-cloud", type=click.FloatRange(0, 1), help="Drop steps with a larger cloud fraction.")
 @click.option("--max-nodata", type=click.FloatRange(0, 1), help="Drop steps with a larger nodata fraction.")
 @click.option("--every", type=click.IntRange(min=1), help="One step per this many days, the clearest.")
-def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps, max_cloud, max_nodata, every) -> None:
+@click.option("--region", type=float, nargs=4, metavar="W S E N",
+              help="Only stacks whose anchor centre lies in [W, E) x [S, N) (lon/lat): one run per region.")
+def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps, max_cloud, max_nodata, every,
+          region) -> None:
     """Group the chips of INDEX into stacks of the same place (time series, other sensors)."""
     from stacchip_core.core.stacks import build_stacks, write_stacks
 
     table = build_stacks(index_path, anchor=anchor, with_=with_, share=share, window=window, min_steps=min_steps,
-                         max_steps=max_steps, max_cloud=max_cloud, max_nodata=max_nodata, every=every)
+                         max_steps=max_steps, max_cloud=max_cloud, max_nodata=max_nodata, every=every,
+                         region=tuple(region) if region else None)
     write_stacks(table, output)
     members = sum(len(v) for v in table["member_chipid"].to_pylist()) if table.num_rows else 0
     click.echo(f"{output}: {table.num_rows} stacks, {members} members")

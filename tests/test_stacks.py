@@ -719,3 +719,45 @@ def test_native_windows_equal_the_file_and_mark_the_unread_edge(
     expected[:nr, :nc] = True
     np.testing.assert_array_equal(win.read, expected)
     np.testing.assert_array_equal(win.data[0, :nr, :nc], data[0, r0 : r0 + nr, c0 : c0 + nc])
+
+
+@pytest.mark.parametrize("with_", [(), ("s1",)])
+def test_regions_that_tile_an_area_give_each_stack_once(tmp_path, with_):
+    """Places at 0, 0.01 and 5 degrees; regions split at 0.01 (half-open: the place whose centre
+    is 0.01 + 0.01 falls east) and at 3; an S1 item across the split still joins (a margin)."""
+    spec = [
+        {"item": "a", "date": "2024-01-01", "box": PLACE},
+        {"item": "b", "date": "2024-01-06", "box": PLACE},
+        {"item": "e", "date": "2024-01-06", "box": (0.01, 0.0, 0.03, 0.02), "x": 1},
+        {"item": "c", "date": "2024-01-06", "box": ELSEWHERE},
+        {"item": "s1", "platform": "s1", "date": "2024-01-04", "box": (-0.01, -0.01, 5.1, 5.1)},
+    ]
+    write_index(index(spec), tmp_path / "index.parquet")
+    kw = {"anchor": "s2", "with_": with_, "window": 5}
+    full = build_stacks(tmp_path / "index.parquet", **kw)
+    regions = [(-180, -90, 0.015, 90), (0.015, -90, 3, 90), (3, -90, 180, 90), (100, 0, 101, 1)]
+    parts = [build_stacks(tmp_path / "index.parquet", region=r, **kw) for r in regions]
+    assert [p["stackid"].to_pylist() for p in parts] == [
+        ["s2-a-0-0"],
+        ["s2-e-1-0"],
+        ["s2-c-0-0"],
+        [],
+    ]
+    got = {k: v for p in parts for k, v in zip(p["stackid"].to_pylist(), members(p))}
+    assert got == dict(zip(full["stackid"].to_pylist(), members(full)))
+    assert all(m[-1] == "s1-0-0" for m in got.values()) == bool(with_)
+    r = run_cli(
+        "stack",
+        tmp_path / "index.parquet",
+        "-o",
+        tmp_path / "r.parquet",
+        "--anchor",
+        "s2",
+        "--region",
+        "3",
+        "-90",
+        "180",
+        "90",
+    )
+    assert r.returncode == 0, r.stderr
+    assert read_stacks(tmp_path / "r.parquet")["stackid"].to_pylist() == ["s2-c-0-0"]

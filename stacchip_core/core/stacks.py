@@ -90,6 +90,7 @@ class StackOptions:
     max_nodata: float | None = None
     every: int | None = None
     resolve_crs: bool = True
+    region: tuple[float, float, float, float] | None = None
 
     def check(self) -> None:
         if self.with_ and not self.anchor:
@@ -144,16 +145,17 @@ class StackPixels:
 # --- reading the index -------------------------------------------------------------------
 
 
-def _load(index: str | Path | pa.Table, columns: list[str]) -> pa.Table:
+def _load(index: str | Path | pa.Table, columns: list[str], filters=None) -> pa.Table:
     if isinstance(index, pa.Table):
         table = index.select([c for c in columns if c in index.column_names])
-        return _dict_encode(table)
+        return _dict_encode(table.filter(filters) if filters is not None else table)
     try:
         schema = pq.read_schema(index) if Path(index).is_file() else None
         names = schema.names if schema is not None else pq.ParquetDataset(index).schema.names
         cols = [c for c in columns if c in names]
+        dicts = [c for c in _DICT if c in cols]
         return _dict_encode(
-            pq.read_table(index, columns=cols, read_dictionary=[c for c in _DICT if c in cols])
+            pq.read_table(index, columns=cols, read_dictionary=dicts, filters=filters)
         )
     except (pa.ArrowInvalid, OSError) as exc:
         raise IndexFormatError(f"{index} is not a readable index: {exc}") from exc
@@ -434,27 +436,48 @@ def _pair_areas(a, b, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return out
 
 
+def _touched_cells(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, cell) for every ``CELL`` degree cell each bbox touches (antimeridian-crossing
+    boxes: the cell of their west edge only)."""
+    x0, x1 = (
+        np.floor(bounds[:, 0] / CELL).astype(np.int64),
+        np.floor(bounds[:, 2] / CELL).astype(np.int64),
+    )
+    y0, y1 = (
+        np.floor(bounds[:, 1] / CELL).astype(np.int64),
+        np.floor(bounds[:, 3] / CELL).astype(np.int64),
+    )
+    nx, ny = np.maximum(x1 - x0 + 1, 1), np.maximum(y1 - y0 + 1, 1)
+    counts = nx * ny
+    rows = np.repeat(np.arange(len(bounds)), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.r_[0, np.cumsum(counts)[:-1]], counts)
+    return rows, (x0[rows] + k % nx[rows]) * 100_000 + (y0[rows] + k // nx[rows])
+
+
 def _overlaps(anchor_geoms, anchor_bounds: np.ndarray, cand_geoms, cand_bounds: np.ndarray):
     """(anchor i, candidate j, intersection area / anchor area) of intersecting pairs, one
-    1-degree cell of anchors at a time (candidates from the cell and its neighbours)."""
+    1-degree cell of anchors (by their centre) at a time, against the candidates that touch
+    the cell or its neighbours (a candidate is listed in every cell its bbox touches, so
+    footprints larger than a cell are found too)."""
     import shapely
 
-    a_cell, c_cell = _cells(anchor_bounds), _cells(cand_bounds)
+    a_cell = _cells(anchor_bounds)
+    a_order = np.argsort(a_cell, kind="stable")
+    a_sorted = a_cell[a_order]
+    c_rows, c_cell = _touched_cells(cand_bounds)
     c_order = np.argsort(c_cell, kind="stable")
-    c_sorted = c_cell[c_order]
+    c_sorted, c_rows = c_cell[c_order], c_rows[c_order]
     out_i, out_j, out_s = [], [], []
     areas = shapely.area(anchor_geoms)
     anchors = (anchor_geoms, *_quads(anchor_geoms))
     cands = (cand_geoms, *_quads(cand_geoms))
-    for cell in np.unique(a_cell):
-        ai = np.flatnonzero(a_cell == cell)
+    cells, starts = np.unique(a_sorted, return_index=True)
+    ends = np.r_[starts[1:], len(a_sorted)]
+    for cell, s0, s1 in zip(cells, starts, ends):
+        ai = a_order[s0:s1]
         near = [cell + dx * 100_000 + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
         lo, hi = np.searchsorted(c_sorted, near, "left"), np.searchsorted(c_sorted, near, "right")
-        cj = (
-            np.concatenate([c_order[a:b] for a, b in zip(lo, hi)])
-            if len(near)
-            else np.empty(0, np.int64)
-        )
+        cj = np.unique(c_rows[_ranges(lo, hi)])
         if not len(cj):
             continue
         tree = shapely.STRtree(shapely.box(*cand_bounds[cj].T))
@@ -518,6 +541,7 @@ def build_stacks(
     max_nodata: float | None = None,
     every: int | None = None,
     resolve_crs: bool = True,
+    region: tuple[float, float, float, float] | None = None,
 ) -> pa.Table:
     """Group the rows of a chip index into stacks of the same place.
 
@@ -534,6 +558,10 @@ def build_stacks(
         every: One step per interval of this many days (from 1970-01-01), the clearest.
         resolve_crs: Read the item JSON of items with warped members when neither the index nor
             the layouts record their CRS (once per item, here: readers then need none).
+        region: ``(west, south, east, north)``: only stacks whose anchor footprint's centre lies
+            in ``[west, east) x [south, north)``, reading only the rows near it (Parquet
+            statistics skip the rest). Regions that tile an area give each stack exactly once:
+            one process per region bounds the memory of any index size.
 
     Returns:
         The stacks table (one row per stack, members as list columns: ``MEMBER_FIELDS``;
@@ -555,8 +583,20 @@ def build_stacks(
         max_nodata,
         every,
         resolve_crs,
+        region,
     )
     opts.check()
+    if region is not None:
+        # the region's rows (and, for joining sensors, a margin around it), geometry included
+        margin = 0.5 if opts.with_ else 0.0
+        w, so, e, no = region
+        near = (
+            (pc.field("bbox", "xmax") >= w - margin)
+            & (pc.field("bbox", "xmin") <= e + margin)
+            & (pc.field("bbox", "ymax") >= so - margin)
+            & (pc.field("bbox", "ymin") <= no + margin)
+        )
+        index = _load(index, _LIGHT + ["crs", "geometry"], near)
     source = index if isinstance(index, pa.Table) else None
     table = _load(index, _LIGHT + ["crs"])
     missing = [
@@ -587,6 +627,8 @@ def build_stacks(
         ok &= nodata <= max_nodata
     platform_codes, platforms = _codes(table.column("platform"))
     if anchor is not None:
+        if anchor not in platforms and region is not None:  # a region without it: no stacks
+            platforms = [*platforms, anchor]
         if anchor not in platforms:
             raise NotFoundError(
                 f"no rows of platform {anchor!r} in the index (it has {sorted(platforms)})"
@@ -595,6 +637,9 @@ def build_stacks(
     else:
         is_anchor = np.ones(n, bool)
     bounds = _bounds(table)
+    if region is not None:
+        cx, cy = (bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2
+        is_anchor &= (cx >= region[0]) & (cx < region[2]) & (cy >= region[1]) & (cy < region[3])
     day = table.column("date").cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
     score = _score(cloud, nodata)
     # anchor steps: grouped by place, one per day, filtered
@@ -686,7 +731,10 @@ def _join_others(
     wanted = [platforms.index(p) for p in opts.with_ if p in platforms]
     if len(wanted) < len(opts.with_):
         absent = [p for p in opts.with_ if p not in platforms]
-        raise NotFoundError(f"no rows of platform(s) {absent} in the index")
+        if opts.region is None:
+            raise NotFoundError(f"no rows of platform(s) {absent} in the index")
+        none = np.empty(0, np.int64)  # a region without them: no anchor step is joined
+        return none, none, {k: none for k in ("anchor_row", "row", "coverage", "cloud", "nodata")}
     cand = np.flatnonzero(np.isin(platform_codes, wanted))
     # anchors as places (their footprint) vs candidate rows, then times and items
     first = _first_per([gid], [np.arange(len(gid))])
