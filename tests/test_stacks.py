@@ -761,3 +761,22 @@ def test_regions_that_tile_an_area_give_each_stack_once(tmp_path, with_):
     )
     assert r.returncode == 0, r.stderr
     assert read_stacks(tmp_path / "r.parquet")["stackid"].to_pylist() == ["s2-c-0-0"]
+
+
+def test_a_series_without_crs_is_written_where_its_item_lies(place, tmp_path):
+    """An exact series built from layouts without CRS: the GeoTIFF takes the first member's
+    item grid; its pixels are the series' steps, band by band."""
+    from stacchip_core.core.output import write_chip
+    from stacchip_core.training.stacks import StackReader
+
+    _, idx = place
+    row = build_stacks(idx, anchor=S2, min_steps=6).to_pylist()[3]
+    assert row["crs"] is None
+    ts = StackReader({S2: ["red"]}).read(row)
+    tif = write_chip(tmp_path / "series.tif", ts)
+    with rasterio.open(tif) as ds:
+        x, y = row["chip_index_x"], row["chip_index_y"]
+        assert ds.crs.to_epsg() == 32720 and ds.count == 6
+        assert ds.transform == rasterio.Affine(10, 0, 767780 + 2560 * x, 0, -10, 6167440 - 2560 * y)
+        np.testing.assert_array_equal(ds.read(), ts.series[:, 0])
+        assert ds.descriptions[5] == f"{S2} 2023-02-24 red"

@@ -1143,18 +1143,29 @@ def stack_arrays_for_output(stack: StackPixels, suffix: str, metadata: dict | No
             arrays[f"{p}_dates"] = np.asarray([d.isoformat() for d in stack.dates[p]])
             arrays[f"{p}_bands"] = np.asarray(stack.bands[p])
         return arrays, None, meta
-    if not stack.crs or not stack.transform:
+    import pyproj
+
+    if stack.crs and stack.transform:
+        transform, crs = Affine(*stack.transform[:6]), pyproj.CRS.from_user_input(stack.crs)
+    elif stack.rows.get(stack.anchor) and stack.rows[stack.anchor][0].get("item_href"):
+        # an exact series built without CRS: its first member's item says where it lies
+        from stacchip_core.core.chipper import item_for_row
+        from stacchip_core.core.grid import ChipGrid
+
+        row = stack.rows[stack.anchor][0]
+        grid = ChipGrid.from_item(item_for_row(row), int(row["chip_size"]))
+        col, top, _, _ = grid.window(int(row["chip_index_x"]), int(row["chip_index_y"]))
+        transform, crs = grid.transform @ Affine.translation(col, top), grid.crs
+    else:
         raise OutputError(
             f"stack {stack.stackid}: its CRS or transform is unknown (build the stacks from an "
             "index whose layouts record them), so it cannot be written as a GeoTIFF"
         )
-    import pyproj
-
     bands, names = [], []
     for p, px in stack.pixels.items():
         for t, d in enumerate(stack.dates[p]):
             for c, name in enumerate(stack.bands[p]):
                 bands.append(np.where(stack.valid[p][t], px[t, c], np.nan).astype(np.float32))
                 names.append(f"{p} {d.isoformat()} {name}")
-    georef = (Affine(*stack.transform[:6]), pyproj.CRS.from_user_input(stack.crs).to_wkt(), names)
+    georef = (transform, crs.to_wkt(), names)
     return {"stack": np.stack(bands)}, georef, meta
