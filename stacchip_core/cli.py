@@ -184,12 +184,16 @@ def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath, no
 @click.option("--assets", help="Comma-separated asset keys or band names (default: the platform's bands).")
 @click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz, .tif or .png (RGB preview).")
-def chip(index_path, row, chipid, assets, mountpath, output) -> None:
+@click.option("--stack", "stackid", help="A stack id: INDEX is then a stacks table (stacchip stack); .npz or .tif.")
+def chip(index_path, row, chipid, assets, mountpath, output, stackid) -> None:
     """Read the pixels of one chip of INDEX into OUTPUT."""
     from stacchip_core.core.chipper import chip_from_row
     from stacchip_core.core.index import find_row
     from stacchip_core.core.output import write_chip
 
+    if stackid is not None:
+        _write_stack(index_path, stackid, assets, output)
+        return
     if (row is None) == (chipid is None):
         raise click.UsageError("give exactly one of --row or --chipid")
     record = find_row(index_path, row=row, chipid=chipid)
@@ -197,6 +201,26 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
     write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
     echo(f"{output}: {record['chipid']}: {shapes}")
+
+
+def _write_stack(path: Path, stackid: str, bands: str | None, output: Path) -> None:
+    import pyarrow.compute as pc
+
+    from stacchip_core.core.output import write_chip
+    from stacchip_core.core.stacks import read_stacks
+    from stacchip_core.errors import NotFoundError
+    from stacchip_core.training.stacks import StackReader
+
+    table = read_stacks(path)
+    found = table.filter(pc.equal(table["stackid"], stackid))
+    if not found.num_rows:
+        raise NotFoundError(f"stack {stackid!r} is not in {path}")
+    record = found.slice(0, 1).to_pylist()[0]
+    # --assets names the anchor platform's bands; other platforms read their canonical bands
+    pixels = StackReader({record["platform"]: bands.split(",")} if bands else None).read(record)
+    write_chip(output, pixels)
+    shapes = ", ".join(f"{p} {v.shape}" for p, v in pixels.pixels.items())
+    echo(f"{output}: {stackid}: {shapes}")
 
 
 @cli.command()
@@ -208,6 +232,36 @@ def merge(src, dst) -> None:
 
     result = merge_indexes(src, dst)
     echo(f"{result.output}: {result.rows} chips from {result.files} index files")
+
+
+@cli.command()
+@click.argument("index_path", metavar="INDEX")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Stacks GeoParquet file to write.")
+@click.option("--anchor", help="Platform whose chips anchor the stacks (default: each platform its own).")
+@click.option("--with", "with_", multiple=True, help="Platform whose items join each anchor step (repeatable).")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Least share of the anchor chip a joining item covers.")
+@click.option("--window", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Days between an anchor step and a joining item, at most.")
+@click.option("--min-steps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Keep the clearest N steps.")
+@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Drop steps with a larger cloud fraction.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Drop steps with a larger nodata fraction.")
+@click.option("--every", type=click.IntRange(min=1), help="One step per this many days, the clearest.")
+@click.option("--region", type=float, nargs=4, metavar="W S E N",
+              help="Only stacks whose anchor centre lies in [W, E) x [S, N) (lon/lat): one run per region.")
+def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps, max_cloud, max_nodata, every,
+          region) -> None:
+    """Group the chips of INDEX into stacks of the same place (time series, other sensors)."""
+    from stacchip_core.core.stacks import build_stacks, write_stacks
+
+    table = build_stacks(index_path, anchor=anchor, with_=with_, share=share, window=window, min_steps=min_steps,
+                         max_steps=max_steps, max_cloud=max_cloud, max_nodata=max_nodata, every=every,
+                         region=tuple(region) if region else None)
+    write_stacks(table, output)
+    members = sum(len(v) for v in table["member_chipid"].to_pylist()) if table.num_rows else 0
+    echo(f"{output}: {table.num_rows} stacks, {members} members")
 
 
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
@@ -384,6 +438,10 @@ def demo(out: Path) -> None:
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
     echo(f"read:     {t.chips_read} chips in {t.read_seconds:.2f} s ({t.chips_read_per_second:.1f} chips/s, "
          f"{t.read_requests} requests, {t.read_fallbacks} fallbacks; previews drawn in {t.draw_seconds:.1f} s)")
+    if result.stacks is not None:
+        st = result.stacks
+        echo(f"stacks:   {st.series_stacks} time series ({st.series_steps} steps previewed), {st.pair_stacks} "
+             f"{' + '.join(st.pair_platforms)} stacks: {st.series_preview}, {st.pair_preview}")
 
 
 def _add_plugin_authoring() -> None:

@@ -178,3 +178,58 @@ def _with_labels(canvas: np.ndarray, labels: list[tuple[int, int, str]], width: 
         rows = min(mask.shape[0], out.shape[0] - row)
         out[row:row + rows, col:col + mask.shape[1]][mask[:rows]] = TEXT
     return out
+
+
+def stack_strip(tiles: list[np.ndarray], labels: list[str], path: Path) -> dict:
+    """Tiles (3, h, w) uint8 in one row, each with its label under it."""
+    cs = max(t.shape[1] for t in tiles)
+    height, width = GAP + cs + LABEL + GAP, GAP + len(tiles) * (cs + GAP)
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    origins = []
+    for i, tile in enumerate(tiles):
+        r0, c0 = tile_origin(i, len(tiles), cs)
+        canvas[r0:r0 + tile.shape[1], c0:c0 + tile.shape[2]] = tile.transpose(1, 2, 0)
+        origins.append((r0, c0))
+    canvas = _with_labels(canvas, [(r0 + cs + 4, c0, text) for (r0, c0), text in zip(origins, labels)], cs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path, canvas.transpose(2, 0, 1))
+    return {"path": path, "origins": origins, "chip_size": cs}
+
+
+def _rgb(pixels: np.ndarray, valid: np.ndarray, names: list[str], top: float = 75) -> np.ndarray:
+    """Colour of members (T, C, h, w) of one platform, one stretch for all steps (so dates
+    compare): red, green, blue, else log backscatter in grey; black where not valid."""
+    data = np.where(valid[:, None], pixels, np.nan)
+    if "red" in names:
+        data = data[:, [names.index(b) for b in ("red", "green", "blue") if b in names]]
+    else:
+        data = np.log10(np.where(data[:, :1] > 0, data[:, :1], np.nan))
+    data = np.repeat(data, 3 // data.shape[1], axis=1) if data.shape[1] < 3 else data[:, :3]
+    out = np.zeros(data.shape, np.uint8)
+    for b in range(3):
+        values = data[:, b][np.isfinite(data[:, b])]
+        if not values.size:
+            continue
+        lo, hi = np.percentile(values, [2, top])  # 75: clouds (the brightest quarter at most) saturate
+        hi = lo + 1.3 * (hi - lo)
+        out[:, b] = np.nan_to_num(np.clip((data[:, b] - lo) * (255.0 / (hi - lo) if hi > lo else 0.0), 0, 255))
+    return out
+
+
+def series_preview(stack, clouds: list[float], path: Path) -> dict:
+    """A time series (``StackPixels``) as a strip of colour tiles, date and cloud fraction
+    under each step, invalid pixels black."""
+    p = stack.anchor
+    tiles = list(_rgb(stack.pixels[p], stack.valid[p], stack.bands[p]))
+    labels = [f"{d.isoformat()}  cloud {c:.2f}" for d, c in zip(stack.dates[p], clouds)]
+    return stack_strip(tiles, labels, path)
+
+
+def pair_preview(stack, path: Path) -> dict:
+    """A multi-sensor stack's first step: each platform's member on the anchor window, side by
+    side (radar in grey), platform and date under each."""
+    tiles, labels = [], []
+    for p, px in stack.pixels.items():
+        tiles.append(_rgb(px[:1], stack.valid[p][:1], stack.bands[p], top=90)[0])
+        labels.append(f"{p} {stack.dates[p][0].isoformat()}")
+    return stack_strip(tiles, labels, path)

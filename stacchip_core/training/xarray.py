@@ -138,3 +138,41 @@ def write_prediction(path: str | Path, output, row: dict, names: Sequence[str] |
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def stack_dataarray(stack, platform: str | None = None, mountpath=None):
+    """A stack's members of one platform (default: the anchor's) as ``xarray.DataArray``
+    ``(time, band, y, x)`` of float32, NaN where not valid, with the members' dates as ``time``,
+    pixel-centre coordinates and the CRS of the anchor window; ``attrs`` hold ``stackid``,
+    ``platform`` and ``chipids``.
+
+    Args:
+        stack: A ``StackPixels`` (``StackReader.read``).
+        platform: Which platform's members (the anchor's by default).
+        mountpath: Where item hrefs map to, when the stack does not know its CRS and the first
+            member's item JSON must say it.
+
+    Returns:
+        The DataArray.
+
+    Raises:
+        ShapeError: The stack has no member of ``platform``.
+    """
+    import xarray as xr
+
+    name = platform or stack.anchor
+    if name not in stack.pixels:
+        raise ShapeError(f"stack {stack.stackid} has no member of {name!r} (it has {', '.join(stack.pixels)})")
+    data = np.where(stack.valid[name][:, None], stack.pixels[name], np.nan).astype(np.float32)
+    _, _, h, w = data.shape
+    if stack.crs and stack.transform:
+        geo = ChipGeoref(Affine(*stack.transform[:6]), pyproj.CRS.from_user_input(stack.crs), h, w, None)
+    else:  # an exact series built without CRS: its first member's item says where it lies
+        geo = chip_georef(stack.rows[stack.anchor][0], mountpath)
+    one = _dataarray(data[0], geo, stack.bands[name], {})
+    times = np.array([np.datetime64(d, "ns") for d in stack.dates[name]])
+    da = xr.DataArray(data, dims=("time", "band", "y", "x"),
+                      coords={"time": times, "band": one.band, "y": one.y, "x": one.x, "spatial_ref": one.spatial_ref},
+                      attrs={**one.attrs, "stackid": stack.stackid, "platform": name,
+                             "chipids": list(stack.members.get(name, []))})
+    return da
