@@ -763,15 +763,32 @@ def test_regions_that_tile_an_area_give_each_stack_once(tmp_path, with_):
     assert read_stacks(tmp_path / "r.parquet")["stackid"].to_pylist() == ["s2-c-0-0"]
 
 
-def test_a_series_without_crs_is_written_where_its_item_lies(place, tmp_path):
-    """An exact series built from layouts without CRS: the GeoTIFF takes the first member's
-    item grid; its pixels are the series' steps, band by band."""
+def _without_crs(idx: pa.Table) -> pa.Table:
+    """The index as written before layouts held the grid's CRS."""
+    from stacchip_core.core.layout import decode, encode
+
+    blobs = {}
+    for blob in idx["layouts"].to_pylist():
+        if blob not in blobs:
+            lays = decode(blob)
+            blobs[blob] = encode(lays.values(), lays.grid)
+    column = pa.array([blobs[b] for b in idx["layouts"].to_pylist()], pa.binary())
+    return idx.set_column(idx.column_names.index("layouts"), "layouts", column)
+
+
+@pytest.mark.parametrize("layouts_crs", [True, False], ids=["crs-in-layouts", "older-layouts"])
+def test_a_series_is_written_where_its_item_lies(place, tmp_path, layouts_crs):
+    """An exact series: the GeoTIFF takes the member grid (CRS from the layouts, or from the
+    first member's item for layouts written before they held it); its pixels are the series'
+    steps, band by band."""
     from stacchip_core.core.output import write_chip
     from stacchip_core.training.stacks import StackReader
 
     _, idx = place
+    if not layouts_crs:
+        idx = _without_crs(idx)
     row = build_stacks(idx, anchor=S2, min_steps=6).to_pylist()[3]
-    assert row["crs"] is None
+    assert row["crs"] == ("EPSG:32720" if layouts_crs else None)
     ts = StackReader({S2: ["red"]}).read(row)
     tif = write_chip(tmp_path / "series.tif", ts)
     with rasterio.open(tif) as ds:
