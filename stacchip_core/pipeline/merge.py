@@ -359,21 +359,23 @@ def _dictionary_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def _compact(column: pa.ChunkedArray) -> pa.DictionaryArray:
-    """One dictionary array holding only the values its rows use."""
+    """One dictionary array holding only the values its rows use, in the order they first
+    appear (so the bytes do not depend on how the rows were buffered)."""
     if not pa.types.is_dictionary(column.type):
         column = pc.dictionary_encode(column)
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if isinstance(array, pa.ChunkedArray):  # combine_chunks of a dictionary column
-        array = array.combine_chunks()
     indices = array.indices
     valid = indices.is_valid().to_numpy(zero_copy_only=False)
     values = indices.fill_null(0).to_numpy(zero_copy_only=False)
-    used, inverse = np.unique(values[valid], return_inverse=True)
+    used, first, inverse = np.unique(values[valid], return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # dictionary entries by first appearance
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
     remapped = np.zeros(len(values), np.int32)
-    remapped[valid] = inverse
+    remapped[valid] = rank[inverse]
     mask = pa.array(~valid) if not valid.all() else None
     return pa.DictionaryArray.from_arrays(pa.array(remapped, pa.int32(), mask=mask),
-                                          array.dictionary.take(pa.array(used, pa.int64())))
+                                          array.dictionary.take(pa.array(used[order], pa.int64())))
 
 
 def _same_object(source, key: str, target, name: str) -> bool:
