@@ -159,6 +159,39 @@ def merge(src, dst) -> None:
     click.echo(f"{result.output}: {result.rows} chips from {result.files} index files")
 
 
+@cli.command("query")
+@click.argument("index_path", metavar="INDEX")
+@click.option("--bbox", type=float, nargs=4, help="west south east north in degrees (west > east crosses 180).")
+@click.option("--intersects", type=click.Path(exists=True, dir_okay=False),
+              help="Chips meeting the geometries of this file (GeoJSON or any layer geopandas reads).")
+@click.option("--datetime", "datetime_range", help="ISO 8601 instant or interval a/b (.. for an open end).")
+@click.option("--platform", "platforms_", multiple=True, help="Keep these platforms (repeatable).")
+@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Keep chips with at most this cloud fraction.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Keep chips with at most this nodata fraction.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the chips (GeoParquet).")
+def query_command(index_path, bbox, intersects, datetime_range, platforms_, max_cloud, max_nodata, output) -> None:
+    """Chips of INDEX (a file, folder, s3:// or https:// URL) that match the filters, reading
+    only the row groups that may match (-v logs what was read)."""
+    from stacchip_core.core.index import write_index
+    from stacchip_core.core.query import query
+
+    area = None
+    if intersects:
+        import geopandas as gpd
+
+        frame = gpd.read_file(intersects)
+        if frame.crs is not None and frame.crs.to_epsg() != 4326:
+            frame = frame.to_crs(4326)
+        area = frame.geometry.union_all()
+    result = query(index_path, bbox=bbox, intersects=area, datetime_range=datetime_range,
+                   platforms=platforms_ or None, max_cloud=max_cloud, max_nodata=max_nodata)
+    r = result.report
+    if output:
+        write_index(result.table, output)
+    click.echo(f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of {r.row_groups_total} row groups, "
+               f"{r.bytes_read} bytes in {r.requests} requests, {r.seconds:.3f} s")
+
+
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
     """The job numbers to run and whether to fan them out: --job (else the array-job
     environment), --jobs a:b, or --all. ("index" names the GeoParquet chip table only; the

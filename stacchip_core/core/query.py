@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ class Filters:
 def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects: Any = None,
           datetime_range: str | tuple | None = None, platforms: Iterable[str] | str | None = None,
           max_cloud: float | None = None, max_nodata: float | None = None,
-          columns: Sequence[str] | None = None) -> QueryResult:
+          columns: Sequence[str] | None = None, footprints: bool = True) -> QueryResult:
     """The chips of ``index`` that match every filter given.
 
     Args:
@@ -92,6 +92,8 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
         max_cloud: keep chips with a cloud fraction at most this.
         max_nodata: keep chips with a nodata fraction at most this.
         columns: return only these columns (default: all).
+        footprints: match the area against each chip's footprint (True), or against its
+            bbox covering only (False: a superset, for callers that filter further).
 
     Returns:
         The matching rows in file order and a QueryReport.
@@ -102,6 +104,8 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
         IndexFormatError: a file is not a readable index.
     """
     filters = make_filters(bbox, intersects, datetime_range, platforms, max_cloud, max_nodata)
+    if not footprints:
+        filters = replace(filters, geometry=None)
     started = time.perf_counter()
     tables, read, total, nbytes, requests = [], 0, 0, 0, 0
     files = index_files(index)
@@ -357,7 +361,7 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
 def _filter_columns(filters: Filters) -> list[str]:
     cols = []
     if filters.boxes is not None:
-        cols += ["bbox", "geometry"]
+        cols += ["bbox", "geometry"] if filters.geometry is not None else ["bbox"]
     if filters.start or filters.end:
         cols += ["datetime", "date"]
     if filters.platforms:
@@ -404,7 +408,9 @@ def _mask(table: pa.Table, filters: Filters) -> pa.ChunkedArray | pa.Array:
         near = _boxes_meet(b, filters.boxes)
         candidates = candidates[near]
         keep = np.zeros(n, bool)
-        if len(candidates):
+        if filters.geometry is None:  # the covering only
+            keep[candidates] = True
+        elif len(candidates):
             wkb = table["geometry"].take(pa.array(candidates)).to_numpy(zero_copy_only=False)
             geoms = shapely.from_wkb(wkb)
             shapely.prepare(filters.geometry)
@@ -462,6 +468,11 @@ class _RangeFile:
         tail = min(self.size, FOOTER_BYTES)
         if tail:
             self.prefetch([(self.size - tail, self.size)])
+            footer = self._cached(self.size - 8, self.size) if self.size >= 8 else None
+            if footer is not None and footer[4:] == b"PAR1":  # a longer footer: the rest of it now
+                start = self.size - 8 - int.from_bytes(footer[:4], "little")
+                if 0 <= start < self.size - tail:
+                    self.prefetch([(start, self.size - tail)])
 
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
         ranges = [(s, e) for s, e in ranges if e > s and not self._cached(s, e)]
@@ -477,6 +488,14 @@ class _RangeFile:
         for s, data in self._cache:
             if s <= start and end <= s + len(data):
                 return data[start - s:end - s]
+        # a read across two adjacent cached ranges (a footer fetched in two parts)
+        parts, at = [], start
+        for s, data in sorted(self._cache):
+            if s <= at < s + len(data):
+                parts.append(data[at - s:min(end, s + len(data)) - s])
+                at += len(parts[-1])
+                if at >= end:
+                    return b"".join(parts)
         return None
 
     # the file protocol pyarrow uses

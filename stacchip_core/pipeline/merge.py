@@ -69,6 +69,10 @@ _PART_BYTES = 16 * 1024 * 1024  # S3 multipart: parts of 16 MiB (the minimum is 
 _KEY, _FILE, _ROW = "__hilbert", "__file", "__row"
 _SORT = [(_KEY, "ascending"), ("datetime", "ascending"), (_FILE, "ascending"), (_ROW, "ascending")]
 _DICTIONARY = ["platform", "item_id", "item_href", "layouts"]  # few distinct values per row group
+# statistics (row groups and page indexes) of the columns queries filter on; those of
+# chipid, geometry and layouts prune nothing and made the footer 6x larger (min/max blobs)
+STATISTICS = ["platform", "item_id", "date", "datetime", "cloud_cover_percentage", "nodata_percentage",
+              "bbox.xmin", "bbox.ymin", "bbox.xmax", "bbox.ymax"]
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,7 @@ class _GroupWriter:
         self._multi = False
         self._writer = pq.ParquetWriter(sink, _dictionary_schema(schema), compression="zstd",
                                         use_dictionary=_DICTIONARY, write_page_index=True,
-                                        store_schema=False)
+                                        write_statistics=STATISTICS, store_schema=False)
 
     def __enter__(self):
         return self
