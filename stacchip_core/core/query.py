@@ -186,6 +186,7 @@ def bbox_geometry(bbox: Sequence[float]) -> tuple[Any, tuple[tuple[float, float,
         raise ConfigError(f"bbox must be four numbers west,south,east,north, got {bbox!r}") from None
     if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= north <= 90):
         raise ConfigError(f"bbox {bbox!r} is out of range (lon -180..180, lat -90..90, south <= north)")
+    boxes: tuple[tuple[float, float, float, float], ...]
     if west <= east:
         boxes = ((west, south, east, north),)
     else:
@@ -280,8 +281,8 @@ def _x_intervals(xmin: tuple, xmax: tuple) -> list[tuple[float, float]]:
 def group_may_match(stats: dict[str, tuple[Any, Any]], filters: Filters, covering: dict[str, str]) -> bool:
     """Whether a row group's statistics allow a matching row (missing statistics: yes)."""
     if filters.boxes is not None:
-        cols = [stats.get(covering[k]) for k in _COVERING]
-        if all(c is not None for c in cols):
+        cols = [stats[covering[k]] for k in _COVERING if covering[k] in stats]
+        if len(cols) == 4:
             (xmin, ymin, xmax, ymax) = cols
             south, north = ymin[0], ymax[1]
             intervals = _x_intervals(xmin, xmax)

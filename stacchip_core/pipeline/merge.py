@@ -377,7 +377,7 @@ def _compact(column: pa.ChunkedArray) -> pa.DictionaryArray:
     rank[order] = np.arange(len(order), dtype=np.int32)
     remapped = np.zeros(len(values), np.int32)
     remapped[valid] = rank[inverse]
-    mask = pa.array(~valid) if not valid.all() else None
+    mask = ~valid if not valid.all() else None
     return pa.DictionaryArray.from_arrays(pa.array(remapped, pa.int32(), mask=mask),
                                           array.dictionary.take(pa.array(used[order], pa.int64())))
 
