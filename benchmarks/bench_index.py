@@ -87,9 +87,9 @@ def _median_ms(fn, repeats: int) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
-def _duck_arrow(result):
-    # DuckDB 2 renamed fetch_arrow_table to to_arrow_table
-    return result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
+def _duck_arrow(relation):
+    # DuckDB 2 names it to_arrow_table, 1.x arrow()
+    return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
 
 
 def queries(path: Path, seed: int = 0, boxes: int = 5) -> list[tuple[str, dict]]:
@@ -123,11 +123,15 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
            "project_ms": _median_ms(lambda: query(path, **kwargs), repeats)}
     if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
         w, s, e, n = kwargs["bbox"]
-        out["geopandas_ms"] = _median_ms(lambda: gpd.read_parquet(path, bbox=(w, s, e, n)), repeats)
+        # without the layouts column: geopandas and DuckDB decode it into one blob per row (6 kB
+        # here), which made a 1 degree box over the input-order file take gigabytes
+        columns = [c for c in pq.read_schema(path).names if c != "layouts"]
+        out["geopandas_ms"] = _median_ms(lambda: gpd.read_parquet(path, bbox=(w, s, e, n), columns=columns),
+                                         repeats)
         con = duckdb.connect()
-        sql = (f"SELECT * FROM read_parquet('{path}') WHERE bbox.xmin <= {e} AND bbox.xmax >= {w} "
+        sql = (f"SELECT * EXCLUDE (layouts) FROM read_parquet('{path}') WHERE bbox.xmin <= {e} AND bbox.xmax >= {w} "
                f"AND bbox.ymin <= {n} AND bbox.ymax >= {s}")
-        fetch = lambda: _duck_arrow(con.execute(sql))
+        fetch = lambda: _duck_arrow(con.sql(sql))
         out["duckdb_ms"] = _median_ms(fetch, repeats)
         out["duckdb_rows"] = fetch().num_rows  # covering overlap: >= exact rows
         con.close()

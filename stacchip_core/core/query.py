@@ -340,23 +340,44 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
     covering = _covering(meta)
     groups = [i for i in range(meta.num_row_groups)
               if group_may_match(_column_stats(meta, i), filters, covering)]
+    read = len(groups)
     names = pf.schema_arrow.names
     wanted = list(columns) if columns else names
     missing = [c for c in wanted if c not in names]
     if missing:
         raise ConfigError(f"{redact(url)} has no column {', '.join(missing)}")
+    # two passes: the small filter columns of the kept row groups first; then the other
+    # columns of only the row groups where some row passed (a 1 degree box: 1-3 of them)
+    cheap = [c for c in _filter_columns(filters) if c in names and c != "geometry"]
+    masks: list[np.ndarray] = []
+    if cheap and groups:
+        source.prefetch(_chunk_ranges(meta, groups, cheap))
+        first = _read(pf, url, groups, cheap)
+        mask = _prefilter(first, filters)
+        masks = np.split(mask, np.cumsum([meta.row_group(g).num_rows for g in groups])[:-1])
+        hits = [i for i, m in enumerate(masks) if m.any()]
+        groups, masks = [groups[i] for i in hits], [masks[i] for i in hits]
     needed = list(dict.fromkeys(wanted + [c for c in _filter_columns(filters) if c in names]))
     source.prefetch(_chunk_ranges(meta, groups, needed))
-    try:
-        table = pf.read_row_groups(groups, columns=needed) if groups else pf.schema_arrow.empty_table().select(needed)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise IndexFormatError(f"{redact(url)} is not a readable index: {exc}") from None
-    table = table.filter(_mask(table, filters)) if len(table) else table
+    table = _read(pf, url, groups, needed)
+    if len(table) and masks:
+        table = table.filter(pa.array(np.concatenate(masks)))
+    if len(table) and filters.geometry is not None:
+        table = table.filter(pa.array(_footprints_meet(table, filters)))
     table = table.select(wanted)
     if "layouts" in table.column_names and pa.types.is_dictionary(table.schema.field("layouts").type):
         table = table.set_column(table.schema.get_field_index("layouts"), "layouts",
                                  table.column("layouts").cast(pa.binary()))
-    return table, len(groups), meta.num_row_groups
+    return table, read, meta.num_row_groups
+
+
+def _read(pf: pq.ParquetFile, url: str, groups: list[int], columns: list[str]) -> pa.Table:
+    try:
+        if groups:
+            return pf.read_row_groups(groups, columns=columns)
+        return pf.schema_arrow.empty_table().select(columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IndexFormatError(f"{redact(url)} is not a readable index: {exc}") from None
 
 
 def _filter_columns(filters: Filters) -> list[str]:
@@ -390,11 +411,10 @@ def _chunk_ranges(meta: pq.FileMetaData, groups: list[int], columns: list[str]) 
     return ranges
 
 
-def _mask(table: pa.Table, filters: Filters) -> pa.ChunkedArray | pa.Array:
-    """Exactly the rows that match: attributes first, then the footprint against the area
-    (bbox covering as a prefilter, the geometry itself for the rest)."""
-    n = len(table)
-    mask = np.ones(n, bool)
+def _prefilter(table: pa.Table, filters: Filters) -> np.ndarray:
+    """The rows whose attributes match and whose covering meets the area (a superset of the
+    answer when footprints are tested after)."""
+    mask = np.ones(len(table), bool)
     if filters.platforms:
         mask &= pc.is_in(table["platform"], pa.array(list(filters.platforms))).to_numpy(zero_copy_only=False)
     for name, cap in (("cloud_cover_percentage", filters.max_cloud), ("nodata_percentage", filters.max_nodata)):
@@ -403,21 +423,16 @@ def _mask(table: pa.Table, filters: Filters) -> pa.ChunkedArray | pa.Array:
     if filters.start or filters.end:
         mask &= _time_mask(table, filters)
     if filters.boxes is not None:
-        candidates = np.flatnonzero(mask)
-        bbox = table["bbox"].take(pa.array(candidates)).combine_chunks()
-        b = [bbox.field(k).to_numpy(zero_copy_only=False) for k in _COVERING]
-        near = _boxes_meet(b, filters.boxes)
-        candidates = candidates[near]
-        keep = np.zeros(n, bool)
-        if filters.geometry is None:  # the covering only
-            keep[candidates] = True
-        elif len(candidates):
-            wkb = table["geometry"].take(pa.array(candidates)).to_numpy(zero_copy_only=False)
-            geoms = shapely.from_wkb(wkb)
-            shapely.prepare(filters.geometry)
-            keep[candidates[shapely.intersects(geoms, filters.geometry)]] = True
-        mask = keep
-    return pa.array(mask)
+        bbox = table["bbox"].combine_chunks()
+        mask &= _boxes_meet([bbox.field(k).to_numpy(zero_copy_only=False) for k in _COVERING], filters.boxes)
+    return mask
+
+
+def _footprints_meet(table: pa.Table, filters: Filters) -> np.ndarray:
+    """Whether each row's footprint intersects the area (exact, planar in lon/lat)."""
+    geoms = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+    shapely.prepare(filters.geometry)
+    return shapely.intersects(geoms, filters.geometry)
 
 
 def _time_mask(table: pa.Table, filters: Filters) -> np.ndarray:
