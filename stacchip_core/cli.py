@@ -397,10 +397,20 @@ def demo(out: Path) -> None:
         click.echo(f"{s.platform:<18}{s.items:>6}{s.chips:>7}{s.cloud_mean:>12.3f}{s.cloud_free_chips:>12}"
                    f"{s.nodata_mean:>13.3f}{s.nodata_free_chips:>13}")
     t = result.throughput  # the demo's index map and throughput
-    click.echo(f"\nmap:      {result.map_html} (offline page), {result.map_png}")
+    png = f", {result.map_png}" if result.map_png else ""  # without the viz extra: the page only
+    click.echo(f"\nmap:      {result.map_html} (offline page){png}")
     click.echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
     click.echo(f"read:     {t.chips_read} chips in {t.read_seconds:.1f} s ({t.chips_read_per_second:.1f} chips/s)")
+
+
+def _add_plugin_authoring() -> None:
+    from stacchip_core.scaffold import plugin as plugin_group  # `stacchip plugin new NAME`
+
+    cli.add_command(plugin_group)
+
+
+_add_plugin_authoring()
 
 
 def register_plugin_commands() -> None:
@@ -446,7 +456,7 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
         print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
 
 
-# --- the original's stacchip-prechip and stacchip-stats scripts (appended) -----------------
+# --- the original's stacchip-prechip and stacchip-stats scripts ----------------------------
 
 ORIGINAL_CUBE_VERSION = "mode_v1_chipper_v2"  # the cube folder stacchip 0.1 wrote
 ORIGINAL_CUBE_BUCKET = "clay-v1-data-cubes"  # where stacchip 0.1's stacchip-stats read cubes

@@ -1,22 +1,17 @@
-"""The hooks a stacchip plugin can implement. These docstrings are the plugin author's manual.
+"""The hooks a stacchip plugin can implement: each hook's arguments, return value and contract.
 
-A plugin is a module (or package) registered under the entry-point group ``stacchip``::
-
-    [project.entry-points.stacchip]
-    mysource = "stacchip_mysource"
-
-and implements the hooks below. Hooks about one platform (statistics, selection,
-normalization) are implemented with ``@hookimpl_for(PLATFORM)``: the implementation is called
-for that platform's items only, so it needs no ``if platform.name != ...`` guard (a forgotten
-guard would answer for every platform). Hooks about the plugin as a whole (platforms,
-commands) use ``@hookimpl``. An implementation may accept any subset of a hook's arguments,
-by name. Hooks marked *first result* stop at the first implementation that returns
-something other than ``None``; ``@hookimpl_for(PLATFORM, tryfirst=True)`` overrides an
-installed plugin's behaviour for its platform without forking it.
+These docstrings are the reference; the docs site's "Writing a plugin" page is the tutorial
+(a complete source, from ``stacchip plugin new``). Hooks about one platform (statistics,
+selection, normalization) are marked ``@hookimpl_for(PLATFORM)`` and called for that
+platform's items only; hooks about the plugin as a whole (platforms, commands) use
+``@hookimpl``. An implementation may accept any subset of a hook's arguments, by name. Hooks
+marked *first result* stop at the first implementation that returns something other than
+``None``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,34 +36,68 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def hookimpl_for(*platforms: Platform | str, tryfirst: bool = False, trylast: bool = False,
                  specname: str | None = None) -> Callable[[F], F]:
-    """Mark a hook implementation that answers for ``platforms`` only (Platform objects or names).
+    """Mark a hook implementation that answers for ``platforms`` only.
 
     The implementation keeps its own arguments (any subset of the hook's); stacchip calls it
     only when the hook's ``platform`` is one of these, and the other platforms' plugins never
-    see it. ``tryfirst``/``trylast``/``specname`` are pluggy's (``specname`` lets one module
-    implement a hook twice, for example for two platforms).
+    see it. ``specname`` lets one module implement a hook twice, for example for two
+    platforms. It marks functions of a plugin module (or of any object whose attributes are
+    plain functions), not methods.
+
+    Args:
+        *platforms: `Platform` objects or platform names.
+        tryfirst: pluggy's: call this implementation before the others.
+        trylast: pluggy's: call this implementation after the others.
+        specname: The hook's name when the function is named otherwise.
+
+    Returns:
+        A decorator that registers the function as the hook's implementation.
+
+    Raises:
+        TypeError: No platform given, a hook without a ``platform`` argument, or an argument
+            the hook does not have.
     """
     names = frozenset(p if isinstance(p, str) else p.name for p in platforms)
     if not names:
         raise TypeError("hookimpl_for needs at least one platform")
+    marker = hookimpl(tryfirst=tryfirst, trylast=trylast, specname=specname)
 
     def decorate(fn: F) -> F:
+        hook = specname or fn.__name__
+        spec: Callable[..., Any] | None = globals().get(hook)
+        if spec is None or not hasattr(spec, "stacchip_spec"):  # pluggy names a misspelt hook
+            return marker(fn)
+        spec_params = list(inspect.signature(spec).parameters)
+        if "platform" not in spec_params:
+            raise TypeError(f"{hook} is not about one platform: mark {fn.__qualname__} "
+                            "with @hookimpl")
         params = list(inspect.signature(fn).parameters)
-        # pluggy passes hook arguments by the implementation's parameter names, read from its
-        # code object: the wrapper is compiled with the implementation's names plus platform.
-        wrapper_params = ["platform"] + [p for p in params if p != "platform"]
-        call = ", ".join(f"{p}={p}" for p in params)
-        source = (f"def {fn.__name__}({', '.join(wrapper_params)}):\n"
-                  f"    if getattr(platform, 'name', platform) not in _names:\n"
-                  f"        return None\n"
-                  f"    return _impl({call})\n")
-        namespace: dict[str, Any] = {"_names": names, "_impl": fn}
-        exec(source, namespace)  # noqa: S102 - a fixed template over the function's own names
-        wrapper = namespace[fn.__name__]
-        wrapper.__doc__, wrapper.__module__ = fn.__doc__, fn.__module__
-        wrapper.__qualname__ = fn.__qualname__
-        wrapper.stacchip_platforms = names
-        return hookimpl(tryfirst=tryfirst, trylast=trylast, specname=specname)(wrapper)
+        unknown = [p for p in params if p not in spec_params]
+        if unknown:
+            missing = ", ".join(map(repr, unknown))
+            raise TypeError(f"{fn.__qualname__}: {hook} has no argument {missing} "
+                            f"(it has {', '.join(spec_params)})")
+
+        # pluggy passes an implementation the arguments it names, positionally in that order:
+        # the wrapper names all of the hook's (the spec's signature), checks the platform and
+        # hands the implementation its own subset by name.
+        platform_at = spec_params.index("platform")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            platform = args[platform_at]
+            if getattr(platform, "name", platform) not in names:
+                return None
+            given = dict(zip(spec_params, args, strict=True))
+            return fn(**{p: given[p] for p in params})
+
+        # pluggy < 1.7 reads the names through inspect.signature, pluggy 1.7 from the code of
+        # the function inspect.unwrap reaches: both find the spec's
+        wrapper.__signature__ = inspect.signature(spec)  # type: ignore[attr-defined]
+        wrapper.__wrapped__ = spec  # type: ignore[attr-defined]
+        wrapper.stacchip_platforms = names  # type: ignore[attr-defined]
+        wrapper.stacchip_implementation = fn  # type: ignore[attr-defined]
+        return marker(wrapper)  # type: ignore[return-value]
 
     return decorate
 
@@ -77,7 +106,7 @@ def hookimpl_for(*platforms: Platform | str, tryfirst: bool = False, trylast: bo
 def stacchip_platforms() -> list[Platform]:
     """Declare the platforms this plugin provides.
 
-    Return a list of :class:`stacchip_core.Platform`: the platform ``name`` (it names
+    Return a list of `stacchip_core.Platform`: the platform ``name`` (it names
     bucket folders and the index's ``platform`` column), the STAC ``collections`` whose
     items belong to it (the indexer picks an item's platform from its collection), the
     model ``bands`` in canonical order with the asset-key ``aliases`` catalogs use for them
@@ -103,9 +132,9 @@ def stacchip_chip_stats(
     ``read_asset(name)`` returns the whole band as ``NativeBand(data, factor)``, where
     ``factor`` is how many grid pixels one native pixel spans (2 for a 20 m layer on a 10 m
     grid); reduce masks with ``grid.chip_fractions(mask, factor)``. Build masks with
-    :func:`stacchip_core.class_mask` / :func:`stacchip_core.bit_mask`.
+    `stacchip_core.class_mask` / `stacchip_core.bit_mask`.
 
-    Return :class:`stacchip_core.ChipStats` with arrays of shape
+    Return `stacchip_core.ChipStats` with arrays of shape
     ``(grid.y_size, grid.x_size)``, or ``None`` to leave the item to another implementation.
     """
 
@@ -114,7 +143,7 @@ def stacchip_chip_stats(
 def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog | None) -> list[pystac.Item] | None:
     """The STAC items to process for one sample location (*first result*).
 
-    ``sample`` is a :class:`stacchip_core.Sample`: ``index`` (the job's sample
+    ``sample`` is a `stacchip_core.Sample`: ``index`` (the job's sample
     number), ``geometry`` (shapely, EPSG:4326; None without a sample source) and
     ``properties`` (the row's attributes). ``catalog`` answers pystac-client's
     ``search(collections=, datetime=, intersects=, query=, sortby=, max_items=)``: a
@@ -133,9 +162,9 @@ def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Store,
 
     Keep the assets the platform needs, copy (or resample) them into ``store`` under
     ``prefix`` (``{platform}/{item_id}``) and return a copy of ``item`` whose hrefs point at
-    the copies. ``store`` is a :class:`stacchip_core.Store`: a local folder or an object-store
+    the copies. ``store`` is a `stacchip_core.Store`: a local folder or an object-store
     prefix behind one interface (``exists``, ``url``, ``read_bytes``, ``write_bytes``,
-    ``put_file``, ``list``); :func:`stacchip_core.pipeline.ingest.copy_assets` does the common
+    ``put_file``, ``list``); `stacchip_core.plugin_api.copy_assets` does the common
     case in one call. Must be idempotent: objects already in the store are not copied
     again, so a rerun finishes a half-done item.
     """
@@ -146,13 +175,13 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     """Sign or rewrite an asset href just before stacchip reads or copies it (*first result*).
 
     Called with the href about to be opened (``s3://``, ``https://``, or a local path when a
-    mount path maps it) and the :class:`pystac.Asset` it belongs to (``asset.owner`` is its
+    mount path maps it) and the `pystac.Asset` it belongs to (``asset.owner`` is its
     item), or ``None`` when the href has no asset. Return the href to use instead (a URL with
     a SAS token or a presigned query, a mirror, a local cache path), or ``None`` to leave it
     to the next implementation and finally unchanged. Called for every open and copy, so
     cache tokens rather than fetching one per call; never log the signed href (stacchip
-    redacts it in its own messages). :func:`stacchip_core.plugins.sign_href` applies the hook
-    in every read (``core.raster.asset_href``) and copy (``pipeline.ingest.copy_assets``);
+    redacts it in its own messages). `stacchip_core.plugins.sign_href` applies the hook
+    in every read and copy (``asset_href`` and ``copy_assets`` of ``stacchip_core.plugin_api``);
     items keep their unsigned hrefs. stacchip itself signs Planetary Computer blob hrefs
     with the ``planetary-computer`` package (``stacchip_core.signing``, extra
     ``stacchip-core[planetary-computer]``) as the last resort (``trylast``): a user's
@@ -166,8 +195,8 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
 def stacchip_register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``stacchip`` command line.
 
-    ``cli`` is the top-level :class:`click.Group`; call ``cli.command()`` or
-    ``cli.add_command()`` on it. Raise a :class:`stacchip_core.StacchipError` (one of its
-    subclasses in :mod:`stacchip_core.errors`, e.g. ``ConfigError`` for a bad option) for
+    ``cli`` is the top-level `click.Group`; call ``cli.command()`` or
+    ``cli.add_command()`` on it. Raise a `stacchip_core.StacchipError` (one of its
+    subclasses in `stacchip_core.errors`, e.g. ``ConfigError`` for a bad option) for
     bad input so that the user sees one clear line instead of a traceback.
     """

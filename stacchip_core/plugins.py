@@ -145,6 +145,17 @@ def sign_href(href: str, asset: pystac.Asset | None = None) -> str:
     return signed
 
 
+def sign_href_at_once(href: str) -> str | None:
+    """``href`` as ``sign_href`` would return it, when that is known without calling anything
+    that may block: only the built-in signer is installed and it needs no token request (not
+    a Planetary Computer href, or its token is cached). None otherwise: call ``sign_href``,
+    off the event loop (io.objects.sign does)."""
+    impls = get_plugin_manager().hook.stacchip_sign_href.get_hookimpls()
+    if any(impl.plugin is not signing for impl in impls):
+        return None
+    return signing.sign_cached(href)
+
+
 def _asset_name(asset: pystac.Asset | None) -> str:
     if asset is None or asset.owner is None:
         return "(none)"

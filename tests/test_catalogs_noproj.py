@@ -17,6 +17,7 @@ from conftest import LINZ_ITEM
 from stacchip_core import Indexer
 from stacchip_core.core.chipper import Chipper
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.headers import item_grid
 from stacchip_core.core.indexer import load_item
 from stacchip_core.errors import ProjectionError
 
@@ -41,14 +42,24 @@ def linz(tmp_path_factory):
 
 def test_grid_from_the_header(linz, caplog):
     item, transform, _ = linz
-    with caplog.at_level(logging.INFO, logger="stacchip_core.core.grid"):
-        grid = ChipGrid.from_item(load_item(item))
+    with caplog.at_level(logging.INFO, logger="stacchip_core.core.headers"):
+        grid = item_grid(load_item(item))
     assert grid.shape == SHAPE and grid.transform == transform and grid.crs.to_epsg() == 2193
     assert "no projection metadata: reading the header of asset 'visual'" in caplog.text
     # footprints land on the item's own footprint
     geoms, _ = grid.footprints()
     assert shapely.from_geojson(json.dumps(item["geometry"])).buffer(1e-4).contains(
         shapely.union_all(geoms))
+
+
+def test_the_grid_math_takes_the_header_it_is_given_and_reads_nothing(linz):
+    item, transform, _ = linz
+    loaded = load_item(item)
+    loaded.assets["visual"].href = "/nonexistent/never-read.tiff"  # a read would fail
+    grid = ChipGrid.from_item(loaded, header=(SHAPE, transform, pyproj.CRS.from_epsg(2193)))
+    assert grid.shape == SHAPE and grid.transform == transform and grid.crs.to_epsg() == 2193
+    with pytest.raises(ProjectionError, match="has no projection metadata .*core.headers.item_grid"):
+        ChipGrid.from_item(loaded)
 
 
 def test_chips_and_stats_of_an_item_without_projection(linz):
@@ -65,4 +76,4 @@ def test_chips_and_stats_of_an_item_without_projection(linz):
 
 def test_unreadable_header_is_one_clear_line():
     with pytest.raises(ProjectionError, match=r"has no projection metadata and asset 'visual' cannot be read"):
-        ChipGrid.from_item(load_item(load(LINZ_ITEM)))
+        item_grid(load_item(load(LINZ_ITEM)))

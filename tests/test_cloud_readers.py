@@ -347,9 +347,15 @@ def test_az_url_without_account_is_one_clear_error(monkeypatch):
         objects.locate("az://cont/x.tif")
 
 
+@pytest.mark.parametrize("header", ["same", "changed"])
 @pytest.mark.parametrize("where", ["http", "s3"])
-def test_same_size_rewrite_is_caught_by_the_etag(tmp_path, request, caplog, where):
-    """An object rewritten with other pixels of the same size: only its ETag tells (If-Match)."""
+def test_same_size_rewrites_after_the_check(tmp_path, request, caplog, where, header):
+    """An object rewritten with other pixels and the same size after its layout was checked
+    (here, recorded): its ETag changes, so If-Match fails and the header is checked again.
+    Same header (uncompressed tiles at the same offsets): the layout is still right and reads
+    the new pixels, no warning. Another header (here its nodata tag): stale, one warning."""
+    from stacchip_core.io import objects
+
     rng = np.random.default_rng(5)
     first, second = (rng.integers(0, 60000, (1, 128, 128)).astype("uint16") for _ in range(2))
     item = {"type": "Feature", "stac_version": "1.0.0", "id": "etag", "geometry": None, "links": [],
@@ -358,14 +364,14 @@ def test_same_size_rewrite_is_caught_by_the_etag(tmp_path, request, caplog, wher
                              "proj:transform": [10, 0, 500000, 0, -10, 4000000]}}}
     path = tmp_path / "a.tif"
 
-    def write(data):  # uncompressed: the same size whatever the pixels
+    def write(data, nodata):  # uncompressed: the same size whatever the pixels
         with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=1, dtype="uint16",
                            crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10), tiled=True,
-                           blockxsize=64, blockysize=64) as ds:
+                           blockxsize=64, blockysize=64, nodata=nodata) as ds:
             ds.write(data)
 
-    write(first)
-    size = path.stat().st_size
+    write(first, 1)
+    size, old = path.stat().st_size, path.read_bytes()
     if where == "s3":
         bucket = request.getfixturevalue("bucket")
         boto3.client("s3").upload_file(str(path), bucket, "e/a.tif")
@@ -377,17 +383,24 @@ def test_same_size_rewrite_is_caught_by_the_etag(tmp_path, request, caplog, wher
         context = RangeServer(tmp_path).start()
         item["assets"]["a"]["href"] = f"{context.url}/a.tif"
     try:
-        indexer = Indexer(item, chip_size=64, stats=False)
-        blob = indexer.asset_layouts()
-        write(second)
-        assert path.stat().st_size == size
+        blob = Indexer(item, chip_size=64, stats=False).asset_layouts()
+        n = decode(blob)["a"].head  # the bytes before the first tile: the TIFF's metadata
+        assert 8 < n < 1024
+        write(second, 1 if header == "same" else 2)
+        new = path.read_bytes()
+        assert len(new) == size and new != old and (new[:n] == old[:n]) == (header == "same")
         if where == "s3":
             boto3.client("s3").upload_file(str(path), bucket, "e/a.tif")
+        before = objects.counters()
         with caplog.at_level(logging.WARNING), Chipper(item, chip_size=64, layouts=blob) as chipper:
             np.testing.assert_array_equal(chipper.chip(1, 1)["a"], second[:, 64:, 64:])
             np.testing.assert_array_equal(chipper.chip(0, 0)["a"], second[:, :64, :64])
+        spent = objects.counters() - before
         stale = [r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()]
-        assert len(stale) == 1 and "'a'" in stale[0]
+        if header == "same":
+            assert not stale and spent.checks == 1 and spent.stale == 0
+        else:
+            assert len(stale) == 1 and "'a'" in stale[0] and spent.checks == 1 and spent.stale == 1
     finally:
         if context is not None:
             context.stop()

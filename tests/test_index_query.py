@@ -203,7 +203,7 @@ def test_row_groups_are_pruned_by_their_statistics(merged):
     chunks = sum(size(g, j) for g in expected for j in covering)
     chunks += sum(size(g, j) for g in hits for j in range(meta.num_columns) if j not in covering)
     assert hits and result.report.bytes_read == footer + chunks
-    assert result.report.requests == (4 if meta.serialized_size + 8 <= 65536 else 5)  # HEAD, footer, 2 passes
+    assert result.report.requests >= 4  # HEAD, footer, then each pass (counted exactly over http below)
     # and without the order: rows from everywhere in each row group (as input order gives
     # once a row group holds many items) prune nothing, and the answer is the same
     unsorted = merged.parent / "unsorted.parquet"
@@ -235,10 +235,11 @@ def test_query_over_http_counts_its_requests(merged, tmp_path):
     shutil.copy(merged, tmp_path / "all.parquet")
     with RangeServer(tmp_path) as server:
         result = query(f"{server.url}/all.parquet", bbox=(10, 10, 11, 11))
-        # a HEAD, the footer, then every needed column chunk in one round of ranges
-        assert server.requests == result.report.requests + len([1 for m, _, r in server.log if m == "GET"]) - 2
-        assert server.bytes == result.report.bytes_read < os.path.getsize(merged)
+        # a HEAD, the footer, then the needed column chunks: what the report says, and no more
+        assert server.requests == result.report.requests >= 3
+        assert server.bytes == result.report.bytes_read < os.path.getsize(merged) / 2
         assert all(r is not None for m, _, r in server.log if m == "GET")  # never the whole object
+        assert result.table.equals(query(merged, bbox=(10, 10, 11, 11)).table)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -14,11 +14,12 @@ import pyproj
 import pytest
 import rasterio
 import shapely
+from archive_expectations import modis_expected
 from conftest import per_chip_mean, run_script_named
 
 from stacchip_core import Indexer, StacchipError, chip_from_row
 from stacchip_core.demo import synthetic
-from stacchip_core.demo.archive import MODIS_TILE, modis_expected, modis_months
+from stacchip_core.demo.archive import MODIS_TILE, modis_months
 from stacchip_core.io.catalog import open_catalog
 from stacchip_core.pipeline.process import Sample, process
 from stacchip_core.plugins import get_platform, get_plugin_manager
@@ -188,6 +189,7 @@ def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):
         assert "Sinusoidal" in ds.crs.to_wkt() and ds.res == (synthetic.MODIS_PIXEL, synthetic.MODIS_PIXEL)
 
 
+@pytest.mark.slow  # over 5 s on two shared cores
 def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     results = process(MODIS, 0, f"s3://{bucket}", None, stac_api)
     assert [r.item_id for r in results] == modis_expected()
@@ -200,6 +202,7 @@ def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     np.testing.assert_array_equal(pixels["sur_refl_b01"][0], synthetic.band_pattern(0, SIZE, SIZE).astype(np.int16)[:256, :256])
 
 
+@pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 def test_console_script_reads_the_original_environment(archive, tmp_path):
     env = {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}
     r = run_script_named("stacchip-modis", env=env)

@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import rasterio
+from archive_expectations import s1_expected
 from conftest import per_chip_mean, run_script_named
 from rasterio.enums import Compression
 
 from stacchip_core import ChipGrid, Indexer, PlatformError, chip_from_row
 from stacchip_core.demo import synthetic
-from stacchip_core.demo.archive import S1_ORIGIN, s1_expected, s1_quarter
+from stacchip_core.demo.archive import S1_ORIGIN, s1_quarter
 from stacchip_core.io.catalog import open_catalog
 from stacchip_core.pipeline.process import load_sample, process
 from stacchip_core.plugins import get_platform, get_plugin_manager
@@ -189,6 +190,7 @@ def test_grd_with_a_grid_is_accepted_with_zero_as_nodata(tmp_path):
 
 # --- the original console script ----------------------------------------------------------
 
+@pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 def test_console_script_reads_the_original_environment(archive, tmp_path):
     env = {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "STACCHIP_MGRS_SOURCE": str(archive.mgrs), "STACCHIP_SAMPLE_SOURCE": "",
            "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}

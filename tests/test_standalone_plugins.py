@@ -7,10 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import rasterio
+from archive_expectations import modis_expected, s1_expected
 from conftest import landsat_expected, naip_expected, s2_expected
 
 ROOT = Path(__file__).parents[1]
 UV = Path(sys.executable).with_name("uv")
+
+# each test builds a fresh venv and installs into it: 20 s and more each on two shared cores
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("plugin, entry, platform, index, source", [
@@ -45,15 +50,11 @@ def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path)
     assert [p.parent.name for p in indexes] == sorted(done)
 
 
-# --- Sentinel-1 and MODIS (appended) -------------------------------------------------------
-
 @pytest.mark.parametrize("plugin, entry, platform, source", [
     ("stacchip-sentinel1", "sentinel1", "sentinel-1-rtc", "mgrs"),
     ("stacchip-modis", "modis", "modis", None),
 ])
 def test_new_source_plugin_alone(plugin, entry, platform, source, archive, tmp_path):
-    from stacchip_core.demo.archive import modis_expected, s1_expected
-
     venv = tmp_path / "venv"
     subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
     subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
@@ -93,3 +94,34 @@ def test_the_0_1_compat_distribution_installs_with_every_source(tmp_path):
     scripts = {p.name for p in (venv / "bin").iterdir() if p.name.startswith("stacchip-")}
     assert scripts == {"stacchip-landsat", "stacchip-landsat-l1", "stacchip-linz", "stacchip-modis", "stacchip-naip",
                        "stacchip-prechip", "stacchip-sentinel-1", "stacchip-sentinel-2", "stacchip-stats"}
+
+
+def test_demo_after_a_plain_install_of_the_core_and_sentinel2(tmp_path):
+    """The first command a newcomer runs works without the viz extra: previews are drawn
+    without matplotlib, and the static map is skipped with one line naming the extra."""
+    venv = tmp_path / "venv"
+    subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
+    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
+                    str(ROOT), str(ROOT / "plugins" / "stacchip-sentinel2")], check=True)
+    env = {"PATH": str(venv / "bin"), "HOME": str(tmp_path)}
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import matplotlib"], env=env,
+                           capture_output=True, check=False)
+    assert probe.returncode == 1  # what a plain install has
+    out = tmp_path / "demo"
+    r = subprocess.run([str(venv / "bin" / "stacchip"), "demo", "-o", str(out)], capture_output=True,
+                       text=True, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    said = [line for line in r.stderr.splitlines() if "matplotlib" in line]
+    assert len(said) == 1 and said[0].endswith(
+        "index_map.png not drawn: it needs matplotlib (pip install 'stacchip-core[viz]'); "
+        "index_map.html shows the same")
+    previews = out / "previews"
+    assert sorted(p.name for p in previews.iterdir()) == ["index_map.html", "sentinel-2-l2a.png"]
+    with rasterio.open(previews / "sentinel-2-l2a.png") as ds:
+        png = ds.read()
+    # labels are drawn in the strip under each tile, in the built-in font's dark grey
+    from stacchip_core.demo.previews import GAP, TEXT
+
+    strip = png[:, GAP + 256 + 4:GAP + 256 + 4 + 14, GAP:GAP + 256]
+    assert ((strip[0] == TEXT[0]) & (strip[1] == TEXT[1]) & (strip[2] == TEXT[2])).sum() > 200
+    assert "map:" in r.stdout and "index_map.png" not in r.stdout

@@ -1,6 +1,6 @@
 """A chip's pixels with their georeferencing: what every reader returns.
 
-A :class:`Chip` is still a mapping of asset key -> array ``(bands, h, w)``, so code written
+A `Chip` is still a mapping of asset key -> array ``(bands, h, w)``, so code written
 for the plain dicts of earlier versions keeps working (``chip["red"]``, ``dict(chip)``,
 ``np.savez(f, **chip)``), and it also knows where it lies: transform, CRS, bounds, the chip
 id and a name for every band. ``chip.stack()`` is the band stack a model eats.

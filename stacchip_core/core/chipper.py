@@ -16,6 +16,7 @@ from rasterio.errors import RasterioError
 
 from stacchip_core.core.chip import Chip, band_names
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.headers import item_grid
 from stacchip_core.core.indexer import Indexer, load_item
 from stacchip_core.core.raster import (
     DatasetCache,
@@ -78,7 +79,7 @@ class Chipper:
             mountpath = mountpath or item_or_indexer.mountpath
         else:
             self.item = load_item(item_or_indexer)
-            self.grid = ChipGrid.from_item(self.item, chip_size or 256, mountpath=mountpath)
+            self.grid = item_grid(self.item, chip_size or 256, mountpath=mountpath)
             self.platform = self._platform(platform)
         self.mountpath = mountpath
         self.resampling = resampling  # for assets off the grid's lattice (core.resample)
@@ -191,7 +192,7 @@ class Chipper:
             raise AssetError(f"cannot read chip ({x}, {y}) of asset {key!r}: {exc}") from exc
 
     def chip(self, x: int, y: int) -> Chip:
-        """Chip (x, y): a :class:`~stacchip_core.core.chip.Chip`, the mapping ``{asset key:
+        """Chip (x, y): a `Chip`, the mapping ``{asset key:
         array (bands, cs, cs)}`` of every selected asset, with its transform and CRS."""
         return self.chips([(x, y)], workers=1)[0]
 
@@ -207,7 +208,7 @@ class Chipper:
         )
 
     def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[Chip]:
-        """Many chips (:class:`~stacchip_core.core.chip.Chip`). From layouts: every tile of
+        """Many chips (`Chip`). From layouts: every tile of
         every chip and asset fetched concurrently (adjacent ranges coalesced) and decoded in
         async-tiff's thread pool. Assets without a usable layout (none recorded, stale, a
         codec async-tiff lacks, or off the grid's lattice: resampled) are read through

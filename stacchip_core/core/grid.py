@@ -110,6 +110,20 @@ MAX_PIXELS = 1 << 32
 MAX_CHIPS = 1 << 22
 
 
+def needs_header(item: pystac.Item) -> bool:
+    """Whether the item's metadata lacks a CRS or a shape with transform, so that its grid
+    must come from a raster header."""
+    return _item_crs_or_none(item) is None or metadata_shape_transform(item) is None
+
+
+def metadata_shape_transform(item: pystac.Item) -> tuple[tuple[int, int], Affine] | None:
+    """`finest_shape_transform`, or None when the item states no shape with transform."""
+    try:
+        return finest_shape_transform(item)
+    except ProjectionError:
+        return None
+
+
 def validate_grid(
     item_id: str, shape: tuple[int, int], transform: Affine, chip_size: int, square: bool = True,
 ) -> None:
@@ -158,25 +172,41 @@ class ChipGrid:
     @classmethod
     def from_item(
         cls, item: pystac.Item, chip_size: int = 256, shape: tuple[int, int] | None = None,
-        mountpath=None,
+        header: tuple[tuple[int, int], Affine, pyproj.CRS] | None = None,
     ) -> ChipGrid:
-        """The chip grid of ``item`` from its projection metadata; where the item has none
-        (no CRS, or no shape with transform), from the header of its finest raster asset
-        (:func:`grid_from_header`, logged). ``mountpath`` maps remote hrefs as the readers do."""
+        """The chip grid of ``item`` from its projection metadata.
+
+        Pure: no file is read. For items without projection metadata (LINZ items, early
+        Landsat C2 items) the caller reads the finest raster's header and passes it:
+        `stacchip_core.core.headers.item_grid` does both.
+
+        Args:
+            item: The STAC item.
+            chip_size: Chip side in pixels of the finest grid.
+            shape: A shape to impose (rows, cols); the footprint is kept, the pixel size follows.
+            header: ``(shape, transform, crs)`` of the finest raster, used where the item's
+                metadata has none.
+
+        Returns:
+            The item's chip grid.
+
+        Raises:
+            ProjectionError: The item has no projection metadata and no header was given,
+                or its CRS is not in metres.
+            GridError: The grid is degenerate (no whole chip, too large, rotated...).
+        """
         if chip_size < 1:
             raise ValueError(f"chip_size must be positive, got {chip_size}")
         crs = _item_crs_or_none(item)
-        try:
-            found_shape, transform = finest_shape_transform(item)
-        except ProjectionError:
-            found = None
-        else:
-            found = (found_shape, transform)
+        found = metadata_shape_transform(item)
         if crs is None or found is None:
-            # no projection metadata (LINZ items, early Landsat C2 items): the raster's header
-            header_shape, header_transform, header_crs = grid_from_header(item, mountpath)
+            if header is None:
+                raise ProjectionError(f"item {item.id!r} has no projection metadata (read the header of "
+                                      "its finest raster: stacchip_core.core.headers.item_grid)")
+            header_shape, header_transform, header_crs = header
             crs = crs or header_crs
-            found_shape, transform = found or (header_shape, header_transform)
+            found = found or (header_shape, header_transform)
+        found_shape, transform = found
         crs = _check_metric(item, crs)
         if shape is not None:
             # a caller-given shape keeps the footprint: pixel size follows from it
@@ -363,61 +393,3 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
     polygon = shapely.Polygon([*zip(lon, lat), (180.0, at_180), (180.0, pole), (-180.0, pole), (-180.0, at_180)])
     south_lat, north_lat = (min(lat.min(), at_180), 90.0) if north else (-90.0, max(lat.max(), at_180))
     return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
-
-
-_HEADER_MEDIA = ("tiff", "jp2")
-_NON_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual-preview"}
-
-
-def grid_from_header(item: pystac.Item, mountpath=None) -> tuple[tuple[int, int], Affine, pyproj.CRS]:
-    """Shape, transform and CRS of the finest raster asset, read from the file's header.
-
-    For items without projection metadata. Only headers are read (a few kB a file): the asset
-    with the smallest ``gsd`` when assets state one, else every raster data asset (finest
-    pixel wins, then the larger raster). Each read is logged.
-    """
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    from stacchip_core.core.raster import asset_href  # resolves and signs; imports this module
-
-    candidates = [(k, a) for k, a in item.assets.items()
-                  if (not a.media_type or any(m in a.media_type.lower() for m in _HEADER_MEDIA))
-                  and not (set(a.roles or ()) and set(a.roles or ()) <= _NON_DATA_ROLES)]
-    if not candidates:
-        raise ProjectionError(f"item {item.id!r} has no projection metadata and no raster asset to read it from")
-    with_gsd = [(a.extra_fields.get("gsd") or a.common_metadata.gsd, k, a) for k, a in candidates]
-    with_gsd = [c for c in with_gsd if c[0]]
-    if with_gsd:
-        _, key, asset = min(with_gsd, key=lambda c: float(c[0] or 0))  # all truthy here
-        candidates = [(key, asset)]
-    found = []
-    for key, asset in candidates:
-        href = asset_href(asset, mountpath)
-        log.info("item %s has no projection metadata: reading the header of asset %r", item.id, key)
-        try:
-            with rasterio.open(href) as ds:
-                if ds.crs is None:
-                    continue
-                crs = pyproj.CRS.from_user_input(ds.crs.to_wkt())
-                found.append((key, (ds.height, ds.width), Affine(*tuple(ds.transform)[:6]), crs))
-        except RasterioError as exc:
-            raise ProjectionError(f"item {item.id!r} has no projection metadata and asset {key!r} "
-                                  f"cannot be read for it: {exc}") from exc
-    if not found:
-        raise ProjectionError(f"item {item.id!r} has no projection metadata and its rasters have no CRS")
-    key, shape, transform, crs = min(found, key=lambda c: (abs(c[2].a), -c[1][0] * c[1][1]))
-    log.info("item %s: grid from asset %r: %d x %d px of %g m, %s", item.id, key, shape[0], shape[1],
-             abs(transform.a), crs.to_string())
-    return shape, transform, crs
-
-
-def integer_factor(coarse: float, fine: float, what: str) -> int:
-    """How many ``fine`` pixels one ``coarse`` pixel spans; a clear error if not whole."""
-    ratio = abs(coarse) / abs(fine)
-    factor = round(ratio)
-    if factor < 1 or not math.isclose(ratio, factor, rel_tol=1e-6):
-        raise ValueError(
-            f"{what}: pixel size {abs(coarse):g} is not an integer multiple of the grid's {abs(fine):g}"
-        )
-    return factor

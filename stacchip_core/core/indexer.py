@@ -18,7 +18,7 @@ import pyarrow as pa
 import pystac
 
 from stacchip_core.core.chipstats import ChipStats
-from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.headers import item_grid
 from stacchip_core.core.index import build_table
 from stacchip_core.core.raster import AssetReader
 from stacchip_core.errors import ItemError, PlatformError, StacchipError
@@ -82,7 +82,7 @@ class Indexer:
         self.mountpath = mountpath
         self.layouts = layouts
         self.platform = self._resolve_platform(platform)
-        self.grid = ChipGrid.from_item(self.item, chip_size, shape, mountpath=mountpath)
+        self.grid = item_grid(self.item, chip_size, shape, mountpath=mountpath)
 
     def _resolve_platform(self, platform) -> Platform | None:
         if isinstance(platform, Platform):

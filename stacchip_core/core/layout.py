@@ -1,7 +1,7 @@
 """COG layouts: what a reader needs to fetch any chip of an asset without opening the file.
 
 Recorded at index time with one small ranged read per asset (the header; it also returns the
-object's size and ETag), stored in the index's ``layouts`` column (one value per item, the
+object's size), stored in the index's ``layouts`` column (one value per item, the
 same on each of its rows, so Parquet's dictionary encoding stores it once per row group).
 
 Encoding of one item's layouts: ``b"SCL1"`` + zlib(u32 JSON length + JSON ``{"grid": [a, c,
@@ -10,6 +10,13 @@ e, f], "assets": [per-asset scalars]}`` + each asset's tile offsets (u64 LE) the
 stay binary. ``grid`` is the item's chip grid (pixel size and origin) as the indexer saw it, so
 readers need not derive it. Hrefs are stored unsigned: they are signed (``stacchip_sign_href``)
 right before each read, since signatures expire.
+
+A layout is validated by content, never by a store's ETag (local ETags come from inodes and
+mtimes, S3's from MD5s: the same file has another on every copy): ``size`` and ``digest``, a
+BLAKE2b digest of the object's first ``head`` bytes, the TIFF metadata up to the first tile
+(IFDs, tile offsets and byte counts, georeferencing). If those bytes are unchanged, so is the
+layout, wherever the object was copied. Layouts written before digests carry an ``etag`` and
+are checked by it, as they were.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import struct
 import zlib
 from collections import OrderedDict
@@ -28,7 +36,6 @@ import numpy as np
 from stacchip_core.errors import IndexFormatError, StacchipError
 from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
-from stacchip_core.plugins import sign_href
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +64,12 @@ class AssetLayout:
     predictor: int
     nodata: float | None
     size: int
-    etag: str | None
     transform: tuple[float, float, float, float]  # (a, c, e, f): pixel width, x origin, pixel height, y origin
     offsets: np.ndarray = field(repr=False)
     counts: np.ndarray = field(repr=False)
+    etag: str | None = None  # layouts written before digests only: the object's ETag then
+    digest: str | None = None  # objects.digest of the object's first `head` bytes
+    head: int = 0
 
     @property
     def tiles_across(self) -> int:
@@ -73,12 +82,15 @@ class AssetLayout:
 
     def expect(self) -> objects.Expect:
         """What every validated read of this asset checks (objects.read_ranges)."""
-        return objects.Expect(self.size, self.etag)
+        return objects.Expect(self.size, self.etag, self.digest, self.head)
 
     def scalars(self) -> dict:
-        return {k: getattr(self, k) for k in ("key", "href", "width", "height", "tile_width", "tile_height",
-                                              "dtype", "bands", "planar", "compression", "predictor", "nodata",
-                                              "size", "etag", "transform")} | {"tiles": len(self.offsets)}
+        out = {k: getattr(self, k) for k in ("key", "href", "width", "height", "tile_width", "tile_height",
+                                             "dtype", "bands", "planar", "compression", "predictor", "nodata",
+                                             "size", "transform")}
+        # the ETag only where an old layout has one (it differs between copies of one file)
+        out |= {"etag": self.etag} if self.etag else {"digest": self.digest, "head": self.head}
+        return out | {"tiles": len(self.offsets)}
 
 
 class ItemLayouts(dict):
@@ -100,7 +112,7 @@ def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, floa
 
 
 def decode(blob: bytes) -> ItemLayouts:
-    """``{asset key: AssetLayout}`` (with ``.grid``) from :func:`encode`'s bytes."""
+    """``{asset key: AssetLayout}`` (with ``.grid``) from `encode`'s bytes."""
     if not blob or blob[:4] != MAGIC:
         raise IndexFormatError("not a stacchip layout (unknown encoding)")
     raw = zlib.decompress(blob[4:])
@@ -150,8 +162,10 @@ class HeaderInput:
     served from memory; anything else is read from the object through the I/O layer."""
 
     def __init__(self, url: str, header: bytes, tiles: dict | None = None) -> None:
+        objects.use_async_tiff()  # NoTransport in a child forked after its parent used async-tiff
         self.url, self.header = url, header
         self.tiles = tiles if tiles is not None else {}
+        self.read_to = len(header)  # the end of the furthest byte read: what a layout's digest covers
 
     async def get_range_async(self, path, *, start, end=None, length=None):
         end = start + length if end is None else end
@@ -160,6 +174,7 @@ class HeaderInput:
         hit = self.tiles.get((start, end))
         if hit is not None:
             return hit
+        self.read_to = max(self.read_to, end)
         return (await objects.get_ranges_async(self.url, [start], [end]))[0]
 
     async def get_ranges_async(self, path, *, starts, ends=None, lengths=None):
@@ -167,22 +182,46 @@ class HeaderInput:
         return [await self.get_range_async(path, start=s, end=e) for s, e in zip(starts, ends)]
 
 
+_NO_LAYOUT_WARNED: set[str] = set()
+
+
+def _first_tile(tiff) -> int | None:
+    """Where the first tile (or strip) of any image of the file starts: in a COG everything
+    before it is metadata."""
+    starts = [int(np.min(offsets[offsets > 0])) for ifd in tiff.ifds
+              for offsets in [np.asarray(ifd.tile_offsets if ifd.tile_offsets is not None else
+                                         (ifd.strip_offsets or ()), np.int64)] if (offsets > 0).any()]
+    return min(starts) if starts else None
+
+
 async def read_layout(key: str, href: str) -> AssetLayout | None:
     """The layout of one asset from one ranged read (more only if its header is larger);
-    None (and a log line) when it is not a tiled TIFF that the layout path can read."""
+    None (and a log line) when it is not a tiled TIFF that the layout path can read, or
+    cannot be read (a warning; one per distinct cause, so a token endpoint that is down
+    says so once, not once per asset)."""
     from async_tiff import TIFF
 
     try:
-        signed = sign_href(href)  # at read time; the layout keeps ``href`` unsigned
+        signed = await objects.sign(href)  # at read time, off the loop; the layout keeps ``href`` unsigned
         header, meta = await objects.get_head_async(signed, HEADER_PREFETCH)
+        store = HeaderInput(signed, header)
+    except objects.NoTransport as exc:  # forked after the parent used obstore or async-tiff
+        log.info("no layout for asset %r: %s", key, exc)
+        return None
     except StacchipError as exc:  # best effort: chips of this asset then open the file
-        log.warning("no layout for asset %r: %s", key, exc)
+        if str(exc) not in _NO_LAYOUT_WARNED:
+            if len(_NO_LAYOUT_WARNED) > 10_000:  # bounded over a long run
+                _NO_LAYOUT_WARNED.clear()
+            _NO_LAYOUT_WARNED.add(str(exc))
+            log.warning("no layout for asset %r: %s", key, exc)
+        else:
+            log.debug("no layout for asset %r: %s", key, exc)
         return None
     if header[:2] != b"II":  # chips are decoded as little-endian (the synthetic header says so)
         log.info("no layout for %s: not a little-endian TIFF", redact(href))
         return None
     try:
-        tiff = await TIFF.open("x", store=HeaderInput(signed, header), prefetch=len(header))
+        tiff = await TIFF.open("x", store=store, prefetch=len(header))
     except Exception as exc:  # noqa: BLE001 - not a TIFF (a JP2, a PNG...): rasterio reads it
         log.info("no layout for %s: %s", redact(href), exc)
         return None
@@ -196,17 +235,33 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     if dtype is None or not scale or not tie:
         log.info("no layout for %s: unsupported sample type or no georeferencing", redact(href))
         return None
+    # the digest covers the metadata: all bytes before the first tile, or all that was read
+    # when the metadata did not fit in the prefetch (then read once more, in one request)
+    first = _first_tile(tiff)
+    head = min(len(header), first) if first and store.read_to <= len(header) else store.read_to
+    if head > len(header):
+        try:
+            header, _ = await objects.get_head_async(signed, head)
+        except StacchipError as exc:
+            log.warning("no layout for asset %r: %s", key, exc)
+            return None
     a, e = float(scale[0]), -float(scale[1])
     c, f = float(tie[3]) - tie[0] * a, float(tie[4]) - tie[1] * e
     nodata = ifd.gdal_nodata
-    return AssetLayout(
+    layout = AssetLayout(
         key=key, href=href, width=int(ifd.image_width), height=int(ifd.image_height),
         tile_width=int(ifd.tile_width), tile_height=int(ifd.tile_height), dtype=dtype,
         bands=int(ifd.samples_per_pixel), planar=int(ifd.planar_configuration), compression=int(ifd.compression),
         predictor=int(ifd.predictor or 1), nodata=float(nodata) if nodata not in (None, "") else None,
-        size=meta.size, etag=meta.etag, transform=(a, c, e, f),
+        size=meta.size, transform=(a, c, e, f),
         offsets=np.asarray(ifd.tile_offsets, np.int64), counts=np.asarray(ifd.tile_byte_counts, np.int64),
+        digest=objects.digest(header[:head]), head=head,
     )
+    objects.note_checked(href, layout.expect(), meta.etag)  # this process need not check it again
+    return layout
+
+
+_FORK_NOTED: int | None = None
 
 
 async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
@@ -216,7 +271,15 @@ async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
 def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float] | None = None) -> bytes | None:
     """The encoded layouts of ``{asset key: unsigned href}``, read concurrently, with the
     item's chip ``grid`` ``(a, c, e, f)``; None if no asset has one."""
-    if not hrefs or not objects.usable():
+    if not hrefs:
+        return None
+    if not objects.async_tiff_usable():  # it parses the headers; it would hang here
+        global _FORK_NOTED
+        if _FORK_NOTED != os.getpid():
+            _FORK_NOTED = os.getpid()
+            log.warning("process %d was forked after its parent parsed COG headers with async-tiff, which "
+                        "cannot run here: its indexes get no layouts (start it with 'spawn' or 'forkserver')",
+                        os.getpid())
         return None
     found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
     return encode(found, grid) if found else None

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def band_stack(chip: Mapping[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
     """All bands of a chip in one (bands, cs, cs) array, with a name per band
-    (see :func:`stacchip_core.core.chip.band_names`)."""
+    (see `stacchip_core.core.chip.band_names`)."""
     return stack_arrays(chip), list(band_names(chip, platform))
 
 
@@ -79,7 +79,7 @@ def write_chip(
     """Write a chip as .npz (one array per asset), .tif (all bands, georeferenced) or
     .png (RGB preview), by the suffix of ``path``, atomically.
 
-    A :class:`~stacchip_core.core.chip.Chip` carries its own transform, CRS and band names
+    A `Chip` carries its own transform, CRS and band names
     (``write_chip(path, chip)``); a plain mapping of arrays needs ``grid``, ``x`` and ``y``
     for a .tif (and ``platform`` for band names)."""
     path = Path(path)

@@ -10,6 +10,7 @@ a Hilbert curve, so a 1 degree box reads a few row groups of a worldwide index.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -24,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
-from stacchip_core.errors import ConfigError, IndexFormatError, NotFoundError
-from stacchip_core.io import objects
+from stacchip_core.errors import ConfigError, IndexFormatError, NotFoundError, ObjectError
+from stacchip_core.io import objects, portable
 from stacchip_core.io.urls import redact
 from stacchip_core.types import Report
 
@@ -39,9 +40,9 @@ _WORLD = (-180.0, 180.0)
 @dataclass(frozen=True)
 class QueryReport(Report):
     """What a query read: ``row_groups_read`` of ``row_groups_total`` row groups over
-    ``files`` files, ``bytes_read`` bytes in ``requests`` round trips (a HEAD, the footer,
-    then all column chunks at once: ranges sent concurrently count once), ``rows`` rows
-    returned, in ``seconds``."""
+    ``files`` files, ``bytes_read`` bytes in ``requests`` requests (a HEAD, the footer, then
+    the column chunks, adjacent ones coalesced, each pass's requests sent at once), ``rows``
+    rows returned, in ``seconds``."""
 
     files: int
     row_groups_read: int
@@ -467,6 +468,52 @@ def _boxes_meet(b: list[np.ndarray], boxes) -> np.ndarray:
     return near
 
 
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges closer than COALESCE_GAP merged into one (column chunks are adjacent)."""
+    merged: list[list[int]] = []
+    for s, e in sorted(set(ranges)):
+        if merged and s - merged[-1][1] <= objects.COALESCE_GAP:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def _head(url: str) -> int:
+    """The object's size. Through the fork-safe transport where it serves the URL (local,
+    http(s), s3), as index loads are (io.objects): a query never starts obstore's runtime, so
+    DataLoader workers forked after it keep their fast chip reads."""
+    if not portable.serves(url):
+        return objects.head(url).size
+    try:
+        if not objects.is_remote(url):
+            return portable.read_local(url, None, None, body=False).size
+        return objects.run(portable.read(url, body=False)).size
+    except Exception as exc:  # noqa: BLE001 - aiohttp's errors, HttpStatus and OSErrors
+        raise ObjectError(f"cannot stat {redact(url)}: {objects.failure(exc)}") from None
+
+
+def _get_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of ``ranges``, all requests at once (see _head for the transport)."""
+    if not portable.serves(url):
+        return [bytes(b) for b in objects.get_ranges(url, [s for s, _ in ranges], [e for _, e in ranges])]
+
+    async def every() -> list:
+        return await asyncio.gather(*(portable.read(url, s, e) for s, e in ranges))
+
+    try:
+        if not objects.is_remote(url):
+            bodies = [portable.read_local(url, s, e).body for s, e in ranges]
+        else:
+            bodies = [r.body for r in objects.run(every())]
+    except Exception as exc:  # noqa: BLE001 - aiohttp's errors, HttpStatus and OSErrors
+        raise ObjectError(f"cannot read {redact(url)}: {objects.failure(exc)}") from None
+    for (s, e), body in zip(ranges, bodies):
+        if len(body) != e - s:
+            raise ObjectError(f"cannot read {redact(url)}: truncated (bytes {s}-{e} gave {len(body)})")
+    return [bytes(b) for b in bodies]
+
+
 class _RangeFile:
     """A read-only file over one object, for pyarrow: reads are served from ranges fetched
     ahead (the footer, then every column chunk a query needs, coalesced into few requests
@@ -478,7 +525,7 @@ class _RangeFile:
         self.requests = 0
         self._pos = 0
         self.closed = False
-        self.size = objects.head(url).size
+        self.size = _head(url)
         self.requests += 1
         self._cache: list[tuple[int, bytes]] = []
         tail = min(self.size, FOOTER_BYTES)
@@ -494,10 +541,11 @@ class _RangeFile:
         ranges = [(s, e) for s, e in ranges if e > s and not self._cached(s, e)]
         if not ranges:
             return
-        buffers = objects.get_ranges(self.url, [s for s, _ in ranges], [e for _, e in ranges])
-        self.requests += 1  # one round trip: obstore sends the (coalesced) ranges concurrently
-        for (s, e), buf in zip(ranges, buffers):
-            self._cache.append((s, bytes(buf)))
+        merged = _coalesce(ranges)
+        buffers = _get_ranges(self.url, merged)
+        self.requests += len(merged)
+        for (s, e), buf in zip(merged, buffers):
+            self._cache.append((s, buf))
             self.bytes_read += e - s
 
     def _cached(self, start: int, end: int) -> bytes | None:

@@ -100,7 +100,7 @@ class DatasetCache:
 def grid_factor(ds, grid: ChipGrid, name: str) -> int | None:
     """Grid pixels per dataset pixel when the dataset sits exactly on the grid's lattice;
     ``None`` when it is offset or of a non-whole pixel ratio and is read through
-    :mod:`stacchip_core.core.resample`. Raises for another CRS or no coverage."""
+    `stacchip_core.core.resample`. Raises for another CRS or no coverage."""
     return resample.alignment(ds, grid, name)
 
 

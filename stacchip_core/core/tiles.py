@@ -1,11 +1,11 @@
 """Chips from layouts: the byte ranges of exactly the tiles a chip touches, fetched for all
 assets (and all chips of a batch) concurrently, decoded by async-tiff in its Rust thread pool
 (off the event loop, without the GIL), cropped and expanded exactly as
-:func:`stacchip_core.core.raster.read_chip_window` does.
+`stacchip_core.core.raster.read_chip_window` does.
 
 No item JSON and no header request: a synthetic one-IFD BigTIFF header made from the layout
 lets async-tiff decode the tiles. Reads send ``If-Match: <ETag>`` (where the layout has one)
-and check the object size, so a changed or missing object raises :class:`StaleLayout` and the
+and check the object size, so a changed or missing object raises `StaleLayout` and the
 caller falls back to rasterio.
 """
 
@@ -275,7 +275,7 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
     """Chips ``xys[i]`` of assets ``keys[i]`` described by ``layouts[i]`` on ``grids[i]``.
 
     Returns per chip ``{key: array (bands, cs, cs)}``, or ``{key: exception}`` entries for
-    assets the caller must read through rasterio (:class:`StaleLayout`, :class:`Unsupported`).
+    assets the caller must read through rasterio (`StaleLayout`, `Unsupported`).
     Chips of the same object share one coalesced fetch and one decode per tile.
     """
     results: list[dict] = [{} for _ in xys]
@@ -320,5 +320,5 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
 
 
 def read_batch(layouts, keys, grids, xys) -> list[dict]:
-    """:func:`read_batch_async` from sync code, on the I/O layer's event loop."""
+    """`read_batch_async` from sync code, on the I/O layer's event loop."""
     return objects.run(read_batch_async(layouts, keys, grids, xys))

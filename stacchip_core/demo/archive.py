@@ -200,11 +200,6 @@ def s1_quarter(index: int) -> tuple[int, int]:
     return year, rng.sample(range(4), 1)[0]
 
 
-def s1_expected(index: int = 0) -> list[str]:
-    year, q = s1_quarter(index)
-    return [f"S1A_IW_GRDH_1SDV_{year}{2 + 3 * q:02d}10T094350_in_rtc"]
-
-
 def _sentinel1(items: Path) -> None:
     """For sample 0's quarter: the item over the tile, and newer decoys that the original
     processor could pick (one elsewhere on Earth, one HH/HV over the tile); one more item
@@ -222,11 +217,6 @@ def _sentinel1(items: Path) -> None:
 
 def modis_months(h: int, v: int, year: int) -> list[int]:
     return random.Random(h * v * year).sample(range(1, 13), 4)
-
-
-def modis_expected() -> list[str]:
-    h, v = MODIS_TILE
-    return [f"MYD09A1.A{datetime(2018, m, 9):%Y%j}.h{h:02d}v{v:02d}.061.synthetic" for m in modis_months(h, v, 2018)]
 
 
 def _modis(items: Path) -> None:

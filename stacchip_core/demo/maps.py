@@ -11,21 +11,37 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import shapely
 
-CMAP = "viridis"
+log = logging.getLogger(__name__)
+
+
+
+# viridis at 17 even stops (matplotlib's colormap data), interpolated in between: the page and
+# the previews need no plotting library
+_VIRIDIS = np.array([[int(c[k:k + 2], 16) for k in (1, 3, 5)] for c in (
+    "#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e",
+    "#21918c", "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219",
+    "#fde725")], float)
+
+
+# 256 levels, as matplotlib's colormaps have: the static map's colour bar shows every colour
+# a chip can have
+_AT = np.linspace(0, len(_VIRIDIS) - 1, 256)
+_STOPS = np.arange(len(_VIRIDIS))
+_LEVELS = np.rint(np.stack([np.interp(_AT, _STOPS, _VIRIDIS[:, b]) for b in range(3)], axis=-1)).astype(int)
 
 
 def cloud_colours(cloud: np.ndarray) -> list[str]:
-    """Hex colours of cloud fractions 0..1 (matplotlib's viridis: clear is purple, cloudy yellow)."""
-    from matplotlib import colormaps
-
-    rgba = colormaps[CMAP](np.clip(np.asarray(cloud, dtype=float), 0, 1))
-    return ["#{:02x}{:02x}{:02x}".format(*(round(v * 255) for v in c[:3])) for c in rgba]
+    """Hex colours of cloud fractions 0..1 (viridis in 256 levels: clear is purple, cloudy
+    yellow)."""
+    level = np.minimum((np.clip(np.asarray(cloud, dtype=float), 0, 1) * 256).astype(int), 255)
+    return ["#{:02x}{:02x}{:02x}".format(*c) for c in _LEVELS[level.reshape(-1)].tolist()]
 
 
 def _footprints(table: pa.Table) -> np.ndarray:
@@ -115,11 +131,18 @@ window.addEventListener("mousemove", e => {{
     return path
 
 
-def index_map_png(table: pa.Table, path: str | Path) -> Path:
-    """A static map: one panel per platform, chips filled by cloud fraction, a shared colour bar."""
+def index_map_png(table: pa.Table, path: str | Path) -> Path | None:
+    """A static map: one panel per platform, chips filled by cloud fraction, a shared colour
+    bar. Drawn with matplotlib (the ``viz`` extra); None, with one log line, without it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log.warning("index_map.png not drawn: it needs matplotlib "
+                    "(pip install 'stacchip-core[viz]'); index_map.html shows the same")
+        return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
     from matplotlib.patches import Polygon
 
@@ -146,7 +169,8 @@ def index_map_png(table: pa.Table, path: str | Path) -> Path:
         ax.set_title(f"{name} ({int((platforms == name).sum())})", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.ticklabel_format(useOffset=False)
-    fig.colorbar(ScalarMappable(Normalize(0, 1), CMAP), ax=list(axes), label="cloud fraction", fraction=0.03)
+    cmap = ListedColormap(_LEVELS / 255)
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(axes), label="cloud fraction", fraction=0.03)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig).print_png(str(path))
     return path

@@ -101,27 +101,64 @@ def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: 
         r0, c0 = tile_origin(i, cols, cs)
         canvas[r0:r0 + tile.shape[1], c0:c0 + tile.shape[2]] = tile.transpose(1, 2, 0)
         origins.append((r0, c0))
-    canvas = _with_labels(canvas, [(r0 + cs + 4, c0, text) for (r0, c0), text in zip(origins, labels)])
+    strips = [(r0 + cs + 4, c0, text) for (r0, c0), text in zip(origins, labels)]
+    canvas = _with_labels(canvas, strips, cs)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(path, canvas.transpose(2, 0, 1))
     return {"path": path, "chipids": [r["chipid"] for r in rows], "origins": origins, "masks": masks,
             "cols": cols, "chip_size": cs}
 
 
-def _with_labels(canvas: np.ndarray, labels: list[tuple[int, int, str]]) -> np.ndarray:
-    """Text drawn by matplotlib into the white strips under the tiles; the tiles stay untouched
-    pixel for pixel (the figure is the canvas at 1 px per pixel)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+# A 5 x 7 pixel font for the labels (the characters they use), so that previews need no
+# drawing library: a plain install of stacchip-core and one plugin runs the demo.
+_GLYPHS = {
+    "0": "01110 10001 10011 10101 11001 10001 01110",
+    "1": "00100 01100 00100 00100 00100 00100 01110",
+    "2": "01110 10001 00001 00010 00100 01000 11111",
+    "3": "11110 00001 00001 01110 00001 00001 11110",
+    "4": "00010 00110 01010 10010 11111 00010 00010",
+    "5": "11111 10000 11110 00001 00001 10001 01110",
+    "6": "00110 01000 10000 11110 10001 10001 01110",
+    "7": "11111 00001 00010 00100 01000 01000 01000",
+    "8": "01110 10001 10001 01110 10001 10001 01110",
+    "9": "01110 10001 10001 01111 00001 00010 01100",
+    ".": "00000 00000 00000 00000 00000 01100 01100",
+    " ": "00000 00000 00000 00000 00000 00000 00000",
+    "a": "00000 00000 01110 00001 01111 10001 01111",
+    "c": "00000 00000 01110 10000 10000 10001 01110",
+    "d": "00001 00001 01101 10011 10001 10001 01111",
+    "l": "01100 00100 00100 00100 00100 00100 01110",
+    "n": "00000 00000 10110 11001 10001 10001 10001",
+    "o": "00000 00000 01110 10001 10001 10001 01110",
+    "t": "01000 01000 11100 01000 01000 01001 00110",
+    "u": "00000 00000 10001 10001 10001 10011 01101",
+}
+_FONT = {ch: np.array([[c == "1" for c in row] for row in rows.split()])
+         for ch, rows in _GLYPHS.items()}
+TEXT = (34, 34, 34)
 
-    h, w = canvas.shape[:2]
-    fig = Figure(figsize=(w / 100, h / 100), dpi=100)
-    fig.figimage(canvas, 0, 0, origin="upper")
+
+def text_mask(text: str, width: int) -> np.ndarray:
+    """The pixels of ``text`` in the built-in font, at twice its size when that fits in
+    ``width`` (else at its size; characters past ``width`` are cut). Unknown characters are
+    blank."""
+    for scale in (2, 1):
+        advance = 5 * scale + 1
+        if len(text) * advance - scale <= width or scale == 1:
+            break
+    mask = np.zeros((7 * scale, max(len(text) * advance, 1)), bool)
+    for i, ch in enumerate(text):
+        glyph = _FONT.get(ch, _FONT[" "])
+        mask[:, i * advance:i * advance + 5 * scale] = np.kron(glyph, np.ones((scale, scale), bool))
+    return mask[:, :width]
+
+
+def _with_labels(canvas: np.ndarray, labels: list[tuple[int, int, str]], width: int) -> np.ndarray:
+    """Text drawn into the white strips under the tiles; the tiles stay untouched pixel for
+    pixel (the text never leaves its strip)."""
+    out = canvas.copy()
     for row, col, text in labels:
-        fig.text(col / w, 1 - row / h, text, fontsize=9, family="monospace", va="top", ha="left")
-    agg = FigureCanvasAgg(fig)
-    agg.draw()
-    out = np.asarray(agg.buffer_rgba())[..., :3].copy()
-    tiles_mask = np.all(canvas != 255, axis=-1)  # keep tile pixels exactly (text never reaches them)
-    out[tiles_mask] = canvas[tiles_mask]
+        mask = text_mask(text, width)
+        rows = min(mask.shape[0], out.shape[0] - row)
+        out[row:row + rows, col:col + mask.shape[1]][mask[:rows]] = TEXT
     return out

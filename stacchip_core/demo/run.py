@@ -64,7 +64,7 @@ class DemoReport(Report):
     index: str
     previews: str
     map_html: str
-    map_png: str
+    map_png: str | None  # None without matplotlib (the viz extra)
     summary: list[PlatformSummary]
     throughput: Throughput
 
@@ -128,4 +128,5 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
         chips_read_per_second=read_chips / read_s if read_s else 0.0,
     )
     return DemoReport(archive=str(archive.root), bucket=str(bucket), index=merged.output, previews=str(previews),
-                      map_html=str(map_html), map_png=str(map_png), summary=summary, throughput=throughput)
+                      map_html=str(map_html), map_png=str(map_png) if map_png else None, summary=summary,
+                      throughput=throughput)

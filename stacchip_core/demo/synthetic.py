@@ -317,29 +317,7 @@ def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id:
     return _write_item(item, outdir)
 
 
-def linz_scene(outdir: str | Path, rows: int = 1000, cols: int = 800, *, item_id: str = "BQ25_10000_0305",
-               when: datetime = datetime(2022, 12, 31, 11, 0, 0, tzinfo=UTC),
-               origin: tuple[float, float] = (1747200.0, 5428800.0), epsg: int = 2193,
-               blocksize: int = 512) -> Path:
-    """A LINZ aerial scene as the LINZ processor writes it: RGB uint8 ``visual`` at 0.30 m
-    in NZTM, zeros in band 1 marking nodata along the right edge."""
-    outdir = Path(outdir) / item_id
-    t = Affine(0.3, 0, origin[0], 0, -0.3, origin[1])
-    if _APPEARANCE.get() == "land":
-        data = np.stack([land_band(n, rows, cols, 5, np.uint8, 255 / 3000) for n in ("red", "green", "blue")])
-    else:
-        data = np.stack([(band_pattern(i, rows, cols) % 250 + 1).astype(np.uint8) for i in range(3)])
-    r = np.arange(rows)[:, None]
-    c = np.arange(cols)[None, :]
-    data[:, c > cols - cols // 5 + r // 8] = 0
-    path = write_cog(outdir / "visual.tif", data, t, f"EPSG:{epsg}", nodata=0, blocksize=blocksize)
-    assets = {"visual": _asset(path, (rows, cols), t)}
-    properties = {"start_datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "end_datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    item = _item(item_id, "linz", when, epsg, t, (rows, cols), assets, properties)
-    return _write_item(item, outdir)
-
-
-# --- Sentinel-1 RTC and MODIS (appended) -----------------------------------------------
+# --- Sentinel-1 RTC and MODIS ----------------------------------------------------------
 
 S1_NODATA = -32768.0
 MODIS_FILL = -28672

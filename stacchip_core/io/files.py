@@ -6,9 +6,9 @@ or not at all. The temporary sibling is named ``.{name}~{host}~{pid}~{token}.tmp
 - it is created with mode ``0666 & ~umask`` (as ``open`` would; ``mkstemp`` forces 0600,
   which made a shared bucket folder unreadable to the group), so published files honour
   the umask;
-- a rerun removes the temporary files a killed writer left (:func:`remove_stale`), but only
+- a rerun removes the temporary files a killed writer left (`remove_stale`), but only
   **stale** ones: from this host when their process is gone, from another host (a shared
-  filesystem) when they were not written to for :data:`STALE_AFTER` seconds. Two jobs on
+  filesystem) when they were not written to for `STALE_AFTER` seconds. Two jobs on
   the same item at once (a retried array job overlapping a slow one) therefore never delete
   each other's files in flight; both publish the same bytes and the last rename wins.
 """
@@ -99,7 +99,7 @@ def remove_stale(folder: str | Path, recursive: bool = True) -> int:
 def scratch_dir(what: str, parent: str | Path | None = None) -> Iterator[Path]:
     """A private scratch folder ``{parent}/stacchip-{what}~{host}~{pid}~{token}`` (parent:
     the system's temporary folder), removed on exit. Entering one first removes the scratch
-    folders of ``what`` that killed processes left (same rules as :func:`is_stale`), so a
+    folders of ``what`` that killed processes left (same rules as `is_stale`), so a
     rerun cleans up after a ``kill -9``."""
     import shutil
     import tempfile

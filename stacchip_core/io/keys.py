@@ -1,17 +1,17 @@
 """Store keys built from catalog data or options, kept under their prefix.
 
 Every key stacchip writes is ``/``-joined *segments*; a segment that comes from outside
-(an item id from a catalog, a file name from an href) goes through :func:`segment`, and a
+(an item id from a catalog, a file name from an href) goes through `segment`, and a
 name the user gives as an option (``prechip --version``, a platform name) through
-:func:`name`. The rules:
+`name`. The rules:
 
 - catalog data is **encoded**, so every real item still processes: ``%``, ``/``, ``\\``
   and control characters (NUL, newline…) become ``%XX`` (as in a URL), and a segment that
   is exactly ``.`` or ``..`` becomes ``%2E`` / ``%2E%2E``. An id without those characters
   (every id seen in Earth Search, Planetary Computer, USGS, LINZ) keeps its key unchanged.
-- options are **rejected** (:class:`~stacchip_core.errors.UnsafeKeyError`): ``--version
+- options are **rejected** (`UnsafeKeyError`): ``--version
   ../..`` is a mistake, not data to preserve.
-- :func:`join` checks the finished key once more (no empty, ``.`` or ``..`` part, no
+- `join` checks the finished key once more (no empty, ``.`` or ``..`` part, no
   leading ``/``), so neither a local path nor an S3 key can leave the store's prefix.
 """
 

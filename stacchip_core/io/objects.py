@@ -1,20 +1,28 @@
 """One object I/O layer for every URL stacchip reads: local paths, ``file://``, ``s3://``,
-``https://``, ``gs://``, ``az://``, on obstore (Rust, async, retries and timeouts built in).
+``https://``, ``gs://``, ``az://``.
 
-Every read goes through :func:`locate`, which turns a URL into a cached ``(store, path)``;
-an href-signing hook (signed Planetary Computer URLs, say) plugs in there and nowhere else.
-Errors are :class:`~stacchip_core.errors.ObjectError` and name the URL through
-:func:`~stacchip_core.io.urls.redact`, never its credentials or signature.
+Two transports serve it. obstore (Rust, async, retries and timeouts built in; the cheaper
+per request) wherever it can run; its runtime does not survive ``fork()``, so in a process
+forked after its parent used obstore, the fork-safe transport (io.portable: aiohttp, S3
+presigned by botocore, local files) reads local, http(s) and s3 URLs instead; gs:// and az://
+fall back to rasterio there, with one warning. Indexes are read by the fork-safe transport
+(or pyarrow, for local files) in every process, so loading one never starts obstore.
+
+Hrefs are signed (``stacchip_sign_href``) by ``sign``, off the event loop. Every read is
+counted (``counters()``). Errors are ObjectError and name the URL through ``redact``, never
+its credentials or signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +33,7 @@ import obstore
 from obstore.store import AzureStore, GCSStore, HTTPStore, LocalStore, S3Store
 
 from stacchip_core.errors import ObjectError
+from stacchip_core.io import portable
 from stacchip_core.io.settings import object_timeouts, requester_pays, s3_anonymous, s3_endpoint
 from stacchip_core.io.urls import redact
 
@@ -134,8 +143,13 @@ def failure(exc: Exception) -> str:
         return "not found"
     if isinstance(exc, oe.PreconditionError):
         return "precondition failed"
-    if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError)):
+    if isinstance(exc, (oe.PermissionDeniedError, oe.UnauthenticatedError, PermissionError)):
         return "access denied"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, portable.HttpStatus):
+        return {404: "not found", 412: "precondition failed", 403: "access denied",
+                401: "access denied"}.get(exc.status, f"HTTP status {exc.status}")
     message = str(exc)
     if "timed out" in message.lower() or "timeout" in message.lower():
         return "timed out"
@@ -163,21 +177,134 @@ def _strip_urls(text: str) -> str:
     return redact_text(text)
 
 
+# --- counters -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Counters:
+    """What this process's object reads cost so far (whichever transport served them);
+    ``after - before`` is what happened in between.
+
+    Attributes:
+        requests: GET/HEAD requests for data (tiles, headers, whole objects); checks excluded.
+        bytes: body bytes those requests returned.
+        checks: requests that validated a layout (a header read and its digest).
+        check_bytes: body bytes of those.
+        stale: validated reads that found their object changed or gone (StaleObject).
+        portable: requests (checks included) served by the fork-safe transport, not obstore.
+        signed: hrefs signed before a read (by the hook in a thread where it may block).
+    """
+
+    requests: int = 0
+    bytes: int = 0
+    checks: int = 0
+    check_bytes: int = 0
+    stale: int = 0
+    portable: int = 0
+    signed: int = 0
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(*(a - b for a, b in zip(astuple(self), astuple(other))))
+
+    def __add__(self, other: Counters) -> Counters:
+        return Counters(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+
+_COUNTS: dict[str, int] = dict.fromkeys((f.name for f in fields(Counters)), 0)
+_COUNTS_LOCK = threading.Lock()
+
+
+def _zero_counts() -> None:
+    for name in _COUNTS:
+        _COUNTS[name] = 0
+
+
+def _count(**deltas: int) -> None:
+    with _COUNTS_LOCK:
+        for name, value in deltas.items():
+            _COUNTS[name] += value
+
+
+def counters() -> Counters:
+    """A snapshot of this process's read counters (cumulative; a forked child starts at zero)."""
+    with _COUNTS_LOCK:
+        return Counters(**_COUNTS)
+
+
+# --- the transport: obstore where it runs, the fork-safe one elsewhere --------------------
+
+TRANSPORT_ENV = "STACCHIP_IO_TRANSPORT"  # "portable": the fork-safe transport in every process
+
+
+def _portable(url: str) -> bool:
+    """Whether ``url`` is read through the fork-safe transport in this process: local files
+    always (plain reads; they never start obstore's runtime), remote objects where obstore
+    cannot run (a child forked after its parent used it). Raises NoTransport for schemes that
+    transport lacks (gs://, az://) there."""
+    if not is_remote(url):
+        return True
+    if usable() and (os.environ.get(TRANSPORT_ENV, "auto") != "portable" or not portable.serves(url)):
+        return False
+    if not portable.serves(url):
+        _warn_no_transport()
+        raise NoTransport(f"{urlsplit(url).scheme}:// has no fork-safe transport")
+    return True
+
+
+async def _fetch(url: str, start: int | None = None, end: int | None = None, if_match: str | None = None,
+                 what: str = "requests") -> portable.Response:
+    """One GET of ``[start, end)`` (all when ``start`` is None) through this process's
+    transport: the body, the object's size and ETag. Counted under ``what``."""
+    if _portable(url):
+        response = await portable.read(url, start, end, if_match)
+        _count(**{what: 1, ("bytes" if what == "requests" else "check_bytes"): len(response.body)}, portable=1)
+        return response
+    store, path = locate(url)
+    options: GetOptions = {}
+    if start is not None:
+        options["range"] = (int(start), int(end or 0))
+    if if_match:
+        options["if_match"] = if_match
+    result = await obstore.get_async(store, path, options=options)
+    data = (await result.bytes_async()).to_bytes()
+    _count(**{what: 1, ("bytes" if what == "requests" else "check_bytes"): len(data)})
+    return portable.Response(data, int(result.meta["size"]), result.meta.get("e_tag"))
+
+
 def get_bytes(url: str | Path) -> bytes:
     """The whole object."""
-    store, path = locate(url)
+    url = str(url)
     try:
-        return obstore.get(store, path).bytes().to_bytes()
-    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
-        raise _error(str(url), exc) from None
+        if _portable(url):
+            # local files need no loop
+            response = portable.read_local(url, None, None) if not is_remote(url) else run(portable.read(url))
+            _count(requests=1, bytes=len(response.body), portable=1)
+            return response.body
+        store, path = locate(url)
+        data = obstore.get(store, path).bytes().to_bytes()
+    except NoTransport as exc:
+        raise ForkedError(f"cannot read {redact(url)}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
+        raise _error(url, exc) from None
+    _count(requests=1, bytes=len(data))
+    return data
 
 
 def head(url: str | Path) -> Meta:
-    store, path = locate(url)
+    """The object's size and ETag."""
+    url = str(url)
     try:
+        if _portable(url):
+            response = (portable.read_local(url, None, None, body=False) if not is_remote(url)
+                        else run(portable.read(url, body=False)))
+            _count(requests=1, portable=1)
+            return Meta(response.size, response.etag)
+        store, path = locate(url)
         meta = obstore.head(store, path)
-    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
-        raise _error(str(url), exc, "stat") from None
+    except NoTransport as exc:
+        raise ForkedError(f"cannot read {redact(url)}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
+        raise _error(url, exc, "stat") from None
+    _count(requests=1)
     return Meta(int(meta["size"]), meta.get("e_tag"))
 
 
@@ -189,37 +316,149 @@ def _check(url: str, starts, ends, buffers) -> list:
 
 
 def get_ranges(url: str | Path, starts: Sequence[int], ends: Sequence[int]) -> list:
-    """Byte ranges ``[start, end)``; obstore coalesces close ranges into fewer requests."""
+    """Byte ranges ``[start, end)``, concurrently (adjacent ones coalesced by obstore)."""
+    url = str(url)
+    if _portable_or_forked(url):
+        return run(get_ranges_async(url, starts, ends))
     store, path = locate(url)
     starts, ends = [int(s) for s in starts], [int(e) for e in ends]
     try:
         out = obstore.get_ranges(store, path, starts=starts, ends=ends)
     except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
-        raise _error(str(url), exc) from None
-    return _check(str(url), starts, ends, out)
+        raise _error(url, exc) from None
+    _count(requests=len(_coalesce(list(zip(starts, ends)))), bytes=sum(len(b) for b in out))
+    return _check(url, starts, ends, out)
+
+
+def _portable_or_forked(url: str) -> bool:
+    try:
+        return _portable(url)
+    except NoTransport:
+        return True  # get_ranges_async says so, as one ForkedError
 
 
 async def get_ranges_async(url: str | Path, starts: Sequence[int], ends: Sequence[int]) -> list:
-    store, path = locate(url)
+    url = str(url)
     starts, ends = [int(s) for s in starts], [int(e) for e in ends]
     try:
-        out = await obstore.get_ranges_async(store, path, starts=starts, ends=ends)
-    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
-        raise _error(str(url), exc) from None
-    return _check(str(url), starts, ends, out)
+        out: list
+        if _portable(url):
+            out = [r.body for r in await asyncio.gather(*(_fetch(url, s, e) for s, e in zip(starts, ends)))]
+        else:
+            store, path = locate(url)
+            out = await obstore.get_ranges_async(store, path, starts=starts, ends=ends)
+            _count(requests=len(_coalesce(list(zip(starts, ends)))), bytes=sum(len(b) for b in out))
+    except NoTransport as exc:
+        raise ForkedError(f"cannot read {redact(url)}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
+        raise _error(url, exc) from None
+    return _check(url, starts, ends, out)
 
 
 async def get_head_async(url: str | Path, length: int) -> tuple[bytes, Meta]:
     """The first ``length`` bytes (fewer if the object is smaller) and the object's size and
     ETag, in ONE request."""
-    store, path = locate(url)
     try:
-        result = await obstore.get_async(store, path, options={"range": (0, int(length))})
-        data = (await result.bytes_async()).to_bytes()
-    except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
+        response = await _fetch(str(url), 0, int(length))
+    except NoTransport:
+        raise
+    except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
         raise _error(str(url), exc) from None
-    meta = result.meta
-    return data, Meta(int(meta["size"]), meta.get("e_tag"))
+    return response.body, Meta(response.size, response.etag)
+
+
+def read_table(url: str | Path, **kwargs):
+    """The Parquet table at a local path or URL (``pyarrow.parquet.read_table`` keyword
+    arguments pass through). Not through obstore: the parent of a DataLoader loads its
+    index, then forks, and obstore's runtime would not survive into the workers. Local
+    files are read by pyarrow itself, http(s) and s3 ones in one GET of the fork-safe
+    transport; only gs:// and az:// indexes (which it cannot read) go through obstore.
+
+    Raises:
+        ObjectError: the object cannot be read.
+        pyarrow.ArrowInvalid: it is not Parquet.
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    url = str(url)
+    if not is_remote(url):
+        path = unquote(urlsplit(url).path) if url.lower().startswith("file:") else url
+        if not os.path.isfile(path):
+            raise ObjectError(f"no such file: {path}")
+        return pq.read_table(path, **kwargs)
+    if not portable.serves(url):  # gs://, az://: only obstore reads them
+        return pq.read_table(io.BytesIO(get_bytes(url)), **kwargs)
+    try:
+        response = run(portable.read(url))
+    except Exception as exc:  # noqa: BLE001 - aiohttp's errors and HttpStatus
+        raise _error(url, exc) from None
+    _count(requests=1, bytes=len(response.body), portable=1)
+    return pq.read_table(io.BytesIO(response.body), **kwargs)
+
+
+# --- signing, off the I/O loop ------------------------------------------------------------
+
+_SIGNER = None
+_SIGN_LOCKS: dict[tuple, asyncio.Lock] = {}
+_SIGN_FAILED: dict[tuple, tuple[float, str]] = {}
+SIGN_FAILURE_MEMORY = 30.0  # seconds a signing timeout is remembered: later hrefs fail at once
+
+
+def _signer():
+    global _SIGNER
+    if _SIGNER is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # a few threads: a hanging token endpoint holds one per storage account/container
+        _SIGNER = ThreadPoolExecutor(8, thread_name_prefix="stacchip-sign")
+    return _SIGNER
+
+
+def _sign_key(href: str) -> tuple:
+    """What one token covers: the scheme, host and first path segment (an Azure storage
+    account and container, an S3 bucket)."""
+    parts = urlsplit(href)
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.lstrip("/").split("/", 1)[0]
+
+
+async def sign(href: str) -> str:
+    """``href`` as the ``stacchip_sign_href`` hook rewrites it, computed OFF the event loop
+    (in a small thread pool; the hook may ask a token endpoint) and one at a time per storage
+    account and container (the first asks for the token, the others then find it cached).
+    The answer comes within ``STACCHIP_IO_TIMEOUT`` seconds: a hook that takes longer fails
+    with one AssetError, and hrefs of the same container fail at once for the next 30 s.
+    Reads of other hrefs go on meanwhile.
+
+    Raises:
+        AssetError: the hook failed or took longer than the I/O timeout.
+    """
+    from stacchip_core.errors import AssetError
+    from stacchip_core.plugins import sign_href, sign_href_at_once
+
+    _count(signed=1)
+    at_once = sign_href_at_once(href)  # no hook of a user, nothing to ask: no thread (70 µs saved)
+    if at_once is not None:
+        return at_once
+    key = _sign_key(href)
+    loop = asyncio.get_running_loop()
+    lock = _SIGN_LOCKS.get((id(loop), *key))
+    if lock is None:
+        lock = _SIGN_LOCKS[(id(loop), *key)] = asyncio.Lock()
+    timeout, _ = object_timeouts()
+    async with lock:
+        failed = _SIGN_FAILED.get(key)
+        if failed is not None and failed[0] > time.monotonic():
+            raise AssetError(failed[1])
+        try:
+            # a second more than the budget: a signer that keeps to it (the built-in one) answers first
+            return await asyncio.wait_for(loop.run_in_executor(_signer(), sign_href, href, None), timeout + 1)
+        except TimeoutError:
+            message = (f"signing hrefs of {redact(f'{key[0]}://{key[1]}/{key[2]}')} took longer than "
+                       f"{timeout:g} s (STACCHIP_IO_TIMEOUT)")
+            _SIGN_FAILED[key] = (time.monotonic() + SIGN_FAILURE_MEMORY, message)
+            raise AssetError(message) from None
 
 
 # --- validated range reads: the one entry point of chip reads -----------------------------
@@ -228,16 +467,86 @@ COALESCE_GAP = 64 * 1024  # merge ranges closer than this into one request
 
 
 class StaleObject(Exception):  # a signal to fall back, not an error for users
-    """The object no longer is what the index recorded (changed size or ETag, or gone): its
-    reader falls back to opening the file."""
+    """The object no longer is what the index recorded (changed size, header or ETag, or
+    gone): its reader falls back to opening the file."""
+
+
+class NoTransport(StaleObject):
+    """No transport can read this URL in this process (gs:// or az:// in a child forked after
+    its parent used obstore): the reader falls back to rasterio, as for a stale object."""
 
 
 @dataclass(frozen=True)
 class Expect:
-    """What the index recorded of an object, checked on every validated read."""
+    """What the index recorded of an object, checked by validated reads: its size (every
+    response), the digest of its first ``head`` bytes (once per process), or, in layouts
+    written before digests, its ETag (every request, as If-Match)."""
 
     size: int
     etag: str | None = None
+    digest: str | None = None
+    head: int = 0
+
+
+def digest(data: bytes) -> str:
+    """The digest layouts record of an object's header bytes."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# objects whose header digest matched in this process: (href, size, digest) -> ETag seen then
+_VERIFIED: dict[tuple, str | None] = {}
+_CHECKING: dict[tuple, asyncio.Future] = {}
+
+
+def note_checked(href: str, expect: Expect, etag: str | None) -> None:
+    """Record that the object at ``href`` was just seen to match ``expect`` (its header was read
+    and hashed, at index time), with this ETag: reads in this process need no check."""
+    if len(_VERIFIED) > 100_000:  # bounded over a long epoch
+        _VERIFIED.clear()
+    _VERIFIED[(href, expect.size, expect.digest)] = etag
+
+
+async def _verify(href: str, url: str, expect: Expect) -> str | None:
+    """The header check of a layout: its first bytes must hash to the recorded digest.
+    Returns the ETag the object has now (sent as If-Match by later reads); raises
+    StaleObject when the object changed."""
+    try:
+        response = await _fetch(url, 0, expect.head, what="checks")
+    except NoTransport:
+        raise
+    except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
+        if failure(exc) in ("not found", "precondition failed"):
+            raise StaleObject(failure(exc)) from None
+        raise _error(href, exc) from None
+    if response.size != expect.size:
+        raise StaleObject(f"size {response.size} != {expect.size}")
+    if digest(response.body[:expect.head]) != expect.digest:
+        raise StaleObject("its header changed")
+    return response.etag
+
+
+async def _verified(href: str, url: str, expect: Expect) -> str | None:
+    """The ETag of a checked object: checked once per process (concurrent callers share one
+    check, which goes on if one of them is cancelled), remembered after."""
+    key = (href, expect.size, expect.digest)
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    running_key = (id(asyncio.get_running_loop()), *key)
+    running = _CHECKING.get(running_key)
+    if running is None:
+
+        async def check() -> str | None:
+            try:
+                etag = await _verify(href, url, expect)
+            finally:
+                _CHECKING.pop(running_key, None)
+            note_checked(href, expect, etag)
+            return etag
+
+        running = _CHECKING[running_key] = asyncio.ensure_future(check())
+        # retrieved here too, so a check whose callers all went away logs nothing
+        running.add_done_callback(lambda task: task.cancelled() or task.exception())
+    return await asyncio.shield(running)
 
 
 def _coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -250,37 +559,80 @@ def _coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in merged]
 
 
+class _Changed(StaleObject):
+    """An If-Match that no longer holds (412)."""
+
+
+async def _blocks(href: str, url: str, merged: list[tuple[int, int]], expect: Expect, if_match: str | None,
+                  check: asyncio.Future | None) -> list[tuple[int, memoryview]]:
+    """The merged ranges, read concurrently (beside ``check``, a header check, if any)."""
+
+    async def one(s: int, e: int) -> tuple[int, memoryview]:
+        try:
+            response = await _fetch(url, s, e, if_match)
+        except NoTransport:
+            raise
+        except Exception as exc:  # noqa: BLE001 - either transport's errors and OSErrors
+            kind = failure(exc)
+            if kind == "precondition failed":
+                raise _Changed(kind) from None
+            if kind == "not found":  # the object went away
+                raise StaleObject(kind) from None
+            raise _error(href, exc) from None
+        if response.size != expect.size:
+            raise StaleObject(f"size {response.size} != {expect.size}")
+        if len(response.body) != e - s:
+            raise ObjectError(f"cannot read {redact(href)}: truncated (bytes {s}-{e} gave {len(response.body)})")
+        return s, memoryview(response.body)
+
+    try:
+        if check is None:
+            return list(await asyncio.gather(*(one(s, e) for s, e in merged)))
+        *blocks, _ = await asyncio.gather(*(one(s, e) for s, e in merged), check)
+        return blocks
+    finally:
+        if check is not None and not check.done():
+            check.cancel()
+
+
 async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
                       expect: Expect) -> dict[tuple[int, int], memoryview]:
     """The bytes of ``ranges`` (``[start, end)``) of the object at ``href`` (UNSIGNED: it is
-    signed here, right before the read, since signatures expire): coalesced, concurrent, and
-    checked against ``expect`` (size always; ``If-Match`` where an ETag is known). Raises
-    :class:`StaleObject` when the object changed or is gone, :class:`ObjectError` otherwise."""
-    from stacchip_core.plugins import sign_href
+    signed here, off the loop, right before the read, since signatures expire): coalesced,
+    concurrent, and checked against ``expect``.
 
-    url = sign_href(href)
-    store, path = locate(url)
+    The size is checked on every response. A layout with a header digest is checked once per
+    process: its header is read beside the first tile reads (no added latency) and the ETag
+    seen then goes as If-Match on later reads. When that fails (the object was rewritten, or
+    copied anew) the header is checked once more: unchanged, reads go on with the new ETag;
+    changed, the object is stale. A layout from before digests sends its recorded ETag as
+    If-Match, as it always did.
+
+    Raises:
+        StaleObject: the object changed or is gone (the caller falls back).
+        ObjectError: any other failure (one redacted line).
+        AssetError: signing the href failed.
+    """
+    url = await sign(href)
     merged = _coalesce(ranges)
-
-    async def one(s: int, e: int):
-        options: GetOptions = {"range": (s, e)}
-        if expect.etag:
-            options["if_match"] = expect.etag
-        try:
-            result = await obstore.get_async(store, path, options=options)
-            data = await result.bytes_async()
-        except Exception as exc:  # noqa: BLE001 - obstore raises its own hierarchy and OSErrors
-            kind = failure(exc)
-            if kind in ("not found", "precondition failed"):  # the object changed or went away
-                raise StaleObject(kind) from None
-            raise _error(href, exc) from None
-        if int(result.meta["size"]) != expect.size:
-            raise StaleObject(f"size {result.meta['size']} != {expect.size}")
-        if len(data) != e - s:
-            raise ObjectError(f"cannot read {redact(href)}: truncated (bytes {s}-{e} gave {len(data)})")
-        return s, memoryview(data)
-
-    blocks = await asyncio.gather(*(one(s, e) for s, e in merged))
+    try:
+        if not expect.digest or expect.etag:  # a layout from before digests: its ETag decides
+            blocks = await _blocks(href, url, merged, expect, expect.etag, None)
+        else:
+            key = (href, expect.size, expect.digest)
+            for attempt in range(2):
+                known = key in _VERIFIED
+                check = None if known else asyncio.ensure_future(_verified(href, url, expect))
+                try:
+                    blocks = await _blocks(href, url, merged, expect, _VERIFIED.get(key), check)
+                    break
+                except _Changed:
+                    if attempt or not known:
+                        raise
+                    _VERIFIED.pop(key, None)  # rewritten or copied since its check: check again
+    except StaleObject:
+        _count(stale=1)
+        raise
     out = {}
     for s, e in ranges:
         for bs, buf in blocks:
@@ -300,14 +652,21 @@ class _Loop:
         self._lock = threading.Lock()
         self._loop = None
         self._pid = None
+        self._thread: threading.Thread | None = None
 
     def run(self, coro):
         if self._pid != os.getpid() or self._loop is None:
             with self._lock:
                 if self._pid != os.getpid() or self._loop is None:
                     loop = asyncio.new_event_loop()
-                    threading.Thread(target=loop.run_forever, daemon=True, name="stacchip-io").start()
+                    self._thread = threading.Thread(target=loop.run_forever, daemon=True, name="stacchip-io")
+                    self._thread.start()
                     self._loop, self._pid = loop, os.getpid()
+        if threading.current_thread() is self._thread:  # sync code called from a coroutine on this loop
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1) as helper:  # waiting on our own loop would never end
+                return helper.submit(asyncio.run, coro).result()
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
 
@@ -321,28 +680,36 @@ def run(coro):
 
 
 _USED_BY: int | None = None  # the process that started obstore's (tokio) runtime
+_NATIVE_BY: int | None = None  # the process that started async-tiff's (tokio) runtime
 
 
 def usable() -> bool:
-    """Whether this process may use obstore/async-tiff. Their Rust runtime does not survive
-    ``fork()`` (its threads are not copied; reads then hang forever), so a process forked
-    after its parent read through them must not: callers fall back to rasterio/boto3 there.
-    Forking before the first read (a DataLoader's usual case) or the spawn start method
-    keeps the fast path."""
+    """Whether this process may use obstore. Its Rust runtime does not survive ``fork()``
+    (its threads are not copied; reads then hang forever), so a process forked after its
+    parent read through obstore must not: reads there go through the fork-safe transport
+    (io.portable), which needs nothing from the parent."""
     return _USED_BY is None or _USED_BY == os.getpid()
 
 
-def chips_usable() -> bool:
-    """:func:`usable`, for chip readers: the first time it is False in a process, one warning
-    says why chips are slow there and how to avoid it."""
-    ok = usable()
+def chips_usable(href: str | None = None) -> bool:
+    """Whether chips may be read from layouts in this process (of ``href``, when given): yes
+    wherever obstore runs, and for local, http(s) and s3 objects everywhere (the fork-safe
+    transport). gs:// and az:// in a child forked after its parent used obstore: no, with
+    one warning per process."""
+    if usable() or href is None or portable.serves(href):
+        return True
+    _warn_no_transport()
+    return False
+
+
+def _warn_no_transport() -> None:
     global _FORK_WARNED
-    if not ok and _FORK_WARNED != os.getpid():
+    if _FORK_WARNED != os.getpid():
         _FORK_WARNED = os.getpid()
         log.warning("process %d was forked after its parent read through obstore, whose runtime does not "
-                    "survive fork(): it reads chips through rasterio (slower). Start DataLoader workers "
-                    "before reading any chip in the parent, or use multiprocessing_context='spawn'", os.getpid())
-    return ok
+                    "survive fork(): its gs:// and az:// chips are read through rasterio (slower; http(s) and "
+                    "s3 keep the fast path). Use multiprocessing_context='forkserver' or 'spawn' for them",
+                    os.getpid())
 
 
 _FORK_WARNED: int | None = None
@@ -357,11 +724,38 @@ def _mark_used() -> None:
 
 
 class ForkedError(ObjectError):
-    """This process was forked after obstore was used: read another way."""
+    """This process was forked after obstore was used and called it anyway (only ``locate``
+    does: every read routes around it)."""
+
+
+def async_tiff_usable() -> bool:
+    """Whether this process may use async-tiff: like obstore, its runtime hangs in a child
+    forked after its parent used it (measured: ``TIFF.open`` never returns there)."""
+    return _NATIVE_BY is None or _NATIVE_BY == os.getpid()
+
+
+def use_async_tiff() -> None:
+    """Say that this process is about to use async-tiff (every ``TIFF.open`` of stacchip goes
+    through layout.HeaderInput, which calls this).
+
+    Raises:
+        NoTransport: a parent process used it before forking this one; the caller reads
+            another way (a layout is not recorded; a chip's asset goes through rasterio).
+    """
+    global _NATIVE_BY
+    if _NATIVE_BY is None:
+        _NATIVE_BY = os.getpid()
+    elif _NATIVE_BY != os.getpid():
+        raise NoTransport("async-tiff cannot run in a process forked after its parent used it")
 
 
 def _after_fork() -> None:
     _store.cache_clear()
+    _zero_counts()  # counters are per process
+    _CHECKING.clear()  # keyed by loops of the parent's I/O thread, which the child does not have
+    _SIGN_LOCKS.clear()
+    global _SIGNER
+    _SIGNER = None  # its threads stayed in the parent
 
 
 os.register_at_fork(after_in_child=_after_fork)

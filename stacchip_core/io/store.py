@@ -158,25 +158,14 @@ def open_store(location: str | Path, endpoint: str | None = None) -> LocalStore 
 
 def read_url(url: str, endpoint: str | None = None) -> bytes:
     """The bytes at a local path, file://, s3://, http(s)://, gs:// or az:// URL, through the
-    one object layer (:mod:`stacchip_core.io.objects`). ``endpoint`` overrides the configured
-    S3 endpoint (boto3, as before)."""
+    one object layer (io.objects: obstore, or its fork-safe transport in a process forked
+    after obstore ran). ``endpoint`` overrides the configured S3 endpoint (boto3, as before)."""
     from stacchip_core.errors import ObjectError
     from stacchip_core.io import objects
 
     parsed = urlparse(url)
-    if (parsed.scheme == "s3" and endpoint) or (parsed.scheme == "s3" and not objects.usable()):
+    if parsed.scheme == "s3" and endpoint:
         return S3Store(parsed.netloc, endpoint=endpoint).read_bytes(parsed.path.lstrip("/"))
-    if not objects.usable():  # forked after obstore ran: it would hang here
-        if parsed.scheme in ("http", "https"):
-            import urllib.request
-
-            with urllib.request.urlopen(url, timeout=30) as response:
-                return response.read()
-        path = Path(parsed.path if parsed.scheme == "file" else url)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise ObjectError(f"no such file: {path}") from None
     try:
         return objects.get_bytes(url)
     except ObjectError as exc:

@@ -1,6 +1,6 @@
 """URLs as stacchip shows them: credentials and signatures never reach a log, an error or a report.
 
-Every message that names an href goes through :func:`redact`. Catalog hrefs carry secrets in two
+Every message that names an href goes through `redact`. Catalog hrefs carry secrets in two
 places: userinfo (``https://user:pass@host/…``) and signed query strings (S3 presigned
 ``X-Amz-Signature``/``X-Amz-Credential``, Azure SAS ``sig``/``se``/``sv``…, Google ``X-Goog-*``,
 Planetary Computer SAS tokens). The host, path and harmless parameters stay, so a message still

@@ -15,12 +15,13 @@ Integrity rules (what a careless or hostile input meets):
 
 - ``dst`` inside ``src`` (as a path, ``file://`` or ``s3://``) is never an input: reruns
   give the same file, not twice the rows.
-- every input must be a stacchip index: the columns in :data:`REQUIRED` present, and no
-  null in :data:`NOT_NULL` (a parquet file of something else is an IndexFormatError naming
+- every input must be a stacchip index: the columns in `REQUIRED` present, and no
+  null in `NOT_NULL` (a parquet file of something else is an IndexFormatError naming
   the file, before anything is published).
 - the output is streamed once: locally into a temporary sibling of ``dst`` renamed into
   place; on S3 as a multipart upload that is completed only when the file is whole (and
-  aborted otherwise).
+  aborted otherwise). Nothing is staged in ``$TMPDIR`` (but spilled partitions of a merge
+  into S3, see below).
 
 Memory is bounded whatever the number of rows: up to ``memory_rows`` rows are sorted in
 memory; past that, rows are spilled into Hilbert-range partitions (temporary Parquet files

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
-from stacchip_core.io.store import open_store, read_url
+from stacchip_core.io.store import open_store
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.types import Report
 
@@ -83,10 +83,10 @@ class Cube:
 
 
 def load_index(location: str) -> pa.Table:
-    import pyarrow.parquet as pq
+    from stacchip_core.io.objects import read_table
 
-    try:
-        return pq.read_table(io.BytesIO(read_url(str(location))))
+    try:  # never through obstore: workers forked after this keep its fast path (io.objects)
+        return read_table(location)
     except pa.ArrowInvalid as exc:
         raise IndexFormatError(f"{location} is not a readable index: {exc}") from exc
 

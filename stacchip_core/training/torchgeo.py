@@ -32,7 +32,7 @@ from geopandas import GeoDataFrame
 from torchgeo.datasets import GeoDataset
 
 from stacchip_core.core.chipper import item_for_row
-from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.headers import item_grid
 from stacchip_core.errors import ConfigError, GridError, NotFoundError
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.prechip import ChipFilter, load_index
@@ -82,7 +82,7 @@ class StacchipGeoDataset(GeoDataset):
         for href in np.unique(hrefs):
             rows = np.flatnonzero(hrefs == href)
             first = table.slice(int(rows[0]), 1).to_pylist()[0]
-            grid = ChipGrid.from_item(item_for_row(first, mountpath), int(first["chip_size"]))
+            grid = item_grid(item_for_row(first, mountpath), int(first["chip_size"]), mountpath=mountpath)
             t = grid.transform
             if t.b or t.d or t.e >= 0:
                 raise GridError(f"item {first['item_id']}: only north-up grids are supported")

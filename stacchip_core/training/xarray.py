@@ -22,7 +22,7 @@ import rasterio
 from affine import Affine
 
 from stacchip_core.core.chipper import item_for_row
-from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.headers import item_grid
 from stacchip_core.errors import ShapeError
 from stacchip_core.training.chipread import ChipReader
 
@@ -60,7 +60,7 @@ def chip_georef(row: dict, mountpath=None, item=None) -> ChipGeoref:
     """The grid window of the chip an index row names (``chip_index_x``/``_y``, ``chip_size``)
     on its item's finest grid, as the chipper reads it."""
     item = item or item_for_row(row, mountpath)
-    grid = ChipGrid.from_item(item, int(row["chip_size"]))
+    grid = item_grid(item, int(row["chip_size"]))
     col, row_off, w, h = grid.window(int(row["chip_index_x"]), int(row["chip_index_y"]))
     when = row.get("datetime")
     if isinstance(when, datetime) and when.tzinfo is not None:

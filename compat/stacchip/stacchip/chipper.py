@@ -1,4 +1,4 @@
-"""stacchip 0.1's Chipper over :class:`stacchip_core.Chipper`, in both of its forms:
+"""stacchip 0.1's Chipper over `stacchip_core.Chipper`, in both of its forms:
 
 * 0.1.32+: ``Chipper(indexer, mountpath=None, assets=None, asset_blacklist=None)`` with
   ``chip(x, y)``, ``len()``, ``chipper[i] -> (x, y, chip)`` and iteration over those;

@@ -1,4 +1,4 @@
-"""stacchip 0.1's indexer classes over :class:`stacchip_core.Indexer`.
+"""stacchip 0.1's indexer classes over `stacchip_core.Indexer`.
 
 Same constructors, attributes and ``create_index()`` table (chipid, date, chip_index_x,
 chip_index_y, cloud_cover_percentage, nodata_percentage, geometry as a geoarrow polygon;

@@ -31,8 +31,16 @@ from __future__ import annotations
 
 import random
 
-from stacchip_core import Band, ChipStats, Platform, bit_mask, hookimpl, hookimpl_for
-from stacchip_core.pipeline.ingest import copy_assets
+from stacchip_core.plugin_api import (
+    Band,
+    ChipStats,
+    Platform,
+    bit_mask,
+    copy_assets,
+    env_job,
+    hookimpl,
+    hookimpl_for,
+)
 
 QA_FILL_BIT = 0
 # 1 dilated cloud, 2 cirrus (OLI only, high-confidence cirrus; 0.1.38 ignored it), 3 cloud, 4 cloud shadow
@@ -123,12 +131,8 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 
 def main_l2() -> None:
-    from stacchip_core.cli import env_job
-
     env_job(L2.name)
 
 
 def main_l1() -> None:
-    from stacchip_core.cli import env_job
-
     env_job(L1.name)

@@ -23,11 +23,21 @@ import pystac
 import rasterio
 from rasterio.enums import Resampling
 
-from stacchip_core import Band, ChipStats, Platform, SampleError, hookimpl, hookimpl_for
-from stacchip_core.core.output import write_cog
-from stacchip_core.io.settings import apply_gdal_options, source_s3_endpoint
-from stacchip_core.io.store import open_store
-from stacchip_core.pipeline.ingest import fetch, scratch_dir
+from stacchip_core.plugin_api import (
+    Band,
+    ChipStats,
+    Platform,
+    SampleError,
+    apply_gdal_options,
+    env_job,
+    fetch,
+    hookimpl,
+    hookimpl_for,
+    open_store,
+    scratch_dir,
+    source_s3_endpoint,
+    write_cog,
+)
 
 SOURCE_ENV = "STACCHIP_LINZ_SOURCE"
 SOURCE = "s3://nz-imagery"
@@ -134,6 +144,4 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 
 def main() -> None:
-    from stacchip_core.cli import env_job
-
     env_job(PLATFORM.name)

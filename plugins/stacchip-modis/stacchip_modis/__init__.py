@@ -56,17 +56,18 @@ import random
 
 import numpy as np
 
-from stacchip_core import (
+from stacchip_core.plugin_api import (
     AssetError,
     Band,
     ChipStats,
     ConfigError,
     Platform,
     SampleError,
+    copy_assets,
+    env_job,
     hookimpl,
     hookimpl_for,
 )
-from stacchip_core.pipeline.ingest import copy_assets
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,4 @@ def stacchip_normalize_item(platform, item, store, prefix):
 def main() -> None:
     """``stacchip-modis``: the original console script, configured by environment
     (``AWS_BATCH_JOB_ARRAY_INDEX`` is the tile's number, ``STACCHIP_BUCKET`` the target)."""
-    from stacchip_core.cli import env_job
-
     env_job(NAME)

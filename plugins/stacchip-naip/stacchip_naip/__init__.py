@@ -14,8 +14,15 @@ from __future__ import annotations
 
 import random
 
-from stacchip_core import Band, ChipStats, Platform, hookimpl, hookimpl_for
-from stacchip_core.pipeline.ingest import copy_assets
+from stacchip_core.plugin_api import (
+    Band,
+    ChipStats,
+    Platform,
+    copy_assets,
+    env_job,
+    hookimpl,
+    hookimpl_for,
+)
 
 STAC_API = "https://planetarycomputer.microsoft.com/api/stac/v1"
 COLLECTION = "naip"
@@ -70,6 +77,4 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 
 def main() -> None:
-    from stacchip_core.cli import env_job
-
     env_job(PLATFORM.name)

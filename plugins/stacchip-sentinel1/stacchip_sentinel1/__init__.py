@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pystac
 
-from stacchip_core import (
+from stacchip_core.plugin_api import (
     AssetError,
     Band,
     ChipGrid,
@@ -39,8 +39,17 @@ from stacchip_core import (
     PlatformError,
     ProjectionError,
     SampleError,
+    apply_gdal_options,
+    asset_href,
+    env_job,
+    fetch,
     hookimpl,
     hookimpl_for,
+    join_key,
+    key_segment,
+    redact,
+    redact_text,
+    scratch_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -163,13 +172,6 @@ def to_deflate_cog(source: Path, target: Path) -> None:
 
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
-    from stacchip_core.core.raster import asset_href
-    from stacchip_core.io.keys import join as join_key
-    from stacchip_core.io.keys import segment
-    from stacchip_core.io.settings import apply_gdal_options
-    from stacchip_core.io.urls import redact, redact_text
-    from stacchip_core.pipeline.ingest import fetch, scratch_dir
-
     check_grid(item)
     keys = polarisation_keys(platform, item)
     if not keys:
@@ -179,7 +181,7 @@ def stacchip_normalize_item(platform, item, store, prefix):
     apply_gdal_options()
     for key in keys:
         source = asset_href(out.assets[key])
-        name = segment(Path(urlparse(source).path).name or f"{key}.tif", "asset file name")
+        name = key_segment(Path(urlparse(source).path).name or f"{key}.tif", "asset file name")
         target = join_key(prefix, name)
         if not store.exists(target):  # a rerun keeps what is there
             with scratch_dir("s1") as tmp:  # a rerun removes what a killed job left
@@ -199,6 +201,4 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 def main() -> None:
     """``stacchip-sentinel-1``: the original console script, configured by environment."""
-    from stacchip_core.cli import env_job
-
     env_job(NAME, ("STACCHIP_MGRS_SOURCE", "STACCHIP_SAMPLE_SOURCE"))

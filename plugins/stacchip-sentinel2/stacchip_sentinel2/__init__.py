@@ -31,8 +31,16 @@ from __future__ import annotations
 
 import random
 
-from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl, hookimpl_for
-from stacchip_core.pipeline.ingest import copy_assets
+from stacchip_core.plugin_api import (
+    Band,
+    ChipStats,
+    Platform,
+    class_mask,
+    copy_assets,
+    env_job,
+    hookimpl,
+    hookimpl_for,
+)
 
 NAME = "sentinel-2-l2a"
 # ESA L2A SCL: 3 cloud shadows, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus
@@ -121,6 +129,4 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 def main() -> None:
     """``stacchip-sentinel-2``: the original console script, configured by environment."""
-    from stacchip_core.cli import env_job
-
     env_job(NAME, ("STACCHIP_MGRS_SOURCE", "STACCHIP_SAMPLE_SOURCE"))

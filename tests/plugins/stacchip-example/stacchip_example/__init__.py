@@ -4,7 +4,7 @@ cloud, and a command."""
 
 import click
 
-from stacchip_core import Band, ChipStats, Platform, class_mask, hookimpl, hookimpl_for
+from stacchip_core.plugin_api import Band, ChipStats, Platform, class_mask, hookimpl, hookimpl_for
 
 PLATFORM = Platform(
     name="example-sat",

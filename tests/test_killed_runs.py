@@ -136,6 +136,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow  # over 5 s on two shared cores
 def test_stats_on_a_full_disk_leaves_nothing(merged, tmp_path):
     cubes = tmp_path / "cubes"
     assert subprocess.run(prechip_args(merged, cubes), capture_output=True, check=False).returncode == 0

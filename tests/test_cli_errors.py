@@ -68,6 +68,7 @@ def base_env(archive, tmp_path) -> dict:
             "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
 
 
+@pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 @pytest.mark.parametrize("script", SCRIPTS[:4])
 def test_console_scripts_with_the_stac_api_down(script, archive, tmp_path):
     env = {**base_env(archive, tmp_path), "STACCHIP_STAC_API": f"http://127.0.0.1:{closed_port()}/"}
@@ -77,6 +78,7 @@ def test_console_scripts_with_the_stac_api_down(script, archive, tmp_path):
     assert "127.0.0.1" in one_line(r.stderr)
 
 
+@pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 @pytest.mark.parametrize("script", ["stacchip-naip", "stacchip-linz"])
 def test_console_scripts_when_s3_denies_access(script, archive, tmp_path, forbidden):
     env = {**base_env(archive, tmp_path), "STACCHIP_BUCKET": "s3://target/run", "STACCHIP_S3_ENDPOINT": forbidden,
@@ -135,6 +137,7 @@ def naip_index(archive, tmp_path_factory):
     return min((bucket / "index").rglob("*.parquet"))
 
 
+@pytest.mark.slow  # over 5 s on two shared cores
 @pytest.mark.parametrize("name", ["x.tif", "x.npz", "x.png"])
 def test_chip_on_a_full_disk_is_one_line(naip_index, tmp_path, name):
     out = tmp_path / "out"
@@ -152,6 +155,7 @@ def test_chip_on_a_full_disk_is_one_line(naip_index, tmp_path, name):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow  # over 5 s on two shared cores
 def test_chip_on_a_real_full_disk(naip_index, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")

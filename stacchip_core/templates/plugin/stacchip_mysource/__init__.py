@@ -1,0 +1,96 @@
+"""stacchip source plugin for the ``mysource`` platform.
+
+Four hooks make a source that ``stacchip index`` and ``stacchip process`` can run:
+the platform's declaration, per-chip statistics from its quality layer, the items a
+processing job selects for one sample, and what such a job copies into its bucket.
+Everything comes from ``stacchip_core.plugin_api``, the public plugin API.
+"""
+
+from __future__ import annotations
+
+# --8<-- [start:imports]
+from stacchip_core.plugin_api import (
+    Band,
+    ChipStats,
+    Platform,
+    class_mask,
+    copy_assets,
+    env_job,
+    hookimpl,
+    hookimpl_for,
+)
+
+# --8<-- [end:imports]
+# --8<-- [start:constants]
+COLLECTION = "mysource-l2"
+MASK_CLOUD_CLASSES = (2, 3)  # values of the quality layer that count as cloud
+MASK_NODATA = 0  # the quality layer's value where the scene has no data
+MAX_CLOUD_COVER = 75  # items cloudier than this (eo:cloud_cover, percent) are not selected
+ITEMS_PER_SAMPLE = 2
+# --8<-- [end:constants]
+
+# --8<-- [start:platform]
+PLATFORM = Platform(
+    name="mysource",
+    collections=(COLLECTION,),
+    # model bands in canonical order; aliases are the asset keys other catalogs use
+    bands=(
+        Band("red", ("B04",)),
+        Band("green", ("B03",)),
+        Band("blue", ("B02",)),
+        Band("nir", ("B08",)),
+    ),
+    aux=(Band("mask", ("MASK", "qa")),),  # read for statistics, not model input
+    nodata=0,
+    chip_size=256,
+    description="an example source: four bands and a classified quality layer",
+)
+
+
+@hookimpl
+def stacchip_platforms():
+    return [PLATFORM]
+# --8<-- [end:platform]
+
+
+# --8<-- [start:stats]
+@hookimpl_for(PLATFORM)
+def stacchip_chip_stats(grid, read_asset):
+    # the quality layer at its native resolution, in strips, reduced per chip as it is read
+    fractions = read_asset.chip_fractions(
+        "mask",
+        {
+            "cloud": lambda mask: class_mask(mask, MASK_CLOUD_CLASSES),
+            "nodata": lambda mask: mask == MASK_NODATA,
+        },
+    )
+    return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
+# --8<-- [end:stats]
+
+
+# --8<-- [start:select]
+@hookimpl_for(PLATFORM)
+def stacchip_select_items(sample, catalog):
+    # the least cloudy items over the sample's location
+    found = catalog.search(collections=[COLLECTION], intersects=sample.geometry)
+    items = [i for i in found.items() if i.properties.get("eo:cloud_cover", 0) <= MAX_CLOUD_COVER]
+    items.sort(key=lambda i: (i.properties.get("eo:cloud_cover", 0), i.id))
+    return items[:ITEMS_PER_SAMPLE]
+# --8<-- [end:select]
+
+
+# --8<-- [start:normalize]
+@hookimpl_for(PLATFORM)
+def stacchip_normalize_item(platform, item, store, prefix):
+    # copy the bands and the quality layer into the bucket (a rerun copies nothing twice)
+    keys = [platform.asset_key(item, name) for name in platform.band_names + ["mask"]]
+    return copy_assets(item, [k for k in keys if k], store, prefix)
+# --8<-- [end:normalize]
+
+
+# --8<-- [start:main]
+def main() -> None:
+    """``stacchip-mysource``: one processing job configured by environment variables
+    (AWS_BATCH_JOB_ARRAY_INDEX, STACCHIP_SAMPLE_SOURCE, STACCHIP_BUCKET, STACCHIP_STAC_API)."""
+    env_job(PLATFORM.name)
+# --8<-- [end:main]
