@@ -2,14 +2,15 @@
 
 What the merged file looks like (docs/index-format.md):
 
-- rows sorted by the Hilbert key of the chip centre (core.hilbert; lon/lat, 2**16 cells a
+- rows sorted by the Hilbert key of the chip centre (core.hilbert; lon/lat, 2**24 cells a
   side), then by ``datetime``, then by input file and row (a total order: reruns give the
   same bytes). Consecutive rows are close on the ground, so each row group covers a compact
   region and the statistics of the bbox covering columns prune row groups for readers that
   push a box down (pyarrow, DuckDB, GDAL, the project's query).
-- row groups of at most ``row_group_rows`` rows (default :data:`ROW_GROUP_ROWS`) and about
-  :data:`ROW_GROUP_BYTES` of data, zstd, statistics and page indexes for every column; the
-  ``layouts`` column is dictionary encoded (one blob per item and row group).
+- row groups of at most ``row_group_rows`` rows (default ``ROW_GROUP_ROWS``) and about
+  ``ROW_GROUP_BYTES`` of data, zstd, statistics and page indexes for the columns queries
+  filter on (``STATISTICS``); the ``layouts`` column is dictionary encoded (one blob per
+  item and row group).
 
 Integrity rules (what a careless or hostile input meets):
 
@@ -205,7 +206,7 @@ class _Sorter:
 
 
 class _Partitions:
-    """Partition files ``{folder}/{k}.parquet`` by the next :data:`PARTITION_BITS` bits of
+    """Partition files ``{folder}/{k}.parquet`` by the next ``PARTITION_BITS`` bits of
     the Hilbert key after ``shift`` bits, in key order when drained."""
 
     def __init__(self, folder: Path, shift: int) -> None:
