@@ -57,8 +57,8 @@ from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
 
-# 65,536 rows: a 1 degree box on a worldwide 10M-chip index reads 1-3 row groups of 153
-# (bench_index); the GeoParquet guidance is 50k-150k
+# 65,536 rows: a 1 degree box on a worldwide 10M-chip index reads 3-6 row groups of 154 in
+# 45-69 ms (bench_index; 50k rows read 4-6 of 201, no better); the GeoParquet guidance is 50k-150k
 ROW_GROUP_ROWS = 64 * 1024
 ROW_GROUP_BYTES = 128 * 1024 * 1024  # of Arrow data (layouts counted once per item)
 MEMORY_ROWS = 250_000  # rows sorted in memory at once (1M rows peaked at 1 GB RSS, bench_index)
