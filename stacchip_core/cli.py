@@ -1,5 +1,13 @@
 """The ``stacchip`` command line. Click commands only: the work is done by functions a
-Python user can call too."""
+Python user can call too.
+
+Everything it prints is one honest line per line: report lines go through ``echo``, log
+records through ``_LineFormatter`` (library warnings too: they are captured by logging),
+errors through ``error_line`` and click's own errors through ``_escaped``; each escapes
+control characters (item ids, asset keys and hrefs are catalog data, and a newline in one
+must not forge a line). Commands print with ``echo``, never ``click.echo`` or ``print``
+(tests/test_output_lines.py checks this module and the plugins).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,26 @@ from stacchip_core.io.urls import redact_text
 log = logging.getLogger("stacchip_core")
 
 
+def echo(text: str = "", err: bool = False) -> None:
+    """Print one line (stdout, or stderr with ``err``): URLs redacted, control characters
+    escaped, so that data in it (an item id with a newline) cannot forge another line.
+
+    Args:
+        text: the line; a newline in it is printed as ``\\n``.
+        err: print to stderr.
+    """
+    click.echo(redact_text(text) if text else "", err=err)
+
+
+def _escaped(exc: click.ClickException) -> click.ClickException:
+    """``exc`` whose message prints as one line (a bad option value can hold anything)."""
+    if not getattr(exc, "_stacchip_escaped", False):
+        message = exc.format_message
+        exc.format_message = lambda: redact_text(message())  # type: ignore[method-assign]
+        exc._stacchip_escaped = True  # type: ignore[attr-defined]
+    return exc
+
+
 def error_line(exc: BaseException) -> str:
     """The one line an error prints as: its message (unexpected errors with their type),
     URLs redacted, control characters escaped (catalog data cannot forge lines)."""
@@ -27,10 +55,18 @@ class _Group(click.Group):
     """Turns every error into one line on stderr and exit code 1: no tracebacks.
     Usage errors (a missing or bad option) stay click's: exit code 2."""
 
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as exc:
+            raise _escaped(exc) from exc.__cause__
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except click.ClickException as exc:
+            raise _escaped(exc) from exc.__cause__
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # -vv shows the traceback
             log.debug("error", exc_info=True)
@@ -60,12 +96,32 @@ class _JsonFormatter(_LineFormatter):
         return json.dumps(entry)
 
 
+_LOG_SETTINGS: tuple[int, bool, bool] = (0, False, False)  # the last _setup_logging's, for workers
+
+
+class _LoggedJob:
+    """A job that sets up the command's logging in the dask worker process that runs it. A
+    worker has no handler of its own for stacchip's records, and Python's last-resort
+    handler prints warnings raw: an item id with a newline would forge a line there."""
+
+    def __init__(self, fn, settings: tuple[int, bool, bool]) -> None:
+        self.fn, self.settings = fn, settings
+
+    def __call__(self, index: int):
+        if not logging.getLogger().handlers:  # a fresh worker process (not sync, not this one)
+            _setup_logging(*self.settings)
+        return self.fn(index)
+
+
 def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
+    global _LOG_SETTINGS
+    _LOG_SETTINGS = (verbose, quiet, log_json)
     # default WARNING, -v INFO, -vv DEBUG (with tracebacks); -q only errors
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if log_json else _LineFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # library warnings are log records: one escaped line each
     for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer", "distributed"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
@@ -89,14 +145,15 @@ def plugins(as_json: bool, show_all: bool) -> None:
 
     rows = plugin_info(builtins=show_all)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        for line in json.dumps(rows, indent=2).splitlines():  # ASCII: control characters are \u escapes
+            echo(line)
         return
     if not rows:
-        click.echo("no plugins installed")
+        echo("no plugins installed")
     for row in rows:
-        click.echo(f"{row['name']} ({row['distribution']} {row['version']})")
-        click.echo(f"  platforms: {', '.join(row['platforms']) or '-'}")
-        click.echo(f"  hooks: {', '.join(row['hooks'])}")
+        echo(f"{row['name']} ({row['distribution']} {row['version']})")
+        echo(f"  platforms: {', '.join(row['platforms']) or '-'}")
+        echo(f"  hooks: {', '.join(row['hooks'])}")
 
 
 @cli.command()
@@ -130,7 +187,7 @@ def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, n
                           stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
         table = indexer.create_index()
         write_index(table, output)
-        click.echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, "
+        echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, "
                    f"{indexer.x_size} x {indexer.y_size} grid)")
         return
     from stacchip_core.pipeline.process import index_many
@@ -145,10 +202,10 @@ def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, n
         sources.extend(search.items())
     report = index_many(sources, output, workers=workers, chip_size=chip_size, chip_max_nodata=max_nodata,
                         platform=platform, stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
-    click.echo(f"{output}: {report.chips} chips of {report.done} items in {report.seconds:.1f} s "
+    echo(f"{output}: {report.chips} chips of {report.done} items in {report.seconds:.1f} s "
                f"({report.items_per_second:.1f} items/s, {workers} at once); {report.failed} failed")
     for line in report.errors:
-        click.echo(f"failed: {line}", err=True)
+        echo(f"failed: {line}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -178,7 +235,7 @@ def chip(index_path, row, chipid, assets, mountpath, output) -> None:
         pixels = chipper.chip(x, y)
         write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
-    click.echo(f"{output}: {record['chipid']}: {shapes}")
+    echo(f"{output}: {record['chipid']}: {shapes}")
 
 
 @cli.command()
@@ -189,7 +246,7 @@ def merge(src, dst) -> None:
     from stacchip_core.pipeline.merge import merge as merge_indexes
 
     result = merge_indexes(src, dst)
-    click.echo(f"{result.output}: {result.rows} chips from {result.files} index files")
+    echo(f"{result.output}: {result.rows} chips from {result.files} index files")
 
 
 @cli.command("query")
@@ -221,7 +278,7 @@ def query_command(index_path, bbox, intersects, datetime_range, platforms_, max_
     r = result.report
     if output:
         write_index(result.table, output)
-    click.echo(f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of {r.row_groups_total} row groups, "
+    echo(f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of {r.row_groups_total} row groups, "
                f"{r.bytes_read} bytes in {r.requests} requests, {r.seconds:.3f} s")
 
 
@@ -251,10 +308,10 @@ def _finish(report, store_location: str, key: str) -> None:
 
     url = open_store(store_location).write_bytes(key, report.to_json().encode())
     s = report.summary()
-    click.echo(f"{s.done} of {s.tasks} jobs done, {s.failed} failed in {report.seconds:.1f} s "
+    echo(f"{s.done} of {s.tasks} jobs done, {s.failed} failed in {report.seconds:.1f} s "
                f"({report.scheduler}); report: {url}")
     for task in report.failed:
-        click.echo(f"failed: job {task.index}: {redact_text(task.error or '')}", err=True)
+        echo(f"failed: job {task.index}: {task.error or ''}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -296,9 +353,9 @@ def process(platform, job_index, index_range, all_samples, sample_source, bucket
                   chip_size=chip_size, max_nodata=max_nodata, batch_size=batch_size, workers=workers)
     if not fan_out:
         for r in job(indices[0]):
-            click.echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+            echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
         return
-    report = run_tasks(job, indices, scheduler, retries, command=f"process {platform}")
+    report = run_tasks(_LoggedJob(job, _LOG_SETTINGS), indices, scheduler, retries, command=f"process {platform}")
     _finish(report, bucket, f"_runs/process-{platform}-{indices[0]}-{indices[-1] + 1}.json")
 
 
@@ -343,7 +400,7 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
     task = partial(prechip_job, index=index_path, target=target, version=version, cubes_per_job=cubes_per_job,
                    cube_size=cube_size, seed=seed, chip_filter=chip_filter, workers=workers, mountpath=mountpath)
     if fan_out:
-        run = run_tasks(task, indices, scheduler, retries, command="prechip")
+        run = run_tasks(_LoggedJob(task, _LOG_SETTINGS), indices, scheduler, retries, command="prechip")
         # a job whose cubes had too many failed chips failed
         run = replace(run, tasks=[replace(t, status="failed", error="; ".join(t.result.failed))
                                   if isinstance(t.result, PrechipReport) and t.result.failed else t
@@ -351,11 +408,11 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
         _finish(run, target, f"_runs/prechip-{version}-{indices[0]}-{indices[-1] + 1}.json")
         return
     report = task(indices[0])
-    click.echo(f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
+    echo(f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
                f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed, "
                f"{len(report.failed_chips)} chips replaced")
     for line in report.failed:
-        click.echo(f"failed: {line}", err=True)
+        echo(f"failed: {line}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -371,10 +428,10 @@ def stats(source, output, workers) -> None:
     result = band_stats(source, workers)
     if output:
         dump(result, output)
-    click.echo(f"{'platform':<18}{'band':<12}{'count':>14}{'mean':>14}{'std':>14}")
+    echo(f"{'platform':<18}{'band':<12}{'count':>14}{'mean':>14}{'std':>14}")
     for platform, bands in result.items():
         for band, s in bands.items():
-            click.echo(f"{platform:<18}{band:<12}{s.count:>14}{s.mean:>14.4f}{s.std:>14.4f}")
+            echo(f"{platform:<18}{band:<12}{s.count:>14}{s.mean:>14.4f}{s.std:>14.4f}")
 
 
 @cli.command()
@@ -385,23 +442,24 @@ def demo(out: Path) -> None:
     from stacchip_core.demo.run import run_demo
 
     result = run_demo(out)
-    click.echo(f"archive:  {result.archive}")
-    click.echo(f"bucket:   {result.bucket}")
-    click.echo(f"index:    {result.index}")
-    click.echo(f"previews: {result.previews}")
-    click.echo("")
+    echo(f"archive:  {result.archive}")
+    echo(f"bucket:   {result.bucket}")
+    echo(f"index:    {result.index}")
+    echo(f"previews: {result.previews}")
+    echo("")
     header = f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}{'nodata mean':>13}{'nodata-free':>13}"
-    click.echo(header)
-    click.echo("-" * len(header))
+    echo(header)
+    echo("-" * len(header))
     for s in result.summary:
-        click.echo(f"{s.platform:<18}{s.items:>6}{s.chips:>7}{s.cloud_mean:>12.3f}{s.cloud_free_chips:>12}"
+        echo(f"{s.platform:<18}{s.items:>6}{s.chips:>7}{s.cloud_mean:>12.3f}{s.cloud_free_chips:>12}"
                    f"{s.nodata_mean:>13.3f}{s.nodata_free_chips:>13}")
     t = result.throughput  # the demo's index map and throughput
     png = f", {result.map_png}" if result.map_png else ""  # without the viz extra: the page only
-    click.echo(f"\nmap:      {result.map_html} (offline page){png}")
-    click.echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
+    echo()
+    echo(f"map:      {result.map_html} (offline page){png}")
+    echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
-    click.echo(f"read:     {t.chips_read} chips in {t.read_seconds:.1f} s ({t.chips_read_per_second:.1f} chips/s)")
+    echo(f"read:     {t.chips_read} chips in {t.read_seconds:.1f} s ({t.chips_read_per_second:.1f} chips/s)")
 
 
 def _add_plugin_authoring() -> None:
@@ -424,7 +482,7 @@ def main() -> None:
     try:
         register_plugin_commands()
     except StacchipError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
     cli(prog_name="stacchip")
 
@@ -450,10 +508,10 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
     except Exception as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
         log.debug("error", exc_info=True)
-        print(f"Error: {error_line(exc)}", file=sys.stderr)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
     for r in results:
-        print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+        echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
 
 
 # --- the original's stacchip-prechip and stacchip-stats scripts ----------------------------
@@ -507,12 +565,12 @@ def env_prechip() -> None:
                              cubes_per_job=_env_value("STACCHIP_CUBES_PER_JOB", 10, int), cube_size=128, seed=42,
                              chip_filter=chip_filter, workers=_env_value("STACCHIP_POOL_SIZE", 10, int))
     except StacchipError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
-    print(f"{len(report.written)} cubes written, {len(report.skipped)} skipped, {len(report.failed)} failed "
+    echo(f"{len(report.written)} cubes written, {len(report.skipped)} skipped, {len(report.failed)} failed "
           f"({report.chips} chips, {report.cubes_total} cubes in all)")
     for line in report.failed:
-        print(f"failed: {line}", file=sys.stderr)
+        echo(f"failed: {line}", err=True)
     if report.failed:
         sys.exit(1)
 
@@ -536,12 +594,12 @@ def env_stats() -> None:
         result = band_stats(f"{bucket.rstrip('/')}/{ORIGINAL_CUBE_VERSION}/{platform}",
                             _env_value("STACCHIP_POOL_SIZE", 4, int))
     except StacchipError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
     bands = result.get(platform, {})
-    print("-- Mean by band")
+    echo("-- Mean by band")
     for band, s in bands.items():
-        print(f"{band}: {s.mean}")
-    print("-- Std by band")
+        echo(f"{band}: {s.mean}")
+    echo("-- Std by band")
     for band, s in bands.items():
-        print(f"{band}: {s.std}")
+        echo(f"{band}: {s.std}")

@@ -137,13 +137,41 @@ def test_query_equals_brute_force(merged, rows_of, box):
     assert result.report.row_groups_total == pq.read_metadata(merged).num_row_groups
 
 
+def _crossing(table: pa.Table) -> np.ndarray:
+    """Rows whose footprint crosses 180 degrees (a MultiPolygon split there)."""
+    return shapely.get_type_id(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))) == 6
+
+
 def test_query_finds_chips_across_the_antimeridian(merged):
-    table = pq.read_table(merged, columns=["chipid", "bbox"])
-    bbox = table["bbox"].combine_chunks()
-    crossing = (bbox.field("xmin").to_numpy() > bbox.field("xmax").to_numpy())
+    table = pq.read_table(merged, columns=["chipid", "geometry"])
+    crossing = _crossing(table)
     assert crossing.sum() > 20  # the synthetic world has them
     got = set(query(merged, bbox=(179.999, -90, -179.999, 90)).table["chipid"].to_pylist())
     assert set(np.asarray(table["chipid"].to_pylist())[crossing]) <= got
+
+
+@pytest.mark.parametrize("box", [(179.5, -60, -179.5, 75), (179.9, 0, 180, 90), (-180, -60, -179.95, 75),
+                                 (170, 30, 179.99, 60), (-179.99, -60, -170, 0)])
+def test_rfc7946_coverings_across_180_are_found_too(merged, rows_of, tmp_path, box):
+    """Indexes whose crossing chips have a covering with west > east (RFC 7946, as written
+    before core.index spanned them -180..180) are queried exactly as well."""
+    table = pq.read_table(merged, columns=["chipid", "platform", "datetime", "cloud_cover_percentage",
+                                           "geometry", "bbox"])
+    crossing = _crossing(table)
+    parts = shapely.get_parts(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)[crossing]))
+    bounds = shapely.bounds(parts).reshape(-1, 2, 4)  # west part first, then east part
+    bbox = table["bbox"].combine_chunks()
+    xmin, xmax = bbox.field("xmin").to_numpy().copy(), bbox.field("xmax").to_numpy().copy()
+    west_first = bounds[:, 0, 0] > 0
+    xmin[crossing] = np.where(west_first, bounds[:, 0, 0], bounds[:, 1, 0])
+    xmax[crossing] = np.where(west_first, bounds[:, 1, 2], bounds[:, 0, 2])
+    rfc = pa.StructArray.from_arrays([pa.array(xmin), bbox.field("ymin"), pa.array(xmax), bbox.field("ymax")],
+                                     names=["xmin", "ymin", "xmax", "ymax"])
+    table = table.set_column(table.schema.get_field_index("bbox"), "bbox", rfc)
+    pq.write_table(table, tmp_path / "rfc.parquet", row_group_size=2000)
+    assert (xmin > xmax).sum() == crossing.sum() > 20
+    result = query(tmp_path / "rfc.parquet", bbox=box, columns=["chipid"])
+    assert set(result.table["chipid"].to_pylist()) == _brute_force(rows_of, bbox_geometry(box)[0])
 
 
 @pytest.mark.parametrize("kwargs", [

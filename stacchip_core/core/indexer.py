@@ -22,22 +22,45 @@ from stacchip_core.core.headers import item_grid
 from stacchip_core.core.index import build_table
 from stacchip_core.core.raster import AssetReader
 from stacchip_core.errors import ItemError, PlatformError, StacchipError
+from stacchip_core.io.urls import redact_text
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager, platform_for_item
 
 log = logging.getLogger(__name__)
 
 
+# what pystac raises for JSON that is not a valid item: it indexes, iterates and calls methods
+# on whatever it finds (the fuzz tests, docs/testing.md, met each of these)
+_NOT_AN_ITEM = (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
+                pystac.STACError, pystac.STACTypeError)
+
+
 def load_item(item: pystac.Item | dict | str | Path) -> pystac.Item:
-    """An item from an Item, a dict, or a path/URL to its JSON."""
+    """An item from an Item, a dict, or a path/URL to its JSON.
+
+    Raises:
+        ItemError: the file is missing or unreadable, or its JSON (or the dict) is not a
+            STAC item with a string id.
+    """
     if isinstance(item, pystac.Item):
-        return item
+        return _checked(item)
     with warnings.catch_warnings():
         # pystac's storage-extension migration cannot parse https hrefs; harmless
         warnings.filterwarnings("ignore", message="Could not parse bucket", category=UserWarning)
         if isinstance(item, dict):
-            return pystac.Item.from_dict(item)
-        return _item_from_file(item)
+            try:
+                return _checked(pystac.Item.from_dict(item))
+            except _NOT_AN_ITEM as exc:
+                raise ItemError(f"not a STAC item: {redact_text(str(exc))}") from exc
+        return _checked(_item_from_file(item))
+
+
+def _checked(item: pystac.Item) -> pystac.Item:
+    if not isinstance(item.id, str) or not item.id:
+        raise ItemError(f"item id {item.id!r} is not a non-empty string")
+    if item.collection_id is not None and not isinstance(item.collection_id, str):
+        raise ItemError(f"item {item.id!r} has collection {item.collection_id!r}, not a string")
+    return item
 
 
 def _item_from_file(item: str | Path) -> pystac.Item:
@@ -45,8 +68,8 @@ def _item_from_file(item: str | Path) -> pystac.Item:
         return pystac.Item.from_file(str(item))
     except FileNotFoundError as exc:
         raise ItemError(f"no such item file: {item}") from exc
-    except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:  # unreadable, not JSON, not STAC
-        raise ItemError(f"cannot read STAC item {item}: {exc}") from exc
+    except (OSError, *_NOT_AN_ITEM) as exc:  # unreadable, not JSON, not STAC
+        raise ItemError(redact_text(f"cannot read STAC item {item}: {exc}")) from exc
 
 
 def item_datetime(item: pystac.Item) -> datetime:
@@ -245,8 +268,6 @@ def _index_one(item, kwargs: dict) -> ItemIndex:
         loaded = load_item(item)
         table = Indexer(loaded, **kwargs).create_index()
     except Exception as exc:  # one failing item never stops the batch
-        from stacchip_core.io.urls import redact_text
-
         log.debug("indexing %s failed", getattr(loaded, "id", item), exc_info=True)
         text = str(exc) if isinstance(exc, StacchipError) else f"{type(exc).__name__}: {exc}"
         return ItemIndex(loaded, None, redact_text(text.strip()), time.perf_counter() - start)

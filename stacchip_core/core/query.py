@@ -334,7 +334,9 @@ def _covering(meta: pq.FileMetaData) -> dict[str, str]:
 def _query_file(source: _RangeFile, url: str, filters: Filters,
                 columns: Sequence[str] | None) -> tuple[pa.Table, int, int]:
     try:
-        pf = pq.ParquetFile(source, read_dictionary=["layouts"])
+        pf = pq.ParquetFile(source)
+        if "layouts" in pf.schema_arrow.names:  # one blob per item while filtering (footer cached)
+            pf = pq.ParquetFile(source, read_dictionary=["layouts"])
     except (pa.ArrowInvalid, OSError) as exc:
         raise IndexFormatError(f"{redact(url)} is not a readable index: {exc}") from None
     meta = pf.metadata

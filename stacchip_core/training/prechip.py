@@ -26,9 +26,11 @@ from datetime import date, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import shapely
 
 from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
+from stacchip_core.io.catalog import bbox_candidates
 from stacchip_core.io.store import open_store
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.types import Report
@@ -55,13 +57,17 @@ class ChipFilter:
             mask = pc.and_(mask, pc.greater_equal(table["date"], pa.scalar(self.start, pa.date32())))
         if self.end is not None:
             mask = pc.and_(mask, pc.less_equal(table["date"], pa.scalar(self.end, pa.date32())))
-        if self.bbox is not None:
-            xmin, ymin, xmax, ymax = self.bbox
-            b = table["bbox"]
-            mask = pc.and_(mask, pc.and_(
-                pc.and_(pc.less_equal(pc.struct_field(b, "xmin"), xmax), pc.greater_equal(pc.struct_field(b, "xmax"), xmin)),
-                pc.and_(pc.less_equal(pc.struct_field(b, "ymin"), ymax), pc.greater_equal(pc.struct_field(b, "ymax"), ymin))))
-        return table.filter(mask)
+        if self.bbox is None:
+            return table.filter(mask)
+        # the covering narrows the candidates, the footprints decide: a chip that crosses the
+        # antimeridian is covered by -180..180 and kept only if its geometry meets the box
+        table = table.filter(mask)
+        b = table["bbox"].combine_chunks()
+        bounds = np.stack([b.field(k).to_numpy(zero_copy_only=False)
+                           for k in ("xmin", "ymin", "xmax", "ymax")], axis=1).reshape(-1, 4)
+        cand = np.flatnonzero(bbox_candidates(bounds, self.bbox))
+        geoms = shapely.from_wkb(table["geometry"].take(pa.array(cand, pa.int64())).to_numpy(zero_copy_only=False))
+        return table.take(pa.array(cand[shapely.intersects(geoms, shapely.box(*self.bbox))], pa.int64()))
 
     def load(self, location: str) -> pa.Table:
         """The rows of the index at ``location`` this filter keeps, reading only the row
