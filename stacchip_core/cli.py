@@ -157,24 +157,57 @@ def plugins(as_json: bool, show_all: bool) -> None:
 
 
 @cli.command()
-@click.argument("item", type=str)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="GeoParquet file to write.")
+@click.argument("items", metavar="ITEM...", nargs=-1, type=str)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="GeoParquet file to write (one ITEM), or a folder of per-item index files (many items).")
 @click.option("--platform", help="Platform name (default: from the item's collection).")
 @click.option("--chip-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Drop chips with a larger nodata fraction.")
 @click.option("--no-stats", is_flag=True, help="Index without cloud/nodata statistics (all 0).")
 @click.option("--no-layouts", is_flag=True, help="Do not record COG layouts (chips then open each file).")
 @click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
-def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath, no_layouts) -> None:
-    """Index the chips of one STAC ITEM (a JSON file or URL) into OUTPUT."""
+@click.option("--catalog", help="Index the items of a search: a STAC API URL, or a stac-geoparquet / .ndjson file or item folder.")
+@click.option("--collections", help="Search: comma-separated collection ids.")
+@click.option("--bbox", type=float, nargs=4, help="Search: west south east north.")
+@click.option("--datetime", "datetime_range", help="Search: ISO 8601 instant or interval a/b.")
+@click.option("--max-items", type=click.IntRange(min=1), help="Search: at most this many items.")
+@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Items indexed at once.")
+def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, no_layouts, catalog, collections,
+          bbox, datetime_range, max_items, workers) -> None:
+    """Index the chips of STAC items into OUTPUT: one ITEM (a JSON file or URL) into a file;
+    many ITEMs, or the items of a --catalog search, into a folder of per-item index files
+    (then `stacchip merge` them)."""
     from stacchip_core.core.index import write_index
     from stacchip_core.core.indexer import Indexer
 
-    indexer = Indexer(item, chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
-                      stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
-    table = indexer.create_index()
-    write_index(table, output)
-    echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, {indexer.x_size} x {indexer.y_size} grid)")
+    if not items and not catalog:
+        raise click.UsageError("give one or more ITEMs or a --catalog to search")
+    if len(items) == 1 and not catalog:
+        indexer = Indexer(items[0], chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
+                          stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
+        table = indexer.create_index()
+        write_index(table, output)
+        echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, "
+                   f"{indexer.x_size} x {indexer.y_size} grid)")
+        return
+    from stacchip_core.pipeline.process import index_many
+
+    sources: list = list(items)
+    if catalog:
+        from stacchip_core.io.catalog import open_catalog
+
+        search = open_catalog(catalog).search(collections=collections.split(",") if collections else None,
+                                              bbox=list(bbox) if bbox else None, datetime=datetime_range,
+                                              max_items=max_items)
+        sources.extend(search.items())
+    report = index_many(sources, output, workers=workers, chip_size=chip_size, chip_max_nodata=max_nodata,
+                        platform=platform, stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
+    echo(f"{output}: {report.chips} chips of {report.done} items in {report.seconds:.1f} s "
+               f"({report.items_per_second:.1f} items/s, {workers} at once); {report.failed} failed")
+    for line in report.errors:
+        echo(f"failed: {line}", err=True)
+    if report.failed:
+        raise SystemExit(1)
 
 
 @cli.command()
@@ -264,6 +297,39 @@ def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps
     echo(f"{output}: {table.num_rows} stacks, {members} members")
 
 
+@cli.command("query")
+@click.argument("index_path", metavar="INDEX")
+@click.option("--bbox", type=float, nargs=4, help="west south east north in degrees (west > east crosses 180).")
+@click.option("--intersects", type=click.Path(exists=True, dir_okay=False),
+              help="Chips meeting the geometries of this file (GeoJSON or any layer geopandas reads).")
+@click.option("--datetime", "datetime_range", help="ISO 8601 instant or interval a/b (.. for an open end).")
+@click.option("--platform", "platforms_", multiple=True, help="Keep these platforms (repeatable).")
+@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Keep chips with at most this cloud fraction.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Keep chips with at most this nodata fraction.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the chips (GeoParquet).")
+def query_command(index_path, bbox, intersects, datetime_range, platforms_, max_cloud, max_nodata, output) -> None:
+    """Chips of INDEX (a file, folder, s3:// or https:// URL) that match the filters, reading
+    only the row groups that may match (-v logs what was read)."""
+    from stacchip_core.core.index import write_index
+    from stacchip_core.core.query import query
+
+    area = None
+    if intersects:
+        import geopandas as gpd
+
+        frame = gpd.read_file(intersects)
+        if frame.crs is not None and frame.crs.to_epsg() != 4326:
+            frame = frame.to_crs(4326)
+        area = frame.geometry.union_all()
+    result = query(index_path, bbox=bbox, intersects=area, datetime_range=datetime_range,
+                   platforms=platforms_ or None, max_cloud=max_cloud, max_nodata=max_nodata)
+    r = result.report
+    if output:
+        write_index(result.table, output)
+    echo(f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of {r.row_groups_total} row groups, "
+         f"{r.bytes_read} bytes in {r.requests} requests, {r.seconds:.3f} s")
+
+
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
     """The job numbers to run and whether to fan them out: --job (else the array-job
     environment), --jobs a:b, or --all. ("index" names the GeoParquet chip table only; the
@@ -317,17 +383,22 @@ _SCHEDULER_HELP = "Where --jobs/--all jobs run: local[:N] (a dask LocalCluster),
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--scheduler", default="local", show_default=True, help=_SCHEDULER_HELP)
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed job.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Samples per job: job N runs samples N*B .. N*B+B-1, their items --workers at a time.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Items processed at once within a batch (--batch-size > 1).")
 def process(platform, job_index, index_range, all_samples, sample_source, bucket, stac_api, chip_size, max_nodata,
-            scheduler, retries) -> None:
+            scheduler, retries, batch_size, workers) -> None:
     """Process samples of PLATFORM into --bucket: select, normalize, index."""
     from functools import partial
 
     from stacchip_core.pipeline.process import count_samples, process_job
-    from stacchip_core.pipeline.runner import run_tasks
+    from stacchip_core.pipeline.runner import batch_count, run_tasks
 
-    indices, fan_out = _indices(job_index, index_range, all_samples, lambda: count_samples(platform, sample_source))
+    indices, fan_out = _indices(job_index, index_range, all_samples,
+                                lambda: batch_count(count_samples(platform, sample_source), batch_size))
     job = partial(process_job, platform=platform, bucket=bucket, sample_source=sample_source, stac_api=stac_api,
-                  chip_size=chip_size, max_nodata=max_nodata)
+                  chip_size=chip_size, max_nodata=max_nodata, batch_size=batch_size, workers=workers)
     if not fan_out:
         for r in job(indices[0]):
             echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))

@@ -69,6 +69,17 @@ class ChipFilter:
         geoms = shapely.from_wkb(table["geometry"].take(pa.array(cand, pa.int64())).to_numpy(zero_copy_only=False))
         return table.take(pa.array(cand[shapely.intersects(geoms, shapely.box(*self.bbox))], pa.int64()))
 
+    def load(self, location: str) -> pa.Table:
+        """The rows of the index at ``location`` this filter keeps, reading only the row
+        groups whose statistics allow a match (core.query): a region of a large index
+        costs that region. The same rows as ``apply(load_index(location))``."""
+        from stacchip_core.core.query import query
+
+        when = (self.start, self.end) if self.start is not None or self.end is not None else None
+        result = query(location, bbox=self.bbox, datetime_range=when, platforms=self.platforms,
+                       max_cloud=self.max_cloud, max_nodata=self.max_nodata, footprints=False)
+        return self.apply(result.table)
+
 
 @dataclass(frozen=True)
 class Cube:
@@ -189,7 +200,7 @@ def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes
             workers: int = 4, mountpath=None) -> PrechipReport:
     """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
     keys.name(version, "--version")  # before any work
-    table = chip_filter.apply(load_index(index))
+    table = chip_filter.load(index)
     cubes = plan_cubes(table, cube_size, spares, seed)
     mine = cubes[job * cubes_per_job:(job + 1) * cubes_per_job]
     store = open_store(target)
@@ -224,5 +235,5 @@ def prechip_job(job: int, **kwargs) -> PrechipReport:
 
 def count_jobs(index: str, cube_size: int, cubes_per_job: int, spares: int | None, seed: int,
                chip_filter: ChipFilter) -> int:
-    cubes = len(plan_cubes(chip_filter.apply(load_index(index)), cube_size, spares, seed))
+    cubes = len(plan_cubes(chip_filter.load(index), cube_size, spares, seed))
     return -(-cubes // cubes_per_job)

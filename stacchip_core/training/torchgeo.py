@@ -56,9 +56,11 @@ class StacchipGeoDataset(GeoDataset):
                  chip_filter: ChipFilter | None = None, label_column: str | None = None,
                  transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  mountpath: str | None = None) -> None:
-        table = load_index(index) if not isinstance(index, pa.Table) else index
-        if chip_filter is not None:
-            table = chip_filter.apply(table)
+        if chip_filter is not None and not isinstance(index, pa.Table):
+            table = chip_filter.load(str(index))  # reads only the row groups that may match
+        else:
+            table = load_index(index) if not isinstance(index, pa.Table) else index
+            table = chip_filter.apply(table) if chip_filter is not None else table
         if not len(table):
             raise NotFoundError("no chips in the index (after filtering)")
         self.reader = ChipReader(list(bands) if bands else None, mountpath)
