@@ -1,5 +1,13 @@
 """The ``stacchip`` command line. Click commands only: the work is done by functions a
-Python user can call too."""
+Python user can call too.
+
+Everything it prints is one honest line per line: report lines go through ``echo``, log
+records through ``_LineFormatter`` (library warnings too: they are captured by logging),
+errors through ``error_line`` and click's own errors through ``_escaped``; each escapes
+control characters (item ids, asset keys and hrefs are catalog data, and a newline in one
+must not forge a line). Commands print with ``echo``, never ``click.echo`` or ``print``
+(tests/test_output_lines.py checks this module and the plugins).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,26 @@ from stacchip_core.io.urls import redact_text
 log = logging.getLogger("stacchip_core")
 
 
+def echo(text: str = "", err: bool = False) -> None:
+    """Print one line (stdout, or stderr with ``err``): URLs redacted, control characters
+    escaped, so that data in it (an item id with a newline) cannot forge another line.
+
+    Args:
+        text: the line; a newline in it is printed as ``\\n``.
+        err: print to stderr.
+    """
+    click.echo(redact_text(text) if text else "", err=err)
+
+
+def _escaped(exc: click.ClickException) -> click.ClickException:
+    """``exc`` whose message prints as one line (a bad option value can hold anything)."""
+    if not getattr(exc, "_stacchip_escaped", False):
+        message = exc.format_message
+        exc.format_message = lambda: redact_text(message())  # type: ignore[method-assign]
+        exc._stacchip_escaped = True  # type: ignore[attr-defined]
+    return exc
+
+
 def error_line(exc: BaseException) -> str:
     """The one line an error prints as: its message (unexpected errors with their type),
     URLs redacted, control characters escaped (catalog data cannot forge lines)."""
@@ -27,10 +55,18 @@ class _Group(click.Group):
     """Turns every error into one line on stderr and exit code 1: no tracebacks.
     Usage errors (a missing or bad option) stay click's: exit code 2."""
 
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.ClickException as exc:
+            raise _escaped(exc) from exc.__cause__
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except click.ClickException as exc:
+            raise _escaped(exc) from exc.__cause__
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # -vv shows the traceback
             log.debug("error", exc_info=True)
@@ -60,12 +96,32 @@ class _JsonFormatter(_LineFormatter):
         return json.dumps(entry)
 
 
+_LOG_SETTINGS: tuple[int, bool, bool] = (0, False, False)  # the last _setup_logging's, for workers
+
+
+class _LoggedJob:
+    """A job that sets up the command's logging in the dask worker process that runs it. A
+    worker has no handler of its own for stacchip's records, and Python's last-resort
+    handler prints warnings raw: an item id with a newline would forge a line there."""
+
+    def __init__(self, fn, settings: tuple[int, bool, bool]) -> None:
+        self.fn, self.settings = fn, settings
+
+    def __call__(self, index: int):
+        if not logging.getLogger().handlers:  # a fresh worker process (not sync, not this one)
+            _setup_logging(*self.settings)
+        return self.fn(index)
+
+
 def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
+    global _LOG_SETTINGS
+    _LOG_SETTINGS = (verbose, quiet, log_json)
     # default WARNING, -v INFO, -vv DEBUG (with tracebacks); -q only errors
     level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if log_json else _LineFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # library warnings are log records: one escaped line each
     for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer", "distributed"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
@@ -89,35 +145,69 @@ def plugins(as_json: bool, show_all: bool) -> None:
 
     rows = plugin_info(builtins=show_all)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        for line in json.dumps(rows, indent=2).splitlines():  # ASCII: control characters are \u escapes
+            echo(line)
         return
     if not rows:
-        click.echo("no plugins installed")
+        echo("no plugins installed")
     for row in rows:
-        click.echo(f"{row['name']} ({row['distribution']} {row['version']})")
-        click.echo(f"  platforms: {', '.join(row['platforms']) or '-'}")
-        click.echo(f"  hooks: {', '.join(row['hooks'])}")
+        echo(f"{row['name']} ({row['distribution']} {row['version']})")
+        echo(f"  platforms: {', '.join(row['platforms']) or '-'}")
+        echo(f"  hooks: {', '.join(row['hooks'])}")
 
 
 @cli.command()
-@click.argument("item", type=str)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="GeoParquet file to write.")
+@click.argument("items", metavar="ITEM...", nargs=-1, type=str)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="GeoParquet file to write (one ITEM), or a folder of per-item index files (many items).")
 @click.option("--platform", help="Platform name (default: from the item's collection).")
 @click.option("--chip-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Drop chips with a larger nodata fraction.")
 @click.option("--no-stats", is_flag=True, help="Index without cloud/nodata statistics (all 0).")
 @click.option("--no-layouts", is_flag=True, help="Do not record COG layouts (chips then open each file).")
 @click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
-def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath, no_layouts) -> None:
-    """Index the chips of one STAC ITEM (a JSON file or URL) into OUTPUT."""
+@click.option("--catalog", help="Index the items of a search: a STAC API URL, or a stac-geoparquet / .ndjson file or item folder.")
+@click.option("--collections", help="Search: comma-separated collection ids.")
+@click.option("--bbox", type=float, nargs=4, help="Search: west south east north.")
+@click.option("--datetime", "datetime_range", help="Search: ISO 8601 instant or interval a/b.")
+@click.option("--max-items", type=click.IntRange(min=1), help="Search: at most this many items.")
+@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Items indexed at once.")
+def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, no_layouts, catalog, collections,
+          bbox, datetime_range, max_items, workers) -> None:
+    """Index the chips of STAC items into OUTPUT: one ITEM (a JSON file or URL) into a file;
+    many ITEMs, or the items of a --catalog search, into a folder of per-item index files
+    (then `stacchip merge` them)."""
     from stacchip_core.core.index import write_index
     from stacchip_core.core.indexer import Indexer
 
-    indexer = Indexer(item, chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
-                      stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
-    table = indexer.create_index()
-    write_index(table, output)
-    click.echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, {indexer.x_size} x {indexer.y_size} grid)")
+    if not items and not catalog:
+        raise click.UsageError("give one or more ITEMs or a --catalog to search")
+    if len(items) == 1 and not catalog:
+        indexer = Indexer(items[0], chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
+                          stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
+        table = indexer.create_index()
+        write_index(table, output)
+        echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, "
+                   f"{indexer.x_size} x {indexer.y_size} grid)")
+        return
+    from stacchip_core.pipeline.process import index_many
+
+    sources: list = list(items)
+    if catalog:
+        from stacchip_core.io.catalog import open_catalog
+
+        search = open_catalog(catalog).search(collections=collections.split(",") if collections else None,
+                                              bbox=list(bbox) if bbox else None, datetime=datetime_range,
+                                              max_items=max_items)
+        sources.extend(search.items())
+    report = index_many(sources, output, workers=workers, chip_size=chip_size, chip_max_nodata=max_nodata,
+                        platform=platform, stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
+    echo(f"{output}: {report.chips} chips of {report.done} items in {report.seconds:.1f} s "
+               f"({report.items_per_second:.1f} items/s, {workers} at once); {report.failed} failed")
+    for line in report.errors:
+        echo(f"failed: {line}", err=True)
+    if report.failed:
+        raise SystemExit(1)
 
 
 @cli.command()
@@ -127,25 +217,43 @@ def index(item, output, platform, chip_size, max_nodata, no_stats, mountpath, no
 @click.option("--assets", help="Comma-separated asset keys or band names (default: the platform's bands).")
 @click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz, .tif or .png (RGB preview).")
-def chip(index_path, row, chipid, assets, mountpath, output) -> None:
+@click.option("--stack", "stackid", help="A stack id: INDEX is then a stacks table (stacchip stack); .npz or .tif.")
+def chip(index_path, row, chipid, assets, mountpath, output, stackid) -> None:
     """Read the pixels of one chip of INDEX into OUTPUT."""
-    from stacchip_core.core.chipper import Chipper, item_for_row
+    from stacchip_core.core.chipper import chip_from_row
     from stacchip_core.core.index import find_row
     from stacchip_core.core.output import write_chip
-    from stacchip_core.plugins import find_platform
 
+    if stackid is not None:
+        _write_stack(index_path, stackid, assets, output)
+        return
     if (row is None) == (chipid is None):
         raise click.UsageError("give exactly one of --row or --chipid")
     record = find_row(index_path, row=row, chipid=chipid)
-    item = item_for_row(record, mountpath)
-    x, y = int(record["chip_index_x"]), int(record["chip_index_y"])
-    with Chipper(item, assets=assets.split(",") if assets else None, mountpath=mountpath,
-                 chip_size=int(record["chip_size"]), platform=find_platform(record["platform"]),
-                 layouts=record.get("layouts")) as chipper:
-        pixels = chipper.chip(x, y)
-        write_chip(output, pixels)
+    pixels = chip_from_row(record, assets=assets.split(",") if assets else None, mountpath=mountpath)
+    write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
-    click.echo(f"{output}: {record['chipid']}: {shapes}")
+    echo(f"{output}: {record['chipid']}: {shapes}")
+
+
+def _write_stack(path: Path, stackid: str, bands: str | None, output: Path) -> None:
+    import pyarrow.compute as pc
+
+    from stacchip_core.core.output import write_chip
+    from stacchip_core.core.stacks import read_stacks
+    from stacchip_core.errors import NotFoundError
+    from stacchip_core.training.stacks import StackReader
+
+    table = read_stacks(path)
+    found = table.filter(pc.equal(table["stackid"], stackid))
+    if not found.num_rows:
+        raise NotFoundError(f"stack {stackid!r} is not in {path}")
+    record = found.slice(0, 1).to_pylist()[0]
+    # --assets names the anchor platform's bands; other platforms read their canonical bands
+    pixels = StackReader({record["platform"]: bands.split(",")} if bands else None).read(record)
+    write_chip(output, pixels)
+    shapes = ", ".join(f"{p} {v.shape}" for p, v in pixels.pixels.items())
+    echo(f"{output}: {stackid}: {shapes}")
 
 
 @cli.command()
@@ -156,7 +264,70 @@ def merge(src, dst) -> None:
     from stacchip_core.pipeline.merge import merge as merge_indexes
 
     result = merge_indexes(src, dst)
-    click.echo(f"{result.output}: {result.rows} chips from {result.files} index files")
+    echo(f"{result.output}: {result.rows} chips from {result.files} index files")
+
+
+@cli.command()
+@click.argument("index_path", metavar="INDEX")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Stacks GeoParquet file to write.")
+@click.option("--anchor", help="Platform whose chips anchor the stacks (default: each platform its own).")
+@click.option("--with", "with_", multiple=True, help="Platform whose items join each anchor step (repeatable).")
+@click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
+              help="Least share of the anchor chip a joining item covers.")
+@click.option("--window", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Days between an anchor step and a joining item, at most.")
+@click.option("--min-steps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Keep the clearest N steps.")
+@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Drop steps with a larger cloud fraction.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Drop steps with a larger nodata fraction.")
+@click.option("--every", type=click.IntRange(min=1), help="One step per this many days, the clearest.")
+@click.option("--region", type=float, nargs=4, metavar="W S E N",
+              help="Only stacks whose anchor centre lies in [W, E) x [S, N) (lon/lat): one run per region.")
+def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps, max_cloud, max_nodata, every,
+          region) -> None:
+    """Group the chips of INDEX into stacks of the same place (time series, other sensors)."""
+    from stacchip_core.core.stacks import build_stacks, write_stacks
+
+    table = build_stacks(index_path, anchor=anchor, with_=with_, share=share, window=window, min_steps=min_steps,
+                         max_steps=max_steps, max_cloud=max_cloud, max_nodata=max_nodata, every=every,
+                         region=tuple(region) if region else None)
+    write_stacks(table, output)
+    members = sum(len(v) for v in table["member_chipid"].to_pylist()) if table.num_rows else 0
+    echo(f"{output}: {table.num_rows} stacks, {members} members")
+
+
+@cli.command("query")
+@click.argument("index_path", metavar="INDEX")
+@click.option("--bbox", type=float, nargs=4, help="west south east north in degrees (west > east crosses 180).")
+@click.option("--intersects", type=click.Path(exists=True, dir_okay=False),
+              help="Chips meeting the geometries of this file (GeoJSON or any layer geopandas reads).")
+@click.option("--datetime", "datetime_range", help="ISO 8601 instant or interval a/b (.. for an open end).")
+@click.option("--platform", "platforms_", multiple=True, help="Keep these platforms (repeatable).")
+@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Keep chips with at most this cloud fraction.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Keep chips with at most this nodata fraction.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the chips (GeoParquet).")
+def query_command(index_path, bbox, intersects, datetime_range, platforms_, max_cloud, max_nodata, output) -> None:
+    """Chips of INDEX (a file, folder, s3:// or https:// URL) that match the filters, reading
+    only the row groups that may match (-v logs what was read)."""
+    from stacchip_core.core.index import write_index
+    from stacchip_core.core.query import query
+
+    area = None
+    if intersects:
+        import geopandas as gpd
+
+        frame = gpd.read_file(intersects)
+        if frame.crs is not None and frame.crs.to_epsg() != 4326:
+            frame = frame.to_crs(4326)
+        area = frame.geometry.union_all()
+    result = query(index_path, bbox=bbox, intersects=area, datetime_range=datetime_range,
+                   platforms=platforms_ or None, max_cloud=max_cloud, max_nodata=max_nodata)
+    r = result.report
+    if output:
+        write_index(result.table, output)
+    echo(f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of {r.row_groups_total} row groups, "
+         f"{r.bytes_read} bytes in {r.requests} requests, {r.seconds:.3f} s")
 
 
 def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
@@ -185,10 +356,10 @@ def _finish(report, store_location: str, key: str) -> None:
 
     url = open_store(store_location).write_bytes(key, report.to_json().encode())
     s = report.summary()
-    click.echo(f"{s.done} of {s.tasks} jobs done, {s.failed} failed in {report.seconds:.1f} s "
+    echo(f"{s.done} of {s.tasks} jobs done, {s.failed} failed in {report.seconds:.1f} s "
                f"({report.scheduler}); report: {url}")
     for task in report.failed:
-        click.echo(f"failed: job {task.index}: {redact_text(task.error or '')}", err=True)
+        echo(f"failed: job {task.index}: {task.error or ''}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -212,22 +383,27 @@ _SCHEDULER_HELP = "Where --jobs/--all jobs run: local[:N] (a dask LocalCluster),
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--scheduler", default="local", show_default=True, help=_SCHEDULER_HELP)
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed job.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Samples per job: job N runs samples N*B .. N*B+B-1, their items --workers at a time.")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Items processed at once within a batch (--batch-size > 1).")
 def process(platform, job_index, index_range, all_samples, sample_source, bucket, stac_api, chip_size, max_nodata,
-            scheduler, retries) -> None:
+            scheduler, retries, batch_size, workers) -> None:
     """Process samples of PLATFORM into --bucket: select, normalize, index."""
     from functools import partial
 
     from stacchip_core.pipeline.process import count_samples, process_job
-    from stacchip_core.pipeline.runner import run_tasks
+    from stacchip_core.pipeline.runner import batch_count, run_tasks
 
-    indices, fan_out = _indices(job_index, index_range, all_samples, lambda: count_samples(platform, sample_source))
+    indices, fan_out = _indices(job_index, index_range, all_samples,
+                                lambda: batch_count(count_samples(platform, sample_source), batch_size))
     job = partial(process_job, platform=platform, bucket=bucket, sample_source=sample_source, stac_api=stac_api,
-                  chip_size=chip_size, max_nodata=max_nodata)
+                  chip_size=chip_size, max_nodata=max_nodata, batch_size=batch_size, workers=workers)
     if not fan_out:
         for r in job(indices[0]):
-            click.echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+            echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
         return
-    report = run_tasks(job, indices, scheduler, retries, command=f"process {platform}")
+    report = run_tasks(_LoggedJob(job, _LOG_SETTINGS), indices, scheduler, retries, command=f"process {platform}")
     _finish(report, bucket, f"_runs/process-{platform}-{indices[0]}-{indices[-1] + 1}.json")
 
 
@@ -272,7 +448,7 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
     task = partial(prechip_job, index=index_path, target=target, version=version, cubes_per_job=cubes_per_job,
                    cube_size=cube_size, seed=seed, chip_filter=chip_filter, workers=workers, mountpath=mountpath)
     if fan_out:
-        run = run_tasks(task, indices, scheduler, retries, command="prechip")
+        run = run_tasks(_LoggedJob(task, _LOG_SETTINGS), indices, scheduler, retries, command="prechip")
         # a job whose cubes had too many failed chips failed
         run = replace(run, tasks=[replace(t, status="failed", error="; ".join(t.result.failed))
                                   if isinstance(t.result, PrechipReport) and t.result.failed else t
@@ -280,11 +456,11 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
         _finish(run, target, f"_runs/prechip-{version}-{indices[0]}-{indices[-1] + 1}.json")
         return
     report = task(indices[0])
-    click.echo(f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
+    echo(f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
                f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed, "
                f"{len(report.failed_chips)} chips replaced")
     for line in report.failed:
-        click.echo(f"failed: {line}", err=True)
+        echo(f"failed: {line}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -300,10 +476,10 @@ def stats(source, output, workers) -> None:
     result = band_stats(source, workers)
     if output:
         dump(result, output)
-    click.echo(f"{'platform':<18}{'band':<12}{'count':>14}{'mean':>14}{'std':>14}")
+    echo(f"{'platform':<18}{'band':<12}{'count':>14}{'mean':>14}{'std':>14}")
     for platform, bands in result.items():
         for band, s in bands.items():
-            click.echo(f"{platform:<18}{band:<12}{s.count:>14}{s.mean:>14.4f}{s.std:>14.4f}")
+            echo(f"{platform:<18}{band:<12}{s.count:>14}{s.mean:>14.4f}{s.std:>14.4f}")
 
 
 @cli.command()
@@ -314,23 +490,29 @@ def demo(out: Path) -> None:
     from stacchip_core.demo.run import run_demo
 
     result = run_demo(out)
-    click.echo(f"archive:  {result.archive}")
-    click.echo(f"bucket:   {result.bucket}")
-    click.echo(f"index:    {result.index}")
-    click.echo(f"previews: {result.previews}")
-    click.echo("")
+    echo(f"archive:  {result.archive}")
+    echo(f"bucket:   {result.bucket}")
+    echo(f"index:    {result.index}")
+    echo(f"previews: {result.previews}")
+    echo("")
     header = f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}{'nodata mean':>13}{'nodata-free':>13}"
-    click.echo(header)
-    click.echo("-" * len(header))
+    echo(header)
+    echo("-" * len(header))
     for s in result.summary:
-        click.echo(f"{s.platform:<18}{s.items:>6}{s.chips:>7}{s.cloud_mean:>12.3f}{s.cloud_free_chips:>12}"
+        echo(f"{s.platform:<18}{s.items:>6}{s.chips:>7}{s.cloud_mean:>12.3f}{s.cloud_free_chips:>12}"
                    f"{s.nodata_mean:>13.3f}{s.nodata_free_chips:>13}")
     t = result.throughput  # the demo's index map and throughput
     png = f", {result.map_png}" if result.map_png else ""  # without the viz extra: the page only
-    click.echo(f"\nmap:      {result.map_html} (offline page){png}")
-    click.echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
+    echo()
+    echo(f"map:      {result.map_html} (offline page){png}")
+    echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
-    click.echo(f"read:     {t.chips_read} chips in {t.read_seconds:.1f} s ({t.chips_read_per_second:.1f} chips/s)")
+    echo(f"read:     {t.chips_read} chips in {t.read_seconds:.2f} s ({t.chips_read_per_second:.1f} chips/s, "
+         f"{t.read_requests} requests, {t.read_fallbacks} fallbacks; previews drawn in {t.draw_seconds:.1f} s)")
+    if result.stacks is not None:
+        st = result.stacks
+        echo(f"stacks:   {st.series_stacks} time series ({st.series_steps} steps previewed), {st.pair_stacks} "
+             f"{' + '.join(st.pair_platforms)} stacks: {st.series_preview}, {st.pair_preview}")
 
 
 def _add_plugin_authoring() -> None:
@@ -353,7 +535,7 @@ def main() -> None:
     try:
         register_plugin_commands()
     except StacchipError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
     cli(prog_name="stacchip")
 
@@ -379,10 +561,10 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
     except Exception as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
         log.debug("error", exc_info=True)
-        print(f"Error: {error_line(exc)}", file=sys.stderr)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
     for r in results:
-        print(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
+        echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
 
 
 # --- the original's stacchip-prechip and stacchip-stats scripts ----------------------------
@@ -436,12 +618,12 @@ def env_prechip() -> None:
                              cubes_per_job=_env_value("STACCHIP_CUBES_PER_JOB", 10, int), cube_size=128, seed=42,
                              chip_filter=chip_filter, workers=_env_value("STACCHIP_POOL_SIZE", 10, int))
     except StacchipError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
-    print(f"{len(report.written)} cubes written, {len(report.skipped)} skipped, {len(report.failed)} failed "
+    echo(f"{len(report.written)} cubes written, {len(report.skipped)} skipped, {len(report.failed)} failed "
           f"({report.chips} chips, {report.cubes_total} cubes in all)")
     for line in report.failed:
-        print(f"failed: {line}", file=sys.stderr)
+        echo(f"failed: {line}", err=True)
     if report.failed:
         sys.exit(1)
 
@@ -465,12 +647,12 @@ def env_stats() -> None:
         result = band_stats(f"{bucket.rstrip('/')}/{ORIGINAL_CUBE_VERSION}/{platform}",
                             _env_value("STACCHIP_POOL_SIZE", 4, int))
     except StacchipError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
     bands = result.get(platform, {})
-    print("-- Mean by band")
+    echo("-- Mean by band")
     for band, s in bands.items():
-        print(f"{band}: {s.mean}")
-    print("-- Std by band")
+        echo(f"{band}: {s.mean}")
+    echo("-- Std by band")
     for band, s in bands.items():
-        print(f"{band}: {s.std}")
+        echo(f"{band}: {s.std}")

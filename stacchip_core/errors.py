@@ -84,3 +84,8 @@ class SampleAttributeError(SampleError, KeyError):
     KeyError for code that catches one)."""
 
     __str__ = Exception.__str__
+
+
+class StackError(StacchipError):
+    """A stack cannot be built or read: options that contradict, or a member that cannot be
+    read (the message names the stack and the member)."""

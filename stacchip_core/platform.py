@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pystac
@@ -64,23 +65,37 @@ class Platform:
         return None
 
     def asset_key(self, item: pystac.Item, name: str) -> str | None:
-        """The key under which ``item`` holds band/layer ``name``, trying every alias.
+        """The key under which ``item`` holds band/layer ``name`` (see ``key_in``)."""
+        return self.key_in(item.assets, name)
+
+    def key_in(self, keys: Iterable[str], name: str) -> str | None:
+        """The one of ``keys`` (an item's asset keys, or those an index recorded) that holds
+        band/layer ``name``, trying every alias: the one band resolver of every reader.
 
         Unknown names are looked up as plain asset keys. Matching ignores case, since
         catalogs disagree (``scl`` vs ``SCL``). When no key matches exactly, keys with a
         resolution suffix match (Copernicus Data Space: ``B04_10m``, ``SCL_20m``), the
         finest resolution of a band first.
+
+        Args:
+            keys: the asset keys to choose from.
+            name: a canonical band name, an alias, or an asset key.
+
+        Returns:
+            The matching key, or None.
         """
+        keys = list(keys)
         band = self.find(name)
         candidates = band.keys if band else (name,)
-        lower = {k.lower(): k for k in item.assets}
+        present = set(keys)
+        lower = {k.lower(): k for k in keys}
         for key in candidates:
-            if key in item.assets:
+            if key in present:
                 return key
             if key.lower() in lower:
                 return lower[key.lower()]
         # resolution-suffixed keys (CDSE: B04_10m, B04_20m, B04_60m): the finest of a band wins
-        suffixed = resolution_suffixed(item.assets)
+        suffixed = resolution_suffixed(keys)
         for key in candidates:
             found = suffixed.get(key.lower())
             if found:

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 from affine import Affine
@@ -43,7 +44,8 @@ def test_index_merge_chip_round_trip(synthetic_scenes, tmp_path):
         assert ds.crs.to_epsg() == 32720
         np.testing.assert_array_equal(ds.read(3), band_pattern(2, 768, 768)[512:768, 256:512])
 
-    naip_row = 0  # the NAIP file sorts first (naip.parquet < s2.parquet)
+    # the merged rows are in Hilbert order of the chip centres: find the first NAIP row
+    naip_row = pq.read_table(tmp_path / "all.parquet", columns=["platform"])["platform"].to_pylist().index("naip")
     r = run_cli("-q", "chip", tmp_path / "all.parquet", "--row", naip_row, "-o", tmp_path / "c.png")
     assert r.returncode == 0, r.stderr
     with rasterio.open(tmp_path / "c.png") as ds:

@@ -275,12 +275,15 @@ def test_offset_assets_are_resampled_exact_ones_read_from_layouts(tmp_path, capl
                                  "proj:transform": [10, 0, 500000, 0, -10, 4000000]},
                        "offset": {"href": f"{server.url}/offset.tif", "type": "image/tiff",
                                   "proj:shape": [128, 128], "proj:transform": [20, 0, 499995, 0, -20, 4000000]}}}
-    with caplog.at_level(logging.DEBUG, logger="stacchip_core.core.chipper"), server, \
+    with caplog.at_level(logging.DEBUG, logger="stacchip_core.core.read"), server, \
             Chipper(item, chip_size=64) as fast, Chipper(item, chip_size=64, use_layouts=False) as slow:
         assert set(fast.layouts()) == {"exact", "offset"}
         for x, y in [(0, 0), (3, 2)]:
             _assert_same_chip(fast.chip(x, y), slow.chip(x, y))
         np.testing.assert_array_equal(fast.chip(3, 2)["exact"], exact[:, 128:192, 192:256])
+        # three chips: 'exact' from its layout each time, 'offset' resampled by rasterio
+        assert (fast.report.chips, fast.report.layout_reads, fast.report.rasterio_reads) == (3, 3, 3)
+        assert fast.report.fallbacks == (("unsupported", 3),)
     rasterio_reads = {r.args[0] for r in caplog.records if "read with rasterio" in r.getMessage()}
     assert rasterio_reads == {"offset"}
 

@@ -86,7 +86,7 @@ def test_item_without_platform_needs_a_name_or_no_stats():
 
 
 def test_unknown_platform_names_the_installed_ones():
-    with pytest.raises(PlatformError, match="unknown platform 'sentinel-3'; installed platforms: landsat-c2l1, landsat-c2l2-sr, linz, modis, naip, sentinel-1-rtc, sentinel-2-l2a"):
+    with pytest.raises(PlatformError, match="unknown platform 'sentinel-3'; installed platforms: landsat-c2l1, landsat-c2l2-sr, linz, modis, modis-09q1, naip, sentinel-1-rtc, sentinel-2-l2a"):
         Indexer(str(NAIP_ITEM), platform="sentinel-3")
 
 

@@ -92,7 +92,8 @@ def test_the_0_1_compat_distribution_installs_with_every_source(tmp_path):
                                      text=True, env=env, check=True).stdout)
     assert sorted(row["name"] for row in info) == ["landsat", "linz", "modis", "naip", "sentinel1", "sentinel2"]
     scripts = {p.name for p in (venv / "bin").iterdir() if p.name.startswith("stacchip-")}
-    assert scripts == {"stacchip-landsat", "stacchip-landsat-l1", "stacchip-linz", "stacchip-modis", "stacchip-naip",
+    assert scripts == {"stacchip-landsat", "stacchip-landsat-l1", "stacchip-linz", "stacchip-modis",
+                       "stacchip-modis-09q1", "stacchip-naip",
                        "stacchip-prechip", "stacchip-sentinel-1", "stacchip-sentinel-2", "stacchip-stats"}
 
 

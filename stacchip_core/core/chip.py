@@ -33,7 +33,8 @@ def band_names(arrays: Mapping[str, np.ndarray], platform: Platform | None) -> t
 def _band_name(platform: Platform | None, key: str, index: int, count: int) -> str:
     if platform is not None:
         for band in platform.bands + platform.aux:
-            if band.index == index and (key in band.keys or key.lower() in (k.lower() for k in band.keys)):
+            # the platform's own key rule (aliases, case, CDSE's B04_10m), as readers resolve keys
+            if band.index == index and platform.key_in((key,), band.name) == key:
                 return band.name
     return key if count == 1 else f"{key}_{index}"
 

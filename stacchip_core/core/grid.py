@@ -64,17 +64,34 @@ def item_crs(item: pystac.Item) -> pyproj.CRS:
     return _check_metric(item, crs)
 
 
+def _numbers(value, key: str, count: int) -> list[float]:
+    """``value`` as ``count`` (or, for a transform, at least ``count``) finite numbers; a
+    ProjectionError naming ``key`` otherwise (the fuzz tests, docs/testing.md, sent strings,
+    nulls, nested lists and infinities here)."""
+    ok = isinstance(value, (list, tuple)) and (len(value) == count or (key == "proj:transform" and len(value) >= count))
+    if ok:
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value[:count])
+    if not ok:
+        raise ProjectionError(f"{key} {str(value)[:80]} is not {count} finite numbers")
+    return [float(v) for v in value[:count]]
+
+
 def _shape_transform(fields: dict) -> tuple[tuple[int, int], Affine] | None:
     shape = fields.get("proj:shape")
     if shape is None:
         return None
-    rows, cols = int(shape[0]), int(shape[1])
+    rows_f, cols_f = _numbers(shape, "proj:shape", 2)
+    if not (rows_f.is_integer() and cols_f.is_integer()):
+        raise ProjectionError(f"proj:shape {shape} is not whole pixels")
+    rows, cols = int(rows_f), int(cols_f)
     transform = fields.get("proj:transform")
     if transform is not None:
-        return (rows, cols), Affine(*transform[:6])
+        return (rows, cols), Affine(*_numbers(transform, "proj:transform", 6))
     bbox = fields.get("proj:bbox")
-    if bbox is not None and len(bbox) == 4:
-        xmin, ymin, xmax, ymax = bbox
+    if bbox is not None and isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+        xmin, ymin, xmax, ymax = _numbers(bbox, "proj:bbox", 4)
+        if rows < 1 or cols < 1:
+            raise ProjectionError(f"proj:shape {shape} has no pixels")
         return (rows, cols), Affine((xmax - xmin) / cols, 0, xmin, 0, -(ymax - ymin) / rows, ymax)
     return None
 
@@ -287,7 +304,8 @@ class ChipGrid:
         ys = t.d * cols + t.e * rows + t.f
         transformer = pyproj.Transformer.from_crs(self.crs, CRS84, always_xy=True)
         lon, lat = transformer.transform(xs, ys)
-        return np.asarray(lon), np.asarray(lat)
+        # a corner on the antimeridian can come back a rounding error beyond it (-180.00000000000003)
+        return np.clip(np.asarray(lon), -180.0, 180.0), np.asarray(lat)
 
     def footprints(self) -> tuple[np.ndarray, np.ndarray]:
         """Chip footprints in OGC:CRS84, in row-major chip order (y, then x).
@@ -316,30 +334,76 @@ class ChipGrid:
         polygons = shapely.polygons(ring)
         bounds = np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1)
         poles = self._pole_chips()
+        touching = self._chips_touching_pole()
         # corners more than 180 degrees apart in longitude: the chip crosses the antimeridian
-        # (chips are far smaller than a hemisphere), unless it holds a pole
+        # (chips are far smaller than a hemisphere), unless it holds or touches a pole
         crossing = (xs.max(1) - xs.min(1)) > 180
-        crossing[list(poles)] = False
+        crossing[list(poles) + list(touching)] = False
+        # near a pole a chip spans many degrees of longitude and its edges curve far from the
+        # straight lines between its corners: those chips are sampled densely (the fuzz tests
+        # found a chip centre outside its footprint 12 m from the south pole)
+        unwrapped = np.unwrap(xs, period=360.0, axis=1)
+        curved = (unwrapped.max(1) - unwrapped.min(1)) > CURVED_SPAN
+        curved[list(poles) + list(touching)] = False
+        crossing &= ~curved
         if crossing.any():
             polygons[crossing], bounds[crossing] = _split_at_antimeridian(ring[crossing])
+        for i in np.flatnonzero(curved).tolist():
+            polygons[i], bounds[i] = _dense_footprint(self, i)
         for index, north in poles.items():
             polygons[index], bounds[index] = _around_pole(self, index, north)
+        for index, (north, pole_px) in touching.items():
+            polygons[index], bounds[index] = _dense_footprint(self, index, (north, pole_px))
         # projections that mirror (polar stereographic south, for one) turn rings clockwise
         polygons = shapely.orient_polygons(polygons, exterior_cw=False)
         return polygons, bounds
 
-    def _pole_chips(self) -> dict[int, bool]:
-        """{chip index: True for the north pole, False for the south} of chips holding a pole."""
-        found = {}
+    def _pole_pixels(self) -> list[tuple[bool, float, float]]:
+        """(north, col, row) of each pole the CRS can place, in the grid's pixel coordinates."""
+        found = []
         transformer = pyproj.Transformer.from_crs(CRS84, self.crs, always_xy=True)
         for north, lat in ((True, 90.0), (False, -90.0)):
             x, y = transformer.transform(0.0, lat)
             if not (np.isfinite(x) and np.isfinite(y)):
                 continue  # not representable (UTM): no pole on this grid
             col, row = ~self.transform @ (x, y)
+            if math.isfinite(col) and math.isfinite(row):
+                found.append((north, float(col), float(row)))
+        return found
+
+    def _on_chip_edge(self, v: float) -> bool:
+        # a pole within a millionth of a pixel of a chip edge is on it (pyproj's round trip
+        # of a pole-centred grid's origin lands within 1e-9 px)
+        return abs(v / self.chip_size - round(v / self.chip_size)) * self.chip_size < 1e-6
+
+    def _pole_chips(self) -> dict[int, bool]:
+        """{chip index: True for the north pole, False for the south} of chips holding a pole
+        inside them (not on their edges: see _chips_touching_pole)."""
+        found = {}
+        for north, col, row in self._pole_pixels():
+            if self._on_chip_edge(col) or self._on_chip_edge(row):
+                continue
             cx, cy = int(np.floor(col / self.chip_size)), int(np.floor(row / self.chip_size))
             if 0 <= cx < self.x_size and 0 <= cy < self.y_size:
                 found[cy * self.x_size + cx] = north
+        return found
+
+    def _chips_touching_pole(self) -> dict[int, tuple[bool, tuple[float, float]]]:
+        """{chip index: (north, pole's (col, row))} of chips with a pole on an edge or a corner
+        (a grid centred on its pole puts it on four chips' corners). Found by the fuzz tests
+        (docs/testing.md): such a chip went round the pole as if it held it, an invalid ring."""
+        found = {}
+        cs = self.chip_size
+        for north, col, row in self._pole_pixels():
+            on_col, on_row = self._on_chip_edge(col), self._on_chip_edge(row)
+            if not (on_col or on_row):
+                continue
+            xs = {round(col / cs) - 1, round(col / cs)} if on_col else {int(np.floor(col / cs))}
+            ys = {round(row / cs) - 1, round(row / cs)} if on_row else {int(np.floor(row / cs))}
+            for cx in xs:
+                for cy in ys:
+                    if 0 <= cx < self.x_size and 0 <= cy < self.y_size:
+                        found[cy * self.x_size + cx] = (north, (col, row))
         return found
 
 
@@ -357,7 +421,8 @@ def _split_at_antimeridian(rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     bounds = np.stack([east_b[:, 0], np.fmin(east_b[:, 1], west_b[:, 1]), west_b[:, 2],
                        np.fmax(east_b[:, 3], west_b[:, 3])], axis=1)
     # a chip that only touches 180 degrees at a corner or edge leaves a point or a line on one side
-    east_ok, west_ok = shapely.get_type_id(east) == 3, shapely.get_type_id(west) == 3
+    east_ok = (shapely.get_type_id(east) == 3) & (shapely.area(east) > 0)  # not an empty polygon
+    west_ok = (shapely.get_type_id(west) == 3) & (shapely.area(west) > 0)
     both = east_ok & west_ok
     out = np.empty(len(rings), dtype=object)
     if both.any():
@@ -393,3 +458,55 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
     polygon = shapely.Polygon([*zip(lon, lat), (180.0, at_180), (180.0, pole), (-180.0, pole), (-180.0, at_180)])
     south_lat, north_lat = (min(lat.min(), at_180), 90.0) if north else (-90.0, max(lat.max(), at_180))
     return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
+
+
+# chips whose corners span more degrees of longitude than this are sampled densely
+CURVED_SPAN = 10.0
+
+
+def _dense_footprint(grid: ChipGrid, index: int, pole: tuple[bool, tuple[float, float]] | None = None,
+                     per_side: int = 64):
+    """The footprint of a chip that spans many degrees of longitude without holding a pole:
+    its edges sampled densely (as for _around_pole), longitudes unwrapped, split at the
+    antimeridian if it crosses it. ``pole`` (north, its (col, row)): a pole on the chip's
+    edge or corner, which from there spans a range of longitudes (90 degrees at a corner,
+    180 on an edge), so the pole's point becomes a segment along its latitude."""
+    y, x = divmod(index, grid.x_size)
+    cs = grid.chip_size
+    t = np.linspace(0.0, 1.0, per_side, endpoint=False)
+    cols = np.concatenate([np.zeros_like(t), t, np.ones_like(t), 1 - t]) * cs + x * cs
+    rows = np.concatenate([t, np.ones_like(t), 1 - t, np.zeros_like(t)]) * cs + y * cs
+    if pole is not None:
+        # put the pole on the sampled boundary (an edge's sample may miss it), then start there
+        pc, pr = pole[1]
+        at = int(np.argmin(np.hypot(cols - pc, rows - pr)))
+        if np.hypot(cols[at] - pc, rows[at] - pr) > 1e-6:
+            at = at + 1 if np.hypot(np.roll(cols, -1)[at] - pc, np.roll(rows, -1)[at] - pr) < \
+                np.hypot(np.roll(cols, 1)[at] - pc, np.roll(rows, 1)[at] - pr) else at
+            cols, rows = np.insert(cols, at, pc), np.insert(rows, at, pr)
+        else:
+            cols[at], rows[at] = pc, pr
+        cols, rows = np.roll(cols, -at)[1:], np.roll(rows, -at)[1:]  # the pole itself left out
+    gt = grid.transform
+    xs, ys = gt.a * cols + gt.b * rows + gt.c, gt.d * cols + gt.e * rows + gt.f
+    lon, lat = pyproj.Transformer.from_crs(grid.crs, CRS84, always_xy=True).transform(xs, ys)
+    lon = np.unwrap(np.asarray(lon), period=360.0)
+    if pole is None:
+        ring = [*zip(lon, np.asarray(lat)), (lon[0], lat[0])]
+    else:
+        # from the pole at the first sample's longitude, round the chip, back to the pole at
+        # the last sample's, and along the pole's latitude to the start
+        lat_p = 90.0 if pole[0] else -90.0
+        ring = [(lon[0], lat_p), *zip(lon, np.asarray(lat)), (lon[-1], lat_p), (lon[0], lat_p)]
+    whole = shapely.make_valid(shapely.Polygon(ring))
+    parts = []
+    for shift in (-360.0, 0.0, 360.0):  # the unwrapped span may leave [-180, 180] on one side
+        part = shapely.intersection(whole, shapely.box(-180.0 + shift, -90.0, 180.0 + shift, 90.0))
+        part = shapely.transform(part, lambda c, s=shift: c - np.array([s, 0.0]))
+        parts += [p for p in shapely.get_parts(part) if shapely.get_type_id(p) == 3 and shapely.area(p) > 0]
+    if len(parts) == 1:
+        return parts[0], np.array(shapely.bounds(parts[0]))
+    b = shapely.bounds(np.array(parts, dtype=object))
+    east = b[:, 2] >= 180.0 - 1e-9  # the parts that reach 180 from the west, and the others
+    return shapely.MultiPolygon(parts), np.array([b[east, 0].min(), b[:, 1].min(), b[~east, 2].max(),
+                                                  b[:, 3].max()])

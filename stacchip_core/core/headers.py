@@ -14,6 +14,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import RasterioError
 
+from stacchip_core.core.assets import is_raster_asset
 from stacchip_core.core.grid import ChipGrid, needs_header
 from stacchip_core.core.raster import asset_href
 from stacchip_core.errors import ProjectionError
@@ -43,10 +44,6 @@ def item_grid(item: pystac.Item, chip_size: int = 256, shape: tuple[int, int] | 
     return ChipGrid.from_item(item, chip_size, shape, header=header)
 
 
-_HEADER_MEDIA = ("tiff", "jp2")
-_NON_DATA_ROLES = {"thumbnail", "overview", "metadata", "visual-preview"}
-
-
 def grid_from_header(item: pystac.Item,
                      mountpath=None) -> tuple[tuple[int, int], Affine, pyproj.CRS]:
     """Shape, transform and CRS of the finest raster asset, read from the file's header.
@@ -65,9 +62,7 @@ def grid_from_header(item: pystac.Item,
     Raises:
         ProjectionError: No raster asset, an unreadable one, or none with a CRS.
     """
-    candidates = [(k, a) for k, a in item.assets.items()
-                  if (not a.media_type or any(m in a.media_type.lower() for m in _HEADER_MEDIA))
-                  and not (set(a.roles or ()) and set(a.roles or ()) <= _NON_DATA_ROLES)]
+    candidates = [(k, a) for k, a in item.assets.items() if is_raster_asset(a)]
     if not candidates:
         raise ProjectionError(f"item {item.id!r} has no projection metadata and no raster asset "
                               "to read it from")

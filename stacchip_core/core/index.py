@@ -43,30 +43,43 @@ SCHEMA = pa.schema(
 )
 
 
+def covering(bounds: np.ndarray) -> np.ndarray:
+    """The bbox covering of chips with RFC 7946 ``bounds`` (n, 4): a chip that crosses the
+    antimeridian (west > east) is covered by longitudes -180 to 180.
+
+    GeoParquet readers (geopandas' ``bbox=``, DuckDB, pyarrow filters, row-group statistics)
+    compare the covering columns as plain numbers: an xmin greater than xmax matches no box,
+    and all 44 crossing chips of a real UTM zone 1 tile went missing that way. A covering that
+    spans every longitude is always found; the geometry (split at 180 degrees) says exactly
+    where the chip is, and the project's own filters test it.
+    """
+    out = np.array(bounds, dtype=np.float64).reshape(-1, 4)
+    crossing = out[:, 0] > out[:, 2]
+    out[crossing, 0], out[crossing, 2] = -180.0, 180.0
+    return out
+
+
 def overall_bbox(bounds: np.ndarray) -> list[float]:
-    """The bbox of all rows (RFC 7946, as GeoParquet's ``bbox`` asks): rows that cross the
-    antimeridian have west > east, and so does the result when any row crosses."""
+    """The file-level bbox: the union of the rows' coverings (so [-180, south, 180, north]
+    when any chip crosses the antimeridian). It agrees with the covering columns and their
+    statistics, so a reader that skips files by their bbox never skips a crossing chip."""
     if not len(bounds):
         return []
-    south, north = float(bounds[:, 1].min()), float(bounds[:, 3].max())
-    crossing = bounds[:, 0] > bounds[:, 2]
-    if not crossing.any():
-        return [float(bounds[:, 0].min()), south, float(bounds[:, 2].max()), north]
-    # longitudes unwrapped east of the west edge: rows west of 180 keep theirs, the rest add 360
-    west_edges = np.where(bounds[:, 0] >= 0, bounds[:, 0], bounds[:, 0] + 360)
-    east_edges = np.where(crossing | (bounds[:, 2] < 0), bounds[:, 2] + 360, bounds[:, 2])
-    west, east = float(west_edges.min()), float(east_edges.max())
-    if east - west >= 360:
-        return [-180.0, south, 180.0, north]
-    return [west if west <= 180 else west - 360, south, east - 360 if east > 180 else east, north]
+    cover = covering(bounds)
+    return [float(cover[:, 0].min()), float(cover[:, 1].min()), float(cover[:, 2].max()),
+            float(cover[:, 3].max())]
 
 
-def geo_metadata(bounds: np.ndarray) -> dict:
+def geo_metadata(bounds: np.ndarray, crossing: bool | None = None) -> dict:
     """The GeoParquet ``geo`` metadata for a table of chip footprints with ``bounds`` (n, 4).
 
-    Footprints that cross the antimeridian are MultiPolygons (bounds west > east)."""
+    Footprints that cross the antimeridian are MultiPolygons. ``crossing`` says whether any
+    does; by default any row whose bounds have west > east (RFC 7946 bounds, or coverings
+    written before the coverings spanned -180 to 180)."""
     bbox = overall_bbox(bounds)
-    types = ["Polygon", "MultiPolygon"] if len(bounds) and (bounds[:, 0] > bounds[:, 2]).any() else ["Polygon"]
+    if crossing is None:
+        crossing = bool(len(bounds) and (bounds[:, 0] > bounds[:, 2]).any())
+    types = ["Polygon", "MultiPolygon"] if crossing else ["Polygon"]
     column = {
         "encoding": "WKB",
         "geometry_types": types,
@@ -89,12 +102,22 @@ def geo_metadata(bounds: np.ndarray) -> dict:
 
 def with_geo_metadata(table: pa.Table, bounds: np.ndarray | None = None) -> pa.Table:
     """Attach ``geo`` metadata, computing the overall bbox from the covering column if needed."""
+    crossing = None
     if bounds is None:
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1) if len(table) else np.empty((0, 4))
+        crossing = _has_multipolygons(table.column("geometry")) if len(table) else False
     meta = dict(table.schema.metadata or {})
-    meta[b"geo"] = json.dumps(geo_metadata(bounds)).encode()
+    meta[b"geo"] = json.dumps(geo_metadata(bounds, crossing)).encode()
     return table.replace_schema_metadata(meta)
+
+
+def _has_multipolygons(wkb: pa.ChunkedArray) -> bool:
+    """Whether any WKB value is a MultiPolygon (type 6), read from the 5-byte WKB header of
+    either byte order without parsing the geometries."""
+    head = pc.binary_slice(wkb, 0, 5)
+    multi = pa.array([b"\x01\x06\x00\x00\x00", b"\x00\x00\x00\x00\x06"], pa.binary())
+    return bool(pc.any(pc.is_in(head, multi)).as_py())
 
 
 def build_table(
@@ -114,6 +137,7 @@ def build_table(
 ) -> pa.Table:
     """One row per chip, from arrays; no per-chip Python work but the chip id strings."""
     n = len(xs)
+    cover = covering(bounds)  # crossing chips span -180..180: see covering()
     # numpy datetimes: converting Python datetime objects would make pyarrow import pandas
     utc = (when.astimezone(UTC) if when.tzinfo else when).replace(tzinfo=None)
     stamp = np.datetime64(utc, "us")
@@ -134,7 +158,7 @@ def build_table(
         "nodata_percentage": pa.array(nodata, pa.float32()),
         "geometry": pa.array(shapely.to_wkb(polygons).tolist() if n else [], pa.binary()),
         "bbox": pa.StructArray.from_arrays(
-            [pa.array(bounds[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)
+            [pa.array(cover[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)
         ),
         "layouts": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([layouts], pa.binary()))
         .cast(pa.binary()) if n else pa.array([], pa.binary()),

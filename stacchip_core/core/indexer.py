@@ -3,36 +3,66 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyproj
 import pystac
 
+from stacchip_core.core.assets import raster_keys
 from stacchip_core.core.chipstats import ChipStats
 from stacchip_core.core.headers import item_grid
 from stacchip_core.core.index import build_table
 from stacchip_core.core.raster import AssetReader
-from stacchip_core.errors import ItemError, PlatformError
+from stacchip_core.errors import ItemError, PlatformError, StacchipError
+from stacchip_core.io.urls import redact_text
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, get_plugin_manager, platform_for_item
 
 log = logging.getLogger(__name__)
 
 
+# what pystac raises for JSON that is not a valid item: it indexes, iterates and calls methods
+# on whatever it finds (the fuzz tests, docs/testing.md, met each of these)
+_NOT_AN_ITEM = (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError,
+                pystac.STACError, pystac.STACTypeError)
+
+
 def load_item(item: pystac.Item | dict | str | Path) -> pystac.Item:
-    """An item from an Item, a dict, or a path/URL to its JSON."""
+    """An item from an Item, a dict, or a path/URL to its JSON.
+
+    Raises:
+        ItemError: the file is missing or unreadable, or its JSON (or the dict) is not a
+            STAC item with a string id.
+    """
     if isinstance(item, pystac.Item):
-        return item
+        return _checked(item)
     with warnings.catch_warnings():
         # pystac's storage-extension migration cannot parse https hrefs; harmless
         warnings.filterwarnings("ignore", message="Could not parse bucket", category=UserWarning)
         if isinstance(item, dict):
-            return pystac.Item.from_dict(item)
-        return _item_from_file(item)
+            try:
+                return _checked(pystac.Item.from_dict(item))
+            except _NOT_AN_ITEM as exc:
+                raise ItemError(f"not a STAC item: {redact_text(str(exc))}") from exc
+        return _checked(_item_from_file(item))
+
+
+def _checked(item: pystac.Item) -> pystac.Item:
+    if not isinstance(item.id, str) or not item.id:
+        raise ItemError(f"item id {item.id!r} is not a non-empty string")
+    if item.collection_id is not None and not isinstance(item.collection_id, str):
+        raise ItemError(f"item {item.id!r} has collection {item.collection_id!r}, not a string")
+    return item
 
 
 def _item_from_file(item: str | Path) -> pystac.Item:
@@ -40,8 +70,15 @@ def _item_from_file(item: str | Path) -> pystac.Item:
         return pystac.Item.from_file(str(item))
     except FileNotFoundError as exc:
         raise ItemError(f"no such item file: {item}") from exc
-    except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:  # unreadable, not JSON, not STAC
-        raise ItemError(f"cannot read STAC item {item}: {exc}") from exc
+    except (OSError, *_NOT_AN_ITEM) as exc:  # unreadable, not JSON, not STAC
+        raise ItemError(redact_text(f"cannot read STAC item {item}: {exc}")) from exc
+
+
+def crs_text(crs: pyproj.CRS) -> str:
+    """``crs`` as the index stores it: its authority code (``EPSG:32633``) when it is exactly
+    that, else WKT2."""
+    auth = crs.to_authority(min_confidence=100)
+    return f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
 
 
 def item_datetime(item: pystac.Item) -> datetime:
@@ -150,18 +187,30 @@ class Indexer:
 
     def asset_layouts(self) -> bytes | None:
         """The encoded COG layouts of the assets a chipper reads (core.layout), from one
-        ranged read per asset, all at once; None when off or when no asset has one."""
+        ranged read per asset, all at once, with what a read needs besides: the grid's
+        transform, shape and CRS and where each of the platform's bands lies; None when off
+        or when no asset has a layout."""
         from stacchip_core.core.layout import record_layouts
         from stacchip_core.core.raster import unsigned_href
 
+        bands: dict[str, tuple[str, int]] = {}
         if self.platform is not None and self.platform.bands:
-            keys = list(dict.fromkeys(self.platform.asset_keys(self.item).values()))
+            for band in self.platform.bands + self.platform.aux:
+                key = self.platform.asset_key(self.item, band.name)
+                if key is not None:
+                    bands[band.name] = (key, band.index)
+            # the bands' and layers' (SCL, QA: masks are read with chips) assets get a layout
+            keys = list(dict.fromkeys(k for k, _ in bands.values()))
         else:
-            keys = [k for k, a in self.item.assets.items() if "tiff" in (a.media_type or "").lower()]
+            keys = raster_keys(self.item)
         # unsigned: layouts are stored, and signed again right before each read
         hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
+        # every other raster asset by href alone (read through rasterio, still without the item JSON)
+        others = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in raster_keys(self.item)
+                  if k not in hrefs}
         t = self.grid.transform
-        return record_layouts(hrefs, (t.a, t.c, t.e, t.f))
+        return record_layouts(hrefs, (t.a, t.c, t.e, t.f), shape=self.grid.shape, crs=crs_text(self.grid.crs),
+                              bands=bands, other_hrefs=others)
 
     def create_index(self) -> pa.Table:
         """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""
@@ -188,3 +237,59 @@ class Indexer:
             bounds=bounds[keep],
             layouts=self.asset_layouts() if self.layouts else None,
         )
+
+
+@dataclass(frozen=True)
+class ItemIndex:
+    """One item of a batch build: its ``table`` (None when it failed, with ``error`` the
+    one-line reason), the ``item`` indexed and the ``seconds`` it took."""
+
+    item: pystac.Item | None
+    table: pa.Table | None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def build_indexes(items: Iterable[pystac.Item | dict | str | Path], workers: int = 8,
+                  **indexer_kwargs) -> Iterator[ItemIndex]:
+    """Index many items concurrently in this process, results in the order of ``items``.
+
+    Each item's headers, quality layer and layouts are read by its own ``Indexer`` (GDAL and
+    the object layer release the GIL while they wait), ``workers`` items at a time; at most
+    ``2 * workers`` results wait to be consumed, so memory stays bounded however many items
+    come. Every table is what ``Indexer(item, **indexer_kwargs).create_index()`` gives alone:
+    a concurrent build equals a sequential one byte for byte.
+
+    Args:
+        items: items, item dicts, or paths/URLs of item JSON (an iterator is consumed lazily).
+        workers: items in flight (1: one after the other, in this thread).
+        **indexer_kwargs: passed to Indexer (chip_size, chip_max_nodata, platform, ...).
+
+    Yields:
+        One ItemIndex per item; a failing item is reported, not raised.
+    """
+    if workers <= 1:
+        for item in items:
+            yield _index_one(item, indexer_kwargs)
+        return
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="stacchip-index") as pool:
+        for item in items:
+            pending.append(pool.submit(_index_one, item, indexer_kwargs))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _index_one(item, kwargs: dict) -> ItemIndex:
+    start = time.perf_counter()
+    loaded = None
+    try:
+        loaded = load_item(item)
+        table = Indexer(loaded, **kwargs).create_index()
+    except Exception as exc:  # one failing item never stops the batch
+        log.debug("indexing %s failed", getattr(loaded, "id", item), exc_info=True)
+        text = str(exc) if isinstance(exc, StacchipError) else f"{type(exc).__name__}: {exc}"
+        return ItemIndex(loaded, None, redact_text(text.strip()), time.perf_counter() - start)
+    return ItemIndex(loaded, table, None, time.perf_counter() - start)

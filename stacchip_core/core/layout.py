@@ -5,11 +5,14 @@ object's size), stored in the index's ``layouts`` column (one value per item, th
 same on each of its rows, so Parquet's dictionary encoding stores it once per row group).
 
 Encoding of one item's layouts: ``b"SCL1"`` + zlib(u32 JSON length + JSON ``{"grid": [a, c,
-e, f], "assets": [per-asset scalars]}`` + each asset's tile offsets (u64 LE) then byte counts
-(u32 LE)). JSON keeps the scalars readable and versionable; the tile tables are the bulk and
-stay binary. ``grid`` is the item's chip grid (pixel size and origin) as the indexer saw it, so
-readers need not derive it. Hrefs are stored unsigned: they are signed (``stacchip_sign_href``)
-right before each read, since signatures expire.
+e, f], "shape": [rows, cols], "crs": "EPSG:32633", "bands": {name: [key, index]}, "hrefs":
+{key: href}, "assets": [per-asset scalars]}`` + each asset's tile offsets (u64 LE) then byte
+counts (u32 LE)). JSON keeps the scalars readable and versionable; the tile tables are the
+bulk and stay binary. ``grid``, ``shape`` and ``crs`` are the item's chip grid as the indexer
+saw it and ``bands`` where each band lies, so readers need neither derive them nor fetch the
+item JSON (``shape``, ``crs``, ``bands`` and ``hrefs`` are absent in older layouts). Hrefs
+are stored unsigned: they are signed (``stacchip_sign_href``) right before each read, since
+signatures expire.
 
 A layout is validated by content, never by a store's ETag (local ETags come from inodes and
 mtimes, S3's from MD5s: the same file has another on every copy): ``size`` and ``digest``, a
@@ -94,16 +97,43 @@ class AssetLayout:
 
 
 class ItemLayouts(dict):
-    """``{asset key: AssetLayout}`` of one item, with ``grid``: the item's chip grid as
-    ``(a, c, e, f)`` (pixel width, x origin, pixel height, y origin), or None."""
+    """``{asset key: AssetLayout}`` of one item, with what a read needs besides the tiles.
+
+    ``grid``: the item's chip grid as ``(a, c, e, f)`` (pixel width, x origin, pixel height,
+    y origin); ``shape``: the grid's (rows, cols); ``crs``: the grid's CRS as an authority
+    code (``EPSG:32633``) or WKT2; ``bands``: ``{band name: (asset key, 1-based band index)}``
+    of the platform's bands and layers the item has; ``hrefs``: unsigned hrefs of read assets
+    that have no layout (read through rasterio). Each is None (``bands``/``hrefs``: empty)
+    in layouts written before it was recorded: readers then take it from the item JSON.
+    """
 
     grid: tuple[float, float, float, float] | None = None
+    shape: tuple[int, int] | None = None
+    crs: str | None = None
+    bands: dict[str, tuple[str, int]] = {}  # noqa: RUF012 - replaced per instance, never mutated
+    hrefs: dict[str, str] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
+    @property
+    def standalone(self) -> bool:
+        """True when a chip can be read from these layouts alone (grid, shape and CRS known)."""
+        return self.grid is not None and self.shape is not None and self.crs is not None
 
 
-def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, float] | None = None) -> bytes:
+def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, float] | None = None, *,
+           shape: tuple[int, int] | None = None, crs: str | None = None,
+           bands: dict[str, tuple[str, int]] | None = None, hrefs: dict[str, str] | None = None) -> bytes:
+    """The bytes of one item's layouts and read metadata (see ``ItemLayouts``)."""
     layouts = list(layouts)
-    meta = json.dumps({"grid": list(grid) if grid else None, "assets": [lay.scalars() for lay in layouts]},
-                      separators=(",", ":")).encode()
+    doc: dict = {"grid": list(grid) if grid else None, "assets": [lay.scalars() for lay in layouts]}
+    if shape is not None:
+        doc["shape"] = [int(shape[0]), int(shape[1])]
+    if crs is not None:
+        doc["crs"] = crs
+    if bands:
+        doc["bands"] = {name: [key, int(index)] for name, (key, index) in bands.items()}
+    if hrefs:
+        doc["hrefs"] = dict(hrefs)
+    meta = json.dumps(doc, separators=(",", ":")).encode()
     parts = [struct.pack("<I", len(meta)), meta]
     for lay in layouts:
         parts.append(np.asarray(lay.offsets, "<u8").tobytes())
@@ -112,7 +142,8 @@ def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, floa
 
 
 def decode(blob: bytes) -> ItemLayouts:
-    """``{asset key: AssetLayout}`` (with ``.grid``) from `encode`'s bytes."""
+    """``{asset key: AssetLayout}`` (with ``.grid``, ``.shape``, ``.crs``, ``.bands``,
+    ``.hrefs``) from ``encode``'s bytes."""
     if not blob or blob[:4] != MAGIC:
         raise IndexFormatError("not a stacchip layout (unknown encoding)")
     raw = zlib.decompress(blob[4:])
@@ -124,6 +155,10 @@ def decode(blob: bytes) -> ItemLayouts:
     else:
         metas = doc["assets"]
         out.grid = tuple(doc["grid"]) if doc.get("grid") else None
+        out.shape = tuple(doc["shape"]) if doc.get("shape") else None
+        out.crs = doc.get("crs")
+        out.bands = {name: (key, int(index)) for name, (key, index) in (doc.get("bands") or {}).items()}
+        out.hrefs = dict(doc.get("hrefs") or {})
     pos = 4 + n
     for m in metas:
         t = m.pop("tiles")
@@ -268,9 +303,15 @@ async def _read_all(hrefs: dict[str, str]) -> list[AssetLayout | None]:
     return await asyncio.gather(*(read_layout(k, h) for k, h in hrefs.items()))
 
 
-def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float] | None = None) -> bytes | None:
+def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float] | None = None, *,
+                   shape: tuple[int, int] | None = None, crs: str | None = None,
+                   bands: dict[str, tuple[str, int]] | None = None,
+                   other_hrefs: dict[str, str] | None = None) -> bytes | None:
     """The encoded layouts of ``{asset key: unsigned href}``, read concurrently, with the
-    item's chip ``grid`` ``(a, c, e, f)``; None if no asset has one."""
+    item's chip ``grid`` ``(a, c, e, f)`` and, when given, the grid's ``shape`` and ``crs``
+    and the platform's ``bands`` (what a read needs without the item JSON; the hrefs of
+    assets without a layout are kept too, and ``other_hrefs``: assets stored by href only,
+    such as quality layers); None if no asset has a layout."""
     if not hrefs:
         return None
     if not objects.async_tiff_usable():  # it parses the headers; it would hang here
@@ -282,4 +323,8 @@ def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float
                         os.getpid())
         return None
     found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
-    return encode(found, grid) if found else None
+    if not found:
+        return None
+    with_layout = {lay.key for lay in found}
+    return encode(found, grid, shape=shape, crs=crs, bands=bands,
+                  hrefs={k: h for k, h in {**hrefs, **(other_hrefs or {})}.items() if k not in with_layout})

@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -26,6 +27,9 @@ from stacchip_core.core.chip import Chip, band_names, stack_arrays
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.errors import OutputError
 from stacchip_core.platform import Platform
+
+if TYPE_CHECKING:
+    from stacchip_core.core.stacks import StackPixels
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
 
 def write_chip(
     path: str | Path,
-    chip: Chip | Mapping[str, np.ndarray],
+    chip: Chip | Mapping[str, np.ndarray] | StackPixels,
     grid: ChipGrid | None = None,
     x: int | None = None,
     y: int | None = None,
@@ -86,9 +90,15 @@ def write_chip(
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".tif", ".tiff", ".png"):
         raise OutputError(f"unsupported output {path.name!r}: use .npz, .tif or .png")
-    if isinstance(chip, Chip):
-        georef: tuple[Affine | None, str | None, list[str]] = (chip.transform, chip.crs.to_wkt(),
-                                                                list(chip.band_names))
+    from stacchip_core.core.stacks import StackPixels, stack_arrays_for_output
+
+    georef: tuple[Affine | None, str | None, list[str]] | None
+    if isinstance(chip, StackPixels):  # a stack: its members' bands, named "{platform} {date} {band}"
+        if suffix == ".png":
+            raise OutputError(f"cannot write a stack as {path.name}: use .npz or .tif")
+        chip, georef, metadata = stack_arrays_for_output(chip, suffix, metadata)
+    elif isinstance(chip, Chip):
+        georef = (chip.transform, chip.crs.to_wkt(), list(chip.band_names))
         if platform is None and chip.platform:
             from stacchip_core.plugins import find_platform
 
@@ -127,6 +137,10 @@ def _disk_full(folder: Path) -> bool:
 
 
 def _write_chip_file(tmp: Path, suffix: str, chip, georef, platform, metadata) -> None:
+    if suffix == ".npz" and georef is None:  # a stack's named arrays, as they are
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **chip)
+        return
     if suffix == ".npz":
         extra = {f"meta_{k}": np.asarray(v) for k, v in (metadata or {}).items()}
         with open(tmp, "wb") as fh:

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from stacchip_core.core import resample
 from stacchip_core.core.grid import ChipGrid
+from stacchip_core.core.window import crop_expand, native_window
 from stacchip_core.errors import AssetError
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.io.urls import redact_text
@@ -112,15 +113,9 @@ def read_chip_window(ds, grid: ChipGrid, factor: int | None, x: int, y: int, ind
     if factor is None:  # offset or non-whole pixel ratio
         return resample.read_chip(ds, grid, x, y, indexes, resampling)
     col0, row0, cs, _ = grid.window(x, y)
-    if factor == 1:
-        return ds.read(indexes, window=Window(col0, row0, cs, cs))
-    # native pixels that the chip touches (a 60 m pixel may straddle two 10 m chips)
-    r_start, r_stop = row0 // factor, (row0 + cs - 1) // factor + 1
-    c_start, c_stop = col0 // factor, (col0 + cs - 1) // factor + 1
-    block = ds.read(indexes, window=Window(c_start, r_start, c_stop - c_start, r_stop - r_start))
-    rows = (row0 + np.arange(cs)) // factor - r_start
-    cols = (col0 + np.arange(cs)) // factor - c_start
-    return block[:, rows[:, None], cols[None, :]]
+    r0, r1, c0, c1 = native_window(row0, col0, cs, cs, factor)
+    block = ds.read(indexes, window=Window(c0, r0, c1 - c0, r1 - r0))
+    return crop_expand(block, r0, c0, row0, col0, cs, cs, factor)
 
 
 class AssetReader:

@@ -19,16 +19,14 @@ asset get its nodata (0 without one). Grids must not be rotated.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pyproj
 from rasterio.windows import Window
 
+from stacchip_core.core.window import resolution_factor
 from stacchip_core.errors import AssetError
 
 RESAMPLING = ("nearest", "bilinear")
-_ALIGN_TOL = 0.01  # of a grid pixel: closer origins count as aligned (as core.raster does)
 
 
 def alignment(ds, grid, name: str) -> int | None:
@@ -49,12 +47,8 @@ def alignment(ds, grid, name: str) -> int | None:
     if min(ax0, ax1) >= max(gx0, gx1) or max(ax0, ax1) <= min(gx0, gx1) or \
             min(ay0, ay1) >= max(gy0, gy1) or max(ay0, ay1) <= min(gy0, gy1):
         raise AssetError(f"asset {name!r} does not overlap the item's grid")
-    fx, fy = abs(t.a) / abs(g.a), abs(t.e) / abs(g.e)
-    factor = round(fx)
-    whole = factor >= 1 and math.isclose(fx, factor, rel_tol=1e-6) and math.isclose(fy, factor, rel_tol=1e-6)
-    tol = _ALIGN_TOL * grid.resolution
-    aligned = abs(t.c - g.c) <= tol and abs(t.f - g.f) <= tol
-    if whole and aligned and (t.a > 0) == (g.a > 0) and (t.e > 0) == (g.e > 0):
+    factor = resolution_factor((t.a, t.c, t.e, t.f), (g.a, g.c, g.e, g.f))
+    if factor is not None:
         if ds.width * factor < grid.x_size * grid.chip_size or ds.height * factor < grid.y_size * grid.chip_size:
             raise AssetError(f"asset {name!r} ({ds.height} x {ds.width} px at factor {factor}) does not cover the "
                              f"grid ({grid.shape[0]} x {grid.shape[1]} px)")

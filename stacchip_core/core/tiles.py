@@ -1,27 +1,29 @@
 """Chips from layouts: the byte ranges of exactly the tiles a chip touches, fetched for all
-assets (and all chips of a batch) concurrently, decoded by async-tiff in its Rust thread pool
-(off the event loop, without the GIL), cropped and expanded exactly as
-`stacchip_core.core.raster.read_chip_window` does.
+assets (and all chips of a batch) concurrently, decoded off the event loop (libdeflate in
+threads, or async-tiff in its Rust thread pool; both without the GIL), cropped and expanded by
+the same function as the rasterio path (core.window.crop_expand). The read pipeline
+(core.read) decides which assets come this way.
 
 No item JSON and no header request: a synthetic one-IFD BigTIFF header made from the layout
-lets async-tiff decode the tiles. Reads send ``If-Match: <ETag>`` (where the layout has one)
-and check the object size, so a changed or missing object raises `StaleLayout` and the
-caller falls back to rasterio.
+lets async-tiff decode the tiles. Reads check what the layout recorded of the object
+(``AssetLayout.expect()``, checked by ``objects.read_ranges``), so a changed or missing object
+raises ``StaleLayout`` and the caller reads that asset through rasterio.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from stacchip_core.core.layout import AssetLayout, HeaderInput
+from stacchip_core.core.window import crop_expand, native_window, resolution_factor
 from stacchip_core.errors import AssetError, ObjectError
 from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
@@ -37,12 +39,16 @@ _POOL = None
 StaleLayout = objects.StaleObject
 
 
-# layouts found stale in this process, by (href, etag, size): later chips skip their request
+# layouts found stale in this process, by (href, etag, digest, size): later chips skip their request
 _STALE: dict[tuple, StaleLayout] = {}
 
 
 class Unsupported(Exception):
     """The layout path cannot read this asset for this grid (odd codec, offset grid...)."""
+
+
+class Undecodable(Unsupported):
+    """The tiles were fetched but the decoders refused them (not what the layout said)."""
 
 
 def _pool():
@@ -124,27 +130,14 @@ class GridSpec:
 
 def factor_for(lay: AssetLayout, grid: GridSpec) -> int:
     """Grid pixels per asset pixel, or Unsupported when not a whole, aligned factor."""
-    a, c, e, f = lay.transform
-    fx, fy = abs(a) / abs(grid.a), abs(e) / abs(grid.e)
-    k = round(fx)
-    if k < 1 or not math.isclose(fx, k, rel_tol=1e-6) or not math.isclose(fy, k, rel_tol=1e-6):
-        raise Unsupported(f"{lay.key}: factor {fx:g} x {fy:g}")
-    tol = 0.01 * abs(grid.a)
-    if abs(c - grid.c) > tol or abs(f - grid.f) > tol:
-        raise Unsupported(f"{lay.key}: origin differs from the grid's")
+    k = resolution_factor(lay.transform, (grid.a, grid.c, grid.e, grid.f))
+    if k is None:
+        a, _, e, _ = lay.transform
+        raise Unsupported(f"{lay.key}: off the grid's lattice (factor {abs(a) / abs(grid.a):g} x "
+                          f"{abs(e) / abs(grid.e):g}, or another origin)")
     if not lay.supported:
         raise Unsupported(f"{lay.key}: compression {lay.compression}, predictor {lay.predictor}")
     return k
-
-
-def _window(lay: AssetLayout, grid: GridSpec, factor: int, x: int, y: int):
-    cs = grid.chip_size
-    col0, row0 = x * cs, y * cs
-    r0, r1 = row0 // factor, (row0 + cs - 1) // factor + 1
-    c0, c1 = col0 // factor, (col0 + cs - 1) // factor + 1
-    if r1 > lay.height or c1 > lay.width:
-        raise Unsupported(f"{lay.key}: chip ({x}, {y}) beyond the image")
-    return row0, col0, r0, r1, c0, c1
 
 
 def _tiles(lay: AssetLayout, r0, r1, c0, c1) -> list[tuple[int, int]]:
@@ -188,18 +181,47 @@ def synth_header(lay: AssetLayout) -> bytes:
 
 @dataclass
 class ChipPlan:
-    """One chip of one asset: where its native window lies and which tiles it needs."""
+    """One window of one asset: the grid pixels ``height`` x ``width`` from ``(row0, col0)``
+    at ``factor`` grid pixels per asset pixel, the asset pixels ``r0:r1, c0:c1`` they touch
+    (``window = (row0, col0, r0, r1, c0, c1)``), and the tiles those lie in."""
 
     lay: AssetLayout
     factor: int
     window: tuple
     tiles: list[tuple[int, int]]
+    height: int = 0
+    width: int = 0
+
+
+def plan_window(lay: AssetLayout, row0: int, col0: int, height: int, width: int, factor: int = 1) -> ChipPlan:
+    """The plan of any window: grid pixels ``height`` x ``width`` from ``(row0, col0)`` at
+    ``factor`` (factor 1 and asset pixel offsets: a window in the asset's own pixels, e.g. a
+    stack member reprojected by the caller). Unsupported when it reaches beyond the image."""
+    r0, r1, c0, c1 = native_window(row0, col0, height, width, factor)
+    if r0 < 0 or c0 < 0 or r1 > lay.height or c1 > lay.width:
+        raise Unsupported(f"{lay.key}: window beyond the image")
+    return ChipPlan(lay, factor, (row0, col0, r0, r1, c0, c1), _tiles(lay, r0, r1, c0, c1), height, width)
 
 
 def plan(lay: AssetLayout, grid: GridSpec, x: int, y: int) -> ChipPlan:
+    """The plan of chip (x, y) of ``grid`` in asset ``lay``."""
     factor = factor_for(lay, grid)
-    window = _window(lay, grid, factor, x, y)
-    return ChipPlan(lay, factor, window, _tiles(lay, *window[2:]))
+    cs = grid.chip_size
+    try:
+        return plan_window(lay, y * cs, x * cs, cs, cs, factor)
+    except Unsupported:
+        raise Unsupported(f"{lay.key}: chip ({x}, {y}) beyond the image") from None
+
+
+@dataclass
+class TileCost:
+    """What the layout path spent: byte ranges asked for and their bytes, distinct tiles
+    decoded, and CPU seconds of decoding (libdeflate: thread CPU time; async-tiff: wall)."""
+
+    ranges: int = 0
+    bytes: int = 0
+    tiles: int = 0
+    decode_seconds: float = 0.0
 
 
 def _ranges(p: ChipPlan) -> list[tuple[int, int]]:
@@ -214,14 +236,17 @@ def _ranges(p: ChipPlan) -> list[tuple[int, int]]:
     return out
 
 
-async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list[np.ndarray]:
-    """All chips of one asset in a batch: one fetch (coalesced), one decode per distinct tile."""
+async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) -> list[np.ndarray]:
+    """All windows of one asset in a batch: one fetch (coalesced), one decode per distinct tile."""
     from async_tiff import TIFF
 
-    ranges = [r for p in plans for r in _ranges(p)]
+    ranges = sorted({r for p in plans for r in _ranges(p)})
     data = await objects.read_ranges(lay.href, ranges, lay.expect()) if ranges else {}
+    cost.ranges += len(ranges)
+    cost.bytes += sum(e - s for s, e in ranges)
     tpr = lay.tiles_across
     wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
+    cost.tiles += len(wanted)
     decoded: dict[tuple[int, int], np.ndarray] = {}
     if wanted and _libdeflate_decodes(lay):
         loop = asyncio.get_running_loop()
@@ -231,25 +256,28 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
             return data[(s, s + int(lay.counts[ty * tpr + tx]))]
 
         try:
-            arrays = await asyncio.gather(*(loop.run_in_executor(_inflaters(), _inflate_tile, tile_bytes(*xy), lay)
-                                            for xy in wanted))
+            timed = await asyncio.gather(*(loop.run_in_executor(_inflaters(), _timed_inflate, tile_bytes(*xy), lay)
+                                           for xy in wanted))
         except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
             log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
         else:
-            decoded = dict(zip(wanted, arrays))
+            cost.decode_seconds += sum(t for _, t in timed)
+            decoded = {xy: arr for xy, (arr, _) in zip(wanted, timed)}
     if wanted and not decoded:
+        t0 = time.perf_counter()
         header = synth_header(lay)
         tiff = await TIFF.open("x", store=HeaderInput(sign_href(lay.href), header, data), prefetch=len(header))
         tiles = await tiff.fetch_tiles(wanted, 0)
         pixels = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
         for xy, tile_pixels in zip(wanted, pixels):
             decoded[xy] = np.asarray(tile_pixels)
+        cost.decode_seconds += time.perf_counter() - t0
     fill = lay.nodata if lay.nodata is not None and not np.isnan(lay.nodata) else (
         np.nan if lay.nodata is not None else 0)
     th, tw = lay.tile_height, lay.tile_width
     out = []
     for p in plans:
-        row0, col0, r0, _r1, c0, _c1 = p.window
+        row0, col0, _r0, _r1, _c0, _c1 = p.window
         tx0, ty0 = p.tiles[0]
         tx1, ty1 = p.tiles[-1]
         block = np.empty((lay.bands, (ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw), lay.dtype)
@@ -260,14 +288,58 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cs: int) -> list
                 view[...] = fill
             else:
                 view[...] = np.moveaxis(tile.reshape(th, tw, lay.bands), 2, 0)
-        rb, cb = r0 - ty0 * th, c0 - tx0 * tw
-        if p.factor == 1:
-            out.append(np.ascontiguousarray(block[:, rb:rb + cs, cb:cb + cs]))
-        else:
-            rows = (row0 + np.arange(cs)) // p.factor - r0 + rb
-            cols = (col0 + np.arange(cs)) // p.factor - c0 + cb
-            out.append(block[:, rows[:, None], cols[None, :]])
+        out.append(crop_expand(block, ty0 * th, tx0 * tw, row0, col0, p.height, p.width, p.factor))
     return out
+
+
+def _timed_inflate(buf, lay: AssetLayout) -> tuple[np.ndarray, float]:
+    t0 = time.thread_time()
+    arr = _inflate_tile(buf, lay)
+    return arr, time.thread_time() - t0
+
+
+async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = None) -> list:
+    """The pixels of each plan, ``(bands, height, width)`` in the asset's dtype, or the
+    exception that sends it to the rasterio path (``StaleLayout``); plans of the same object
+    share one coalesced fetch and one decode per tile. An object found stale once in this
+    process is not asked again. Other read failures raise ``AssetError``."""
+    cost = cost if cost is not None else TileCost()
+    results: list = [None] * len(plans)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(plans):
+        groups.setdefault((p.lay.href, p.lay.etag, getattr(p.lay, "digest", None), p.lay.size), []).append(i)
+
+    async def group(gk, members):
+        lay = plans[members[0]].lay
+        try:
+            known = _STALE.get(gk)
+            if known is not None:  # found stale before: no request, straight to the fallback
+                raise known
+            arrays = await _asset_chips(lay, [plans[i] for i in members], cost)
+        except StaleLayout as exc:
+            _STALE[gk] = exc
+            if len(_STALE) > 10_000:  # bounded over a long epoch
+                _STALE.pop(next(iter(_STALE)))
+            for i in members:
+                results[i] = exc
+            return
+        except ObjectError as exc:
+            raise AssetError(f"asset {lay.key!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - tiles the decoders refuse: this asset goes to rasterio
+            log.debug("cannot decode tiles of %s: %s", redact(lay.href), exc)
+            for i in members:
+                results[i] = Undecodable(f"{lay.key}: {exc}")
+            return
+        for i, arr in zip(members, arrays):
+            results[i] = arr
+
+    await asyncio.gather(*(group(gk, members) for gk, members in groups.items()))
+    return results
+
+
+def read_plans(plans: Sequence[ChipPlan], cost: TileCost | None = None) -> list:
+    """``read_plans_async`` from sync code, on the I/O layer's event loop."""
+    return objects.run(read_plans_async(plans, cost))
 
 
 async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequence[Sequence[str]],
@@ -275,12 +347,12 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
     """Chips ``xys[i]`` of assets ``keys[i]`` described by ``layouts[i]`` on ``grids[i]``.
 
     Returns per chip ``{key: array (bands, cs, cs)}``, or ``{key: exception}`` entries for
-    assets the caller must read through rasterio (`StaleLayout`, `Unsupported`).
+    assets the caller must read through rasterio (``StaleLayout``, ``Unsupported``).
     Chips of the same object share one coalesced fetch and one decode per tile.
     """
     results: list[dict] = [{} for _ in xys]
-    groups: dict[tuple, list[tuple[int, ChipPlan]]] = {}
-    lays: dict[tuple, AssetLayout] = {}
+    plans: list[ChipPlan] = []
+    where: list[tuple[int, str]] = []
     for i, (lay_map, ks, grid, (x, y)) in enumerate(zip(layouts, keys, grids, xys)):
         for k in ks:
             lay = lay_map.get(k)
@@ -288,37 +360,16 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
                 results[i][k] = Unsupported(f"{k}: no layout")
                 continue
             try:
-                p = plan(lay, grid, x, y)
+                plans.append(plan(lay, grid, x, y))
             except Unsupported as exc:
                 results[i][k] = exc
                 continue
-            gk = (lay.href, lay.etag, lay.size, grid.chip_size)
-            groups.setdefault(gk, []).append((i, p))
-            lays[gk] = lay
-
-    async def group(gk):
-        members = groups[gk]
-        try:
-            known = _STALE.get(gk[:3])
-            if known is not None:  # found stale before: no request, straight to the fallback
-                raise known
-            arrays = await _asset_chips(lays[gk], [p for _, p in members], gk[3])
-        except StaleLayout as exc:
-            _STALE[gk[:3]] = exc
-            if len(_STALE) > 10_000:  # bounded over a long epoch
-                _STALE.pop(next(iter(_STALE)))
-            for i, p in members:
-                results[i][p.lay.key] = exc
-            return
-        except ObjectError as exc:
-            raise AssetError(f"asset {members[0][1].lay.key!r}: {exc}") from exc
-        for (i, p), arr in zip(members, arrays):
-            results[i][p.lay.key] = arr
-
-    await asyncio.gather(*(group(gk) for gk in groups))
+            where.append((i, k))
+    for (i, k), arr in zip(where, await read_plans_async(plans)):
+        results[i][k] = arr
     return results
 
 
 def read_batch(layouts, keys, grids, xys) -> list[dict]:
-    """`read_batch_async` from sync code, on the I/O layer's event loop."""
+    """``read_batch_async`` from sync code, on the I/O layer's event loop."""
     return objects.run(read_batch_async(layouts, keys, grids, xys))

@@ -36,6 +36,7 @@ class Archive:
     mgrs: Path  # MGRS tile samples (name, polygon)
     points: Path  # point samples (Landsat, NAIP)
     linz_source: Path  # a LINZ-like source bucket, as a folder
+    stack_items: Path | None = None  # the stacks place: S2 on several dates, S1 and Landsat once
 
 
 def _quarter_dates(year: int) -> list[datetime]:
@@ -63,7 +64,8 @@ def build_archive(root: str | Path, scene_px: int = 512, seed: int = 0) -> Archi
     collections.write_text(json.dumps([_collection(c) for c in
                                        ("sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1", "naip",
                                         "sentinel-1-rtc", "modis-09A1-061")]))
-    return Archive(root, items, collections, _mgrs_samples(root), _point_samples(root), linz)
+    stack_items = _stack_place(root / "stack-items")
+    return Archive(root, items, collections, _mgrs_samples(root), _point_samples(root), linz, stack_items)
 
 
 def _sentinel2(items: Path, px: int, rng: random.Random) -> None:
@@ -236,3 +238,32 @@ def _modis(items: Path) -> None:
     month = next(m for m in drawn if m > 1 and m - 1 not in drawn)
     synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, platform="terra",
                           start=datetime(2018, month, 1, tzinfo=UTC) - timedelta(days=4))
+
+
+# --- the stacks place (issue 21): one place over time and across sensors -------------------
+#
+# Near the UTM zone 20/21 boundary (lon -60.08, lat -34.6), far from every sample above, in its
+# own folder (no catalog search sees it): Sentinel-2 on six dates ten days apart (zone 20, tiles
+# seen from two relative orbits: every other date has a nodata corner), Sentinel-1 once (zone
+# 20, its vh has a NaN block over the place) and Landsat once in zone 21, as USGS projects a
+# scene centred east of -60: a different grid, rotated by the meridian convergence.
+
+STACK_S2_ORIGIN = (767780.0, 6167440.0)  # EPSG:32720, a 5.12 km scene
+STACK_S2_DATES = [datetime(2023, 1, 5, 14, 0, tzinfo=UTC) + timedelta(days=10 * i) for i in range(6)]
+STACK_S1_DATE = datetime(2023, 2, 5, 9, 43, 50, tzinfo=UTC)  # a day after S2 step 3
+STACK_LANDSAT_DATE = datetime(2023, 2, 7, 13, 50, tzinfo=UTC)  # three days after it
+STACK_S1_ORIGIN = (STACK_S2_ORIGIN[0] - 1500, STACK_S2_ORIGIN[1] + 500)  # EPSG:32720
+STACK_LANDSAT_ORIGIN = (216015.0, 6168825.0)  # EPSG:32721, 1.5 km around the S2 scene
+
+
+def _stack_place(items: Path) -> Path:
+    for i, when in enumerate(STACK_S2_DATES):
+        synthetic.sentinel2_scene(items / "sentinel-2-l2a", 512, seed=100 + i, item_id=f"S2B_20HQH_{when:%Y%m%d}",
+                                  when=when, origin=STACK_S2_ORIGIN, cloud_cover=10.0 * i,
+                                  bands_10m=tuple(synthetic.S2_BANDS_10M),
+                                  nodata_corner=0.3 if i % 2 else 0.0, n_clouds=(1, 3, 0, 2, 6, 1)[i], land_seed=100)
+    synthetic.sentinel1_scene(items / "sentinel-1-rtc", 800, 800, origin=STACK_S1_ORIGIN, when=STACK_S1_DATE,
+                              item_id=f"S1A_IW_GRDH_1SDV_{STACK_S1_DATE:%Y%m%dT%H%M%S}_stack_rtc")
+    synthetic.landsat_scene(items / "landsat-c2l2-sr", 320, 384, seed=7, item_id="LC09_L2SP_225084_20230207_stack",
+                            when=STACK_LANDSAT_DATE, origin=STACK_LANDSAT_ORIGIN, epsg=32721)
+    return items

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stacchip_core.core.chipper import Chipper, item_for_row
+from stacchip_core.core.chip import Chip
 from stacchip_core.core.output import band_stack, write_png
+from stacchip_core.core.read import Reader
 from stacchip_core.platform import Platform
 
 OUTLINE = (255, 0, 255)
@@ -34,16 +35,30 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def chip_cloud_mask(chipper: Chipper, platform: Platform | None, x: int, y: int) -> np.ndarray | None:
-    """The cloud mask of chip (x, y) on the chip's grid, or None when the platform has none."""
-    if platform is None or platform.name not in CLOUD_MASKS:
+def preview_bands(platform: Platform | None) -> list[str] | None:
+    """The bands ``true_colour`` shows: red, green and blue, else the platform's first three
+    (None: the default assets). Only these are read: a Sentinel-2 preview needs 3 of 10."""
+    if platform is None or not platform.bands:
         return None
-    layer, fn = CLOUD_MASKS[platform.name]
-    key = platform.asset_key(chipper.item, layer)
-    if key is None:
-        return None
-    with Chipper(chipper.item, assets=[key], chip_size=chipper.grid.chip_size, platform=platform) as qa:
-        return fn(qa.chip(x, y)[key][0])
+    names = platform.band_names
+    return ["red", "green", "blue"] if {"red", "green", "blue"} <= set(names) else names[:3]
+
+
+def read_preview_chips(rows: list[dict], platform: Platform | None,
+                       reader: Reader) -> tuple[list[Chip], list[np.ndarray | None]]:
+    """The chips of ``rows`` (the bands a preview shows: ``preview_bands``) and their cloud
+    masks (None where the platform has no quality layer), read through ``reader`` as two
+    batches."""
+    chips = reader.chips(rows, assets=preview_bands(platform))
+    masks: list[np.ndarray | None] = [None] * len(rows)
+    if platform is not None and platform.name in CLOUD_MASKS:
+        layer, fn = CLOUD_MASKS[platform.name]
+        with_layer = [i for i, row in enumerate(rows) if reader.source(row).key_for(layer) is not None]
+        if with_layer:
+            qa = reader.chips([rows[i] for i in with_layer], assets=[layer])
+            for i, chip in zip(with_layer, qa):
+                masks[i] = fn(next(iter(chip.values()))[0])
+    return chips, masks
 
 
 def true_colour(stack: np.ndarray, names: list[str], nodata, clear: np.ndarray | None) -> np.ndarray:
@@ -74,22 +89,23 @@ def tile_origin(i: int, cols: int, cs: int) -> tuple[int, int]:
     return GAP + r * (cs + LABEL + GAP), GAP + c * (cs + GAP)
 
 
-def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: int = 4) -> dict:
+def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: int = 4, *,
+                 chips: list[Chip] | None = None, masks: list[np.ndarray | None] | None = None) -> dict:
     """Write the preview PNG of index ``rows``; returns the tiles' chipids, origins and masks
-    (``masks[i]``: the outlined cloud mask of tile i, or None)."""
-    tiles, masks, labels = [], [], []
-    for row in rows:
-        x, y = int(row["chip_index_x"]), int(row["chip_index_y"])
-        with Chipper(item_for_row(row), platform=platform, chip_size=int(row["chip_size"])) as chipper:
-            stack, names = band_stack(chipper.chip(x, y), platform)
-            mask = chip_cloud_mask(chipper, platform, x, y)
+    (``masks[i]``: the outlined cloud mask of tile i, or None). ``chips`` and ``masks``: as
+    ``read_preview_chips`` gives them (read here when not given)."""
+    if chips is None or masks is None:
+        with Reader() as reader:
+            chips, masks = read_preview_chips(rows, platform, reader)
+    tiles, labels = [], []
+    for row, chip, mask in zip(rows, chips, masks):
+        stack, names = band_stack(chip, platform)
         rgb = true_colour(stack, names, platform.nodata if platform else None, None if mask is None else ~mask)
         if mask is not None:
             edge = outline(mask)
             for b in range(3):
                 rgb[b][edge] = OUTLINE[b]
         tiles.append(rgb)
-        masks.append(mask)
         labels.append(f"cloud {row['cloud_cover_percentage']:.2f}  nodata {row['nodata_percentage']:.2f}")
     cs = max(t.shape[1] for t in tiles)
     cols = min(cols, len(tiles))
@@ -162,3 +178,58 @@ def _with_labels(canvas: np.ndarray, labels: list[tuple[int, int, str]], width: 
         rows = min(mask.shape[0], out.shape[0] - row)
         out[row:row + rows, col:col + mask.shape[1]][mask[:rows]] = TEXT
     return out
+
+
+def stack_strip(tiles: list[np.ndarray], labels: list[str], path: Path) -> dict:
+    """Tiles (3, h, w) uint8 in one row, each with its label under it."""
+    cs = max(t.shape[1] for t in tiles)
+    height, width = GAP + cs + LABEL + GAP, GAP + len(tiles) * (cs + GAP)
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    origins = []
+    for i, tile in enumerate(tiles):
+        r0, c0 = tile_origin(i, len(tiles), cs)
+        canvas[r0:r0 + tile.shape[1], c0:c0 + tile.shape[2]] = tile.transpose(1, 2, 0)
+        origins.append((r0, c0))
+    canvas = _with_labels(canvas, [(r0 + cs + 4, c0, text) for (r0, c0), text in zip(origins, labels)], cs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(path, canvas.transpose(2, 0, 1))
+    return {"path": path, "origins": origins, "chip_size": cs}
+
+
+def _rgb(pixels: np.ndarray, valid: np.ndarray, names: list[str], top: float = 75) -> np.ndarray:
+    """Colour of members (T, C, h, w) of one platform, one stretch for all steps (so dates
+    compare): red, green, blue, else log backscatter in grey; black where not valid."""
+    data = np.where(valid[:, None], pixels, np.nan)
+    if "red" in names:
+        data = data[:, [names.index(b) for b in ("red", "green", "blue") if b in names]]
+    else:
+        data = np.log10(np.where(data[:, :1] > 0, data[:, :1], np.nan))
+    data = np.repeat(data, 3 // data.shape[1], axis=1) if data.shape[1] < 3 else data[:, :3]
+    out = np.zeros(data.shape, np.uint8)
+    for b in range(3):
+        values = data[:, b][np.isfinite(data[:, b])]
+        if not values.size:
+            continue
+        lo, hi = np.percentile(values, [2, top])  # 75: clouds (the brightest quarter at most) saturate
+        hi = lo + 1.3 * (hi - lo)
+        out[:, b] = np.nan_to_num(np.clip((data[:, b] - lo) * (255.0 / (hi - lo) if hi > lo else 0.0), 0, 255))
+    return out
+
+
+def series_preview(stack, clouds: list[float], path: Path) -> dict:
+    """A time series (``StackPixels``) as a strip of colour tiles, date and cloud fraction
+    under each step, invalid pixels black."""
+    p = stack.anchor
+    tiles = list(_rgb(stack.pixels[p], stack.valid[p], stack.bands[p]))
+    labels = [f"{d.isoformat()}  cloud {c:.2f}" for d, c in zip(stack.dates[p], clouds)]
+    return stack_strip(tiles, labels, path)
+
+
+def pair_preview(stack, path: Path) -> dict:
+    """A multi-sensor stack's first step: each platform's member on the anchor window, side by
+    side (radar in grey), platform and date under each."""
+    tiles, labels = [], []
+    for p, px in stack.pixels.items():
+        tiles.append(_rgb(px[:1], stack.valid[p][:1], stack.bands[p], top=90)[0])
+        labels.append(f"{p} {stack.dates[p][0].isoformat()}")
+    return stack_strip(tiles, labels, path)

@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow.compute as pc
 
 from stacchip_core.core.index import read_index
+from stacchip_core.core.read import Reader
 from stacchip_core.demo import synthetic
 from stacchip_core.demo.archive import build_archive
 from stacchip_core.demo.maps import index_map_html, index_map_png
-from stacchip_core.demo.previews import preview_grid
+from stacchip_core.demo.previews import preview_grid, read_preview_chips
 from stacchip_core.pipeline.merge import merge
 from stacchip_core.pipeline.process import process
 from stacchip_core.plugins import platforms
@@ -43,7 +44,10 @@ class PlatformSummary(Report):
 
 @dataclass(frozen=True)
 class Throughput(Report):
-    """Chips indexed per second (processing included) and chips read per second (previews)."""
+    """Chips indexed per second (processing included); chips read per second through the
+    read pipeline (the previews' chips and cloud masks, in batches per source; drawing the
+    previews is not included), with the object-store requests and the reads that fell back
+    to rasterio (local files are read through rasterio by choice and do not count)."""
 
     items: int
     chips: int
@@ -52,6 +56,25 @@ class Throughput(Report):
     chips_read: int
     read_seconds: float
     chips_read_per_second: float
+    read_requests: int = 0
+    read_fallbacks: int = 0
+    draw_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StacksSummary(Report):
+    """The stacks place (issue 21): its index, the time series and the multi-sensor stacks
+    built from it, and their previews."""
+
+    index: str
+    series: str
+    pairs: str
+    series_stacks: int
+    series_steps: int
+    pair_stacks: int
+    pair_platforms: list[str]
+    series_preview: str
+    pair_preview: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +90,7 @@ class DemoReport(Report):
     map_png: str | None  # None without matplotlib (the viz extra)
     summary: list[PlatformSummary]
     throughput: Throughput
+    stacks: StacksSummary | None = None
 
 
 def demo_jobs(archive) -> list[tuple[str, Path | None, int]]:
@@ -102,16 +126,21 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
     process_s = time.perf_counter() - t0
     merged = merge(bucket / "index", bucket / "merged.parquet")
     table = read_index(bucket / "merged.parquet")
-    summary, read_s, read_chips = [], 0.0, 0
+    summary, read_s, draw_s, read_chips = [], 0.0, 0.0, 0
+    reader = Reader()
     for name in sorted(set(table["platform"].to_pylist())):
         rows = table.filter(pc.equal(table["platform"], name))
         cloud = rows["cloud_cover_percentage"].to_numpy()
         nodata = rows["nodata_percentage"].to_numpy()
         # the cloudiest chips first, so that the previews show what the fractions measure
         order = np.argsort(-cloud, kind="stable")[:preview_chips]
+        chosen = rows.take(order).to_pylist()
         t = time.perf_counter()
-        grid = preview_grid(rows.take(order).to_pylist(), installed.get(name), previews / f"{name}.png")
+        chips, masks = read_preview_chips(chosen, installed.get(name), reader)
         read_s += time.perf_counter() - t
+        t = time.perf_counter()
+        grid = preview_grid(chosen, installed.get(name), previews / f"{name}.png", chips=chips, masks=masks)
+        draw_s += time.perf_counter() - t
         read_chips += len(order)
         summary.append(PlatformSummary(
             platform=name, items=len(set(rows["item_id"].to_pylist())), chips=len(rows),
@@ -119,6 +148,9 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
             nodata_mean=float(nodata.mean()), nodata_free_chips=int((nodata == 0).sum()),
             preview=str(grid["path"]),
         ))
+    cost = reader.report
+    reader.close()
+    log.info("read %d chips in %.2f s (%s); previews drawn in %.2f s", read_chips, read_s, cost, draw_s)
     map_html = index_map_html(table, previews / "index_map.html")
     map_png = index_map_png(table, previews / "index_map.png")
     throughput = Throughput(
@@ -126,7 +158,49 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
         chips_indexed_per_second=len(table) / process_s if process_s else 0.0,
         chips_read=read_chips, read_seconds=read_s,
         chips_read_per_second=read_chips / read_s if read_s else 0.0,
+        read_requests=cost.requests, read_fallbacks=cost.fallback_count, draw_seconds=draw_s,
     )
+    stacks = run_stacks(archive.stack_items, out / "stacks", previews) if archive.stack_items else None
     return DemoReport(archive=str(archive.root), bucket=str(bucket), index=merged.output, previews=str(previews),
                       map_html=str(map_html), map_png=str(map_png) if map_png else None, summary=summary,
-                      throughput=throughput)
+                      throughput=throughput, stacks=stacks)
+
+
+STACK_PLATFORMS = ("sentinel-2-l2a", "sentinel-1-rtc", "landsat-c2l2-sr")
+
+
+def run_stacks(items: Path, out: Path, previews: Path) -> StacksSummary | None:
+    """Index the stacks place (Landsat at 128 px chips: an S2 chip then straddles several of
+    them), build its time series (Sentinel-2, at least 4 steps) and its multi-sensor stacks
+    (Sentinel-2 with Sentinel-1 and Landsat within 3 days), read one of each and preview them."""
+    import pyarrow as pa
+
+    from stacchip_core.core.index import write_index
+    from stacchip_core.core.indexer import Indexer
+    from stacchip_core.core.stacks import build_stacks, write_stacks
+    from stacchip_core.demo.previews import pair_preview, series_preview
+    from stacchip_core.training.stacks import StackReader
+
+    missing = [p for p in STACK_PLATFORMS if p not in platforms()]
+    if missing:
+        log.warning("platforms %s are not installed: no stacks", missing)
+        return None
+    tables = [Indexer(str(p), chip_size=128 if "landsat" in p.parts[-3] else 256, chip_max_nodata=1.0).create_index()
+              for p in sorted(items.rglob("*.json"))]
+    index = write_index(pa.concat_tables(tables), out / "index.parquet")
+    s2, s1, landsat = STACK_PLATFORMS
+    series = build_stacks(index, anchor=s2, min_steps=4)
+    pairs = build_stacks(index, anchor=s2, with_=[s1, landsat], window=3)
+    write_stacks(series, out / "series.parquet")
+    write_stacks(pairs, out / "pairs.parquet")
+    reader = StackReader({s2: ["red", "green", "blue"], landsat: ["red", "green", "blue"], s1: ["vv", "vh"]})
+    # the place's chip with the widest range of cloud over time
+    clouds = series["member_cloud"].to_pylist()
+    pick = int(np.argmax([max(c) - min(c) for c in clouds]))
+    ts = reader.read(series.slice(pick, 1).to_pylist()[0])
+    strip = series_preview(ts, clouds[pick], previews / "stack_series.png")
+    pair = pair_preview(reader.read(pairs.slice(0, 1).to_pylist()[0]), previews / "stack_pair.png")
+    return StacksSummary(index=str(index), series=str(out / "series.parquet"), pairs=str(out / "pairs.parquet"),
+                         series_stacks=series.num_rows, series_steps=int(series["steps"][pick].as_py()),
+                         pair_stacks=pairs.num_rows, pair_platforms=list(STACK_PLATFORMS),
+                         series_preview=str(strip["path"]), pair_preview=str(pair["path"]))

@@ -231,11 +231,14 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
                     when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=UTC),
                     origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
                     bands_10m=tuple(S2_BANDS_10M), bands_20m=tuple(S2_BANDS_20M),
-                    blocksize: int = 512, cloud_cover: float = 18.4, noise: int = 0) -> Path:
+                    blocksize: int = 512, cloud_cover: float = 18.4, noise: int = 0,
+                    nodata_corner: float = 0.3, n_clouds: int = 4, land_seed: int | None = None) -> Path:
     """A Sentinel-2 L2A scene of ``size`` px a side at 10 m: 10 m bands, 20 m bands and SCL
     at ``size/2``, a 60 m coastal band at ``size/6`` (when divisible). ``naming`` picks the
     asset keys of Earth Search (``red``, ``scl``) or Planetary Computer (``B04``, ``SCL``).
-    Returns the item JSON path."""
+    ``nodata_corner`` and ``n_clouds`` shape the SCL layer (``scl_layer``); ``land_seed`` (default
+    ``seed``) picks the landscape, so scenes of one place on several dates can share it. Returns
+    the item JSON path."""
     outdir = Path(outdir) / item_id
     pc = naming == "planetary-computer"
     t10 = Affine(10, 0, origin[0], 0, -10, origin[1])
@@ -243,16 +246,17 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
     crs = f"EPSG:{epsg}"
     assets = {}
     half = size // 2
-    scl = scl_layer(half, half, seed)
+    scl = scl_layer(half, half, seed, nodata_corner=nodata_corner, n_clouds=n_clouds)
+    land = seed if land_seed is None else land_seed
     masks = _scl_masks(scl)
     for i, name in enumerate(bands_10m):
         key = S2_BANDS_10M[name] if pc else name
-        data = _band_data(i, name, size, size, seed, noise, masks, 2)
+        data = _band_data(i, name, size, size, land, noise, masks, 2)
         path = write_cog(outdir / f"{key}.tif", data, t10, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size, size), t10, gsd=10)
     for i, name in enumerate(bands_20m, start=len(bands_10m)):
         key = S2_BANDS_20M[name] if pc else name
-        data = _band_data(i, name, half, half, seed, noise, masks, 1)
+        data = _band_data(i, name, half, half, land, noise, masks, 1)
         path = write_cog(outdir / f"{key}.tif", data, t20, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (half, half), t20, gsd=20)
     scl_key = "SCL" if pc else "scl"
@@ -263,7 +267,7 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
         key = "B01" if pc else "coastal"
         sixth = size // 6
         data = (band_pattern(20, sixth, sixth) if _APPEARANCE.get() != "land" else
-                _band_data(20, "coastal", sixth, sixth, seed, 0, {k: v[1::3, 1::3] for k, v in masks.items()}))
+                _band_data(20, "coastal", sixth, sixth, land, 0, {k: v[1::3, 1::3] for k, v in masks.items()}))
         path = write_cog(outdir / f"{key}.tif", data, t60, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size // 6, size // 6), t60, gsd=60)
     properties = {"eo:cloud_cover": cloud_cover, "platform": "sentinel-2a", "s2:nodata_pixel_percentage": 12.0,

@@ -199,9 +199,7 @@ class EmbeddedCatalog:
             keep &= _query_mask(self._prop_typed(name), ops)
         area = _area(intersects, bbox)
         if area is not None:
-            xmin, ymin, xmax, ymax = area.bounds
-            b = self._bbox
-            keep &= ~((b[:, 0] > xmax) | (b[:, 2] < xmin) | (b[:, 1] > ymax) | (b[:, 3] < ymin))
+            keep &= bbox_candidates(self._bbox, area.bounds)
             cand = np.flatnonzero(keep)
             geoms = self._geometries()[cand]
             hit = np.array([g is not None for g in geoms], dtype=bool)
@@ -301,6 +299,18 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     if arr.dtype == object:
         arr = arr.astype(str)
     return np.unique(arr, return_inverse=True)[1].astype(np.int64)
+
+
+def bbox_candidates(bounds: np.ndarray, box) -> np.ndarray:
+    """Rows of lon/lat ``bounds`` (n, 4) that may meet ``box`` (xmin, ymin, xmax, ymax): a
+    prefilter, the geometry decides. Bounds with west > east (RFC 7946 bounds of something
+    that crosses the antimeridian) count as spanning every longitude: compared as plain
+    numbers they would match no box at all. NaN bounds stay candidates."""
+    xmin, ymin, xmax, ymax = box
+    west, east = bounds[:, 0], bounds[:, 2]
+    crossing = west > east
+    west, east = np.where(crossing, -180.0, west), np.where(crossing, 180.0, east)
+    return ~((west > xmax) | (east < xmin) | (bounds[:, 1] > ymax) | (bounds[:, 3] < ymin))
 
 
 def _area(intersects, bbox):

@@ -22,7 +22,10 @@ _SECRET_PARAMS = {
     "password", "secret", "se", "sp", "sv", "skoid", "sktid", "skt", "ske", "sks", "skv",
 }
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 and C1 control characters (ESC, CR, BEL, CSI U+009B, NEL U+0085...) and the Unicode
+# line and paragraph separators: anything a terminal or str.splitlines() takes as a line break
+# or a command. Tabs stay; newlines are escaped separately.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def redact(url: str) -> str:
@@ -49,6 +52,13 @@ def redact(url: str) -> str:
 def redact_text(text: str) -> str:
     """``text`` with every URL in it redacted and control characters (newlines included)
     escaped, so that a message built from catalog data is one honest line. Trailing
-    whitespace goes (arrow ends some messages with a newline)."""
+    whitespace goes (arrow ends some messages with a newline).
+
+    Args:
+        text: a message, a report line, a log record's text.
+
+    Returns:
+        One line: no character in it starts a new line or moves a terminal's cursor.
+    """
     text = _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
     return _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text.rstrip().replace("\n", "\\n"))

@@ -1,4 +1,16 @@
-"""Merge many per-item index files into one GeoParquet file.
+"""Merge many per-item index files into one GeoParquet file built for queries.
+
+What the merged file looks like (docs/index-format.md):
+
+- rows sorted by the Hilbert key of the chip centre (core.hilbert; lon/lat, 2**24 cells a
+  side), then by ``datetime``, then by input file and row (a total order: reruns give the
+  same bytes). Consecutive rows are close on the ground, so each row group covers a compact
+  region and the statistics of the bbox covering columns prune row groups for readers that
+  push a box down (pyarrow, DuckDB, GDAL, the project's query).
+- row groups of at most ``row_group_rows`` rows (default ``ROW_GROUP_ROWS``) and about
+  ``ROW_GROUP_BYTES`` of data, zstd, statistics and page indexes for the columns queries
+  filter on (``STATISTICS``); the ``layouts`` column is dictionary encoded (one blob per
+  item and row group).
 
 Integrity rules (what a careless or hostile input meets):
 
@@ -9,15 +21,24 @@ Integrity rules (what a careless or hostile input meets):
   the file, before anything is published).
 - the output is streamed once: locally into a temporary sibling of ``dst`` renamed into
   place; on S3 as a multipart upload that is completed only when the file is whole (and
-  aborted otherwise). Nothing is staged in ``$TMPDIR``.
-- rows are written in row groups of `ROW_GROUP_ROWS` whatever the number of inputs
-  (one row group per input made a 2,000-file merge 190x slower to read: 1.7 s vs 0.009 s).
+  aborted otherwise). Nothing is staged in ``$TMPDIR`` (but spilled partitions of a merge
+  into S3, see below).
+
+Memory is bounded whatever the number of rows: up to ``memory_rows`` rows are sorted in
+memory; past that, rows are spilled into Hilbert-range partitions (temporary Parquet files
+in a hidden folder beside a local ``dst``, or under ``workdir``), and each partition is then
+sorted on its own, split again by the next bits of the key when it is still too large.
+Small merges need no temporary files at all.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +48,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from stacchip_core.core.index import SCHEMA, with_geo_metadata
+from stacchip_core.core.hilbert import BITS, bbox_centres, hilbert_keys
+from stacchip_core.core.index import SCHEMA, geo_metadata
 from stacchip_core.errors import IndexFormatError, NotFoundError, OutputError
 from stacchip_core.io.store import LocalStore, S3Store, open_store
 from stacchip_core.io.urls import redact_text
@@ -35,11 +57,24 @@ from stacchip_core.types import Report
 
 log = logging.getLogger(__name__)
 
-ROW_GROUP_ROWS = 128 * 1024
+# 65,536 rows: a 1 degree box on a worldwide 10M-chip index reads 3-6 row groups of 154 in
+# 45-69 ms (bench_index; 50k rows read 4-6 of 201, no better); the GeoParquet guidance is 50k-150k
+ROW_GROUP_ROWS = 64 * 1024
+ROW_GROUP_BYTES = 128 * 1024 * 1024  # of Arrow data (layouts counted once per item)
+MEMORY_ROWS = 250_000  # rows sorted in memory at once (1M rows peaked at 1 GB RSS, bench_index)
+PARTITION_BITS = 6  # each spill splits the key range into 64 partitions
 # the columns without which a row is not a chip, and those that must have a value
 REQUIRED = ("chipid", "platform", "item_id", "item_href", "chip_index_x", "chip_index_y", "chip_size", "geometry")
 NOT_NULL = ("chipid", "platform", "item_href", "chip_index_x", "chip_index_y", "chip_size", "geometry")
 _PART_BYTES = 16 * 1024 * 1024  # S3 multipart: parts of 16 MiB (the minimum is 5 MiB)
+# helper columns of the sort, dropped before writing
+_KEY, _FILE, _ROW = "__hilbert", "__file", "__row"
+_SORT = [(_KEY, "ascending"), ("datetime", "ascending"), (_FILE, "ascending"), (_ROW, "ascending")]
+_DICTIONARY = ["platform", "item_id", "item_href", "layouts"]  # few distinct values per row group
+# statistics (row groups and page indexes) of the columns queries filter on; those of
+# chipid, geometry and layouts prune nothing and made the footer 6x larger (min/max blobs)
+STATISTICS = ["platform", "item_id", "date", "datetime", "cloud_cover_percentage", "nodata_percentage",
+              "bbox.xmin", "bbox.ymin", "bbox.xmax", "bbox.ymax"]
 
 
 @dataclass(frozen=True)
@@ -52,13 +87,27 @@ class MergeReport(Report):
 
 
 def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
-          row_group_rows: int = ROW_GROUP_ROWS) -> MergeReport:
-    """Combine every ``*.parquet`` under ``src`` (a folder or ``s3://bucket/prefix``) into one
-    GeoParquet file ``dst`` (local or s3://).
+          row_group_rows: int = ROW_GROUP_ROWS, memory_rows: int = MEMORY_ROWS,
+          workdir: str | Path | None = None) -> MergeReport:
+    """Combine every ``*.parquet`` under ``src`` into one GeoParquet index ``dst``, sorted
+    for spatial queries (see the module doc).
 
-    Files are read in sorted key order and streamed, so reruns give the same file and memory
-    stays at one row group; ``dst`` is published only when complete (see the module doc).
-    ``progress=None`` shows a bar on terminals only. Returns the counts and the output URL.
+    Args:
+        src: a folder or ``s3://bucket/prefix`` of per-item index files.
+        dst: the output file, local or ``s3://``; published only when complete.
+        progress: a progress bar (None: on terminals only).
+        row_group_rows: the most rows in a row group.
+        memory_rows: the most rows sorted in memory at once; more are spilled to disk.
+        workdir: where spilled partitions go (default: a hidden folder beside a local
+            ``dst``, the system temporary folder for an S3 ``dst``); removed afterwards.
+
+    Returns:
+        The counts and the output URL.
+
+    Raises:
+        NotFoundError: ``src`` holds no .parquet file.
+        IndexFormatError: an input is not a stacchip index.
+        OutputError: ``dst`` names no file or cannot be written.
     """
     source = open_store(src)
     dst = str(dst)
@@ -70,39 +119,269 @@ def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
     if not keys:
         raise NotFoundError(f"no .parquet index files under {src}")
     schema = _merged_schema(source, keys[0])
-    # the overall bbox is optional in GeoParquet: leave it out and stream in one pass
-    geo_schema = with_geo_metadata(schema.empty_table(), np.empty((0, 4))).schema
-    rows = 0
     bar = tqdm(keys, desc="merge", unit="file", disable=None if progress is None else not progress)
-    with _output(target, name) as sink, pq.ParquetWriter(sink, geo_schema, compression="zstd") as writer:
-        pending: list[pa.Table] = []
-        buffered = 0
-        for key in bar:
+    sorter = _Sorter(schema, memory_rows, lambda: _workdir(workdir, target, name))
+    rows = 0
+    try:
+        for number, key in enumerate(bar):
             table = _conform(_read(source, key), schema, source.url(key))
             rows += len(table)
-            pending.append(table)
-            buffered += len(table)
-            if buffered >= row_group_rows:
-                buffered = _flush(writer, pending, row_group_rows, final=False)
-        _flush(writer, pending, row_group_rows, final=True)
+            sorter.add(_with_sort_columns(table, number))
+        with _output(target, name) as sink:
+            writer = _GroupWriter(sink, schema, row_group_rows)
+            with writer:
+                for table in sorter.sorted():
+                    writer.add(table)
+    finally:
+        sorter.close()
     url = target.url(name)
-    log.info("merged %d rows from %d files into %s", rows, len(keys), url)
+    log.info("merged %d rows from %d files into %s (%d row groups%s)", rows, len(keys), url,
+             writer.groups, ", spilled to disk" if sorter.spilled else "")
     return MergeReport(len(keys), rows, url)
 
 
-def _flush(writer: pq.ParquetWriter, pending: list[pa.Table], size: int, final: bool) -> int:
-    """Write whole row groups of ``size`` rows from ``pending`` (all of it when ``final``);
-    what is left stays in ``pending``. Returns the rows still buffered."""
-    if not pending:
-        return 0
-    table = pa.concat_tables(pending)
-    pending.clear()
-    whole = len(table) if final else len(table) // size * size
-    if whole:
-        writer.write_table(table.slice(0, whole), row_group_size=size)
-    if whole < len(table):
-        pending.append(table.slice(whole))
-    return len(table) - whole
+def _with_sort_columns(table: pa.Table, number: int) -> pa.Table:
+    """The table with its sort keys: the Hilbert key of each chip's bbox centre, the input
+    file's number and the row's number in it (ties broken by input order)."""
+    bbox = table.column("bbox").combine_chunks()
+    parts = [bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")]
+    lon, lat = bbox_centres(*parts)
+    n = len(table)
+    return (table.append_column(_KEY, pa.array(hilbert_keys(lon, lat), pa.uint64()))
+            .append_column(_FILE, pa.array(np.full(n, number, np.int32)))
+            .append_column(_ROW, pa.array(np.arange(n, dtype=np.int32))))
+
+
+def _workdir(workdir: str | Path | None, target, name: str) -> Path:
+    if workdir is not None:
+        return Path(tempfile.mkdtemp(prefix=".stacchip-merge-", dir=workdir))
+    if isinstance(target, LocalStore):
+        target.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{name}.merge-", dir=target.root))
+    return Path(tempfile.mkdtemp(prefix="stacchip-merge-"))
+
+
+class _Sorter:
+    """Rows in, rows out in sort order; in memory up to ``memory_rows`` rows, else through
+    Hilbert-range partition files (an external sort by distribution)."""
+
+    def __init__(self, schema: pa.Schema, memory_rows: int, make_dir) -> None:
+        self.memory_rows = max(1, memory_rows)
+        self._make_dir = make_dir
+        self._dir: Path | None = None
+        self._pending: list[pa.Table] = []
+        self._buffered = 0
+        self._parts: _Partitions | None = None
+
+    @property
+    def spilled(self) -> bool:
+        return self._parts is not None
+
+    def add(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._buffered += len(table)
+        if self._buffered > self.memory_rows:
+            if self._parts is None:
+                self._dir = self._make_dir()
+                self._parts = _Partitions(self._dir / "p", 0)
+            self._parts.add(pa.concat_tables(self._pending))
+            self._pending, self._buffered = [], 0
+
+    def sorted(self) -> Iterator[pa.Table]:
+        if self._parts is None:
+            if self._pending:
+                yield pa.concat_tables(self._pending).sort_by(_SORT)
+            self._pending = []
+            return
+        if self._pending:
+            self._parts.add(pa.concat_tables(self._pending))
+            self._pending = []
+        yield from self._parts.drain(self.memory_rows)
+
+    def close(self) -> None:
+        if self._parts is not None:
+            self._parts.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class _Partitions:
+    """Partition files ``{folder}/{k}.parquet`` by the next ``PARTITION_BITS`` bits of
+    the Hilbert key after ``shift`` bits, in key order when drained."""
+
+    def __init__(self, folder: Path, shift: int) -> None:
+        self.folder, self.shift = folder, shift
+        self.bits = min(PARTITION_BITS, BITS - shift)
+        self._writers: dict[int, pq.ParquetWriter] = {}
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, table: pa.Table) -> None:
+        keys = table.column(_KEY).to_numpy()
+        part = (keys >> np.uint64(BITS - self.shift - self.bits)) & np.uint64((1 << self.bits) - 1)
+        order = np.argsort(part, kind="stable")
+        ordered = table.take(pa.array(order))
+        bounds = np.searchsorted(part[order], np.arange((1 << self.bits) + 1))
+        for k in range(1 << self.bits):
+            if bounds[k + 1] > bounds[k]:
+                chunk = ordered.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k]))
+                writer = self._writers.get(k)
+                if writer is None:
+                    # lz4, dictionary layouts: temporary files cost little to write and read back
+                    writer = pq.ParquetWriter(self.folder / f"{k}.parquet", chunk.schema, compression="lz4",
+                                              use_dictionary=_DICTIONARY, write_statistics=False)
+                    self._writers[k] = writer
+                writer.write_table(chunk)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def drain(self, memory_rows: int) -> Iterator[pa.Table]:
+        self.close()
+        for k in sorted(int(p.stem) for p in self.folder.glob("*.parquet")):
+            path = self.folder / f"{k}.parquet"
+            if pq.read_metadata(path).num_rows <= memory_rows or self.shift + self.bits >= BITS:
+                yield pq.read_table(path, read_dictionary=_DICTIONARY).sort_by(_SORT)
+            else:  # still too large: split it by the next bits of the key, a batch at a time
+                sub = _Partitions(self.folder / f"{k}.d", self.shift + self.bits)
+                for batch in pq.ParquetFile(path, read_dictionary=_DICTIONARY).iter_batches(65536):
+                    sub.add(pa.Table.from_batches([batch]))
+                yield from sub.drain(memory_rows)
+                shutil.rmtree(sub.folder, ignore_errors=True)
+            path.unlink()
+
+
+class _GroupWriter:
+    """Sorted tables in, row groups of at most ``rows`` rows and ROW_GROUP_BYTES out. Row
+    sizes are counted from values, not buffers, so the cut points do not depend on how the
+    sorted rows arrived (in memory or through partitions): the bytes are the same."""
+
+    def __init__(self, sink, schema: pa.Schema, rows: int) -> None:
+        self.rows = max(1, rows)
+        self.schema = schema
+        self.groups = 0
+        self._pending: list[pa.Table] = []
+        self._sizes: list[np.ndarray] = []
+        self._buffered = 0
+        self._bounds: list[np.ndarray] = []  # per row group: the rows the overall bbox needs
+        self._multi = False
+        self._writer = pq.ParquetWriter(sink, _dictionary_schema(schema), compression="zstd",
+                                        use_dictionary=_DICTIONARY, write_page_index=True,
+                                        write_statistics=STATISTICS, store_schema=False)
+
+    def __enter__(self):
+        return self
+
+    def add(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._sizes.append(_row_bytes(table))
+        self._buffered += len(table)
+        while self._buffered and (size := self._group_rows(final=False)):
+            self._write(size)
+
+    def _group_rows(self, final: bool) -> int:
+        """The rows of the next row group, or 0 when more rows may still join it."""
+        sizes = np.concatenate(self._sizes) if len(self._sizes) > 1 else self._sizes[0]
+        self._sizes = [sizes]
+        over = int(np.searchsorted(np.cumsum(sizes), ROW_GROUP_BYTES, side="right"))
+        if over < len(sizes):
+            return max(1, min(self.rows, over))
+        if len(sizes) >= self.rows:
+            return self.rows
+        return len(sizes) if final else 0
+
+    def _write(self, size: int) -> None:
+        table = pa.concat_tables(self._pending)
+        group, rest = table.slice(0, size), table.slice(size)
+        self._pending = [rest] if len(rest) else []
+        self._sizes = [self._sizes[0][size:]]
+        self._buffered = len(rest)
+        group = group.drop_columns([_KEY, _FILE, _ROW])
+        bbox = group.column("bbox").combine_chunks()
+        b = np.stack([bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], 1)
+        self._multi = self._multi or _multipolygons(group.column("geometry"))
+        self._bounds.append(_partial_bounds(b))
+        columns = [_compact(group.column(f.name)) if f.name in _DICTIONARY else group.column(f.name)
+                   for f in self.schema]
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self._writer.schema), row_group_size=size)
+        self.groups += 1
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            while self._buffered:
+                self._write(self._group_rows(final=True))
+            bounds = np.concatenate(self._bounds) if self._bounds else np.empty((0, 4))
+            meta = geo_metadata(bounds)
+            meta["columns"]["geometry"]["geometry_types"] = ["Polygon", "MultiPolygon"] if self._multi else ["Polygon"]
+            self._writer.add_key_value_metadata({"geo": json.dumps(meta)})
+        self._writer.close()
+        return False
+
+
+def _row_bytes(table: pa.Table) -> np.ndarray:
+    """Each row's size in the written file before compression, roughly: fixed-width values
+    plus string and binary lengths (dictionary columns cost little per row and are left out)."""
+    sizes = np.zeros(len(table), np.int64)
+    for field in table.schema:
+        if field.name in _DICTIONARY or field.name.startswith("__"):
+            continue
+        if pa.types.is_binary(field.type) or pa.types.is_string(field.type):
+            lengths = pc.binary_length(table.column(field.name)).fill_null(0)
+            sizes += lengths.to_numpy().astype(np.int64)
+        elif pa.types.is_struct(field.type):
+            sizes += sum(f.type.bit_width // 8 for f in field.type)
+        else:
+            sizes += max(field.type.bit_width // 8, 1)
+    return sizes
+
+
+def _partial_bounds(b: np.ndarray) -> np.ndarray:
+    """The few rows of ``b`` whose overall bbox (core.index.overall_bbox, which needs only
+    extremes) equals that of all of ``b``: the file's bbox without keeping every row's."""
+    if not len(b):
+        return b
+    crossing = b[:, 0] > b[:, 2]
+    west = np.where(b[:, 0] >= 0, b[:, 0], b[:, 0] + 360)
+    east = np.where(crossing | (b[:, 2] < 0), b[:, 2] + 360, b[:, 2])
+    keep = {int(np.argmin(b[:, 1])), int(np.argmax(b[:, 3])), int(np.argmin(b[:, 0])),
+            int(np.argmax(b[:, 2])), int(np.argmin(west)), int(np.argmax(east))}
+    return b[sorted(keep)]
+
+
+def _multipolygons(geometry: pa.ChunkedArray) -> bool:
+    """Whether any WKB value is not a Polygon (shapely writes little-endian WKB: byte 0 is
+    1 and byte 1 the type; anything else counts as not a Polygon)."""
+    head = pc.binary_slice(geometry, 0, 2)
+    return bool(pc.any(pc.not_equal(head, pa.scalar(b"\x01\x03", pa.binary()))).as_py() or False)
+
+
+def _dictionary_schema(schema: pa.Schema) -> pa.Schema:
+    """The written schema: dictionary-encoded columns as dictionaries in memory, so a row
+    group holds each item's layouts once (store_schema=False: readers see plain columns)."""
+    fields = [pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable) if f.name in _DICTIONARY else f
+              for f in schema]
+    return pa.schema(fields)
+
+
+def _compact(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """One dictionary array holding only the values its rows use, in the order they first
+    appear (so the bytes do not depend on how the rows were buffered)."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    indices = array.indices
+    valid = indices.is_valid().to_numpy(zero_copy_only=False)
+    values = indices.fill_null(0).to_numpy(zero_copy_only=False)
+    used, first, inverse = np.unique(values[valid], return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # dictionary entries by first appearance
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    remapped = np.zeros(len(values), np.int32)
+    remapped[valid] = rank[inverse]
+    mask = ~valid if not valid.all() else None
+    return pa.DictionaryArray.from_arrays(pa.array(remapped, pa.int32(), mask=mask),
+                                          array.dictionary.take(pa.array(used[order], pa.int64())))
 
 
 def _same_object(source, key: str, target, name: str) -> bool:
@@ -199,8 +478,8 @@ class _MultipartUpload(io.RawIOBase):
 def _read(store, key: str) -> pa.Table:
     try:
         if isinstance(store, LocalStore):
-            return pq.read_table(store.path(key))
-        return pq.read_table(io.BytesIO(store.read_bytes(key)))
+            return pq.read_table(store.path(key), read_dictionary=["layouts"])
+        return pq.read_table(io.BytesIO(store.read_bytes(key)), read_dictionary=["layouts"])
     except (pa.ArrowInvalid, OSError) as exc:
         raise IndexFormatError(redact_text(f"{store.url(key)} is not a readable parquet file: {exc}")) from exc
 
@@ -224,13 +503,17 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
     columns = []
     for field in schema:
         if field.name not in table.column_names:
-            columns.append(pa.nulls(len(table), field.type))
+            empty = pa.nulls(len(table), field.type)
+            columns.append(pc.dictionary_encode(empty) if field.name == "layouts" else empty)
             continue
         col = table.column(field.name)
+        if field.name == "layouts":  # kept dictionary encoded: one blob per item in memory
+            columns.append(col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col.cast(field.type)))
+            continue
         try:
             columns.append(col if col.type == field.type else col.cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise IndexFormatError(f"{where}: column {field.name!r} is {col.type}, expected {field.type}: {exc}") from exc
     if pc.any(pc.equal(columns[schema.get_field_index("chipid")], "")).as_py():
         raise IndexFormatError(f"{where} is not a stacchip index: empty chip ids")
-    return pa.Table.from_arrays(columns, schema=schema)
+    return pa.Table.from_arrays(columns, names=schema.names)

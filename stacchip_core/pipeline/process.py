@@ -159,9 +159,116 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
 
 
 def process_job(index: int, *, platform: str, bucket: str, sample_source=None, stac_api=None,
-                chip_size=None, max_nodata: float = 0.5) -> list[ItemResult]:
-    """One job, picklable for a cluster (its results pickle too)."""
-    return process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)
+                chip_size=None, max_nodata: float = 0.5, batch_size: int = 1, workers: int = 4) -> list[ItemResult]:
+    """One job, picklable for a cluster (its results pickle too): sample ``index``, or with
+    ``batch_size`` B the samples ``index*B .. index*B+B-1`` (see process_batch)."""
+    if batch_size <= 1:
+        return process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)
+    return process_batch(platform, index, batch_size, bucket, sample_source, stac_api, chip_size, max_nodata,
+                         workers)
+
+
+def process_batch(platform: str, job: int, batch_size: int, bucket: str | Path, sample_source=None,
+                  stac_api: str | None = None, chip_size: int | None = None, max_nodata: float = 0.5,
+                  workers: int = 4) -> list[ItemResult]:
+    """Job ``job`` of batches of ``batch_size`` samples: the items of every sample of the
+    batch (the last batch stops at the source's end), each item once, ``workers`` items
+    processed at once. Results in sample, then selection order.
+
+    Raises:
+        SampleError: the batch starts past the last sample.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stacchip_core.pipeline.runner import batch_range
+
+    plat = get_platform(platform)
+    samples = batch_range(job, batch_size, count_samples(platform, sample_source))
+    stac_api = stac_api or os.environ.get(STAC_API_ENV) or plat.extra.get("stac_api")
+    catalog = open_catalog(stac_api) if stac_api else None
+    items: dict[str, pystac.Item] = {}
+    for index in samples:
+        sample = load_sample(sample_source, index)
+        selected = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
+        if selected is None:
+            raise PlatformError(f"no installed plugin selects items for platform {platform!r}")
+        for item in selected:  # a place two samples share is processed once
+            items.setdefault(item.id, item)
+    log.info("batch %d (samples %d-%d): %d items selected for %s", job, samples.start, samples.stop - 1,
+             len(items), platform)
+    store = open_store(bucket)
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="stacchip-process") as pool:
+        return list(pool.map(lambda item: process_item(plat, item, store, chip_size, max_nodata), items.values()))
+
+
+@dataclass(frozen=True)
+class IndexManyReport(Report):
+    """What ``stacchip index`` did with many items: ``done`` items indexed into ``chips``
+    chips under ``output``, ``failed`` items (``errors``: one line each), in ``seconds``."""
+
+    output: str
+    done: int
+    failed: int
+    chips: int
+    seconds: float
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def items_per_second(self) -> float:
+        return (self.done + self.failed) / self.seconds if self.seconds else 0.0
+
+
+def index_many(items, output: str | Path, workers: int = 8, **indexer_kwargs) -> IndexManyReport:
+    """Index many items concurrently (core.indexer.build_indexes) into a folder or
+    ``s3://`` prefix laid out as the processors do: ``index/{platform}/{item_id}/index_{item_id}.parquet``
+    (merge the ``index`` folder). An item without a self link is written beside its index
+    (``{platform}/{item_id}/stac_item.json``) first, so every row points at an item that exists.
+
+    Args:
+        items: items, item dicts, or item JSON paths/URLs.
+        output: the target folder or ``s3://bucket/prefix``.
+        workers: items in flight at once.
+        **indexer_kwargs: passed to Indexer.
+
+    Returns:
+        Counts, the time taken and one line per failed item.
+    """
+    import time
+
+    from stacchip_core.core.indexer import build_indexes, load_item
+
+    store = open_store(output)
+    start = time.perf_counter()
+
+    def linked():
+        for item in items:
+            if isinstance(item, (pystac.Item, dict)):
+                item = load_item(item)
+                if not item.get_self_href():
+                    name = indexer_kwargs.get("platform") or item.collection_id or "unknown"
+                    key = item_key(name, item.id)
+                    item.set_self_href(store.url(key))
+                    store.write_bytes(key, json.dumps(item.to_dict(include_self_link=False), indent=1).encode())
+            yield item
+
+    done = failed = chips = 0
+    errors: list[str] = []
+    for result in build_indexes(linked(), workers=workers, **indexer_kwargs):
+        if result.table is None or result.item is None:
+            failed += 1
+            errors.append(f"{getattr(result.item, 'id', '?')}: {result.error}")
+            log.warning("indexing failed: %s", errors[-1])
+            continue
+        platform = result.table["platform"][0].as_py() if len(result.table) else (
+            indexer_kwargs.get("platform") or result.item.collection_id or "unknown")
+        store.write_bytes(index_key(platform, result.item.id), index_bytes(result.table))
+        done += 1
+        chips += len(result.table)
+    seconds = time.perf_counter() - start
+    report = IndexManyReport(store.url(""), done, failed, chips, round(seconds, 3), errors)
+    log.info("indexed %d items (%d chips, %d failed) in %.1f s: %.1f items/s", done, chips, failed, seconds,
+             report.items_per_second)
+    return report
 
 
 def count_samples(platform: str, sample_source=None) -> int:

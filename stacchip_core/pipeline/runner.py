@@ -50,6 +50,27 @@ def parse_range(text: str) -> range:
     return range(a, b)
 
 
+def batch_range(job: int, batch_size: int, total: int | None = None) -> range:
+    """The samples of job ``job`` when each job runs ``batch_size`` of them: ``job*B`` to
+    ``job*B + B`` (B = batch_size), cut at ``total`` samples.
+
+    Raises:
+        ConfigError: a batch size below 1, or a job past the last sample.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    start = job * batch_size
+    stop = start + batch_size if total is None else min(start + batch_size, total)
+    if job < 0 or stop <= start:
+        raise ConfigError(f"job {job} is past the last sample ({total} samples in batches of {batch_size})")
+    return range(start, stop)
+
+
+def batch_count(samples: int, batch_size: int) -> int:
+    """How many jobs ``samples`` samples make in batches of ``batch_size``."""
+    return -(-samples // max(1, batch_size))
+
+
 @dataclass(frozen=True)
 class TaskResult(Report):
     """One job of a run: ``done`` with the job's ``result``, or ``failed`` with a one-line,

@@ -252,7 +252,9 @@ class StacchipDataModule(lightning.LightningDataModule):
         super().__init__()
         if isinstance(indexes, (str, pa.Table)) or hasattr(indexes, "__fspath__"):
             indexes = [indexes]
-        tables = [t if isinstance(t, pa.Table) else load_index(str(t)) for t in indexes]
+        # a filter reads only the row groups that may match (ChipFilter.load); applied again below
+        tables = [t if isinstance(t, pa.Table) else chip_filter.load(str(t)) if chip_filter else load_index(str(t))
+                  for t in indexes]
         table = pa.concat_tables(tables, promote_options="default")
         if chip_filter is not None:
             table = chip_filter.apply(table)

@@ -28,9 +28,11 @@ class ChipDataset:
     def __init__(self, index: str | pa.Table, bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
                  transform: Callable[[dict], dict] | None = None, chip_filter: ChipFilter | None = None,
                  mountpath=None) -> None:
-        table = load_index(index) if not isinstance(index, pa.Table) else index
-        if chip_filter is not None:
-            table = chip_filter.apply(table)
+        if chip_filter is not None and not isinstance(index, pa.Table):
+            table = chip_filter.load(str(index))  # reads only the row groups that may match
+        else:
+            table = load_index(index) if not isinstance(index, pa.Table) else index
+            table = chip_filter.apply(table) if chip_filter is not None else table
         if "layouts" in table.column_names and not pa.types.is_dictionary(table.schema.field("layouts").type):
             # one layout per item, repeated on its rows: held once per item in memory
             import pyarrow.compute as pc

@@ -26,9 +26,11 @@ from datetime import date, datetime
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import shapely
 
 from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
+from stacchip_core.io.catalog import bbox_candidates
 from stacchip_core.io.store import open_store
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.types import Report
@@ -55,13 +57,28 @@ class ChipFilter:
             mask = pc.and_(mask, pc.greater_equal(table["date"], pa.scalar(self.start, pa.date32())))
         if self.end is not None:
             mask = pc.and_(mask, pc.less_equal(table["date"], pa.scalar(self.end, pa.date32())))
-        if self.bbox is not None:
-            xmin, ymin, xmax, ymax = self.bbox
-            b = table["bbox"]
-            mask = pc.and_(mask, pc.and_(
-                pc.and_(pc.less_equal(pc.struct_field(b, "xmin"), xmax), pc.greater_equal(pc.struct_field(b, "xmax"), xmin)),
-                pc.and_(pc.less_equal(pc.struct_field(b, "ymin"), ymax), pc.greater_equal(pc.struct_field(b, "ymax"), ymin))))
-        return table.filter(mask)
+        if self.bbox is None:
+            return table.filter(mask)
+        # the covering narrows the candidates, the footprints decide: a chip that crosses the
+        # antimeridian is covered by -180..180 and kept only if its geometry meets the box
+        table = table.filter(mask)
+        b = table["bbox"].combine_chunks()
+        bounds = np.stack([b.field(k).to_numpy(zero_copy_only=False)
+                           for k in ("xmin", "ymin", "xmax", "ymax")], axis=1).reshape(-1, 4)
+        cand = np.flatnonzero(bbox_candidates(bounds, self.bbox))
+        geoms = shapely.from_wkb(table["geometry"].take(pa.array(cand, pa.int64())).to_numpy(zero_copy_only=False))
+        return table.take(pa.array(cand[shapely.intersects(geoms, shapely.box(*self.bbox))], pa.int64()))
+
+    def load(self, location: str) -> pa.Table:
+        """The rows of the index at ``location`` this filter keeps, reading only the row
+        groups whose statistics allow a match (core.query): a region of a large index
+        costs that region. The same rows as ``apply(load_index(location))``."""
+        from stacchip_core.core.query import query
+
+        when = (self.start, self.end) if self.start is not None or self.end is not None else None
+        result = query(location, bbox=self.bbox, datetime_range=when, platforms=self.platforms,
+                       max_cloud=self.max_cloud, max_nodata=self.max_nodata, footprints=False)
+        return self.apply(result.table)
 
 
 @dataclass(frozen=True)
@@ -183,7 +200,7 @@ def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes
             workers: int = 4, mountpath=None) -> PrechipReport:
     """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
     keys.name(version, "--version")  # before any work
-    table = chip_filter.apply(load_index(index))
+    table = chip_filter.load(index)
     cubes = plan_cubes(table, cube_size, spares, seed)
     mine = cubes[job * cubes_per_job:(job + 1) * cubes_per_job]
     store = open_store(target)
@@ -218,5 +235,5 @@ def prechip_job(job: int, **kwargs) -> PrechipReport:
 
 def count_jobs(index: str, cube_size: int, cubes_per_job: int, spares: int | None, seed: int,
                chip_filter: ChipFilter) -> int:
-    cubes = len(plan_cubes(chip_filter.apply(load_index(index)), cube_size, spares, seed))
+    cubes = len(plan_cubes(chip_filter.load(index), cube_size, spares, seed))
     return -(-cubes // cubes_per_job)

@@ -31,8 +31,7 @@ import torch
 from geopandas import GeoDataFrame
 from torchgeo.datasets import GeoDataset
 
-from stacchip_core.core.chipper import item_for_row
-from stacchip_core.core.headers import item_grid
+from stacchip_core.core.read import grid_for_row
 from stacchip_core.errors import ConfigError, GridError, NotFoundError
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.prechip import ChipFilter, load_index
@@ -57,9 +56,11 @@ class StacchipGeoDataset(GeoDataset):
                  chip_filter: ChipFilter | None = None, label_column: str | None = None,
                  transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                  mountpath: str | None = None) -> None:
-        table = load_index(index) if not isinstance(index, pa.Table) else index
-        if chip_filter is not None:
-            table = chip_filter.apply(table)
+        if chip_filter is not None and not isinstance(index, pa.Table):
+            table = chip_filter.load(str(index))  # reads only the row groups that may match
+        else:
+            table = load_index(index) if not isinstance(index, pa.Table) else index
+            table = chip_filter.apply(table) if chip_filter is not None else table
         if not len(table):
             raise NotFoundError("no chips in the index (after filtering)")
         self.reader = ChipReader(list(bands) if bands else None, mountpath)
@@ -80,7 +81,7 @@ class StacchipGeoDataset(GeoDataset):
         for href in np.unique(hrefs):
             rows = np.flatnonzero(hrefs == href)
             first = table.slice(int(rows[0]), 1).to_pylist()[0]
-            grid = item_grid(item_for_row(first, mountpath), int(first["chip_size"]), mountpath=mountpath)
+            grid = grid_for_row(first, mountpath)  # from the row's layouts: no item JSON
             t = grid.transform
             if t.b or t.d or t.e >= 0:
                 raise GridError(f"item {first['item_id']}: only north-up grids are supported")
@@ -125,9 +126,11 @@ class StacchipGeoDataset(GeoDataset):
         # the query's pixel centres; each is filled from the first chip (earliest) holding it
         xs = x.start + (np.arange(width) + 0.5) * xres
         ys = y.stop - (np.arange(height) + 0.5) * yres
-        image = None
+        # which chip fills which pixels depends on geometry alone: decide first, then read the
+        # contributing chips in one batch (their tiles fetched together)
         filled = np.zeros((height, width), dtype=bool)
-        label_sum, res = 0.0, self.res[0]
+        parts = []
+        res = self.res[0]
         order = np.argsort(hits.index.left.values, kind="stable")
         for k in order:
             r = int(hits["row"].iloc[k])
@@ -140,14 +143,18 @@ class StacchipGeoDataset(GeoDataset):
             todo = ~filled[np.ix_(ri, ci)]
             if not todo.any():
                 continue
-            pixels = self.reader.read(self.table.slice(r, 1).to_pylist()[0])
+            filled[np.ix_(ri, ci)] |= todo
+            parts.append((r, rows, cols, ri, ci, todo))
+        image = None
+        label_sum = 0.0
+        pixels_of = self.reader.read_many(self.table.take(pa.array([p[0] for p in parts])).to_pylist()) if parts else []
+        for (r, rows, cols, ri, ci, todo), pixels in zip(parts, pixels_of):
             if image is None:
                 image = np.zeros((pixels.shape[0], height, width), dtype=np.float32)
             block = pixels[:, rows[ri]][:, :, cols[ci]]
             target = image[:, ri[:, None], ci[None, :]]
             target[:, todo] = block[:, todo]
             image[:, ri[:, None], ci[None, :]] = target
-            filled[np.ix_(ri, ci)] |= todo
             if self._labels is not None:
                 label_sum += self._labels[r] * int(todo.sum())
         if image is None:

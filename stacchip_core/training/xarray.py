@@ -21,8 +21,8 @@ import pyproj
 import rasterio
 from affine import Affine
 
-from stacchip_core.core.chipper import item_for_row
 from stacchip_core.core.headers import item_grid
+from stacchip_core.core.read import grid_for_row
 from stacchip_core.errors import ShapeError
 from stacchip_core.training.chipread import ChipReader
 
@@ -58,9 +58,10 @@ class ChipGeoref:
 
 def chip_georef(row: dict, mountpath=None, item=None) -> ChipGeoref:
     """The grid window of the chip an index row names (``chip_index_x``/``_y``, ``chip_size``)
-    on its item's finest grid, as the chipper reads it."""
-    item = item or item_for_row(row, mountpath)
-    grid = item_grid(item, int(row["chip_size"]))
+    on its item's finest grid, as the chipper reads it: from the row's layouts when they hold
+    the grid, else from ``item`` or the item JSON."""
+    grid = item_grid(item, int(row["chip_size"]), mountpath=mountpath) if item is not None else \
+        grid_for_row(row, mountpath)
     col, row_off, w, h = grid.window(int(row["chip_index_x"]), int(row["chip_index_y"]))
     when = row.get("datetime")
     if isinstance(when, datetime) and when.tzinfo is not None:
@@ -137,3 +138,41 @@ def write_prediction(path: str | Path, output, row: dict, names: Sequence[str] |
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def stack_dataarray(stack, platform: str | None = None, mountpath=None):
+    """A stack's members of one platform (default: the anchor's) as ``xarray.DataArray``
+    ``(time, band, y, x)`` of float32, NaN where not valid, with the members' dates as ``time``,
+    pixel-centre coordinates and the CRS of the anchor window; ``attrs`` hold ``stackid``,
+    ``platform`` and ``chipids``.
+
+    Args:
+        stack: A ``StackPixels`` (``StackReader.read``).
+        platform: Which platform's members (the anchor's by default).
+        mountpath: Where item hrefs map to, when the stack does not know its CRS and the first
+            member's item JSON must say it.
+
+    Returns:
+        The DataArray.
+
+    Raises:
+        ShapeError: The stack has no member of ``platform``.
+    """
+    import xarray as xr
+
+    name = platform or stack.anchor
+    if name not in stack.pixels:
+        raise ShapeError(f"stack {stack.stackid} has no member of {name!r} (it has {', '.join(stack.pixels)})")
+    data = np.where(stack.valid[name][:, None], stack.pixels[name], np.nan).astype(np.float32)
+    _, _, h, w = data.shape
+    if stack.crs and stack.transform:
+        geo = ChipGeoref(Affine(*stack.transform[:6]), pyproj.CRS.from_user_input(stack.crs), h, w, None)
+    else:  # an exact series built without CRS: its first member's item says where it lies
+        geo = chip_georef(stack.rows[stack.anchor][0], mountpath)
+    one = _dataarray(data[0], geo, stack.bands[name], {})
+    times = np.array([np.datetime64(d, "ns") for d in stack.dates[name]])
+    da = xr.DataArray(data, dims=("time", "band", "y", "x"),
+                      coords={"time": times, "band": one.band, "y": one.y, "x": one.x, "spatial_ref": one.spatial_ref},
+                      attrs={**one.attrs, "stackid": stack.stackid, "platform": name,
+                             "chipids": list(stack.members.get(name, []))})
+    return da

@@ -5,7 +5,7 @@
 keep working; the work is done by ``stacchip_core`` and its source plugins. Where 0.1 gave
 wrong values (chip footprints from a 10 m shape with a 60 m transform, MODIS clouds from the
 wrong QC bit pattern), these classes give the correct ones: see "Migrating from stacchip 0.1"
-in the README.
+in docs/migrating.md.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -8,19 +8,34 @@
 
 ``chipper.chip`` serves both: called with (x, y) it reads that chip; used as a mapping it is
 the chip the constructor named.
+
+Pixels are read by stacchip-core, which places each file on the item's grid by the file's own
+georeferencing and refuses a file whose georeferencing disagrees with the item (no CRS, or a
+transform the item does not state). 0.1 read pixel windows from the item's ``proj:shape``
+whatever the file said: an asset the core refuses is read that way here, as 0.1 read it (the
+window of chip (x, y) scaled by the ratio of the item's shape to the file's, read by nearest
+neighbour to ``chip_size`` a side).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.windows import Window
 
 from stacchip.indexer import ChipIndexer
 from stacchip.utils import _plain, load_item_local, load_item_s3
 from stacchip_core import Chipper as CoreChipper
-from stacchip_core.errors import ConfigError
+from stacchip_core.core.raster import asset_href
+from stacchip_core.errors import AssetError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class _Chip(Mapping):
@@ -31,7 +46,7 @@ class _Chip(Mapping):
         self._data: Mapping[str, np.ndarray] | None = None
 
     def __call__(self, x: int, y: int) -> Mapping[str, np.ndarray]:
-        return self._chipper._core.chip(int(x), int(y))
+        return self._chipper._read(int(x), int(y))
 
     def _fixed(self) -> Mapping[str, np.ndarray]:
         if self._data is None:
@@ -75,6 +90,56 @@ class Chipper:
         self.chip_index_y = None if chip_index_y is None else int(_plain(chip_index_y))
         self._core = CoreChipper(indexer._core, assets=assets, asset_blacklist=asset_blacklist,
                                  mountpath=self.mountpath)
+        self._by_key: dict[str, CoreChipper | None] = {}  # None: read as 0.1 read it
+
+    def _read(self, x: int, y: int) -> dict[str, np.ndarray]:
+        """Chip (x, y) of every selected asset: the core's reads, 0.1's windows for the
+        assets the core refuses."""
+        if not self._by_key:
+            try:
+                return dict(self._core.chip(x, y))
+            except AssetError:  # some asset's georeferencing is refused: find which, once
+                self._by_key = {key: CoreChipper(self.indexer._core, assets=[key], mountpath=self.mountpath)
+                                for key in self._core.assets}
+        out = {}
+        for key, chipper in self._by_key.items():
+            if chipper is not None:
+                try:
+                    out[key] = chipper.chip(x, y)[key]
+                    continue
+                except AssetError as exc:
+                    if not self._readable(key):
+                        raise
+                    log.info("asset %r: %s; reading the item's pixel windows as stacchip 0.1 did", key, exc)
+                    self._by_key[key] = None
+            out[key] = self._window_0_1(key, x, y)
+        return out
+
+    def _href(self, key: str) -> str:
+        return asset_href(self.indexer._core.item.assets[key], self.mountpath)
+
+    def _readable(self, key: str) -> bool:
+        try:
+            with rasterio.open(self._href(key)):
+                return True
+        except rasterio.errors.RasterioIOError:
+            return False
+
+    def _window_0_1(self, key: str, x: int, y: int) -> np.ndarray:
+        """0.1's read: the item's shape over the file's decides the factor, the window is
+        chip (x, y) of the item's grid divided by it, read by nearest neighbour to
+        ``chip_size`` a side; the file's CRS and transform are not looked at."""
+        rows, cols = self.indexer.shape
+        cs = self.indexer.chip_size
+        self.indexer.grid.window(x, y)  # IndexError outside the grid, as the core's chips
+        with rasterio.open(self._href(key)) as src:
+            if rows % src.height or cols % src.width:
+                raise AssetError(f"asset {key!r} ({src.height} x {src.width} px) does not divide the item's "
+                                 f"{rows} x {cols} grid")
+            factor = rows / src.height
+            window = Window(math.floor(x * cs / factor), math.floor(y * cs / factor),
+                            math.ceil(cs / factor), math.ceil(cs / factor))
+            return src.read(window=window, out_shape=(src.count, cs, cs), resampling=Resampling.nearest)
 
     @property
     def chip(self) -> _Chip:
@@ -82,7 +147,12 @@ class Chipper:
 
     def get_pixels_for_asset(self, key: str, x: int, y: int):
         """Pixels of one asset for chip (x, y): (bands, chip_size, chip_size)."""
-        return CoreChipper(self.indexer._core, assets=[key], mountpath=self.mountpath).chip(x, y)[key]
+        try:
+            return CoreChipper(self.indexer._core, assets=[key], mountpath=self.mountpath).chip(x, y)[key]
+        except AssetError:
+            if not self._readable(key):
+                raise
+            return self._window_0_1(key, x, y)
 
     def __len__(self) -> int:
         return self.indexer.size

@@ -2,9 +2,15 @@
 
 Same constructors, attributes and ``create_index()`` table (chipid, date, chip_index_x,
 chip_index_y, cloud_cover_percentage, nodata_percentage, geometry as a geoarrow polygon;
-the two ``*_percentage`` columns hold fractions 0-1, as they did). Statistics of the source
-classes come from the installed plugins, computed once per item in one vectorized pass; a
-subclass that overrides ``get_stats(x, y)`` is called chip by chip, as 0.1 did.
+the two ``*_percentage`` columns hold fractions 0-1, as they did). The source classes open
+their quality asset as 0.1 did, through this module's ``rasterio`` name (code and tests that
+patch ``stacchip.indexer.rasterio.open`` see every read), read at the grid's shape and
+decode it as 0.1 did: Sentinel-2 SCL classes 1, 3, 8, 9 and 10 are cloud and 0 is nodata
+(stacchip-sentinel2 counts 1, saturated or defective, as nodata); Landsat QA_PIXEL bits 1, 3,
+4 are cloud and bit 0 nodata. MODIS keeps the corrected decoding of stacchip-modis (0.1 read
+the QC's MODLAND 01, "less than ideal quality", as cloud). Fractions are computed once per
+item in one vectorized pass; a subclass that overrides ``get_stats(x, y)`` is called chip by
+chip, as 0.1 did.
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ import geoarrow.pyarrow as ga
 import numpy as np
 import pyarrow as pa
 import pyproj
+import rasterio  # 0.1 opened quality assets through this name: patching its .open reaches them
 import shapely
 from pystac import Item
+from rasterio.enums import Resampling
 from shapely.ops import transform as transform_geometry
 
 from stacchip_core import Indexer
 from stacchip_core.core.indexer import item_datetime, load_item
+from stacchip_core.core.raster import asset_href
+from stacchip_core.errors import AssetError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +128,30 @@ class ChipIndexer:
         stats = self._core.chip_stats
         return stats.cloud, stats.nodata
 
+    def _quality_key(self, name: str) -> str | None:
+        platform = self._core.platform
+        key = platform.asset_key(self._core.item, name) if platform else None
+        return key or (name if name in self._core.item.assets else None)
+
+    def _quality_fractions(self, name: str, masks: dict) -> dict[str, np.ndarray]:
+        """Per-chip fractions of ``masks`` ({name: layer -> bool array}) of quality asset
+        ``name``, opened through ``rasterio.open`` as 0.1 opened it. 0.1 read the layer at the
+        grid's shape by nearest neighbour; a layer whose pixels are a whole number of grid
+        pixels is read at its own size instead and weighted by that factor (the same
+        fractions, a quarter of the memory for a 20 m SCL)."""
+        key = self._quality_key(name)
+        if key is None:
+            raise AssetError(f"item {self.item.id!r} has no {name} asset (assets: {', '.join(self.item.assets)})")
+        rows, cols = self.shape
+        with rasterio.open(asset_href(self._core.item.assets[key], self._core.mountpath)) as src:
+            factor = rows // src.height if src.height and rows % src.height == 0 else 0
+            if factor and src.width * factor == cols:
+                layer = src.read(1)
+            else:
+                factor = 1
+                layer = src.read(out_shape=(1, rows, cols), resampling=Resampling.nearest)[0]
+        return {what: self.grid.chip_fractions(mask(layer), factor) for what, mask in masks.items()}
+
     @cached_property
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if getattr(type(self).get_stats, "stacchip_vectorized", False):
@@ -190,6 +224,12 @@ class LandsatIndexer(_PlatformIndexer):
         return item.collection_id if item.collection_id in ("landsat-c2l1", "landsat-c2l2-sr") else "landsat-c2l2-sr"
 
     platform = "landsat-c2l2-sr"
+    nodata_bits, cloud_bits = 1 << 0, (1 << 1) | (1 << 3) | (1 << 4)  # fill; dilated cloud, cloud, shadow
+
+    def _stats_arrays(self):
+        f = self._quality_fractions("qa_pixel", {"cloud": lambda qa: (qa & self.cloud_bits) != 0,
+                                                 "nodata": lambda qa: (qa & self.nodata_bits) != 0})
+        return f["cloud"], f["nodata"]
 
     def _item_for_stats(self, item):
         asset = item.assets.get("qa_pixel")
@@ -205,11 +245,27 @@ class Sentinel2Indexer(_PlatformIndexer):
     """Sentinel-2 L2A: SCL classes (stacchip-sentinel2), either catalog's asset keys."""
 
     platform = "sentinel-2-l2a"
-    scl_filter = (1, 3, 8, 9, 10)
+    scl_filter = (1, 3, 8, 9, 10)  # 0.1's cloud classes, 1 (saturated or defective) included
     nodata_value = 0
+
+    def _stats_arrays(self):
+        f = self._quality_fractions("scl", {"cloud": lambda scl: np.isin(scl, self.scl_filter),
+                                            "nodata": lambda scl: scl == self.nodata_value})
+        return f["cloud"], f["nodata"]
 
 
 class ModisIndexer(_PlatformIndexer):
-    """MODIS 09A1: state flags, or the QC MODLAND bits (stacchip-modis)."""
+    """MODIS 09A1: state flags, or the QC MODLAND bits (stacchip-modis's decoding); nodata
+    where ``sur_refl_b01`` holds the fill value."""
 
     platform = "modis"
+
+    def _stats_arrays(self):
+        from stacchip_modis import FILL, QC, STATE, qc_cloud, state_cloud
+
+        nodata = self._quality_fractions("sur_refl_b01", {"nodata": lambda b01: b01 == FILL})["nodata"]
+        if self._quality_key(STATE):
+            cloud = self._quality_fractions(STATE, {"cloud": state_cloud})["cloud"]
+        else:
+            cloud = self._quality_fractions(QC, {"cloud": qc_cloud})["cloud"]
+        return cloud, nodata

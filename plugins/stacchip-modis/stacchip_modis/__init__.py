@@ -1,5 +1,19 @@
-"""stacchip source plugin for MODIS surface reflectance (``modis-09A1-061``: 8-day composites,
-500 m, sinusoidal grid; Terra MOD09A1 and Aqua MYD09A1).
+"""stacchip source plugin for MODIS surface reflectance 8-day composites on the sinusoidal
+grid: platform ``modis`` (``modis-09A1-061``, 500 m, Terra MOD09A1 and Aqua MYD09A1) and
+platform ``modis-09q1`` (``modis-09Q1-061``, 250 m, MOD09Q1 and MYD09Q1).
+
+09Q1 (the MOD09 Collection 6.1 file specification, and the ``QA_bitmap_index`` attributes
+of the MOD09Q1/MYD09Q1 files): bands ``sur_refl_b01`` (red) and ``sur_refl_b02`` (NIR), int16,
+scale 0.0001, fill -28672, on the 250 m grid (4800 x 4800 pixels of 231.656 m a tile).
+``sur_refl_state_250m`` (uint16, fill 65535, valid 0-57343) carries the same bit table as the
+500 m state below (it is the 500 m state of the same composite), so clouds are decoded
+exactly as for 09A1. ``sur_refl_qc_250m`` (uint16, fill 65535, valid 0-32767) is: bits 0-1
+MODLAND QA (00 ideal quality, 01 less than ideal, 10 not produced due to cloud effects, 11 not
+produced for other reasons), 2-3 cloud state (not populated in 09Q1: LP DAAC's QA note directs
+users to the state flags), 4-7 and 8-11 band 1 and band 2 data quality (0000 highest, 1111 not
+processed due to deep ocean or clouds), 12 atmospheric correction performed, 13 adjacency
+correction performed, 14 different orbit from 500 m, 15 spare. Items without the state layer
+take cloud from the QC's MODLAND bits (10), as 09A1 items without state do.
 
 Bands: ``sur_refl_b01`` .. ``sur_refl_b07`` (int16, scale 0.0001, fill -28672), in the
 product's order. Aux layers: ``sur_refl_state_500m`` (uint16 bit field, fill 65535) and
@@ -110,10 +124,25 @@ PLATFORM = Platform(
     extra={"stac_api": STAC_API, "samples": len(TILES)},
 )
 
+NAME_250M = "modis-09q1"
+COLLECTION_250M = "modis-09Q1-061"
+STATE_250M = "sur_refl_state_250m"
+QC_250M = "sur_refl_qc_250m"
+PLATFORM_250M = Platform(
+    name=NAME_250M,
+    collections=(COLLECTION_250M,),
+    bands=tuple(Band(f"sur_refl_b{i:02d}", BAND_ALIASES[i]) for i in (1, 2)),
+    aux=(Band(STATE_250M, ("state",)), Band(QC_250M, ("qc",))),
+    nodata=FILL,
+    chip_size=256,
+    description="MODIS 8-day surface reflectance, 250 m, bands 1-2, sinusoidal grid, state-flag clouds",
+    extra={"stac_api": STAC_API, "samples": len(TILES)},
+)
+
 
 @hookimpl
 def stacchip_platforms():
-    return [PLATFORM]
+    return [PLATFORM, PLATFORM_250M]
 
 
 def state_cloud(state: np.ndarray) -> np.ndarray:
@@ -130,15 +159,16 @@ def qc_cloud(qc: np.ndarray) -> np.ndarray:
     return (qc & np.asarray(3, dtype=qc.dtype)) == QC_CLOUD
 
 
-@hookimpl_for(PLATFORM)
+@hookimpl_for(PLATFORM, PLATFORM_250M)
 def stacchip_chip_stats(platform, item, read_asset):
+    state, qc = (layer.name for layer in platform.aux)  # the 500 m or the 250 m layers
     nodata = read_asset.chip_fractions("sur_refl_b01", {"nodata": lambda b01: b01 == FILL})["nodata"]
-    if platform.asset_key(item, STATE):
-        cloud = read_asset.chip_fractions(STATE, {"cloud": state_cloud})["cloud"]
-    elif platform.asset_key(item, QC):
-        cloud = read_asset.chip_fractions(QC, {"cloud": qc_cloud})["cloud"]
+    if platform.asset_key(item, state):
+        cloud = read_asset.chip_fractions(state, {"cloud": state_cloud})["cloud"]
+    elif platform.asset_key(item, qc):
+        cloud = read_asset.chip_fractions(qc, {"cloud": qc_cloud})["cloud"]
     else:
-        raise AssetError(f"item {item.id!r} has neither {STATE} nor {QC}: no cloud information")
+        raise AssetError(f"item {item.id!r} has neither {state} nor {qc}: no cloud information")
     return ChipStats(cloud=cloud, nodata=nodata)
 
 
@@ -164,16 +194,16 @@ def month_range(year: int, month: int) -> str:
     return f"{year}-{month:02d}-01/{year}-{month:02d}-{last:02d}"
 
 
-@hookimpl_for(PLATFORM)
+@hookimpl_for(PLATFORM, PLATFORM_250M)
 def stacchip_select_items(platform, sample, catalog):
     if catalog is None:
-        raise ConfigError("modis needs a STAC API (--stac-api)")
+        raise ConfigError(f"{platform.name} needs a STAC API (--stac-api)")
     h, v = tile_of(sample)
     selected = []
     for year in YEARS:
         for month in months(h, v, year):
             found = list(catalog.search(
-                collections=[COLLECTION],
+                collections=list(platform.collections),
                 datetime=month_range(year, month),
                 # eq only: pgstac's query extension has no "in"
                 query={"modis:horizontal-tile": {"eq": h}, "modis:vertical-tile": {"eq": v}},
@@ -186,10 +216,10 @@ def stacchip_select_items(platform, sample, catalog):
     return selected
 
 
-@hookimpl_for(PLATFORM)
+@hookimpl_for(PLATFORM, PLATFORM_250M)
 def stacchip_normalize_item(platform, item, store, prefix):
-    keys = [k for k in [*platform.asset_keys(item).values(), platform.asset_key(item, STATE),
-                        platform.asset_key(item, QC)] if k]
+    keys = [k for k in [*platform.asset_keys(item).values(),
+                        *(platform.asset_key(item, layer.name) for layer in platform.aux)] if k]
     out = copy_assets(item, keys, store, prefix)  # signs Planetary Computer hrefs on the way
     end = out.common_metadata.end_datetime
     if end is not None:  # composites: dated by their last day, as stacchip 0.1 did
@@ -201,3 +231,9 @@ def main() -> None:
     """``stacchip-modis``: the original console script, configured by environment
     (``AWS_BATCH_JOB_ARRAY_INDEX`` is the tile's number, ``STACCHIP_BUCKET`` the target)."""
     env_job(NAME)
+
+
+def main_09q1() -> None:
+    """``stacchip-modis-09q1``: the 250 m composites' job, configured as ``stacchip-modis``
+    (``AWS_BATCH_JOB_ARRAY_INDEX`` the tile's number, ``STACCHIP_BUCKET`` the target)."""
+    env_job(NAME_250M)

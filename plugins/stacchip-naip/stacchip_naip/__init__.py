@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 from stacchip_core.plugin_api import (
+    AssetError,
     Band,
     ChipStats,
     Platform,
@@ -73,7 +74,10 @@ def stacchip_select_items(platform, sample, catalog):
 
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
-    return copy_assets(item, [platform.asset_key(item, "red")], store, prefix)
+    key = platform.asset_key(item, "red")
+    if key is None:  # one typed error, not a KeyError from the copy
+        raise AssetError(f"item {item.id!r} has no image asset (its assets: {sorted(item.assets)})")
+    return copy_assets(item, [key], store, prefix)
 
 
 def main() -> None:

@@ -1,0 +1,194 @@
+"""Merged indexes built for queries (issue 20): merge time, peak memory and size of
+synthetic worldwide Sentinel-2 + Landsat indexes, and what 1 and 0.1 degree boxes, date
+windows and cloud filters read, through the project's query, geopandas and DuckDB, on the
+sorted index and on the same rows in input order (the merge before issue 20).
+
+Rows are generated directly as per-item index files with the real schema (tests/index_synth.py;
+no rasters): 3 of 4 items Sentinel-2-like (1,764 chips), 1 of 4 Landsat-like (576 chips),
+places at random over the world, each revisited up to 4 times over 5 years.
+
+    uv run --all-packages python benchmarks/bench_index.py --sizes 100000,1000000,10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import numpy as np
+import pyarrow.parquet as pq
+
+CHILD_MERGE = """
+import json, sys, time
+from stacchip_core.pipeline.merge import merge
+start = time.perf_counter()
+report = merge(sys.argv[1], sys.argv[2], progress=False)
+seconds = time.perf_counter() - start
+peak = [int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+print(json.dumps({"seconds": seconds, "peak_mib": peak, "rows": report.rows}))
+"""
+
+CHILD_UNSORTED = """
+import json, sys, time
+from pathlib import Path
+import pyarrow.parquet as pq
+from stacchip_core.pipeline.merge import ROW_GROUP_ROWS
+start = time.perf_counter()
+files = sorted(Path(sys.argv[1]).rglob('*.parquet'))
+first = pq.read_table(files[0])
+pending, writer = [], pq.ParquetWriter(sys.argv[2], first.schema, compression='zstd')
+import pyarrow as pa
+buffered = 0
+for f in files:  # the merge before issue 20: input order, row groups of 128k rows
+    t = pq.read_table(f)
+    pending.append(t); buffered += len(t)
+    if buffered >= 131072:
+        table = pa.concat_tables(pending); whole = len(table) // 131072 * 131072
+        writer.write_table(table.slice(0, whole), row_group_size=131072)
+        pending = [table.slice(whole)]; buffered = len(table) - whole
+if buffered:
+    writer.write_table(pa.concat_tables(pending), row_group_size=131072)
+writer.close()
+peak = [int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_mib": peak}))
+"""
+
+
+def generate(folder: Path, chips: int, layouts: bool) -> tuple[int, int]:
+    from index_synth import write_items
+
+    items = max(1, round(chips / (0.75 * 1764 + 0.25 * 576)))
+    return write_items(folder, items, seed=11, layouts=layouts)
+
+
+def _child(code: str, *args: str) -> dict:
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    if run.returncode:
+        raise SystemExit(run.stderr[-3000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times) * 1000, 1)
+
+
+def _duck_arrow(relation):
+    # DuckDB 2 names it to_arrow_table, 1.x arrow()
+    return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+
+
+def queries(path: Path, seed: int = 0, boxes: int = 5) -> list[tuple[str, dict]]:
+    """Query cases: 1 and 0.1 degree boxes around random chips, a month, a cloud filter."""
+    table = pq.read_table(path, columns=["bbox"]).column("bbox").combine_chunks()
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(table), boxes)
+    cases = []
+    for size in (1.0, 0.1):
+        for r in rows:
+            x, y = table.field("xmin")[int(r)].as_py(), table.field("ymin")[int(r)].as_py()
+            x = min(x, 180 - size)
+            cases.append((f"{size:g} deg box", {"bbox": (x, y, x + size, min(y + size, 90))}))
+    x, y = table.field("xmin")[int(rows[0])].as_py(), table.field("ymin")[int(rows[0])].as_py()
+    x = min(x, 179)
+    cases.append(("1 deg box, one month", {"bbox": (x, y, x + 1, y + 1), "datetime_range": "2022-03-01/2022-03-31"}))
+    cases.append(("1 deg box, cloud <= 0.1", {"bbox": (x, y, x + 1, y + 1), "max_cloud": 0.1}))
+    cases.append(("one month, worldwide", {"datetime_range": "2022-03-01/2022-03-31"}))
+    return cases
+
+
+def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
+    import duckdb
+    import geopandas as gpd
+
+    from stacchip_core.core.query import query
+
+    result = query(path, **kwargs)
+    out = {"rows": result.report.rows, "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
+           "mib_read": round(result.report.bytes_read / 2**20, 2),
+           "project_ms": _median_ms(lambda: query(path, **kwargs), repeats)}
+    if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
+        w, s, e, n = kwargs["bbox"]
+        # without the layouts column: geopandas and DuckDB decode it into one blob per row (6 kB
+        # here), which made a 1 degree box over the input-order file take gigabytes
+        columns = [c for c in pq.read_schema(path).names if c != "layouts"]
+        out["geopandas_ms"] = _median_ms(lambda: gpd.read_parquet(path, bbox=(w, s, e, n), columns=columns),
+                                         repeats)
+        con = duckdb.connect()
+        sql = (f"SELECT * EXCLUDE (layouts) FROM read_parquet('{path}') WHERE bbox.xmin <= {e} AND bbox.xmax >= {w} "
+               f"AND bbox.ymin <= {n} AND bbox.ymax >= {s}")
+        fetch = lambda: _duck_arrow(con.sql(sql))
+        out["duckdb_ms"] = _median_ms(fetch, repeats)
+        out["duckdb_rows"] = fetch().num_rows  # covering overlap: >= exact rows
+        con.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000,10000000")
+    parser.add_argument("--layouts", default="no,yes", help="no,yes: without and with layouts")
+    parser.add_argument("--layouts-max", type=int, default=1_000_000, help="largest size built with layouts")
+    parser.add_argument("--work", default="/tmp/stacchip-bench-index")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    args = parser.parse_args()
+    work = Path(args.work)
+    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    for chips in (int(s) for s in args.sizes.split(",")):
+        for layouts in (v == "yes" for v in args.layouts.split(",")):
+            if layouts and chips > args.layouts_max:
+                continue
+            name = f"{chips}-{'layouts' if layouts else 'plain'}"
+            folder = work / name
+            shutil.rmtree(folder, ignore_errors=True)
+            start = time.perf_counter()
+            files, rows = generate(folder / "index", chips, layouts)
+            gen = time.perf_counter() - start
+            print(f"\n== {rows:,} chips in {files:,} per-item files ({'with' if layouts else 'without'} layouts; "
+                  f"generated in {gen:.0f} s)")
+            merged, unsorted = folder / "merged.parquet", folder / "unsorted.parquet"
+            m = _child(CHILD_MERGE, str(folder / "index"), str(merged))
+            u = _child(CHILD_UNSORTED, str(folder / "index"), str(unsorted))
+            size = merged.stat().st_size
+            meta = pq.read_metadata(merged)
+            print(f"merge (sorted):   {m['seconds']:7.1f} s  peak RSS {m['peak_mib']:5d} MiB  "
+                  f"{size / 2**20:8.1f} MiB ({size / rows * 1e6 / 2**20:.0f} MiB per million chips), "
+                  f"{meta.num_row_groups} row groups")
+            print(f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
+                  f"{unsorted.stat().st_size / 2**20:8.1f} MiB, {pq.read_metadata(unsorted).num_row_groups} row groups")
+            for label, path in (("sorted", merged), ("input order", unsorted)):
+                print(f"  queries, {label}:")
+                by_case: dict[str, list[dict]] = {}
+                for case, kwargs in queries(merged):
+                    by_case.setdefault(case, []).append(run_query(path, kwargs, args.repeats))
+                for case, results in by_case.items():
+                    def med(k: str, results=results):
+                        return statistics.median(r[k] for r in results) if k in results[0] else None
+
+                    groups = ", ".join(r["groups"] for r in results)
+                    line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
+                            f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} ms")
+                    if med("geopandas_ms") is not None:
+                        line += f"  geopandas {med('geopandas_ms'):7.1f} ms  duckdb {med('duckdb_ms'):7.1f} ms"
+                    print(line, flush=True)
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,599 @@
+"""Query a chip index without reading all of it: row groups are pruned by their statistics
+(the bbox covering, datetime, platform, cloud and nodata), the rest are fetched with
+coalesced range reads through the one object layer (local paths, ``s3://``, ``https://``),
+and the rows are then filtered exactly: chips whose footprint intersects the area,
+antimeridian-aware (a box with west > east crosses it), so no chip is missed.
+
+Pruning is only as good as the file's order: a merged index (pipeline.merge) is sorted along
+a Hilbert curve, so a 1 degree box reads a few row groups of a worldwide index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import shapely
+
+from stacchip_core.errors import ConfigError, IndexFormatError, NotFoundError, ObjectError
+from stacchip_core.io import objects, portable
+from stacchip_core.io.urls import redact
+from stacchip_core.types import Report
+
+log = logging.getLogger(__name__)
+
+FOOTER_BYTES = 64 * 1024  # the first read from the end of the file: the footer of most indexes
+_COVERING = ("xmin", "ymin", "xmax", "ymax")
+_WORLD = (-180.0, 180.0)
+
+
+@dataclass(frozen=True)
+class QueryReport(Report):
+    """What a query read: ``row_groups_read`` of ``row_groups_total`` row groups over
+    ``files`` files, ``bytes_read`` bytes in ``requests`` requests (a HEAD, the footer, then
+    the column chunks, adjacent ones coalesced, each pass's requests sent at once), ``rows``
+    rows returned, in ``seconds``."""
+
+    files: int
+    row_groups_read: int
+    row_groups_total: int
+    bytes_read: int
+    requests: int
+    rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The rows that match (an index table) and what reading them cost."""
+
+    table: pa.Table
+    report: QueryReport
+
+
+@dataclass(frozen=True)
+class Filters:
+    """A query's filters, normalized: the area as boxes (none crossing 180 degrees) and a
+    geometry, a datetime interval (UTC, either end open), platforms, and fraction caps."""
+
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    geometry: Any = None  # a shapely geometry in lon/lat, or None
+    start: datetime | None = None
+    end: datetime | None = None
+    platforms: tuple[str, ...] | None = None
+    max_cloud: float | None = None
+    max_nodata: float | None = None
+
+
+def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects: Any = None,
+          datetime_range: str | tuple | None = None, platforms: Iterable[str] | str | None = None,
+          max_cloud: float | None = None, max_nodata: float | None = None,
+          columns: Sequence[str] | None = None, footprints: bool = True) -> QueryResult:
+    """The chips of ``index`` that match every filter given.
+
+    Args:
+        index: an index file, or a folder / ``s3://`` prefix of index files (a partitioned
+            index): a local path, ``file://``, ``s3://`` or ``https://`` URL.
+        bbox: (west, south, east, north) in degrees; west > east crosses the antimeridian.
+        intersects: a shapely geometry or GeoJSON mapping in lon/lat (split at the
+            antimeridian as RFC 7946 asks).
+        datetime_range: ``"a/b"`` (ISO 8601, ``..`` or empty for an open end; a date-only
+            end includes its whole day), one instant or date, or a (start, end) pair.
+        platforms: keep these platforms.
+        max_cloud: keep chips with a cloud fraction at most this.
+        max_nodata: keep chips with a nodata fraction at most this.
+        columns: return only these columns (default: all).
+        footprints: match the area against each chip's footprint (True), or against its
+            bbox covering only (False: a superset, for callers that filter further).
+
+    Returns:
+        The matching rows in file order and a QueryReport.
+
+    Raises:
+        ConfigError: a filter is malformed.
+        NotFoundError: no index file at ``index``.
+        IndexFormatError: a file is not a readable index.
+    """
+    filters = make_filters(bbox, intersects, datetime_range, platforms, max_cloud, max_nodata)
+    if not footprints:
+        filters = replace(filters, geometry=None)
+    started = time.perf_counter()
+    tables, read, total, nbytes, requests = [], 0, 0, 0, 0
+    files = index_files(index)
+    for url in files:
+        source = _RangeFile(url)
+        try:
+            table, groups, count = _query_file(source, url, filters, columns)
+        finally:
+            source.close()
+        tables.append(table)
+        read, total = read + groups, total + count
+        nbytes, requests = nbytes + source.bytes_read, requests + source.requests
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    report = QueryReport(len(files), read, total, nbytes, requests, len(table),
+                         round(time.perf_counter() - started, 4))
+    log.info("query %s: %d rows; read %d of %d row groups, %d bytes in %d requests, %.3f s",
+             index, report.rows, read, total, nbytes, requests, report.seconds)
+    return QueryResult(table, report)
+
+
+def index_files(index: str | Path) -> list[str]:
+    """The index files a query reads: the file itself, or the ``.parquet`` files of a local
+    folder or an ``s3://`` prefix (sorted)."""
+    text = str(index)
+    if text.endswith(".parquet") or objects.is_remote(text) and not text.startswith("s3://"):
+        return [text]
+    from stacchip_core.io.store import LocalStore, open_store
+
+    if not text.startswith("s3://") and Path(text.removeprefix("file://")).is_file():
+        return [text]
+    store = open_store(text)
+    if isinstance(store, LocalStore) and not store.root.exists():
+        raise NotFoundError(f"no index at {index}")
+    keys = list(store.list("", ".parquet"))
+    if not keys:
+        if text.startswith("s3://"):  # an object without the suffix
+            return [text]
+        raise NotFoundError(f"no .parquet index files under {index}")
+    return [store.url(k) for k in keys]
+
+
+# --- filters ---------------------------------------------------------------------------------
+
+def make_filters(bbox=None, intersects=None, datetime_range=None, platforms=None, max_cloud=None,
+                 max_nodata=None) -> Filters:
+    """Check and normalize a query's filters (see query for their meaning).
+
+    Raises:
+        ConfigError: a box out of range, an unreadable geometry or datetime.
+    """
+    geometry, boxes = None, None
+    if bbox is not None and intersects is not None:
+        raise ConfigError("give a bbox or a geometry to intersect, not both")
+    if bbox is not None:
+        geometry, boxes = bbox_geometry(bbox)
+    elif intersects is not None:
+        geometry = _as_geometry(intersects)
+        boxes = _parts_bounds(geometry)
+    start, end = parse_datetime_range(datetime_range)
+    if isinstance(platforms, str):
+        platforms = [platforms]
+    for name, value in (("max_cloud", max_cloud), ("max_nodata", max_nodata)):
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{name} must be a fraction 0-1, got {value}")
+    return Filters(boxes, geometry, start, end, tuple(platforms) if platforms else None, max_cloud, max_nodata)
+
+
+def bbox_geometry(bbox: Sequence[float]) -> tuple[Any, tuple[tuple[float, float, float, float], ...]]:
+    """The geometry and boxes of a (west, south, east, north) box; west > east crosses the
+    antimeridian and becomes two boxes.
+
+    Raises:
+        ConfigError: not four numbers in range, or south > north.
+    """
+    try:
+        west, south, east, north = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bbox must be four numbers west,south,east,north, got {bbox!r}") from None
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= north <= 90):
+        raise ConfigError(f"bbox {bbox!r} is out of range (lon -180..180, lat -90..90, south <= north)")
+    boxes: tuple[tuple[float, float, float, float], ...]
+    if west <= east:
+        boxes = ((west, south, east, north),)
+    else:
+        boxes = ((west, south, 180.0, north), (-180.0, south, east, north))
+    geometry = shapely.union_all([shapely.box(*b) for b in boxes]) if len(boxes) > 1 else shapely.box(*boxes[0])
+    return geometry, boxes
+
+
+def _as_geometry(value: Any):
+    if isinstance(value, shapely.Geometry):
+        geometry = value
+    else:
+        try:
+            geometry = shapely.geometry.shape(value.get("geometry", value) if isinstance(value, dict) else value)
+        except Exception as exc:  # noqa: BLE001 - shapely raises many kinds on bad GeoJSON
+            raise ConfigError(f"not a GeoJSON geometry: {exc}") from None
+    if geometry.is_empty:
+        raise ConfigError("the geometry to intersect is empty")
+    return geometry
+
+
+def _parts_bounds(geometry) -> tuple[tuple[float, float, float, float], ...]:
+    parts = shapely.get_parts(geometry)
+    if len(parts) > 64:  # many parts: their overall box prunes almost as well
+        parts = [geometry]
+    return tuple(tuple(float(v) for v in shapely.bounds(p)) for p in parts)  # type: ignore[misc]
+
+
+def parse_datetime_range(value) -> tuple[datetime | None, datetime | None]:
+    """``"a/b"``, one value, or a pair -> (start, end) in UTC, None for an open end.
+
+    Raises:
+        ConfigError: a value is not ISO 8601, or the start is after the end.
+    """
+    if value is None or value == "":
+        return None, None
+    if isinstance(value, str):
+        parts = value.split("/") if "/" in value else [value, value]
+        if len(parts) != 2:
+            raise ConfigError(f"datetime {value!r} is not an instant or an interval a/b")
+    else:
+        parts = list(value)
+    start, end = _instant(parts[0], False), _instant(parts[1], True)
+    if start and end and start > end:
+        raise ConfigError(f"datetime interval {value!r} ends before it starts")
+    return start, end
+
+
+def _instant(value, end: bool) -> datetime | None:
+    if value in (None, "", ".."):
+        return None
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, date):
+        when = datetime(value.year, value.month, value.day) + (timedelta(days=1, microseconds=-1) if end else timedelta())
+    else:
+        text = str(value).strip()
+        try:
+            if len(text) == 10:  # a date: the whole day
+                return _instant(date.fromisoformat(text), end)
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise ConfigError(f"{text!r} is not an ISO 8601 date or datetime") from None
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+# --- row-group pruning ----------------------------------------------------------------------
+
+def _column_stats(meta: pq.FileMetaData, group: int) -> dict[str, tuple[Any, Any]]:
+    """(min, max) of each column of a row group that has statistics, by path."""
+    rg = meta.row_group(group)
+    out = {}
+    for j in range(rg.num_columns):
+        col = rg.column(j)
+        stats = col.statistics
+        if stats is not None and stats.has_min_max:
+            out[col.path_in_schema] = (stats.min, stats.max)
+    return out
+
+
+def _x_intervals(xmin: tuple, xmax: tuple) -> list[tuple[float, float]]:
+    """Longitude intervals a row group's rows may cover, from the min/max of its covering
+    columns. Rows crossing the antimeridian (west > east) can hide in any group whose xmin
+    and xmax statistics are more than 180 degrees apart (a chip is narrower than that): such
+    a group may cover any longitude."""
+    (xmin_lo, xmin_hi), (xmax_lo, xmax_hi) = xmin, xmax
+    if xmin_hi - xmax_lo > 180:
+        return [_WORLD]
+    return [(xmin_lo, xmax_hi)]
+
+
+def group_may_match(stats: dict[str, tuple[Any, Any]], filters: Filters, covering: dict[str, str]) -> bool:
+    """Whether a row group's statistics allow a matching row (missing statistics: yes)."""
+    if filters.boxes is not None:
+        cols = [stats[covering[k]] for k in _COVERING if covering[k] in stats]
+        if len(cols) == 4:
+            (xmin, ymin, xmax, ymax) = cols
+            south, north = ymin[0], ymax[1]
+            intervals = _x_intervals(xmin, xmax)
+            if not any(b[1] <= north and b[3] >= south and any(lo <= b[2] and hi >= b[0] for lo, hi in intervals)
+                       for b in filters.boxes):
+                return False
+    when = stats.get("datetime")
+    if when is not None:
+        lo, hi = (_utc(v) for v in when)
+        if (filters.start and hi < filters.start) or (filters.end and lo > filters.end):
+            return False
+    elif "date" in stats and (filters.start or filters.end):
+        lo, hi = stats["date"]
+        if (filters.start and hi < filters.start.date()) or (filters.end and lo > filters.end.date()):
+            return False
+    if filters.platforms and "platform" in stats:
+        lo, hi = stats["platform"]
+        if not any(lo <= p <= hi for p in filters.platforms):
+            return False
+    for name, cap in (("cloud_cover_percentage", filters.max_cloud), ("nodata_percentage", filters.max_nodata)):
+        if cap is not None and name in stats and stats[name][0] > cap:
+            return False
+    return True
+
+
+def _utc(value):
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return value
+
+
+def _covering(meta: pq.FileMetaData) -> dict[str, str]:
+    """Column paths of the bbox covering (GeoParquet 1.1 ``covering``; default ``bbox.*``)."""
+    import json
+
+    paths = {k: f"bbox.{k}" for k in _COVERING}
+    try:
+        geo = json.loads((meta.metadata or {}).get(b"geo", b"{}"))
+        bbox = geo["columns"][geo.get("primary_column", "geometry")]["covering"]["bbox"]
+        paths = {k: ".".join(bbox[k]) for k in _COVERING}
+    except (KeyError, TypeError, ValueError):
+        pass
+    return paths
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def _query_file(source: _RangeFile, url: str, filters: Filters,
+                columns: Sequence[str] | None) -> tuple[pa.Table, int, int]:
+    try:
+        pf = pq.ParquetFile(source)
+        if "layouts" in pf.schema_arrow.names:  # one blob per item while filtering (footer cached)
+            pf = pq.ParquetFile(source, read_dictionary=["layouts"])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IndexFormatError(f"{redact(url)} is not a readable index: {exc}") from None
+    meta = pf.metadata
+    covering = _covering(meta)
+    groups = [i for i in range(meta.num_row_groups)
+              if group_may_match(_column_stats(meta, i), filters, covering)]
+    read = len(groups)
+    names = pf.schema_arrow.names
+    wanted = list(columns) if columns else names
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise ConfigError(f"{redact(url)} has no column {', '.join(missing)}")
+    # two passes: the small filter columns of the kept row groups first; then the other
+    # columns of only the row groups where some row passed (a 1 degree box: 1-3 of them)
+    cheap = [c for c in _filter_columns(filters) if c in names and c != "geometry"]
+    masks: list[np.ndarray] = []
+    if cheap and groups:
+        source.prefetch(_chunk_ranges(meta, groups, cheap))
+        first = _read(pf, url, groups, cheap)
+        mask = _prefilter(first, filters)
+        masks = np.split(mask, np.cumsum([meta.row_group(g).num_rows for g in groups])[:-1])
+        hits = [i for i, m in enumerate(masks) if m.any()]
+        groups, masks = [groups[i] for i in hits], [masks[i] for i in hits]
+    needed = list(dict.fromkeys(wanted + [c for c in _filter_columns(filters) if c in names]))
+    source.prefetch(_chunk_ranges(meta, groups, needed))
+    table = _read(pf, url, groups, needed)
+    if len(table) and masks:
+        table = table.filter(pa.array(np.concatenate(masks)))
+    if len(table) and filters.geometry is not None:
+        table = table.filter(pa.array(_footprints_meet(table, filters)))
+    table = table.select(wanted)
+    if "layouts" in table.column_names and pa.types.is_dictionary(table.schema.field("layouts").type):
+        table = table.set_column(table.schema.get_field_index("layouts"), "layouts",
+                                 table.column("layouts").cast(pa.binary()))
+    return table, read, meta.num_row_groups
+
+
+def _read(pf: pq.ParquetFile, url: str, groups: list[int], columns: list[str]) -> pa.Table:
+    try:
+        if groups:
+            return pf.read_row_groups(groups, columns=columns)
+        return pf.schema_arrow.empty_table().select(columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IndexFormatError(f"{redact(url)} is not a readable index: {exc}") from None
+
+
+def _filter_columns(filters: Filters) -> list[str]:
+    cols = []
+    if filters.boxes is not None:
+        cols += ["bbox", "geometry"] if filters.geometry is not None else ["bbox"]
+    if filters.start or filters.end:
+        cols += ["datetime", "date"]
+    if filters.platforms:
+        cols.append("platform")
+    if filters.max_cloud is not None:
+        cols.append("cloud_cover_percentage")
+    if filters.max_nodata is not None:
+        cols.append("nodata_percentage")
+    return cols
+
+
+def _chunk_ranges(meta: pq.FileMetaData, groups: list[int], columns: list[str]) -> list[tuple[int, int]]:
+    """Byte ranges of the column chunks of ``columns`` in row groups ``groups``."""
+    ranges = []
+    for i in groups:
+        rg = meta.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if col.path_in_schema.split(".")[0] not in columns:
+                continue
+            offsets = [o for o in (col.dictionary_page_offset if col.has_dictionary_page else None,
+                                   col.data_page_offset) if o is not None and o > 0]
+            start = min(offsets)
+            ranges.append((start, start + col.total_compressed_size))
+    return ranges
+
+
+def _prefilter(table: pa.Table, filters: Filters) -> np.ndarray:
+    """The rows whose attributes match and whose covering meets the area (a superset of the
+    answer when footprints are tested after)."""
+    mask = np.ones(len(table), bool)
+    if filters.platforms:
+        mask &= pc.is_in(table["platform"], pa.array(list(filters.platforms))).to_numpy(zero_copy_only=False)
+    for name, cap in (("cloud_cover_percentage", filters.max_cloud), ("nodata_percentage", filters.max_nodata)):
+        if cap is not None:
+            mask &= pc.fill_null(pc.less_equal(table[name], cap), False).to_numpy(zero_copy_only=False)
+    if filters.start or filters.end:
+        mask &= _time_mask(table, filters)
+    if filters.boxes is not None:
+        bbox = table["bbox"].combine_chunks()
+        mask &= _boxes_meet([bbox.field(k).to_numpy(zero_copy_only=False) for k in _COVERING], filters.boxes)
+    return mask
+
+
+def _footprints_meet(table: pa.Table, filters: Filters) -> np.ndarray:
+    """Whether each row's footprint intersects the area (exact, planar in lon/lat)."""
+    geoms = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+    shapely.prepare(filters.geometry)
+    return shapely.intersects(geoms, filters.geometry)
+
+
+def _time_mask(table: pa.Table, filters: Filters) -> np.ndarray:
+    if "datetime" in table.column_names and table["datetime"].null_count < len(table):
+        col = table["datetime"]
+        result = pc.is_valid(col)
+        if filters.start:
+            result = pc.and_(result, pc.greater_equal(col, pa.scalar(filters.start, col.type)))
+        if filters.end:
+            result = pc.and_(result, pc.less_equal(col, pa.scalar(filters.end, col.type)))
+        return pc.fill_null(result, False).to_numpy(zero_copy_only=False)
+    col = table["date"]
+    result = pc.is_valid(col)
+    if filters.start:
+        result = pc.and_(result, pc.greater_equal(col, pa.scalar(filters.start.date(), pa.date32())))
+    if filters.end:
+        result = pc.and_(result, pc.less_equal(col, pa.scalar(filters.end.date(), pa.date32())))
+    return pc.fill_null(result, False).to_numpy(zero_copy_only=False)
+
+
+def _boxes_meet(b: list[np.ndarray], boxes) -> np.ndarray:
+    """Rows whose covering meets any of ``boxes`` (none crossing 180 degrees); a row with
+    west > east covers [west, 180] and [-180, east]."""
+    xmin, ymin, xmax, ymax = b
+    crossing = xmin > xmax
+    near = np.zeros(len(xmin), bool)
+    for w, s, e, n in boxes:
+        lat = (ymin <= n) & (ymax >= s)
+        plain = ~crossing & (xmin <= e) & (xmax >= w)
+        wrapped = crossing & ((xmin <= e) | (xmax >= w))  # [xmin, 180] or [-180, xmax] meets [w, e]
+        near |= lat & (plain | wrapped)
+    return near
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges closer than COALESCE_GAP merged into one (column chunks are adjacent)."""
+    merged: list[list[int]] = []
+    for s, e in sorted(set(ranges)):
+        if merged and s - merged[-1][1] <= objects.COALESCE_GAP:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def _head(url: str) -> int:
+    """The object's size. Through the fork-safe transport where it serves the URL (local,
+    http(s), s3), as index loads are (io.objects): a query never starts obstore's runtime, so
+    DataLoader workers forked after it keep their fast chip reads."""
+    if not portable.serves(url):
+        return objects.head(url).size
+    try:
+        if not objects.is_remote(url):
+            return portable.read_local(url, None, None, body=False).size
+        return objects.run(portable.read(url, body=False)).size
+    except Exception as exc:  # noqa: BLE001 - aiohttp's errors, HttpStatus and OSErrors
+        raise ObjectError(f"cannot stat {redact(url)}: {objects.failure(exc)}") from None
+
+
+def _get_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of ``ranges``, all requests at once (see _head for the transport)."""
+    if not portable.serves(url):
+        return [bytes(b) for b in objects.get_ranges(url, [s for s, _ in ranges], [e for _, e in ranges])]
+
+    async def every() -> list:
+        return await asyncio.gather(*(portable.read(url, s, e) for s, e in ranges))
+
+    try:
+        if not objects.is_remote(url):
+            bodies = [portable.read_local(url, s, e).body for s, e in ranges]
+        else:
+            bodies = [r.body for r in objects.run(every())]
+    except Exception as exc:  # noqa: BLE001 - aiohttp's errors, HttpStatus and OSErrors
+        raise ObjectError(f"cannot read {redact(url)}: {objects.failure(exc)}") from None
+    for (s, e), body in zip(ranges, bodies):
+        if len(body) != e - s:
+            raise ObjectError(f"cannot read {redact(url)}: truncated (bytes {s}-{e} gave {len(body)})")
+    return [bytes(b) for b in bodies]
+
+
+class _RangeFile:
+    """A read-only file over one object, for pyarrow: reads are served from ranges fetched
+    ahead (the footer, then every column chunk a query needs, coalesced into few requests
+    by the object layer); other reads go out as they come. Counts bytes and requests."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.bytes_read = 0
+        self.requests = 0
+        self._pos = 0
+        self.closed = False
+        self.size = _head(url)
+        self.requests += 1
+        self._cache: list[tuple[int, bytes]] = []
+        tail = min(self.size, FOOTER_BYTES)
+        if tail:
+            self.prefetch([(self.size - tail, self.size)])
+            footer = self._cached(self.size - 8, self.size) if self.size >= 8 else None
+            if footer is not None and footer[4:] == b"PAR1":  # a longer footer: the rest of it now
+                start = self.size - 8 - int.from_bytes(footer[:4], "little")
+                if 0 <= start < self.size - tail:
+                    self.prefetch([(start, self.size - tail)])
+
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        ranges = [(s, e) for s, e in ranges if e > s and not self._cached(s, e)]
+        if not ranges:
+            return
+        merged = _coalesce(ranges)
+        buffers = _get_ranges(self.url, merged)
+        self.requests += len(merged)
+        for (s, e), buf in zip(merged, buffers):
+            self._cache.append((s, buf))
+            self.bytes_read += e - s
+
+    def _cached(self, start: int, end: int) -> bytes | None:
+        for s, data in self._cache:
+            if s <= start and end <= s + len(data):
+                return data[start - s:end - s]
+        # a read across two adjacent cached ranges (a footer fetched in two parts)
+        parts, at = [], start
+        for s, data in sorted(self._cache):
+            if s <= at < s + len(data):
+                parts.append(data[at - s:min(end, s + len(data)) - s])
+                at += len(parts[-1])
+                if at >= end:
+                    return b"".join(parts)
+        return None
+
+    # the file protocol pyarrow uses
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
+        start = self._pos
+        if end <= start:
+            return b""
+        data = self._cached(start, end)
+        if data is None:
+            log.debug("query read outside the prefetched ranges: %s bytes %d-%d", redact(self.url), start, end)
+            self.prefetch([(start, end)])
+            data = self._cached(start, end) or b""
+        self._pos = end
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self._cache.clear()
