@@ -286,3 +286,36 @@ def test_big_endian_tiffs_are_left_to_rasterio(tmp_path):
         ds.write(pattern(1, H, W, "uint16"))
     assert path.read_bytes()[:2] == b"MM"
     assert record_layouts({"a": str(path)}) is None
+
+
+@pytest.mark.parametrize("header_changed", [True, False], ids=["header-changed", "tile-corrupt"])
+def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
+    """Deflate tiles carry a checksum: a clean read makes no header check (one request per
+    tile), and a tile that fails to inflate sends the header check that tells a changed object
+    (stale: read elsewhere) from a corrupt tile (undecodable) — same object size either way."""
+    from stacchip_core.core.tiles import Undecodable
+    from stacchip_core.io import objects
+
+    server, _data, root = served
+    lays = decode(record_layouts({"a": f"{server.url}/a.tif"}))
+    lay, grid = lays["a"], GridSpec.from_layouts(lays, CS)
+    objects._VERIFIED.clear()  # as in a process that did not index the object
+    server.reset()
+    before = objects.counters()
+    (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
+    spent = objects.counters() - before
+    assert isinstance(res["a"], np.ndarray) and spent.checks == 0 and server.requests == spent.requests == 1
+    raw = bytearray((root / "a.tif").read_bytes())
+    start = int(lay.offsets[0])
+    raw[start + int(lay.counts[0]) // 2] ^= 0xFF  # tile (0, 0) no longer inflates
+    if header_changed:
+        raw[lay.head - 1] ^= 0xFF  # and the bytes before the first tile differ
+    (root / "a.tif").write_bytes(bytes(raw))
+    before = objects.counters()
+    (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
+    spent = objects.counters() - before
+    assert spent.checks == 1
+    if header_changed:
+        assert isinstance(res["a"], StaleLayout) and spent.stale == 1
+    else:
+        assert isinstance(res["a"], Undecodable) and spent.stale == 0

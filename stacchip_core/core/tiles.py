@@ -260,6 +260,8 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
                                            for xy in wanted))
         except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
             log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
+            # a changed object: its header says so (StaleObject: the caller falls back)
+            await objects.check_header(lay.href, lay.expect())
         else:
             cost.decode_seconds += sum(t for _, t in timed)
             decoded = {xy: arr for xy, (arr, _) in zip(wanted, timed)}
@@ -267,8 +269,12 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
         t0 = time.perf_counter()
         header = synth_header(lay)
         tiff = await TIFF.open("x", store=HeaderInput(sign_href(lay.href), header, data), prefetch=len(header))
-        tiles = await tiff.fetch_tiles(wanted, 0)
-        pixels = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
+        try:
+            tiles = await tiff.fetch_tiles(wanted, 0)
+            pixels = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
+        except Exception:
+            await objects.check_header(lay.href, lay.expect())  # changed: StaleObject instead
+            raise
         for xy, tile_pixels in zip(wanted, pixels):
             decoded[xy] = np.asarray(tile_pixels)
         cost.decode_seconds += time.perf_counter() - t0
