@@ -23,6 +23,7 @@ from stacchip_core.core.indexer import Indexer
 from stacchip_core.core.layout import decode, encode
 from stacchip_core.core.read import Reader, ReadReport, grid_for_row, read_rows, read_windows
 from stacchip_core.demo import synthetic
+from stacchip_core.plugin_api import hookimpl
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.xarray import chip_dataarray
@@ -355,3 +356,50 @@ def test_open_files_stay_bounded_over_many_items(synthetic_scenes):
             reader.stacks([row], ["red"] if row["platform"] != "naip" else ["red", "nir"])
         assert [open_in(f) > 0 for f in folders] == [False, False, True, True]
     assert [open_in(f) for f in folders] == [0, 0, 0, 0]
+
+
+# --- async-tiff's tiles: signed off the loop ------------------------------------------------
+
+def _tiled(path: Path, data: np.ndarray, **kw) -> None:
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10),
+                       tiled=True, blockxsize=64, blockysize=64, **kw) as ds:
+        ds.write(data)
+
+
+class _ThreadSigner:
+    """A plugin's signer that notes the thread each href was signed in."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    @hookimpl
+    def stacchip_sign_href(self, href, asset):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return f"{href}?sig=T" if href.startswith("http://127.0.0.1") else None
+
+
+def test_tiles_async_tiff_decodes_are_signed_off_the_io_loop(tmp_path):
+    """An LZW asset (decoded by async-tiff): its href is signed in the signing threads, never
+    on the I/O loop's thread, and every request carries the signature."""
+    from stacchip_core import plugins
+    from stacchip_core.core.layout import record_layouts
+    from stacchip_core.core.tiles import GridSpec, read_batch
+
+    data = np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128)
+    _tiled(tmp_path / "a.tif", data, compress="lzw")
+    signer = _ThreadSigner()
+    plugins.get_plugin_manager().register(signer, name="thread-signer")
+    with RangeServer(tmp_path) as server:
+        lays = decode(record_layouts({"a": f"{server.url}/a.tif"}))
+        server.reset()
+        signer.threads.clear()
+        got = read_batch([lays], [["a"]], [GridSpec.from_layouts(lays, 64)], [(1, 1)])[0]["a"]
+        log = list(server.log)
+    np.testing.assert_array_equal(got, data[:, 64:, 64:])
+    assert signer.threads and all(t.startswith("stacchip-sign") for t in signer.threads), signer.threads
+    assert log and all(p == "/a.tif?sig=T" for _, p, _ in log)

@@ -27,7 +27,6 @@ from stacchip_core.core.window import crop_expand, native_window, resolution_fac
 from stacchip_core.errors import AssetError, ObjectError
 from stacchip_core.io import objects
 from stacchip_core.io.urls import redact
-from stacchip_core.plugins import sign_href
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +265,10 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
     if wanted and not decoded:
         t0 = time.perf_counter()
         header = synth_header(lay)
-        tiff = await TIFF.open("x", store=HeaderInput(sign_href(lay.href), header, data), prefetch=len(header))
+        # signed off the loop (a hook may ask a token endpoint); the tiles are prefetched, so
+        # the URL is read only if async-tiff asks for bytes the layout did not name
+        url = await objects.sign(lay.href)
+        tiff = await TIFF.open("x", store=HeaderInput(url, header, data), prefetch=len(header))
         tiles = await tiff.fetch_tiles(wanted, 0)
         pixels = await asyncio.gather(*(t.decode(pool=_pool()) for t in tiles))
         for xy, tile_pixels in zip(wanted, pixels):
