@@ -403,3 +403,95 @@ def test_tiles_async_tiff_decodes_are_signed_off_the_io_loop(tmp_path):
     np.testing.assert_array_equal(got, data[:, 64:, 64:])
     assert signer.threads and all(t.startswith("stacchip-sign") for t in signer.threads), signer.threads
     assert log and all(p == "/a.tif?sig=T" for _, p, _ in log)
+
+
+# --- what a forked child reads from layouts, and how it says what it cannot ------------------
+
+_FORKED_SOURCE: list = []  # inherited by a forked child (a Source does not pickle)
+
+
+def _child_reads(xys):
+    """Chips of the inherited source read by a Reader in this (forked) process; its report,
+    and the warnings it logged."""
+    source = _FORKED_SOURCE[0]
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger("stacchip_core").addHandler(handler)
+    try:
+        reader = Reader()
+        got = reader.read([read_mod.ChipRequest(source, x, y, ("f", "l")) for x, y in xys])
+    finally:
+        logging.getLogger("stacchip_core").removeHandler(handler)
+    from stacchip_core.io import objects
+
+    return got, reader.report, records, objects.async_tiff_usable()
+
+
+def test_a_forked_child_reads_float_tiles_from_layouts_and_names_what_it_cannot(tmp_path):
+    """A child forked after its parent ran async-tiff: the float32 predictor-3 deflate asset
+    (Sentinel-1 RTC's kind) is still read from its layout (libdeflate and numpy, no rasterio),
+    the LZW one (async-tiff's alone) falls back with the report kind and words of a forked
+    process, not "changed since it was indexed"."""
+    import multiprocessing
+
+    import pystac
+
+    from stacchip_core.core.layout import record_layouts
+
+    rng = np.random.default_rng(7)
+    f = rng.normal(0, 1000, (1, 128, 128)).astype("float32")
+    f[0, :3, :5] = np.nan
+    lzw = np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128)
+    _tiled(tmp_path / "f.tif", f, compress="deflate", predictor=3)
+    _tiled(tmp_path / "l.tif", lzw, compress="lzw")
+    with RangeServer(tmp_path) as server:
+        hrefs = {"f": f"{server.url}/f.tif", "l": f"{server.url}/l.tif"}
+        lays = decode(record_layouts(hrefs))  # the parent runs async-tiff here
+        assert lays["f"].predictor == 3 and lays["f"].dtype == "float32"
+        item = pystac.Item.from_dict({
+            "type": "Feature", "stac_version": "1.0.0", "id": "fl", "geometry": None, "links": [],
+            "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
+            "assets": {k: {"href": h, "type": "image/tiff; application=geotiff", "proj:shape": [128, 128],
+                           "proj:transform": [10, 0, 500000, 0, -10, 4000000]} for k, h in hrefs.items()}})
+        _FORKED_SOURCE[:] = [read_mod.Source.from_item(item, chip_size=64, layouts=lays)]
+        xys = [(0, 0), (1, 1)]
+        server.reset()
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got, report, warned, usable = pool.apply_async(_child_reads, (xys,)).get(timeout=60)
+        f_requests = [rng for _, p, rng in server.log if p == "/f.tif"]
+    assert not usable  # async-tiff is out of reach in the child
+    for (x, y), chip in zip(xys, got):
+        np.testing.assert_array_equal(chip["f"], f[:, y * 64:(y + 1) * 64, x * 64:(x + 1) * 64])
+        np.testing.assert_array_equal(chip["l"], lzw[:, y * 64:(y + 1) * 64, x * 64:(x + 1) * 64])
+    assert (report.layout_reads, report.rasterio_reads) == (2, 2)
+    assert report.fallbacks == ((read_mod.FORKED, 2),)
+    # f: its two tiles (one per chip) in one coalesced ranged read, no header read, nothing else
+    lay = lays["f"]
+    first, last = int(lay.offsets[0]), int(lay.offsets[3] + lay.counts[3])
+    assert report.tiles == 2 and report.requests == 1 and f_requests == [f"bytes={first}-{last - 1}"]
+    assert warned == ["asset 'l' (" + hrefs["l"] + ") cannot be read from its layout in this process (async-tiff "
+                      "cannot run in a process forked after its parent used it); reading it, and the like, with "
+                      "rasterio. Start workers with 'forkserver' or 'spawn' to keep the fast path"]
+
+
+@pytest.mark.parametrize(("reason", "kind", "words"), [
+    (tiles.StaleLayout("size 10 != 12"), "stale",
+     "asset 'k' (http://h/a.tif) changed since it was indexed (size 10 != 12); reading it with rasterio"),
+    (read_mod.objects.NoTransport("gs:// has no fork-safe transport"), read_mod.FORKED,
+     ("asset 'k' (http://h/a.tif) cannot be read from its layout in this process (gs:// has no fork-safe "
+     "transport); reading it, and the like, with rasterio. Start workers with 'forkserver' or 'spawn' to keep "
+     "the fast path")),
+    (tiles.Undecodable("k: bad tile"), "undecodable", None),
+])
+def test_each_fallback_reason_has_its_own_kind_and_words(reason, kind, words, caplog):
+    read_mod._FORK_NOTED.clear()
+    assert read_mod.fallback_kind(reason) == kind
+    with caplog.at_level(logging.WARNING):
+        read_mod.note_fallback(reason, "http://h/a.tif", "k")
+        read_mod.note_fallback(reason, "http://h/a.tif", "k")  # once
+    assert [r.getMessage() for r in caplog.records] == ([words] if words else [])

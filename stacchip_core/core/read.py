@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 LAYOUT, RASTERIO = "layout", "rasterio"
 # reasons an asset is read through rasterio by design, not as a fallback
 CHOSEN = frozenset({"local file", "layouts off"})
+FORKED = "I/O layer unusable after fork"  # the report kind of what a forked child cannot read from layouts
 MAX_SOURCES = 32  # items whose open handles a Reader keeps; older ones are closed
 
 
@@ -346,7 +347,7 @@ def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str
     if lay is None:
         return "no layout"
     if not objects.chips_usable(href):
-        return "I/O layer unusable after fork"
+        return FORKED
     return None
 
 
@@ -393,15 +394,47 @@ def _reason_kind(reason: str | None) -> str:
 _WARNED: set[str] = set()
 
 
+def fallback_kind(reason: BaseException | None) -> str:
+    """The report kind of a fallback found while reading (``ReadReport.fallbacks``).
+
+    Args:
+        reason: the exception the layout backend returned for an asset.
+
+    Returns:
+        ``FORKED`` for ``objects.NoTransport`` (nothing in this process can read the object
+        or decode its tiles: gs:// or az://, or async-tiff, in a child forked after its
+        parent used them), "stale" for any other ``StaleLayout`` (the object changed or is
+        gone), "undecodable" otherwise (tiles the decoders refuse).
+    """
+    if isinstance(reason, objects.NoTransport):
+        return FORKED
+    if isinstance(reason, StaleLayout):
+        return "stale"
+    return "undecodable"
+
+
+_FORK_NOTED: set[tuple[int, str]] = set()
+
+
 def note_fallback(reason, href: str, key: str) -> None:
-    """Log why a layout read fell back: one warning per stale object, debug otherwise.
+    """Log why a layout read fell back, in words that say why: one warning per stale object
+    ("changed since it was indexed"), one per process and cause for what this process cannot
+    read from layouts ("cannot read ... in this process"), debug otherwise.
 
     Args:
         reason: the exception the layout backend returned (``StaleLayout``, ``Unsupported``).
         href: the asset's href (redacted in the message).
         key: the asset key.
     """
-    if isinstance(reason, StaleLayout):
+    kind = fallback_kind(reason) if reason is not None else None
+    if kind == FORKED:
+        noted = (os.getpid(), str(reason))
+        if noted not in _FORK_NOTED:
+            _FORK_NOTED.add(noted)
+            log.warning("asset %r (%s) cannot be read from its layout in this process (%s); reading it, and "
+                        "the like, with rasterio. Start workers with 'forkserver' or 'spawn' to keep the fast path",
+                        key, redact(href), reason)
+    elif kind == "stale":
         if href not in _WARNED:
             _WARNED.add(href)
             if len(_WARNED) > 100_000:
@@ -530,11 +563,11 @@ class Reader:
                     out[p.chip][p.key] = res
                 else:  # stale or undecodable: this asset alone goes to rasterio
                     note_fallback(res, p.href, p.key)
-                    kind = "stale" if isinstance(res, StaleLayout) else "undecodable"
-                    p.backend, p.reason = RASTERIO, f"{kind}: {res}"
+                    p.backend, p.reason = RASTERIO, f"{fallback_kind(res)}: {res}"
         slow = [p for p in plans if p.backend == RASTERIO]
         for p in slow:
-            if p.reason not in CHOSEN and not (p.reason or "").startswith(("stale", "undecodable")):  # noted
+            noted = (p.reason or "").startswith(("stale", "undecodable", FORKED))
+            if p.reason not in CHOSEN and not noted:
                 log.debug("asset %r read with rasterio: %s", p.key, p.reason)
         if slow:
             apply_gdal_options()
