@@ -49,10 +49,10 @@ def _cdse(d: Path) -> Path:
 SCENES = {
     "s2-earth-search": (lambda d: synthetic.sentinel2_scene(d, 768), ["red", "nir08", "coastal"],
                         [("red", 1), ("nir08", 1), ("coastal", 1)]),
-    # coastal is no platform band: named by its key there (CDSE: B01 finds B01_60m by the suffix rule)
+    # coastal is no model input but the platform names it: B01, and B01_60m by the CDSE suffix rule
     "s2-planetary-computer": (lambda d: synthetic.sentinel2_scene(d, 768, naming="planetary-computer"),
-                              ["red", "nir08", "B01"], [("B04", 1), ("B8A", 1), ("B01", 1)]),
-    "s2-cdse": (_cdse, ["red", "nir08", "B01"], [("B04_10m", 1), ("B8A_20m", 1), ("B01_60m", 1)]),
+                              ["red", "nir08", "coastal"], [("B04", 1), ("B8A", 1), ("B01", 1)]),
+    "s2-cdse": (_cdse, ["red", "nir08", "coastal"], [("B04_10m", 1), ("B8A_20m", 1), ("B01_60m", 1)]),
     "landsat": (lambda d: synthetic.landsat_scene(d, 560, 600), ["red", "nir08"], [("red", 1), ("nir08", 1)]),
     "naip": (lambda d: synthetic.naip_scene(d, 600, 530), ["red", "nir"], [("image", 1), ("image", 4)]),
     "sentinel-1-float": (lambda d: synthetic.sentinel1_scene(d, 600, 640), ["vv", "vh"], [("vv", 1), ("vh", 1)]),
@@ -120,11 +120,8 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
         rows = table.to_pylist()
         lays = decode(rows[0]["layouts"])
         assert lays.standalone  # the index holds the grid, its CRS, the bands
-        # assets of no platform band (S2's 60 m coastal) are in the index by href: rasterio reads them
-        by_href = {k for k, _ in sources if k not in lays}
-        assert by_href == ({"B01_60m" if scene == "s2-cdse" else "B01" if "planetary" in scene else "coastal"}
-                           if scene.startswith("s2") else set())
-        assert by_href <= set(lays.hrefs)
+        # every raster asset has a layout, bands of the platform or not (S2's 60 m coastal)
+        assert {k for k, _ in sources} <= set(lays) and not lays.hrefs
         expected = [_expected(item_path, sources, r["chip_index_x"], r["chip_index_y"], 256, item_path.parent)
                     for r in rows]
         if server is not None:
@@ -141,8 +138,8 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
             assert "/item.json" not in {p for _, p, _ in server.log}
             report = reader.report
             assert report.chips == len(rows)
-            assert report.fallbacks == ((("no layout", len(rows) * len(by_href)),) if by_href else ())
-            assert report.layout_reads == len(rows) * len({k for k, _ in sources} - by_href)
+            assert report.fallbacks == () and report.rasterio_reads == 0
+            assert report.layout_reads == len(rows) * len({k for k, _ in sources})
             assert report.requests > 0 and report.tiles > 0
         with Chipper(item, assets=bands) as chipper:
             assert chipper.assets == list(dict.fromkeys(k for k, _ in sources))
@@ -271,10 +268,10 @@ def test_layouts_record_what_a_read_needs(served_s2):
     assert lays.crs == "EPSG:32720" and lays.shape == (768, 768)
     assert lays.grid == (10.0, 499980.0, -10.0, 6400000.0)
     assert lays.bands["red"] == ("red", 1) and lays.bands["scl"] == ("scl", 1)
-    # the platform's bands and layers by layout; other rasters by href (read through rasterio)
-    assert set(lays) == {"blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16",
-                         "swir22", "scl"}
-    assert set(lays.hrefs) == {"coastal"} and lays.hrefs["coastal"].endswith("/coastal.tif")
+    # every raster asset by layout, the platform's bands and layers and the rest (coastal)
+    assert set(lays) == {"coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+                         "swir16", "swir22", "scl"}
+    assert not lays.hrefs and lays["coastal"].href.endswith("/coastal.tif") and lays["coastal"].width == 128
     again = decode(encode(lays.values(), lays.grid, shape=lays.shape, crs=lays.crs, bands=lays.bands,
                           hrefs=lays.hrefs))
     assert (again.crs, again.shape, again.bands, again.hrefs) == (lays.crs, lays.shape, lays.bands, lays.hrefs)
