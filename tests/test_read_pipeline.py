@@ -348,7 +348,8 @@ def test_open_files_stay_bounded_over_many_items(synthetic_scenes):
         fds = Path("/proc/self/fd")
         return sum(1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(folder + "/"))
 
-    with Reader(max_sources=2, workers=1) as reader:
+    # rasterio's handles are under test: a cold local item would be read through its layouts
+    with Reader(max_sources=2, workers=1, use_layouts=False) as reader:
         for row in rows:  # one batch per item, as an epoch over a shuffled index goes
             reader.stacks([row], ["red"] if row["platform"] != "naip" else ["red", "nir"])
         assert [open_in(f) > 0 for f in folders] == [False, False, True, True]
@@ -492,3 +493,21 @@ def test_each_fallback_reason_has_its_own_kind_and_words(reason, kind, words, ca
         read_mod.note_fallback(reason, "http://h/a.tif", "k")
         read_mod.note_fallback(reason, "http://h/a.tif", "k")  # once
     assert [r.getMessage() for r in caplog.records] == ([words] if words else [])
+
+
+def test_local_chips_of_a_cold_item_come_from_layouts_then_from_open_handles(synthetic_scenes):
+    """Local files with layouts: an item's first LOCAL_LAYOUT_CHIPS chips through the layouts
+    (no GDAL open), the later ones through rasterio's open handles; neither is a fallback."""
+    item_json = Path(synthetic_scenes["s2"])
+    rows = Indexer(str(item_json), stats=False).create_index().to_pylist()
+    assert len(rows) == 9 and read_mod.LOCAL_LAYOUT_CHIPS == 4
+    reader = Reader()
+    backends = []
+    for row in rows[:6]:  # one chip at a time, as a DataLoader's __getitem__
+        arr = reader.stacks([row], ["red", "nir08", "coastal"])[0]
+        backends.append((reader.last.layout_reads, reader.last.rasterio_reads, reader.last.fallbacks))
+        x, y = row["chip_index_x"], row["chip_index_y"]
+        np.testing.assert_array_equal(arr, _expected(item_json, [("red", 1), ("nir08", 1), ("coastal", 1)], x, y,
+                                                     256, item_json.parent))
+    assert backends == [(3, 0, ())] * 4 + [(0, 3, ())] * 2
+    assert reader.report.tiles > 0 and reader.report.requests > 0

@@ -172,6 +172,7 @@ class Source:
         self.cache = DatasetCache()
         self._factors: dict[str, int | None] = {}
         self._lock = threading.Lock()
+        self.chips_planned = 0  # chips planned from this source (core.read.LOCAL_LAYOUT_CHIPS)
 
     @classmethod
     def from_item(cls, item: pystac.Item, chip_size: int = 256, platform: Platform | None = None,
@@ -325,17 +326,27 @@ class AssetRead:
     tile_plan: Any = field(default=None, repr=False)  # core.tiles.ChipPlan of the layout backend
 
 
-def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str | None:
+# Local chips of an item read through its layouts before rasterio's open handles take over.
+# Measured on full-size Sentinel-2 (RGB, page cache warm, one chip at a time, CPU ms per chip,
+# /tmp/pipe_cold/bench.py in the report of issue 18's leftovers): a chip of an item not yet
+# opened costs 11.5-14.5 through rasterio (a GDAL open per asset) and 7.2-7.3 through layouts;
+# chips of an open item cost 5.0-5.8 through rasterio and 6.3-6.5 through layouts. Layouts win
+# up to about 4 chips per item (7.2 + 6.3 (k - 1) < 6.5 + 5.0 k), rasterio beyond.
+LOCAL_LAYOUT_CHIPS = 4
+
+
+def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool, cold: bool = False) -> str | None:
     """The one backend rule: None for the layout path, else why rasterio reads the asset.
 
-    Local files are read through rasterio's open handles: measured on full-size Sentinel-2,
-    RGB, 245 chips/s against 122 through layouts (benchmarks/bench_cloud.py); layouts save
-    requests, which local files do not cost.
+    Local files with a layout are read through it while their item is cold (its first
+    ``LOCAL_LAYOUT_CHIPS`` chips in a reader: no GDAL open), then through rasterio's open
+    handles, which are cheaper per chip once open (numbers at ``LOCAL_LAYOUT_CHIPS``).
 
     Args:
         lay: the asset's layout, or None.
         href: where the asset lies (unsigned, resolved).
         use_layouts: False reads everything through rasterio.
+        cold: the item has read fewer than ``LOCAL_LAYOUT_CHIPS`` chips in this reader.
 
     Returns:
         None, or the reason (``CHOSEN`` reasons are not fallbacks).
@@ -343,7 +354,7 @@ def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str
     if not use_layouts:
         return "layouts off"
     if not objects.is_remote(href):
-        return "local file"
+        return None if (cold and lay is not None) else "local file"
     if lay is None:
         return "no layout"
     if not objects.chips_usable(href):
@@ -369,10 +380,12 @@ def plan(requests: Sequence[ChipRequest], use_layouts: bool = True) -> list[Asse
         grid = req.source.grid
         col0, row0, cs, _ = grid.window(req.x, req.y)  # bounds check with a clear message
         spec = GridSpec.from_grid(grid)
+        cold = req.source.chips_planned < LOCAL_LAYOUT_CHIPS
+        req.source.chips_planned += 1  # a heuristic's count: a race between threads is harmless
         for key in req.keys:
             href = req.source.hrefs[key]
             lay = req.source.layouts.get(key)
-            reason = choose_backend(lay, href, use_layouts)
+            reason = choose_backend(lay, href, use_layouts, cold)
             if reason is None and lay is not None:
                 try:
                     factor = factor_for(lay, spec)
