@@ -637,6 +637,8 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
                     if attempt or not known:
                         raise
                     _VERIFIED.pop(key, None)  # rewritten or copied since its check: check again
+    except NoTransport:
+        raise  # not stale: this process cannot read it (counted apart from changed objects)
     except StaleObject:
         _count(stale=1)
         raise
