@@ -32,6 +32,7 @@ from stacchip_core.errors import (
     SampleError,
     ShapeError,
     StacchipError,
+    StackError,
     UnsafeKeyError,
 )
 from stacchip_core.hookspecs import hookimpl, hookimpl_for
@@ -48,7 +49,7 @@ __all__ = [
     "AssetError", "Band", "Catalog", "CatalogError", "ChipGrid", "ChipStats", "Chipper", "ConfigError", "CubeError",
     "GridError", "IndexFormatError", "Indexer", "ItemError", "NativeBand", "NotFoundError", "ObjectError", "OutputError", "Platform",
     "PlatformError", "PluginError", "ProjectionError", "Sample", "SampleAttributeError", "SampleError",
-    "ShapeError", "StacchipError", "Store", "UnsafeKeyError", "bit_mask",
+    "ShapeError", "StacchipError", "StackError", "Store", "UnsafeKeyError", "bit_mask",
     "chip_from_row", "class_mask", "hookimpl", "hookimpl_for", "item_for_row", "merge", "read_index",
     "write_index",
 ]
