@@ -464,6 +464,10 @@ def test_a_batch_fetches_each_tile_once_and_no_item_json(served_place):
         (6, 3, 256, 256)
     ] * 4
     assert server.requests == 6 * 3
+    # the pipeline's report of the batch: 24 members, 18 requests, 18 tiles, 24 x 3 windows
+    last = reader.last
+    assert (last.chips, last.requests, last.tiles, last.layout_reads) == (24, 18, 18, 72)
+    assert last.bytes > 0 and last.fallbacks == () and last.rasterio_reads == 0
     assert all(
         method == "GET" and rng and path.endswith(".tif") for method, path, rng in server.log
     )
@@ -471,6 +475,7 @@ def test_a_batch_fetches_each_tile_once_and_no_item_json(served_place):
     for row in s.to_pylist():  # one stack at a time: each stack fetches the same tiles again
         reader.read(row)
     assert server.requests == 4 * 6 * 3
+    assert (reader.report.chips, reader.report.requests) == (2 * 24, 18 + 4 * 18)
 
 
 def test_a_gone_member_fails_its_stack_only_and_names_it(served_place):
@@ -675,21 +680,24 @@ def test_footprint_overlap_areas_equal_shapely():
 
 
 @pytest.mark.parametrize(
-    ("rows", "cols", "unread_rows", "unread_cols"),
+    ("rows", "cols", "tiles"),
     [
-        ((100, 400), (300, 700), 0, 0),  # whole tiles only
-        ((900, 1000), (100, 400), 8, 0),  # the partial last tile row: 16 px blocks up to row 992
-        ((-5, 40), (990, 1000), 0, 8),  # clipped to the image; the partial last column
+        ((100, 400), (300, 700), 4),  # whole tiles only
+        ((900, 1000), (100, 400), 2),  # the partial last tile row, to the image's last row
+        ((-5, 40), (990, 1010), 1),  # past the top and right edges: clipped, the rest unread
+        ((995, 1003), (-3, 5), 1),  # the bottom-left corner: 5 x 5 px inside
     ],
 )
-def test_native_windows_equal_the_file_and_mark_the_unread_edge(
-    tmp_path, rows, cols, unread_rows, unread_cols
+def test_native_windows_equal_the_file_and_mark_outside_the_image_unread(
+    tmp_path, rows, cols, tiles
 ):
-    """A 1000 px image in 256 px tiles: windows in whole tiles read as tiles, in the partial
-    last tiles as 16 px blocks, and the last 8 px (1000 - 992) stay unread and say so."""
+    """A 1000 px image in 256 px tiles (its last tile row and column are 232 px of a padded
+    tile): every pixel of a window inside the image reads as the file holds it, the image's
+    edge strips included; pixels outside the image are unread; each tile is decoded once."""
     from rasterio.transform import from_origin
 
     from stacchip_core.core.layout import decode, record_layouts
+    from stacchip_core.core.tiles import TileCost
     from stacchip_core.training.stacks import WindowRequest, fetch
 
     data = np.random.default_rng(1).integers(1, 60000, (1, 1000, 1000)).astype(np.uint16)
@@ -711,14 +719,17 @@ def test_native_windows_equal_the_file_and_mark_the_unread_edge(
     ) as ds:
         ds.write(data)
     lays = decode(record_layouts({"a": str(path)}))
-    r0, r1 = max(rows[0], 0), min(rows[1], 1000)
-    c0, c1 = max(cols[0], 0), min(cols[1], 1000)
-    _, (win,) = fetch([], [WindowRequest(lays, "a", (r0, r1), (c0, c1))])
-    nr, nc = (r1 - r0) - unread_rows, (c1 - c0) - unread_cols
-    expected = np.zeros((r1 - r0, c1 - c0), bool)
-    expected[:nr, :nc] = True
-    np.testing.assert_array_equal(win.read, expected)
-    np.testing.assert_array_equal(win.data[0, :nr, :nc], data[0, r0 : r0 + nr, c0 : c0 + nc])
+    cost = TileCost()
+    _, (win,) = fetch([], [WindowRequest(lays, "a", rows, cols)], cost)
+    assert cost.tiles == tiles
+    r = np.arange(rows[0], rows[1])[:, None]
+    c = np.arange(cols[0], cols[1])[None, :]
+    inside = (r >= 0) & (r < 1000) & (c >= 0) & (c < 1000)
+    np.testing.assert_array_equal(win.read, inside)
+    padded = np.zeros((1, 1020, 1020), np.uint16)  # 10 px of zeros around the image
+    padded[:, 10:1010, 10:1010] = data
+    expected = padded[:, rows[0] + 10 : rows[1] + 10, cols[0] + 10 : cols[1] + 10]
+    np.testing.assert_array_equal(win.data, expected)
 
 
 @pytest.mark.parametrize("with_", [(), ("s1",)])
