@@ -808,3 +808,109 @@ def test_a_series_is_written_where_its_item_lies(place, tmp_path, layouts_crs):
         assert ds.transform == rasterio.Affine(10, 0, 767780 + 2560 * x, 0, -10, 6167440 - 2560 * y)
         np.testing.assert_array_equal(ds.read(), ts.series[:, 0])
         assert ds.descriptions[5] == f"{S2} 2023-02-24 red"
+
+
+# --- training on stacks: the Lightning data module and TorchGeo -----------------------------
+
+BANDS = {S2: ["red", "nir"], S1: ["vv"], LS: ["red"]}
+
+
+def test_stack_data_module_epoch_in_two_workers_sees_every_stack_once(lightning, place):
+    """19 stacks of every platform (S2: 4 of 6 steps; S1: 9 and Landsat: 6 of one step, the
+    Landsat ones on 128 px chips): batches of one anchor platform, padded to the longest
+    stack's 6 steps, read in two persistent workers; pixels equal StackReader's."""
+    from stacchip_core.training.datamodule import StacchipStackDataModule
+    from stacchip_core.training.stacks import StackReader
+
+    _, idx = place
+    s = build_stacks(idx)
+    dm = StacchipStackDataModule(
+        s, bands=BANDS, split_block_deg=100, val_fraction=0.0, test_fraction=0.0,
+        batch_size=4, num_workers=2, seed=1,
+    )
+    assert dm.steps == 6
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
+    batches = list(loader)
+    # S2 4 -> (4); S1 9 -> (4, 4, 1); Landsat 6 -> (4, 2)
+    assert sorted((b["platform"], len(b["stackid"])) for b in batches) == sorted(
+        [(S2, 4), (S1, 4), (S1, 4), (S1, 1), (LS, 4), (LS, 2)]
+    )
+    seen = [sid for b in batches for sid in b["stackid"]]
+    assert sorted(seen) == sorted(s["stackid"].to_pylist())  # every stack exactly once
+    shape = {S2: (6, 2, 256, 256), S1: (6, 1, 256, 256), LS: (6, 1, 128, 128)}
+    steps = dict(zip(s["stackid"].to_pylist(), s["steps"].to_pylist()))
+    rows = {r["stackid"]: r for r in s.to_pylist()}
+    reader = StackReader(BANDS)
+    for b in batches:
+        n = len(b["stackid"])
+        assert tuple(b["pixels"].shape) == (n, *shape[b["platform"]])
+        assert str(b["pixels"].dtype) == "torch.float32"
+        assert tuple(b["valid"].shape) == (n, 6, *shape[b["platform"]][2:])
+        assert b["present"].sum(1).tolist() == [steps[i] for i in b["stackid"]]
+        assert [len(d) for d in b["dates"]] == [steps[i] for i in b["stackid"]]
+        assert "sensors" not in b
+        i = n - 1  # the batch's last stack against a reading of its row alone
+        px = reader.read(rows[b["stackid"][i]])
+        t = steps[b["stackid"][i]]
+        np.testing.assert_array_equal(b["pixels"][i, :t].numpy(), px.series)
+        np.testing.assert_array_equal(b["valid"][i, :t].numpy(), px.valid[px.anchor])
+        assert not b["pixels"][i, t:].any() and not b["valid"][i, t:].any()
+        assert (b["time"][i, t:] == -1).all() and b["dates"][i] == [
+            d.isoformat() for d in px.dates[px.anchor]
+        ]
+    # the second epoch: the same stacks, another order
+    again = [sid for b in loader for sid in b["stackid"]]
+    assert sorted(again) == sorted(seen) and again != seen
+
+
+def test_stack_data_module_passes_sensors_through_and_skips_gone_stacks(lightning, place):
+    from stacchip_core.training.datamodule import StacchipStackDataModule, collate_stacks
+    from stacchip_core.training.stacks import StackReader
+
+    _, idx = place
+    pairs = build_stacks(idx, anchor=S2, with_=[S1], window=3)
+    dm = StacchipStackDataModule(
+        pairs, bands=BANDS, steps=2, split_block_deg=100, val_fraction=0.0,
+        test_fraction=0.0, batch_size=4, num_workers=0, errors="skip",
+    )
+    assert dm.train_dataloader().dataset.errors == "skip"
+    (batch,) = list(dm.train_dataloader())
+    assert tuple(batch["pixels"].shape) == (4, 2, 2, 256, 256)
+    s1 = batch["sensors"][S1]
+    assert tuple(s1["pixels"].shape) == (4, 2, 1, 256, 256)
+    assert s1["present"].tolist() == [[True, False]] * 4
+    row = {r["stackid"]: r for r in pairs.to_pylist()}[batch["stackid"][0]]
+    px = StackReader(BANDS).read(row)
+    np.testing.assert_array_equal(s1["pixels"][0, :1].numpy(), px.pixels[S1])
+    np.testing.assert_array_equal(s1["valid"][0, :1].numpy(), px.valid[S1])
+    assert collate_stacks([]) is None  # every stack of a batch skipped
+
+
+def test_a_changed_member_object_is_read_through_rasterio_and_reported(tmp_path):
+    """An S2 asset rewritten after indexing (same pixels, other tiling: its size changed) is
+    stale: that window alone is read through rasterio, with the same pixels, and the batch's
+    report says so."""
+    from stacchip_core.core.indexer import Indexer
+    from stacchip_core.demo.archive import _stack_place
+    from stacchip_core.training.stacks import StackReader
+
+    root = _stack_place(tmp_path)  # its own copy: the items' hrefs are absolute
+    items = sorted(p for p in root.rglob("*.json") if S2 in p.parts[-3])
+    idx = pa.concat_tables([Indexer(str(p), chip_max_nodata=1.0).create_index() for p in items])
+    s = build_stacks(idx, anchor=S2, min_steps=6).slice(0, 1)
+    reader = StackReader({S2: ["red", "nir"]})
+    before = reader.read(s.to_pylist()[0])
+    assert reader.last.fallbacks == () and reader.last.layout_reads == 12
+    red = items[2].parent / "red.tif"
+    with rasterio.open(red) as ds:
+        data, profile = ds.read(), ds.profile
+    profile.update(tiled=True, blockxsize=64, blockysize=64, compress=None)
+    red.unlink()
+    with rasterio.open(red, "w", **profile) as ds:
+        ds.write(data)
+    after = reader.read(s.to_pylist()[0])
+    np.testing.assert_array_equal(after.series, before.series)
+    np.testing.assert_array_equal(after.valid[S2], before.valid[S2])
+    assert reader.last.fallbacks == (("stale", 1),) and reader.last.rasterio_reads == 1
+    assert reader.last.layout_reads == 11

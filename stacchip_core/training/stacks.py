@@ -15,6 +15,7 @@ SCL or QA, nearest or bilinear for bands).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -25,12 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.core.layout import AssetLayout, decoded
-from stacchip_core.core.read import ReadReport, read_windows
+from stacchip_core.core.read import ReadReport, note_fallback, read_windows
 from stacchip_core.core.stacks import StackPixels, read_stacks
-from stacchip_core.core.tiles import GridSpec, TileCost, Unsupported, factor_for
+from stacchip_core.core.tiles import GridSpec, StaleLayout, TileCost, Unsupported, factor_for
+from stacchip_core.core.window import crop_expand, native_window
 from stacchip_core.errors import AssetError, PlatformError, StackError
 from stacchip_core.io import objects
-from stacchip_core.plugins import platforms
+from stacchip_core.io.settings import apply_gdal_options
+from stacchip_core.plugins import platforms, sign_href
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,7 @@ def fetch(
     chips: Sequence[ChipRequest],
     windows: Sequence[WindowRequest],
     cost: TileCost | None = None,
+    fallbacks: Counter | None = None,
 ) -> tuple[list[dict], list]:
     """Chips and native windows from layouts, all in one call of the read pipeline's window
     reader (``core.read.read_windows``): every tile of the batch fetched once (one coalesced
@@ -79,12 +83,16 @@ def fetch(
 
     A chip is the window of its grid cell at the asset's expansion factor; a window is
     clipped to the image (the partial last tiles of an image are read like any other: their
-    padding is cropped) and the part outside it is marked unread.
+    padding is cropped) and the part outside it is marked unread. A window the layout cannot
+    serve (the object changed since indexing, tiles the decoders refuse, a worker forked after
+    its parent used async-tiff) is read through rasterio alone, as the pipeline does; if that
+    fails too (the object is gone), the layout's exception is the result.
 
     Args:
         chips: Chips on item grids.
         windows: Native windows of single assets.
         cost: Adds the tiles decoded and the seconds spent decoding them.
+        fallbacks: Adds ``{reason: windows}`` read through rasterio instead.
 
     Returns:
         Per chip ``{key: array (bands, cs, cs) or exception}`` (``Unsupported`` off the
@@ -129,6 +137,9 @@ def fetch(
         spans.append((r0, c0, r1 - r0, c1 - c0))
         factors.append(1)
     results = read_windows(lays, spans, factors, cost) if lays else []
+    for i, res in enumerate(results):
+        if not isinstance(res, np.ndarray):  # the pipeline's rule: that asset alone via rasterio
+            results[i] = _rasterio_window(lays[i], spans[i], factors[i], res, fallbacks)
     for (i, k), res in zip(where, results):
         chip_out[i][k] = res
     out_windows: list = []
@@ -151,6 +162,34 @@ def fetch(
             read[ys, xs] = True
         out_windows.append(Window(data, read, w.rows[0], w.cols[0]))
     return chip_out, out_windows
+
+
+def _rasterio_window(
+    lay: AssetLayout,
+    span: tuple[int, int, int, int],
+    factor: int,
+    why: Exception,
+    fallbacks: Counter | None,
+) -> np.ndarray | Exception:
+    """Grid pixels ``span`` (row0, col0, height, width) of an asset through rasterio, or
+    ``why`` when rasterio cannot read it either."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window as RioWindow
+
+    row0, col0, h, w = span
+    r0, r1, c0, c1 = native_window(row0, col0, h, w, factor)
+    try:
+        apply_gdal_options()
+        with rasterio.open(sign_href(lay.href)) as ds:
+            block = ds.read(window=RioWindow(c0, r0, c1 - c0, r1 - r0))
+    except RasterioError:
+        return why
+    note_fallback(why, lay.href, lay.key)
+    if fallbacks is not None:
+        kind = "stale" if isinstance(why, StaleLayout) else "undecodable"
+        fallbacks[kind] += 1
+    return crop_expand(block, r0, c0, row0, col0, h, w, factor)
 
 
 def _member_table(stacks: list[dict]) -> list[list[dict]]:
@@ -202,8 +241,9 @@ class StackReader:
 
     Each batch's cost is ``last`` (a ``ReadReport``: ``chips`` = members read, requests and
     bytes, tiles decoded, decode seconds, ``layout_reads`` = asset windows read); ``report``
-    adds them up. A member whose layout cannot serve it fails its stack (no rasterio fallback),
-    so ``rasterio_reads`` and ``fallbacks`` stay empty.
+    adds them up. Asset windows the layout cannot serve are read through rasterio
+    (``rasterio_reads``, ``fallbacks`` by reason: ``stale``, ``undecodable``); a member that
+    neither can read fails its stack. GDAL's own requests are not in ``requests``.
     """
 
     def __init__(
@@ -297,8 +337,9 @@ class StackReader:
                 plan = [StackError(f"stack {s['stackid']}: {exc}")]
             plans.append(plan)
         cost = TileCost()
+        fallbacks: Counter = Counter()
         before = objects.counters()
-        chip_res, win_res = fetch(chips, windows, cost)
+        chip_res, win_res = fetch(chips, windows, cost, fallbacks)
         after = objects.counters()
         self.last = ReadReport(
             chips=sum(len(p) for p in plans if p and not isinstance(p[0], StackError)),
@@ -306,7 +347,9 @@ class StackReader:
             bytes=(after.bytes + after.check_bytes) - (before.bytes + before.check_bytes),
             tiles=cost.tiles,
             decode_seconds=cost.decode_seconds,
-            layout_reads=sum(len(c.keys) for c in chips) + len(windows),
+            layout_reads=sum(len(c.keys) for c in chips) + len(windows) - sum(fallbacks.values()),
+            rasterio_reads=sum(fallbacks.values()),
+            fallbacks=tuple(sorted(fallbacks.items())),
         )
         self.report = self.report + self.last
         return [self._assemble(s, plan, chip_res, win_res) for s, plan in zip(stacks, plans)]
@@ -483,8 +526,9 @@ def _translation(cols: int, rows: int):
 
 class StackDataset:
     """``dataset[i] -> {"pixels": float32 (T, C, H, W) of the anchor platform, "valid": bool
-    (T, H, W), "time": int64 (T,) days since 1970-01-01, "dates": [ISO dates], "stackid",
-    "platform", "lon", "lat"}``, plus ``"sensors": {platform: {"pixels", "valid", "time"}}`` for
+    (T, H, W), "time": int64 (T,) days since 1970-01-01, "present": bool (T,) (False for
+    padding steps), "dates": [ISO dates], "stackid", "platform", "lon", "lat"}``, plus
+    ``"sensors": {platform: {"pixels", "valid", "time", "present"}}`` for
     the other platforms of multi-sensor stacks; then the optional ``transform(sample)``.
 
     Map-style, with ``__getitems__`` batches (all members of all stacks of a batch fetched
@@ -554,6 +598,7 @@ class StackDataset:
                 "pixels": self._fit(res.pixels[p], 0),
                 "valid": self._fit(res.valid[p], False),
                 "time": self._fit(days, -1),
+                "present": self._fit(np.ones(len(days), bool), False),
             }
 
         bbox = row["bbox"]
