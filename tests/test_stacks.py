@@ -914,3 +914,29 @@ def test_a_changed_member_object_is_read_through_rasterio_and_reported(tmp_path)
     np.testing.assert_array_equal(after.valid[S2], before.valid[S2])
     assert reader.last.fallbacks == (("stale", 1),) and reader.last.rasterio_reads == 1
     assert reader.last.layout_reads == 11
+
+
+@pytest.mark.parametrize("platform", [None, S1])
+def test_torchgeo_stack_sample_equals_the_stack_reader(torchgeo, place, platform):
+    import pandas as pd
+    import pyproj
+
+    from stacchip_core.training.stacks import StackReader
+    from stacchip_core.training.torchgeo import StacchipStackGeoSamples
+
+    _, idx = place
+    s = build_stacks(idx, anchor=S2, with_=[S1], window=3)
+    ds = StacchipStackGeoSamples(s, bands=BANDS, platform=platform)
+    assert len(ds) == 4
+    sample = ds[1]
+    px = StackReader(BANDS).read(s.to_pylist()[1])
+    name = platform or S2
+    assert tuple(sample["image"].shape) == (1, 2 if name == S2 else 1, 256, 256)
+    np.testing.assert_array_equal(sample["image"].numpy(), px.pixels[name])
+    np.testing.assert_array_equal(sample["valid"].numpy(), px.valid[name])
+    a, _, c, _, e, f = px.transform
+    x, y, t = sample["bounds"]
+    assert (x.start, x.stop, x.step) == (c, c + 256 * a, a) and (y.start, y.stop) == (f + 256 * e, f)
+    assert t.start == t.stop == pd.Timestamp(px.dates[name][0].isoformat())
+    assert sample["crs"] == pyproj.CRS(px.crs) and sample["dates"] == [px.dates[name][0].isoformat()]
+    assert sample["time"].tolist() == [(px.dates[name][0] - dt.date(1970, 1, 1)).days]
