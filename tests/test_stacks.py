@@ -940,3 +940,69 @@ def test_torchgeo_stack_sample_equals_the_stack_reader(torchgeo, place, platform
     assert t.start == t.stop == pd.Timestamp(px.dates[name][0].isoformat())
     assert sample["crs"] == pyproj.CRS(px.crs) and sample["dates"] == [px.dates[name][0].isoformat()]
     assert sample["time"].tolist() == [(px.dates[name][0] - dt.date(1970, 1, 1)).days]
+
+
+STACK_DDP_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[3])
+from provision import import_torch_stack
+import_torch_stack()
+import lightning, torch
+from stacchip_core.training.datamodule import StacchipStackDataModule
+
+
+class Probe(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.seen = []
+
+    def training_step(self, batch, i):
+        self.seen.append([self.current_epoch, batch["stackid"], list(batch["pixels"].shape)])
+        return (batch["pixels"].mean() / 1000 * self.w).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def on_train_end(self):
+        with open(f"{sys.argv[2]}/rank{self.global_rank}.json", "w") as fh:
+            json.dump({"world": self.trainer.world_size, "seen": self.seen}, fh)
+
+
+bands = {"sentinel-2-l2a": ["red"], "sentinel-1-rtc": ["vv"], "landsat-c2l2-sr": ["red"]}
+dm = StacchipStackDataModule(sys.argv[1], bands=bands, split_block_deg=100, val_fraction=0.0,
+                             test_fraction=0.0, batch_size=4, num_workers=0, seed=1)
+trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
+trainer.fit(Probe(), datamodule=dm)
+"""
+
+
+def test_stack_data_module_under_ddp_two_processes_see_every_stack_once(lightning, place, tmp_path):
+    import os
+    import subprocess
+
+    _, idx = place
+    s = build_stacks(idx)
+    write_stacks(s, tmp_path / "stacks.parquet")
+    script = tmp_path / "ddp_stacks.py"
+    script.write_text(STACK_DDP_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "stacks.parquet"), str(out),
+         str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
+        env={**os.environ, "PL_DISABLE_FORK": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [x["world"] for x in ranks] == [2, 2]
+    for epoch in (0, 1):
+        per_rank = [[b for e, b, _ in x["seen"] if e == epoch] for x in ranks]
+        assert len(per_rank[0]) == len(per_rank[1]) == 3  # 6 batches (4 S2, 4+4+1 S1, 4+2 LS)
+        got = [sid for batches in per_rank for b in batches for sid in b]
+        assert sorted(got) == sorted(s["stackid"].to_pylist())  # every stack once per epoch
+    shapes = {tuple(shape[1:]) for x in ranks for _, _, shape in x["seen"]}
+    assert shapes == {(6, 1, 256, 256), (6, 1, 128, 128)}
