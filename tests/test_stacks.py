@@ -464,6 +464,10 @@ def test_a_batch_fetches_each_tile_once_and_no_item_json(served_place):
         (6, 3, 256, 256)
     ] * 4
     assert server.requests == 6 * 3
+    # the pipeline's report of the batch: 24 members, 18 requests, 18 tiles, 24 x 3 windows
+    last = reader.last
+    assert (last.chips, last.requests, last.tiles, last.layout_reads) == (24, 18, 18, 72)
+    assert last.bytes > 0 and last.fallbacks == () and last.rasterio_reads == 0
     assert all(
         method == "GET" and rng and path.endswith(".tif") for method, path, rng in server.log
     )
@@ -471,6 +475,7 @@ def test_a_batch_fetches_each_tile_once_and_no_item_json(served_place):
     for row in s.to_pylist():  # one stack at a time: each stack fetches the same tiles again
         reader.read(row)
     assert server.requests == 4 * 6 * 3
+    assert (reader.report.chips, reader.report.requests) == (2 * 24, 18 + 4 * 18)
 
 
 def test_a_gone_member_fails_its_stack_only_and_names_it(served_place):
@@ -675,21 +680,24 @@ def test_footprint_overlap_areas_equal_shapely():
 
 
 @pytest.mark.parametrize(
-    ("rows", "cols", "unread_rows", "unread_cols"),
+    ("rows", "cols", "tiles"),
     [
-        ((100, 400), (300, 700), 0, 0),  # whole tiles only
-        ((900, 1000), (100, 400), 8, 0),  # the partial last tile row: 16 px blocks up to row 992
-        ((-5, 40), (990, 1000), 0, 8),  # clipped to the image; the partial last column
+        ((100, 400), (300, 700), 4),  # whole tiles only
+        ((900, 1000), (100, 400), 2),  # the partial last tile row, to the image's last row
+        ((-5, 40), (990, 1010), 1),  # past the top and right edges: clipped, the rest unread
+        ((995, 1003), (-3, 5), 1),  # the bottom-left corner: 5 x 5 px inside
     ],
 )
-def test_native_windows_equal_the_file_and_mark_the_unread_edge(
-    tmp_path, rows, cols, unread_rows, unread_cols
+def test_native_windows_equal_the_file_and_mark_outside_the_image_unread(
+    tmp_path, rows, cols, tiles
 ):
-    """A 1000 px image in 256 px tiles: windows in whole tiles read as tiles, in the partial
-    last tiles as 16 px blocks, and the last 8 px (1000 - 992) stay unread and say so."""
+    """A 1000 px image in 256 px tiles (its last tile row and column are 232 px of a padded
+    tile): every pixel of a window inside the image reads as the file holds it, the image's
+    edge strips included; pixels outside the image are unread; each tile is decoded once."""
     from rasterio.transform import from_origin
 
     from stacchip_core.core.layout import decode, record_layouts
+    from stacchip_core.core.tiles import TileCost
     from stacchip_core.training.stacks import WindowRequest, fetch
 
     data = np.random.default_rng(1).integers(1, 60000, (1, 1000, 1000)).astype(np.uint16)
@@ -711,14 +719,17 @@ def test_native_windows_equal_the_file_and_mark_the_unread_edge(
     ) as ds:
         ds.write(data)
     lays = decode(record_layouts({"a": str(path)}))
-    r0, r1 = max(rows[0], 0), min(rows[1], 1000)
-    c0, c1 = max(cols[0], 0), min(cols[1], 1000)
-    _, (win,) = fetch([], [WindowRequest(lays, "a", (r0, r1), (c0, c1))])
-    nr, nc = (r1 - r0) - unread_rows, (c1 - c0) - unread_cols
-    expected = np.zeros((r1 - r0, c1 - c0), bool)
-    expected[:nr, :nc] = True
-    np.testing.assert_array_equal(win.read, expected)
-    np.testing.assert_array_equal(win.data[0, :nr, :nc], data[0, r0 : r0 + nr, c0 : c0 + nc])
+    cost = TileCost()
+    _, (win,) = fetch([], [WindowRequest(lays, "a", rows, cols)], cost)
+    assert cost.tiles == tiles
+    r = np.arange(rows[0], rows[1])[:, None]
+    c = np.arange(cols[0], cols[1])[None, :]
+    inside = (r >= 0) & (r < 1000) & (c >= 0) & (c < 1000)
+    np.testing.assert_array_equal(win.read, inside)
+    padded = np.zeros((1, 1020, 1020), np.uint16)  # 10 px of zeros around the image
+    padded[:, 10:1010, 10:1010] = data
+    expected = padded[:, rows[0] + 10 : rows[1] + 10, cols[0] + 10 : cols[1] + 10]
+    np.testing.assert_array_equal(win.data, expected)
 
 
 @pytest.mark.parametrize("with_", [(), ("s1",)])
@@ -797,3 +808,201 @@ def test_a_series_is_written_where_its_item_lies(place, tmp_path, layouts_crs):
         assert ds.transform == rasterio.Affine(10, 0, 767780 + 2560 * x, 0, -10, 6167440 - 2560 * y)
         np.testing.assert_array_equal(ds.read(), ts.series[:, 0])
         assert ds.descriptions[5] == f"{S2} 2023-02-24 red"
+
+
+# --- training on stacks: the Lightning data module and TorchGeo -----------------------------
+
+BANDS = {S2: ["red", "nir"], S1: ["vv"], LS: ["red"]}
+
+
+def test_stack_data_module_epoch_in_two_workers_sees_every_stack_once(lightning, place):
+    """19 stacks of every platform (S2: 4 of 6 steps; S1: 9 and Landsat: 6 of one step, the
+    Landsat ones on 128 px chips): batches of one anchor platform, padded to the longest
+    stack's 6 steps, read in two persistent workers; pixels equal StackReader's."""
+    from stacchip_core.training.datamodule import StacchipStackDataModule
+    from stacchip_core.training.stacks import StackReader
+
+    _, idx = place
+    s = build_stacks(idx)
+    dm = StacchipStackDataModule(
+        s, bands=BANDS, split_block_deg=100, val_fraction=0.0, test_fraction=0.0,
+        batch_size=4, num_workers=2, seed=1,
+    )
+    assert dm.steps == 6
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 2 and loader.persistent_workers
+    batches = list(loader)
+    # S2 4 -> (4); S1 9 -> (4, 4, 1); Landsat 6 -> (4, 2)
+    assert sorted((b["platform"], len(b["stackid"])) for b in batches) == sorted(
+        [(S2, 4), (S1, 4), (S1, 4), (S1, 1), (LS, 4), (LS, 2)]
+    )
+    seen = [sid for b in batches for sid in b["stackid"]]
+    assert sorted(seen) == sorted(s["stackid"].to_pylist())  # every stack exactly once
+    shape = {S2: (6, 2, 256, 256), S1: (6, 1, 256, 256), LS: (6, 1, 128, 128)}
+    steps = dict(zip(s["stackid"].to_pylist(), s["steps"].to_pylist()))
+    rows = {r["stackid"]: r for r in s.to_pylist()}
+    reader = StackReader(BANDS)
+    for b in batches:
+        n = len(b["stackid"])
+        assert tuple(b["pixels"].shape) == (n, *shape[b["platform"]])
+        assert str(b["pixels"].dtype) == "torch.float32"
+        assert tuple(b["valid"].shape) == (n, 6, *shape[b["platform"]][2:])
+        assert b["present"].sum(1).tolist() == [steps[i] for i in b["stackid"]]
+        assert [len(d) for d in b["dates"]] == [steps[i] for i in b["stackid"]]
+        assert "sensors" not in b
+        i = n - 1  # the batch's last stack against a reading of its row alone
+        px = reader.read(rows[b["stackid"][i]])
+        t = steps[b["stackid"][i]]
+        np.testing.assert_array_equal(b["pixels"][i, :t].numpy(), px.series)
+        np.testing.assert_array_equal(b["valid"][i, :t].numpy(), px.valid[px.anchor])
+        assert not b["pixels"][i, t:].any() and not b["valid"][i, t:].any()
+        assert (b["time"][i, t:] == -1).all() and b["dates"][i] == [
+            d.isoformat() for d in px.dates[px.anchor]
+        ]
+    # the second epoch: the same stacks, another order
+    again = [sid for b in loader for sid in b["stackid"]]
+    assert sorted(again) == sorted(seen) and again != seen
+
+
+def test_stack_data_module_passes_sensors_through_and_skips_gone_stacks(lightning, place):
+    from stacchip_core.training.datamodule import StacchipStackDataModule, collate_stacks
+    from stacchip_core.training.stacks import StackReader
+
+    _, idx = place
+    pairs = build_stacks(idx, anchor=S2, with_=[S1], window=3)
+    dm = StacchipStackDataModule(
+        pairs, bands=BANDS, steps=2, split_block_deg=100, val_fraction=0.0,
+        test_fraction=0.0, batch_size=4, num_workers=0, errors="skip",
+    )
+    assert dm.train_dataloader().dataset.errors == "skip"
+    (batch,) = list(dm.train_dataloader())
+    assert tuple(batch["pixels"].shape) == (4, 2, 2, 256, 256)
+    s1 = batch["sensors"][S1]
+    assert tuple(s1["pixels"].shape) == (4, 2, 1, 256, 256)
+    assert s1["present"].tolist() == [[True, False]] * 4
+    row = {r["stackid"]: r for r in pairs.to_pylist()}[batch["stackid"][0]]
+    px = StackReader(BANDS).read(row)
+    np.testing.assert_array_equal(s1["pixels"][0, :1].numpy(), px.pixels[S1])
+    np.testing.assert_array_equal(s1["valid"][0, :1].numpy(), px.valid[S1])
+    assert collate_stacks([]) is None  # every stack of a batch skipped
+
+
+def test_a_changed_member_object_is_read_through_rasterio_and_reported(tmp_path):
+    """An S2 asset rewritten after indexing (same pixels, other tiling: its size changed) is
+    stale: that window alone is read through rasterio, with the same pixels, and the batch's
+    report says so."""
+    from stacchip_core.core.indexer import Indexer
+    from stacchip_core.demo.archive import _stack_place
+    from stacchip_core.training.stacks import StackReader
+
+    root = _stack_place(tmp_path)  # its own copy: the items' hrefs are absolute
+    items = sorted(p for p in root.rglob("*.json") if S2 in p.parts[-3])
+    idx = pa.concat_tables([Indexer(str(p), chip_max_nodata=1.0).create_index() for p in items])
+    s = build_stacks(idx, anchor=S2, min_steps=6).slice(0, 1)
+    reader = StackReader({S2: ["red", "nir"]})
+    before = reader.read(s.to_pylist()[0])
+    assert reader.last.fallbacks == () and reader.last.layout_reads == 12
+    red = items[2].parent / "red.tif"
+    with rasterio.open(red) as ds:
+        data, profile = ds.read(), ds.profile
+    profile.update(tiled=True, blockxsize=64, blockysize=64, compress=None)
+    red.unlink()
+    with rasterio.open(red, "w", **profile) as ds:
+        ds.write(data)
+    after = reader.read(s.to_pylist()[0])
+    np.testing.assert_array_equal(after.series, before.series)
+    np.testing.assert_array_equal(after.valid[S2], before.valid[S2])
+    assert reader.last.fallbacks == (("stale", 1),) and reader.last.rasterio_reads == 1
+    assert reader.last.layout_reads == 11
+
+
+@pytest.mark.parametrize("platform", [None, S1])
+def test_torchgeo_stack_sample_equals_the_stack_reader(torchgeo, place, platform):
+    import pandas as pd
+    import pyproj
+
+    from stacchip_core.training.stacks import StackReader
+    from stacchip_core.training.torchgeo import StacchipStackGeoSamples
+
+    _, idx = place
+    s = build_stacks(idx, anchor=S2, with_=[S1], window=3)
+    ds = StacchipStackGeoSamples(s, bands=BANDS, platform=platform)
+    assert len(ds) == 4
+    sample = ds[1]
+    px = StackReader(BANDS).read(s.to_pylist()[1])
+    name = platform or S2
+    assert tuple(sample["image"].shape) == (1, 2 if name == S2 else 1, 256, 256)
+    np.testing.assert_array_equal(sample["image"].numpy(), px.pixels[name])
+    np.testing.assert_array_equal(sample["valid"].numpy(), px.valid[name])
+    a, _, c, _, e, f = px.transform
+    x, y, t = sample["bounds"]
+    assert (x.start, x.stop, x.step) == (c, c + 256 * a, a) and (y.start, y.stop) == (f + 256 * e, f)
+    assert t.start == t.stop == pd.Timestamp(px.dates[name][0].isoformat())
+    assert sample["crs"] == pyproj.CRS(px.crs) and sample["dates"] == [px.dates[name][0].isoformat()]
+    assert sample["time"].tolist() == [(px.dates[name][0] - dt.date(1970, 1, 1)).days]
+
+
+STACK_DDP_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[3])
+from provision import import_torch_stack
+import_torch_stack()
+import lightning, torch
+from stacchip_core.training.datamodule import StacchipStackDataModule
+
+
+class Probe(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.seen = []
+
+    def training_step(self, batch, i):
+        self.seen.append([self.current_epoch, batch["stackid"], list(batch["pixels"].shape)])
+        return (batch["pixels"].mean() / 1000 * self.w).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def on_train_end(self):
+        with open(f"{sys.argv[2]}/rank{self.global_rank}.json", "w") as fh:
+            json.dump({"world": self.trainer.world_size, "seen": self.seen}, fh)
+
+
+bands = {"sentinel-2-l2a": ["red"], "sentinel-1-rtc": ["vv"], "landsat-c2l2-sr": ["red"]}
+dm = StacchipStackDataModule(sys.argv[1], bands=bands, split_block_deg=100, val_fraction=0.0,
+                             test_fraction=0.0, batch_size=4, num_workers=0, seed=1)
+trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
+trainer.fit(Probe(), datamodule=dm)
+"""
+
+
+def test_stack_data_module_under_ddp_two_processes_see_every_stack_once(lightning, place, tmp_path):
+    import os
+    import subprocess
+
+    _, idx = place
+    s = build_stacks(idx)
+    write_stacks(s, tmp_path / "stacks.parquet")
+    script = tmp_path / "ddp_stacks.py"
+    script.write_text(STACK_DDP_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "stacks.parquet"), str(out),
+         str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
+        env={**os.environ, "PL_DISABLE_FORK": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert [x["world"] for x in ranks] == [2, 2]
+    for epoch in (0, 1):
+        per_rank = [[b for e, b, _ in x["seen"] if e == epoch] for x in ranks]
+        assert len(per_rank[0]) == len(per_rank[1]) == 3  # 6 batches (4 S2, 4+4+1 S1, 4+2 LS)
+        got = [sid for batches in per_rank for b in batches for sid in b]
+        assert sorted(got) == sorted(s["stackid"].to_pylist())  # every stack once per epoch
+    shapes = {tuple(shape[1:]) for x in ranks for _, _, shape in x["seen"]}
+    assert shapes == {(6, 1, 256, 256), (6, 1, 128, 128)}

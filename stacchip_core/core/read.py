@@ -792,7 +792,7 @@ def read_rows(rows: Sequence[dict], bands: Sequence[str] | None = None, *, chips
 
 
 def read_windows(layouts: Sequence[AssetLayout], windows: Sequence[tuple[int, int, int, int]],
-                 factors: Sequence[int] | None = None) -> list:
+                 factors: Sequence[int] | None = None, cost: TileCost | None = None) -> list:
     """The lower level: any windows of any assets through the layout backend, for readers
     that plan their own geometry (stacks reprojected onto an anchor grid).
 
@@ -801,6 +801,8 @@ def read_windows(layouts: Sequence[AssetLayout], windows: Sequence[tuple[int, in
         windows: ``(row0, col0, height, width)`` per window, in grid pixels (``factors``
             grid pixels per asset pixel; with factor 1, the asset's own pixels).
         factors: expansion per window (default 1).
+        cost: adds what the layout path spent (tiles decoded, decode seconds), as a
+            ``Reader``'s batches do, for the caller's ``ReadReport``.
 
     Returns:
         Per window, ``(bands, height, width)`` in the asset's dtype, or the exception that
@@ -818,7 +820,7 @@ def read_windows(layouts: Sequence[AssetLayout], windows: Sequence[tuple[int, in
             where.append(i)
         except Unsupported as exc:
             out[i] = exc
-    for i, res in zip(where, read_plans(plans)):
+    for i, res in zip(where, read_plans(plans, cost)):
         out[i] = res
     return out
 

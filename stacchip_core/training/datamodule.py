@@ -40,9 +40,11 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
-from stacchip_core.errors import ConfigError
+from stacchip_core.core.stacks import read_stacks
+from stacchip_core.errors import ConfigError, StackError
 from stacchip_core.training.dataset import ChipDataset, PlatformBatchSampler
 from stacchip_core.training.prechip import ChipFilter, load_index
+from stacchip_core.training.stacks import StackDataset
 
 SPLITS = ("train", "val", "test")
 
@@ -239,7 +241,8 @@ class StacchipDataModule(lightning.LightningDataModule):
         multiprocessing_context: worker start method (torch's default: fork on Linux).
     """
 
-    dataset_class = ChipDataset  # a subclass may extend how a batch is read
+    dataset_class: Any = ChipDataset  # a subclass may extend how a batch is read
+    collate_fn: Callable[[list[dict]], dict | None] = staticmethod(collate_chips)
 
     def __init__(self, indexes: str | pa.Table | Sequence[str | pa.Table],
                  bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
@@ -292,10 +295,14 @@ class StacchipDataModule(lightning.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return default_workers(getattr(trainer, "num_devices", 1) if trainer is not None else 1)
 
+    def _dataset(self, split: str) -> Any:
+        """The map-style dataset of a split (with ``platforms`` and ``__getitems__``)."""
+        return self.dataset_class(self.split_table(split), bands=self.bands, transform=self.transform,
+                                  mountpath=self.mountpath)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         rank, world = self._rank()
-        dataset = self.dataset_class(self.split_table(split), bands=self.bands, transform=self.transform,
-                              mountpath=self.mountpath)
+        dataset = self._dataset(split)
         trainer = getattr(self, "trainer", None)
         epoch_fn = (lambda: trainer.current_epoch) if (train and trainer is not None) else None
         sampler = ShardedBatchSampler(None, self.batch_size, platforms=dataset.platforms, rank=rank, world_size=world,
@@ -307,7 +314,8 @@ class StacchipDataModule(lightning.LightningDataModule):
             extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": self.persistent_workers,
                      "multiprocessing_context": self.multiprocessing_context}
         # ChipDataset is map-style without importing torch (duck-typed Dataset)
-        return DataLoader(cast(Any, dataset), batch_sampler=sampler, num_workers=workers, collate_fn=collate_chips, **extra)
+        return DataLoader(cast(Any, dataset), batch_sampler=sampler, num_workers=workers, collate_fn=self.collate_fn,
+                          **extra)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -317,3 +325,121 @@ class StacchipDataModule(lightning.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
+
+
+# --- stacks ------------------------------------------------------------------------------
+
+
+def _stack_part(parts: list[dict]) -> dict:
+    time = np.stack([p["time"] for p in parts])
+    return {"pixels": torch.from_numpy(np.stack([p["pixels"] for p in parts])),
+            "valid": torch.from_numpy(np.stack([p["valid"] for p in parts])),
+            "time": torch.from_numpy(time), "present": torch.from_numpy(time >= 0)}
+
+
+def collate_stacks(samples: list[dict]) -> dict | None:
+    """One batch from ``StackDataset.__getitems__``'s samples (one anchor platform, every
+    stack padded or cut to the same steps T).
+
+    Args:
+        samples: the samples of one batch.
+
+    Returns:
+        ``pixels`` float32 tensor (B, T, C, H, W), ``valid`` bool (B, T, H, W), ``time`` int64
+        (B, T) days since 1970-01-01 (-1 for padding), ``present`` bool (B, T) (False for
+        padding steps), ``dates`` (per stack, its steps' ISO dates, padding left out),
+        ``stackid`` list, ``platform`` (one string), ``lon``/``lat`` tensors, and ``sensors``
+        ``{platform: {"pixels", "valid", "time", "present"}}`` for the other platforms of
+        multi-sensor stacks. None when every stack of the batch was skipped
+        (``errors="skip"``): Lightning skips a step whose batch is None only if the module
+        does, so check for it.
+
+    Raises:
+        StackError: the stacks of the batch have different sets of platforms.
+    """
+    if not samples:
+        return None
+    out: dict[str, Any] = {**_stack_part(samples), "dates": [s["dates"] for s in samples],
+                           "stackid": [s["stackid"] for s in samples], "platform": samples[0]["platform"],
+                           "lon": torch.tensor([s["lon"] for s in samples]),
+                           "lat": torch.tensor([s["lat"] for s in samples])}
+    names = sorted(samples[0].get("sensors", {}))
+    for s in samples:
+        if sorted(s.get("sensors", {})) != names:
+            raise StackError(f"stacks {samples[0]['stackid']} and {s['stackid']} of one batch hold different "
+                             f"platforms ({names} vs {sorted(s.get('sensors', {}))}); build them with the same --with")
+    if names:
+        out["sensors"] = {p: _stack_part([s["sensors"][p] for s in samples]) for p in names}
+    return out
+
+
+class StacchipStackDataModule(StacchipDataModule):
+    """Train/val/test loaders over a stacks table (``stacchip stack``'s output; a path or table).
+
+    A sibling of ``StacchipDataModule`` rather than a mode of it: a stacks table has no chip
+    columns for a ``ChipFilter`` (filter the table before), its samples need a fixed step count
+    and their own collate, and its reader has no ``mountpath``. Everything else is shared: the
+    spatially disjoint splits (by the anchor chip's centre; a ``split`` column is kept), the
+    batching rule (one anchor platform per batch, ``ShardedBatchSampler`` over
+    ``StackDataset.platforms``, shuffled per epoch, dealt to DDP ranks), ``oversample``, and
+    persistent workers reading whole batches through ``StackDataset.__getitems__`` (all members
+    of all stacks of a batch fetched at once).
+
+    Batches are ``collate_stacks``'s dicts: ``pixels`` (B, T, C, H, W) with T = ``steps``.
+
+    Args:
+        stacks: the stacks table.
+        bands: band names per platform (dict) or for every platform (list).
+        steps: steps per stack; shorter stacks are padded (zeros, ``valid`` and ``present``
+            False, time -1), longer ones cut to their first ``steps``. Default: the longest
+            stack of the table, so no stack is cut and every split has the same T.
+        resampling: ``nearest`` or ``bilinear`` for warped members' bands.
+        errors: ``raise``, or ``skip`` to drop stacks that cannot be read (logged).
+        split_block_deg: side of the split's lon/lat blocks, degrees.
+        val_fraction: share of blocks in the validation split.
+        test_fraction: share of blocks in the test split.
+        split_seed: seed of the block hash.
+        batch_size: stacks per batch.
+        num_workers: data-loader worker processes per rank (None: ``default_workers``).
+        seed: shuffling seed (with the epoch).
+        oversample: repeat small anchor platforms' stacks in training up to the largest.
+        transform: ``sample -> sample`` applied to each stack (see ``StackDataset``).
+        prefetch_factor: batches queued per worker.
+        persistent_workers: keep workers across epochs.
+        multiprocessing_context: worker start method.
+
+    Raises:
+        StackError: ``steps`` below 1, or an unknown ``errors``/``resampling``.
+    """
+
+    dataset_class: Any = StackDataset
+    collate_fn = staticmethod(collate_stacks)
+
+    def __init__(self, stacks: str | pa.Table, bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
+                 steps: int | None = None, resampling: str = "nearest", errors: str = "raise",
+                 split_block_deg: float = 1.0, val_fraction: float = 0.1, test_fraction: float = 0.1,
+                 split_seed: int = 0, batch_size: int = 8, num_workers: int | None = None, seed: int = 0,
+                 oversample: bool = False, transform: Callable[[dict], dict] | None = None,
+                 prefetch_factor: int = 2, persistent_workers: bool = True,
+                 multiprocessing_context: str | None = None) -> None:
+        lightning.LightningDataModule.__init__(self)
+        table = stacks if isinstance(stacks, pa.Table) else read_stacks(str(stacks))
+        if "split" not in table.column_names:
+            splits = spatial_splits(table, split_block_deg, val_fraction, test_fraction, split_seed)
+            table = table.append_column("split", pa.array(splits.tolist(), pa.string()))
+        if steps is None:
+            steps = int(pc.max(table["steps"]).as_py() or 1) if len(table) else 1
+        if steps < 1:
+            raise StackError(f"steps must be at least 1, got {steps}")
+        if errors not in ("raise", "skip") or resampling not in ("nearest", "bilinear"):
+            raise StackError(f"errors must be 'raise' or 'skip' and resampling 'nearest' or 'bilinear', "
+                             f"got {errors!r}, {resampling!r}")
+        self.table, self.steps, self.resampling, self.errors = table, steps, resampling, errors
+        self.bands, self.transform, self.mountpath = bands, transform, None
+        self.batch_size, self.num_workers, self.seed, self.oversample = batch_size, num_workers, seed, oversample
+        self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
+        self.multiprocessing_context = multiprocessing_context
+
+    def _dataset(self, split: str) -> StackDataset:
+        return self.dataset_class(self.split_table(split), bands=self.bands, transform=self.transform,
+                                  steps=self.steps, resampling=self.resampling, errors=self.errors)

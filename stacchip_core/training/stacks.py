@@ -4,15 +4,18 @@ mask per member, and ``StackDataset`` for torch's DataLoader (numpy samples, lik
 
 All members of all stacks of a batch are fetched at once: exact members as chips of their
 grid, warped members as the native window (plus a margin) of each asset that covers the
-anchor footprint; both go through ``fetch`` (one function: the seam to the chip read
-pipeline), so requests are the tiles touched and no item JSON is read. Warped members are
-then reprojected in memory (rasterio.warp.reproject; nearest for auxiliary layers such as
+anchor footprint; both go through ``fetch``, one call of the chip read pipeline's window
+reader (``core.read.read_windows``), so requests are the tiles touched, each tile is fetched
+and decoded once per batch, no item JSON is read, and each batch reports its cost as chip
+reads do (``StackReader.last``, a ``ReadReport``; ``StackReader.report`` adds them up). Warped
+members are then reprojected in memory (rasterio.warp.reproject; nearest for auxiliary layers such as
 SCL or QA, nearest or bilinear for bands).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -23,15 +26,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.core.layout import AssetLayout, decoded
+from stacchip_core.core.read import ReadReport, note_fallback, read_windows
 from stacchip_core.core.stacks import StackPixels, read_stacks
-from stacchip_core.core.tiles import GridSpec, read_batch_async
+from stacchip_core.core.tiles import GridSpec, StaleLayout, TileCost, Unsupported, factor_for
+from stacchip_core.core.window import crop_expand, native_window
 from stacchip_core.errors import AssetError, PlatformError, StackError
 from stacchip_core.io import objects
-from stacchip_core.plugins import platforms
+from stacchip_core.io.settings import apply_gdal_options
+from stacchip_core.plugins import platforms, sign_href
 
 log = logging.getLogger(__name__)
 
-WINDOW_BLOCK = 16  # px: blocks of a window in an image's partial edge tiles (see _blocks)
 MARGIN = 2  # native pixels around the anchor footprint, for the resampling kernel
 
 
@@ -58,7 +63,7 @@ class WindowRequest:
 @dataclass
 class Window:
     """A native window: ``data`` (bands, h, w) and ``read`` (h, w), False where no pixel was
-    fetched (outside the image, or the image's last partial block: see ``fetch``)."""
+    fetched (outside the image)."""
 
     data: np.ndarray
     read: np.ndarray
@@ -66,88 +71,125 @@ class Window:
     col0: int = 0
 
 
-def _blocks(
-    lay: AssetLayout, rows: tuple[int, int], cols: tuple[int, int]
-) -> list[tuple[int, int, int]]:
-    """Square blocks ``(size, bx, by)`` of the asset's own grid that cover the window inside the
-    image: whole tiles where the tile lies inside the image (one plan, one copy per tile), and
-    ``WINDOW_BLOCK`` px blocks in the image's partial last tile row and column (the tile reader
-    refuses chips past the image's edge; a strip narrower than a block stays unread)."""
-    T = min(lay.tile_width, lay.tile_height)
-    out = []
-    full_r, full_c = (lay.height // T) * T, (lay.width // T) * T
-    for by in range(max(rows[0], 0) // T, -(-min(rows[1], lay.height) // T)):
-        for bx in range(max(cols[0], 0) // T, -(-min(cols[1], lay.width) // T)):
-            if (by + 1) * T <= full_r and (bx + 1) * T <= full_c:
-                out.append((T, bx, by))
-                continue
-            B = WINDOW_BLOCK
-            r0, r1 = max(rows[0], by * T), min(rows[1], (by + 1) * T, (lay.height // B) * B)
-            c0, c1 = max(cols[0], bx * T), min(cols[1], (bx + 1) * T, (lay.width // B) * B)
-            out.extend(
-                (B, x, y) for y in range(r0 // B, -(-r1 // B)) for x in range(c0 // B, -(-c1 // B))
-            )
-    return out
-
-
 def fetch(
-    chips: Sequence[ChipRequest], windows: Sequence[WindowRequest]
+    chips: Sequence[ChipRequest],
+    windows: Sequence[WindowRequest],
+    cost: TileCost | None = None,
+    fallbacks: Counter | None = None,
 ) -> tuple[list[dict], list]:
-    """Chips and native windows from layouts, all concurrently (requests = tiles touched).
+    """Chips and native windows from layouts, all in one call of the read pipeline's window
+    reader (``core.read.read_windows``): every tile of the batch fetched once (one coalesced
+    request per object) and decoded once, even when a chip and a window share it.
 
-    The one place stack reading touches the chip read path, on today's tile reader: a window is
-    read as chips of the asset's own grid (``_blocks``: whole tiles, and small blocks in partial
-    edge tiles). The chip read pipeline's window reader replaces this function.
+    A chip is the window of its grid cell at the asset's expansion factor; a window is
+    clipped to the image (the partial last tiles of an image are read like any other: their
+    padding is cropped) and the part outside it is marked unread. A window the layout cannot
+    serve (the object changed since indexing, tiles the decoders refuse, a worker forked after
+    its parent used async-tiff) is read through rasterio alone, as the pipeline does; if that
+    fails too (the object is gone), the layout's exception is the result.
 
     Args:
         chips: Chips on item grids.
         windows: Native windows of single assets.
+        cost: Adds the tiles decoded and the seconds spent decoding them.
+        fallbacks: Adds ``{reason: windows}`` read through rasterio instead.
 
     Returns:
-        Per chip ``{key: array or exception}`` (as ``tiles.read_batch_async``), and per window
-        a ``Window`` or the exception (StaleObject, Unsupported) that stopped it.
+        Per chip ``{key: array (bands, cs, cs) or exception}`` (``Unsupported`` off the
+        grid's lattice or beyond the image, ``StaleLayout`` for a changed or gone object), and
+        per window a ``Window`` or the exception that stopped it.
 
     Raises:
         AssetError: An object could not be read (not because it is gone).
     """
-    lays_l, keys_l, grids_l, xys_l = [], [], [], []
-    for c in chips:
-        lays_l.append(c.layouts)
-        keys_l.append(c.keys)
-        grids_l.append(c.grid)
-        xys_l.append(c.xy)
-    spans = []
+    lays: list[AssetLayout] = []
+    spans: list[tuple[int, int, int, int]] = []
+    factors: list[int] = []
+    chip_out: list[dict] = [{} for _ in chips]
+    where: list[tuple[int, str]] = []
+    for i, c in enumerate(chips):
+        cs = c.grid.chip_size
+        x, y = c.xy
+        for k in c.keys:
+            lay = c.layouts.get(k)
+            if lay is None:
+                chip_out[i][k] = Unsupported(f"{k}: no layout")
+                continue
+            try:
+                factor = factor_for(lay, c.grid)
+            except Unsupported as exc:
+                chip_out[i][k] = exc
+                continue
+            lays.append(lay)
+            spans.append((y * cs, x * cs, cs, cs))
+            factors.append(factor)
+            where.append((i, k))
+    clipped: list[tuple[int, int, int, int] | None] = []
     for w in windows:
         lay = w.layouts[w.key]
-        a, c0, e, f = lay.transform
-        blocks = _blocks(lay, w.rows, w.cols)
-        spans.append((len(xys_l), blocks))
-        for size, bx, by in blocks:
-            lays_l.append(w.layouts)
-            keys_l.append([w.key])
-            grids_l.append(GridSpec(a, c0, e, f, size))
-            xys_l.append((bx, by))
-    results = objects.run(read_batch_async(lays_l, keys_l, grids_l, xys_l)) if xys_l else []
+        r0, r1 = max(w.rows[0], 0), min(w.rows[1], lay.height)
+        c0, c1 = max(w.cols[0], 0), min(w.cols[1], lay.width)
+        if r1 <= r0 or c1 <= c0:
+            clipped.append(None)
+            continue
+        clipped.append((r0, r1, c0, c1))
+        lays.append(lay)
+        spans.append((r0, c0, r1 - r0, c1 - c0))
+        factors.append(1)
+    results = read_windows(lays, spans, factors, cost) if lays else []
+    for i, res in enumerate(results):
+        if not isinstance(res, np.ndarray):  # the pipeline's rule: that asset alone via rasterio
+            results[i] = _rasterio_window(lays[i], spans[i], factors[i], res, fallbacks)
+    for (i, k), res in zip(where, results):
+        chip_out[i][k] = res
     out_windows: list = []
-    for w, (start, blocks) in zip(windows, spans):
+    n = len(where)
+    for w, box in zip(windows, clipped):
         lay = w.layouts[w.key]
         h, wd = w.rows[1] - w.rows[0], w.cols[1] - w.cols[0]
         data = np.zeros((lay.bands, h, wd), lay.dtype)
         read = np.zeros((h, wd), bool)
-        err = None
-        for n, (size, bx, by) in enumerate(blocks):
-            got = results[start + n][w.key]
+        if box is not None:
+            got = results[n]
+            n += 1
             if not isinstance(got, np.ndarray):
-                err = got
-                break
-            # the block's place in the window, clipped
-            y0, x0 = by * size - w.rows[0], bx * size - w.cols[0]
-            ys, xs = slice(max(0, y0), min(h, y0 + size)), slice(max(0, x0), min(wd, x0 + size))
-            if ys.stop > ys.start and xs.stop > xs.start:
-                data[:, ys, xs] = got[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-                read[ys, xs] = True
-        out_windows.append(err if err is not None else Window(data, read, w.rows[0], w.cols[0]))
-    return results[: len(chips)], out_windows
+                out_windows.append(got)
+                continue
+            r0, r1, c0, c1 = box
+            ys = slice(r0 - w.rows[0], r1 - w.rows[0])
+            xs = slice(c0 - w.cols[0], c1 - w.cols[0])
+            data[:, ys, xs] = got
+            read[ys, xs] = True
+        out_windows.append(Window(data, read, w.rows[0], w.cols[0]))
+    return chip_out, out_windows
+
+
+def _rasterio_window(
+    lay: AssetLayout,
+    span: tuple[int, int, int, int],
+    factor: int,
+    why: Exception,
+    fallbacks: Counter | None,
+) -> np.ndarray | Exception:
+    """Grid pixels ``span`` (row0, col0, height, width) of an asset through rasterio, or
+    ``why`` when rasterio cannot read it either."""
+    import rasterio
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window as RioWindow
+
+    row0, col0, h, w = span
+    r0, r1, c0, c1 = native_window(row0, col0, h, w, factor)
+    try:
+        apply_gdal_options()
+        with rasterio.open(sign_href(lay.href)) as ds:
+            block = ds.read(window=RioWindow(c0, r0, c1 - c0, r1 - r0))
+    except RasterioError:
+        return why
+    note_fallback(why, lay.href, lay.key)
+    if fallbacks is not None:
+        kind = "stale" if isinstance(why, StaleLayout) else "undecodable"
+        fallbacks[kind] += 1
+    return crop_expand(block, r0, c0, row0, col0, h, w, factor)
 
 
 def _member_table(stacks: list[dict]) -> list[list[dict]]:
@@ -196,6 +238,12 @@ class StackReader:
         resampling: ``nearest`` (default) or ``bilinear`` for the bands of warped members;
             auxiliary layers are always nearest.
         margin: Native pixels fetched around a warped member's footprint.
+
+    Each batch's cost is ``last`` (a ``ReadReport``: ``chips`` = members read, requests and
+    bytes, tiles decoded, decode seconds, ``layout_reads`` = asset windows read); ``report``
+    adds them up. Asset windows the layout cannot serve are read through rasterio
+    (``rasterio_reads``, ``fallbacks`` by reason: ``stale``, ``undecodable``); a member that
+    neither can read fails its stack. GDAL's own requests are not in ``requests``.
     """
 
     def __init__(
@@ -207,6 +255,8 @@ class StackReader:
         if resampling not in ("nearest", "bilinear"):
             raise StackError(f"resampling must be 'nearest' or 'bilinear', got {resampling!r}")
         self.bands, self.resampling, self.margin = bands, resampling, margin
+        self.last = ReadReport()
+        self.report = ReadReport()
 
     def band_names(self, platform: str) -> list[str]:
         if isinstance(self.bands, dict):
@@ -263,11 +313,14 @@ class StackReader:
                 raise
         # an object read failed in the batch: read stack by stack, so only its stacks fail
         out: list[StackPixels | StackError] = []
+        total = ReadReport()
         for s in stacks:
             try:
                 out.extend(self._read_many([s]))
+                total = total + self.last
             except AssetError as exc:
                 out.append(StackError(f"stack {s['stackid']}: {exc}"))
+        self.last = total  # the batch's cost: the stacks read one by one
         return out
 
     def _read_many(self, stacks: list[dict]) -> list[StackPixels | StackError]:
@@ -283,7 +336,22 @@ class StackReader:
             except StackError as exc:
                 plan = [StackError(f"stack {s['stackid']}: {exc}")]
             plans.append(plan)
-        chip_res, win_res = fetch(chips, windows)
+        cost = TileCost()
+        fallbacks: Counter = Counter()
+        before = objects.counters()
+        chip_res, win_res = fetch(chips, windows, cost, fallbacks)
+        after = objects.counters()
+        self.last = ReadReport(
+            chips=sum(len(p) for p in plans if p and not isinstance(p[0], StackError)),
+            requests=(after.requests + after.checks) - (before.requests + before.checks),
+            bytes=(after.bytes + after.check_bytes) - (before.bytes + before.check_bytes),
+            tiles=cost.tiles,
+            decode_seconds=cost.decode_seconds,
+            layout_reads=sum(len(c.keys) for c in chips) + len(windows) - sum(fallbacks.values()),
+            rasterio_reads=sum(fallbacks.values()),
+            fallbacks=tuple(sorted(fallbacks.items())),
+        )
+        self.report = self.report + self.last
         return [self._assemble(s, plan, chip_res, win_res) for s, plan in zip(stacks, plans)]
 
     def _plan(self, s: dict, m: dict, chips: list, windows: list):
@@ -458,8 +526,9 @@ def _translation(cols: int, rows: int):
 
 class StackDataset:
     """``dataset[i] -> {"pixels": float32 (T, C, H, W) of the anchor platform, "valid": bool
-    (T, H, W), "time": int64 (T,) days since 1970-01-01, "dates": [ISO dates], "stackid",
-    "platform", "lon", "lat"}``, plus ``"sensors": {platform: {"pixels", "valid", "time"}}`` for
+    (T, H, W), "time": int64 (T,) days since 1970-01-01, "present": bool (T,) (False for
+    padding steps), "dates": [ISO dates], "stackid", "platform", "lon", "lat"}``, plus
+    ``"sensors": {platform: {"pixels", "valid", "time", "present"}}`` for
     the other platforms of multi-sensor stacks; then the optional ``transform(sample)``.
 
     Map-style, with ``__getitems__`` batches (all members of all stacks of a batch fetched
@@ -529,6 +598,7 @@ class StackDataset:
                 "pixels": self._fit(res.pixels[p], 0),
                 "valid": self._fit(res.valid[p], False),
                 "time": self._fit(days, -1),
+                "present": self._fit(np.ones(len(days), bool), False),
             }
 
         bbox = row["bbox"]

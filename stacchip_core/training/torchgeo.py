@@ -14,6 +14,11 @@ query (e.g. ``cloud_cover_percentage`` for a cloud-fraction regression).
 
 A TorchGeo dataset has one CRS and one resolution: chips of other CRSs or resolutions are left
 out (logged); pick them with ``crs=`` or build one dataset per CRS and join them with ``|``.
+
+Stacks (time series and multi-sensor stacks of a stacks table) are samples, not queries:
+``stack_sample(pixels)`` turns a ``StackPixels`` into TorchGeo's sample dict with ``image``
+(T, C, H, W), and ``StacchipStackGeoSamples`` is a map-style dataset of them for TorchGeo's
+transforms and trainers (its samplers query space, which a stack already fixes).
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from geopandas import GeoDataFrame
 from torchgeo.datasets import GeoDataset
 
 from stacchip_core.core.read import grid_for_row
+from stacchip_core.core.stacks import StackPixels, read_stacks
 from stacchip_core.errors import ConfigError, GridError, NotFoundError
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.prechip import ChipFilter, load_index
+from stacchip_core.training.stacks import StackReader
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +178,64 @@ class StacchipGeoDataset(GeoDataset):
         xmin, ymin, xmax, ymax = self.index.geometry.iloc[i].bounds
         iv = self.index.index[i]
         return slice(xmin, xmax, self.res[0]), slice(ymin, ymax, self.res[1]), slice(iv.left, iv.right, 1)
+
+
+def stack_sample(pixels: StackPixels, platform: str | None = None) -> dict[str, Any]:
+    """A stack as TorchGeo's sample dict: one platform's members as a time series.
+
+    Args:
+        pixels: a stack read by ``StackReader``.
+        platform: which platform's members (default: the anchor's).
+
+    Returns:
+        ``image`` float32 tensor (T, C, H, W) on the anchor chip's grid, ``valid`` bool
+        (T, H, W), ``bounds`` the window and dates as a TorchGeo query ``(x slice, y slice,
+        t slice)`` (x and y in the anchor's CRS with its resolution as step, t from the first
+        to the last date), ``crs`` (pyproj), ``dates`` (ISO), ``time`` int64 (T,) days since
+        1970-01-01, ``bands`` and ``stackid``.
+
+    Raises:
+        ConfigError: the stack has no such platform, or no grid (CRS, transform).
+    """
+    platform = platform or pixels.anchor
+    if platform not in pixels.pixels:
+        raise ConfigError(f"stack {pixels.stackid} has no {platform} members ({', '.join(pixels.pixels)})")
+    if pixels.crs is None or pixels.transform is None:
+        raise ConfigError(f"stack {pixels.stackid}: its anchor grid is unknown (rebuild the stacks from an index "
+                          "with layouts)")
+    a, _, c, _, e, f = (float(v) for v in pixels.transform[:6])
+    image = pixels.pixels[platform]
+    h, w = image.shape[-2:]
+    dates = pixels.dates[platform]
+    when = pd.to_datetime([d.isoformat() for d in dates])
+    bounds = (slice(c, c + w * a, a), slice(f + h * e, f, -e), slice(when.min(), when.max(), 1))
+    days = np.array([(d - pd.Timestamp("1970-01-01").date()).days for d in dates], np.int64)
+    return {"image": torch.from_numpy(image), "valid": torch.from_numpy(pixels.valid[platform]),
+            "bounds": bounds, "crs": pyproj.CRS(pixels.crs), "dates": [d.isoformat() for d in dates],
+            "time": torch.from_numpy(days), "bands": pixels.bands[platform], "stackid": pixels.stackid}
+
+
+class StacchipStackGeoSamples(torch.utils.data.Dataset):
+    """Stacks of a stacks table as TorchGeo samples (``stack_sample``), one per row.
+
+    Args:
+        stacks: a stacks table (path or ``pyarrow.Table``).
+        bands: band names per platform (dict) or for every platform (list).
+        platform: which platform's members make ``image`` (default: each stack's anchor).
+        resampling: ``nearest`` or ``bilinear`` for warped members' bands.
+        transforms: TorchGeo-style ``transforms(sample) -> sample``.
+    """
+
+    def __init__(self, stacks: str | pa.Table, bands: dict[str, Sequence[str]] | Sequence[str] | None = None,
+                 platform: str | None = None, resampling: str = "nearest",
+                 transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self.table = stacks if isinstance(stacks, pa.Table) else read_stacks(str(stacks))
+        self.reader = StackReader(bands, resampling)
+        self.platform, self.transforms = platform, transforms
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = stack_sample(self.reader.read(self.table.slice(int(i), 1).to_pylist()[0]), self.platform)
+        return self.transforms(sample) if self.transforms is not None else sample
