@@ -140,7 +140,9 @@ def stacchip_chip_stats(
 
 
 @hookspec(firstresult=True)
-def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog | None) -> list[pystac.Item] | None:
+def stacchip_select_items(
+    platform: Platform, sample: Sample, catalog: Catalog | None
+) -> list[pystac.Item] | None:
     """The STAC items to process for one sample location (*first result*).
 
     ``sample`` is a `stacchip_core.Sample`: ``index`` (the job's sample
@@ -157,7 +159,9 @@ def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog |
 
 
 @hookspec(firstresult=True)
-def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Store, prefix: str) -> pystac.Item | None:
+def stacchip_normalize_item(
+    platform: Platform, item: pystac.Item, store: Store, prefix: str
+) -> pystac.Item | None:
     """Bring one selected item into the target store (*first result*).
 
     Keep the assets the platform needs, copy (or resample) them into ``store`` under

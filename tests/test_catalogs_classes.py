@@ -20,8 +20,15 @@ def s2_classes(tmp_path_factory):
         scl[:, value * 10:(value + 1) * 10] = value
     item = load(S2_ITEM)
     t = item["assets"]["scl"]["proj:transform"]
-    path = sparse_tiff(tmp_path_factory.mktemp("scl") / "scl.tif", tuple(item["assets"]["scl"]["proj:shape"]),
-                       Affine(*t[:6]), "EPSG:32720", "uint8", {(0, 0): scl}, nodata=0)
+    path = sparse_tiff(
+        tmp_path_factory.mktemp("scl") / "scl.tif",
+        tuple(item["assets"]["scl"]["proj:shape"]),
+        Affine(*t[:6]),
+        "EPSG:32720",
+        "uint8",
+        {(0, 0): scl},
+        nodata=0,
+    )
     item["assets"]["scl"]["href"] = str(path)
     return item
 
@@ -46,8 +53,15 @@ def landsat_flags(tmp_path_factory):
     qa = np.repeat(np.array(values, np.uint16), 32)[None, :].repeat(256, 0)
     item = load(LANDSAT_ITEM)
     p = item["properties"]
-    path = sparse_tiff(tmp_path_factory.mktemp("qa") / "qa.tif", tuple(p["proj:shape"]), Affine(*p["proj:transform"][:6]),
-                       "EPSG:3031", "uint16", {(0, 0): qa}, nodata=1)
+    path = sparse_tiff(
+        tmp_path_factory.mktemp("qa") / "qa.tif",
+        tuple(p["proj:shape"]),
+        Affine(*p["proj:transform"][:6]),
+        "EPSG:3031",
+        "uint16",
+        {(0, 0): qa},
+        nodata=1,
+    )
     item["assets"]["qa_pixel"]["href"] = str(path)
     return item
 

@@ -28,9 +28,20 @@ from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.xarray import chip_dataarray
 
 # Copernicus Data Space keys of the Earth Search scene's assets, and a coarser decoy of red
-CDSE_KEYS = {"blue": "B02_10m", "green": "B03_10m", "red": "B04_10m", "nir": "B08_10m", "rededge1": "B05_20m",
-             "rededge2": "B06_20m", "rededge3": "B07_20m", "nir08": "B8A_20m", "swir16": "B11_20m",
-             "swir22": "B12_20m", "coastal": "B01_60m", "scl": "SCL_20m"}
+CDSE_KEYS = {
+    "blue": "B02_10m",
+    "green": "B03_10m",
+    "red": "B04_10m",
+    "nir": "B08_10m",
+    "rededge1": "B05_20m",
+    "rededge2": "B06_20m",
+    "rededge3": "B07_20m",
+    "nir08": "B8A_20m",
+    "swir16": "B11_20m",
+    "swir22": "B12_20m",
+    "coastal": "B01_60m",
+    "scl": "SCL_20m",
+}
 
 
 def _cdse(d: Path) -> Path:
@@ -46,17 +57,38 @@ def _cdse(d: Path) -> Path:
 
 # scene builder, band names read (the finest asset first), their asset key and band index
 SCENES = {
-    "s2-earth-search": (lambda d: synthetic.sentinel2_scene(d, 768), ["red", "nir08", "coastal"],
-                        [("red", 1), ("nir08", 1), ("coastal", 1)]),
+    "s2-earth-search": (
+        lambda d: synthetic.sentinel2_scene(d, 768),
+        ["red", "nir08", "coastal"],
+        [("red", 1), ("nir08", 1), ("coastal", 1)],
+    ),
     # coastal is no platform band: named by its key there (CDSE: B01 finds B01_60m by the suffix rule)
-    "s2-planetary-computer": (lambda d: synthetic.sentinel2_scene(d, 768, naming="planetary-computer"),
-                              ["red", "nir08", "B01"], [("B04", 1), ("B8A", 1), ("B01", 1)]),
+    "s2-planetary-computer": (
+        lambda d: synthetic.sentinel2_scene(d, 768, naming="planetary-computer"),
+        ["red", "nir08", "B01"],
+        [("B04", 1), ("B8A", 1), ("B01", 1)],
+    ),
     "s2-cdse": (_cdse, ["red", "nir08", "B01"], [("B04_10m", 1), ("B8A_20m", 1), ("B01_60m", 1)]),
-    "landsat": (lambda d: synthetic.landsat_scene(d, 560, 600), ["red", "nir08"], [("red", 1), ("nir08", 1)]),
-    "naip": (lambda d: synthetic.naip_scene(d, 600, 530), ["red", "nir"], [("image", 1), ("image", 4)]),
-    "sentinel-1-float": (lambda d: synthetic.sentinel1_scene(d, 600, 640), ["vv", "vh"], [("vv", 1), ("vh", 1)]),
-    "modis": (lambda d: synthetic.modis_scene(d, 520), ["sur_refl_b01", "sur_refl_b02"],
-              [("sur_refl_b01", 1), ("sur_refl_b02", 1)]),
+    "landsat": (
+        lambda d: synthetic.landsat_scene(d, 560, 600),
+        ["red", "nir08"],
+        [("red", 1), ("nir08", 1)],
+    ),
+    "naip": (
+        lambda d: synthetic.naip_scene(d, 600, 530),
+        ["red", "nir"],
+        [("image", 1), ("image", 4)],
+    ),
+    "sentinel-1-float": (
+        lambda d: synthetic.sentinel1_scene(d, 600, 640),
+        ["vv", "vh"],
+        [("vv", 1), ("vh", 1)],
+    ),
+    "modis": (
+        lambda d: synthetic.modis_scene(d, 520),
+        ["sur_refl_b01", "sur_refl_b02"],
+        [("sur_refl_b01", 1), ("sur_refl_b02", 1)],
+    ),
 }
 
 
@@ -80,7 +112,9 @@ def _serve(src: Path, root: Path) -> Path:
     return root / "item.json"
 
 
-def _expected(item_path: Path, sources: list[tuple[str, int]], x: int, y: int, cs: int, base: Path) -> np.ndarray:
+def _expected(
+    item_path: Path, sources: list[tuple[str, int]], x: int, y: int, cs: int, base: Path
+) -> np.ndarray:
     """The chip by hand: each band's whole file read with rasterio, repeated by its pixel
     ratio to the finest (first) band, and cut at the chip's window."""
     item = json.loads(item_path.read_text())
@@ -121,17 +155,27 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
         assert lays.standalone  # the index holds the grid, its CRS, the bands
         # assets of no platform band (S2's 60 m coastal) are in the index by href: rasterio reads them
         by_href = {k for k, _ in sources if k not in lays}
-        assert by_href == ({"B01_60m" if scene == "s2-cdse" else "B01" if "planetary" in scene else "coastal"}
-                           if scene.startswith("s2") else set())
+        assert by_href == (
+            {"B01_60m" if scene == "s2-cdse" else "B01" if "planetary" in scene else "coastal"}
+            if scene.startswith("s2")
+            else set()
+        )
         assert by_href <= set(lays.hrefs)
-        expected = [_expected(item_path, sources, r["chip_index_x"], r["chip_index_y"], 256, item_path.parent)
-                    for r in rows]
+        expected = [
+            _expected(
+                item_path, sources, r["chip_index_x"], r["chip_index_y"], 256, item_path.parent
+            )
+            for r in rows
+        ]
         if server is not None:
             server.reset()
         reader = ChipReader(bands)
         got = {
             "ChipReader": reader.read_many(rows),
-            "ChipDataset": [s["pixels"] for s in ChipDataset(str(index), bands=bands).__getitems__(range(len(rows)))],
+            "ChipDataset": [
+                s["pixels"]
+                for s in ChipDataset(str(index), bands=bands).__getitems__(range(len(rows)))
+            ],
             "chip_from_row": [_pick(chip_from_row(r, assets=bands), sources) for r in rows],
             "read_rows": read_rows(rows, bands),
             "xarray": [chip_dataarray(r, bands).values for r in rows[:2]],
@@ -140,7 +184,9 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
             assert "/item.json" not in {p for _, p, _ in server.log}
             report = reader.report
             assert report.chips == len(rows)
-            assert report.fallbacks == ((("no layout", len(rows) * len(by_href)),) if by_href else ())
+            assert report.fallbacks == (
+                (("no layout", len(rows) * len(by_href)),) if by_href else ()
+            )
             assert report.layout_reads == len(rows) * len({k for k, _ in sources} - by_href)
             assert report.requests > 0 and report.tiles > 0
         with Chipper(item, assets=bands) as chipper:
@@ -183,7 +229,9 @@ def test_a_stale_asset_falls_back_alone(served_s2, caplog):
         got = reader.stacks(rows[:4], ["red", "green", "blue"])
     assert reader.last.fallbacks == (("stale", 4),)
     assert (reader.last.layout_reads, reader.last.rasterio_reads) == (8, 4)
-    stale = [r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()]
+    stale = [
+        r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()
+    ]
     assert len(stale) == 1 and "'red'" in stale[0]
     by_file: dict[str, list] = {}
     for _, path, rng in server.log:
@@ -193,15 +241,20 @@ def test_a_stale_asset_falls_back_alone(served_s2, caplog):
         assert all(r and not r.startswith("bytes=0-") for r in by_file[name])
     for row, arr in zip(rows[:4], got):
         x, y = row["chip_index_x"], row["chip_index_y"]
-        np.testing.assert_array_equal(arr[0], data[0, ::-1][y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
-        np.testing.assert_array_equal(arr[1:], _expected(item_json, [("green", 1), ("blue", 1)], x, y, 256,
-                                                         item_json.parent))
+        np.testing.assert_array_equal(
+            arr[0], data[0, ::-1][y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256]
+        )
+        np.testing.assert_array_equal(
+            arr[1:], _expected(item_json, [("green", 1), ("blue", 1)], x, y, 256, item_json.parent)
+        )
     # a later batch: red is known stale (no layout read is tried), green still from its layout
     more = reader.stacks(rows[4:6], ["red", "green"])
     assert reader.last.fallbacks == (("stale", 2),) and reader.last.layout_reads == 2
     for row, arr in zip(rows[4:6], more):
         x, y = row["chip_index_x"], row["chip_index_y"]
-        np.testing.assert_array_equal(arr[0], data[0, ::-1][y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
+        np.testing.assert_array_equal(
+            arr[0], data[0, ::-1][y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256]
+        )
 
 
 def test_tiles_shared_by_two_chips_are_fetched_and_decoded_once(synthetic_scenes, tmp_path):
@@ -209,18 +262,28 @@ def test_tiles_shared_by_two_chips_are_fetched_and_decoded_once(synthetic_scenes
     exactly that tile's bytes, one tile decoded."""
     item_json = _serve(Path(synthetic_scenes["s2"]), tmp_path / "served")
     with RangeServer(tmp_path / "served") as server:
-        rows = Indexer(f"{server.url}/item.json", stats=False, chip_size=200).create_index().to_pylist()
+        rows = (
+            Indexer(f"{server.url}/item.json", stats=False, chip_size=200)
+            .create_index()
+            .to_pylist()
+        )
         pair = [r for r in rows if (r["chip_index_x"], r["chip_index_y"]) in ((0, 0), (1, 0))]
         lay = decode(pair[0]["layouts"])["red"]
         server.reset()
         reader = Reader()
         got = reader.stacks(pair, ["red"])
         assert server.requests == 1 and server.bytes == int(lay.counts[0])
-        assert reader.last.tiles == 1 and reader.last.requests == 1 and reader.last.bytes == int(lay.counts[0])
+        assert (
+            reader.last.tiles == 1
+            and reader.last.requests == 1
+            and reader.last.bytes == int(lay.counts[0])
+        )
         assert reader.last.decode_seconds > 0
     for row, arr in zip(pair, got):
         x, y = row["chip_index_x"], row["chip_index_y"]
-        np.testing.assert_array_equal(arr, _expected(item_json, [("red", 1)], x, y, 200, item_json.parent))
+        np.testing.assert_array_equal(
+            arr, _expected(item_json, [("red", 1)], x, y, 200, item_json.parent)
+        )
 
 
 def _old_blob(blob: bytes, oldest: bool) -> bytes:
@@ -258,10 +321,21 @@ def test_an_index_written_before_still_reads(served_s2, tmp_path, form):
     assert grid_for_row(old_rows[4]).transform == Affine(10, 0, 499980, 0, -10, 6400000)
     for j, sample in zip([0, 4, 8], got):
         x, y = old_rows[j]["chip_index_x"], old_rows[j]["chip_index_y"]
-        np.testing.assert_array_equal(sample["pixels"], _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256,
-                                                                  item_json.parent))
-    np.testing.assert_array_equal(chip["red"][0], _expected(item_json, [("red", 1)], old_rows[4]["chip_index_x"],
-                                                            old_rows[4]["chip_index_y"], 256, item_json.parent)[0])
+        np.testing.assert_array_equal(
+            sample["pixels"],
+            _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent),
+        )
+    np.testing.assert_array_equal(
+        chip["red"][0],
+        _expected(
+            item_json,
+            [("red", 1)],
+            old_rows[4]["chip_index_x"],
+            old_rows[4]["chip_index_y"],
+            256,
+            item_json.parent,
+        )[0],
+    )
 
 
 def test_layouts_record_what_a_read_needs(served_s2):
@@ -271,12 +345,36 @@ def test_layouts_record_what_a_read_needs(served_s2):
     assert lays.grid == (10.0, 499980.0, -10.0, 6400000.0)
     assert lays.bands["red"] == ("red", 1) and lays.bands["scl"] == ("scl", 1)
     # the platform's bands and layers by layout; other rasters by href (read through rasterio)
-    assert set(lays) == {"blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16",
-                         "swir22", "scl"}
+    assert set(lays) == {
+        "blue",
+        "green",
+        "red",
+        "rededge1",
+        "rededge2",
+        "rededge3",
+        "nir",
+        "nir08",
+        "swir16",
+        "swir22",
+        "scl",
+    }
     assert set(lays.hrefs) == {"coastal"} and lays.hrefs["coastal"].endswith("/coastal.tif")
-    again = decode(encode(lays.values(), lays.grid, shape=lays.shape, crs=lays.crs, bands=lays.bands,
-                          hrefs=lays.hrefs))
-    assert (again.crs, again.shape, again.bands, again.hrefs) == (lays.crs, lays.shape, lays.bands, lays.hrefs)
+    again = decode(
+        encode(
+            lays.values(),
+            lays.grid,
+            shape=lays.shape,
+            crs=lays.crs,
+            bands=lays.bands,
+            hrefs=lays.hrefs,
+        )
+    )
+    assert (again.crs, again.shape, again.bands, again.hrefs) == (
+        lays.crs,
+        lays.shape,
+        lays.bands,
+        lays.hrefs,
+    )
 
 
 def test_read_windows_reads_any_native_window(served_s2):
@@ -286,21 +384,48 @@ def test_read_windows_reads_any_native_window(served_s2):
     lays = decode(rows[0]["layouts"])
     with rasterio.open(item_json.parent / "nir08.tif") as ds:
         nir = ds.read(1)
-    native, expanded, beyond = read_windows([lays["nir08"]] * 3, [(10, 300, 50, 70), (20, 600, 4, 6),
-                                                                  (380, 0, 10, 10)], [1, 2, 1])
+    native, expanded, beyond = read_windows(
+        [lays["nir08"]] * 3, [(10, 300, 50, 70), (20, 600, 4, 6), (380, 0, 10, 10)], [1, 2, 1]
+    )
     np.testing.assert_array_equal(native[0], nir[10:60, 300:370])
-    np.testing.assert_array_equal(expanded[0], np.repeat(np.repeat(nir[10:12, 300:303], 2, 0), 2, 1))
+    np.testing.assert_array_equal(
+        expanded[0], np.repeat(np.repeat(nir[10:12, 300:303], 2, 0), 2, 1)
+    )
     assert isinstance(beyond, tiles.Unsupported)
 
 
 def test_read_report_adds_up():
-    a = ReadReport(chips=2, requests=3, bytes=10, tiles=2, decode_seconds=0.5, layout_reads=4, rasterio_reads=1,
-                   fallbacks=(("stale", 1),))
-    b = ReadReport(chips=1, requests=1, bytes=5, tiles=1, decode_seconds=0.25, layout_reads=1, rasterio_reads=2,
-                   fallbacks=(("no layout", 1), ("stale", 1)))
+    a = ReadReport(
+        chips=2,
+        requests=3,
+        bytes=10,
+        tiles=2,
+        decode_seconds=0.5,
+        layout_reads=4,
+        rasterio_reads=1,
+        fallbacks=(("stale", 1),),
+    )
+    b = ReadReport(
+        chips=1,
+        requests=1,
+        bytes=5,
+        tiles=1,
+        decode_seconds=0.25,
+        layout_reads=1,
+        rasterio_reads=2,
+        fallbacks=(("no layout", 1), ("stale", 1)),
+    )
     total = a + b
-    assert total == ReadReport(chips=3, requests=4, bytes=15, tiles=3, decode_seconds=0.75, layout_reads=5,
-                               rasterio_reads=3, fallbacks=(("no layout", 1), ("stale", 2)))
+    assert total == ReadReport(
+        chips=3,
+        requests=4,
+        bytes=15,
+        tiles=3,
+        decode_seconds=0.75,
+        layout_reads=5,
+        rasterio_reads=3,
+        fallbacks=(("no layout", 1), ("stale", 2)),
+    )
     assert total.fallback_count == 3
 
 
@@ -316,8 +441,10 @@ def test_torchgeo_dataset_is_built_and_read_from_the_rows_alone(torchgeo, served
     assert "/item.json" not in {p for _, p, _ in server.log}
     row = rows[int(ds.index["row"].iloc[4])]
     x, y = row["chip_index_x"], row["chip_index_y"]
-    np.testing.assert_array_equal(sample["image"].numpy(),
-                                  _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
+    np.testing.assert_array_equal(
+        sample["image"].numpy(),
+        _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent),
+    )
 
 
 def test_cli_chip_reads_from_the_row_alone(served_s2, tmp_path):
@@ -334,8 +461,10 @@ def test_cli_chip_reads_from_the_row_alone(served_s2, tmp_path):
     assert {p for _, p, _ in server.log} == {"/red.tif", "/nir08.tif"}
     x, y = rows[4]["chip_index_x"], rows[4]["chip_index_y"]
     with rasterio.open(out) as ds:
-        np.testing.assert_array_equal(ds.read().astype(np.float32),
-                                      _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
+        np.testing.assert_array_equal(
+            ds.read().astype(np.float32),
+            _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent),
+        )
         assert ds.transform == Affine(10, 0, 499980 + x * 2560, 0, -10, 6400000 - y * 2560)
 
 
@@ -343,12 +472,16 @@ def test_open_files_stay_bounded_over_many_items(synthetic_scenes):
     """A Reader keeps the handles of its last ``max_sources`` items: reading one chip of each
     of four local items with room for two leaves only the last two items' files open."""
     names = ["s2", "s2pc", "landsat", "naip"]
-    rows = [Indexer(str(synthetic_scenes[n]), stats=False).create_index().to_pylist()[0] for n in names]
+    rows = [
+        Indexer(str(synthetic_scenes[n]), stats=False).create_index().to_pylist()[0] for n in names
+    ]
     folders = [str(Path(synthetic_scenes[n]).parent) for n in names]
 
     def open_in(folder: str) -> int:
         fds = Path("/proc/self/fd")
-        return sum(1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(folder + "/"))
+        return sum(
+            1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(folder + "/")
+        )
 
     with Reader(max_sources=2, workers=1) as reader:
         for row in rows:  # one batch per item, as an epoch over a shuffled index goes

@@ -106,5 +106,7 @@ class Chip(Mapping[str, np.ndarray]):
             return stacked
         missing = [b for b in bands if b not in self.band_names]
         if missing:
-            raise KeyError(f"chip {self.chipid} has no band {missing} (bands: {', '.join(self.band_names)})")
+            raise KeyError(
+                f"chip {self.chipid} has no band {missing} (bands: {', '.join(self.band_names)})"
+            )
         return stacked[[self.band_names.index(b) for b in bands]]

@@ -204,13 +204,26 @@ class Indexer:
         else:
             keys = raster_keys(self.item)
         # unsigned: layouts are stored, and signed again right before each read
-        hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
+        hrefs = {
+            k: unsigned_href(self.item.assets[k], self.mountpath)
+            for k in keys
+            if k in self.item.assets
+        }
         # every other raster asset by href alone (read through rasterio, still without the item JSON)
-        others = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in raster_keys(self.item)
-                  if k not in hrefs}
+        others = {
+            k: unsigned_href(self.item.assets[k], self.mountpath)
+            for k in raster_keys(self.item)
+            if k not in hrefs
+        }
         t = self.grid.transform
-        return record_layouts(hrefs, (t.a, t.c, t.e, t.f), shape=self.grid.shape, crs=crs_text(self.grid.crs),
-                              bands=bands, other_hrefs=others)
+        return record_layouts(
+            hrefs,
+            (t.a, t.c, t.e, t.f),
+            shape=self.grid.shape,
+            crs=crs_text(self.grid.crs),
+            bands=bands,
+            other_hrefs=others,
+        )
 
     def create_index(self) -> pa.Table:
         """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""
@@ -221,7 +234,11 @@ class Indexer:
         keep = nodata <= self.chip_max_nodata
         polygons, bounds = grid.footprints()
         log.info(
-            "%s: %d of %d chips kept (nodata <= %g)", self.item.id, int(keep.sum()), grid.size, self.chip_max_nodata
+            "%s: %d of %d chips kept (nodata <= %g)",
+            self.item.id,
+            int(keep.sum()),
+            grid.size,
+            self.chip_max_nodata,
         )
         return build_table(
             item_id=self.item.id,

@@ -61,8 +61,15 @@ class EmbeddedSearch:
 # pgstac's query extension (stac-fastapi-pgstac 7.2 on pgstac 0.10, checked against the real
 # server): any other operator (`in`, `startsWith`, ...) is a 400 there, so it is an error here
 QUERY_OPS = ("eq", "ne", "neq", "lt", "lte", "gt", "gte")
-_VEC_OPS = {"eq": np.equal, "ne": np.not_equal, "neq": np.not_equal, "lt": np.less, "lte": np.less_equal,
-            "gt": np.greater, "gte": np.greater_equal}
+_VEC_OPS = {
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "neq": np.not_equal,
+    "lt": np.less,
+    "lte": np.less_equal,
+    "gt": np.greater,
+    "gte": np.greater_equal,
+}
 _NO_TIME = np.iinfo(np.int64).min
 
 
@@ -85,13 +92,20 @@ class EmbeddedCatalog:
         self._items: list[dict] = items or []  # empty for stac-geoparquet (its table holds them)
         if _table is not None:
             self._ids = np.asarray(_table["id"].to_numpy(zero_copy_only=False), dtype=object)
-            self._colls = np.asarray(_table["collection"].to_numpy(zero_copy_only=False), dtype=object) \
-                if "collection" in _table.column_names else np.full(len(self._ids), None, object)
+            self._colls = (
+                np.asarray(_table["collection"].to_numpy(zero_copy_only=False), dtype=object)
+                if "collection" in _table.column_names
+                else np.full(len(self._ids), None, object)
+            )
             self._times = _table_times(_table)
             self._ends = _table_times(_table, ("end_datetime", "datetime", "start_datetime"))
             bbox = _table["bbox"].combine_chunks()
-            self._bbox = np.column_stack([bbox.field(k).to_numpy(zero_copy_only=False).astype(np.float64)
-                                          for k in ("xmin", "ymin", "xmax", "ymax")])
+            self._bbox = np.column_stack(
+                [
+                    bbox.field(k).to_numpy(zero_copy_only=False).astype(np.float64)
+                    for k in ("xmin", "ymin", "xmax", "ymax")
+                ]
+            )
         else:
             items = items or []
             self._ids = np.asarray([d["id"] for d in items], dtype=object)
@@ -127,7 +141,9 @@ class EmbeddedCatalog:
                     d.setdefault("links", []).append({"rel": "self", "href": str(p.resolve())})
                     items.append(d)
         else:
-            raise CatalogError(f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}")
+            raise CatalogError(
+                f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}"
+            )
         log.info("embedded catalog: %d items from %s", len(items), path)
         return cls(items)
 
@@ -154,7 +170,9 @@ class EmbeddedCatalog:
                 else:
                     col = np.full(len(self), None, dtype=object)
             else:
-                col = np.asarray([d["properties"].get(name) for d in self._items] + [0], dtype=object)[:-1]
+                col = np.asarray(
+                    [d["properties"].get(name) for d in self._items] + [0], dtype=object
+                )[:-1]
             self._props[name] = col
         return col
 
@@ -164,8 +182,11 @@ class EmbeddedCatalog:
         if typed is None:
             values = self._prop(name)
             present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-            numeric = np.fromiter((isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
-                                  dtype=bool, count=len(values))
+            numeric = np.fromiter(
+                (isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+                dtype=bool,
+                count=len(values),
+            )
             floats = np.full(len(values), np.nan)
             floats[numeric] = values[numeric].astype(np.float64)
             typed = self._typed[name] = (values, present, numeric, floats)
@@ -203,7 +224,11 @@ class EmbeddedCatalog:
             cand = np.flatnonzero(keep)
             geoms = self._geometries()[cand]
             hit = np.array([g is not None for g in geoms], dtype=bool)
-            hit[hit] = shapely.intersects(np.asarray(list(geoms[hit]), dtype=object), area) if hit.any() else hit[hit]
+            hit[hit] = (
+                shapely.intersects(np.asarray(list(geoms[hit]), dtype=object), area)
+                if hit.any()
+                else hit[hit]
+            )
             keep[cand[~hit]] = False
         rows = np.flatnonzero(keep)
         rows = rows[self._order(rows, keys)]

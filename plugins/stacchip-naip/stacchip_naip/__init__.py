@@ -60,7 +60,9 @@ def _year(item) -> int:
 
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
-    found = list(catalog.search(collections=[COLLECTION], intersects=sample.geometry.centroid).items())
+    found = list(
+        catalog.search(collections=[COLLECTION], intersects=sample.geometry.centroid).items()
+    )
     if not found:
         return []
     found.sort(key=lambda item: (_year(item), item.id))
