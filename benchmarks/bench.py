@@ -79,7 +79,10 @@ if kind.startswith("orig"):
         timed(lambda: LandsatIndexer(item).create_index())
     elif kind == "orig-chips":
         indexer = Sentinel2Indexer(item)
-        xy = [(random.randrange(indexer.x_size), random.randrange(indexer.y_size)) for _ in range(n_chips)]
+        xy = [
+            (random.randrange(indexer.x_size), random.randrange(indexer.y_size))
+            for _ in range(n_chips)
+        ]
         chipper = Chipper(indexer, assets=["red", "green", "blue"])
         timed(lambda: [chipper.chip(x, y) for x, y in xy])
 else:
@@ -97,7 +100,10 @@ else:
         timed(lambda: rasterio.open(d["assets"]["scl"]["href"]).read(1))
     else:
         chipper = Chipper(item, assets=["red", "green", "blue"])
-        xy = [(random.randrange(chipper.grid.x_size), random.randrange(chipper.grid.y_size)) for _ in range(n_chips)]
+        xy = [
+            (random.randrange(chipper.grid.x_size), random.randrange(chipper.grid.y_size))
+            for _ in range(n_chips)
+        ]
         if kind == "ours-chips":
             chipper.chip(*xy[0])  # handles open once, as in a long-running loader
             timed(lambda: [chipper.chip(x, y) for x, y in xy])
@@ -106,8 +112,14 @@ else:
             timed(lambda: chipper.chips(xy, workers=2))
         elif kind == "floor-open-handles":
             handles = [rasterio.open(d["assets"][k]["href"]) for k in ("red", "green", "blue")]
-            timed(lambda: [[h.read(window=Window(x * 256, y * 256, 256, 256)) for h in handles] for x, y in xy])
-print(json.dumps({"seconds": times, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+            timed(
+                lambda: [
+                    [h.read(window=Window(x * 256, y * 256, 256, 256)) for h in handles]
+                    for x, y in xy
+                ]
+            )
+maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": times, "maxrss_mib": maxrss_mib}))
 """)
 
 
@@ -224,27 +236,34 @@ def main() -> None:
     print(f"{'stacchip Chipper.chips, 2 threads':<44}{chips('ours-chips-parallel'):>9.1f} chips/s")
     print(f"{'stacchip Chipper.chip from loopback S3':<44}{chips('ours-chips-s3'):>9.1f} chips/s")
     print(
-        f"{'stacchip Chipper.chips, 2 threads, S3':<44}{chips('ours-chips-parallel-s3'):>9.1f} chips/s"
+        f"{'stacchip Chipper.chips, 2 threads, S3':<44}{chips('ours-chips-parallel-s3'):>9.1f} "
+        "chips/s"
     )
     print("ratios:")
     print(
-        f"  Landsat index / one qa_pixel read        {r['ours-landsat-index']['median'] / r['read-qa']['median']:.2f}  (target <= 1.3)"
+        "  Landsat index / one qa_pixel read        "
+        f"{r['ours-landsat-index']['median'] / r['read-qa']['median']:.2f}  (target <= 1.3)"
     )
     print(
-        f"  single-thread chips / open-handle floor  {chips('ours-chips') / chips('floor-open-handles'):.2f}  (target >= 0.9)"
+        "  single-thread chips / open-handle floor  "
+        f"{chips('ours-chips') / chips('floor-open-handles'):.2f}  (target >= 0.9)"
     )
     if args.original_python:
         line("original S2 index", "orig-s2-index")
         line("original Landsat index", "orig-landsat-index")
         print(f"{'original Chipper.chip':<44}{chips('orig-chips'):>9.1f} chips/s")
         print(
-            f"  S2 index speed-up vs original            {r['orig-s2-index']['median'] / r['ours-s2-index']['median']:.1f}x  (target >= 10)"
+            "  S2 index speed-up vs original            "
+            f"{r['orig-s2-index']['median'] / r['ours-s2-index']['median']:.1f}x  (target >= 10)"
         )
         print(
-            f"  S2 index peak RSS ours / original        {r['ours-s2-index']['maxrss_mib'] / r['orig-s2-index']['maxrss_mib']:.2f}  (target < 1)"
+            "  S2 index peak RSS ours / original        "
+            f"{r['ours-s2-index']['maxrss_mib'] / r['orig-s2-index']['maxrss_mib']:.2f}  (target "
+            "< 1)"
         )
         print(
-            f"  parallel chips / original chips          {chips('ours-chips-parallel') / chips('orig-chips'):.1f}x  (target >= 3)"
+            "  parallel chips / original chips          "
+            f"{chips('ours-chips-parallel') / chips('orig-chips'):.1f}x  (target >= 3)"
         )
     (args.data / "results.json").write_text(json.dumps(r, indent=1))
 

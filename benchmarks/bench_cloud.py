@@ -106,14 +106,19 @@ import json, sys, time, urllib.request
 kind, index, bands, stats_url = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
 import pyarrow.parquet as pq
 rows = pq.read_table(index).to_pylist()
-warmup, rows = rows[:1], rows[1:]  # one chip of another fresh item, untimed: imports, runtimes, plugins
+# one chip of another fresh item, untimed: imports, runtimes, plugins
+warmup, rows = rows[:1], rows[1:]
 
 def stats():
     return json.load(urllib.request.urlopen(stats_url))
 
 def measure(fn):
     s0 = stats(); t = time.perf_counter(); fn(); dt = time.perf_counter() - t; s1 = stats()
-    return {"seconds": dt, "requests": s1["requests"] - s0["requests"], "bytes": s1["bytes"] - s0["bytes"]}
+    return {
+        "seconds": dt,
+        "requests": s1["requests"] - s0["requests"],
+        "bytes": s1["bytes"] - s0["bytes"],
+    }
 
 passes = []
 if kind.startswith("orig"):
@@ -132,7 +137,8 @@ if kind.startswith("orig"):
 
     def run():
         for r, item in zip(rows, items):
-            Chipper(NoStatsChipIndexer(item), assets=bands).chip(r["chip_index_x"], r["chip_index_y"])
+            chipper = Chipper(NoStatsChipIndexer(item), assets=bands)
+            chipper.chip(r["chip_index_x"], r["chip_index_y"])
     passes = [measure(run), measure(run)]
 else:
     from stacchip_core.training.chipread import ChipReader
@@ -142,7 +148,9 @@ else:
         run = lambda: [ds[i] for i in range(1, len(ds))]
     elif kind == "layout-batch":
         ds = ChipDataset(index, bands=bands)
-        run = lambda: [ds.__getitems__(list(range(k, min(k + 32, len(ds))))) for k in range(1, len(ds), 32)]
+        run = lambda: [
+            ds.__getitems__(list(range(k, min(k + 32, len(ds))))) for k in range(1, len(ds), 32)
+        ]
     elif kind == "rasterio-seq":
         reader = ChipReader(bands, use_layouts=False)
         run = lambda: [reader.read(r) for r in rows]
@@ -207,7 +215,9 @@ def local_rows(item: Path, repeats: int) -> dict:
     t = {True: [], False: []}
     for _ in range(int(sys.argv[2])):
         for on in (False, True):
-            s = time.perf_counter(); Indexer(item, layouts=on).create_index(); t[on].append(time.perf_counter() - s)
+            s = time.perf_counter()
+            Indexer(item, layouts=on).create_index()
+            t[on].append(time.perf_counter() - s)
     print(json.dumps({"with": statistics.median(t[True]), "without": statistics.median(t[False])}))
     """)
     out = subprocess.run(
@@ -314,18 +324,21 @@ def main() -> None:
     local = None if args.skip_local else local_rows(item, args.repeats)
 
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; "
         f"{args.delay * 1000:.0f} ms per request"
     )
     print(
-        f"{'scenario (cold: each chip from a fresh item)':<52}{'chips':>6}{'chips/s':>9}{'req/chip':>9}"
+        f"{'scenario (cold: each chip from a fresh item)':<52}"
+        f"{'chips':>6}{'chips/s':>9}{'req/chip':>9}"
         f"{'tiles/chip':>11}{'KiB/chip':>9}{'warm chips/s':>13}"
     )
     for r in results:
         cold, warm = r["passes"]
         c = r["chips"]
         print(
-            f"{r['name']:<52}{c:>6}{c / cold['seconds']:>9.1f}{cold['requests'] / c:>9.1f}{r['tiles']:>11.1f}"
+            f"{r['name']:<52}{c:>6}{c / cold['seconds']:>9.1f}"
+            f"{cold['requests'] / c:>9.1f}{r['tiles']:>11.1f}"
             f"{cold['bytes'] / c / 1024:>9.0f}{c / warm['seconds']:>13.1f}"
         )
     by = {(r["kind"], len(r["bands"])): r for r in results}
@@ -339,10 +352,12 @@ def main() -> None:
             f"  sequential RGB            {speed('layout-seq', 3) / orig[3]:6.1f}x  (target >= 10)"
         )
         print(
-            f"  batched RGB               {speed('layout-batch', 3) / orig[3]:6.1f}x  (target >= 40)"
+            f"  batched RGB               {speed('layout-batch', 3) / orig[3]:6.1f}x  (target >= "
+            "40)"
         )
         print(
-            f"  sequential 10 bands       {speed('layout-seq', 10) / orig[10]:6.1f}x  (target >= 10)"
+            f"  sequential 10 bands       {speed('layout-seq', 10) / orig[10]:6.1f}x  (target >= "
+            "10)"
         )
         print(f"  batched 10 bands          {speed('layout-batch', 10) / orig[10]:6.1f}x")
     if local:
@@ -350,12 +365,14 @@ def main() -> None:
         ours = local["ours-chips"]
         rate = lambda v: v["chips"] / v["median"]
         print(
-            f"local disk: open-handle floor {rate(floor):.1f} chips/s, Chipper.chip {rate(ours):.1f} chips/s: "
+            f"local disk: open-handle floor {rate(floor):.1f} chips/s, Chipper.chip "
+            f"{rate(ours):.1f} chips/s: "
             f"ratio {rate(ours) / rate(floor):.2f} (target >= 0.9)"
         )
         ix = local["index"]
         print(
-            f"index time, local S2 with SCL stats: {ix['without']:.3f} s without layouts, {ix['with']:.3f} s with: "
+            f"index time, local S2 with SCL stats: {ix['without']:.3f} s without layouts, "
+            f"{ix['with']:.3f} s with: "
             f"{ix['with'] / ix['without']:.2f}x (target <= 1.3)"
         )
     # index size: the whole scene (1764 chips) with and without layouts
@@ -369,8 +386,10 @@ def main() -> None:
         sizes[on] = (path.stat().st_size, len(table), len(table["layouts"][0].as_py() or b""))
     (with_bytes, chips, blob), (without_bytes, _, _) = sizes[True], sizes[False]
     print(
-        f"layouts in the index: {blob} B per item (11 assets), {(with_bytes - without_bytes) / chips:.1f} B per chip "
-        f"in the file ({chips} chips: {without_bytes / 1024:.0f} KiB without, {with_bytes / 1024:.0f} KiB with)"
+        f"layouts in the index: {blob} B per item (11 assets), "
+        f"{(with_bytes - without_bytes) / chips:.1f} B per chip "
+        f"in the file ({chips} chips: {without_bytes / 1024:.0f} KiB without, "
+        f"{with_bytes / 1024:.0f} KiB with)"
     )
     (args.data / "results_cloud.json").write_text(
         json.dumps(

@@ -49,10 +49,12 @@ def main() -> None:
             items = sum(t.result for t in report.tasks)
         results[scheduler] = statistics.median(times)
         print(
-            f"{scheduler:<10} {results[scheduler]:6.2f} s  ({len(jobs)} jobs, {items} items; runs {', '.join(f'{t:.2f}' for t in times)})"
+            f"{scheduler:<10} {results[scheduler]:6.2f} s  ({len(jobs)} jobs, {items} items; runs "
+            f"{', '.join(f'{t:.2f}' for t in times)})"
         )
     print(
-        f"speed-up on 2 workers: {results['sync'] / results['local:2']:.2f}x (cluster start-up included)"
+        f"speed-up on 2 workers: {results['sync'] / results['local:2']:.2f}x (cluster start-up "
+        "included)"
     )
     # an already running cluster (as on a real deployment): start-up and imports excluded
     from dask.distributed import LocalCluster

@@ -141,7 +141,8 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
         )
         con = duckdb.connect()
         sql = (
-            f"SELECT * EXCLUDE (layouts) FROM read_parquet('{path}') WHERE bbox.xmin <= {e} AND bbox.xmax >= {w} "
+            f"SELECT * EXCLUDE (layouts) FROM read_parquet('{path}') WHERE bbox.xmin <= {e} AND "
+            f"bbox.xmax >= {w} "
             f"AND bbox.ymin <= {n} AND bbox.ymax >= {s}"
         )
         fetch = lambda: _duck_arrow(con.sql(sql))
@@ -175,7 +176,8 @@ def main() -> None:
             files, rows = generate(folder / "index", chips, layouts)
             gen = time.perf_counter() - start
             print(
-                f"\n== {rows:,} chips in {files:,} per-item files ({'with' if layouts else 'without'} layouts; "
+                f"\n== {rows:,} chips in {files:,} per-item files "
+                f"({'with' if layouts else 'without'} layouts; "
                 f"generated in {gen:.0f} s)"
             )
             merged, unsorted = folder / "merged.parquet", folder / "unsorted.parquet"
@@ -190,7 +192,8 @@ def main() -> None:
             )
             print(
                 f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
-                f"{unsorted.stat().st_size / 2**20:8.1f} MiB, {pq.read_metadata(unsorted).num_row_groups} row groups"
+                f"{unsorted.stat().st_size / 2**20:8.1f} MiB, "
+                f"{pq.read_metadata(unsorted).num_row_groups} row groups"
             )
             for label, path in (("sorted", merged), ("input order", unsorted)):
                 print(f"  queries, {label}:")
@@ -205,7 +208,10 @@ def main() -> None:
                     line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
                             f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} ms")
                     if med("geopandas_ms") is not None:
-                        line += f"  geopandas {med('geopandas_ms'):7.1f} ms  duckdb {med('duckdb_ms'):7.1f} ms"
+                        line += (
+                            f"  geopandas {med('geopandas_ms'):7.1f} ms  "
+                            f"duckdb {med('duckdb_ms'):7.1f} ms"
+                        )
                     print(line, flush=True)
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -152,7 +152,8 @@ if kind == "orig":
             items[r["local_item"]] = pystac.Item.from_dict(d, migrate=False)
     stats(reset=True); c0 = cpu(); t0 = time.perf_counter()
     for r in rows:
-        Chipper(NoStatsChipIndexer(items[r["local_item"]]), assets=bands).chip(r["chip_index_x"], r["chip_index_y"])
+        chipper = Chipper(NoStatsChipIndexer(items[r["local_item"]]), assets=bands)
+        chipper.chip(r["chip_index_x"], r["chip_index_y"])
     n = len(rows)
 else:
     if kind in ("module", "geods", "tgraster"):  # lightning / torchgeo import torchvision
@@ -196,7 +197,9 @@ else:
         out["construct_requests"] = stats(reset=True)["requests"]
         c0 = cpu(); t0 = time.perf_counter()
         sampler = RandomGeoSampler(ds, size=256, length=cfg["chips"])  # pixels: one chip's window
-        loader = DataLoader(ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples)
+        loader = DataLoader(
+            ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples
+        )
         n = sum(b["image"].shape[0] for b in loader)
     elif kind == "tgraster":
         import re
@@ -216,7 +219,9 @@ else:
         out["construct_requests"] = stats(reset=True)["requests"]
         c0 = cpu(); t0 = time.perf_counter()
         sampler = RandomGeoSampler(ds, size=256, length=cfg["chips"])
-        loader = DataLoader(ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples)
+        loader = DataLoader(
+            ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples
+        )
         n = sum(b["image"].shape[0] for b in loader)
 dt = time.perf_counter() - t0
 c1 = cpu()
@@ -258,8 +263,8 @@ def watch():
 
 count = [0]
 t0 = time.perf_counter()
-dm = StacchipDataModule(cfg["index"], bands=cfg["bands"], batch_size=cfg["batch"], num_workers=cfg["workers"],
-                        val_fraction=0.0, test_fraction=0.0)
+dm = StacchipDataModule(cfg["index"], bands=cfg["bands"], batch_size=cfg["batch"],
+                        num_workers=cfg["workers"], val_fraction=0.0, test_fraction=0.0)
 threading.Thread(target=watch, daemon=True).start()
 loader = dm.train_dataloader()
 for b in loader:
@@ -482,8 +487,10 @@ def fmt_row(name: str, r: dict, floor_ms: float, tiles: float | None) -> str:
     if "construct_s" in r:
         extra = f" (+ {r['construct_s']:.1f} s, {r['construct_requests']} requests to construct)"
     return (
-        f"| {name}{extra} | {r['chips']} | {r['chips'] / r['seconds']:.1f} | {cpu_p:.1f} + {cpu_w:.1f} "
-        f"| {(cpu_p + cpu_w) / floor_ms:.1f}x | {r['requests'] / c:.1f}{f' (tiles {tiles:.1f})' if tiles else ''} "
+        f"| {name}{extra} | {r['chips']} | {r['chips'] / r['seconds']:.1f} | {cpu_p:.1f} + "
+        f"{cpu_w:.1f} "
+        f"| {(cpu_p + cpu_w) / floor_ms:.1f}x | "
+        f"{r['requests'] / c:.1f}{f' (tiles {tiles:.1f})' if tiles else ''} "
         f"| {r['bytes'] / c / 1024:.0f} |"
     )
 
@@ -502,7 +509,8 @@ def main() -> None:
     parser.add_argument(
         "--plan",
         default="0,20,50,memory",
-        help="what to run, in order: delays in ms per request, and 'memory' (default 0,20,50,memory)",
+        help="what to run, in order: delays in ms per request, and 'memory' "
+        "(default 0,20,50,memory)",
     )
     parser.add_argument("--bands", default="rgb,ten", help="rgb, ten or both (default)")
     parser.add_argument(
@@ -648,7 +656,8 @@ def main() -> None:
                             cfg["band_ids"] = [S2_IDS[b] for b in bands]
                             day = datetime(2024, 1, 1)
                             cfg["paths"] = [
-                                f"/vsicurl/{server.url}/tg/i{i:04d}/T20HNJ_{day + timedelta(days=i):%Y%m%d}_B02.tif"
+                                f"/vsicurl/{server.url}/tg/i{i:04d}/"
+                                f"T20HNJ_{day + timedelta(days=i):%Y%m%d}_B02.tif"
                                 for i in slow_items
                             ]
                         t = time.perf_counter()
@@ -686,8 +695,10 @@ def main() -> None:
 
 def report(results: dict, modes, bandsets, chips: int, slow: int, args) -> None:
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{args.items} items, batches of {args.batch}, {args.workers} workers; {chips} chips per mode "
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; "
+        f"{args.items} items, batches of {args.batch}, {args.workers} workers; {chips} chips per "
+        "mode "
         f"({slow} for TorchGeo's RasterDataset and stacchip 0.1.38); one run each"
     )
     for delay, per in results["delays"].items():
@@ -725,9 +736,12 @@ def report(results: dict, modes, bandsets, chips: int, slow: int, args) -> None:
                 else ""
             )
             print(
-                f"\nmemory: data module, RGB, {m['chips']} chips{cut} from {m['items']} items, {args.workers} workers, "
-                f"0 ms: {m['chips'] / m['seconds']:.1f} chips/s; peak PSS of parent + workers {peak / 2**20:.0f} MiB "
-                f"(parent {max(x[3] for x in s) / 2**20:.0f} MiB, largest worker {max(x[4] for x in s) / 2**20:.0f} "
+                f"\nmemory: data module, RGB, {m['chips']} chips{cut} from {m['items']} items, "
+                f"{args.workers} workers, "
+                f"0 ms: {m['chips'] / m['seconds']:.1f} chips/s; peak PSS of parent + workers "
+                f"{peak / 2**20:.0f} MiB "
+                f"(parent {max(x[3] for x in s) / 2**20:.0f} MiB, largest worker "
+                f"{max(x[4] for x in s) / 2**20:.0f} "
                 f"MiB, sampled every second); along the epoch: {'; '.join(marks)}"
             )
     if "elapsed_s" in results:

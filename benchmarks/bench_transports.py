@@ -66,7 +66,8 @@ def main() -> None:
             url = server.stdout.readline().strip() + "/blob.bin"  # type: ignore[union-attr]
             cpu, rate, counted = measure(url, args.requests, args.concurrency, SIZE)
             print(
-                f"obstore              {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} requests)"
+                f"obstore              {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} "
+                "requests)"
             )
             parent, child = multiprocessing.get_context("fork").Pipe()
             proc = multiprocessing.get_context("fork").Process(
@@ -76,7 +77,8 @@ def main() -> None:
             proc.join()
             assert not usable
             print(
-                f"fork-safe (aiohttp)  {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} requests)"
+                f"fork-safe (aiohttp)  {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} "
+                "requests)"
             )
         finally:
             server.terminate()

@@ -6,7 +6,8 @@ A Python server on the same 2 cores takes CPU from the client it is meant to mea
 batched cold reads at 82 chips/s against a Python server, 208 against nginx, same client).
 
     with NginxServer(root, delay=0.02) as server:   # root: the folder served at server.url
-        ...                                         # GET {server.url}/_stats -> {"requests", "bytes"}
+        ...                                         # GET {server.url}/_stats ->
+                                                    #   {"requests", "bytes"}
         server.delay = 0.05                         # changed on the running server
         server.stats(reset=True)
 

@@ -195,7 +195,10 @@ def plugins(as_json: bool, show_all: bool) -> None:
 )
 @click.option(
     "--catalog",
-    help="Index the items of a search: a STAC API URL, or a stac-geoparquet / .ndjson file or item folder.",
+    help=(
+        "Index the items of a search: a STAC API URL, or a stac-geoparquet / .ndjson file "
+        "or item folder."
+    ),
 )
 @click.option("--collections", help="Search: comma-separated collection ids.")
 @click.option("--bbox", type=float, nargs=4, help="Search: west south east north.")
@@ -479,7 +482,8 @@ def query_command(
     if output:
         write_index(result.table, output)
     echo(
-        f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of {r.row_groups_total} row groups, "
+        f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of "
+        f"{r.row_groups_total} row groups, "
         f"{r.bytes_read} bytes in {r.requests} requests, {r.seconds:.3f} s"
     )
 
@@ -534,7 +538,10 @@ _SCHEDULER_HELP = (
     "--index",
     "job_index",
     type=click.IntRange(min=0),
-    help="Job: the sample to process [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].",
+    help=(
+        "Job: the sample to process "
+        "[env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID]."
+    ),
 )
 @click.option(
     "--jobs",
@@ -741,7 +748,8 @@ def prechip(
     report = task(indices[0])
     echo(
         f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
-        f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed, "
+        f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} "
+        "failed, "
         f"{len(report.failed_chips)} chips replaced"
     )
     for line in report.failed:
@@ -779,7 +787,10 @@ def stats(source, output, workers) -> None:
     help="Folder for the synthetic archive, the bucket and the previews.",
 )
 def demo(out: Path) -> None:
-    """Run the whole job on an embedded synthetic archive: generate, process every source, merge, preview."""
+    """Run the whole job on an embedded synthetic archive.
+
+    Generate, process every source, merge, preview.
+    """
     from stacchip_core.demo.run import run_demo
 
     result = run_demo(out)
@@ -788,7 +799,10 @@ def demo(out: Path) -> None:
     echo(f"index:    {result.index}")
     echo(f"previews: {result.previews}")
     echo("")
-    header = f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}{'nodata mean':>13}{'nodata-free':>13}"
+    header = (
+        f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}"
+        f"{'nodata mean':>13}{'nodata-free':>13}"
+    )
     echo(header)
     echo("-" * len(header))
     for s in result.summary:
@@ -801,13 +815,16 @@ def demo(out: Path) -> None:
     echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
     echo(
-        f"read:     {t.chips_read} chips in {t.read_seconds:.2f} s ({t.chips_read_per_second:.1f} chips/s, "
-        f"{t.read_requests} requests, {t.read_fallbacks} fallbacks; previews drawn in {t.draw_seconds:.1f} s)"
+        f"read:     {t.chips_read} chips in {t.read_seconds:.2f} s ({t.chips_read_per_second:.1f} "
+        "chips/s, "
+        f"{t.read_requests} requests, {t.read_fallbacks} fallbacks; previews drawn in "
+        f"{t.draw_seconds:.1f} s)"
     )
     if result.stacks is not None:
         st = result.stacks
         echo(
-            f"stacks:   {st.series_stacks} time series ({st.series_steps} steps previewed), {st.pair_stacks} "
+            f"stacks:   {st.series_stacks} time series ({st.series_steps} steps previewed), "
+            f"{st.pair_stacks} "
             f"{' + '.join(st.pair_platforms)} stacks: {st.series_preview}, {st.pair_preview}"
         )
 
@@ -930,7 +947,8 @@ def env_prechip() -> None:
         echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
     echo(
-        f"{len(report.written)} cubes written, {len(report.skipped)} skipped, {len(report.failed)} failed "
+        f"{len(report.written)} cubes written, {len(report.skipped)} skipped, "
+        f"{len(report.failed)} failed "
         f"({report.chips} chips, {report.cubes_total} cubes in all)"
     )
     for line in report.failed:

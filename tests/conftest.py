@@ -403,8 +403,10 @@ def naip_expected() -> list[str]:
 
 @pytest.fixture(scope="session")
 def index_tree(synthetic_scenes, tmp_path_factory):
-    """Per-item index files laid out as the processors do: index/{platform}/{item}/index_{item}.parquet
-    and the chips per item. Shared: a test that writes into it works on a copy (copy_tree)."""
+    """Per-item index files laid out as the processors do.
+
+    index/{platform}/{item}/index_{item}.parquet and the chips per item. Shared: a test that
+    writes into it works on a copy (copy_tree)."""
     from stacchip_core import Indexer, write_index
 
     root = tmp_path_factory.mktemp("indexes")

@@ -62,7 +62,8 @@ def ensure_postgis() -> None:
             return
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             raise ProvisionError(
-                f"the STAC API tests need PostgreSQL 15 with PostGIS: install {' '.join(DEBIAN_PACKAGES)}"
+                "the STAC API tests need PostgreSQL 15 with PostGIS: install "
+                f"{' '.join(DEBIAN_PACKAGES)}"
             )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         _run(["apt-get", "update", "-qq"], env=env)

@@ -1,6 +1,6 @@
 """A loopback HTTP object server for tests and benchmarks: files under a root, GET/HEAD with
-single ``Range`` requests, ETags and ``If-Match``, a per-request delay, request/byte counters, and faults
-(a status returned N times, a truncated body, a stall) to test retries and errors.
+single ``Range`` requests, ETags and ``If-Match``, a per-request delay, request/byte counters,
+and faults (a status returned N times, a truncated body, a stall) to test retries and errors.
 ``GET /_stats`` returns the counters as JSON (for a benchmark's client in another process)."""
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def test_landsat_qa_pixel_bits(landsat_flags):
     table = Indexer(landsat_flags, chip_max_nodata=1.0).create_index().to_pylist()
     first = table[0]
     assert (first["chip_index_x"], first["chip_index_y"]) == (0, 0)
-    # cloud: dilated cloud (bit 1), cirrus (bit 2; 0.1.38 ignored it), cloud (3), shadow (4): 4 of 8 stripes
+    # cloud: dilated cloud (bit 1), cirrus (bit 2; 0.1.38 ignored
+    # it), cloud (3), shadow (4): 4 of 8 stripes
     assert first["cloud_cover_percentage"] == 0.5
     assert first["nodata_percentage"] == 0.125  # fill (bit 0); snow and water are clear
     assert {r["nodata_percentage"] for r in table[1:]} == {1.0}  # unwritten tiles read as fill

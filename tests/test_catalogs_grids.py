@@ -64,7 +64,8 @@ def test_bilinear_is_an_option(ga):
     item, red, _ = ga
     with Chipper(item, assets=["nbart_red"], resampling="bilinear") as chipper:
         chip = chipper.chip(0, 0)["nbart_red"][0]
-    # centre of grid pixel j is at 30 m pixel coordinate j / 2 + 0.5: even j on a centre, odd j halfway
+    # centre of grid pixel j is at 30 m pixel coordinate j / 2 +
+    # 0.5: even j on a centre, odd j halfway
     j = np.arange(256)
     lo, w = j // 2, (j % 2) / 2
     rows = red[lo].astype(float) * (1 - w)[:, None] + red[lo + 1].astype(float) * w[:, None]
@@ -95,7 +96,8 @@ def test_non_whole_pixel_ratio(tmp_path):
 @pytest.mark.parametrize(
     "factor, mask_true, expected",
     [
-        # grid 6 x 6 px, chips of 3, a mask of 3 x 3 native pixels of 2 grid px: chip edges cut native pixels
+        # grid 6 x 6 px, chips of 3, a mask of 3 x 3 native pixels of 2
+        # grid px: chip edges cut native pixels
         (2, (0, 1), {(0, 0): 2 / 9, (1, 0): 2 / 9, (0, 1): 0, (1, 1): 0}),
         (2, (1, 1), {(0, 0): 1 / 9, (1, 0): 1 / 9, (0, 1): 1 / 9, (1, 1): 1 / 9}),
         (

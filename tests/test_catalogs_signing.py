@@ -25,7 +25,10 @@ TOKEN = "s3cr3t-sas-token"
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory):
-    """The item's image (7618 x 6674, 4 bands, EPSG:26916), chip (1, 2) written, served at its PC path."""
+    """The item's image (7618 x 6674, 4 bands, EPSG:26916).
+
+    Chip (1, 2) written, served at its PC path.
+    """
     root = tmp_path_factory.mktemp("blob")
     item = load(PC_NAIP)
     path = root / urlparse(item["assets"]["image"]["href"]).path.lstrip("/")
@@ -134,9 +137,11 @@ def test_naip_normalize_copies_from_the_signed_href(signer, token_server, tmp_pa
 @pytest.mark.parametrize(
     "href",
     [
-        "s3://usgs-landsat/collection02/level-2/standard/oli-tirs/2024/086/107/x_SR_B4.TIF",  # requester pays
+        # requester pays
+        "s3://usgs-landsat/collection02/level-2/standard/oli-tirs/2024/086/107/x_SR_B4.TIF",
         "https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/20/H/NJ/2024/3/B04.tif",
-        "https://naipeuwest.blob.core.windows.net/naip/v002/x.tif?st=1&se=2&sig=abc",  # signed already
+        # signed already
+        "https://naipeuwest.blob.core.windows.net/naip/v002/x.tif?st=1&se=2&sig=abc",
         "/data/local.tif",
     ],
 )

@@ -191,7 +191,8 @@ def _item_with(tmp_path, data, transform, crs="EPSG:32633", extra_assets=None):
 
 
 def test_non_integer_resolution_ratio_is_resampled(tmp_path):
-    # 15 m on a 10 m grid: read through core.resample (tests/test_catalogs_grids.py has exact pixels)
+    # 15 m on a 10 m grid: read through core.resample
+    # (tests/test_catalogs_grids.py has exact pixels)
     t10 = Affine(10, 0, 500000, 0, -10, 4000000)
     t15 = Affine(15, 0, 500000, 0, -15, 4000000)
     odd = write_cog(tmp_path / "odd.tif", np.ones((200, 200), np.uint16), t15, "EPSG:32633")

@@ -112,7 +112,10 @@ def test_console_scripts_when_s3_denies_access(script, archive, tmp_path, forbid
 
 @pytest.mark.parametrize("how", ["script", "cli"])
 def test_sentinel_2_without_a_sample_source_says_what_is_missing(how, archive, tmp_path):
-    message = "Error: platform 'sentinel-2-l2a' needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)"
+    message = (
+        "Error: platform 'sentinel-2-l2a' needs a sample source "
+        "(--sample or STACCHIP_SAMPLE_SOURCE)"
+    )
     if how == "script":
         env = {
             **base_env(archive, tmp_path),

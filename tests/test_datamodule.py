@@ -305,12 +305,13 @@ class Probe(lightning.LightningModule):
             json.dump({"world": self.trainer.world_size, "seen": self.seen, "pid": os.getpid()}, fh)
 
 
-dm = StacchipDataModule(sys.argv[1], bands=["red", "green", "blue"], chip_filter=ChipFilter(max_nodata=1.0),
-                        split_block_deg=100, val_fraction=0.0, test_fraction=0.0, batch_size=4, num_workers=2, seed=1,
-                        transform=Where())
-trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0)
+dm = StacchipDataModule(sys.argv[1], bands=["red", "green", "blue"],
+                        chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100,
+                        val_fraction=0.0, test_fraction=0.0, batch_size=4, num_workers=2,
+                        seed=1, transform=Where())
+trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
 trainer.fit(Probe(), datamodule=dm)
 assert dm.train_dataloader().persistent_workers
 '''

@@ -69,7 +69,8 @@ def test_demo_runs_the_whole_job_offline(demo):
     )  # 8 previewed chips of linz, naip, S2, MODIS; all 4 of each Landsat and S1
     # the stacks place (issue 21): 4 six-step Sentinel-2 series and 4 S2 + S1 + Landsat stacks
     assert (
-        "stacks:   4 time series (6 steps previewed), 4 sentinel-2-l2a + sentinel-1-rtc + landsat-c2l2-sr"
+        "stacks:   4 time series (6 steps previewed), 4 sentinel-2-l2a + sentinel-1-rtc + "
+        "landsat-c2l2-sr"
         in r.stdout
     )
     assert (out / "previews" / "stack_series.png").exists() and (

@@ -148,7 +148,10 @@ def test_only_stale_temporary_files_are_removed(tmp_path):
     (tmp_path / "sub").mkdir()
     live = f.temp_sibling(tmp_path / "sub" / "a.tif").name  # this live process: in flight
     # a writer that made its temporary file and died before the rename
-    code = "import sys; from stacchip_core.io.files import temp_sibling; print(temp_sibling(sys.argv[1]).name)"
+    code = (
+        "import sys; from stacchip_core.io.files import temp_sibling; "
+        "print(temp_sibling(sys.argv[1]).name)"
+    )
     dead = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "sub" / "b.tif")],
         capture_output=True,

@@ -32,7 +32,10 @@ def signature_text(name: str, fn) -> str:
 
 
 class _TaggedLoader(yaml.SafeLoader):
-    """mkdocs.yml with its tags (``!relative``) read as plain values: the page needs none of them."""
+    """mkdocs.yml with its tags (``!relative``) read as plain values.
+
+    The page needs none of them.
+    """
 
 
 _TaggedLoader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node))

@@ -371,7 +371,8 @@ def test_cli_query_writes_what_the_api_returns(merged, tmp_path):
         == api.table["chipid"].to_pylist()
     )
     assert (
-        f"{api.report.rows} chips; read {api.report.row_groups_read} of {api.report.row_groups_total}"
+        f"{api.report.rows} chips; read {api.report.row_groups_read} of "
+        f"{api.report.row_groups_total}"
         in r.stdout
     )
 

@@ -17,7 +17,8 @@ def test_s2_index_of_the_real_item(s2_fixture):
     assert indexer.platform.name == "sentinel-2-l2a"
     table = indexer.create_index()
     assert len(table) == 1764 == 42 * 42
-    # ESA SCL: 3, 8, 9, 10 cloud; 0 no data and 1 saturated/defective are nodata (test_catalogs_classes.py)
+    # ESA SCL: 3, 8, 9, 10 cloud; 0 no data and 1
+    # saturated/defective are nodata (test_catalogs_classes.py)
     cloud = per_chip(np.isin(scl, [3, 8, 9, 10]), 128, 42, 42).ravel()
     nodata = per_chip(np.isin(scl, [0, 1]), 128, 42, 42).ravel()
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), cloud, atol=1e-6)
@@ -97,7 +98,10 @@ def test_item_without_platform_needs_a_name_or_no_stats():
 def test_unknown_platform_names_the_installed_ones():
     with pytest.raises(
         PlatformError,
-        match="unknown platform 'sentinel-3'; installed platforms: landsat-c2l1, landsat-c2l2-sr, linz, modis, modis-09q1, naip, sentinel-1-rtc, sentinel-2-l2a",
+        match=(
+            "unknown platform 'sentinel-3'; installed platforms: landsat-c2l1, landsat-c2l2-sr, "
+            "linz, modis, modis-09q1, naip, sentinel-1-rtc, sentinel-2-l2a"
+        ),
     ):
         Indexer(str(NAIP_ITEM), platform="sentinel-3")
 

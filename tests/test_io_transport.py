@@ -153,8 +153,10 @@ def test_loading_an_index_never_starts_obstore(served_index, tmp_path):
     """In a fresh interpreter: an index over http and a local one load without obstore."""
     _, index_url, rows = served_index
     code = (
-        "import sys; from stacchip_core.io import objects; from stacchip_core.training.prechip import load_index;"
-        "n = [len(load_index(u)) for u in sys.argv[1:]]; print(n, objects._USED_BY, objects.counters().portable)"
+        "import sys; from stacchip_core.io import objects; from stacchip_core.training.prechip "
+        "import load_index;"
+        "n = [len(load_index(u)) for u in sys.argv[1:]]; print(n, objects._USED_BY, "
+        "objects.counters().portable)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, index_url, str(_local_copy(index_url, tmp_path))],
@@ -464,7 +466,8 @@ def test_a_hanging_token_endpoint_answers_within_the_budget(token_endpoint, serv
     (message, t_signed), (n, t_plain) = objects.run(both())
     assert (
         message
-        == "cannot get a Planetary Computer token for naipeuwest/hang1: no answer within 2 s (STACCHIP_IO_TIMEOUT)"
+        == "cannot get a Planetary Computer token for naipeuwest/hang1: "
+        "no answer within 2 s (STACCHIP_IO_TIMEOUT)"
     )
     assert (
         2 <= t_signed < 3.5 and n == int(red.counts[0]) and t_plain < 1.0

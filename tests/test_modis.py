@@ -171,7 +171,10 @@ def test_month_draws_tiles_and_sample_columns(archive, stac_api):
 
     drawn = modis_months(h, v, 2018)
     first = next(m for m in drawn if m > 1 and m - 1 not in drawn)
-    straddler = f"MOD09A1.A{datetime(2018, first, 1) - timedelta(days=4):%Y%j}.h{h:02d}v{v:02d}.061.synthetic"
+    straddler = (
+        f"MOD09A1.A{datetime(2018, first, 1) - timedelta(days=4):%Y%j}"
+        f".h{h:02d}v{v:02d}.061.synthetic"
+    )
     query = {"modis:horizontal-tile": {"eq": h}, "modis:vertical-tile": {"eq": v}}
     for month in drawn:
         found = [

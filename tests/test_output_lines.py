@@ -23,7 +23,10 @@ ROOT = Path(__file__).parent.parent
 FORGED = (
     "evil\nFORGED nl\rFORGED cr\x1b[2K\x1b[1GFORGED esc\x85FORGED nel\u2028FORGED ls\x0bFORGED vt"
 )
-ESCAPED = "evil\\nFORGED nl\\rFORGED cr\\x1b[2K\\x1b[1GFORGED esc\\x85FORGED nel\\u2028FORGED ls\\x0bFORGED vt"
+ESCAPED = (
+    "evil\\nFORGED nl\\rFORGED cr\\x1b[2K\\x1b[1GFORGED esc\\x85FORGED nel"
+    "\\u2028FORGED ls\\x0bFORGED vt"
+)
 
 
 def run(script: str, *args, env=None) -> subprocess.CompletedProcess:

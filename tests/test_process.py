@@ -360,7 +360,8 @@ def test_original_console_scripts_need_their_environment(script, tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert (
         r.stderr.strip()
-        == "Error: none of AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID is set"
+        == "Error: none of AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, "
+        "SLURM_ARRAY_TASK_ID is set"
     )
     r = run_script_named(script, env={**clean, "AWS_BATCH_JOB_ARRAY_INDEX": "0"})
     assert r.stderr.strip() == "Error: STACCHIP_BUCKET env var not set"

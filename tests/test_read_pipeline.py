@@ -62,7 +62,8 @@ SCENES = {
         ["red", "nir08", "coastal"],
         [("red", 1), ("nir08", 1), ("coastal", 1)],
     ),
-    # coastal is no platform band: named by its key there (CDSE: B01 finds B01_60m by the suffix rule)
+    # coastal is no platform band: named by its key there (CDSE:
+    # B01 finds B01_60m by the suffix rule)
     "s2-planetary-computer": (
         lambda d: synthetic.sentinel2_scene(d, 768, naming="planetary-computer"),
         ["red", "nir08", "B01"],
@@ -153,7 +154,8 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
         rows = table.to_pylist()
         lays = decode(rows[0]["layouts"])
         assert lays.standalone  # the index holds the grid, its CRS, the bands
-        # assets of no platform band (S2's 60 m coastal) are in the index by href: rasterio reads them
+        # assets of no platform band (S2's 60 m coastal) are in the
+        # index by href: rasterio reads them
         by_href = {k for k, _ in sources if k not in lays}
         assert by_href == (
             {"B01_60m" if scene == "s2-cdse" else "B01" if "planetary" in scene else "coastal"}

@@ -134,9 +134,11 @@ def test_the_0_1_compat_distribution_installs_with_every_source(tmp_path):
         check=True,
     )
     code = (
-        "from stacchip.indexer import ChipIndexer, NoStatsChipIndexer, NoDataMaskChipIndexer, LandsatIndexer, "
+        "from stacchip.indexer import ChipIndexer, NoStatsChipIndexer, NoDataMaskChipIndexer, "
+        "LandsatIndexer, "
         "Sentinel2Indexer, ModisIndexer; from stacchip.chipper import Chipper; "
-        "from stacchip.utils import load_indexer_s3, load_indexer_local; import stacchip; print(stacchip.__version__)"
+        "from stacchip.utils import load_indexer_s3, load_indexer_local; import stacchip; "
+        "print(stacchip.__version__)"
     )
     env = {"PATH": str(venv / "bin"), "HOME": str(tmp_path)}
     r = subprocess.run(

@@ -100,7 +100,10 @@ class Chip(Mapping[str, np.ndarray]):
         return min(xs), min(ys), max(xs), max(ys)
 
     def stack(self, bands: Sequence[str] | None = None) -> np.ndarray:
-        """The bands as one ``(bands, h, w)`` array, all of them or ``bands`` by name in that order."""
+        """The bands as one ``(bands, h, w)`` array.
+
+        All of them, or ``bands`` by name in that order.
+        """
         stacked = stack_arrays(self.arrays)
         if bands is None:
             return stacked

@@ -49,17 +49,22 @@ def _check_metric(item: pystac.Item, crs: pyproj.CRS) -> pyproj.CRS:
     unit = crs.axis_info[0].unit_name if crs.axis_info else None
     if not crs.is_projected or unit not in ("metre", "meter"):
         raise ProjectionError(
-            f"item {item.id!r} is in {crs.to_string()} with units {unit!r}; stacchip needs a projected CRS in metres"
+            f"item {item.id!r} is in {crs.to_string()} with units {unit!r}; stacchip needs a "
+            "projected CRS in metres"
         )
     return crs
 
 
 def item_crs(item: pystac.Item) -> pyproj.CRS:
-    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson (item or asset level)."""
+    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson.
+
+    Read at item or asset level.
+    """
     crs = _item_crs_or_none(item)
     if crs is None:
         raise ProjectionError(
-            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or its assets)"
+            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or "
+            "its assets)"
         )
     return _check_metric(item, crs)
 
@@ -117,7 +122,8 @@ def finest_shape_transform(item: pystac.Item) -> tuple[tuple[int, int], Affine]:
         candidates.append(("<item>", *item_level))
     if not candidates:
         raise ProjectionError(
-            f"item {item.id!r} has no proj:shape with proj:transform (or proj:bbox), on the item or any asset"
+            f"item {item.id!r} has no proj:shape with proj:transform (or proj:bbox), on the item "
+            "or any asset"
         )
     # finest pixel first; on equal pixel size, the larger raster
     _, shape, transform = min(candidates, key=lambda c: (abs(c[2].a), -c[1][0] * c[1][1]))
@@ -290,7 +296,8 @@ class ChipGrid:
             need = (-(-ny * cs // factor), -(-nx * cs // factor))
             if mask.shape[0] < need[0] or mask.shape[1] < need[1]:
                 raise ValueError(
-                    f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of {cs / factor:g} px"
+                    f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of "
+                    f"{cs / factor:g} px"
                 )
             return partial_block_fractions(mask[: need[0], : need[1]] != 0, factor, cs, ny, nx)
         block = cs // factor
@@ -319,7 +326,8 @@ class ChipGrid:
         ys = t.d * cols + t.e * rows + t.f
         transformer = pyproj.Transformer.from_crs(self.crs, CRS84, always_xy=True)
         lon, lat = transformer.transform(xs, ys)
-        # a corner on the antimeridian can come back a rounding error beyond it (-180.00000000000003)
+        # a corner on the antimeridian can come back a rounding
+        # error beyond it (-180.00000000000003)
         return np.clip(np.asarray(lon), -180.0, 180.0), np.asarray(lat)
 
     def footprints(self) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +343,8 @@ class ChipGrid:
         """
         lon, lat = self._lattice_lonlat
         ny, nx = self.y_size, self.x_size
-        # corners in ring order top-left, bottom-left, bottom-right, top-right (CCW on a north-up grid)
+        # corners in ring order top-left, bottom-left, bottom-right,
+        # top-right (CCW on a north-up grid)
         corner_slices = [
             (slice(0, ny), slice(0, nx)),
             (slice(1, ny + 1), slice(0, nx)),

@@ -209,7 +209,8 @@ class Indexer:
             for k in keys
             if k in self.item.assets
         }
-        # every other raster asset by href alone (read through rasterio, still without the item JSON)
+        # every other raster asset by href alone (read through
+        # rasterio, still without the item JSON)
         others = {
             k: unsigned_href(self.item.assets[k], self.mountpath)
             for k in raster_keys(self.item)

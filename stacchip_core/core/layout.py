@@ -379,7 +379,8 @@ def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float
             _FORK_NOTED = os.getpid()
             log.warning(
                 "process %d was forked after its parent parsed COG headers with async-tiff, which "
-                "cannot run here: its indexes get no layouts (start it with 'spawn' or 'forkserver')",
+                "cannot run here: its indexes get no layouts (start it with 'spawn' or "
+                "'forkserver')",
                 os.getpid(),
             )
         return None

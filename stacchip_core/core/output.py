@@ -131,7 +131,8 @@ def write_chip(
             finally:
                 Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
     except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-        # GDAL's own words say why ("_tiffWriteProc: No space left on device"), its exception only "Write failed"
+        # GDAL's own words say why ("_tiffWriteProc: No space left on
+        # device"), its exception only "Write failed"
         reason = getattr(exc, "strerror", None) or (
             gdal_said[-1].rpartition(": ")[2] if gdal_said else str(exc)
         )

@@ -132,7 +132,8 @@ class AssetReader:
             key = name
         if key is None:
             raise AssetError(
-                f"item {self.item.id!r} has no asset {name!r} (assets: {', '.join(self.item.assets)})"
+                f"item {self.item.id!r} has no asset {name!r} (assets: "
+                f"{', '.join(self.item.assets)})"
             )
         return key
 

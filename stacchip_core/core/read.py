@@ -708,7 +708,8 @@ class Reader:
             for key, index in pick:
                 if index > arrays[key].shape[0]:
                     raise AssetError(
-                        f"chip {row.get('chipid')}: asset {key!r} has {arrays[key].shape[0]} bands, "
+                        f"chip {row.get('chipid')}: asset {key!r} has {arrays[key].shape[0]} "
+                        "bands, "
                         f"not {index}"
                     )
             out.append(np.stack([arrays[k][b - 1] for k, b in pick]).astype(np.float32, copy=False))
@@ -777,13 +778,15 @@ def chip_keys(source: Source, assets: Sequence[str] | None, blacklist: set[str])
     keys = source.default_keys(blacklist)
     if not keys:  # never hand out empty chips silently
         what = (
-            f"none of platform {source.platform.name!r}'s bands ({', '.join(source.platform.band_names)})"
+            f"none of platform {source.platform.name!r}'s bands "
+            f"({', '.join(source.platform.band_names)})"
             if source.platform and source.platform.bands
             else "no raster asset"
         )
         raise AssetError(
             f"item {source.item_id!r}: {what} resolves to an asset; its asset keys are: "
-            f"{', '.join(source.hrefs) or '(none)'}; name assets explicitly or add aliases in the plugin"
+            f"{', '.join(source.hrefs) or '(none)'}; name assets explicitly or add aliases in the "
+            "plugin"
         )
     return keys
 

@@ -56,7 +56,8 @@ def alignment(ds, grid, name: str) -> int | None:
             or ds.height * factor < grid.y_size * grid.chip_size
         ):
             raise AssetError(
-                f"asset {name!r} ({ds.height} x {ds.width} px at factor {factor}) does not cover the "
+                f"asset {name!r} ({ds.height} x {ds.width} px at factor {factor}) does not cover "
+                "the "
                 f"grid ({grid.shape[0]} x {grid.shape[1]} px)"
             )
         return factor

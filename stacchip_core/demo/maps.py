@@ -96,14 +96,17 @@ def index_map_html(table: pa.Table, path: str | Path, title: str = "stacchip ind
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ margin: 0; font: 13px sans-serif; background: #f4f4f4; }}
-header {{ padding: 6px 10px; }} header span {{ display: inline-block; width: 34px; color: #fff; text-align: center; }}
-svg {{ width: 100vw; height: calc(100vh - 70px); background: #dde6ee; cursor: grab; display: block; }}
+header {{ padding: 6px 10px; }}
+header span {{ display: inline-block; width: 34px; color: #fff; text-align: center; }}
+svg {{ width: 100vw; height: calc(100vh - 70px); background: #dde6ee; cursor: grab;
+  display: block; }}
 path.chip {{ stroke: #222; stroke-width: 1px; vector-effect: non-scaling-stroke; fill-opacity: 1; }}
 path.chip:hover {{ stroke: #f0f; stroke-width: 3px; }}
 </style></head>
 <body><header><b>{html.escape(title)}</b>: {len(chipids)} chips coloured by cloud fraction {legend}
 <br>{buttons}</header>
-<svg id="map" viewBox="{" ".join(f"{v:.6f}" for v in views[first])}" preserveAspectRatio="xMidYMid meet"
+<svg id="map" viewBox="{" ".join(f"{v:.6f}" for v in views[first])}"
+ preserveAspectRatio="xMidYMid meet"
  xmlns="http://www.w3.org/2000/svg">
 {paths}
 </svg>
@@ -111,11 +114,13 @@ path.chip:hover {{ stroke: #f0f; stroke-width: 3px; }}
 const svg = document.getElementById("map"), views = {json.dumps(views)};
 let vb = svg.viewBox.baseVal;
 function set(v) {{ vb.x = v[0]; vb.y = v[1]; vb.width = v[2]; vb.height = v[3]; }}
-document.querySelectorAll("button[data-view]").forEach(b => b.onclick = () => set(views[b.dataset.view]));
+document.querySelectorAll("button[data-view]").forEach(
+  b => b.onclick = () => set(views[b.dataset.view]));
 svg.addEventListener("wheel", e => {{
   e.preventDefault();
   const k = e.deltaY > 0 ? 1.2 : 1 / 1.2, r = svg.getBoundingClientRect();
-  const px = vb.x + (e.clientX - r.left) / r.width * vb.width, py = vb.y + (e.clientY - r.top) / r.height * vb.height;
+  const px = vb.x + (e.clientX - r.left) / r.width * vb.width,
+    py = vb.y + (e.clientY - r.top) / r.height * vb.height;
   set([px - (px - vb.x) * k, py - (py - vb.y) * k, vb.width * k, vb.height * k]);
 }}, {{passive: false}});
 let drag = null;

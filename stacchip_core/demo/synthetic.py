@@ -97,7 +97,8 @@ _APPEARANCE: contextvars.ContextVar[str] = contextvars.ContextVar(
     "stacchip_synthetic_appearance", default="pattern"
 )
 
-# typical surface reflectance x 10000 per cover class: water, forest, green crop, ripe crop, bare soil
+# typical surface reflectance x 10000 per cover class: water,
+# forest, green crop, ripe crop, bare soil
 _COVER = ("water", "forest", "crop", "ripe", "soil")
 _REFLECTANCE = {
     "coastal": (700, 250, 350, 700, 1100),

@@ -79,7 +79,8 @@ class EmbeddedCatalog:
     The items are held as columns (ids, collections, times, bboxes, geometries, one column per
     queried property), so a search is a handful of vectorized comparisons whatever the number
     of items; only the hits become ``pystac.Item``s (100k items from stac-geoparquet: opened in
-    0.2 s, first search 0.4 s while the columns it needs are built, then about 7 ms a search). Semantics follow stac-fastapi-pgstac
+    0.2 s, first search 0.4 s while the columns it needs are built, then about 7 ms a search).
+    Semantics follow stac-fastapi-pgstac
     (tests compare both on the same items): query operators ``eq ne neq lt lte gt gte`` only;
     an item without the property never matches (``neq`` included); the default order is
     newest first (then id, descending); ``sortby`` puts missing values last ascending and first
@@ -210,7 +211,8 @@ class EmbeddedCatalog:
         start, end = _interval(datetime)
         if start is not None or end is not None:
             # an item's time range (datetime, or start_datetime .. end_datetime) overlaps the
-            # interval, as pgstac matches it: an 8-day composite that starts in January is in February too
+            # interval, as pgstac matches it: an 8-day composite that starts in January is in
+            # February too
             keep &= self._times != _NO_TIME
             if start is not None:
                 keep &= self._ends >= _to_us(start)

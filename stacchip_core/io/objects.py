@@ -482,7 +482,8 @@ async def sign(href: str) -> str:
         if failed is not None and failed[0] > time.monotonic():
             raise AssetError(failed[1])
         try:
-            # a second more than the budget: a signer that keeps to it (the built-in one) answers first
+            # a second more than the budget: a signer that keeps to it
+            # (the built-in one) answers first
             return await asyncio.wait_for(
                 loop.run_in_executor(_signer(), sign_href, href, None), timeout + 1
             )
@@ -754,7 +755,8 @@ def _warn_no_transport() -> None:
         _FORK_WARNED = os.getpid()
         log.warning(
             "process %d was forked after its parent read through obstore, whose runtime does not "
-            "survive fork(): its gs:// and az:// chips are read through rasterio (slower; http(s) and "
+            "survive fork(): its gs:// and az:// chips are read through rasterio (slower; http(s) "
+            "and "
             "s3 keep the fast path). Use multiprocessing_context='forkserver' or 'spawn' for them",
             os.getpid(),
         )

@@ -72,7 +72,10 @@ def requester_pays() -> bool:
 
 
 def s3_anonymous() -> bool:
-    """Unsigned requests to public buckets (``STACCHIP_ANONYMOUS`` or GDAL's ``AWS_NO_SIGN_REQUEST``)."""
+    """Unsigned requests to public buckets.
+
+    Set by ``STACCHIP_ANONYMOUS`` or GDAL's ``AWS_NO_SIGN_REQUEST``.
+    """
     return any(
         os.environ.get(v, "").lower() in ("1", "true", "yes")
         for v in ("STACCHIP_ANONYMOUS", "AWS_NO_SIGN_REQUEST")

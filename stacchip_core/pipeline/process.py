@@ -270,7 +270,8 @@ class IndexManyReport(Report):
 
 def index_many(items, output: str | Path, workers: int = 8, **indexer_kwargs) -> IndexManyReport:
     """Index many items concurrently (core.indexer.build_indexes) into a folder or
-    ``s3://`` prefix laid out as the processors do: ``index/{platform}/{item_id}/index_{item_id}.parquet``
+    ``s3://`` prefix laid out as the processors do:
+    ``index/{platform}/{item_id}/index_{item_id}.parquet``
     (merge the ``index`` folder). An item without a self link is written beside its index
     (``{platform}/{item_id}/stac_item.json``) first, so every row points at an item that exists.
 

@@ -125,7 +125,8 @@ def _as_chw(output) -> np.ndarray:
         data = data[None]
     if data.ndim != 3:
         raise ShapeError(
-            f"a prediction must be (height, width) or (channels, height, width), got shape {data.shape}"
+            "a prediction must be (height, width) or (channels, height, width), got shape "
+            f"{data.shape}"
         )
     return data
 

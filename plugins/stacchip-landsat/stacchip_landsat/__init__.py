@@ -43,7 +43,8 @@ from stacchip_core.plugin_api import (
 )
 
 QA_FILL_BIT = 0
-# 1 dilated cloud, 2 cirrus (OLI only, high-confidence cirrus; 0.1.38 ignored it), 3 cloud, 4 cloud shadow
+# 1 dilated cloud, 2 cirrus (OLI only, high-confidence cirrus;
+# 0.1.38 ignored it), 3 cloud, 4 cloud shadow
 QA_CLOUD_BITS = (1, 2, 3, 4)
 
 STAC_API = "https://landsatlook.usgs.gov/stac-server"

@@ -127,7 +127,9 @@ PLATFORM = Platform(
     aux=(Band(STATE, ("state",)), Band(QC, ("qc",))),
     nodata=FILL,
     chip_size=256,
-    description="MODIS 8-day surface reflectance, 500 m, bands 1-7, sinusoidal grid, state-flag clouds",
+    description=(
+        "MODIS 8-day surface reflectance, 500 m, bands 1-7, sinusoidal grid, state-flag clouds"
+    ),
     extra={"stac_api": STAC_API, "samples": len(TILES)},
 )
 
@@ -142,7 +144,9 @@ PLATFORM_250M = Platform(
     aux=(Band(STATE_250M, ("state",)), Band(QC_250M, ("qc",))),
     nodata=FILL,
     chip_size=256,
-    description="MODIS 8-day surface reflectance, 250 m, bands 1-2, sinusoidal grid, state-flag clouds",
+    description=(
+        "MODIS 8-day surface reflectance, 250 m, bands 1-2, sinusoidal grid, state-flag clouds"
+    ),
     extra={"stac_api": STAC_API, "samples": len(TILES)},
 )
 

@@ -14,7 +14,8 @@ quarter that **intersects the tile** and has both ``vv`` and ``vh``. stacchip 0.
 intersects filter commented out and took any item of the quarter, anywhere on Earth.
 
 Normalization: ``vv`` and ``vh`` are rewritten as deflate-compressed COGs into the target
-store. Planetary Computer hrefs are signed on the way (``stacchip_core.builtin_plugins.planetary_computer``). GRD items are
+store. Planetary Computer hrefs are signed on the way
+(``stacchip_core.builtin_plugins.planetary_computer``). GRD items are
 accepted when their metadata gives a map grid (projection, shape, transform); GRD scenes in
 radar geometry are refused with a clear error.
 """
@@ -159,7 +160,8 @@ def check_grid(item: pystac.Item) -> None:
             reason = str(exc)
     if reason is not None:
         raise PlatformError(
-            f"Sentinel-1 item {item.id!r} has no map grid ({reason}); GRD scenes in radar geometry must be "
+            f"Sentinel-1 item {item.id!r} has no map grid ({reason}); GRD scenes in radar "
+            "geometry must be "
             f"terrain corrected first (the {COLLECTION} collection is)"
         )
 
