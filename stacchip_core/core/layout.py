@@ -59,6 +59,7 @@ _DTYPES = {
     (2, 64): "int64",
 }
 # codecs the layout path decodes (async-tiff); anything else is read through rasterio
+DEFLATE = (8, 32946)  # Adobe and old-style deflate: zlib streams with an Adler-32 checksum
 SUPPORTED_COMPRESSION = {1, 5, 8, 32946, 50000}
 
 
@@ -97,7 +98,10 @@ class AssetLayout:
 
     def expect(self) -> objects.Expect:
         """What every validated read of this asset checks (objects.read_ranges)."""
-        return objects.Expect(self.size, self.etag, self.digest, self.head)
+        # deflate tiles verify themselves (Adler-32, exact size): the header is checked only
+        # when one fails to inflate (core.tiles), not once per asset and process up front
+        return objects.Expect(self.size, self.etag, self.digest, self.head,
+                              deferred=self.compression in DEFLATE)
 
     def scalars(self) -> dict:
         out = {
