@@ -388,7 +388,11 @@ def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
     before = objects.counters()
     (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
     spent = objects.counters() - before
-    assert isinstance(res["a"], np.ndarray) and spent.checks == 0 and server.requests == spent.requests == 1
+    assert (
+        isinstance(res["a"], np.ndarray)
+        and spent.checks == 0
+        and server.requests == spent.requests == 1
+    )
     raw = bytearray((root / "a.tif").read_bytes())
     start = int(lay.offsets[0])
     raw[start + int(lay.counts[0]) // 2] ^= 0xFF  # tile (0, 0) no longer inflates
