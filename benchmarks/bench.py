@@ -31,16 +31,26 @@ def generate(data: Path) -> dict[str, Path]:
 
     s2 = data / "S2A_T20HNJ_20240311T140636_L2A" / "S2A_T20HNJ_20240311T140636_L2A.json"
     if not s2.exists():
-        synthetic.sentinel2_scene(data, 10980, bands_10m=("blue", "green", "red", "nir"), bands_20m=(), seed=7,
-                                  noise=NOISE)
-    ls = data / "LC09_L2SR_086107_20240311_20240312_02_T2_SR" / "LC09_L2SR_086107_20240311_20240312_02_T2_SR.json"
+        synthetic.sentinel2_scene(
+            data,
+            10980,
+            bands_10m=("blue", "green", "red", "nir"),
+            bands_20m=(),
+            seed=7,
+            noise=NOISE,
+        )
+    ls = (
+        data
+        / "LC09_L2SR_086107_20240311_20240312_02_T2_SR"
+        / "LC09_L2SR_086107_20240311_20240312_02_T2_SR.json"
+    )
     if not ls.exists():
         synthetic.landsat_scene(data, 8271, 8331, seed=7, noise=NOISE)
     return {"s2": s2, "landsat": ls}
 
 
 # Each job prints one JSON line: {"seconds": [...], "maxrss_mib": ...}
-JOB = textwrap.dedent(r'''
+JOB = textwrap.dedent(r"""
 import json, random, resource, sys, time
 kind, item_path, repeats, n_chips = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 import numpy as np, pystac
@@ -69,7 +79,10 @@ if kind.startswith("orig"):
         timed(lambda: LandsatIndexer(item).create_index())
     elif kind == "orig-chips":
         indexer = Sentinel2Indexer(item)
-        xy = [(random.randrange(indexer.x_size), random.randrange(indexer.y_size)) for _ in range(n_chips)]
+        xy = [
+            (random.randrange(indexer.x_size), random.randrange(indexer.y_size))
+            for _ in range(n_chips)
+        ]
         chipper = Chipper(indexer, assets=["red", "green", "blue"])
         timed(lambda: [chipper.chip(x, y) for x, y in xy])
 else:
@@ -87,7 +100,10 @@ else:
         timed(lambda: rasterio.open(d["assets"]["scl"]["href"]).read(1))
     else:
         chipper = Chipper(item, assets=["red", "green", "blue"])
-        xy = [(random.randrange(chipper.grid.x_size), random.randrange(chipper.grid.y_size)) for _ in range(n_chips)]
+        xy = [
+            (random.randrange(chipper.grid.x_size), random.randrange(chipper.grid.y_size))
+            for _ in range(n_chips)
+        ]
         if kind == "ours-chips":
             chipper.chip(*xy[0])  # handles open once, as in a long-running loader
             timed(lambda: [chipper.chip(x, y) for x, y in xy])
@@ -96,9 +112,15 @@ else:
             timed(lambda: chipper.chips(xy, workers=2))
         elif kind == "floor-open-handles":
             handles = [rasterio.open(d["assets"][k]["href"]) for k in ("red", "green", "blue")]
-            timed(lambda: [[h.read(window=Window(x * 256, y * 256, 256, 256)) for h in handles] for x, y in xy])
-print(json.dumps({"seconds": times, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-''')
+            timed(
+                lambda: [
+                    [h.read(window=Window(x * 256, y * 256, 256, 256)) for h in handles]
+                    for x, y in xy
+                ]
+            )
+maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": times, "maxrss_mib": maxrss_mib}))
+""")
 
 
 def s3_copy(item: Path, data: Path) -> tuple[Path, dict, object]:
@@ -113,8 +135,12 @@ def s3_copy(item: Path, data: Path) -> tuple[Path, dict, object]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
-           "STACCHIP_S3_ENDPOINT": f"http://{host}:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_REGION": "us-east-1",
+        "STACCHIP_S3_ENDPOINT": f"http://{host}:{port}",
+    }
     client = boto3.client("s3", endpoint_url=env["STACCHIP_S3_ENDPOINT"], region_name="us-east-1",
                           aws_access_key_id="bench", aws_secret_access_key="bench")
     client.create_bucket(Bucket="bench")
@@ -127,12 +153,19 @@ def s3_copy(item: Path, data: Path) -> tuple[Path, dict, object]:
     return path, env, server
 
 
-def run(python: str, kind: str, item: Path, repeats: int, env: dict | None = None, chips: int = 200) -> dict:
+def run(
+    python: str, kind: str, item: Path, repeats: int, env: dict | None = None, chips: int = 200
+) -> dict:
     # a small GDAL block cache: repeats must decode again, as the first run (and the
     # original, which reopens files for every chip) does
     env = {"GDAL_CACHEMAX": "64", **(env or {})}
-    out = subprocess.run([python, "-c", JOB, kind, str(item), str(repeats), str(chips)], capture_output=True, text=True,
-                         env={**os.environ, **env}, check=False)
+    out = subprocess.run(
+        [python, "-c", JOB, kind, str(item), str(repeats), str(chips)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -142,9 +175,13 @@ def run(python: str, kind: str, item: Path, repeats: int, env: dict | None = Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=HERE / ".data")
-    parser.add_argument("--original-python", help="python of a venv with stacchip==0.1.38 (numpy<2, pyarrow 25.0.1)")
+    parser.add_argument(
+        "--original-python", help="python of a venv with stacchip==0.1.38 (numpy<2, pyarrow 25.0.1)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     t = time.perf_counter()
@@ -152,9 +189,15 @@ def main() -> None:
     print(f"data ready in {time.perf_counter() - t:.1f} s under {args.data}", file=sys.stderr)
     ours = sys.executable
     r = {}
-    for kind, item in [("ours-s2-index", "s2"), ("read-scl-native", "s2"), ("ours-landsat-index", "landsat"),
-                       ("read-qa", "landsat"), ("floor-open-handles", "s2"), ("ours-chips", "s2"),
-                       ("ours-chips-parallel", "s2")]:
+    for kind, item in [
+        ("ours-s2-index", "s2"),
+        ("read-scl-native", "s2"),
+        ("ours-landsat-index", "landsat"),
+        ("read-qa", "landsat"),
+        ("floor-open-handles", "s2"),
+        ("ours-chips", "s2"),
+        ("ours-chips-parallel", "s2"),
+    ]:
         r[kind] = run(ours, kind, items[item], args.repeats)
     s3_item, s3_env, server = s3_copy(items["s2"], args.data)
     try:
@@ -164,14 +207,25 @@ def main() -> None:
     finally:
         server.stop()
     if args.original_python:
-        for kind, item in [("orig-s2-index", "s2"), ("orig-landsat-index", "landsat"), ("orig-chips", "s2")]:
-            r[kind] = run(args.original_python, kind, items[item], max(1, args.repeats // 2) if "index" in kind else args.repeats)
+        for kind, item in [
+            ("orig-s2-index", "s2"),
+            ("orig-landsat-index", "landsat"),
+            ("orig-chips", "s2"),
+        ]:
+            r[kind] = run(
+                args.original_python,
+                kind,
+                items[item],
+                max(1, args.repeats // 2) if "index" in kind else args.repeats,
+            )
 
     def line(name, key, unit="s"):
         v = r[key]
         print(f"{name:<44}{v['median']:>9.3f} s   peak RSS {v['maxrss_mib']:>6.0f} MiB")
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     line("stacchip S2 index (1764 chips)", "ours-s2-index")
     line("  reading SCL at native 20 m", "read-scl-native")
     line("stacchip Landsat index (1024 chips)", "ours-landsat-index")
@@ -181,17 +235,36 @@ def main() -> None:
     print(f"{'stacchip Chipper.chip, 1 thread':<44}{chips('ours-chips'):>9.1f} chips/s")
     print(f"{'stacchip Chipper.chips, 2 threads':<44}{chips('ours-chips-parallel'):>9.1f} chips/s")
     print(f"{'stacchip Chipper.chip from loopback S3':<44}{chips('ours-chips-s3'):>9.1f} chips/s")
-    print(f"{'stacchip Chipper.chips, 2 threads, S3':<44}{chips('ours-chips-parallel-s3'):>9.1f} chips/s")
+    print(
+        f"{'stacchip Chipper.chips, 2 threads, S3':<44}{chips('ours-chips-parallel-s3'):>9.1f} "
+        "chips/s"
+    )
     print("ratios:")
-    print(f"  Landsat index / one qa_pixel read        {r['ours-landsat-index']['median'] / r['read-qa']['median']:.2f}  (target <= 1.3)")
-    print(f"  single-thread chips / open-handle floor  {chips('ours-chips') / chips('floor-open-handles'):.2f}  (target >= 0.9)")
+    print(
+        "  Landsat index / one qa_pixel read        "
+        f"{r['ours-landsat-index']['median'] / r['read-qa']['median']:.2f}  (target <= 1.3)"
+    )
+    print(
+        "  single-thread chips / open-handle floor  "
+        f"{chips('ours-chips') / chips('floor-open-handles'):.2f}  (target >= 0.9)"
+    )
     if args.original_python:
         line("original S2 index", "orig-s2-index")
         line("original Landsat index", "orig-landsat-index")
         print(f"{'original Chipper.chip':<44}{chips('orig-chips'):>9.1f} chips/s")
-        print(f"  S2 index speed-up vs original            {r['orig-s2-index']['median'] / r['ours-s2-index']['median']:.1f}x  (target >= 10)")
-        print(f"  S2 index peak RSS ours / original        {r['ours-s2-index']['maxrss_mib'] / r['orig-s2-index']['maxrss_mib']:.2f}  (target < 1)")
-        print(f"  parallel chips / original chips          {chips('ours-chips-parallel') / chips('orig-chips'):.1f}x  (target >= 3)")
+        print(
+            "  S2 index speed-up vs original            "
+            f"{r['orig-s2-index']['median'] / r['ours-s2-index']['median']:.1f}x  (target >= 10)"
+        )
+        print(
+            "  S2 index peak RSS ours / original        "
+            f"{r['ours-s2-index']['maxrss_mib'] / r['orig-s2-index']['maxrss_mib']:.2f}  (target "
+            "< 1)"
+        )
+        print(
+            "  parallel chips / original chips          "
+            f"{chips('ours-chips-parallel') / chips('orig-chips'):.1f}x  (target >= 3)"
+        )
     (args.data / "results.json").write_text(json.dumps(r, indent=1))
 
 

@@ -32,7 +32,18 @@ sys.path.insert(0, str(HERE))
 S2 = "sentinel-2-l2a"
 ITEM_ID = "S2B_T20HNJ_20240311T140636_CLOUD"
 RGB = ["red", "green", "blue"]
-TEN = ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22"]
+TEN = [
+    "blue",
+    "green",
+    "red",
+    "rededge1",
+    "rededge2",
+    "rededge3",
+    "nir",
+    "nir08",
+    "swir16",
+    "swir22",
+]
 NOISE = 512  # as bench.py: ~1.4:1 deflate, like real imagery
 BATCH = 32
 
@@ -43,9 +54,15 @@ def scene(data: Path) -> Path:
 
     item = data / ITEM_ID / f"{ITEM_ID}.json"
     if not item.exists():
-        synthetic.sentinel2_scene(data, 10980, bands_10m=("blue", "green", "red", "nir"),
-                                  bands_20m=tuple(TEN[3:6]) + ("nir08", "swir16", "swir22"), seed=7, noise=NOISE,
-                                  item_id=ITEM_ID)
+        synthetic.sentinel2_scene(
+            data,
+            10980,
+            bands_10m=("blue", "green", "red", "nir"),
+            bands_20m=tuple(TEN[3:6]) + ("nir08", "swir16", "swir22"),
+            seed=7,
+            noise=NOISE,
+            item_id=ITEM_ID,
+        )
     return item
 
 
@@ -84,19 +101,24 @@ def one_chip_per_item(items: list[tuple[Path, str]], seed: int):
 
 
 # Each job prints one JSON line: {"passes": [{"seconds", "requests", "bytes"}...], "chips": n}
-JOB = textwrap.dedent(r'''
+JOB = textwrap.dedent(r"""
 import json, sys, time, urllib.request
 kind, index, bands, stats_url = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
 import pyarrow.parquet as pq
 rows = pq.read_table(index).to_pylist()
-warmup, rows = rows[:1], rows[1:]  # one chip of another fresh item, untimed: imports, runtimes, plugins
+# one chip of another fresh item, untimed: imports, runtimes, plugins
+warmup, rows = rows[:1], rows[1:]
 
 def stats():
     return json.load(urllib.request.urlopen(stats_url))
 
 def measure(fn):
     s0 = stats(); t = time.perf_counter(); fn(); dt = time.perf_counter() - t; s1 = stats()
-    return {"seconds": dt, "requests": s1["requests"] - s0["requests"], "bytes": s1["bytes"] - s0["bytes"]}
+    return {
+        "seconds": dt,
+        "requests": s1["requests"] - s0["requests"],
+        "bytes": s1["bytes"] - s0["bytes"],
+    }
 
 passes = []
 if kind.startswith("orig"):
@@ -115,7 +137,8 @@ if kind.startswith("orig"):
 
     def run():
         for r, item in zip(rows, items):
-            Chipper(NoStatsChipIndexer(item), assets=bands).chip(r["chip_index_x"], r["chip_index_y"])
+            chipper = Chipper(NoStatsChipIndexer(item), assets=bands)
+            chipper.chip(r["chip_index_x"], r["chip_index_y"])
     passes = [measure(run), measure(run)]
 else:
     from stacchip_core.training.chipread import ChipReader
@@ -125,7 +148,9 @@ else:
         run = lambda: [ds[i] for i in range(1, len(ds))]
     elif kind == "layout-batch":
         ds = ChipDataset(index, bands=bands)
-        run = lambda: [ds.__getitems__(list(range(k, min(k + 32, len(ds))))) for k in range(1, len(ds), 32)]
+        run = lambda: [
+            ds.__getitems__(list(range(k, min(k + 32, len(ds))))) for k in range(1, len(ds), 32)
+        ]
     elif kind == "rasterio-seq":
         reader = ChipReader(bands, use_layouts=False)
         run = lambda: [reader.read(r) for r in rows]
@@ -135,13 +160,21 @@ else:
     (ds.__getitems__([0]) if kind.startswith("layout") else reader.read(warmup[0]))
     passes = [measure(run), measure(run)]
 print(json.dumps({"passes": passes, "chips": len(rows)}))
-''')
+""")
 
 
-def job(python: str, kind: str, index: Path, bands: list[str], stats_url: str, env: dict | None = None) -> dict:
+def job(
+    python: str, kind: str, index: Path, bands: list[str], stats_url: str, env: dict | None = None
+) -> dict:
     env = {**os.environ, "GDAL_CACHEMAX": "64", **(env or {})}
-    out = subprocess.run([python, "-c", JOB, kind, str(index), ",".join(bands), stats_url], check=False,
-                         capture_output=True, text=True, env=env, timeout=900)
+    out = subprocess.run(
+        [python, "-c", JOB, kind, str(index), ",".join(bands), stats_url],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -160,7 +193,9 @@ def tiles_touched(table, bands: list[str]) -> float:
         lays = decode(r["layouts"])
         grid = GridSpec.from_layouts(lays, int(r["chip_size"]))
         keys = {k for b in bands for k in platform.find(b).keys if k in lays}
-        total += sum(len(plan(lays[k], grid, r["chip_index_x"], r["chip_index_y"]).tiles) for k in keys)
+        total += sum(
+            len(plan(lays[k], grid, r["chip_index_x"], r["chip_index_y"]).tiles) for k in keys
+        )
     return total / len(rows)
 
 
@@ -169,8 +204,10 @@ def local_rows(item: Path, repeats: int) -> dict:
     with and without layouts (SCL statistics included, as `stacchip index` does)."""
     import bench
 
-    r = {k: bench.run(sys.executable, k, item, repeats) for k in ("floor-open-handles", "ours-chips")}
-    code = textwrap.dedent(r'''
+    r = {
+        k: bench.run(sys.executable, k, item, repeats) for k in ("floor-open-handles", "ours-chips")
+    }
+    code = textwrap.dedent(r"""
     import json, statistics, sys, time
     from stacchip_core.core.indexer import Indexer
     item = sys.argv[1]
@@ -178,11 +215,18 @@ def local_rows(item: Path, repeats: int) -> dict:
     t = {True: [], False: []}
     for _ in range(int(sys.argv[2])):
         for on in (False, True):
-            s = time.perf_counter(); Indexer(item, layouts=on).create_index(); t[on].append(time.perf_counter() - s)
+            s = time.perf_counter()
+            Indexer(item, layouts=on).create_index()
+            t[on].append(time.perf_counter() - s)
     print(json.dumps({"with": statistics.median(t[True]), "without": statistics.median(t[False])}))
-    ''')
-    out = subprocess.run([sys.executable, "-c", code, str(item), str(repeats)], capture_output=True, text=True, check=False,
-                         env={**os.environ, "GDAL_CACHEMAX": "64"})
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(item), str(repeats)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "GDAL_CACHEMAX": "64"},
+    )
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     r["index"] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -195,12 +239,20 @@ def main() -> None:
 
     from stacchip_core.io.settings import GDAL_DEFAULTS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--original-python", help="python of a venv with stacchip==0.1.38")
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds added to every request (default 0.02)")
-    parser.add_argument("--items", type=int, default=16, help="chips (= fresh items) per sequential scenario")
-    parser.add_argument("--batches", type=int, default=2, help="batches of 32 fresh items per batched scenario")
+    parser.add_argument(
+        "--delay", type=float, default=0.02, help="seconds added to every request (default 0.02)"
+    )
+    parser.add_argument(
+        "--items", type=int, default=16, help="chips (= fresh items) per sequential scenario"
+    )
+    parser.add_argument(
+        "--batches", type=int, default=2, help="batches of 32 fresh items per batched scenario"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the local-disk rows")
     parser.add_argument("--skip-local", action="store_true")
     args = parser.parse_args()
@@ -219,7 +271,13 @@ def main() -> None:
         ("layout, batched __getitems__(32), 10 bands", "layout-batch", TEN, None, nb),
         ("rasterio path, sequential, 10 bands", "rasterio-seq", TEN, None, max(4, n // 2)),
         ("stacchip 0.1.38 Chipper.chip, 10 bands", "orig", TEN, "orig", max(4, n // 2)),
-        ("stacchip 0.1.38 Chipper.chip, 10 bands, GDAL tuned", "orig-tuned", TEN, "orig", max(4, n // 2)),
+        (
+            "stacchip 0.1.38 Chipper.chip, 10 bands, GDAL tuned",
+            "orig-tuned",
+            TEN,
+            "orig",
+            max(4, n // 2),
+        ),
     ]
     if not args.original_python:
         scenarios = [s for s in scenarios if s[3] != "orig"]
@@ -242,8 +300,16 @@ def main() -> None:
             table = table.append_column("local_item", pa.array([str(p) for p, _ in mine]))
             path = args.data / f"bench_cloud_{kind}_{len(bands)}_{start}.parquet"
             pq.write_table(table, path)
-            results.append({"name": name, "kind": kind, "bands": bands, "python": python, "index": path,
-                            "tiles": tiles_touched(table, bands)})
+            results.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "bands": bands,
+                    "python": python,
+                    "index": path,
+                    "tiles": tiles_touched(table, bands),
+                }
+            )
         print(f"{total} items indexed in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         server.delay = args.delay
         for r in results:
@@ -251,36 +317,64 @@ def main() -> None:
             # "tuned": the original given the GDAL settings this project applies (io.settings)
             env = GDAL_DEFAULTS if r["kind"] == "orig-tuned" else None
             r.update(job(python, r["kind"], r["index"], r["bands"], f"{server.url}/_stats", env))
-            print(f"  {r['name']}: {r['chips'] / r['passes'][0]['seconds']:.1f} chips/s", file=sys.stderr)
+            print(
+                f"  {r['name']}: {r['chips'] / r['passes'][0]['seconds']:.1f} chips/s",
+                file=sys.stderr,
+            )
     local = None if args.skip_local else local_rows(item, args.repeats)
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{args.delay * 1000:.0f} ms per request")
-    print(f"{'scenario (cold: each chip from a fresh item)':<52}{'chips':>6}{'chips/s':>9}{'req/chip':>9}"
-          f"{'tiles/chip':>11}{'KiB/chip':>9}{'warm chips/s':>13}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; "
+        f"{args.delay * 1000:.0f} ms per request"
+    )
+    print(
+        f"{'scenario (cold: each chip from a fresh item)':<52}"
+        f"{'chips':>6}{'chips/s':>9}{'req/chip':>9}"
+        f"{'tiles/chip':>11}{'KiB/chip':>9}{'warm chips/s':>13}"
+    )
     for r in results:
         cold, warm = r["passes"]
         c = r["chips"]
-        print(f"{r['name']:<52}{c:>6}{c / cold['seconds']:>9.1f}{cold['requests'] / c:>9.1f}{r['tiles']:>11.1f}"
-              f"{cold['bytes'] / c / 1024:>9.0f}{c / warm['seconds']:>13.1f}")
+        print(
+            f"{r['name']:<52}{c:>6}{c / cold['seconds']:>9.1f}"
+            f"{cold['requests'] / c:>9.1f}{r['tiles']:>11.1f}"
+            f"{cold['bytes'] / c / 1024:>9.0f}{c / warm['seconds']:>13.1f}"
+        )
     by = {(r["kind"], len(r["bands"])): r for r in results}
     speed = lambda k, b: by[(k, b)]["chips"] / by[(k, b)]["passes"][0]["seconds"]
     if args.original_python:
-        orig = {b: max(speed("orig", b), speed("orig-tuned", b)) for b in (3, 10)}  # its better setting
+        orig = {
+            b: max(speed("orig", b), speed("orig-tuned", b)) for b in (3, 10)
+        }  # its better setting
         print("ratios to stacchip 0.1.38 (cold, its faster GDAL setting):")
-        print(f"  sequential RGB            {speed('layout-seq', 3) / orig[3]:6.1f}x  (target >= 10)")
-        print(f"  batched RGB               {speed('layout-batch', 3) / orig[3]:6.1f}x  (target >= 40)")
-        print(f"  sequential 10 bands       {speed('layout-seq', 10) / orig[10]:6.1f}x  (target >= 10)")
+        print(
+            f"  sequential RGB            {speed('layout-seq', 3) / orig[3]:6.1f}x  (target >= 10)"
+        )
+        print(
+            f"  batched RGB               {speed('layout-batch', 3) / orig[3]:6.1f}x  (target >= "
+            "40)"
+        )
+        print(
+            f"  sequential 10 bands       {speed('layout-seq', 10) / orig[10]:6.1f}x  (target >= "
+            "10)"
+        )
         print(f"  batched 10 bands          {speed('layout-batch', 10) / orig[10]:6.1f}x")
     if local:
         floor = local["floor-open-handles"]
         ours = local["ours-chips"]
         rate = lambda v: v["chips"] / v["median"]
-        print(f"local disk: open-handle floor {rate(floor):.1f} chips/s, Chipper.chip {rate(ours):.1f} chips/s: "
-              f"ratio {rate(ours) / rate(floor):.2f} (target >= 0.9)")
+        print(
+            f"local disk: open-handle floor {rate(floor):.1f} chips/s, Chipper.chip "
+            f"{rate(ours):.1f} chips/s: "
+            f"ratio {rate(ours) / rate(floor):.2f} (target >= 0.9)"
+        )
         ix = local["index"]
-        print(f"index time, local S2 with SCL stats: {ix['without']:.3f} s without layouts, {ix['with']:.3f} s with: "
-              f"{ix['with'] / ix['without']:.2f}x (target <= 1.3)")
+        print(
+            f"index time, local S2 with SCL stats: {ix['without']:.3f} s without layouts, "
+            f"{ix['with']:.3f} s with: "
+            f"{ix['with'] / ix['without']:.2f}x (target <= 1.3)"
+        )
     # index size: the whole scene (1764 chips) with and without layouts
     from stacchip_core.core.indexer import Indexer
 
@@ -291,11 +385,25 @@ def main() -> None:
         pq.write_table(table, path)
         sizes[on] = (path.stat().st_size, len(table), len(table["layouts"][0].as_py() or b""))
     (with_bytes, chips, blob), (without_bytes, _, _) = sizes[True], sizes[False]
-    print(f"layouts in the index: {blob} B per item (11 assets), {(with_bytes - without_bytes) / chips:.1f} B per chip "
-          f"in the file ({chips} chips: {without_bytes / 1024:.0f} KiB without, {with_bytes / 1024:.0f} KiB with)")
-    (args.data / "results_cloud.json").write_text(json.dumps(
-        {"results": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in results],
-         "local": local, "sizes": {str(k): v for k, v in sizes.items()}}, indent=1))
+    print(
+        f"layouts in the index: {blob} B per item (11 assets), "
+        f"{(with_bytes - without_bytes) / chips:.1f} B per chip "
+        f"in the file ({chips} chips: {without_bytes / 1024:.0f} KiB without, "
+        f"{with_bytes / 1024:.0f} KiB with)"
+    )
+    (args.data / "results_cloud.json").write_text(
+        json.dumps(
+            {
+                "results": [
+                    {k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()}
+                    for r in results
+                ],
+                "local": local,
+                "sizes": {str(k): v for k, v in sizes.items()},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,22 +48,34 @@ def main() -> None:
             assert not report.failed, report.failed
             items = sum(t.result for t in report.tasks)
         results[scheduler] = statistics.median(times)
-        print(f"{scheduler:<10} {results[scheduler]:6.2f} s  ({len(jobs)} jobs, {items} items; runs {', '.join(f'{t:.2f}' for t in times)})")
-    print(f"speed-up on 2 workers: {results['sync'] / results['local:2']:.2f}x (cluster start-up included)")
+        print(
+            f"{scheduler:<10} {results[scheduler]:6.2f} s  ({len(jobs)} jobs, {items} items; runs "
+            f"{', '.join(f'{t:.2f}' for t in times)})"
+        )
+    print(
+        f"speed-up on 2 workers: {results['sync'] / results['local:2']:.2f}x (cluster start-up "
+        "included)"
+    )
     # an already running cluster (as on a real deployment): start-up and imports excluded
     from dask.distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         warm = partial(demo_job, jobs=jobs, items=str(archive.items), bucket=str(work / "warm-up"))
         run_tasks(warm, range(len(jobs)), cluster.scheduler_address, retries=0, command="warm-up")
         times = []
         for r in range(args.repeats):
-            fn = partial(demo_job, jobs=jobs, items=str(archive.items), bucket=str(work / f"bucket-warm-{r}"))
+            fn = partial(
+                demo_job, jobs=jobs, items=str(archive.items), bucket=str(work / f"bucket-warm-{r}")
+            )
             start = time.perf_counter()
             run_tasks(fn, range(len(jobs)), cluster.scheduler_address, retries=0, command="bench")
             times.append(time.perf_counter() - start)
     results["warm"] = statistics.median(times)
-    print(f"{'warm tcp':<10} {results['warm']:6.2f} s  (runs {', '.join(f'{t:.2f}' for t in times)})")
+    print(
+        f"{'warm tcp':<10} {results['warm']:6.2f} s  (runs {', '.join(f'{t:.2f}' for t in times)})"
+    )
     print(f"speed-up on a running 2-worker cluster: {results['sync'] / results['warm']:.2f}x")
     shutil.rmtree(work)
 

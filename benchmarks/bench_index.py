@@ -72,7 +72,9 @@ def generate(folder: Path, chips: int, layouts: bool) -> tuple[int, int]:
 
 
 def _child(code: str, *args: str) -> dict:
-    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
     if run.returncode:
         raise SystemExit(run.stderr[-3000:])
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -105,7 +107,12 @@ def queries(path: Path, seed: int = 0, boxes: int = 5) -> list[tuple[str, dict]]
             cases.append((f"{size:g} deg box", {"bbox": (x, y, x + size, min(y + size, 90))}))
     x, y = table.field("xmin")[int(rows[0])].as_py(), table.field("ymin")[int(rows[0])].as_py()
     x = min(x, 179)
-    cases.append(("1 deg box, one month", {"bbox": (x, y, x + 1, y + 1), "datetime_range": "2022-03-01/2022-03-31"}))
+    cases.append(
+        (
+            "1 deg box, one month",
+            {"bbox": (x, y, x + 1, y + 1), "datetime_range": "2022-03-01/2022-03-31"},
+        )
+    )
     cases.append(("1 deg box, cloud <= 0.1", {"bbox": (x, y, x + 1, y + 1), "max_cloud": 0.1}))
     cases.append(("one month, worldwide", {"datetime_range": "2022-03-01/2022-03-31"}))
     return cases
@@ -118,19 +125,26 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
     from stacchip_core.core.query import query
 
     result = query(path, **kwargs)
-    out = {"rows": result.report.rows, "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
-           "mib_read": round(result.report.bytes_read / 2**20, 2),
-           "project_ms": _median_ms(lambda: query(path, **kwargs), repeats)}
+    out = {
+        "rows": result.report.rows,
+        "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
+        "mib_read": round(result.report.bytes_read / 2**20, 2),
+        "project_ms": _median_ms(lambda: query(path, **kwargs), repeats),
+    }
     if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
         w, s, e, n = kwargs["bbox"]
         # without the layouts column: geopandas and DuckDB decode it into one blob per row (6 kB
         # here), which made a 1 degree box over the input-order file take gigabytes
         columns = [c for c in pq.read_schema(path).names if c != "layouts"]
-        out["geopandas_ms"] = _median_ms(lambda: gpd.read_parquet(path, bbox=(w, s, e, n), columns=columns),
-                                         repeats)
+        out["geopandas_ms"] = _median_ms(
+            lambda: gpd.read_parquet(path, bbox=(w, s, e, n), columns=columns), repeats
+        )
         con = duckdb.connect()
-        sql = (f"SELECT * EXCLUDE (layouts) FROM read_parquet('{path}') WHERE bbox.xmin <= {e} AND bbox.xmax >= {w} "
-               f"AND bbox.ymin <= {n} AND bbox.ymax >= {s}")
+        sql = (
+            f"SELECT * EXCLUDE (layouts) FROM read_parquet('{path}') WHERE bbox.xmin <= {e} AND "
+            f"bbox.xmax >= {w} "
+            f"AND bbox.ymin <= {n} AND bbox.ymax >= {s}"
+        )
         fetch = lambda: _duck_arrow(con.sql(sql))
         out["duckdb_ms"] = _median_ms(fetch, repeats)
         out["duckdb_rows"] = fetch().num_rows  # covering overlap: >= exact rows
@@ -142,7 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000,10000000")
     parser.add_argument("--layouts", default="no,yes", help="no,yes: without and with layouts")
-    parser.add_argument("--layouts-max", type=int, default=1_000_000, help="largest size built with layouts")
+    parser.add_argument(
+        "--layouts-max", type=int, default=1_000_000, help="largest size built with layouts"
+    )
     parser.add_argument("--work", default="/tmp/stacchip-bench-index")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -159,18 +175,26 @@ def main() -> None:
             start = time.perf_counter()
             files, rows = generate(folder / "index", chips, layouts)
             gen = time.perf_counter() - start
-            print(f"\n== {rows:,} chips in {files:,} per-item files ({'with' if layouts else 'without'} layouts; "
-                  f"generated in {gen:.0f} s)")
+            print(
+                f"\n== {rows:,} chips in {files:,} per-item files "
+                f"({'with' if layouts else 'without'} layouts; "
+                f"generated in {gen:.0f} s)"
+            )
             merged, unsorted = folder / "merged.parquet", folder / "unsorted.parquet"
             m = _child(CHILD_MERGE, str(folder / "index"), str(merged))
             u = _child(CHILD_UNSORTED, str(folder / "index"), str(unsorted))
             size = merged.stat().st_size
             meta = pq.read_metadata(merged)
-            print(f"merge (sorted):   {m['seconds']:7.1f} s  peak RSS {m['peak_mib']:5d} MiB  "
-                  f"{size / 2**20:8.1f} MiB ({size / rows * 1e6 / 2**20:.0f} MiB per million chips), "
-                  f"{meta.num_row_groups} row groups")
-            print(f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
-                  f"{unsorted.stat().st_size / 2**20:8.1f} MiB, {pq.read_metadata(unsorted).num_row_groups} row groups")
+            print(
+                f"merge (sorted):   {m['seconds']:7.1f} s  peak RSS {m['peak_mib']:5d} MiB  "
+                f"{size / 2**20:8.1f} MiB ({size / rows * 1e6 / 2**20:.0f} MiB per million chips), "
+                f"{meta.num_row_groups} row groups"
+            )
+            print(
+                f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
+                f"{unsorted.stat().st_size / 2**20:8.1f} MiB, "
+                f"{pq.read_metadata(unsorted).num_row_groups} row groups"
+            )
             for label, path in (("sorted", merged), ("input order", unsorted)):
                 print(f"  queries, {label}:")
                 by_case: dict[str, list[dict]] = {}
@@ -184,7 +208,10 @@ def main() -> None:
                     line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
                             f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} ms")
                     if med("geopandas_ms") is not None:
-                        line += f"  geopandas {med('geopandas_ms'):7.1f} ms  duckdb {med('duckdb_ms'):7.1f} ms"
+                        line += (
+                            f"  geopandas {med('geopandas_ms'):7.1f} ms  "
+                            f"duckdb {med('duckdb_ms'):7.1f} ms"
+                        )
                     print(line, flush=True)
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)

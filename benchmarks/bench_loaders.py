@@ -44,30 +44,81 @@ log = logging.getLogger("bench_loaders")
 
 S2 = "sentinel-2-l2a"
 RGB = ["red", "green", "blue"]
-TEN = ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22"]
-S2_IDS = {"blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06", "rededge3": "B07",
-          "nir": "B08", "nir08": "B8A", "swir16": "B11", "swir22": "B12"}
+TEN = [
+    "blue",
+    "green",
+    "red",
+    "rededge1",
+    "rededge2",
+    "rededge3",
+    "nir",
+    "nir08",
+    "swir16",
+    "swir22",
+]
+S2_IDS = {
+    "blue": "B02",
+    "green": "B03",
+    "red": "B04",
+    "rededge1": "B05",
+    "rededge2": "B06",
+    "rededge3": "B07",
+    "nir": "B08",
+    "nir08": "B8A",
+    "swir16": "B11",
+    "swir22": "B12",
+}
 # GDAL options a user reading COGs over HTTP would set (GDAL's and rasterio's advice for cloud
 # COGs; TorchGeo's docs defer to them)
-USER_GDAL = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif",
-             "GDAL_HTTP_MULTIPLEX": "YES", "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES", "VSI_CACHE": "TRUE",
-             "GDAL_HTTP_MAX_RETRY": "0"}
+USER_GDAL = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "VSI_CACHE": "TRUE",
+    "GDAL_HTTP_MAX_RETRY": "0",
+}
 
 # (key, label, job kind, options); "slow" modes read fewer chips
 MODES: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("loader0", "`DataLoader(ChipDataset, batch_sampler=…, num_workers=0)`", "loader", {"workers": 0}),
+    (
+        "loader0",
+        "`DataLoader(ChipDataset, batch_sampler=…, num_workers=0)`",
+        "loader",
+        {"workers": 0},
+    ),
     ("loader2", "the same, `num_workers=2` (fork)", "loader", {}),
     ("loader2-read", "the same after `ds[0]` in the parent", "loader", {"parent_read": True}),
-    ("spawn", "the same, `multiprocessing_context=\"spawn\"` (start-up included)", "loader", {"context": "spawn"}),
+    (
+        "spawn",
+        'the same, `multiprocessing_context="spawn"` (start-up included)',
+        "loader",
+        {"context": "spawn"},
+    ),
     ("module", "`StacchipDataModule(index, num_workers=2).train_dataloader()`", "module", {}),
     ("geods", "`StacchipGeoDataset` + `RandomGeoSampler`, batches of 16, 2 workers", "geods", {}),
-    ("tgraster", "TorchGeo `RasterDataset` over `/vsicurl/` + `RandomGeoSampler`", "tgraster", {"slow": True}),
-    ("orig", "stacchip 0.1.38 `Chipper.chip`, one process (GDAL as installed)", "orig", {"slow": True}),
-    ("orig-tuned", "stacchip 0.1.38 `Chipper.chip`, GDAL tuned", "orig", {"slow": True, "tuned": True}),
+    (
+        "tgraster",
+        "TorchGeo `RasterDataset` over `/vsicurl/` + `RandomGeoSampler`",
+        "tgraster",
+        {"slow": True},
+    ),
+    (
+        "orig",
+        "stacchip 0.1.38 `Chipper.chip`, one process (GDAL as installed)",
+        "orig",
+        {"slow": True},
+    ),
+    (
+        "orig-tuned",
+        "stacchip 0.1.38 `Chipper.chip`, GDAL tuned",
+        "orig",
+        {"slow": True, "tuned": True},
+    ),
 ]
 
 # One fresh process per mode: prints one JSON line.
-JOB = textwrap.dedent(r'''
+JOB = textwrap.dedent(r"""
 import json, os, resource, sys, time, urllib.request
 cfg = json.loads(sys.argv[1])
 os.environ.update(cfg.get("env", {}))
@@ -101,7 +152,8 @@ if kind == "orig":
             items[r["local_item"]] = pystac.Item.from_dict(d, migrate=False)
     stats(reset=True); c0 = cpu(); t0 = time.perf_counter()
     for r in rows:
-        Chipper(NoStatsChipIndexer(items[r["local_item"]]), assets=bands).chip(r["chip_index_x"], r["chip_index_y"])
+        chipper = Chipper(NoStatsChipIndexer(items[r["local_item"]]), assets=bands)
+        chipper.chip(r["chip_index_x"], r["chip_index_y"])
     n = len(rows)
 else:
     if kind in ("module", "geods", "tgraster"):  # lightning / torchgeo import torchvision
@@ -145,7 +197,9 @@ else:
         out["construct_requests"] = stats(reset=True)["requests"]
         c0 = cpu(); t0 = time.perf_counter()
         sampler = RandomGeoSampler(ds, size=256, length=cfg["chips"])  # pixels: one chip's window
-        loader = DataLoader(ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples)
+        loader = DataLoader(
+            ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples
+        )
         n = sum(b["image"].shape[0] for b in loader)
     elif kind == "tgraster":
         import re
@@ -165,7 +219,9 @@ else:
         out["construct_requests"] = stats(reset=True)["requests"]
         c0 = cpu(); t0 = time.perf_counter()
         sampler = RandomGeoSampler(ds, size=256, length=cfg["chips"])
-        loader = DataLoader(ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples)
+        loader = DataLoader(
+            ds, sampler=sampler, batch_size=batch, num_workers=workers, collate_fn=stack_samples
+        )
         n = sum(b["image"].shape[0] for b in loader)
 dt = time.perf_counter() - t0
 c1 = cpu()
@@ -173,7 +229,7 @@ s = stats()
 out.update({"seconds": dt, "chips": n, "cpu_parent": c1[0] - c0[0], "cpu_workers": c1[1] - c0[1],
             "requests": s["requests"], "bytes": s["bytes"]})
 print(json.dumps(out))
-''')
+""")
 
 # The memory mode: the data module over a long epoch, RSS of the parent and workers sampled.
 MEMORY_JOB = textwrap.dedent(r'''
@@ -207,8 +263,8 @@ def watch():
 
 count = [0]
 t0 = time.perf_counter()
-dm = StacchipDataModule(cfg["index"], bands=cfg["bands"], batch_size=cfg["batch"], num_workers=cfg["workers"],
-                        val_fraction=0.0, test_fraction=0.0)
+dm = StacchipDataModule(cfg["index"], bands=cfg["bands"], batch_size=cfg["batch"],
+                        num_workers=cfg["workers"], val_fraction=0.0, test_fraction=0.0)
 threading.Thread(target=watch, daemon=True).start()
 loader = dm.train_dataloader()
 for b in loader:
@@ -226,11 +282,21 @@ print(json.dumps({"seconds": dt, "chips": count[0], "planned": len(dm.table), "s
 
 def run_job(python: str, code: str, cfg: dict, timeout: float = 3600) -> dict:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run([python, "-c", code, json.dumps(cfg)], capture_output=True, text=True, env=env,
-                       timeout=timeout, check=False)
+    r = subprocess.run(
+        [python, "-c", code, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
     if r.returncode:
-        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1][:300] if (r.stderr or r.stdout) else
-                f"exit {r.returncode}", "stderr": r.stderr[-4000:]}
+        return {
+            "error": (r.stderr or r.stdout).strip().splitlines()[-1][:300]
+            if (r.stderr or r.stdout)
+            else f"exit {r.returncode}",
+            "stderr": r.stderr[-4000:],
+        }
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -336,8 +402,9 @@ def decode_floor(table, bands: list[str], scene_dir: Path) -> tuple[float, float
             lay = lays[key]
             dtype = np.dtype(lay.dtype).newbyteorder("<")
             size = lay.tile_height * lay.tile_width * lay.bands * dtype.itemsize
-            arr = np.frombuffer(deflate.zlib_decompress(buf, size), dtype).reshape(lay.tile_height, lay.tile_width,
-                                                                                  lay.bands)
+            arr = np.frombuffer(deflate.zlib_decompress(buf, size), dtype).reshape(
+                lay.tile_height, lay.tile_width, lay.bands
+            )
             if lay.predictor == 2:
                 np.cumsum(arr, axis=1, dtype=dtype)
         best = min(best, time.process_time() - t)
@@ -364,22 +431,33 @@ def memory_index(base, n_items: int, per_item: int, url: str, path: Path, seed: 
     def moved(href: str, k: int) -> str:
         return f"{url}/a/m{k:05d}/scene/{Path(href).name}"
 
-    def extras(k: int) -> dict:  # what newer layouts hold besides the tiles (grid shape, CRS, bands, hrefs)
+    def extras(
+        k: int,
+    ) -> dict:  # what newer layouts hold besides the tiles (grid shape, CRS, bands, hrefs)
         out = {a: getattr(lays, a) for a in ("shape", "crs", "bands") if getattr(lays, a, None)}
         hrefs: dict[str, str] = getattr(lays, "hrefs", None) or {}
         if hrefs:
             out["hrefs"] = {key: moved(h, k) for key, h in hrefs.items()}
         return out
 
-    blobs = [encode([replace(v, href=moved(v.href, k)) for v in lays.values()], lays.grid, **extras(k))
-             for k in range(n_items)]
+    blobs = [
+        encode([replace(v, href=moved(v.href, k)) for v in lays.values()], lays.grid, **extras(k))
+        for k in range(n_items)
+    ]
     cols = {
         "item_id": pa.array([ids[k] for k in item]),
         "item_href": pa.array([f"{url}/m/{ids[k]}.json" for k in item]),
-        "chipid": pa.array([f"{ids[k]}-{x}-{y}" for k, x, y in
-                            zip(item, t["chip_index_x"].to_pylist(), t["chip_index_y"].to_pylist())]),
-        "layouts": pa.DictionaryArray.from_arrays(pa.array(item, pa.int32()),
-                                                  pa.array(blobs, pa.binary())),
+        "chipid": pa.array(
+            [
+                f"{ids[k]}-{x}-{y}"
+                for k, x, y in zip(
+                    item, t["chip_index_x"].to_pylist(), t["chip_index_y"].to_pylist()
+                )
+            ]
+        ),
+        "layouts": pa.DictionaryArray.from_arrays(
+            pa.array(item, pa.int32()), pa.array(blobs, pa.binary())
+        ),
     }
     for name, col in cols.items():
         i = t.column_names.index(name)
@@ -408,32 +486,56 @@ def fmt_row(name: str, r: dict, floor_ms: float, tiles: float | None) -> str:
     extra = ""
     if "construct_s" in r:
         extra = f" (+ {r['construct_s']:.1f} s, {r['construct_requests']} requests to construct)"
-    return (f"| {name}{extra} | {r['chips']} | {r['chips'] / r['seconds']:.1f} | {cpu_p:.1f} + {cpu_w:.1f} "
-            f"| {(cpu_p + cpu_w) / floor_ms:.1f}x | {r['requests'] / c:.1f}{f' (tiles {tiles:.1f})' if tiles else ''} "
-            f"| {r['bytes'] / c / 1024:.0f} |")
+    return (
+        f"| {name}{extra} | {r['chips']} | {r['chips'] / r['seconds']:.1f} | {cpu_p:.1f} + "
+        f"{cpu_w:.1f} "
+        f"| {(cpu_p + cpu_w) / floor_ms:.1f}x | "
+        f"{r['requests'] / c:.1f}{f' (tiles {tiles:.1f})' if tiles else ''} "
+        f"| {r['bytes'] / c / 1024:.0f} |"
+    )
 
 
 def main() -> None:
     import pyarrow.parquet as pq
     from nginx_server import NginxServer
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=HERE / ".data")
-    parser.add_argument("--quick", action="store_true", help="few chips per mode, small memory mode")
-    parser.add_argument("--plan", default="0,20,50,memory",
-                        help="what to run, in order: delays in ms per request, and 'memory' (default 0,20,50,memory)")
+    parser.add_argument(
+        "--quick", action="store_true", help="few chips per mode, small memory mode"
+    )
+    parser.add_argument(
+        "--plan",
+        default="0,20,50,memory",
+        help="what to run, in order: delays in ms per request, and 'memory' "
+        "(default 0,20,50,memory)",
+    )
     parser.add_argument("--bands", default="rgb,ten", help="rgb, ten or both (default)")
-    parser.add_argument("--modes", default=",".join(m[0] for m in MODES), help="modes to run at each delay")
+    parser.add_argument(
+        "--modes", default=",".join(m[0] for m in MODES), help="modes to run at each delay"
+    )
     parser.add_argument("--items", type=int, default=60)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chips", type=int, help="chips per mode (default 320; --quick 48)")
-    parser.add_argument("--slow-chips", type=int, help="chips of the slow modes (default 32; --quick 8)")
-    parser.add_argument("--memory-items", type=int, help="items of the memory mode (default 10000; --quick 200)")
+    parser.add_argument(
+        "--slow-chips", type=int, help="chips of the slow modes (default 32; --quick 8)"
+    )
+    parser.add_argument(
+        "--memory-items", type=int, help="items of the memory mode (default 10000; --quick 200)"
+    )
     parser.add_argument("--memory-chips", type=int, help="chips per item there (default 10)")
-    parser.add_argument("--memory-limit", type=float, default=900, help="seconds before the memory mode stops")
-    parser.add_argument("--report", type=Path, help="print the tables of a results JSON written before, and exit")
-    parser.add_argument("--original-python", help="python of a venv with stacchip==0.1.38 (else no 0.1.38 rows)")
+    parser.add_argument(
+        "--memory-limit", type=float, default=900, help="seconds before the memory mode stops"
+    )
+    parser.add_argument(
+        "--report", type=Path, help="print the tables of a results JSON written before, and exit"
+    )
+    parser.add_argument(
+        "--original-python", help="python of a venv with stacchip==0.1.38 (else no 0.1.38 rows)"
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default DATA/results_loaders.json)")
     args = parser.parse_args()
     if args.report:
@@ -442,8 +544,14 @@ def main() -> None:
         names = {k.split(":")[1] for per in saved["delays"].values() for k in per}
         for k in ("items", "batch", "workers"):
             setattr(args, k, saved.get("args", {}).get(k, getattr(args, k)))
-        report(saved, [m for m in MODES if m[0] in keys], {k: v for k, v in (("rgb", RGB), ("ten", TEN)) if k in names},
-               saved.get("chips", 48), saved.get("slow", 8), args)
+        report(
+            saved,
+            [m for m in MODES if m[0] in keys],
+            {k: v for k, v in (("rgb", RGB), ("ten", TEN)) if k in names},
+            saved.get("chips", 48),
+            saved.get("slow", 8),
+            args,
+        )
         return
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
@@ -470,7 +578,9 @@ def main() -> None:
         _, items = serve(args.data, server.url, args.items)
         t = time.perf_counter()
         full = index_items(items)
-        log.info("%d items indexed in %.0f s (%d chips)", len(items), time.perf_counter() - t, len(full))
+        log.info(
+            "%d items indexed in %.0f s (%d chips)", len(items), time.perf_counter() - t, len(full)
+        )
         table = pick(full, chips, seed=3)
         slow_table = pick(full, slow, seed=4)
         idx = args.data / "bench_loaders_index.parquet"
@@ -481,17 +591,29 @@ def main() -> None:
             results["floors"][key] = {"fast": decode_floor(table, bands, scene_dir),
                                       "slow": decode_floor(slow_table, bands, scene_dir)}
         # TorchGeo's files: one URL per band file of the slow table's items
-        slow_items = sorted({int(h.rsplit("item", 1)[1][:4]) for h in slow_table["item_href"].to_pylist()})
+        slow_items = sorted(
+            {int(h.rsplit("item", 1)[1][:4]) for h in slow_table["item_href"].to_pylist()}
+        )
 
         def run_memory() -> None:
             server.delay = 0
             mem_idx = args.data / "bench_loaders_memory.parquet"
             t = time.perf_counter()
             memory_index(full, mem_items, mem_chips, server.url, mem_idx)
-            log.info("memory index: %d chips from %d items in %.0f s", mem_items * mem_chips, mem_items,
-                     time.perf_counter() - t)
-            cfg = {"index": str(mem_idx), "bands": RGB, "batch": args.batch, "workers": args.workers,
-                   "limit_s": args.memory_limit, "tests_dir": str(HERE.parent / "tests")}
+            log.info(
+                "memory index: %d chips from %d items in %.0f s",
+                mem_items * mem_chips,
+                mem_items,
+                time.perf_counter() - t,
+            )
+            cfg = {
+                "index": str(mem_idx),
+                "bands": RGB,
+                "batch": args.batch,
+                "workers": args.workers,
+                "limit_s": args.memory_limit,
+                "tests_dir": str(HERE.parent / "tests"),
+            }
             results["memory"] = run_job(sys.executable, MEMORY_JOB, cfg, timeout=4 * 3600)
             results["memory"]["items"] = mem_items
             out_path.write_text(json.dumps(results, indent=1, default=str))
@@ -507,32 +629,61 @@ def main() -> None:
                 for key, bands in bandsets.items():
                     for mkey, label, kind, opts in modes:
                         is_slow = opts.get("slow", False)
-                        cfg = {"kind": kind, "bands": bands, "batch": args.batch, "workers": opts.get("workers", args.workers),
-                               "stats_url": server.stats_url, "index": str(slow_idx if is_slow else idx),
-                               "chips": slow if is_slow else chips, "parent_read": opts.get("parent_read", False),
-                               "context": opts.get("context"), "tests_dir": str(HERE.parent / "tests")}
+                        cfg = {
+                            "kind": kind,
+                            "bands": bands,
+                            "batch": args.batch,
+                            "workers": opts.get("workers", args.workers),
+                            "stats_url": server.stats_url,
+                            "index": str(slow_idx if is_slow else idx),
+                            "chips": slow if is_slow else chips,
+                            "parent_read": opts.get("parent_read", False),
+                            "context": opts.get("context"),
+                            "tests_dir": str(HERE.parent / "tests"),
+                        }
                         python = sys.executable
                         if kind == "orig":
                             python = args.original_python
                             from stacchip_core.io.settings import GDAL_DEFAULTS
 
-                            cfg["env"] = {k: str(v) for k, v in GDAL_DEFAULTS.items()} if opts.get("tuned") else {}
+                            cfg["env"] = (
+                                {k: str(v) for k, v in GDAL_DEFAULTS.items()}
+                                if opts.get("tuned")
+                                else {}
+                            )
                         if kind == "tgraster":
                             cfg["env"] = USER_GDAL
                             cfg["band_ids"] = [S2_IDS[b] for b in bands]
                             day = datetime(2024, 1, 1)
-                            cfg["paths"] = [f"/vsicurl/{server.url}/tg/i{i:04d}/T20HNJ_{day + timedelta(days=i):%Y%m%d}_B02.tif"
-                                            for i in slow_items]
+                            cfg["paths"] = [
+                                f"/vsicurl/{server.url}/tg/i{i:04d}/"
+                                f"T20HNJ_{day + timedelta(days=i):%Y%m%d}_B02.tif"
+                                for i in slow_items
+                            ]
                         t = time.perf_counter()
                         r = run_job(python, JOB, cfg)
                         per[f"{mkey}:{key}"] = r
-                        out_path.write_text(json.dumps(results, indent=1, default=str))  # a cut-short run keeps its rows
+                        out_path.write_text(
+                            json.dumps(results, indent=1, default=str)
+                        )  # a cut-short run keeps its rows
                         if "error" in r:
-                            log.warning("%s, %s, %d ms: failed: %s", mkey, key, delay * 1000, r["stderr"][-1500:])
+                            log.warning(
+                                "%s, %s, %d ms: failed: %s",
+                                mkey,
+                                key,
+                                delay * 1000,
+                                r["stderr"][-1500:],
+                            )
                         else:
-                            log.info("%-13s %-4s %3d ms: %6.1f chips/s, %5.1f req/chip (%.0f s)", mkey, key, delay * 1000,
-                                     r["chips"] / r["seconds"], r["requests"] / max(1, r["chips"]),
-                                     time.perf_counter() - t)
+                            log.info(
+                                "%-13s %-4s %3d ms: %6.1f chips/s, %5.1f req/chip (%.0f s)",
+                                mkey,
+                                key,
+                                delay * 1000,
+                                r["chips"] / r["seconds"],
+                                r["requests"] / max(1, r["chips"]),
+                                time.perf_counter() - t,
+                            )
         except KeyboardInterrupt:  # Ctrl-C: nginx stops, the tables show what ran
             log.warning("interrupted: reporting the modes that ran")
             results["interrupted"] = True
@@ -543,9 +694,13 @@ def main() -> None:
 
 
 def report(results: dict, modes, bandsets, chips: int, slow: int, args) -> None:
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{args.items} items, batches of {args.batch}, {args.workers} workers; {chips} chips per mode "
-          f"({slow} for TorchGeo's RasterDataset and stacchip 0.1.38); one run each")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; "
+        f"{args.items} items, batches of {args.batch}, {args.workers} workers; {chips} chips per "
+        "mode "
+        f"({slow} for TorchGeo's RasterDataset and stacchip 0.1.38); one run each"
+    )
     for delay, per in results["delays"].items():
         for key in bandsets:
             fast_tiles, fast_floor = results["floors"][key]["fast"]
@@ -575,11 +730,20 @@ def report(results: dict, modes, bandsets, chips: int, slow: int, args) -> None:
                 x = next((x for x in s if x[1] >= want), s[-1]) if s else None
                 if x:
                     marks.append(f"{x[1]} chips: {x[2] / 2**20:.0f} MiB")
-            cut = f" (stopped at the time limit; {m['planned']} planned)" if m["chips"] < m["planned"] else ""
-            print(f"\nmemory: data module, RGB, {m['chips']} chips{cut} from {m['items']} items, {args.workers} workers, "
-                  f"0 ms: {m['chips'] / m['seconds']:.1f} chips/s; peak PSS of parent + workers {peak / 2**20:.0f} MiB "
-                  f"(parent {max(x[3] for x in s) / 2**20:.0f} MiB, largest worker {max(x[4] for x in s) / 2**20:.0f} "
-                  f"MiB, sampled every second); along the epoch: {'; '.join(marks)}")
+            cut = (
+                f" (stopped at the time limit; {m['planned']} planned)"
+                if m["chips"] < m["planned"]
+                else ""
+            )
+            print(
+                f"\nmemory: data module, RGB, {m['chips']} chips{cut} from {m['items']} items, "
+                f"{args.workers} workers, "
+                f"0 ms: {m['chips'] / m['seconds']:.1f} chips/s; peak PSS of parent + workers "
+                f"{peak / 2**20:.0f} MiB "
+                f"(parent {max(x[3] for x in s) / 2**20:.0f} MiB, largest worker "
+                f"{max(x[4] for x in s) / 2**20:.0f} "
+                f"MiB, sampled every second); along the epoch: {'; '.join(marks)}"
+            )
     if "elapsed_s" in results:
         print(f"\n(total {results['elapsed_s'] / 60:.1f} min)")
 

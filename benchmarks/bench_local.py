@@ -34,7 +34,11 @@ def items(src: Path, root: Path, n: int) -> list[Path]:
         copy = json.loads(json.dumps(item))
         copy["id"] = f"{item['id']}_{i}"
         for asset in copy["assets"].values():
-            href = Path(asset["href"]) if Path(asset["href"]).is_absolute() else src.parent / asset["href"]
+            href = (
+                Path(asset["href"])
+                if Path(asset["href"]).is_absolute()
+                else src.parent / asset["href"]
+            )
             link = folder / href.name
             if not link.exists():
                 link.symlink_to(href.resolve())
@@ -64,8 +68,13 @@ def measure(index: Path, mode: str, kind: str) -> dict:
         for row in chosen:
             reader.stacks([row], ["red", "green", "blue"])
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"mode": mode, "kind": kind, "chips": len(chosen), "chips_s": round(len(chosen) / wall, 1),
-            "cpu_ms_chip": round(1000 * cpu / len(chosen), 2)}
+    return {
+        "mode": mode,
+        "kind": kind,
+        "chips": len(chosen),
+        "chips_s": round(len(chosen) / wall, 1),
+        "cpu_ms_chip": round(1000 * cpu / len(chosen), 2),
+    }
 
 
 def main() -> None:
@@ -73,7 +82,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--items", type=int, default=41)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--measure", nargs=3, metavar=("INDEX", "MODE", "KIND"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--measure", nargs=3, metavar=("INDEX", "MODE", "KIND"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(Path(args.measure[0]), args.measure[1], args.measure[2])))
@@ -88,12 +99,18 @@ def main() -> None:
     index = root / f"index{args.items}.parquet"
     if not index.exists():
         paths = items(scene(args.data), root, args.items)
-        pq.write_table(pa.concat_tables([Indexer(str(p), stats=False).create_index() for p in paths]), index)
+        pq.write_table(
+            pa.concat_tables([Indexer(str(p), stats=False).create_index() for p in paths]), index
+        )
     for _ in range(args.repeats):
         for mode in ("rasterio", "layouts"):
             for kind in ("cold", "warm"):
-                out = subprocess.run([sys.executable, __file__, "--measure", str(index), mode, kind],
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [sys.executable, __file__, "--measure", str(index), mode, kind],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 print(out.strip().splitlines()[-1])
 
 

@@ -23,9 +23,19 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).parent
-CDSE = {"blue": "B02_10m", "green": "B03_10m", "red": "B04_10m", "nir": "B08_10m", "rededge1": "B05_20m",
-        "rededge2": "B06_20m", "rededge3": "B07_20m", "nir08": "B8A_20m", "swir16": "B11_20m",
-        "swir22": "B12_20m", "scl": "SCL_20m"}
+CDSE = {
+    "blue": "B02_10m",
+    "green": "B03_10m",
+    "red": "B04_10m",
+    "nir": "B08_10m",
+    "rededge1": "B05_20m",
+    "rededge2": "B06_20m",
+    "rededge3": "B07_20m",
+    "nir08": "B8A_20m",
+    "swir16": "B11_20m",
+    "swir22": "B12_20m",
+    "scl": "SCL_20m",
+}
 
 
 def scene(root: Path, keys: str) -> Path:
@@ -56,8 +66,11 @@ def main() -> None:
     parser.add_argument("--chips", type=int, default=32)
     args = parser.parse_args()
     served = scene(Path(args.root), args.keys)
-    server = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "rangeserver.py"), str(served)],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(HERE.parent / "tests" / "rangeserver.py"), str(served)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = server.stdout.readline().strip()  # type: ignore[union-attr]
 
@@ -67,7 +80,11 @@ def main() -> None:
         from stacchip_core.core.indexer import Indexer
         from stacchip_core.training.chipread import ChipReader
 
-        rows = Indexer(f"{url}/item.json", platform="sentinel-2-l2a", stats=False).create_index().to_pylist()
+        rows = (
+            Indexer(f"{url}/item.json", platform="sentinel-2-l2a", stats=False)
+            .create_index()
+            .to_pylist()
+        )
         rows = rows[:args.chips]
         before = stats()
         reader = ChipReader(bands=["red", "green", "blue"])
@@ -75,9 +92,11 @@ def main() -> None:
         out = reader.read_many(rows)
         c1, w1 = time.process_time(), time.perf_counter()
         after = stats()
-        print(f"{args.keys}: {len(out)} chips, client CPU {1000 * (c1 - c0) / len(out):.2f} ms/chip, "
-              f"wall {1000 * (w1 - w0):.0f} ms, {after['requests'] - before['requests']} requests, "
-              f"{(after['bytes'] - before['bytes']) / 1024:.0f} KiB")
+        print(
+            f"{args.keys}: {len(out)} chips, client CPU {1000 * (c1 - c0) / len(out):.2f} ms/chip, "
+            f"wall {1000 * (w1 - w0):.0f} ms, {after['requests'] - before['requests']} requests, "
+            f"{(after['bytes'] - before['bytes']) / 1024:.0f} KiB"
+        )
     finally:
         server.terminate()
         server.wait()

@@ -57,12 +57,18 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "blob.bin").write_bytes(os.urandom(200 * SIZE))
-        server = subprocess.Popen([sys.executable, str(Path(__file__).parents[1] / "tests" / "rangeserver.py"), tmp],
-                                  stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parents[1] / "tests" / "rangeserver.py"), tmp],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             url = server.stdout.readline().strip() + "/blob.bin"  # type: ignore[union-attr]
             cpu, rate, counted = measure(url, args.requests, args.concurrency, SIZE)
-            print(f"obstore              {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} requests)")
+            print(
+                f"obstore              {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} "
+                "requests)"
+            )
             parent, child = multiprocessing.get_context("fork").Pipe()
             proc = multiprocessing.get_context("fork").Process(
                 target=_child, args=(url, args.requests, args.concurrency, SIZE, child))
@@ -70,7 +76,10 @@ def main() -> None:
             (cpu, rate, counted), usable = parent.recv()
             proc.join()
             assert not usable
-            print(f"fork-safe (aiohttp)  {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} requests)")
+            print(
+                f"fork-safe (aiohttp)  {cpu:6.0f} µs CPU/request  {rate:6.0f} req/s  ({counted} "
+                "requests)"
+            )
         finally:
             server.terminate()
             server.wait()

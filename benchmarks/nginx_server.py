@@ -6,7 +6,8 @@ A Python server on the same 2 cores takes CPU from the client it is meant to mea
 batched cold reads at 82 chips/s against a Python server, 208 against nginx, same client).
 
     with NginxServer(root, delay=0.02) as server:   # root: the folder served at server.url
-        ...                                         # GET {server.url}/_stats -> {"requests", "bytes"}
+        ...                                         # GET {server.url}/_stats ->
+                                                    #   {"requests", "bytes"}
         server.delay = 0.05                         # changed on the running server
         server.stats(reset=True)
 
@@ -106,15 +107,21 @@ http {{
 
 def ensure_nginx() -> str:
     """The nginx binary, after installing Debian's nginx-light and its Lua module if missing."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if found and (MODULES / "ngx_http_lua_module.so").exists():
         return found
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise SystemExit(f"needs nginx with its Lua module: apt-get install {' '.join(PACKAGES)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
@@ -140,8 +147,15 @@ class NginxServer:
         for _ in range(5):  # a port taken between the probe and nginx's bind: try another
             port = _free_port()
             conf = self.prefix / "nginx.conf"
-            conf.write_text(CONFIG.format(prefix=self.prefix, modules=MODULES, delay=self._delay, port=port,
-                                          root=self.root))
+            conf.write_text(
+                CONFIG.format(
+                    prefix=self.prefix,
+                    modules=MODULES,
+                    delay=self._delay,
+                    port=port,
+                    root=self.root,
+                )
+            )
             self.proc = subprocess.Popen([binary, "-p", str(self.prefix), "-c", str(conf)],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.url = f"http://127.0.0.1:{port}"
@@ -152,7 +166,11 @@ class NginxServer:
                     return self
                 except OSError:
                     time.sleep(0.05)
-            err = self.proc.stderr.read().decode() if self.proc.poll() is not None and self.proc.stderr else ""
+            err = (
+                self.proc.stderr.read().decode()
+                if self.proc.poll() is not None and self.proc.stderr
+                else ""
+            )
             self.stop()
             if "Address already in use" not in err:
                 raise RuntimeError(f"nginx did not start: {err[-2000:]}")

@@ -117,9 +117,15 @@ def _setup_logging(verbose: int, quiet: bool, log_json: bool = False) -> None:
     global _LOG_SETTINGS
     _LOG_SETTINGS = (verbose, quiet, log_json)
     # default WARNING, -v INFO, -vv DEBUG (with tracebacks); -q only errors
-    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    level = (
+        logging.ERROR
+        if quiet
+        else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if log_json else _LineFormatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        _JsonFormatter() if log_json else _LineFormatter("%(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.captureWarnings(True)  # library warnings are log records: one escaped line each
     for noisy in ("rasterio", "botocore", "urllib3", "boto3", "s3transfer", "distributed"):
@@ -138,14 +144,18 @@ def cli(verbose: int, quiet: bool, log_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--all", "show_all", is_flag=True, help="Also stacchip-core's built-in hook implementations.")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Also stacchip-core's built-in hook implementations."
+)
 def plugins(as_json: bool, show_all: bool) -> None:
     """Installed plugins, their versions, platforms and hooks."""
     from stacchip_core.plugins import plugin_info
 
     rows = plugin_info(builtins=show_all)
     if as_json:
-        for line in json.dumps(rows, indent=2).splitlines():  # ASCII: control characters are \u escapes
+        for line in json.dumps(
+            rows, indent=2
+        ).splitlines():  # ASCII: control characters are \u escapes
             echo(line)
         return
     if not rows:
@@ -158,22 +168,65 @@ def plugins(as_json: bool, show_all: bool) -> None:
 
 @cli.command()
 @click.argument("items", metavar="ITEM...", nargs=-1, type=str)
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="GeoParquet file to write (one ITEM), or a folder of per-item index files (many items).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="GeoParquet file to write (one ITEM), or a folder of per-item index files (many items).",
+)
 @click.option("--platform", help="Platform name (default: from the item's collection).")
 @click.option("--chip-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Drop chips with a larger nodata fraction.")
+@click.option(
+    "--max-nodata",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Drop chips with a larger nodata fraction.",
+)
 @click.option("--no-stats", is_flag=True, help="Index without cloud/nodata statistics (all 0).")
-@click.option("--no-layouts", is_flag=True, help="Do not record COG layouts (chips then open each file).")
-@click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
-@click.option("--catalog", help="Index the items of a search: a STAC API URL, or a stac-geoparquet / .ndjson file or item folder.")
+@click.option(
+    "--no-layouts", is_flag=True, help="Do not record COG layouts (chips then open each file)."
+)
+@click.option(
+    "--mountpath",
+    type=click.Path(file_okay=False),
+    help="Local mirror that s3:// and https:// hrefs map to.",
+)
+@click.option(
+    "--catalog",
+    help=(
+        "Index the items of a search: a STAC API URL, or a stac-geoparquet / .ndjson file "
+        "or item folder."
+    ),
+)
 @click.option("--collections", help="Search: comma-separated collection ids.")
 @click.option("--bbox", type=float, nargs=4, help="Search: west south east north.")
 @click.option("--datetime", "datetime_range", help="Search: ISO 8601 instant or interval a/b.")
 @click.option("--max-items", type=click.IntRange(min=1), help="Search: at most this many items.")
-@click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Items indexed at once.")
-def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, no_layouts, catalog, collections,
-          bbox, datetime_range, max_items, workers) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Items indexed at once.",
+)
+def index(
+    items,
+    output,
+    platform,
+    chip_size,
+    max_nodata,
+    no_stats,
+    mountpath,
+    no_layouts,
+    catalog,
+    collections,
+    bbox,
+    datetime_range,
+    max_items,
+    workers,
+) -> None:
     """Index the chips of STAC items into OUTPUT: one ITEM (a JSON file or URL) into a file;
     many ITEMs, or the items of a --catalog search, into a folder of per-item index files
     (then `stacchip merge` them)."""
@@ -183,8 +236,15 @@ def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, n
     if not items and not catalog:
         raise click.UsageError("give one or more ITEMs or a --catalog to search")
     if len(items) == 1 and not catalog:
-        indexer = Indexer(items[0], chip_size=chip_size, chip_max_nodata=max_nodata, platform=platform,
-                          stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
+        indexer = Indexer(
+            items[0],
+            chip_size=chip_size,
+            chip_max_nodata=max_nodata,
+            platform=platform,
+            stats=not no_stats,
+            mountpath=mountpath,
+            layouts=not no_layouts,
+        )
         table = indexer.create_index()
         write_index(table, output)
         echo(f"{output}: {len(table)} of {indexer.size} chips ({indexer.platform_name}, "
@@ -196,14 +256,28 @@ def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, n
     if catalog:
         from stacchip_core.io.catalog import open_catalog
 
-        search = open_catalog(catalog).search(collections=collections.split(",") if collections else None,
-                                              bbox=list(bbox) if bbox else None, datetime=datetime_range,
-                                              max_items=max_items)
+        search = open_catalog(catalog).search(
+            collections=collections.split(",") if collections else None,
+            bbox=list(bbox) if bbox else None,
+            datetime=datetime_range,
+            max_items=max_items,
+        )
         sources.extend(search.items())
-    report = index_many(sources, output, workers=workers, chip_size=chip_size, chip_max_nodata=max_nodata,
-                        platform=platform, stats=not no_stats, mountpath=mountpath, layouts=not no_layouts)
-    echo(f"{output}: {report.chips} chips of {report.done} items in {report.seconds:.1f} s "
-               f"({report.items_per_second:.1f} items/s, {workers} at once); {report.failed} failed")
+    report = index_many(
+        sources,
+        output,
+        workers=workers,
+        chip_size=chip_size,
+        chip_max_nodata=max_nodata,
+        platform=platform,
+        stats=not no_stats,
+        mountpath=mountpath,
+        layouts=not no_layouts,
+    )
+    echo(
+        f"{output}: {report.chips} chips of {report.done} items in {report.seconds:.1f} s "
+        f"({report.items_per_second:.1f} items/s, {workers} at once); {report.failed} failed"
+    )
     for line in report.errors:
         echo(f"failed: {line}", err=True)
     if report.failed:
@@ -214,10 +288,26 @@ def index(items, output, platform, chip_size, max_nodata, no_stats, mountpath, n
 @click.argument("index_path", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
 @click.option("--row", type=click.IntRange(min=0), help="Row number in the index.")
 @click.option("--chipid", help="Chip id ({item_id}-{x}-{y}).")
-@click.option("--assets", help="Comma-separated asset keys or band names (default: the platform's bands).")
-@click.option("--mountpath", type=click.Path(file_okay=False), help="Local mirror that s3:// and https:// hrefs map to.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz, .tif or .png (RGB preview).")
-@click.option("--stack", "stackid", help="A stack id: INDEX is then a stacks table (stacchip stack); .npz or .tif.")
+@click.option(
+    "--assets", help="Comma-separated asset keys or band names (default: the platform's bands)."
+)
+@click.option(
+    "--mountpath",
+    type=click.Path(file_okay=False),
+    help="Local mirror that s3:// and https:// hrefs map to.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output .npz, .tif or .png (RGB preview).",
+)
+@click.option(
+    "--stack",
+    "stackid",
+    help="A stack id: INDEX is then a stacks table (stacchip stack); .npz or .tif.",
+)
 def chip(index_path, row, chipid, assets, mountpath, output, stackid) -> None:
     """Read the pixels of one chip of INDEX into OUTPUT."""
     from stacchip_core.core.chipper import chip_from_row
@@ -230,7 +320,9 @@ def chip(index_path, row, chipid, assets, mountpath, output, stackid) -> None:
     if (row is None) == (chipid is None):
         raise click.UsageError("give exactly one of --row or --chipid")
     record = find_row(index_path, row=row, chipid=chipid)
-    pixels = chip_from_row(record, assets=assets.split(",") if assets else None, mountpath=mountpath)
+    pixels = chip_from_row(
+        record, assets=assets.split(",") if assets else None, mountpath=mountpath
+    )
     write_chip(output, pixels)
     shapes = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in pixels.items())
     echo(f"{output}: {record['chipid']}: {shapes}")
@@ -271,27 +363,67 @@ def merge(src, dst) -> None:
 @click.argument("index_path", metavar="INDEX")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Stacks GeoParquet file to write.")
-@click.option("--anchor", help="Platform whose chips anchor the stacks (default: each platform its own).")
-@click.option("--with", "with_", multiple=True, help="Platform whose items join each anchor step (repeatable).")
+@click.option(
+    "--anchor", help="Platform whose chips anchor the stacks (default: each platform its own)."
+)
+@click.option(
+    "--with",
+    "with_",
+    multiple=True,
+    help="Platform whose items join each anchor step (repeatable).",
+)
 @click.option("--share", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True,
               help="Least share of the anchor chip a joining item covers.")
 @click.option("--window", type=click.FloatRange(min=0), default=0, show_default=True,
               help="Days between an anchor step and a joining item, at most.")
 @click.option("--min-steps", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), help="Keep the clearest N steps.")
-@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Drop steps with a larger cloud fraction.")
-@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Drop steps with a larger nodata fraction.")
-@click.option("--every", type=click.IntRange(min=1), help="One step per this many days, the clearest.")
-@click.option("--region", type=float, nargs=4, metavar="W S E N",
-              help="Only stacks whose anchor centre lies in [W, E) x [S, N) (lon/lat): one run per region.")
-def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps, max_cloud, max_nodata, every,
-          region) -> None:
+@click.option(
+    "--max-cloud", type=click.FloatRange(0, 1), help="Drop steps with a larger cloud fraction."
+)
+@click.option(
+    "--max-nodata", type=click.FloatRange(0, 1), help="Drop steps with a larger nodata fraction."
+)
+@click.option(
+    "--every", type=click.IntRange(min=1), help="One step per this many days, the clearest."
+)
+@click.option(
+    "--region",
+    type=float,
+    nargs=4,
+    metavar="W S E N",
+    help="Only stacks whose anchor centre lies in [W, E) x [S, N) (lon/lat): one run per region.",
+)
+def stack(
+    index_path,
+    output,
+    anchor,
+    with_,
+    share,
+    window,
+    min_steps,
+    max_steps,
+    max_cloud,
+    max_nodata,
+    every,
+    region,
+) -> None:
     """Group the chips of INDEX into stacks of the same place (time series, other sensors)."""
     from stacchip_core.core.stacks import build_stacks, write_stacks
 
-    table = build_stacks(index_path, anchor=anchor, with_=with_, share=share, window=window, min_steps=min_steps,
-                         max_steps=max_steps, max_cloud=max_cloud, max_nodata=max_nodata, every=every,
-                         region=tuple(region) if region else None)
+    table = build_stacks(
+        index_path,
+        anchor=anchor,
+        with_=with_,
+        share=share,
+        window=window,
+        min_steps=min_steps,
+        max_steps=max_steps,
+        max_cloud=max_cloud,
+        max_nodata=max_nodata,
+        every=every,
+        region=tuple(region) if region else None,
+    )
     write_stacks(table, output)
     members = sum(len(v) for v in table["member_chipid"].to_pylist()) if table.num_rows else 0
     echo(f"{output}: {table.num_rows} stacks, {members} members")
@@ -299,15 +431,38 @@ def stack(index_path, output, anchor, with_, share, window, min_steps, max_steps
 
 @cli.command("query")
 @click.argument("index_path", metavar="INDEX")
-@click.option("--bbox", type=float, nargs=4, help="west south east north in degrees (west > east crosses 180).")
-@click.option("--intersects", type=click.Path(exists=True, dir_okay=False),
-              help="Chips meeting the geometries of this file (GeoJSON or any layer geopandas reads).")
-@click.option("--datetime", "datetime_range", help="ISO 8601 instant or interval a/b (.. for an open end).")
+@click.option(
+    "--bbox",
+    type=float,
+    nargs=4,
+    help="west south east north in degrees (west > east crosses 180).",
+)
+@click.option(
+    "--intersects",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Chips meeting the geometries of this file (GeoJSON or any layer geopandas reads).",
+)
+@click.option(
+    "--datetime", "datetime_range", help="ISO 8601 instant or interval a/b (.. for an open end)."
+)
 @click.option("--platform", "platforms_", multiple=True, help="Keep these platforms (repeatable).")
-@click.option("--max-cloud", type=click.FloatRange(0, 1), help="Keep chips with at most this cloud fraction.")
-@click.option("--max-nodata", type=click.FloatRange(0, 1), help="Keep chips with at most this nodata fraction.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the chips (GeoParquet).")
-def query_command(index_path, bbox, intersects, datetime_range, platforms_, max_cloud, max_nodata, output) -> None:
+@click.option(
+    "--max-cloud", type=click.FloatRange(0, 1), help="Keep chips with at most this cloud fraction."
+)
+@click.option(
+    "--max-nodata",
+    type=click.FloatRange(0, 1),
+    help="Keep chips with at most this nodata fraction.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the chips (GeoParquet).",
+)
+def query_command(
+    index_path, bbox, intersects, datetime_range, platforms_, max_cloud, max_nodata, output
+) -> None:
     """Chips of INDEX (a file, folder, s3:// or https:// URL) that match the filters, reading
     only the row groups that may match (-v logs what was read)."""
     from stacchip_core.core.index import write_index
@@ -326,11 +481,16 @@ def query_command(index_path, bbox, intersects, datetime_range, platforms_, max_
     r = result.report
     if output:
         write_index(result.table, output)
-    echo(f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of {r.row_groups_total} row groups, "
-         f"{r.bytes_read} bytes in {r.requests} requests, {r.seconds:.3f} s")
+    echo(
+        f"{output or index_path}: {r.rows} chips; read {r.row_groups_read} of "
+        f"{r.row_groups_total} row groups, "
+        f"{r.bytes_read} bytes in {r.requests} requests, {r.seconds:.3f} s"
+    )
 
 
-def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) -> tuple[list[int], bool]:
+def _indices(
+    index: int | None, index_range: str | None, all_jobs: bool, count
+) -> tuple[list[int], bool]:
     """The job numbers to run and whether to fan them out: --job (else the array-job
     environment), --jobs a:b, or --all. ("index" names the GeoParquet chip table only; the
     earlier option names --index and --index-range remain as aliases.)"""
@@ -346,7 +506,9 @@ def _indices(index: int | None, index_range: str | None, all_jobs: bool, count) 
     if index is None:
         index = job_index_from_env()
     if index is None:
-        raise click.UsageError(f"give --job, --jobs or --all (or set one of {', '.join(INDEX_ENV_VARS)})")
+        raise click.UsageError(
+            f"give --job, --jobs or --all (or set one of {', '.join(INDEX_ENV_VARS)})"
+        )
     return [index], False
 
 
@@ -364,57 +526,138 @@ def _finish(report, store_location: str, key: str) -> None:
         raise SystemExit(1)
 
 
-_SCHEDULER_HELP = "Where --jobs/--all jobs run: local[:N] (a dask LocalCluster), tcp://HOST:PORT, or sync."
+_SCHEDULER_HELP = (
+    "Where --jobs/--all jobs run: local[:N] (a dask LocalCluster), tcp://HOST:PORT, or sync."
+)
 
 
 @cli.command()
 @click.argument("platform")
-@click.option("--job", "--index", "job_index", type=click.IntRange(min=0),
-              help="Job: the sample to process [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].")
-@click.option("--jobs", "--index-range", "index_range", help="Jobs (samples) a:b (b excluded), fanned out over --scheduler.")
-@click.option("--all", "all_samples", is_flag=True, help="Every sample of the source, fanned out over --scheduler.")
-@click.option("--sample", "--samples", "sample_source", envvar=["STACCHIP_SAMPLE_SOURCE", "STACCHIP_MGRS_SOURCE"],
-              help="Sample locations: any layer geopandas reads [env: STACCHIP_SAMPLE_SOURCE].")
+@click.option(
+    "--job",
+    "--index",
+    "job_index",
+    type=click.IntRange(min=0),
+    help=(
+        "Job: the sample to process "
+        "[env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID]."
+    ),
+)
+@click.option(
+    "--jobs",
+    "--index-range",
+    "index_range",
+    help="Jobs (samples) a:b (b excluded), fanned out over --scheduler.",
+)
+@click.option(
+    "--all",
+    "all_samples",
+    is_flag=True,
+    help="Every sample of the source, fanned out over --scheduler.",
+)
+@click.option(
+    "--sample",
+    "--samples",
+    "sample_source",
+    envvar=["STACCHIP_SAMPLE_SOURCE", "STACCHIP_MGRS_SOURCE"],
+    help="Sample locations: any layer geopandas reads [env: STACCHIP_SAMPLE_SOURCE].",
+)
 @click.option("--bucket", required=True, envvar="STACCHIP_BUCKET",
               help="Target: a folder or s3://bucket[/prefix] [env: STACCHIP_BUCKET].")
-@click.option("--stac-api", envvar="STACCHIP_STAC_API",
-              help="STAC API URL, or a folder of item JSON (embedded catalog) [env: STACCHIP_STAC_API].")
+@click.option(
+    "--stac-api",
+    envvar="STACCHIP_STAC_API",
+    help="STAC API URL, or a folder of item JSON (embedded catalog) [env: STACCHIP_STAC_API].",
+)
 @click.option("--chip-size", type=click.IntRange(min=1), help="Default: the platform's.")
 @click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--scheduler", default="local", show_default=True, help=_SCHEDULER_HELP)
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True, help="Retries of a failed job.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Samples per job: job N runs samples N*B .. N*B+B-1, their items --workers at a time.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Retries of a failed job.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Samples per job: job N runs samples N*B .. N*B+B-1, their items --workers at a time.",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
               help="Items processed at once within a batch (--batch-size > 1).")
-def process(platform, job_index, index_range, all_samples, sample_source, bucket, stac_api, chip_size, max_nodata,
-            scheduler, retries, batch_size, workers) -> None:
+def process(
+    platform,
+    job_index,
+    index_range,
+    all_samples,
+    sample_source,
+    bucket,
+    stac_api,
+    chip_size,
+    max_nodata,
+    scheduler,
+    retries,
+    batch_size,
+    workers,
+) -> None:
     """Process samples of PLATFORM into --bucket: select, normalize, index."""
     from functools import partial
 
     from stacchip_core.pipeline.process import count_samples, process_job
     from stacchip_core.pipeline.runner import batch_count, run_tasks
 
-    indices, fan_out = _indices(job_index, index_range, all_samples,
-                                lambda: batch_count(count_samples(platform, sample_source), batch_size))
-    job = partial(process_job, platform=platform, bucket=bucket, sample_source=sample_source, stac_api=stac_api,
-                  chip_size=chip_size, max_nodata=max_nodata, batch_size=batch_size, workers=workers)
+    indices, fan_out = _indices(
+        job_index,
+        index_range,
+        all_samples,
+        lambda: batch_count(count_samples(platform, sample_source), batch_size),
+    )
+    job = partial(
+        process_job,
+        platform=platform,
+        bucket=bucket,
+        sample_source=sample_source,
+        stac_api=stac_api,
+        chip_size=chip_size,
+        max_nodata=max_nodata,
+        batch_size=batch_size,
+        workers=workers,
+    )
     if not fan_out:
         for r in job(indices[0]):
             echo(f"{r.item_id}: {r.status}" + (f", {r.chips} chips" if r.chips is not None else ""))
         return
-    report = run_tasks(_LoggedJob(job, _LOG_SETTINGS), indices, scheduler, retries, command=f"process {platform}")
+    report = run_tasks(
+        _LoggedJob(job, _LOG_SETTINGS), indices, scheduler, retries, command=f"process {platform}"
+    )
     _finish(report, bucket, f"_runs/process-{platform}-{indices[0]}-{indices[-1] + 1}.json")
 
 
 @cli.command()
 @click.argument("index_path", metavar="INDEX")
 @click.argument("target")
-@click.option("--version", "version", default="v1", show_default=True, help="Folder name for this cube set.")
-@click.option("--job", "--index", "job", type=click.IntRange(min=0),
-              help="Job number [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].")
-@click.option("--jobs", "--index-range", "index_range", help="Jobs a:b (b excluded), fanned out over --scheduler.")
-@click.option("--all", "all_jobs", is_flag=True, help="Every job (all cubes), fanned out over --scheduler.")
+@click.option(
+    "--version", "version", default="v1", show_default=True, help="Folder name for this cube set."
+)
+@click.option(
+    "--job",
+    "--index",
+    "job",
+    type=click.IntRange(min=0),
+    help="Job number [env: AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID].",
+)
+@click.option(
+    "--jobs",
+    "--index-range",
+    "index_range",
+    help="Jobs a:b (b excluded), fanned out over --scheduler.",
+)
+@click.option(
+    "--all", "all_jobs", is_flag=True, help="Every job (all cubes), fanned out over --scheduler."
+)
 @click.option("--scheduler", default="local", show_default=True, help=_SCHEDULER_HELP)
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--cubes-per-job", type=click.IntRange(min=1), default=1, show_default=True)
@@ -426,10 +669,35 @@ def process(platform, job_index, index_range, all_samples, sample_source, bucket
 @click.option("--start", type=click.DateTime(["%Y-%m-%d"]), help="First date (YYYY-MM-DD).")
 @click.option("--end", type=click.DateTime(["%Y-%m-%d"]), help="Last date (YYYY-MM-DD).")
 @click.option("--bbox", type=float, nargs=4, help="xmin ymin xmax ymax in lon/lat.")
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Parallel chip reads.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Parallel chip reads.",
+)
 @click.option("--mountpath", type=click.Path(file_okay=False))
-def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, retries, cubes_per_job, cube_size, seed,
-            platforms_, max_nodata, max_cloud, start, end, bbox, workers, mountpath) -> None:
+def prechip(
+    index_path,
+    target,
+    version,
+    job,
+    index_range,
+    all_jobs,
+    scheduler,
+    retries,
+    cubes_per_job,
+    cube_size,
+    seed,
+    platforms_,
+    max_nodata,
+    max_cloud,
+    start,
+    end,
+    bbox,
+    workers,
+    mountpath,
+) -> None:
     """Cut shuffled cubes of chips from INDEX into TARGET (folder or s3://), one job's share
     (or many jobs with --index-range/--all)."""
     from dataclasses import replace
@@ -441,14 +709,36 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
 
     name(version, "--version")  # a folder under TARGET, never a path out of it
 
-    chip_filter = ChipFilter(tuple(platforms_) or None, max_nodata, max_cloud, start.date() if start else None,
-                             end.date() if end else None, tuple(bbox) if bbox else None)
-    indices, fan_out = _indices(job, index_range, all_jobs,
-                                lambda: count_jobs(index_path, cube_size, cubes_per_job, None, seed, chip_filter))
-    task = partial(prechip_job, index=index_path, target=target, version=version, cubes_per_job=cubes_per_job,
-                   cube_size=cube_size, seed=seed, chip_filter=chip_filter, workers=workers, mountpath=mountpath)
+    chip_filter = ChipFilter(
+        tuple(platforms_) or None,
+        max_nodata,
+        max_cloud,
+        start.date() if start else None,
+        end.date() if end else None,
+        tuple(bbox) if bbox else None,
+    )
+    indices, fan_out = _indices(
+        job,
+        index_range,
+        all_jobs,
+        lambda: count_jobs(index_path, cube_size, cubes_per_job, None, seed, chip_filter),
+    )
+    task = partial(
+        prechip_job,
+        index=index_path,
+        target=target,
+        version=version,
+        cubes_per_job=cubes_per_job,
+        cube_size=cube_size,
+        seed=seed,
+        chip_filter=chip_filter,
+        workers=workers,
+        mountpath=mountpath,
+    )
     if fan_out:
-        run = run_tasks(_LoggedJob(task, _LOG_SETTINGS), indices, scheduler, retries, command="prechip")
+        run = run_tasks(
+            _LoggedJob(task, _LOG_SETTINGS), indices, scheduler, retries, command="prechip"
+        )
         # a job whose cubes had too many failed chips failed
         run = replace(run, tasks=[replace(t, status="failed", error="; ".join(t.result.failed))
                                   if isinstance(t.result, PrechipReport) and t.result.failed else t
@@ -456,9 +746,12 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
         _finish(run, target, f"_runs/prechip-{version}-{indices[0]}-{indices[-1] + 1}.json")
         return
     report = task(indices[0])
-    echo(f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
-               f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} failed, "
-               f"{len(report.failed_chips)} chips replaced")
+    echo(
+        f"{report.chips} chips kept, {report.cubes_total} cubes in all; this job: "
+        f"{len(report.written)} written, {len(report.skipped)} skipped, {len(report.failed)} "
+        "failed, "
+        f"{len(report.failed_chips)} chips replaced"
+    )
     for line in report.failed:
         echo(f"failed: {line}", err=True)
     if report.failed:
@@ -467,7 +760,9 @@ def prechip(index_path, target, version, job, index_range, all_jobs, scheduler, 
 
 @cli.command()
 @click.argument("source")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the statistics (.json or .yaml).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the statistics (.json or .yaml)."
+)
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True)
 def stats(source, output, workers) -> None:
     """Per-platform, per-band count, mean and std over the cubes under SOURCE."""
@@ -483,10 +778,19 @@ def stats(source, output, workers) -> None:
 
 
 @cli.command()
-@click.option("-o", "--out", default="stacchip-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the synthetic archive, the bucket and the previews.")
+@click.option(
+    "-o",
+    "--out",
+    default="stacchip-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the synthetic archive, the bucket and the previews.",
+)
 def demo(out: Path) -> None:
-    """Run the whole job on an embedded synthetic archive: generate, process every source, merge, preview."""
+    """Run the whole job on an embedded synthetic archive.
+
+    Generate, process every source, merge, preview.
+    """
     from stacchip_core.demo.run import run_demo
 
     result = run_demo(out)
@@ -495,7 +799,10 @@ def demo(out: Path) -> None:
     echo(f"index:    {result.index}")
     echo(f"previews: {result.previews}")
     echo("")
-    header = f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}{'nodata mean':>13}{'nodata-free':>13}"
+    header = (
+        f"{'platform':<18}{'items':>6}{'chips':>7}{'cloud mean':>12}{'cloud-free':>12}"
+        f"{'nodata mean':>13}{'nodata-free':>13}"
+    )
     echo(header)
     echo("-" * len(header))
     for s in result.summary:
@@ -507,12 +814,19 @@ def demo(out: Path) -> None:
     echo(f"map:      {result.map_html} (offline page){png}")
     echo(f"indexed:  {t.chips} chips of {t.items} items in {t.process_seconds:.1f} s "
                f"({t.chips_indexed_per_second:.1f} chips/s, processing included)")
-    echo(f"read:     {t.chips_read} chips in {t.read_seconds:.2f} s ({t.chips_read_per_second:.1f} chips/s, "
-         f"{t.read_requests} requests, {t.read_fallbacks} fallbacks; previews drawn in {t.draw_seconds:.1f} s)")
+    echo(
+        f"read:     {t.chips_read} chips in {t.read_seconds:.2f} s ({t.chips_read_per_second:.1f} "
+        "chips/s, "
+        f"{t.read_requests} requests, {t.read_fallbacks} fallbacks; previews drawn in "
+        f"{t.draw_seconds:.1f} s)"
+    )
     if result.stacks is not None:
         st = result.stacks
-        echo(f"stacks:   {st.series_stacks} time series ({st.series_steps} steps previewed), {st.pair_stacks} "
-             f"{' + '.join(st.pair_platforms)} stacks: {st.series_preview}, {st.pair_preview}")
+        echo(
+            f"stacks:   {st.series_stacks} time series ({st.series_steps} steps previewed), "
+            f"{st.pair_stacks} "
+            f"{' + '.join(st.pair_platforms)} stacks: {st.series_preview}, {st.pair_preview}"
+        )
 
 
 def _add_plugin_authoring() -> None:
@@ -559,7 +873,9 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
             raise ConfigError("STACCHIP_BUCKET env var not set")
         source = next((os.environ[v] for v in sample_vars if os.environ.get(v)), None)
         results = process(platform, index, os.environ["STACCHIP_BUCKET"], source)
-    except Exception as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
+    except (
+        Exception
+    ) as exc:  # one line, whatever failed (S3 403, STAC API down…); -vv not available here
         log.debug("error", exc_info=True)
         echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
@@ -613,15 +929,28 @@ def env_prechip() -> None:
         index = _env_value("STACCHIP_INDEXPATH")
         target = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET"))
         platform = _env_value("STACCHIP_PLATFORM", "")
-        chip_filter = ChipFilter((platform,) if platform else None, _env_value("STACCHIP_MAX_NODATA", 0.05, float))
-        report = prechip_job(job, index=index, target=target, version=ORIGINAL_CUBE_VERSION,
-                             cubes_per_job=_env_value("STACCHIP_CUBES_PER_JOB", 10, int), cube_size=128, seed=42,
-                             chip_filter=chip_filter, workers=_env_value("STACCHIP_POOL_SIZE", 10, int))
+        chip_filter = ChipFilter(
+            (platform,) if platform else None, _env_value("STACCHIP_MAX_NODATA", 0.05, float)
+        )
+        report = prechip_job(
+            job,
+            index=index,
+            target=target,
+            version=ORIGINAL_CUBE_VERSION,
+            cubes_per_job=_env_value("STACCHIP_CUBES_PER_JOB", 10, int),
+            cube_size=128,
+            seed=42,
+            chip_filter=chip_filter,
+            workers=_env_value("STACCHIP_POOL_SIZE", 10, int),
+        )
     except StacchipError as exc:
         echo(f"Error: {error_line(exc)}", err=True)
         sys.exit(1)
-    echo(f"{len(report.written)} cubes written, {len(report.skipped)} skipped, {len(report.failed)} failed "
-          f"({report.chips} chips, {report.cubes_total} cubes in all)")
+    echo(
+        f"{len(report.written)} cubes written, {len(report.skipped)} skipped, "
+        f"{len(report.failed)} failed "
+        f"({report.chips} chips, {report.cubes_total} cubes in all)"
+    )
     for line in report.failed:
         echo(f"failed: {line}", err=True)
     if report.failed:
@@ -643,7 +972,9 @@ def env_stats() -> None:
         platform = _env_value("STACCHIP_PLATFORM")
         bucket = _bucket_location(_env_value("STACCHIP_CHIP_BUCKET", ORIGINAL_CUBE_BUCKET))
         if os.environ.get("STACCHIP_MAX_CUBES"):
-            log.warning("STACCHIP_MAX_CUBES is ignored: the statistics are computed over every cube")
+            log.warning(
+                "STACCHIP_MAX_CUBES is ignored: the statistics are computed over every cube"
+            )
         result = band_stats(f"{bucket.rstrip('/')}/{ORIGINAL_CUBE_VERSION}/{platform}",
                             _env_value("STACCHIP_POOL_SIZE", 4, int))
     except StacchipError as exc:

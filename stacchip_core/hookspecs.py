@@ -140,7 +140,9 @@ def stacchip_chip_stats(
 
 
 @hookspec(firstresult=True)
-def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog | None) -> list[pystac.Item] | None:
+def stacchip_select_items(
+    platform: Platform, sample: Sample, catalog: Catalog | None
+) -> list[pystac.Item] | None:
     """The STAC items to process for one sample location (*first result*).
 
     ``sample`` is a `stacchip_core.Sample`: ``index`` (the job's sample
@@ -157,7 +159,9 @@ def stacchip_select_items(platform: Platform, sample: Sample, catalog: Catalog |
 
 
 @hookspec(firstresult=True)
-def stacchip_normalize_item(platform: Platform, item: pystac.Item, store: Store, prefix: str) -> pystac.Item | None:
+def stacchip_normalize_item(
+    platform: Platform, item: pystac.Item, store: Store, prefix: str
+) -> pystac.Item | None:
     """Bring one selected item into the target store (*first result*).
 
     Keep the assets the platform needs, copy (or resample) them into ``store`` under
@@ -183,7 +187,8 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     redacts it in its own messages). `stacchip_core.plugins.sign_href` applies the hook
     in every read and copy (``asset_href`` and ``copy_assets`` of ``stacchip_core.plugin_api``);
     items keep their unsigned hrefs. stacchip itself signs Planetary Computer blob hrefs
-    with the ``planetary-computer`` package (``stacchip_core.builtin_plugins.planetary_computer``, extra
+    with the ``planetary-computer`` package
+    (``stacchip_core.builtin_plugins.planetary_computer``, extra
     ``stacchip-core[planetary-computer]``) as the last resort (``trylast``): a user's
     signer answers first. A user's own signer is a plugin like any other: an entry point,
     or ``plugins.get_plugin_manager().register(obj)`` for an object with a ``@hookimpl``

@@ -129,7 +129,12 @@ def resolution_suffixed(keys) -> dict[str, str]:
 
 def unresolved_bands_message(item: pystac.Item, platform: Platform | None) -> str:
     """One line saying that no band of ``platform`` resolves in ``item``, with its asset keys."""
-    what = f"none of platform {platform.name!r}'s bands ({', '.join(platform.band_names)})" if platform and \
-        platform.bands else "no raster asset"
-    return (f"item {item.id!r}: {what} resolves to an asset; its asset keys are: "
-            f"{', '.join(item.assets) or '(none)'}; name assets explicitly or add aliases in the plugin")
+    what = (
+        f"none of platform {platform.name!r}'s bands ({', '.join(platform.band_names)})"
+        if platform and platform.bands
+        else "no raster asset"
+    )
+    return (
+        f"item {item.id!r}: {what} resolves to an asset; its asset keys are: "
+        f"{', '.join(item.assets) or '(none)'}; name assets explicitly or add aliases in the plugin"
+    )

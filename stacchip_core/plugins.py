@@ -94,7 +94,9 @@ def get_platform(name: str) -> Platform:
     try:
         return platforms()[name]
     except KeyError as exc:
-        raise PlatformError(f"unknown platform {name!r}; installed platforms: {_installed()}") from exc
+        raise PlatformError(
+            f"unknown platform {name!r}; installed platforms: {_installed()}"
+        ) from exc
 
 
 def find_platform(name: str | None) -> Platform | None:
@@ -130,7 +132,13 @@ def plugin_info(builtins: bool = False) -> list[dict]:
         if name in BUILTIN_PLUGINS:
             dist, version = "stacchip-core", importlib.metadata.version("stacchip-core")
         rows.append(
-            {"name": name, "distribution": dist, "version": version, "platforms": declared, "hooks": hooks}
+            {
+                "name": name,
+                "distribution": dist,
+                "version": version,
+                "platforms": declared,
+                "hooks": hooks,
+            }
         )
     return rows
 

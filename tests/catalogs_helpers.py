@@ -24,9 +24,21 @@ def sparse_tiff(path: Path, shape: tuple[int, int], transform: Affine, crs: str,
     """A tiled GeoTIFF of the full ``shape`` in which only ``blocks`` ({(row, col): array})
     are written (SPARSE_OK): a 10980 x 10980 band costs a few kB and milliseconds, and
     every other pixel reads as ``nodata``."""
-    profile = {"driver": "GTiff", "height": shape[0], "width": shape[1], "count": count, "dtype": dtype,
-               "crs": crs, "transform": transform, "nodata": nodata, "tiled": True, "blockxsize": 256,
-               "blockysize": 256, "compress": "deflate", "sparse_ok": True}
+    profile = {
+        "driver": "GTiff",
+        "height": shape[0],
+        "width": shape[1],
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "sparse_ok": True,
+    }
     with rasterio.open(path, "w", **profile) as dst:
         for (row, col), data in blocks.items():
             data = data if data.ndim == 3 else data[None]

@@ -54,7 +54,9 @@ def pc_sas_endpoint():
 
         def do_GET(self):
             asked.append(self.path)
-            body = json.dumps({"msft:expiry": "2999-01-01T00:00:00Z", "token": "st=1&se=2&sig=loopback"}).encode()
+            body = json.dumps(
+                {"msft:expiry": "2999-01-01T00:00:00Z", "token": "st=1&se=2&sig=loopback"}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -116,7 +118,14 @@ def run_script(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run the installed ``stacchip`` console script in a new process, as a user would."""
     exe = Path(sys.executable).with_name("stacchip")
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full_env, cwd=cwd, check=False)
+    return subprocess.run(
+        [str(exe), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -158,8 +167,10 @@ def scl_blocks(rows: int, cols: int) -> np.ndarray:
 
 def qa_blocks(rows: int, cols: int) -> np.ndarray:
     """QA_PIXEL values cycling through fill, clear, dilated, cloud, shadow, and combinations."""
-    values = np.array([1, 1 << 6, (1 << 1) | (1 << 8), (1 << 3) | (3 << 8), 1 << 4, 1 << 6, (1 << 2) | (1 << 6)],
-                      dtype=np.uint16)
+    values = np.array(
+        [1, 1 << 6, (1 << 1) | (1 << 8), (1 << 3) | (3 << 8), 1 << 4, 1 << 6, (1 << 2) | (1 << 6)],
+        dtype=np.uint16,
+    )
     r = np.arange(rows)[:, None] // 50
     c = np.arange(cols)[None, :] // 70
     return values[(r * 2 + c) % len(values)]
@@ -177,14 +188,18 @@ def _with_synthetic_layer(tmp_path_factory, item_path: Path, key: str, crs: str,
     d = tmp_path_factory.mktemp(item_path.stem[:20])
     item = load(item_path)
     fields = item["assets"][key] if transform_from == "asset" else item["properties"]
-    path = write_cog(d / f"{key}.tif", layer, Affine(*fields["proj:transform"][:6]), crs, nodata=nodata)
+    path = write_cog(
+        d / f"{key}.tif", layer, Affine(*fields["proj:transform"][:6]), crs, nodata=nodata
+    )
     return _with_local_asset(item, key, path), layer
 
 
 @pytest.fixture(scope="session")
 def s2_fixture(tmp_path_factory):
     """The Earth Search S2 item with a full-size synthetic SCL (5490 x 5490 at 20 m)."""
-    return _with_synthetic_layer(tmp_path_factory, S2_ITEM, "scl", "EPSG:32720", scl_blocks(5490, 5490), 0)
+    return _with_synthetic_layer(
+        tmp_path_factory, S2_ITEM, "scl", "EPSG:32720", scl_blocks(5490, 5490), 0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -197,8 +212,15 @@ def pc_s2_fixture(tmp_path_factory):
 @pytest.fixture(scope="session")
 def landsat_fixture(tmp_path_factory):
     """The USGS Landsat item with a full-size synthetic qa_pixel (8271 x 8331 at 30 m)."""
-    return _with_synthetic_layer(tmp_path_factory, LANDSAT_ITEM, "qa_pixel", "EPSG:3031", qa_blocks(8271, 8331), 1,
-                                 transform_from="item")
+    return _with_synthetic_layer(
+        tmp_path_factory,
+        LANDSAT_ITEM,
+        "qa_pixel",
+        "EPSG:3031",
+        qa_blocks(8271, 8331),
+        1,
+        transform_from="item",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +231,9 @@ def synthetic_scenes(tmp_path_factory):
     d = tmp_path_factory.mktemp("scenes")
     return {
         "s2": synthetic.sentinel2_scene(d, 768),
-        "s2pc": synthetic.sentinel2_scene(d, 768, naming="planetary-computer", item_id="S2B_PC_TEST"),
+        "s2pc": synthetic.sentinel2_scene(
+            d, 768, naming="planetary-computer", item_id="S2B_PC_TEST"
+        ),
         "landsat": synthetic.landsat_scene(d, 560, 600),
         "naip": synthetic.naip_scene(d, 600, 530),
     }
@@ -230,8 +254,12 @@ def s3_server():
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1", "STACCHIP_S3_ENDPOINT": endpoint, "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "STACCHIP_S3_ENDPOINT": endpoint,
+        "AWS_ENDPOINT_URL": endpoint,
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -317,14 +345,19 @@ def s3_archive(archive, s3_server, tmp_path_factory):
     client.create_bucket(Bucket="source-archive")
     for path in sorted(archive.root.rglob("*")):
         if path.is_file() and path.suffix in (".tif", ".tiff", ".json"):
-            client.upload_file(str(path), "source-archive", path.relative_to(archive.root).as_posix())
+            client.upload_file(
+                str(path), "source-archive", path.relative_to(archive.root).as_posix()
+            )
     items = tmp_path_factory.mktemp("items-s3")
     for path in sorted(archive.items.rglob("*.json")):
         d = json.loads(path.read_text())
         for asset in d["assets"].values():
             for holder in (asset, asset.get("alternate", {}).get("s3", {})):
                 if holder.get("href", "").startswith(str(archive.root)):
-                    holder["href"] = "s3://source-archive/" + Path(holder["href"]).relative_to(archive.root).as_posix()
+                    holder["href"] = (
+                        "s3://source-archive/"
+                        + Path(holder["href"]).relative_to(archive.root).as_posix()
+                    )
         target = items / path.relative_to(archive.items)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(d))
@@ -370,8 +403,10 @@ def naip_expected() -> list[str]:
 
 @pytest.fixture(scope="session")
 def index_tree(synthetic_scenes, tmp_path_factory):
-    """Per-item index files laid out as the processors do: index/{platform}/{item}/index_{item}.parquet
-    and the chips per item. Shared: a test that writes into it works on a copy (copy_tree)."""
+    """Per-item index files laid out as the processors do.
+
+    index/{platform}/{item}/index_{item}.parquet and the chips per item. Shared: a test that
+    writes into it works on a copy (copy_tree)."""
     from stacchip_core import Indexer, write_index
 
     root = tmp_path_factory.mktemp("indexes")
@@ -379,7 +414,14 @@ def index_tree(synthetic_scenes, tmp_path_factory):
     for name in ("s2", "s2pc", "landsat", "naip"):
         indexer = Indexer(str(synthetic_scenes[name]), chip_max_nodata=1.0)
         table = indexer.create_index()
-        write_index(table, root / "index" / indexer.platform_name / indexer.item.id / f"index_{indexer.item.id}.parquet")
+        write_index(
+            table,
+            root
+            / "index"
+            / indexer.platform_name
+            / indexer.item.id
+            / f"index_{indexer.item.id}.parquet",
+        )
         counts[indexer.item.id] = len(table)
     return root, counts
 

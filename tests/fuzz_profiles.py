@@ -3,7 +3,8 @@
 ``ci`` (the default): a fixed set of examples (derandomized: the same cases every run, no
 example database), sized so that both fuzz modules together take well under a minute on
 two shared cores. ``long``: the campaign docs/testing.md reports, random and much longer
-(``HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest tests/test_fuzz_grid.py tests/test_fuzz_items.py``).
+(``HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest tests/test_fuzz_grid.py
+tests/test_fuzz_items.py``).
 """
 
 import os

@@ -42,8 +42,9 @@ def item_tables(items: int, seed: int = 0, layouts: bool = False, revisits: int 
         for visit in range(int(rng.integers(1, revisits + 1))):
             if made == items:
                 break
-            when = datetime(2020, 1, 1, 10, 30, tzinfo=UTC) + timedelta(days=int(rng.integers(0, 5 * 365)),
-                                                                      seconds=int(rng.integers(0, 3600)))
+            when = datetime(2020, 1, 1, 10, 30, tzinfo=UTC) + timedelta(
+                days=int(rng.integers(0, 5 * 365)), seconds=int(rng.integers(0, 3600))
+            )
             item_id = f"{platform[:2]}_{place:07d}_{visit}"
             yield _item(item_id, platform, when, lon0, lat0, side, size, rng,
                         rng.bytes(blob) if layouts else None)
@@ -59,7 +60,14 @@ def _item(item_id, platform, when, lon0, lat0, side, size, rng, blob) -> pa.Tabl
     ymax = lat0 - ys * size
     xmax, ymin = xmin + width, ymax - size
     keep = ymin > -90
-    xs, ys, xmin, xmax, ymin, ymax = xs[keep], ys[keep], xmin[keep], xmax[keep], ymin[keep], ymax[keep]
+    xs, ys, xmin, xmax, ymin, ymax = (
+        xs[keep],
+        ys[keep],
+        xmin[keep],
+        xmax[keep],
+        ymin[keep],
+        ymax[keep],
+    )
     xmin = np.where(xmin >= 180, xmin - 360, xmin)
     xmax = np.where(xmax > 180, xmax - 360, xmax)
     crossing = xmin > xmax
@@ -72,9 +80,20 @@ def _item(item_id, platform, when, lon0, lat0, side, size, rng, blob) -> pa.Tabl
     n = len(xs)
     cloud = np.where(rng.random(n) < 0.5, 0.0, rng.random(n)).astype(np.float32)
     nodata = np.where(rng.random(n) < 0.8, 0.0, rng.random(n) * 0.5).astype(np.float32)
-    return build_table(item_id=item_id, item_href=f"s3://bucket/{platform}/{item_id}/stac_item.json",
-                       platform=platform, when=when, xs=xs, ys=ys, chip_size=256, cloud=cloud, nodata=nodata,
-                       polygons=polygons, bounds=bounds, layouts=blob)
+    return build_table(
+        item_id=item_id,
+        item_href=f"s3://bucket/{platform}/{item_id}/stac_item.json",
+        platform=platform,
+        when=when,
+        xs=xs,
+        ys=ys,
+        chip_size=256,
+        cloud=cloud,
+        nodata=nodata,
+        polygons=polygons,
+        bounds=bounds,
+        layouts=blob,
+    )
 
 
 def write_items(folder: str | Path, items: int, **kwargs) -> tuple[int, int]:

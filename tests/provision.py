@@ -44,7 +44,9 @@ def _install_lock():
 def _run(cmd: list[str], **kwargs) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, **kwargs, check=False)
     if r.returncode:
-        raise ProvisionError(f"{' '.join(cmd)} failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}")
+        raise ProvisionError(
+            f"{' '.join(cmd)} failed ({r.returncode}): {(r.stderr or r.stdout)[-2000:]}"
+        )
 
 
 def postgis_installed() -> bool:
@@ -60,13 +62,16 @@ def ensure_postgis() -> None:
             return
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             raise ProvisionError(
-                f"the STAC API tests need PostgreSQL 15 with PostGIS: install {' '.join(DEBIAN_PACKAGES)}"
+                "the STAC API tests need PostgreSQL 15 with PostGIS: install "
+                f"{' '.join(DEBIAN_PACKAGES)}"
             )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         _run(["apt-get", "update", "-qq"], env=env)
         _run(["apt-get", "install", "-y", "-qq", *DEBIAN_PACKAGES], env=env)
     if not postgis_installed():
-        raise ProvisionError(f"installing {' '.join(DEBIAN_PACKAGES)} did not provide {POSTGIS_CONTROL}")
+        raise ProvisionError(
+            f"installing {' '.join(DEBIAN_PACKAGES)} did not provide {POSTGIS_CONTROL}"
+        )
 
 
 def ensure_chromium() -> str:
@@ -77,7 +82,9 @@ def ensure_chromium() -> str:
     with _install_lock():
         if not shutil.which("chromium"):
             if os.geteuid() != 0 or not shutil.which("apt-get"):
-                raise ProvisionError("the demo map test needs Chromium: install Debian's chromium package")
+                raise ProvisionError(
+                    "the demo map test needs Chromium: install Debian's chromium package"
+                )
             env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
             _run(["apt-get", "update", "-qq"], env=env)
             _run(["apt-get", "install", "-y", "-qq", "chromium"], env=env)
@@ -117,7 +124,18 @@ def ensure_optional_packages() -> None:
         return
     with _install_lock():
         if _missing():
-            _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(OPTIONAL)])
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "-r",
+                    str(OPTIONAL),
+                ]
+            )
     importlib.invalidate_caches()
     still = _missing()
     if still:

@@ -1,6 +1,6 @@
 """A loopback HTTP object server for tests and benchmarks: files under a root, GET/HEAD with
-single ``Range`` requests, ETags and ``If-Match``, a per-request delay, request/byte counters, and faults
-(a status returned N times, a truncated body, a stall) to test retries and errors.
+single ``Range`` requests, ETags and ``If-Match``, a per-request delay, request/byte counters,
+and faults (a status returned N times, a truncated body, a stall) to test retries and errors.
 ``GET /_stats`` returns the counters as JSON (for a benchmark's client in another process)."""
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class RangeServer:
                 path = self.path.split("?")[0]
                 if path == "/_stats":  # the counters, for a client in another process; not counted
                     with server._lock:
-                        data = json.dumps({"requests": server.requests, "bytes": server.bytes}).encode()
+                        data = json.dumps(
+                            {"requests": server.requests, "bytes": server.bytes}
+                        ).encode()
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -50,7 +52,9 @@ class RangeServer:
                 with server._lock:
                     server.requests += 1
                     server.log.append((self.command, self.path, rng))
-                    fault = server.faults.get(path, [None]).pop(0) if server.faults.get(path) else None
+                    fault = (
+                        server.faults.get(path, [None]).pop(0) if server.faults.get(path) else None
+                    )
                 if server.delay:
                     time.sleep(server.delay)
                 if fault == "stall":

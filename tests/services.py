@@ -47,14 +47,37 @@ class StacApi:
             shutil.chown(self.tmp, "postgres")
             shutil.chown(data, "postgres")
         _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"])
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(self.tmp / "pg.log"), "-o",
-                      (f"-p {self.pg_port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off"), "start"])
+        _as_postgres(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(self.tmp / "pg.log"),
+                "-o",
+                (
+                    f"-p {self.pg_port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
+                    "-c synchronous_commit=off -c full_page_writes=off"
+                ),
+                "start",
+            ]
+        )
         self.pypgstac("migrate")
-        env = {**os.environ, "PGUSER": "postgres", "PGPASSWORD": "postgres", "PGHOST": "127.0.0.1",
-               "PGPORT": str(self.pg_port), "PGDATABASE": "postgres",
-               "POSTGRES_USER": "postgres", "POSTGRES_PASS": "postgres", "POSTGRES_HOST_READER": "127.0.0.1",
-               "POSTGRES_HOST_WRITER": "127.0.0.1", "POSTGRES_PORT": str(self.pg_port), "POSTGRES_DBNAME": "postgres"}
+        env = {
+            **os.environ,
+            "PGUSER": "postgres",
+            "PGPASSWORD": "postgres",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.pg_port),
+            "PGDATABASE": "postgres",
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_PASS": "postgres",
+            "POSTGRES_HOST_READER": "127.0.0.1",
+            "POSTGRES_HOST_WRITER": "127.0.0.1",
+            "POSTGRES_PORT": str(self.pg_port),
+            "POSTGRES_DBNAME": "postgres",
+        }
         self.api = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.api_port), "--log-level", "warning"],
@@ -69,11 +92,15 @@ class StacApi:
                 if self.api.poll() is not None:
                     raise RuntimeError((self.tmp / "api.log").read_text()[-3000:])
                 time.sleep(0.3)
-        raise RuntimeError("stac-fastapi-pgstac did not start: " + (self.tmp / "api.log").read_text()[-3000:])
+        raise RuntimeError(
+            "stac-fastapi-pgstac did not start: " + (self.tmp / "api.log").read_text()[-3000:]
+        )
 
     def pypgstac(self, *args: str) -> None:
         exe = Path(sys.executable).with_name("pypgstac")
-        subprocess.run([str(exe), *args, "--dsn", self.dsn], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [str(exe), *args, "--dsn", self.dsn], check=True, capture_output=True, text=True
+        )
 
     def load(self, collections: list[dict], items: list[dict]) -> None:
         for kind, rows in (("collections", collections), ("items", items)):
@@ -89,7 +116,9 @@ class StacApi:
             self.api.terminate()
             self.api.wait(10)
         try:
-            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.tmp / "data"), "-m", "immediate", "stop"])
+            _as_postgres(
+                [str(PG_BIN / "pg_ctl"), "-D", str(self.tmp / "data"), "-m", "immediate", "stop"]
+            )
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.tmp, ignore_errors=True)

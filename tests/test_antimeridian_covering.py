@@ -67,8 +67,12 @@ def test_crossing_chips_are_covered_by_every_longitude(chukotka):
 
 
 def test_covering_of_rfc7946_bounds():
-    bounds = np.array([[179.5, 65.0, -179.5, 66.0], [10.0, 1.0, 11.0, 2.0], [-180.0, 80.0, 180.0, 90.0]])
-    np.testing.assert_array_equal(covering(bounds), [[-180, 65, 180, 66], [10, 1, 11, 2], [-180, 80, 180, 90]])
+    bounds = np.array(
+        [[179.5, 65.0, -179.5, 66.0], [10.0, 1.0, 11.0, 2.0], [-180.0, 80.0, 180.0, 90.0]]
+    )
+    np.testing.assert_array_equal(
+        covering(bounds), [[-180, 65, 180, 66], [10, 1, 11, 2], [-180, 80, 180, 90]]
+    )
     assert bounds[0, 0] == 179.5  # the input is not changed
 
 
@@ -82,8 +86,10 @@ def _duckdb(path, box):
     import duckdb
 
     xmin, ymin, xmax, ymax = box
-    rows = duckdb.sql(f"SELECT chipid FROM read_parquet('{path}') WHERE bbox.xmin <= {xmax} AND "
-                      f"bbox.xmax >= {xmin} AND bbox.ymin <= {ymax} AND bbox.ymax >= {ymin}").fetchall()
+    rows = duckdb.sql(
+        f"SELECT chipid FROM read_parquet('{path}') WHERE bbox.xmin <= {xmax} AND "
+        f"bbox.xmax >= {xmin} AND bbox.ymin <= {ymax} AND bbox.ymax >= {ymin}"
+    ).fetchall()
     return {r[0] for r in rows}
 
 
@@ -94,8 +100,12 @@ def _pyarrow(path, box):
     return set(ds.dataset(path).to_table(columns=["chipid"], filter=f)["chipid"].to_pylist())
 
 
-@pytest.mark.parametrize("reader", [_geopandas, _duckdb, _pyarrow], ids=["geopandas", "duckdb", "pyarrow"])
-@pytest.mark.parametrize("box", [EAST_OF_LINE, WEST_OF_LINE], ids=["east-of-180", "west-of-minus-180"])
+@pytest.mark.parametrize(
+    "reader", [_geopandas, _duckdb, _pyarrow], ids=["geopandas", "duckdb", "pyarrow"]
+)
+@pytest.mark.parametrize(
+    "box", [EAST_OF_LINE, WEST_OF_LINE], ids=["east-of-180", "west-of-minus-180"]
+)
 def test_naive_readers_find_every_crossing_chip(chukotka, reader, box):
     path, _table, geoms, ids, crossing = chukotka
     found = reader(path, box)
@@ -111,13 +121,17 @@ def test_chip_filter_answers_exactly(chukotka, box):
     _path, table, geoms, ids, _crossing = chukotka
     kept = ChipFilter(max_nodata=1.0, bbox=box).apply(table)
     assert set(kept["chipid"].to_pylist()) == meeting(geoms, ids, box)
-    assert kept["chipid"].to_pylist() == [i for i in ids if i in meeting(geoms, ids, box)]  # order kept
+    assert kept["chipid"].to_pylist() == [
+        i for i in ids if i in meeting(geoms, ids, box)
+    ]  # order kept
 
 
 def test_chip_filter_far_away_drops_what_naive_readers_return(chukotka):
     path, table, *_ = chukotka
     assert len(_duckdb(path, FAR_AWAY)) == 44  # a box test returns the crossing chips ...
-    assert len(ChipFilter(max_nodata=1.0, bbox=FAR_AWAY).apply(table)) == 0  # the project's filter none
+    assert (
+        len(ChipFilter(max_nodata=1.0, bbox=FAR_AWAY).apply(table)) == 0
+    )  # the project's filter none
 
 
 def test_chip_filter_is_exact_on_indexes_written_with_west_greater_than_east(chukotka):
@@ -131,19 +145,31 @@ def test_chip_filter_is_exact_on_indexes_written_with_west_greater_than_east(chu
     old[multi, 2] = [p[:, 2].min() for p in parts_b]
     assert (old[multi, 0] > old[multi, 2]).all()
     fields = [pa.array(old[:, i]) for i in range(4)]
-    legacy = table.set_column(table.schema.get_field_index("bbox"), "bbox",
-                              pa.StructArray.from_arrays(fields, names=["xmin", "ymin", "xmax", "ymax"]))
+    legacy = table.set_column(
+        table.schema.get_field_index("bbox"),
+        "bbox",
+        pa.StructArray.from_arrays(fields, names=["xmin", "ymin", "xmax", "ymax"]),
+    )
     for box in (EAST_OF_LINE, WEST_OF_LINE, FAR_AWAY):
         kept = ChipFilter(max_nodata=1.0, bbox=box).apply(legacy)
         assert set(kept["chipid"].to_pylist()) == meeting(geoms, ids, box)
 
 
-@pytest.mark.parametrize("box, found", [(EAST_OF_LINE, True), (WEST_OF_LINE, True), (FAR_AWAY, False),
-                                        ((-179.5, 60.0, -178.0, 65.0), False)])
+@pytest.mark.parametrize(
+    "box, found",
+    [
+        (EAST_OF_LINE, True),
+        (WEST_OF_LINE, True),
+        (FAR_AWAY, False),
+        ((-179.5, 60.0, -178.0, 65.0), False),
+    ],
+)
 def test_embedded_catalog_finds_items_that_cross_the_line(tmp_path, box, found):
     shutil.copy(T01WCP, tmp_path / "item.json")
     item = load(T01WCP)
-    assert item["bbox"][0] > item["bbox"][2]  # the catalog's own RFC 7946 bbox: [178.47, 65.67, -178.97, 66.71]
+    assert (
+        item["bbox"][0] > item["bbox"][2]
+    )  # the catalog's own RFC 7946 bbox: [178.47, 65.67, -178.97, 66.71]
     catalog = EmbeddedCatalog.from_path(tmp_path)
     hits = [i.id for i in catalog.search(bbox=box).items()]
     assert hits == ([item["id"]] if found else [])

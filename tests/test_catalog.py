@@ -16,10 +16,23 @@ from shapely.geometry import shape
 from stacchip_core.errors import StacchipError
 from stacchip_core.io.catalog import EmbeddedCatalog, open_catalog
 
-COLLECTION = {"type": "Collection", "id": "c", "stac_version": "1.1.0", "description": "d", "license": "x",
-              "links": [], "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}}}
+COLLECTION = {
+    "type": "Collection",
+    "id": "c",
+    "stac_version": "1.1.0",
+    "description": "d",
+    "license": "x",
+    "links": [],
+    "extent": {
+        "spatial": {"bbox": [[-180, -90, 180, 90]]},
+        "temporal": {"interval": [[None, None]]},
+    },
+}
 # the public pgstac catalogs declare eo:cloud_cover a number (else pgstac sorts it as text)
-QUERYABLES = {"type": "object", "properties": {"eo:cloud_cover": {"type": "number"}, "n": {"type": "integer"}}}
+QUERYABLES = {
+    "type": "object",
+    "properties": {"eo:cloud_cover": {"type": "number"}, "n": {"type": "integer"}},
+}
 
 
 def small_items() -> list[dict]:
@@ -28,16 +41,32 @@ def small_items() -> list[dict]:
     items = []
     for i in range(40):
         x, y = float(i % 8), float(i // 8)
-        geom = ({"type": "Point", "coordinates": [x, y]} if i % 3 else
-                {"type": "Polygon", "coordinates": [[[x, y], [x + 0.6, y], [x + 0.6, y + 0.6], [x, y + 0.6], [x, y]]]})
+        geom = (
+            {"type": "Point", "coordinates": [x, y]}
+            if i % 3
+            else {
+                "type": "Polygon",
+                "coordinates": [[[x, y], [x + 0.6, y], [x + 0.6, y + 0.6], [x, y + 0.6], [x, y]]],
+            }
+        )
         props = {"datetime": (datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=7 * (i % 13)))
                  .strftime("%Y-%m-%dT%H:%M:%SZ"),
                  "platform": ["x", "y", "z"][i % 3], "grid:code": f"MGRS-{'AB'[i % 2]}", "n": i}
         if i % 5:
             props["eo:cloud_cover"] = float(rng.choice([5, 9, 10, 20.5, 75]))
-        items.append({"type": "Feature", "stac_version": "1.1.0", "id": f"it{i:02d}", "collection": "c",
-                      "geometry": geom, "bbox": list(shape(geom).bounds), "properties": props,
-                      "links": [], "assets": {}})
+        items.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "id": f"it{i:02d}",
+                "collection": "c",
+                "geometry": geom,
+                "bbox": list(shape(geom).bounds),
+                "properties": props,
+                "links": [],
+                "assets": {},
+            }
+        )
     return items
 
 
@@ -56,7 +85,10 @@ def pgstac():
         api.stop()
 
 
-SQUARE = {"type": "Polygon", "coordinates": [[[0.5, 0.5], [3.2, 0.5], [3.2, 3.3], [0.5, 3.3], [0.5, 0.5]]]}
+SQUARE = {
+    "type": "Polygon",
+    "coordinates": [[[0.5, 0.5], [3.2, 0.5], [3.2, 3.3], [0.5, 3.3], [0.5, 0.5]]],
+}
 SEARCHES = {
     "all": {},
     "eq": {"query": {"eo:cloud_cover": {"eq": 9}}},
@@ -83,8 +115,12 @@ SEARCHES = {
     "collections": {"collections": ["c"], "query": {"n": {"lte": 3}}},
     "no-collection": {"collections": ["nope"]},
     "max-items": {"sortby": "eo:cloud_cover", "max_items": 3},
-    "first-least-cloudy": {"collections": ["c"], "query": {"eo:cloud_cover": {"lte": 50}, "grid:code": {"eq": "MGRS-B"}},
-                           "sortby": "properties.eo:cloud_cover", "max_items": 1},
+    "first-least-cloudy": {
+        "collections": ["c"],
+        "query": {"eo:cloud_cover": {"lte": 50}, "grid:code": {"eq": "MGRS-B"}},
+        "sortby": "properties.eo:cloud_cover",
+        "max_items": 1,
+    },
     "ids": {"ids": ["it03", "it07", "it30"]},
 }
 
@@ -99,7 +135,9 @@ def test_embedded_catalog_answers_as_pgstac(pgstac, name):
         assert len(expected) > 0  # every case selects something
 
 
-@pytest.mark.parametrize("op,value", [("in", [5, 9]), ("startsWith", "MGRS"), ("contains", "A"), ("like", "x%")])
+@pytest.mark.parametrize(
+    "op,value", [("in", [5, 9]), ("startsWith", "MGRS"), ("contains", "A"), ("like", "x%")]
+)
 def test_embedded_catalog_refuses_what_pgstac_refuses(pgstac, op, value):
     query = {"grid:code" if isinstance(value, str) else "eo:cloud_cover": {op: value}}
     with pytest.raises(pystac_client.exceptions.APIError, match="400|eq"):
@@ -123,14 +161,30 @@ def big_items() -> list[dict]:
     items = []
     for i in range(N):
         x, y = float(lon[i]), float(lat[i])
-        props = {"datetime": (t0 + timedelta(days=int(day[i]), seconds=i % 86400)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "grid:code": f"MGRS-{tiles[i]:02d}", "eo:cloud_cover": float(cloud[i]),
-                 "s2:nodata_pixel_percentage": float(i % 40)}
-        items.append({"type": "Feature", "stac_version": "1.1.0", "id": f"S2_{i:06d}",
-                      "collection": "sentinel-2-l2a" if i % 4 else "landsat-c2l2-sr",
-                      "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + 1, y], [x + 1, y + 1], [x, y + 1], [x, y]]]},
-                      "bbox": [x, y, x + 1, y + 1], "properties": props, "links": [],
-                      "assets": {"red": {"href": f"s3://b/{i}/red.tif"}}})
+        props = {
+            "datetime": (t0 + timedelta(days=int(day[i]), seconds=i % 86400)).strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "grid:code": f"MGRS-{tiles[i]:02d}",
+            "eo:cloud_cover": float(cloud[i]),
+            "s2:nodata_pixel_percentage": float(i % 40),
+        }
+        items.append(
+            {
+                "type": "Feature",
+                "stac_version": "1.1.0",
+                "id": f"S2_{i:06d}",
+                "collection": "sentinel-2-l2a" if i % 4 else "landsat-c2l2-sr",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[x, y], [x + 1, y], [x + 1, y + 1], [x, y + 1], [x, y]]],
+                },
+                "bbox": [x, y, x + 1, y + 1],
+                "properties": props,
+                "links": [],
+                "assets": {"red": {"href": f"s3://b/{i}/red.tif"}},
+            }
+        )
     return items
 
 
@@ -140,11 +194,18 @@ def reference(items, collections, area, start, end, tile, max_cloud, max_nodata)
     for d in items:
         p = d["properties"]
         when = datetime.fromisoformat(p["datetime"])
-        if (d["collection"] in collections and start <= when <= end and p["grid:code"] == tile
-                and p["eo:cloud_cover"] <= max_cloud and p["s2:nodata_pixel_percentage"] <= max_nodata
-                and shape(d["geometry"]).intersects(area)):
+        if (
+            d["collection"] in collections
+            and start <= when <= end
+            and p["grid:code"] == tile
+            and p["eo:cloud_cover"] <= max_cloud
+            and p["s2:nodata_pixel_percentage"] <= max_nodata
+            and shape(d["geometry"]).intersects(area)
+        ):
             hits.append(d)
-    return [d["id"] for d in sorted(hits, key=lambda d: (d["properties"]["eo:cloud_cover"], d["id"]))]
+    return [
+        d["id"] for d in sorted(hits, key=lambda d: (d["properties"]["eo:cloud_cover"], d["id"]))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +218,9 @@ def big_catalog(tmp_path_factory):
     return items, path
 
 
-@pytest.mark.parametrize("area", [shapely.box(-10, -10, 30, 30), shapely.Point(2.5, 48.5).buffer(25)])
+@pytest.mark.parametrize(
+    "area", [shapely.box(-10, -10, 30, 30), shapely.Point(2.5, 48.5).buffer(25)]
+)
 def test_100k_items_from_stac_geoparquet(big_catalog, area):
     items, path = big_catalog
     t = time.perf_counter()

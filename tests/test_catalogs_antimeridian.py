@@ -19,7 +19,12 @@ from stacchip_core.core.index import write_index
 from stacchip_core.core.indexer import load_item
 
 T01WCP = DATA / "stactools-S2A_T01WCP_20230625T234624_L2A.json"
-NORWAY = (15.0, 68.0, 31.0, 71.5)  # Finnmark / Troms: lon and lat of Chukotka's chips, but 180 degrees away
+NORWAY = (
+    15.0,
+    68.0,
+    31.0,
+    71.5,
+)  # Finnmark / Troms: lon and lat of Chukotka's chips, but 180 degrees away
 
 
 def _all_ccw(geoms) -> bool:
@@ -39,7 +44,9 @@ def test_crossing_chips_are_split_with_rfc7946_bounds():
     multi = shapely.get_type_id(geoms) == 6
     crossing = bounds[:, 0] > bounds[:, 2]
     np.testing.assert_array_equal(multi, crossing)
-    assert multi.sum() == 44  # one chip per row crosses (44 of 1764: some rows cross twice on their edges)
+    assert (
+        multi.sum() == 44
+    )  # one chip per row crosses (44 of 1764: some rows cross twice on their edges)
     assert shapely.is_valid(geoms).all() and _all_ccw(geoms)
     # every part stays within [-180, 180] and touches the antimeridian from its side
     parts = shapely.get_parts(geoms[multi])
@@ -69,10 +76,14 @@ def test_index_bbox_query_over_norway_returns_no_chukotka_chip(chukotka_index):
     west, south, east, north = meta["bbox"]
     item_bbox = load(T01WCP)["bbox"]  # the catalog's own: [178.47, 65.67, -178.97, 66.71]
     assert (west, east) == (-180.0, 180.0)
-    assert south == pytest.approx(item_bbox[1], abs=0.05) and north == pytest.approx(item_bbox[3], abs=0.05)
+    assert south == pytest.approx(item_bbox[1], abs=0.05) and north == pytest.approx(
+        item_bbox[3], abs=0.05
+    )
     assert len(geopandas.read_parquet(path, bbox=NORWAY)) == 0
     near = geopandas.read_parquet(path, bbox=(179.0, 65.0, 180.0, 67.0))
-    assert 0 < len(near) < len(table) and near.intersects(shapely.box(179.0, 65.0, 180.0, 67.0)).all()
+    assert (
+        0 < len(near) < len(table) and near.intersects(shapely.box(179.0, 65.0, 180.0, 67.0)).all()
+    )
     assert len(geopandas.read_parquet(path)) == len(table) == 1764
 
 
@@ -88,11 +99,15 @@ def test_polar_stereographic_rings_are_counterclockwise():
     assert shapely.is_valid(geoms).all() and _all_ccw(geoms)
 
 
-@pytest.mark.parametrize("crs, pole_lat", [("EPSG:3031", -90.0), ("EPSG:32661", 90.0), ("EPSG:3413", 90.0)])
+@pytest.mark.parametrize(
+    "crs, pole_lat", [("EPSG:3031", -90.0), ("EPSG:32661", 90.0), ("EPSG:3413", 90.0)]
+)
 def test_chip_holding_the_pole(crs, pole_lat):
     """A 102.4 km grid round the pole (100 m pixels), the pole at the centre of chip (1, 1)."""
     px, py = pyproj.Transformer.from_crs("OGC:CRS84", crs, always_xy=True).transform(0.0, pole_lat)
-    grid = ChipGrid((1024, 1024), Affine(100, 0, px - 38400, 0, -100, py + 38400), pyproj.CRS(crs), 256)
+    grid = ChipGrid(
+        (1024, 1024), Affine(100, 0, px - 38400, 0, -100, py + 38400), pyproj.CRS(crs), 256
+    )
     geoms, bounds = grid.footprints()
     assert shapely.is_valid(geoms).all() and _all_ccw(geoms)
     pole = 1 * grid.x_size + 1
@@ -100,9 +115,13 @@ def test_chip_holding_the_pole(crs, pole_lat):
     np.testing.assert_allclose(bounds[pole][[0, 2]], [-180, 180])
     assert bounds[pole][3 if pole_lat > 0 else 1] == pole_lat
     # it holds points close to the pole at every longitude, and its neighbours do not
-    ring = shapely.points(np.linspace(-179, 179, 37), np.full(37, pole_lat - np.sign(pole_lat) * 0.01))
+    ring = shapely.points(
+        np.linspace(-179, 179, 37), np.full(37, pole_lat - np.sign(pole_lat) * 0.01)
+    )
     assert shapely.contains(geoms[pole], ring).all()
     others = np.delete(geoms, pole)
     assert not shapely.intersects(others[:, None], ring[None, :]).any()
     # the 180 degree meridian leaves the pole through some chips: those are split
-    assert ((bounds[:, 0] > bounds[:, 2]).sum() >= 1) and (shapely.get_type_id(geoms) == 6).sum() >= 1
+    assert ((bounds[:, 0] > bounds[:, 2]).sum() >= 1) and (
+        shapely.get_type_id(geoms) == 6
+    ).sum() >= 1

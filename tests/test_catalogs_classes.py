@@ -20,8 +20,15 @@ def s2_classes(tmp_path_factory):
         scl[:, value * 10:(value + 1) * 10] = value
     item = load(S2_ITEM)
     t = item["assets"]["scl"]["proj:transform"]
-    path = sparse_tiff(tmp_path_factory.mktemp("scl") / "scl.tif", tuple(item["assets"]["scl"]["proj:shape"]),
-                       Affine(*t[:6]), "EPSG:32720", "uint8", {(0, 0): scl}, nodata=0)
+    path = sparse_tiff(
+        tmp_path_factory.mktemp("scl") / "scl.tif",
+        tuple(item["assets"]["scl"]["proj:shape"]),
+        Affine(*t[:6]),
+        "EPSG:32720",
+        "uint8",
+        {(0, 0): scl},
+        nodata=0,
+    )
     item["assets"]["scl"]["href"] = str(path)
     return item
 
@@ -46,8 +53,15 @@ def landsat_flags(tmp_path_factory):
     qa = np.repeat(np.array(values, np.uint16), 32)[None, :].repeat(256, 0)
     item = load(LANDSAT_ITEM)
     p = item["properties"]
-    path = sparse_tiff(tmp_path_factory.mktemp("qa") / "qa.tif", tuple(p["proj:shape"]), Affine(*p["proj:transform"][:6]),
-                       "EPSG:3031", "uint16", {(0, 0): qa}, nodata=1)
+    path = sparse_tiff(
+        tmp_path_factory.mktemp("qa") / "qa.tif",
+        tuple(p["proj:shape"]),
+        Affine(*p["proj:transform"][:6]),
+        "EPSG:3031",
+        "uint16",
+        {(0, 0): qa},
+        nodata=1,
+    )
     item["assets"]["qa_pixel"]["href"] = str(path)
     return item
 
@@ -56,7 +70,8 @@ def test_landsat_qa_pixel_bits(landsat_flags):
     table = Indexer(landsat_flags, chip_max_nodata=1.0).create_index().to_pylist()
     first = table[0]
     assert (first["chip_index_x"], first["chip_index_y"]) == (0, 0)
-    # cloud: dilated cloud (bit 1), cirrus (bit 2; 0.1.38 ignored it), cloud (3), shadow (4): 4 of 8 stripes
+    # cloud: dilated cloud (bit 1), cirrus (bit 2; 0.1.38 ignored
+    # it), cloud (3), shadow (4): 4 of 8 stripes
     assert first["cloud_cover_percentage"] == 0.5
     assert first["nodata_percentage"] == 0.125  # fill (bit 0); snow and water are clear
     assert {r["nodata_percentage"] for r in table[1:]} == {1.0}  # unwritten tiles read as fill

@@ -29,8 +29,17 @@ def ga(tmp_path_factory):
     pan = pattern(512, 512, 8)
     for key, data in (("nbart_red", red), ("nbart_panchromatic", pan)):
         a = item["assets"][key]
-        a["href"] = str(sparse_tiff(d / f"{key}.tif", tuple(a["proj:shape"]), Affine(*a["proj:transform"][:6]), CRS,
-                                    "uint16", {(0, 0): data}, nodata=0))
+        a["href"] = str(
+            sparse_tiff(
+                d / f"{key}.tif",
+                tuple(a["proj:shape"]),
+                Affine(*a["proj:transform"][:6]),
+                CRS,
+                "uint16",
+                {(0, 0): data},
+                nodata=0,
+            )
+        )
     return item, red, pan
 
 
@@ -41,17 +50,22 @@ def test_landsat_l1_default_bands_read_on_the_offset_pan_grid(ga):
         assert "nbart_red" in chipper.assets and "nbart_panchromatic" in chipper.assets
         chipper.assets = ["nbart_red", "nbart_panchromatic"]
         chip = chipper.chip(1, 1)  # pan rows/cols 256:512
-    np.testing.assert_array_equal(chip["nbart_panchromatic"][0], pan[256:512, 256:512])  # exact path
+    np.testing.assert_array_equal(
+        chip["nbart_panchromatic"][0], pan[256:512, 256:512]
+    )  # exact path
     # nearest: grid pixel j has its centre at 230700 + 15 j, inside 30 m pixel (j + 1) // 2
     j = np.arange(256, 512)
-    np.testing.assert_array_equal(chip["nbart_red"][0], red[((j + 1) // 2)[:, None], ((j + 1) // 2)[None, :]])
+    np.testing.assert_array_equal(
+        chip["nbart_red"][0], red[((j + 1) // 2)[:, None], ((j + 1) // 2)[None, :]]
+    )
 
 
 def test_bilinear_is_an_option(ga):
     item, red, _ = ga
     with Chipper(item, assets=["nbart_red"], resampling="bilinear") as chipper:
         chip = chipper.chip(0, 0)["nbart_red"][0]
-    # centre of grid pixel j is at 30 m pixel coordinate j / 2 + 0.5: even j on a centre, odd j halfway
+    # centre of grid pixel j is at 30 m pixel coordinate j / 2 +
+    # 0.5: even j on a centre, odd j halfway
     j = np.arange(256)
     lo, w = j // 2, (j % 2) / 2
     rows = red[lo].astype(float) * (1 - w)[:, None] + red[lo + 1].astype(float) * w[:, None]
@@ -74,15 +88,25 @@ def test_non_whole_pixel_ratio(tmp_path):
     with Chipper(item, assets=["odd"]) as chipper:
         chip = chipper.chip(1, 0)["odd"][0]
     idx = ((np.arange(256) + 0.5) * 10 // 25).astype(int)
-    np.testing.assert_array_equal(chip, layer[idx][:, ((np.arange(256, 512) + 0.5) * 10 // 25).astype(int)])
+    np.testing.assert_array_equal(
+        chip, layer[idx][:, ((np.arange(256, 512) + 0.5) * 10 // 25).astype(int)]
+    )
 
 
-@pytest.mark.parametrize("factor, mask_true, expected", [
-    # grid 6 x 6 px, chips of 3, a mask of 3 x 3 native pixels of 2 grid px: chip edges cut native pixels
-    (2, (0, 1), {(0, 0): 2 / 9, (1, 0): 2 / 9, (0, 1): 0, (1, 1): 0}),
-    (2, (1, 1), {(0, 0): 1 / 9, (1, 0): 1 / 9, (0, 1): 1 / 9, (1, 1): 1 / 9}),
-    (2, (2, 0), {(0, 0): 0, (1, 0): 0, (0, 1): 4 / 9, (1, 1): 0}),  # rows 4-5, cols 0-1: inside chip (0, 1)
-])
+@pytest.mark.parametrize(
+    "factor, mask_true, expected",
+    [
+        # grid 6 x 6 px, chips of 3, a mask of 3 x 3 native pixels of 2
+        # grid px: chip edges cut native pixels
+        (2, (0, 1), {(0, 0): 2 / 9, (1, 0): 2 / 9, (0, 1): 0, (1, 1): 0}),
+        (2, (1, 1), {(0, 0): 1 / 9, (1, 0): 1 / 9, (0, 1): 1 / 9, (1, 1): 1 / 9}),
+        (
+            2,
+            (2, 0),
+            {(0, 0): 0, (1, 0): 0, (0, 1): 4 / 9, (1, 1): 0},
+        ),  # rows 4-5, cols 0-1: inside chip (0, 1)
+    ],
+)
 def test_partial_native_pixels_weigh_by_their_share(factor, mask_true, expected):
     grid = ChipGrid((6, 6), Affine(10, 0, 0, 0, -10, 0), pyproj.CRS("EPSG:32633"), 3)
     mask = np.zeros((3, 3), bool)
@@ -100,7 +124,11 @@ def test_chip_size_255_on_sentinel2(s2_fixture):
     # reference: the SCL expanded to the 10 m grid, plain means per 255 px chip
     cloud = np.isin(scl, [3, 8, 9, 10]).repeat(2, 0).repeat(2, 1)
     nodata = np.isin(scl, [0, 1]).repeat(2, 0).repeat(2, 1)
-    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), per_chip_mean(cloud, 255, 43, 43).ravel(),
-                               atol=1e-6)
-    np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), per_chip_mean(nodata, 255, 43, 43).ravel(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        table["cloud_cover_percentage"].to_numpy(),
+        per_chip_mean(cloud, 255, 43, 43).ravel(),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        table["nodata_percentage"].to_numpy(), per_chip_mean(nodata, 255, 43, 43).ravel(), atol=1e-6
+    )

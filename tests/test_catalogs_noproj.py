@@ -34,8 +34,16 @@ def linz(tmp_path_factory):
     left, top = round(min(x) / 10) * 10, round(max(y) / 10) * 10
     transform = Affine(RES, 0, left, 0, -RES, top)
     rgb = np.stack([pattern(256, 256, s, np.uint8) for s in range(3)])
-    path = sparse_tiff(tmp_path_factory.mktemp("linz") / "BQ25_10000_0305.tiff", SHAPE, transform, "EPSG:2193",
-                       "uint8", {(256, 512): rgb}, nodata=None, count=3)
+    path = sparse_tiff(
+        tmp_path_factory.mktemp("linz") / "BQ25_10000_0305.tiff",
+        SHAPE,
+        transform,
+        "EPSG:2193",
+        "uint8",
+        {(256, 512): rgb},
+        nodata=None,
+        count=3,
+    )
     item["assets"]["visual"]["href"] = str(path)
     return item, transform, rgb
 
@@ -58,7 +66,9 @@ def test_the_grid_math_takes_the_header_it_is_given_and_reads_nothing(linz):
     loaded.assets["visual"].href = "/nonexistent/never-read.tiff"  # a read would fail
     grid = ChipGrid.from_item(loaded, header=(SHAPE, transform, pyproj.CRS.from_epsg(2193)))
     assert grid.shape == SHAPE and grid.transform == transform and grid.crs.to_epsg() == 2193
-    with pytest.raises(ProjectionError, match="has no projection metadata .*core.headers.item_grid"):
+    with pytest.raises(
+        ProjectionError, match="has no projection metadata .*core.headers.item_grid"
+    ):
         ChipGrid.from_item(loaded)
 
 
@@ -75,5 +85,7 @@ def test_chips_and_stats_of_an_item_without_projection(linz):
 
 
 def test_unreadable_header_is_one_clear_line():
-    with pytest.raises(ProjectionError, match=r"has no projection metadata and asset 'visual' cannot be read"):
+    with pytest.raises(
+        ProjectionError, match=r"has no projection metadata and asset 'visual' cannot be read"
+    ):
         item_grid(load_item(load(LINZ_ITEM)))

@@ -25,15 +25,26 @@ TOKEN = "s3cr3t-sas-token"
 
 @pytest.fixture(scope="module")
 def token_server(tmp_path_factory):
-    """The item's image (7618 x 6674, 4 bands, EPSG:26916), chip (1, 2) written, served at its PC path."""
+    """The item's image (7618 x 6674, 4 bands, EPSG:26916).
+
+    Chip (1, 2) written, served at its PC path.
+    """
     root = tmp_path_factory.mktemp("blob")
     item = load(PC_NAIP)
     path = root / urlparse(item["assets"]["image"]["href"]).path.lstrip("/")
     path.parent.mkdir(parents=True)
     pixels = np.stack([pattern(256, 256, seed, np.uint8) for seed in range(4)])
     p = item["properties"]
-    sparse_tiff(path, tuple(p["proj:shape"]), Affine(*p["proj:transform"][:6]), "EPSG:26916", "uint8",
-                {(512, 256): pixels}, nodata=None, count=4)
+    sparse_tiff(
+        path,
+        tuple(p["proj:shape"]),
+        Affine(*p["proj:transform"][:6]),
+        "EPSG:26916",
+        "uint8",
+        {(512, 256): pixels},
+        nodata=None,
+        count=4,
+    )
     server = TokenServer(root, TOKEN)
     yield server, pixels
     server.stop()
@@ -71,7 +82,9 @@ def test_signed_read_gives_the_exact_pixels(signer, token_server):
 
 def test_a_rejected_token_never_reaches_the_message(token_server):
     server, _ = token_server
-    plugins.get_plugin_manager().register(_signer(server.url, "wrong-token-value"), name="bad-signer")
+    plugins.get_plugin_manager().register(
+        _signer(server.url, "wrong-token-value"), name="bad-signer"
+    )
     with pytest.raises(AssetError) as err:
         Chipper(load(PC_NAIP), platform="naip").chip(0, 0)
     assert "wrong-token-value" not in str(err.value) and "127.0.0.1" in str(err.value)
@@ -95,8 +108,11 @@ def test_planetary_computer_hrefs_are_signed_by_the_built_in_signer(sas_endpoint
 
 def test_unsigned_planetary_computer_href_asks_for_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "planetary_computer", None)  # the extra not installed
-    with pytest.raises(AssetError, match=r"naipeuwest.blob.core.windows.net \(Planetary Computer\) needs "
-                                         r"signed hrefs: install 'stacchip-core\[planetary-computer\]'"):
+    with pytest.raises(
+        AssetError,
+        match=r"naipeuwest.blob.core.windows.net \(Planetary Computer\) needs "
+        r"signed hrefs: install 'stacchip-core\[planetary-computer\]'",
+    ):
         Chipper(load(PC_NAIP), platform="naip").chip(0, 0)
 
 
@@ -106,7 +122,11 @@ def test_naip_normalize_copies_from_the_signed_href(signer, token_server, tmp_pa
     server, _ = token_server
     platform = plugins.get_platform("naip")
     out = plugins.get_plugin_manager().hook.stacchip_normalize_item(
-        platform=platform, item=load_item(load(PC_NAIP)), store=LocalStore(tmp_path), prefix="naip/x")
+        platform=platform,
+        item=load_item(load(PC_NAIP)),
+        store=LocalStore(tmp_path),
+        prefix="naip/x",
+    )
     copy = Path(out.assets["image"].href)
     assert copy == tmp_path / "naip/x/m_3008506_nw_16_1_20110825.tif"
     served = server.root / urlparse(load(PC_NAIP)["assets"]["image"]["href"]).path.lstrip("/")
@@ -114,11 +134,16 @@ def test_naip_normalize_copies_from_the_signed_href(signer, token_server, tmp_pa
     assert TOKEN not in out.assets["image"].href and list(out.assets) == ["image"]
 
 
-@pytest.mark.parametrize("href", [
-    "s3://usgs-landsat/collection02/level-2/standard/oli-tirs/2024/086/107/x_SR_B4.TIF",  # requester pays
-    "https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/20/H/NJ/2024/3/B04.tif",
-    "https://naipeuwest.blob.core.windows.net/naip/v002/x.tif?st=1&se=2&sig=abc",  # signed already
-    "/data/local.tif",
-])
+@pytest.mark.parametrize(
+    "href",
+    [
+        # requester pays
+        "s3://usgs-landsat/collection02/level-2/standard/oli-tirs/2024/086/107/x_SR_B4.TIF",
+        "https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/20/H/NJ/2024/3/B04.tif",
+        # signed already
+        "https://naipeuwest.blob.core.windows.net/naip/v002/x.tif?st=1&se=2&sig=abc",
+        "/data/local.tif",
+    ],
+)
 def test_other_hrefs_pass_unchanged(href):
     assert plugins.sign_href(href) == href

@@ -13,9 +13,15 @@ from stacchip_core.plugins import get_platform
 def chip():
     red = np.arange(16, dtype=np.uint16).reshape(1, 4, 4)
     image = np.stack([red[0] + 100, red[0] + 200])
-    return Chip(arrays={"B04": red, "image": image}, transform=Affine(10, 0, 500_000, 0, -10, 4_000_040),
-                crs=pyproj.CRS.from_epsg(32633), item_id="S2A_X", x=3, y=7,
-                band_names=band_names({"B04": red, "image": image}, get_platform("sentinel-2-l2a")))
+    return Chip(
+        arrays={"B04": red, "image": image},
+        transform=Affine(10, 0, 500_000, 0, -10, 4_000_040),
+        crs=pyproj.CRS.from_epsg(32633),
+        item_id="S2A_X",
+        x=3,
+        y=7,
+        band_names=band_names({"B04": red, "image": image}, get_platform("sentinel-2-l2a")),
+    )
 
 
 def test_chip_is_still_a_mapping_of_assets(chip):

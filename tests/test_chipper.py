@@ -41,17 +41,43 @@ def test_exact_pixels_10m_20m_and_60m(synthetic_scenes):
         chip = chipper.chip(1, 2)
     # red is band 2 of the 10 m set, swir16 band 4+4=8 of the 20 m set (384 px), coastal 20 (128 px)
     np.testing.assert_array_equal(chip["red"][0], band_pattern(2, 768, 768)[512:768, 256:512])
-    np.testing.assert_array_equal(chip["swir16"][0], expand(band_pattern(8, 384, 384), 2, 512, 256, 256))
+    np.testing.assert_array_equal(
+        chip["swir16"][0], expand(band_pattern(8, 384, 384), 2, 512, 256, 256)
+    )
     # 256 is not a multiple of 6: a 60 m pixel straddles two chips and is read for both
-    np.testing.assert_array_equal(chip["coastal"][0], expand(band_pattern(20, 128, 128), 6, 512, 256, 256))
+    np.testing.assert_array_equal(
+        chip["coastal"][0], expand(band_pattern(20, 128, 128), 6, 512, 256, 256)
+    )
     assert chip["coastal"][0, 0, 0] == band_pattern(20, 128, 128)[512 // 6, 256 // 6]
 
 
 def test_default_assets_are_the_platform_bands_in_canonical_order(synthetic_scenes):
     with Chipper(str(synthetic_scenes["s2"])) as chipper:
-        assert chipper.assets == ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22"]
+        assert chipper.assets == [
+            "blue",
+            "green",
+            "red",
+            "rededge1",
+            "rededge2",
+            "rededge3",
+            "nir",
+            "nir08",
+            "swir16",
+            "swir22",
+        ]
     with Chipper(str(synthetic_scenes["s2pc"])) as chipper:  # Planetary Computer keys
-        assert chipper.assets == ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+        assert chipper.assets == [
+            "B02",
+            "B03",
+            "B04",
+            "B05",
+            "B06",
+            "B07",
+            "B08",
+            "B8A",
+            "B11",
+            "B12",
+        ]
         chip = chipper.chip(0, 0)
     np.testing.assert_array_equal(chip["B04"][0], band_pattern(2, 768, 768)[:256, :256])
 
@@ -68,7 +94,9 @@ def test_multiband_naip(synthetic_scenes):
         chip = chipper[3]  # row-major: x=1, y=1
     assert chip["image"].shape == (4, 256, 256) and chip["image"].dtype == np.uint8
     for b in range(4):
-        np.testing.assert_array_equal(chip["image"][b], (band_pattern(b, 600, 530) % 251).astype(np.uint8)[256:512, 256:512])
+        np.testing.assert_array_equal(
+            chip["image"][b], (band_pattern(b, 600, 530) % 251).astype(np.uint8)[256:512, 256:512]
+        )
 
 
 def test_sequence_protocol_and_handle_reuse(synthetic_scenes):
@@ -101,7 +129,10 @@ def test_chipper_from_indexer_and_index_row(synthetic_scenes):
     row = table.slice(7, 1).to_pylist()[0]
     pixels = chip_from_row(row, assets=["green"])
     x, y = row["chip_index_x"], row["chip_index_y"]
-    np.testing.assert_array_equal(pixels["green"][0], band_pattern(1, 768, 768)[y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
+    np.testing.assert_array_equal(
+        pixels["green"][0],
+        band_pattern(1, 768, 768)[y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256],
+    )
     with Chipper(indexer, assets=["green"]) as chipper:
         np.testing.assert_array_equal(chipper.chip(x, y)["green"], pixels["green"])
 
@@ -115,7 +146,9 @@ def test_mountpath_maps_s3_hrefs_to_a_local_mirror(synthetic_scenes, tmp_path):
         shutil.copy(asset["href"], target)
         asset["href"] = f"s3://clay-v1-data/sentinel-2-l2a/{d['id']}/{key}.tif"
     with Chipper(d, assets=["red"], mountpath=mirror) as chipper:
-        np.testing.assert_array_equal(chipper.chip(2, 2)["red"][0], band_pattern(2, 768, 768)[512:, 512:])
+        np.testing.assert_array_equal(
+            chipper.chip(2, 2)["red"][0], band_pattern(2, 768, 768)[512:, 512:]
+        )
 
 
 def test_reads_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server):
@@ -129,35 +162,64 @@ def test_reads_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server):
     with Chipper(d, assets=["red", "swir22"]) as chipper:
         chip = chipper.chip(1, 1)
     np.testing.assert_array_equal(chip["red"][0], band_pattern(2, 768, 768)[256:512, 256:512])
-    np.testing.assert_array_equal(chip["swir22"][0], expand(band_pattern(9, 384, 384), 2, 256, 256, 256))
+    np.testing.assert_array_equal(
+        chip["swir22"][0], expand(band_pattern(9, 384, 384), 2, 256, 256, 256)
+    )
 
 
 def _item_with(tmp_path, data, transform, crs="EPSG:32633", extra_assets=None):
     path = write_cog(tmp_path / "main.tif", data, transform, crs)
     rows, cols = data.shape[-2:]
     d = {
-        "type": "Feature", "stac_version": "1.1.0", "id": "bad", "geometry": None, "links": [],
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "bad",
+        "geometry": None,
+        "links": [],
         "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:code": crs},
-        "assets": {"main": {"href": str(path), "type": "image/tiff", "proj:shape": [rows, cols], "proj:transform": list(transform)[:6]}},
+        "assets": {
+            "main": {
+                "href": str(path),
+                "type": "image/tiff",
+                "proj:shape": [rows, cols],
+                "proj:transform": list(transform)[:6],
+            }
+        },
     }
     d["assets"].update(extra_assets or {})
     return d
 
 
 def test_non_integer_resolution_ratio_is_resampled(tmp_path):
-    # 15 m on a 10 m grid: read through core.resample (tests/test_catalogs_grids.py has exact pixels)
+    # 15 m on a 10 m grid: read through core.resample
+    # (tests/test_catalogs_grids.py has exact pixels)
     t10 = Affine(10, 0, 500000, 0, -10, 4000000)
     t15 = Affine(15, 0, 500000, 0, -15, 4000000)
     odd = write_cog(tmp_path / "odd.tif", np.ones((200, 200), np.uint16), t15, "EPSG:32633")
-    d = _item_with(tmp_path, np.ones((300, 300), np.uint16), t10, extra_assets={"odd": {"href": str(odd), "type": "image/tiff"}})
+    d = _item_with(
+        tmp_path,
+        np.ones((300, 300), np.uint16),
+        t10,
+        extra_assets={"odd": {"href": str(odd), "type": "image/tiff"}},
+    )
     with Chipper(d, assets=["odd"]) as chipper:
         assert (chipper.chip(0, 0)["odd"] == 1).all()
 
 
 def test_offset_asset_is_resampled_with_nodata_outside(tmp_path):
     t10 = Affine(10, 0, 500000, 0, -10, 4000000)
-    shifted = write_cog(tmp_path / "s.tif", np.ones((300, 300), np.uint16), Affine(10, 0, 500500, 0, -10, 4000000), "EPSG:32633")
-    d = _item_with(tmp_path, np.ones((300, 300), np.uint16), t10, extra_assets={"s": {"href": str(shifted), "type": "image/tiff"}})
+    shifted = write_cog(
+        tmp_path / "s.tif",
+        np.ones((300, 300), np.uint16),
+        Affine(10, 0, 500500, 0, -10, 4000000),
+        "EPSG:32633",
+    )
+    d = _item_with(
+        tmp_path,
+        np.ones((300, 300), np.uint16),
+        t10,
+        extra_assets={"s": {"href": str(shifted), "type": "image/tiff"}},
+    )
     with Chipper(d, assets=["s"]) as chipper:
         chip = chipper.chip(0, 0)["s"][0]
     assert (chip[:, :50] == 0).all() and (chip[:, 50:] == 1).all()  # 500 m east: 50 columns outside
@@ -167,7 +229,12 @@ def test_missing_and_corrupt_assets(tmp_path):
     t10 = Affine(10, 0, 500000, 0, -10, 4000000)
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(b"II*\x00" + b"\x00" * 100)
-    d = _item_with(tmp_path, np.ones((300, 300), np.uint16), t10, extra_assets={"c": {"href": str(corrupt), "type": "image/tiff"}})
+    d = _item_with(
+        tmp_path,
+        np.ones((300, 300), np.uint16),
+        t10,
+        extra_assets={"c": {"href": str(corrupt), "type": "image/tiff"}},
+    )
     with pytest.raises(AssetError, match="has no asset 'nope'"):
         Chipper(d, assets=["nope"])
     with Chipper(d, assets=["c"]) as chipper, pytest.raises(AssetError, match="cannot open"):
@@ -185,7 +252,11 @@ def test_batch_reads_reuse_their_threads_handles(synthetic_scenes, workers):
             counts.append(open_handles(item, assets))
     # one handle per asset and thread at most, kept across batches: with one worker the second
     # and third batches open nothing; with two, which thread reads what is up to the pool
-    assert counts == [2, 2, 2] if workers == 1 else all(2 <= c <= 4 for c in counts) and counts == sorted(counts)
+    assert (
+        counts == [2, 2, 2]
+        if workers == 1
+        else all(2 <= c <= 4 for c in counts) and counts == sorted(counts)
+    )
     assert open_handles(item, assets) == 0  # closed with the chipper
 
 
@@ -193,4 +264,6 @@ def test_file_urls(synthetic_scenes):
     d = load(synthetic_scenes["s2"])
     d["assets"]["red"]["href"] = "file://" + d["assets"]["red"]["href"]
     with Chipper(d, assets=["red"]) as chipper:
-        np.testing.assert_array_equal(chipper.chip(0, 1)["red"][0], band_pattern(2, 768, 768)[256:512, :256])
+        np.testing.assert_array_equal(
+            chipper.chip(0, 1)["red"][0], band_pattern(2, 768, 768)[256:512, :256]
+        )

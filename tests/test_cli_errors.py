@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, run_script_named
 
-SCRIPTS = ["stacchip-sentinel-2", "stacchip-landsat", "stacchip-landsat-l1", "stacchip-naip", "stacchip-linz"]
+SCRIPTS = [
+    "stacchip-sentinel-2",
+    "stacchip-landsat",
+    "stacchip-landsat-l1",
+    "stacchip-naip",
+    "stacchip-linz",
+]
 CONTROL = [chr(c) for c in range(32) if chr(c) != "\n"] + ["\x7f"]
 
 
@@ -61,11 +67,20 @@ def closed_port() -> int:
 
 
 def base_env(archive, tmp_path) -> dict:
-    return {"AWS_BATCH_JOB_ARRAY_INDEX": "1", "JOB_COMPLETION_INDEX": "", "SLURM_ARRAY_TASK_ID": "",
-            "STACCHIP_SAMPLE_SOURCE": str(archive.points), "STACCHIP_MGRS_SOURCE": str(archive.mgrs),
-            "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items),
-            "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+    return {
+        "AWS_BATCH_JOB_ARRAY_INDEX": "1",
+        "JOB_COMPLETION_INDEX": "",
+        "SLURM_ARRAY_TASK_ID": "",
+        "STACCHIP_SAMPLE_SOURCE": str(archive.points),
+        "STACCHIP_MGRS_SOURCE": str(archive.mgrs),
+        "STACCHIP_BUCKET": str(tmp_path / "b"),
+        "STACCHIP_STAC_API": str(archive.items),
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",
+        "AWS_RETRY_MODE": "standard",
+    }
 
 
 @pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
@@ -81,8 +96,13 @@ def test_console_scripts_with_the_stac_api_down(script, archive, tmp_path):
 @pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 @pytest.mark.parametrize("script", ["stacchip-naip", "stacchip-linz"])
 def test_console_scripts_when_s3_denies_access(script, archive, tmp_path, forbidden):
-    env = {**base_env(archive, tmp_path), "STACCHIP_BUCKET": "s3://target/run", "STACCHIP_S3_ENDPOINT": forbidden,
-           "AWS_ENDPOINT_URL": forbidden, "AWS_BATCH_JOB_ARRAY_INDEX": "1" if script == "stacchip-naip" else "0"}
+    env = {
+        **base_env(archive, tmp_path),
+        "STACCHIP_BUCKET": "s3://target/run",
+        "STACCHIP_S3_ENDPOINT": forbidden,
+        "AWS_ENDPOINT_URL": forbidden,
+        "AWS_BATCH_JOB_ARRAY_INDEX": "1" if script == "stacchip-naip" else "0",
+    }
     r = run_script_named(script, env=env)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
@@ -92,14 +112,30 @@ def test_console_scripts_when_s3_denies_access(script, archive, tmp_path, forbid
 
 @pytest.mark.parametrize("how", ["script", "cli"])
 def test_sentinel_2_without_a_sample_source_says_what_is_missing(how, archive, tmp_path):
-    message = "Error: platform 'sentinel-2-l2a' needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)"
+    message = (
+        "Error: platform 'sentinel-2-l2a' needs a sample source "
+        "(--sample or STACCHIP_SAMPLE_SOURCE)"
+    )
     if how == "script":
-        env = {**base_env(archive, tmp_path), "STACCHIP_SAMPLE_SOURCE": "", "STACCHIP_MGRS_SOURCE": "",
-               "AWS_BATCH_JOB_ARRAY_INDEX": "0"}
+        env = {
+            **base_env(archive, tmp_path),
+            "STACCHIP_SAMPLE_SOURCE": "",
+            "STACCHIP_MGRS_SOURCE": "",
+            "AWS_BATCH_JOB_ARRAY_INDEX": "0",
+        }
         r = run_script_named("stacchip-sentinel-2", env=env)
     else:
-        r = run_cli("process", "sentinel-2-l2a", "--job", 0, "--bucket", tmp_path / "b", "--stac-api", archive.items,
-                    env={"STACCHIP_SAMPLE_SOURCE": "", "STACCHIP_MGRS_SOURCE": ""})
+        r = run_cli(
+            "process",
+            "sentinel-2-l2a",
+            "--job",
+            0,
+            "--bucket",
+            tmp_path / "b",
+            "--stac-api",
+            archive.items,
+            env={"STACCHIP_SAMPLE_SOURCE": "", "STACCHIP_MGRS_SOURCE": ""},
+        )
     assert r.returncode == 1
     assert one_line(r.stderr) == message
     assert not (tmp_path / "b").exists()
@@ -107,8 +143,18 @@ def test_sentinel_2_without_a_sample_source_says_what_is_missing(how, archive, t
 
 def test_a_sample_without_the_attribute_a_platform_needs(archive, tmp_path):
     # the point layer has no MGRS tile name: Sentinel-2's selection needs one
-    r = run_cli("process", "sentinel-2-l2a", "--job", 0, "--sample", archive.points, "--bucket", tmp_path / "b",
-                "--stac-api", archive.items)
+    r = run_cli(
+        "process",
+        "sentinel-2-l2a",
+        "--job",
+        0,
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path / "b",
+        "--stac-api",
+        archive.items,
+    )
     assert r.returncode == 1
     assert one_line(r.stderr) == (f"Error: sample 0 of {archive.points} has no attribute 'name', "
                                   "which platform 'sentinel-2-l2a' needs")
@@ -143,12 +189,19 @@ def test_chip_on_a_full_disk_is_one_line(naip_index, tmp_path, name):
     out = tmp_path / "out"
     out.mkdir()
     exe = str(Path(sys.executable).with_name("stacchip"))
-    r = subprocess.run([exe, "chip", str(naip_index), "--row", "0", "-o", str(out / name)], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-                       preexec_fn=_limit_file_size(4096), check=False)
+    r = subprocess.run(
+        [exe, "chip", str(naip_index), "--row", "0", "-o", str(out / name)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        preexec_fn=_limit_file_size(4096),
+        check=False,
+    )
     assert r.returncode == 1
     line = one_line(r.stderr)
-    if name == "x.png":  # libpng reports its own words for a short write ("No IDATs written into file")
+    if (
+        name == "x.png"
+    ):  # libpng reports its own words for a short write ("No IDATs written into file")
         assert line.startswith(f"Error: cannot write {out / name}: ")
     else:
         assert line == f"Error: cannot write {out / name}: File too large"
@@ -161,8 +214,11 @@ def test_chip_on_a_real_full_disk(naip_index, tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     full = tmp_path / "full"
     full.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True,
-                             check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)],
+        capture_output=True,
+        check=False,
+    )
     if mounted.returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
@@ -176,7 +232,9 @@ def test_chip_on_a_real_full_disk(naip_index, tmp_path):
         r = subprocess.run([exe, "chip", str(naip_index), "--row", "0", "-o", str(full / "x.tif")],
                            capture_output=True, text=True, check=False)
         assert r.returncode == 1
-        assert one_line(r.stderr) == f"Error: cannot write {full / 'x.tif'}: No space left on device"
+        assert (
+            one_line(r.stderr) == f"Error: cannot write {full / 'x.tif'}: No space left on device"
+        )
         assert sorted(os.listdir(full)) == ["fill"]
     finally:
         subprocess.run(["umount", str(full)], check=True)
@@ -200,4 +258,6 @@ def test_bit_flipped_index_is_one_clean_line(naip_index, tmp_path, seed, command
     r = run_cli(*args)
     if r.returncode != 0:  # 0: the flips hit bytes nobody reads
         assert r.returncode == 1
-        assert not one_line(r.stderr).endswith("\\n")  # arrow's trailing newline is not kept, even escaped
+        assert not one_line(r.stderr).endswith(
+            "\\n"
+        )  # arrow's trailing newline is not kept, even escaped

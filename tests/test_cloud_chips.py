@@ -30,15 +30,29 @@ def pattern(bands: int, h: int, w: int, dtype: str, seed: int = 0) -> np.ndarray
     if np.dtype(dtype).kind == "f":
         return rng.normal(0, 1000, (bands, h, w)).astype(dtype)
     info = np.iinfo(dtype)
-    return rng.integers(max(info.min, -3000), min(info.max, 3000), (bands, h, w), endpoint=True).astype(dtype)
+    return rng.integers(
+        max(info.min, -3000), min(info.max, 3000), (bands, h, w), endpoint=True
+    ).astype(dtype)
 
 
 def write_tif(path: Path, data: np.ndarray, res: float = 10.0, nodata=None, predictor: int = 2,
               compress: str = "deflate", sparse_windows=None) -> Path:
     bands, h, w = data.shape
-    profile = {"driver": "GTiff", "width": w, "height": h, "count": bands, "dtype": data.dtype.name, "crs": "EPSG:32633",
-                   "transform": from_origin(500000, 4000000, res, res), "tiled": True, "blockxsize": TILE,
-                   "blockysize": TILE, "compress": compress, "predictor": predictor, "nodata": nodata}
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": bands,
+        "dtype": data.dtype.name,
+        "crs": "EPSG:32633",
+        "transform": from_origin(500000, 4000000, res, res),
+        "tiled": True,
+        "blockxsize": TILE,
+        "blockysize": TILE,
+        "compress": compress,
+        "predictor": predictor,
+        "nodata": nodata,
+    }
     if sparse_windows is not None:
         profile["sparse_ok"] = True
     with rasterio.open(path, "w", **profile) as ds:
@@ -46,7 +60,14 @@ def write_tif(path: Path, data: np.ndarray, res: float = 10.0, nodata=None, pred
             ds.write(data)
         else:
             for win in sparse_windows:
-                ds.write(data[:, win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width], window=win)
+                ds.write(
+                    data[
+                        :,
+                        win.row_off : win.row_off + win.height,
+                        win.col_off : win.col_off + win.width,
+                    ],
+                    window=win,
+                )
     return path
 
 
@@ -116,8 +137,11 @@ def test_10_20_60m_assets_and_1_2_4_tiles(tmp_path):
     b10 = pattern(1, 384, 384, "uint16", 1)
     b20 = pattern(1, 192, 192, "uint16", 2)
     b60 = pattern(1, 64, 64, "uint16", 3)
-    hrefs = {"b10": str(write_tif(tmp_path / "b10.tif", b10, 10)), "b20": str(write_tif(tmp_path / "b20.tif", b20, 20)),
-             "b60": str(write_tif(tmp_path / "b60.tif", b60, 60))}
+    hrefs = {
+        "b10": str(write_tif(tmp_path / "b10.tif", b10, 10)),
+        "b20": str(write_tif(tmp_path / "b20.tif", b20, 20)),
+        "b60": str(write_tif(tmp_path / "b60.tif", b60, 60)),
+    }
     xys = [(0, 0), (1, 0), (1, 1), (3, 3)]
     lays, res = chips(hrefs, xys, cs)
     grid = GridSpec.from_layouts(lays, cs)
@@ -143,7 +167,11 @@ def test_sparse_tiles_read_as_nodata_or_zero_like_gdal(tmp_path, nodata):
     from rasterio.windows import Window
 
     data = pattern(1, H, W, "uint16")
-    href = str(write_tif(tmp_path / "s.tif", data, nodata=nodata, sparse_windows=[Window(0, 0, TILE, TILE)]))
+    href = str(
+        write_tif(
+            tmp_path / "s.tif", data, nodata=nodata, sparse_windows=[Window(0, 0, TILE, TILE)]
+        )
+    )
     lays, res = chips({"s": href}, [(0, 0), (4, 4)])
     assert lays["s"].counts[0] > 0 and lays["s"].counts[-1] == 0 and lays["s"].offsets[-1] == 0
     assert lays["s"].nodata == (None if nodata is None else float(nodata))
@@ -157,8 +185,18 @@ def test_sparse_tiles_read_as_nodata_or_zero_like_gdal(tmp_path, nodata):
 def test_strips_and_offset_grids_are_left_to_rasterio(tmp_path):
     data = pattern(1, H, W, "uint16")
     striped = tmp_path / "strips.tif"
-    with rasterio.open(striped, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint16", crs="EPSG:32633",
-                       transform=from_origin(500000, 4000000, 10, 10), compress="deflate") as ds:
+    with rasterio.open(
+        striped,
+        "w",
+        driver="GTiff",
+        width=W,
+        height=H,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 10, 10),
+        compress="deflate",
+    ) as ds:
         ds.write(data)
     assert record_layouts({"s": str(striped)}) is None
     href = str(write_tif(tmp_path / "a.tif", data))
@@ -213,7 +251,12 @@ def test_http_errors_name_asset_and_redacted_url(served, fault, reason):
     with pytest.raises(AssetError, match=reason) as err:
         read_batch([lays], [["a"]], [GridSpec.from_layouts(lays, CS)], [(0, 0)])
     text = str(err.value)
-    assert "'a'" in text and f"{server.url}/a.tif" in text and "SECRETSIG" not in text and "\n" not in text
+    assert (
+        "'a'" in text
+        and f"{server.url}/a.tif" in text
+        and "SECRETSIG" not in text
+        and "\n" not in text
+    )
 
 
 def test_http_timeout_is_one_clear_error(served, monkeypatch):
@@ -237,10 +280,22 @@ def test_http_timeout_is_one_clear_error(served, monkeypatch):
 
 def test_stale_layout_falls_back_with_one_warning(served, caplog):
     server, _data, root = served
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": "it", "properties": {"datetime": "2024-01-01T00:00:00Z",
-            "proj:epsg": 32633}, "geometry": None, "links": [],
-            "assets": {"a": {"href": f"{server.url}/a.tif", "type": "image/tiff; application=geotiff",
-                             "proj:shape": [H, W], "proj:transform": [10, 0, 500000, 0, -10, 4000000]}}}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "it",
+        "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
+        "geometry": None,
+        "links": [],
+        "assets": {
+            "a": {
+                "href": f"{server.url}/a.tif",
+                "type": "image/tiff; application=geotiff",
+                "proj:shape": [H, W],
+                "proj:transform": [10, 0, 500000, 0, -10, 4000000],
+            }
+        },
+    }
     blob = record_layouts({"a": f"{server.url}/a.tif"})
     newer = pattern(1, H, W, "uint16", seed=9)
     write_tif(root / "a.tif", newer)  # the object changed after indexing
@@ -267,7 +322,11 @@ def test_s3_chips_equal_local(tmp_path, bucket):
     path = write_tif(tmp_path / "a.tif", data)
     boto3.client("s3").upload_file(str(path), bucket, "x/a.tif")
     lays, res = chips({"a": f"s3://{bucket}/x/a.tif"}, XYS_10M)
-    assert lays["a"].etag is None and len(lays["a"].digest) == 32 and lays["a"].size == path.stat().st_size
+    assert (
+        lays["a"].etag is None
+        and len(lays["a"].digest) == 32
+        and lays["a"].size == path.stat().st_size
+    )
     for (x, y), r in zip(XYS_10M, res):
         np.testing.assert_array_equal(r["a"], expected(data, 1, x, y))
 
@@ -292,9 +351,22 @@ def test_index_of_an_http_item_chips_through_the_cli(tmp_path, http_s2):
 
 def test_big_endian_tiffs_are_left_to_rasterio(tmp_path):
     path = tmp_path / "be.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=W, height=H, count=1, dtype="uint16", crs="EPSG:32633",
-                       transform=from_origin(500000, 4000000, 10, 10), tiled=True, blockxsize=TILE, blockysize=TILE,
-                       compress="deflate", ENDIANNESS="BIG") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=W,
+        height=H,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 10, 10),
+        tiled=True,
+        blockxsize=TILE,
+        blockysize=TILE,
+        compress="deflate",
+        ENDIANNESS="BIG",
+    ) as ds:
         ds.write(pattern(1, H, W, "uint16"))
     assert path.read_bytes()[:2] == b"MM"
     assert record_layouts({"a": str(path)}) is None
@@ -316,7 +388,11 @@ def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
     before = objects.counters()
     (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
     spent = objects.counters() - before
-    assert isinstance(res["a"], np.ndarray) and spent.checks == 0 and server.requests == spent.requests == 1
+    assert (
+        isinstance(res["a"], np.ndarray)
+        and spent.checks == 0
+        and server.requests == spent.requests == 1
+    )
     raw = bytearray((root / "a.tif").read_bytes())
     start = int(lay.offsets[0])
     raw[start + int(lay.counts[0]) // 2] ^= 0xFF  # tile (0, 0) no longer inflates

@@ -93,7 +93,9 @@ def test_chipper_layouts_equal_rasterio(synthetic_scenes, tmp_path, request, whe
         for (x, y), chip in zip(xys, batch):
             assert isinstance(chip, Chip) and (chip.x, chip.y) == (x, y)
             _assert_same_chip(chip, slow.chip(x, y))
-            assert chip.transform == fast.grid.transform @ Affine.translation(x * chip_size, y * chip_size)
+            assert chip.transform == fast.grid.transform @ Affine.translation(
+                x * chip_size, y * chip_size
+            )
 
 
 def _http_index(url: str, tmp_path: Path, **kwargs) -> Path:
@@ -118,7 +120,9 @@ def test_http_reads_fetch_only_tiles_of_the_requested_bands(http_s2, tmp_path):
     paths = {p for _, p, _ in server.log}
     assert paths == {f"/{Path(lays[k].href).name}" for k in RGB}  # no item.json, no nir/swir
     assert server.requests <= len(touched)
-    tiles_bytes = sum(int(lays[k].counts[ty * lays[k].tiles_across + tx]) for k, (tx, ty) in touched)
+    tiles_bytes = sum(
+        int(lays[k].counts[ty * lays[k].tiles_across + tx]) for k, (tx, ty) in touched
+    )
     # coalesced ranges hold nothing else but the 4-byte leader and trailer GDAL's COG driver
     # writes around each tile (measured: 9 gaps of 8 bytes between 3 assets' 4 tiles)
     assert tiles_bytes <= server.bytes <= tiles_bytes + 8 * len(touched)
@@ -141,7 +145,9 @@ def test_dataset_batches_equal_single_reads(http_s2, tmp_path):
     row = pq.read_table(index).slice(8, 1).to_pylist()[0]
     with Chipper(url, chip_size=256, use_layouts=False) as slow:
         ref = slow.chip(row["chip_index_x"], row["chip_index_y"])
-    np.testing.assert_array_equal(batch[0]["pixels"], np.concatenate([ref["red"], ref["nir"], ref["swir16"]]))
+    np.testing.assert_array_equal(
+        batch[0]["pixels"], np.concatenate([ref["red"], ref["nir"], ref["swir16"]])
+    )
 
 
 def test_chip_from_row_over_http(http_s2, tmp_path):
@@ -175,12 +181,16 @@ def test_stale_layouts_fall_back_with_one_warning_per_asset(http_s2, tmp_path, c
             assert str(err.value).count("\n") == 0
         else:
             got = reader.read_many(rows[:3]) + reader.read_many(rows[3:5])
-    stale = [r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()]
+    stale = [
+        r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()
+    ]
     assert len(stale) == 1 and "'red'" in stale[0]
     if change == "rewritten":
         for row, arr in zip(rows[:5], got):
             x, y = row["chip_index_x"], row["chip_index_y"]
-            np.testing.assert_array_equal(arr[0], data[0, ::-1][y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
+            np.testing.assert_array_equal(
+                arr[0], data[0, ::-1][y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256]
+            )
 
 
 def test_prechip_from_an_http_index(http_s2, tmp_path):
@@ -249,7 +259,9 @@ def test_hrefs_are_signed_at_read_time_and_stored_unsigned(http_s2, tmp_path):
     assert all("sig" not in lay.href for lay in decode(rows[0]["layouts"]).values())
     assert b"S3CRETSIG" not in rows[0]["layouts"]
     tifs = [p for _, p, _ in server.log if ".tif" in p]
-    assert tifs and all(p.endswith("?sv=2024&sig=S3CRETSIG") for p in tifs)  # the header reads were signed
+    assert tifs and all(
+        p.endswith("?sv=2024&sig=S3CRETSIG") for p in tifs
+    )  # the header reads were signed
     server.reset()
     ChipReader(bands=["red"]).read(rows[0])
     assert server.log and all(p == "/red.tif?sv=2024&sig=S3CRETSIG" for _, p, _ in server.log)
@@ -264,25 +276,61 @@ def test_offset_assets_are_resampled_exact_ones_read_from_layouts(tmp_path, capl
     exact = rng.integers(0, 5000, (1, 256, 256)).astype("uint16")
     offset = rng.integers(0, 5000, (1, 128, 128)).astype("uint16")
     for name, data, res, x0 in (("exact", exact, 10, 500000), ("offset", offset, 20, 499995)):
-        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
-                           count=1, dtype="uint16", crs="EPSG:32633", transform=from_origin(x0, 4000000, res, res),
-                           tiled=True, blockxsize=128, blockysize=128, compress="deflate") as ds:
+        with rasterio.open(
+            tmp_path / f"{name}.tif",
+            "w",
+            driver="GTiff",
+            width=data.shape[2],
+            height=data.shape[1],
+            count=1,
+            dtype="uint16",
+            crs="EPSG:32633",
+            transform=from_origin(x0, 4000000, res, res),
+            tiled=True,
+            blockxsize=128,
+            blockysize=128,
+            compress="deflate",
+        ) as ds:
             ds.write(data)
     server = RangeServer(tmp_path)  # started below
-    item = {"type": "Feature", "stac_version": "1.0.0", "id": "off", "geometry": None, "links": [],
-            "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
-            "assets": {"exact": {"href": f"{server.url}/exact.tif", "type": "image/tiff", "proj:shape": [256, 256],
-                                 "proj:transform": [10, 0, 500000, 0, -10, 4000000]},
-                       "offset": {"href": f"{server.url}/offset.tif", "type": "image/tiff",
-                                  "proj:shape": [128, 128], "proj:transform": [20, 0, 499995, 0, -20, 4000000]}}}
-    with caplog.at_level(logging.DEBUG, logger="stacchip_core.core.read"), server, \
-            Chipper(item, chip_size=64) as fast, Chipper(item, chip_size=64, use_layouts=False) as slow:
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "off",
+        "geometry": None,
+        "links": [],
+        "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
+        "assets": {
+            "exact": {
+                "href": f"{server.url}/exact.tif",
+                "type": "image/tiff",
+                "proj:shape": [256, 256],
+                "proj:transform": [10, 0, 500000, 0, -10, 4000000],
+            },
+            "offset": {
+                "href": f"{server.url}/offset.tif",
+                "type": "image/tiff",
+                "proj:shape": [128, 128],
+                "proj:transform": [20, 0, 499995, 0, -20, 4000000],
+            },
+        },
+    }
+    with (
+        caplog.at_level(logging.DEBUG, logger="stacchip_core.core.read"),
+        server,
+        Chipper(item, chip_size=64) as fast,
+        Chipper(item, chip_size=64, use_layouts=False) as slow,
+    ):
         assert set(fast.layouts()) == {"exact", "offset"}
         for x, y in [(0, 0), (3, 2)]:
             _assert_same_chip(fast.chip(x, y), slow.chip(x, y))
         np.testing.assert_array_equal(fast.chip(3, 2)["exact"], exact[:, 128:192, 192:256])
         # three chips: 'exact' from its layout each time, 'offset' resampled by rasterio
-        assert (fast.report.chips, fast.report.layout_reads, fast.report.rasterio_reads) == (3, 3, 3)
+        assert (fast.report.chips, fast.report.layout_reads, fast.report.rasterio_reads) == (
+            3,
+            3,
+            3,
+        )
         assert fast.report.fallbacks == (("unsupported", 3),)
     rasterio_reads = {r.args[0] for r in caplog.records if "read with rasterio" in r.getMessage()}
     assert rasterio_reads == {"offset"}
@@ -301,7 +349,11 @@ def test_write_chip_exact_pixels_and_georeferencing(synthetic_scenes, tmp_path, 
     elif suffix == ".tif":
         with rasterio.open(path) as ds:
             np.testing.assert_array_equal(ds.read(), chip.stack())
-            assert ds.transform == chip.transform == Affine(10, 0, 499980 + 512 * 10, 0, -10, 6400000 - 256 * 10)
+            assert (
+                ds.transform
+                == chip.transform
+                == Affine(10, 0, 499980 + 512 * 10, 0, -10, 6400000 - 256 * 10)
+            )
             assert ds.crs.to_epsg() == 32720
             assert ds.descriptions == chip.band_names == ("red", "green", "blue", "nir08")
             assert ds.tags()["chipid"] == chip.chipid
@@ -346,7 +398,9 @@ def test_az_url_without_account_is_one_clear_error(monkeypatch):
     monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_NAME", raising=False)
     monkeypatch.delenv("AZURE_STORAGE_ACCOUNT", raising=False)
     objects._store.cache_clear()
-    with pytest.raises(ObjectError, match=r"^cannot open az://cont/x.tif: .*AZURE_STORAGE_ACCOUNT_NAME\)$"):
+    with pytest.raises(
+        ObjectError, match=r"^cannot open az://cont/x.tif: .*AZURE_STORAGE_ACCOUNT_NAME\)$"
+    ):
         objects.locate("az://cont/x.tif")
 
 
@@ -368,9 +422,21 @@ def test_same_size_rewrites_after_the_check(tmp_path, request, caplog, where, he
     path = tmp_path / "a.tif"
 
     def write(data, nodata):  # uncompressed: the same size whatever the pixels
-        with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=1, dtype="uint16",
-                           crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10), tiled=True,
-                           blockxsize=64, blockysize=64, nodata=nodata) as ds:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=128,
+            height=128,
+            count=1,
+            dtype="uint16",
+            crs="EPSG:32633",
+            transform=from_origin(500000, 4000000, 10, 10),
+            tiled=True,
+            blockxsize=64,
+            blockysize=64,
+            nodata=nodata,
+        ) as ds:
             ds.write(data)
 
     write(first, 1)
@@ -399,7 +465,11 @@ def test_same_size_rewrites_after_the_check(tmp_path, request, caplog, where, he
             np.testing.assert_array_equal(chipper.chip(1, 1)["a"], second[:, 64:, 64:])
             np.testing.assert_array_equal(chipper.chip(0, 0)["a"], second[:, :64, :64])
         spent = objects.counters() - before
-        stale = [r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()]
+        stale = [
+            r.getMessage()
+            for r in caplog.records
+            if "changed since it was indexed" in r.getMessage()
+        ]
         if header == "same":
             assert not stale and spent.checks == 1 and spent.stale == 0
         else:

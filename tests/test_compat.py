@@ -130,7 +130,9 @@ def run(code: str, replacements: dict | None = None, namespace: dict | None = No
 
 
 def naip_pixels(rows, cols, x, y, cs=256):
-    data = np.stack([(synthetic.band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)])
+    data = np.stack(
+        [(synthetic.band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)]
+    )
     return data[:, y * cs:(y + 1) * cs, x * cs:(x + 1) * cs]
 
 
@@ -147,8 +149,15 @@ def test_indexer_example_verbatim_with_landsat_qa_from_the_alternate_href(tmp_pa
     monkeypatch.chdir(tmp_path)
     ns = run(INDEXER_EXAMPLE)
     index, indexer = ns["index"], ns["indexer"]
-    assert index.column_names == ["chipid", "date", "chip_index_x", "chip_index_y", "cloud_cover_percentage",
-                                  "nodata_percentage", "geometry"]
+    assert index.column_names == [
+        "chipid",
+        "date",
+        "chip_index_x",
+        "chip_index_y",
+        "cloud_cover_percentage",
+        "nodata_percentage",
+        "geometry",
+    ]
     assert (indexer.x_size, indexer.y_size, indexer.shape) == (2, 2, [560, 600])
     import rasterio
 
@@ -159,7 +168,10 @@ def test_indexer_example_verbatim_with_landsat_qa_from_the_alternate_href(tmp_pa
     keep = nodata <= 0.5
     np.testing.assert_allclose(index["nodata_percentage"].to_numpy(), nodata[keep], atol=1e-6)
     np.testing.assert_allclose(index["cloud_cover_percentage"].to_numpy(), cloud[keep], atol=1e-6)
-    assert index["chip_index_x"].type == pa.uint16() and index["date"][0].as_py().isoformat() == "2024-03-11"
+    assert (
+        index["chip_index_x"].type == pa.uint16()
+        and index["date"][0].as_py().isoformat() == "2024-03-11"
+    )
 
 
 def test_footprints_from_the_finest_grid_where_0_1_mixed_10_m_and_60_m():
@@ -172,10 +184,17 @@ def test_footprints_from_the_finest_grid_where_0_1_mixed_10_m_and_60_m():
     to_utm = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32720", always_xy=True)
     ring = np.array(shapely.get_coordinates(indexer.get_chip_bbox(1, 2)))
     x, y = to_utm.transform(ring[:, 0], ring[:, 1])
-    np.testing.assert_allclose([min(x), max(y), max(x), min(y)],
-                               [499980 + 2560, 6400000 - 5120, 499980 + 5120, 6400000 - 7680], atol=1e-3)
-    geometry = indexer.create_index().column("geometry")[42 + 1].as_py()[0]  # chip (1, 1) of 42 x 42
-    assert [round(p["x"], 9) for p in geometry] == [round(v, 9) for v in shapely.get_coordinates(indexer.get_chip_bbox(1, 1))[:, 0]]
+    np.testing.assert_allclose(
+        [min(x), max(y), max(x), min(y)],
+        [499980 + 2560, 6400000 - 5120, 499980 + 5120, 6400000 - 7680],
+        atol=1e-3,
+    )
+    geometry = (
+        indexer.create_index().column("geometry")[42 + 1].as_py()[0]
+    )  # chip (1, 1) of 42 x 42
+    assert [round(p["x"], 9) for p in geometry] == [
+        round(v, 9) for v in shapely.get_coordinates(indexer.get_chip_bbox(1, 1))[:, 0]
+    ]
 
 
 def test_manual_shape_and_the_base_class():
@@ -192,7 +211,9 @@ def test_manual_shape_and_the_base_class():
             return 0.5, 0.9 if (x, y) == (1, 0) else 0.0
 
     index = HalfCloudy(item, chip_size=1000).create_index()
-    assert index.num_rows == 10 * 10 - 1 and set(index["cloud_cover_percentage"].to_pylist()) == {0.5}
+    assert index.num_rows == 10 * 10 - 1 and set(index["cloud_cover_percentage"].to_pylist()) == {
+        0.5
+    }
     assert "S2A_T20HNJ_20240311T140636_L2A-1-0" not in index["chipid"].to_pylist()
 
 
@@ -210,11 +231,16 @@ def test_source_indexers_take_their_statistics_from_the_plugins(tmp_path):
         for column in ("cloud_cover_percentage", "nodata_percentage"):
             assert index[column].to_pylist() == core[column].to_pylist()
         i = 1 * shim.x_size + 1  # chip (1, 1), row-major
-        assert shim.get_stats(1, 1) == (index["cloud_cover_percentage"][i].as_py(), index["nodata_percentage"][i].as_py())
+        assert shim.get_stats(1, 1) == (
+            index["cloud_cover_percentage"][i].as_py(),
+            index["nodata_percentage"][i].as_py(),
+        )
     mask = np.zeros((768, 768), bool)
     mask[:128, :256] = True
     index = NoDataMaskChipIndexer(s2, nodata_mask=mask, chip_max_nodata=1.0).create_index()
-    assert index["nodata_percentage"].to_pylist()[:3] == [0.5, 0.0, 0.0] and set(index["cloud_cover_percentage"].to_pylist()) == {0.0}
+    assert index["nodata_percentage"].to_pylist()[:3] == [0.5, 0.0, 0.0] and set(
+        index["cloud_cover_percentage"].to_pylist()
+    ) == {0.0}
 
 
 # --- the chipper ----------------------------------------------------------------------------
@@ -236,11 +262,20 @@ def test_chipper_0_1_32_api_with_a_mountpath(tmp_path):
     assert (x, y) == (1, 0)
     np.testing.assert_array_equal(again["image"], naip_pixels(600, 530, 1, 0))
     assert [(x, y) for x, y, _ in chipper] == [(0, 0), (1, 0), (0, 1), (1, 1)]
-    np.testing.assert_array_equal(chipper.get_pixels_for_asset("image", 0, 1), naip_pixels(600, 530, 0, 1))
+    np.testing.assert_array_equal(
+        chipper.get_pixels_for_asset("image", 0, 1), naip_pixels(600, 530, 0, 1)
+    )
     # the first releases' form, reading the item from the mount
     (tmp_path / "mount" / "naip" / "item1" / "stac_item.json").write_text(json.dumps(d))
     for kwargs in ({}, {"bucket": "example-bucket"}):
-        old = Chipper(platform="naip", item_id="item1", chip_index_x=1, chip_index_y=0, mountpath=tmp_path / "mount", **kwargs)
+        old = Chipper(
+            platform="naip",
+            item_id="item1",
+            chip_index_x=1,
+            chip_index_y=0,
+            mountpath=tmp_path / "mount",
+            **kwargs,
+        )
         np.testing.assert_array_equal(old.chip["image"], naip_pixels(600, 530, 1, 0))
     from stacchip_core import StacchipError
 
@@ -261,7 +296,9 @@ def test_old_readme_chipper_example_verbatim_over_s3(s3_server, tmp_path):
         client.create_bucket(Bucket="clay-v1-data")
     except client.exceptions.BucketAlreadyOwnedByYou:
         pass
-    path = synthetic.naip_scene(tmp_path / "items", rows, cols, item_id="m_readme_0001", origin=NAIP_ORIGIN)
+    path = synthetic.naip_scene(
+        tmp_path / "items", rows, cols, item_id="m_readme_0001", origin=NAIP_ORIGIN
+    )
     item = pystac.Item.from_file(str(path))
     store = open_store("s3://clay-v1-data")
     assert process_item(get_platform("naip"), item, store).chips == 49
@@ -272,12 +309,17 @@ def test_old_readme_chipper_example_verbatim_over_s3(s3_server, tmp_path):
     merged = tmp_path / "merged"
     run(MERGER, {"/path/to/stacchip/indices": str(indices), "/path/to/parquet/index": str(merged)})
     ns = run(OLD_CHIPPER_EXAMPLE, {"/path/to/parquet/index": str(merged)}, {"Chipper": Chipper})
-    x, y = ns["table"].column("chip_index_x")[42].as_py(), ns["table"].column("chip_index_y")[42].as_py()
+    x, y = (
+        ns["table"].column("chip_index_x")[42].as_py(),
+        ns["table"].column("chip_index_y")[42].as_py(),
+    )
     assert (x, y) == (0, 6)  # row-major: row 42 of 7 x 7
     data = ns["data"]
     assert list(data) == ["image"]
     np.testing.assert_array_equal(data["image"], naip_pixels(rows, cols, x, y))
-    np.testing.assert_array_equal(ns["chipper"].chip(6, 0)["image"], naip_pixels(rows, cols, 6, 0))  # and callable
+    np.testing.assert_array_equal(
+        ns["chipper"].chip(6, 0)["image"], naip_pixels(rows, cols, 6, 0)
+    )  # and callable
 
 
 @pytest.fixture(scope="module")
@@ -285,10 +327,26 @@ def naip_api(tmp_path_factory):
     """A STAC API (pgstac) with three NAIP items of 5 x 5 chips."""
     ensure_postgis()
     d = tmp_path_factory.mktemp("naip-api")
-    items = [json.loads(synthetic.naip_scene(d, 1300, 1300, item_id=f"m_tutorial_{i}", origin=NAIP_ORIGIN).read_text())
-             for i in range(3)]
-    collection = {"type": "Collection", "stac_version": "1.1.0", "id": "naip", "description": "synthetic", "license": "proprietary",
-                  "links": [], "extent": {"spatial": {"bbox": [[-180, -90, 180, 90]]}, "temporal": {"interval": [[None, None]]}}}
+    items = [
+        json.loads(
+            synthetic.naip_scene(
+                d, 1300, 1300, item_id=f"m_tutorial_{i}", origin=NAIP_ORIGIN
+            ).read_text()
+        )
+        for i in range(3)
+    ]
+    collection = {
+        "type": "Collection",
+        "stac_version": "1.1.0",
+        "id": "naip",
+        "description": "synthetic",
+        "license": "proprietary",
+        "links": [],
+        "extent": {
+            "spatial": {"bbox": [[-180, -90, 180, 90]]},
+            "temporal": {"interval": [[None, None]]},
+        },
+    }
     api = StacApi()
     try:
         api.start()
@@ -299,10 +357,16 @@ def naip_api(tmp_path_factory):
 
 
 def test_naip_tutorial_verbatim_against_a_stac_api(naip_api, monkeypatch):
-    monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", os.environ.get("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR"))
-    monkeypatch.setenv("AWS_REQUEST_PAYER", os.environ.get("AWS_REQUEST_PAYER", ""))  # restored afterwards
+    monkeypatch.setenv(
+        "GDAL_DISABLE_READDIR_ON_OPEN", os.environ.get("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+    )
+    monkeypatch.setenv(
+        "AWS_REQUEST_PAYER", os.environ.get("AWS_REQUEST_PAYER", "")
+    )  # restored afterwards
     ns = run(NAIP_TUTORIAL, {"https://earth-search.aws.element84.com/v1": naip_api})
-    assert len(ns["chips"]) == 15 and all(c.shape == (4, 256, 256) and c.dtype == np.uint8 for c in ns["chips"])
+    assert len(ns["chips"]) == 15 and all(
+        c.shape == (4, 256, 256) and c.dtype == np.uint8 for c in ns["chips"]
+    )
     x, y = ns["x_index"], ns["y_index"]
     np.testing.assert_array_equal(ns["chip"]["image"], naip_pixels(1300, 1300, x, y))
 
@@ -315,19 +379,31 @@ def test_prechip_and_stats_scripts_read_the_original_environment(tmp_path):
 
     bucket = tmp_path / "bucket"
     path = synthetic.naip_scene(tmp_path / "items", 1300, 1300, item_id="m_cubes")
-    process_item(get_platform("naip"), pystac.Item.from_file(str(path)), open_store(bucket), chip_size=64)
+    process_item(
+        get_platform("naip"), pystac.Item.from_file(str(path)), open_store(bucket), chip_size=64
+    )
     merge(bucket / "index", bucket / "merged.parquet")  # 20 x 20 = 400 chips of 64 px
-    env = {"AWS_BATCH_JOB_ARRAY_INDEX": "1", "STACCHIP_INDEXPATH": str(bucket / "merged.parquet"),
-           "STACCHIP_CHIP_BUCKET": str(tmp_path / "cubes"), "STACCHIP_PLATFORM": "naip", "STACCHIP_CUBES_PER_JOB": "1",
-           "STACCHIP_POOL_SIZE": "2"}
+    env = {
+        "AWS_BATCH_JOB_ARRAY_INDEX": "1",
+        "STACCHIP_INDEXPATH": str(bucket / "merged.parquet"),
+        "STACCHIP_CHIP_BUCKET": str(tmp_path / "cubes"),
+        "STACCHIP_PLATFORM": "naip",
+        "STACCHIP_CUBES_PER_JOB": "1",
+        "STACCHIP_POOL_SIZE": "2",
+    }
     r = run_script_named("stacchip-prechip", env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["1 cubes written, 0 skipped, 0 failed (400 chips, 2 cubes in all)"]
+    assert r.stdout.splitlines() == [
+        "1 cubes written, 0 skipped, 0 failed (400 chips, 2 cubes in all)"
+    ]
     cubes = sorted((tmp_path / "cubes" / "mode_v1_chipper_v2" / "naip").glob("cube_*.npz"))
     assert [c.name for c in cubes] == ["cube_000001.npz"]
     pixels = np.load(cubes[0])["pixels"]
     assert pixels.shape == (128, 4, 64, 64)
-    r = run_script_named("stacchip-stats", env={"STACCHIP_PLATFORM": "naip", "STACCHIP_CHIP_BUCKET": str(tmp_path / "cubes")})
+    r = run_script_named(
+        "stacchip-stats",
+        env={"STACCHIP_PLATFORM": "naip", "STACCHIP_CHIP_BUCKET": str(tmp_path / "cubes")},
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     # the expected statistics from the raster itself, not from the cube or the code under test:
@@ -337,8 +413,12 @@ def test_prechip_and_stats_scripts_read_the_original_environment(tmp_path):
     import rasterio
     from rasterio.windows import Window
 
-    where = {r["chipid"]: (r["chip_index_x"], r["chip_index_y"])
-             for r in pq.read_table(bucket / "merged.parquet", columns=["chipid", "chip_index_x", "chip_index_y"]).to_pylist()}
+    where = {
+        r["chipid"]: (r["chip_index_x"], r["chip_index_y"])
+        for r in pq.read_table(
+            bucket / "merged.parquet", columns=["chipid", "chip_index_x", "chip_index_y"]
+        ).to_pylist()
+    }
     with rasterio.open(path.parent / "image.tif") as ds:
         assert ds.nodata is None and ds.count == 4
         windows = np.stack([ds.read(window=Window(x * 64, y * 64, 64, 64))
@@ -352,6 +432,12 @@ def test_prechip_and_stats_scripts_read_the_original_environment(tmp_path):
         band, std = lines[6 + b].split(": ")
         assert band == name and float(std) == pytest.approx(values[b].std(), rel=1e-9)
     r = run_script_named("stacchip-prechip", env={**env, "STACCHIP_INDEXPATH": ""})
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "Error: STACCHIP_INDEXPATH env var not set"
+    assert (
+        r.returncode == 1
+        and r.stderr.strip().splitlines()[-1] == "Error: STACCHIP_INDEXPATH env var not set"
+    )
     r = run_script_named("stacchip-stats", env={"STACCHIP_PLATFORM": ""})
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "Error: STACCHIP_PLATFORM env var not set"
+    assert (
+        r.returncode == 1
+        and r.stderr.strip().splitlines()[-1] == "Error: STACCHIP_PLATFORM env var not set"
+    )

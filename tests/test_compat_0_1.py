@@ -31,8 +31,16 @@ def memory_dataset(meta: dict, data: np.ndarray):
 def sentinel_scl(href: str):
     """0.1's rasterio_open_sentinel_mock: a 20 m SCL of class 5 with a nodata corner (0) in
     the first chip and class 1 (saturated or defective) over half of the second chip."""
-    meta = {"driver": "GTiff", "dtype": "uint8", "nodata": 0.0, "width": 5490, "height": 5490, "count": 1,
-            "crs": "EPSG:32720", "transform": Affine(20.0, 0.0, 499980.0, 0.0, -20.0, 6400000.0)}
+    meta = {
+        "driver": "GTiff",
+        "dtype": "uint8",
+        "nodata": 0.0,
+        "width": 5490,
+        "height": 5490,
+        "count": 1,
+        "crs": "EPSG:32720",
+        "transform": Affine(20.0, 0.0, 499980.0, 0.0, -20.0, 6400000.0),
+    }
     data = 5 * np.ones((1, 5490, 5490), dtype="uint8")
     data[0, :100, :100] = 0
     data[0, :128, 128:192] = 1
@@ -42,8 +50,16 @@ def sentinel_scl(href: str):
 def landsat_qa(href: str):
     """0.1's rasterio_open_ls_nodata_mock (as uint16, in the file's own row/column order):
     QA_PIXEL 0 everywhere but bit 0 (fill) over the first 200 x 200 pixels."""
-    meta = {"driver": "GTiff", "dtype": "uint16", "nodata": None, "width": 8331, "height": 8271, "count": 1,
-            "crs": "EPSG:3031", "transform": Affine(30.0, 0.0, 1517085.0, 0.0, -30.0, -1811685.0)}
+    meta = {
+        "driver": "GTiff",
+        "dtype": "uint16",
+        "nodata": None,
+        "width": 8331,
+        "height": 8271,
+        "count": 1,
+        "crs": "EPSG:3031",
+        "transform": Affine(30.0, 0.0, 1517085.0, 0.0, -30.0, -1811685.0),
+    }
     data = np.zeros((1, 8271, 8331), np.uint16)
     data[0, :200, :200] = 1
     data[0, 300:400, 256:512] = 1 << 3  # cloud over 100 of chip (1, 1)'s rows
@@ -89,9 +105,13 @@ def test_landsat_indexer_nodata(opened):
     assert index.shape == (1023, 7)
     assert str(index.column("chipid")[0]) == "LC09_L2SR_086107_20240311_20240312_02_T2_SR-1-0"
     # 0.1 read qa_pixel from its alternate s3 href
-    assert opened.call_args.args[0] == item.assets["qa_pixel"].extra_fields["alternate"]["s3"]["href"]
+    assert (
+        opened.call_args.args[0] == item.assets["qa_pixel"].extra_fields["alternate"]["s3"]["href"]
+    )
     cloud = dict(zip(index["chipid"].to_pylist(), index["cloud_cover_percentage"].to_pylist()))
-    assert cloud["LC09_L2SR_086107_20240311_20240312_02_T2_SR-1-1"] == pytest.approx(100 * 256 / 256**2)
+    assert cloud["LC09_L2SR_086107_20240311_20240312_02_T2_SR-1-1"] == pytest.approx(
+        100 * 256 / 256**2
+    )
     assert sum(v > 0 for v in cloud.values()) == 1
     index = LandsatIndexer(item, chip_max_nodata=0.95).create_index()
     assert index.shape == (1024, 7)
@@ -139,10 +159,14 @@ def test_sentinel_2_compat_and_core_decode_scl_each_their_way(tmp_path):
 
     np.testing.assert_allclose(compat["cloud_cover_percentage"].to_numpy(),
                                fractions(np.isin(scl10, [1, 3, 8, 9, 10])), atol=1e-6)
-    np.testing.assert_allclose(compat["nodata_percentage"].to_numpy(), fractions(scl10 == 0), atol=1e-6)
+    np.testing.assert_allclose(
+        compat["nodata_percentage"].to_numpy(), fractions(scl10 == 0), atol=1e-6
+    )
     np.testing.assert_allclose(core["cloud_cover_percentage"].to_numpy(),
                                fractions(np.isin(scl10, [3, 8, 9, 10])), atol=1e-6)
-    np.testing.assert_allclose(core["nodata_percentage"].to_numpy(), fractions(np.isin(scl10, [0, 1])), atol=1e-6)
+    np.testing.assert_allclose(
+        core["nodata_percentage"].to_numpy(), fractions(np.isin(scl10, [0, 1])), atol=1e-6
+    )
     assert fractions(scl10 == 1)[1] >= 0.125  # the block is a real difference on chip (1, 0)
 
 
@@ -156,16 +180,31 @@ def write_asset(mountpath: Path, item: Item, **profile) -> np.ndarray:
     (mountpath / "naip/item1").mkdir(parents=True, exist_ok=True)
     data = np.random.default_rng(0).integers(0, 255, (2, *shape), dtype="uint8")
     kwargs = {"transform": [trsf[2], trsf[0], trsf[1], trsf[5], trsf[4], trsf[3]], **profile}
-    with rasterio.open(mountpath / "naip/item1/asset.tif", "w", driver="GTiff", width=shape[1], height=shape[0],
-                       count=2, dtype="uint8", **kwargs) as rst:
+    with rasterio.open(
+        mountpath / "naip/item1/asset.tif",
+        "w",
+        driver="GTiff",
+        width=shape[1],
+        height=shape[0],
+        count=2,
+        dtype="uint8",
+        **kwargs,
+    ) as rst:
         rst.write(data)
     return data
 
 
-@pytest.mark.parametrize("profile", [
-    {},  # no CRS: 0.1's own test
-    {"crs": "EPSG:26919", "transform": Affine(1, 0, 0, 0, -1, 800)},  # a transform the item does not state
-], ids=["no-crs", "other-transform"])
+@pytest.mark.parametrize(
+    "profile",
+    [
+        {},  # no CRS: 0.1's own test
+        {
+            "crs": "EPSG:26919",
+            "transform": Affine(1, 0, 0, 0, -1, 800),
+        },  # a transform the item does not state
+    ],
+    ids=["no-crs", "other-transform"],
+)
 def test_chipper_reads_the_items_pixel_windows(tmp_path, profile):
     from stacchip.chipper import Chipper
     from stacchip.indexer import NoStatsChipIndexer
@@ -183,16 +222,23 @@ def test_chipper_reads_the_items_pixel_windows(tmp_path, profile):
     y = index.column("chip_index_y")[2].as_py()
     chip = chipper.chip(x, y)
     assert chip["asset"].shape[0] == raster_data.shape[0]
-    np.testing.assert_array_equal(chip["asset"], raster_data[:, y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
+    np.testing.assert_array_equal(
+        chip["asset"], raster_data[:, y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256]
+    )
     # the magic functions of 0.1's test
     assert len(chipper) == indexer.size == 9
     x_index, y_index, chip_1 = chipper[1]
     assert (x_index, y_index) == (1, 0)
     np.testing.assert_array_equal(chip_1["asset"], raster_data[:, :256, 256:512])
     assert sum(1 for _ in chipper) == len(chipper)
-    np.testing.assert_array_equal(chipper.get_pixels_for_asset("asset", 2, 2), raster_data[:, 512:768, 512:768])
+    np.testing.assert_array_equal(
+        chipper.get_pixels_for_asset("asset", 2, 2), raster_data[:, 512:768, 512:768]
+    )
     # the core refuses the file: its georeferencing is not the item's
-    with pytest.raises(AssetError, match="asset 'asset'"), CoreChipper(indexer._core, mountpath=tmp_path) as core:
+    with (
+        pytest.raises(AssetError, match="asset 'asset'"),
+        CoreChipper(indexer._core, mountpath=tmp_path) as core,
+    ):
         core.chip(x, y)
 
 

@@ -23,7 +23,10 @@ BLOCK = 0.01  # degrees: the synthetic scenes span a few blocks of this size
 @pytest.fixture(scope="module")
 def index_path(synthetic_scenes, tmp_path_factory):
     """S2 (two items, 18 chips), NAIP (4) and Landsat (4)."""
-    tables = [Indexer(str(synthetic_scenes[k]), chip_max_nodata=1.0).create_index() for k in ("s2", "s2pc", "naip", "landsat")]
+    tables = [
+        Indexer(str(synthetic_scenes[k]), chip_max_nodata=1.0).create_index()
+        for k in ("s2", "s2pc", "naip", "landsat")
+    ]
     path = tmp_path_factory.mktemp("dm") / "merged.parquet"
     pq.write_table(pa.concat_tables(tables), path)
     return path
@@ -32,9 +35,16 @@ def index_path(synthetic_scenes, tmp_path_factory):
 def make(index_path, **kwargs):
     from stacchip_core.training.datamodule import StacchipDataModule
 
-    kwargs = {"split_block_deg": BLOCK, "val_fraction": 0.3, "test_fraction": 0.3, "bands": ["red", "green", "blue"],
-              **kwargs}
-    return StacchipDataModule(index_path if isinstance(index_path, pa.Table) else str(index_path), **kwargs)
+    kwargs = {
+        "split_block_deg": BLOCK,
+        "val_fraction": 0.3,
+        "test_fraction": 0.3,
+        "bands": ["red", "green", "blue"],
+        **kwargs,
+    }
+    return StacchipDataModule(
+        index_path if isinstance(index_path, pa.Table) else str(index_path), **kwargs
+    )
 
 
 def blocks(table):
@@ -59,16 +69,25 @@ def test_splits_are_spatially_disjoint_reproducible_and_stored(lightning, index_
     # stored: an index with a split column keeps it, edits included
     dm.write_splits(tmp_path / "with_split.parquet")
     edited = pq.read_table(tmp_path / "with_split.parquet")
-    edited = edited.set_column(edited.schema.get_field_index("split"), "split", pa.array(["test"] * 26))
+    edited = edited.set_column(
+        edited.schema.get_field_index("split"), "split", pa.array(["test"] * 26)
+    )
     assert set(make(edited).table["split"].to_pylist()) == {"test"}
 
 
 def test_filters_apply_before_splitting(lightning, index_path):
-    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0, platforms=("naip", "landsat-c2l2-sr")))
-    assert sorted(Counter(dm.table["platform"].to_pylist()).items()) == [("landsat-c2l2-sr", 4), ("naip", 4)]
+    dm = make(
+        index_path, chip_filter=ChipFilter(max_nodata=1.0, platforms=("naip", "landsat-c2l2-sr"))
+    )
+    assert sorted(Counter(dm.table["platform"].to_pylist()).items()) == [
+        ("landsat-c2l2-sr", 4),
+        ("naip", 4),
+    ]
     full = pq.read_table(index_path)
     cloudy = ChipFilter(max_nodata=1.0, max_cloud=0.2)
-    assert len(make(index_path, chip_filter=cloudy).table) == int(pc.sum(pc.less_equal(full["cloud_cover_percentage"], 0.2)).as_py())
+    assert len(make(index_path, chip_filter=cloudy).table) == int(
+        pc.sum(pc.less_equal(full["cloud_cover_percentage"], 0.2)).as_py()
+    )
 
 
 class RecordingDataset:
@@ -94,26 +113,43 @@ class RecordingDataset:
 
 
 def calls(log: Path) -> list[tuple[int, int]]:
-    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()] if log.exists() else []
+    return (
+        [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+        if log.exists()
+        else []
+    )
 
 
 @pytest.mark.parametrize("world,workers,batch", [(1, 0, 4), (2, 2, 4), (3, 2, 2)])
-def test_every_chip_once_per_epoch_over_ranks_and_persistent_workers(lightning, index_path, tmp_path, world,
-                                                                     workers, batch):
+def test_every_chip_once_per_epoch_over_ranks_and_persistent_workers(
+    lightning, index_path, tmp_path, world, workers, batch
+):
     from torch.utils.data import DataLoader
 
     from stacchip_core.training.datamodule import ShardedBatchSampler, collate_chips
 
-    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0, test_fraction=0.0)  # one block: all train
+    dm = make(
+        index_path,
+        chip_filter=ChipFilter(max_nodata=1.0),
+        split_block_deg=100,
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )  # one block: all train
     train = dm.split_table("train")
     assert len(train) == 26
     log = tmp_path / "calls.txt"
     loaders = []
     for rank in range(world):
         ds = RecordingDataset.make(log)(train, bands=["red", "green", "blue"])
-        sampler = ShardedBatchSampler(None, batch, platforms=ds.platforms, rank=rank, world_size=world, seed=3)
+        sampler = ShardedBatchSampler(
+            None, batch, platforms=ds.platforms, rank=rank, world_size=world, seed=3
+        )
         kw = {"persistent_workers": True} if workers else {}
-        loaders.append(DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate_chips, **kw))
+        loaders.append(
+            DataLoader(
+                ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate_chips, **kw
+            )
+        )
     orders, pids = [], []
     for epoch in (0, 1):  # no trainer, no set_epoch: the sampler counts passes
         seen, steps = [], []
@@ -128,7 +164,9 @@ def test_every_chip_once_per_epoch_over_ranks_and_persistent_workers(lightning, 
         assert len(set(steps)) == 1  # DDP needs equal step counts on every rank
         assert sorted(seen) == sorted(train["chipid"].to_pylist())  # each chip exactly once
         new = calls(log)[before:]
-        assert [n for _, n in new] and sum(n for _, n in new) == 26 and len(new) == sum(steps)  # one call per batch
+        assert (
+            [n for _, n in new] and sum(n for _, n in new) == 26 and len(new) == sum(steps)
+        )  # one call per batch
         pids.append({p for p, _ in new})
         orders.append(seen)
     assert orders[0] != orders[1]  # reshuffled
@@ -147,8 +185,17 @@ def test_module_loader_reads_batches_in_persistent_workers(lightning, index_path
     class Recording(StacchipDataModule):
         dataset_class = RecordingDataset.make(log)
 
-    dm = Recording(str(index_path), chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0,
-                   test_fraction=0.0, bands=["red", "green", "blue"], batch_size=5, num_workers=2, seed=4)
+    dm = Recording(
+        str(index_path),
+        chip_filter=ChipFilter(max_nodata=1.0),
+        split_block_deg=100,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        bands=["red", "green", "blue"],
+        batch_size=5,
+        num_workers=2,
+        seed=4,
+    )
     loader = dm.train_dataloader()
     assert loader.persistent_workers and loader.prefetch_factor == 2 and loader.num_workers == 2
     epochs = [[c for b in loader for c in b["chipid"]] for _ in range(3)]
@@ -168,12 +215,20 @@ def test_module_batches_follow_platform_batch_sampler(lightning, index_path):
     from stacchip_core.training.datamodule import epoch_batches
     from stacchip_core.training.dataset import PlatformBatchSampler
 
-    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0, test_fraction=0.0)
+    dm = make(
+        index_path,
+        chip_filter=ChipFilter(max_nodata=1.0),
+        split_block_deg=100,
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
     platforms = np.asarray(dm.split_table("train")["platform"].to_pylist(), dtype=object)
     for epoch in (0, 1, 2):
         sampler = PlatformBatchSampler(platforms.tolist(), 4, seed=7)
         sampler.set_epoch(epoch)
-        assert [b.tolist() for b in epoch_batches(platforms, 4, epoch, 7, True, False, 1)] == list(sampler)
+        assert [b.tolist() for b in epoch_batches(platforms, 4, epoch, 7, True, False, 1)] == list(
+            sampler
+        )
     # 5 S2 batches (4, 4, 4, 4, 2), one NAIP, one Landsat: 7 batches; 2 ranks get 4 each, the
     # first 4-chip batch in the epoch's order split in two, no chip repeated
     two = epoch_batches(platforms, 4, 0, 7, True, False, 2)
@@ -181,8 +236,10 @@ def test_module_batches_follow_platform_batch_sampler(lightning, index_path):
     assert sorted(len(b) for b in two) == [2, 2, 2, 4, 4, 4, 4, 4]
 
 
-@pytest.mark.parametrize("cpus,ranks,expected", [(2, 1, 2), (4, 1, 2), (8, 1, 4), (32, 1, 8), (32, 4, 4), (32, 8, 2),
-                                                 (64, 1, 8)])
+@pytest.mark.parametrize(
+    "cpus,ranks,expected",
+    [(2, 1, 2), (4, 1, 2), (8, 1, 4), (32, 1, 8), (32, 4, 4), (32, 8, 2), (64, 1, 8)],
+)
 def test_default_workers(lightning, cpus, ranks, expected):
     from stacchip_core.training.datamodule import default_workers
 
@@ -192,7 +249,13 @@ def test_default_workers(lightning, cpus, ranks, expected):
 def test_oversampling_balances_platforms_in_training_only(lightning, index_path):
     from stacchip_core.training.datamodule import epoch_batches
 
-    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0, test_fraction=0.0)
+    dm = make(
+        index_path,
+        chip_filter=ChipFilter(max_nodata=1.0),
+        split_block_deg=100,
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
     platforms = np.asarray(dm.split_table("train")["platform"].to_pylist(), dtype=object)
     rows = np.concatenate(epoch_batches(platforms, 4, 0, 0, True, True, 1))
     counts = Counter(platforms[rows].tolist())
@@ -242,12 +305,13 @@ class Probe(lightning.LightningModule):
             json.dump({"world": self.trainer.world_size, "seen": self.seen, "pid": os.getpid()}, fh)
 
 
-dm = StacchipDataModule(sys.argv[1], bands=["red", "green", "blue"], chip_filter=ChipFilter(max_nodata=1.0),
-                        split_block_deg=100, val_fraction=0.0, test_fraction=0.0, batch_size=4, num_workers=2, seed=1,
-                        transform=Where())
-trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0)
+dm = StacchipDataModule(sys.argv[1], bands=["red", "green", "blue"],
+                        chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100,
+                        val_fraction=0.0, test_fraction=0.0, batch_size=4, num_workers=2,
+                        seed=1, transform=Where())
+trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
 trainer.fit(Probe(), datamodule=dm)
 assert dm.train_dataloader().persistent_workers
 '''
@@ -259,8 +323,15 @@ def test_ddp_two_processes_see_every_chip_once_per_epoch(lightning, index_path, 
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PL_DISABLE_FORK": "1"}
-    r = subprocess.run([sys.executable, str(script), str(index_path), str(out), str(Path(__file__).parent)],
-                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, check=False)
+    r = subprocess.run(
+        [sys.executable, str(script), str(index_path), str(out), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
@@ -271,7 +342,9 @@ def test_ddp_two_processes_see_every_chip_once_per_epoch(lightning, index_path, 
         assert per_rank[0] and per_rank[1]
         assert not set(per_rank[0]) & set(per_rank[1])
         assert sorted(per_rank[0] + per_rank[1]) == expected  # every chip, exactly once
-        assert len([b for e, b in ranks[0]["seen"] if e == epoch]) == len([b for e, b in ranks[1]["seen"] if e == epoch])
+        assert len([b for e, b in ranks[0]["seen"] if e == epoch]) == len(
+            [b for e, b in ranks[1]["seen"] if e == epoch]
+        )
         orders.append(per_rank)
     assert orders[0] != orders[1]  # the trainer's epoch reached the sampler: a new order
     # persistent workers: two per rank read both epochs (each chip twice), none of them a rank

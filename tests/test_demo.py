@@ -38,12 +38,22 @@ def test_demo_runs_the_whole_job_offline(demo):
     out, r = demo
     table = pq.read_table(out / "bucket" / "merged.parquet")
     platforms = table["platform"].to_pylist()
-    items = {p: len({i for i, q in zip(table["item_id"].to_pylist(), platforms) if q == p}) for p in set(platforms)}
+    items = {
+        p: len({i for i, q in zip(table["item_id"].to_pylist(), platforms) if q == p})
+        for p in set(platforms)
+    }
     # by the archive's construction: S2 sample 0 -> 6 items (2 years x 3 quarters under the cloud
     # limit), Landsat 4 quarters per level, NAIP latest + one older, LINZ 10 of 12 tiles,
     # Sentinel-1 the one item over the tile in the drawn quarter, MODIS one per drawn month of 2018
-    assert items == {"sentinel-2-l2a": 6, "landsat-c2l2-sr": 4, "landsat-c2l1": 4, "naip": 2, "linz": 10,
-                     "sentinel-1-rtc": 1, "modis": 4}
+    assert items == {
+        "sentinel-2-l2a": 6,
+        "landsat-c2l2-sr": 4,
+        "landsat-c2l1": 4,
+        "naip": 2,
+        "linz": 10,
+        "sentinel-1-rtc": 1,
+        "modis": 4,
+    }
     assert platforms.count("naip") == 8 and platforms.count("linz") == 10
     index_files = list((out / "bucket" / "index").rglob("*.parquet"))
     assert len(index_files) == 31
@@ -54,10 +64,18 @@ def test_demo_runs_the_whole_job_offline(demo):
             assert ds.count == 3
     assert "sentinel-2-l2a" in r.stdout and "cloud mean" in r.stdout and "bucket:" in r.stdout
     assert f"indexed:  {len(table)} chips of 31 items" in r.stdout and "chips/s" in r.stdout
-    assert "read:     44 chips" in r.stdout  # 8 previewed chips of linz, naip, S2, MODIS; all 4 of each Landsat and S1
+    assert (
+        "read:     44 chips" in r.stdout
+    )  # 8 previewed chips of linz, naip, S2, MODIS; all 4 of each Landsat and S1
     # the stacks place (issue 21): 4 six-step Sentinel-2 series and 4 S2 + S1 + Landsat stacks
-    assert "stacks:   4 time series (6 steps previewed), 4 sentinel-2-l2a + sentinel-1-rtc + landsat-c2l2-sr" in r.stdout
-    assert (out / "previews" / "stack_series.png").exists() and (out / "stacks" / "pairs.parquet").exists()
+    assert (
+        "stacks:   4 time series (6 steps previewed), 4 sentinel-2-l2a + sentinel-1-rtc + "
+        "landsat-c2l2-sr"
+        in r.stdout
+    )
+    assert (out / "previews" / "stack_series.png").exists() and (
+        out / "stacks" / "pairs.parquet"
+    ).exists()
 
 
 def _outline(mask):
@@ -73,13 +91,18 @@ def test_s2_preview_outlines_the_cloud_mask_and_shows_clouds(demo, tile):
 
     out, _ = demo
     table = pq.read_table(out / "bucket" / "merged.parquet").to_pylist()
-    rows = sorted([r for r in table if r["platform"] == "sentinel-2-l2a"], key=lambda r: -r["cloud_cover_percentage"])
+    rows = sorted(
+        [r for r in table if r["platform"] == "sentinel-2-l2a"],
+        key=lambda r: -r["cloud_cover_percentage"],
+    )
     row = rows[tile]
     item = json.loads(Path(row["item_href"]).read_text())
     cs, x, y = row["chip_size"], row["chip_index_x"], row["chip_index_y"]
     scl_href = next(a["href"] for k, a in item["assets"].items() if k.lower() == "scl")
     with rasterio.open(scl_href) as ds:  # 20 m: half the chip's pixels
-        scl = ds.read(1, window=((y * cs // 2, (y + 1) * cs // 2), (x * cs // 2, (x + 1) * cs // 2)))
+        scl = ds.read(
+            1, window=((y * cs // 2, (y + 1) * cs // 2), (x * cs // 2, (x + 1) * cs // 2))
+        )
     scl = np.repeat(np.repeat(scl, 2, 0), 2, 1)
     mask = np.isin(scl, SCL_CLOUD)
     assert mask.mean() == pytest.approx(row["cloud_cover_percentage"], abs=1e-6)
@@ -112,15 +135,38 @@ def test_index_map_html_renders_the_chips_offline_in_chromium(demo, tmp_path):
     chromium = ensure_chromium()
     page = out / "previews" / "index_map.html"
     text = page.read_text()
-    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in text
+    assert (
+        "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        and "https://" not in text
+    )
     table = pq.read_table(out / "bucket" / "merged.parquet")
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-             "--window-size=1000,700"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,700",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert dom.stdout.count('class="chip"') == len(table)
     shot = tmp_path / "map.png"
-    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     with rasterio.open(shot) as ds:
         pixels = ds.read()[:3].reshape(3, -1).T
     # the first view is the S2 tile; where chips of several dates overlap, the cloudiest is on top
@@ -129,6 +175,9 @@ def test_index_map_html_renders_the_chips_offline_in_chromium(demo, tmp_path):
     for g, cloud in zip(shapely.from_wkb(s2["geometry"].to_numpy(zero_copy_only=False)),
                         s2["cloud_cover_percentage"].to_numpy()):
         top[g.wkb] = max(cloud, top.get(g.wkb, -1.0))
-    colours = {tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for c in cloud_colours(np.array(list(top.values())))}
+    colours = {
+        tuple(int(c[k : k + 2], 16) for k in (1, 3, 5))
+        for c in cloud_colours(np.array(list(top.values())))
+    }
     for rgb in colours:
         assert (pixels == rgb).all(axis=1).sum() > 2000, rgb

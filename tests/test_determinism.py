@@ -37,11 +37,30 @@ def steps(archive, bucket: Path, job: int | None = None) -> dict[str, list[str]]
     one job of each (no run report), else both as one run (with reports)."""
     jobs = ["--job", str(job)] if job is not None else ["--jobs", "0:2", "--scheduler", "sync"]
     return {
-        "process": cli("process", "sentinel-2-l2a", *jobs, "--sample", archive.mgrs, "--stac-api", archive.items,
-                       "--bucket", bucket),
+        "process": cli(
+            "process",
+            "sentinel-2-l2a",
+            *jobs,
+            "--sample",
+            archive.mgrs,
+            "--stac-api",
+            archive.items,
+            "--bucket",
+            bucket,
+        ),
         "merge": cli("merge", bucket / "index", bucket / "merged.parquet"),
-        "prechip": cli("prechip", bucket / "merged.parquet", bucket / "cubes", "--cube-size", "3",
-                       "--cubes-per-job", "4", "--max-nodata", "1", *jobs),
+        "prechip": cli(
+            "prechip",
+            bucket / "merged.parquet",
+            bucket / "cubes",
+            "--cube-size",
+            "3",
+            "--cubes-per-job",
+            "4",
+            "--max-nodata",
+            "1",
+            *jobs,
+        ),
     }
 
 
@@ -51,7 +70,11 @@ def ok(args: list[str]) -> None:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def without_when(report: bytes) -> object:
@@ -77,7 +100,10 @@ def differing(a: Path, b: Path) -> dict[str, str]:
         elif ta[key] != tb[key]:
             if key.endswith(".parquet"):
                 x, y = pq.read_table(a / key), pq.read_table(b / key)
-                same = x.drop(["layouts"]).equals(y.drop(["layouts"])) and x.schema.metadata == y.schema.metadata
+                same = (
+                    x.drop(["layouts"]).equals(y.drop(["layouts"]))
+                    and x.schema.metadata == y.schema.metadata
+                )
                 out[key] = "layouts" if same else "rows"
             else:
                 out[key] = "bytes"
@@ -121,8 +147,10 @@ def runs(archive, tmp_path_factory) -> dict[str, Path]:
     for step in ("process", "merge", "prechip"):
         for job in (0, 1):
             args = steps(archive, bucket, job)[step]
-            pair = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                    for _ in range(2)]
+            pair = [
+                subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)
+            ]
             for proc in pair:
                 _, err = proc.communicate(timeout=300)
                 assert proc.returncode == 0, err
@@ -138,7 +166,9 @@ def test_two_clean_runs_are_byte_identical(runs):
     files = tree(runs["clean"])
     assert sum(k.endswith("stac_item.json") for k in files) == 6
     assert sum(k.startswith("index/") and k.endswith(".parquet") for k in files) == 6
-    assert sum(k.startswith("cubes/v1/") for k in files) == 4  # cubes of 3 chips: job 0 writes all 4
+    assert (
+        sum(k.startswith("cubes/v1/") for k in files) == 4
+    )  # cubes of 3 chips: job 0 writes all 4
     assert sorted(k for k in files if "_runs/" in k) == ["_runs/process-sentinel-2-l2a-0-2.json",
                                                          "cubes/_runs/prechip-v1-0-2.json"]
 
@@ -147,7 +177,9 @@ def test_two_clean_runs_are_byte_identical(runs):
 def test_killed_and_overlapping_runs_are_byte_identical(runs, other):
     """Against the clean run, without its run reports (these runs ran job by job, which
     writes none)."""
-    assert {k: v for k, v in differing(runs["clean"], runs[other]).items() if "_runs/" not in k} == {}
+    assert {
+        k: v for k, v in differing(runs["clean"], runs[other]).items() if "_runs/" not in k
+    } == {}
     assert not [k for k in tree(runs[other]) if ".tmp" in k or "_runs/" in k]
 
 
@@ -160,7 +192,9 @@ def test_the_indexes_compared_hold_layouts(runs):
         if key.endswith(".parquet"):
             layouts = pq.read_table(runs["clean"] / key)["layouts"]
             assert layouts.null_count == 0, key
-    key = next(k for k in sorted(tree(runs["clean"])) if k.startswith("index/") and k.endswith(".parquet"))
+    key = next(
+        k for k in sorted(tree(runs["clean"])) if k.startswith("index/") and k.endswith(".parquet")
+    )
     decoded = decode(pq.read_table(runs["clean"] / key)["layouts"][0].as_py())
     assert decoded
     for lay in decoded.values():

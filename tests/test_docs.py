@@ -194,7 +194,11 @@ def test_tutorial_runs_offline(name, expected):
 
 @pytest.mark.slow
 def test_training_tutorial_runs_on_cpu(torchgeo):
-    # the kernel is a new process: it needs the same torchvision fix as the tests (tests/provision.py)
-    preamble = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom provision import import_torch_stack\nimport_torch_stack()"
+    # the kernel is a new process: it needs the same torchvision
+    # fix as the tests (tests/provision.py)
+    preamble = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from provision import import_torch_stack\nimport_torch_stack()"
+    )
     text = outputs(run_notebook(TUTORIALS / "02_train.ipynb", preamble))
     assert "StacchipGeoDataset Dataset" in text and "'split': 'train'" in text

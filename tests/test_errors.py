@@ -40,7 +40,11 @@ def _bad_query(tmp_path):
     from stacchip_core.io.catalog import open_catalog
 
     (tmp_path / "items.ndjson").write_text("")
-    list(open_catalog(tmp_path / "items.ndjson").search(query={"eo:cloud_cover": {"like": 3}}).items())
+    list(
+        open_catalog(tmp_path / "items.ndjson")
+        .search(query={"eo:cloud_cover": {"like": 3}})
+        .items()
+    )
 
 
 def _negative_sample(tmp_path):
@@ -81,7 +85,9 @@ def _merge_nothing(tmp_path):
 def _prediction_shape(tmp_path):
     from stacchip_core.training.xarray import ChipGeoref
 
-    ChipGeoref(Affine(10, 0, 0, 0, -10, 0), pyproj.CRS("EPSG:32720"), 256, 256, None).scaled(100, 100)
+    ChipGeoref(Affine(10, 0, 0, 0, -10, 0), pyproj.CRS("EPSG:32720"), 256, 256, None).scaled(
+        100, 100
+    )
 
 
 def _no_cubes(tmp_path):
@@ -150,7 +156,12 @@ def _unsupported_store(tmp_path):
 CASES = [
     (_parse_range, errors.ConfigError, "'5:2' is empty or negative", None),
     (_bad_range, errors.ConfigError, "'a:b' is not of the form a:b", ValueError),
-    (_bad_job_index, errors.ConfigError, "AWS_BATCH_JOB_ARRAY_INDEX='seven' is not a job index", ValueError),
+    (
+        _bad_job_index,
+        errors.ConfigError,
+        "AWS_BATCH_JOB_ARRAY_INDEX='seven' is not a job index",
+        ValueError,
+    ),
     (_no_catalog, errors.CatalogError, "no STAC API, item folder", None),
     (_bad_query, errors.CatalogError, "operator(s) ['like'] not supported", None),
     (_negative_sample, errors.SampleError, "sample index must be >= 0, got -1", None),
@@ -158,20 +169,37 @@ CASES = [
     (_sample_out_of_range, errors.SampleError, "sample 1 is out of range", None),
     (_merge_no_name, errors.OutputError, "merge output '' names no file", None),
     (_merge_nothing, errors.NotFoundError, "no .parquet index files under", None),
-    (_prediction_shape, errors.ShapeError, "an output of 100 x 100 px does not fit a chip of 256 x 256 px", None),
+    (
+        _prediction_shape,
+        errors.ShapeError,
+        "an output of 100 x 100 px does not fit a chip of 256 x 256 px",
+        None,
+    ),
     (_no_cubes, errors.NotFoundError, "no cube_*.npz under", None),
-    (_cubes_disagree, errors.CubeError, "cubes of p disagree on bands: ['red', 'nir'] vs ['nir', 'red']", None),
+    (
+        _cubes_disagree,
+        errors.CubeError,
+        "cubes of p disagree on bands: ['red', 'nir'] vs ['nir', 'red']",
+        None,
+    ),
     (_not_an_index, errors.IndexFormatError, "is not a readable index", Exception),
     (_unknown_platform, errors.PlatformError, "unknown platform 'no-such-platform'", KeyError),
     (_missing_item, errors.ItemError, "no such item file", FileNotFoundError),
     (_not_an_item, errors.ItemError, "cannot read STAC item", ValueError),
     (_row_without_item, errors.IndexFormatError, "index row 'a-0-0' has no item_href", None),
     (_unsupported_chip_output, errors.OutputError, "unsupported output 'chip.jpg'", None),
-    (_unsupported_store, errors.ConfigError, "unsupported store location 'ftp://host/prefix'", None),
+    (
+        _unsupported_store,
+        errors.ConfigError,
+        "unsupported store location 'ftp://host/prefix'",
+        None,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "error", "phrase", "cause"), CASES, ids=[c[0].__name__[1:] for c in CASES])
+@pytest.mark.parametrize(
+    ("case", "error", "phrase", "cause"), CASES, ids=[c[0].__name__[1:] for c in CASES]
+)
 def test_each_bad_input_raises_its_typed_error(case, error, phrase, cause, tmp_path, monkeypatch):
     args = (tmp_path, monkeypatch) if case is _bad_job_index else (tmp_path,)
     with pytest.raises(error) as info:
@@ -209,7 +237,10 @@ def test_cli_prints_one_line_without_the_chained_cause(tmp_path):
     result = run_script_named("stacchip-naip", env={"AWS_BATCH_JOB_ARRAY_INDEX": "seven",
                                                     "STACCHIP_BUCKET": str(tmp_path)})
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == "Error: AWS_BATCH_JOB_ARRAY_INDEX='seven' is not a job index"
+    assert (
+        result.stderr.splitlines()[-1]
+        == "Error: AWS_BATCH_JOB_ARRAY_INDEX='seven' is not a job index"
+    )
     assert "Traceback" not in result.stderr and "direct cause" not in result.stderr
     assert "ValueError" not in result.stderr
 
@@ -228,6 +259,8 @@ def test_cli_line_of_a_chained_error_redacts_the_url(tmp_path, location):
                                                     "STACCHIP_SAMPLE_SOURCE": location,
                                                     "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1].startswith("Error: cannot read sample source "), result.stderr
+    assert result.stderr.splitlines()[-1].startswith("Error: cannot read sample source "), (
+        result.stderr
+    )
     assert "hunter2" not in result.stderr, result.stderr
     assert "Traceback" not in result.stderr

@@ -17,7 +17,11 @@ def umask(request):
 
 
 def modes(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in root.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 def test_published_files_honour_the_umask(archive, tmp_path, umask):
@@ -33,8 +37,14 @@ def test_published_files_honour_the_umask(archive, tmp_path, umask):
     assert set(tree.values()) == {expected}, {k: oct(v) for k, v in tree.items()}
     r = run_cli("merge", bucket / "index", tmp_path / "out" / "merged.parquet")
     assert r.returncode == 0, r.stderr
-    r = run_cli("index", archive.items / "naip" / next(iter(sorted(os.listdir(archive.items / "naip")))),
-                "-o", tmp_path / "out" / "one.parquet", "--chip-size", 128)
+    r = run_cli(
+        "index",
+        archive.items / "naip" / next(iter(sorted(os.listdir(archive.items / "naip")))),
+        "-o",
+        tmp_path / "out" / "one.parquet",
+        "--chip-size",
+        128,
+    )
     index = bucket / "index" / "naip"
     row_index = next(index.rglob("*.parquet"))
     for name in ("c.npz", "c.tif"):  # two outputs checked together below, not two cases
@@ -72,7 +82,11 @@ main()
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def same_tree(a_root: Path, b_root: Path) -> None:
@@ -87,7 +101,9 @@ def same_tree(a_root: Path, b_root: Path) -> None:
             where = [c for c in ("item_href", "layouts") if c in x.column_names]
             assert x.drop(where).equals(y.drop(where)), key
         elif key.endswith(".json"):
-            assert a[key].replace(str(a_root).encode(), b"") == b[key].replace(str(b_root).encode(), b""), key
+            assert a[key].replace(str(a_root).encode(), b"") == b[key].replace(
+                str(b_root).encode(), b""
+            ), key
         else:
             assert a[key] == b[key], key
 
@@ -103,8 +119,15 @@ def test_two_jobs_on_the_same_sample_at_once_both_succeed(archive, tmp_path):
     for attempt in range(3):  # the race window is narrow: three rounds, each must pass
         shared = tmp_path / f"shared{attempt}"
         start = time.time() + 6  # both are past their imports by then
-        procs = [subprocess.Popen([sys.executable, "-c", _AT, str(start), *args, str(shared)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _AT, str(start), *args, str(shared)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         outs = [p.communicate(timeout=300) for p in procs]
         for p, (out, err) in zip(procs, outs):
             assert p.returncode == 0, err
@@ -125,9 +148,16 @@ def test_only_stale_temporary_files_are_removed(tmp_path):
     (tmp_path / "sub").mkdir()
     live = f.temp_sibling(tmp_path / "sub" / "a.tif").name  # this live process: in flight
     # a writer that made its temporary file and died before the rename
-    code = "import sys; from stacchip_core.io.files import temp_sibling; print(temp_sibling(sys.argv[1]).name)"
-    dead = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sub" / "b.tif")], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    code = (
+        "import sys; from stacchip_core.io.files import temp_sibling; "
+        "print(temp_sibling(sys.argv[1]).name)"
+    )
+    dead = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "sub" / "b.tif")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     names = {
         live: False,
         dead: True,  # its writer is gone

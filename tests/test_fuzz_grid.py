@@ -108,7 +108,9 @@ def test_footprints_hold_their_chip_centres(grid):
     assume(np.isfinite(lon).all() and np.isfinite(lat).all())
     points = shapely.points(lon, lat)
     # chip i's own centre, so the ids are row-major too; 1e-7 degrees (1 cm) for centres on 180
-    assert (shapely.distance(geoms, points) <= 1e-7).all(), np.flatnonzero(shapely.distance(geoms, points) > 1e-7)
+    assert (shapely.distance(geoms, points) <= 1e-7).all(), np.flatnonzero(
+        shapely.distance(geoms, points) > 1e-7
+    )
     assert shapely.is_valid(geoms).all()
     parts = shapely.get_parts(geoms)
     assert shapely.is_ccw(shapely.get_exterior_ring(parts)).all()
@@ -127,12 +129,18 @@ def test_bounds_and_covering(grid):
     np.testing.assert_allclose(bounds[plain], shapely.bounds(geoms[plain]), atol=1e-9)
     if crossing.any():
         part_bounds = shapely.bounds(shapely.get_parts(geoms[crossing]))
-        assert np.isin(part_bounds[:, [0, 2]], [-180.0, 180.0]).any(axis=1).all()  # each touches the line
+        assert (
+            np.isin(part_bounds[:, [0, 2]], [-180.0, 180.0]).any(axis=1).all()
+        )  # each touches the line
     cover = covering(bounds)
     assert (cover[:, 0] <= cover[:, 2]).all()
     geom_bounds = shapely.bounds(geoms)
-    assert (cover[:, 0] <= geom_bounds[:, 0] + 1e-9).all() and (cover[:, 2] >= geom_bounds[:, 2] - 1e-9).all()
-    assert (cover[:, 1] <= geom_bounds[:, 1] + 1e-9).all() and (cover[:, 3] >= geom_bounds[:, 3] - 1e-9).all()
+    assert (cover[:, 0] <= geom_bounds[:, 0] + 1e-9).all() and (
+        cover[:, 2] >= geom_bounds[:, 2] - 1e-9
+    ).all()
+    assert (cover[:, 1] <= geom_bounds[:, 1] + 1e-9).all() and (
+        cover[:, 3] >= geom_bounds[:, 3] - 1e-9
+    ).all()
 
 
 POLAR = [c for c in CRSS if c[0] in ("EPSG:3031", "EPSG:3413", "EPSG:3995")]

@@ -21,18 +21,28 @@ from stacchip_core import Indexer, StacchipError
 
 UTM = [f"EPSG:{326 if n else 327}{z:02d}" for z in (1, 2, 33, 59, 60) for n in (True, False)]
 CRSS = [*UTM, "EPSG:3031", "EPSG:3413", "EPSG:3857", "EPSG:6933"]
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70)
-                    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                 max_size=3),
-                    max_leaves=6)
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 @st.composite
 def valid_items(draw) -> dict:
     crs = draw(st.sampled_from(CRSS))
     code = pyproj.CRS(crs).to_epsg()
-    proj = draw(st.sampled_from([{"proj:epsg": code}, {"proj:code": crs}, {"proj:wkt2": pyproj.CRS(crs).to_wkt()}]))
+    proj = draw(
+        st.sampled_from(
+            [{"proj:epsg": code}, {"proj:code": crs}, {"proj:wkt2": pyproj.CRS(crs).to_wkt()}]
+        )
+    )
     px = draw(st.sampled_from([10.0, 30.0, 60.0, 500.0]))
     rows, cols = draw(st.integers(1, 2000)), draw(st.integers(1, 2000))
     # origins near the CRS's own centre, where every CRS above projects
@@ -41,34 +51,99 @@ def valid_items(draw) -> dict:
         (8e6 if crs.startswith("EPSG:327") else 0.0)
     item_id = draw(st.text(min_size=1, max_size=20))
     return {
-        "type": "Feature", "stac_version": "1.1.0", "id": item_id,
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": item_id,
         "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
         "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]},
         "bbox": [0, 0, 1, 1],
-        "properties": {"datetime": draw(st.sampled_from(["2024-03-11T14:06:36Z", "2020-01-01T00:00:00.5+02:00"])),
-                       **proj, "proj:shape": [rows, cols], "proj:transform": [px, 0, x0, 0, -px, y0]},
-        "links": [], "assets": {"data": {"href": "/nonexistent/data.tif", "type": "image/tiff"}},
-        **({"collection": draw(st.sampled_from(["sentinel-2-l2a", "naip", "x"]))} if draw(st.booleans()) else {}),
+        "properties": {
+            "datetime": draw(
+                st.sampled_from(["2024-03-11T14:06:36Z", "2020-01-01T00:00:00.5+02:00"])
+            ),
+            **proj,
+            "proj:shape": [rows, cols],
+            "proj:transform": [px, 0, x0, 0, -px, y0],
+        },
+        "links": [],
+        "assets": {"data": {"href": "/nonexistent/data.tif", "type": "image/tiff"}},
+        **(
+            {"collection": draw(st.sampled_from(["sentinel-2-l2a", "naip", "x"]))}
+            if draw(st.booleans())
+            else {}
+        ),
     }
 
 
-PATHS = [("id",), ("type",), ("properties",), ("properties", "datetime"), ("properties", "proj:epsg"),
-         ("properties", "proj:code"), ("properties", "proj:wkt2"), ("properties", "proj:shape"),
-         ("properties", "proj:shape", 0), ("properties", "proj:shape", 1), ("properties", "proj:transform"),
-         ("properties", "proj:transform", 0), ("properties", "proj:transform", 2),
-         ("properties", "proj:transform", 4), ("properties", "proj:bbox"), ("properties", "start_datetime"),
-         ("assets",), ("assets", "data"), ("assets", "data", "href"), ("assets", "data", "proj:shape"),
-         ("collection",), ("geometry",), ("bbox",), ("stac_extensions",), ("links",)]
-SPECIAL = st.sampled_from([None, 0, -1, 0.0, -0.0, math.nan, math.inf, -math.inf, 2**63, 1e300, "", "x", "EPSG:4326",
-                           "EPSG:99999", [], [0], [1, 2, 3], [1e9, 1e9], [0, 0], [-5, 10], {}, True,
-                           [10, 0, 0, 0, 10, 0], [10, 1, 0, 1, -10, 0], [10, 0, 0, 0, -20, 0]])
+PATHS = [
+    ("id",),
+    ("type",),
+    ("properties",),
+    ("properties", "datetime"),
+    ("properties", "proj:epsg"),
+    ("properties", "proj:code"),
+    ("properties", "proj:wkt2"),
+    ("properties", "proj:shape"),
+    ("properties", "proj:shape", 0),
+    ("properties", "proj:shape", 1),
+    ("properties", "proj:transform"),
+    ("properties", "proj:transform", 0),
+    ("properties", "proj:transform", 2),
+    ("properties", "proj:transform", 4),
+    ("properties", "proj:bbox"),
+    ("properties", "start_datetime"),
+    ("assets",),
+    ("assets", "data"),
+    ("assets", "data", "href"),
+    ("assets", "data", "proj:shape"),
+    ("collection",),
+    ("geometry",),
+    ("bbox",),
+    ("stac_extensions",),
+    ("links",),
+]
+SPECIAL = st.sampled_from(
+    [
+        None,
+        0,
+        -1,
+        0.0,
+        -0.0,
+        math.nan,
+        math.inf,
+        -math.inf,
+        2**63,
+        1e300,
+        "",
+        "x",
+        "EPSG:4326",
+        "EPSG:99999",
+        [],
+        [0],
+        [1, 2, 3],
+        [1e9, 1e9],
+        [0, 0],
+        [-5, 10],
+        {},
+        True,
+        [10, 0, 0, 0, 10, 0],
+        [10, 1, 0, 1, -10, 0],
+        [10, 0, 0, 0, -20, 0],
+    ]
+)
 
 
 def mutate(item: dict, path: tuple, value, delete: bool) -> dict:
     d = json.loads(json.dumps(item))
     node = d
     for step in path[:-1]:
-        if isinstance(node, dict) and step in node or isinstance(node, list) and isinstance(step, int) and step < len(node):
+        if (
+            isinstance(node, dict)
+            and step in node
+            or isinstance(node, list)
+            and isinstance(step, int)
+            and step < len(node)
+        ):
             node = node[step]
         else:
             return d

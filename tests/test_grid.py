@@ -49,11 +49,18 @@ def test_footprints_match_pyproj_corner_by_corner():
     for x, y in [(0, 0), (31, 0), (5, 17), (31, 31)]:
         x0, y0 = 1517085 + 30 * 256 * x, -1811685 - 30 * 256 * y
         x1, y1 = x0 + 30 * 256, y0 - 30 * 256
-        expected = [to_lonlat.transform(px, py) for px, py in [(x0, y0), (x0, y1), (x1, y1), (x1, y0), (x0, y0)]]
+        expected = [
+            to_lonlat.transform(px, py)
+            for px, py in [(x0, y0), (x0, y1), (x1, y1), (x1, y0), (x0, y0)]
+        ]
         ring = np.asarray(polygons[y * grid.x_size + x].exterior.coords)
         np.testing.assert_allclose(ring, expected, rtol=0, atol=1e-9)
         exp = np.asarray(expected)
-        np.testing.assert_allclose(bounds[y * grid.x_size + x], [exp[:, 0].min(), exp[:, 1].min(), exp[:, 0].max(), exp[:, 1].max()], atol=1e-9)
+        np.testing.assert_allclose(
+            bounds[y * grid.x_size + x],
+            [exp[:, 0].min(), exp[:, 1].min(), exp[:, 0].max(), exp[:, 1].max()],
+            atol=1e-9,
+        )
     assert all(p.exterior.is_ccw for p in polygons[:50])
 
 
@@ -78,7 +85,11 @@ def test_projection_at_asset_level():
     for k in ("proj:epsg", "proj:shape", "proj:transform"):
         asset[k] = props.pop(k)
     grid = ChipGrid.from_item(pystac.Item.from_dict(d), 100)
-    assert grid.crs.to_epsg() == 26919 and grid.shape == (800, 1000) and (grid.x_size, grid.y_size) == (10, 8)
+    assert (
+        grid.crs.to_epsg() == 26919
+        and grid.shape == (800, 1000)
+        and (grid.x_size, grid.y_size) == (10, 8)
+    )
 
 
 def test_pystac_migrated_item_uses_proj_code():
@@ -113,7 +124,12 @@ def test_chip_fractions_equal_a_per_chip_loop():
         mask = rng.random((1000 // factor + 3, 1300 // factor)) < 0.3
         got = grid.chip_fractions(mask, factor)
         b = 256 // factor
-        expected = np.array([[mask[y * b:(y + 1) * b, x * b:(x + 1) * b].mean() for x in range(5)] for y in range(3)])
+        expected = np.array(
+            [
+                [mask[y * b : (y + 1) * b, x * b : (x + 1) * b].mean() for x in range(5)]
+                for y in range(3)
+            ]
+        )
         assert got.shape == (3, 5)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
@@ -123,7 +139,10 @@ def test_chip_fractions_weigh_native_pixels_cut_by_chip_edges():
     grid = ChipGrid((1000, 1000), Affine(10, 0, 0, 0, -10, 0), pyproj.CRS("EPSG:32633"), 256)
     mask = np.random.default_rng(6).random((200, 200)) < 0.3
     expanded = mask.repeat(6, 0).repeat(6, 1)
-    reference = [[expanded[y * 256:(y + 1) * 256, x * 256:(x + 1) * 256].mean() for x in range(3)] for y in range(3)]
+    reference = [
+        [expanded[y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256].mean() for x in range(3)]
+        for y in range(3)
+    ]
     np.testing.assert_allclose(grid.chip_fractions(mask, 6), reference, atol=1e-6)
     with pytest.raises(ValueError, match="does not cover"):
         grid.chip_fractions(np.zeros((100, 100), bool), 6)
@@ -135,8 +154,12 @@ def test_class_and_bit_masks():
     scl = np.arange(12, dtype=np.uint8).reshape(3, 4)
     expected = np.isin(scl, [1, 3, 8, 9, 10])
     np.testing.assert_array_equal(class_mask(scl, [1, 3, 8, 9, 10]), expected)
-    np.testing.assert_array_equal(class_mask(scl, list(range(1, 11))), (scl >= 1) & (scl <= 10))  # lookup table
-    np.testing.assert_array_equal(class_mask(scl.astype(np.int32), list(range(1, 11))), (scl >= 1) & (scl <= 10))
+    np.testing.assert_array_equal(
+        class_mask(scl, list(range(1, 11))), (scl >= 1) & (scl <= 10)
+    )  # lookup table
+    np.testing.assert_array_equal(
+        class_mask(scl.astype(np.int32), list(range(1, 11))), (scl >= 1) & (scl <= 10)
+    )
     assert not class_mask(scl, []).any()
     qa = np.array([0, 1, 2, 4, 8, 16, 1 << 6, (1 << 3) | (3 << 8)], np.uint16)
     np.testing.assert_array_equal(bit_mask(qa, (1, 3, 4)), [0, 0, 1, 0, 1, 1, 0, 1])

@@ -23,14 +23,19 @@ def signature_text(name: str, fn) -> str:
     """``name(arg: Type, ...) -> Return`` as written in hookspecs.py (its annotations are
     strings: the module uses ``from __future__ import annotations``)."""
     sig = inspect.signature(fn)
-    params = ", ".join(p.name if p.annotation is inspect.Parameter.empty else f"{p.name}: {p.annotation}"
-                       for p in sig.parameters.values())
+    params = ", ".join(
+        p.name if p.annotation is inspect.Parameter.empty else f"{p.name}: {p.annotation}"
+        for p in sig.parameters.values()
+    )
     ret = "" if sig.return_annotation is inspect.Signature.empty else f" -> {sig.return_annotation}"
     return f"{name}({params}){ret}"
 
 
 class _TaggedLoader(yaml.SafeLoader):
-    """mkdocs.yml with its tags (``!relative``) read as plain values: the page needs none of them."""
+    """mkdocs.yml with its tags (``!relative``) read as plain values.
+
+    The page needs none of them.
+    """
 
 
 _TaggedLoader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node))
@@ -61,8 +66,13 @@ def plugin_page(tmp_path_factory) -> str:
 
 def test_the_hooks_are_the_ones_documented():
     assert [name for name, _ in HOOKS] == [
-        "stacchip_chip_stats", "stacchip_normalize_item", "stacchip_platforms", "stacchip_register_commands",
-        "stacchip_select_items", "stacchip_sign_href"]
+        "stacchip_chip_stats",
+        "stacchip_normalize_item",
+        "stacchip_platforms",
+        "stacchip_register_commands",
+        "stacchip_select_items",
+        "stacchip_sign_href",
+    ]
 
 
 @pytest.mark.parametrize(("name", "fn"), HOOKS, ids=[name for name, _ in HOOKS])

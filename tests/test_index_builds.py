@@ -50,7 +50,10 @@ def test_cli_index_many_items_into_a_folder_then_merge(archive, tmp_path):
     files = sorted((out / "index").rglob("*.parquet"))
     assert len(files) == len(paths)
     chips = sum(pq.read_metadata(f).num_rows for f in files)
-    assert f"{out}: {chips} chips of {len(paths)} items in " in r.stdout and "items/s, 3 at once); 0 failed" in r.stdout
+    assert (
+        f"{out}: {chips} chips of {len(paths)} items in " in r.stdout
+        and "items/s, 3 at once); 0 failed" in r.stdout
+    )
     for f in files:  # each file what the item gives alone
         item_id = f.parent.name
         path = next(p for p in paths if p.stem == item_id or item_id in p.read_text()[:400])
@@ -63,7 +66,9 @@ def test_cli_index_a_catalog_search(archive, tmp_path):
     from conftest import run_cli
 
     out = tmp_path / "out"
-    r = run_cli("index", "--catalog", archive.items, "--collections", S2, "--max-items", "3", "-o", out)
+    r = run_cli(
+        "index", "--catalog", archive.items, "--collections", S2, "--max-items", "3", "-o", out
+    )
     assert r.returncode == 0, r.stderr
     assert len(list((out / "index" / S2).rglob("*.parquet"))) == 3
 
@@ -80,10 +85,14 @@ def test_items_without_a_self_link_are_written_beside_their_index(archive, tmp_p
     assert (report.done, report.failed) == (len(dicts), 0)
     client = boto3.client("s3")
     first = dicts[0]["id"]
-    body = client.get_object(Bucket=bucket, Key=f"v1/index/naip/{first}/index_{first}.parquet")["Body"].read()
+    body = client.get_object(Bucket=bucket, Key=f"v1/index/naip/{first}/index_{first}.parquet")[
+        "Body"
+    ].read()
     table = pq.read_table(io.BytesIO(body))
     assert table["item_href"][0].as_py() == f"s3://{bucket}/v1/naip/{first}/stac_item.json"
-    item = json.loads(client.get_object(Bucket=bucket, Key=f"v1/naip/{first}/stac_item.json")["Body"].read())
+    item = json.loads(
+        client.get_object(Bucket=bucket, Key=f"v1/naip/{first}/stac_item.json")["Body"].read()
+    )
     assert item["id"] == first
 
 

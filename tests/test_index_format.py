@@ -18,7 +18,9 @@ from stacchip_core.io.files import is_temp
 
 
 def test_geoparquet_1_1_readable_by_geopandas_pyarrow_duckdb(synthetic_scenes, tmp_path):
-    table = Indexer(str(synthetic_scenes["landsat"]), chip_max_nodata=1.0, chip_size=128).create_index()
+    table = Indexer(
+        str(synthetic_scenes["landsat"]), chip_max_nodata=1.0, chip_size=128
+    ).create_index()
     path = write_index(table, tmp_path / "index.parquet")
 
     meta = json.loads(pq.read_schema(path).metadata[b"geo"])
@@ -36,15 +38,23 @@ def test_geoparquet_1_1_readable_by_geopandas_pyarrow_duckdb(synthetic_scenes, t
     assert "bbox" not in gdf.columns
     # ... which agrees with the geometries
     bbox = pq.read_table(path, columns=["bbox"]).column("bbox").combine_chunks()
-    covering = np.stack([bbox.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+    covering = np.stack(
+        [bbox.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")], axis=1
+    )
     np.testing.assert_allclose(covering, shapely.bounds(gdf.geometry.values))
     # geopandas uses the covering column to filter by bbox
     xmin, ymin, _, _ = gdf.geometry.iloc[0].bounds
-    assert len(gpd.read_parquet(path, bbox=(xmin + 1e-6, ymin + 1e-6, xmin + 2e-6, ymin + 2e-6))) >= 1
+    assert (
+        len(gpd.read_parquet(path, bbox=(xmin + 1e-6, ymin + 1e-6, xmin + 2e-6, ymin + 2e-6))) >= 1
+    )
 
     con = duckdb.connect()
-    assert con.execute(f"select count(*), min(chip_index_x), max(chip_index_y) from '{path}'").fetchall() == [(16, 0, 3)]
-    [(chipid, wkb)] = con.execute(f"select chipid, geometry from '{path}' where chipid like '%-1-2'").fetchall()
+    assert con.execute(
+        f"select count(*), min(chip_index_x), max(chip_index_y) from '{path}'"
+    ).fetchall() == [(16, 0, 3)]
+    [(chipid, wkb)] = con.execute(
+        f"select chipid, geometry from '{path}' where chipid like '%-1-2'"
+    ).fetchall()
     assert shapely.from_wkb(bytes(wkb)).equals(gdf.set_index("chipid").geometry.loc[chipid])
 
 
@@ -73,7 +83,9 @@ def _file_size_limit(limit: int):
 
 @pytest.mark.parametrize("before", ["absent", "older index"])
 @pytest.mark.parametrize("how", ["killed", "failed"])
-def test_a_writer_stopped_midway_never_leaves_a_half_written_index(synthetic_scenes, tmp_path, before, how):
+def test_a_writer_stopped_midway_never_leaves_a_half_written_index(
+    synthetic_scenes, tmp_path, before, how
+):
     """A non-atomic writer (open the target, write) stopped half-way leaves a truncated
     target; an atomic one leaves the target as it was (absent, or the older file whole).
     ``killed``: SIGXFSZ ends the process mid-write (no cleanup can run); ``failed``: the
@@ -85,8 +97,14 @@ def test_a_writer_stopped_midway_never_leaves_a_half_written_index(synthetic_sce
     if before == "older index":
         write_index(table.slice(0, 1), target)
     old = target.read_bytes() if target.exists() else None
-    r = subprocess.run([sys.executable, "-c", WRITER, str(source), str(target), how], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, preexec_fn=_file_size_limit(size // 2), check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", WRITER, str(source), str(target), how],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        preexec_fn=_file_size_limit(size // 2),
+        check=False,
+    )
     if how == "killed":
         assert r.returncode == -signal.SIGXFSZ, r.stderr
     else:

@@ -44,7 +44,9 @@ def merged(inputs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows_of(merged):
     """The merged rows without their layouts (the brute-force side of the comparisons)."""
-    return pq.read_table(merged, columns=["chipid", "platform", "datetime", "cloud_cover_percentage", "geometry"])
+    return pq.read_table(
+        merged, columns=["chipid", "platform", "datetime", "cloud_cover_percentage", "geometry"]
+    )
 
 
 def _digest(path) -> str:
@@ -60,14 +62,18 @@ def test_sorted_merge_holds_exactly_the_input_rows(inputs, merged):
     expected = pa.concat_tables([pq.read_table(p) for p in sorted(src.rglob("*.parquet"))])
     got = pq.read_table(merged)
     assert got.num_rows == rows == expected.num_rows
-    assert got.schema.remove_metadata() == expected.schema.remove_metadata()  # layouts read back as binary
+    assert (
+        got.schema.remove_metadata() == expected.schema.remove_metadata()
+    )  # layouts read back as binary
     assert _keyed(got).equals(_keyed(expected.replace_schema_metadata(got.schema.metadata)))
 
 
 def test_rows_follow_the_hilbert_curve_then_time(merged):
     table = pq.read_table(merged, columns=["bbox", "datetime"])
     bbox = table["bbox"].combine_chunks()
-    keys = hilbert_keys(*bbox_centres(*[bbox.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")]))
+    keys = hilbert_keys(
+        *bbox_centres(*[bbox.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")])
+    )
     assert (np.diff(keys.astype(np.int64)) >= 0).all()
     when = table["datetime"].to_numpy().astype(np.int64)
     same_place = np.diff(keys.astype(np.int64)) == 0
@@ -97,11 +103,18 @@ def test_hilbert_order_keeps_neighbours_together():
     order = np.argsort(hilbert_keys(lon, lat, order=8))
     steps = np.abs(np.diff(xs[order])) + np.abs(np.diff(ys[order]))
     assert (steps == 1).all()
-    assert hilbert_keys(np.array([-180.0, 179.99]), np.array([-90.0, 90.0]), order=1).tolist() == [0, 2]
+    assert hilbert_keys(np.array([-180.0, 179.99]), np.array([-90.0, 90.0]), order=1).tolist() == [
+        0,
+        2,
+    ]
 
 
-def _brute_force(table: pa.Table, geometry, platforms=None, max_cloud=None, start=None, end=None) -> set:
-    keep = shapely.intersects(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)), geometry)
+def _brute_force(
+    table: pa.Table, geometry, platforms=None, max_cloud=None, start=None, end=None
+) -> set:
+    keep = shapely.intersects(
+        shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)), geometry
+    )
     if platforms:
         keep &= np.isin(np.asarray(table["platform"].to_pylist()), platforms)
     if max_cloud is not None:
@@ -116,8 +129,16 @@ def _brute_force(table: pa.Table, geometry, platforms=None, max_cloud=None, star
 
 def _boxes(seed: int, n: int) -> list[tuple[float, float, float, float]]:
     rng = np.random.default_rng(seed)
-    boxes = [(179.5, -60, -179.5, 75), (170, -10, -170, 80), (-180, 80, 180, 90), (178, 75, -178, 90),
-             (-180, -90, 180, -55), (-180, -90, 180, 90), (179.9, 0, 180, 90), (-180, 0, -179.9, 90)]
+    boxes = [
+        (179.5, -60, -179.5, 75),
+        (170, -10, -170, 80),
+        (-180, 80, 180, 90),
+        (178, 75, -178, 90),
+        (-180, -90, 180, -55),
+        (-180, -90, 180, 90),
+        (179.9, 0, 180, 90),
+        (-180, 0, -179.9, 90),
+    ]
     for _ in range(n):
         size = rng.choice([0.1, 1.0, 10.0])
         west = rng.uniform(-180, 180)
@@ -139,7 +160,9 @@ def test_query_equals_brute_force(merged, rows_of, box):
 
 def _crossing(table: pa.Table) -> np.ndarray:
     """Rows whose footprint crosses 180 degrees (a MultiPolygon split there)."""
-    return shapely.get_type_id(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))) == 6
+    return (
+        shapely.get_type_id(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))) == 6
+    )
 
 
 def test_query_finds_chips_across_the_antimeridian(merged):
@@ -150,23 +173,37 @@ def test_query_finds_chips_across_the_antimeridian(merged):
     assert set(np.asarray(table["chipid"].to_pylist())[crossing]) <= got
 
 
-@pytest.mark.parametrize("box", [(179.5, -60, -179.5, 75), (179.9, 0, 180, 90), (-180, -60, -179.95, 75),
-                                 (170, 30, 179.99, 60), (-179.99, -60, -170, 0)])
+@pytest.mark.parametrize(
+    "box",
+    [
+        (179.5, -60, -179.5, 75),
+        (179.9, 0, 180, 90),
+        (-180, -60, -179.95, 75),
+        (170, 30, 179.99, 60),
+        (-179.99, -60, -170, 0),
+    ],
+)
 def test_rfc7946_coverings_across_180_are_found_too(merged, rows_of, tmp_path, box):
     """Indexes whose crossing chips have a covering with west > east (RFC 7946, as written
     before core.index spanned them -180..180) are queried exactly as well."""
-    table = pq.read_table(merged, columns=["chipid", "platform", "datetime", "cloud_cover_percentage",
-                                           "geometry", "bbox"])
+    table = pq.read_table(
+        merged,
+        columns=["chipid", "platform", "datetime", "cloud_cover_percentage", "geometry", "bbox"],
+    )
     crossing = _crossing(table)
-    parts = shapely.get_parts(shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)[crossing]))
+    parts = shapely.get_parts(
+        shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)[crossing])
+    )
     bounds = shapely.bounds(parts).reshape(-1, 2, 4)  # west part first, then east part
     bbox = table["bbox"].combine_chunks()
     xmin, xmax = bbox.field("xmin").to_numpy().copy(), bbox.field("xmax").to_numpy().copy()
     west_first = bounds[:, 0, 0] > 0
     xmin[crossing] = np.where(west_first, bounds[:, 0, 0], bounds[:, 1, 0])
     xmax[crossing] = np.where(west_first, bounds[:, 1, 2], bounds[:, 0, 2])
-    rfc = pa.StructArray.from_arrays([pa.array(xmin), bbox.field("ymin"), pa.array(xmax), bbox.field("ymax")],
-                                     names=["xmin", "ymin", "xmax", "ymax"])
+    rfc = pa.StructArray.from_arrays(
+        [pa.array(xmin), bbox.field("ymin"), pa.array(xmax), bbox.field("ymax")],
+        names=["xmin", "ymin", "xmax", "ymax"],
+    )
     table = table.set_column(table.schema.get_field_index("bbox"), "bbox", rfc)
     pq.write_table(table, tmp_path / "rfc.parquet", row_group_size=2000)
     assert (xmin > xmax).sum() == crossing.sum() > 20
@@ -185,8 +222,12 @@ def test_attribute_filters_equal_brute_force(merged, rows_of, kwargs):
 
     table = rows_of
     start, end = parse_datetime_range(kwargs.get("datetime_range"))
-    geometry = bbox_geometry(kwargs["bbox"])[0] if "bbox" in kwargs else shapely.box(-180, -90, 180, 90)
-    expected = _brute_force(table, geometry, kwargs.get("platforms"), kwargs.get("max_cloud"), start, end)
+    geometry = (
+        bbox_geometry(kwargs["bbox"])[0] if "bbox" in kwargs else shapely.box(-180, -90, 180, 90)
+    )
+    expected = _brute_force(
+        table, geometry, kwargs.get("platforms"), kwargs.get("max_cloud"), start, end
+    )
     result = query(merged, **kwargs, columns=["chipid"])
     assert set(result.table["chipid"].to_pylist()) == expected and expected
 
@@ -227,16 +268,24 @@ def test_row_groups_are_pruned_by_their_statistics(merged):
         if ((x0 <= box[2]) & (x1 >= box[0]) & (y0 <= box[3]) & (y1 >= box[1])).any():
             hits.append(g)
     size = lambda g, j: meta.row_group(g).column(j).total_compressed_size
-    covering = [j for j in range(meta.num_columns) if meta.row_group(0).column(j).path_in_schema.startswith("bbox.")]
+    covering = [
+        j
+        for j in range(meta.num_columns)
+        if meta.row_group(0).column(j).path_in_schema.startswith("bbox.")
+    ]
     chunks = sum(size(g, j) for g in expected for j in covering)
     chunks += sum(size(g, j) for g in hits for j in range(meta.num_columns) if j not in covering)
     assert hits and result.report.bytes_read == footer + chunks
-    assert result.report.requests >= 4  # HEAD, footer, then each pass (counted exactly over http below)
+    assert (
+        result.report.requests >= 4
+    )  # HEAD, footer, then each pass (counted exactly over http below)
     # and without the order: rows from everywhere in each row group (as input order gives
     # once a row group holds many items) prune nothing, and the answer is the same
     unsorted = merged.parent / "unsorted.parquet"
     table = pq.read_table(merged)
-    pq.write_table(table.take(np.random.default_rng(0).permutation(len(table))), unsorted, row_group_size=2000)
+    pq.write_table(
+        table.take(np.random.default_rng(0).permutation(len(table))), unsorted, row_group_size=2000
+    )
     before = query(unsorted, bbox=box)
     assert before.report.row_groups_read == meta.num_row_groups
     assert set(before.table["chipid"].to_pylist()) == set(result.table["chipid"].to_pylist())
@@ -287,21 +336,58 @@ def test_cli_query_writes_what_the_api_returns(merged, tmp_path):
     from conftest import run_cli
 
     area = tmp_path / "area.geojson"
-    area.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(shapely.box(-20, -20, 40, 40))}]}))
-    r = run_cli("query", merged, "--intersects", area, "--platform", "sentinel-2-l2a", "--max-cloud", "0.5",
-                "-o", tmp_path / "out.parquet")
+    area.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": shapely.geometry.mapping(shapely.box(-20, -20, 40, 40)),
+                    }
+                ],
+            }
+        )
+    )
+    r = run_cli(
+        "query",
+        merged,
+        "--intersects",
+        area,
+        "--platform",
+        "sentinel-2-l2a",
+        "--max-cloud",
+        "0.5",
+        "-o",
+        tmp_path / "out.parquet",
+    )
     assert r.returncode == 0, r.stderr
-    api = query(merged, intersects=shapely.box(-20, -20, 40, 40), platforms="sentinel-2-l2a", max_cloud=0.5)
-    assert pq.read_table(tmp_path / "out.parquet")["chipid"].to_pylist() == api.table["chipid"].to_pylist()
-    assert f"{api.report.rows} chips; read {api.report.row_groups_read} of {api.report.row_groups_total}" in r.stdout
+    api = query(
+        merged, intersects=shapely.box(-20, -20, 40, 40), platforms="sentinel-2-l2a", max_cloud=0.5
+    )
+    assert (
+        pq.read_table(tmp_path / "out.parquet")["chipid"].to_pylist()
+        == api.table["chipid"].to_pylist()
+    )
+    assert (
+        f"{api.report.rows} chips; read {api.report.row_groups_read} of "
+        f"{api.report.row_groups_total}"
+        in r.stdout
+    )
 
 
 def test_chip_filter_loads_what_it_keeps(merged):
     from stacchip_core.training.prechip import ChipFilter, load_index
 
-    f = ChipFilter(("sentinel-2-l2a",), 0.3, 0.5, datetime(2021, 1, 1).date(), datetime(2023, 6, 30).date(),
-                   (-20, -20, 40, 40))
+    f = ChipFilter(
+        ("sentinel-2-l2a",),
+        0.3,
+        0.5,
+        datetime(2021, 1, 1).date(),
+        datetime(2023, 6, 30).date(),
+        (-20, -20, 40, 40),
+    )
     assert f.load(str(merged)).equals(f.apply(load_index(str(merged))))
 
 
@@ -327,8 +413,21 @@ def test_merge_of_many_inputs_stays_under_a_memory_cap(tmp_path):
     # malloc, one arena: address space then follows the data (+125 MB of threads and buffers
     # for any merge here; +205 MB when all 176,040 rows are sorted at once)
     env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "1"}
-    run = lambda rows, cap: subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(src), str(tmp_path / "m.parquet"),
-                                            str(cap), str(rows)], check=False, capture_output=True, text=True, env=env)
+    run = lambda rows, cap: subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            MEMORY_CHILD,
+            str(src),
+            str(tmp_path / "m.parquet"),
+            str(cap),
+            str(rows),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     bounded = run(20_000, 165)
     assert bounded.returncode == 0 and "merged" in bounded.stdout, bounded.stderr[-2000:]
     assert pq.read_metadata(tmp_path / "m.parquet").num_rows == rows == 176_040
@@ -341,6 +440,11 @@ def test_datetime_ranges_parse_as_stac_does():
 
     assert parse_datetime_range("2021-01-01/2021-01-31") == (
         datetime(2021, 1, 1, tzinfo=UTC), datetime(2021, 1, 31, 23, 59, 59, 999999, tzinfo=UTC))
-    assert parse_datetime_range("../2021-01-31T10:00:00+02:00") == (None, datetime(2021, 1, 31, 8, tzinfo=UTC))
-    assert parse_datetime_range("2021-05-05") == (datetime(2021, 5, 5, tzinfo=UTC),
-                                                   datetime(2021, 5, 5, 23, 59, 59, 999999, tzinfo=UTC))
+    assert parse_datetime_range("../2021-01-31T10:00:00+02:00") == (
+        None,
+        datetime(2021, 1, 31, 8, tzinfo=UTC),
+    )
+    assert parse_datetime_range("2021-05-05") == (
+        datetime(2021, 5, 5, tzinfo=UTC),
+        datetime(2021, 5, 5, 23, 59, 59, 999999, tzinfo=UTC),
+    )

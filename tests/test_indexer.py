@@ -17,7 +17,8 @@ def test_s2_index_of_the_real_item(s2_fixture):
     assert indexer.platform.name == "sentinel-2-l2a"
     table = indexer.create_index()
     assert len(table) == 1764 == 42 * 42
-    # ESA SCL: 3, 8, 9, 10 cloud; 0 no data and 1 saturated/defective are nodata (test_catalogs_classes.py)
+    # ESA SCL: 3, 8, 9, 10 cloud; 0 no data and 1
+    # saturated/defective are nodata (test_catalogs_classes.py)
     cloud = per_chip(np.isin(scl, [3, 8, 9, 10]), 128, 42, 42).ravel()
     nodata = per_chip(np.isin(scl, [0, 1]), 128, 42, 42).ravel()
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), cloud, atol=1e-6)
@@ -37,7 +38,12 @@ def test_s2_nodata_filter_counts(s2_fixture):
         table = Indexer(item, chip_max_nodata=limit).create_index()
         assert len(table) == int((nodata <= limit + 1e-7).sum())
         assert pa.compute.max(table["nodata_percentage"]).as_py() <= limit + 1e-7
-    assert 0 < len(Indexer(item, chip_max_nodata=0.05).create_index()) < len(Indexer(item, chip_max_nodata=0.5).create_index()) < 1764
+    assert (
+        0
+        < len(Indexer(item, chip_max_nodata=0.05).create_index())
+        < len(Indexer(item, chip_max_nodata=0.5).create_index())
+        < 1764
+    )
 
 
 def test_planetary_computer_asset_keys(pc_s2_fixture):
@@ -56,8 +62,12 @@ def test_landsat_index_of_the_real_item(landsat_fixture):
     fill = (qa & 1) == 1
     # dilated cloud, cirrus (bit 2, Landsat 8/9), cloud, cloud shadow
     cloud = ((qa & 0b10) | (qa & 0b100) | (qa & 0b1000) | (qa & 0b10000)) != 0
-    np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), per_chip(fill, 256, 32, 32).ravel(), atol=1e-6)
-    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), per_chip(cloud, 256, 32, 32).ravel(), atol=1e-6)
+    np.testing.assert_allclose(
+        table["nodata_percentage"].to_numpy(), per_chip(fill, 256, 32, 32).ravel(), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        table["cloud_cover_percentage"].to_numpy(), per_chip(cloud, 256, 32, 32).ravel(), atol=1e-6
+    )
     # bit 5 (snow) is not cloud; bit 2 (cirrus) is
     assert bit_mask(np.array([1 << 2, 1 << 5], np.uint16), (1, 2, 3, 4)).tolist() == [True, False]
 
@@ -86,7 +96,13 @@ def test_item_without_platform_needs_a_name_or_no_stats():
 
 
 def test_unknown_platform_names_the_installed_ones():
-    with pytest.raises(PlatformError, match="unknown platform 'sentinel-3'; installed platforms: landsat-c2l1, landsat-c2l2-sr, linz, modis, modis-09q1, naip, sentinel-1-rtc, sentinel-2-l2a"):
+    with pytest.raises(
+        PlatformError,
+        match=(
+            "unknown platform 'sentinel-3'; installed platforms: landsat-c2l1, landsat-c2l2-sr, "
+            "linz, modis, modis-09q1, naip, sentinel-1-rtc, sentinel-2-l2a"
+        ),
+    ):
         Indexer(str(NAIP_ITEM), platform="sentinel-3")
 
 
@@ -103,7 +119,12 @@ def test_linz_nodata_from_band_one(tmp_path):
     path = write_cog(tmp_path / "visual.tif", rgb, t, "EPSG:2193")
     d = load(NAIP_ITEM)
     d["id"] = "linz-test"
-    d["properties"] = {"datetime": "2023-01-01T00:00:00Z", "proj:code": "EPSG:2193", "proj:shape": [600, 900], "proj:transform": list(t)[:6]}
+    d["properties"] = {
+        "datetime": "2023-01-01T00:00:00Z",
+        "proj:code": "EPSG:2193",
+        "proj:shape": [600, 900],
+        "proj:transform": list(t)[:6],
+    }
     d["assets"] = {"visual": {"href": str(path), "type": "image/tiff"}}
     table = Indexer(d, platform="linz", chip_max_nodata=1.0, chip_size=100).create_index()
     assert len(table) == 54
@@ -139,10 +160,14 @@ def test_stats_read_from_a_real_s3_endpoint(synthetic_scenes, bucket, s3_server)
 
     d = load(synthetic_scenes["s2"])
     local = Indexer(d, chip_max_nodata=1.0).create_index()
-    boto3.client("s3", endpoint_url=s3_server).upload_file(d["assets"]["scl"]["href"], bucket, "s2/scl.tif")
+    boto3.client("s3", endpoint_url=s3_server).upload_file(
+        d["assets"]["scl"]["href"], bucket, "s2/scl.tif"
+    )
     d["assets"]["scl"]["href"] = f"s3://{bucket}/s2/scl.tif"
     remote = Indexer(d, chip_max_nodata=1.0).create_index()
-    assert remote["cloud_cover_percentage"].to_pylist() == local["cloud_cover_percentage"].to_pylist()
+    assert (
+        remote["cloud_cover_percentage"].to_pylist() == local["cloud_cover_percentage"].to_pylist()
+    )
     assert remote["nodata_percentage"].to_pylist() == local["nodata_percentage"].to_pylist()
     assert 0 < sum(local["cloud_cover_percentage"].to_pylist()) < 9
 
@@ -164,5 +189,7 @@ def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads, chip_si
     strips = reader.chip_fractions("scl", masks)
     whole = reader("scl")
     for name, fn in masks.items():
-        np.testing.assert_array_equal(strips[name], grid.chip_fractions(fn(whole.data), whole.factor))
+        np.testing.assert_array_equal(
+            strips[name], grid.chip_fractions(fn(whole.data), whole.factor)
+        )
     assert strips["cloud"].shape == (grid.y_size, grid.x_size) == (rows, rows)

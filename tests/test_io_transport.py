@@ -60,7 +60,13 @@ def _read_everything(urls: list[str]):
         objects.get_bytes("gs://bucket/a.tif")
     except objects.ForkedError as exc:
         gs_error = str(exc)
-    return out, objects.counters(), objects.usable(), objects.chips_usable("s3://bucket/a.tif"), (gs, gs_error)
+    return (
+        out,
+        objects.counters(),
+        objects.usable(),
+        objects.chips_usable("s3://bucket/a.tif"),
+        (gs, gs_error),
+    )
 
 
 def _read_layout_chips(blob: bytes, chip_size: int, xys: list[tuple[int, int]]):
@@ -68,9 +74,12 @@ def _read_layout_chips(blob: bytes, chip_size: int, xys: list[tuple[int, int]]):
     grid = GridSpec.from_layouts(lays, chip_size)
     keys = list(lays)
     before = objects.counters()
-    res = [read_batch([lays], [keys], [grid], [xy])[0] for xy in xys]  # one chip at a time: one tile each
-    return [{k: (v if isinstance(v, np.ndarray) else repr(v)) for k, v in r.items()} for r in res], \
-        objects.counters() - before
+    res = [
+        read_batch([lays], [keys], [grid], [xy])[0] for xy in xys
+    ]  # one chip at a time: one tile each
+    return [
+        {k: (v if isinstance(v, np.ndarray) else repr(v)) for k, v in r.items()} for r in res
+    ], objects.counters() - before
 
 
 @pytest.fixture
@@ -85,7 +94,10 @@ def served_index(http_s2, tmp_path):
 def _assert_layout_reads_only(server, n_chips: int, checks: int) -> None:
     """Every request the server saw: a ranged GET of red.tif, one per chip plus the checks."""
     assert server.requests == n_chips + checks, server.log
-    assert all(m == "GET" and p == "/red.tif" and rng and rng.startswith("bytes=") for m, p, rng in server.log)
+    assert all(
+        m == "GET" and p == "/red.tif" and rng and rng.startswith("bytes=")
+        for m, p, rng in server.log
+    )
 
 
 @pytest.mark.parametrize("method", ["fork", pytest.param("forkserver", marks=pytest.mark.slow),
@@ -104,7 +116,9 @@ def test_workers_started_after_the_parent_read_use_layouts_only(served_index, me
         per_pid[pid] = per_pid.get(pid, 0) + spent.checks
         assert spent.requests == 1 and spent.stale == 0
         # forked: obstore's runtime is the parent's, so the fork-safe transport reads
-        assert usable == (method != "fork") and spent.portable == (spent.requests + spent.checks) * (method == "fork")
+        assert usable == (method != "fork") and spent.portable == (
+            spent.requests + spent.checks
+        ) * (method == "fork")
     # deflate tiles verify themselves: no header check in any process, one request a tile
     assert all(c == 0 for c in per_pid.values())
     _assert_layout_reads_only(server, n, sum(per_pid.values()))
@@ -139,10 +153,19 @@ def test_torch_dataloader_workers_use_layouts_only(served_index, torch, persiste
 def test_loading_an_index_never_starts_obstore(served_index, tmp_path):
     """In a fresh interpreter: an index over http and a local one load without obstore."""
     _, index_url, rows = served_index
-    code = ("import sys; from stacchip_core.io import objects; from stacchip_core.training.prechip import load_index;"
-            "n = [len(load_index(u)) for u in sys.argv[1:]]; print(n, objects._USED_BY, objects.counters().portable)")
-    out = subprocess.run([sys.executable, "-c", code, index_url, str(_local_copy(index_url, tmp_path))],
-                         check=False, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from stacchip_core.io import objects; from stacchip_core.training.prechip "
+        "import load_index;"
+        "n = [len(load_index(u)) for u in sys.argv[1:]]; print(n, objects._USED_BY, "
+        "objects.counters().portable)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, index_url, str(_local_copy(index_url, tmp_path))],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == f"[{len(rows)}, {len(rows)}] None 1"
 
@@ -165,9 +188,15 @@ def test_a_forked_child_reads_every_scheme_through_the_fork_safe_transport(bucke
         parent = [objects.get_bytes(u) for u in urls]  # obstore, for the remote ones
         with multiprocessing.get_context("fork").Pool(1) as pool:
             out, counts, usable, s3_ok, gs_ok = pool.apply(_read_everything, (urls,))
-    assert not usable and s3_ok and gs_ok == (False, "cannot read gs://bucket/a.tif: gs:// has no fork-safe transport")
+    assert (
+        not usable
+        and s3_ok
+        and gs_ok == (False, "cannot read gs://bucket/a.tif: gs:// has no fork-safe transport")
+    )
     for (data, ranges, size), whole in zip(out, parent):
-        assert data == whole == body and ranges == [body[5:10], body[900:1000]] and size == len(body)
+        assert (
+            data == whole == body and ranges == [body[5:10], body[900:1000]] and size == len(body)
+        )
     # per URL: one whole GET, two ranges, one HEAD; all through the fork-safe transport
     assert counts.requests == counts.portable == 4 * len(urls)
     assert counts.bytes == len(urls) * (len(body) + 5 + 100)
@@ -180,7 +209,9 @@ def test_counters_subtract_and_count_checks_apart(served_index):
     objects._VERIFIED.clear()  # as in a process that did not index this object
     ranges = [(int(red.offsets[0]), int(red.offsets[0] + red.counts[0]))]
     before = objects.counters()
-    objects.run(objects.read_ranges(red.href, ranges, red.expect()))  # deflate: checked by inflating
+    objects.run(
+        objects.read_ranges(red.href, ranges, red.expect())
+    )  # deflate: checked by inflating
     assert (objects.counters() - before).checks == 0 and server.requests == 1
     server.reset()
     eager = dataclasses.replace(red.expect(), deferred=False)  # as for a codec without a checksum
@@ -190,7 +221,10 @@ def test_counters_subtract_and_count_checks_apart(served_index):
     assert spent.requests == 1 and spent.bytes == int(red.counts[0]) and spent.checks == 1
     assert spent.check_bytes == red.head and spent.stale == 0 and spent.signed == 1
     assert server.requests == 2 and server.bytes == int(red.counts[0]) + red.head
-    assert bytes(got[ranges[0]]) == (Path(server.root) / "red.tif").read_bytes()[ranges[0][0]:ranges[0][1]]
+    assert (
+        bytes(got[ranges[0]])
+        == (Path(server.root) / "red.tif").read_bytes()[ranges[0][0] : ranges[0][1]]
+    )
     again = objects.counters()
     objects.run(objects.read_ranges(red.href, ranges, eager))
     assert (objects.counters() - again).checks == 0  # at most one check per asset and process
@@ -224,7 +258,9 @@ def _moto_recording(endpoint: str, action: str) -> str:
     return response.text
 
 
-def test_an_object_stored_anew_keeps_the_fast_path(synthetic_scenes, bucket, s3_server, tmp_path, monkeypatch):
+def test_an_object_stored_anew_keeps_the_fast_path(
+    synthetic_scenes, bucket, s3_server, tmp_path, monkeypatch
+):
     """Layouts recorded from objects uploaded in parts (ETag "...-1"), then the same bytes
     uploaded again in one PUT (an MD5 ETag), as a sync to another store does: a fresh process
     reads every chip through layouts. The server's own record: the tiles' ranged GETs only (deflate
@@ -234,10 +270,19 @@ def test_an_object_stored_anew_keeps_the_fast_path(synthetic_scenes, bucket, s3_
     names = ["red.tif", "nir.tif"]
     for name in names:  # "built": a multipart upload of one part
         up = client.create_multipart_upload(Bucket=bucket, Key=f"s/{name}")
-        part = client.upload_part(Bucket=bucket, Key=f"s/{name}", UploadId=up["UploadId"], PartNumber=1,
-                                  Body=(src / name).read_bytes())
-        client.complete_multipart_upload(Bucket=bucket, Key=f"s/{name}", UploadId=up["UploadId"],
-                                         MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+        part = client.upload_part(
+            Bucket=bucket,
+            Key=f"s/{name}",
+            UploadId=up["UploadId"],
+            PartNumber=1,
+            Body=(src / name).read_bytes(),
+        )
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=f"s/{name}",
+            UploadId=up["UploadId"],
+            MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+        )
     built = {n: client.head_object(Bucket=bucket, Key=f"s/{n}")["ETag"] for n in names}
     blob = record_layouts({n[:-4]: f"s3://{bucket}/s/{n}" for n in names})
     for name in names:  # "synced": the same bytes in one PUT
@@ -253,7 +298,9 @@ def test_an_object_stored_anew_keeps_the_fast_path(synthetic_scenes, bucket, s3_
             chips, spent = pool.apply(_read_layout_chips, (blob, 256, xys))
     finally:
         _moto_recording(s3_server, "stop-recording")
-    seen = [json.loads(line) for line in _moto_recording(s3_server, "download-recording").splitlines()]
+    seen = [
+        json.loads(line) for line in _moto_recording(s3_server, "download-recording").splitlines()
+    ]
     assert spent.checks == 0 and spent.stale == 0 and spent.requests == 4
     assert len(seen) == 4 and all(r["method"] == "GET" and r["headers"].get("Range") for r in seen)
     assert not [r for r in seen if r["headers"]["Range"].startswith("bytes=0-")]
@@ -263,7 +310,9 @@ def test_an_object_stored_anew_keeps_the_fast_path(synthetic_scenes, bucket, s3_
         with rasterio.open(src / name) as ds:
             data = ds.read()
         for (x, y), chip in zip(xys, chips):
-            np.testing.assert_array_equal(chip[name[:-4]], data[:, y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
+            np.testing.assert_array_equal(
+                chip[name[:-4]], data[:, y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256]
+            )
 
 
 def test_a_changed_header_is_caught_by_the_first_check(tmp_path, caplog):
@@ -283,9 +332,21 @@ def test_a_changed_header_is_caught_by_the_first_check(tmp_path, caplog):
     path = tmp_path / "a.tif"
 
     def write(data, nodata):
-        with rasterio.open(path, "w", driver="GTiff", width=128, height=128, count=1, dtype="uint16",
-                           crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10), tiled=True,
-                           blockxsize=64, blockysize=64, nodata=nodata) as ds:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=128,
+            height=128,
+            count=1,
+            dtype="uint16",
+            crs="EPSG:32633",
+            transform=from_origin(500000, 4000000, 10, 10),
+            tiled=True,
+            blockxsize=64,
+            blockysize=64,
+            nodata=nodata,
+        ) as ds:
             ds.write(data)
 
     write(first, 1)
@@ -296,17 +357,31 @@ def test_a_changed_header_is_caught_by_the_first_check(tmp_path, caplog):
         write(second, 2)
         assert path.stat().st_size == size
         objects._VERIFIED.clear()  # as in another process
-        item = {"type": "Feature", "stac_version": "1.0.0", "id": "h", "geometry": None, "links": [],
-                "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
-                "assets": {"a": {"href": url, "type": "image/tiff", "proj:shape": [128, 128],
-                                 "proj:transform": [10, 0, 500000, 0, -10, 4000000]}}}
+        item = {
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "id": "h",
+            "geometry": None,
+            "links": [],
+            "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
+            "assets": {
+                "a": {
+                    "href": url,
+                    "type": "image/tiff",
+                    "proj:shape": [128, 128],
+                    "proj:transform": [10, 0, 500000, 0, -10, 4000000],
+                }
+            },
+        }
         _WARNED.clear()
         before = objects.counters()
         with caplog.at_level(logging.WARNING), Chipper(item, chip_size=64, layouts=blob) as chipper:
             np.testing.assert_array_equal(chipper.chip(1, 0)["a"], second[:, :64, 64:])
             np.testing.assert_array_equal(chipper.chip(0, 1)["a"], second[:, 64:, :64])
         spent = objects.counters() - before
-    stale = [r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()]
+    stale = [
+        r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()
+    ]
     assert len(stale) == 1 and "header changed" in stale[0]
     assert spent.checks == 1 and spent.stale == 1
 
@@ -394,8 +469,14 @@ def test_a_hanging_token_endpoint_answers_within_the_budget(token_endpoint, serv
         return await asyncio.gather(signed(), plain())
 
     (message, t_signed), (n, t_plain) = objects.run(both())
-    assert message == "cannot get a Planetary Computer token for naipeuwest/hang1: no answer within 2 s (STACCHIP_IO_TIMEOUT)"
-    assert 2 <= t_signed < 3.5 and n == int(red.counts[0]) and t_plain < 1.0  # the other read went on
+    assert (
+        message
+        == "cannot get a Planetary Computer token for naipeuwest/hang1: "
+        "no answer within 2 s (STACCHIP_IO_TIMEOUT)"
+    )
+    assert (
+        2 <= t_signed < 3.5 and n == int(red.counts[0]) and t_plain < 1.0
+    )  # the other read went on
     t0 = time.monotonic()  # the same container again: the failure is remembered
     with pytest.raises(AssetError, match="no answer within 2 s"):
         objects.run(objects.read_ranges(_pc("hang1", "b"), [(0, 10)], objects.Expect(100)))
@@ -403,7 +484,10 @@ def test_a_hanging_token_endpoint_answers_within_the_budget(token_endpoint, serv
     # indexing in another container: an index without layouts and one warning, within the budget
     t0 = time.monotonic()
     with caplog.at_level(logging.WARNING):
-        assert record_layouts({"a": _pc("hang2", "a"), "b": _pc("hang2", "b"), "c": _pc("hang2", "c")}) is None
+        assert (
+            record_layouts({"a": _pc("hang2", "a"), "b": _pc("hang2", "b"), "c": _pc("hang2", "c")})
+            is None
+        )
     assert time.monotonic() - t0 < 3.5
     warned = [r.getMessage() for r in caplog.records if "no layout" in r.getMessage()]
     assert len(warned) == 1 and "hang2: no answer within 2 s" in warned[0]
@@ -468,15 +552,32 @@ def test_a_child_forked_after_async_tiff_ran_does_not_hang(tmp_path):
     from rangeserver import RangeServer
     from rasterio.transform import from_origin
 
-    with rasterio.open(tmp_path / "a.tif", "w", driver="GTiff", width=128, height=128, count=1, dtype="uint16",
-                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10), tiled=True,
-                       blockxsize=64, blockysize=64, compress="lzw") as ds:
+    with rasterio.open(
+        tmp_path / "a.tif",
+        "w",
+        driver="GTiff",
+        width=128,
+        height=128,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 10, 10),
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+        compress="lzw",
+    ) as ds:
         ds.write(np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128))
     with RangeServer(tmp_path) as server:
         href = f"{server.url}/a.tif"
         blob = record_layouts({"a": href})  # async-tiff parses the header here
         assert blob is not None and objects.async_tiff_usable()
         with multiprocessing.get_context("fork").Pool(1) as pool:
-            layout, usable, kind, reason = pool.apply_async(_layouts_and_lzw_chip, (href, blob)).get(timeout=60)
+            layout, usable, kind, reason = pool.apply_async(
+                _layouts_and_lzw_chip, (href, blob)
+            ).get(timeout=60)
     assert layout is None and not usable
-    assert kind == "NoTransport" and "async-tiff cannot run in a process forked after its parent used it" in reason
+    assert (
+        kind == "NoTransport"
+        and "async-tiff cannot run in a process forked after its parent used it" in reason
+    )

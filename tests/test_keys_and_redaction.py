@@ -32,10 +32,14 @@ def hostile_items(archive, folder: Path, item_id: str, href: str | None = None) 
 
 
 def files_outside(root: Path, *inside: Path) -> list[str]:
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not any(i in p.parents for i in inside))
+    return sorted(
+        str(p) for p in root.rglob("*") if p.is_file() and not any(i in p.parents for i in inside)
+    )
 
 
-@pytest.mark.parametrize("item_id", ["../../../x", "..", ".", "a/b", "ABS", "nul\x00id", "back\\slash", "line\nbreak"])
+@pytest.mark.parametrize(
+    "item_id", ["../../../x", "..", ".", "a/b", "ABS", "nul\x00id", "back\\slash", "line\nbreak"]
+)
 def test_item_ids_never_leave_the_bucket(archive, tmp_path, item_id):
     if item_id == "ABS":
         item_id = str(tmp_path / "abs" / "x")  # an absolute path (inside tmp_path, to see it)
@@ -76,7 +80,15 @@ def test_keys_that_leave_their_prefix_are_refused(key):
 
 @pytest.mark.parametrize("version", ["../..", "..", "a/b", "/tmp/x", "", "v\n1"])
 def test_prechip_version_must_be_a_plain_name(tmp_path, version):
-    r = run_cli("prechip", tmp_path / "missing.parquet", tmp_path / "target", "--version", version, "--job", 0)
+    r = run_cli(
+        "prechip",
+        tmp_path / "missing.parquet",
+        tmp_path / "target",
+        "--version",
+        version,
+        "--job",
+        0,
+    )
     assert r.returncode == 1
     assert r.stderr.startswith("Error: --version ") and "is not a plain name" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -113,8 +125,19 @@ def assert_no_secret(text: str) -> None:
 @pytest.mark.parametrize("args", [["-q"], ["-v"], ["--log-json", "-v"]])
 def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
-    r = run_cli(*args, "process", "naip", "--job", 1, "--sample", archive.points, "--bucket", tmp_path / "b",
-                "--stac-api", items)
+    r = run_cli(
+        *args,
+        "process",
+        "naip",
+        "--job",
+        1,
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path / "b",
+        "--stac-api",
+        items,
+    )
     assert r.returncode == 1
     assert_no_secret(r.stdout + r.stderr)
     assert "https://REDACTED@127.0.0.1:9/naip/m.tif?" in r.stderr
@@ -123,8 +146,21 @@ def test_signed_hrefs_never_reach_errors_or_logs(archive, tmp_path, args):
 
 def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=SECRET_HREF)
-    r = run_cli("-q", "process", "naip", "--jobs", "1:2", "--scheduler", "sync", "--sample", archive.points,
-                "--bucket", tmp_path / "b", "--stac-api", items)
+    r = run_cli(
+        "-q",
+        "process",
+        "naip",
+        "--jobs",
+        "1:2",
+        "--scheduler",
+        "sync",
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path / "b",
+        "--stac-api",
+        items,
+    )
     assert r.returncode == 1
     assert_no_secret(r.stdout + r.stderr)
     report = (tmp_path / "b" / "_runs" / "process-naip-1-2.json").read_text()
@@ -137,12 +173,26 @@ def test_signed_hrefs_never_reach_run_reports(archive, tmp_path):
 def test_item_ids_with_newlines_do_not_forge_log_lines(archive, tmp_path, log_json):
     forged = "evil\nERROR stacchip_core: forged\r\x1b[2K line"
     items = hostile_items(archive, tmp_path, forged)
-    r = run_cli(*(["--log-json"] if log_json else []), "-v", "process", "naip", "--job", 1, "--sample",
-                archive.points, "--bucket", tmp_path / "b", "--stac-api", items)
+    r = run_cli(
+        *(["--log-json"] if log_json else []),
+        "-v",
+        "process",
+        "naip",
+        "--job",
+        1,
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path / "b",
+        "--stac-api",
+        items,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
     messages = [json.loads(line)["message"] for line in lines] if log_json else lines
-    assert any("evil\\nERROR stacchip_core: forged\\r\\x1b[2K line" in m for m in messages), messages
+    assert any("evil\\nERROR stacchip_core: forged\\r\\x1b[2K line" in m for m in messages), (
+        messages
+    )
     assert not any(ch in r.stderr for ch in "\r\x1b")
     for line in lines:
         if log_json:

@@ -35,7 +35,18 @@ def merged(archive, tmp_path_factory):
     return bucket / "merged.parquet"
 
 
-PRECHIP = ["-q", "prechip", "--cube-size", "3", "--cubes-per-job", "4", "--max-nodata", "1", "--job", "0"]
+PRECHIP = [
+    "-q",
+    "prechip",
+    "--cube-size",
+    "3",
+    "--cubes-per-job",
+    "4",
+    "--max-nodata",
+    "1",
+    "--job",
+    "0",
+]
 
 
 def prechip_args(index: Path, target: Path) -> list[str]:
@@ -45,19 +56,31 @@ def prechip_args(index: Path, target: Path) -> list[str]:
 @pytest.mark.slow
 def test_killed_prechip_reruns_to_exactly_the_clean_outputs(merged, tmp_path):
     clean = tmp_path / "clean"
-    assert subprocess.run(prechip_args(merged, clean), capture_output=True, check=False).returncode == 0
+    assert (
+        subprocess.run(prechip_args(merged, clean), capture_output=True, check=False).returncode
+        == 0
+    )
     expected = tree(clean)
     assert len(expected) == 4
     rng = random.Random(12)
     target = tmp_path / "killed"
     for round_ in range(3):
-        proc = subprocess.Popen(prechip_args(merged, target), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            prechip_args(merged, target), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         # at a random moment once cubes are being written (imports take seconds here)
         time.sleep(rng.uniform(0.0, 0.3))
-        killed = kill_when(proc, lambda n=round_: any(target.rglob("*.tmp")) or len(list(target.rglob("cube_*"))) > n)
+        killed = kill_when(
+            proc,
+            lambda n=round_: any(target.rglob("*.tmp")) or len(list(target.rglob("cube_*"))) > n,
+        )
         assert killed or proc.returncode == 0
     # what a writer killed between its temporary file and the rename leaves, old and new names
-    cubes = next(p for p in target.rglob("*") if p.is_dir() and p.parent.parent == target) if target.exists() else None
+    cubes = (
+        next(p for p in target.rglob("*") if p.is_dir() and p.parent.parent == target)
+        if target.exists()
+        else None
+    )
     folder = cubes or (target / "v1" / "sentinel-2-l2a")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ".cube_000002.npz.k3j4h5.tmp").write_bytes(b"half")
@@ -91,7 +114,9 @@ def test_killed_merge_leaves_nothing(merged, tmp_path):
     args = [EXE, "-q", "merge", str(tmp_path / "many"), str(out / "m.parquet")]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # killed while it writes: a temporary file exists (beside DST, or staged in TMPDIR)
-    assert kill_when(proc, lambda: any(out.iterdir()) or any(scratch.iterdir())), "merge ended before the kill"
+    assert kill_when(proc, lambda: any(out.iterdir()) or any(scratch.iterdir())), (
+        "merge ended before the kill"
+    )
     r = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == ["m.parquet"]
@@ -107,14 +132,21 @@ def test_killed_copy_from_s3_leaves_nothing(archive, s3_archive, tmp_path):
     args = [EXE, "-q", "process", "sentinel-2-l2a", "--job", "0", "--sample", str(archive.mgrs),
             "--stac-api", str(s3_archive), "--bucket"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*args, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert kill_when(proc, lambda: any(p.is_file() for p in scratch.rglob("*"))), "the job ended before the kill"
+    proc = subprocess.Popen(
+        [*args, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    assert kill_when(proc, lambda: any(p.is_file() for p in scratch.rglob("*"))), (
+        "the job ended before the kill"
+    )
     assert any(scratch.iterdir())  # the killed job's download folder
     r = subprocess.run([*args, str(killed)], env=env, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert list(scratch.iterdir()) == []
     clean = tmp_path / "clean"
-    assert subprocess.run([*args, str(clean)], env=env, capture_output=True, check=False).returncode == 0
+    assert (
+        subprocess.run([*args, str(clean)], env=env, capture_output=True, check=False).returncode
+        == 0
+    )
     assert sorted(tree(killed)) == sorted(tree(clean))
 
 
@@ -128,12 +160,21 @@ def _limit_file_size(limit: int):
 @pytest.mark.slow  # over 5 s on two shared cores
 def test_stats_on_a_full_disk_leaves_nothing(merged, tmp_path):
     cubes = tmp_path / "cubes"
-    assert subprocess.run(prechip_args(merged, cubes), capture_output=True, check=False).returncode == 0
+    assert (
+        subprocess.run(prechip_args(merged, cubes), capture_output=True, check=False).returncode
+        == 0
+    )
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    r = subprocess.run([EXE, "stats", str(cubes), "-o", str(out / "stats.json")], capture_output=True, text=True,
-                       env=env, preexec_fn=_limit_file_size(64), check=False)
+    r = subprocess.run(
+        [EXE, "stats", str(cubes), "-o", str(out / "stats.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=_limit_file_size(64),
+        check=False,
+    )
     assert r.returncode == 1
     assert r.stderr.splitlines() == [f"Error: cannot write {out / 'stats.json'}: File too large"]
     assert list(out.iterdir()) == []

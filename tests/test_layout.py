@@ -35,7 +35,9 @@ def test_layout_matches_gdal(synthetic_scenes):
             tpr = lay.tiles_across
             for i in (0, n - 1):
                 y, x = divmod(i, tpr)
-                assert int(ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1)) == lay.offsets[i]
+                assert (
+                    int(ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1)) == lay.offsets[i]
+                )
                 assert int(ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=1)) == lay.counts[i]
 
 
@@ -53,10 +55,26 @@ def test_no_layouts_option_and_readers(synthetic_scenes, tmp_path):
     from conftest import run_cli
 
     out = tmp_path / "i.parquet"
-    assert run_cli("index", synthetic_scenes["s2"], "--no-stats", "--platform", "sentinel-2-l2a", "-o", out).returncode == 0
+    assert (
+        run_cli(
+            "index", synthetic_scenes["s2"], "--no-stats", "--platform", "sentinel-2-l2a", "-o", out
+        ).returncode
+        == 0
+    )
     off = tmp_path / "off.parquet"
-    assert run_cli("index", synthetic_scenes["s2"], "--no-stats", "--platform", "sentinel-2-l2a", "--no-layouts",
-                   "-o", off).returncode == 0
+    assert (
+        run_cli(
+            "index",
+            synthetic_scenes["s2"],
+            "--no-stats",
+            "--platform",
+            "sentinel-2-l2a",
+            "--no-layouts",
+            "-o",
+            off,
+        ).returncode
+        == 0
+    )
     assert pq.read_table(off)["layouts"].null_count == pq.read_table(off).num_rows
     on = pq.read_table(out)
     assert on["layouts"].null_count == 0
@@ -71,8 +89,19 @@ def test_one_request_per_asset_over_http(tmp_path):
     from rasterio.transform import from_origin
 
     for name in ("a", "b"):
-        with rasterio.open(tmp_path / f"{name}.tif", "w", driver="GTiff", width=600, height=600, count=1, dtype="uint16",
-                           crs="EPSG:32633", transform=from_origin(0, 0, 10, 10), tiled=True, compress="deflate") as ds:
+        with rasterio.open(
+            tmp_path / f"{name}.tif",
+            "w",
+            driver="GTiff",
+            width=600,
+            height=600,
+            count=1,
+            dtype="uint16",
+            crs="EPSG:32633",
+            transform=from_origin(0, 0, 10, 10),
+            tiled=True,
+            compress="deflate",
+        ) as ds:
             ds.write(np.ones((1, 600, 600), np.uint16))
     with RangeServer(tmp_path) as srv:
         blob = record_layouts({"a": f"{srv.url}/a.tif", "b": f"{srv.url}/b.tif"})

@@ -47,7 +47,9 @@ def test_dst_inside_src_is_not_an_input_on_s3(tree, bucket, s3_server):
     for path in sorted(tree.rglob("*.parquet")):
         client.upload_file(str(path), bucket, f"v1/index/{path.relative_to(tree).as_posix()}")
     for _ in range(3):
-        result = merge(f"s3://{bucket}/v1/index", f"s3://{bucket}/v1/index/all.parquet", progress=False)
+        result = merge(
+            f"s3://{bucket}/v1/index", f"s3://{bucket}/v1/index/all.parquet", progress=False
+        )
         assert (result.files, result.rows) == (4, ROWS)
     body = client.get_object(Bucket=bucket, Key="v1/index/all.parquet")["Body"].read()
     assert pq.read_metadata(pa.BufferReader(body)).num_rows == ROWS
@@ -68,12 +70,18 @@ def _not_an_index(path: Path, kind: str) -> None:
     pq.write_table(table, path)
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("other schema", "is not a stacchip index: no column chipid, platform, item_id, item_href, chip_index_x"),
-    ("null chipids", "is not a stacchip index: 4 rows without chipid"),
-    ("null geometry", "is not a stacchip index: 4 rows without geometry"),
-    ("empty chipids", "is not a stacchip index: empty chip ids"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        (
+            "other schema",
+            "is not a stacchip index: no column chipid, platform, item_id, item_href, chip_index_x",
+        ),
+        ("null chipids", "is not a stacchip index: 4 rows without chipid"),
+        ("null geometry", "is not a stacchip index: 4 rows without geometry"),
+        ("empty chipids", "is not a stacchip index: empty chip ids"),
+    ],
+)
 def test_parquet_that_is_not_an_index_is_refused(tree, tmp_path, kind, message):
     bad = tree / "zzz" / "bad.parquet"
     bad.parent.mkdir()
@@ -118,7 +126,11 @@ def test_many_small_inputs_make_one_row_group(tree, tmp_path):
     for i in range(300):
         write_index(one, tmp_path / "many" / f"{i:04d}" / "index.parquet")
     result = merge(tmp_path / "many", tmp_path / "m.parquet", progress=False)
-    assert result.to_dict() == {"files": 300, "rows": 300 * len(one), "output": str((tmp_path / "m.parquet").resolve())}
+    assert result.to_dict() == {
+        "files": 300,
+        "rows": 300 * len(one),
+        "output": str((tmp_path / "m.parquet").resolve()),
+    }
     meta = pq.read_metadata(tmp_path / "m.parquet")
     assert meta.num_row_groups == 1 and meta.num_rows == 300 * len(one)
     # sorted by place: the 300 copies of a chip are neighbours, each chip's copies all there

@@ -37,7 +37,9 @@ def decode(state: np.ndarray):
     """The state bits decoded by integer arithmetic (the product's bit table)."""
     s = state.astype(np.int64)
     cloud_state, shadow, internal = s % 4, (s // 4) % 2, (s // 1024) % 2
-    return ((cloud_state == 1) | (cloud_state == 2) | (shadow == 1) | (internal == 1)) & (s != 65535)
+    return ((cloud_state == 1) | (cloud_state == 2) | (shadow == 1) | (internal == 1)) & (
+        s != 65535
+    )
 
 
 def test_sinusoidal_grid_from_proj_wkt2_and_footprints_match_pyproj(scene):
@@ -47,7 +49,9 @@ def test_sinusoidal_grid_from_proj_wkt2_and_footprints_match_pyproj(scene):
     assert indexer.platform.name == MODIS and (indexer.x_size, indexer.y_size) == (2, 2)
     assert indexer.crs.coordinate_operation.method_name == "Sinusoidal"
     table = indexer.create_index()
-    to_lonlat = pyproj.Transformer.from_crs(pyproj.CRS(synthetic.MODIS_SINUSOIDAL), "OGC:CRS84", always_xy=True)
+    to_lonlat = pyproj.Transformer.from_crs(
+        pyproj.CRS(synthetic.MODIS_SINUSOIDAL), "OGC:CRS84", always_xy=True
+    )
     x0, y0 = synthetic.modis_tile_origin(12, 4)
     px = synthetic.MODIS_PIXEL
     for row in table.to_pylist():
@@ -87,9 +91,20 @@ def test_stats_from_the_state_bits_and_the_fill_value(scene):
         b01 = ds.read(1)
     cloud = decode(state)
     assert 0.05 < cloud.mean() < 0.6 and (state == 65535).any()
-    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), per_chip_mean(cloud, 256, 2, 2).ravel(), atol=1e-6)
-    np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), per_chip_mean(b01 == -28672, 256, 2, 2).ravel(), atol=1e-6)
-    assert table["nodata_percentage"].to_pylist()[:2] == [0.0, 0.0] and table["nodata_percentage"][3].as_py() > 0
+    np.testing.assert_allclose(
+        table["cloud_cover_percentage"].to_numpy(),
+        per_chip_mean(cloud, 256, 2, 2).ravel(),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        table["nodata_percentage"].to_numpy(),
+        per_chip_mean(b01 == -28672, 256, 2, 2).ravel(),
+        atol=1e-6,
+    )
+    assert (
+        table["nodata_percentage"].to_pylist()[:2] == [0.0, 0.0]
+        and table["nodata_percentage"][3].as_py() > 0
+    )
 
 
 @pytest.mark.parametrize("value, cloud", [
@@ -122,14 +137,21 @@ def test_items_without_state_take_cloud_from_the_qc_modland_bits(scene, tmp_path
     table = Indexer(str(path), chip_max_nodata=1.0).create_index()
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(),
                                per_chip_mean((qc % 4) == 2, 256, 2, 2).ravel(), atol=1e-6)
-    assert qc_cloud(np.array([0b10, 0b01, 0b11, 0], np.uint32)).tolist() == [True, False, False, False]
+    assert qc_cloud(np.array([0b10, 0b01, 0b11, 0], np.uint32)).tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 # --- selection -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["item files", "item files on S3", "pgstac"])
 def test_selection_on_each_catalog(archive, s3_archive, stac_api, where):
-    location = {"item files": archive.items, "item files on S3": s3_archive, "pgstac": stac_api}[where]
+    location = {"item files": archive.items, "item files on S3": s3_archive, "pgstac": stac_api}[
+        where
+    ]
     hook = get_plugin_manager().hook.stacchip_select_items
     got = hook(platform=get_platform(MODIS), sample=Sample(0), catalog=open_catalog(location))
     assert [i.id for i in got] == modis_expected()
@@ -149,18 +171,36 @@ def test_month_draws_tiles_and_sample_columns(archive, stac_api):
 
     drawn = modis_months(h, v, 2018)
     first = next(m for m in drawn if m > 1 and m - 1 not in drawn)
-    straddler = f"MOD09A1.A{datetime(2018, first, 1) - timedelta(days=4):%Y%j}.h{h:02d}v{v:02d}.061.synthetic"
+    straddler = (
+        f"MOD09A1.A{datetime(2018, first, 1) - timedelta(days=4):%Y%j}"
+        f".h{h:02d}v{v:02d}.061.synthetic"
+    )
     query = {"modis:horizontal-tile": {"eq": h}, "modis:vertical-tile": {"eq": v}}
     for month in drawn:
-        found = [[i.id for i in c.search(collections=["modis-09A1-061"], datetime=month_range(2018, month),
-                                         query=query).items()] for c in (open_catalog(archive.items), open_catalog(stac_api))]
+        found = [
+            [
+                i.id
+                for i in c.search(
+                    collections=["modis-09A1-061"], datetime=month_range(2018, month), query=query
+                ).items()
+            ]
+            for c in (open_catalog(archive.items), open_catalog(stac_api))
+        ]
         assert found[0] == found[1]
         assert (straddler in found[0]) == (month == first) and len(found[0]) == 2 + (month == first)
     # h/v columns of a sample source choose the tile instead of the list
     hook = get_plugin_manager().hook.stacchip_select_items
-    other = hook(platform=get_platform(MODIS), sample=Sample(5, None, {"h": h + 1, "v": v}), catalog=open_catalog(stac_api))
-    assert other == []  # (13, 2) has items only on days 17-24 of months drawn for (12, 2), not its own
-    with pytest.raises(StacchipError, match="sample 233 is out of range: there are 233 MODIS tiles"):
+    other = hook(
+        platform=get_platform(MODIS),
+        sample=Sample(5, None, {"h": h + 1, "v": v}),
+        catalog=open_catalog(stac_api),
+    )
+    assert (
+        other == []
+    )  # (13, 2) has items only on days 17-24 of months drawn for (12, 2), not its own
+    with pytest.raises(
+        StacchipError, match="sample 233 is out of range: there are 233 MODIS tiles"
+    ):
         hook(platform=get_platform(MODIS), sample=Sample(233), catalog=open_catalog(archive.items))
 
 
@@ -169,10 +209,14 @@ def test_month_draws_tiles_and_sample_columns(archive, stac_api):
 def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):
     bucket = tmp_path / "bucket"
     results = process(MODIS, 0, bucket, None, str(archive.items))
-    assert [(r.item_id, r.status, r.chips) for r in results] == [(i, "done", 4) for i in modis_expected()]
+    assert [(r.item_id, r.status, r.chips) for r in results] == [
+        (i, "done", 4) for i in modis_expected()
+    ]
     item_id = results[0].item_id
     item = json.loads((bucket / MODIS / item_id / "stac_item.json").read_text())
-    assert sorted(item["assets"]) == sorted([f"sur_refl_b0{i}" for i in range(1, 8)] + ["sur_refl_qc_500m", "sur_refl_state_500m"])
+    assert sorted(item["assets"]) == sorted(
+        [f"sur_refl_b0{i}" for i in range(1, 8)] + ["sur_refl_qc_500m", "sur_refl_state_500m"]
+    )
     assert item["properties"]["datetime"] == item["properties"]["end_datetime"]  # as stacchip 0.1
     table = pq.read_table(bucket / "index" / MODIS / item_id / f"index_{item_id}.parquet")
     end = datetime.fromisoformat(item["properties"]["end_datetime"])
@@ -186,7 +230,10 @@ def test_local_job_keeps_the_sinusoidal_pixels(archive, tmp_path):
         expected[fill] = -28672
         np.testing.assert_array_equal(pixels[f"sur_refl_b0{i + 1}"][0], expected)
     with rasterio.open(item["assets"]["sur_refl_b03"]["href"]) as ds:
-        assert "Sinusoidal" in ds.crs.to_wkt() and ds.res == (synthetic.MODIS_PIXEL, synthetic.MODIS_PIXEL)
+        assert "Sinusoidal" in ds.crs.to_wkt() and ds.res == (
+            synthetic.MODIS_PIXEL,
+            synthetic.MODIS_PIXEL,
+        )
 
 
 @pytest.mark.slow  # over 5 s on two shared cores
@@ -195,18 +242,33 @@ def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     assert [r.item_id for r in results] == modis_expected()
     client = boto3.client("s3", endpoint_url=s3_server)
     item_id = results[1].item_id
-    raw = client.get_object(Bucket=bucket, Key=f"index/{MODIS}/{item_id}/index_{item_id}.parquet")["Body"].read()
+    raw = client.get_object(Bucket=bucket, Key=f"index/{MODIS}/{item_id}/index_{item_id}.parquet")[
+        "Body"
+    ].read()
     table = pq.read_table(io.BytesIO(raw))
     assert table["item_href"][0].as_py() == f"s3://{bucket}/{MODIS}/{item_id}/stac_item.json"
-    pixels = chip_from_row(table.slice(0, 1).to_pylist()[0], assets=["red"])  # an alias of sur_refl_b01
-    np.testing.assert_array_equal(pixels["sur_refl_b01"][0], synthetic.band_pattern(0, SIZE, SIZE).astype(np.int16)[:256, :256])
+    pixels = chip_from_row(
+        table.slice(0, 1).to_pylist()[0], assets=["red"]
+    )  # an alias of sur_refl_b01
+    np.testing.assert_array_equal(
+        pixels["sur_refl_b01"][0],
+        synthetic.band_pattern(0, SIZE, SIZE).astype(np.int16)[:256, :256],
+    )
 
 
 @pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 def test_console_script_reads_the_original_environment(archive, tmp_path):
-    env = {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}
+    env = {
+        "AWS_BATCH_JOB_ARRAY_INDEX": "0",
+        "STACCHIP_BUCKET": str(tmp_path / "b"),
+        "STACCHIP_STAC_API": str(archive.items),
+    }
     r = run_script_named("stacchip-modis", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{i}: done, 4 chips" for i in modis_expected()]
     r = run_script_named("stacchip-modis", env={**env, "AWS_BATCH_JOB_ARRAY_INDEX": "300"})
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "Error: sample 300 is out of range: there are 233 MODIS tiles"
+    assert (
+        r.returncode == 1
+        and r.stderr.strip().splitlines()[-1]
+        == "Error: sample 300 is out of range: there are 233 MODIS tiles"
+    )

@@ -57,15 +57,27 @@ def scene_09q1(outdir: Path, h: int = 12, v: int = 4, start=datetime(2018, 3, 6,
         band = synthetic.band_pattern(i, size, size).astype(np.int16)
         band[fill] = FILL
         key = f"sur_refl_b0{i + 1}"
-        assets[key] = {"href": str(write_cog(folder / f"{key}.tif", band, t, wkt, nodata=FILL).resolve()),
-                       "type": synthetic.COG_MEDIA_TYPE, "roles": ["data"]}
+        assets[key] = {
+            "href": str(write_cog(folder / f"{key}.tif", band, t, wkt, nodata=FILL).resolve()),
+            "type": synthetic.COG_MEDIA_TYPE,
+            "roles": ["data"],
+        }
     for key, layer in (("sur_refl_state_250m", state), ("sur_refl_qc_250m", qc)):
-        assets[key] = {"href": str(write_cog(folder / f"{key}.tif", layer, t, wkt, nodata=65535).resolve()),
-                       "type": synthetic.COG_MEDIA_TYPE, "roles": ["data"]}
+        assets[key] = {
+            "href": str(write_cog(folder / f"{key}.tif", layer, t, wkt, nodata=65535).resolve()),
+            "type": synthetic.COG_MEDIA_TYPE,
+            "roles": ["data"],
+        }
     end = start.replace(hour=23, minute=59, second=59) + timedelta(days=7)
     lon, lat = pyproj.Transformer.from_crs(wkt, "OGC:CRS84", always_xy=True).transform(
         [x0, x0, x0 + size * PIXEL_250M, x0 + size * PIXEL_250M], [y0, y0 - size * PIXEL_250M] * 2)
-    ring = [[lon[0], lat[0]], [lon[1], lat[1]], [lon[3], lat[3]], [lon[2], lat[2]], [lon[0], lat[0]]]
+    ring = [
+        [lon[0], lat[0]],
+        [lon[1], lat[1]],
+        [lon[3], lat[3]],
+        [lon[2], lat[2]],
+        [lon[0], lat[0]],
+    ]
     item = {
         "type": "Feature", "stac_version": "1.1.0", "id": item_id, "collection": "modis-09Q1-061",
         "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
@@ -92,7 +104,9 @@ def state_decoded(state: np.ndarray) -> np.ndarray:
     internal cloud (bit 10); the fill is never cloud."""
     s = state.astype(np.int64)
     cloud_state, shadow, internal = s % 4, (s // 4) % 2, (s // 1024) % 2
-    return ((cloud_state == 1) | (cloud_state == 2) | (shadow == 1) | (internal == 1)) & (s != 65535)
+    return ((cloud_state == 1) | (cloud_state == 2) | (shadow == 1) | (internal == 1)) & (
+        s != 65535
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +141,9 @@ def test_the_250m_grid_and_footprints_match_pyproj(scene):
     # 256 px of 250 m: a chip is half as wide in degrees as a 09A1 chip at the same place
     first = shapely.from_wkb(table["geometry"][0].as_py()).bounds
     assert first[3] == pytest.approx(50.0, abs=1e-9)
-    assert first[3] - first[1] == pytest.approx(256 * PIXEL_250M / 6371007.181 * 180 / np.pi, rel=1e-9)
+    assert first[3] - first[1] == pytest.approx(
+        256 * PIXEL_250M / 6371007.181 * 180 / np.pi, rel=1e-9
+    )
 
 
 def test_stats_from_the_250m_state_and_the_fill_value(scene):
@@ -140,7 +156,9 @@ def test_stats_from_the_250m_state_and_the_fill_value(scene):
                                per_chip_mean(cloud, 256, 2, 2).ravel(), atol=1e-6)
     np.testing.assert_allclose(table["nodata_percentage"].to_numpy(),
                                per_chip_mean(b01[:512, :512] == FILL, 256, 2, 2).ravel(), atol=1e-6)
-    assert table["nodata_percentage"][0].as_py() == 0.0 and table["nodata_percentage"][3].as_py() > 0
+    assert (
+        table["nodata_percentage"][0].as_py() == 0.0 and table["nodata_percentage"][3].as_py() > 0
+    )
 
 
 def test_items_without_state_take_cloud_from_the_qc_modland_bits(scene, tmp_path):
@@ -156,16 +174,19 @@ def test_items_without_state_take_cloud_from_the_qc_modland_bits(scene, tmp_path
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("value, cloud", [
-    (0b00, False),                          # ideal quality
-    (0b01, False),                          # less than ideal: not cloud (0.1 said it was)
-    (0b10, True),                           # not produced due to cloud effects
-    (0b11, False),                          # not produced for other reasons
-    (0b1100 | 0b00, False),                 # cloud state bits 2-3 are not populated in 09Q1: ignored
-    (0b1111 << 4 | 0b1111 << 8, False),     # band qualities 'not processed' alone
-    (1 << 12 | 1 << 13 | 0b10, True),       # corrections performed, cloud
-    (65535, False),                         # fill: MODLAND 11
-])
+@pytest.mark.parametrize(
+    "value, cloud",
+    [
+        (0b00, False),  # ideal quality
+        (0b01, False),  # less than ideal: not cloud (0.1 said it was)
+        (0b10, True),  # not produced due to cloud effects
+        (0b11, False),  # not produced for other reasons
+        (0b1100 | 0b00, False),  # cloud state bits 2-3 are not populated in 09Q1: ignored
+        (0b1111 << 4 | 0b1111 << 8, False),  # band qualities 'not processed' alone
+        (1 << 12 | 1 << 13 | 0b10, True),  # corrections performed, cloud
+        (65535, False),  # fill: MODLAND 11
+    ],
+)
 def test_qc_250m_bit_table(value, cloud):
     from stacchip_modis import qc_cloud
 
@@ -228,7 +249,12 @@ def test_job_copies_bands_and_quality_layers_with_exact_pixels(catalog, tmp_path
     assert [(r.item_id, r.status, r.chips) for r in results] == [(i, "done", 1) for i in expected]
     item_id = expected[0]
     item = json.loads((bucket / NAME / item_id / "stac_item.json").read_text())
-    assert sorted(item["assets"]) == ["sur_refl_b01", "sur_refl_b02", "sur_refl_qc_250m", "sur_refl_state_250m"]
+    assert sorted(item["assets"]) == [
+        "sur_refl_b01",
+        "sur_refl_b02",
+        "sur_refl_qc_250m",
+        "sur_refl_state_250m",
+    ]
     assert item["properties"]["datetime"] == item["properties"]["end_datetime"]
     table = pq.read_table(bucket / "index" / NAME / item_id / f"index_{item_id}.parquet")
     assert table["platform"].to_pylist() == [NAME]

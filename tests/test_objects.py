@@ -36,7 +36,10 @@ def test_local_paths_and_file_urls(server, form):
 def test_http_get_ranges_head_and_item_json(server):
     srv, _ = server
     url = f"{srv.url}/o.bin"
-    assert [bytes(b) for b in objects.get_ranges(url, [5, 9000], [10, 9100])] == [BODY[5:10], BODY[9000:9100]]
+    assert [bytes(b) for b in objects.get_ranges(url, [5, 9000], [10, 9100])] == [
+        BODY[5:10],
+        BODY[9000:9100],
+    ]
     meta = objects.head(url)
     assert meta.size == 10240 and meta.etag.startswith('"2800-')
     assert read_url(f"{srv.url}/item.json") == b'{"id": "x"}'
@@ -62,8 +65,9 @@ def test_errors_are_one_redacted_line(server, status, reason):
     url = f"http://user:pw@127.0.0.1:{srv.port}/o.bin?X-Amz-Signature=SECRET"
     with pytest.raises(ObjectError) as err:
         objects.get_bytes(url)
-    assert str(err.value) == (f"cannot read http://REDACTED@127.0.0.1:{srv.port}/o.bin?X-Amz-Signature=REDACTED: "
-                              f"{reason}")
+    assert str(err.value) == (
+        f"cannot read http://REDACTED@127.0.0.1:{srv.port}/o.bin?X-Amz-Signature=REDACTED: {reason}"
+    )
 
 
 def test_missing_local_file_message(tmp_path):

@@ -20,8 +20,13 @@ from test_keys_and_redaction import LATEST_NAIP, hostile_items
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).parent.parent
 # every kind of line break and cursor move a terminal or a log reader honours
-FORGED = "evil\nFORGED nl\rFORGED cr\x1b[2K\x1b[1GFORGED esc\x85FORGED nel\u2028FORGED ls\x0bFORGED vt"
-ESCAPED = "evil\\nFORGED nl\\rFORGED cr\\x1b[2K\\x1b[1GFORGED esc\\x85FORGED nel\\u2028FORGED ls\\x0bFORGED vt"
+FORGED = (
+    "evil\nFORGED nl\rFORGED cr\x1b[2K\x1b[1GFORGED esc\x85FORGED nel\u2028FORGED ls\x0bFORGED vt"
+)
+ESCAPED = (
+    "evil\\nFORGED nl\\rFORGED cr\\x1b[2K\\x1b[1GFORGED esc\\x85FORGED nel"
+    "\\u2028FORGED ls\\x0bFORGED vt"
+)
 
 
 def run(script: str, *args, env=None) -> subprocess.CompletedProcess:
@@ -55,7 +60,16 @@ def forged(r: subprocess.CompletedProcess) -> list[str]:
 ], ids=["stdout", "verbose", "json", "run"])
 def test_item_ids_forge_no_line(archive, tmp_path, args):
     items = hostile_items(archive, tmp_path, FORGED)
-    r = run("stacchip", *args, "--sample", archive.points, "--bucket", tmp_path / "b", "--stac-api", items)
+    r = run(
+        "stacchip",
+        *args,
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path / "b",
+        "--stac-api",
+        items,
+    )
     assert finished(r), r.stderr
     assert forged(r) == []
     if "--jobs" not in args:  # the per-item lines name the item, escaped
@@ -64,8 +78,15 @@ def test_item_ids_forge_no_line(archive, tmp_path, args):
 
 def test_item_ids_forge_no_line_in_the_original_console_script(archive, tmp_path):
     items = hostile_items(archive, tmp_path, FORGED)
-    r = run("stacchip-naip", env={"AWS_BATCH_JOB_ARRAY_INDEX": "1", "STACCHIP_SAMPLE_SOURCE": str(archive.points),
-                                  "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(items)})
+    r = run(
+        "stacchip-naip",
+        env={
+            "AWS_BATCH_JOB_ARRAY_INDEX": "1",
+            "STACCHIP_SAMPLE_SOURCE": str(archive.points),
+            "STACCHIP_BUCKET": str(tmp_path / "b"),
+            "STACCHIP_STAC_API": str(items),
+        },
+    )
     assert finished(r), r.stderr
     assert forged(r) == []
     assert f"{ESCAPED}: done, 4 chips" in r.stdout.splitlines()
@@ -76,22 +97,52 @@ def test_item_ids_forge_no_line_in_the_original_console_script(archive, tmp_path
 def test_item_ids_forge_no_line_from_dask_workers(archive, tmp_path):
     """Worker processes log through the command's formatter, not Python's raw last resort."""
     items = hostile_items(archive, tmp_path, FORGED)
-    r = run("stacchip", "-v", "process", "naip", "--jobs", "1:2", "--scheduler", "local:1", "--sample",
-            archive.points, "--bucket", tmp_path / "b", "--stac-api", items)
+    r = run(
+        "stacchip",
+        "-v",
+        "process",
+        "naip",
+        "--jobs",
+        "1:2",
+        "--scheduler",
+        "local:1",
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path / "b",
+        "--stac-api",
+        items,
+    )
     assert r.returncode == 0, r.stderr
     assert forged(r) == []
     # the worker's own record of the item, formatted by the command's formatter
-    assert f"INFO stacchip_core.pipeline.process: {ESCAPED}: 4 chips indexed" in r.stderr.splitlines()
+    assert (
+        f"INFO stacchip_core.pipeline.process: {ESCAPED}: 4 chips indexed" in r.stderr.splitlines()
+    )
 
 
 def test_hrefs_forge_no_line(archive, tmp_path):
     href = str(tmp_path / f"missing{FORGED}.tif")
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=href)
-    for args in (["process", "naip", "--job", "1"], ["process", "naip", "--jobs", "1:2", "--scheduler", "sync"]):
-        r = run("stacchip", *args, "--sample", archive.points, "--bucket", tmp_path / "b", "--stac-api", items)
+    for args in (
+        ["process", "naip", "--job", "1"],
+        ["process", "naip", "--jobs", "1:2", "--scheduler", "sync"],
+    ):
+        r = run(
+            "stacchip",
+            *args,
+            "--sample",
+            archive.points,
+            "--bucket",
+            tmp_path / "b",
+            "--stac-api",
+            items,
+        )
         assert r.returncode == 1
         assert forged(r) == []
-        assert "missing" in r.stderr and "FORGED nl" in r.stderr  # the error names the href, escaped
+        assert (
+            "missing" in r.stderr and "FORGED nl" in r.stderr
+        )  # the error names the href, escaped
 
 
 def test_asset_keys_forge_no_line(archive, tmp_path):
@@ -99,8 +150,10 @@ def test_asset_keys_forge_no_line(archive, tmp_path):
     for path in items.rglob("*.json"):
         d = json.loads(path.read_text())
         if d.get("id") == LATEST_NAIP:
-            d["assets"] = {f"image{FORGED}": d["assets"]["image"], **{k: v for k, v in d["assets"].items()
-                                                                       if k != "image"}}
+            d["assets"] = {
+                f"image{FORGED}": d["assets"]["image"],
+                **{k: v for k, v in d["assets"].items() if k != "image"},
+            }
             path.write_text(json.dumps(d))
     r = run("stacchip", "-v", "process", "naip", "--job", "1", "--sample", archive.points,
             "--bucket", tmp_path / "b", "--stac-api", items)
@@ -116,18 +169,38 @@ def _index_with_chip_ids(path: Path, text: str) -> Path:
 
     n = 10
     xs = np.arange(n)
-    table = build_table(item_id=text, item_href=f"/nonexistent/{text}.json", platform="naip",
-                        when=datetime(2022, 7, 1), xs=xs, ys=np.zeros(n, int), chip_size=4,
-                        cloud=np.zeros(n), nodata=np.zeros(n), polygons=shapely.box(xs, 0, xs + 1, 1),
-                        bounds=np.stack([xs, np.zeros(n), xs + 1, np.ones(n)], axis=1).astype(float))
+    table = build_table(
+        item_id=text,
+        item_href=f"/nonexistent/{text}.json",
+        platform="naip",
+        when=datetime(2022, 7, 1),
+        xs=xs,
+        ys=np.zeros(n, int),
+        chip_size=4,
+        cloud=np.zeros(n),
+        nodata=np.zeros(n),
+        polygons=shapely.box(xs, 0, xs + 1, 1),
+        bounds=np.stack([xs, np.zeros(n), xs + 1, np.ones(n)], axis=1).astype(float),
+    )
     return write_index(table, path)
 
 
 def test_chip_ids_and_hrefs_forge_no_line_in_prechip(tmp_path):
     index = _index_with_chip_ids(tmp_path / "index.parquet", FORGED)
     assert pq.read_table(index)["chipid"][0].as_py() == f"{FORGED}-0-0"
-    r = run("stacchip", "-v", "prechip", index, tmp_path / "cubes", "--cube-size", "2", "--max-nodata", "1",
-            "--job", "0")
+    r = run(
+        "stacchip",
+        "-v",
+        "prechip",
+        index,
+        tmp_path / "cubes",
+        "--cube-size",
+        "2",
+        "--max-nodata",
+        "1",
+        "--job",
+        "0",
+    )
     assert r.returncode == 1
     assert forged(r) == []
     assert "FORGED nl" in r.stderr
@@ -155,8 +228,10 @@ def test_click_errors_forge_no_line(tmp_path, args):
 
 
 def test_library_warnings_are_one_escaped_log_line():
-    code = ("import warnings; from stacchip_core.cli import _setup_logging; _setup_logging(0, False); "
-            f"warnings.warn({FORGED!r})")
+    code = (
+        "import warnings; from stacchip_core.cli import _setup_logging; _setup_logging(0, False); "
+        f"warnings.warn({FORGED!r})"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert forged(r) == []
     lines = r.stderr.splitlines()
@@ -167,8 +242,13 @@ def test_stats_prints_band_names_escaped(tmp_path):
     """Band names come from the cube files: the stats table escapes them."""
     cubes = tmp_path / "cubes" / "v1" / "naip"
     cubes.mkdir(parents=True)
-    np.savez(cubes / "cube_000000.npz", pixels=np.ones((2, 1, 2, 2), np.float32), bands=np.array([FORGED]),
-             platform=np.array("naip"), chipids=np.array(["a", "b"]))
+    np.savez(
+        cubes / "cube_000000.npz",
+        pixels=np.ones((2, 1, 2, 2), np.float32),
+        bands=np.array([FORGED]),
+        platform=np.array("naip"),
+        chipids=np.array(["a", "b"]),
+    )
     r = run("stacchip", "stats", tmp_path / "cubes")
     assert forged(r) == []
 

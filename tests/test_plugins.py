@@ -14,7 +14,13 @@ from stacchip_core.core.output import write_cog
 def test_the_four_sources_are_found_through_entry_points():
     names = {row["name"] for row in plugins.plugin_info()}
     assert {"sentinel2", "landsat", "naip", "linz"} <= names
-    assert set(plugins.platforms()) >= {"sentinel-2-l2a", "landsat-c2l1", "landsat-c2l2-sr", "naip", "linz"}
+    assert set(plugins.platforms()) >= {
+        "sentinel-2-l2a",
+        "landsat-c2l1",
+        "landsat-c2l2-sr",
+        "naip",
+        "linz",
+    }
 
 
 def test_allow_list_restricts_loading(monkeypatch):
@@ -38,13 +44,18 @@ def test_third_party_plugin_overrides_sentinel2_stats(with_example_plugin, s2_fi
     item, scl = s2_fixture
     table = Indexer(item, chip_max_nodata=1.0).create_index()
     expected = per_chip_mean(class_mask(scl, [9]), 128, 42, 42)
-    np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), expected.ravel(), atol=1e-6)
+    np.testing.assert_allclose(
+        table["cloud_cover_percentage"].to_numpy(), expected.ravel(), atol=1e-6
+    )
     # without the plugin, the stock definition (classes 3, 8, 9, 10) applies
     with pytest.MonkeyPatch.context() as m:
         m.setenv("STACCHIP_PLUGINS", "sentinel2")
         plugins.reset()
         stock = Indexer(item, chip_max_nodata=1.0).create_index()
-    assert stock["cloud_cover_percentage"].to_numpy().sum() > table["cloud_cover_percentage"].to_numpy().sum()
+    assert (
+        stock["cloud_cover_percentage"].to_numpy().sum()
+        > table["cloud_cover_percentage"].to_numpy().sum()
+    )
 
 
 def test_third_party_platform_and_command_from_the_cli(plugin_dir, tmp_path):
@@ -54,14 +65,44 @@ def test_third_party_platform_and_command_from_the_cli(plugin_dir, tmp_path):
     t10, t20 = Affine(10, 0, 600000, 0, -10, 5000000), Affine(20, 0, 600000, 0, -20, 5000000)
     pan = write_cog(tmp_path / "pan.tif", np.ones((200, 300), np.uint16), t10, "EPSG:32631")
     m = write_cog(tmp_path / "mask.tif", mask, t20, "EPSG:32631")
-    item = {"type": "Feature", "stac_version": "1.1.0", "id": "ex1", "collection": "example-collection",
-            "geometry": None, "links": [], "properties": {"datetime": "2025-05-01T10:00:00Z", "proj:code": "EPSG:32631"},
-            "assets": {"B1": {"href": str(pan), "type": "image/tiff", "proj:shape": [200, 300], "proj:transform": list(t10)[:6]},
-                       "MASK": {"href": str(m), "type": "image/tiff", "proj:shape": [100, 150], "proj:transform": list(t20)[:6]}}}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "ex1",
+        "collection": "example-collection",
+        "geometry": None,
+        "links": [],
+        "properties": {"datetime": "2025-05-01T10:00:00Z", "proj:code": "EPSG:32631"},
+        "assets": {
+            "B1": {
+                "href": str(pan),
+                "type": "image/tiff",
+                "proj:shape": [200, 300],
+                "proj:transform": list(t10)[:6],
+            },
+            "MASK": {
+                "href": str(m),
+                "type": "image/tiff",
+                "proj:shape": [100, 150],
+                "proj:transform": list(t20)[:6],
+            },
+        },
+    }
     path = tmp_path / "ex1.json"
     path.write_text(json.dumps(item))
     env = {"PYTHONPATH": str(plugin_dir), "STACCHIP_PLUGINS": "example,naip"}
-    r = run_script("-q", "index", path, "--chip-size", "50", "--max-nodata", "1", "-o", tmp_path / "ex.parquet", env=env)
+    r = run_script(
+        "-q",
+        "index",
+        path,
+        "--chip-size",
+        "50",
+        "--max-nodata",
+        "1",
+        "-o",
+        tmp_path / "ex.parquet",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "24 of 24 chips (example-sat, 6 x 4 grid)" in r.stdout
     import pyarrow.parquet as pq

@@ -29,7 +29,9 @@ def ids(results):
 
 @pytest.mark.parametrize(("platform", "source", "index"), [
     (S2, "mgrs", 0), (L2, "points", 0), (L1, "points", 0), ("naip", "points", 1)])
-def test_embedded_catalog_and_pgstac_select_the_same_items(archive, s3_archive, stac_api, platform, source, index):
+def test_embedded_catalog_and_pgstac_select_the_same_items(
+    archive, s3_archive, stac_api, platform, source, index
+):
     embedded, api = open_catalog(s3_archive), open_catalog(stac_api)
     from stacchip_core.plugins import get_platform, get_plugin_manager
 
@@ -38,7 +40,12 @@ def test_embedded_catalog_and_pgstac_select_the_same_items(archive, s3_archive, 
     a = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=embedded)]
     b = [i.id for i in hook(platform=get_platform(platform), sample=sample, catalog=api)]
     assert a == b
-    expected = {S2: s2_expected(archive), L2: landsat_expected(L2), L1: landsat_expected(L1), "naip": naip_expected()}
+    expected = {
+        S2: s2_expected(archive),
+        L2: landsat_expected(L2),
+        L1: landsat_expected(L1),
+        "naip": naip_expected(),
+    }
     assert a == expected[platform]
 
 
@@ -53,8 +60,24 @@ def test_sentinel2_local_job(archive, tmp_path):
     item = json.loads((bucket / S2 / first / "stac_item.json").read_text())
     kept = sorted(item["assets"])
     # both spellings occur in the archive (odd years use Planetary Computer keys)
-    assert kept in (sorted(["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22", "scl"]),
-                    sorted(["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL"]))
+    assert kept in (
+        sorted(
+            [
+                "blue",
+                "green",
+                "red",
+                "rededge1",
+                "rededge2",
+                "rededge3",
+                "nir",
+                "nir08",
+                "swir16",
+                "swir22",
+                "scl",
+            ]
+        ),
+        sorted(["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL"]),
+    )
     for key, asset in item["assets"].items():
         assert asset["href"] == str((bucket / S2 / first / f"{key}.tif").resolve())
         assert Path(asset["href"]).exists()
@@ -63,8 +86,10 @@ def test_sentinel2_local_job(archive, tmp_path):
     with rasterio.open(item["assets"][scl_key]["href"]) as ds:
         scl = ds.read(1)
     table = pq.read_table(bucket / "index" / S2 / first / f"index_{first}.parquet")
-    expected = [np.isin(scl[y * 128:(y + 1) * 128, x * 128:(x + 1) * 128], [3, 8, 9, 10]).mean()
-                for x, y in zip(table["chip_index_x"].to_pylist(), table["chip_index_y"].to_pylist())]
+    expected = [
+        np.isin(scl[y * 128 : (y + 1) * 128, x * 128 : (x + 1) * 128], [3, 8, 9, 10]).mean()
+        for x, y in zip(table["chip_index_x"].to_pylist(), table["chip_index_y"].to_pylist())
+    ]
     np.testing.assert_allclose(table["cloud_cover_percentage"].to_numpy(), expected, atol=1e-6)
     assert table["item_href"][0].as_py() == str((bucket / S2 / first / "stac_item.json").resolve())
     # rerun: everything complete, nothing rewritten
@@ -90,14 +115,18 @@ def test_a_job_killed_midway_is_finished_by_a_rerun(archive, tmp_path):
             process(S2, 0, bucket, archive.mgrs, str(items))
         # the first item is complete, the second has assets but no index
         assert (bucket / "index" / S2 / expected[0]).exists()
-        assert (bucket / S2 / expected[1]).exists() and not (bucket / "index" / S2 / expected[1]).exists()
+        assert (bucket / S2 / expected[1]).exists() and not (
+            bucket / "index" / S2 / expected[1]
+        ).exists()
     finally:
         shutil.move(hidden, red)
     results = process(S2, 0, bucket, archive.mgrs, str(items))
     assert [r.status for r in results] == ["skipped"] + ["done"] * 5
     clean = tmp_path / "clean"
     process(S2, 0, clean, archive.mgrs, str(items))
-    layout = lambda root: sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    layout = lambda root: sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+    )
     assert layout(bucket) == layout(clean)
     for rel in layout(clean):
         if rel.endswith(".parquet"):
@@ -110,8 +139,11 @@ def test_a_job_killed_midway_is_finished_by_a_rerun(archive, tmp_path):
 # --- S3 source and target, through the STAC API ------------------------------------------
 
 def _keys(client, bucket, prefix=""):
-    return sorted(o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-                  for o in page.get("Contents", []))
+    return sorted(
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    )
 
 
 def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
@@ -120,17 +152,32 @@ def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucke
     assert ids(results) == landsat_expected(L2)
     first = results[0].item_id
     keys = _keys(client, bucket, f"v1/{L2}/{first}/")
-    assert keys == sorted([f"v1/{L2}/{first}/{k}.tif" for k in ("blue", "green", "red", "nir08", "swir16", "swir22", "qa_pixel")]
-                          + [f"v1/{L2}/{first}/stac_item.json"])
-    item = json.loads(client.get_object(Bucket=bucket, Key=f"v1/{L2}/{first}/stac_item.json")["Body"].read())
+    assert keys == sorted(
+        [
+            f"v1/{L2}/{first}/{k}.tif"
+            for k in ("blue", "green", "red", "nir08", "swir16", "swir22", "qa_pixel")
+        ]
+        + [f"v1/{L2}/{first}/stac_item.json"]
+    )
+    item = json.loads(
+        client.get_object(Bucket=bucket, Key=f"v1/{L2}/{first}/stac_item.json")["Body"].read()
+    )
     assert item["assets"]["red"]["href"] == f"s3://{bucket}/v1/{L2}/{first}/red.tif"
-    assert _keys(client, bucket, "v1/index/") == sorted(f"v1/index/{L2}/{i}/index_{i}.parquet" for i in ids(results))
+    assert _keys(client, bucket, "v1/index/") == sorted(
+        f"v1/index/{L2}/{i}/index_{i}.parquet" for i in ids(results)
+    )
     # the index points at the item JSON in the bucket, and the chip reads through S3
     import io
 
     from stacchip_core import chip_from_row
 
-    table = pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=f"v1/index/{L2}/{first}/index_{first}.parquet")["Body"].read()))
+    table = pq.read_table(
+        io.BytesIO(
+            client.get_object(Bucket=bucket, Key=f"v1/index/{L2}/{first}/index_{first}.parquet")[
+                "Body"
+            ].read()
+        )
+    )
     row = table.slice(0, 1).to_pylist()[0]
     assert row["item_href"] == f"s3://{bucket}/v1/{L2}/{first}/stac_item.json"
     pixels = chip_from_row(row, assets=["red"])
@@ -138,7 +185,9 @@ def test_landsat_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucke
 
     expected = band_pattern(2, 300, 300)[:256, :256]
     assert pixels["red"][0][pixels["red"][0] > 0].size > 0
-    np.testing.assert_array_equal(pixels["red"][0][pixels["red"][0] > 0], expected[pixels["red"][0] > 0])
+    np.testing.assert_array_equal(
+        pixels["red"][0][pixels["red"][0] > 0], expected[pixels["red"][0] > 0]
+    )
     # stats against the QA_PIXEL flags as copied into the bucket
     with rasterio.open(f"s3://{bucket}/v1/{L2}/{first}/qa_pixel.tif") as ds:
         qa = ds.read(1)[:256, :256]
@@ -153,7 +202,10 @@ def test_naip_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     results = process("naip", 1, f"s3://{bucket}", archive.points, stac_api)
     assert ids(results) == naip_expected()
     client = boto3.client("s3", endpoint_url=s3_server)
-    assert _keys(client, bucket, f"naip/{results[0].item_id}/") == [f"naip/{results[0].item_id}/image.tif", f"naip/{results[0].item_id}/stac_item.json"]
+    assert _keys(client, bucket, f"naip/{results[0].item_id}/") == [
+        f"naip/{results[0].item_id}/image.tif",
+        f"naip/{results[0].item_id}/stac_item.json",
+    ]
     assert [r.chips for r in results] == [4, 4]
 
 
@@ -168,19 +220,27 @@ def test_linz_job_resamples_to_30cm(archive, tmp_path, monkeypatch):
     monkeypatch.setenv("STACCHIP_LINZ_SOURCE", str(archive.linz_source))
     results = process("linz", 0, tmp_path / "bucket", None, None)
     tiles = sorted(p.name for p in (archive.linz_source / LINZ_PREFIX).glob("*.tiff"))
-    chosen = random.Random(42).sample([f"{LINZ_PREFIX}{t}" for t in tiles], 10)  # 12 tiles: half, at least 10
+    chosen = random.Random(42).sample(
+        [f"{LINZ_PREFIX}{t}" for t in tiles], 10
+    )  # 12 tiles: half, at least 10
     assert ids(results) == [Path(k).stem for k in chosen]
     for r in results:
         item = json.loads((tmp_path / "bucket" / "linz" / r.item_id / "stac_item.json").read_text())
         props = item["properties"]
-        assert props.get("proj:code") == "EPSG:2193" or props.get("proj:epsg") == 2193  # rio-stac writes projection v1
+        assert (
+            props.get("proj:code") == "EPSG:2193" or props.get("proj:epsg") == 2193
+        )  # rio-stac writes projection v1
         assert item["properties"]["datetime"].startswith("2022-12-")
         with rasterio.open(item["assets"]["visual"]["href"]) as ds:
             assert ds.res == (0.3, 0.3) and ds.count == 3 and (ds.width, ds.height) == (300, 300)
             band1 = ds.read(1)
-        table = pq.read_table(tmp_path / "bucket" / "index" / "linz" / r.item_id / f"index_{r.item_id}.parquet")
+        table = pq.read_table(
+            tmp_path / "bucket" / "index" / "linz" / r.item_id / f"index_{r.item_id}.parquet"
+        )
         assert len(table) == 1
-        assert table["nodata_percentage"][0].as_py() == pytest.approx((band1[:256, :256] == 0).mean(), abs=1e-6)
+        assert table["nodata_percentage"][0].as_py() == pytest.approx(
+            (band1[:256, :256] == 0).mean(), abs=1e-6
+        )
         odd = int(r.item_id[-4:]) % 2 == 0  # tiles 4702, 4704, ... carry the nodata strip
         assert (table["nodata_percentage"][0].as_py() > 0.25) == odd
 
@@ -188,8 +248,19 @@ def test_linz_job_resamples_to_30cm(archive, tmp_path, monkeypatch):
 # --- the command line and the original console scripts ----------------------------------
 
 def test_cli_process_and_env_configured_console_script(archive, tmp_path):
-    r = run_cli("-q", "process", "naip", "--job", "1", "--sample", archive.points, "--bucket", tmp_path / "b",
-                "--stac-api", archive.items)
+    r = run_cli(
+        "-q",
+        "process",
+        "naip",
+        "--job",
+        "1",
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path / "b",
+        "--stac-api",
+        archive.items,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{i}: done, 4 chips" for i in naip_expected()]
     from conftest import run_script_named
@@ -200,10 +271,15 @@ def test_cli_process_and_env_configured_console_script(archive, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{i}: skipped" for i in naip_expected()]
     r = run_script_named("stacchip-naip", env={**env, "AWS_BATCH_JOB_ARRAY_INDEX": "7"})
-    assert r.returncode == 1 and r.stderr.strip() == f"Error: sample 7 is out of range: {archive.points} has 2 rows"
+    assert (
+        r.returncode == 1
+        and r.stderr.strip() == f"Error: sample 7 is out of range: {archive.points} has 2 rows"
+    )
 
 
-def test_source_archive_behind_another_s3_endpoint(archive, s3_server, bucket, tmp_path, monkeypatch):
+def test_source_archive_behind_another_s3_endpoint(
+    archive, s3_server, bucket, tmp_path, monkeypatch
+):
     """Source and target buckets on two S3 endpoints (two moto servers, in two processes so
     that they share no state): sources are read through STACCHIP_SOURCE_S3_ENDPOINT, the
     target through STACCHIP_S3_ENDPOINT."""
@@ -215,8 +291,11 @@ def test_source_archive_behind_another_s3_endpoint(archive, s3_server, bucket, t
     from services import free_port
 
     port = free_port()
-    other = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    other = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     source_endpoint = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -248,17 +327,41 @@ def test_source_archive_behind_another_s3_endpoint(archive, s3_server, bucket, t
     target = boto3.client("s3", endpoint_url=s3_server)
     keys = _keys(target, bucket, "out/index/")
     assert len(keys) == 12 and all(k.endswith(".parquet") for k in keys)
-    assert "source" not in [b["Name"] for b in target.list_buckets()["Buckets"]]  # the source lives elsewhere
+    assert "source" not in [
+        b["Name"] for b in target.list_buckets()["Buckets"]
+    ]  # the source lives elsewhere
 
 
-@pytest.mark.parametrize("script", ["stacchip-sentinel-2", "stacchip-landsat", "stacchip-landsat-l1", "stacchip-naip",
-                                    "stacchip-linz", "stacchip-sentinel-1", "stacchip-modis"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "stacchip-sentinel-2",
+        "stacchip-landsat",
+        "stacchip-landsat-l1",
+        "stacchip-naip",
+        "stacchip-linz",
+        "stacchip-sentinel-1",
+        "stacchip-modis",
+    ],
+)
 def test_original_console_scripts_need_their_environment(script, tmp_path):
     from conftest import run_script_named
 
-    clean = {k: "" for k in ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID", "STACCHIP_BUCKET")}
+    clean = {
+        k: ""
+        for k in (
+            "AWS_BATCH_JOB_ARRAY_INDEX",
+            "JOB_COMPLETION_INDEX",
+            "SLURM_ARRAY_TASK_ID",
+            "STACCHIP_BUCKET",
+        )
+    }
     r = run_script_named(script, env=clean)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == "Error: none of AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID is set"
+    assert (
+        r.stderr.strip()
+        == "Error: none of AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX, "
+        "SLURM_ARRAY_TASK_ID is set"
+    )
     r = run_script_named(script, env={**clean, "AWS_BATCH_JOB_ARRAY_INDEX": "0"})
     assert r.stderr.strip() == "Error: STACCHIP_BUCKET env var not set"

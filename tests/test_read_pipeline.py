@@ -29,9 +29,20 @@ from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.xarray import chip_dataarray
 
 # Copernicus Data Space keys of the Earth Search scene's assets, and a coarser decoy of red
-CDSE_KEYS = {"blue": "B02_10m", "green": "B03_10m", "red": "B04_10m", "nir": "B08_10m", "rededge1": "B05_20m",
-             "rededge2": "B06_20m", "rededge3": "B07_20m", "nir08": "B8A_20m", "swir16": "B11_20m",
-             "swir22": "B12_20m", "coastal": "B01_60m", "scl": "SCL_20m"}
+CDSE_KEYS = {
+    "blue": "B02_10m",
+    "green": "B03_10m",
+    "red": "B04_10m",
+    "nir": "B08_10m",
+    "rededge1": "B05_20m",
+    "rededge2": "B06_20m",
+    "rededge3": "B07_20m",
+    "nir08": "B8A_20m",
+    "swir16": "B11_20m",
+    "swir22": "B12_20m",
+    "coastal": "B01_60m",
+    "scl": "SCL_20m",
+}
 
 
 def _cdse(d: Path) -> Path:
@@ -47,17 +58,42 @@ def _cdse(d: Path) -> Path:
 
 # scene builder, band names read (the finest asset first), their asset key and band index
 SCENES = {
-    "s2-earth-search": (lambda d: synthetic.sentinel2_scene(d, 768), ["red", "nir08", "coastal"],
-                        [("red", 1), ("nir08", 1), ("coastal", 1)]),
+    "s2-earth-search": (
+        lambda d: synthetic.sentinel2_scene(d, 768),
+        ["red", "nir08", "coastal"],
+        [("red", 1), ("nir08", 1), ("coastal", 1)],
+    ),
     # coastal is no model input but the platform names it: B01, and B01_60m by the CDSE suffix rule
-    "s2-planetary-computer": (lambda d: synthetic.sentinel2_scene(d, 768, naming="planetary-computer"),
-                              ["red", "nir08", "coastal"], [("B04", 1), ("B8A", 1), ("B01", 1)]),
-    "s2-cdse": (_cdse, ["red", "nir08", "coastal"], [("B04_10m", 1), ("B8A_20m", 1), ("B01_60m", 1)]),
-    "landsat": (lambda d: synthetic.landsat_scene(d, 560, 600), ["red", "nir08"], [("red", 1), ("nir08", 1)]),
-    "naip": (lambda d: synthetic.naip_scene(d, 600, 530), ["red", "nir"], [("image", 1), ("image", 4)]),
-    "sentinel-1-float": (lambda d: synthetic.sentinel1_scene(d, 600, 640), ["vv", "vh"], [("vv", 1), ("vh", 1)]),
-    "modis": (lambda d: synthetic.modis_scene(d, 520), ["sur_refl_b01", "sur_refl_b02"],
-              [("sur_refl_b01", 1), ("sur_refl_b02", 1)]),
+    "s2-planetary-computer": (
+        lambda d: synthetic.sentinel2_scene(d, 768, naming="planetary-computer"),
+        ["red", "nir08", "coastal"],
+        [("B04", 1), ("B8A", 1), ("B01", 1)],
+    ),
+    "s2-cdse": (
+        _cdse,
+        ["red", "nir08", "coastal"],
+        [("B04_10m", 1), ("B8A_20m", 1), ("B01_60m", 1)],
+    ),
+    "landsat": (
+        lambda d: synthetic.landsat_scene(d, 560, 600),
+        ["red", "nir08"],
+        [("red", 1), ("nir08", 1)],
+    ),
+    "naip": (
+        lambda d: synthetic.naip_scene(d, 600, 530),
+        ["red", "nir"],
+        [("image", 1), ("image", 4)],
+    ),
+    "sentinel-1-float": (
+        lambda d: synthetic.sentinel1_scene(d, 600, 640),
+        ["vv", "vh"],
+        [("vv", 1), ("vh", 1)],
+    ),
+    "modis": (
+        lambda d: synthetic.modis_scene(d, 520),
+        ["sur_refl_b01", "sur_refl_b02"],
+        [("sur_refl_b01", 1), ("sur_refl_b02", 1)],
+    ),
 }
 
 
@@ -81,7 +117,9 @@ def _serve(src: Path, root: Path) -> Path:
     return root / "item.json"
 
 
-def _expected(item_path: Path, sources: list[tuple[str, int]], x: int, y: int, cs: int, base: Path) -> np.ndarray:
+def _expected(
+    item_path: Path, sources: list[tuple[str, int]], x: int, y: int, cs: int, base: Path
+) -> np.ndarray:
     """The chip by hand: each band's whole file read with rasterio, repeated by its pixel
     ratio to the finest (first) band, and cut at the chip's window."""
     item = json.loads(item_path.read_text())
@@ -122,14 +160,21 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
         assert lays.standalone  # the index holds the grid, its CRS, the bands
         # every raster asset has a layout, bands of the platform or not (S2's 60 m coastal)
         assert {k for k, _ in sources} <= set(lays) and not lays.hrefs
-        expected = [_expected(item_path, sources, r["chip_index_x"], r["chip_index_y"], 256, item_path.parent)
-                    for r in rows]
+        expected = [
+            _expected(
+                item_path, sources, r["chip_index_x"], r["chip_index_y"], 256, item_path.parent
+            )
+            for r in rows
+        ]
         if server is not None:
             server.reset()
         reader = ChipReader(bands)
         got = {
             "ChipReader": reader.read_many(rows),
-            "ChipDataset": [s["pixels"] for s in ChipDataset(str(index), bands=bands).__getitems__(range(len(rows)))],
+            "ChipDataset": [
+                s["pixels"]
+                for s in ChipDataset(str(index), bands=bands).__getitems__(range(len(rows)))
+            ],
             "chip_from_row": [_pick(chip_from_row(r, assets=bands), sources) for r in rows],
             "read_rows": read_rows(rows, bands),
             "xarray": [chip_dataarray(r, bands).values for r in rows[:2]],
@@ -181,7 +226,9 @@ def test_a_stale_asset_falls_back_alone(served_s2, caplog):
         got = reader.stacks(rows[:4], ["red", "green", "blue"])
     assert reader.last.fallbacks == (("stale", 4),)
     assert (reader.last.layout_reads, reader.last.rasterio_reads) == (8, 4)
-    stale = [r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()]
+    stale = [
+        r.getMessage() for r in caplog.records if "changed since it was indexed" in r.getMessage()
+    ]
     assert len(stale) == 1 and "'red'" in stale[0]
     by_file: dict[str, list] = {}
     for _, path, rng in server.log:
@@ -191,15 +238,20 @@ def test_a_stale_asset_falls_back_alone(served_s2, caplog):
         assert all(r and not r.startswith("bytes=0-") for r in by_file[name])
     for row, arr in zip(rows[:4], got):
         x, y = row["chip_index_x"], row["chip_index_y"]
-        np.testing.assert_array_equal(arr[0], data[0, ::-1][y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
-        np.testing.assert_array_equal(arr[1:], _expected(item_json, [("green", 1), ("blue", 1)], x, y, 256,
-                                                         item_json.parent))
+        np.testing.assert_array_equal(
+            arr[0], data[0, ::-1][y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256]
+        )
+        np.testing.assert_array_equal(
+            arr[1:], _expected(item_json, [("green", 1), ("blue", 1)], x, y, 256, item_json.parent)
+        )
     # a later batch: red is known stale (no layout read is tried), green still from its layout
     more = reader.stacks(rows[4:6], ["red", "green"])
     assert reader.last.fallbacks == (("stale", 2),) and reader.last.layout_reads == 2
     for row, arr in zip(rows[4:6], more):
         x, y = row["chip_index_x"], row["chip_index_y"]
-        np.testing.assert_array_equal(arr[0], data[0, ::-1][y * 256:(y + 1) * 256, x * 256:(x + 1) * 256])
+        np.testing.assert_array_equal(
+            arr[0], data[0, ::-1][y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256]
+        )
 
 
 def test_tiles_shared_by_two_chips_are_fetched_and_decoded_once(synthetic_scenes, tmp_path):
@@ -207,18 +259,28 @@ def test_tiles_shared_by_two_chips_are_fetched_and_decoded_once(synthetic_scenes
     exactly that tile's bytes, one tile decoded."""
     item_json = _serve(Path(synthetic_scenes["s2"]), tmp_path / "served")
     with RangeServer(tmp_path / "served") as server:
-        rows = Indexer(f"{server.url}/item.json", stats=False, chip_size=200).create_index().to_pylist()
+        rows = (
+            Indexer(f"{server.url}/item.json", stats=False, chip_size=200)
+            .create_index()
+            .to_pylist()
+        )
         pair = [r for r in rows if (r["chip_index_x"], r["chip_index_y"]) in ((0, 0), (1, 0))]
         lay = decode(pair[0]["layouts"])["red"]
         server.reset()
         reader = Reader()
         got = reader.stacks(pair, ["red"])
         assert server.requests == 1 and server.bytes == int(lay.counts[0])
-        assert reader.last.tiles == 1 and reader.last.requests == 1 and reader.last.bytes == int(lay.counts[0])
+        assert (
+            reader.last.tiles == 1
+            and reader.last.requests == 1
+            and reader.last.bytes == int(lay.counts[0])
+        )
         assert reader.last.decode_seconds > 0
     for row, arr in zip(pair, got):
         x, y = row["chip_index_x"], row["chip_index_y"]
-        np.testing.assert_array_equal(arr, _expected(item_json, [("red", 1)], x, y, 200, item_json.parent))
+        np.testing.assert_array_equal(
+            arr, _expected(item_json, [("red", 1)], x, y, 200, item_json.parent)
+        )
 
 
 def _old_blob(blob: bytes, oldest: bool) -> bytes:
@@ -256,10 +318,21 @@ def test_an_index_written_before_still_reads(served_s2, tmp_path, form):
     assert grid_for_row(old_rows[4]).transform == Affine(10, 0, 499980, 0, -10, 6400000)
     for j, sample in zip([0, 4, 8], got):
         x, y = old_rows[j]["chip_index_x"], old_rows[j]["chip_index_y"]
-        np.testing.assert_array_equal(sample["pixels"], _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256,
-                                                                  item_json.parent))
-    np.testing.assert_array_equal(chip["red"][0], _expected(item_json, [("red", 1)], old_rows[4]["chip_index_x"],
-                                                            old_rows[4]["chip_index_y"], 256, item_json.parent)[0])
+        np.testing.assert_array_equal(
+            sample["pixels"],
+            _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent),
+        )
+    np.testing.assert_array_equal(
+        chip["red"][0],
+        _expected(
+            item_json,
+            [("red", 1)],
+            old_rows[4]["chip_index_x"],
+            old_rows[4]["chip_index_y"],
+            256,
+            item_json.parent,
+        )[0],
+    )
 
 
 def test_layouts_record_what_a_read_needs(served_s2):
@@ -269,12 +342,41 @@ def test_layouts_record_what_a_read_needs(served_s2):
     assert lays.grid == (10.0, 499980.0, -10.0, 6400000.0)
     assert lays.bands["red"] == ("red", 1) and lays.bands["scl"] == ("scl", 1)
     # every raster asset by layout, the platform's bands and layers and the rest (coastal)
-    assert set(lays) == {"coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
-                         "swir16", "swir22", "scl"}
-    assert not lays.hrefs and lays["coastal"].href.endswith("/coastal.tif") and lays["coastal"].width == 128
-    again = decode(encode(lays.values(), lays.grid, shape=lays.shape, crs=lays.crs, bands=lays.bands,
-                          hrefs=lays.hrefs))
-    assert (again.crs, again.shape, again.bands, again.hrefs) == (lays.crs, lays.shape, lays.bands, lays.hrefs)
+    assert set(lays) == {
+        "coastal",
+        "blue",
+        "green",
+        "red",
+        "rededge1",
+        "rededge2",
+        "rededge3",
+        "nir",
+        "nir08",
+        "swir16",
+        "swir22",
+        "scl",
+    }
+    assert (
+        not lays.hrefs
+        and lays["coastal"].href.endswith("/coastal.tif")
+        and lays["coastal"].width == 128
+    )
+    again = decode(
+        encode(
+            lays.values(),
+            lays.grid,
+            shape=lays.shape,
+            crs=lays.crs,
+            bands=lays.bands,
+            hrefs=lays.hrefs,
+        )
+    )
+    assert (again.crs, again.shape, again.bands, again.hrefs) == (
+        lays.crs,
+        lays.shape,
+        lays.bands,
+        lays.hrefs,
+    )
 
 
 def test_read_windows_reads_any_native_window(served_s2):
@@ -284,21 +386,48 @@ def test_read_windows_reads_any_native_window(served_s2):
     lays = decode(rows[0]["layouts"])
     with rasterio.open(item_json.parent / "nir08.tif") as ds:
         nir = ds.read(1)
-    native, expanded, beyond = read_windows([lays["nir08"]] * 3, [(10, 300, 50, 70), (20, 600, 4, 6),
-                                                                  (380, 0, 10, 10)], [1, 2, 1])
+    native, expanded, beyond = read_windows(
+        [lays["nir08"]] * 3, [(10, 300, 50, 70), (20, 600, 4, 6), (380, 0, 10, 10)], [1, 2, 1]
+    )
     np.testing.assert_array_equal(native[0], nir[10:60, 300:370])
-    np.testing.assert_array_equal(expanded[0], np.repeat(np.repeat(nir[10:12, 300:303], 2, 0), 2, 1))
+    np.testing.assert_array_equal(
+        expanded[0], np.repeat(np.repeat(nir[10:12, 300:303], 2, 0), 2, 1)
+    )
     assert isinstance(beyond, tiles.Unsupported)
 
 
 def test_read_report_adds_up():
-    a = ReadReport(chips=2, requests=3, bytes=10, tiles=2, decode_seconds=0.5, layout_reads=4, rasterio_reads=1,
-                   fallbacks=(("stale", 1),))
-    b = ReadReport(chips=1, requests=1, bytes=5, tiles=1, decode_seconds=0.25, layout_reads=1, rasterio_reads=2,
-                   fallbacks=(("no layout", 1), ("stale", 1)))
+    a = ReadReport(
+        chips=2,
+        requests=3,
+        bytes=10,
+        tiles=2,
+        decode_seconds=0.5,
+        layout_reads=4,
+        rasterio_reads=1,
+        fallbacks=(("stale", 1),),
+    )
+    b = ReadReport(
+        chips=1,
+        requests=1,
+        bytes=5,
+        tiles=1,
+        decode_seconds=0.25,
+        layout_reads=1,
+        rasterio_reads=2,
+        fallbacks=(("no layout", 1), ("stale", 1)),
+    )
     total = a + b
-    assert total == ReadReport(chips=3, requests=4, bytes=15, tiles=3, decode_seconds=0.75, layout_reads=5,
-                               rasterio_reads=3, fallbacks=(("no layout", 1), ("stale", 2)))
+    assert total == ReadReport(
+        chips=3,
+        requests=4,
+        bytes=15,
+        tiles=3,
+        decode_seconds=0.75,
+        layout_reads=5,
+        rasterio_reads=3,
+        fallbacks=(("no layout", 1), ("stale", 2)),
+    )
     assert total.fallback_count == 3
 
 
@@ -314,8 +443,10 @@ def test_torchgeo_dataset_is_built_and_read_from_the_rows_alone(torchgeo, served
     assert "/item.json" not in {p for _, p, _ in server.log}
     row = rows[int(ds.index["row"].iloc[4])]
     x, y = row["chip_index_x"], row["chip_index_y"]
-    np.testing.assert_array_equal(sample["image"].numpy(),
-                                  _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
+    np.testing.assert_array_equal(
+        sample["image"].numpy(),
+        _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent),
+    )
 
 
 def test_cli_chip_reads_from_the_row_alone(served_s2, tmp_path):
@@ -332,8 +463,10 @@ def test_cli_chip_reads_from_the_row_alone(served_s2, tmp_path):
     assert {p for _, p, _ in server.log} == {"/red.tif", "/nir08.tif"}
     x, y = rows[4]["chip_index_x"], rows[4]["chip_index_y"]
     with rasterio.open(out) as ds:
-        np.testing.assert_array_equal(ds.read().astype(np.float32),
-                                      _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent))
+        np.testing.assert_array_equal(
+            ds.read().astype(np.float32),
+            _expected(item_json, [("red", 1), ("nir08", 1)], x, y, 256, item_json.parent),
+        )
         assert ds.transform == Affine(10, 0, 499980 + x * 2560, 0, -10, 6400000 - y * 2560)
 
 
@@ -341,12 +474,16 @@ def test_open_files_stay_bounded_over_many_items(synthetic_scenes):
     """A Reader keeps the handles of its last ``max_sources`` items: reading one chip of each
     of four local items with room for two leaves only the last two items' files open."""
     names = ["s2", "s2pc", "landsat", "naip"]
-    rows = [Indexer(str(synthetic_scenes[n]), stats=False).create_index().to_pylist()[0] for n in names]
+    rows = [
+        Indexer(str(synthetic_scenes[n]), stats=False).create_index().to_pylist()[0] for n in names
+    ]
     folders = [str(Path(synthetic_scenes[n]).parent) for n in names]
 
     def open_in(folder: str) -> int:
         fds = Path("/proc/self/fd")
-        return sum(1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(folder + "/"))
+        return sum(
+            1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(folder + "/")
+        )
 
     # rasterio's handles are under test: a cold local item would be read through its layouts
     with Reader(max_sources=2, workers=1, use_layouts=False) as reader:
@@ -361,9 +498,21 @@ def test_open_files_stay_bounded_over_many_items(synthetic_scenes):
 def _tiled(path: Path, data: np.ndarray, **kw) -> None:
     from rasterio.transform import from_origin
 
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10),
-                       tiled=True, blockxsize=64, blockysize=64, **kw) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 10, 10),
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+        **kw,
+    ) as ds:
         ds.write(data)
 
 
@@ -399,7 +548,9 @@ def test_tiles_async_tiff_decodes_are_signed_off_the_io_loop(tmp_path):
         got = read_batch([lays], [["a"]], [GridSpec.from_layouts(lays, 64)], [(1, 1)])[0]["a"]
         log = list(server.log)
     np.testing.assert_array_equal(got, data[:, 64:, 64:])
-    assert signer.threads and all(t.startswith("stacchip-sign") for t in signer.threads), signer.threads
+    assert signer.threads and all(t.startswith("stacchip-sign") for t in signer.threads), (
+        signer.threads
+    )
     assert log and all(p == "/a.tif?sig=T" for _, p, _ in log)
 
 
@@ -451,11 +602,25 @@ def test_a_forked_child_reads_float_tiles_from_layouts_and_names_what_it_cannot(
         hrefs = {"f": f"{server.url}/f.tif", "l": f"{server.url}/l.tif"}
         lays = decode(record_layouts(hrefs))  # the parent runs async-tiff here
         assert lays["f"].predictor == 3 and lays["f"].dtype == "float32"
-        item = pystac.Item.from_dict({
-            "type": "Feature", "stac_version": "1.0.0", "id": "fl", "geometry": None, "links": [],
-            "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
-            "assets": {k: {"href": h, "type": "image/tiff; application=geotiff", "proj:shape": [128, 128],
-                           "proj:transform": [10, 0, 500000, 0, -10, 4000000]} for k, h in hrefs.items()}})
+        item = pystac.Item.from_dict(
+            {
+                "type": "Feature",
+                "stac_version": "1.0.0",
+                "id": "fl",
+                "geometry": None,
+                "links": [],
+                "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
+                "assets": {
+                    k: {
+                        "href": h,
+                        "type": "image/tiff; application=geotiff",
+                        "proj:shape": [128, 128],
+                        "proj:transform": [10, 0, 500000, 0, -10, 4000000],
+                    }
+                    for k, h in hrefs.items()
+                },
+            }
+        )
         _FORKED_SOURCE[:] = [read_mod.Source.from_item(item, chip_size=64, layouts=lays)]
         xys = [(0, 0), (1, 1)]
         server.reset()
@@ -471,21 +636,41 @@ def test_a_forked_child_reads_float_tiles_from_layouts_and_names_what_it_cannot(
     # f: its two tiles (one per chip) in one coalesced ranged read, no header read, nothing else
     lay = lays["f"]
     first, last = int(lay.offsets[0]), int(lay.offsets[3] + lay.counts[3])
-    assert report.tiles == 2 and report.requests == 1 and f_requests == [f"bytes={first}-{last - 1}"]
-    assert warned == ["asset 'l' (" + hrefs["l"] + ") cannot be read from its layout in this process (async-tiff "
-                      "cannot run in a process forked after its parent used it); reading it, and the like, with "
-                      "rasterio. Start workers with 'forkserver' or 'spawn' to keep the fast path"]
+    assert (
+        report.tiles == 2 and report.requests == 1 and f_requests == [f"bytes={first}-{last - 1}"]
+    )
+    assert warned == [
+        "asset 'l' (" + hrefs["l"] + ") cannot be read from its layout in this process (async-tiff "
+        "cannot run in a process forked after its parent used it); reading it, and the like, with "
+        "rasterio. Start workers with 'forkserver' or 'spawn' to keep the fast path"
+    ]
 
 
-@pytest.mark.parametrize(("reason", "kind", "words"), [
-    (tiles.StaleLayout("size 10 != 12"), "stale",
-     "asset 'k' (http://h/a.tif) changed since it was indexed (size 10 != 12); reading it with rasterio"),
-    (read_mod.objects.NoTransport("gs:// has no fork-safe transport"), read_mod.FORKED,
-     ("asset 'k' (http://h/a.tif) cannot be read from its layout in this process (gs:// has no fork-safe "
-     "transport); reading it, and the like, with rasterio. Start workers with 'forkserver' or 'spawn' to keep "
-     "the fast path")),
-    (tiles.Undecodable("k: bad tile"), "undecodable", None),
-])
+@pytest.mark.parametrize(
+    ("reason", "kind", "words"),
+    [
+        (
+            tiles.StaleLayout("size 10 != 12"),
+            "stale",
+            (
+                "asset 'k' (http://h/a.tif) changed since it was indexed (size 10 != 12); "
+                "reading it with rasterio"
+            ),
+        ),
+        (
+            read_mod.objects.NoTransport("gs:// has no fork-safe transport"),
+            read_mod.FORKED,
+            (
+                "asset 'k' (http://h/a.tif) cannot be read from its layout in this process (gs:// "
+                "has no fork-safe "
+                "transport); reading it, and the like, with rasterio. Start workers with "
+                "'forkserver' or 'spawn' to keep "
+                "the fast path"
+            ),
+        ),
+        (tiles.Undecodable("k: bad tile"), "undecodable", None),
+    ],
+)
 def test_each_fallback_reason_has_its_own_kind_and_words(reason, kind, words, caplog):
     read_mod._FORK_NOTED.clear()
     assert read_mod.fallback_kind(reason) == kind
@@ -505,9 +690,15 @@ def test_local_chips_of_a_cold_item_come_from_layouts_then_from_open_handles(syn
     backends = []
     for row in rows[:6]:  # one chip at a time, as a DataLoader's __getitem__
         arr = reader.stacks([row], ["red", "nir08", "coastal"])[0]
-        backends.append((reader.last.layout_reads, reader.last.rasterio_reads, reader.last.fallbacks))
+        backends.append(
+            (reader.last.layout_reads, reader.last.rasterio_reads, reader.last.fallbacks)
+        )
         x, y = row["chip_index_x"], row["chip_index_y"]
-        np.testing.assert_array_equal(arr, _expected(item_json, [("red", 1), ("nir08", 1), ("coastal", 1)], x, y,
-                                                     256, item_json.parent))
+        np.testing.assert_array_equal(
+            arr,
+            _expected(
+                item_json, [("red", 1), ("nir08", 1), ("coastal", 1)], x, y, 256, item_json.parent
+            ),
+        )
     assert backends == [(3, 0, ())] * 4 + [(0, 3, ())] * 2
     assert reader.report.tiles > 0 and reader.report.requests > 0

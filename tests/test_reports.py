@@ -19,8 +19,14 @@ def _square_or_fail(index: int) -> int:
 
 def test_run_report_is_frozen_and_its_json_keeps_the_field_names():
     report = run_tasks(_square_or_fail, [3, 2, 1], scheduler="sync", command="squares")
-    assert isinstance(report, RunReport) and report.command == "squares" and report.scheduler == "sync"
-    assert [(t.index, t.status, t.result) for t in report.tasks] == [(1, "done", 1), (2, "failed", None), (3, "done", 9)]
+    assert (
+        isinstance(report, RunReport) and report.command == "squares" and report.scheduler == "sync"
+    )
+    assert [(t.index, t.status, t.result) for t in report.tasks] == [
+        (1, "done", 1),
+        (2, "failed", None),
+        (3, "done", 9),
+    ]
     assert report.failed == [report.tasks[1]]
     assert report.tasks[1].error == "ValueError: no square for https://REDACTED@127.0.0.1/x?X-Amz-Signature=REDACTED"
     assert report.summary() == RunSummary(tasks=3, done=2, failed=1)
@@ -37,7 +43,9 @@ def test_run_report_is_frozen_and_its_json_keeps_the_field_names():
 
 def test_a_task_result_holding_a_report_serialises_nested():
     inner = RunSummary(1, 1, 0)
-    report = RunReport("c", "sync", "2024-01-01T00:00:00+00:00", 1.0, [TaskResult(0, "done", [inner])])
+    report = RunReport(
+        "c", "sync", "2024-01-01T00:00:00+00:00", 1.0, [TaskResult(0, "done", [inner])]
+    )
     assert report.to_dict()["tasks"][0]["result"] == [{"tasks": 1, "done": 1, "failed": 0}]
     assert report["command"] == "c"  # item access by field name, as when reports were dicts
     with pytest.raises(KeyError):
@@ -52,5 +60,8 @@ def test_band_stats_are_dataclasses_and_dump_writes_plain_json(tmp_path):
     assert stats["p"]["red"] == BandStats(8, red.mean(), red.std())
     assert stats["p"]["red"].mean == 5.5
     dump(stats, tmp_path / "stats.json")
-    assert json.loads((tmp_path / "stats.json").read_text())["p"]["red"] == {"count": 8, "mean": 5.5,
-                                                                             "std": red.std()}
+    assert json.loads((tmp_path / "stats.json").read_text())["p"]["red"] == {
+        "count": 8,
+        "mean": 5.5,
+        "std": red.std(),
+    }

@@ -33,16 +33,38 @@ def test_job_index_from_the_array_job_environment(monkeypatch, archive, tmp_path
     monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_INDEX", "0")
     assert job_index_from_env() == 0  # AWS Batch first
     monkeypatch.delenv("AWS_BATCH_JOB_ARRAY_INDEX")
-    r = run_cli("-q", "process", "naip", "--sample", archive.points, "--bucket", tmp_path, "--stac-api", archive.items)
+    r = run_cli(
+        "-q",
+        "process",
+        "naip",
+        "--sample",
+        archive.points,
+        "--bucket",
+        tmp_path,
+        "--stac-api",
+        archive.items,
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [f"{i}: done, 4 chips" for i in naip_expected()]  # sample 1, from JOB_COMPLETION_INDEX
+    assert r.stdout.splitlines() == [
+        f"{i}: done, 4 chips" for i in naip_expected()
+    ]  # sample 1, from JOB_COMPLETION_INDEX
     assert list(parse_range("3:6")) == [3, 4, 5]
 
 
 @pytest.mark.slow
 def test_fan_out_on_a_local_cluster(archive, tmp_path):
-    args = ["process", "naip", "--jobs", "0:3", "--samples", archive.points, "--stac-api", archive.items,
-            "--retries", "1"]
+    args = [
+        "process",
+        "naip",
+        "--jobs",
+        "0:3",
+        "--samples",
+        archive.points,
+        "--stac-api",
+        archive.items,
+        "--retries",
+        "1",
+    ]
     r = run_cli("-q", *args, "--bucket", tmp_path / "dask", "--scheduler", "local:2")
     # sample 2 does not exist: it fails, the others are done
     assert r.returncode == 1
@@ -70,11 +92,26 @@ def test_prechip_all_on_a_local_cluster(archive, tmp_path):
     bucket = tmp_path / "bucket"
     process("sentinel-2-l2a", 0, bucket, archive.mgrs, str(archive.items))
     merge(bucket / "index", bucket / "merged.parquet", progress=False)
-    common = ["prechip", bucket / "merged.parquet", "--cube-size", "3", "--cubes-per-job", "1", "--max-nodata", "1"]
-    r = run_cli("-q", *common[:2], tmp_path / "dask", *common[2:], "--all", "--scheduler", "local:2")
+    common = [
+        "prechip",
+        bucket / "merged.parquet",
+        "--cube-size",
+        "3",
+        "--cubes-per-job",
+        "1",
+        "--max-nodata",
+        "1",
+    ]
+    r = run_cli(
+        "-q", *common[:2], tmp_path / "dask", *common[2:], "--all", "--scheduler", "local:2"
+    )
     assert r.returncode == 0, r.stderr
-    assert "4 of 4 jobs done, 0 failed" in r.stdout  # 18 chips in blocks of 3 + 1 spare: 4 cubes, one per job
-    r = run_cli("-q", *common[:2], tmp_path / "seq", *common[2:], "--cubes-per-job", "4", "--job", "0")
+    assert (
+        "4 of 4 jobs done, 0 failed" in r.stdout
+    )  # 18 chips in blocks of 3 + 1 spare: 4 cubes, one per job
+    r = run_cli(
+        "-q", *common[:2], tmp_path / "seq", *common[2:], "--cubes-per-job", "4", "--job", "0"
+    )
     assert r.returncode == 0, r.stderr
     a, b = files(tmp_path / "dask"), files(tmp_path / "seq")
     assert sorted(a) == sorted(b) and len(a) == 4
@@ -87,12 +124,29 @@ def test_prechip_all_on_a_local_cluster(archive, tmp_path):
 @pytest.mark.slow
 def test_a_job_killed_with_sigkill_reruns_to_the_same_outputs(archive, tmp_path):
     exe = Path(sys.executable).with_name("stacchip")
-    args = [str(exe), "-q", "process", "sentinel-2-l2a", "--job", "0", "--sample", str(archive.mgrs),
-            "--stac-api", str(archive.items), "--bucket"]
+    args = [
+        str(exe),
+        "-q",
+        "process",
+        "sentinel-2-l2a",
+        "--job",
+        "0",
+        "--sample",
+        str(archive.mgrs),
+        "--stac-api",
+        str(archive.items),
+        "--bucket",
+    ]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(args + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not list((killed / "index").rglob("*.parquet")) and proc.poll() is None:
+    while (
+        time.time() < deadline
+        and not list((killed / "index").rglob("*.parquet"))
+        and proc.poll() is None
+    ):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -111,7 +165,9 @@ def test_a_job_killed_with_sigkill_reruns_to_the_same_outputs(archive, tmp_path)
             where = [c for c in ("item_href", "layouts") if c in x.column_names]
             assert x.drop(where).equals(y.drop(where))
         elif key.endswith(".json"):
-            assert a[key].replace(str(killed).encode(), b"") == b[key].replace(str(clean).encode(), b"")
+            assert a[key].replace(str(killed).encode(), b"") == b[key].replace(
+                str(clean).encode(), b""
+            )
         else:
             assert a[key] == b[key], key
 
@@ -133,8 +189,23 @@ def test_fan_out_to_a_running_cluster_over_tcp(archive, tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
-        r = run_cli("-q", "process", "naip", "--jobs", "1:2", "--samples", archive.points,
-                    "--stac-api", archive.items, "--bucket", tmp_path, "--scheduler", cluster.scheduler_address)
+        r = run_cli(
+            "-q",
+            "process",
+            "naip",
+            "--jobs",
+            "1:2",
+            "--samples",
+            archive.points,
+            "--stac-api",
+            archive.items,
+            "--bucket",
+            tmp_path,
+            "--scheduler",
+            cluster.scheduler_address,
+        )
     assert r.returncode == 0, r.stderr
     assert "1 of 1 jobs done, 0 failed" in r.stdout
-    assert sorted(p.parent.name for p in (tmp_path / "index" / "naip").rglob("*.parquet")) == sorted(naip_expected())
+    assert sorted(
+        p.parent.name for p in (tmp_path / "index" / "naip").rglob("*.parquet")
+    ) == sorted(naip_expected())

@@ -59,7 +59,15 @@ def test_nodata_value_as_declared_else_as_the_product_defines(declared, collecti
     from stacchip_sentinel1 import nodata_mask, nodata_value
 
     asset = pystac.Asset("x.tif", extra_fields={"raster:bands": declared} if declared else {})
-    item = pystac.Item("i", None, None, synthetic.datetime(2020, 1, 1), {}, collection=collection, assets={"vv": asset})
+    item = pystac.Item(
+        "i",
+        None,
+        None,
+        synthetic.datetime(2020, 1, 1),
+        {},
+        collection=collection,
+        assets={"vv": asset},
+    )
     value = nodata_value(item, "vv")
     assert (np.isnan(value) if expected == "nan" else value == expected)
     data = np.array([0.0, -32768.0, np.nan, np.inf, 0.3], np.float32)
@@ -73,9 +81,15 @@ def test_nodata_value_as_declared_else_as_the_product_defines(declared, collecti
 
 @pytest.mark.parametrize("where", ["item files", "item files on S3", "pgstac"])
 def test_selection_on_each_catalog(archive, s3_archive, stac_api, where):
-    location = {"item files": archive.items, "item files on S3": s3_archive, "pgstac": stac_api}[where]
+    location = {"item files": archive.items, "item files on S3": s3_archive, "pgstac": stac_api}[
+        where
+    ]
     hook = get_plugin_manager().hook.stacchip_select_items
-    got = hook(platform=get_platform(S1), sample=load_sample(archive.mgrs, 0), catalog=open_catalog(location))
+    got = hook(
+        platform=get_platform(S1),
+        sample=load_sample(archive.mgrs, 0),
+        catalog=open_catalog(location),
+    )
     assert [i.id for i in got] == s1_expected(0)
 
 
@@ -83,12 +97,20 @@ def test_selection_is_the_item_over_the_tile_in_the_drawn_quarter(archive, stac_
     hook = get_plugin_manager().hook.stacchip_select_items
     sample = load_sample(archive.mgrs, 0)
     year, q = s1_quarter(0)
-    assert (year, q) == (2021, 3)  # random.seed(0): the year, then the quarter, as stacchip 0.1 drew them
+    assert (year, q) == (
+        2021,
+        3,
+    )  # random.seed(0): the year, then the quarter, as stacchip 0.1 drew them
     # what stacchip 0.1 took (no intersects filter: the newest item of the quarter) is elsewhere
     api = open_catalog(stac_api)
-    newest = next(api.search(collections=[S1], datetime=f"{year}-10-01/{year}-12-31", max_items=1).items())
+    newest = next(
+        api.search(collections=[S1], datetime=f"{year}-10-01/{year}-12-31", max_items=1).items()
+    )
     assert newest.id != s1_expected(0)[0] and "polar" in newest.id
-    assert not any(i.id.endswith("_elsewhere_rtc") for i in hook(platform=get_platform(S1), sample=sample, catalog=api))
+    assert not any(
+        i.id.endswith("_elsewhere_rtc")
+        for i in hook(platform=get_platform(S1), sample=sample, catalog=api)
+    )
 
 
 def test_selection_needs_tile_polygons_and_a_catalog(archive):
@@ -126,17 +148,23 @@ def test_local_job_writes_deflate_cogs_with_the_exact_pixels(archive, tmp_path):
         np.testing.assert_array_equal(data[valid], synthetic.s1_backscatter(i, 600, 640)[valid])
     table = pq.read_table(bucket / "index" / S1 / item_id / f"index_{item_id}.parquet")
     vv, vh = hand_nodata(600, 640)
-    np.testing.assert_allclose(table["nodata_percentage"].to_numpy(),
-                               np.maximum(per_chip_mean(vv, 256, 2, 2), per_chip_mean(vh, 256, 2, 2)).ravel(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        table["nodata_percentage"].to_numpy(),
+        np.maximum(per_chip_mean(vv, 256, 2, 2), per_chip_mean(vh, 256, 2, 2)).ravel(),
+        atol=1e-6,
+    )
     # a chip read back from the bucket through the index
     row = table.slice(3, 1).to_pylist()[0]
     assert (row["chip_index_x"], row["chip_index_y"]) == (1, 1)
     pixels = chip_from_row(row)
     assert list(pixels) == ["vv", "vh"]
-    np.testing.assert_array_equal(pixels["vv"][0], synthetic.s1_backscatter(0, 600, 640)[256:512, 256:512])
+    np.testing.assert_array_equal(
+        pixels["vv"][0], synthetic.s1_backscatter(0, 600, 640)[256:512, 256:512]
+    )
     # rerun: nothing redone
-    assert [r.status for r in process(S1, 0, bucket, archive.mgrs, str(archive.items))] == ["skipped"]
+    assert [r.status for r in process(S1, 0, bucket, archive.mgrs, str(archive.items))] == [
+        "skipped"
+    ]
 
 
 def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
@@ -145,9 +173,15 @@ def test_s3_job_through_the_stac_api(archive, stac_api, s3_server, bucket):
     item_id = results[0].item_id
     client = boto3.client("s3", endpoint_url=s3_server)
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="v1/")["Contents"])
-    assert keys == [f"v1/index/{S1}/{item_id}/index_{item_id}.parquet", f"v1/{S1}/{item_id}/stac_item.json",
-                    f"v1/{S1}/{item_id}/vh.tif", f"v1/{S1}/{item_id}/vv.tif"]
-    raw = client.get_object(Bucket=bucket, Key=f"v1/index/{S1}/{item_id}/index_{item_id}.parquet")["Body"].read()
+    assert keys == [
+        f"v1/index/{S1}/{item_id}/index_{item_id}.parquet",
+        f"v1/{S1}/{item_id}/stac_item.json",
+        f"v1/{S1}/{item_id}/vh.tif",
+        f"v1/{S1}/{item_id}/vv.tif",
+    ]
+    raw = client.get_object(Bucket=bucket, Key=f"v1/index/{S1}/{item_id}/index_{item_id}.parquet")[
+        "Body"
+    ].read()
     row = pq.read_table(io.BytesIO(raw)).slice(0, 1).to_pylist()[0]
     pixels = chip_from_row(row, assets=["vh"])
     expected = synthetic.s1_backscatter(1, 600, 640)[:256, :256]
@@ -167,7 +201,9 @@ def test_grd_in_radar_geometry_is_a_clear_error(scene, tmp_path):
     for key in ("proj:code", "proj:shape", "proj:transform"):
         d["properties"].pop(key)
     item = pystac.Item.from_dict(d)
-    with pytest.raises(PlatformError, match=r"has no map grid .*radar geometry must be terrain corrected"):
+    with pytest.raises(
+        PlatformError, match=r"has no map grid .*radar geometry must be terrain corrected"
+    ):
         get_plugin_manager().hook.stacchip_normalize_item(platform=get_platform(S1), item=item,
                                                           store=open_store(tmp_path), prefix="p")
     assert not list(tmp_path.iterdir())  # nothing written
@@ -180,11 +216,19 @@ def test_grd_with_a_grid_is_accepted_with_zero_as_nodata(tmp_path):
     amplitude = (synthetic.band_pattern(0, rows, cols) % 500 + 1).astype(np.uint16)
     amplitude[:100, :] = 0
     path = synthetic.write_cog(tmp_path / "vv.tif", amplitude, t, "EPSG:32720", nodata=0)
-    item = pystac.Item("grd", {"type": "Point", "coordinates": [-63, -33]}, None, synthetic.datetime(2020, 1, 1),
-                       {"proj:code": "EPSG:32720", "proj:shape": [rows, cols], "proj:transform": list(t)[:6]},
-                       collection="sentinel-1-grd", assets={"vv": pystac.Asset(str(path))})
+    item = pystac.Item(
+        "grd",
+        {"type": "Point", "coordinates": [-63, -33]},
+        None,
+        synthetic.datetime(2020, 1, 1),
+        {"proj:code": "EPSG:32720", "proj:shape": [rows, cols], "proj:transform": list(t)[:6]},
+        collection="sentinel-1-grd",
+        assets={"vv": pystac.Asset(str(path))},
+    )
     table = Indexer(item, chip_max_nodata=1.0).create_index()
-    np.testing.assert_allclose(table["nodata_percentage"].to_numpy(), [100 / 256, 100 / 256, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(
+        table["nodata_percentage"].to_numpy(), [100 / 256, 100 / 256, 0, 0], atol=1e-6
+    )
     assert ChipGrid.from_item(item).shape == (512, 512)
 
 
@@ -192,8 +236,13 @@ def test_grd_with_a_grid_is_accepted_with_zero_as_nodata(tmp_path):
 
 @pytest.mark.slow  # over 5 s on two shared cores (console scripts start a process each)
 def test_console_script_reads_the_original_environment(archive, tmp_path):
-    env = {"AWS_BATCH_JOB_ARRAY_INDEX": "0", "STACCHIP_MGRS_SOURCE": str(archive.mgrs), "STACCHIP_SAMPLE_SOURCE": "",
-           "STACCHIP_BUCKET": str(tmp_path / "b"), "STACCHIP_STAC_API": str(archive.items)}
+    env = {
+        "AWS_BATCH_JOB_ARRAY_INDEX": "0",
+        "STACCHIP_MGRS_SOURCE": str(archive.mgrs),
+        "STACCHIP_SAMPLE_SOURCE": "",
+        "STACCHIP_BUCKET": str(tmp_path / "b"),
+        "STACCHIP_STAC_API": str(archive.items),
+    }
     r = run_script_named("stacchip-sentinel-1", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"{s1_expected(0)[0]}: done, 4 chips"]

@@ -936,9 +936,14 @@ def test_torchgeo_stack_sample_equals_the_stack_reader(torchgeo, place, platform
     np.testing.assert_array_equal(sample["valid"].numpy(), px.valid[name])
     a, _, c, _, e, f = px.transform
     x, y, t = sample["bounds"]
-    assert (x.start, x.stop, x.step) == (c, c + 256 * a, a) and (y.start, y.stop) == (f + 256 * e, f)
+    assert (x.start, x.stop, x.step) == (c, c + 256 * a, a) and (y.start, y.stop) == (
+        f + 256 * e,
+        f,
+    )
     assert t.start == t.stop == pd.Timestamp(px.dates[name][0].isoformat())
-    assert sample["crs"] == pyproj.CRS(px.crs) and sample["dates"] == [px.dates[name][0].isoformat()]
+    assert sample["crs"] == pyproj.CRS(px.crs) and sample["dates"] == [
+        px.dates[name][0].isoformat()
+    ]
     assert sample["time"].tolist() == [(px.dates[name][0] - dt.date(1970, 1, 1)).days]
 
 
@@ -972,7 +977,8 @@ class Probe(lightning.LightningModule):
 bands = {"sentinel-2-l2a": ["red"], "sentinel-1-rtc": ["vv"], "landsat-c2l2-sr": ["red"]}
 dm = StacchipStackDataModule(sys.argv[1], bands=bands, split_block_deg=100, val_fraction=0.0,
                              test_fraction=0.0, batch_size=4, num_workers=0, seed=1)
-trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
+                            logger=False,
                             enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0)
 trainer.fit(Probe(), datamodule=dm)

@@ -30,18 +30,41 @@ def test_plugin_alone(plugin, entry, platform, index, source, archive, tmp_path)
     subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
                     str(ROOT), str(ROOT / "plugins" / plugin)], check=True)
     stacchip = venv / "bin" / "stacchip"
-    env = {"PATH": str(venv / "bin"), "STACCHIP_LINZ_SOURCE": str(archive.linz_source), "HOME": str(tmp_path)}
-    info = json.loads(subprocess.run([str(stacchip), "plugins", "--json"], capture_output=True, text=True,
-                                     env=env, check=True).stdout)
+    env = {
+        "PATH": str(venv / "bin"),
+        "STACCHIP_LINZ_SOURCE": str(archive.linz_source),
+        "HOME": str(tmp_path),
+    }
+    info = json.loads(
+        subprocess.run(
+            [str(stacchip), "plugins", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+    )
     assert [row["name"] for row in info] == [entry]
-    args = [str(stacchip), "-q", "process", platform, "--job", str(index), "--bucket", str(tmp_path / "bucket")]
+    args = [
+        str(stacchip),
+        "-q",
+        "process",
+        platform,
+        "--job",
+        str(index),
+        "--bucket",
+        str(tmp_path / "bucket"),
+    ]
     if source:
         args += ["--sample", str(getattr(archive, source)), "--stac-api", str(archive.items)]
     r = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr
     done = [line.split(":")[0] for line in r.stdout.splitlines()]
-    expected = {"sentinel-2-l2a": s2_expected(archive), "landsat-c2l2-sr": landsat_expected("landsat-c2l2-sr"),
-                "naip": naip_expected()}.get(platform)
+    expected = {
+        "sentinel-2-l2a": s2_expected(archive),
+        "landsat-c2l2-sr": landsat_expected("landsat-c2l2-sr"),
+        "naip": naip_expected(),
+    }.get(platform)
     if expected is not None:
         assert done == expected
     else:
@@ -61,11 +84,28 @@ def test_new_source_plugin_alone(plugin, entry, platform, source, archive, tmp_p
                     str(ROOT), str(ROOT / "plugins" / plugin)], check=True)
     stacchip = venv / "bin" / "stacchip"
     env = {"PATH": str(venv / "bin"), "HOME": str(tmp_path)}
-    info = json.loads(subprocess.run([str(stacchip), "plugins", "--json"], capture_output=True, text=True,
-                                     env=env, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            [str(stacchip), "plugins", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+    )
     assert [row["name"] for row in info] == [entry]
-    args = [str(stacchip), "-q", "process", platform, "--job", "0", "--bucket", str(tmp_path / "bucket"),
-            "--stac-api", str(archive.items)] + (["--sample", str(getattr(archive, source))] if source else [])
+    args = [
+        str(stacchip),
+        "-q",
+        "process",
+        platform,
+        "--job",
+        "0",
+        "--bucket",
+        str(tmp_path / "bucket"),
+        "--stac-api",
+        str(archive.items),
+    ] + (["--sample", str(getattr(archive, source))] if source else [])
     r = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr
     done = [line.split(":")[0] for line in r.stdout.splitlines()]
@@ -79,22 +119,67 @@ def test_the_0_1_compat_distribution_installs_with_every_source(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([str(UV), "venv", "-q", str(venv)], check=True)
     plugins = sorted((ROOT / "plugins").iterdir())
-    subprocess.run([str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT),
-                    *map(str, plugins), str(ROOT / "compat" / "stacchip")], check=True)
-    code = ("from stacchip.indexer import ChipIndexer, NoStatsChipIndexer, NoDataMaskChipIndexer, LandsatIndexer, "
-            "Sentinel2Indexer, ModisIndexer; from stacchip.chipper import Chipper; "
-            "from stacchip.utils import load_indexer_s3, load_indexer_local; import stacchip; print(stacchip.__version__)")
+    subprocess.run(
+        [
+            str(UV),
+            "pip",
+            "install",
+            "-q",
+            "--python",
+            str(venv / "bin" / "python"),
+            str(ROOT),
+            *map(str, plugins),
+            str(ROOT / "compat" / "stacchip"),
+        ],
+        check=True,
+    )
+    code = (
+        "from stacchip.indexer import ChipIndexer, NoStatsChipIndexer, NoDataMaskChipIndexer, "
+        "LandsatIndexer, "
+        "Sentinel2Indexer, ModisIndexer; from stacchip.chipper import Chipper; "
+        "from stacchip.utils import load_indexer_s3, load_indexer_local; import stacchip; "
+        "print(stacchip.__version__)"
+    )
     env = {"PATH": str(venv / "bin"), "HOME": str(tmp_path)}
-    r = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, env=env, check=False)
+    r = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "0.2.0"
-    info = json.loads(subprocess.run([str(venv / "bin" / "stacchip"), "plugins", "--json"], capture_output=True,
-                                     text=True, env=env, check=True).stdout)
-    assert sorted(row["name"] for row in info) == ["landsat", "linz", "modis", "naip", "sentinel1", "sentinel2"]
+    info = json.loads(
+        subprocess.run(
+            [str(venv / "bin" / "stacchip"), "plugins", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+    )
+    assert sorted(row["name"] for row in info) == [
+        "landsat",
+        "linz",
+        "modis",
+        "naip",
+        "sentinel1",
+        "sentinel2",
+    ]
     scripts = {p.name for p in (venv / "bin").iterdir() if p.name.startswith("stacchip-")}
-    assert scripts == {"stacchip-landsat", "stacchip-landsat-l1", "stacchip-linz", "stacchip-modis",
-                       "stacchip-modis-09q1", "stacchip-naip",
-                       "stacchip-prechip", "stacchip-sentinel-1", "stacchip-sentinel-2", "stacchip-stats"}
+    assert scripts == {
+        "stacchip-landsat",
+        "stacchip-landsat-l1",
+        "stacchip-linz",
+        "stacchip-modis",
+        "stacchip-modis-09q1",
+        "stacchip-naip",
+        "stacchip-prechip",
+        "stacchip-sentinel-1",
+        "stacchip-sentinel-2",
+        "stacchip-stats",
+    }
 
 
 def test_demo_after_a_plain_install_of_the_core_and_sentinel2(tmp_path):
@@ -109,8 +194,13 @@ def test_demo_after_a_plain_install_of_the_core_and_sentinel2(tmp_path):
                            capture_output=True, check=False)
     assert probe.returncode == 1  # what a plain install has
     out = tmp_path / "demo"
-    r = subprocess.run([str(venv / "bin" / "stacchip"), "demo", "-o", str(out)], capture_output=True,
-                       text=True, env=env, check=False)
+    r = subprocess.run(
+        [str(venv / "bin" / "stacchip"), "demo", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     said = [line for line in r.stderr.splitlines() if "matplotlib" in line]
     assert len(said) == 1 and said[0].endswith(

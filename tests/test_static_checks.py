@@ -17,6 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ])
 def test_the_tree_is_clean(tool, args, tmp_path):
     extra = ["--cache-dir", str(tmp_path / "cache")] if tool == "mypy" else ["--no-cache"]
-    result = subprocess.run([sys.executable, "-m", tool, *args, *extra], cwd=ROOT, capture_output=True,
-                            text=True, check=False, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", tool, *args, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -22,7 +22,9 @@ def index(synthetic_scenes):
 def dataset(torchgeo, index):
     from stacchip_core.training.torchgeo import StacchipGeoDataset
 
-    return StacchipGeoDataset(index, bands=["blue", "green", "red", "nir"], label_column="cloud_cover_percentage")
+    return StacchipGeoDataset(
+        index, bands=["blue", "green", "red", "nir"], label_column="cloud_cover_percentage"
+    )
 
 
 def test_index_holds_the_chips_of_one_crs(dataset):
@@ -31,7 +33,12 @@ def test_index_holds_the_chips_of_one_crs(dataset):
     assert dataset.crs.to_epsg() == 32720 and dataset.res == (10.0, 10.0)
     assert len(dataset) == 9  # the Landsat chips (EPSG:3031) are left out
     x, y, t = dataset.bounds
-    assert (x.start, x.stop, y.start, y.stop) == (S2_ORIGIN[0], S2_ORIGIN[0] + 7680, S2_ORIGIN[1] - 7680, S2_ORIGIN[1])
+    assert (x.start, x.stop, y.start, y.stop) == (
+        S2_ORIGIN[0],
+        S2_ORIGIN[0] + 7680,
+        S2_ORIGIN[1] - 7680,
+        S2_ORIGIN[1],
+    )
     assert t.start == t.stop == pd.Timestamp("2024-03-11 14:11:54")
     assert dataset.index.index.closed == "both"
 
@@ -44,7 +51,9 @@ def test_a_chip_query_returns_that_chip(dataset, i):
     assert set(sample) == {"image", "bounds", "crs", "label"}
     assert tuple(sample["image"].shape) == (4, 256, 256)
     for b, name in enumerate(["blue", "green", "red", "nir"]):
-        np.testing.assert_array_equal(sample["image"][b].numpy(), band_pattern(b, 768, 768)[r0:r0 + 256, c0:c0 + 256])
+        np.testing.assert_array_equal(
+            sample["image"][b].numpy(), band_pattern(b, 768, 768)[r0 : r0 + 256, c0 : c0 + 256]
+        )
     assert sample["label"].item() == pytest.approx(row["cloud_cover_percentage"])
 
 
@@ -56,13 +65,24 @@ def test_a_query_across_four_chips_is_mosaicked(dataset):
     t = pd.Timestamp("2024-03-11 14:11:54")
     sample = dataset[x0:x0 + 2000:10.0, y1 - 1500:y1:10.0, t:t:1]
     assert tuple(sample["image"].shape) == (4, 150, 200)
-    np.testing.assert_array_equal(sample["image"][2].numpy(), band_pattern(2, 768, 768)[220:370, 180:380])
-    rows = {(r["chip_index_x"], r["chip_index_y"]): r["cloud_cover_percentage"] for r in dataset.table.to_pylist()}
+    np.testing.assert_array_equal(
+        sample["image"][2].numpy(), band_pattern(2, 768, 768)[220:370, 180:380]
+    )
+    rows = {
+        (r["chip_index_x"], r["chip_index_y"]): r["cloud_cover_percentage"]
+        for r in dataset.table.to_pylist()
+    }
     # the label: chip fractions weighted by the pixels each chip gave (rows 220..255 | 256..369)
     w = {(0, 0): 76 * 36, (1, 0): 124 * 36, (0, 1): 76 * 114, (1, 1): 124 * 114}
-    assert sample["label"].item() == pytest.approx(sum(rows[k] * n for k, n in w.items()) / 30000, rel=1e-6)
+    assert sample["label"].item() == pytest.approx(
+        sum(rows[k] * n for k, n in w.items()) / 30000, rel=1e-6
+    )
     with pytest.raises(IndexError):
-        dataset[x0:x0 + 10:10.0, y1 - 10:y1:10.0, pd.Timestamp("2020-01-01"):pd.Timestamp("2020-02-01"):1]
+        dataset[
+            x0 : x0 + 10 : 10.0,
+            y1 - 10 : y1 : 10.0,
+            pd.Timestamp("2020-01-01") : pd.Timestamp("2020-02-01") : 1,
+        ]
 
 
 def test_torchgeo_samplers_and_collate(dataset):
@@ -76,7 +96,11 @@ def test_torchgeo_samplers_and_collate(dataset):
     assert [tuple(b["image"].shape) for b in batches] == [(3, 4, 256, 256)] * 3
     seen = np.concatenate([b["image"][:, 0].numpy() for b in batches]).reshape(9, -1)
     full = band_pattern(0, 768, 768)
-    expected = sorted(full[y * 256:(y + 1) * 256, x * 256:(x + 1) * 256].tobytes() for y in range(3) for x in range(3))
+    expected = sorted(
+        full[y * 256 : (y + 1) * 256, x * 256 : (x + 1) * 256].tobytes()
+        for y in range(3)
+        for x in range(3)
+    )
     assert sorted(a.astype(np.uint16).tobytes() for a in seen) == expected
     rand = RandomGeoSampler(dataset, size=64, length=6)
     batch = next(iter(DataLoader(dataset, sampler=rand, batch_size=6, collate_fn=stack_samples)))
@@ -95,10 +119,19 @@ def test_torchgeo_regression_trainer_fits_on_an_index(dataset, lightning, tmp_pa
     task = RegressionTask(model="resnet18", weights=None, in_channels=4, num_outputs=1, lr=1e-3)
     loader = DataLoader(dataset, sampler=RandomGeoSampler(dataset, size=64, length=8), batch_size=4,
                         collate_fn=stack_samples)
-    trainer = lightning.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                                enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = lightning.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     val = DataLoader(dataset, sampler=GridGeoSampler(dataset, size=256, stride=256), batch_size=9,
                      collate_fn=stack_samples)
     trainer.fit(task, train_dataloaders=loader, val_dataloaders=val)
     assert trainer.global_step == 3
-    assert torch.isfinite(trainer.callback_metrics["train_loss"]) and torch.isfinite(trainer.callback_metrics["val_loss"])
+    assert torch.isfinite(trainer.callback_metrics["train_loss"]) and torch.isfinite(
+        trainer.callback_metrics["val_loss"]
+    )

@@ -18,7 +18,10 @@ from stacchip_core.training.prechip import ChipFilter, plan_cubes, prechip
 @pytest.fixture(scope="module")
 def index(synthetic_scenes, tmp_path_factory):
     """A merged index of S2 (two items, 18 chips), NAIP (4) and Landsat (4) chips."""
-    tables = [Indexer(str(synthetic_scenes[k]), chip_max_nodata=1.0).create_index() for k in ("s2", "s2pc", "naip", "landsat")]
+    tables = [
+        Indexer(str(synthetic_scenes[k]), chip_max_nodata=1.0).create_index()
+        for k in ("s2", "s2pc", "naip", "landsat")
+    ]
     path = tmp_path_factory.mktemp("idx") / "merged.parquet"
     import pyarrow.parquet as pq
 
@@ -35,7 +38,14 @@ def cubes_in(folder):
 
 
 def test_cubes_hold_exactly_the_chips_they_name(index, tmp_path, synthetic_scenes):
-    report = prechip(index, str(tmp_path), cube_size=4, spares=1, cubes_per_job=10, chip_filter=ChipFilter(max_nodata=1.0))
+    report = prechip(
+        index,
+        str(tmp_path),
+        cube_size=4,
+        spares=1,
+        cubes_per_job=10,
+        chip_filter=ChipFilter(max_nodata=1.0),
+    )
     assert report["failed"] == [] and report["failed_chips"] == []
     cubes = cubes_in(tmp_path)
     # S2: 18 chips in blocks of 5 -> 3 cubes; NAIP and Landsat: 4 chips < 5 -> none
@@ -47,18 +57,45 @@ def test_cubes_hold_exactly_the_chips_they_name(index, tmp_path, synthetic_scene
     seen = []
     for cube in cubes.values():
         assert cube["pixels"].shape == (4, 10, 256, 256) and cube["pixels"].dtype == np.float32
-        assert list(cube["bands"]) == ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22"]
+        assert list(cube["bands"]) == [
+            "blue",
+            "green",
+            "red",
+            "rededge1",
+            "rededge2",
+            "rededge3",
+            "nir",
+            "nir08",
+            "swir16",
+            "swir22",
+        ]
         for n, chipid in enumerate(cube["chipids"]):
             row = rows[str(chipid)]
             with Chipper(row["item_href"]) as chipper:  # default assets: canonical band order
-                direct = np.concatenate(list(chipper.chip(row["chip_index_x"], row["chip_index_y"]).values()))
+                direct = np.concatenate(
+                    list(chipper.chip(row["chip_index_x"], row["chip_index_y"]).values())
+                )
             np.testing.assert_array_equal(cube["pixels"][n], direct.astype(np.float32))
             seen.append(str(chipid))
         # the S2 synthetic items were acquired 2024-03-11 14:11:54 UTC: ISO week 11
-        np.testing.assert_allclose(cube["week_norm"][0], [np.sin(2 * np.pi * 11 / 52), np.cos(2 * np.pi * 11 / 52)], rtol=1e-6)
+        np.testing.assert_allclose(
+            cube["week_norm"][0],
+            [np.sin(2 * np.pi * 11 / 52), np.cos(2 * np.pi * 11 / 52)],
+            rtol=1e-6,
+        )
         hour = 14 + 11 / 60
-        np.testing.assert_allclose(cube["hour_norm"][0], [np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)], rtol=1e-5)
-        lat = np.radians((rows[str(cube["chipids"][0])]["bbox"]["ymin"] + rows[str(cube["chipids"][0])]["bbox"]["ymax"]) / 2)
+        np.testing.assert_allclose(
+            cube["hour_norm"][0],
+            [np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)],
+            rtol=1e-5,
+        )
+        lat = np.radians(
+            (
+                rows[str(cube["chipids"][0])]["bbox"]["ymin"]
+                + rows[str(cube["chipids"][0])]["bbox"]["ymax"]
+            )
+            / 2
+        )
         assert cube["lat_norm"][0][0] == pytest.approx(np.sin(lat), abs=1e-4)
     assert len(seen) == len(set(seen)) == 12  # a permutation: no chip twice
 
@@ -70,23 +107,60 @@ def test_permutation_plan_and_job_split(index, tmp_path):
     plan = plan_cubes(table, cube_size=2, spares=0, seed=7)
     all_rows = np.concatenate([c.rows for c in plan])
     assert len(all_rows) == len(set(all_rows.tolist())) == 18 + 4 + 4  # every chip once
-    assert [c.platform for c in plan] == ["landsat-c2l2-sr"] * 2 + ["naip"] * 2 + ["sentinel-2-l2a"] * 9
-    assert [c.rows.tolist() for c in plan_cubes(table, 2, 0, 7)] == [c.rows.tolist() for c in plan]  # seeded
+    assert [c.platform for c in plan] == ["landsat-c2l2-sr"] * 2 + ["naip"] * 2 + [
+        "sentinel-2-l2a"
+    ] * 9
+    assert [c.rows.tolist() for c in plan_cubes(table, 2, 0, 7)] == [
+        c.rows.tolist() for c in plan
+    ]  # seeded
     assert [c.rows.tolist() for c in plan_cubes(table, 2, 0, 8)] != [c.rows.tolist() for c in plan]
     one = tmp_path / "one"
-    prechip(index, str(one), cube_size=2, spares=0, seed=7, cubes_per_job=4, chip_filter=ChipFilter(max_nodata=1.0))
+    prechip(
+        index,
+        str(one),
+        cube_size=2,
+        spares=0,
+        seed=7,
+        cubes_per_job=4,
+        chip_filter=ChipFilter(max_nodata=1.0),
+    )
     split = tmp_path / "split"
     for job in range(2):
-        prechip(index, str(split), cube_size=2, spares=0, seed=7, job=job, cubes_per_job=2, chip_filter=ChipFilter(max_nodata=1.0))
+        prechip(
+            index,
+            str(split),
+            cube_size=2,
+            spares=0,
+            seed=7,
+            job=job,
+            cubes_per_job=2,
+            chip_filter=ChipFilter(max_nodata=1.0),
+        )
     a, b = cubes_in(one), cubes_in(split)
-    assert sorted(a) == sorted(b) == ["v1/landsat-c2l2-sr/cube_000000.npz", "v1/landsat-c2l2-sr/cube_000001.npz",
-                                      "v1/naip/cube_000000.npz", "v1/naip/cube_000001.npz"]
+    assert (
+        sorted(a)
+        == sorted(b)
+        == [
+            "v1/landsat-c2l2-sr/cube_000000.npz",
+            "v1/landsat-c2l2-sr/cube_000001.npz",
+            "v1/naip/cube_000000.npz",
+            "v1/naip/cube_000001.npz",
+        ]
+    )
     for key in a:
         np.testing.assert_array_equal(a[key]["pixels"], b[key]["pixels"])
     # NAIP: one 4-band asset, canonical order red, green, blue, nir
     naip = a["v1/naip/cube_000000.npz"]
     assert list(naip["bands"]) == ["red", "green", "blue", "nir"] and naip["pixels"].shape[1] == 4
-    again = prechip(index, str(one), cube_size=2, spares=0, seed=7, cubes_per_job=4, chip_filter=ChipFilter(max_nodata=1.0))
+    again = prechip(
+        index,
+        str(one),
+        cube_size=2,
+        spares=0,
+        seed=7,
+        cubes_per_job=4,
+        chip_filter=ChipFilter(max_nodata=1.0),
+    )
     assert again["written"] == [] and len(again["skipped"]) == 4
 
 
@@ -96,13 +170,19 @@ def test_filters(index):
     table = pq.read_table(index)
     nodata = table["nodata_percentage"].to_numpy()
     assert len(ChipFilter(max_nodata=0.05).apply(table)) == int((nodata <= 0.05).sum())
-    assert set(ChipFilter(platforms=("naip",), max_nodata=1).apply(table)["platform"].to_pylist()) == {"naip"}
-    assert len(ChipFilter(max_nodata=1, start=date(2024, 1, 1)).apply(table)) == 18 + 4  # S2 and Landsat are 2024
+    assert set(
+        ChipFilter(platforms=("naip",), max_nodata=1).apply(table)["platform"].to_pylist()
+    ) == {"naip"}
+    assert (
+        len(ChipFilter(max_nodata=1, start=date(2024, 1, 1)).apply(table)) == 18 + 4
+    )  # S2 and Landsat are 2024
     assert len(ChipFilter(max_nodata=1, end=date(2022, 1, 1)).apply(table)) == 4  # NAIP 2021
     cloud = table["cloud_cover_percentage"].to_numpy()
     assert len(ChipFilter(max_nodata=1, max_cloud=0.1).apply(table)) == int((cloud <= 0.1).sum())
     bbox = table["bbox"][0].as_py()
-    inside = ChipFilter(max_nodata=1, bbox=(bbox["xmin"], bbox["ymin"], bbox["xmin"] + 1e-6, bbox["ymin"] + 1e-6)).apply(table)
+    inside = ChipFilter(
+        max_nodata=1, bbox=(bbox["xmin"], bbox["ymin"], bbox["xmin"] + 1e-6, bbox["ymin"] + 1e-6)
+    ).apply(table)
     assert 1 <= len(inside) <= 4 and table["chipid"][0].as_py() in inside["chipid"].to_pylist()
 
 
@@ -114,26 +194,50 @@ def test_a_failing_chip_is_replaced_by_a_spare(index, tmp_path):
     victim = plan[0].rows[1]  # second chip of the first S2 cube
     hrefs = table["item_href"].to_pylist()
     hrefs[victim] = str(tmp_path / "gone.json")
-    broken = table.set_column(table.schema.get_field_index("item_href"), "item_href", pa.array(hrefs))
+    broken = table.set_column(
+        table.schema.get_field_index("item_href"), "item_href", pa.array(hrefs)
+    )
     # without its layout the chip needs its (gone) item JSON
     lays = broken["layouts"].to_pylist()
     lays[victim] = None
-    broken = broken.set_column(broken.schema.get_field_index("layouts"), "layouts", pa.array(lays, pa.binary()))
+    broken = broken.set_column(
+        broken.schema.get_field_index("layouts"), "layouts", pa.array(lays, pa.binary())
+    )
     pq.write_table(broken, tmp_path / "broken.parquet")
-    report = prechip(str(tmp_path / "broken.parquet"), str(tmp_path / "out"), cube_size=4, spares=1, cubes_per_job=1,
-                     chip_filter=ChipFilter(max_nodata=1.0))
-    assert len(report["failed_chips"]) == 1 and table["chipid"][int(victim)].as_py() in report["failed_chips"][0]
+    report = prechip(
+        str(tmp_path / "broken.parquet"),
+        str(tmp_path / "out"),
+        cube_size=4,
+        spares=1,
+        cubes_per_job=1,
+        chip_filter=ChipFilter(max_nodata=1.0),
+    )
+    assert (
+        len(report["failed_chips"]) == 1
+        and table["chipid"][int(victim)].as_py() in report["failed_chips"][0]
+    )
     with np.load(tmp_path / "out" / "v1" / "sentinel-2-l2a" / "cube_000000.npz") as cube:
         expected = [table["chipid"][int(r)].as_py() for r in plan[0].rows if r != victim]
-        assert list(cube["chipids"]) == expected  # the spare (fifth chip) took the failed one's place
+        assert (
+            list(cube["chipids"]) == expected
+        )  # the spare (fifth chip) took the failed one's place
 
 
 def test_stats_equal_numpy_over_the_same_pixels(index, tmp_path):
-    prechip(index, str(tmp_path), cube_size=2, spares=0, cubes_per_job=20, chip_filter=ChipFilter(max_nodata=1.0))
+    prechip(
+        index,
+        str(tmp_path),
+        cube_size=2,
+        spares=0,
+        cubes_per_job=20,
+        chip_filter=ChipFilter(max_nodata=1.0),
+    )
     result = band_stats(str(tmp_path), workers=2)
     assert set(result) == {"landsat-c2l2-sr", "naip", "sentinel-2-l2a"}
     for platform, nodata in (("sentinel-2-l2a", 0), ("naip", None), ("landsat-c2l2-sr", 0)):
-        pixels = np.concatenate([np.load(p)["pixels"] for p in sorted((tmp_path / "v1" / platform).glob("*.npz"))])
+        pixels = np.concatenate(
+            [np.load(p)["pixels"] for p in sorted((tmp_path / "v1" / platform).glob("*.npz"))]
+        )
         for b, (band, s) in enumerate(result[platform].items()):
             values = pixels[:, b].astype(np.float64).ravel()
             if nodata is not None:
@@ -157,14 +261,21 @@ def test_moment_merging_is_stable_with_a_large_offset():
 
 
 def test_dataset_items_and_sampler(index):
-    ds = ChipDataset(index, bands={"sentinel-2-l2a": ["red", "nir"]}, transform=lambda s: {**s, "seen": True})
+    ds = ChipDataset(
+        index, bands={"sentinel-2-l2a": ["red", "nir"]}, transform=lambda s: {**s, "seen": True}
+    )
     assert len(ds) == 26
     s2 = int(np.flatnonzero(ds.platforms == "sentinel-2-l2a")[0])
     sample = ds[s2]
     assert sample["pixels"].shape == (2, 256, 256) and sample["seen"]
     row = ds.table.slice(s2, 1).to_pylist()[0]
-    np.testing.assert_array_equal(sample["pixels"][0], band_pattern(2, 768, 768)[
-        row["chip_index_y"] * 256:(row["chip_index_y"] + 1) * 256, row["chip_index_x"] * 256:(row["chip_index_x"] + 1) * 256])
+    np.testing.assert_array_equal(
+        sample["pixels"][0],
+        band_pattern(2, 768, 768)[
+            row["chip_index_y"] * 256 : (row["chip_index_y"] + 1) * 256,
+            row["chip_index_x"] * 256 : (row["chip_index_x"] + 1) * 256,
+        ],
+    )
     naip = ds[int(np.flatnonzero(ds.platforms == "naip")[0])]
     assert naip["pixels"].shape == (4, 256, 256)
     sampler = PlatformBatchSampler(ds.platforms, batch_size=4, seed=3)
@@ -174,7 +285,9 @@ def test_dataset_items_and_sampler(index):
     assert batches == list(PlatformBatchSampler(ds.platforms, batch_size=4, seed=3))
     sampler.set_epoch(1)
     assert list(sampler) != batches
-    assert len(PlatformBatchSampler(ds.platforms, 4, drop_last=True)) == 4 + 1 + 1  # 18//4, 4//4, 4//4
+    assert (
+        len(PlatformBatchSampler(ds.platforms, 4, drop_last=True)) == 4 + 1 + 1
+    )  # 18//4, 4//4, 4//4
 
 
 def _read(args):
@@ -211,9 +324,22 @@ def test_prechip_from_and_to_s3(index, bucket, s3_server, tmp_path):
 
     client = boto3.client("s3", endpoint_url=s3_server)
     client.upload_file(index, bucket, "index/merged.parquet")
-    remote = prechip(f"s3://{bucket}/index/merged.parquet", f"s3://{bucket}/cubes", cube_size=4, spares=1,
-                     cubes_per_job=10, chip_filter=ChipFilter(max_nodata=1.0))
-    local = prechip(index, str(tmp_path), cube_size=4, spares=1, cubes_per_job=10, chip_filter=ChipFilter(max_nodata=1.0))
+    remote = prechip(
+        f"s3://{bucket}/index/merged.parquet",
+        f"s3://{bucket}/cubes",
+        cube_size=4,
+        spares=1,
+        cubes_per_job=10,
+        chip_filter=ChipFilter(max_nodata=1.0),
+    )
+    local = prechip(
+        index,
+        str(tmp_path),
+        cube_size=4,
+        spares=1,
+        cubes_per_job=10,
+        chip_filter=ChipFilter(max_nodata=1.0),
+    )
     assert [k for k in remote["written"]] == local["written"] and len(local["written"]) == 3
     for key in local["written"]:
         body = client.get_object(Bucket=bucket, Key=f"cubes/{key}")["Body"].read()

@@ -25,29 +25,48 @@ def test_chip_dataarray_lies_on_the_chips_window(rows, xy):
     row = rows[xy]
     da = chip_dataarray(row, bands=["red", "nir", "swir16"])
     cs = row["chip_size"]
-    x0, y0 = S2_ORIGIN[0] + row["chip_index_x"] * cs * 10, S2_ORIGIN[1] - row["chip_index_y"] * cs * 10
+    x0, y0 = (
+        S2_ORIGIN[0] + row["chip_index_x"] * cs * 10,
+        S2_ORIGIN[1] - row["chip_index_y"] * cs * 10,
+    )
     assert da.dims == ("band", "y", "x") and da.shape == (3, cs, cs)
     assert list(da.band.values) == ["red", "nir", "swir16"]
     np.testing.assert_array_equal(da.x.values, x0 + 5 + 10 * np.arange(cs))
     np.testing.assert_array_equal(da.y.values, y0 - 5 - 10 * np.arange(cs))
     assert pyproj.CRS(da.spatial_ref.attrs["crs_wkt"]) == pyproj.CRS("EPSG:32720")
-    assert da.spatial_ref.attrs["GeoTransform"].split() == [str(float(x0)), "10.0", "0.0", str(float(y0)), "0.0", "-10.0"]
+    assert da.spatial_ref.attrs["GeoTransform"].split() == [
+        str(float(x0)),
+        "10.0",
+        "0.0",
+        str(float(y0)),
+        "0.0",
+        "-10.0",
+    ]
     assert str(da.time.values) == "2024-03-11T14:11:54.000000000"
     # pixels: red is band 2 of the 10 m set, nir band 3; swir16 a 20 m band (index 8) expanded x2
     r0, c0 = row["chip_index_y"] * cs, row["chip_index_x"] * cs
-    np.testing.assert_array_equal(da.sel(band="red").values, band_pattern(2, 768, 768)[r0:r0 + cs, c0:c0 + cs])
+    np.testing.assert_array_equal(
+        da.sel(band="red").values, band_pattern(2, 768, 768)[r0 : r0 + cs, c0 : c0 + cs]
+    )
     swir = band_pattern(8, 384, 384)[r0 // 2:(r0 + cs) // 2, c0 // 2:(c0 + cs) // 2]
-    np.testing.assert_array_equal(da.sel(band="swir16").values, np.repeat(np.repeat(swir, 2, 0), 2, 1))
+    np.testing.assert_array_equal(
+        da.sel(band="swir16").values, np.repeat(np.repeat(swir, 2, 0), 2, 1)
+    )
     # the window's corners, projected with pyproj, are the index footprint's corners
     to_lonlat = pyproj.Transformer.from_crs("EPSG:32720", "OGC:CRS84", always_xy=True)
     corners = [(x0, y0), (x0 + cs * 10, y0), (x0 + cs * 10, y0 - cs * 10), (x0, y0 - cs * 10)]
     lon, lat = to_lonlat.transform(*zip(*corners))
     footprint = shapely.from_wkb(row["geometry"])
     for p in zip(lon, lat):
-        assert min(shapely.Point(p).distance(shapely.Point(c)) for c in footprint.exterior.coords) < 1e-9
+        assert (
+            min(shapely.Point(p).distance(shapely.Point(c)) for c in footprint.exterior.coords)
+            < 1e-9
+        )
 
 
-@pytest.mark.parametrize("shape,res", [((5, 256, 256), 10.0), ((256, 256), 10.0), ((2, 64, 64), 40.0)])
+@pytest.mark.parametrize(
+    "shape,res", [((5, 256, 256), 10.0), ((256, 256), 10.0), ((2, 64, 64), 40.0)]
+)
 def test_prediction_lands_where_the_chip_came_from(rows, tmp_path, shape, res):
     row = rows[(2, 1)]
     pred = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)

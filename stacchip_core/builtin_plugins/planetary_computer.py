@@ -92,7 +92,9 @@ _FAILED: dict[tuple[str, str], tuple[float, str]] = {}
 
 def _budget() -> tuple[float, int]:
     # the I/O layer's settings (io.settings.object_timeouts), read here: signing sits below io
-    return float(os.environ.get("STACCHIP_IO_TIMEOUT") or 30), int(os.environ.get("STACCHIP_IO_RETRIES") or 4)
+    return float(os.environ.get("STACCHIP_IO_TIMEOUT") or 30), int(
+        os.environ.get("STACCHIP_IO_RETRIES") or 4
+    )
 
 
 def _token(account: str, container: str) -> str:
@@ -157,7 +159,9 @@ def _ask(url: str, subscription_key: str | None):
                 try:
                     return SASToken(**response.json())
                 except Exception as exc:  # noqa: BLE001 - pydantic's or json's: an answer that is no token
-                    raise AssetError(f"cannot get {what}: not a token ({type(exc).__name__})") from None
+                    raise AssetError(
+                        f"cannot get {what}: not a token ({type(exc).__name__})"
+                    ) from None
             reason = f"HTTP status {response.status_code}"
             if response.status_code not in (429, 500, 502, 503, 504):
                 break

@@ -100,11 +100,16 @@ class Chip(Mapping[str, np.ndarray]):
         return min(xs), min(ys), max(xs), max(ys)
 
     def stack(self, bands: Sequence[str] | None = None) -> np.ndarray:
-        """The bands as one ``(bands, h, w)`` array, all of them or ``bands`` by name in that order."""
+        """The bands as one ``(bands, h, w)`` array.
+
+        All of them, or ``bands`` by name in that order.
+        """
         stacked = stack_arrays(self.arrays)
         if bands is None:
             return stacked
         missing = [b for b in bands if b not in self.band_names]
         if missing:
-            raise KeyError(f"chip {self.chipid} has no band {missing} (bands: {', '.join(self.band_names)})")
+            raise KeyError(
+                f"chip {self.chipid} has no band {missing} (bands: {', '.join(self.band_names)})"
+            )
         return stacked[[self.band_names.index(b) for b in bands]]

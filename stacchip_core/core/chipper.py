@@ -29,7 +29,14 @@ from stacchip_core.io import objects
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import get_platform, platform_for_item
 
-__all__ = ["DEFAULT_BLACKLIST", "_WARNED", "Chipper", "chip_from_row", "item_for_row", "note_fallback"]
+__all__ = [
+    "DEFAULT_BLACKLIST",
+    "_WARNED",
+    "Chipper",
+    "chip_from_row",
+    "item_for_row",
+    "note_fallback",
+]
 
 
 class Chipper:
@@ -68,8 +75,12 @@ class Chipper:
         self.mountpath = mountpath
         self.resampling = resampling  # for assets off the grid's lattice (core.resample)
         self.use_layouts = use_layouts
-        self._source = Source.from_item(self.item, self.grid.chip_size, self.platform, mountpath, grid=self.grid)
-        blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
+        self._source = Source.from_item(
+            self.item, self.grid.chip_size, self.platform, mountpath, grid=self.grid
+        )
+        blacklist = {
+            k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)
+        }
         self.assets = chip_keys(self._source, assets, blacklist)
         self._reader = Reader(mountpath, use_layouts=use_layouts, resampling=resampling)
         # COG layouts (core.layout): from the index row, else recorded on first use (one ranged
@@ -153,7 +164,10 @@ class Chipper:
             self.grid.window(req.x, req.y)  # bounds check with a clear message, before any read
         if self.use_layouts and objects.chips_usable():
             self.layouts()
-        return [make_chip(req, arrays) for req, arrays in zip(requests, self._reader.read(requests, workers))]
+        return [
+            make_chip(req, arrays)
+            for req, arrays in zip(requests, self._reader.read(requests, workers))
+        ]
 
     @property
     def report(self):

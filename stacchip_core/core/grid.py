@@ -49,17 +49,22 @@ def _check_metric(item: pystac.Item, crs: pyproj.CRS) -> pyproj.CRS:
     unit = crs.axis_info[0].unit_name if crs.axis_info else None
     if not crs.is_projected or unit not in ("metre", "meter"):
         raise ProjectionError(
-            f"item {item.id!r} is in {crs.to_string()} with units {unit!r}; stacchip needs a projected CRS in metres"
+            f"item {item.id!r} is in {crs.to_string()} with units {unit!r}; stacchip needs a "
+            "projected CRS in metres"
         )
     return crs
 
 
 def item_crs(item: pystac.Item) -> pyproj.CRS:
-    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson (item or asset level)."""
+    """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson.
+
+    Read at item or asset level.
+    """
     crs = _item_crs_or_none(item)
     if crs is None:
         raise ProjectionError(
-            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or its assets)"
+            f"item {item.id!r} has no projection (none of {', '.join(_PROJ_KEYS)} on the item or "
+            "its assets)"
         )
     return _check_metric(item, crs)
 
@@ -68,9 +73,14 @@ def _numbers(value, key: str, count: int) -> list[float]:
     """``value`` as ``count`` (or, for a transform, at least ``count``) finite numbers; a
     ProjectionError naming ``key`` otherwise (the fuzz tests, docs/testing.md, sent strings,
     nulls, nested lists and infinities here)."""
-    ok = isinstance(value, (list, tuple)) and (len(value) == count or (key == "proj:transform" and len(value) >= count))
+    ok = isinstance(value, (list, tuple)) and (
+        len(value) == count or (key == "proj:transform" and len(value) >= count)
+    )
     if ok:
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value[:count])
+        ok = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value[:count]
+        )
     if not ok:
         raise ProjectionError(f"{key} {str(value)[:80]} is not {count} finite numbers")
     return [float(v) for v in value[:count]]
@@ -112,7 +122,8 @@ def finest_shape_transform(item: pystac.Item) -> tuple[tuple[int, int], Affine]:
         candidates.append(("<item>", *item_level))
     if not candidates:
         raise ProjectionError(
-            f"item {item.id!r} has no proj:shape with proj:transform (or proj:bbox), on the item or any asset"
+            f"item {item.id!r} has no proj:shape with proj:transform (or proj:bbox), on the item "
+            "or any asset"
         )
     # finest pixel first; on equal pixel size, the larger raster
     _, shape, transform = min(candidates, key=lambda c: (abs(c[2].a), -c[1][0] * c[1][1]))
@@ -159,7 +170,9 @@ def validate_grid(
     a, b, d, e = transform.a, transform.b, transform.d, transform.e
     for size in (a, e):
         if not math.isfinite(size) or size == 0:
-            raise GridError(f"{what} has a pixel size of {size:g} (proj:transform {list(transform)[:6]})")
+            raise GridError(
+                f"{what} has a pixel size of {size:g} (proj:transform {list(transform)[:6]})"
+            )
     if b != 0 or d != 0:
         raise GridError(f"{what} is rotated or sheared (proj:transform {list(transform)[:6]}); "
                         "stacchip needs north-up rasters")
@@ -167,10 +180,14 @@ def validate_grid(
         raise GridError(f"{what} has non-square pixels ({abs(a):g} x {abs(e):g})")
     chips = (rows // chip_size) * (cols // chip_size)
     if chips == 0:
-        raise GridError(f"{what}: no whole chip of {chip_size} px fits its {rows} x {cols} px raster")
+        raise GridError(
+            f"{what}: no whole chip of {chip_size} px fits its {rows} x {cols} px raster"
+        )
     if chips > MAX_CHIPS:
-        raise GridError(f"{what} has {chips} chips of {chip_size} px, more than the limit of {MAX_CHIPS}; "
-                        "use a larger chip size")
+        raise GridError(
+            f"{what} has {chips} chips of {chip_size} px, more than the limit of {MAX_CHIPS}; "
+            "use a larger chip size"
+        )
 
 
 @dataclass(frozen=True)
@@ -218,8 +235,10 @@ class ChipGrid:
         found = metadata_shape_transform(item)
         if crs is None or found is None:
             if header is None:
-                raise ProjectionError(f"item {item.id!r} has no projection metadata (read the header of "
-                                      "its finest raster: stacchip_core.core.headers.item_grid)")
+                raise ProjectionError(
+                    f"item {item.id!r} has no projection metadata (read the header of "
+                    "its finest raster: stacchip_core.core.headers.item_grid)"
+                )
             header_shape, header_transform, header_crs = header
             crs = crs or header_crs
             found = found or (header_shape, header_transform)
@@ -276,7 +295,10 @@ class ChipGrid:
 
             need = (-(-ny * cs // factor), -(-nx * cs // factor))
             if mask.shape[0] < need[0] or mask.shape[1] < need[1]:
-                raise ValueError(f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of {cs / factor:g} px")
+                raise ValueError(
+                    f"mask of shape {mask.shape} does not cover {ny} x {nx} chips of "
+                    f"{cs / factor:g} px"
+                )
             return partial_block_fractions(mask[: need[0], : need[1]] != 0, factor, cs, ny, nx)
         block = cs // factor
         if mask.shape[0] < ny * block or mask.shape[1] < nx * block:
@@ -304,7 +326,8 @@ class ChipGrid:
         ys = t.d * cols + t.e * rows + t.f
         transformer = pyproj.Transformer.from_crs(self.crs, CRS84, always_xy=True)
         lon, lat = transformer.transform(xs, ys)
-        # a corner on the antimeridian can come back a rounding error beyond it (-180.00000000000003)
+        # a corner on the antimeridian can come back a rounding
+        # error beyond it (-180.00000000000003)
         return np.clip(np.asarray(lon), -180.0, 180.0), np.asarray(lat)
 
     def footprints(self) -> tuple[np.ndarray, np.ndarray]:
@@ -320,7 +343,8 @@ class ChipGrid:
         """
         lon, lat = self._lattice_lonlat
         ny, nx = self.y_size, self.x_size
-        # corners in ring order top-left, bottom-left, bottom-right, top-right (CCW on a north-up grid)
+        # corners in ring order top-left, bottom-left, bottom-right,
+        # top-right (CCW on a north-up grid)
         corner_slices = [
             (slice(0, ny), slice(0, nx)),
             (slice(1, ny + 1), slice(0, nx)),
@@ -455,8 +479,12 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
     span = (lon[0] + 360.0) - lon[-1]
     at_180 = lat[-1] + (lat[0] - lat[-1]) * ((180.0 - lon[-1]) / span if span else 0.5)
     pole = 90.0 if north else -90.0
-    polygon = shapely.Polygon([*zip(lon, lat), (180.0, at_180), (180.0, pole), (-180.0, pole), (-180.0, at_180)])
-    south_lat, north_lat = (min(lat.min(), at_180), 90.0) if north else (-90.0, max(lat.max(), at_180))
+    polygon = shapely.Polygon(
+        [*zip(lon, lat), (180.0, at_180), (180.0, pole), (-180.0, pole), (-180.0, at_180)]
+    )
+    south_lat, north_lat = (
+        (min(lat.min(), at_180), 90.0) if north else (-90.0, max(lat.max(), at_180))
+    )
     return polygon, np.array([-180.0, south_lat, 180.0, north_lat])
 
 
@@ -464,8 +492,12 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
 CURVED_SPAN = 10.0
 
 
-def _dense_footprint(grid: ChipGrid, index: int, pole: tuple[bool, tuple[float, float]] | None = None,
-                     per_side: int = 64):
+def _dense_footprint(
+    grid: ChipGrid,
+    index: int,
+    pole: tuple[bool, tuple[float, float]] | None = None,
+    per_side: int = 64,
+):
     """The footprint of a chip that spans many degrees of longitude without holding a pole:
     its edges sampled densely (as for _around_pole), longitudes unwrapped, split at the
     antimeridian if it crosses it. ``pole`` (north, its (col, row)): a pole on the chip's
@@ -503,10 +535,15 @@ def _dense_footprint(grid: ChipGrid, index: int, pole: tuple[bool, tuple[float, 
     for shift in (-360.0, 0.0, 360.0):  # the unwrapped span may leave [-180, 180] on one side
         part = shapely.intersection(whole, shapely.box(-180.0 + shift, -90.0, 180.0 + shift, 90.0))
         part = shapely.transform(part, lambda c, s=shift: c - np.array([s, 0.0]))
-        parts += [p for p in shapely.get_parts(part) if shapely.get_type_id(p) == 3 and shapely.area(p) > 0]
+        parts += [
+            p
+            for p in shapely.get_parts(part)
+            if shapely.get_type_id(p) == 3 and shapely.area(p) > 0
+        ]
     if len(parts) == 1:
         return parts[0], np.array(shapely.bounds(parts[0]))
     b = shapely.bounds(np.array(parts, dtype=object))
     east = b[:, 2] >= 180.0 - 1e-9  # the parts that reach 180 from the west, and the others
-    return shapely.MultiPolygon(parts), np.array([b[east, 0].min(), b[:, 1].min(), b[~east, 2].max(),
-                                                  b[:, 3].max()])
+    return shapely.MultiPolygon(parts), np.array(
+        [b[east, 0].min(), b[:, 1].min(), b[~east, 2].max(), b[:, 3].max()]
+    )

@@ -97,7 +97,11 @@ def geo_metadata(bounds: np.ndarray, crossing: bool | None = None) -> dict:
     }
     if bbox:
         column["bbox"] = bbox
-    return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+    return {
+        "version": GEOPARQUET_VERSION,
+        "primary_column": "geometry",
+        "columns": {"geometry": column},
+    }
 
 
 def with_geo_metadata(table: pa.Table, bounds: np.ndarray | None = None) -> pa.Table:
@@ -105,7 +109,17 @@ def with_geo_metadata(table: pa.Table, bounds: np.ndarray | None = None) -> pa.T
     crossing = None
     if bounds is None:
         bbox = table.column("bbox").combine_chunks()
-        bounds = np.stack([bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1) if len(table) else np.empty((0, 4))
+        bounds = (
+            np.stack(
+                [
+                    bbox.field(k).to_numpy(zero_copy_only=False)
+                    for k in ("xmin", "ymin", "xmax", "ymax")
+                ],
+                axis=1,
+            )
+            if len(table)
+            else np.empty((0, 4))
+        )
         crossing = _has_multipolygons(table.column("geometry")) if len(table) else False
     meta = dict(table.schema.metadata or {})
     meta[b"geo"] = json.dumps(geo_metadata(bounds, crossing)).encode()
@@ -160,8 +174,11 @@ def build_table(
         "bbox": pa.StructArray.from_arrays(
             [pa.array(cover[:, i], pa.float64()) for i in range(4)], fields=list(BBOX_TYPE)
         ),
-        "layouts": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([layouts], pa.binary()))
-        .cast(pa.binary()) if n else pa.array([], pa.binary()),
+        "layouts": pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([layouts], pa.binary())
+        ).cast(pa.binary())
+        if n
+        else pa.array([], pa.binary()),
     }
     table = pa.table(columns, schema=SCHEMA)
     return with_geo_metadata(table, bounds)

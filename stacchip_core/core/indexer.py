@@ -209,10 +209,19 @@ class Indexer:
         # Planetary Computer keys 959 to 1,000), one header read more when indexing.
         # Unsigned: layouts are stored, and signed again right before each read.
         keys = list(dict.fromkeys([*keys, *raster_keys(self.item)]))
-        hrefs = {k: unsigned_href(self.item.assets[k], self.mountpath) for k in keys if k in self.item.assets}
+        hrefs = {
+            k: unsigned_href(self.item.assets[k], self.mountpath)
+            for k in keys
+            if k in self.item.assets
+        }
         t = self.grid.transform
-        return record_layouts(hrefs, (t.a, t.c, t.e, t.f), shape=self.grid.shape, crs=crs_text(self.grid.crs),
-                              bands=bands)
+        return record_layouts(
+            hrefs,
+            (t.a, t.c, t.e, t.f),
+            shape=self.grid.shape,
+            crs=crs_text(self.grid.crs),
+            bands=bands,
+        )
 
     def create_index(self) -> pa.Table:
         """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""
@@ -223,7 +232,11 @@ class Indexer:
         keep = nodata <= self.chip_max_nodata
         polygons, bounds = grid.footprints()
         log.info(
-            "%s: %d of %d chips kept (nodata <= %g)", self.item.id, int(keep.sum()), grid.size, self.chip_max_nodata
+            "%s: %d of %d chips kept (nodata <= %g)",
+            self.item.id,
+            int(keep.sum()),
+            grid.size,
+            self.chip_max_nodata,
         )
         return build_table(
             item_id=self.item.id,

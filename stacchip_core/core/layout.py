@@ -46,8 +46,18 @@ MAGIC = b"SCL1"
 HEADER_PREFETCH = 65536  # S2/Landsat COG headers (all IFDs) fit in 16-40 KiB
 
 # TIFF sample formats (1 uint, 2 int, 3 float) and bits -> numpy dtype
-_DTYPES = {(1, 8): "uint8", (1, 16): "uint16", (1, 32): "uint32", (2, 8): "int8", (2, 16): "int16",
-           (2, 32): "int32", (3, 32): "float32", (3, 64): "float64", (1, 64): "uint64", (2, 64): "int64"}
+_DTYPES = {
+    (1, 8): "uint8",
+    (1, 16): "uint16",
+    (1, 32): "uint32",
+    (2, 8): "int8",
+    (2, 16): "int16",
+    (2, 32): "int32",
+    (3, 32): "float32",
+    (3, 64): "float64",
+    (1, 64): "uint64",
+    (2, 64): "int64",
+}
 # codecs the layout path decodes (async-tiff); anything else is read through rasterio
 DEFLATE = (8, 32946)  # Adobe and old-style deflate: zlib streams with an Adler-32 checksum
 SUPPORTED_COMPRESSION = {1, 5, 8, 32946, 50000}
@@ -68,7 +78,9 @@ class AssetLayout:
     predictor: int
     nodata: float | None
     size: int
-    transform: tuple[float, float, float, float]  # (a, c, e, f): pixel width, x origin, pixel height, y origin
+    transform: tuple[
+        float, float, float, float
+    ]  # (a, c, e, f): pixel width, x origin, pixel height, y origin
     offsets: np.ndarray = field(repr=False)
     counts: np.ndarray = field(repr=False)
     etag: str | None = None  # layouts written before digests only: the object's ETag then
@@ -92,9 +104,25 @@ class AssetLayout:
                               deferred=self.compression in DEFLATE)
 
     def scalars(self) -> dict:
-        out = {k: getattr(self, k) for k in ("key", "href", "width", "height", "tile_width", "tile_height",
-                                             "dtype", "bands", "planar", "compression", "predictor", "nodata",
-                                             "size", "transform")}
+        out = {
+            k: getattr(self, k)
+            for k in (
+                "key",
+                "href",
+                "width",
+                "height",
+                "tile_width",
+                "tile_height",
+                "dtype",
+                "bands",
+                "planar",
+                "compression",
+                "predictor",
+                "nodata",
+                "size",
+                "transform",
+            )
+        }
         # the ETag only where an old layout has one (it differs between copies of one file)
         out |= {"etag": self.etag} if self.etag else {"digest": self.digest, "head": self.head}
         return out | {"tiles": len(self.offsets)}
@@ -123,9 +151,15 @@ class ItemLayouts(dict):
         return self.grid is not None and self.shape is not None and self.crs is not None
 
 
-def encode(layouts: Iterable[AssetLayout], grid: tuple[float, float, float, float] | None = None, *,
-           shape: tuple[int, int] | None = None, crs: str | None = None,
-           bands: dict[str, tuple[str, int]] | None = None, hrefs: dict[str, str] | None = None) -> bytes:
+def encode(
+    layouts: Iterable[AssetLayout],
+    grid: tuple[float, float, float, float] | None = None,
+    *,
+    shape: tuple[int, int] | None = None,
+    crs: str | None = None,
+    bands: dict[str, tuple[str, int]] | None = None,
+    hrefs: dict[str, str] | None = None,
+) -> bytes:
     """The bytes of one item's layouts and read metadata (see ``ItemLayouts``)."""
     layouts = list(layouts)
     doc: dict = {"grid": list(grid) if grid else None, "assets": [lay.scalars() for lay in layouts]}
@@ -161,7 +195,9 @@ def decode(blob: bytes) -> ItemLayouts:
         out.grid = tuple(doc["grid"]) if doc.get("grid") else None
         out.shape = tuple(doc["shape"]) if doc.get("shape") else None
         out.crs = doc.get("crs")
-        out.bands = {name: (key, int(index)) for name, (key, index) in (doc.get("bands") or {}).items()}
+        out.bands = {
+            name: (key, int(index)) for name, (key, index) in (doc.get("bands") or {}).items()
+        }
         out.hrefs = dict(doc.get("hrefs") or {})
     pos = 4 + n
     for m in metas:
@@ -204,7 +240,9 @@ class HeaderInput:
         objects.use_async_tiff()  # NoTransport in a child forked after its parent used async-tiff
         self.url, self.header = url, header
         self.tiles = tiles if tiles is not None else {}
-        self.read_to = len(header)  # the end of the furthest byte read: what a layout's digest covers
+        self.read_to = len(
+            header
+        )  # the end of the furthest byte read: what a layout's digest covers
 
     async def get_range_async(self, path, *, start, end=None, length=None):
         end = start + length if end is None else end
@@ -227,9 +265,17 @@ _NO_LAYOUT_WARNED: set[str] = set()
 def _first_tile(tiff) -> int | None:
     """Where the first tile (or strip) of any image of the file starts: in a COG everything
     before it is metadata."""
-    starts = [int(np.min(offsets[offsets > 0])) for ifd in tiff.ifds
-              for offsets in [np.asarray(ifd.tile_offsets if ifd.tile_offsets is not None else
-                                         (ifd.strip_offsets or ()), np.int64)] if (offsets > 0).any()]
+    starts = [
+        int(np.min(offsets[offsets > 0]))
+        for ifd in tiff.ifds
+        for offsets in [
+            np.asarray(
+                ifd.tile_offsets if ifd.tile_offsets is not None else (ifd.strip_offsets or ()),
+                np.int64,
+            )
+        ]
+        if (offsets > 0).any()
+    ]
     return min(starts) if starts else None
 
 
@@ -241,7 +287,9 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     from async_tiff import TIFF
 
     try:
-        signed = await objects.sign(href)  # at read time, off the loop; the layout keeps ``href`` unsigned
+        signed = await objects.sign(
+            href
+        )  # at read time, off the loop; the layout keeps ``href`` unsigned
         header, meta = await objects.get_head_async(signed, HEADER_PREFETCH)
         store = HeaderInput(signed, header)
     except objects.NoTransport as exc:  # forked after the parent used obstore or async-tiff
@@ -288,13 +336,24 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     c, f = float(tie[3]) - tie[0] * a, float(tie[4]) - tie[1] * e
     nodata = ifd.gdal_nodata
     layout = AssetLayout(
-        key=key, href=href, width=int(ifd.image_width), height=int(ifd.image_height),
-        tile_width=int(ifd.tile_width), tile_height=int(ifd.tile_height), dtype=dtype,
-        bands=int(ifd.samples_per_pixel), planar=int(ifd.planar_configuration), compression=int(ifd.compression),
-        predictor=int(ifd.predictor or 1), nodata=float(nodata) if nodata not in (None, "") else None,
-        size=meta.size, transform=(a, c, e, f),
-        offsets=np.asarray(ifd.tile_offsets, np.int64), counts=np.asarray(ifd.tile_byte_counts, np.int64),
-        digest=objects.digest(header[:head]), head=head,
+        key=key,
+        href=href,
+        width=int(ifd.image_width),
+        height=int(ifd.image_height),
+        tile_width=int(ifd.tile_width),
+        tile_height=int(ifd.tile_height),
+        dtype=dtype,
+        bands=int(ifd.samples_per_pixel),
+        planar=int(ifd.planar_configuration),
+        compression=int(ifd.compression),
+        predictor=int(ifd.predictor or 1),
+        nodata=float(nodata) if nodata not in (None, "") else None,
+        size=meta.size,
+        transform=(a, c, e, f),
+        offsets=np.asarray(ifd.tile_offsets, np.int64),
+        counts=np.asarray(ifd.tile_byte_counts, np.int64),
+        digest=objects.digest(header[:head]),
+        head=head,
     )
     objects.note_checked(href, layout.expect(), meta.etag)  # this process need not check it again
     return layout
@@ -322,13 +381,22 @@ def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float
         global _FORK_NOTED
         if _FORK_NOTED != os.getpid():
             _FORK_NOTED = os.getpid()
-            log.warning("process %d was forked after its parent parsed COG headers with async-tiff, which "
-                        "cannot run here: its indexes get no layouts (start it with 'spawn' or 'forkserver')",
-                        os.getpid())
+            log.warning(
+                "process %d was forked after its parent parsed COG headers with async-tiff, which "
+                "cannot run here: its indexes get no layouts (start it with 'spawn' or "
+                "'forkserver')",
+                os.getpid(),
+            )
         return None
     found = [lay for lay in objects.run(_read_all(hrefs)) if lay is not None]
     if not found:
         return None
     with_layout = {lay.key for lay in found}
-    return encode(found, grid, shape=shape, crs=crs, bands=bands,
-                  hrefs={k: h for k, h in {**hrefs, **(other_hrefs or {})}.items() if k not in with_layout})
+    return encode(
+        found,
+        grid,
+        shape=shape,
+        crs=crs,
+        bands=bands,
+        hrefs={k: h for k, h in {**hrefs, **(other_hrefs or {})}.items() if k not in with_layout},
+    )

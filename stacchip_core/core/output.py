@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def band_stack(chip: Mapping[str, np.ndarray], platform: Platform | None) -> tuple[np.ndarray, list[str]]:
+def band_stack(
+    chip: Mapping[str, np.ndarray], platform: Platform | None
+) -> tuple[np.ndarray, list[str]]:
     """All bands of a chip in one (bands, cs, cs) array, with a name per band
     (see `stacchip_core.core.chip.band_names`)."""
     return stack_arrays(chip), list(band_names(chip, platform))
@@ -48,8 +50,12 @@ def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
         wanted = list(range(min(3, len(names))))
         wanted += [wanted[-1]] * (3 - len(wanted))
     rgb = stack[wanted].astype(np.float64)
-    valid = np.ones(rgb.shape[1:], bool) if nodata is None else ~np.all(stack[wanted] == nodata, axis=0)
-    valid &= np.isfinite(rgb).all(axis=0)  # NaN/inf (Sentinel-1 without signal) would poison the percentiles
+    valid = (
+        np.ones(rgb.shape[1:], bool) if nodata is None else ~np.all(stack[wanted] == nodata, axis=0)
+    )
+    valid &= np.isfinite(rgb).all(
+        axis=0
+    )  # NaN/inf (Sentinel-1 without signal) would poison the percentiles
     rgb[:, ~valid] = 0
     out = np.zeros(rgb.shape, np.uint8)
     for i in range(3):
@@ -67,7 +73,9 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     """Write a (3, h, w) uint8 array as PNG (no georeference, by design)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="PNG", count=3, height=rgb.shape[1], width=rgb.shape[2], dtype="uint8") as dst:
+        with rasterio.open(
+            path, "w", driver="PNG", count=3, height=rgb.shape[1], width=rgb.shape[2], dtype="uint8"
+        ) as dst:
             dst.write(rgb)
 
 
@@ -93,7 +101,9 @@ def write_chip(
     from stacchip_core.core.stacks import StackPixels, stack_arrays_for_output
 
     georef: tuple[Affine | None, str | None, list[str]] | None
-    if isinstance(chip, StackPixels):  # a stack: its members' bands, named "{platform} {date} {band}"
+    if isinstance(
+        chip, StackPixels
+    ):  # a stack: its members' bands, named "{platform} {date} {band}"
         if suffix == ".png":
             raise OutputError(f"cannot write a stack as {path.name}: use .npz or .tif")
         chip, georef, metadata = stack_arrays_for_output(chip, suffix, metadata)
@@ -121,8 +131,11 @@ def write_chip(
             finally:
                 Path(f"{tmp}.aux.xml").unlink(missing_ok=True)
     except (OSError, rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-        # GDAL's own words say why ("_tiffWriteProc: No space left on device"), its exception only "Write failed"
-        reason = getattr(exc, "strerror", None) or (gdal_said[-1].rpartition(": ")[2] if gdal_said else str(exc))
+        # GDAL's own words say why ("_tiffWriteProc: No space left on
+        # device"), its exception only "Write failed"
+        reason = getattr(exc, "strerror", None) or (
+            gdal_said[-1].rpartition(": ")[2] if gdal_said else str(exc)
+        )
         if not getattr(exc, "strerror", None) and _disk_full(path.parent):
             reason = os.strerror(errno.ENOSPC)
         raise OutputError(f"cannot write {path}: {reason}") from exc
@@ -200,8 +213,16 @@ def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
     if data.ndim == 2:
         data = data[None]
     count, height, width = data.shape
-    profile = {"driver": "GTiff", "count": count, "height": height, "width": width, "dtype": data.dtype,
-                   "crs": crs, "transform": transform, "nodata": nodata}
+    profile = {
+        "driver": "GTiff",
+        "count": count,
+        "height": height,
+        "width": width,
+        "dtype": data.dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+    }
     with MemoryFile() as mem, mem.open(**profile) as tmp:
         tmp.write(data)
         rasterio.shutil.copy(tmp, path, driver="COG", BLOCKSIZE=blocksize, COMPRESS=compress,

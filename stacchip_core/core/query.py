@@ -119,7 +119,9 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
         tables.append(table)
         read, total = read + groups, total + count
         nbytes, requests = nbytes + source.bytes_read, requests + source.requests
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    table = (
+        tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
+    )
     report = QueryReport(len(files), read, total, nbytes, requests, len(table),
                          round(time.perf_counter() - started, 4))
     log.info("query %s: %d rows; read %d of %d row groups, %d bytes in %d requests, %.3f s",
@@ -171,10 +173,14 @@ def make_filters(bbox=None, intersects=None, datetime_range=None, platforms=None
     for name, value in (("max_cloud", max_cloud), ("max_nodata", max_nodata)):
         if value is not None and not 0 <= value <= 1:
             raise ConfigError(f"{name} must be a fraction 0-1, got {value}")
-    return Filters(boxes, geometry, start, end, tuple(platforms) if platforms else None, max_cloud, max_nodata)
+    return Filters(
+        boxes, geometry, start, end, tuple(platforms) if platforms else None, max_cloud, max_nodata
+    )
 
 
-def bbox_geometry(bbox: Sequence[float]) -> tuple[Any, tuple[tuple[float, float, float, float], ...]]:
+def bbox_geometry(
+    bbox: Sequence[float],
+) -> tuple[Any, tuple[tuple[float, float, float, float], ...]]:
     """The geometry and boxes of a (west, south, east, north) box; west > east crosses the
     antimeridian and becomes two boxes.
 
@@ -184,15 +190,23 @@ def bbox_geometry(bbox: Sequence[float]) -> tuple[Any, tuple[tuple[float, float,
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError):
-        raise ConfigError(f"bbox must be four numbers west,south,east,north, got {bbox!r}") from None
+        raise ConfigError(
+            f"bbox must be four numbers west,south,east,north, got {bbox!r}"
+        ) from None
     if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= north <= 90):
-        raise ConfigError(f"bbox {bbox!r} is out of range (lon -180..180, lat -90..90, south <= north)")
+        raise ConfigError(
+            f"bbox {bbox!r} is out of range (lon -180..180, lat -90..90, south <= north)"
+        )
     boxes: tuple[tuple[float, float, float, float], ...]
     if west <= east:
         boxes = ((west, south, east, north),)
     else:
         boxes = ((west, south, 180.0, north), (-180.0, south, east, north))
-    geometry = shapely.union_all([shapely.box(*b) for b in boxes]) if len(boxes) > 1 else shapely.box(*boxes[0])
+    geometry = (
+        shapely.union_all([shapely.box(*b) for b in boxes])
+        if len(boxes) > 1
+        else shapely.box(*boxes[0])
+    )
     return geometry, boxes
 
 
@@ -201,7 +215,9 @@ def _as_geometry(value: Any):
         geometry = value
     else:
         try:
-            geometry = shapely.geometry.shape(value.get("geometry", value) if isinstance(value, dict) else value)
+            geometry = shapely.geometry.shape(
+                value.get("geometry", value) if isinstance(value, dict) else value
+            )
         except Exception as exc:  # noqa: BLE001 - shapely raises many kinds on bad GeoJSON
             raise ConfigError(f"not a GeoJSON geometry: {exc}") from None
     if geometry.is_empty:
@@ -242,7 +258,9 @@ def _instant(value, end: bool) -> datetime | None:
     if isinstance(value, datetime):
         when = value
     elif isinstance(value, date):
-        when = datetime(value.year, value.month, value.day) + (timedelta(days=1, microseconds=-1) if end else timedelta())
+        when = datetime(value.year, value.month, value.day) + (
+            timedelta(days=1, microseconds=-1) if end else timedelta()
+        )
     else:
         text = str(value).strip()
         try:
@@ -279,7 +297,9 @@ def _x_intervals(xmin: tuple, xmax: tuple) -> list[tuple[float, float]]:
     return [(xmin_lo, xmax_hi)]
 
 
-def group_may_match(stats: dict[str, tuple[Any, Any]], filters: Filters, covering: dict[str, str]) -> bool:
+def group_may_match(
+    stats: dict[str, tuple[Any, Any]], filters: Filters, covering: dict[str, str]
+) -> bool:
     """Whether a row group's statistics allow a matching row (missing statistics: yes)."""
     if filters.boxes is not None:
         cols = [stats[covering[k]] for k in _COVERING if covering[k] in stats]
@@ -287,8 +307,12 @@ def group_may_match(stats: dict[str, tuple[Any, Any]], filters: Filters, coverin
             (xmin, ymin, xmax, ymax) = cols
             south, north = ymin[0], ymax[1]
             intervals = _x_intervals(xmin, xmax)
-            if not any(b[1] <= north and b[3] >= south and any(lo <= b[2] and hi >= b[0] for lo, hi in intervals)
-                       for b in filters.boxes):
+            if not any(
+                b[1] <= north
+                and b[3] >= south
+                and any(lo <= b[2] and hi >= b[0] for lo, hi in intervals)
+                for b in filters.boxes
+            ):
                 return False
     when = stats.get("datetime")
     if when is not None:
@@ -297,13 +321,18 @@ def group_may_match(stats: dict[str, tuple[Any, Any]], filters: Filters, coverin
             return False
     elif "date" in stats and (filters.start or filters.end):
         lo, hi = stats["date"]
-        if (filters.start and hi < filters.start.date()) or (filters.end and lo > filters.end.date()):
+        if (filters.start and hi < filters.start.date()) or (
+            filters.end and lo > filters.end.date()
+        ):
             return False
     if filters.platforms and "platform" in stats:
         lo, hi = stats["platform"]
         if not any(lo <= p <= hi for p in filters.platforms):
             return False
-    for name, cap in (("cloud_cover_percentage", filters.max_cloud), ("nodata_percentage", filters.max_nodata)):
+    for name, cap in (
+        ("cloud_cover_percentage", filters.max_cloud),
+        ("nodata_percentage", filters.max_nodata),
+    ):
         if cap is not None and name in stats and stats[name][0] > cap:
             return False
     return True
@@ -368,7 +397,9 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
     if len(table) and filters.geometry is not None:
         table = table.filter(pa.array(_footprints_meet(table, filters)))
     table = table.select(wanted)
-    if "layouts" in table.column_names and pa.types.is_dictionary(table.schema.field("layouts").type):
+    if "layouts" in table.column_names and pa.types.is_dictionary(
+        table.schema.field("layouts").type
+    ):
         table = table.set_column(table.schema.get_field_index("layouts"), "layouts",
                                  table.column("layouts").cast(pa.binary()))
     return table, read, meta.num_row_groups
@@ -398,7 +429,9 @@ def _filter_columns(filters: Filters) -> list[str]:
     return cols
 
 
-def _chunk_ranges(meta: pq.FileMetaData, groups: list[int], columns: list[str]) -> list[tuple[int, int]]:
+def _chunk_ranges(
+    meta: pq.FileMetaData, groups: list[int], columns: list[str]
+) -> list[tuple[int, int]]:
     """Byte ranges of the column chunks of ``columns`` in row groups ``groups``."""
     ranges = []
     for i in groups:
@@ -419,15 +452,24 @@ def _prefilter(table: pa.Table, filters: Filters) -> np.ndarray:
     answer when footprints are tested after)."""
     mask = np.ones(len(table), bool)
     if filters.platforms:
-        mask &= pc.is_in(table["platform"], pa.array(list(filters.platforms))).to_numpy(zero_copy_only=False)
-    for name, cap in (("cloud_cover_percentage", filters.max_cloud), ("nodata_percentage", filters.max_nodata)):
+        mask &= pc.is_in(table["platform"], pa.array(list(filters.platforms))).to_numpy(
+            zero_copy_only=False
+        )
+    for name, cap in (
+        ("cloud_cover_percentage", filters.max_cloud),
+        ("nodata_percentage", filters.max_nodata),
+    ):
         if cap is not None:
-            mask &= pc.fill_null(pc.less_equal(table[name], cap), False).to_numpy(zero_copy_only=False)
+            mask &= pc.fill_null(pc.less_equal(table[name], cap), False).to_numpy(
+                zero_copy_only=False
+            )
     if filters.start or filters.end:
         mask &= _time_mask(table, filters)
     if filters.boxes is not None:
         bbox = table["bbox"].combine_chunks()
-        mask &= _boxes_meet([bbox.field(k).to_numpy(zero_copy_only=False) for k in _COVERING], filters.boxes)
+        mask &= _boxes_meet(
+            [bbox.field(k).to_numpy(zero_copy_only=False) for k in _COVERING], filters.boxes
+        )
     return mask
 
 
@@ -450,7 +492,9 @@ def _time_mask(table: pa.Table, filters: Filters) -> np.ndarray:
     col = table["date"]
     result = pc.is_valid(col)
     if filters.start:
-        result = pc.and_(result, pc.greater_equal(col, pa.scalar(filters.start.date(), pa.date32())))
+        result = pc.and_(
+            result, pc.greater_equal(col, pa.scalar(filters.start.date(), pa.date32()))
+        )
     if filters.end:
         result = pc.and_(result, pc.less_equal(col, pa.scalar(filters.end.date(), pa.date32())))
     return pc.fill_null(result, False).to_numpy(zero_copy_only=False)
@@ -498,7 +542,10 @@ def _head(url: str) -> int:
 def _get_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
     """The bytes of ``ranges``, all requests at once (see _head for the transport)."""
     if not portable.serves(url):
-        return [bytes(b) for b in objects.get_ranges(url, [s for s, _ in ranges], [e for _, e in ranges])]
+        return [
+            bytes(b)
+            for b in objects.get_ranges(url, [s for s, _ in ranges], [e for _, e in ranges])
+        ]
 
     async def every() -> list:
         return await asyncio.gather(*(portable.read(url, s, e) for s, e in ranges))
@@ -512,7 +559,9 @@ def _get_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         raise ObjectError(f"cannot read {redact(url)}: {objects.failure(exc)}") from None
     for (s, e), body in zip(ranges, bodies):
         if len(body) != e - s:
-            raise ObjectError(f"cannot read {redact(url)}: truncated (bytes {s}-{e} gave {len(body)})")
+            raise ObjectError(
+                f"cannot read {redact(url)}: truncated (bytes {s}-{e} gave {len(body)})"
+            )
     return [bytes(b) for b in bodies]
 
 
@@ -578,7 +627,9 @@ class _RangeFile:
         return self._pos
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
+        self._pos = (
+            offset if whence == 0 else self._pos + offset if whence == 1 else self.size + offset
+        )
         return self._pos
 
     def read(self, n: int = -1) -> bytes:
@@ -588,7 +639,12 @@ class _RangeFile:
             return b""
         data = self._cached(start, end)
         if data is None:
-            log.debug("query read outside the prefetched ranges: %s bytes %d-%d", redact(self.url), start, end)
+            log.debug(
+                "query read outside the prefetched ranges: %s bytes %d-%d",
+                redact(self.url),
+                start,
+                end,
+            )
             self.prefetch([(start, end)])
             data = self._cached(start, end) or b""
         self._pos = end

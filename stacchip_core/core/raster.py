@@ -132,7 +132,8 @@ class AssetReader:
             key = name
         if key is None:
             raise AssetError(
-                f"item {self.item.id!r} has no asset {name!r} (assets: {', '.join(self.item.assets)})"
+                f"item {self.item.id!r} has no asset {name!r} (assets: "
+                f"{', '.join(self.item.assets)})"
             )
         return key
 
@@ -151,7 +152,9 @@ class AssetReader:
                 factor = grid_factor(ds, self.grid, key)
                 if factor is None:  # off the lattice: resampled onto the grid (nearest), factor 1
                     g = self.grid
-                    data = resample.read_resampled(ds, g, 0, 0, g.x_size * g.chip_size, g.y_size * g.chip_size, band)
+                    data = resample.read_resampled(
+                        ds, g, 0, 0, g.x_size * g.chip_size, g.y_size * g.chip_size, band
+                    )
                     return NativeBand(data, 1)
                 # only the part the chips cover (native pixels cut by a chip edge included)
                 shape = (-(-self.grid.y_size * self.grid.chip_size // factor),
@@ -184,7 +187,9 @@ class AssetReader:
             with rasterio.open(href) as ds:
                 factor = grid_factor(ds, grid, key)
                 tile_height = ds.block_shapes[band - 1][0]
-            if factor is None or grid.chip_size % factor:  # off the lattice, or chips cut native pixels
+            if (
+                factor is None or grid.chip_size % factor
+            ):  # off the lattice, or chips cut native pixels
                 return resample.chip_fractions(href, band, grid, factor, masks, self.threads)
             block = grid.chip_size // factor
             rows_per_read = max(1, tile_height // block)  # whole tiles per read where chips allow
@@ -195,12 +200,20 @@ class AssetReader:
             def work(part: list[range]) -> None:
                 with rasterio.open(href) as ds:
                     for rows in part:
-                        data = ds.read(band, window=Window(0, rows[0] * block, nx * block, len(rows) * block))
+                        data = ds.read(
+                            band, window=Window(0, rows[0] * block, nx * block, len(rows) * block)
+                        )
                         for k, fn in masks.items():
                             m = fn(data)
                             if m.dtype != np.uint8:
-                                m = m.view(np.uint8) if m.dtype == np.bool_ else (m != 0).view(np.uint8)
-                            strip = m.reshape(len(rows), block, nx, block).sum(axis=1, dtype=np.uint16)
+                                m = (
+                                    m.view(np.uint8)
+                                    if m.dtype == np.bool_
+                                    else (m != 0).view(np.uint8)
+                                )
+                            strip = m.reshape(len(rows), block, nx, block).sum(
+                                axis=1, dtype=np.uint16
+                            )
                             counts[k][rows[0]:rows[-1] + 1] = strip.sum(axis=2, dtype=np.uint32)
 
             parts = [groups[i::self.threads] for i in range(self.threads)]

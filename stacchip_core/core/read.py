@@ -77,7 +77,8 @@ log = logging.getLogger(__name__)
 LAYOUT, RASTERIO = "layout", "rasterio"
 # reasons an asset is read through rasterio by design, not as a fallback
 CHOSEN = frozenset({"local file", "layouts off"})
-FORKED = "I/O layer unusable after fork"  # the report kind of what a forked child cannot read from layouts
+# the report kind of what a forked child cannot read from layouts
+FORKED = "I/O layer unusable after fork"
 MAX_SOURCES = 32  # items whose open handles a Reader keeps; older ones are closed
 
 
@@ -108,7 +109,11 @@ class ReadReport:
     fallbacks: tuple[tuple[str, int], ...] = ()
 
     def __add__(self, other: ReadReport) -> ReadReport:
-        values = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "fallbacks"}
+        values = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name != "fallbacks"
+        }
         merged = Counter(dict(self.fallbacks)) + Counter(dict(other.fallbacks))
         return ReadReport(**values, fallbacks=tuple(sorted(merged.items())))
 
@@ -148,7 +153,9 @@ def item_for_row(row: dict, mountpath: str | Path | None = None) -> pystac.Item:
     """
     href = row.get("item_href")
     if not href:
-        raise IndexFormatError(f"index row {row.get('chipid')!r} has no item_href; load the item yourself")
+        raise IndexFormatError(
+            f"index row {row.get('chipid')!r} has no item_href; load the item yourself"
+        )
     data = json.loads(read_url(resolve_href(href, mountpath)))
     item = pystac.Item.from_dict(data)
     item.set_self_href(href)
@@ -160,9 +167,17 @@ class Source:
     layouts and where each band lies; and the rasterio handles opened for it (per thread).
     Built by ``from_item`` or ``from_layouts``; ``close()`` closes its handles."""
 
-    def __init__(self, item_id: str, grid: ChipGrid, platform: Platform | None, hrefs: dict[str, str],
-                 layouts: dict[str, AssetLayout] | None = None, bands: dict[str, tuple[str, int]] | None = None,
-                 when: str | None = None, item: pystac.Item | None = None) -> None:
+    def __init__(
+        self,
+        item_id: str,
+        grid: ChipGrid,
+        platform: Platform | None,
+        hrefs: dict[str, str],
+        layouts: dict[str, AssetLayout] | None = None,
+        bands: dict[str, tuple[str, int]] | None = None,
+        when: str | None = None,
+        item: pystac.Item | None = None,
+    ) -> None:
         self.item_id, self.grid, self.platform = item_id, grid, platform
         self.hrefs = hrefs
         self.layouts: dict[str, AssetLayout] = dict(layouts or {})
@@ -175,22 +190,32 @@ class Source:
         self.chips_planned = 0  # chips planned from this source (core.read.LOCAL_LAYOUT_CHIPS)
 
     @classmethod
-    def from_item(cls, item: pystac.Item, chip_size: int = 256, platform: Platform | None = None,
-                  mountpath: str | Path | None = None, layouts: dict[str, AssetLayout] | None = None,
-                  grid: ChipGrid | None = None) -> Source:
+    def from_item(
+        cls,
+        item: pystac.Item,
+        chip_size: int = 256,
+        platform: Platform | None = None,
+        mountpath: str | Path | None = None,
+        layouts: dict[str, AssetLayout] | None = None,
+        grid: ChipGrid | None = None,
+    ) -> Source:
         """The source of a STAC item; its grid from the item's projection metadata (or the
         header of its finest raster), unless ``grid`` is given."""
         grid = grid or item_grid(item, chip_size, mountpath=mountpath)
         when = item.datetime or item.common_metadata.start_datetime
         hrefs = {k: unsigned_href(a, mountpath) for k, a in item.assets.items()}
-        return cls(item.id, grid, platform, hrefs, layouts, None, when.isoformat() if when else None, item)
+        return cls(
+            item.id, grid, platform, hrefs, layouts, None, when.isoformat() if when else None, item
+        )
 
     @classmethod
     def from_layouts(cls, lays: ItemLayouts, row: dict, platform: Platform | None,
                      mountpath: str | Path | None = None) -> Source:
         """The source of an index row whose layouts are standalone (grid, shape and CRS)."""
         if not lays.standalone:
-            raise IndexFormatError(f"index row {row.get('chipid')!r}: its layouts do not hold the grid's CRS")
+            raise IndexFormatError(
+                f"index row {row.get('chipid')!r}: its layouts do not hold the grid's CRS"
+            )
         a, c, e, f = lays.grid  # type: ignore[misc]
         grid = ChipGrid(tuple(lays.shape), Affine(a, 0, c, 0, e, f),  # type: ignore[arg-type]
                         _crs(lays.crs), int(row.get("chip_size") or 256))
@@ -220,7 +245,9 @@ class Source:
         """The asset key of band or asset ``name``; AssetError when the item has none."""
         found = self.key_for(name)
         if found is None:
-            raise AssetError(f"item {self.item_id!r} has no asset {name!r} (assets: {', '.join(self.hrefs)})")
+            raise AssetError(
+                f"item {self.item_id!r} has no asset {name!r} (assets: {', '.join(self.hrefs)})"
+            )
         return found[0]
 
     def default_keys(self, blacklist: set[str] | frozenset[str] = frozenset()) -> list[str]:
@@ -255,7 +282,9 @@ class Source:
         self.cache.close()
 
 
-def source_for_row(row: dict, mountpath: str | Path | None = None, platform: Platform | None = None) -> Source:
+def source_for_row(
+    row: dict, mountpath: str | Path | None = None, platform: Platform | None = None
+) -> Source:
     """The source of an index row: from its layouts alone when they hold the grid's CRS,
     else from its item JSON (with the row's layouts, if any).
 
@@ -273,7 +302,9 @@ def source_for_row(row: dict, mountpath: str | Path | None = None, platform: Pla
     if lays is not None and lays.standalone:
         return Source.from_layouts(lays, row, platform, mountpath)
     item = item_for_row(row, mountpath)
-    return Source.from_item(item, int(row.get("chip_size") or 256), platform, mountpath, layouts=lays)
+    return Source.from_item(
+        item, int(row.get("chip_size") or 256), platform, mountpath, layouts=lays
+    )
 
 
 def grid_for_row(row: dict, mountpath: str | Path | None = None) -> ChipGrid:
@@ -292,7 +323,9 @@ def grid_for_row(row: dict, mountpath: str | Path | None = None) -> ChipGrid:
         a, c, e, f = lays.grid  # type: ignore[misc]
         return ChipGrid(tuple(lays.shape), Affine(a, 0, c, 0, e, f),  # type: ignore[arg-type]
                         _crs(lays.crs), int(row.get("chip_size") or 256))
-    return item_grid(item_for_row(row, mountpath), int(row.get("chip_size") or 256), mountpath=mountpath)
+    return item_grid(
+        item_for_row(row, mountpath), int(row.get("chip_size") or 256), mountpath=mountpath
+    )
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -335,7 +368,9 @@ class AssetRead:
 LOCAL_LAYOUT_CHIPS = 4
 
 
-def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool, cold: bool = False) -> str | None:
+def choose_backend(
+    lay: AssetLayout | None, href: str, use_layouts: bool, cold: bool = False
+) -> str | None:
     """The one backend rule: None for the layout path, else why rasterio reads the asset.
 
     Local files with a layout are read through it while their item is cold (its first
@@ -444,9 +479,15 @@ def note_fallback(reason, href: str, key: str) -> None:
         noted = (os.getpid(), str(reason))
         if noted not in _FORK_NOTED:
             _FORK_NOTED.add(noted)
-            log.warning("asset %r (%s) cannot be read from its layout in this process (%s); reading it, and "
-                        "the like, with rasterio. Start workers with 'forkserver' or 'spawn' to keep the fast path",
-                        key, redact(href), reason)
+            log.warning(
+                "asset %r (%s) cannot be read from its layout in this process (%s); reading it, "
+                "and "
+                "the like, with rasterio. Start workers with 'forkserver' or 'spawn' to keep the "
+                "fast path",
+                key,
+                redact(href),
+                reason,
+            )
     elif kind == "stale":
         if href not in _WARNED:
             _WARNED.add(href)
@@ -476,8 +517,14 @@ class Reader:
         max_sources: items whose sources (open handles) are kept.
     """
 
-    def __init__(self, mountpath: str | Path | None = None, use_layouts: bool = True, resampling: str = "nearest",
-                 workers: int = 4, max_sources: int = MAX_SOURCES) -> None:
+    def __init__(
+        self,
+        mountpath: str | Path | None = None,
+        use_layouts: bool = True,
+        resampling: str = "nearest",
+        workers: int = 4,
+        max_sources: int = MAX_SOURCES,
+    ) -> None:
         self.mountpath, self.use_layouts, self.resampling = mountpath, use_layouts, resampling
         self.workers, self.max_sources = workers, max_sources
         self.report = ReadReport()
@@ -487,13 +534,18 @@ class Reader:
     def _init(self) -> None:
         self._pid = os.getpid()
         self._sources: OrderedDict[tuple, Source] = OrderedDict()
-        self._retired: list[Source] = []  # evicted, closed once no read is running (threads may share a reader)
+        self._retired: list[
+            Source
+        ] = []  # evicted, closed once no read is running (threads may share a reader)
         self._active = 0
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
     def __getstate__(self) -> dict:
-        return {k: getattr(self, k) for k in ("mountpath", "use_layouts", "resampling", "workers", "max_sources")}
+        return {
+            k: getattr(self, k)
+            for k in ("mountpath", "use_layouts", "resampling", "workers", "max_sources")
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -501,7 +553,9 @@ class Reader:
         self._init()
 
     def _check_fork(self) -> None:
-        if os.getpid() != self._pid:  # a forked child: its parent's handles and threads are not its own
+        if (
+            os.getpid() != self._pid
+        ):  # a forked child: its parent's handles and threads are not its own
             self._init()
 
     def source(self, row: dict, names: Sequence[str] = ()) -> Source:
@@ -517,8 +571,17 @@ class Reader:
             full = self._kept((*key, "item"))
             if full is None:
                 item = item_for_row(row, self.mountpath)
-                full = self._keep((*key, "item"), Source.from_item(
-                    item, key[1], found.platform, self.mountpath, layouts=found.layouts, grid=found.grid))
+                full = self._keep(
+                    (*key, "item"),
+                    Source.from_item(
+                        item,
+                        key[1],
+                        found.platform,
+                        self.mountpath,
+                        layouts=found.layouts,
+                        grid=found.grid,
+                    ),
+                )
             return full
         return found
 
@@ -536,7 +599,9 @@ class Reader:
                 self._retired.append(self._sources.popitem(last=False)[1])
         return source
 
-    def read(self, requests: Sequence[ChipRequest], workers: int | None = None) -> list[dict[str, np.ndarray]]:
+    def read(
+        self, requests: Sequence[ChipRequest], workers: int | None = None
+    ) -> list[dict[str, np.ndarray]]:
         """The pixels of each request: one plan, the layout backend for the whole batch at
         once, then rasterio for the rest. Sets ``last`` and adds it to ``report``.
 
@@ -564,7 +629,9 @@ class Reader:
             for source in retired:
                 source.close()
 
-    def _read(self, requests: Sequence[ChipRequest], workers: int | None) -> list[dict[str, np.ndarray]]:
+    def _read(
+        self, requests: Sequence[ChipRequest], workers: int | None
+    ) -> list[dict[str, np.ndarray]]:
         plans = plan(requests, self.use_layouts)
         out: list[dict[str, np.ndarray]] = [{} for _ in requests]
         cost = TileCost()
@@ -588,15 +655,26 @@ class Reader:
             if workers <= 1 or len(slow) < 2:
                 arrays = [self._rasterio(requests[p.chip], p.key) for p in slow]
             else:
-                arrays = list(self._threads(workers).map(lambda p: self._rasterio(requests[p.chip], p.key), slow))
+                arrays = list(
+                    self._threads(workers).map(
+                        lambda p: self._rasterio(requests[p.chip], p.key), slow
+                    )
+                )
             for p, arr in zip(slow, arrays):
                 out[p.chip][p.key] = arr
         after = _io_counters()
         requests_n, bytes_n = after[0] - before[0], after[1] - before[1]
         fallbacks = Counter(_reason_kind(p.reason) for p in slow if p.reason not in CHOSEN)
-        self.last = ReadReport(chips=len(requests), requests=requests_n, bytes=bytes_n, tiles=cost.tiles,
-                               decode_seconds=cost.decode_seconds, layout_reads=len(plans) - len(slow),
-                               rasterio_reads=len(slow), fallbacks=tuple(sorted(fallbacks.items())))
+        self.last = ReadReport(
+            chips=len(requests),
+            requests=requests_n,
+            bytes=bytes_n,
+            tiles=cost.tiles,
+            decode_seconds=cost.decode_seconds,
+            layout_reads=len(plans) - len(slow),
+            rasterio_reads=len(slow),
+            fallbacks=tuple(sorted(fallbacks.items())),
+        )
         self.report = self.report + self.last
         return [{k: res[k] for k in req.keys} for res, req in zip(out, requests)]
 
@@ -612,9 +690,13 @@ class Reader:
         source = req.source
         ds = source.cache.open(source.signed(key))
         try:
-            return read_chip_window(ds, source.grid, source.factor(key, ds), req.x, req.y, resampling=self.resampling)
+            return read_chip_window(
+                ds, source.grid, source.factor(key, ds), req.x, req.y, resampling=self.resampling
+            )
         except RasterioError as exc:
-            raise AssetError(f"cannot read chip ({req.x}, {req.y}) of asset {key!r}: {exc}") from exc
+            raise AssetError(
+                f"cannot read chip ({req.x}, {req.y}) of asset {key!r}: {exc}"
+            ) from exc
 
     # front-end helpers over rows
     def chips(self, rows: Sequence[dict], assets: Sequence[str] | None = None,
@@ -629,12 +711,16 @@ class Reader:
         Returns:
             One Chip per row.
         """
-        blacklist = {k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)}
+        blacklist = {
+            k.lower() for k in (DEFAULT_BLACKLIST if asset_blacklist is None else asset_blacklist)
+        }
         requests = []
         for row in rows:
             source = self.source(row, assets or ())
             keys = chip_keys(source, assets, blacklist)
-            requests.append(ChipRequest(source, int(row["chip_index_x"]), int(row["chip_index_y"]), tuple(keys)))
+            requests.append(
+                ChipRequest(source, int(row["chip_index_x"]), int(row["chip_index_y"]), tuple(keys))
+            )
         return [make_chip(req, arrays) for req, arrays in zip(requests, self.read(requests))]
 
     def stacks(self, rows: Sequence[dict], bands: Sequence[str] | None = None) -> list[np.ndarray]:
@@ -667,13 +753,18 @@ class Reader:
                 pick.append(found)
             picks.append(pick)
             keys = tuple(dict.fromkeys(k for k, _ in pick))
-            requests.append(ChipRequest(source, int(row["chip_index_x"]), int(row["chip_index_y"]), keys))
+            requests.append(
+                ChipRequest(source, int(row["chip_index_x"]), int(row["chip_index_y"]), keys)
+            )
         out = []
         for row, pick, arrays in zip(rows, picks, self.read(requests)):
             for key, index in pick:
                 if index > arrays[key].shape[0]:
-                    raise AssetError(f"chip {row.get('chipid')}: asset {key!r} has {arrays[key].shape[0]} bands, "
-                                     f"not {index}")
+                    raise AssetError(
+                        f"chip {row.get('chipid')}: asset {key!r} has {arrays[key].shape[0]} "
+                        "bands, "
+                        f"not {index}"
+                    )
             out.append(np.stack([arrays[k][b - 1] for k, b in pick]).astype(np.float32, copy=False))
         return out
 
@@ -698,7 +789,9 @@ class Reader:
 DEFAULT_BLACKLIST = ("scl", "qa_pixel")
 
 
-def band_list(platform: Platform | None, name: str | None, bands: Sequence[str] | None) -> list[str]:
+def band_list(
+    platform: Platform | None, name: str | None, bands: Sequence[str] | None
+) -> list[str]:
     """The band names to read.
 
     Args:
@@ -737,10 +830,17 @@ def chip_keys(source: Source, assets: Sequence[str] | None, blacklist: set[str])
         return list(dict.fromkeys(source.asset_key(name) for name in assets))
     keys = source.default_keys(blacklist)
     if not keys:  # never hand out empty chips silently
-        what = (f"none of platform {source.platform.name!r}'s bands ({', '.join(source.platform.band_names)})"
-                if source.platform and source.platform.bands else "no raster asset")
-        raise AssetError(f"item {source.item_id!r}: {what} resolves to an asset; its asset keys are: "
-                         f"{', '.join(source.hrefs) or '(none)'}; name assets explicitly or add aliases in the plugin")
+        what = (
+            f"none of platform {source.platform.name!r}'s bands "
+            f"({', '.join(source.platform.band_names)})"
+            if source.platform and source.platform.bands
+            else "no raster asset"
+        )
+        raise AssetError(
+            f"item {source.item_id!r}: {what} resolves to an asset; its asset keys are: "
+            f"{', '.join(source.hrefs) or '(none)'}; name assets explicitly or add aliases in the "
+            "plugin"
+        )
     return keys
 
 

@@ -35,7 +35,9 @@ def alignment(ds, grid, name: str) -> int | None:
     rotation, or no overlap with the grid at all."""
     t, g = ds.transform, grid.transform
     if t.b or t.d or g.b or g.d:
-        raise AssetError(f"asset {name!r} or the grid is rotated; stacchip reads north-up rasters only")
+        raise AssetError(
+            f"asset {name!r} or the grid is rotated; stacchip reads north-up rasters only"
+        )
     if ds.crs is not None and not pyproj.CRS.from_user_input(ds.crs.to_wkt()).equals(
             grid.crs, ignore_axis_order=True):
         raise AssetError(f"asset {name!r} is in {ds.crs}, the item in {grid.crs.to_string()}")
@@ -49,9 +51,15 @@ def alignment(ds, grid, name: str) -> int | None:
         raise AssetError(f"asset {name!r} does not overlap the item's grid")
     factor = resolution_factor((t.a, t.c, t.e, t.f), (g.a, g.c, g.e, g.f))
     if factor is not None:
-        if ds.width * factor < grid.x_size * grid.chip_size or ds.height * factor < grid.y_size * grid.chip_size:
-            raise AssetError(f"asset {name!r} ({ds.height} x {ds.width} px at factor {factor}) does not cover the "
-                             f"grid ({grid.shape[0]} x {grid.shape[1]} px)")
+        if (
+            ds.width * factor < grid.x_size * grid.chip_size
+            or ds.height * factor < grid.y_size * grid.chip_size
+        ):
+            raise AssetError(
+                f"asset {name!r} ({ds.height} x {ds.width} px at factor {factor}) does not cover "
+                "the "
+                f"grid ({grid.shape[0]} x {grid.shape[1]} px)"
+            )
         return factor
     return None
 
@@ -92,7 +100,9 @@ def read_resampled(ds, grid, col0: int, row0: int, width: int, height: int, inde
     if indexes is None:
         indexes = list(range(1, ds.count + 1))
     single = isinstance(indexes, int)
-    block = ds.read([indexes] if single else indexes, window=Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo))
+    block = ds.read(
+        [indexes] if single else indexes, window=Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
+    )
     dtype = block.dtype
     if resampling == "nearest":
         out = block[:, rows[0][:, None] - r_lo, cols[0][None, :] - c_lo]
@@ -100,7 +110,9 @@ def read_resampled(ds, grid, col0: int, row0: int, width: int, height: int, inde
         acc = np.zeros((block.shape[0], height, width), np.float64)
         for ri, rwt in zip(rows, rw):
             for ci, cwt in zip(cols, cw):
-                acc += block[:, ri[:, None] - r_lo, ci[None, :] - c_lo] * (rwt[:, None] * cwt[None, :])
+                acc += block[:, ri[:, None] - r_lo, ci[None, :] - c_lo] * (
+                    rwt[:, None] * cwt[None, :]
+                )
         out = (np.rint(acc) if np.issubdtype(dtype, np.integer) else acc).astype(dtype)
     invalid = ~(rvalid[:, None] & cvalid[None, :])
     if invalid.any():
@@ -127,7 +139,9 @@ def partial_block_fractions(mask: np.ndarray, factor: int, chip_size: int, ny: i
     """
     cs = chip_size
     m = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
-    skip = first_chip * cs - row0 * factor  # grid rows of the strip's first native row before chip row 0
+    skip = (
+        first_chip * cs - row0 * factor
+    )  # grid rows of the strip's first native row before chip row 0
     rows = np.repeat(m, factor, axis=0)[skip: skip + ny * cs]
     by_row = rows.reshape(ny, cs, -1).sum(axis=1, dtype=np.uint32)  # (ny, native cols)
     cols = np.repeat(by_row, factor, axis=1)[:, : nx * cs]
@@ -135,7 +149,9 @@ def partial_block_fractions(mask: np.ndarray, factor: int, chip_size: int, ny: i
     return (counts / float(cs * cs)).astype(np.float32)
 
 
-def chip_fractions(href: str, band: int, grid, factor: int | None, masks: dict, threads: int = 1) -> dict:
+def chip_fractions(
+    href: str, band: int, grid, factor: int | None, masks: dict, threads: int = 1
+) -> dict:
     """``AssetReader.chip_fractions`` for a band off the grid's lattice (``factor`` None: read
     resampled, nearest, at grid resolution) or whose factor does not divide the chip size
     (native pixels cut by chip edges, weighed by their share). Reads span whole tile rows
@@ -169,7 +185,9 @@ def chip_fractions(href: str, band: int, grid, factor: int | None, masks: dict, 
                         blocks = m.reshape(n, cs, nx, cs).sum(axis=(1, 3), dtype=np.uint32)
                         out[k][y0:y0 + n] = blocks / float(cs * cs)
                     else:
-                        out[k][y0:y0 + n] = partial_block_fractions(m, factor, cs, n, nx, row0=r0, first_chip=y0)
+                        out[k][y0 : y0 + n] = partial_block_fractions(
+                            m, factor, cs, n, nx, row0=r0, first_chip=y0
+                        )
 
     threads = max(1, threads)
     parts = [groups[i::threads] for i in range(threads)]

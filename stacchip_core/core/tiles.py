@@ -74,7 +74,9 @@ def _inflaters():
     if _INFLATERS is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _INFLATERS = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="stacchip-inflate")
+        _INFLATERS = ThreadPoolExecutor(
+            max(1, os.cpu_count() or 1), thread_name_prefix="stacchip-inflate"
+        )
     return _INFLATERS
 
 
@@ -87,7 +89,9 @@ def _inflate_tile(buf, lay: AssetLayout) -> np.ndarray:
     TIFF Technical Note 3; Sentinel-1 RTC): see ``_undo_float_predictor``."""
     import deflate
 
-    dtype = np.dtype(lay.dtype).newbyteorder("<")  # layouts are recorded from little-endian TIFFs only
+    dtype = np.dtype(lay.dtype).newbyteorder(
+        "<"
+    )  # layouts are recorded from little-endian TIFFs only
     th, tw, spp = lay.tile_height, lay.tile_width, lay.bands
     raw = deflate.zlib_decompress(buf, th * tw * spp * dtype.itemsize)
     if lay.predictor == 3:
@@ -98,7 +102,9 @@ def _inflate_tile(buf, lay: AssetLayout) -> np.ndarray:
     return arr
 
 
-def _undo_float_predictor(raw: np.ndarray, th: int, tw: int, spp: int, dtype: np.dtype) -> np.ndarray:
+def _undo_float_predictor(
+    raw: np.ndarray, th: int, tw: int, spp: int, dtype: np.dtype
+) -> np.ndarray:
     """The floating-point predictor undone, vectorized. Each row of a tile holds its values'
     bytes as planes, most significant byte first (plane b: byte b of every value of the row,
     whatever the file's byte order), and each byte is stored as the difference from the byte
@@ -106,7 +112,9 @@ def _undo_float_predictor(raw: np.ndarray, th: int, tw: int, spp: int, dtype: np
     stride ``spp``, then the planes put back together as little-endian values."""
     size = dtype.itemsize
     n = tw * spp  # values in a row
-    row = np.cumsum(raw.reshape(th, n * size // spp, spp), axis=1, dtype=np.uint8).reshape(th, size, n)
+    row = np.cumsum(raw.reshape(th, n * size // spp, spp), axis=1, dtype=np.uint8).reshape(
+        th, size, n
+    )
     # planes MSB first -> each value's bytes least significant first
     values = np.ascontiguousarray(row[:, ::-1, :].transpose(0, 2, 1)).view(dtype)
     return values.reshape(th, tw, spp)
@@ -167,7 +175,11 @@ def factor_for(lay: AssetLayout, grid: GridSpec) -> int:
 
 def _tiles(lay: AssetLayout, r0, r1, c0, c1) -> list[tuple[int, int]]:
     th, tw = lay.tile_height, lay.tile_width
-    return [(tx, ty) for ty in range(r0 // th, (r1 - 1) // th + 1) for tx in range(c0 // tw, (c1 - 1) // tw + 1)]
+    return [
+        (tx, ty)
+        for ty in range(r0 // th, (r1 - 1) // th + 1)
+        for tx in range(c0 // tw, (c1 - 1) // tw + 1)
+    ]
 
 
 _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
@@ -180,10 +192,19 @@ def synth_header(lay: AssetLayout) -> bytes:
     fmt = {"u": 1, "i": 2, "f": 3}[np.dtype(lay.dtype).kind]
     spp = lay.bands
     tags = [
-        (256, 4, [lay.width]), (257, 4, [lay.height]), (258, 3, [bits] * spp), (259, 3, [lay.compression]),
-        (262, 3, [1]), (277, 3, [spp]), (284, 3, [lay.planar]), (317, 3, [lay.predictor]),
-        (322, 4, [lay.tile_width]), (323, 4, [lay.tile_height]),
-        (324, 16, [int(v) for v in lay.offsets]), (325, 16, [int(v) for v in lay.counts]), (339, 3, [fmt] * spp),
+        (256, 4, [lay.width]),
+        (257, 4, [lay.height]),
+        (258, 3, [bits] * spp),
+        (259, 3, [lay.compression]),
+        (262, 3, [1]),
+        (277, 3, [spp]),
+        (284, 3, [lay.planar]),
+        (317, 3, [lay.predictor]),
+        (322, 4, [lay.tile_width]),
+        (323, 4, [lay.tile_height]),
+        (324, 16, [int(v) for v in lay.offsets]),
+        (325, 16, [int(v) for v in lay.counts]),
+        (339, 3, [fmt] * spp),
     ]
     ifd_size = 8 + 20 * len(tags) + 8
     extra = bytearray()
@@ -200,8 +221,14 @@ def synth_header(lay: AssetLayout) -> bytes:
             if len(extra) % 2:
                 extra += b"\0"
         entries += struct.pack("<HHQ", tag, typ, len(values)) + value
-    return (b"II" + struct.pack("<HHHQ", 43, 8, 0, 16) + struct.pack("<Q", len(tags)) + bytes(entries)
-            + struct.pack("<Q", 0) + bytes(extra))
+    return (
+        b"II"
+        + struct.pack("<HHHQ", 43, 8, 0, 16)
+        + struct.pack("<Q", len(tags))
+        + bytes(entries)
+        + struct.pack("<Q", 0)
+        + bytes(extra)
+    )
 
 
 @dataclass
@@ -218,14 +245,18 @@ class ChipPlan:
     width: int = 0
 
 
-def plan_window(lay: AssetLayout, row0: int, col0: int, height: int, width: int, factor: int = 1) -> ChipPlan:
+def plan_window(
+    lay: AssetLayout, row0: int, col0: int, height: int, width: int, factor: int = 1
+) -> ChipPlan:
     """The plan of any window: grid pixels ``height`` x ``width`` from ``(row0, col0)`` at
     ``factor`` (factor 1 and asset pixel offsets: a window in the asset's own pixels, e.g. a
     stack member reprojected by the caller). Unsupported when it reaches beyond the image."""
     r0, r1, c0, c1 = native_window(row0, col0, height, width, factor)
     if r0 < 0 or c0 < 0 or r1 > lay.height or c1 > lay.width:
         raise Unsupported(f"{lay.key}: window beyond the image")
-    return ChipPlan(lay, factor, (row0, col0, r0, r1, c0, c1), _tiles(lay, r0, r1, c0, c1), height, width)
+    return ChipPlan(
+        lay, factor, (row0, col0, r0, r1, c0, c1), _tiles(lay, r0, r1, c0, c1), height, width
+    )
 
 
 def plan(lay: AssetLayout, grid: GridSpec, x: int, y: int) -> ChipPlan:
@@ -283,8 +314,12 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
             return data[(s, s + int(lay.counts[ty * tpr + tx]))]
 
         try:
-            timed = await asyncio.gather(*(loop.run_in_executor(_inflaters(), _timed_inflate, tile_bytes(*xy), lay)
-                                           for xy in wanted))
+            timed = await asyncio.gather(
+                *(
+                    loop.run_in_executor(_inflaters(), _timed_inflate, tile_bytes(*xy), lay)
+                    for xy in wanted
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
             log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
             # a changed object: its header says so (StaleObject: the caller falls back)
@@ -319,7 +354,9 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
         block = np.empty((lay.bands, (ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw), lay.dtype)
         for tx, ty in p.tiles:
             tile = decoded.get((tx, ty))
-            view = block[:, (ty - ty0) * th:(ty - ty0 + 1) * th, (tx - tx0) * tw:(tx - tx0 + 1) * tw]
+            view = block[
+                :, (ty - ty0) * th : (ty - ty0 + 1) * th, (tx - tx0) * tw : (tx - tx0 + 1) * tw
+            ]
             if tile is None:  # a sparse tile (offset/byte count 0): GDAL reads nodata, or 0
                 view[...] = fill
             else:
@@ -343,7 +380,9 @@ async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = No
     results: list = [None] * len(plans)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(plans):
-        groups.setdefault((p.lay.href, p.lay.etag, getattr(p.lay, "digest", None), p.lay.size), []).append(i)
+        groups.setdefault(
+            (p.lay.href, p.lay.etag, getattr(p.lay, "digest", None), p.lay.size), []
+        ).append(i)
 
     async def group(gk, members):
         lay = plans[members[0]].lay

@@ -20,7 +20,9 @@ import numpy as np
 ALIGN_TOL = 0.01  # of a grid pixel: closer origins count as aligned
 
 
-def resolution_factor(asset: tuple[float, float, float, float], grid: tuple[float, float, float, float]) -> int | None:
+def resolution_factor(
+    asset: tuple[float, float, float, float], grid: tuple[float, float, float, float]
+) -> int | None:
     """Grid pixels per asset pixel when the asset sits exactly on the grid's lattice.
 
     Args:
@@ -46,14 +48,29 @@ def resolution_factor(asset: tuple[float, float, float, float], grid: tuple[floa
     return k
 
 
-def native_window(row0: int, col0: int, height: int, width: int, factor: int) -> tuple[int, int, int, int]:
+def native_window(
+    row0: int, col0: int, height: int, width: int, factor: int
+) -> tuple[int, int, int, int]:
     """The asset pixels ``(r0, r1, c0, c1)`` (end exclusive) that grid pixels
     ``row0:row0+height``, ``col0:col0+width`` touch at ``factor`` grid pixels per asset pixel."""
-    return row0 // factor, (row0 + height - 1) // factor + 1, col0 // factor, (col0 + width - 1) // factor + 1
+    return (
+        row0 // factor,
+        (row0 + height - 1) // factor + 1,
+        col0 // factor,
+        (col0 + width - 1) // factor + 1,
+    )
 
 
-def crop_expand(block: np.ndarray, block_row: int, block_col: int, row0: int, col0: int, height: int, width: int,
-                factor: int) -> np.ndarray:
+def crop_expand(
+    block: np.ndarray,
+    block_row: int,
+    block_col: int,
+    row0: int,
+    col0: int,
+    height: int,
+    width: int,
+    factor: int,
+) -> np.ndarray:
     """The chip ``(bands, height, width)`` of grid pixels from ``(row0, col0)``, from ``block``:
     asset pixels ``(bands, h, w)`` whose first one is asset pixel ``(block_row, block_col)``.
 

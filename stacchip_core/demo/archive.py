@@ -65,7 +65,9 @@ def build_archive(root: str | Path, scene_px: int = 512, seed: int = 0) -> Archi
                                        ("sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1", "naip",
                                         "sentinel-1-rtc", "modis-09A1-061")]))
     stack_items = _stack_place(root / "stack-items")
-    return Archive(root, items, collections, _mgrs_samples(root), _point_samples(root), linz, stack_items)
+    return Archive(
+        root, items, collections, _mgrs_samples(root), _point_samples(root), linz, stack_items
+    )
 
 
 def _sentinel2(items: Path, px: int, rng: random.Random) -> None:
@@ -81,17 +83,33 @@ def _sentinel2(items: Path, px: int, rng: random.Random) -> None:
             for tag, cloud, nodata_pct, tile in variants:
                 day = when.replace(day=10 + len(tag))
                 item_id = f"S2A_{tile}_{day:%Y%m%d}_{tag}"
-                path = synthetic.sentinel2_scene(items / "sentinel-2-l2a", px, seed=n, item_id=item_id, when=day,
-                                                 origin=S2_ORIGIN, cloud_cover=cloud, bands_10m=tuple(synthetic.S2_BANDS_10M),
-                                                 naming="planetary-computer" if year % 2 else "earth-search")
+                path = synthetic.sentinel2_scene(
+                    items / "sentinel-2-l2a",
+                    px,
+                    seed=n,
+                    item_id=item_id,
+                    when=day,
+                    origin=S2_ORIGIN,
+                    cloud_cover=cloud,
+                    bands_10m=tuple(synthetic.S2_BANDS_10M),
+                    naming="planetary-computer" if year % 2 else "earth-search",
+                )
                 d = json.loads(path.read_text())
-                d["properties"].update({"s2:nodata_pixel_percentage": nodata_pct, "grid:code": f"MGRS-{tile}"})
+                d["properties"].update(
+                    {"s2:nodata_pixel_percentage": nodata_pct, "grid:code": f"MGRS-{tile}"}
+                )
                 path.write_text(json.dumps(d, indent=1))
                 n += 1
     # a decoy outside sample 0's years
     other = next(y for y in range(2018, 2024) if y not in _s2_years(0))
-    synthetic.sentinel2_scene(items / "sentinel-2-l2a", px, item_id=f"S2A_{S2_TILE}_{other}0615_x",
-                              when=datetime(other, 6, 15, tzinfo=UTC), origin=S2_ORIGIN, cloud_cover=0.0)
+    synthetic.sentinel2_scene(
+        items / "sentinel-2-l2a",
+        px,
+        item_id=f"S2A_{S2_TILE}_{other}0615_x",
+        when=datetime(other, 6, 15, tzinfo=UTC),
+        origin=S2_ORIGIN,
+        cloud_cover=0.0,
+    )
 
 
 def _landsat(items: Path, rng: random.Random) -> None:
@@ -100,16 +118,31 @@ def _landsat(items: Path, rng: random.Random) -> None:
     year = Random(0).choice(list(range(2018, 2024)))  # sample 0's year
     for collection in ("landsat-c2l2-sr", "landsat-c2l1"):
         for q, when in enumerate(_quarter_dates(year)):
-            for tag, cloud, sat in (("l8", 30.0 - 5 * q, "LANDSAT_8"), ("l9", 20.0 + 3 * q, "LANDSAT_9"),
-                                    ("l7", 1.0, "LANDSAT_7"), ("cloudy", 0.5 if q == 2 else 99.0, "LANDSAT_9")):
+            for tag, cloud, sat in (
+                ("l8", 30.0 - 5 * q, "LANDSAT_8"),
+                ("l9", 20.0 + 3 * q, "LANDSAT_9"),
+                ("l7", 1.0, "LANDSAT_7"),
+                ("cloudy", 0.5 if q == 2 else 99.0, "LANDSAT_9"),
+            ):
                 if tag == "cloudy" and q != 2:
                     continue
                 level = "L2SP" if collection.endswith("sr") else "L1TP"
                 item_id = f"LC0{sat[-1]}_{level}_086107_{when:%Y%m%d}_{tag}"
-                path = synthetic.landsat_scene(items / collection, 300, 300, item_id=item_id, when=when,
-                                               origin=LANDSAT_ORIGIN, epsg=32720, collection=collection, seed=q)
+                path = synthetic.landsat_scene(
+                    items / collection,
+                    300,
+                    300,
+                    item_id=item_id,
+                    when=when,
+                    origin=LANDSAT_ORIGIN,
+                    epsg=32720,
+                    collection=collection,
+                    seed=q,
+                )
                 d = json.loads(path.read_text())
-                d["properties"].update({"eo:cloud_cover": 99.0 if tag == "cloudy" else cloud, "platform": sat})
+                d["properties"].update(
+                    {"eo:cloud_cover": 99.0 if tag == "cloudy" else cloud, "platform": sat}
+                )
                 for key, asset in d["assets"].items():
                     # the public item: https hrefs that cannot be reached here, and the s3 alternate
                     asset["alternate"] = {"s3": {"href": asset["href"]}}
@@ -119,8 +152,14 @@ def _landsat(items: Path, rng: random.Random) -> None:
 
 def _naip(items: Path) -> None:
     for year in (2014, 2016, 2018, 2020, 2022):
-        path = synthetic.naip_scene(items / "naip", 600, 520, item_id=f"m_4207009_ne_19_060_{year}0701",
-                                    when=datetime(year, 7, 1, 16, tzinfo=UTC), origin=NAIP_ORIGIN)
+        path = synthetic.naip_scene(
+            items / "naip",
+            600,
+            520,
+            item_id=f"m_4207009_ne_19_060_{year}0701",
+            when=datetime(year, 7, 1, 16, tzinfo=UTC),
+            origin=NAIP_ORIGIN,
+        )
         d = json.loads(path.read_text())
         d["properties"]["naip:year"] = str(year)
         path.write_text(json.dumps(d, indent=1))
@@ -133,16 +172,30 @@ def _linz_source(root: Path, tiles: int = 12, px: int = 1200) -> Path:
         name = f"BQ31_1000_{4701 + i:04d}"
         x0, y0 = LINZ_ORIGIN[0] + (i % 4) * px * 0.075, LINZ_ORIGIN[1] - (i // 4) * px * 0.075
         t = Affine(0.075, 0, x0, 0, -0.075, y0)
-        data = np.stack([(synthetic.band_pattern(b, px, px) % 250 + 1).astype(np.uint8) for b in range(3)]
-                        + [np.full((px, px), 255, np.uint8)])
+        data = np.stack(
+            [(synthetic.band_pattern(b, px, px) % 250 + 1).astype(np.uint8) for b in range(3)]
+            + [np.full((px, px), 255, np.uint8)]
+        )
         data[:, :, : px // 4 * (i % 2)] = 0  # odd tiles: a quarter of nodata (alpha 0 too)
         tiff = synthetic.write_cog(root / LINZ_PREFIX / f"{name}.tiff", data, t, "EPSG:2193")
         item = {
-            "type": "Feature", "stac_version": "1.0.0", "id": name, "collection": "01HQRJ",
-            "geometry": None, "links": [{"rel": "self", "href": f"./{name}.json"}],
-            "properties": {"start_datetime": f"2022-12-{1 + i:02d}T11:00:00Z",
-                           "end_datetime": f"2022-12-{1 + i:02d}T11:00:00Z", "datetime": None},
-            "assets": {"visual": {"href": f"./{name}.tiff", "type": "image/tiff; application=geotiff; profile=cloud-optimized"}},
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "id": name,
+            "collection": "01HQRJ",
+            "geometry": None,
+            "links": [{"rel": "self", "href": f"./{name}.json"}],
+            "properties": {
+                "start_datetime": f"2022-12-{1 + i:02d}T11:00:00Z",
+                "end_datetime": f"2022-12-{1 + i:02d}T11:00:00Z",
+                "datetime": None,
+            },
+            "assets": {
+                "visual": {
+                    "href": f"./{name}.tiff",
+                    "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                }
+            },
         }
         (root / LINZ_PREFIX / f"{name}.json").write_text(json.dumps(item, indent=1))
         assert tiff.exists()
@@ -161,7 +214,9 @@ def _mgrs_samples(root: Path) -> Path:
     other = shapely.transform(shapely.box(x0 + 99960, y0 - 109800, x0 + 209760, y0), to_lonlat)
     path = root / "samples" / "mgrs.geojson"
     path.parent.mkdir(parents=True, exist_ok=True)
-    gpd.GeoDataFrame({"name": [S2_TILE, "20HNK"]}, geometry=[tile, other], crs=4326).to_file(path, driver="GeoJSON")
+    gpd.GeoDataFrame({"name": [S2_TILE, "20HNK"]}, geometry=[tile, other], crs=4326).to_file(
+        path, driver="GeoJSON"
+    )
     return path
 
 
@@ -170,12 +225,19 @@ def _point_samples(root: Path) -> Path:
     import pyproj
     import shapely
 
-    landsat = pyproj.Transformer.from_crs(32720, 4326, always_xy=True).transform(LANDSAT_ORIGIN[0] + 4500, LANDSAT_ORIGIN[1] - 4500)
-    naip = pyproj.Transformer.from_crs(26919, 4326, always_xy=True).transform(NAIP_ORIGIN[0] + 150, NAIP_ORIGIN[1] - 150)
+    landsat = pyproj.Transformer.from_crs(32720, 4326, always_xy=True).transform(
+        LANDSAT_ORIGIN[0] + 4500, LANDSAT_ORIGIN[1] - 4500
+    )
+    naip = pyproj.Transformer.from_crs(26919, 4326, always_xy=True).transform(
+        NAIP_ORIGIN[0] + 150, NAIP_ORIGIN[1] - 150
+    )
     path = root / "samples" / "points.geojson"
     path.parent.mkdir(parents=True, exist_ok=True)
-    gpd.GeoDataFrame({"site": ["pampa", "massachusetts"]},
-                     geometry=[shapely.Point(*landsat), shapely.Point(*naip)], crs=4326).to_file(path, driver="GeoJSON")
+    gpd.GeoDataFrame(
+        {"site": ["pampa", "massachusetts"]},
+        geometry=[shapely.Point(*landsat), shapely.Point(*naip)],
+        crs=4326,
+    ).to_file(path, driver="GeoJSON")
     return path
 
 
@@ -208,13 +270,24 @@ def _sentinel1(items: Path) -> None:
     over the tile in another quarter."""
     year, q = s1_quarter(0)
     month = 2 + 3 * q
-    cases = [("in", S1_ORIGIN, month, 10, ("vv", "vh")), ("elsewhere", S1_ELSEWHERE, month, 20, ("vv", "vh")),
-             ("polar", S1_ORIGIN, month, 25, ("hh", "hv")), ("otherquarter", S1_ORIGIN, 2 + 3 * ((q + 1) % 4), 10, ("vv", "vh"))]
+    cases = [
+        ("in", S1_ORIGIN, month, 10, ("vv", "vh")),
+        ("elsewhere", S1_ELSEWHERE, month, 20, ("vv", "vh")),
+        ("polar", S1_ORIGIN, month, 25, ("hh", "hv")),
+        ("otherquarter", S1_ORIGIN, 2 + 3 * ((q + 1) % 4), 10, ("vv", "vh")),
+    ]
     for tag, origin, m, day, pols in cases:
         when = datetime(year, m, day, 9, 43, 50, tzinfo=UTC)
         kind = "1SDV" if pols[0] == "vv" else "1SDH"
-        synthetic.sentinel1_scene(items / "sentinel-1-rtc", 600, 640, origin=origin, when=when, polarisations=pols,
-                                  item_id=f"S1A_IW_GRDH_{kind}_{when:%Y%m%d}T094350_{tag}_rtc")
+        synthetic.sentinel1_scene(
+            items / "sentinel-1-rtc",
+            600,
+            640,
+            origin=origin,
+            when=when,
+            polarisations=pols,
+            item_id=f"S1A_IW_GRDH_{kind}_{when:%Y%m%d}T094350_{tag}_rtc",
+        )
 
 
 def modis_months(h: int, v: int, year: int) -> list[int]:
@@ -229,10 +302,23 @@ def _modis(items: Path) -> None:
     drawn = modis_months(h, v, 2018)
     other = next(m for m in range(1, 13) if m not in drawn)
     for n, m in enumerate(drawn):
-        for day, platform, tile, size in ((1, "terra", h, 260), (9, "aqua", h, 520), (17, "terra", h + 1, 260)):
-            synthetic.modis_scene(items / "modis-09A1-061", size, h=tile, v=v, platform=platform, seed=n,
-                                  start=datetime(2018, m, day, tzinfo=UTC))
-    synthetic.modis_scene(items / "modis-09A1-061", 260, h=h, v=v, start=datetime(2018, other, 9, tzinfo=UTC))
+        for day, platform, tile, size in (
+            (1, "terra", h, 260),
+            (9, "aqua", h, 520),
+            (17, "terra", h + 1, 260),
+        ):
+            synthetic.modis_scene(
+                items / "modis-09A1-061",
+                size,
+                h=tile,
+                v=v,
+                platform=platform,
+                seed=n,
+                start=datetime(2018, m, day, tzinfo=UTC),
+            )
+    synthetic.modis_scene(
+        items / "modis-09A1-061", 260, h=h, v=v, start=datetime(2018, other, 9, tzinfo=UTC)
+    )
     # a composite that starts in the (undrawn) month before a drawn one and ends inside it: both
     # catalogs must find it in the drawn month (ranges overlap), where the newer Aqua one still wins
     month = next(m for m in drawn if m > 1 and m - 1 not in drawn)
@@ -249,7 +335,9 @@ def _modis(items: Path) -> None:
 # scene centred east of -60: a different grid, rotated by the meridian convergence.
 
 STACK_S2_ORIGIN = (767780.0, 6167440.0)  # EPSG:32720, a 5.12 km scene
-STACK_S2_DATES = [datetime(2023, 1, 5, 14, 0, tzinfo=UTC) + timedelta(days=10 * i) for i in range(6)]
+STACK_S2_DATES = [
+    datetime(2023, 1, 5, 14, 0, tzinfo=UTC) + timedelta(days=10 * i) for i in range(6)
+]
 STACK_S1_DATE = datetime(2023, 2, 5, 9, 43, 50, tzinfo=UTC)  # a day after S2 step 3
 STACK_LANDSAT_DATE = datetime(2023, 2, 7, 13, 50, tzinfo=UTC)  # three days after it
 STACK_S1_ORIGIN = (STACK_S2_ORIGIN[0] - 1500, STACK_S2_ORIGIN[1] + 500)  # EPSG:32720
@@ -258,12 +346,35 @@ STACK_LANDSAT_ORIGIN = (216015.0, 6168825.0)  # EPSG:32721, 1.5 km around the S2
 
 def _stack_place(items: Path) -> Path:
     for i, when in enumerate(STACK_S2_DATES):
-        synthetic.sentinel2_scene(items / "sentinel-2-l2a", 512, seed=100 + i, item_id=f"S2B_20HQH_{when:%Y%m%d}",
-                                  when=when, origin=STACK_S2_ORIGIN, cloud_cover=10.0 * i,
-                                  bands_10m=tuple(synthetic.S2_BANDS_10M),
-                                  nodata_corner=0.3 if i % 2 else 0.0, n_clouds=(1, 3, 0, 2, 6, 1)[i], land_seed=100)
-    synthetic.sentinel1_scene(items / "sentinel-1-rtc", 800, 800, origin=STACK_S1_ORIGIN, when=STACK_S1_DATE,
-                              item_id=f"S1A_IW_GRDH_1SDV_{STACK_S1_DATE:%Y%m%dT%H%M%S}_stack_rtc")
-    synthetic.landsat_scene(items / "landsat-c2l2-sr", 320, 384, seed=7, item_id="LC09_L2SP_225084_20230207_stack",
-                            when=STACK_LANDSAT_DATE, origin=STACK_LANDSAT_ORIGIN, epsg=32721)
+        synthetic.sentinel2_scene(
+            items / "sentinel-2-l2a",
+            512,
+            seed=100 + i,
+            item_id=f"S2B_20HQH_{when:%Y%m%d}",
+            when=when,
+            origin=STACK_S2_ORIGIN,
+            cloud_cover=10.0 * i,
+            bands_10m=tuple(synthetic.S2_BANDS_10M),
+            nodata_corner=0.3 if i % 2 else 0.0,
+            n_clouds=(1, 3, 0, 2, 6, 1)[i],
+            land_seed=100,
+        )
+    synthetic.sentinel1_scene(
+        items / "sentinel-1-rtc",
+        800,
+        800,
+        origin=STACK_S1_ORIGIN,
+        when=STACK_S1_DATE,
+        item_id=f"S1A_IW_GRDH_1SDV_{STACK_S1_DATE:%Y%m%dT%H%M%S}_stack_rtc",
+    )
+    synthetic.landsat_scene(
+        items / "landsat-c2l2-sr",
+        320,
+        384,
+        seed=7,
+        item_id="LC09_L2SP_225084_20230207_stack",
+        when=STACK_LANDSAT_DATE,
+        origin=STACK_LANDSAT_ORIGIN,
+        epsg=32721,
+    )
     return items

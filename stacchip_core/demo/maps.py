@@ -34,7 +34,9 @@ _VIRIDIS = np.array([[int(c[k:k + 2], 16) for k in (1, 3, 5)] for c in (
 # a chip can have
 _AT = np.linspace(0, len(_VIRIDIS) - 1, 256)
 _STOPS = np.arange(len(_VIRIDIS))
-_LEVELS = np.rint(np.stack([np.interp(_AT, _STOPS, _VIRIDIS[:, b]) for b in range(3)], axis=-1)).astype(int)
+_LEVELS = np.rint(
+    np.stack([np.interp(_AT, _STOPS, _VIRIDIS[:, b]) for b in range(3)], axis=-1)
+).astype(int)
 
 
 def cloud_colours(cloud: np.ndarray) -> list[str]:
@@ -84,22 +86,27 @@ def index_map_html(table: pa.Table, path: str | Path, title: str = "stacchip ind
         f'data-chipid="{html.escape(i)}" data-cloud="{cl:.4f}"><title>{html.escape(i)}\n'
         f'{html.escape(p)}: cloud {cl:.3f}, nodata {nd:.3f}</title></path>'
         for g, c, p, i, cl, nd in zip(geoms, colours, platforms, chipids, cloud, nodata))
-    buttons = " ".join(f'<button data-view="{html.escape(n)}">{html.escape(n)} ({platforms.count(n)})</button>'
-                       for n in views)
+    buttons = " ".join(
+        f'<button data-view="{html.escape(n)}">{html.escape(n)} ({platforms.count(n)})</button>'
+        for n in views
+    )
     legend = "".join(f'<span style="background:{c}">{v:.1f}</span>' for v, c in
                      zip(np.linspace(0, 1, 6), cloud_colours(np.linspace(0, 1, 6))))
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ margin: 0; font: 13px sans-serif; background: #f4f4f4; }}
-header {{ padding: 6px 10px; }} header span {{ display: inline-block; width: 34px; color: #fff; text-align: center; }}
-svg {{ width: 100vw; height: calc(100vh - 70px); background: #dde6ee; cursor: grab; display: block; }}
+header {{ padding: 6px 10px; }}
+header span {{ display: inline-block; width: 34px; color: #fff; text-align: center; }}
+svg {{ width: 100vw; height: calc(100vh - 70px); background: #dde6ee; cursor: grab;
+  display: block; }}
 path.chip {{ stroke: #222; stroke-width: 1px; vector-effect: non-scaling-stroke; fill-opacity: 1; }}
 path.chip:hover {{ stroke: #f0f; stroke-width: 3px; }}
 </style></head>
 <body><header><b>{html.escape(title)}</b>: {len(chipids)} chips coloured by cloud fraction {legend}
 <br>{buttons}</header>
-<svg id="map" viewBox="{' '.join(f'{v:.6f}' for v in views[first])}" preserveAspectRatio="xMidYMid meet"
+<svg id="map" viewBox="{" ".join(f"{v:.6f}" for v in views[first])}"
+ preserveAspectRatio="xMidYMid meet"
  xmlns="http://www.w3.org/2000/svg">
 {paths}
 </svg>
@@ -107,11 +114,13 @@ path.chip:hover {{ stroke: #f0f; stroke-width: 3px; }}
 const svg = document.getElementById("map"), views = {json.dumps(views)};
 let vb = svg.viewBox.baseVal;
 function set(v) {{ vb.x = v[0]; vb.y = v[1]; vb.width = v[2]; vb.height = v[3]; }}
-document.querySelectorAll("button[data-view]").forEach(b => b.onclick = () => set(views[b.dataset.view]));
+document.querySelectorAll("button[data-view]").forEach(
+  b => b.onclick = () => set(views[b.dataset.view]));
 svg.addEventListener("wheel", e => {{
   e.preventDefault();
   const k = e.deltaY > 0 ? 1.2 : 1 / 1.2, r = svg.getBoundingClientRect();
-  const px = vb.x + (e.clientX - r.left) / r.width * vb.width, py = vb.y + (e.clientY - r.top) / r.height * vb.height;
+  const px = vb.x + (e.clientX - r.left) / r.width * vb.width,
+    py = vb.y + (e.clientY - r.top) / r.height * vb.height;
   set([px - (px - vb.x) * k, py - (py - vb.y) * k, vb.width * k, vb.height * k]);
 }}, {{passive: false}});
 let drag = null;
@@ -159,8 +168,14 @@ def index_map_png(table: pa.Table, path: str | Path) -> Path | None:
         for k in np.flatnonzero(platforms == name):
             polys = geoms[k].geoms if hasattr(geoms[k], "geoms") else [geoms[k]]
             for poly in polys:
-                ax.add_patch(Polygon(np.asarray(poly.exterior.coords), facecolor=colours[k], edgecolor="#222",
-                                     linewidth=0.4))
+                ax.add_patch(
+                    Polygon(
+                        np.asarray(poly.exterior.coords),
+                        facecolor=colours[k],
+                        edgecolor="#222",
+                        linewidth=0.4,
+                    )
+                )
         xmin, ymin, xmax, ymax = shapely.total_bounds(geoms[platforms == name])
         pad = max(xmax - xmin, ymax - ymin) * 0.05 + 1e-6
         ax.set_xlim(xmin - pad, xmax + pad)
@@ -170,7 +185,9 @@ def index_map_png(table: pa.Table, path: str | Path) -> Path | None:
         ax.tick_params(labelsize=7)
         ax.ticklabel_format(useOffset=False)
     cmap = ListedColormap(_LEVELS / 255)
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=list(axes), label="cloud fraction", fraction=0.03)
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap), ax=list(axes), label="cloud fraction", fraction=0.03
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig).print_png(str(path))
     return path

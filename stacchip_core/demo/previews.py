@@ -53,7 +53,9 @@ def read_preview_chips(rows: list[dict], platform: Platform | None,
     masks: list[np.ndarray | None] = [None] * len(rows)
     if platform is not None and platform.name in CLOUD_MASKS:
         layer, fn = CLOUD_MASKS[platform.name]
-        with_layer = [i for i, row in enumerate(rows) if reader.source(row).key_for(layer) is not None]
+        with_layer = [
+            i for i, row in enumerate(rows) if reader.source(row).key_for(layer) is not None
+        ]
         if with_layer:
             qa = reader.chips([rows[i] for i in with_layer], assets=[layer])
             for i, chip in zip(with_layer, qa):
@@ -61,12 +63,18 @@ def read_preview_chips(rows: list[dict], platform: Platform | None,
     return chips, masks
 
 
-def true_colour(stack: np.ndarray, names: list[str], nodata, clear: np.ndarray | None) -> np.ndarray:
+def true_colour(
+    stack: np.ndarray, names: list[str], nodata, clear: np.ndarray | None
+) -> np.ndarray:
     """RGB uint8 (3, h, w): 2-98 % stretch over clear, valid pixels (clouds then saturate)."""
-    wanted = [names.index(b) for b in ("red", "green", "blue") if b in names] or list(range(min(3, len(names))))
+    wanted = [names.index(b) for b in ("red", "green", "blue") if b in names] or list(
+        range(min(3, len(names)))
+    )
     wanted += [wanted[-1]] * (3 - len(wanted))
     rgb = stack[wanted].astype(np.float64)
-    valid = np.all(np.isfinite(rgb), axis=0)  # Sentinel-1 marks nodata NaN: NaN makes every percentile NaN
+    valid = np.all(
+        np.isfinite(rgb), axis=0
+    )  # Sentinel-1 marks nodata NaN: NaN makes every percentile NaN
     if nodata is not None:
         valid &= ~np.all(stack[wanted] == nodata, axis=0)
     sample = valid & (clear if clear is not None else True)
@@ -89,8 +97,15 @@ def tile_origin(i: int, cols: int, cs: int) -> tuple[int, int]:
     return GAP + r * (cs + LABEL + GAP), GAP + c * (cs + GAP)
 
 
-def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: int = 4, *,
-                 chips: list[Chip] | None = None, masks: list[np.ndarray | None] | None = None) -> dict:
+def preview_grid(
+    rows: list[dict],
+    platform: Platform | None,
+    path: Path,
+    cols: int = 4,
+    *,
+    chips: list[Chip] | None = None,
+    masks: list[np.ndarray | None] | None = None,
+) -> dict:
     """Write the preview PNG of index ``rows``; returns the tiles' chipids, origins and masks
     (``masks[i]``: the outlined cloud mask of tile i, or None). ``chips`` and ``masks``: as
     ``read_preview_chips`` gives them (read here when not given)."""
@@ -100,13 +115,17 @@ def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: 
     tiles, labels = [], []
     for row, chip, mask in zip(rows, chips, masks):
         stack, names = band_stack(chip, platform)
-        rgb = true_colour(stack, names, platform.nodata if platform else None, None if mask is None else ~mask)
+        rgb = true_colour(
+            stack, names, platform.nodata if platform else None, None if mask is None else ~mask
+        )
         if mask is not None:
             edge = outline(mask)
             for b in range(3):
                 rgb[b][edge] = OUTLINE[b]
         tiles.append(rgb)
-        labels.append(f"cloud {row['cloud_cover_percentage']:.2f}  nodata {row['nodata_percentage']:.2f}")
+        labels.append(
+            f"cloud {row['cloud_cover_percentage']:.2f}  nodata {row['nodata_percentage']:.2f}"
+        )
     cs = max(t.shape[1] for t in tiles)
     cols = min(cols, len(tiles))
     nrows = (len(tiles) + cols - 1) // cols
@@ -121,8 +140,14 @@ def preview_grid(rows: list[dict], platform: Platform | None, path: Path, cols: 
     canvas = _with_labels(canvas, strips, cs)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(path, canvas.transpose(2, 0, 1))
-    return {"path": path, "chipids": [r["chipid"] for r in rows], "origins": origins, "masks": masks,
-            "cols": cols, "chip_size": cs}
+    return {
+        "path": path,
+        "chipids": [r["chipid"] for r in rows],
+        "origins": origins,
+        "masks": masks,
+        "cols": cols,
+        "chip_size": cs,
+    }
 
 
 # A 5 x 7 pixel font for the labels (the characters they use), so that previews need no
@@ -190,7 +215,9 @@ def stack_strip(tiles: list[np.ndarray], labels: list[str], path: Path) -> dict:
         r0, c0 = tile_origin(i, len(tiles), cs)
         canvas[r0:r0 + tile.shape[1], c0:c0 + tile.shape[2]] = tile.transpose(1, 2, 0)
         origins.append((r0, c0))
-    canvas = _with_labels(canvas, [(r0 + cs + 4, c0, text) for (r0, c0), text in zip(origins, labels)], cs)
+    canvas = _with_labels(
+        canvas, [(r0 + cs + 4, c0, text) for (r0, c0), text in zip(origins, labels)], cs
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_png(path, canvas.transpose(2, 0, 1))
     return {"path": path, "origins": origins, "chip_size": cs}
@@ -210,9 +237,13 @@ def _rgb(pixels: np.ndarray, valid: np.ndarray, names: list[str], top: float = 7
         values = data[:, b][np.isfinite(data[:, b])]
         if not values.size:
             continue
-        lo, hi = np.percentile(values, [2, top])  # 75: clouds (the brightest quarter at most) saturate
+        lo, hi = np.percentile(
+            values, [2, top]
+        )  # 75: clouds (the brightest quarter at most) saturate
         hi = lo + 1.3 * (hi - lo)
-        out[:, b] = np.nan_to_num(np.clip((data[:, b] - lo) * (255.0 / (hi - lo) if hi > lo else 0.0), 0, 255))
+        out[:, b] = np.nan_to_num(
+            np.clip((data[:, b] - lo) * (255.0 / (hi - lo) if hi > lo else 0.0), 0, 255)
+        )
     return out
 
 

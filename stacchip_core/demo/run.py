@@ -140,7 +140,9 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
         chips, masks = read_preview_chips(chosen, installed.get(name), reader)
         read_s += time.perf_counter() - t
         t = time.perf_counter()
-        grid = preview_grid(chosen, installed.get(name), previews / f"{name}.png", chips=chips, masks=masks)
+        grid = preview_grid(
+            chosen, installed.get(name), previews / f"{name}.png", chips=chips, masks=masks
+        )
         draw_s += time.perf_counter() - t
         read_chips += len(order)
         summary.append(PlatformSummary(
@@ -151,7 +153,9 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
         ))
     cost = reader.report
     reader.close()
-    log.info("read %d chips in %.2f s (%s); previews drawn in %.2f s", read_chips, read_s, cost, draw_s)
+    log.info(
+        "read %d chips in %.2f s (%s); previews drawn in %.2f s", read_chips, read_s, cost, draw_s
+    )
     map_html = index_map_html(table, previews / "index_map.html")
     map_png = index_map_png(table, previews / "index_map.png")
     throughput = Throughput(
@@ -161,10 +165,20 @@ def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
         chips_read_per_second=read_chips / read_s if read_s else 0.0,
         read_requests=cost.requests, read_fallbacks=cost.fallback_count, draw_seconds=draw_s,
     )
-    stacks = run_stacks(archive.stack_items, out / "stacks", previews) if archive.stack_items else None
-    return DemoReport(archive=str(archive.root), bucket=str(bucket), index=merged.output, previews=str(previews),
-                      map_html=str(map_html), map_png=str(map_png) if map_png else None, summary=summary,
-                      throughput=throughput, stacks=stacks)
+    stacks = (
+        run_stacks(archive.stack_items, out / "stacks", previews) if archive.stack_items else None
+    )
+    return DemoReport(
+        archive=str(archive.root),
+        bucket=str(bucket),
+        index=merged.output,
+        previews=str(previews),
+        map_html=str(map_html),
+        map_png=str(map_png) if map_png else None,
+        summary=summary,
+        throughput=throughput,
+        stacks=stacks,
+    )
 
 
 STACK_PLATFORMS = ("sentinel-2-l2a", "sentinel-1-rtc", "landsat-c2l2-sr")
@@ -186,22 +200,35 @@ def run_stacks(items: Path, out: Path, previews: Path) -> StacksSummary | None:
     if missing:
         log.warning("platforms %s are not installed: no stacks", missing)
         return None
-    tables = [Indexer(str(p), chip_size=128 if "landsat" in p.parts[-3] else 256, chip_max_nodata=1.0).create_index()
-              for p in sorted(items.rglob("*.json"))]
+    tables = [
+        Indexer(
+            str(p), chip_size=128 if "landsat" in p.parts[-3] else 256, chip_max_nodata=1.0
+        ).create_index()
+        for p in sorted(items.rglob("*.json"))
+    ]
     index = write_index(pa.concat_tables(tables), out / "index.parquet")
     s2, s1, landsat = STACK_PLATFORMS
     series = build_stacks(index, anchor=s2, min_steps=4)
     pairs = build_stacks(index, anchor=s2, with_=[s1, landsat], window=3)
     write_stacks(series, out / "series.parquet")
     write_stacks(pairs, out / "pairs.parquet")
-    reader = StackReader({s2: ["red", "green", "blue"], landsat: ["red", "green", "blue"], s1: ["vv", "vh"]})
+    reader = StackReader(
+        {s2: ["red", "green", "blue"], landsat: ["red", "green", "blue"], s1: ["vv", "vh"]}
+    )
     # the place's chip with the widest range of cloud over time
     clouds = series["member_cloud"].to_pylist()
     pick = int(np.argmax([max(c) - min(c) for c in clouds]))
     ts = reader.read(series.slice(pick, 1).to_pylist()[0])
     strip = series_preview(ts, clouds[pick], previews / "stack_series.png")
     pair = pair_preview(reader.read(pairs.slice(0, 1).to_pylist()[0]), previews / "stack_pair.png")
-    return StacksSummary(index=str(index), series=str(out / "series.parquet"), pairs=str(out / "pairs.parquet"),
-                         series_stacks=series.num_rows, series_steps=int(series["steps"][pick].as_py()),
-                         pair_stacks=pairs.num_rows, pair_platforms=list(STACK_PLATFORMS),
-                         series_preview=str(strip["path"]), pair_preview=str(pair["path"]))
+    return StacksSummary(
+        index=str(index),
+        series=str(out / "series.parquet"),
+        pairs=str(out / "pairs.parquet"),
+        series_stacks=series.num_rows,
+        series_steps=int(series["steps"][pick].as_py()),
+        pair_stacks=pairs.num_rows,
+        pair_platforms=list(STACK_PLATFORMS),
+        series_preview=str(strip["path"]),
+        pair_preview=str(pair["path"]),
+    )

@@ -93,16 +93,25 @@ def qa_pixel_layer(rows: int, cols: int, seed: int = 0, n_clouds: int = 3) -> np
 # reflectance; clouds, cirrus and shadows drawn exactly where the scene's SCL / QA_PIXEL layer
 # marks them, so a preview shows what the index's fractions measure. Masks are unchanged.
 
-_APPEARANCE: contextvars.ContextVar[str] = contextvars.ContextVar("stacchip_synthetic_appearance", default="pattern")
+_APPEARANCE: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "stacchip_synthetic_appearance", default="pattern"
+)
 
-# typical surface reflectance x 10000 per cover class: water, forest, green crop, ripe crop, bare soil
+# typical surface reflectance x 10000 per cover class: water,
+# forest, green crop, ripe crop, bare soil
 _COVER = ("water", "forest", "crop", "ripe", "soil")
 _REFLECTANCE = {
-    "coastal": (700, 250, 350, 700, 1100), "blue": (600, 300, 400, 800, 1200), "green": (500, 550, 800, 1100, 1500),
-    "red": (300, 300, 500, 1300, 1800), "rededge1": (250, 900, 1300, 1700, 2000),
-    "rededge2": (200, 2200, 2800, 2200, 2200), "rededge3": (180, 2700, 3400, 2500, 2300),
-    "nir": (150, 3000, 4000, 2700, 2500), "nir08": (140, 3100, 4100, 2800, 2600),
-    "swir16": (60, 1500, 1900, 2600, 3000), "swir22": (40, 800, 1000, 1900, 2600),
+    "coastal": (700, 250, 350, 700, 1100),
+    "blue": (600, 300, 400, 800, 1200),
+    "green": (500, 550, 800, 1100, 1500),
+    "red": (300, 300, 500, 1300, 1800),
+    "rededge1": (250, 900, 1300, 1700, 2000),
+    "rededge2": (200, 2200, 2800, 2200, 2200),
+    "rededge3": (180, 2700, 3400, 2500, 2300),
+    "nir": (150, 3000, 4000, 2700, 2500),
+    "nir08": (140, 3100, 4100, 2800, 2600),
+    "swir16": (60, 1500, 1900, 2600, 3000),
+    "swir22": (40, 800, 1000, 1900, 2600),
 }
 
 
@@ -169,7 +178,12 @@ def land_band(name: str, rows: int, cols: int, seed: int = 0, dtype=np.uint16, s
 
 
 def _scl_masks(scl: np.ndarray) -> dict[str, np.ndarray]:
-    return {"clouds": np.isin(scl, (8, 9)), "haze": scl == 10, "shadows": scl == 3, "nodata": scl == 0}
+    return {
+        "clouds": np.isin(scl, (8, 9)),
+        "haze": scl == 10,
+        "shadows": scl == 3,
+        "nodata": scl == 0,
+    }
 
 
 def _qa_masks(qa: np.ndarray) -> dict[str, np.ndarray]:
@@ -189,16 +203,29 @@ def _band_data(i: int, name: str, rows: int, cols: int, seed: int, noise: int,
         return band_pattern(i, rows, cols, noise=noise)
     masks = {k: _expand(v, factor)[:rows, :cols] for k, v in (masks or {}).items()}
     nodata = masks.pop("nodata", None)
-    data = land_band(name, rows, cols, seed, clouds=masks.get("clouds"), shadows=masks.get("shadows"),
-                     haze=masks.get("haze"))
+    data = land_band(
+        name,
+        rows,
+        cols,
+        seed,
+        clouds=masks.get("clouds"),
+        shadows=masks.get("shadows"),
+        haze=masks.get("haze"),
+    )
     if nodata is not None:
         data[nodata] = 0
     return data
 
 
 def _asset(href: Path, shape, transform: Affine, roles=("data",), **extra) -> dict:
-    return {"href": str(Path(href).resolve()), "type": COG_MEDIA_TYPE, "roles": list(roles),
-            "proj:shape": [int(shape[0]), int(shape[1])], "proj:transform": list(transform)[:6], **extra}
+    return {
+        "href": str(Path(href).resolve()),
+        "type": COG_MEDIA_TYPE,
+        "roles": list(roles),
+        "proj:shape": [int(shape[0]), int(shape[1])],
+        "proj:transform": list(transform)[:6],
+        **extra,
+    }
 
 
 def _item(item_id, collection, when, epsg, transform, shape, assets, properties) -> dict:
@@ -206,17 +233,26 @@ def _item(item_id, collection, when, epsg, transform, shape, assets, properties)
 
     from stacchip_core.core.grid import ChipGrid  # footprint in lon/lat from the grid math
 
-    grid = ChipGrid((shape[0], shape[1]), transform, pyproj.CRS(f"EPSG:{epsg}"), chip_size=min(shape))
+    grid = ChipGrid(
+        (shape[0], shape[1]), transform, pyproj.CRS(f"EPSG:{epsg}"), chip_size=min(shape)
+    )
     polygons, bounds = grid.footprints()
     ring = [list(p) for p in polygons[0].exterior.coords]
     return {
-        "type": "Feature", "stac_version": "1.1.0",
+        "type": "Feature",
+        "stac_version": "1.1.0",
         "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
-        "id": item_id, "collection": collection,
+        "id": item_id,
+        "collection": collection,
         "geometry": {"type": "Polygon", "coordinates": [ring]},
         "bbox": [float(v) for v in bounds[0]],
-        "properties": {"datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "proj:code": f"EPSG:{epsg}", **properties},
-        "links": [], "assets": assets,
+        "properties": {
+            "datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "proj:code": f"EPSG:{epsg}",
+            **properties,
+        },
+        "links": [],
+        "assets": assets,
     }
 
 
@@ -226,13 +262,25 @@ def _write_item(item: dict, outdir: Path) -> Path:
     return path
 
 
-def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
-                    item_id: str = "S2A_T20HNJ_20240311T140636_L2A", naming: str = "earth-search",
-                    when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=UTC),
-                    origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
-                    bands_10m=tuple(S2_BANDS_10M), bands_20m=tuple(S2_BANDS_20M),
-                    blocksize: int = 512, cloud_cover: float = 18.4, noise: int = 0,
-                    nodata_corner: float = 0.3, n_clouds: int = 4, land_seed: int | None = None) -> Path:
+def sentinel2_scene(
+    outdir: str | Path,
+    size: int = 1024,
+    *,
+    seed: int = 0,
+    item_id: str = "S2A_T20HNJ_20240311T140636_L2A",
+    naming: str = "earth-search",
+    when: datetime = datetime(2024, 3, 11, 14, 11, 54, tzinfo=UTC),
+    origin: tuple[float, float] = (499980.0, 6400000.0),
+    epsg: int = 32720,
+    bands_10m=tuple(S2_BANDS_10M),
+    bands_20m=tuple(S2_BANDS_20M),
+    blocksize: int = 512,
+    cloud_cover: float = 18.4,
+    noise: int = 0,
+    nodata_corner: float = 0.3,
+    n_clouds: int = 4,
+    land_seed: int | None = None,
+) -> Path:
     """A Sentinel-2 L2A scene of ``size`` px a side at 10 m: 10 m bands, 20 m bands and SCL
     at ``size/2``, a 60 m coastal band at ``size/6`` (when divisible). ``naming`` picks the
     asset keys of Earth Search (``red``, ``scl``) or Planetary Computer (``B04``, ``SCL``).
@@ -266,21 +314,39 @@ def sentinel2_scene(outdir: str | Path, size: int = 1024, *, seed: int = 0,
         t60 = Affine(60, 0, origin[0], 0, -60, origin[1])
         key = "B01" if pc else "coastal"
         sixth = size // 6
-        data = (band_pattern(20, sixth, sixth) if _APPEARANCE.get() != "land" else
-                _band_data(20, "coastal", sixth, sixth, land, 0, {k: v[1::3, 1::3] for k, v in masks.items()}))
+        data = (
+            band_pattern(20, sixth, sixth)
+            if _APPEARANCE.get() != "land"
+            else _band_data(
+                20, "coastal", sixth, sixth, land, 0, {k: v[1::3, 1::3] for k, v in masks.items()}
+            )
+        )
         path = write_cog(outdir / f"{key}.tif", data, t60, crs, nodata=0, blocksize=blocksize)
         assets[key] = _asset(path, (size // 6, size // 6), t60, gsd=60)
-    properties = {"eo:cloud_cover": cloud_cover, "platform": "sentinel-2a", "s2:nodata_pixel_percentage": 12.0,
-                  "grid:code": "MGRS-20HNJ"}
+    properties = {
+        "eo:cloud_cover": cloud_cover,
+        "platform": "sentinel-2a",
+        "s2:nodata_pixel_percentage": 12.0,
+        "grid:code": "MGRS-20HNJ",
+    }
     item = _item(item_id, "sentinel-2-l2a", when, epsg, t10, (size, size), assets, properties)
     return _write_item(item, outdir)
 
 
-def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed: int = 0,
-                  item_id: str = "LC09_L2SR_086107_20240311_20240312_02_T2_SR",
-                  when: datetime = datetime(2024, 3, 11, 23, 34, 56, tzinfo=UTC),
-                  origin: tuple[float, float] = (1517085.0, -1811685.0), epsg: int = 3031,
-                  blocksize: int = 512, collection: str = "landsat-c2l2-sr", noise: int = 0) -> Path:
+def landsat_scene(
+    outdir: str | Path,
+    rows: int = 800,
+    cols: int = 820,
+    *,
+    seed: int = 0,
+    item_id: str = "LC09_L2SR_086107_20240311_20240312_02_T2_SR",
+    when: datetime = datetime(2024, 3, 11, 23, 34, 56, tzinfo=UTC),
+    origin: tuple[float, float] = (1517085.0, -1811685.0),
+    epsg: int = 3031,
+    blocksize: int = 512,
+    collection: str = "landsat-c2l2-sr",
+    noise: int = 0,
+) -> Path:
     """A Landsat C2 scene at 30 m: six uint16 reflectance bands and ``qa_pixel``, shape
     and transform at item level as USGS publishes them. Returns the item JSON path."""
     outdir = Path(outdir) / item_id
@@ -296,22 +362,38 @@ def landsat_scene(outdir: str | Path, rows: int = 800, cols: int = 820, *, seed:
         path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
         assets[name] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
     path = write_cog(outdir / "qa_pixel.tif", qa, t, crs, nodata=1, blocksize=blocksize)
-    assets["qa_pixel"] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["cloud", "cloud-shadow"]}
+    assets["qa_pixel"] = {
+        "href": str(path.resolve()),
+        "type": COG_MEDIA_TYPE,
+        "roles": ["cloud", "cloud-shadow"],
+    }
     properties = {"eo:cloud_cover": 22.3, "platform": "LANDSAT_9", "proj:shape": [rows, cols],
                   "proj:transform": list(t)[:6]}
     item = _item(item_id, collection, when, epsg, t, (rows, cols), assets, properties)
     return _write_item(item, outdir)
 
 
-def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id: str = "m_4207009_ne_19_060_20211024",
-               when: datetime = datetime(2021, 10, 24, 12, 33, 5, tzinfo=UTC),
-               origin: tuple[float, float] = (341338.2, 4749053.4), epsg: int = 26919,
-               blocksize: int = 512) -> Path:
+def naip_scene(
+    outdir: str | Path,
+    rows: int = 900,
+    cols: int = 700,
+    *,
+    item_id: str = "m_4207009_ne_19_060_20211024",
+    when: datetime = datetime(2021, 10, 24, 12, 33, 5, tzinfo=UTC),
+    origin: tuple[float, float] = (341338.2, 4749053.4),
+    epsg: int = 26919,
+    blocksize: int = 512,
+) -> Path:
     """A NAIP scene at 0.6 m: one 4-band uint8 ``image`` asset (red, green, blue, nir)."""
     outdir = Path(outdir) / item_id
     t = Affine(0.6, 0, origin[0], 0, -0.6, origin[1])
     if _APPEARANCE.get() == "land":
-        data = np.stack([land_band(n, rows, cols, 3, np.uint8, 255 / 6000) for n in ("red", "green", "blue", "nir")])
+        data = np.stack(
+            [
+                land_band(n, rows, cols, 3, np.uint8, 255 / 6000)
+                for n in ("red", "green", "blue", "nir")
+            ]
+        )
     else:
         data = np.stack([(band_pattern(i, rows, cols) % 251).astype(np.uint8) for i in range(4)])
     path = write_cog(outdir / "image.tif", data, t, f"EPSG:{epsg}", blocksize=blocksize)
@@ -326,7 +408,9 @@ def naip_scene(outdir: str | Path, rows: int = 900, cols: int = 700, *, item_id:
 S1_NODATA = -32768.0
 MODIS_FILL = -28672
 MODIS_STATE_FILL = 65535
-MODIS_PIXEL = 463.31271652791656  # 500 m grid of the sinusoidal tiles (4800 px / 2 per 1111950.5197665 m)
+MODIS_PIXEL = (
+    463.31271652791656  # 500 m grid of the sinusoidal tiles (4800 px / 2 per 1111950.5197665 m)
+)
 MODIS_TILE = 1111950.5197665
 MODIS_ORIGIN = (-20015109.355798, 10007554.677899)  # upper left of tile h00v00
 MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs +type=crs"
@@ -334,7 +418,9 @@ MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +n
 
 def s1_backscatter(band: int, rows: int, cols: int) -> np.ndarray:
     """gamma0-like float32 backscatter, exactly ``band_pattern / 20000`` (0.05 .. 0.45)."""
-    return (band_pattern(band, rows, cols).astype(np.float32) / np.float32(20000.0)).astype(np.float32)
+    return (band_pattern(band, rows, cols).astype(np.float32) / np.float32(20000.0)).astype(
+        np.float32
+    )
 
 
 def s1_nodata_masks(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -347,12 +433,19 @@ def s1_nodata_masks(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     return edge, nan_block
 
 
-def sentinel1_scene(outdir: str | Path, rows: int = 600, cols: int = 640, *,
-                    item_id: str = "S1A_IW_GRDH_1SDV_20240311T094350_20240311T094415_052930_06687D_rtc",
-                    when: datetime = datetime(2024, 3, 11, 9, 43, 50, tzinfo=UTC),
-                    origin: tuple[float, float] = (499980.0, 6400000.0), epsg: int = 32720,
-                    polarisations: tuple[str, ...] = ("vv", "vh"), collection: str = "sentinel-1-rtc",
-                    blocksize: int = 512) -> Path:
+def sentinel1_scene(
+    outdir: str | Path,
+    rows: int = 600,
+    cols: int = 640,
+    *,
+    item_id: str = "S1A_IW_GRDH_1SDV_20240311T094350_20240311T094415_052930_06687D_rtc",
+    when: datetime = datetime(2024, 3, 11, 9, 43, 50, tzinfo=UTC),
+    origin: tuple[float, float] = (499980.0, 6400000.0),
+    epsg: int = 32720,
+    polarisations: tuple[str, ...] = ("vv", "vh"),
+    collection: str = "sentinel-1-rtc",
+    blocksize: int = 512,
+) -> Path:
     """A Sentinel-1 RTC scene as Planetary Computer publishes it: float32 gamma0 ``vv`` and
     ``vh`` at 10 m in UTM, nodata -32768 where there is no signal (and NaN in vh, see
     ``s1_nodata_masks``), projection fields at item level, ``raster:bands`` nodata per asset.
@@ -366,16 +459,31 @@ def sentinel1_scene(outdir: str | Path, rows: int = 600, cols: int = 640, *,
         data[edge] = S1_NODATA
         if i == 1:
             data[nan_block] = np.nan
-        path = write_cog(outdir / f"{pol}.tif", data, t, f"EPSG:{epsg}", nodata=S1_NODATA, blocksize=blocksize)
-        assets[pol] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"],
-                       "title": f"{pol.upper()}: gamma0 backscatter",
-                       "raster:bands": [{"nodata": S1_NODATA, "data_type": "float32", "spatial_resolution": 10.0}]}
-    properties = {"platform": "SENTINEL-1A", "constellation": "Sentinel-1", "sar:instrument_mode": "IW",
-                  "sar:polarizations": [p.upper() for p in polarisations], "sar:product_type": "GRD",
-                  "sar:frequency_band": "C", "sat:orbit_state": "descending",
-                  "start_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                  "end_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                  "proj:shape": [rows, cols], "proj:transform": list(t)[:6]}
+        path = write_cog(
+            outdir / f"{pol}.tif", data, t, f"EPSG:{epsg}", nodata=S1_NODATA, blocksize=blocksize
+        )
+        assets[pol] = {
+            "href": str(path.resolve()),
+            "type": COG_MEDIA_TYPE,
+            "roles": ["data"],
+            "title": f"{pol.upper()}: gamma0 backscatter",
+            "raster:bands": [
+                {"nodata": S1_NODATA, "data_type": "float32", "spatial_resolution": 10.0}
+            ],
+        }
+    properties = {
+        "platform": "SENTINEL-1A",
+        "constellation": "Sentinel-1",
+        "sar:instrument_mode": "IW",
+        "sar:polarizations": [p.upper() for p in polarisations],
+        "sar:product_type": "GRD",
+        "sar:frequency_band": "C",
+        "sat:orbit_state": "descending",
+        "start_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "end_datetime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "proj:shape": [rows, cols],
+        "proj:transform": list(t)[:6],
+    }
     item = _item(item_id, collection, when, epsg, t, (rows, cols), assets, properties)
     return _write_item(item, outdir)
 
@@ -438,10 +546,15 @@ def modis_scene(outdir: str | Path, size: int = 520, *, h: int = 12, v: int = 4,
     state = modis_state_layer(size, size, seed)
     state[fill] = MODIS_STATE_FILL
     cloudy = ((state & 3) == 1) & ~fill
-    qc = np.where(cloudy, 2, 0).astype(np.uint32) | np.uint32(3 << 30)  # bits 30-31: corrections done
+    qc = np.where(cloudy, 2, 0).astype(np.uint32) | np.uint32(
+        3 << 30
+    )  # bits 30-31: corrections done
     qc[fill] = 3
     assets = {}
-    layers = [(f"sur_refl_b{i + 1:02d}", band_pattern(i, size, size).astype(np.int16), MODIS_FILL) for i in range(7)]
+    layers = [
+        (f"sur_refl_b{i + 1:02d}", band_pattern(i, size, size).astype(np.int16), MODIS_FILL)
+        for i in range(7)
+    ]
     for key, data, nodata in layers:
         data[fill] = nodata
         path = write_cog(outdir / f"{key}.tif", data, t, wkt, nodata=nodata, blocksize=blocksize)
@@ -450,23 +563,41 @@ def modis_scene(outdir: str | Path, size: int = 520, *, h: int = 12, v: int = 4,
     qa_layers: list[tuple[str, np.ndarray, int | None]] = [(STATE_KEY, state, MODIS_STATE_FILL),
                                                           (QC_KEY, qc, None)]
     for key, layer, fill_value in qa_layers:
-        path = write_cog(outdir / f"{key}.tif", layer, t, wkt, nodata=fill_value, blocksize=blocksize)
+        path = write_cog(
+            outdir / f"{key}.tif", layer, t, wkt, nodata=fill_value, blocksize=blocksize
+        )
         assets[key] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
     grid = ChipGrid((size, size), t, crs, chip_size=size)
     polygons, bounds = grid.footprints()
-    end = start.replace(hour=23, minute=59, second=59) + (datetime(2000, 1, 8) - datetime(2000, 1, 1))
+    end = start.replace(hour=23, minute=59, second=59) + (
+        datetime(2000, 1, 8) - datetime(2000, 1, 1)
+    )
     item = {
-        "type": "Feature", "stac_version": "1.1.0",
+        "type": "Feature",
+        "stac_version": "1.1.0",
         "stac_extensions": ["https://stac-extensions.github.io/projection/v2.0.0/schema.json"],
-        "id": item_id, "collection": "modis-09A1-061",
-        "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in polygons[0].exterior.coords]]},
+        "id": item_id,
+        "collection": "modis-09A1-061",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[list(p) for p in polygons[0].exterior.coords]],
+        },
         "bbox": [float(b) for b in bounds[0]],
-        "properties": {"datetime": None, "start_datetime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                       "end_datetime": end.strftime("%Y-%m-%dT%H:%M:%SZ"), "platform": platform,
-                       "instruments": ["modis"], "modis:horizontal-tile": h, "modis:vertical-tile": v,
-                       "modis:tile-id": f"5{h:02d}0{v:02d}", "proj:wkt2": wkt,
-                       "proj:shape": [size, size], "proj:transform": list(t)[:6]},
-        "links": [], "assets": assets,
+        "properties": {
+            "datetime": None,
+            "start_datetime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end_datetime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "platform": platform,
+            "instruments": ["modis"],
+            "modis:horizontal-tile": h,
+            "modis:vertical-tile": v,
+            "modis:tile-id": f"5{h:02d}0{v:02d}",
+            "proj:wkt2": wkt,
+            "proj:shape": [size, size],
+            "proj:transform": list(t)[:6],
+        },
+        "links": [],
+        "assets": assets,
     }
     return _write_item(item, outdir)
 

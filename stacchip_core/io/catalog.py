@@ -61,8 +61,15 @@ class EmbeddedSearch:
 # pgstac's query extension (stac-fastapi-pgstac 7.2 on pgstac 0.10, checked against the real
 # server): any other operator (`in`, `startsWith`, ...) is a 400 there, so it is an error here
 QUERY_OPS = ("eq", "ne", "neq", "lt", "lte", "gt", "gte")
-_VEC_OPS = {"eq": np.equal, "ne": np.not_equal, "neq": np.not_equal, "lt": np.less, "lte": np.less_equal,
-            "gt": np.greater, "gte": np.greater_equal}
+_VEC_OPS = {
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "neq": np.not_equal,
+    "lt": np.less,
+    "lte": np.less_equal,
+    "gt": np.greater,
+    "gte": np.greater_equal,
+}
 _NO_TIME = np.iinfo(np.int64).min
 
 
@@ -72,7 +79,8 @@ class EmbeddedCatalog:
     The items are held as columns (ids, collections, times, bboxes, geometries, one column per
     queried property), so a search is a handful of vectorized comparisons whatever the number
     of items; only the hits become ``pystac.Item``s (100k items from stac-geoparquet: opened in
-    0.2 s, first search 0.4 s while the columns it needs are built, then about 7 ms a search). Semantics follow stac-fastapi-pgstac
+    0.2 s, first search 0.4 s while the columns it needs are built, then about 7 ms a search).
+    Semantics follow stac-fastapi-pgstac
     (tests compare both on the same items): query operators ``eq ne neq lt lte gt gte`` only;
     an item without the property never matches (``neq`` included); the default order is
     newest first (then id, descending); ``sortby`` puts missing values last ascending and first
@@ -85,13 +93,20 @@ class EmbeddedCatalog:
         self._items: list[dict] = items or []  # empty for stac-geoparquet (its table holds them)
         if _table is not None:
             self._ids = np.asarray(_table["id"].to_numpy(zero_copy_only=False), dtype=object)
-            self._colls = np.asarray(_table["collection"].to_numpy(zero_copy_only=False), dtype=object) \
-                if "collection" in _table.column_names else np.full(len(self._ids), None, object)
+            self._colls = (
+                np.asarray(_table["collection"].to_numpy(zero_copy_only=False), dtype=object)
+                if "collection" in _table.column_names
+                else np.full(len(self._ids), None, object)
+            )
             self._times = _table_times(_table)
             self._ends = _table_times(_table, ("end_datetime", "datetime", "start_datetime"))
             bbox = _table["bbox"].combine_chunks()
-            self._bbox = np.column_stack([bbox.field(k).to_numpy(zero_copy_only=False).astype(np.float64)
-                                          for k in ("xmin", "ymin", "xmax", "ymax")])
+            self._bbox = np.column_stack(
+                [
+                    bbox.field(k).to_numpy(zero_copy_only=False).astype(np.float64)
+                    for k in ("xmin", "ymin", "xmax", "ymax")
+                ]
+            )
         else:
             items = items or []
             self._ids = np.asarray([d["id"] for d in items], dtype=object)
@@ -127,7 +142,9 @@ class EmbeddedCatalog:
                     d.setdefault("links", []).append({"rel": "self", "href": str(p.resolve())})
                     items.append(d)
         else:
-            raise CatalogError(f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}")
+            raise CatalogError(
+                f"no STAC API, item folder, .ndjson or stac-geoparquet file at {path}"
+            )
         log.info("embedded catalog: %d items from %s", len(items), path)
         return cls(items)
 
@@ -154,7 +171,9 @@ class EmbeddedCatalog:
                 else:
                     col = np.full(len(self), None, dtype=object)
             else:
-                col = np.asarray([d["properties"].get(name) for d in self._items] + [0], dtype=object)[:-1]
+                col = np.asarray(
+                    [d["properties"].get(name) for d in self._items] + [0], dtype=object
+                )[:-1]
             self._props[name] = col
         return col
 
@@ -164,8 +183,11 @@ class EmbeddedCatalog:
         if typed is None:
             values = self._prop(name)
             present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-            numeric = np.fromiter((isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
-                                  dtype=bool, count=len(values))
+            numeric = np.fromiter(
+                (isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+                dtype=bool,
+                count=len(values),
+            )
             floats = np.full(len(values), np.nan)
             floats[numeric] = values[numeric].astype(np.float64)
             typed = self._typed[name] = (values, present, numeric, floats)
@@ -189,7 +211,8 @@ class EmbeddedCatalog:
         start, end = _interval(datetime)
         if start is not None or end is not None:
             # an item's time range (datetime, or start_datetime .. end_datetime) overlaps the
-            # interval, as pgstac matches it: an 8-day composite that starts in January is in February too
+            # interval, as pgstac matches it: an 8-day composite that starts in January is in
+            # February too
             keep &= self._times != _NO_TIME
             if start is not None:
                 keep &= self._ends >= _to_us(start)
@@ -203,7 +226,11 @@ class EmbeddedCatalog:
             cand = np.flatnonzero(keep)
             geoms = self._geometries()[cand]
             hit = np.array([g is not None for g in geoms], dtype=bool)
-            hit[hit] = shapely.intersects(np.asarray(list(geoms[hit]), dtype=object), area) if hit.any() else hit[hit]
+            hit[hit] = (
+                shapely.intersects(np.asarray(list(geoms[hit]), dtype=object), area)
+                if hit.any()
+                else hit[hit]
+            )
             keep[cand[~hit]] = False
         rows = np.flatnonzero(keep)
         rows = rows[self._order(rows, keys)]

@@ -56,7 +56,12 @@ def join(*parts: str) -> str:
 def check(key: str) -> str:
     """``key`` if it stays under the store's prefix, else an UnsafeKeyError."""
     pieces = key.split("/")
-    if key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in pieces) or "\x00" in key:
+    if (
+        key.startswith("/")
+        or "\\" in key
+        or any(p in ("", ".", "..") for p in pieces)
+        or "\x00" in key
+    ):
         from stacchip_core.io.urls import redact_text
 
         raise UnsafeKeyError(f"key {redact_text(repr(key))} would leave its prefix")

@@ -61,21 +61,32 @@ def is_remote(url: str) -> bool:
 def _retry() -> RetryConfig:
     timeout, retries = object_timeouts()
     # transient failures (5xx, throttling, resets) back off 50 ms, 100 ms, ... up to `retries` times
-    return {"max_retries": retries, "retry_timeout": timedelta(seconds=max(timeout * 4, 10)),
-            "backoff": {"init_backoff": timedelta(milliseconds=50), "max_backoff": timedelta(seconds=5),
-                        "base": 2}}
+    return {
+        "max_retries": retries,
+        "retry_timeout": timedelta(seconds=max(timeout * 4, 10)),
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=50),
+            "max_backoff": timedelta(seconds=5),
+            "base": 2,
+        },
+    }
 
 
 def _client(allow_http: bool = False) -> ClientConfig:
     timeout, _ = object_timeouts()
-    options: ClientConfig = {"timeout": timedelta(seconds=timeout), "connect_timeout": timedelta(seconds=min(timeout, 10))}
+    options: ClientConfig = {
+        "timeout": timedelta(seconds=timeout),
+        "connect_timeout": timedelta(seconds=min(timeout, 10)),
+    }
     if allow_http:
         options["allow_http"] = True
     return options
 
 
 @lru_cache(maxsize=64)
-def _store(scheme: str, netloc: str, endpoint: str | None, anonymous: bool, payer: bool, base: str = ""):
+def _store(
+    scheme: str, netloc: str, endpoint: str | None, anonymous: bool, payer: bool, base: str = ""
+):
     """One store per bucket/host and settings: stores hold connection pools, worth keeping."""
     if scheme == "file":
         return LocalStore()
@@ -129,7 +140,9 @@ def locate(url: str | Path):
             reason = _strip_urls(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
             raise ObjectError(f"cannot open {redact(url)}: {reason}{hint}") from None
         return store, unquote(parts.path.lstrip("/"))
-    raise ObjectError(f"unsupported URL {redact(url)!r} (use a path, file://, s3://, http(s)://, gs:// or az://)")
+    raise ObjectError(
+        f"unsupported URL {redact(url)!r} (use a path, file://, s3://, http(s)://, gs:// or az://)"
+    )
 
 
 def failure(exc: Exception) -> str:
@@ -242,7 +255,9 @@ def _portable(url: str) -> bool:
     transport lacks (gs://, az://) there."""
     if not is_remote(url):
         return True
-    if usable() and (os.environ.get(TRANSPORT_ENV, "auto") != "portable" or not portable.serves(url)):
+    if usable() and (
+        os.environ.get(TRANSPORT_ENV, "auto") != "portable" or not portable.serves(url)
+    ):
         return False
     if not portable.serves(url):
         _warn_no_transport()
@@ -250,13 +265,21 @@ def _portable(url: str) -> bool:
     return True
 
 
-async def _fetch(url: str, start: int | None = None, end: int | None = None, if_match: str | None = None,
-                 what: str = "requests") -> portable.Response:
+async def _fetch(
+    url: str,
+    start: int | None = None,
+    end: int | None = None,
+    if_match: str | None = None,
+    what: str = "requests",
+) -> portable.Response:
     """One GET of ``[start, end)`` (all when ``start`` is None) through this process's
     transport: the body, the object's size and ETag. Counted under ``what``."""
     if _portable(url):
         response = await portable.read(url, start, end, if_match)
-        _count(**{what: 1, ("bytes" if what == "requests" else "check_bytes"): len(response.body)}, portable=1)
+        _count(
+            **{what: 1, ("bytes" if what == "requests" else "check_bytes"): len(response.body)},
+            portable=1,
+        )
         return response
     store, path = locate(url)
     options: GetOptions = {}
@@ -276,7 +299,11 @@ def get_bytes(url: str | Path) -> bytes:
     try:
         if _portable(url):
             # local files need no loop
-            response = portable.read_local(url, None, None) if not is_remote(url) else run(portable.read(url))
+            response = (
+                portable.read_local(url, None, None)
+                if not is_remote(url)
+                else run(portable.read(url))
+            )
             _count(requests=1, bytes=len(response.body), portable=1)
             return response.body
         store, path = locate(url)
@@ -343,7 +370,10 @@ async def get_ranges_async(url: str | Path, starts: Sequence[int], ends: Sequenc
     try:
         out: list
         if _portable(url):
-            out = [r.body for r in await asyncio.gather(*(_fetch(url, s, e) for s, e in zip(starts, ends)))]
+            out = [
+                r.body
+                for r in await asyncio.gather(*(_fetch(url, s, e) for s, e in zip(starts, ends)))
+            ]
         else:
             store, path = locate(url)
             out = await obstore.get_ranges_async(store, path, starts=starts, ends=ends)
@@ -452,11 +482,16 @@ async def sign(href: str) -> str:
         if failed is not None and failed[0] > time.monotonic():
             raise AssetError(failed[1])
         try:
-            # a second more than the budget: a signer that keeps to it (the built-in one) answers first
-            return await asyncio.wait_for(loop.run_in_executor(_signer(), sign_href, href, None), timeout + 1)
+            # a second more than the budget: a signer that keeps to it
+            # (the built-in one) answers first
+            return await asyncio.wait_for(
+                loop.run_in_executor(_signer(), sign_href, href, None), timeout + 1
+            )
         except TimeoutError:
-            message = (f"signing hrefs of {redact(f'{key[0]}://{key[1]}/{key[2]}')} took longer than "
-                       f"{timeout:g} s (STACCHIP_IO_TIMEOUT)")
+            message = (
+                f"signing hrefs of {redact(f'{key[0]}://{key[1]}/{key[2]}')} took longer than "
+                f"{timeout:g} s (STACCHIP_IO_TIMEOUT)"
+            )
             _SIGN_FAILED[key] = (time.monotonic() + SIGN_FAILURE_MEMORY, message)
             raise AssetError(message) from None
 
@@ -568,8 +603,14 @@ class _Changed(StaleObject):
     """An If-Match that no longer holds (412)."""
 
 
-async def _blocks(href: str, url: str, merged: list[tuple[int, int]], expect: Expect, if_match: str | None,
-                  check: asyncio.Future | None) -> list[tuple[int, memoryview]]:
+async def _blocks(
+    href: str,
+    url: str,
+    merged: list[tuple[int, int]],
+    expect: Expect,
+    if_match: str | None,
+    check: asyncio.Future | None,
+) -> list[tuple[int, memoryview]]:
     """The merged ranges, read concurrently (beside ``check``, a header check, if any)."""
 
     async def one(s: int, e: int) -> tuple[int, memoryview]:
@@ -587,7 +628,9 @@ async def _blocks(href: str, url: str, merged: list[tuple[int, int]], expect: Ex
         if response.size != expect.size:
             raise StaleObject(f"size {response.size} != {expect.size}")
         if len(response.body) != e - s:
-            raise ObjectError(f"cannot read {redact(href)}: truncated (bytes {s}-{e} gave {len(response.body)})")
+            raise ObjectError(
+                f"cannot read {redact(href)}: truncated (bytes {s}-{e} gave {len(response.body)})"
+            )
         return s, memoryview(response.body)
 
     try:
@@ -681,10 +724,14 @@ class _Loop:
             with self._lock:
                 if self._pid != os.getpid() or self._loop is None:
                     loop = asyncio.new_event_loop()
-                    self._thread = threading.Thread(target=loop.run_forever, daemon=True, name="stacchip-io")
+                    self._thread = threading.Thread(
+                        target=loop.run_forever, daemon=True, name="stacchip-io"
+                    )
                     self._thread.start()
                     self._loop, self._pid = loop, os.getpid()
-        if threading.current_thread() is self._thread:  # sync code called from a coroutine on this loop
+        if (
+            threading.current_thread() is self._thread
+        ):  # sync code called from a coroutine on this loop
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(1) as helper:  # waiting on our own loop would never end
@@ -728,10 +775,13 @@ def _warn_no_transport() -> None:
     global _FORK_WARNED
     if _FORK_WARNED != os.getpid():
         _FORK_WARNED = os.getpid()
-        log.warning("process %d was forked after its parent read through obstore, whose runtime does not "
-                    "survive fork(): its gs:// and az:// chips are read through rasterio (slower; http(s) and "
-                    "s3 keep the fast path). Use multiprocessing_context='forkserver' or 'spawn' for them",
-                    os.getpid())
+        log.warning(
+            "process %d was forked after its parent read through obstore, whose runtime does not "
+            "survive fork(): its gs:// and az:// chips are read through rasterio (slower; http(s) "
+            "and "
+            "s3 keep the fast path). Use multiprocessing_context='forkserver' or 'spawn' for them",
+            os.getpid(),
+        )
 
 
 _FORK_WARNED: int | None = None

@@ -83,7 +83,9 @@ def read_local(url: str, start: int | None, end: int | None, if_match: str | Non
         if start is None:
             data = f.read()
         else:
-            data = os.pread(f.fileno(), max(0, min(int(end or st.st_size), st.st_size) - start), start)
+            data = os.pread(
+                f.fileno(), max(0, min(int(end or st.st_size), st.st_size) - start), start
+            )
     return Response(data, st.st_size, etag)
 
 
@@ -105,7 +107,9 @@ def _s3_client(endpoint: str | None, anonymous: bool):
 
             config = Config(signature_version=UNSIGNED if anonymous else "s3v4",
                             s3={"addressing_style": "path" if endpoint else "auto"})
-            client = _CLIENTS[key] = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+            client = _CLIENTS[key] = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint, config=config
+            )
     return client
 
 
@@ -126,7 +130,9 @@ def presign(url: str, method: str = "GET") -> tuple[str, dict[str, str]]:
     if payer:
         params["RequestPayer"] = "requester"
     op = "get_object" if method == "GET" else "head_object"
-    signed = _s3_client(endpoint, anonymous).generate_presigned_url(op, Params=params, ExpiresIn=_PRESIGN_SECONDS)
+    signed = _s3_client(endpoint, anonymous).generate_presigned_url(
+        op, Params=params, ExpiresIn=_PRESIGN_SECONDS
+    )
     if len(_PRESIGNED) > 100_000:  # bounded over a long epoch
         _PRESIGNED.clear()
     _PRESIGNED[cache_key] = (now + _PRESIGN_REUSE, signed)
@@ -206,9 +212,12 @@ async def _http(url: str, start: int | None, end: int | None, if_match: str | No
         headers["If-Match"] = if_match
     # encoded=True: a signed query (SAS, presigned S3) must reach the server byte for byte
     timeout, _ = object_timeouts()  # per request: the setting may change while a session lives
-    async with _session().request("GET" if body else "HEAD", URL(url, encoded=True),  # type: ignore[attr-defined]
-                                  headers=headers,
-                                  timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10))) as resp:
+    async with _session().request(
+        "GET" if body else "HEAD",
+        URL(url, encoded=True),  # type: ignore[attr-defined]
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10)),
+    ) as resp:
         if resp.status not in (200, 206):
             raise HttpStatus(resp.status)
         data = await resp.read() if body else b""
@@ -219,8 +228,13 @@ async def _http(url: str, start: int | None, end: int | None, if_match: str | No
     raise aiohttp.ClientError("unreachable")  # pragma: no cover
 
 
-async def read(url: str, start: int | None = None, end: int | None = None, if_match: str | None = None,
-               body: bool = True) -> Response:
+async def read(
+    url: str,
+    start: int | None = None,
+    end: int | None = None,
+    if_match: str | None = None,
+    body: bool = True,
+) -> Response:
     """``[start, end)`` of the object at ``url`` (the whole object when ``start`` is None; its
     size and ETag only when ``body`` is False), retrying transient failures (5xx, 429,
     resets, timeouts) ``STACCHIP_IO_RETRIES`` times with backoff. Raises HttpStatus for

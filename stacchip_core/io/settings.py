@@ -72,11 +72,19 @@ def requester_pays() -> bool:
 
 
 def s3_anonymous() -> bool:
-    """Unsigned requests to public buckets (``STACCHIP_ANONYMOUS`` or GDAL's ``AWS_NO_SIGN_REQUEST``)."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("STACCHIP_ANONYMOUS", "AWS_NO_SIGN_REQUEST"))
+    """Unsigned requests to public buckets.
+
+    Set by ``STACCHIP_ANONYMOUS`` or GDAL's ``AWS_NO_SIGN_REQUEST``.
+    """
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("STACCHIP_ANONYMOUS", "AWS_NO_SIGN_REQUEST")
+    )
 
 
 def object_timeouts() -> tuple[float, int]:
     """(seconds per request, retries) for object reads: ``STACCHIP_IO_TIMEOUT`` (default 30)
     and ``STACCHIP_IO_RETRIES`` (default 4)."""
-    return float(os.environ.get("STACCHIP_IO_TIMEOUT") or 30), int(os.environ.get("STACCHIP_IO_RETRIES") or 4)
+    return float(os.environ.get("STACCHIP_IO_TIMEOUT") or 30), int(
+        os.environ.get("STACCHIP_IO_RETRIES") or 4
+    )

@@ -44,8 +44,9 @@ def redact(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
-            query = urlencode([(k, REDACTED if k.lower() in _SECRET_PARAMS else v) for k, v in pairs],
-                              safe="/:")
+            query = urlencode(
+                [(k, REDACTED if k.lower() in _SECRET_PARAMS else v) for k, v in pairs], safe="/:"
+            )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -35,7 +35,9 @@ def fetch(href: str, directory: Path) -> Path:
         return local
     local = directory / (Path(url.path).name or "object")
     if url.scheme == "s3":
-        S3Store(url.netloc, endpoint=source_s3_endpoint()).client.download_file(url.netloc, url.path.lstrip("/"), str(local))
+        S3Store(url.netloc, endpoint=source_s3_endpoint()).client.download_file(
+            url.netloc, url.path.lstrip("/"), str(local)
+        )
     elif url.scheme in ("http", "https"):
         with urllib.request.urlopen(href, timeout=60) as response, open(local, "wb") as fh:
             shutil.copyfileobj(response, fh)
@@ -51,16 +53,24 @@ def copy_into(store: Store, href: str, key: str) -> str:
         return store.url(key)
     url = urlparse(href)
     try:
-        if url.scheme == "s3" and isinstance(store, S3Store) and source_s3_endpoint() == (store.endpoint or s3_endpoint()):
+        if (
+            url.scheme == "s3"
+            and isinstance(store, S3Store)
+            and source_s3_endpoint() == (store.endpoint or s3_endpoint())
+        ):
             # same endpoint: a server-side copy, no bytes through this machine
-            store.client.copy({"Bucket": url.netloc, "Key": url.path.lstrip("/")}, store.bucket, store.key(key))
+            store.client.copy(
+                {"Bucket": url.netloc, "Key": url.path.lstrip("/")}, store.bucket, store.key(key)
+            )
             return store.url(key)
         with scratch_dir("copy") as tmp:  # a rerun removes what a killed job left
             return store.put_file(key, fetch(href, tmp))
     except AssetError:
         raise
     except Exception as exc:  # boto/urllib errors name the object
-        raise AssetError(redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")) from exc
+        raise AssetError(
+            redact_text(f"cannot copy {redact(href)} to {store.url(key)}: {exc}")
+        ) from exc
 
 
 def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,

@@ -64,8 +64,25 @@ ROW_GROUP_BYTES = 128 * 1024 * 1024  # of Arrow data (layouts counted once per i
 MEMORY_ROWS = 250_000  # rows sorted in memory at once (1M rows peaked at 1 GB RSS, bench_index)
 PARTITION_BITS = 6  # each spill splits the key range into 64 partitions
 # the columns without which a row is not a chip, and those that must have a value
-REQUIRED = ("chipid", "platform", "item_id", "item_href", "chip_index_x", "chip_index_y", "chip_size", "geometry")
-NOT_NULL = ("chipid", "platform", "item_href", "chip_index_x", "chip_index_y", "chip_size", "geometry")
+REQUIRED = (
+    "chipid",
+    "platform",
+    "item_id",
+    "item_href",
+    "chip_index_x",
+    "chip_index_y",
+    "chip_size",
+    "geometry",
+)
+NOT_NULL = (
+    "chipid",
+    "platform",
+    "item_href",
+    "chip_index_x",
+    "chip_index_y",
+    "chip_size",
+    "geometry",
+)
 _PART_BYTES = 16 * 1024 * 1024  # S3 multipart: parts of 16 MiB (the minimum is 5 MiB)
 # helper columns of the sort, dropped before writing
 _KEY, _FILE, _ROW = "__hilbert", "__file", "__row"
@@ -73,8 +90,18 @@ _SORT = [(_KEY, "ascending"), ("datetime", "ascending"), (_FILE, "ascending"), (
 _DICTIONARY = ["platform", "item_id", "item_href", "layouts"]  # few distinct values per row group
 # statistics (row groups and page indexes) of the columns queries filter on; those of
 # chipid, geometry and layouts prune nothing and made the footer 6x larger (min/max blobs)
-STATISTICS = ["platform", "item_id", "date", "datetime", "cloud_cover_percentage", "nodata_percentage",
-              "bbox.xmin", "bbox.ymin", "bbox.xmax", "bbox.ymax"]
+STATISTICS = [
+    "platform",
+    "item_id",
+    "date",
+    "datetime",
+    "cloud_cover_percentage",
+    "nodata_percentage",
+    "bbox.xmin",
+    "bbox.ymin",
+    "bbox.xmax",
+    "bbox.ymax",
+]
 
 
 @dataclass(frozen=True)
@@ -227,8 +254,13 @@ class _Partitions:
                 writer = self._writers.get(k)
                 if writer is None:
                     # lz4, dictionary layouts: temporary files cost little to write and read back
-                    writer = pq.ParquetWriter(self.folder / f"{k}.parquet", chunk.schema, compression="lz4",
-                                              use_dictionary=_DICTIONARY, write_statistics=False)
+                    writer = pq.ParquetWriter(
+                        self.folder / f"{k}.parquet",
+                        chunk.schema,
+                        compression="lz4",
+                        use_dictionary=_DICTIONARY,
+                        write_statistics=False,
+                    )
                     self._writers[k] = writer
                 writer.write_table(chunk)
 
@@ -299,12 +331,20 @@ class _GroupWriter:
         self._buffered = len(rest)
         group = group.drop_columns([_KEY, _FILE, _ROW])
         bbox = group.column("bbox").combine_chunks()
-        b = np.stack([bbox.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], 1)
+        b = np.stack(
+            [
+                bbox.field(k).to_numpy(zero_copy_only=False)
+                for k in ("xmin", "ymin", "xmax", "ymax")
+            ],
+            1,
+        )
         self._multi = self._multi or _multipolygons(group.column("geometry"))
         self._bounds.append(_partial_bounds(b))
         columns = [_compact(group.column(f.name)) if f.name in _DICTIONARY else group.column(f.name)
                    for f in self.schema]
-        self._writer.write_table(pa.Table.from_arrays(columns, schema=self._writer.schema), row_group_size=size)
+        self._writer.write_table(
+            pa.Table.from_arrays(columns, schema=self._writer.schema), row_group_size=size
+        )
         self.groups += 1
 
     def __exit__(self, kind, value, tb):
@@ -313,7 +353,9 @@ class _GroupWriter:
                 self._write(self._group_rows(final=True))
             bounds = np.concatenate(self._bounds) if self._bounds else np.empty((0, 4))
             meta = geo_metadata(bounds)
-            meta["columns"]["geometry"]["geometry_types"] = ["Polygon", "MultiPolygon"] if self._multi else ["Polygon"]
+            meta["columns"]["geometry"]["geometry_types"] = (
+                ["Polygon", "MultiPolygon"] if self._multi else ["Polygon"]
+            )
             self._writer.add_key_value_metadata({"geo": json.dumps(meta)})
         self._writer.close()
         return False
@@ -359,8 +401,12 @@ def _multipolygons(geometry: pa.ChunkedArray) -> bool:
 def _dictionary_schema(schema: pa.Schema) -> pa.Schema:
     """The written schema: dictionary-encoded columns as dictionaries in memory, so a row
     group holds each item's layouts once (store_schema=False: readers see plain columns)."""
-    fields = [pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable) if f.name in _DICTIONARY else f
-              for f in schema]
+    fields = [
+        pa.field(f.name, pa.dictionary(pa.int32(), f.type), f.nullable)
+        if f.name in _DICTIONARY
+        else f
+        for f in schema
+    ]
     return pa.schema(fields)
 
 
@@ -432,12 +478,18 @@ class _MultipartUpload(io.RawIOBase):
         self._upload = None
 
     def __enter__(self):
-        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.key)
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.key
+        )
         for page in pages:
             for upload in page.get("Uploads", []):
                 if upload["Key"] == self.key:
-                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload["UploadId"])
-        self._upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=self.key, UploadId=upload["UploadId"]
+                    )
+        self._upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)[
+            "UploadId"
+        ]
         return self
 
     def writable(self) -> bool:
@@ -467,10 +519,16 @@ class _MultipartUpload(io.RawIOBase):
         if kind is None:
             if self._buffer or not self._parts:
                 self._send()
-            self.client.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload,
-                                                  MultipartUpload={"Parts": self._parts})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload,
+                MultipartUpload={"Parts": self._parts},
+            )
         else:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload)
+            self.client.abort_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self._upload
+            )
         super().close()
         return False
 
@@ -481,7 +539,9 @@ def _read(store, key: str) -> pa.Table:
             return pq.read_table(store.path(key), read_dictionary=["layouts"])
         return pq.read_table(io.BytesIO(store.read_bytes(key)), read_dictionary=["layouts"])
     except (pa.ArrowInvalid, OSError) as exc:
-        raise IndexFormatError(redact_text(f"{store.url(key)} is not a readable parquet file: {exc}")) from exc
+        raise IndexFormatError(
+            redact_text(f"{store.url(key)} is not a readable parquet file: {exc}")
+        ) from exc
 
 
 def _merged_schema(store, first_key: str) -> pa.Schema:
@@ -508,12 +568,18 @@ def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
             continue
         col = table.column(field.name)
         if field.name == "layouts":  # kept dictionary encoded: one blob per item in memory
-            columns.append(col if pa.types.is_dictionary(col.type) else pc.dictionary_encode(col.cast(field.type)))
+            columns.append(
+                col
+                if pa.types.is_dictionary(col.type)
+                else pc.dictionary_encode(col.cast(field.type))
+            )
             continue
         try:
             columns.append(col if col.type == field.type else col.cast(field.type))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise IndexFormatError(f"{where}: column {field.name!r} is {col.type}, expected {field.type}: {exc}") from exc
+            raise IndexFormatError(
+                f"{where}: column {field.name!r} is {col.type}, expected {field.type}: {exc}"
+            ) from exc
     if pc.any(pc.equal(columns[schema.get_field_index("chipid")], "")).as_py():
         raise IndexFormatError(f"{where} is not a stacchip index: empty chip ids")
     return pa.Table.from_arrays(columns, names=schema.names)

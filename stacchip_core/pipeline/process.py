@@ -129,26 +129,45 @@ def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size:
         raise PlatformError(f"no installed plugin normalizes items of platform {platform.name!r}")
     skey = item_key(platform.name, item.id)
     normalized.set_self_href(store.url(skey))
-    store.write_bytes(skey, json.dumps(normalized.to_dict(include_self_link=False), indent=1).encode())
-    table = Indexer(normalized, chip_size=chip_size or platform.chip_size, chip_max_nodata=max_nodata,
-                    platform=platform).create_index()
-    url = store.write_bytes(ikey, index_bytes(table))  # last: the index only points at data that exists
+    store.write_bytes(
+        skey, json.dumps(normalized.to_dict(include_self_link=False), indent=1).encode()
+    )
+    table = Indexer(
+        normalized,
+        chip_size=chip_size or platform.chip_size,
+        chip_max_nodata=max_nodata,
+        platform=platform,
+    ).create_index()
+    url = store.write_bytes(
+        ikey, index_bytes(table)
+    )  # last: the index only points at data that exists
     log.info("%s: %d chips indexed", item.id, len(table))
     return ItemResult(item.id, "done", len(table), url)
 
 
-def process(platform: str, index: int, bucket: str | Path, sample_source: str | Path | None = None,
-            stac_api: str | None = None, chip_size: int | None = None, max_nodata: float = 0.5) -> list[ItemResult]:
+def process(
+    platform: str,
+    index: int,
+    bucket: str | Path,
+    sample_source: str | Path | None = None,
+    stac_api: str | None = None,
+    chip_size: int | None = None,
+    max_nodata: float = 0.5,
+) -> list[ItemResult]:
     """Run one job: select the items for sample ``index`` and process each into ``bucket``."""
     plat = get_platform(platform)
     if sample_source is None and plat.extra.get("samples") is None:
         # only platforms that number their own samples (LINZ's prefixes) run without a source
-        raise SampleError(f"platform {platform!r} needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)")
+        raise SampleError(
+            f"platform {platform!r} needs a sample source (--sample or STACCHIP_SAMPLE_SOURCE)"
+        )
     sample = load_sample(sample_source, index)
     stac_api = stac_api or os.environ.get(STAC_API_ENV) or plat.extra.get("stac_api")
     catalog = open_catalog(stac_api) if stac_api else None
     try:
-        items = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
+        items = get_plugin_manager().hook.stacchip_select_items(
+            platform=plat, sample=sample, catalog=catalog
+        )
     except SampleAttributeError as exc:  # the selection reads an attribute the sample source lacks
         raise SampleAttributeError(f"{exc}, which platform {platform!r} needs") from exc
     if items is None:
@@ -158,19 +177,38 @@ def process(platform: str, index: int, bucket: str | Path, sample_source: str | 
     return [process_item(plat, item, store, chip_size, max_nodata) for item in items]
 
 
-def process_job(index: int, *, platform: str, bucket: str, sample_source=None, stac_api=None,
-                chip_size=None, max_nodata: float = 0.5, batch_size: int = 1, workers: int = 4) -> list[ItemResult]:
+def process_job(
+    index: int,
+    *,
+    platform: str,
+    bucket: str,
+    sample_source=None,
+    stac_api=None,
+    chip_size=None,
+    max_nodata: float = 0.5,
+    batch_size: int = 1,
+    workers: int = 4,
+) -> list[ItemResult]:
     """One job, picklable for a cluster (its results pickle too): sample ``index``, or with
     ``batch_size`` B the samples ``index*B .. index*B+B-1`` (see process_batch)."""
     if batch_size <= 1:
         return process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)
-    return process_batch(platform, index, batch_size, bucket, sample_source, stac_api, chip_size, max_nodata,
-                         workers)
+    return process_batch(
+        platform, index, batch_size, bucket, sample_source, stac_api, chip_size, max_nodata, workers
+    )
 
 
-def process_batch(platform: str, job: int, batch_size: int, bucket: str | Path, sample_source=None,
-                  stac_api: str | None = None, chip_size: int | None = None, max_nodata: float = 0.5,
-                  workers: int = 4) -> list[ItemResult]:
+def process_batch(
+    platform: str,
+    job: int,
+    batch_size: int,
+    bucket: str | Path,
+    sample_source=None,
+    stac_api: str | None = None,
+    chip_size: int | None = None,
+    max_nodata: float = 0.5,
+    workers: int = 4,
+) -> list[ItemResult]:
     """Job ``job`` of batches of ``batch_size`` samples: the items of every sample of the
     batch (the last batch stops at the source's end), each item once, ``workers`` items
     processed at once. Results in sample, then selection order.
@@ -189,16 +227,28 @@ def process_batch(platform: str, job: int, batch_size: int, bucket: str | Path, 
     items: dict[str, pystac.Item] = {}
     for index in samples:
         sample = load_sample(sample_source, index)
-        selected = get_plugin_manager().hook.stacchip_select_items(platform=plat, sample=sample, catalog=catalog)
+        selected = get_plugin_manager().hook.stacchip_select_items(
+            platform=plat, sample=sample, catalog=catalog
+        )
         if selected is None:
             raise PlatformError(f"no installed plugin selects items for platform {platform!r}")
         for item in selected:  # a place two samples share is processed once
             items.setdefault(item.id, item)
-    log.info("batch %d (samples %d-%d): %d items selected for %s", job, samples.start, samples.stop - 1,
-             len(items), platform)
+    log.info(
+        "batch %d (samples %d-%d): %d items selected for %s",
+        job,
+        samples.start,
+        samples.stop - 1,
+        len(items),
+        platform,
+    )
     store = open_store(bucket)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="stacchip-process") as pool:
-        return list(pool.map(lambda item: process_item(plat, item, store, chip_size, max_nodata), items.values()))
+        return list(
+            pool.map(
+                lambda item: process_item(plat, item, store, chip_size, max_nodata), items.values()
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -220,7 +270,8 @@ class IndexManyReport(Report):
 
 def index_many(items, output: str | Path, workers: int = 8, **indexer_kwargs) -> IndexManyReport:
     """Index many items concurrently (core.indexer.build_indexes) into a folder or
-    ``s3://`` prefix laid out as the processors do: ``index/{platform}/{item_id}/index_{item_id}.parquet``
+    ``s3://`` prefix laid out as the processors do:
+    ``index/{platform}/{item_id}/index_{item_id}.parquet``
     (merge the ``index`` folder). An item without a self link is written beside its index
     (``{platform}/{item_id}/stac_item.json``) first, so every row points at an item that exists.
 
@@ -248,7 +299,9 @@ def index_many(items, output: str | Path, workers: int = 8, **indexer_kwargs) ->
                     name = indexer_kwargs.get("platform") or item.collection_id or "unknown"
                     key = item_key(name, item.id)
                     item.set_self_href(store.url(key))
-                    store.write_bytes(key, json.dumps(item.to_dict(include_self_link=False), indent=1).encode())
+                    store.write_bytes(
+                        key, json.dumps(item.to_dict(include_self_link=False), indent=1).encode()
+                    )
             yield item
 
     done = failed = chips = 0
@@ -266,8 +319,14 @@ def index_many(items, output: str | Path, workers: int = 8, **indexer_kwargs) ->
         chips += len(result.table)
     seconds = time.perf_counter() - start
     report = IndexManyReport(store.url(""), done, failed, chips, round(seconds, 3), errors)
-    log.info("indexed %d items (%d chips, %d failed) in %.1f s: %.1f items/s", done, chips, failed, seconds,
-             report.items_per_second)
+    log.info(
+        "indexed %d items (%d chips, %d failed) in %.1f s: %.1f items/s",
+        done,
+        chips,
+        failed,
+        seconds,
+        report.items_per_second,
+    )
     return report
 
 

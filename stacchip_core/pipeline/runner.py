@@ -62,7 +62,9 @@ def batch_range(job: int, batch_size: int, total: int | None = None) -> range:
     start = job * batch_size
     stop = start + batch_size if total is None else min(start + batch_size, total)
     if job < 0 or stop <= start:
-        raise ConfigError(f"job {job} is past the last sample ({total} samples in batches of {batch_size})")
+        raise ConfigError(
+            f"job {job} is past the last sample ({total} samples in batches of {batch_size})"
+        )
     return range(start, stop)
 
 
@@ -159,8 +161,17 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
             raise ConfigError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
         try:
             with Client(address) as client:
-                futures = {client.submit(_timed, fn, i, retries=retries, pure=False, key=f"{command}-{i}-{time.time_ns()}"): i
-                           for i in indices}
+                futures = {
+                    client.submit(
+                        _timed,
+                        fn,
+                        i,
+                        retries=retries,
+                        pure=False,
+                        key=f"{command}-{i}-{time.time_ns()}",
+                    ): i
+                    for i in indices
+                }
                 for future in as_completed(futures):
                     index = futures[future]
                     if future.status == "error":

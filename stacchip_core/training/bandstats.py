@@ -112,7 +112,9 @@ def dump(stats: dict[str, dict[str, BandStats]], path: str | Path) -> None:
         try:
             import yaml
         except ImportError as exc:
-            raise ConfigError("writing YAML needs PyYAML (pip install pyyaml); or use .json") from exc
+            raise ConfigError(
+                "writing YAML needs PyYAML (pip install pyyaml); or use .json"
+            ) from exc
         text = yaml.safe_dump(plain, sort_keys=False)
     else:
         text = json.dumps(plain, indent=2)

@@ -25,7 +25,9 @@ class ChipReader:
     Caches are per process: after a fork they start empty, and pickling (spawn) drops them.
     ``report`` is what its reads cost so far, ``last_report`` the last batch's."""
 
-    def __init__(self, bands: list[str] | None = None, mountpath=None, use_layouts: bool = True) -> None:
+    def __init__(
+        self, bands: list[str] | None = None, mountpath=None, use_layouts: bool = True
+    ) -> None:
         self.bands = bands
         self.mountpath = mountpath
         self.use_layouts = use_layouts

@@ -66,7 +66,11 @@ def spatial_splits(table: pa.Table, block_deg: float = 1.0, val: float = 0.1, te
     lat = (pc.struct_field(b, "ymin").to_numpy() + pc.struct_field(b, "ymax").to_numpy()) / 2
     bx = np.floor(lon / block_deg).astype(np.int64) + (1 << 20)
     by = np.floor(lat / block_deg).astype(np.int64) + (1 << 20)
-    key = (bx.astype(np.uint64) << np.uint64(24)) ^ by.astype(np.uint64) ^ (np.uint64(seed) << np.uint64(48))
+    key = (
+        (bx.astype(np.uint64) << np.uint64(24))
+        ^ by.astype(np.uint64)
+        ^ (np.uint64(seed) << np.uint64(48))
+    )
     u = (_mix(key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.where(u < test, "test", np.where(u < test + val, "val", "train")).astype(object)
 
@@ -92,7 +96,9 @@ def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int,
             rows = rng.permutation(groups[name]) if shuffle else groups[name]
             if 0 < len(rows) < target:
                 reps = [rng.permutation(groups[name]) for _ in range(target // len(rows) - 1)]
-                rows = np.concatenate([rows, *reps, rng.choice(groups[name], target % len(rows), replace=False)])
+                rows = np.concatenate(
+                    [rows, *reps, rng.choice(groups[name], target % len(rows), replace=False)]
+                )
             batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
         if shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -101,7 +107,9 @@ def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int,
     while len(batches) % world_size:  # split the largest batch rather than repeat chips
         i = max(range(len(batches)), key=lambda k: len(batches[k]))
         if len(batches[i]) < 2:
-            raise ConfigError(f"{len(batches)} batches of one chip cannot be shared by {world_size} ranks")
+            raise ConfigError(
+                f"{len(batches)} batches of one chip cannot be shared by {world_size} ranks"
+            )
         half = len(batches[i]) // 2
         batches[i:i + 1] = [batches[i][:half], batches[i][half:]]
     return batches
@@ -130,12 +138,25 @@ class ShardedBatchSampler(BatchSampler):
         epoch_fn: the current epoch (e.g. the trainer's), asked at the start of each pass.
     """
 
-    def __init__(self, sampler: Sampler | None = None, batch_size: int = 32, drop_last: bool = False, *,
-                 platforms: Sequence[str] | np.ndarray, rank: int = 0, world_size: int = 1, shuffle: bool = True,
-                 oversample: bool = False, seed: int = 0, epoch_fn: Callable[[], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        sampler: Sampler | None = None,
+        batch_size: int = 32,
+        drop_last: bool = False,
+        *,
+        platforms: Sequence[str] | np.ndarray,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        oversample: bool = False,
+        seed: int = 0,
+        epoch_fn: Callable[[], int | None] | None = None,
+    ) -> None:
         if drop_last:
             raise ConfigError("drop_last is not supported: every chip is read once per epoch")
-        super().__init__(sampler if sampler is not None else range(len(platforms)), batch_size, False)
+        super().__init__(
+            sampler if sampler is not None else range(len(platforms)), batch_size, False
+        )
         if isinstance(sampler, DistributedSampler):
             rank, world_size = sampler.rank, sampler.num_replicas
         if not 0 <= rank < world_size:
@@ -162,9 +183,18 @@ class ShardedBatchSampler(BatchSampler):
     def rank_batches(self, epoch: int | None = None) -> list[np.ndarray]:
         """This rank's batches (row numbers) of ``epoch`` (default: the current one)."""
         epoch = self.current_epoch() if epoch is None else epoch
-        if self._cache is None or self._cache[0] != epoch:  # len() and iter() of one epoch shuffle once
-            batches = epoch_batches(self.platforms, self.batch_size, epoch, self.seed, self.shuffle, self.oversample,
-                                    self.world_size)
+        if (
+            self._cache is None or self._cache[0] != epoch
+        ):  # len() and iter() of one epoch shuffle once
+            batches = epoch_batches(
+                self.platforms,
+                self.batch_size,
+                epoch,
+                self.seed,
+                self.shuffle,
+                self.oversample,
+                self.world_size,
+            )
             self._cache = (epoch, batches[self.rank::self.world_size])
         return self._cache[1]
 
@@ -190,10 +220,15 @@ def collate_chips(samples: list[dict]) -> dict:
         ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``item_id``/``date`` lists,
         ``platform`` (one string), ``lon``/``lat`` tensors.
     """
-    return {"pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),
-            "chipid": [s["chipid"] for s in samples], "item_id": [s["item_id"] for s in samples],
-            "date": [s["date"] for s in samples], "platform": samples[0]["platform"],
-            "lon": torch.tensor([s["lon"] for s in samples]), "lat": torch.tensor([s["lat"] for s in samples])}
+    return {
+        "pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),
+        "chipid": [s["chipid"] for s in samples],
+        "item_id": [s["item_id"] for s in samples],
+        "date": [s["date"] for s in samples],
+        "platform": samples[0]["platform"],
+        "lon": torch.tensor([s["lon"] for s in samples]),
+        "lat": torch.tensor([s["lat"] for s in samples]),
+    }
 
 
 def default_workers(ranks_per_node: int = 1, cpus: int | None = None) -> int:
@@ -213,7 +248,11 @@ def default_workers(ranks_per_node: int = 1, cpus: int | None = None) -> int:
         The number of workers for each rank's loaders.
     """
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
     return max(2, min(8, cpus // max(1, ranks_per_node) // 2))
 
 
@@ -244,20 +283,37 @@ class StacchipDataModule(lightning.LightningDataModule):
     dataset_class: Any = ChipDataset  # a subclass may extend how a batch is read
     collate_fn: Callable[[list[dict]], dict | None] = staticmethod(collate_chips)
 
-    def __init__(self, indexes: str | pa.Table | Sequence[str | pa.Table],
-                 bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
-                 chip_filter: ChipFilter | None = None, split_block_deg: float = 1.0, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 32,
-                 num_workers: int | None = None, seed: int = 0, oversample: bool = False,
-                 transform: Callable[[dict], dict] | None = None, mountpath: str | None = None,
-                 prefetch_factor: int = 2, persistent_workers: bool = True,
-                 multiprocessing_context: str | None = None) -> None:
+    def __init__(
+        self,
+        indexes: str | pa.Table | Sequence[str | pa.Table],
+        bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
+        chip_filter: ChipFilter | None = None,
+        split_block_deg: float = 1.0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        seed: int = 0,
+        oversample: bool = False,
+        transform: Callable[[dict], dict] | None = None,
+        mountpath: str | None = None,
+        prefetch_factor: int = 2,
+        persistent_workers: bool = True,
+        multiprocessing_context: str | None = None,
+    ) -> None:
         super().__init__()
         if isinstance(indexes, (str, pa.Table)) or hasattr(indexes, "__fspath__"):
             indexes = [indexes]
         # a filter reads only the row groups that may match (ChipFilter.load); applied again below
-        tables = [t if isinstance(t, pa.Table) else chip_filter.load(str(t)) if chip_filter else load_index(str(t))
-                  for t in indexes]
+        tables = [
+            t
+            if isinstance(t, pa.Table)
+            else chip_filter.load(str(t))
+            if chip_filter
+            else load_index(str(t))
+            for t in indexes
+        ]
         table = pa.concat_tables(tables, promote_options="default")
         if chip_filter is not None:
             table = chip_filter.apply(table)
@@ -266,7 +322,12 @@ class StacchipDataModule(lightning.LightningDataModule):
             table = table.append_column("split", pa.array(splits.tolist(), pa.string()))
         self.table = table
         self.bands, self.transform, self.mountpath = bands, transform, mountpath
-        self.batch_size, self.num_workers, self.seed, self.oversample = batch_size, num_workers, seed, oversample
+        self.batch_size, self.num_workers, self.seed, self.oversample = (
+            batch_size,
+            num_workers,
+            seed,
+            oversample,
+        )
         self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
         self.multiprocessing_context = multiprocessing_context
 
@@ -297,25 +358,45 @@ class StacchipDataModule(lightning.LightningDataModule):
 
     def _dataset(self, split: str) -> Any:
         """The map-style dataset of a split (with ``platforms`` and ``__getitems__``)."""
-        return self.dataset_class(self.split_table(split), bands=self.bands, transform=self.transform,
-                                  mountpath=self.mountpath)
+        return self.dataset_class(
+            self.split_table(split),
+            bands=self.bands,
+            transform=self.transform,
+            mountpath=self.mountpath,
+        )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         rank, world = self._rank()
         dataset = self._dataset(split)
         trainer = getattr(self, "trainer", None)
         epoch_fn = (lambda: trainer.current_epoch) if (train and trainer is not None) else None
-        sampler = ShardedBatchSampler(None, self.batch_size, platforms=dataset.platforms, rank=rank, world_size=world,
-                                      shuffle=train, oversample=self.oversample and train, seed=self.seed,
-                                      epoch_fn=epoch_fn)
+        sampler = ShardedBatchSampler(
+            None,
+            self.batch_size,
+            platforms=dataset.platforms,
+            rank=rank,
+            world_size=world,
+            shuffle=train,
+            oversample=self.oversample and train,
+            seed=self.seed,
+            epoch_fn=epoch_fn,
+        )
         workers = self._workers()
         extra: dict[str, Any] = {}
         if workers > 0:
-            extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": self.persistent_workers,
-                     "multiprocessing_context": self.multiprocessing_context}
+            extra = {
+                "prefetch_factor": self.prefetch_factor,
+                "persistent_workers": self.persistent_workers,
+                "multiprocessing_context": self.multiprocessing_context,
+            }
         # ChipDataset is map-style without importing torch (duck-typed Dataset)
-        return DataLoader(cast(Any, dataset), batch_sampler=sampler, num_workers=workers, collate_fn=self.collate_fn,
-                          **extra)
+        return DataLoader(
+            cast(Any, dataset),
+            batch_sampler=sampler,
+            num_workers=workers,
+            collate_fn=self.collate_fn,
+            **extra,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
@@ -359,15 +440,22 @@ def collate_stacks(samples: list[dict]) -> dict | None:
     """
     if not samples:
         return None
-    out: dict[str, Any] = {**_stack_part(samples), "dates": [s["dates"] for s in samples],
-                           "stackid": [s["stackid"] for s in samples], "platform": samples[0]["platform"],
-                           "lon": torch.tensor([s["lon"] for s in samples]),
-                           "lat": torch.tensor([s["lat"] for s in samples])}
+    out: dict[str, Any] = {
+        **_stack_part(samples),
+        "dates": [s["dates"] for s in samples],
+        "stackid": [s["stackid"] for s in samples],
+        "platform": samples[0]["platform"],
+        "lon": torch.tensor([s["lon"] for s in samples]),
+        "lat": torch.tensor([s["lat"] for s in samples]),
+    }
     names = sorted(samples[0].get("sensors", {}))
     for s in samples:
         if sorted(s.get("sensors", {})) != names:
-            raise StackError(f"stacks {samples[0]['stackid']} and {s['stackid']} of one batch hold different "
-                             f"platforms ({names} vs {sorted(s.get('sensors', {}))}); build them with the same --with")
+            raise StackError(
+                f"stacks {samples[0]['stackid']} and {s['stackid']} of one batch hold different "
+                f"platforms ({names} vs {sorted(s.get('sensors', {}))}); "
+                "build them with the same --with"
+            )
     if names:
         out["sensors"] = {p: _stack_part([s["sensors"][p] for s in samples]) for p in names}
     return out
@@ -415,13 +503,26 @@ class StacchipStackDataModule(StacchipDataModule):
     dataset_class: Any = StackDataset
     collate_fn = staticmethod(collate_stacks)
 
-    def __init__(self, stacks: str | pa.Table, bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
-                 steps: int | None = None, resampling: str = "nearest", errors: str = "raise",
-                 split_block_deg: float = 1.0, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 split_seed: int = 0, batch_size: int = 8, num_workers: int | None = None, seed: int = 0,
-                 oversample: bool = False, transform: Callable[[dict], dict] | None = None,
-                 prefetch_factor: int = 2, persistent_workers: bool = True,
-                 multiprocessing_context: str | None = None) -> None:
+    def __init__(
+        self,
+        stacks: str | pa.Table,
+        bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
+        steps: int | None = None,
+        resampling: str = "nearest",
+        errors: str = "raise",
+        split_block_deg: float = 1.0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        batch_size: int = 8,
+        num_workers: int | None = None,
+        seed: int = 0,
+        oversample: bool = False,
+        transform: Callable[[dict], dict] | None = None,
+        prefetch_factor: int = 2,
+        persistent_workers: bool = True,
+        multiprocessing_context: str | None = None,
+    ) -> None:
         lightning.LightningDataModule.__init__(self)
         table = stacks if isinstance(stacks, pa.Table) else read_stacks(str(stacks))
         if "split" not in table.column_names:
@@ -432,14 +533,27 @@ class StacchipStackDataModule(StacchipDataModule):
         if steps < 1:
             raise StackError(f"steps must be at least 1, got {steps}")
         if errors not in ("raise", "skip") or resampling not in ("nearest", "bilinear"):
-            raise StackError(f"errors must be 'raise' or 'skip' and resampling 'nearest' or 'bilinear', "
-                             f"got {errors!r}, {resampling!r}")
+            raise StackError(
+                f"errors must be 'raise' or 'skip' and resampling 'nearest' or 'bilinear', "
+                f"got {errors!r}, {resampling!r}"
+            )
         self.table, self.steps, self.resampling, self.errors = table, steps, resampling, errors
         self.bands, self.transform, self.mountpath = bands, transform, None
-        self.batch_size, self.num_workers, self.seed, self.oversample = batch_size, num_workers, seed, oversample
+        self.batch_size, self.num_workers, self.seed, self.oversample = (
+            batch_size,
+            num_workers,
+            seed,
+            oversample,
+        )
         self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
         self.multiprocessing_context = multiprocessing_context
 
     def _dataset(self, split: str) -> StackDataset:
-        return self.dataset_class(self.split_table(split), bands=self.bands, transform=self.transform,
-                                  steps=self.steps, resampling=self.resampling, errors=self.errors)
+        return self.dataset_class(
+            self.split_table(split),
+            bands=self.bands,
+            transform=self.transform,
+            steps=self.steps,
+            resampling=self.resampling,
+            errors=self.errors,
+        )

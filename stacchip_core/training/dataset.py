@@ -25,15 +25,22 @@ class ChipDataset:
     (default: all rows).
     """
 
-    def __init__(self, index: str | pa.Table, bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
-                 transform: Callable[[dict], dict] | None = None, chip_filter: ChipFilter | None = None,
-                 mountpath=None) -> None:
+    def __init__(
+        self,
+        index: str | pa.Table,
+        bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
+        transform: Callable[[dict], dict] | None = None,
+        chip_filter: ChipFilter | None = None,
+        mountpath=None,
+    ) -> None:
         if chip_filter is not None and not isinstance(index, pa.Table):
             table = chip_filter.load(str(index))  # reads only the row groups that may match
         else:
             table = load_index(index) if not isinstance(index, pa.Table) else index
             table = chip_filter.apply(table) if chip_filter is not None else table
-        if "layouts" in table.column_names and not pa.types.is_dictionary(table.schema.field("layouts").type):
+        if "layouts" in table.column_names and not pa.types.is_dictionary(
+            table.schema.field("layouts").type
+        ):
             # one layout per item, repeated on its rows: held once per item in memory
             import pyarrow.compute as pc
 
@@ -50,7 +57,9 @@ class ChipDataset:
         reader = self._readers.get(platform)
         if reader is None:
             bands = self._bands.get(platform) if isinstance(self._bands, dict) else self._bands
-            reader = self._readers[platform] = ChipReader(list(bands) if bands else None, self.mountpath)
+            reader = self._readers[platform] = ChipReader(
+                list(bands) if bands else None, self.mountpath
+            )
         return reader
 
     def __len__(self) -> int:
@@ -102,10 +111,21 @@ class PlatformBatchSampler:
     platform, then the order of the batches. A torch ``batch_sampler``.
     """
 
-    def __init__(self, platforms: Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        platforms: Sequence[str],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
         self.platforms = np.asarray(platforms, dtype=object)
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.batch_size, self.shuffle, self.seed, self.drop_last = (
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
+        )
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -54,7 +54,9 @@ class ChipFilter:
         if self.platforms:
             mask = pc.and_(mask, pc.is_in(table["platform"], pa.array(list(self.platforms))))
         if self.start is not None:
-            mask = pc.and_(mask, pc.greater_equal(table["date"], pa.scalar(self.start, pa.date32())))
+            mask = pc.and_(
+                mask, pc.greater_equal(table["date"], pa.scalar(self.start, pa.date32()))
+            )
         if self.end is not None:
             mask = pc.and_(mask, pc.less_equal(table["date"], pa.scalar(self.end, pa.date32())))
         if self.bbox is None:
@@ -66,8 +68,12 @@ class ChipFilter:
         bounds = np.stack([b.field(k).to_numpy(zero_copy_only=False)
                            for k in ("xmin", "ymin", "xmax", "ymax")], axis=1).reshape(-1, 4)
         cand = np.flatnonzero(bbox_candidates(bounds, self.bbox))
-        geoms = shapely.from_wkb(table["geometry"].take(pa.array(cand, pa.int64())).to_numpy(zero_copy_only=False))
-        return table.take(pa.array(cand[shapely.intersects(geoms, shapely.box(*self.bbox))], pa.int64()))
+        geoms = shapely.from_wkb(
+            table["geometry"].take(pa.array(cand, pa.int64())).to_numpy(zero_copy_only=False)
+        )
+        return table.take(
+            pa.array(cand[shapely.intersects(geoms, shapely.box(*self.bbox))], pa.int64())
+        )
 
     def load(self, location: str) -> pa.Table:
         """The rows of the index at ``location`` this filter keeps, reading only the row
@@ -97,7 +103,9 @@ def load_index(location: str) -> pa.Table:
         raise IndexFormatError(f"{location} is not a readable index: {exc}") from exc
 
 
-def plan_cubes(table: pa.Table, cube_size: int = 128, spares: int | None = None, seed: int = 42) -> list[Cube]:
+def plan_cubes(
+    table: pa.Table, cube_size: int = 128, spares: int | None = None, seed: int = 42
+) -> list[Cube]:
     """Every cube of every platform (platforms by name, then cube number)."""
     spares = max(1, cube_size // 16) if spares is None else spares
     block = cube_size + spares
@@ -144,10 +152,17 @@ def _norms(rows: list[dict]) -> dict[str, np.ndarray]:
     week = 2 * np.pi * np.asarray(weeks, float) / 52
     hour = 2 * np.pi * np.asarray(hours, float) / 24
     pair = lambda a: np.stack([np.sin(a), np.cos(a)], axis=1).astype(np.float32)
-    return {"lat_norm": pair(lat), "lon_norm": pair(lon), "week_norm": pair(week), "hour_norm": pair(hour)}
+    return {
+        "lat_norm": pair(lat),
+        "lon_norm": pair(lon),
+        "week_norm": pair(week),
+        "hour_norm": pair(hour),
+    }
 
 
-def build_cube(table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, workers: int = 4) -> tuple[dict, list[str]]:
+def build_cube(
+    table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, workers: int = 4
+) -> tuple[dict, list[str]]:
     """Read a cube's chips (in parallel); returns (arrays, failed chip ids)."""
     rows = table.take(pa.array(cube.rows)).to_pylist()
 
@@ -195,9 +210,20 @@ class PrechipReport(Report):
     failed_chips: list[str] = field(default_factory=list)
 
 
-def prechip(index: str, target: str, *, version: str = "v1", job: int = 0, cubes_per_job: int = 1,
-            cube_size: int = 128, spares: int | None = None, seed: int = 42, chip_filter: ChipFilter = ChipFilter(),
-            workers: int = 4, mountpath=None) -> PrechipReport:
+def prechip(
+    index: str,
+    target: str,
+    *,
+    version: str = "v1",
+    job: int = 0,
+    cubes_per_job: int = 1,
+    cube_size: int = 128,
+    spares: int | None = None,
+    seed: int = 42,
+    chip_filter: ChipFilter = ChipFilter(),
+    workers: int = 4,
+    mountpath=None,
+) -> PrechipReport:
     """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
     keys.name(version, "--version")  # before any work
     table = chip_filter.load(index)

@@ -8,8 +8,8 @@ anchor footprint; both go through ``fetch``, one call of the chip read pipeline'
 reader (``core.read.read_windows``), so requests are the tiles touched, each tile is fetched
 and decoded once per batch, no item JSON is read, and each batch reports its cost as chip
 reads do (``StackReader.last``, a ``ReadReport``; ``StackReader.report`` adds them up). Warped
-members are then reprojected in memory (rasterio.warp.reproject; nearest for auxiliary layers such as
-SCL or QA, nearest or bilinear for bands).
+members are then reprojected in memory (rasterio.warp.reproject; nearest for auxiliary layers
+such as SCL or QA, nearest or bilinear for bands).
 """
 
 from __future__ import annotations

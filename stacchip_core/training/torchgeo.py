@@ -59,10 +59,16 @@ class StacchipGeoDataset(GeoDataset):
         mountpath: for bucket hrefs mounted locally.
     """
 
-    def __init__(self, index: str | pa.Table, bands: Sequence[str] | None = None, crs: pyproj.CRS | str | None = None,
-                 chip_filter: ChipFilter | None = None, label_column: str | None = None,
-                 transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 mountpath: str | None = None) -> None:
+    def __init__(
+        self,
+        index: str | pa.Table,
+        bands: Sequence[str] | None = None,
+        crs: pyproj.CRS | str | None = None,
+        chip_filter: ChipFilter | None = None,
+        label_column: str | None = None,
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        mountpath: str | None = None,
+    ) -> None:
         if chip_filter is not None and not isinstance(index, pa.Table):
             table = chip_filter.load(str(index))  # reads only the row groups that may match
         else:
@@ -74,7 +80,9 @@ class StacchipGeoDataset(GeoDataset):
         self.transforms = transforms
         self.label_column = label_column
         if label_column is not None and label_column not in table.column_names:
-            raise ConfigError(f"label column {label_column!r} is not in the index ({table.column_names})")
+            raise ConfigError(
+                f"label column {label_column!r} is not in the index ({table.column_names})"
+            )
         self.mountpath = mountpath
 
         # one grid per item (not per chip): each chip's window from its (x, y)
@@ -112,17 +120,24 @@ class StacchipGeoDataset(GeoDataset):
             log.info("%d chips in another CRS or resolution left out", int((~keep).sum()))
         rows = np.flatnonzero(keep)
         self.table = table.take(pa.array(rows))
-        when = pd.to_datetime(self.table["datetime"].to_numpy(zero_copy_only=False), utc=True).tz_localize(None)
+        when = pd.to_datetime(
+            self.table["datetime"].to_numpy(zero_copy_only=False), utc=True
+        ).tz_localize(None)
         interval = pd.IntervalIndex.from_arrays(when, when, closed="both", name="datetime")
         self.index = GeoDataFrame({"row": np.arange(len(rows))}, index=interval,
                                   geometry=shapely.box(*boxes[rows].T), crs=crs)
         self._res = (resolution, resolution)
-        self._labels = (np.asarray(self.table[label_column].to_numpy(zero_copy_only=False), dtype=np.float64)
-                        if label_column else None)
+        self._labels = (
+            np.asarray(self.table[label_column].to_numpy(zero_copy_only=False), dtype=np.float64)
+            if label_column
+            else None
+        )
 
     def __getitem__(self, query) -> dict[str, Any]:
         x, y, t = self._disambiguate_slice(query)
-        hits = self.index.iloc[self.index.index.overlaps(pd.Interval(t.start, t.stop, closed="both"))]
+        hits = self.index.iloc[
+            self.index.index.overlaps(pd.Interval(t.start, t.stop, closed="both"))
+        ]
         hits = hits.iloc[:: t.step]
         hits = hits.cx[x.start:x.stop, y.start:y.stop]
         if hits.empty:
@@ -144,7 +159,10 @@ class StacchipGeoDataset(GeoDataset):
             xmin, ymin, xmax, ymax = hits.geometry.iloc[k].bounds
             cols = np.floor((xs - xmin) / res).astype(np.int64)
             rows = np.floor((ymax - ys) / res).astype(np.int64)
-            ci, ri = np.flatnonzero((cols >= 0) & (xs < xmax)), np.flatnonzero((rows >= 0) & (ys > ymin))
+            ci, ri = (
+                np.flatnonzero((cols >= 0) & (xs < xmax)),
+                np.flatnonzero((rows >= 0) & (ys > ymin)),
+            )
             if not len(ci) or not len(ri):
                 continue
             todo = ~filled[np.ix_(ri, ci)]
@@ -154,7 +172,11 @@ class StacchipGeoDataset(GeoDataset):
             parts.append((r, rows, cols, ri, ci, todo))
         image = None
         label_sum = 0.0
-        pixels_of = self.reader.read_many(self.table.take(pa.array([p[0] for p in parts])).to_pylist()) if parts else []
+        pixels_of = (
+            self.reader.read_many(self.table.take(pa.array([p[0] for p in parts])).to_pylist())
+            if parts
+            else []
+        )
         for (r, rows, cols, ri, ci, todo), pixels in zip(parts, pixels_of):
             if image is None:
                 image = np.zeros((pixels.shape[0], height, width), dtype=np.float32)
@@ -166,9 +188,15 @@ class StacchipGeoDataset(GeoDataset):
                 label_sum += self._labels[r] * int(todo.sum())
         if image is None:
             raise IndexError(f"query: {query} holds no chip pixel")
-        sample: dict[str, Any] = {"image": torch.from_numpy(image), "bounds": query, "crs": self.crs}
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(image),
+            "bounds": query,
+            "crs": self.crs,
+        }
         if self._labels is not None:
-            sample["label"] = torch.tensor(label_sum / max(1, int(filled.sum())), dtype=torch.float32)
+            sample["label"] = torch.tensor(
+                label_sum / max(1, int(filled.sum())), dtype=torch.float32
+            )
         if self.transforms is not None:
             sample = self.transforms(sample)
         return sample
@@ -177,7 +205,11 @@ class StacchipGeoDataset(GeoDataset):
         """The query that returns exactly chip ``i`` of the dataset (its window and time)."""
         xmin, ymin, xmax, ymax = self.index.geometry.iloc[i].bounds
         iv = self.index.index[i]
-        return slice(xmin, xmax, self.res[0]), slice(ymin, ymax, self.res[1]), slice(iv.left, iv.right, 1)
+        return (
+            slice(xmin, xmax, self.res[0]),
+            slice(ymin, ymax, self.res[1]),
+            slice(iv.left, iv.right, 1),
+        )
 
 
 def stack_sample(pixels: StackPixels, platform: str | None = None) -> dict[str, Any]:
@@ -199,10 +231,14 @@ def stack_sample(pixels: StackPixels, platform: str | None = None) -> dict[str, 
     """
     platform = platform or pixels.anchor
     if platform not in pixels.pixels:
-        raise ConfigError(f"stack {pixels.stackid} has no {platform} members ({', '.join(pixels.pixels)})")
+        raise ConfigError(
+            f"stack {pixels.stackid} has no {platform} members ({', '.join(pixels.pixels)})"
+        )
     if pixels.crs is None or pixels.transform is None:
-        raise ConfigError(f"stack {pixels.stackid}: its anchor grid is unknown (rebuild the stacks from an index "
-                          "with layouts)")
+        raise ConfigError(
+            f"stack {pixels.stackid}: its anchor grid is unknown (rebuild the stacks from an index "
+            "with layouts)"
+        )
     a, _, c, _, e, f = (float(v) for v in pixels.transform[:6])
     image = pixels.pixels[platform]
     h, w = image.shape[-2:]
@@ -210,9 +246,16 @@ def stack_sample(pixels: StackPixels, platform: str | None = None) -> dict[str, 
     when = pd.to_datetime([d.isoformat() for d in dates])
     bounds = (slice(c, c + w * a, a), slice(f + h * e, f, -e), slice(when.min(), when.max(), 1))
     days = np.array([(d - pd.Timestamp("1970-01-01").date()).days for d in dates], np.int64)
-    return {"image": torch.from_numpy(image), "valid": torch.from_numpy(pixels.valid[platform]),
-            "bounds": bounds, "crs": pyproj.CRS(pixels.crs), "dates": [d.isoformat() for d in dates],
-            "time": torch.from_numpy(days), "bands": pixels.bands[platform], "stackid": pixels.stackid}
+    return {
+        "image": torch.from_numpy(image),
+        "valid": torch.from_numpy(pixels.valid[platform]),
+        "bounds": bounds,
+        "crs": pyproj.CRS(pixels.crs),
+        "dates": [d.isoformat() for d in dates],
+        "time": torch.from_numpy(days),
+        "bands": pixels.bands[platform],
+        "stackid": pixels.stackid,
+    }
 
 
 class StacchipStackGeoSamples(torch.utils.data.Dataset):
@@ -226,9 +269,14 @@ class StacchipStackGeoSamples(torch.utils.data.Dataset):
         transforms: TorchGeo-style ``transforms(sample) -> sample``.
     """
 
-    def __init__(self, stacks: str | pa.Table, bands: dict[str, Sequence[str]] | Sequence[str] | None = None,
-                 platform: str | None = None, resampling: str = "nearest",
-                 transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        stacks: str | pa.Table,
+        bands: dict[str, Sequence[str]] | Sequence[str] | None = None,
+        platform: str | None = None,
+        resampling: str = "nearest",
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.table = stacks if isinstance(stacks, pa.Table) else read_stacks(str(stacks))
         self.reader = StackReader(bands, resampling)
         self.platform, self.transforms = platform, transforms
@@ -237,5 +285,7 @@ class StacchipStackGeoSamples(torch.utils.data.Dataset):
         return self.table.num_rows
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sample = stack_sample(self.reader.read(self.table.slice(int(i), 1).to_pylist()[0]), self.platform)
+        sample = stack_sample(
+            self.reader.read(self.table.slice(int(i), 1).to_pylist()[0]), self.platform
+        )
         return self.transforms(sample) if self.transforms is not None else sample

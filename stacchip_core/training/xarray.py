@@ -43,8 +43,10 @@ class ChipGeoref:
         if (height, width) == (self.height, self.width):
             return self
         if height < 1 or width < 1 or self.height % height or self.width % width:
-            raise ShapeError(f"an output of {height} x {width} px does not fit a chip of "
-                             f"{self.height} x {self.width} px (use the chip's size or an integer fraction)")
+            raise ShapeError(
+                f"an output of {height} x {width} px does not fit a chip of "
+                f"{self.height} x {self.width} px (use the chip's size or an integer fraction)"
+            )
         t = self.transform @ Affine.scale(self.width / width, self.height / height)
         return ChipGeoref(t, self.crs, height, width, self.time)
 
@@ -73,27 +75,48 @@ def _dataarray(data: np.ndarray, geo: ChipGeoref, names: Sequence[str], attrs: d
     import xarray as xr
 
     x, y = geo.coords()
-    coords = {"band": list(names), "y": y, "x": x,
-              "spatial_ref": ((), 0, {"crs_wkt": geo.crs.to_wkt(), "spatial_ref": geo.crs.to_wkt(),
-                                      "GeoTransform": " ".join(str(v) for v in geo.transform.to_gdal())})}
+    coords = {
+        "band": list(names),
+        "y": y,
+        "x": x,
+        "spatial_ref": (
+            (),
+            0,
+            {
+                "crs_wkt": geo.crs.to_wkt(),
+                "spatial_ref": geo.crs.to_wkt(),
+                "GeoTransform": " ".join(str(v) for v in geo.transform.to_gdal()),
+            },
+        ),
+    }
     if geo.time is not None:
         coords["time"] = np.datetime64(geo.time, "ns")
-    da = xr.DataArray(data, dims=("band", "y", "x"), coords=coords,
-                      attrs={"crs": geo.crs.to_string(), "transform": tuple(geo.transform)[:6], **attrs})
+    da = xr.DataArray(
+        data,
+        dims=("band", "y", "x"),
+        coords=coords,
+        attrs={"crs": geo.crs.to_string(), "transform": tuple(geo.transform)[:6], **attrs},
+    )
     da.x.attrs.update(units="m", axis="X")
     da.y.attrs.update(units="m", axis="Y")
     return da
 
 
-def chip_dataarray(row: dict, bands: Sequence[str] | None = None, mountpath=None, reader: ChipReader | None = None):
+def chip_dataarray(
+    row: dict, bands: Sequence[str] | None = None, mountpath=None, reader: ChipReader | None = None
+):
     """A chip as ``xarray.DataArray`` (band, y, x) of float32, bands in the platform's
     canonical order (or ``bands``), with coordinates, CRS and time; ``attrs`` hold
     ``chipid``, ``platform``, ``item_id``, ``crs`` and ``transform``."""
     reader = reader or ChipReader(list(bands) if bands else None, mountpath)
     data = reader.read(row)
     geo = chip_georef(row, mountpath)
-    return _dataarray(data, geo, reader.band_names(row["platform"]),
-                      {"chipid": row["chipid"], "platform": row["platform"], "item_id": row["item_id"]})
+    return _dataarray(
+        data,
+        geo,
+        reader.band_names(row["platform"]),
+        {"chipid": row["chipid"], "platform": row["platform"], "item_id": row["item_id"]},
+    )
 
 
 def _as_chw(output) -> np.ndarray:
@@ -101,7 +124,10 @@ def _as_chw(output) -> np.ndarray:
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3:
-        raise ShapeError(f"a prediction must be (height, width) or (channels, height, width), got shape {data.shape}")
+        raise ShapeError(
+            "a prediction must be (height, width) or (channels, height, width), got shape "
+            f"{data.shape}"
+        )
     return data
 
 
@@ -117,8 +143,15 @@ def prediction_dataarray(output, row: dict, names: Sequence[str] | None = None, 
     return _dataarray(data, geo, names, {"chipid": row["chipid"]})
 
 
-def write_prediction(path: str | Path, output, row: dict, names: Sequence[str] | None = None, mountpath=None,
-                     georef: ChipGeoref | None = None, nodata=None) -> Path:
+def write_prediction(
+    path: str | Path,
+    output,
+    row: dict,
+    names: Sequence[str] | None = None,
+    mountpath=None,
+    georef: ChipGeoref | None = None,
+    nodata=None,
+) -> Path:
     """Write a model's output for the chip of ``row`` as a GeoTIFF on the chip's window
     (atomically: a temporary name, then renamed). Channel names become band descriptions."""
     data = _as_chw(output)
@@ -127,9 +160,19 @@ def write_prediction(path: str | Path, output, row: dict, names: Sequence[str] |
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.tif")
     try:
-        with rasterio.open(tmp, "w", driver="GTiff", count=data.shape[0], height=data.shape[1], width=data.shape[2],
-                           dtype=data.dtype, crs=geo.crs.to_wkt(), transform=geo.transform, nodata=nodata,
-                           compress="deflate") as dst:
+        with rasterio.open(
+            tmp,
+            "w",
+            driver="GTiff",
+            count=data.shape[0],
+            height=data.shape[1],
+            width=data.shape[2],
+            dtype=data.dtype,
+            crs=geo.crs.to_wkt(),
+            transform=geo.transform,
+            nodata=nodata,
+            compress="deflate",
+        ) as dst:
             dst.write(data)
             for i, name in enumerate(names or [], start=1):
                 dst.set_band_description(i, name)
@@ -162,17 +205,34 @@ def stack_dataarray(stack, platform: str | None = None, mountpath=None):
 
     name = platform or stack.anchor
     if name not in stack.pixels:
-        raise ShapeError(f"stack {stack.stackid} has no member of {name!r} (it has {', '.join(stack.pixels)})")
+        raise ShapeError(
+            f"stack {stack.stackid} has no member of {name!r} (it has {', '.join(stack.pixels)})"
+        )
     data = np.where(stack.valid[name][:, None], stack.pixels[name], np.nan).astype(np.float32)
     _, _, h, w = data.shape
     if stack.crs and stack.transform:
-        geo = ChipGeoref(Affine(*stack.transform[:6]), pyproj.CRS.from_user_input(stack.crs), h, w, None)
+        geo = ChipGeoref(
+            Affine(*stack.transform[:6]), pyproj.CRS.from_user_input(stack.crs), h, w, None
+        )
     else:  # an exact series built without CRS: its first member's item says where it lies
         geo = chip_georef(stack.rows[stack.anchor][0], mountpath)
     one = _dataarray(data[0], geo, stack.bands[name], {})
     times = np.array([np.datetime64(d, "ns") for d in stack.dates[name]])
-    da = xr.DataArray(data, dims=("time", "band", "y", "x"),
-                      coords={"time": times, "band": one.band, "y": one.y, "x": one.x, "spatial_ref": one.spatial_ref},
-                      attrs={**one.attrs, "stackid": stack.stackid, "platform": name,
-                             "chipids": list(stack.members.get(name, []))})
+    da = xr.DataArray(
+        data,
+        dims=("time", "band", "y", "x"),
+        coords={
+            "time": times,
+            "band": one.band,
+            "y": one.y,
+            "x": one.x,
+            "spatial_ref": one.spatial_ref,
+        },
+        attrs={
+            **one.attrs,
+            "stackid": stack.stackid,
+            "platform": name,
+            "chipids": list(stack.members.get(name, [])),
+        },
+    )
     return da

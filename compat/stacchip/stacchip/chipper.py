@@ -69,12 +69,25 @@ class _Chip(Mapping):
 class Chipper:
     """Chips of one indexed item, read on demand (0.1 API)."""
 
-    def __init__(self, indexer: ChipIndexer | None = None, mountpath=None, assets=None, asset_blacklist=None, *,
-                 platform=None, item_id=None, chip_index_x=None, chip_index_y=None, bucket: str = "") -> None:
+    def __init__(
+        self,
+        indexer: ChipIndexer | None = None,
+        mountpath=None,
+        assets=None,
+        asset_blacklist=None,
+        *,
+        platform=None,
+        item_id=None,
+        chip_index_x=None,
+        chip_index_y=None,
+        bucket: str = "",
+    ) -> None:
         # the first releases' form takes keywords (as their README wrote it): platform, item_id, ...
         if indexer is None:
             if platform is None or item_id is None:
-                raise ConfigError("give an indexer, or platform and item_id (with bucket or mountpath)")
+                raise ConfigError(
+                    "give an indexer, or platform and item_id (with bucket or mountpath)"
+                )
             if mountpath:
                 item = load_item_local(mountpath, platform, item_id)
             elif bucket:
@@ -99,8 +112,10 @@ class Chipper:
             try:
                 return dict(self._core.chip(x, y))
             except AssetError:  # some asset's georeferencing is refused: find which, once
-                self._by_key = {key: CoreChipper(self.indexer._core, assets=[key], mountpath=self.mountpath)
-                                for key in self._core.assets}
+                self._by_key = {
+                    key: CoreChipper(self.indexer._core, assets=[key], mountpath=self.mountpath)
+                    for key in self._core.assets
+                }
         out = {}
         for key, chipper in self._by_key.items():
             if chipper is not None:
@@ -110,7 +125,11 @@ class Chipper:
                 except AssetError as exc:
                     if not self._readable(key):
                         raise
-                    log.info("asset %r: %s; reading the item's pixel windows as stacchip 0.1 did", key, exc)
+                    log.info(
+                        "asset %r: %s; reading the item's pixel windows as stacchip 0.1 did",
+                        key,
+                        exc,
+                    )
                     self._by_key[key] = None
             out[key] = self._window_0_1(key, x, y)
         return out
@@ -134,12 +153,16 @@ class Chipper:
         self.indexer.grid.window(x, y)  # IndexError outside the grid, as the core's chips
         with rasterio.open(self._href(key)) as src:
             if rows % src.height or cols % src.width:
-                raise AssetError(f"asset {key!r} ({src.height} x {src.width} px) does not divide the item's "
-                                 f"{rows} x {cols} grid")
+                raise AssetError(
+                    f"asset {key!r} ({src.height} x {src.width} px) does not divide the item's "
+                    f"{rows} x {cols} grid"
+                )
             factor = rows / src.height
             window = Window(math.floor(x * cs / factor), math.floor(y * cs / factor),
                             math.ceil(cs / factor), math.ceil(cs / factor))
-            return src.read(window=window, out_shape=(src.count, cs, cs), resampling=Resampling.nearest)
+            return src.read(
+                window=window, out_shape=(src.count, cs, cs), resampling=Resampling.nearest
+            )
 
     @property
     def chip(self) -> _Chip:
@@ -148,7 +171,9 @@ class Chipper:
     def get_pixels_for_asset(self, key: str, x: int, y: int):
         """Pixels of one asset for chip (x, y): (bands, chip_size, chip_size)."""
         try:
-            return CoreChipper(self.indexer._core, assets=[key], mountpath=self.mountpath).chip(x, y)[key]
+            return CoreChipper(self.indexer._core, assets=[key], mountpath=self.mountpath).chip(
+                x, y
+            )[key]
         except AssetError:
             if not self._readable(key):
                 raise

@@ -47,14 +47,24 @@ class ChipIndexer:
 
     platform: str | None = None  # the stacchip-core platform computing the statistics
 
-    def __init__(self, item: Item, chip_size: int = 256, chip_max_nodata: float = 0.5, shape=None) -> None:
-        self.item = item if isinstance(item, Item) else load_item(item)  # 0.1 took Items; dicts and paths work too
+    def __init__(
+        self, item: Item, chip_size: int = 256, chip_max_nodata: float = 0.5, shape=None
+    ) -> None:
+        self.item = (
+            item if isinstance(item, Item) else load_item(item)
+        )  # 0.1 took Items; dicts and paths work too
         item = self.item
         self.chip_size = chip_size
         self.chip_max_nodata = chip_max_nodata
         self._shape = shape
-        self._core = Indexer(self._item_for_stats(item), chip_size=chip_size, chip_max_nodata=chip_max_nodata,
-                             platform=self._platform_name(item), shape=shape, stats=self.platform is not None)
+        self._core = Indexer(
+            self._item_for_stats(item),
+            chip_size=chip_size,
+            chip_max_nodata=chip_max_nodata,
+            platform=self._platform_name(item),
+            shape=shape,
+            stats=self.platform is not None,
+        )
         self.setup_projector()
 
     def _platform_name(self, item: Item) -> str | None:
@@ -78,7 +88,9 @@ class ChipIndexer:
         return CRS.from_wkt(self.grid.crs.to_wkt())
 
     def setup_projector(self) -> None:
-        self._projector = pyproj.Transformer.from_crs(self.grid.crs, "EPSG:4326", always_xy=True).transform
+        self._projector = pyproj.Transformer.from_crs(
+            self.grid.crs, "EPSG:4326", always_xy=True
+        ).transform
 
     def reproject(self, geom):
         """A geometry from the item's CRS to WGS84 (lon, lat)."""
@@ -141,7 +153,9 @@ class ChipIndexer:
         fractions, a quarter of the memory for a 20 m SCL)."""
         key = self._quality_key(name)
         if key is None:
-            raise AssetError(f"item {self.item.id!r} has no {name} asset (assets: {', '.join(self.item.assets)})")
+            raise AssetError(
+                f"item {self.item.id!r} has no {name} asset (assets: {', '.join(self.item.assets)})"
+            )
         rows, cols = self.shape
         with rasterio.open(asset_href(self._core.item.assets[key], self._core.mountpath)) as src:
             factor = rows // src.height if src.height and rows % src.height == 0 else 0
@@ -170,22 +184,30 @@ class ChipIndexer:
         ys, xs = np.divmod(np.arange(self.size), self.x_size)
         keep = nodata.ravel() <= self.chip_max_nodata
         polygons = self._footprints[keep]
-        log.info("Dropped %d/%d chips due to nodata above %s", self.size - int(keep.sum()), self.size,
-                 self.chip_max_nodata)
+        log.info(
+            "Dropped %d/%d chips due to nodata above %s",
+            self.size - int(keep.sum()),
+            self.size,
+            self.chip_max_nodata,
+        )
         n = int(keep.sum())
         if n:
             geometry = ga.as_geoarrow(ga.array(shapely.to_wkb(polygons)))
         else:
             geometry = ga.polygon().wrap_array(pa.array([], ga.polygon().storage_type))
-        return pa.table({
-            "chipid": pa.array([f"{self.item.id}-{x}-{y}" for x, y in zip(xs[keep], ys[keep])], pa.string()),
-            "date": pa.array([item_datetime(self.item).date()] * n, pa.date32()),
-            "chip_index_x": pa.array(xs[keep], pa.uint16()),
-            "chip_index_y": pa.array(ys[keep], pa.uint16()),
-            "cloud_cover_percentage": pa.array(cloud.ravel()[keep], pa.float32()),
-            "nodata_percentage": pa.array(nodata.ravel()[keep], pa.float32()),
-            "geometry": geometry,
-        })
+        return pa.table(
+            {
+                "chipid": pa.array(
+                    [f"{self.item.id}-{x}-{y}" for x, y in zip(xs[keep], ys[keep])], pa.string()
+                ),
+                "date": pa.array([item_datetime(self.item).date()] * n, pa.date32()),
+                "chip_index_x": pa.array(xs[keep], pa.uint16()),
+                "chip_index_y": pa.array(ys[keep], pa.uint16()),
+                "cloud_cover_percentage": pa.array(cloud.ravel()[keep], pa.float32()),
+                "nodata_percentage": pa.array(nodata.ravel()[keep], pa.float32()),
+                "geometry": geometry,
+            }
+        )
 
 
 class _PlatformIndexer(ChipIndexer):
@@ -207,7 +229,9 @@ class NoStatsChipIndexer(_PlatformIndexer):
 class NoDataMaskChipIndexer(_PlatformIndexer):
     """Nodata from a boolean mask of the grid's shape; no clouds (Sentinel-1 in 0.1)."""
 
-    def __init__(self, item: Item, nodata_mask, chip_size: int = 256, chip_max_nodata: float = 0.5) -> None:
+    def __init__(
+        self, item: Item, nodata_mask, chip_size: int = 256, chip_max_nodata: float = 0.5
+    ) -> None:
         super().__init__(item, chip_size, chip_max_nodata)
         self.nodata_mask = nodata_mask
 
@@ -221,10 +245,17 @@ class LandsatIndexer(_PlatformIndexer):
     ``alternate.s3.href`` where the item has one, as 0.1 did."""
 
     def _platform_name(self, item):
-        return item.collection_id if item.collection_id in ("landsat-c2l1", "landsat-c2l2-sr") else "landsat-c2l2-sr"
+        return (
+            item.collection_id
+            if item.collection_id in ("landsat-c2l1", "landsat-c2l2-sr")
+            else "landsat-c2l2-sr"
+        )
 
     platform = "landsat-c2l2-sr"
-    nodata_bits, cloud_bits = 1 << 0, (1 << 1) | (1 << 3) | (1 << 4)  # fill; dilated cloud, cloud, shadow
+    nodata_bits, cloud_bits = (
+        1 << 0,
+        (1 << 1) | (1 << 3) | (1 << 4),
+    )  # fill; dilated cloud, cloud, shadow
 
     def _stats_arrays(self):
         f = self._quality_fractions("qa_pixel", {"cloud": lambda qa: (qa & self.cloud_bits) != 0,
@@ -233,7 +264,9 @@ class LandsatIndexer(_PlatformIndexer):
 
     def _item_for_stats(self, item):
         asset = item.assets.get("qa_pixel")
-        alternate = asset.extra_fields.get("alternate", {}).get("s3", {}).get("href") if asset else None
+        alternate = (
+            asset.extra_fields.get("alternate", {}).get("s3", {}).get("href") if asset else None
+        )
         if not alternate:
             return item
         clone = item.clone()
@@ -263,7 +296,9 @@ class ModisIndexer(_PlatformIndexer):
     def _stats_arrays(self):
         from stacchip_modis import FILL, QC, STATE, qc_cloud, state_cloud
 
-        nodata = self._quality_fractions("sur_refl_b01", {"nodata": lambda b01: b01 == FILL})["nodata"]
+        nodata = self._quality_fractions("sur_refl_b01", {"nodata": lambda b01: b01 == FILL})[
+            "nodata"
+        ]
         if self._quality_key(STATE):
             cloud = self._quality_fractions(STATE, {"cloud": state_cloud})["cloud"]
         else:

@@ -12,7 +12,9 @@ from stacchip_core.io.store import read_url
 
 
 def _plain(value):
-    return value.as_py() if hasattr(value, "as_py") else value  # pyarrow scalars, as README examples pass
+    return (
+        value.as_py() if hasattr(value, "as_py") else value
+    )  # pyarrow scalars, as README examples pass
 
 
 def item_key(platform, item_id) -> str:

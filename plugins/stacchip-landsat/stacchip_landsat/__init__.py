@@ -43,7 +43,8 @@ from stacchip_core.plugin_api import (
 )
 
 QA_FILL_BIT = 0
-# 1 dilated cloud, 2 cirrus (OLI only, high-confidence cirrus; 0.1.38 ignored it), 3 cloud, 4 cloud shadow
+# 1 dilated cloud, 2 cirrus (OLI only, high-confidence cirrus;
+# 0.1.38 ignored it), 3 cloud, 4 cloud shadow
 QA_CLOUD_BITS = (1, 2, 3, 4)
 
 STAC_API = "https://landsatlook.usgs.gov/stac-server"
@@ -68,7 +69,12 @@ L1 = Platform(
     collections=("landsat-c2l1", "landsat-c2-l1"),
     # pan is 15 m: an L1 item's chip grid is the 15 m grid, the 30 m bands expand 2x; where pan
     # is offset by 7.5 m from them (GA ARD) they are resampled onto it (core.resample)
-    bands=_BANDS + (Band("pan", ("B8", "nbart_panchromatic")), Band("lwir", ("lwir11", "B10")), Band("lwir_high", ("lwir12", "B11"))),
+    bands=_BANDS
+    + (
+        Band("pan", ("B8", "nbart_panchromatic")),
+        Band("lwir", ("lwir11", "B10")),
+        Band("lwir_high", ("lwir12", "B11")),
+    ),
     aux=_QA,
     nodata=0,
     description="Landsat 8/9 Collection 2 Level 1",
@@ -125,8 +131,14 @@ def stacchip_select_items(platform, sample, catalog):
 
 @hookimpl_for(*NAMES)
 def stacchip_normalize_item(platform, item, store, prefix):
-    keys = [k for k in list(platform.asset_keys(item).values()) + [platform.asset_key(item, "qa_pixel")] if k]
-    alternates = {k: item.assets[k].extra_fields.get("alternate", {}).get("s3", {}).get("href") for k in keys}
+    keys = [
+        k
+        for k in list(platform.asset_keys(item).values()) + [platform.asset_key(item, "qa_pixel")]
+        if k
+    ]
+    alternates = {
+        k: item.assets[k].extra_fields.get("alternate", {}).get("s3", {}).get("href") for k in keys
+    }
     return copy_assets(item, keys, store, prefix, hrefs={k: v for k, v in alternates.items() if v})
 
 

@@ -44,20 +44,44 @@ SOURCE = "s3://nz-imagery"
 TARGET_RESOLUTION = 0.3
 SAMPLE_FRACTION, SAMPLE_MIN, SAMPLE_MAX, SAMPLE_SEED = 0.5, 10, 2000, 42
 PREFIXES = [
-    "auckland/auckland_2022_0.075m/", "wellington/wellington_2021_0.075m/", "wellington/wellington_2021_0.3m/",
-    "bay-of-plenty/bay-of-plenty_2023_0.1m/", "bay-of-plenty/tauranga_2022_0.1m/",
-    "bay-of-plenty/tauranga-winter_2022_0.1m/", "canterbury/canterbury_2023_0.3m/", "canterbury/ashburton_2023_0.1m/",
-    "canterbury/hurunui_2023_0.075m/", "canterbury/timaru_2022-2023_0.1m/", "canterbury/selwyn_2022-2023_0.075m/",
-    "gisborne/gisborne_2023_0.075m/", "hawkes-bay/hawkes-bay_2022_0.05m/", "hawkes-bay/napier_2017-2018_0.05m/",
-    "hawkes-bay/wairoa_2014-2015_0.1m/", "manawatu-whanganui/manawatu-whanganui_2021-2022_0.3m/",
-    "manawatu-whanganui/palmerston-north_2022_0.125m/", "manawatu-whanganui/rangitikei_2021_0.125m/",
-    "manawatu-whanganui/tararua_2024_0.1m/", "manawatu-whanganui/whanganui_2022_0.075m/",
-    "marlborough/marlborough_2023_0.075m/", "nelson/nelson_2022_0.075m/", "northland/northland_2016_0.1m/",
-    "otago/queenstown_2021_0.1m/", "otago/otago_2018_0.1m/", "otago/dunedin_2018-2019_0.1m/",
-    "southland/southland_2023_0.1m/", "southland/invercargill_2022_0.05m/", "taranaki/taranaki_2022_0.05m/",
-    "taranaki/new-plymouth_2017_0.1m/", "tasman/tasman_2023_0.075m/", "waikato/hamilton_2023_0.05m/",
-    "waikato/otorohanga_2021_0.1m/", "waikato/taupo_2023_0.075m/", "waikato/thames-coromandel_2021_0.1m/",
-    "waikato/waikato_2021_0.1m/", "waikato/waipa_2021_0.1m/", "west-coast/buller_2020_0.2m/",
+    "auckland/auckland_2022_0.075m/",
+    "wellington/wellington_2021_0.075m/",
+    "wellington/wellington_2021_0.3m/",
+    "bay-of-plenty/bay-of-plenty_2023_0.1m/",
+    "bay-of-plenty/tauranga_2022_0.1m/",
+    "bay-of-plenty/tauranga-winter_2022_0.1m/",
+    "canterbury/canterbury_2023_0.3m/",
+    "canterbury/ashburton_2023_0.1m/",
+    "canterbury/hurunui_2023_0.075m/",
+    "canterbury/timaru_2022-2023_0.1m/",
+    "canterbury/selwyn_2022-2023_0.075m/",
+    "gisborne/gisborne_2023_0.075m/",
+    "hawkes-bay/hawkes-bay_2022_0.05m/",
+    "hawkes-bay/napier_2017-2018_0.05m/",
+    "hawkes-bay/wairoa_2014-2015_0.1m/",
+    "manawatu-whanganui/manawatu-whanganui_2021-2022_0.3m/",
+    "manawatu-whanganui/palmerston-north_2022_0.125m/",
+    "manawatu-whanganui/rangitikei_2021_0.125m/",
+    "manawatu-whanganui/tararua_2024_0.1m/",
+    "manawatu-whanganui/whanganui_2022_0.075m/",
+    "marlborough/marlborough_2023_0.075m/",
+    "nelson/nelson_2022_0.075m/",
+    "northland/northland_2016_0.1m/",
+    "otago/queenstown_2021_0.1m/",
+    "otago/otago_2018_0.1m/",
+    "otago/dunedin_2018-2019_0.1m/",
+    "southland/southland_2023_0.1m/",
+    "southland/invercargill_2022_0.05m/",
+    "taranaki/taranaki_2022_0.05m/",
+    "taranaki/new-plymouth_2017_0.1m/",
+    "tasman/tasman_2023_0.075m/",
+    "waikato/hamilton_2023_0.05m/",
+    "waikato/otorohanga_2021_0.1m/",
+    "waikato/taupo_2023_0.075m/",
+    "waikato/thames-coromandel_2021_0.1m/",
+    "waikato/waikato_2021_0.1m/",
+    "waikato/waipa_2021_0.1m/",
+    "west-coast/buller_2020_0.2m/",
     "west-coast/west-coast_2016_0.1m/",
 ]
 
@@ -96,7 +120,9 @@ def stacchip_select_items(platform, sample):
     prefix = sample.properties.get("prefix")
     if prefix is None:
         if sample.index >= len(PREFIXES):
-            raise SampleError(f"sample {sample.index} is out of range: there are {len(PREFIXES)} LINZ prefixes")
+            raise SampleError(
+                f"sample {sample.index} is out of range: there are {len(PREFIXES)} LINZ prefixes"
+            )
         prefix = PREFIXES[sample.index]
     source = open_store(os.environ.get(SOURCE_ENV, SOURCE), endpoint=source_s3_endpoint())
     tiffs = [key for key in source.list(prefix, ".tiff")]
@@ -104,7 +130,9 @@ def stacchip_select_items(platform, sample):
     items = []
     for key in chosen:
         item = pystac.Item.from_dict(json.loads(source.read_bytes(key[: -len(".tiff")] + ".json")))
-        item.assets = {"visual": pystac.Asset(source.url(key), media_type=pystac.MediaType.COG, roles=["data"])}
+        item.assets = {
+            "visual": pystac.Asset(source.url(key), media_type=pystac.MediaType.COG, roles=["data"])
+        }
         items.append(item)
     return items
 
@@ -134,8 +162,14 @@ def stacchip_normalize_item(platform, item, store, prefix):
             # fetched first: the source bucket may sit behind another endpoint than the target
             resample(str(fetch(source, tmp)), local)
             href = str(local)
-        new = create_stac_item(href, input_datetime=item.common_metadata.start_datetime, id=item.id,
-                               asset_name="visual", asset_media_type=pystac.MediaType.COG, with_proj=True)
+        new = create_stac_item(
+            href,
+            input_datetime=item.common_metadata.start_datetime,
+            id=item.id,
+            asset_name="visual",
+            asset_media_type=pystac.MediaType.COG,
+            with_proj=True,
+        )
         if not store.exists(key):
             store.put_file(key, local)
     new.assets["visual"].href = store.url(key)

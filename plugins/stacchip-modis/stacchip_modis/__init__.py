@@ -100,16 +100,23 @@ MONTHS_PER_YEAR = 4
 
 # sinusoidal grid tiles away from the dateline cut, the original processor's 233, by row v
 _ROWS = {
-    2: [*range(12, 24)], 3: [9, *range(11, 16), *range(17, 27)], 4: [8, *range(10, 15), *range(17, 29)],
-    5: [*range(7, 13), *range(15, 22), *range(23, 31)], 6: [3, *range(7, 12), *range(16, 32)],
-    7: [3, *range(7, 12), *range(15, 34)], 8: [1, 2, *range(8, 14), 16, *range(18, 24), *range(25, 35)],
+    2: [*range(12, 24)],
+    3: [9, *range(11, 16), *range(17, 27)],
+    4: [8, *range(10, 15), *range(17, 29)],
+    5: [*range(7, 13), *range(15, 22), *range(23, 31)],
+    6: [3, *range(7, 12), *range(16, 32)],
+    7: [3, *range(7, 12), *range(15, 34)],
+    8: [1, 2, *range(8, 14), 16, *range(18, 24), *range(25, 35)],
     9: [*range(1, 5), *range(8, 15), 16, 19, *range(21, 24), 25, *range(27, 35)],
     10: [*range(2, 6), *range(10, 15), 17, *range(19, 24), *range(27, 34)],
     11: [*range(3, 7), 8, *range(10, 16), *range(19, 24), *range(27, 33)],
-    12: [11, 12, 13, 16, 17, 19, 20, 24, *range(27, 31)], 13: [12, 13, 17, 20, 21, 22, 28],
+    12: [11, 12, 13, 16, 17, 19, 20, 24, *range(27, 31)],
+    13: [12, 13, 17, 20, 21, 22, 28],
     14: [13, 14, 15, 16, 18, 22],
 }
-TILES: list[tuple[int, int]] = [(h, v) for v, hs in _ROWS.items() for h in hs]  # (h, v), sample order
+TILES: list[tuple[int, int]] = [
+    (h, v) for v, hs in _ROWS.items() for h in hs
+]  # (h, v), sample order
 
 BAND_ALIASES = {1: ("B01", "red"), 2: ("B02", "nir08"), 3: ("B03", "blue"), 4: ("B04", "green"),
                 5: ("B05",), 6: ("B06", "swir16"), 7: ("B07", "swir22")}
@@ -120,7 +127,9 @@ PLATFORM = Platform(
     aux=(Band(STATE, ("state",)), Band(QC, ("qc",))),
     nodata=FILL,
     chip_size=256,
-    description="MODIS 8-day surface reflectance, 500 m, bands 1-7, sinusoidal grid, state-flag clouds",
+    description=(
+        "MODIS 8-day surface reflectance, 500 m, bands 1-7, sinusoidal grid, state-flag clouds"
+    ),
     extra={"stac_api": STAC_API, "samples": len(TILES)},
 )
 
@@ -135,7 +144,9 @@ PLATFORM_250M = Platform(
     aux=(Band(STATE_250M, ("state",)), Band(QC_250M, ("qc",))),
     nodata=FILL,
     chip_size=256,
-    description="MODIS 8-day surface reflectance, 250 m, bands 1-2, sinusoidal grid, state-flag clouds",
+    description=(
+        "MODIS 8-day surface reflectance, 250 m, bands 1-2, sinusoidal grid, state-flag clouds"
+    ),
     extra={"stac_api": STAC_API, "samples": len(TILES)},
 )
 
@@ -162,7 +173,9 @@ def qc_cloud(qc: np.ndarray) -> np.ndarray:
 @hookimpl_for(PLATFORM, PLATFORM_250M)
 def stacchip_chip_stats(platform, item, read_asset):
     state, qc = (layer.name for layer in platform.aux)  # the 500 m or the 250 m layers
-    nodata = read_asset.chip_fractions("sur_refl_b01", {"nodata": lambda b01: b01 == FILL})["nodata"]
+    nodata = read_asset.chip_fractions("sur_refl_b01", {"nodata": lambda b01: b01 == FILL})[
+        "nodata"
+    ]
     if platform.asset_key(item, state):
         cloud = read_asset.chip_fractions(state, {"cloud": state_cloud})["cloud"]
     elif platform.asset_key(item, qc):
@@ -178,7 +191,9 @@ def tile_of(sample) -> tuple[int, int]:
     if props.get("h") is not None and props.get("v") is not None:
         return int(props["h"]), int(props["v"])
     if sample.index >= len(TILES):
-        raise SampleError(f"sample {sample.index} is out of range: there are {len(TILES)} MODIS tiles")
+        raise SampleError(
+            f"sample {sample.index} is out of range: there are {len(TILES)} MODIS tiles"
+        )
     return TILES[sample.index]
 
 

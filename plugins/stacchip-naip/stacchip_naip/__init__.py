@@ -6,7 +6,8 @@ Sample selection: the items intersecting the centroid of the sample geometry, so
 ``naip:year``; the latest, plus one older item drawn at random (seeded by the sample index).
 
 Planetary Computer serves NAIP from Azure blob storage that needs a SAS token: stacchip signs
-such hrefs just before they are read or copied (``stacchip_core.builtin_plugins.planetary_computer``; install
+such hrefs just before they are read or copied
+(``stacchip_core.builtin_plugins.planetary_computer``; install
 ``'stacchip-naip[planetary-computer]'``).
 """
 
@@ -60,7 +61,9 @@ def _year(item) -> int:
 
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
-    found = list(catalog.search(collections=[COLLECTION], intersects=sample.geometry.centroid).items())
+    found = list(
+        catalog.search(collections=[COLLECTION], intersects=sample.geometry.centroid).items()
+    )
     if not found:
         return []
     found.sort(key=lambda item: (_year(item), item.id))

@@ -14,7 +14,8 @@ quarter that **intersects the tile** and has both ``vv`` and ``vh``. stacchip 0.
 intersects filter commented out and took any item of the quarter, anywhere on Earth.
 
 Normalization: ``vv`` and ``vh`` are rewritten as deflate-compressed COGs into the target
-store. Planetary Computer hrefs are signed on the way (``stacchip_core.builtin_plugins.planetary_computer``). GRD items are
+store. Planetary Computer hrefs are signed on the way
+(``stacchip_core.builtin_plugins.planetary_computer``). GRD items are
 accepted when their metadata gives a map grid (projection, shape, transform); GRD scenes in
 radar geometry are refused with a clear error.
 """
@@ -108,11 +109,15 @@ def polarisation_keys(platform: Platform, item: pystac.Item) -> list[str]:
 def stacchip_chip_stats(platform, item, read_asset):
     keys = polarisation_keys(platform, item)
     if not keys:
-        raise AssetError(f"item {item.id!r} has neither a vv nor a vh asset (assets: {', '.join(item.assets)})")
+        raise AssetError(
+            f"item {item.id!r} has neither a vv nor a vh asset (assets: {', '.join(item.assets)})"
+        )
     nodata = None
     for key in keys:
         value = nodata_value(item, key)
-        fraction = read_asset.chip_fractions(key, {"nodata": lambda d, v=value: nodata_mask(d, v)})["nodata"]
+        fraction = read_asset.chip_fractions(key, {"nodata": lambda d, v=value: nodata_mask(d, v)})[
+            "nodata"
+        ]
         nodata = fraction if nodata is None else np.maximum(nodata, fraction)
     return ChipStats(cloud=np.zeros_like(nodata), nodata=nodata)
 
@@ -155,8 +160,10 @@ def check_grid(item: pystac.Item) -> None:
             reason = str(exc)
     if reason is not None:
         raise PlatformError(
-            f"Sentinel-1 item {item.id!r} has no map grid ({reason}); GRD scenes in radar geometry must be "
-            f"terrain corrected first (the {COLLECTION} collection is)")
+            f"Sentinel-1 item {item.id!r} has no map grid ({reason}); GRD scenes in radar "
+            "geometry must be "
+            f"terrain corrected first (the {COLLECTION} collection is)"
+        )
 
 
 def to_deflate_cog(source: Path, target: Path) -> None:
@@ -175,7 +182,9 @@ def stacchip_normalize_item(platform, item, store, prefix):
     check_grid(item)
     keys = polarisation_keys(platform, item)
     if not keys:
-        raise AssetError(f"item {item.id!r} has neither a vv nor a vh asset (assets: {', '.join(item.assets)})")
+        raise AssetError(
+            f"item {item.id!r} has neither a vv nor a vh asset (assets: {', '.join(item.assets)})"
+        )
     out = item.clone()
     out.assets = {k: out.assets[k] for k in keys}
     apply_gdal_options()
@@ -191,7 +200,9 @@ def stacchip_normalize_item(platform, item, store, prefix):
                 except AssetError:
                     raise
                 except Exception as exc:
-                    raise AssetError(f"cannot rewrite {redact(source)} as a COG: {redact_text(str(exc))}") from exc
+                    raise AssetError(
+                        f"cannot rewrite {redact(source)} as a COG: {redact_text(str(exc))}"
+                    ) from exc
                 store.put_file(target, tmp / f"cog-{name}")
         out.assets[key].href = store.url(target)
         log.info("%s: %s -> %s", item.id, key, out.assets[key].href)

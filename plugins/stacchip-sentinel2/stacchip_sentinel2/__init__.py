@@ -45,7 +45,8 @@ from stacchip_core.plugin_api import (
 NAME = "sentinel-2-l2a"
 # ESA L2A SCL: 3 cloud shadows, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus
 SCL_CLOUD_CLASSES = (3, 8, 9, 10)
-# 0 no data; 1 saturated or defective: the pixel holds no valid measurement (0.1.38 counted it as cloud)
+# 0 no data; 1 saturated or defective: the pixel holds no valid
+# measurement (0.1.38 counted it as cloud)
 SCL_NODATA_CLASSES = (0, 1)
 
 STAC_API = "https://earth-search.aws.element84.com/v1"
