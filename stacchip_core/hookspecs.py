@@ -183,7 +183,7 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     redacts it in its own messages). `stacchip_core.plugins.sign_href` applies the hook
     in every read and copy (``asset_href`` and ``copy_assets`` of ``stacchip_core.plugin_api``);
     items keep their unsigned hrefs. stacchip itself signs Planetary Computer blob hrefs
-    with the ``planetary-computer`` package (``stacchip_core.signing``, extra
+    with the ``planetary-computer`` package (``stacchip_core.builtin_plugins.planetary_computer``, extra
     ``stacchip-core[planetary-computer]``) as the last resort (``trylast``): a user's
     signer answers first. A user's own signer is a plugin like any other: an entry point,
     or ``plugins.get_plugin_manager().register(obj)`` for an object with a ``@hookimpl``

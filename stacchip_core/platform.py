@@ -40,7 +40,9 @@ class Platform:
     ``name`` names folders in buckets and the ``platform`` column of the index.
     ``collections`` are the STAC collection ids whose items belong to it.
     ``bands`` are the model input bands in canonical order; ``aux`` are layers that are
-    read for statistics but are not model input (SCL, QA). ``nodata`` is the pixel value
+    read for statistics but are not model input (SCL, QA); ``named`` are other bands a reader
+    may ask for by name, neither model input nor masks (Sentinel-2's 60 m ``coastal`` is
+    ``B01`` on Planetary Computer and CDSE). ``nodata`` is the pixel value
     that marks missing data in the bands (None when the data has none).
     """
 
@@ -52,14 +54,15 @@ class Platform:
     chip_size: int = 256
     description: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    named: tuple[Band, ...] = ()
 
     @property
     def band_names(self) -> list[str]:
         return [b.name for b in self.bands]
 
     def find(self, name: str) -> Band | None:
-        """The band or aux layer called ``name`` (canonical name or any alias)."""
-        for band in self.bands + self.aux:
+        """The band, aux layer or other named band called ``name`` (canonical name or any alias)."""
+        for band in self.bands + self.aux + self.named:
             if name == band.name or name in band.keys:
                 return band
         return None

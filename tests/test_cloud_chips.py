@@ -80,12 +80,24 @@ def test_exact_pixels_by_dtype_and_predictor(tmp_path, dtype, predictor):
         np.testing.assert_array_equal(r["a"], expected(data, 1, x, y))
 
 
-def test_floating_point_predictor(tmp_path):
-    data = pattern(1, H, W, "float32")
-    href = str(write_tif(tmp_path / "a.tif", data, predictor=3))
-    _lays, res = chips({"a": href}, XYS_10M)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bands", [1, 3])
+@pytest.mark.parametrize("predictor", [1, 3])
+def test_floating_point_predictor(tmp_path, dtype, bands, predictor):
+    """Deflate float tiles (Sentinel-1 RTC: float32, predictor 3) decoded by libdeflate and
+    numpy, not async-tiff: bit for bit what rasterio reads, NaN included."""
+    from stacchip_core.core.tiles import _libdeflate_decodes
+
+    data = pattern(bands, H, W, dtype)
+    data[:, :7, :9] = np.nan
+    href = str(write_tif(tmp_path / "a.tif", data, predictor=predictor))
+    with rasterio.open(href) as ds:
+        ref = ds.read()
+    lays, res = chips({"a": href}, XYS_10M)
+    assert lays["a"].predictor == predictor and _libdeflate_decodes(lays["a"])
     for (x, y), r in zip(XYS_10M, res):
-        np.testing.assert_array_equal(r["a"], expected(data, 1, x, y))
+        want = np.ascontiguousarray(expected(ref, 1, x, y))
+        assert r["a"].dtype == dtype and np.ascontiguousarray(r["a"]).tobytes() == want.tobytes()
 
 
 @pytest.mark.parametrize("compress", ["lzw", "zstd"])
@@ -286,3 +298,36 @@ def test_big_endian_tiffs_are_left_to_rasterio(tmp_path):
         ds.write(pattern(1, H, W, "uint16"))
     assert path.read_bytes()[:2] == b"MM"
     assert record_layouts({"a": str(path)}) is None
+
+
+@pytest.mark.parametrize("header_changed", [True, False], ids=["header-changed", "tile-corrupt"])
+def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
+    """Deflate tiles carry a checksum: a clean read makes no header check (one request per
+    tile), and a tile that fails to inflate sends the header check that tells a changed object
+    (stale: read elsewhere) from a corrupt tile (undecodable) — same object size either way."""
+    from stacchip_core.core.tiles import Undecodable
+    from stacchip_core.io import objects
+
+    server, _data, root = served
+    lays = decode(record_layouts({"a": f"{server.url}/a.tif"}))
+    lay, grid = lays["a"], GridSpec.from_layouts(lays, CS)
+    objects._VERIFIED.clear()  # as in a process that did not index the object
+    server.reset()
+    before = objects.counters()
+    (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
+    spent = objects.counters() - before
+    assert isinstance(res["a"], np.ndarray) and spent.checks == 0 and server.requests == spent.requests == 1
+    raw = bytearray((root / "a.tif").read_bytes())
+    start = int(lay.offsets[0])
+    raw[start + int(lay.counts[0]) // 2] ^= 0xFF  # tile (0, 0) no longer inflates
+    if header_changed:
+        raw[lay.head - 1] ^= 0xFF  # and the bytes before the first tile differ
+    (root / "a.tif").write_bytes(bytes(raw))
+    before = objects.counters()
+    (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
+    spent = objects.counters() - before
+    assert spent.checks == 1
+    if header_changed:
+        assert isinstance(res["a"], StaleLayout) and spent.stale == 1
+    else:
+        assert isinstance(res["a"], Undecodable) and spent.stale == 0

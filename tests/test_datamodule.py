@@ -71,31 +71,122 @@ def test_filters_apply_before_splitting(lightning, index_path):
     assert len(make(index_path, chip_filter=cloudy).table) == int(pc.sum(pc.less_equal(full["cloud_cover_percentage"], 0.2)).as_py())
 
 
+class RecordingDataset:
+    """A ChipDataset that appends "pid n-indices" to a file for every ``__getitems__`` call
+    (data-loader workers are other processes: a file is what they share with the test)."""
+
+    log: Path | None = None
+
+    @classmethod
+    def make(cls, log: Path):
+        from stacchip_core.training.dataset import ChipDataset
+
+        class Recording(ChipDataset):
+            def __getitems__(self, indices):
+                with open(log, "a") as fh:
+                    fh.write(f"{os.getpid()} {len(indices)}\n")
+                return super().__getitems__(indices)
+
+            def __getitem__(self, i):
+                raise AssertionError("the loader read one chip at a time")
+
+        return Recording
+
+
+def calls(log: Path) -> list[tuple[int, int]]:
+    return [tuple(map(int, line.split())) for line in log.read_text().splitlines()] if log.exists() else []
+
+
 @pytest.mark.parametrize("world,workers,batch", [(1, 0, 4), (2, 2, 4), (3, 2, 2)])
-def test_every_chip_once_per_epoch_over_ranks_and_workers(lightning, index_path, world, workers, batch):
-    from stacchip_core.training.datamodule import ShardedChipBatches, _EpochLoader
-    from stacchip_core.training.dataset import ChipDataset
+def test_every_chip_once_per_epoch_over_ranks_and_persistent_workers(lightning, index_path, tmp_path, world,
+                                                                     workers, batch):
+    from torch.utils.data import DataLoader
+
+    from stacchip_core.training.datamodule import ShardedBatchSampler, collate_chips
 
     dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0, test_fraction=0.0)  # one block: all train
     train = dm.split_table("train")
     assert len(train) == 26
-    for epoch in (0, 1):
+    log = tmp_path / "calls.txt"
+    loaders = []
+    for rank in range(world):
+        ds = RecordingDataset.make(log)(train, bands=["red", "green", "blue"])
+        sampler = ShardedBatchSampler(None, batch, platforms=ds.platforms, rank=rank, world_size=world, seed=3)
+        kw = {"persistent_workers": True} if workers else {}
+        loaders.append(DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate_chips, **kw))
+    orders, pids = [], []
+    for epoch in (0, 1):  # no trainer, no set_epoch: the sampler counts passes
         seen, steps = [], []
-        for rank in range(world):
-            ds = ShardedChipBatches(ChipDataset(train, bands=["red", "green", "blue"]), batch, rank, world, seed=3)
-            ds.set_epoch(epoch)
-            loader = _EpochLoader(ds, batch_size=None, num_workers=workers, epoch_fn=lambda epoch=epoch: epoch)
+        before = len(calls(log))
+        for loader in loaders:
             batches = list(loader)
             steps.append(len(batches))
             for b in batches:
-                assert len(set(b["platform"] if isinstance(b["platform"], list) else [b["platform"]])) == 1
+                assert isinstance(b["platform"], str)  # one platform per batch
                 assert tuple(b["pixels"].shape[1:]) == (3, 256, 256) and len(b["chipid"]) <= batch
                 seen += b["chipid"]
         assert len(set(steps)) == 1  # DDP needs equal step counts on every rank
         assert sorted(seen) == sorted(train["chipid"].to_pylist())  # each chip exactly once
-        if epoch == 0:
-            first = list(seen)
-    assert seen != first  # reshuffled
+        new = calls(log)[before:]
+        assert [n for _, n in new] and sum(n for _, n in new) == 26 and len(new) == sum(steps)  # one call per batch
+        pids.append({p for p, _ in new})
+        orders.append(seen)
+    assert orders[0] != orders[1]  # reshuffled
+    if workers:
+        assert os.getpid() not in pids[0] and len(pids[0]) == world * workers
+        assert pids[1] == pids[0]  # the same worker processes read the second epoch
+    else:
+        assert pids == [{os.getpid()}, {os.getpid()}]
+
+
+def test_module_loader_reads_batches_in_persistent_workers(lightning, index_path, tmp_path):
+    from stacchip_core.training.datamodule import StacchipDataModule
+
+    log = tmp_path / "calls.txt"
+
+    class Recording(StacchipDataModule):
+        dataset_class = RecordingDataset.make(log)
+
+    dm = Recording(str(index_path), chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0,
+                   test_fraction=0.0, bands=["red", "green", "blue"], batch_size=5, num_workers=2, seed=4)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers and loader.prefetch_factor == 2 and loader.num_workers == 2
+    epochs = [[c for b in loader for c in b["chipid"]] for _ in range(3)]
+    for seen in epochs:
+        assert sorted(seen) == sorted(dm.table["chipid"].to_pylist())
+    assert epochs[0] != epochs[1] != epochs[2]
+    # 18 S2 chips in batches of 5 (5, 5, 5, 3), NAIP 4, Landsat 4: six batches a pass
+    got = calls(log)
+    assert sorted(n for _, n in got) == sorted([5, 5, 5, 3, 4, 4] * 3)
+    assert len({p for p, _ in got}) == 2 and os.getpid() not in {p for p, _ in got}
+    # an explicit epoch gives that epoch's order again
+    loader.batch_sampler.set_epoch(1)
+    assert [c for b in loader for c in b["chipid"]] == epochs[1]
+
+
+def test_module_batches_follow_platform_batch_sampler(lightning, index_path):
+    from stacchip_core.training.datamodule import epoch_batches
+    from stacchip_core.training.dataset import PlatformBatchSampler
+
+    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100, val_fraction=0.0, test_fraction=0.0)
+    platforms = np.asarray(dm.split_table("train")["platform"].to_pylist(), dtype=object)
+    for epoch in (0, 1, 2):
+        sampler = PlatformBatchSampler(platforms.tolist(), 4, seed=7)
+        sampler.set_epoch(epoch)
+        assert [b.tolist() for b in epoch_batches(platforms, 4, epoch, 7, True, False, 1)] == list(sampler)
+    # 5 S2 batches (4, 4, 4, 4, 2), one NAIP, one Landsat: 7 batches; 2 ranks get 4 each, the
+    # first 4-chip batch in the epoch's order split in two, no chip repeated
+    two = epoch_batches(platforms, 4, 0, 7, True, False, 2)
+    assert len(two) == 8 and sorted(np.concatenate(two).tolist()) == list(range(26))
+    assert sorted(len(b) for b in two) == [2, 2, 2, 4, 4, 4, 4, 4]
+
+
+@pytest.mark.parametrize("cpus,ranks,expected", [(2, 1, 2), (4, 1, 2), (8, 1, 4), (32, 1, 8), (32, 4, 4), (32, 8, 2),
+                                                 (64, 1, 8)])
+def test_default_workers(lightning, cpus, ranks, expected):
+    from stacchip_core.training.datamodule import default_workers
+
+    assert default_workers(ranks, cpus) == expected
 
 
 def test_oversampling_balances_platforms_in_training_only(lightning, index_path):
@@ -111,7 +202,8 @@ def test_oversampling_balances_platforms_in_training_only(lightning, index_path)
     assert sorted({per_chip[i] for i in np.flatnonzero(platforms == "naip")}) == [4, 5]
     assert sum(per_chip[i] for i in np.flatnonzero(platforms == "naip")) == 18
     val = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), oversample=True)
-    assert val.val_dataloader().dataset.oversample is False
+    assert val.val_dataloader().batch_sampler.oversample is False
+    assert val.train_dataloader().batch_sampler.oversample is True
 
 
 DDP_SCRIPT = r'''
@@ -119,9 +211,17 @@ import json, sys
 sys.path.insert(0, sys.argv[3])
 from provision import import_torch_stack
 import_torch_stack()
-import lightning, torch
+import lightning, os, torch
 from stacchip_core.training.datamodule import StacchipDataModule
 from stacchip_core.training.prechip import ChipFilter
+
+
+class Where:
+    """Which process read each chip (a transform runs where the chip is read)."""
+    def __call__(self, sample):
+        with open(f"{sys.argv[2]}/reads-{os.getpid()}.txt", "a") as fh:
+            fh.write(sample["chipid"] + "\n")
+        return sample
 
 
 class Probe(lightning.LightningModule):
@@ -139,15 +239,17 @@ class Probe(lightning.LightningModule):
 
     def on_train_end(self):
         with open(f"{sys.argv[2]}/rank{self.global_rank}.json", "w") as fh:
-            json.dump({"world": self.trainer.world_size, "seen": self.seen}, fh)
+            json.dump({"world": self.trainer.world_size, "seen": self.seen, "pid": os.getpid()}, fh)
 
 
 dm = StacchipDataModule(sys.argv[1], bands=["red", "green", "blue"], chip_filter=ChipFilter(max_nodata=1.0),
-                        split_block_deg=100, val_fraction=0.0, test_fraction=0.0, batch_size=4, num_workers=2, seed=1)
+                        split_block_deg=100, val_fraction=0.0, test_fraction=0.0, batch_size=4, num_workers=2, seed=1,
+                        transform=Where())
 trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             limit_val_batches=0)
 trainer.fit(Probe(), datamodule=dm)
+assert dm.train_dataloader().persistent_workers
 '''
 
 
@@ -163,9 +265,16 @@ def test_ddp_two_processes_see_every_chip_once_per_epoch(lightning, index_path, 
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     expected = sorted(pq.read_table(index_path)["chipid"].to_pylist())
+    orders = []
     for epoch in (0, 1):
         per_rank = [[c for e, batch in r["seen"] if e == epoch for c in batch] for r in ranks]
         assert per_rank[0] and per_rank[1]
         assert not set(per_rank[0]) & set(per_rank[1])
         assert sorted(per_rank[0] + per_rank[1]) == expected  # every chip, exactly once
         assert len([b for e, b in ranks[0]["seen"] if e == epoch]) == len([b for e, b in ranks[1]["seen"] if e == epoch])
+        orders.append(per_rank)
+    assert orders[0] != orders[1]  # the trainer's epoch reached the sampler: a new order
+    # persistent workers: two per rank read both epochs (each chip twice), none of them a rank
+    reads = {int(p.stem.split("-")[1]): p.read_text().split() for p in out.glob("reads-*.txt")}
+    assert len(reads) == 4 and not set(reads) & {r["pid"] for r in ranks}
+    assert sorted(c for chips in reads.values() for c in chips) == sorted(expected * 2)

@@ -11,10 +11,8 @@ and modification time: the indexes of every pair of runs differed there, and now
 """
 
 import json
-import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from processes import kill_when
 
 EXE = str(Path(sys.executable).with_name("stacchip"))
 WHEN = ("started", "seconds")  # the fields of a run report that say when
@@ -84,17 +83,6 @@ def differing(a: Path, b: Path) -> dict[str, str]:
                 out[key] = "bytes"
     return out
 
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if ready():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.005)
-    proc.wait()
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from processes import kill_when
 
 EXE = str(Path(sys.executable).with_name("stacchip"))
 
@@ -21,18 +22,6 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and "_runs" not in p.parts}
 
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
-    """SIGKILL ``proc`` as soon as ``ready()``; False if it ended first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if ready():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.005)
-    proc.wait()
-    return False
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_the_built_in_signer_is_listed_with_all_only(args, listed):
 
     result = CliRunner().invoke(cli, ["plugins", "--json", *args])
     rows = {row["name"]: row for row in json.loads(result.output)}
-    assert ("stacchip-core.signing" in rows) is listed
+    assert ("stacchip-core.planetary-computer" in rows) is listed
     if listed:
-        assert rows["stacchip-core.signing"]["hooks"] == ["stacchip_sign_href"]
-        assert rows["stacchip-core.signing"]["distribution"] == "stacchip-core"
+        assert rows["stacchip-core.planetary-computer"]["hooks"] == ["stacchip_sign_href"]
+        assert rows["stacchip-core.planetary-computer"]["distribution"] == "stacchip-core"

@@ -23,6 +23,7 @@ from stacchip_core.core.indexer import Indexer
 from stacchip_core.core.layout import decode, encode
 from stacchip_core.core.read import Reader, ReadReport, grid_for_row, read_rows, read_windows
 from stacchip_core.demo import synthetic
+from stacchip_core.plugin_api import hookimpl
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.xarray import chip_dataarray
@@ -48,10 +49,10 @@ def _cdse(d: Path) -> Path:
 SCENES = {
     "s2-earth-search": (lambda d: synthetic.sentinel2_scene(d, 768), ["red", "nir08", "coastal"],
                         [("red", 1), ("nir08", 1), ("coastal", 1)]),
-    # coastal is no platform band: named by its key there (CDSE: B01 finds B01_60m by the suffix rule)
+    # coastal is no model input but the platform names it: B01, and B01_60m by the CDSE suffix rule
     "s2-planetary-computer": (lambda d: synthetic.sentinel2_scene(d, 768, naming="planetary-computer"),
-                              ["red", "nir08", "B01"], [("B04", 1), ("B8A", 1), ("B01", 1)]),
-    "s2-cdse": (_cdse, ["red", "nir08", "B01"], [("B04_10m", 1), ("B8A_20m", 1), ("B01_60m", 1)]),
+                              ["red", "nir08", "coastal"], [("B04", 1), ("B8A", 1), ("B01", 1)]),
+    "s2-cdse": (_cdse, ["red", "nir08", "coastal"], [("B04_10m", 1), ("B8A_20m", 1), ("B01_60m", 1)]),
     "landsat": (lambda d: synthetic.landsat_scene(d, 560, 600), ["red", "nir08"], [("red", 1), ("nir08", 1)]),
     "naip": (lambda d: synthetic.naip_scene(d, 600, 530), ["red", "nir"], [("image", 1), ("image", 4)]),
     "sentinel-1-float": (lambda d: synthetic.sentinel1_scene(d, 600, 640), ["vv", "vh"], [("vv", 1), ("vh", 1)]),
@@ -119,11 +120,8 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
         rows = table.to_pylist()
         lays = decode(rows[0]["layouts"])
         assert lays.standalone  # the index holds the grid, its CRS, the bands
-        # assets of no platform band (S2's 60 m coastal) are in the index by href: rasterio reads them
-        by_href = {k for k, _ in sources if k not in lays}
-        assert by_href == ({"B01_60m" if scene == "s2-cdse" else "B01" if "planetary" in scene else "coastal"}
-                           if scene.startswith("s2") else set())
-        assert by_href <= set(lays.hrefs)
+        # every raster asset has a layout, bands of the platform or not (S2's 60 m coastal)
+        assert {k for k, _ in sources} <= set(lays) and not lays.hrefs
         expected = [_expected(item_path, sources, r["chip_index_x"], r["chip_index_y"], 256, item_path.parent)
                     for r in rows]
         if server is not None:
@@ -140,8 +138,8 @@ def test_every_front_end_reads_the_same_pixels(scene, where, tmp_path):
             assert "/item.json" not in {p for _, p, _ in server.log}
             report = reader.report
             assert report.chips == len(rows)
-            assert report.fallbacks == ((("no layout", len(rows) * len(by_href)),) if by_href else ())
-            assert report.layout_reads == len(rows) * len({k for k, _ in sources} - by_href)
+            assert report.fallbacks == () and report.rasterio_reads == 0
+            assert report.layout_reads == len(rows) * len({k for k, _ in sources})
             assert report.requests > 0 and report.tiles > 0
         with Chipper(item, assets=bands) as chipper:
             assert chipper.assets == list(dict.fromkeys(k for k, _ in sources))
@@ -270,10 +268,10 @@ def test_layouts_record_what_a_read_needs(served_s2):
     assert lays.crs == "EPSG:32720" and lays.shape == (768, 768)
     assert lays.grid == (10.0, 499980.0, -10.0, 6400000.0)
     assert lays.bands["red"] == ("red", 1) and lays.bands["scl"] == ("scl", 1)
-    # the platform's bands and layers by layout; other rasters by href (read through rasterio)
-    assert set(lays) == {"blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16",
-                         "swir22", "scl"}
-    assert set(lays.hrefs) == {"coastal"} and lays.hrefs["coastal"].endswith("/coastal.tif")
+    # every raster asset by layout, the platform's bands and layers and the rest (coastal)
+    assert set(lays) == {"coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08",
+                         "swir16", "swir22", "scl"}
+    assert not lays.hrefs and lays["coastal"].href.endswith("/coastal.tif") and lays["coastal"].width == 128
     again = decode(encode(lays.values(), lays.grid, shape=lays.shape, crs=lays.crs, bands=lays.bands,
                           hrefs=lays.hrefs))
     assert (again.crs, again.shape, again.bands, again.hrefs) == (lays.crs, lays.shape, lays.bands, lays.hrefs)
@@ -350,8 +348,166 @@ def test_open_files_stay_bounded_over_many_items(synthetic_scenes):
         fds = Path("/proc/self/fd")
         return sum(1 for fd in fds.iterdir() if str(fd.resolve(strict=False)).startswith(folder + "/"))
 
-    with Reader(max_sources=2, workers=1) as reader:
+    # rasterio's handles are under test: a cold local item would be read through its layouts
+    with Reader(max_sources=2, workers=1, use_layouts=False) as reader:
         for row in rows:  # one batch per item, as an epoch over a shuffled index goes
             reader.stacks([row], ["red"] if row["platform"] != "naip" else ["red", "nir"])
         assert [open_in(f) > 0 for f in folders] == [False, False, True, True]
     assert [open_in(f) for f in folders] == [0, 0, 0, 0]
+
+
+# --- async-tiff's tiles: signed off the loop ------------------------------------------------
+
+def _tiled(path: Path, data: np.ndarray, **kw) -> None:
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs="EPSG:32633", transform=from_origin(500000, 4000000, 10, 10),
+                       tiled=True, blockxsize=64, blockysize=64, **kw) as ds:
+        ds.write(data)
+
+
+class _ThreadSigner:
+    """A plugin's signer that notes the thread each href was signed in."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    @hookimpl
+    def stacchip_sign_href(self, href, asset):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return f"{href}?sig=T" if href.startswith("http://127.0.0.1") else None
+
+
+def test_tiles_async_tiff_decodes_are_signed_off_the_io_loop(tmp_path):
+    """An LZW asset (decoded by async-tiff): its href is signed in the signing threads, never
+    on the I/O loop's thread, and every request carries the signature."""
+    from stacchip_core import plugins
+    from stacchip_core.core.layout import record_layouts
+    from stacchip_core.core.tiles import GridSpec, read_batch
+
+    data = np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128)
+    _tiled(tmp_path / "a.tif", data, compress="lzw")
+    signer = _ThreadSigner()
+    plugins.get_plugin_manager().register(signer, name="thread-signer")
+    with RangeServer(tmp_path) as server:
+        lays = decode(record_layouts({"a": f"{server.url}/a.tif"}))
+        server.reset()
+        signer.threads.clear()
+        got = read_batch([lays], [["a"]], [GridSpec.from_layouts(lays, 64)], [(1, 1)])[0]["a"]
+        log = list(server.log)
+    np.testing.assert_array_equal(got, data[:, 64:, 64:])
+    assert signer.threads and all(t.startswith("stacchip-sign") for t in signer.threads), signer.threads
+    assert log and all(p == "/a.tif?sig=T" for _, p, _ in log)
+
+
+# --- what a forked child reads from layouts, and how it says what it cannot ------------------
+
+_FORKED_SOURCE: list = []  # inherited by a forked child (a Source does not pickle)
+
+
+def _child_reads(xys):
+    """Chips of the inherited source read by a Reader in this (forked) process; its report,
+    and the warnings it logged."""
+    source = _FORKED_SOURCE[0]
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger("stacchip_core").addHandler(handler)
+    try:
+        reader = Reader()
+        got = reader.read([read_mod.ChipRequest(source, x, y, ("f", "l")) for x, y in xys])
+    finally:
+        logging.getLogger("stacchip_core").removeHandler(handler)
+    from stacchip_core.io import objects
+
+    return got, reader.report, records, objects.async_tiff_usable()
+
+
+def test_a_forked_child_reads_float_tiles_from_layouts_and_names_what_it_cannot(tmp_path):
+    """A child forked after its parent ran async-tiff: the float32 predictor-3 deflate asset
+    (Sentinel-1 RTC's kind) is still read from its layout (libdeflate and numpy, no rasterio),
+    the LZW one (async-tiff's alone) falls back with the report kind and words of a forked
+    process, not "changed since it was indexed"."""
+    import multiprocessing
+
+    import pystac
+
+    from stacchip_core.core.layout import record_layouts
+
+    rng = np.random.default_rng(7)
+    f = rng.normal(0, 1000, (1, 128, 128)).astype("float32")
+    f[0, :3, :5] = np.nan
+    lzw = np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128)
+    _tiled(tmp_path / "f.tif", f, compress="deflate", predictor=3)
+    _tiled(tmp_path / "l.tif", lzw, compress="lzw")
+    with RangeServer(tmp_path) as server:
+        hrefs = {"f": f"{server.url}/f.tif", "l": f"{server.url}/l.tif"}
+        lays = decode(record_layouts(hrefs))  # the parent runs async-tiff here
+        assert lays["f"].predictor == 3 and lays["f"].dtype == "float32"
+        item = pystac.Item.from_dict({
+            "type": "Feature", "stac_version": "1.0.0", "id": "fl", "geometry": None, "links": [],
+            "properties": {"datetime": "2024-01-01T00:00:00Z", "proj:epsg": 32633},
+            "assets": {k: {"href": h, "type": "image/tiff; application=geotiff", "proj:shape": [128, 128],
+                           "proj:transform": [10, 0, 500000, 0, -10, 4000000]} for k, h in hrefs.items()}})
+        _FORKED_SOURCE[:] = [read_mod.Source.from_item(item, chip_size=64, layouts=lays)]
+        xys = [(0, 0), (1, 1)]
+        server.reset()
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got, report, warned, usable = pool.apply_async(_child_reads, (xys,)).get(timeout=60)
+        f_requests = [rng for _, p, rng in server.log if p == "/f.tif"]
+    assert not usable  # async-tiff is out of reach in the child
+    for (x, y), chip in zip(xys, got):
+        np.testing.assert_array_equal(chip["f"], f[:, y * 64:(y + 1) * 64, x * 64:(x + 1) * 64])
+        np.testing.assert_array_equal(chip["l"], lzw[:, y * 64:(y + 1) * 64, x * 64:(x + 1) * 64])
+    assert (report.layout_reads, report.rasterio_reads) == (2, 2)
+    assert report.fallbacks == ((read_mod.FORKED, 2),)
+    # f: its two tiles (one per chip) in one coalesced ranged read, no header read, nothing else
+    lay = lays["f"]
+    first, last = int(lay.offsets[0]), int(lay.offsets[3] + lay.counts[3])
+    assert report.tiles == 2 and report.requests == 1 and f_requests == [f"bytes={first}-{last - 1}"]
+    assert warned == ["asset 'l' (" + hrefs["l"] + ") cannot be read from its layout in this process (async-tiff "
+                      "cannot run in a process forked after its parent used it); reading it, and the like, with "
+                      "rasterio. Start workers with 'forkserver' or 'spawn' to keep the fast path"]
+
+
+@pytest.mark.parametrize(("reason", "kind", "words"), [
+    (tiles.StaleLayout("size 10 != 12"), "stale",
+     "asset 'k' (http://h/a.tif) changed since it was indexed (size 10 != 12); reading it with rasterio"),
+    (read_mod.objects.NoTransport("gs:// has no fork-safe transport"), read_mod.FORKED,
+     ("asset 'k' (http://h/a.tif) cannot be read from its layout in this process (gs:// has no fork-safe "
+     "transport); reading it, and the like, with rasterio. Start workers with 'forkserver' or 'spawn' to keep "
+     "the fast path")),
+    (tiles.Undecodable("k: bad tile"), "undecodable", None),
+])
+def test_each_fallback_reason_has_its_own_kind_and_words(reason, kind, words, caplog):
+    read_mod._FORK_NOTED.clear()
+    assert read_mod.fallback_kind(reason) == kind
+    with caplog.at_level(logging.WARNING):
+        read_mod.note_fallback(reason, "http://h/a.tif", "k")
+        read_mod.note_fallback(reason, "http://h/a.tif", "k")  # once
+    assert [r.getMessage() for r in caplog.records] == ([words] if words else [])
+
+
+def test_local_chips_of_a_cold_item_come_from_layouts_then_from_open_handles(synthetic_scenes):
+    """Local files with layouts: an item's first LOCAL_LAYOUT_CHIPS chips through the layouts
+    (no GDAL open), the later ones through rasterio's open handles; neither is a fallback."""
+    item_json = Path(synthetic_scenes["s2"])
+    rows = Indexer(str(item_json), stats=False).create_index().to_pylist()
+    assert len(rows) == 9 and read_mod.LOCAL_LAYOUT_CHIPS == 4
+    reader = Reader()
+    backends = []
+    for row in rows[:6]:  # one chip at a time, as a DataLoader's __getitem__
+        arr = reader.stacks([row], ["red", "nir08", "coastal"])[0]
+        backends.append((reader.last.layout_reads, reader.last.rasterio_reads, reader.last.fallbacks))
+        x, y = row["chip_index_x"], row["chip_index_y"]
+        np.testing.assert_array_equal(arr, _expected(item_json, [("red", 1), ("nir08", 1), ("coastal", 1)], x, y,
+                                                     256, item_json.parent))
+    assert backends == [(3, 0, ())] * 4 + [(0, 3, ())] * 2
+    assert reader.report.tiles > 0 and reader.report.requests > 0

@@ -49,6 +49,7 @@ HEADER_PREFETCH = 65536  # S2/Landsat COG headers (all IFDs) fit in 16-40 KiB
 _DTYPES = {(1, 8): "uint8", (1, 16): "uint16", (1, 32): "uint32", (2, 8): "int8", (2, 16): "int16",
            (2, 32): "int32", (3, 32): "float32", (3, 64): "float64", (1, 64): "uint64", (2, 64): "int64"}
 # codecs the layout path decodes (async-tiff); anything else is read through rasterio
+DEFLATE = (8, 32946)  # Adobe and old-style deflate: zlib streams with an Adler-32 checksum
 SUPPORTED_COMPRESSION = {1, 5, 8, 32946, 50000}
 
 
@@ -85,7 +86,10 @@ class AssetLayout:
 
     def expect(self) -> objects.Expect:
         """What every validated read of this asset checks (objects.read_ranges)."""
-        return objects.Expect(self.size, self.etag, self.digest, self.head)
+        # deflate tiles verify themselves (Adler-32, exact size): the header is checked only
+        # when one fails to inflate (core.tiles), not once per asset and process up front
+        return objects.Expect(self.size, self.etag, self.digest, self.head,
+                              deferred=self.compression in DEFLATE)
 
     def scalars(self) -> dict:
         out = {k: getattr(self, k) for k in ("key", "href", "width", "height", "tile_width", "tile_height",

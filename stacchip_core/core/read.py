@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 LAYOUT, RASTERIO = "layout", "rasterio"
 # reasons an asset is read through rasterio by design, not as a fallback
 CHOSEN = frozenset({"local file", "layouts off"})
+FORKED = "I/O layer unusable after fork"  # the report kind of what a forked child cannot read from layouts
 MAX_SOURCES = 32  # items whose open handles a Reader keeps; older ones are closed
 
 
@@ -171,6 +172,7 @@ class Source:
         self.cache = DatasetCache()
         self._factors: dict[str, int | None] = {}
         self._lock = threading.Lock()
+        self.chips_planned = 0  # chips planned from this source (core.read.LOCAL_LAYOUT_CHIPS)
 
     @classmethod
     def from_item(cls, item: pystac.Item, chip_size: int = 256, platform: Platform | None = None,
@@ -324,17 +326,27 @@ class AssetRead:
     tile_plan: Any = field(default=None, repr=False)  # core.tiles.ChipPlan of the layout backend
 
 
-def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str | None:
+# Local chips of an item read through its layouts before rasterio's open handles take over.
+# Measured on full-size Sentinel-2 (RGB, page cache warm, one chip at a time, CPU ms per chip,
+# /tmp/pipe_cold/bench.py in the report of issue 18's leftovers): a chip of an item not yet
+# opened costs 11.5-14.5 through rasterio (a GDAL open per asset) and 7.2-7.3 through layouts;
+# chips of an open item cost 5.0-5.8 through rasterio and 6.3-6.5 through layouts. Layouts win
+# up to about 4 chips per item (7.2 + 6.3 (k - 1) < 6.5 + 5.0 k), rasterio beyond.
+LOCAL_LAYOUT_CHIPS = 4
+
+
+def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool, cold: bool = False) -> str | None:
     """The one backend rule: None for the layout path, else why rasterio reads the asset.
 
-    Local files are read through rasterio's open handles: measured on full-size Sentinel-2,
-    RGB, 245 chips/s against 122 through layouts (benchmarks/bench_cloud.py); layouts save
-    requests, which local files do not cost.
+    Local files with a layout are read through it while their item is cold (its first
+    ``LOCAL_LAYOUT_CHIPS`` chips in a reader: no GDAL open), then through rasterio's open
+    handles, which are cheaper per chip once open (numbers at ``LOCAL_LAYOUT_CHIPS``).
 
     Args:
         lay: the asset's layout, or None.
         href: where the asset lies (unsigned, resolved).
         use_layouts: False reads everything through rasterio.
+        cold: the item has read fewer than ``LOCAL_LAYOUT_CHIPS`` chips in this reader.
 
     Returns:
         None, or the reason (``CHOSEN`` reasons are not fallbacks).
@@ -342,11 +354,11 @@ def choose_backend(lay: AssetLayout | None, href: str, use_layouts: bool) -> str
     if not use_layouts:
         return "layouts off"
     if not objects.is_remote(href):
-        return "local file"
+        return None if (cold and lay is not None) else "local file"
     if lay is None:
         return "no layout"
     if not objects.chips_usable(href):
-        return "I/O layer unusable after fork"
+        return FORKED
     return None
 
 
@@ -368,10 +380,12 @@ def plan(requests: Sequence[ChipRequest], use_layouts: bool = True) -> list[Asse
         grid = req.source.grid
         col0, row0, cs, _ = grid.window(req.x, req.y)  # bounds check with a clear message
         spec = GridSpec.from_grid(grid)
+        cold = req.source.chips_planned < LOCAL_LAYOUT_CHIPS
+        req.source.chips_planned += 1  # a heuristic's count: a race between threads is harmless
         for key in req.keys:
             href = req.source.hrefs[key]
             lay = req.source.layouts.get(key)
-            reason = choose_backend(lay, href, use_layouts)
+            reason = choose_backend(lay, href, use_layouts, cold)
             if reason is None and lay is not None:
                 try:
                     factor = factor_for(lay, spec)
@@ -393,15 +407,47 @@ def _reason_kind(reason: str | None) -> str:
 _WARNED: set[str] = set()
 
 
+def fallback_kind(reason: BaseException | None) -> str:
+    """The report kind of a fallback found while reading (``ReadReport.fallbacks``).
+
+    Args:
+        reason: the exception the layout backend returned for an asset.
+
+    Returns:
+        ``FORKED`` for ``objects.NoTransport`` (nothing in this process can read the object
+        or decode its tiles: gs:// or az://, or async-tiff, in a child forked after its
+        parent used them), "stale" for any other ``StaleLayout`` (the object changed or is
+        gone), "undecodable" otherwise (tiles the decoders refuse).
+    """
+    if isinstance(reason, objects.NoTransport):
+        return FORKED
+    if isinstance(reason, StaleLayout):
+        return "stale"
+    return "undecodable"
+
+
+_FORK_NOTED: set[tuple[int, str]] = set()
+
+
 def note_fallback(reason, href: str, key: str) -> None:
-    """Log why a layout read fell back: one warning per stale object, debug otherwise.
+    """Log why a layout read fell back, in words that say why: one warning per stale object
+    ("changed since it was indexed"), one per process and cause for what this process cannot
+    read from layouts ("cannot read ... in this process"), debug otherwise.
 
     Args:
         reason: the exception the layout backend returned (``StaleLayout``, ``Unsupported``).
         href: the asset's href (redacted in the message).
         key: the asset key.
     """
-    if isinstance(reason, StaleLayout):
+    kind = fallback_kind(reason) if reason is not None else None
+    if kind == FORKED:
+        noted = (os.getpid(), str(reason))
+        if noted not in _FORK_NOTED:
+            _FORK_NOTED.add(noted)
+            log.warning("asset %r (%s) cannot be read from its layout in this process (%s); reading it, and "
+                        "the like, with rasterio. Start workers with 'forkserver' or 'spawn' to keep the fast path",
+                        key, redact(href), reason)
+    elif kind == "stale":
         if href not in _WARNED:
             _WARNED.add(href)
             if len(_WARNED) > 100_000:
@@ -530,11 +576,11 @@ class Reader:
                     out[p.chip][p.key] = res
                 else:  # stale or undecodable: this asset alone goes to rasterio
                     note_fallback(res, p.href, p.key)
-                    kind = "stale" if isinstance(res, StaleLayout) else "undecodable"
-                    p.backend, p.reason = RASTERIO, f"{kind}: {res}"
+                    p.backend, p.reason = RASTERIO, f"{fallback_kind(res)}: {res}"
         slow = [p for p in plans if p.backend == RASTERIO]
         for p in slow:
-            if p.reason not in CHOSEN and not (p.reason or "").startswith(("stale", "undecodable")):  # noted
+            noted = (p.reason or "").startswith(("stale", "undecodable", FORKED))
+            if p.reason not in CHOSEN and not noted:
                 log.debug("asset %r read with rasterio: %s", p.key, p.reason)
         if slow:
             apply_gdal_options()

@@ -47,7 +47,8 @@ class Throughput(Report):
     """Chips indexed per second (processing included); chips read per second through the
     read pipeline (the previews' chips and cloud masks, in batches per source; drawing the
     previews is not included), with the object-store requests and the reads that fell back
-    to rasterio (local files are read through rasterio by choice and do not count)."""
+    to rasterio (local files: a cold item's first chips through layouts, then rasterio's open
+    handles, by choice; neither counts as a fallback)."""
 
     items: int
     chips: int

@@ -486,6 +486,11 @@ class Expect:
     etag: str | None = None
     digest: str | None = None
     head: int = 0
+    # the caller verifies what it reads (deflate tiles carry an Adler-32 checksum and must
+    # inflate to their exact size): no header check up front, only when a tile fails
+    # (``check_header``). Saves one request per asset and process: 3.6-4.0 requests for 3.0
+    # tiles per cold RGB chip in bench_loaders.py before
+    deferred: bool = False
 
 
 def digest(data: bytes) -> str:
@@ -618,6 +623,8 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
     try:
         if not expect.digest or expect.etag:  # a layout from before digests: its ETag decides
             blocks = await _blocks(href, url, merged, expect, expect.etag, None)
+        elif expect.deferred:  # the caller checks the bytes (and calls check_header if they fail)
+            blocks = await _blocks(href, url, merged, expect, None, None)
         else:
             key = (href, expect.size, expect.digest)
             for attempt in range(2):
@@ -630,6 +637,8 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
                     if attempt or not known:
                         raise
                     _VERIFIED.pop(key, None)  # rewritten or copied since its check: check again
+    except NoTransport:
+        raise  # not stale: this process cannot read it (counted apart from changed objects)
     except StaleObject:
         _count(stale=1)
         raise
@@ -640,6 +649,19 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
                 out[(s, e)] = buf[s - bs:e - bs]
                 break
     return out
+
+
+async def check_header(href: str, expect: Expect) -> None:
+    """The header check of a ``deferred`` layout, for a caller whose tiles did not decode:
+    raises StaleObject when the object changed since it was indexed (counted as stale);
+    returns when it is unchanged (the tiles are corrupt, or the decoder failed)."""
+    if not expect.digest:
+        return
+    try:
+        await _verified(href, await sign(href), expect)
+    except StaleObject:
+        _count(stale=1)
+        raise
 
 
 # --- a private event loop for sync callers ------------------------------------------------

@@ -8,14 +8,20 @@
   sets. The result is the ``split`` column of ``datamodule.table`` (``write_splits`` saves it);
   an index that already has a ``split`` column keeps it, so a split is reproducible, visible
   and editable.
-- **Batches of one platform** (sources differ in band count), shuffled per epoch from
-  ``seed + epoch``; ``oversample=True`` repeats the chips of small platforms in training until
-  every platform has as many chips as the largest (the original's recipe).
-- **Sharding**: the epoch's batches are dealt round-robin to DDP ranks, then to the data-loader
-  workers of each rank, so every chip is read once per epoch (``oversample`` aside) and never
-  twice. Ranks get equally many batches (DDP needs equal step counts): when the batches do not
-  divide evenly, the largest batches are split in two until they do, instead of padding with
-  repeated chips as ``DistributedSampler`` does.
+- **Batches of one platform** (sources differ in band count), ``PlatformBatchSampler``'s rule
+  (shuffled per epoch from ``seed + epoch``); ``oversample=True`` repeats the chips of small
+  platforms in training until every platform has as many chips as the largest (the original's
+  recipe).
+- **Sharding**: the epoch's batches are dealt round-robin to DDP ranks (``ShardedBatchSampler``,
+  in the main process), and the loader hands a rank's batches to its workers in turn, so every
+  chip is read once per epoch (``oversample`` aside) and never twice. Ranks get equally many
+  batches (DDP needs equal step counts): when the batches do not divide evenly, the largest
+  batches are split in two until they do, instead of padding with repeated chips as
+  ``DistributedSampler`` does.
+- **Fast reads**: a worker reads a whole batch with ``ChipDataset.__getitems__`` (every tile of
+  every chip in flight at once); workers persist across epochs (the epoch's order is decided in
+  the main process, so they need no state of their own) and each keeps ``prefetch_factor``
+  batches queued. ``num_workers=None`` picks ``default_workers`` (2 on 2 cores, up to 8).
 
 Batches are dicts: ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``item_id``/
 ``date`` lists, ``platform`` (one string), ``lon``/``lat`` tensors.
@@ -23,17 +29,19 @@ Batches are dicts: ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import lightning
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
 from stacchip_core.errors import ConfigError
-from stacchip_core.training.dataset import ChipDataset
+from stacchip_core.training.dataset import ChipDataset, PlatformBatchSampler
 from stacchip_core.training.prechip import ChipFilter, load_index
 
 SPLITS = ("train", "val", "test")
@@ -63,18 +71,29 @@ def spatial_splits(table: pa.Table, block_deg: float = 1.0, val: float = 0.1, te
 
 def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int, shuffle: bool,
                   oversample: bool, world_size: int) -> list[np.ndarray]:
-    """The epoch's batches (row numbers), one platform each, a multiple of ``world_size`` long."""
-    rng = np.random.default_rng([seed, epoch])
-    names = sorted(set(platforms.tolist()))
-    groups = {n: np.flatnonzero(platforms == n) for n in names}
-    target = max((len(g) for g in groups.values()), default=0)
-    batches = []
-    for name in names:
-        rows = rng.permutation(groups[name]) if shuffle else groups[name]
-        if oversample and 0 < len(rows) < target:  # whole passes, then a random remainder
-            reps = [rng.permutation(groups[name]) for _ in range(target // len(rows) - 1)]
-            rows = np.concatenate([rows, *reps, rng.choice(groups[name], target % len(rows), replace=False)])
-        batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    """The epoch's batches (row numbers), one platform each, a multiple of ``world_size`` long.
+
+    Without ``oversample`` these are ``PlatformBatchSampler``'s batches (one batching rule for
+    both; its ``seed + epoch`` shuffling), then the largest batches are split in two until every
+    rank gets as many batches (DDP needs equal step counts); no chip is repeated."""
+    if not oversample:
+        sampler = PlatformBatchSampler(platforms.tolist(), batch_size, shuffle=shuffle, seed=seed)
+        sampler.set_epoch(epoch)
+        batches = [np.asarray(b, dtype=np.int64) for b in sampler]
+    else:  # PlatformBatchSampler's rule, with whole extra passes and a random remainder
+        rng = np.random.default_rng(seed + epoch)
+        names = sorted(set(platforms.tolist()))
+        groups = {n: np.flatnonzero(platforms == n) for n in names}
+        target = max((len(g) for g in groups.values()), default=0)
+        batches = []
+        for name in names:
+            rows = rng.permutation(groups[name]) if shuffle else groups[name]
+            if 0 < len(rows) < target:
+                reps = [rng.permutation(groups[name]) for _ in range(target // len(rows) - 1)]
+                rows = np.concatenate([rows, *reps, rng.choice(groups[name], target % len(rows), replace=False)])
+            batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        if shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
     if len(batches) and len(batches) < world_size and sum(map(len, batches)) < world_size:
         raise ConfigError(f"{sum(map(len, batches))} chips cannot feed {world_size} ranks")
     while len(batches) % world_size:  # split the largest batch rather than repeat chips
@@ -83,61 +102,117 @@ def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int,
             raise ConfigError(f"{len(batches)} batches of one chip cannot be shared by {world_size} ranks")
         half = len(batches[i]) // 2
         batches[i:i + 1] = [batches[i][:half], batches[i][half:]]
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches
 
 
-class ShardedChipBatches(IterableDataset):
-    """Batches of a ``ChipDataset`` for one DDP rank, dealt again to its data-loader workers.
+class ShardedBatchSampler(BatchSampler):
+    """The epoch's platform batches for one DDP rank: a torch ``batch_sampler``.
 
-    ``set_epoch(epoch)`` reshuffles; the data module's loaders call it for you."""
+    It runs in the main process (data-loader workers receive the batches' indices and read
+    each through ``ChipDataset.__getitems__``), so persistent workers need no epoch of their
+    own: each pass asks ``epoch_fn`` (the trainer's epoch), else takes the last ``set_epoch``,
+    else counts passes. The loader deals batches to its workers in order, so each chip of the
+    rank's share is read once per epoch.
 
-    def __init__(self, dataset: ChipDataset, batch_size: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, oversample: bool = False, seed: int = 0) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
+    Args:
+        sampler: ignored unless it is a ``DistributedSampler`` (Lightning injects one under
+            DDP): then its rank and replica count are used.
+        batch_size: chips per batch (a batch never mixes platforms).
+        drop_last: must be False (kept for the ``BatchSampler`` interface).
+        platforms: the dataset's platform per row (``ChipDataset.platforms``).
+        rank: this process's rank.
+        world_size: number of ranks.
+        shuffle: shuffle within platforms and the order of batches, per epoch.
+        oversample: repeat small platforms' chips up to the largest platform.
+        seed: shuffling seed (with the epoch).
+        epoch_fn: the current epoch (e.g. the trainer's), asked at the start of each pass.
+    """
+
+    def __init__(self, sampler: Sampler | None = None, batch_size: int = 32, drop_last: bool = False, *,
+                 platforms: Sequence[str] | np.ndarray, rank: int = 0, world_size: int = 1, shuffle: bool = True,
+                 oversample: bool = False, seed: int = 0, epoch_fn: Callable[[], int | None] | None = None) -> None:
+        if drop_last:
+            raise ConfigError("drop_last is not supported: every chip is read once per epoch")
+        super().__init__(sampler if sampler is not None else range(len(platforms)), batch_size, False)
+        if isinstance(sampler, DistributedSampler):
+            rank, world_size = sampler.rank, sampler.num_replicas
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.platforms = np.asarray(platforms, dtype=object)
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.oversample, self.seed = shuffle, oversample, seed
-        self.epoch = 0
+        self.epoch_fn = epoch_fn
+        self.epoch: int | None = None
+        self._passes = 0
+        self._cache: tuple[int, list[np.ndarray]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch`` for the next passes (when there is no ``epoch_fn``)."""
         self.epoch = epoch
 
-    def rank_batches(self) -> list[np.ndarray]:
-        batches = epoch_batches(self.dataset.platforms, self.batch_size, self.epoch, self.seed, self.shuffle,
-                                self.oversample, self.world_size)
-        return batches[self.rank::self.world_size]
+    def current_epoch(self) -> int:
+        """The epoch the next pass shuffles with."""
+        epoch = self.epoch_fn() if self.epoch_fn is not None else None
+        if epoch is None:
+            epoch = self.epoch if self.epoch is not None else self._passes
+        return int(epoch)
+
+    def rank_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """This rank's batches (row numbers) of ``epoch`` (default: the current one)."""
+        epoch = self.current_epoch() if epoch is None else epoch
+        if self._cache is None or self._cache[0] != epoch:  # len() and iter() of one epoch shuffle once
+            batches = epoch_batches(self.platforms, self.batch_size, epoch, self.seed, self.shuffle, self.oversample,
+                                    self.world_size)
+            self._cache = (epoch, batches[self.rank::self.world_size])
+        return self._cache[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # a generator: the epoch is taken when the pass starts, not when iter() is called
+        # (torch's multiprocessing iterator calls iter() twice on its first pass)
+        mine = self.rank_batches()
+        self._passes += 1
+        for rows in mine:
+            yield rows.tolist()
 
     def __len__(self) -> int:
         return len(self.rank_batches())
 
-    def __iter__(self) -> Iterator[dict]:
-        mine = self.rank_batches()
-        info = get_worker_info()
-        if info is not None:
-            mine = mine[info.id::info.num_workers]
-        for rows in mine:
-            samples = [self.dataset[int(i)] for i in rows]
-            yield {"pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),
-                   "chipid": [s["chipid"] for s in samples], "item_id": [s["item_id"] for s in samples],
-                   "date": [s["date"] for s in samples], "platform": samples[0]["platform"],
-                   "lon": torch.tensor([s["lon"] for s in samples]), "lat": torch.tensor([s["lat"] for s in samples])}
+
+def collate_chips(samples: list[dict]) -> dict:
+    """One batch from ``ChipDataset.__getitems__``'s samples.
+
+    Args:
+        samples: the samples of one batch, all of one platform.
+
+    Returns:
+        ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``item_id``/``date`` lists,
+        ``platform`` (one string), ``lon``/``lat`` tensors.
+    """
+    return {"pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),
+            "chipid": [s["chipid"] for s in samples], "item_id": [s["item_id"] for s in samples],
+            "date": [s["date"] for s in samples], "platform": samples[0]["platform"],
+            "lon": torch.tensor([s["lon"] for s in samples]), "lat": torch.tensor([s["lat"] for s in samples])}
 
 
-class _EpochLoader(DataLoader):
-    """Sets the dataset's epoch (the trainer's, else a count of passes) before each pass;
-    workers are not persistent, so each pass ships them the new epoch."""
+def default_workers(ranks_per_node: int = 1, cpus: int | None = None) -> int:
+    """Data-loader workers per rank: half the rank's share of the CPUs, at least 2, at most 8.
 
-    def __init__(self, *args, epoch_fn: Callable[[], int | None] | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._epoch_fn = epoch_fn
-        self._passes = 0
+    Each worker reads a whole batch at once (all its tiles in flight together) and inflates it
+    on a thread per CPU, so workers are not needed for CPU parallelism: two already overlap one
+    batch's round trip with another's decoding (2 cores: 2 workers). More help on large machines
+    until decoding saturates the cores; each also holds its own caches (see the training-at-scale
+    docs page).
 
-    def __iter__(self):
-        epoch = self._epoch_fn() if self._epoch_fn else None
-        self.dataset.set_epoch(self._passes if epoch is None else epoch)
-        self._passes += 1
-        return super().__iter__()
+    Args:
+        ranks_per_node: training processes on this machine (devices per node).
+        cpus: CPUs this process may use (default: its affinity mask).
+
+    Returns:
+        The number of workers for each rank's loaders.
+    """
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, min(8, cpus // max(1, ranks_per_node) // 2))
 
 
 class StacchipDataModule(lightning.LightningDataModule):
@@ -152,20 +227,28 @@ class StacchipDataModule(lightning.LightningDataModule):
         val_fraction: share of blocks in the validation split.
         test_fraction: share of blocks in the test split.
         split_seed: seed of the block hash.
-        batch_size: chips per batch.
-        num_workers: data-loader worker processes per rank.
+        batch_size: chips per batch (all of a batch's tiles are fetched at once).
+        num_workers: data-loader worker processes per rank; None: ``default_workers`` for this
+            machine and the trainer's devices per node; 0: read in the training process.
         seed: shuffling seed (with the epoch).
         oversample: repeat small platforms' chips in training up to the largest platform.
         transform: ``sample -> sample`` applied to each chip (see ``ChipDataset``).
         mountpath: for bucket hrefs mounted locally.
+        prefetch_factor: batches queued per worker (torch's ``prefetch_factor``).
+        persistent_workers: keep workers (and their open connections and caches) across epochs.
+        multiprocessing_context: worker start method (torch's default: fork on Linux).
     """
+
+    dataset_class = ChipDataset  # a subclass may extend how a batch is read
 
     def __init__(self, indexes: str | pa.Table | Sequence[str | pa.Table],
                  bands: Sequence[str] | dict[str, Sequence[str]] | None = None,
                  chip_filter: ChipFilter | None = None, split_block_deg: float = 1.0, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 32, num_workers: int = 0,
-                 seed: int = 0, oversample: bool = False, transform: Callable[[dict], dict] | None = None,
-                 mountpath: str | None = None) -> None:
+                 test_fraction: float = 0.1, split_seed: int = 0, batch_size: int = 32,
+                 num_workers: int | None = None, seed: int = 0, oversample: bool = False,
+                 transform: Callable[[dict], dict] | None = None, mountpath: str | None = None,
+                 prefetch_factor: int = 2, persistent_workers: bool = True,
+                 multiprocessing_context: str | None = None) -> None:
         super().__init__()
         if isinstance(indexes, (str, pa.Table)) or hasattr(indexes, "__fspath__"):
             indexes = [indexes]
@@ -181,6 +264,8 @@ class StacchipDataModule(lightning.LightningDataModule):
         self.table = table
         self.bands, self.transform, self.mountpath = bands, transform, mountpath
         self.batch_size, self.num_workers, self.seed, self.oversample = batch_size, num_workers, seed, oversample
+        self.prefetch_factor, self.persistent_workers = prefetch_factor, persistent_workers
+        self.multiprocessing_context = multiprocessing_context
 
     def split_table(self, split: str) -> pa.Table:
         if split not in SPLITS:
@@ -201,16 +286,28 @@ class StacchipDataModule(lightning.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
+    def _workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        trainer = getattr(self, "trainer", None)
+        return default_workers(getattr(trainer, "num_devices", 1) if trainer is not None else 1)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         rank, world = self._rank()
-        dataset = ChipDataset(self.split_table(split), bands=self.bands, transform=self.transform,
+        dataset = self.dataset_class(self.split_table(split), bands=self.bands, transform=self.transform,
                               mountpath=self.mountpath)
-        batches = ShardedChipBatches(dataset, self.batch_size, rank, world, shuffle=train,
-                                     oversample=self.oversample and train, seed=self.seed)
         trainer = getattr(self, "trainer", None)
         epoch_fn = (lambda: trainer.current_epoch) if (train and trainer is not None) else None
-        return _EpochLoader(batches, batch_size=None, num_workers=self.num_workers, epoch_fn=epoch_fn,
-                            persistent_workers=False)
+        sampler = ShardedBatchSampler(None, self.batch_size, platforms=dataset.platforms, rank=rank, world_size=world,
+                                      shuffle=train, oversample=self.oversample and train, seed=self.seed,
+                                      epoch_fn=epoch_fn)
+        workers = self._workers()
+        extra: dict[str, Any] = {}
+        if workers > 0:
+            extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": self.persistent_workers,
+                     "multiprocessing_context": self.multiprocessing_context}
+        # ChipDataset is map-style without importing torch (duck-typed Dataset)
+        return DataLoader(cast(Any, dataset), batch_sampler=sampler, num_workers=workers, collate_fn=collate_chips, **extra)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -6,7 +6,7 @@ Sample selection: the items intersecting the centroid of the sample geometry, so
 ``naip:year``; the latest, plus one older item drawn at random (seeded by the sample index).
 
 Planetary Computer serves NAIP from Azure blob storage that needs a SAS token: stacchip signs
-such hrefs just before they are read or copied (``stacchip_core.signing``; install
+such hrefs just before they are read or copied (``stacchip_core.builtin_plugins.planetary_computer``; install
 ``'stacchip-naip[planetary-computer]'``).
 """
 

@@ -14,7 +14,7 @@ quarter that **intersects the tile** and has both ``vv`` and ``vh``. stacchip 0.
 intersects filter commented out and took any item of the quarter, anywhere on Earth.
 
 Normalization: ``vv`` and ``vh`` are rewritten as deflate-compressed COGs into the target
-store. Planetary Computer hrefs are signed on the way (``stacchip_core.signing``). GRD items are
+store. Planetary Computer hrefs are signed on the way (``stacchip_core.builtin_plugins.planetary_computer``). GRD items are
 accepted when their metadata gives a map grid (projection, shape, transform); GRD scenes in
 radar geometry are refused with a clear error.
 """

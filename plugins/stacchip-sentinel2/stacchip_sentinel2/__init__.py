@@ -75,6 +75,8 @@ PLATFORM = Platform(
         Band("swir22", ("B12",)),
     ),
     aux=(Band("scl", ("SCL",)),),
+    # the 60 m bands, not model input: named so that "coastal" finds B01 on every catalog
+    named=(Band("coastal", ("B01",)), Band("nir09", ("B09",))),
     nodata=0,
     chip_size=256,
     description="Sentinel-2 L2A surface reflectance, 10/20 m bands, SCL cloud mask",
