@@ -30,7 +30,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
-JOB = textwrap.dedent(r'''
+JOB = textwrap.dedent(r"""
 import json, sys, time, urllib.request
 kind, workers, stats_url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 items = json.loads(sys.stdin.read())  # [[local item JSON, item URL], ...]; the first is the warm-up
@@ -59,10 +59,11 @@ else:
         return rows
 
 run(items[:1])
-s0 = stats(); t = time.perf_counter(); rows = run(items[1:]); dt = time.perf_counter() - t; s1 = stats()
+s0 = stats(); t = time.perf_counter(); rows = run(items[1:])
+dt = time.perf_counter() - t; s1 = stats()
 print(json.dumps({"seconds": dt, "items": len(items) - 1, "rows": rows,
                   "requests": s1["requests"] - s0["requests"], "bytes": s1["bytes"] - s0["bytes"]}))
-''')
+""")
 
 
 def serve_items(item: Path, root: Path, url: str, n: int) -> list[tuple[str, str]]:
@@ -86,8 +87,15 @@ def serve_items(item: Path, root: Path, url: str, n: int) -> list[tuple[str, str
 
 def job(python: str, kind: str, workers: int, items: list, stats_url: str) -> dict:
     env = {**os.environ, "GDAL_CACHEMAX": "64"}
-    out = subprocess.run([python, "-c", JOB, kind, str(workers), stats_url], input=json.dumps(items), check=False,
-                         capture_output=True, text=True, env=env, timeout=3600)
+    out = subprocess.run(
+        [python, "-c", JOB, kind, str(workers), stats_url],
+        input=json.dumps(items),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -97,19 +105,30 @@ def main() -> None:
     from bench import generate
     from rangeserver import RangeServer
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--original-python", help="python of a venv with stacchip==0.1.38")
-    parser.add_argument("--delay", type=float, default=0.02, help="seconds added to every request (default 0.02)")
+    parser.add_argument(
+        "--delay", type=float, default=0.02, help="seconds added to every request (default 0.02)"
+    )
     parser.add_argument("--items", type=int, default=1000, help="items of the concurrent builds")
-    parser.add_argument("--sequential-items", type=int, default=50, help="items of the sequential builds")
-    parser.add_argument("--workers", default="8,32", help="concurrent builds to run (items in flight)")
+    parser.add_argument(
+        "--sequential-items", type=int, default=50, help="items of the sequential builds"
+    )
+    parser.add_argument(
+        "--workers", default="8,32", help="concurrent builds to run (items in flight)"
+    )
     args = parser.parse_args()
     item = generate(args.data)["s2"]
     root = args.data / "served-build"
     seq = args.sequential_items
     plan = [("stacchip, sequential (workers=1)", "ours", 1, seq)]
-    plan += [(f"stacchip, build_indexes(workers={w})", "ours", int(w), args.items) for w in args.workers.split(",")]
+    plan += [
+        (f"stacchip, build_indexes(workers={w})", "ours", int(w), args.items)
+        for w in args.workers.split(",")
+    ]
     if args.original_python:
         plan.append(("stacchip 0.1.38 Sentinel2Indexer, sequential", "orig", 1, seq))
     with RangeServer(root, delay=args.delay) as server:
@@ -123,8 +142,11 @@ def main() -> None:
             r["name"] = name
             results.append(r)
             print(f"  {name}: {r['items'] / r['seconds']:.2f} items/s", file=sys.stderr, flush=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{args.delay * 1000:.0f} ms per request")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}; "
+        f"{args.delay * 1000:.0f} ms per request"
+    )
     print(f"{'build':<48}{'items':>6}{'seconds':>9}{'items/s':>9}{'req/item':>9}{'KiB/item':>9}")
     for r in results:
         print(f"{r['name']:<48}{r['items']:>6}{r['seconds']:>9.1f}{r['items'] / r['seconds']:>9.2f}"

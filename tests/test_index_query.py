@@ -97,23 +97,38 @@ def test_spilled_merges_give_the_same_bytes(inputs, merged, tmp_path, memory_row
 
 
 @pytest.mark.parametrize("memory_rows", [250_000, 7_000])
-def test_row_groups_end_at_the_coarsest_hilbert_cell_boundary(inputs, merged, tmp_path, memory_rows):
+def test_row_groups_end_at_the_coarsest_hilbert_cell_boundary(
+    inputs, merged, tmp_path, memory_rows
+):
     src, rows = inputs
     out = tmp_path / "cells.parquet"
-    merge(src, out, progress=False, row_group_rows=2000, row_group_min_rows=700, memory_rows=memory_rows)
+    merge(
+        src,
+        out,
+        progress=False,
+        row_group_rows=2000,
+        row_group_min_rows=700,
+        memory_rows=memory_rows,
+    )
     meta = pq.read_metadata(out)
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     assert sum(sizes) == rows and all(700 <= n <= 2000 for n in sizes[:-1]) and sizes[-1] <= 2000
     assert len(set(sizes)) > 1  # not fixed-size groups
     bbox = pq.read_table(out, columns=["bbox"]).column("bbox").combine_chunks()
-    keys = hilbert_keys(*bbox_centres(*[bbox.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")]))
-    bits = lambda a, b: int(a ^ b).bit_length()  # the level of the Hilbert cell ending between a and b
+    keys = hilbert_keys(
+        *bbox_centres(*[bbox.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")])
+    )
+    bits = lambda a, b: int(
+        a ^ b
+    ).bit_length()  # the level of the Hilbert cell ending between a and b
     start = 0
     for n in sizes[:-1]:
         end = start + n
         best = max(bits(keys[i - 1], keys[i]) for i in range(start + 700, start + 2001))
         assert bits(keys[end - 1], keys[end]) == best  # no coarser boundary within the window
-        assert all(bits(keys[i - 1], keys[i]) < best for i in range(end + 1, start + 2001))  # the last one
+        assert all(
+            bits(keys[i - 1], keys[i]) < best for i in range(end + 1, start + 2001)
+        )  # the last one
         start = end
     if memory_rows < rows:  # spilled or not, the same bytes
         again = tmp_path / "again.parquet"

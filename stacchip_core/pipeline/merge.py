@@ -10,8 +10,9 @@ What the merged file looks like (docs/index-format.md):
 - row groups of ``row_group_min_rows`` to ``row_group_rows`` rows (default 50,000 to
   131,072) and at most about ``ROW_GROUP_BYTES`` of data, each ending where the Hilbert key
   changes in its highest bit within that window: a row group is then a run of whole
-  Hilbert cells, close to a square on the ground, and a small box meets fewer of them; zstd, statistics and page indexes for the columns queries
-  filter on (``STATISTICS``); the ``layouts`` column is dictionary encoded (one blob per
+  Hilbert cells, close to a square on the ground, and a small box meets fewer of them;
+  zstd, statistics and page indexes for the columns queries filter on
+  (``STATISTICS``); the ``layouts`` column is dictionary encoded (one blob per
   item and row group).
 
 Integrity rules (what a careless or hostile input meets):
@@ -118,9 +119,15 @@ class MergeReport(Report):
     output: str
 
 
-def merge(src: str | Path, dst: str | Path, progress: bool | None = None,
-          row_group_rows: int = ROW_GROUP_ROWS, memory_rows: int = MEMORY_ROWS,
-          workdir: str | Path | None = None, row_group_min_rows: int = ROW_GROUP_MIN_ROWS) -> MergeReport:
+def merge(
+    src: str | Path,
+    dst: str | Path,
+    progress: bool | None = None,
+    row_group_rows: int = ROW_GROUP_ROWS,
+    memory_rows: int = MEMORY_ROWS,
+    workdir: str | Path | None = None,
+    row_group_min_rows: int = ROW_GROUP_MIN_ROWS,
+) -> MergeReport:
     """Combine every ``*.parquet`` under ``src`` into one GeoParquet index ``dst``, sorted
     for spatial queries (see the module doc).
 
@@ -298,7 +305,9 @@ class _GroupWriter:
     rows' keys and value sizes, not on how the sorted rows arrived (in memory or through
     partitions): the bytes are the same."""
 
-    def __init__(self, sink, schema: pa.Schema, rows: int, min_rows: int = ROW_GROUP_MIN_ROWS) -> None:
+    def __init__(
+        self, sink, schema: pa.Schema, rows: int, min_rows: int = ROW_GROUP_MIN_ROWS
+    ) -> None:
         self.rows = max(1, rows)
         self.min_rows = max(1, min(min_rows, self.rows))
         self.schema = schema
