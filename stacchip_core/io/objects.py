@@ -16,6 +16,7 @@ its credentials or signature.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import logging
 import os
@@ -739,7 +740,30 @@ class _Loop:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop this process's loop and wait for its thread: at exit, so that no read still in
+        flight calls back into the interpreter while it finalizes (a native thread doing so
+        aborts the process after its work is done)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or self._pid != os.getpid() or not thread.is_alive():
+            return
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(timeout)
+        except Exception:  # noqa: BLE001, S110 - best effort at exit
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
+
+
 _LOOP = _Loop()
+atexit.register(_LOOP.close)
 
 
 def run(coro):
