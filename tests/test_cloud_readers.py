@@ -14,6 +14,7 @@ import rasterio
 from affine import Affine
 from conftest import run_cli
 from rasterio.transform import from_origin
+from rasters import write_small_tif
 
 from stacchip_core import hookimpl, plugins
 from stacchip_core.core import chipper as chipper_mod
@@ -422,22 +423,7 @@ def test_same_size_rewrites_after_the_check(tmp_path, request, caplog, where, he
     path = tmp_path / "a.tif"
 
     def write(data, nodata):  # uncompressed: the same size whatever the pixels
-        with rasterio.open(
-            path,
-            "w",
-            driver="GTiff",
-            width=128,
-            height=128,
-            count=1,
-            dtype="uint16",
-            crs="EPSG:32633",
-            transform=from_origin(500000, 4000000, 10, 10),
-            tiled=True,
-            blockxsize=64,
-            blockysize=64,
-            nodata=nodata,
-        ) as ds:
-            ds.write(data)
+        write_small_tif(path, data, nodata)
 
     write(first, 1)
     size, old = path.stat().st_size, path.read_bytes()

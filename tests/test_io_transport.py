@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 from conftest import _reset_pc_sdk
+from rasters import write_small_tif
 
 from stacchip_core.core.indexer import Indexer
 from stacchip_core.core.layout import decode, record_layouts
@@ -321,9 +322,7 @@ def test_a_changed_header_is_caught_by_the_first_check(tmp_path, caplog):
     the new file."""
     import logging
 
-    import rasterio
     from rangeserver import RangeServer
-    from rasterio.transform import from_origin
 
     from stacchip_core.core.chipper import _WARNED, Chipper
 
@@ -332,22 +331,7 @@ def test_a_changed_header_is_caught_by_the_first_check(tmp_path, caplog):
     path = tmp_path / "a.tif"
 
     def write(data, nodata):
-        with rasterio.open(
-            path,
-            "w",
-            driver="GTiff",
-            width=128,
-            height=128,
-            count=1,
-            dtype="uint16",
-            crs="EPSG:32633",
-            transform=from_origin(500000, 4000000, 10, 10),
-            tiled=True,
-            blockxsize=64,
-            blockysize=64,
-            nodata=nodata,
-        ) as ds:
-            ds.write(data)
+        write_small_tif(path, data, nodata)
 
     write(first, 1)
     with RangeServer(tmp_path) as server:
@@ -548,26 +532,10 @@ def _layouts_and_lzw_chip(href: str, blob: bytes):
 def test_a_child_forked_after_async_tiff_ran_does_not_hang(tmp_path):
     """async-tiff's runtime hangs in such a child, like obstore's: the child records no layout
     and leaves an LZW asset (which async-tiff would decode) to rasterio, within seconds."""
-    import rasterio
     from rangeserver import RangeServer
-    from rasterio.transform import from_origin
 
-    with rasterio.open(
-        tmp_path / "a.tif",
-        "w",
-        driver="GTiff",
-        width=128,
-        height=128,
-        count=1,
-        dtype="uint16",
-        crs="EPSG:32633",
-        transform=from_origin(500000, 4000000, 10, 10),
-        tiled=True,
-        blockxsize=64,
-        blockysize=64,
-        compress="lzw",
-    ) as ds:
-        ds.write(np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128))
+    write_small_tif(tmp_path / "a.tif", np.arange(128 * 128, dtype="uint16").reshape(1, 128, 128),
+                    compress="lzw")
     with RangeServer(tmp_path) as server:
         href = f"{server.url}/a.tif"
         blob = record_layouts({"a": href})  # async-tiff parses the header here
