@@ -40,6 +40,12 @@ _NOT_AN_ITEM = (ValueError, KeyError, TypeError, AttributeError, IndexError, Ove
 def load_item(item: pystac.Item | dict | str | Path) -> pystac.Item:
     """An item from an Item, a dict, or a path/URL to its JSON.
 
+    Args:
+        item: An Item, a dict, or a path or URL to the item's JSON.
+
+    Returns:
+        The item, checked to have a string id.
+
     Raises:
         ItemError: the file is missing or unreadable, or its JSON (or the dict) is not a
             STAC item with a string id.
