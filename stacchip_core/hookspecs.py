@@ -114,6 +114,9 @@ def stacchip_platforms() -> list[Platform]:
     multi-band asset), auxiliary layers read for statistics only (``aux``, e.g. a cloud
     mask), the ``nodata`` pixel value and the default ``chip_size``. Platform names must be
     unique across installed plugins.
+
+    Returns:
+        The plugin's platforms.
     """
 
 
@@ -136,6 +139,15 @@ def stacchip_chip_stats(
 
     Return `stacchip_core.ChipStats` with arrays of shape
     ``(grid.y_size, grid.x_size)``, or ``None`` to leave the item to another implementation.
+
+    Args:
+        platform: The item's platform.
+        item: The STAC item.
+        grid: The item's chip grid.
+        read_asset: Reads a band at native resolution, whole or reduced per chip.
+
+    Returns:
+        The per-chip fractions, or None.
     """
 
 
@@ -155,6 +167,14 @@ def stacchip_select_items(
     any randomness from ``sample.index`` so that a rerun selects the same items. Return a
     list of ``pystac.Item``, or ``None`` to leave the sample to another implementation.
     Used by the processors (``stacchip process``).
+
+    Args:
+        platform: The platform being processed.
+        sample: The sample location.
+        catalog: The catalog to search, or None.
+
+    Returns:
+        The items to process, or None.
     """
 
 
@@ -171,6 +191,15 @@ def stacchip_normalize_item(
     ``put_file``, ``list``); `stacchip_core.plugin_api.copy_assets` does the common
     case in one call. Must be idempotent: objects already in the store are not copied
     again, so a rerun finishes a half-done item.
+
+    Args:
+        platform: The item's platform.
+        item: The selected STAC item.
+        store: The target store.
+        prefix: The key prefix of the item's copies.
+
+    Returns:
+        The normalized copy of the item, or None.
     """
 
 
@@ -193,6 +222,13 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
     signer answers first. A user's own signer is a plugin like any other: an entry point,
     or ``plugins.get_plugin_manager().register(obj)`` for an object with a ``@hookimpl``
     method.
+
+    Args:
+        href: The href about to be opened.
+        asset: The asset it belongs to, or None.
+
+    Returns:
+        The href to use instead, or None.
     """
 
 
@@ -204,4 +240,7 @@ def stacchip_register_commands(cli: click.Group) -> None:
     ``cli.add_command()`` on it. Raise a `stacchip_core.StacchipError` (one of its
     subclasses in `stacchip_core.errors`, e.g. ``ConfigError`` for a bad option) for
     bad input so that the user sees one clear line instead of a traceback.
+
+    Args:
+        cli: The top-level command group.
     """

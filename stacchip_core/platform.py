@@ -61,14 +61,29 @@ class Platform:
         return [b.name for b in self.bands]
 
     def find(self, name: str) -> Band | None:
-        """The band, aux layer or other named band called ``name`` (canonical name or any alias)."""
+        """The band, aux layer or other named band called ``name`` (canonical name or any alias).
+
+        Args:
+            name: A canonical band name or an alias.
+
+        Returns:
+            The band, or None if the platform declares none of that name.
+        """
         for band in self.bands + self.aux + self.named:
             if name == band.name or name in band.keys:
                 return band
         return None
 
     def asset_key(self, item: pystac.Item, name: str) -> str | None:
-        """The key under which ``item`` holds band/layer ``name`` (see ``key_in``)."""
+        """The key under which ``item`` holds band/layer ``name`` (see ``key_in``).
+
+        Args:
+            item: The STAC item.
+            name: A canonical band name, an alias, or an asset key.
+
+        Returns:
+            The matching asset key, or None.
+        """
         return self.key_in(item.assets, name)
 
     def key_in(self, keys: Iterable[str], name: str) -> str | None:
@@ -106,7 +121,14 @@ class Platform:
         return None
 
     def asset_keys(self, item: pystac.Item) -> dict[str, str]:
-        """Canonical band name -> asset key, for the bands this item has."""
+        """Canonical band name -> asset key, for the bands this item has.
+
+        Args:
+            item: The STAC item.
+
+        Returns:
+            The asset key of each of the platform's bands that ``item`` holds.
+        """
         found = {}
         for band in self.bands:
             key = self.asset_key(item, band.name)
@@ -116,7 +138,14 @@ class Platform:
 
 
 def resolution_suffixed(keys) -> dict[str, str]:
-    """``{base key lowercased: finest-resolution key}`` for keys like ``B04_10m``/``B04_20m``."""
+    """``{base key lowercased: finest-resolution key}`` for keys like ``B04_10m``/``B04_20m``.
+
+    Args:
+        keys: Asset keys; those without a resolution suffix are ignored.
+
+    Returns:
+        The finest-resolution key of each lowercased base key.
+    """
     best: dict[str, tuple[float, str]] = {}
     for key in keys:
         m = _RESOLUTION_SUFFIX.match(key)
@@ -128,7 +157,15 @@ def resolution_suffixed(keys) -> dict[str, str]:
 
 
 def unresolved_bands_message(item: pystac.Item, platform: Platform | None) -> str:
-    """One line saying that no band of ``platform`` resolves in ``item``, with its asset keys."""
+    """One line saying that no band of ``platform`` resolves in ``item``, with its asset keys.
+
+    Args:
+        item: The STAC item.
+        platform: The platform whose bands were looked for, if any.
+
+    Returns:
+        The message, one line.
+    """
     what = (
         f"none of platform {platform.name!r}'s bands ({', '.join(platform.band_names)})"
         if platform and platform.bands

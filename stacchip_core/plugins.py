@@ -40,7 +40,14 @@ def _allowed() -> set[str] | None:
 
 @lru_cache(maxsize=1)
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager, loaded on first use."""
+    """The process-wide plugin manager, loaded on first use.
+
+    Returns:
+        The plugin manager, with the built-in and the allowed installed plugins.
+
+    Raises:
+        PluginError: If a plugin fails to load or implements a hook that does not exist.
+    """
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     for name, module in BUILTINS.items():  # by module name, like entry points: no static import
@@ -74,7 +81,14 @@ def reset() -> None:
 
 @lru_cache(maxsize=1)
 def platforms() -> dict[str, Platform]:
-    """All declared platforms by name."""
+    """All declared platforms by name.
+
+    Returns:
+        The platforms of every loaded plugin, by name.
+
+    Raises:
+        PluginError: If two plugins declare the same platform name.
+    """
     found: dict[str, Platform] = {}
     for declared in get_plugin_manager().hook.stacchip_platforms():
         for platform in declared or ():
@@ -90,7 +104,17 @@ def _installed() -> str:
 
 
 def get_platform(name: str) -> Platform:
-    """The platform called ``name``; a clear error naming the installed ones otherwise."""
+    """The platform called ``name``; a clear error naming the installed ones otherwise.
+
+    Args:
+        name: The platform's name.
+
+    Returns:
+        The platform.
+
+    Raises:
+        PlatformError: If no installed plugin declares it.
+    """
     try:
         return platforms()[name]
     except KeyError as exc:
@@ -100,12 +124,29 @@ def get_platform(name: str) -> Platform:
 
 
 def find_platform(name: str | None) -> Platform | None:
-    """The installed platform called ``name``, or None (unknown, or no name)."""
+    """The installed platform called ``name``, or None (unknown, or no name).
+
+    Args:
+        name: The platform's name, or None.
+
+    Returns:
+        The platform, or None.
+    """
     return platforms().get(name) if name else None
 
 
 def platform_for_item(item: pystac.Item) -> Platform:
-    """The platform whose collections include the item's collection."""
+    """The platform whose collections include the item's collection.
+
+    Args:
+        item: The STAC item.
+
+    Returns:
+        The first installed platform that claims the item's collection.
+
+    Raises:
+        PlatformError: If none does.
+    """
     collection = item.collection_id
     for platform in platforms().values():
         if collection and collection in platform.collections:
@@ -118,7 +159,14 @@ def platform_for_item(item: pystac.Item) -> Platform:
 
 def plugin_info(builtins: bool = False) -> list[dict]:
     """Installed plugins: name, distribution, version, platforms and implemented hooks;
-    with ``builtins``, stacchip-core's own hook implementations too."""
+    with ``builtins``, stacchip-core's own hook implementations too.
+
+    Args:
+        builtins: Also list stacchip-core's built-in plugins.
+
+    Returns:
+        One dict per plugin: ``name``, ``distribution``, ``version``, ``platforms``, ``hooks``.
+    """
     pm = get_plugin_manager()
     rows = []
     for name, plugin in pm.list_name_plugin():
@@ -146,7 +194,18 @@ def plugin_info(builtins: bool = False) -> list[dict]:
 def sign_href(href: str, asset: pystac.Asset | None = None) -> str:
     """``href`` as the ``stacchip_sign_href`` hook rewrites it (signed, redirected), or
     unchanged when no installed plugin answers. Call it right before an href is opened or
-    copied, never earlier: signatures expire, and items keep their unsigned hrefs."""
+    copied, never earlier: signatures expire, and items keep their unsigned hrefs.
+
+    Args:
+        href: The href about to be opened or copied.
+        asset: The asset it belongs to, if any.
+
+    Returns:
+        The href to use.
+
+    Raises:
+        PluginError: If a hook returns something other than a string.
+    """
     signed = get_plugin_manager().hook.stacchip_sign_href(href=href, asset=asset)
     if signed is None or signed == href:
         return href
@@ -160,7 +219,14 @@ def sign_href_at_once(href: str) -> str | None:
     """``href`` as ``sign_href`` would return it, when that is known without calling anything
     that may block: only the built-in signer is installed and it needs no token request (not
     a Planetary Computer href, or its token is cached). None otherwise: call ``sign_href``,
-    off the event loop (io.objects.sign does)."""
+    off the event loop (io.objects.sign does).
+
+    Args:
+        href: The unsigned href.
+
+    Returns:
+        The signed href, or None when signing it may block.
+    """
     impls = get_plugin_manager().hook.stacchip_sign_href.get_hookimpls()
     if any(impl.plugin_name not in BUILTINS for impl in impls):
         return None

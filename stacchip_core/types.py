@@ -35,17 +35,98 @@ class Store(Protocol):
     Keys are ``/``-separated and relative to the store's root. Writes are atomic: a reader
     sees the whole object or nothing."""
 
-    def url(self, key: str) -> str: ...
-    def exists(self, key: str) -> bool: ...
-    def read_bytes(self, key: str) -> bytes: ...
-    def write_bytes(self, key: str, data: bytes) -> str: ...
-    def put_file(self, key: str, path: str | Path) -> str: ...
-    def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]: ...
-    def remove_partial(self, prefix: str) -> int: ...
+    def url(self, key: str) -> str:
+        """The URL (or local path) of ``key``.
+
+        Args:
+            key: A key relative to the store's root.
+
+        Returns:
+            The object's URL.
+        """
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists.
+
+        Args:
+            key: A key relative to the store's root.
+
+        Returns:
+            True if the object exists.
+        """
+        ...
+
+    def read_bytes(self, key: str) -> bytes:
+        """The content of ``key``.
+
+        Args:
+            key: A key relative to the store's root.
+
+        Returns:
+            The object's bytes.
+
+        Raises:
+            ObjectError: If the object does not exist or cannot be read.
+        """
+        ...
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` to ``key``, atomically.
+
+        Args:
+            key: A key relative to the store's root.
+            data: The content.
+
+        Returns:
+            The object's URL.
+        """
+        ...
+
+    def put_file(self, key: str, path: str | Path) -> str:
+        """Copy the local file ``path`` to ``key``, atomically.
+
+        Args:
+            key: A key relative to the store's root.
+            path: The local file.
+
+        Returns:
+            The copy's URL.
+        """
+        ...
+
+    def list(self, prefix: str = "", suffix: str = "") -> Iterator[str]:
+        """The keys under ``prefix`` that end with ``suffix``, sorted.
+
+        Args:
+            prefix: A key prefix.
+            suffix: The ending the keys must have.
+
+        Yields:
+            The matching keys, relative to the store's root.
+        """
+        ...
+
+    def remove_partial(self, prefix: str) -> int:
+        """Delete what killed writers left under ``prefix`` (stale temporary files).
+
+        Args:
+            prefix: A key prefix.
+
+        Returns:
+            How many objects were removed.
+        """
+        ...
 
 
 class SearchResult(Protocol):
-    def items(self) -> Iterable[pystac.Item]: ...
+    def items(self) -> Iterable[pystac.Item]:
+        """The matched items.
+
+        Returns:
+            The items, in the search's order.
+        """
+        ...
 
 
 @runtime_checkable
@@ -56,7 +137,23 @@ class Catalog(Protocol):
 
     def search(self, *, collections: list[str] | None = None, datetime: str | None = None,
                intersects: Any = None, bbox: Any = None, query: dict | None = None,
-               sortby: Any = None, max_items: int | None = None, **kwargs: Any) -> SearchResult: ...
+               sortby: Any = None, max_items: int | None = None, **kwargs: Any) -> SearchResult:
+        """Search the catalog's items.
+
+        Args:
+            collections: Collection ids to keep.
+            datetime: An instant or an interval ``a/b`` (ISO 8601, ``..`` for an open end).
+            intersects: A GeoJSON geometry in lon/lat.
+            bbox: (west, south, east, north) in lon/lat.
+            query: ``{property: {operator: value}}`` (eq, lt, lte, gt, gte).
+            sortby: Sort keys (``-datetime``, ``+id``, ...).
+            max_items: The most items to return.
+            **kwargs: Further keywords of pystac-client's search.
+
+        Returns:
+            The search's result.
+        """
+        ...
 
 
 class Report:
@@ -66,6 +163,11 @@ class Report:
     when the reports were dicts."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The report's fields as plain JSON-ready values.
+
+        Returns:
+            The fields by name, nested dataclasses as dicts.
+        """
         import dataclasses
 
         return dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses

@@ -30,5 +30,12 @@ def is_raster_asset(asset: pystac.Asset) -> bool:
 
 
 def raster_keys(item: pystac.Item) -> list[str]:
-    """The keys of ``item``'s raster data assets, in the item's order."""
+    """The keys of ``item``'s raster data assets, in the item's order.
+
+    Args:
+        item: The STAC item.
+
+    Returns:
+        The asset keys.
+    """
     return [k for k, a in item.assets.items() if is_raster_asset(a)]

@@ -21,7 +21,15 @@ from stacchip_core.platform import Platform
 def band_names(arrays: Mapping[str, np.ndarray], platform: Platform | None) -> tuple[str, ...]:
     """A name per band, across assets in order: the platform's canonical name where it
     declares one (NAIP's ``image`` asset gives red, green, blue, nir), else ``asset`` for a
-    one-band asset and ``asset_N`` for band N of a multi-band one."""
+    one-band asset and ``asset_N`` for band N of a multi-band one.
+
+    Args:
+        arrays: The chip's arrays by asset key, each (bands, h, w).
+        platform: The chip's platform, if known.
+
+    Returns:
+        One name per band, in order.
+    """
     names = []
     for key, array in arrays.items():
         count = array.shape[0]
@@ -40,7 +48,14 @@ def _band_name(platform: Platform | None, key: str, index: int, count: int) -> s
 
 
 def stack_arrays(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    """All bands of all assets in one ``(bands, h, w)`` array of their common dtype."""
+    """All bands of all assets in one ``(bands, h, w)`` array of their common dtype.
+
+    Args:
+        arrays: Arrays by asset key, each (bands, h, w).
+
+    Returns:
+        The bands, concatenated in order.
+    """
     dtype = np.result_type(*[a.dtype for a in arrays.values()])
     return np.concatenate([a.astype(dtype, copy=False) for a in arrays.values()])
 
@@ -103,6 +118,15 @@ class Chip(Mapping[str, np.ndarray]):
         """The bands as one ``(bands, h, w)`` array.
 
         All of them, or ``bands`` by name in that order.
+
+        Args:
+            bands: Band names to keep, in order; None: all.
+
+        Returns:
+            The stacked bands.
+
+        Raises:
+            KeyError: If the chip has no band of one of the names.
         """
         stacked = stack_arrays(self.arrays)
         if bands is None:

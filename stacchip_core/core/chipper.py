@@ -49,6 +49,24 @@ class Chipper:
     of a non-whole pixel ratio) are resampled: ``resampling`` "nearest" (default) or
     "bilinear". Open datasets are kept for the Chipper's lifetime: use it as a context
     manager or call ``close()``.
+
+    Args:
+        item_or_indexer: An Indexer (its item, grid and platform are reused), or the STAC
+            item: an Item, a dict, or a path or URL to its JSON.
+        assets: Asset keys or band names to read; default: see above.
+        asset_blacklist: Asset keys to leave out of the default assets.
+        mountpath: A local mirror that remote hrefs map to.
+        chip_size: Chip side in pixels of the finest grid (default 256; not with an Indexer).
+        platform: A platform or its name; None: found from the item's collection.
+        resampling: ``nearest`` or ``bilinear``, for assets off the grid's lattice.
+        layouts: The item's encoded COG layouts, as an index row records them.
+        use_layouts: Read remote assets through their COG layouts (else rasterio only).
+
+    Raises:
+        ItemError: If the item cannot be loaded.
+        ProjectionError: If the item has no usable projection metadata nor raster header.
+        GridError: If the grid is degenerate.
+        AssetError: If a named asset is not in the item.
     """
 
     def __init__(
@@ -135,7 +153,11 @@ class Chipper:
         Local files are read through rasterio (a Chipper records no layouts for them): it
         keeps their handles open, and an open item's chips cost less CPU through GDAL (5.0-5.8
         ms vs 6.3-6.5 through layouts, full-size Sentinel-2 RGB; core.read.LOCAL_LAYOUT_CHIPS).
-        Index rows of local files with layouts read a cold item's first chips from them."""
+        Index rows of local files with layouts read a cold item's first chips from them.
+
+        Returns:
+            The layouts by asset key.
+        """
         if self._layouts is None:
             from stacchip_core.core.layout import decoded, record_layouts
 
@@ -151,14 +173,38 @@ class Chipper:
 
     def chip(self, x: int, y: int) -> Chip:
         """Chip (x, y): a ``Chip``, the mapping ``{asset key: array (bands, cs, cs)}`` of
-        every selected asset, with its transform and CRS."""
+        every selected asset, with its transform and CRS.
+
+        Args:
+            x: The chip's column in the grid.
+            y: The chip's row in the grid.
+
+        Returns:
+            The chip.
+
+        Raises:
+            IndexError: If the chip is outside the grid.
+            AssetError: If an asset cannot be read.
+        """
         return self.chips([(x, y)], workers=1)[0]
 
     def chips(self, xys: Iterable[tuple[int, int]], workers: int = 4) -> list[Chip]:
         """Many chips (``Chip``), in the order of ``xys``, through the read pipeline: every
         tile of every chip and asset with a layout fetched concurrently and decoded once;
         the other assets (local files, no layout, stale, off the grid's lattice: resampled)
-        through rasterio by ``workers`` threads that keep their open handles."""
+        through rasterio by ``workers`` threads that keep their open handles.
+
+        Args:
+            xys: The chips' (column, row) in the grid.
+            workers: Threads of the rasterio backend.
+
+        Returns:
+            The chips, in the order of ``xys``.
+
+        Raises:
+            IndexError: If a chip is outside the grid (checked before any read).
+            AssetError: If an asset cannot be read.
+        """
         requests = [ChipRequest(self._source, int(x), int(y), tuple(self.assets)) for x, y in xys]
         for req in requests:
             self.grid.window(req.x, req.y)  # bounds check with a clear message, before any read

@@ -24,7 +24,15 @@ _PROJ_KEYS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
 @lru_cache(maxsize=64)
 def crs_transformer(src: pyproj.CRS, dst: pyproj.CRS) -> pyproj.Transformer:
     """An always-xy transformer, made once per pair of CRSs: creating one cost 3 ms, three
-    times per Sentinel-2 index build (pyproj transformers are thread-safe since 3.1)."""
+    times per Sentinel-2 index build (pyproj transformers are thread-safe since 3.1).
+
+    Args:
+        src: The source CRS.
+        dst: The target CRS.
+
+    Returns:
+        A cached transformer from ``src`` to ``dst``, longitude/easting first.
+    """
     return pyproj.Transformer.from_crs(src, dst, always_xy=True)
 
 
@@ -66,6 +74,16 @@ def item_crs(item: pystac.Item) -> pyproj.CRS:
     """The item's CRS from proj:code, proj:epsg, proj:wkt2 or proj:projjson.
 
     Read at item or asset level.
+
+    Args:
+        item: The STAC item.
+
+    Returns:
+        The item's CRS, projected and in metres.
+
+    Raises:
+        ProjectionError: If no field states a CRS, a field cannot be parsed, or the CRS is
+            not projected in metres.
     """
     crs = _item_crs_or_none(item)
     if crs is None:
@@ -118,6 +136,16 @@ def finest_shape_transform(item: pystac.Item) -> tuple[tuple[int, int], Affine]:
 
     Assets that carry their own proj:shape/proj:transform compete; the item-level
     fields count as one more candidate (they describe every asset that has none).
+
+    Args:
+        item: The STAC item.
+
+    Returns:
+        The finest raster's ``(rows, cols)`` shape and its affine transform.
+
+    Raises:
+        ProjectionError: If no asset nor the item has a usable proj:shape with
+            proj:transform (or proj:bbox).
     """
     candidates = []
     for key, asset in item.assets.items():
@@ -147,12 +175,29 @@ MAX_CHIPS = 1 << 22
 
 def needs_header(item: pystac.Item) -> bool:
     """Whether the item's metadata lacks a CRS or a shape with transform, so that its grid
-    must come from a raster header."""
+    must come from a raster header.
+
+    Args:
+        item: The STAC item.
+
+    Returns:
+        True if the grid needs the finest raster's header.
+
+    Raises:
+        ProjectionError: If a projection field is present but cannot be parsed.
+    """
     return _item_crs_or_none(item) is None or metadata_shape_transform(item) is None
 
 
 def metadata_shape_transform(item: pystac.Item) -> tuple[tuple[int, int], Affine] | None:
-    """`finest_shape_transform`, or None when the item states no shape with transform."""
+    """`finest_shape_transform`, or None when the item states no shape with transform.
+
+    Args:
+        item: The STAC item.
+
+    Returns:
+        The finest raster's shape and transform, or None.
+    """
     try:
         return finest_shape_transform(item)
     except ProjectionError:
@@ -167,7 +212,19 @@ def validate_grid(
     MAX_CHIPS whole chips, a north-up (or south-up) transform with square, non-zero pixels.
     The one check every grid built from an item passes, with or without statistics.
     ``square=False`` admits non-square pixels: a caller-given shape (0.1's ``shape=``)
-    stretches the item's footprint over it."""
+    stretches the item's footprint over it.
+
+    Args:
+        item_id: The item's id, for the error message.
+        shape: The raster's ``(rows, cols)``.
+        transform: The raster's affine transform.
+        chip_size: Chip side in pixels.
+        square: Require square pixels.
+
+    Raises:
+        GridError: If the grid is empty, too large, rotated or sheared, or has non-square or
+            zero-size pixels.
+    """
     rows, cols = shape
     what = f"item {item_id!r}"
     if rows < 1 or cols < 1:
@@ -235,6 +292,7 @@ class ChipGrid:
             ProjectionError: The item has no projection metadata and no header was given,
                 or its CRS is not in metres.
             GridError: The grid is degenerate (no whole chip, too large, rotated...).
+            ValueError: ``chip_size`` is not positive.
         """
         if chip_size < 1:
             raise ValueError(f"chip_size must be positive, got {chip_size}")
@@ -277,7 +335,18 @@ class ChipGrid:
         return abs(self.transform.a)
 
     def window(self, x: int, y: int) -> tuple[int, int, int, int]:
-        """(col_off, row_off, width, height) of chip (x, y) on the grid."""
+        """(col_off, row_off, width, height) of chip (x, y) on the grid.
+
+        Args:
+            x: The chip's column.
+            y: The chip's row.
+
+        Returns:
+            The chip's pixel window on the grid.
+
+        Raises:
+            IndexError: If the chip is outside the grid.
+        """
         if not (0 <= x < self.x_size and 0 <= y < self.y_size):
             raise IndexError(f"chip ({x}, {y}) outside grid of {self.x_size} x {self.y_size} chips")
         cs = self.chip_size
@@ -291,6 +360,16 @@ class ChipGrid:
         20 m layer of a 10 m grid) native pixels cut by a chip edge count by the share of
         their area inside the chip, as if the mask were expanded to the grid. Returns float32
         of shape (y_size, x_size). One vectorized reduction, no loop over chips.
+
+        Args:
+            mask: A 2-D mask (boolean or numbers, nonzero is True) at native resolution.
+            factor: Grid pixels per mask pixel (a positive integer).
+
+        Returns:
+            The fraction of True pixels per chip, float32 of shape ``(y_size, x_size)``.
+
+        Raises:
+            ValueError: If ``factor`` is not positive or the mask does not cover every chip.
         """
         cs = self.chip_size
         if factor < 1:
@@ -347,6 +426,10 @@ class ChipGrid:
         its bounds have west > east; a chip that contains a pole goes round it (the ring
         follows the pole's latitude from -180 to 180) with bounds -180 to 180. Everything is
         vectorized; only crossing and pole chips (one column, one chip) get extra work.
+
+        Returns:
+            The chips' polygons (an object array of length ``size``) and their float64
+            ``(size, 4)`` bounds.
         """
         lon, lat = self._lattice_lonlat
         ny, nx = self.y_size, self.x_size

@@ -52,6 +52,12 @@ def covering(bounds: np.ndarray) -> np.ndarray:
     and all 44 crossing chips of a real UTM zone 1 tile went missing that way. A covering that
     spans every longitude is always found; the geometry (split at 180 degrees) says exactly
     where the chip is, and the project's own filters test it.
+
+    Args:
+        bounds: Chip bounds (west, south, east, north), shape (n, 4).
+
+    Returns:
+        The coverings, float64 of shape (n, 4).
     """
     out = np.array(bounds, dtype=np.float64).reshape(-1, 4)
     crossing = out[:, 0] > out[:, 2]
@@ -62,7 +68,14 @@ def covering(bounds: np.ndarray) -> np.ndarray:
 def overall_bbox(bounds: np.ndarray) -> list[float]:
     """The file-level bbox: the union of the rows' coverings (so [-180, south, 180, north]
     when any chip crosses the antimeridian). It agrees with the covering columns and their
-    statistics, so a reader that skips files by their bbox never skips a crossing chip."""
+    statistics, so a reader that skips files by their bbox never skips a crossing chip.
+
+    Args:
+        bounds: Chip bounds (west, south, east, north), shape (n, 4).
+
+    Returns:
+        [west, south, east, north], or an empty list for no rows.
+    """
     if not len(bounds):
         return []
     cover = covering(bounds)
@@ -75,7 +88,15 @@ def geo_metadata(bounds: np.ndarray, crossing: bool | None = None) -> dict:
 
     Footprints that cross the antimeridian are MultiPolygons. ``crossing`` says whether any
     does; by default any row whose bounds have west > east (RFC 7946 bounds, or coverings
-    written before the coverings spanned -180 to 180)."""
+    written before the coverings spanned -180 to 180).
+
+    Args:
+        bounds: Chip bounds or coverings, shape (n, 4).
+        crossing: Whether any footprint is a MultiPolygon; None: judged from ``bounds``.
+
+    Returns:
+        The ``geo`` metadata, a JSON-ready dict.
+    """
     bbox = overall_bbox(bounds)
     if crossing is None:
         crossing = bool(len(bounds) and (bounds[:, 0] > bounds[:, 2]).any())
@@ -105,7 +126,15 @@ def geo_metadata(bounds: np.ndarray, crossing: bool | None = None) -> dict:
 
 
 def with_geo_metadata(table: pa.Table, bounds: np.ndarray | None = None) -> pa.Table:
-    """Attach ``geo`` metadata, computing the overall bbox from the covering column if needed."""
+    """Attach ``geo`` metadata, computing the overall bbox from the covering column if needed.
+
+    Args:
+        table: An index table.
+        bounds: The rows' bounds, shape (n, 4); None: read from the ``bbox`` column.
+
+    Returns:
+        The table with its schema's ``geo`` metadata replaced.
+    """
     crossing = None
     if bounds is None:
         bbox = table.column("bbox").combine_chunks()
@@ -149,7 +178,25 @@ def build_table(
     bounds: np.ndarray,
     layouts: bytes | None = None,
 ) -> pa.Table:
-    """One row per chip, from arrays; no per-chip Python work but the chip id strings."""
+    """One row per chip, from arrays; no per-chip Python work but the chip id strings.
+
+    Args:
+        item_id: The item's id.
+        item_href: Where the item's JSON lies, if anywhere.
+        platform: The platform's name.
+        when: The item's datetime (naive means UTC).
+        xs: The chips' columns in the grid.
+        ys: The chips' rows in the grid.
+        chip_size: Chip side in pixels.
+        cloud: Per chip, the cloud fraction.
+        nodata: Per chip, the nodata fraction.
+        polygons: Per chip, the footprint in OGC:CRS84.
+        bounds: Per chip, RFC 7946 bounds, shape (n, 4).
+        layouts: The item's encoded COG layouts, if recorded.
+
+    Returns:
+        The index table, with ``geo`` metadata.
+    """
     n = len(xs)
     cover = covering(bounds)  # crossing chips span -180..180: see covering()
     # numpy datetimes: converting Python datetime objects would make pyarrow import pandas
@@ -185,7 +232,14 @@ def build_table(
 
 
 def index_bytes(table: pa.Table) -> bytes:
-    """An index table as GeoParquet file contents."""
+    """An index table as GeoParquet file contents.
+
+    Args:
+        table: An index table; ``geo`` metadata is added when missing.
+
+    Returns:
+        The zstd-compressed Parquet file's bytes.
+    """
     if b"geo" not in (table.schema.metadata or {}):
         table = with_geo_metadata(table)
     sink = pa.BufferOutputStream()
@@ -194,7 +248,15 @@ def index_bytes(table: pa.Table) -> bytes:
 
 
 def write_index(table: pa.Table, path: str | Path) -> Path:
-    """Write an index table as a GeoParquet file, atomically (temp file, then rename)."""
+    """Write an index table as a GeoParquet file, atomically (temp file, then rename).
+
+    Args:
+        table: An index table.
+        path: The file to write.
+
+    Returns:
+        ``path``.
+    """
     from stacchip_core.io.store import LocalStore
 
     path = Path(path)
@@ -203,12 +265,33 @@ def write_index(table: pa.Table, path: str | Path) -> Path:
 
 
 def read_index(path: str | Path, **kwargs) -> pa.Table:
-    """Read an index (a file, or a folder of files) as one pyarrow Table."""
+    """Read an index (a file, or a folder of files) as one pyarrow Table.
+
+    Args:
+        path: An index file or a folder of index files.
+        **kwargs: Passed to ``pyarrow.parquet.read_table`` (columns, filters...).
+
+    Returns:
+        The index table.
+    """
     return pq.read_table(path, **kwargs)
 
 
 def find_row(path: str | Path, row: int | None = None, chipid: str | None = None) -> dict:
-    """One row of an index (by row number or chip id) as a dict."""
+    """One row of an index (by row number or chip id) as a dict.
+
+    Args:
+        path: An index file or a folder of index files.
+        row: The row number (used when ``chipid`` is None).
+        chipid: The chip's id.
+
+    Returns:
+        The row's values by column name.
+
+    Raises:
+        IndexFormatError: If ``path`` is not a readable index.
+        NotFoundError: If the chip id is not in the index or the row is out of range.
+    """
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:

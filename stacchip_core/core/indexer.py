@@ -40,6 +40,12 @@ _NOT_AN_ITEM = (ValueError, KeyError, TypeError, AttributeError, IndexError, Ove
 def load_item(item: pystac.Item | dict | str | Path) -> pystac.Item:
     """An item from an Item, a dict, or a path/URL to its JSON.
 
+    Args:
+        item: An Item, a dict, or a path or URL to the item's JSON.
+
+    Returns:
+        The item, checked to have a string id.
+
     Raises:
         ItemError: the file is missing or unreadable, or its JSON (or the dict) is not a
             STAC item with a string id.
@@ -76,12 +82,30 @@ def _item_from_file(item: str | Path) -> pystac.Item:
 
 def crs_text(crs: pyproj.CRS) -> str:
     """``crs`` as the index stores it: its authority code (``EPSG:32633``) when it is exactly
-    that, else WKT2."""
+    that, else WKT2.
+
+    Args:
+        crs: The CRS.
+
+    Returns:
+        ``AUTHORITY:CODE`` or the WKT2 text.
+    """
     auth = crs.to_authority(min_confidence=100)
     return f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
 
 
 def item_datetime(item: pystac.Item) -> datetime:
+    """The item's datetime, or its start_datetime when it has a range.
+
+    Args:
+        item: The STAC item.
+
+    Returns:
+        The datetime.
+
+    Raises:
+        ItemError: If the item has neither datetime nor start_datetime.
+    """
     when = item.datetime or item.common_metadata.start_datetime
     if when is None:
         raise ItemError(f"item {item.id!r} has neither datetime nor start_datetime")
@@ -94,6 +118,22 @@ class Indexer:
     ``platform`` is a platform name; by default it is found from the item's collection
     among the installed plugins. ``stats=False`` indexes without statistics (all
     fractions 0) for items no plugin knows. ``shape`` overrides the grid's (rows, cols).
+
+    Args:
+        item: The STAC item: an Item, a dict, or a path or URL to its JSON.
+        chip_size: Chip side in pixels of the finest grid.
+        chip_max_nodata: Chips with a larger nodata fraction are left out of the index.
+        platform: A platform or its name; None: found from the item's collection.
+        shape: A grid shape (rows, cols) to impose.
+        stats: Compute cloud and nodata fractions (False: all 0).
+        mountpath: A local mirror that remote hrefs map to.
+        layouts: Record the assets' COG layouts in the index.
+
+    Raises:
+        ItemError: If the item cannot be loaded.
+        PlatformError: If no platform is found for the item while ``stats`` is on.
+        ProjectionError: If the item has no usable projection metadata nor raster header.
+        GridError: If the grid is degenerate.
     """
 
     def __init__(
@@ -169,7 +209,12 @@ class Indexer:
 
     @cached_property
     def chip_stats(self) -> ChipStats:
-        """Cloud and nodata fractions of every chip, from the platform's stats hook."""
+        """Cloud and nodata fractions of every chip, from the platform's stats hook.
+
+        Raises:
+            PlatformError: If no installed plugin computes statistics for the platform.
+            ValueError: If the hook's arrays do not have the grid's shape in chips.
+        """
         shape = (self.grid.y_size, self.grid.x_size)
         if not self.stats:
             return ChipStats.zeros(shape)
@@ -189,7 +234,11 @@ class Indexer:
         """The encoded COG layouts of the assets a chipper reads (core.layout), from one
         ranged read per asset, all at once, with what a read needs besides: the grid's
         transform, shape and CRS and where each of the platform's bands lies; None when off
-        or when no asset has a layout."""
+        or when no asset has a layout.
+
+        Returns:
+            The encoded layouts, or None.
+        """
         from stacchip_core.core.layout import record_layouts
         from stacchip_core.core.raster import unsigned_href
 
@@ -224,7 +273,15 @@ class Indexer:
         )
 
     def create_index(self) -> pa.Table:
-        """The index table: one row per chip whose nodata fraction is <= chip_max_nodata."""
+        """The index table: one row per chip whose nodata fraction is <= chip_max_nodata.
+
+        Returns:
+            The index table, with ``geo`` metadata.
+
+        Raises:
+            PlatformError: If no installed plugin computes statistics for the platform.
+            ItemError: If the item has neither datetime nor start_datetime.
+        """
         grid = self.grid
         stats = self.chip_stats
         ys, xs = np.divmod(np.arange(grid.size), grid.x_size)

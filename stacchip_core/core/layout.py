@@ -97,13 +97,22 @@ class AssetLayout:
                 and (self.planar == 1 or self.bands == 1))
 
     def expect(self) -> objects.Expect:
-        """What every validated read of this asset checks (objects.read_ranges)."""
+        """What every validated read of this asset checks (objects.read_ranges).
+
+        Returns:
+            The size, ETag, header digest and header length to check.
+        """
         # deflate tiles verify themselves (Adler-32, exact size): the header is checked only
         # when one fails to inflate (core.tiles), not once per asset and process up front
         return objects.Expect(self.size, self.etag, self.digest, self.head,
                               deferred=self.compression in DEFLATE)
 
     def scalars(self) -> dict:
+        """The layout's fields but the tile arrays, as ``encode`` stores them.
+
+        Returns:
+            The fields by name.
+        """
         out = {
             k: getattr(self, k)
             for k in (
@@ -160,7 +169,19 @@ def encode(
     bands: dict[str, tuple[str, int]] | None = None,
     hrefs: dict[str, str] | None = None,
 ) -> bytes:
-    """The bytes of one item's layouts and read metadata (see ``ItemLayouts``)."""
+    """The bytes of one item's layouts and read metadata (see ``ItemLayouts``).
+
+    Args:
+        layouts: The assets' layouts.
+        grid: The item's chip grid transform ``(a, c, e, f)``.
+        shape: The grid's ``(rows, cols)``.
+        crs: The grid's CRS (authority code or WKT2).
+        bands: ``(asset key, 1-based band index)`` per canonical band name.
+        hrefs: Unsigned hrefs of assets stored without a layout.
+
+    Returns:
+        The encoded, zlib-compressed layouts.
+    """
     layouts = list(layouts)
     doc: dict = {"grid": list(grid) if grid else None, "assets": [lay.scalars() for lay in layouts]}
     if shape is not None:
@@ -181,7 +202,17 @@ def encode(
 
 def decode(blob: bytes) -> ItemLayouts:
     """``{asset key: AssetLayout}`` (with ``.grid``, ``.shape``, ``.crs``, ``.bands``,
-    ``.hrefs``) from ``encode``'s bytes."""
+    ``.hrefs``) from ``encode``'s bytes.
+
+    Args:
+        blob: ``encode``'s bytes.
+
+    Returns:
+        The item's layouts and read metadata.
+
+    Raises:
+        IndexFormatError: If the bytes are not a stacchip layout.
+    """
     if not blob or blob[:4] != MAGIC:
         raise IndexFormatError("not a stacchip layout (unknown encoding)")
     raw = zlib.decompress(blob[4:])
@@ -283,7 +314,15 @@ async def read_layout(key: str, href: str) -> AssetLayout | None:
     """The layout of one asset from one ranged read (more only if its header is larger);
     None (and a log line) when it is not a tiled TIFF that the layout path can read, or
     cannot be read (a warning; one per distinct cause, so a token endpoint that is down
-    says so once, not once per asset)."""
+    says so once, not once per asset).
+
+    Args:
+        key: The asset's key.
+        href: The asset's unsigned href.
+
+    Returns:
+        The asset's layout, or None.
+    """
     from async_tiff import TIFF
 
     try:
@@ -374,7 +413,19 @@ def record_layouts(hrefs: dict[str, str], grid: tuple[float, float, float, float
     item's chip ``grid`` ``(a, c, e, f)`` and, when given, the grid's ``shape`` and ``crs``
     and the platform's ``bands`` (what a read needs without the item JSON; the hrefs of
     assets without a layout are kept too, and ``other_hrefs``: assets stored by href only,
-    such as quality layers); None if no asset has a layout."""
+    such as quality layers); None if no asset has a layout.
+
+    Args:
+        hrefs: Unsigned href per asset key.
+        grid: The item's chip grid transform ``(a, c, e, f)``.
+        shape: The grid's ``(rows, cols)``.
+        crs: The grid's CRS (authority code or WKT2).
+        bands: ``(asset key, 1-based band index)`` per canonical band name.
+        other_hrefs: Unsigned hrefs of assets stored by href only.
+
+    Returns:
+        The encoded layouts, or None.
+    """
     if not hrefs:
         return None
     if not objects.async_tiff_usable():  # it parses the headers; it would hang here

@@ -38,13 +38,30 @@ def band_stack(
     chip: Mapping[str, np.ndarray], platform: Platform | None
 ) -> tuple[np.ndarray, list[str]]:
     """All bands of a chip in one (bands, cs, cs) array, with a name per band
-    (see `stacchip_core.core.chip.band_names`)."""
+    (see `stacchip_core.core.chip.band_names`).
+
+    Args:
+        chip: The chip's arrays by asset key.
+        platform: The chip's platform, for band names; None for generic names.
+
+    Returns:
+        The stacked bands and one name per band.
+    """
     return stack_arrays(chip), list(band_names(chip, platform))
 
 
 def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
     """An RGB uint8 image (3, h, w) from red/green/blue bands (else the first ones),
-    each stretched between its 2nd and 98th percentile of valid pixels."""
+    each stretched between its 2nd and 98th percentile of valid pixels.
+
+    Args:
+        stack: The bands, shape ``(bands, h, w)``.
+        names: One name per band.
+        nodata: The nodata value; pixels nodata in all three bands are black.
+
+    Returns:
+        The stretched image, uint8 of shape ``(3, h, w)``.
+    """
     wanted = [names.index(b) for b in ("red", "green", "blue") if b in names]
     if len(wanted) != 3:
         wanted = list(range(min(3, len(names))))
@@ -70,7 +87,12 @@ def stretch_rgb(stack: np.ndarray, names: list[str], nodata=None) -> np.ndarray:
 
 
 def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write a (3, h, w) uint8 array as PNG (no georeference, by design)."""
+    """Write a (3, h, w) uint8 array as PNG (no georeference, by design).
+
+    Args:
+        path: The file to write.
+        rgb: The image, uint8 of shape ``(3, h, w)``.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(
@@ -93,7 +115,24 @@ def write_chip(
 
     A `Chip` carries its own transform, CRS and band names
     (``write_chip(path, chip)``); a plain mapping of arrays needs ``grid``, ``x`` and ``y``
-    for a .tif (and ``platform`` for band names)."""
+    for a .tif (and ``platform`` for band names).
+
+    Args:
+        path: The file to write; its suffix picks the format.
+        chip: A Chip, a stack's pixels, or a mapping of arrays by asset key.
+        grid: The item's chip grid, to georeference a plain mapping.
+        x: The chip's column in ``grid``.
+        y: The chip's row in ``grid``.
+        platform: The chip's platform, for band names.
+        metadata: Values to store: GeoTIFF tags (.tif) or ``meta_{key}`` arrays (.npz).
+
+    Returns:
+        The written file.
+
+    Raises:
+        OutputError: If the suffix is not supported, a stack is written as .png, a .tif lacks
+            its georeference, or the file cannot be written.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".tif", ".tiff", ".png"):
@@ -207,7 +246,20 @@ def quiet_gdal():
 
 def write_cog(path: str | Path, data: np.ndarray, transform: Affine, crs: str,
               nodata=None, blocksize: int = 512, compress: str = "DEFLATE") -> Path:
-    """Write ``data`` ((bands,) rows, cols) as a Cloud Optimized GeoTIFF."""
+    """Write ``data`` ((bands,) rows, cols) as a Cloud Optimized GeoTIFF.
+
+    Args:
+        path: The file to write; its parent folders are created.
+        data: The pixels, 2-D or ``(bands, rows, cols)``.
+        transform: The affine transform of the pixels.
+        crs: The CRS (any form rasterio accepts).
+        nodata: The nodata value, if any.
+        blocksize: The COG's tile size in pixels.
+        compress: The GDAL compression method.
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if data.ndim == 2:

@@ -131,7 +131,17 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
 
 def index_files(index: str | Path) -> list[str]:
     """The index files a query reads: the file itself, or the ``.parquet`` files of a local
-    folder or an ``s3://`` prefix (sorted)."""
+    folder or an ``s3://`` prefix (sorted).
+
+    Args:
+        index: An index file, or a folder or ``s3://`` prefix of index files.
+
+    Returns:
+        The index files' paths or URLs.
+
+    Raises:
+        NotFoundError: If the folder does not exist or holds no ``.parquet`` file.
+    """
     text = str(index)
     if text.endswith(".parquet") or objects.is_remote(text) and not text.startswith("s3://"):
         return [text]
@@ -155,6 +165,17 @@ def index_files(index: str | Path) -> list[str]:
 def make_filters(bbox=None, intersects=None, datetime_range=None, platforms=None, max_cloud=None,
                  max_nodata=None) -> Filters:
     """Check and normalize a query's filters (see query for their meaning).
+
+    Args:
+        bbox: (west, south, east, north) in degrees; west > east crosses the antimeridian.
+        intersects: A shapely geometry or GeoJSON mapping in lon/lat.
+        datetime_range: ``"a/b"``, one instant or date, or a (start, end) pair.
+        platforms: A platform name or names to keep.
+        max_cloud: The largest cloud fraction to keep (0-1).
+        max_nodata: The largest nodata fraction to keep (0-1).
+
+    Returns:
+        The normalized filters.
 
     Raises:
         ConfigError: a box out of range, an unreadable geometry or datetime.
@@ -183,6 +204,12 @@ def bbox_geometry(
 ) -> tuple[Any, tuple[tuple[float, float, float, float], ...]]:
     """The geometry and boxes of a (west, south, east, north) box; west > east crosses the
     antimeridian and becomes two boxes.
+
+    Args:
+        bbox: (west, south, east, north) in degrees.
+
+    Returns:
+        The box's geometry and its one or two boxes.
 
     Raises:
         ConfigError: not four numbers in range, or south > north.
@@ -234,6 +261,13 @@ def _parts_bounds(geometry) -> tuple[tuple[float, float, float, float], ...]:
 
 def parse_datetime_range(value) -> tuple[datetime | None, datetime | None]:
     """``"a/b"``, one value, or a pair -> (start, end) in UTC, None for an open end.
+
+    Args:
+        value: ``"a/b"`` (ISO 8601, ``..`` or empty for an open end), one instant or date,
+            a (start, end) pair, or None.
+
+    Returns:
+        The start and end, timezone-aware in UTC; a date-only end includes its whole day.
 
     Raises:
         ConfigError: a value is not ISO 8601, or the start is after the end.
@@ -300,7 +334,16 @@ def _x_intervals(xmin: tuple, xmax: tuple) -> list[tuple[float, float]]:
 def group_may_match(
     stats: dict[str, tuple[Any, Any]], filters: Filters, covering: dict[str, str]
 ) -> bool:
-    """Whether a row group's statistics allow a matching row (missing statistics: yes)."""
+    """Whether a row group's statistics allow a matching row (missing statistics: yes).
+
+    Args:
+        stats: (min, max) per column path of the row group.
+        filters: The query's normalized filters.
+        covering: The column path of each covering bound (xmin, ymin, xmax, ymax).
+
+    Returns:
+        False only if no row of the group can match.
+    """
     if filters.boxes is not None:
         cols = [stats[covering[k]] for k in _COVERING if covering[k] in stats]
         if len(cols) == 4:

@@ -34,6 +34,13 @@ def resolve_href(href: str, mountpath: str | Path | None = None) -> str:
 
     With a ``mountpath``, remote hrefs map to ``mountpath/<path of the URL>``: the key of
     ``s3://bucket/key``, as when the bucket is mounted at ``mountpath``.
+
+    Args:
+        href: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+        mountpath: A folder where the remote buckets are mounted, if any.
+
+    Returns:
+        The path or URL to open.
     """
     url = urlparse(href)
     if url.scheme == "file":
@@ -45,12 +52,28 @@ def resolve_href(href: str, mountpath: str | Path | None = None) -> str:
 
 def asset_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
     """Where to open ``asset`` now: resolved, then signed by the ``stacchip_sign_href`` hook
-    (Planetary Computer SAS tokens, ...). Never store the result: signatures expire."""
+    (Planetary Computer SAS tokens, ...). Never store the result: signatures expire.
+
+    Args:
+        asset: The STAC asset.
+        mountpath: A folder where the remote buckets are mounted, if any.
+
+    Returns:
+        The signed path or URL to open.
+    """
     return sign_href(unsigned_href(asset, mountpath), asset)
 
 
 def unsigned_href(asset: pystac.Asset, mountpath: str | Path | None = None) -> str:
-    """Where ``asset`` lies, resolved but not signed: what may be stored (COG layouts)."""
+    """Where ``asset`` lies, resolved but not signed: what may be stored (COG layouts).
+
+    Args:
+        asset: The STAC asset; a relative href is resolved against its item's location.
+        mountpath: A folder where the remote buckets are mounted, if any.
+
+    Returns:
+        The unsigned path or URL.
+    """
     href = asset.href
     # only relative hrefs are resolved against the item's location: pystac would turn a
     # local absolute path into a path on the catalog's host when the item has an https self link
@@ -76,6 +99,17 @@ class DatasetCache:
         self._lock = threading.Lock()
 
     def open(self, href: str):
+        """This thread's open dataset for ``href``, opened on first use.
+
+        Args:
+            href: The path or URL to open.
+
+        Returns:
+            The open rasterio dataset (closed by ``close``).
+
+        Raises:
+            AssetError: If rasterio cannot open it.
+        """
         handles = getattr(self._local, "handles", None)
         if handles is None:
             handles = self._local.handles = {}
@@ -101,7 +135,19 @@ class DatasetCache:
 def grid_factor(ds, grid: ChipGrid, name: str) -> int | None:
     """Grid pixels per dataset pixel when the dataset sits exactly on the grid's lattice;
     ``None`` when it is offset or of a non-whole pixel ratio and is read through
-    `stacchip_core.core.resample`. Raises for another CRS or no coverage."""
+    `stacchip_core.core.resample`. Raises for another CRS or no coverage.
+
+    Args:
+        ds: An open rasterio dataset.
+        grid: The item's chip grid.
+        name: The asset's name, for error messages.
+
+    Returns:
+        The whole number of grid pixels per dataset pixel, or None.
+
+    Raises:
+        AssetError: If the dataset is in another CRS or does not overlap the grid.
+    """
     return resample.alignment(ds, grid, name)
 
 
@@ -109,7 +155,20 @@ def read_chip_window(ds, grid: ChipGrid, factor: int | None, x: int, y: int, ind
                      resampling: str = "nearest") -> np.ndarray:
     """Pixels of chip (x, y), read at the dataset's native resolution and expanded by
     nearest neighbour to ``chip_size`` a side. Shape (bands, cs, cs). ``factor`` None (off
-    the grid's lattice): a resampled read (``resampling`` nearest or bilinear)."""
+    the grid's lattice): a resampled read (``resampling`` nearest or bilinear).
+
+    Args:
+        ds: An open rasterio dataset.
+        grid: The item's chip grid.
+        factor: Grid pixels per dataset pixel, as from ``grid_factor``.
+        x: The chip's column in the grid.
+        y: The chip's row in the grid.
+        indexes: The dataset's band indexes to read (1-based); default: all.
+        resampling: ``nearest`` or ``bilinear``, for off-lattice reads.
+
+    Returns:
+        The chip's pixels, shape ``(bands, chip_size, chip_size)``.
+    """
     if factor is None:  # offset or non-whole pixel ratio
         return resample.read_chip(ds, grid, x, y, indexes, resampling)
     col0, row0, cs, _ = grid.window(x, y)
@@ -127,6 +186,17 @@ class AssetReader:
         self.threads = threads or min(4, os.cpu_count() or 1)
 
     def key(self, name: str) -> str:
+        """The item's asset key of band ``name``.
+
+        Args:
+            name: A canonical band name, an alias or an asset key.
+
+        Returns:
+            The asset key.
+
+        Raises:
+            AssetError: If the item has no such asset.
+        """
         key = self.platform.asset_key(self.item, name) if self.platform else None
         if key is None and name in self.item.assets:
             key = name
@@ -139,7 +209,18 @@ class AssetReader:
 
     def __call__(self, name: str, band: int | None = None) -> NativeBand:
         """Band ``name`` (canonical name, alias or asset key). ``band`` defaults to the
-        band's index in its asset as the platform declares it (NAIP's nir is band 4)."""
+        band's index in its asset as the platform declares it (NAIP's nir is band 4).
+
+        Args:
+            name: A canonical band name, an alias or an asset key.
+            band: The band's index in its asset (1-based).
+
+        Returns:
+            The band's pixels over the grid at native resolution, and its factor.
+
+        Raises:
+            AssetError: If the asset is missing, cannot be read or does not fit the grid.
+        """
         key = self.key(name)
         if band is None:
             declared = self.platform.find(name) if self.platform else None
@@ -174,6 +255,17 @@ class AssetReader:
         threads with their own handles, and each strip is masked and reduced right away:
         decoding overlaps with the mask work and memory stays at a few strips. Returns
         ``{name: float32 (y_size, x_size)}``, equal to ``grid.chip_fractions(fn(data), factor)``.
+
+        Args:
+            name: A canonical band name, an alias or an asset key.
+            masks: Per mask name, a function from pixels to a boolean array.
+            band: The band's index in its asset (1-based); default: the platform's.
+
+        Returns:
+            Per mask name, the fraction of each chip's pixels in the mask.
+
+        Raises:
+            AssetError: If the asset is missing, cannot be read or does not fit the grid.
         """
         key = self.key(name)
         if band is None:

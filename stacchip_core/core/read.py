@@ -165,7 +165,18 @@ def item_for_row(row: dict, mountpath: str | Path | None = None) -> pystac.Item:
 class Source:
     """One item as reads need it: its chip grid, platform, asset hrefs (unsigned), COG
     layouts and where each band lies; and the rasterio handles opened for it (per thread).
-    Built by ``from_item`` or ``from_layouts``; ``close()`` closes its handles."""
+    Built by ``from_item`` or ``from_layouts``; ``close()`` closes its handles.
+
+    Args:
+        item_id: The item's id.
+        grid: The item's chip grid.
+        platform: The item's platform, if known.
+        hrefs: Unsigned href per asset key.
+        layouts: COG layouts per asset key, where known.
+        bands: ``(asset key, 1-based band index)`` per canonical band name, as indexed.
+        when: The item's datetime, ISO 8601.
+        item: The STAC item, for signing hooks that look at the asset; None from a row.
+    """
 
     def __init__(
         self,
@@ -200,7 +211,23 @@ class Source:
         grid: ChipGrid | None = None,
     ) -> Source:
         """The source of a STAC item; its grid from the item's projection metadata (or the
-        header of its finest raster), unless ``grid`` is given."""
+        header of its finest raster), unless ``grid`` is given.
+
+        Args:
+            item: The STAC item.
+            chip_size: Chip side in pixels of the finest grid.
+            platform: The item's platform, if known.
+            mountpath: A local mirror that remote hrefs map to.
+            layouts: COG layouts per asset key, where known.
+            grid: The item's chip grid, if already built.
+
+        Returns:
+            The item's source.
+
+        Raises:
+            ProjectionError: The item has no usable projection metadata nor raster header.
+            GridError: The grid is degenerate.
+        """
         grid = grid or item_grid(item, chip_size, mountpath=mountpath)
         when = item.datetime or item.common_metadata.start_datetime
         hrefs = {k: unsigned_href(a, mountpath) for k, a in item.assets.items()}
@@ -211,7 +238,20 @@ class Source:
     @classmethod
     def from_layouts(cls, lays: ItemLayouts, row: dict, platform: Platform | None,
                      mountpath: str | Path | None = None) -> Source:
-        """The source of an index row whose layouts are standalone (grid, shape and CRS)."""
+        """The source of an index row whose layouts are standalone (grid, shape and CRS).
+
+        Args:
+            lays: The row's decoded layouts.
+            row: The index row.
+            platform: The item's platform, if known.
+            mountpath: A local mirror that remote hrefs map to.
+
+        Returns:
+            The row's source, without its item.
+
+        Raises:
+            IndexFormatError: The layouts do not hold the grid's CRS.
+        """
         if not lays.standalone:
             raise IndexFormatError(
                 f"index row {row.get('chipid')!r}: its layouts do not hold the grid's CRS"
@@ -228,7 +268,14 @@ class Source:
     def key_for(self, name: str) -> tuple[str, int] | None:
         """``(asset key, 1-based band index)`` of band ``name`` (canonical name, alias or
         asset key): the one band resolver of every read. The index's record first, then
-        the platform's aliases and key rules over this source's asset keys."""
+        the platform's aliases and key rules over this source's asset keys.
+
+        Args:
+            name: A canonical band name, an alias or an asset key.
+
+        Returns:
+            The asset key and band index, or None if no asset holds the band.
+        """
         band = self.platform.find(name) if self.platform else None
         if band is not None and band.name in self.bands and self.bands[band.name][0] in self.hrefs:
             return self.bands[band.name]
@@ -242,7 +289,17 @@ class Source:
         return key, band.index if band is not None else 1
 
     def asset_key(self, name: str) -> str:
-        """The asset key of band or asset ``name``; AssetError when the item has none."""
+        """The asset key of band or asset ``name``; AssetError when the item has none.
+
+        Args:
+            name: A canonical band name, an alias or an asset key.
+
+        Returns:
+            The asset key.
+
+        Raises:
+            AssetError: If no asset of the item holds ``name``.
+        """
         found = self.key_for(name)
         if found is None:
             raise AssetError(
@@ -252,7 +309,14 @@ class Source:
 
     def default_keys(self, blacklist: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """The assets a chip holds when none are named: the platform's bands' assets in
-        canonical order, else every raster asset; minus ``blacklist`` (lowercase keys)."""
+        canonical order, else every raster asset; minus ``blacklist`` (lowercase keys).
+
+        Args:
+            blacklist: Lowercase asset keys to leave out.
+
+        Returns:
+            The asset keys, in order.
+        """
         if self.platform is not None and self.platform.bands:
             found = [self.key_for(b.name) for b in self.platform.bands]
             keys = list(dict.fromkeys(k for k, _ in (f for f in found if f is not None)))
@@ -263,18 +327,48 @@ class Source:
         return [k for k in keys if k.lower() not in blacklist]
 
     def signed(self, key: str) -> str:
-        """Where to open asset ``key`` now: signed right before use (signatures expire)."""
+        """Where to open asset ``key`` now: signed right before use (signatures expire).
+
+        Args:
+            key: An asset key of this source.
+
+        Returns:
+            The signed href.
+        """
         asset = self.item.assets.get(key) if self.item is not None else None
         return sign_href(self.hrefs[key], asset)
 
     def factor(self, key: str, ds) -> int | None:
-        """Grid pixels per pixel of the open dataset of ``key`` (None: resampled)."""
+        """Grid pixels per pixel of the open dataset of ``key`` (None: resampled).
+
+        Args:
+            key: An asset key of this source.
+            ds: The asset's open rasterio dataset.
+
+        Returns:
+            The whole factor, cached per key, or None when the asset is off the lattice.
+
+        Raises:
+            AssetError: If the dataset is in another CRS or does not overlap the grid.
+        """
         with self._lock:
             if key not in self._factors:
                 self._factors[key] = grid_factor(ds, self.grid, key)
             return self._factors[key]
 
     def chip_transform(self, x: int, y: int) -> Affine:
+        """The affine transform of chip (x, y)'s pixels.
+
+        Args:
+            x: The chip's column.
+            y: The chip's row.
+
+        Returns:
+            The grid's transform, shifted to the chip's corner.
+
+        Raises:
+            IndexError: If the chip is outside the grid.
+        """
         col0, row0, _, _ = self.grid.window(x, y)
         return self.grid.transform @ Affine.translation(col0, row0)
 
@@ -561,7 +655,18 @@ class Reader:
     def source(self, row: dict, names: Sequence[str] = ()) -> Source:
         """The source of an index row, kept for later rows of the same item. When the row's
         layouts do not know an asset of ``names`` (band names or keys that are neither the
-        platform's bands nor its layers), the item JSON's source, which knows every asset."""
+        platform's bands nor its layers), the item JSON's source, which knows every asset.
+
+        Args:
+            row: The index row.
+            names: Band names or asset keys the read needs.
+
+        Returns:
+            The source, kept for later rows of the same item.
+
+        Raises:
+            IndexFormatError: A row needs its item JSON and has no ``item_href``.
+        """
         self._check_fork()
         key = (row.get("item_href") or row.get("item_id"), int(row.get("chip_size") or 256))
         found = self._kept(key)

@@ -32,7 +32,20 @@ RESAMPLING = ("nearest", "bilinear")
 def alignment(ds, grid, name: str) -> int | None:
     """The whole factor (grid pixels per asset pixel) when ``ds`` sits exactly on ``grid``'s
     lattice, ``None`` when it must be resampled. Raises for what no read can fix: another CRS,
-    rotation, or no overlap with the grid at all."""
+    rotation, or no overlap with the grid at all.
+
+    Args:
+        ds: An open rasterio dataset.
+        grid: The item's chip grid.
+        name: The asset's name, for error messages.
+
+    Returns:
+        The whole factor, or None.
+
+    Raises:
+        AssetError: If the asset or grid is rotated, the CRSs differ, the asset does not
+            overlap the grid, or an aligned asset does not cover it.
+    """
     t, g = ds.transform, grid.transform
     if t.b or t.d or g.b or g.d:
         raise AssetError(
@@ -89,7 +102,24 @@ def read_resampled(ds, grid, col0: int, row0: int, width: int, height: int, inde
                    resampling: str = "nearest") -> np.ndarray:
     """Grid pixels ``[row0:row0+height, col0:col0+width]`` of ``ds`` resampled onto the grid:
     shape (bands, height, width), the asset's dtype. One window read of the native pixels
-    they need."""
+    they need.
+
+    Args:
+        ds: An open rasterio dataset.
+        grid: The item's chip grid.
+        col0: The first grid column.
+        row0: The first grid row.
+        width: Grid columns to read.
+        height: Grid rows to read.
+        indexes: A band index (1-based; the result is then 2-D) or a list; default: all.
+        resampling: ``nearest`` or ``bilinear``.
+
+    Returns:
+        The resampled pixels; outside the asset, its nodata value (else 0).
+
+    Raises:
+        ValueError: If ``resampling`` is not one of ``RESAMPLING``.
+    """
     if resampling not in RESAMPLING:
         raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
     src_c, src_r = _source_coords(ds, grid, col0, row0, width, height)
@@ -121,7 +151,23 @@ def read_resampled(ds, grid, col0: int, row0: int, width: int, height: int, inde
 
 
 def read_chip(ds, grid, x: int, y: int, indexes=None, resampling: str = "nearest") -> np.ndarray:
-    """Chip (x, y) of ``ds`` resampled onto the grid: (bands, cs, cs)."""
+    """Chip (x, y) of ``ds`` resampled onto the grid: (bands, cs, cs).
+
+    Args:
+        ds: An open rasterio dataset.
+        grid: The item's chip grid.
+        x: The chip's column.
+        y: The chip's row.
+        indexes: Band indexes (1-based) to read; default: all.
+        resampling: ``nearest`` or ``bilinear``.
+
+    Returns:
+        The chip's pixels.
+
+    Raises:
+        IndexError: If the chip is outside the grid.
+        ValueError: If ``resampling`` is not one of ``RESAMPLING``.
+    """
     col0, row0, cs, _ = grid.window(x, y)
     return read_resampled(ds, grid, col0, row0, cs, cs, indexes, resampling)
 
@@ -136,6 +182,18 @@ def partial_block_fractions(mask: np.ndarray, factor: int, chip_size: int, ny: i
     from chip row ``first_chip``. Separable and in integers: rows are repeated ``factor``
     times and summed per chip row, then the (small) row sums are repeated along columns and
     summed per chip: no loop over chips, no float rounding.
+
+    Args:
+        mask: Native-resolution mask rows (nonzero is True).
+        factor: Grid pixels per native pixel.
+        chip_size: Chip side in grid pixels.
+        ny: Chip rows to reduce.
+        nx: Chip columns to reduce.
+        row0: The native row of ``mask``'s first row.
+        first_chip: The chip row of the first chip row to reduce.
+
+    Returns:
+        The fractions, float32 of shape (ny, nx).
     """
     cs = chip_size
     m = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
@@ -156,7 +214,19 @@ def chip_fractions(
     resampled, nearest, at grid resolution) or whose factor does not divide the chip size
     (native pixels cut by chip edges, weighed by their share). Reads span whole tile rows
     (a chip row's window alone would decode each 512 px tile row several times), on
-    ``threads`` threads with their own handles."""
+    ``threads`` threads with their own handles.
+
+    Args:
+        href: Where to open the asset.
+        band: The band's index (1-based).
+        grid: The item's chip grid.
+        factor: Grid pixels per native pixel, or None off the lattice.
+        masks: Per mask name, a function from pixels to a boolean array.
+        threads: Reading threads.
+
+    Returns:
+        Per mask name, float32 fractions of shape (y_size, x_size).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import rasterio

@@ -93,6 +93,12 @@ class StackOptions:
     region: tuple[float, float, float, float] | None = None
 
     def check(self) -> None:
+        """Validate the options.
+
+        Raises:
+            StackError: If ``with_`` lacks an anchor or repeats it, ``share`` is not in
+                (0, 1], the step bounds are inconsistent, ``every`` < 1 or ``window`` < 0.
+        """
         if self.with_ and not self.anchor:
             raise StackError(
                 "--with needs --anchor: members of other sensors join an anchor platform's chips"
@@ -1126,6 +1132,15 @@ def stack_arrays_for_output(stack: StackPixels, suffix: str, metadata: dict | No
     ``{platform}_valid``, ``{platform}_dates`` and ``{platform}_bands`` (no georeference); for
     .tif one float32 band per (member, band), NaN where not valid, described
     ``"{platform} {date} {band}"``, on the anchor window.
+
+    Args:
+        stack: The stack's pixels.
+        suffix: The output's suffix, ``.npz`` or ``.tif``.
+        metadata: Extra metadata to write; the stack's id is added.
+
+    Returns:
+        The arrays to write, the georeference (transform, CRS WKT, band names; None for
+        .npz) and the metadata.
 
     Raises:
         OutputError: A GeoTIFF of a stack whose anchor CRS or transform is unknown.

@@ -52,7 +52,18 @@ def native_window(
     row0: int, col0: int, height: int, width: int, factor: int
 ) -> tuple[int, int, int, int]:
     """The asset pixels ``(r0, r1, c0, c1)`` (end exclusive) that grid pixels
-    ``row0:row0+height``, ``col0:col0+width`` touch at ``factor`` grid pixels per asset pixel."""
+    ``row0:row0+height``, ``col0:col0+width`` touch at ``factor`` grid pixels per asset pixel.
+
+    Args:
+        row0: The first grid row.
+        col0: The first grid column.
+        height: Grid rows.
+        width: Grid columns.
+        factor: Grid pixels per asset pixel.
+
+    Returns:
+        The asset rows ``r0:r1`` and columns ``c0:c1``.
+    """
     return (
         row0 // factor,
         (row0 + height - 1) // factor + 1,
@@ -76,6 +87,19 @@ def crop_expand(
 
     Each grid pixel takes the asset pixel under it (nearest neighbour): an index per row and
     per column, one fancy-indexing gather. At factor 1 a contiguous copy of a slice.
+
+    Args:
+        block: Asset pixels, shape (bands, h, w).
+        block_row: The asset row of ``block``'s first row.
+        block_col: The asset column of ``block``'s first column.
+        row0: The chip's first grid row.
+        col0: The chip's first grid column.
+        height: The chip's rows.
+        width: The chip's columns.
+        factor: Grid pixels per asset pixel.
+
+    Returns:
+        The chip's pixels, shape (bands, height, width).
     """
     if factor == 1:
         r, c = row0 - block_row, col0 - block_col

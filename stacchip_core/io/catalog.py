@@ -31,7 +31,17 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def open_catalog(url: str | Path):
     """A pystac-client Client for an http(s) STAC API, else the embedded catalog over the
-    item JSON files under a folder, an .ndjson file or a stac-geoparquet file."""
+    item JSON files under a folder, an .ndjson file or a stac-geoparquet file.
+
+    Args:
+        url: An http(s) STAC API URL, or a local folder or file.
+
+    Returns:
+        A ``pystac_client.Client`` or an ``EmbeddedCatalog``.
+
+    Raises:
+        CatalogError: If a local ``url`` is no item folder, .ndjson or stac-geoparquet file.
+    """
     url = str(url)
     if url.startswith(("http://", "https://")):
         import pystac_client
@@ -49,12 +59,27 @@ class EmbeddedSearch:
         self._items = items
 
     def items(self) -> Iterator[pystac.Item]:
+        """The matched items, in the search's order.
+
+        Returns:
+            An iterator over the items.
+        """
         return iter(self._items)
 
     def item_collection(self) -> pystac.ItemCollection:
+        """The matched items as one collection.
+
+        Returns:
+            The item collection.
+        """
         return pystac.ItemCollection(self._items)
 
     def matched(self) -> int:
+        """How many items matched.
+
+        Returns:
+            The number of items (after ``max_items``).
+        """
         return len(self._items)
 
 
@@ -124,7 +149,17 @@ class EmbeddedCatalog:
     @classmethod
     def from_path(cls, path: str | Path) -> EmbeddedCatalog:
         """Item JSON files under a folder, an ``.ndjson`` file, or a stac-geoparquet file
-        (``.parquet``/``.geoparquet``; needs the ``geoparquet`` extra)."""
+        (``.parquet``/``.geoparquet``; needs the ``geoparquet`` extra).
+
+        Args:
+            path: The folder or file.
+
+        Returns:
+            The catalog over its items.
+
+        Raises:
+            CatalogError: If ``path`` is no item folder, .ndjson or stac-geoparquet file.
+        """
         path = Path(path)
         if path.is_file() and path.suffix in (".parquet", ".geoparquet"):
             import pyarrow.parquet as pq
@@ -197,6 +232,28 @@ class EmbeddedCatalog:
 
     def search(self, collections=None, datetime=None, intersects=None, bbox=None, query=None,
                sortby=None, max_items=None, limit=None, ids=None, **unsupported) -> EmbeddedSearch:
+        """Search the items as pystac-client's ``Client.search`` does, with pgstac's semantics.
+
+        Args:
+            collections: A collection id or ids to keep.
+            datetime: An instant or an interval ``a/b`` (open ends ``..``); matches items whose
+                time range overlaps it.
+            intersects: A GeoJSON geometry (mapping or shapely) in lon/lat.
+            bbox: (west, south, east, north) in lon/lat.
+            query: ``{property: {operator: value}}`` with operators ``eq ne neq lt lte gt gte``.
+            sortby: Sort keys, as pystac-client takes them (``-datetime``, ``+id``, ...).
+            max_items: The most items to return.
+            limit: Page size of a STAC API; ignored (there are no pages).
+            ids: An item id or ids to keep.
+            **unsupported: Any other keyword: an error.
+
+        Returns:
+            The search's result.
+
+        Raises:
+            CatalogError: If an unsupported keyword, query operator or malformed query is given.
+            ValueError: If ``datetime`` is not ISO 8601.
+        """
         if unsupported:
             raise CatalogError(f"the embedded catalog does not support {sorted(unsupported)}")
         _check_query(query)
@@ -332,7 +389,15 @@ def bbox_candidates(bounds: np.ndarray, box) -> np.ndarray:
     """Rows of lon/lat ``bounds`` (n, 4) that may meet ``box`` (xmin, ymin, xmax, ymax): a
     prefilter, the geometry decides. Bounds with west > east (RFC 7946 bounds of something
     that crosses the antimeridian) count as spanning every longitude: compared as plain
-    numbers they would match no box at all. NaN bounds stay candidates."""
+    numbers they would match no box at all. NaN bounds stay candidates.
+
+    Args:
+        bounds: Lon/lat bounds (west, south, east, north), shape (n, 4).
+        box: (xmin, ymin, xmax, ymax) in lon/lat.
+
+    Returns:
+        A boolean array of length n, True for the candidates.
+    """
     xmin, ymin, xmax, ymax = box
     west, east = bounds[:, 0], bounds[:, 2]
     crossing = west > east

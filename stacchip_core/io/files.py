@@ -34,7 +34,14 @@ _TEMP = re.compile(r"^\.(?P<name>.+)~(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[0-9a-
 
 
 def temp_sibling(target: str | Path) -> Path:
-    """A new, empty temporary file beside ``target`` (created exclusively, umask honoured)."""
+    """A new, empty temporary file beside ``target`` (created exclusively, umask honoured).
+
+    Args:
+        target: The file the temporary file will replace.
+
+    Returns:
+        The temporary file's path, in ``target``'s folder.
+    """
     target = Path(target)
     while True:
         tmp = target.with_name(f".{target.name}~{_HOST}~{os.getpid()}~{secrets.token_hex(4)}.tmp")
@@ -48,7 +55,14 @@ def temp_sibling(target: str | Path) -> Path:
 @contextlib.contextmanager
 def publishing(target: str | Path) -> Iterator[Path]:
     """``with publishing(target) as tmp:`` write ``tmp``; on success it becomes ``target``
-    (an atomic rename), on any error it is removed."""
+    (an atomic rename), on any error it is removed.
+
+    Args:
+        target: The file to write; its parent folders are created.
+
+    Yields:
+        The temporary file to write.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
@@ -70,7 +84,14 @@ def _alive(pid: int) -> bool:
 def is_stale(path: Path) -> bool:
     """Whether a temporary file was left by a writer that is gone (see the module doc).
     Temporary files of other naming schemes (stacchip before 0.2's host/pid names) are
-    stale: no current writer makes them."""
+    stale: no current writer makes them.
+
+    Args:
+        path: A temporary file.
+
+    Returns:
+        True if no live writer owns the file.
+    """
     found = _TEMP.match(path.name)
     if found is None:
         return True
@@ -78,11 +99,27 @@ def is_stale(path: Path) -> bool:
 
 
 def is_temp(path: Path) -> bool:
+    """Whether ``path`` is named like a temporary file (``.name...tmp``).
+
+    Args:
+        path: Any file.
+
+    Returns:
+        True if the name starts with ``.`` and ends with ``.tmp``.
+    """
     return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def remove_stale(folder: str | Path, recursive: bool = True) -> int:
-    """Delete the stale temporary files under ``folder``; returns how many."""
+    """Delete the stale temporary files under ``folder``; returns how many.
+
+    Args:
+        folder: The folder to clean; a missing folder has none.
+        recursive: Also clean its subfolders.
+
+    Returns:
+        The number of files deleted.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
@@ -100,7 +137,15 @@ def scratch_dir(what: str, parent: str | Path | None = None) -> Iterator[Path]:
     """A private scratch folder ``{parent}/stacchip-{what}~{host}~{pid}~{token}`` (parent:
     the system's temporary folder), removed on exit. Entering one first removes the scratch
     folders of ``what`` that killed processes left (same rules as `is_stale`), so a
-    rerun cleans up after a ``kill -9``."""
+    rerun cleans up after a ``kill -9``.
+
+    Args:
+        what: A name for the folder's use, part of its name.
+        parent: The folder to create it in; default: the system's temporary folder.
+
+    Yields:
+        The new, empty folder (mode 0700).
+    """
     import shutil
     import tempfile
 

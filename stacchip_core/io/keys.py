@@ -26,7 +26,18 @@ _UNSAFE = re.compile(r"[%/\\\x00-\x1f\x7f]")
 
 
 def segment(text: str, what: str = "key segment") -> str:
-    """``text`` as one safe key segment (encoded, see the module doc)."""
+    """``text`` as one safe key segment (encoded, see the module doc).
+
+    Args:
+        text: The value to encode (converted with ``str``).
+        what: What the segment is, for the error message.
+
+    Returns:
+        The percent-encoded segment, free of separators and control characters.
+
+    Raises:
+        UnsafeKeyError: If ``text`` is empty.
+    """
     text = str(text)
     if text == "":
         raise UnsafeKeyError(f"{what} is empty")
@@ -36,7 +47,18 @@ def segment(text: str, what: str = "key segment") -> str:
 
 
 def name(text: str, what: str) -> str:
-    """``text`` unchanged if it is a safe single segment, else an UnsafeKeyError."""
+    """``text`` unchanged if it is a safe single segment, else an UnsafeKeyError.
+
+    Args:
+        text: The name to check (converted with ``str``).
+        what: What the name is, for the error message.
+
+    Returns:
+        ``text`` as a string, unchanged.
+
+    Raises:
+        UnsafeKeyError: If ``text`` is empty, ``.``, ``..`` or holds an unsafe character.
+    """
     text = str(text)
     if text == "" or text in (".", "..") or _UNSAFE.search(text):
         from stacchip_core.io.urls import redact_text
@@ -47,14 +69,36 @@ def name(text: str, what: str) -> str:
 
 
 def join(*parts: str) -> str:
-    """``parts`` joined by ``/``; an UnsafeKeyError if the result could leave its prefix."""
+    """``parts`` joined by ``/``; an UnsafeKeyError if the result could leave its prefix.
+
+    Args:
+        *parts: The key's segments, in order.
+
+    Returns:
+        The joined key.
+
+    Raises:
+        UnsafeKeyError: If the key is absolute, has empty, ``.`` or ``..`` segments, a
+            backslash or a NUL.
+    """
     key = "/".join(parts)
     check(key)
     return key
 
 
 def check(key: str) -> str:
-    """``key`` if it stays under the store's prefix, else an UnsafeKeyError."""
+    """``key`` if it stays under the store's prefix, else an UnsafeKeyError.
+
+    Args:
+        key: A ``/``-separated key relative to a store's prefix.
+
+    Returns:
+        ``key`` unchanged.
+
+    Raises:
+        UnsafeKeyError: If the key is absolute, has empty, ``.`` or ``..`` segments, a
+            backslash or a NUL.
+    """
     pieces = key.split("/")
     if (
         key.startswith("/")

@@ -56,6 +56,14 @@ class Meta:
 
 
 def is_remote(url: str) -> bool:
+    """Whether ``url`` names a remote object (s3://, http(s)://, gs://, az://...).
+
+    Args:
+        url: A URL or local path.
+
+    Returns:
+        True for a remote scheme; False for a path or file://.
+    """
     return urlsplit(str(url)).scheme.lower() in _SCHEMES
 
 
@@ -115,7 +123,18 @@ def _store(
 
 
 def locate(url: str | Path):
-    """``(store, path)`` for any URL or local path: THE place every object read passes."""
+    """``(store, path)`` for any URL or local path: THE place every object read passes.
+
+    Args:
+        url: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+
+    Returns:
+        The obstore store (one per bucket or host and settings) and the path in it.
+
+    Raises:
+        ObjectError: If the scheme is not supported or the store cannot be configured.
+        ForkedError: If this process was forked after its parent used obstore.
+    """
     url = str(url)
     _mark_used()
     parts = urlsplit(url)
@@ -150,7 +169,14 @@ def failure(exc: Exception) -> str:
     """What an object read met, in a few words: ``not found``, ``precondition failed`` (an
     ``If-Match`` that no longer holds), ``access denied``, ``timed out``, or the first line of
     the error with URLs redacted. obstore types only some of its failures, so the rest are
-    told apart by the status in its message; the one place that does so."""
+    told apart by the status in its message; the one place that does so.
+
+    Args:
+        exc: The error either transport raised.
+
+    Returns:
+        A few words, free of URLs.
+    """
     import obstore.exceptions as oe
 
     if isinstance(exc, (oe.NotFoundError, FileNotFoundError)):
@@ -239,7 +265,11 @@ def _count(**deltas: int) -> None:
 
 
 def counters() -> Counters:
-    """A snapshot of this process's read counters (cumulative; a forked child starts at zero)."""
+    """A snapshot of this process's read counters (cumulative; a forked child starts at zero).
+
+    Returns:
+        The counters.
+    """
     with _COUNTS_LOCK:
         return Counters(**_COUNTS)
 
@@ -295,7 +325,18 @@ async def _fetch(
 
 
 def get_bytes(url: str | Path) -> bytes:
-    """The whole object."""
+    """The whole object.
+
+    Args:
+        url: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+
+    Returns:
+        The object's bytes.
+
+    Raises:
+        ObjectError: If the object cannot be read (one redacted line).
+        ForkedError: If this forked process has no transport for the URL's scheme.
+    """
     url = str(url)
     try:
         if _portable(url):
@@ -318,7 +359,18 @@ def get_bytes(url: str | Path) -> bytes:
 
 
 def head(url: str | Path) -> Meta:
-    """The object's size and ETag."""
+    """The object's size and ETag.
+
+    Args:
+        url: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+
+    Returns:
+        The object's size and ETag.
+
+    Raises:
+        ObjectError: If the object cannot be read (one redacted line).
+        ForkedError: If this forked process has no transport for the URL's scheme.
+    """
     url = str(url)
     try:
         if _portable(url):
@@ -344,7 +396,20 @@ def _check(url: str, starts, ends, buffers) -> list:
 
 
 def get_ranges(url: str | Path, starts: Sequence[int], ends: Sequence[int]) -> list:
-    """Byte ranges ``[start, end)``, concurrently (adjacent ones coalesced by obstore)."""
+    """Byte ranges ``[start, end)``, concurrently (adjacent ones coalesced by obstore).
+
+    Args:
+        url: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+        starts: The ranges' first bytes.
+        ends: The ranges' ends (exclusive).
+
+    Returns:
+        The ranges' bytes, in order.
+
+    Raises:
+        ObjectError: If a range cannot be read or comes back truncated.
+        ForkedError: If this forked process has no transport for the URL's scheme.
+    """
     url = str(url)
     if _portable_or_forked(url):
         return run(get_ranges_async(url, starts, ends))
@@ -366,6 +431,20 @@ def _portable_or_forked(url: str) -> bool:
 
 
 async def get_ranges_async(url: str | Path, starts: Sequence[int], ends: Sequence[int]) -> list:
+    """Byte ranges ``[start, end)``, concurrently, on the caller's event loop.
+
+    Args:
+        url: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+        starts: The ranges' first bytes.
+        ends: The ranges' ends (exclusive).
+
+    Returns:
+        The ranges' bytes, in order.
+
+    Raises:
+        ObjectError: If a range cannot be read or comes back truncated.
+        ForkedError: If this forked process has no transport for the URL's scheme.
+    """
     url = str(url)
     starts, ends = [int(s) for s in starts], [int(e) for e in ends]
     try:
@@ -388,7 +467,19 @@ async def get_ranges_async(url: str | Path, starts: Sequence[int], ends: Sequenc
 
 async def get_head_async(url: str | Path, length: int) -> tuple[bytes, Meta]:
     """The first ``length`` bytes (fewer if the object is smaller) and the object's size and
-    ETag, in ONE request."""
+    ETag, in ONE request.
+
+    Args:
+        url: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+        length: How many bytes to read.
+
+    Returns:
+        The bytes read and the object's size and ETag.
+
+    Raises:
+        ObjectError: If the object cannot be read (one redacted line).
+        NoTransport: If this forked process has no transport for the URL's scheme.
+    """
     try:
         response = await _fetch(str(url), 0, int(length))
     except NoTransport:
@@ -404,6 +495,13 @@ def read_table(url: str | Path, **kwargs):
     index, then forks, and obstore's runtime would not survive into the workers. Local
     files are read by pyarrow itself, http(s) and s3 ones in one GET of the fork-safe
     transport; only gs:// and az:// indexes (which it cannot read) go through obstore.
+
+    Args:
+        url: A local path or a file://, s3://, http(s)://, gs:// or az:// URL.
+        **kwargs: Passed to ``pyarrow.parquet.read_table``.
+
+    Returns:
+        The pyarrow Table.
 
     Raises:
         ObjectError: the object cannot be read.
@@ -461,6 +559,12 @@ async def sign(href: str) -> str:
     The answer comes within ``STACCHIP_IO_TIMEOUT`` seconds: a hook that takes longer fails
     with one AssetError, and hrefs of the same container fail at once for the next 30 s.
     Reads of other hrefs go on meanwhile.
+
+    Args:
+        href: The unsigned href.
+
+    Returns:
+        The signed href.
 
     Raises:
         AssetError: the hook failed or took longer than the I/O timeout.
@@ -530,7 +634,14 @@ class Expect:
 
 
 def digest(data: bytes) -> str:
-    """The digest layouts record of an object's header bytes."""
+    """The digest layouts record of an object's header bytes.
+
+    Args:
+        data: The header bytes.
+
+    Returns:
+        A 16-byte BLAKE2b digest, as 32 hex digits.
+    """
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -541,7 +652,13 @@ _CHECKING: dict[tuple, asyncio.Future] = {}
 
 def note_checked(href: str, expect: Expect, etag: str | None) -> None:
     """Record that the object at ``href`` was just seen to match ``expect`` (its header was read
-    and hashed, at index time), with this ETag: reads in this process need no check."""
+    and hashed, at index time), with this ETag: reads in this process need no check.
+
+    Args:
+        href: The object's unsigned href.
+        expect: What the index recorded of the object.
+        etag: The ETag the object had, if any.
+    """
     if len(_VERIFIED) > 100_000:  # bounded over a long epoch
         _VERIFIED.clear()
     _VERIFIED[(href, expect.size, expect.digest)] = etag
@@ -657,6 +774,14 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
     changed, the object is stale. A layout from before digests sends its recorded ETag as
     If-Match, as it always did.
 
+    Args:
+        href: The object's unsigned href.
+        ranges: The ``[start, end)`` byte ranges to read.
+        expect: What the index recorded of the object.
+
+    Returns:
+        The bytes of each range, by range.
+
     Raises:
         StaleObject: the object changed or is gone (the caller falls back).
         ObjectError: any other failure (one redacted line).
@@ -698,7 +823,16 @@ async def read_ranges(href: str, ranges: Sequence[tuple[int, int]],
 async def check_header(href: str, expect: Expect) -> None:
     """The header check of a ``deferred`` layout, for a caller whose tiles did not decode:
     raises StaleObject when the object changed since it was indexed (counted as stale);
-    returns when it is unchanged (the tiles are corrupt, or the decoder failed)."""
+    returns when it is unchanged (the tiles are corrupt, or the decoder failed).
+
+    Args:
+        href: The object's unsigned href.
+        expect: What the index recorded of the object.
+
+    Raises:
+        StaleObject: If the object changed since it was indexed.
+        AssetError: If signing the href failed.
+    """
     if not expect.digest:
         return
     try:
@@ -768,7 +902,14 @@ atexit.register(_LOOP.close)
 
 def run(coro):
     """Run a coroutine on stacchip's I/O loop and wait for its result (from any thread that
-    is not that loop)."""
+    is not that loop).
+
+    Args:
+        coro: The coroutine.
+
+    Returns:
+        The coroutine's result (its exception is raised).
+    """
     return _LOOP.run(coro)
 
 
@@ -780,7 +921,11 @@ def usable() -> bool:
     """Whether this process may use obstore. Its Rust runtime does not survive ``fork()``
     (its threads are not copied; reads then hang forever), so a process forked after its
     parent read through obstore must not: reads there go through the fork-safe transport
-    (io.portable), which needs nothing from the parent."""
+    (io.portable), which needs nothing from the parent.
+
+    Returns:
+        True unless another process (the parent) started obstore's runtime.
+    """
     return _USED_BY is None or _USED_BY == os.getpid()
 
 
@@ -788,7 +933,14 @@ def chips_usable(href: str | None = None) -> bool:
     """Whether chips may be read from layouts in this process (of ``href``, when given): yes
     wherever obstore runs, and for local, http(s) and s3 objects everywhere (the fork-safe
     transport). gs:// and az:// in a child forked after its parent used obstore: no, with
-    one warning per process."""
+    one warning per process.
+
+    Args:
+        href: The object's href, if a particular one.
+
+    Returns:
+        Whether layouts may be used.
+    """
     if usable() or href is None or portable.serves(href):
         return True
     _warn_no_transport()
@@ -826,7 +978,11 @@ class ForkedError(ObjectError):
 
 def async_tiff_usable() -> bool:
     """Whether this process may use async-tiff: like obstore, its runtime hangs in a child
-    forked after its parent used it (measured: ``TIFF.open`` never returns there)."""
+    forked after its parent used it (measured: ``TIFF.open`` never returns there).
+
+    Returns:
+        True unless another process (the parent) started async-tiff's runtime.
+    """
     return _NATIVE_BY is None or _NATIVE_BY == os.getpid()
 
 

@@ -24,7 +24,11 @@ GDAL_DEFAULTS = {
 
 
 def s3_endpoint() -> str | None:
-    """The S3 endpoint URL set for this process, or None for AWS itself."""
+    """The S3 endpoint URL set for this process, or None for AWS itself.
+
+    Returns:
+        The first of the endpoint variables that is set, or None.
+    """
     for var in S3_ENDPOINT_VARS:
         if os.environ.get(var):
             return os.environ[var]
@@ -36,12 +40,20 @@ SOURCE_S3_ENDPOINT_VAR = "STACCHIP_SOURCE_S3_ENDPOINT"
 
 def source_s3_endpoint() -> str | None:
     """The S3 endpoint of the source archive (processors read from it), when it differs
-    from the target's; default: the same endpoint."""
+    from the target's; default: the same endpoint.
+
+    Returns:
+        ``STACCHIP_SOURCE_S3_ENDPOINT`` if set, else the process's S3 endpoint (or None).
+    """
     return os.environ.get(SOURCE_S3_ENDPOINT_VAR) or s3_endpoint()
 
 
 def gdal_options() -> dict[str, str]:
-    """GDAL config options: defaults, then the S3 endpoint translated for GDAL."""
+    """GDAL config options: defaults, then the S3 endpoint translated for GDAL.
+
+    Returns:
+        Option names and values; GDAL settings already in the environment win.
+    """
     options = dict(GDAL_DEFAULTS)
     endpoint = s3_endpoint()
     if endpoint:
@@ -67,7 +79,11 @@ def apply_gdal_options() -> None:
 
 
 def requester_pays() -> bool:
-    """Reads of ``s3://`` objects pay as the requester (``STACCHIP_REQUESTER_PAYS``)."""
+    """Reads of ``s3://`` objects pay as the requester (``STACCHIP_REQUESTER_PAYS``).
+
+    Returns:
+        True if ``STACCHIP_REQUESTER_PAYS`` is ``1``, ``true`` or ``yes``.
+    """
     return os.environ.get("STACCHIP_REQUESTER_PAYS", "").lower() in ("1", "true", "yes")
 
 
@@ -75,6 +91,9 @@ def s3_anonymous() -> bool:
     """Unsigned requests to public buckets.
 
     Set by ``STACCHIP_ANONYMOUS`` or GDAL's ``AWS_NO_SIGN_REQUEST``.
+
+    Returns:
+        True if either variable is ``1``, ``true`` or ``yes``.
     """
     return any(
         os.environ.get(v, "").lower() in ("1", "true", "yes")
@@ -84,7 +103,11 @@ def s3_anonymous() -> bool:
 
 def object_timeouts() -> tuple[float, int]:
     """(seconds per request, retries) for object reads: ``STACCHIP_IO_TIMEOUT`` (default 30)
-    and ``STACCHIP_IO_RETRIES`` (default 4)."""
+    and ``STACCHIP_IO_RETRIES`` (default 4).
+
+    Returns:
+        The per-request timeout in seconds and the number of retries.
+    """
     return float(os.environ.get("STACCHIP_IO_TIMEOUT") or 30), int(
         os.environ.get("STACCHIP_IO_RETRIES") or 4
     )

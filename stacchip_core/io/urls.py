@@ -30,7 +30,14 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 def redact(url: str) -> str:
     """``url`` without userinfo or secret query values (``user:pass@`` and ``sig=…`` become
-    ``REDACTED``). Anything that is not a URL comes back unchanged."""
+    ``REDACTED``). Anything that is not a URL comes back unchanged.
+
+    Args:
+        url: A URL or any other string.
+
+    Returns:
+        The URL with userinfo and secret query values replaced, or ``url`` itself.
+    """
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -26,7 +26,18 @@ log = logging.getLogger(__name__)
 
 def fetch(href: str, directory: Path) -> Path:
     """A local file with the object at ``href``: a local path as is, else downloaded into
-    ``directory`` (s3:// from the source endpoint, STACCHIP_SOURCE_S3_ENDPOINT)."""
+    ``directory`` (s3:// from the source endpoint, STACCHIP_SOURCE_S3_ENDPOINT).
+
+    Args:
+        href: A local path, file://, s3:// or http(s):// URL.
+        directory: Where to download a remote object to.
+
+    Returns:
+        The local file.
+
+    Raises:
+        AssetError: If a local file does not exist or the scheme is not supported.
+    """
     url = urlparse(href)
     if url.scheme in ("", "file"):
         local = Path(url.path if url.scheme == "file" else href)
@@ -48,7 +59,19 @@ def fetch(href: str, directory: Path) -> Path:
 
 def copy_into(store: Store, href: str, key: str) -> str:
     """Copy the object at ``href`` (local path, file://, s3://, http(s)://) to ``key`` of
-    ``store``, unless it is there already. Returns the store URL of the copy."""
+    ``store``, unless it is there already. Returns the store URL of the copy.
+
+    Args:
+        store: The store to copy into.
+        href: The object's local path, file://, s3:// or http(s):// URL.
+        key: The key of the copy in ``store``.
+
+    Returns:
+        The store URL of the copy.
+
+    Raises:
+        AssetError: If the object cannot be fetched or written (the message is redacted).
+    """
     if store.exists(key):
         return store.url(key)
     url = urlparse(href)
@@ -77,7 +100,22 @@ def copy_assets(item: pystac.Item, keys: list[str], store: Store, prefix: str,
                 hrefs: dict[str, str] | None = None) -> pystac.Item:
     """A copy of ``item`` with only ``keys``, each copied to ``{prefix}/{file name}`` in the
     store and its href rewritten. ``hrefs`` overrides where to copy an asset from (e.g. an
-    alternate s3 href)."""
+    alternate s3 href).
+
+    Args:
+        item: The source item (not changed).
+        keys: The asset keys to keep and copy.
+        store: The store to copy into.
+        prefix: The key prefix of the copies.
+        hrefs: Per asset key, an href to copy from instead of the asset's own.
+
+    Returns:
+        The normalized copy of ``item``, without links.
+
+    Raises:
+        AssetError: If an asset cannot be copied.
+        UnsafeKeyError: If an asset's file name or the resulting key is unsafe.
+    """
     out = item.clone()
     for key in list(out.assets):
         if key not in keys:

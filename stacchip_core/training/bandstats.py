@@ -29,6 +29,14 @@ class Moments:
     m2: np.ndarray  # (bands,) float64: sum of squared deviations from the mean
 
     def merge(self, other: Moments) -> Moments:
+        """The moments of both sets of pixels together (Chan et al.'s parallel update).
+
+        Args:
+            other: The moments of other pixels of the same bands.
+
+        Returns:
+            The combined moments.
+        """
         n = self.count + other.count
         safe = np.where(n == 0, 1, n)
         delta = other.mean - self.mean
@@ -42,7 +50,15 @@ class Moments:
 
 
 def moments(pixels: np.ndarray, nodata=None) -> Moments:
-    """Exact moments per band of (N, bands, h, w) pixels, nodata left out."""
+    """Exact moments per band of (N, bands, h, w) pixels, nodata left out.
+
+    Args:
+        pixels: The pixels, shape (N, bands, h, w).
+        nodata: The nodata value, if any.
+
+    Returns:
+        Count, mean and sum of squared deviations per band.
+    """
     bands = pixels.shape[1]
     count, mean, m2 = np.zeros(bands, np.int64), np.zeros(bands), np.zeros(bands)
     for b in range(bands):
@@ -68,7 +84,19 @@ class BandStats(Report):
 
 def band_stats(source: str | Path, workers: int = 4) -> dict[str, dict[str, BandStats]]:
     """{platform: {band: BandStats}} over every cube_*.npz under ``source``, platforms and
-    (within one) bands in order."""
+    (within one) bands in order.
+
+    Args:
+        source: A folder or ``s3://`` prefix of cubes.
+        workers: Threads reading cubes.
+
+    Returns:
+        The statistics by platform and band.
+
+    Raises:
+        NotFoundError: If there is no cube under ``source``.
+        CubeError: If cubes of one platform disagree on their bands.
+    """
     store = open_store(source)
     keys = [k for k in store.list("", ".npz") if Path(k).name.startswith("cube_")]
     if not keys:
@@ -99,13 +127,29 @@ def band_stats(source: str | Path, workers: int = 4) -> dict[str, dict[str, Band
 
 
 def stats_dict(stats: dict[str, dict[str, BandStats]]) -> dict[str, dict[str, dict]]:
-    """The statistics as plain values, as JSON and YAML write them."""
+    """The statistics as plain values, as JSON and YAML write them.
+
+    Args:
+        stats: Statistics by platform and band.
+
+    Returns:
+        The same, each band's statistics a dict.
+    """
     return {p: {b: s.to_dict() if isinstance(s, BandStats) else dict(s) for b, s in bands.items()}
             for p, bands in stats.items()}
 
 
 def dump(stats: dict[str, dict[str, BandStats]], path: str | Path) -> None:
-    """Write stats as JSON, or YAML for a .yaml/.yml path (needs PyYAML)."""
+    """Write stats as JSON, or YAML for a .yaml/.yml path (needs PyYAML).
+
+    Args:
+        stats: Statistics by platform and band.
+        path: The file to write, atomically.
+
+    Raises:
+        ConfigError: If a YAML path is given and PyYAML is not installed.
+        OutputError: If the file cannot be written.
+    """
     path = Path(path)
     plain = stats_dict(stats)
     if path.suffix in (".yaml", ".yml"):

@@ -23,7 +23,13 @@ class ChipReader:
     """``read(row) -> float32 (bands, cs, cs)`` in the platform's canonical band order
     (or ``bands``, a subset by name); ``read_many(rows)`` reads a batch concurrently.
     Caches are per process: after a fork they start empty, and pickling (spawn) drops them.
-    ``report`` is what its reads cost so far, ``last_report`` the last batch's."""
+    ``report`` is what its reads cost so far, ``last_report`` the last batch's.
+
+    Args:
+        bands: Band names to read (default: each platform's canonical bands).
+        mountpath: A local mirror that remote hrefs map to.
+        use_layouts: Read through the index's COG layouts where it has them.
+    """
 
     def __init__(
         self, bands: list[str] | None = None, mountpath=None, use_layouts: bool = True
@@ -41,18 +47,48 @@ class ChipReader:
         self._reader = Reader(self.mountpath, use_layouts=self.use_layouts)
 
     def band_names(self, platform_name: str) -> list[str]:
-        """The band names a chip of platform ``platform_name`` is read with."""
+        """The band names a chip of platform ``platform_name`` is read with.
+
+        Args:
+            platform_name: The platform's name, as in the index.
+
+        Returns:
+            The band names, in read order.
+
+        Raises:
+            PlatformError: If no bands are given and the platform is not installed.
+        """
         platform = platforms().get(platform_name)
         if platform is None and not self.bands:
             raise PlatformError(f"platform {platform_name!r} is not installed")
         return band_list(platform, platform_name, self.bands)
 
     def read(self, row: dict) -> np.ndarray:
-        """One chip: float32 ``(bands, cs, cs)``."""
+        """One chip: float32 ``(bands, cs, cs)``.
+
+        Args:
+            row: An index row.
+
+        Returns:
+            The chip's pixels.
+
+        Raises:
+            PlatformError: If no bands are given and the row's platform is not installed.
+        """
         return self.read_many([row])[0]
 
     def read_many(self, rows: list[dict]) -> list[np.ndarray]:
-        """The chips of ``rows``: all tiles of all rows with layouts fetched concurrently."""
+        """The chips of ``rows``: all tiles of all rows with layouts fetched concurrently.
+
+        Args:
+            rows: Index rows.
+
+        Returns:
+            The chips' float32 ``(bands, cs, cs)`` pixels, in the order of ``rows``.
+
+        Raises:
+            PlatformError: If no bands are given and a row's platform is not installed.
+        """
         for name in {row["platform"] for row in rows}:
             self.band_names(name)  # an uninstalled platform: one clear error first
         return self._reader.stacks(rows, self.bands)

@@ -60,7 +60,18 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 def spatial_splits(table: pa.Table, block_deg: float = 1.0, val: float = 0.1, test: float = 0.1,
                    seed: int = 0) -> np.ndarray:
-    """``"train"``/``"val"``/``"test"`` per row, by the lon/lat block of the chip's centre."""
+    """``"train"``/``"val"``/``"test"`` per row, by the lon/lat block of the chip's centre.
+
+    Args:
+        table: An index or stacks table with a ``bbox`` column.
+        block_deg: Side of the lon/lat blocks, degrees.
+        val: Share of blocks in the validation split.
+        test: Share of blocks in the test split.
+        seed: Seed of the block hash.
+
+    Returns:
+        The split of every row, an object array.
+    """
     b = table["bbox"]
     lon = (pc.struct_field(b, "xmin").to_numpy() + pc.struct_field(b, "xmax").to_numpy()) / 2
     lat = (pc.struct_field(b, "ymin").to_numpy() + pc.struct_field(b, "ymax").to_numpy()) / 2
@@ -81,7 +92,23 @@ def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int,
 
     Without ``oversample`` these are ``PlatformBatchSampler``'s batches (one batching rule for
     both; its ``seed + epoch`` shuffling), then the largest batches are split in two until every
-    rank gets as many batches (DDP needs equal step counts); no chip is repeated."""
+    rank gets as many batches (DDP needs equal step counts); no chip is repeated.
+
+    Args:
+        platforms: The platform of every row.
+        batch_size: The most rows per batch.
+        epoch: The epoch (added to ``seed``).
+        seed: The shuffling seed.
+        shuffle: Shuffle within platforms and the order of batches.
+        oversample: Repeat small platforms' rows up to the largest platform.
+        world_size: The number of ranks.
+
+    Returns:
+        The batches' row numbers.
+
+    Raises:
+        ConfigError: If the rows are too few to give every rank a batch.
+    """
     if not oversample:
         sampler = PlatformBatchSampler(platforms.tolist(), batch_size, shuffle=shuffle, seed=seed)
         sampler.set_epoch(epoch)
@@ -136,6 +163,9 @@ class ShardedBatchSampler(BatchSampler):
         oversample: repeat small platforms' chips up to the largest platform.
         seed: shuffling seed (with the epoch).
         epoch_fn: the current epoch (e.g. the trainer's), asked at the start of each pass.
+
+    Raises:
+        ConfigError: ``drop_last`` is True, or ``rank`` is not in 0..world_size - 1.
     """
 
     def __init__(
@@ -170,18 +200,36 @@ class ShardedBatchSampler(BatchSampler):
         self._cache: tuple[int, list[np.ndarray]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next passes (when there is no ``epoch_fn``)."""
+        """Use ``epoch`` for the next passes (when there is no ``epoch_fn``).
+
+        Args:
+            epoch: The epoch.
+        """
         self.epoch = epoch
 
     def current_epoch(self) -> int:
-        """The epoch the next pass shuffles with."""
+        """The epoch the next pass shuffles with.
+
+        Returns:
+            ``epoch_fn()``, else the last ``set_epoch``, else the number of passes so far.
+        """
         epoch = self.epoch_fn() if self.epoch_fn is not None else None
         if epoch is None:
             epoch = self.epoch if self.epoch is not None else self._passes
         return int(epoch)
 
     def rank_batches(self, epoch: int | None = None) -> list[np.ndarray]:
-        """This rank's batches (row numbers) of ``epoch`` (default: the current one)."""
+        """This rank's batches (row numbers) of ``epoch`` (default: the current one).
+
+        Args:
+            epoch: The epoch; None: ``current_epoch()``.
+
+        Returns:
+            The batches of this rank.
+
+        Raises:
+            ConfigError: If the rows are too few to give every rank a batch.
+        """
         epoch = self.current_epoch() if epoch is None else epoch
         if (
             self._cache is None or self._cache[0] != epoch
@@ -278,6 +326,10 @@ class StacchipDataModule(lightning.LightningDataModule):
         prefetch_factor: batches queued per worker (torch's ``prefetch_factor``).
         persistent_workers: keep workers (and their open connections and caches) across epochs.
         multiprocessing_context: worker start method (torch's default: fork on Linux).
+
+    Raises:
+        IndexFormatError: An index is not a readable Parquet index.
+        ObjectError: An index file cannot be read.
     """
 
     dataset_class: Any = ChipDataset  # a subclass may extend how a batch is read
@@ -332,12 +384,27 @@ class StacchipDataModule(lightning.LightningDataModule):
         self.multiprocessing_context = multiprocessing_context
 
     def split_table(self, split: str) -> pa.Table:
+        """The rows of one split.
+
+        Args:
+            split: ``train``, ``val`` or ``test``.
+
+        Returns:
+            The split's rows of the table.
+
+        Raises:
+            ConfigError: If ``split`` is not one of the three.
+        """
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
         return self.table.filter(pc.equal(self.table["split"], split))
 
     def write_splits(self, path) -> None:
-        """The filtered index with its ``split`` column, as GeoParquet-compatible Parquet."""
+        """The filtered index with its ``split`` column, as GeoParquet-compatible Parquet.
+
+        Args:
+            path: The Parquet file to write.
+        """
         import pyarrow.parquet as pq
 
         pq.write_table(self.table, str(path))
@@ -399,12 +466,27 @@ class StacchipDataModule(lightning.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """The training loader: shuffled per epoch, this rank's share.
+
+        Returns:
+            The data loader.
+        """
         return self._loader("train", True)
 
     def val_dataloader(self) -> DataLoader:
+        """The validation loader: in order, this rank's share.
+
+        Returns:
+            The data loader.
+        """
         return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
+        """The test loader: in order, this rank's share.
+
+        Returns:
+            The data loader.
+        """
         return self._loader("test", False)
 
 

@@ -23,6 +23,17 @@ class ChipDataset:
     ``bands`` selects bands by name for every platform (a list) or per platform (a dict);
     default: each platform's canonical bands. ``chip_filter`` keeps rows of the index
     (default: all rows).
+
+    Args:
+        index: An index file, folder or URL, or an index table.
+        bands: Band names for every platform (a list) or per platform (a dict).
+        transform: A function applied to every sample.
+        chip_filter: The rows of the index to keep.
+        mountpath: A local mirror that remote hrefs map to.
+
+    Raises:
+        IndexFormatError: If the index is not a readable Parquet index.
+        ObjectError: If the index file cannot be read.
     """
 
     def __init__(
@@ -92,7 +103,17 @@ class ChipDataset:
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         """A batch of samples (torch's DataLoader calls this with a batch of indices): the
-        tiles of all its chips are fetched concurrently, per platform."""
+        tiles of all its chips are fetched concurrently, per platform.
+
+        Args:
+            indices: Row numbers of the index (negative ones count from the end).
+
+        Returns:
+            The samples, in the order of ``indices``.
+
+        Raises:
+            IndexError: If an index is out of range.
+        """
         rows = self._rows(list(indices))
         pixels: list = [None] * len(rows)
         by_platform: dict[str, list[int]] = {}
@@ -109,6 +130,13 @@ class PlatformBatchSampler:
 
     Shuffled with ``seed + epoch`` (call ``set_epoch`` each epoch): indices within each
     platform, then the order of the batches. A torch ``batch_sampler``.
+
+    Args:
+        platforms: The platform of every sample, in dataset order.
+        batch_size: The most indices per batch.
+        shuffle: Shuffle the indices and the batches.
+        seed: The base seed of the shuffle.
+        drop_last: Drop each platform's last, incomplete batch.
     """
 
     def __init__(
@@ -129,6 +157,11 @@ class PlatformBatchSampler:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Shuffle with ``seed + epoch`` from now on.
+
+        Args:
+            epoch: The epoch about to start.
+        """
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:

@@ -48,6 +48,14 @@ class ChipFilter:
     bbox: tuple[float, float, float, float] | None = None  # lon/lat, chips intersecting it
 
     def apply(self, table: pa.Table) -> pa.Table:
+        """The rows of ``table`` this filter keeps.
+
+        Args:
+            table: An index table.
+
+        Returns:
+            The kept rows.
+        """
         mask = pc.less_equal(table["nodata_percentage"], self.max_nodata)
         if self.max_cloud is not None:
             mask = pc.and_(mask, pc.less_equal(table["cloud_cover_percentage"], self.max_cloud))
@@ -78,7 +86,18 @@ class ChipFilter:
     def load(self, location: str) -> pa.Table:
         """The rows of the index at ``location`` this filter keeps, reading only the row
         groups whose statistics allow a match (core.query): a region of a large index
-        costs that region. The same rows as ``apply(load_index(location))``."""
+        costs that region. The same rows as ``apply(load_index(location))``.
+
+        Args:
+            location: An index file, or a folder or prefix of index files.
+
+        Returns:
+            The kept rows.
+
+        Raises:
+            NotFoundError: If there is no index at ``location``.
+            ConfigError: If the filter's box or dates are out of range.
+        """
         from stacchip_core.core.query import query
 
         when = (self.start, self.end) if self.start is not None or self.end is not None else None
@@ -95,6 +114,18 @@ class Cube:
 
 
 def load_index(location: str) -> pa.Table:
+    """The index at ``location`` as one table (never through obstore: see io.objects).
+
+    Args:
+        location: An index file, local or remote.
+
+    Returns:
+        The index table.
+
+    Raises:
+        IndexFormatError: If the file is not a readable index.
+        ObjectError: If the file cannot be read.
+    """
     from stacchip_core.io.objects import read_table
 
     try:  # never through obstore: workers forked after this keep its fast path (io.objects)
@@ -106,7 +137,17 @@ def load_index(location: str) -> pa.Table:
 def plan_cubes(
     table: pa.Table, cube_size: int = 128, spares: int | None = None, seed: int = 42
 ) -> list[Cube]:
-    """Every cube of every platform (platforms by name, then cube number)."""
+    """Every cube of every platform (platforms by name, then cube number).
+
+    Args:
+        table: The filtered index.
+        cube_size: Chips per cube.
+        spares: Extra chips per cube that replace failed ones (default: cube_size // 16).
+        seed: The seed of the chips' permutation.
+
+    Returns:
+        The cubes; a platform's chips that fill no whole block make no cube.
+    """
     spares = max(1, cube_size // 16) if spares is None else spares
     block = cube_size + spares
     platform_col = np.asarray(table["platform"].to_pylist(), dtype=object)
@@ -129,6 +170,18 @@ def _stable_hash(text: str) -> int:
 
 
 def cube_key(version: str, cube: Cube) -> str:
+    """The store key of ``cube``: ``{version}/{platform}/cube_{number:06d}.npz``.
+
+    Args:
+        version: The cubes' folder (a plain name).
+        cube: The cube.
+
+    Returns:
+        The key.
+
+    Raises:
+        UnsafeKeyError: If ``version`` is not a plain name.
+    """
     # the version is an option (refused when unsafe), the platform comes from the index (encoded)
     return keys.join(keys.name(version, "--version"), keys.segment(cube.platform, "platform"),
                      f"cube_{cube.number:06d}.npz")
@@ -163,7 +216,22 @@ def _norms(rows: list[dict]) -> dict[str, np.ndarray]:
 def build_cube(
     table: pa.Table, cube: Cube, cube_size: int, reader: ChipReader, workers: int = 4
 ) -> tuple[dict, list[str]]:
-    """Read a cube's chips (in parallel); returns (arrays, failed chip ids)."""
+    """Read a cube's chips (in parallel); returns (arrays, failed chip ids).
+
+    Args:
+        table: The filtered index.
+        cube: The cube to read.
+        cube_size: Chips per cube.
+        reader: The reader of the chips.
+        workers: Threads when chips are read one by one (after a failure).
+
+    Returns:
+        The cube's arrays (``pixels``, norms, ``chipids``, ``platform``, ``bands``) and one
+        line per failed chip.
+
+    Raises:
+        CubeError: If more chips failed than the cube has spares.
+    """
     rows = table.take(pa.array(cube.rows)).to_pylist()
 
     def read(row):
@@ -224,7 +292,28 @@ def prechip(
     workers: int = 4,
     mountpath=None,
 ) -> PrechipReport:
-    """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``)."""
+    """Write the cubes of job ``job`` (cubes ``job*cubes_per_job`` .. ``+cubes_per_job``).
+
+    Args:
+        index: The index file, or a folder or prefix of index files.
+        target: The store to write to (folder or ``s3://`` prefix).
+        version: The cubes' folder in the store (a plain name).
+        job: The job's number.
+        cubes_per_job: Cubes each job writes.
+        cube_size: Chips per cube.
+        spares: Extra chips per cube that replace failed ones.
+        seed: The seed of the chips' permutation.
+        chip_filter: The index rows to use.
+        workers: Threads when chips are read one by one.
+        mountpath: A local mirror that remote hrefs map to.
+
+    Returns:
+        What the job wrote, skipped and failed.
+
+    Raises:
+        UnsafeKeyError: If ``version`` is not a plain name.
+        ConfigError: If the target store's location is not supported.
+    """
     keys.name(version, "--version")  # before any work
     table = chip_filter.load(index)
     cubes = plan_cubes(table, cube_size, spares, seed)
@@ -255,11 +344,32 @@ def prechip(
 
 
 def prechip_job(job: int, **kwargs) -> PrechipReport:
-    """One prechip job, picklable for a cluster."""
+    """One prechip job, picklable for a cluster.
+
+    Args:
+        job: The job's number.
+        **kwargs: The keywords of ``prechip``, ``index`` and ``target`` included.
+
+    Returns:
+        The job's report.
+    """
     return prechip(kwargs.pop("index"), kwargs.pop("target"), job=job, **kwargs)
 
 
 def count_jobs(index: str, cube_size: int, cubes_per_job: int, spares: int | None, seed: int,
                chip_filter: ChipFilter) -> int:
+    """How many prechip jobs cover every cube of the filtered index.
+
+    Args:
+        index: The index file, or a folder or prefix of index files.
+        cube_size: Chips per cube.
+        cubes_per_job: Cubes each job writes.
+        spares: Extra chips per cube that replace failed ones.
+        seed: The seed of the chips' permutation.
+        chip_filter: The index rows to use.
+
+    Returns:
+        The number of jobs.
+    """
     cubes = len(plan_cubes(chip_filter.load(index), cube_size, spares, seed))
     return -(-cubes // cubes_per_job)

@@ -244,6 +244,9 @@ class StackReader:
     adds them up. Asset windows the layout cannot serve are read through rasterio
     (``rasterio_reads``, ``fallbacks`` by reason: ``stale``, ``undecodable``); a member that
     neither can read fails its stack. GDAL's own requests are not in ``requests``.
+
+    Raises:
+        StackError: ``resampling`` is neither ``nearest`` nor ``bilinear``.
     """
 
     def __init__(
@@ -259,6 +262,17 @@ class StackReader:
         self.report = ReadReport()
 
     def band_names(self, platform: str) -> list[str]:
+        """The bands read of ``platform``'s members.
+
+        Args:
+            platform: A platform name.
+
+        Returns:
+            The chosen band names, else the platform's canonical bands.
+
+        Raises:
+            PlatformError: If no band is chosen and the platform is not installed.
+        """
         if isinstance(self.bands, dict):
             chosen = self.bands.get(platform)
         else:
@@ -290,7 +304,18 @@ class StackReader:
         return out
 
     def read(self, stack: dict) -> StackPixels:
-        """One stack (a row of a stacks table as a dict); raises its ``StackError``."""
+        """One stack (a row of a stacks table as a dict); raises its ``StackError``.
+
+        Args:
+            stack: A row of a stacks table.
+
+        Returns:
+            The stack's pixels.
+
+        Raises:
+            StackError: If a member cannot be read or lacks a band.
+            AssetError: If an object read fails.
+        """
         result = self.read_many([stack])[0]
         if isinstance(result, Exception):
             raise result
@@ -535,6 +560,17 @@ class StackDataset:
     at once), numpy samples (torch's default collate makes tensors). ``steps`` pads (zeros,
     invalid, time -1) or cuts every stack to that many steps, so stacks of any length batch.
     ``errors="skip"`` drops stacks that cannot be read from a batch (logged) instead of raising.
+
+    Args:
+        stacks: A stacks file or URL, or a stacks table.
+        bands: Band names per platform (a dict) or for every platform (a list).
+        transform: A function applied to every sample.
+        steps: Steps per stack (padded or cut); None: each stack's own length.
+        resampling: ``nearest`` or ``bilinear`` for the bands of warped members.
+        errors: ``raise``, or ``skip`` to drop stacks that cannot be read.
+
+    Raises:
+        StackError: ``errors`` or ``resampling`` is not one of its values.
     """
 
     def __init__(

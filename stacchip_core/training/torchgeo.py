@@ -57,6 +57,11 @@ class StacchipGeoDataset(GeoDataset):
         label_column: an index column returned as ``sample["label"]``.
         transforms: TorchGeo-style ``transforms(sample) -> sample``.
         mountpath: for bucket hrefs mounted locally.
+
+    Raises:
+        NotFoundError: no chips are left after filtering, or none in ``crs``.
+        ConfigError: ``label_column`` is not a column of the index.
+        GridError: an item's grid is not north-up.
     """
 
     def __init__(
@@ -202,7 +207,14 @@ class StacchipGeoDataset(GeoDataset):
         return sample
 
     def chip_query(self, i: int) -> tuple[slice, slice, slice]:
-        """The query that returns exactly chip ``i`` of the dataset (its window and time)."""
+        """The query that returns exactly chip ``i`` of the dataset (its window and time).
+
+        Args:
+            i: The chip's position in the dataset.
+
+        Returns:
+            The x, y and time slices of a TorchGeo query.
+        """
         xmin, ymin, xmax, ymax = self.index.geometry.iloc[i].bounds
         iv = self.index.index[i]
         return (

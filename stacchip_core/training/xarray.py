@@ -39,7 +39,18 @@ class ChipGeoref:
     time: datetime | None
 
     def scaled(self, height: int, width: int) -> ChipGeoref:
-        """The same footprint on a ``height`` x ``width`` grid (an integer fraction of it)."""
+        """The same footprint on a ``height`` x ``width`` grid (an integer fraction of it).
+
+        Args:
+            height: The new grid's rows.
+            width: The new grid's columns.
+
+        Returns:
+            The georeference on the new grid (this one when the size is the same).
+
+        Raises:
+            ShapeError: If the size is not the chip's or an integer fraction of it.
+        """
         if (height, width) == (self.height, self.width):
             return self
         if height < 1 or width < 1 or self.height % height or self.width % width:
@@ -51,7 +62,11 @@ class ChipGeoref:
         return ChipGeoref(t, self.crs, height, width, self.time)
 
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pixel-centre x and y coordinates (1-D, north-up grids)."""
+        """Pixel-centre x and y coordinates (1-D, north-up grids).
+
+        Returns:
+            The x coordinates (``width``) and the y coordinates (``height``), in the CRS.
+        """
         t = self.transform
         x = t.c + (np.arange(self.width) + 0.5) * t.a
         y = t.f + (np.arange(self.height) + 0.5) * t.e
@@ -61,7 +76,20 @@ class ChipGeoref:
 def chip_georef(row: dict, mountpath=None, item=None) -> ChipGeoref:
     """The grid window of the chip an index row names (``chip_index_x``/``_y``, ``chip_size``)
     on its item's finest grid, as the chipper reads it: from the row's layouts when they hold
-    the grid, else from ``item`` or the item JSON."""
+    the grid, else from ``item`` or the item JSON.
+
+    Args:
+        row: An index row.
+        mountpath: A local mirror that remote hrefs map to.
+        item: The row's STAC item, if already loaded.
+
+    Returns:
+        The chip's georeference and time (naive UTC).
+
+    Raises:
+        IndexFormatError: If the row needs its item JSON and has no ``item_href``.
+        IndexError: If the chip is outside its item's grid.
+    """
     grid = item_grid(item, int(row["chip_size"]), mountpath=mountpath) if item is not None else \
         grid_for_row(row, mountpath)
     col, row_off, w, h = grid.window(int(row["chip_index_x"]), int(row["chip_index_y"]))
@@ -107,7 +135,20 @@ def chip_dataarray(
 ):
     """A chip as ``xarray.DataArray`` (band, y, x) of float32, bands in the platform's
     canonical order (or ``bands``), with coordinates, CRS and time; ``attrs`` hold
-    ``chipid``, ``platform``, ``item_id``, ``crs`` and ``transform``."""
+    ``chipid``, ``platform``, ``item_id``, ``crs`` and ``transform``.
+
+    Args:
+        row: An index row.
+        bands: Band names to read (default: the platform's canonical bands).
+        mountpath: A local mirror that remote hrefs map to.
+        reader: A ChipReader to reuse (its bands win over ``bands``).
+
+    Returns:
+        The chip's DataArray.
+
+    Raises:
+        PlatformError: If no bands are given and the row's platform is not installed.
+    """
     reader = reader or ChipReader(list(bands) if bands else None, mountpath)
     data = reader.read(row)
     geo = chip_georef(row, mountpath)
@@ -134,7 +175,22 @@ def _as_chw(output) -> np.ndarray:
 def prediction_dataarray(output, row: dict, names: Sequence[str] | None = None, mountpath=None,
                          georef: ChipGeoref | None = None):
     """A model's output for the chip of ``row`` (``(C, H, W)`` or ``(H, W)``, numpy or torch;
-    H x W the chip's size or an integer fraction of it) as a georeferenced DataArray."""
+    H x W the chip's size or an integer fraction of it) as a georeferenced DataArray.
+
+    Args:
+        output: The model's output, numpy or torch.
+        row: The chip's index row.
+        names: One name per channel (default: ``channel_0``, ...).
+        mountpath: A local mirror that remote hrefs map to.
+        georef: The chip's georeference, if already known.
+
+    Returns:
+        The output as a DataArray (band, y, x) on the chip's footprint.
+
+    Raises:
+        ShapeError: If the output is not 2-D or 3-D, does not fit the chip, or the names do
+            not match the channels.
+    """
     data = _as_chw(output)
     geo = (georef or chip_georef(row, mountpath)).scaled(data.shape[1], data.shape[2])
     names = list(names) if names is not None else [f"channel_{i}" for i in range(data.shape[0])]
@@ -153,7 +209,23 @@ def write_prediction(
     nodata=None,
 ) -> Path:
     """Write a model's output for the chip of ``row`` as a GeoTIFF on the chip's window
-    (atomically: a temporary name, then renamed). Channel names become band descriptions."""
+    (atomically: a temporary name, then renamed). Channel names become band descriptions.
+
+    Args:
+        path: The GeoTIFF to write; its parent folders are created.
+        output: The model's output, numpy or torch, ``(C, H, W)`` or ``(H, W)``.
+        row: The chip's index row.
+        names: One name per channel, written as band descriptions.
+        mountpath: A local mirror that remote hrefs map to.
+        georef: The chip's georeference, if already known.
+        nodata: The nodata value, if any.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ShapeError: If the output is not 2-D or 3-D or does not fit the chip.
+    """
     data = _as_chw(output)
     geo = (georef or chip_georef(row, mountpath)).scaled(data.shape[1], data.shape[2])
     path = Path(path)
