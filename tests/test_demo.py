@@ -181,3 +181,15 @@ def test_index_map_html_renders_the_chips_offline_in_chromium(demo, tmp_path):
     }
     for rgb in colours:
         assert (pixels == rgb).all(axis=1).sum() > 2000, rgb
+
+
+def test_every_label_character_has_a_glyph():
+    """The built-in preview font draws every character of the labels the demo writes: each
+    platform's name, ISO dates and fractions (a missing glyph would draw as a blank)."""
+    from stacchip_core.demo.previews import text_mask
+    from stacchip_core.plugins import platforms
+
+    labels = [*platforms(), "2023-02-04", "cloud 0.13", "nodata 0.05", "s2 + s1"]
+    chars = {ch for label in labels for ch in label if ch != " "}
+    blank = sorted(ch for ch in chars if not text_mask(ch, 20).any())
+    assert blank == []
