@@ -66,23 +66,25 @@ def scene(data: Path) -> Path:
     return item
 
 
-def serve_items(item: Path, root: Path, url: str, n: int) -> list[tuple[Path, str]]:
-    """``n`` copies of the item, each with its own asset URLs (symlinked folders):
-    ``[(local item JSON, item URL)]``."""
+def serve_items(
+    item: Path, root: Path, url: str, n: int, folder: str = "i", name: str = "item"
+) -> list[tuple[Path, str]]:
+    """``n`` copies of the item, each with its own asset URLs (symlinked folders
+    ``{folder}NNNN``, item JSON ``{name}NNNN.json``): ``[(local item JSON, item URL)]``."""
     root.mkdir(parents=True, exist_ok=True)
     src = json.loads(item.read_text())
     out = []
     for i in range(n):
-        folder = root / f"i{i:04d}"
-        if not folder.exists():
-            folder.symlink_to(item.parent.resolve(), target_is_directory=True)
+        assets = root / f"{folder}{i:04d}"
+        if not assets.exists():
+            assets.symlink_to(item.parent.resolve(), target_is_directory=True)
         d = json.loads(json.dumps(src))
-        d["id"] = f"{ITEM_ID}-{i:04d}"
+        d["id"] = f"{src['id']}-{i:04d}"
         for asset in d["assets"].values():
-            asset["href"] = f"{url}/i{i:04d}/{Path(asset['href']).name}"
-        path = root / f"item{i:04d}.json"
+            asset["href"] = f"{url}/{folder}{i:04d}/{Path(asset['href']).name}"
+        path = root / f"{name}{i:04d}.json"
         path.write_text(json.dumps(d))
-        out.append((path, f"{url}/item{i:04d}.json"))
+        out.append((path, f"{url}/{name}{i:04d}.json"))
     return out
 
 

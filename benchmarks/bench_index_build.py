@@ -66,25 +66,6 @@ print(json.dumps({"seconds": dt, "items": len(items) - 1, "rows": rows,
 """)
 
 
-def serve_items(item: Path, root: Path, url: str, n: int) -> list[tuple[str, str]]:
-    """``n`` copies of the item, each under its own asset URLs: ``[(local JSON, URL)]``."""
-    root.mkdir(parents=True, exist_ok=True)
-    src = json.loads(item.read_text())
-    out = []
-    for i in range(n):
-        folder = root / f"b{i:04d}"
-        if not folder.exists():
-            folder.symlink_to(item.parent.resolve(), target_is_directory=True)
-        d = json.loads(json.dumps(src))
-        d["id"] = f"{src['id']}-{i:04d}"
-        for asset in d["assets"].values():
-            asset["href"] = f"{url}/b{i:04d}/{Path(asset['href']).name}"
-        path = root / f"build{i:04d}.json"
-        path.write_text(json.dumps(d))
-        out.append((str(path), f"{url}/build{i:04d}.json"))
-    return out
-
-
 def job(python: str, kind: str, workers: int, items: list, stats_url: str) -> dict:
     env = {**os.environ, "GDAL_CACHEMAX": "64"}
     out = subprocess.run(
@@ -103,6 +84,7 @@ def job(python: str, kind: str, workers: int, items: list, stats_url: str) -> di
 
 def main() -> None:
     from bench import generate
+    from bench_cloud import serve_items
     from rangeserver import RangeServer
 
     parser = argparse.ArgumentParser(
@@ -132,7 +114,8 @@ def main() -> None:
     if args.original_python:
         plan.append(("stacchip 0.1.38 Sentinel2Indexer, sequential", "orig", 1, seq))
     with RangeServer(root, delay=args.delay) as server:
-        items = serve_items(item, root, server.url, 1 + sum(n for *_, n in plan) + len(plan))
+        total = 1 + sum(n for *_, n in plan) + len(plan)
+        items = [(str(p), u) for p, u in serve_items(item, root, server.url, total, "b", "build")]
         start, results = 0, []
         for name, kind, workers, n in plan:
             mine = items[start:start + n + 1]  # + 1 warm-up item; every item fresh
