@@ -40,22 +40,12 @@ from typing import Any
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
+from bench_cloud import TEN  # the same ten S2 bands as bench_cloud's scene
+
 log = logging.getLogger("bench_loaders")
 
 S2 = "sentinel-2-l2a"
 RGB = ["red", "green", "blue"]
-TEN = [
-    "blue",
-    "green",
-    "red",
-    "rededge1",
-    "rededge2",
-    "rededge3",
-    "nir",
-    "nir08",
-    "swir16",
-    "swir22",
-]
 S2_IDS = {
     "blue": "B02",
     "green": "B03",
