@@ -166,6 +166,14 @@ def plugins(as_json: bool, show_all: bool) -> None:
         echo(f"  hooks: {', '.join(row['hooks'])}")
 
 
+# the --mountpath option of every command that reads hrefs
+MOUNTPATH = click.option(
+    "--mountpath",
+    type=click.Path(file_okay=False),
+    help="Local mirror that s3:// and https:// hrefs map to.",
+)
+
+
 @cli.command()
 @click.argument("items", metavar="ITEM...", nargs=-1, type=str)
 @click.option(
@@ -188,11 +196,7 @@ def plugins(as_json: bool, show_all: bool) -> None:
 @click.option(
     "--no-layouts", is_flag=True, help="Do not record COG layouts (chips then open each file)."
 )
-@click.option(
-    "--mountpath",
-    type=click.Path(file_okay=False),
-    help="Local mirror that s3:// and https:// hrefs map to.",
-)
+@MOUNTPATH
 @click.option(
     "--catalog",
     help=(
@@ -291,11 +295,7 @@ def index(
 @click.option(
     "--assets", help="Comma-separated asset keys or band names (default: the platform's bands)."
 )
-@click.option(
-    "--mountpath",
-    type=click.Path(file_okay=False),
-    help="Local mirror that s3:// and https:// hrefs map to.",
-)
+@MOUNTPATH
 @click.option(
     "-o",
     "--output",
@@ -676,7 +676,7 @@ def process(
     show_default=True,
     help="Parallel chip reads.",
 )
-@click.option("--mountpath", type=click.Path(file_okay=False))
+@MOUNTPATH
 def prechip(
     index_path,
     target,
