@@ -156,13 +156,13 @@ def test_no_sphinx_roles_in_docstrings():
 # --- every public function documents its parameters and its result -------------------------
 #
 # The API reference renders these docstrings (Google style). Public: a module-level function,
-# or a method, property or constructor of a public class, whose name has no leading
-# underscore; dunders other than __init__, nested functions, overloads and click commands (their
-# docstrings are --help text) are left out. A function with parameters (self, cls and
-# underscored ones aside) needs an Args section naming exactly those parameters (a constructor's
-# may be in its class docstring); one that returns a value (a return annotation other than
-# None, or, unannotated, a `return <value>`) needs Returns or Yields; a property needs a
-# docstring.
+# or a method, property or constructor of a public class, whose name has no leading underscore.
+# Left out: dunders other than __init__ and __call__, nested functions, overloads and click
+# commands (their docstrings are --help text). A function with parameters (self, cls and
+# underscored ones aside) needs an Args section naming exactly those parameters (a
+# constructor's may be in its class docstring); one that returns a value (a return annotation
+# other than None or, unannotated, a `return <value>`) needs Returns or Yields; a property and a
+# public class need a docstring.
 
 API_SOURCES = sorted(
     p
@@ -241,7 +241,7 @@ def _skipped(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
         name = ast.unparse(target)
         if name.endswith((".command", ".group")) or name in ("overload", "typing.overload"):
             return True  # click commands (--help text), typing overloads
-    return fn.name.startswith("_")
+    return fn.name.startswith("_") and fn.name != "__call__"
 
 
 def docstring_gaps(path: Path) -> list[str]:
@@ -284,7 +284,7 @@ def docstring_gaps(path: Path) -> list[str]:
                 gaps.append(f"{node.name}:{node.lineno}: no docstring")
             for item in node.body:
                 if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
-                    item.name == "__init__" or not item.name.startswith("__")
+                    item.name in ("__init__", "__call__") or not item.name.startswith("__")
                 ):
                     check(item, f"{node.name}.", True, class_doc)
     return gaps
@@ -369,6 +369,9 @@ class Thing:
 
     def __len__(self): return 1
 
+    def __call__(self, x):
+        """Called."""
+
 class Documented:
     """A thing.
 
@@ -387,6 +390,7 @@ class Documented:
         "untyped_returns:21: returns a value, no Returns section",
         "Thing.__init__:49: Args None in the class or __init__ docstring, parameters ['size']",
         "Thing.area:53: no docstring",
+        "Thing.__call__:61: no Args section (x)",
     ]
 
 
