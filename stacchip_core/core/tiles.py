@@ -451,7 +451,8 @@ async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = No
         whose plans the caller reads through rasterio.
 
     Raises:
-        AssetError: An object could not be read (not found, denied, network).
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
     """
     cost = cost if cost is not None else TileCost()
     results: list = [None] * len(plans)
@@ -500,7 +501,8 @@ def read_plans(plans: Sequence[ChipPlan], cost: TileCost | None = None) -> list:
         Per plan, in order: the array, or the exception that sends it to rasterio.
 
     Raises:
-        AssetError: An object could not be read (not found, denied, network).
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
     """
     return objects.run(read_plans_async(plans, cost))
 
@@ -522,7 +524,8 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
         assets the caller must read through rasterio (``StaleLayout``, ``Unsupported``).
 
     Raises:
-        AssetError: An object could not be read (not found, denied, network).
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
     """
     results: list[dict] = [{} for _ in xys]
     plans: list[ChipPlan] = []
@@ -558,6 +561,7 @@ def read_batch(layouts, keys, grids, xys) -> list[dict]:
         rasterio.
 
     Raises:
-        AssetError: An object could not be read (not found, denied, network).
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
     """
     return objects.run(read_batch_async(layouts, keys, grids, xys))

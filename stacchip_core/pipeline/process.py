@@ -125,7 +125,7 @@ def item_prefix(platform: str, item_id: str) -> str:
         The key prefix of the item's assets and JSON.
 
     Raises:
-        UnsafeKeyError: A platform name that is not plain, or an item id no key can hold.
+        UnsafeKeyError: A platform name that is not plain, or an empty item id.
     """
     return keys.join(keys.name(platform, "platform name"), keys.segment(item_id, "item id"))
 
@@ -141,7 +141,7 @@ def index_key(platform: str, item_id: str) -> str:
         The key.
 
     Raises:
-        UnsafeKeyError: A platform name that is not plain, or an item id no key can hold.
+        UnsafeKeyError: A platform name that is not plain, or an empty item id.
     """
     safe = keys.segment(item_id, "item id")
     return keys.join("index", keys.name(platform, "platform name"), safe, f"index_{safe}.parquet")
@@ -158,7 +158,7 @@ def item_key(platform: str, item_id: str) -> str:
         The key.
 
     Raises:
-        UnsafeKeyError: A platform name that is not plain, or an item id no key can hold.
+        UnsafeKeyError: A platform name that is not plain, or an empty item id.
     """
     return keys.join(item_prefix(platform, item_id), "stac_item.json")
 
