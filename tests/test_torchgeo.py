@@ -261,3 +261,13 @@ def test_data_loader_batches_go_through_getitems(torchgeo, http_scene, how):
     queries = [q for b in batches for q in b["bounds"]]
     expected = torch.stack([StacchipGeoDataset(table, bands=RGB)[q]["image"] for q in queries])
     np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_a_pickled_dataset_reads_the_same(dataset):
+    """What a spawned worker gets: the copy rebuilds its lookup and gives the same sample."""
+    import pickle
+
+    query = dataset.chip_query(4)
+    before = dataset[query]["image"].numpy()
+    copy = pickle.loads(pickle.dumps(dataset))
+    np.testing.assert_array_equal(copy[query]["image"].numpy(), before)

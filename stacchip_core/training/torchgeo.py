@@ -181,6 +181,10 @@ class StacchipGeoDataset(GeoDataset):
         )
         self._lookup_cache: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the lookup is rebuilt where it is used (a spawned worker has its own spatial tree)
+        return {**self.__dict__, "_lookup_cache": None}
+
     def _lookup(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
         """The index's spatial tree, chip boxes (N, 4) and time bounds (ns), built once per
         geometry (geopandas makes a new tree when the index's geometry changes)."""
