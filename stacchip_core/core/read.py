@@ -80,6 +80,9 @@ CHOSEN = frozenset({"local file", "layouts off"})
 # the report kind of what a forked child cannot read from layouts
 FORKED = "I/O layer unusable after fork"
 MAX_SOURCES = 32  # items whose open handles a Reader keeps; older ones are closed
+# items whose sources a Reader keeps (a source from layouts holds no handle, only what a plan
+# needs): with 32, random chips of 60 items rebuilt a source for every other chip
+MAX_KEPT = 1024
 
 
 # --- what a read costs -------------------------------------------------------------------
@@ -628,6 +631,7 @@ class Reader:
     def _init(self) -> None:
         self._pid = os.getpid()
         self._sources: OrderedDict[tuple, Source] = OrderedDict()
+        self._open: OrderedDict[int, Source] = OrderedDict()  # sources with rasterio handles
         self._retired: list[
             Source
         ] = []  # evicted, closed once no read is running (threads may share a reader)
@@ -700,9 +704,20 @@ class Reader:
     def _keep(self, key: tuple, source: Source) -> Source:
         with self._lock:
             self._sources[key] = source
-            while len(self._sources) > self.max_sources:
-                self._retired.append(self._sources.popitem(last=False)[1])
+            while len(self._sources) > max(MAX_KEPT, self.max_sources):
+                old = self._sources.popitem(last=False)[1]
+                if self._open.pop(id(old), None) is not None:
+                    self._retired.append(old)
         return source
+
+    def _opened(self, source: Source) -> None:
+        """``source`` has rasterio handles now: the oldest beyond ``max_sources`` close theirs
+        (once no read runs; they reopen if needed)."""
+        with self._lock:
+            self._open[id(source)] = source
+            self._open.move_to_end(id(source))
+            while len(self._open) > self.max_sources:
+                self._retired.append(self._open.popitem(last=False)[1])
 
     def read(
         self, requests: Sequence[ChipRequest], workers: int | None = None
@@ -793,6 +808,7 @@ class Reader:
 
     def _rasterio(self, req: ChipRequest, key: str) -> np.ndarray:
         source = req.source
+        self._opened(source)
         ds = source.cache.open(source.signed(key))
         try:
             return read_chip_window(
@@ -870,7 +886,11 @@ class Reader:
                         "bands, "
                         f"not {index}"
                     )
-            out.append(np.stack([arrays[k][b - 1] for k, b in pick]).astype(np.float32, copy=False))
+            planes = [arrays[k][b - 1] for k, b in pick]
+            stack = np.empty((len(planes), *planes[0].shape), np.float32)
+            for j, plane in enumerate(planes):  # cast while copying: one pass, no uint16 stack
+                stack[j] = plane
+            out.append(stack)
         return out
 
     def close(self) -> None:
@@ -882,6 +902,7 @@ class Reader:
             for source in [*self._sources.values(), *self._retired]:
                 source.close()
             self._sources.clear()
+            self._open.clear()
             self._retired.clear()
 
     def __enter__(self) -> Self:

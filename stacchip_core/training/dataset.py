@@ -15,7 +15,6 @@ import pyarrow as pa
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.prechip import ChipFilter, load_index
 
-
 # the columns of an index row that a read (core.read) and a sample need
 ROW_COLUMNS = ("chipid", "platform", "item_id", "item_href", "date", "chip_index_x",
                "chip_index_y", "chip_size", "bbox", "layouts")
