@@ -376,6 +376,7 @@ class Source:
         return self.grid.transform @ Affine.translation(col0, row0)
 
     def close(self) -> None:
+        """Close the rasterio handles this source opened (they reopen on a later read)."""
         self.cache.close()
 
 
@@ -598,6 +599,9 @@ def note_fallback(reason, href: str, key: str) -> None:
 
 # --- the reader ---------------------------------------------------------------------------
 
+_NOTHING = ReadReport()  # ``Reader.last`` before a thread's first read
+
+
 class Reader:
     """Reads batches of chips through the pipeline and keeps what outlives a batch: the
     sources of recent items (with their open handles; at most ``max_sources``), the threads
@@ -625,11 +629,11 @@ class Reader:
         self.mountpath, self.use_layouts, self.resampling = mountpath, use_layouts, resampling
         self.workers, self.max_sources = workers, max_sources
         self.report = ReadReport()
-        self.last = ReadReport()
         self._init()
 
     def _init(self) -> None:
         self._pid = os.getpid()
+        self._last = threading.local()
         self._sources: OrderedDict[tuple, Source] = OrderedDict()
         self._open: OrderedDict[int, Source] = OrderedDict()  # sources with rasterio handles
         self._retired: list[
@@ -647,7 +651,7 @@ class Reader:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.report, self.last = ReadReport(), ReadReport()
+        self.report = ReadReport()
         self._init()
 
     def _check_fork(self) -> None:
@@ -785,7 +789,7 @@ class Reader:
         after = _io_counters()
         requests_n, bytes_n = after[0] - before[0], after[1] - before[1]
         fallbacks = Counter(_reason_kind(p.reason) for p in slow if p.reason not in CHOSEN)
-        self.last = ReadReport(
+        last = ReadReport(
             chips=len(requests),
             requests=requests_n,
             bytes=bytes_n,
@@ -795,8 +799,15 @@ class Reader:
             rasterio_reads=len(slow),
             fallbacks=tuple(sorted(fallbacks.items())),
         )
-        self.report = self.report + self.last
+        self._last.value = last
+        with self._lock:  # threads may share a reader: no update of the total is lost
+            self.report = self.report + last
         return [{k: res[k] for k in req.keys} for res, req in zip(out, requests)]
+
+    @property
+    def last(self) -> ReadReport:
+        """The cost of the last batch this thread read (each thread sees its own)."""
+        return getattr(self._last, "value", _NOTHING)
 
     def _threads(self, workers: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool._max_workers != workers:
