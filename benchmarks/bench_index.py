@@ -80,13 +80,15 @@ def _child(code: str, *args: str) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _times_ms(fn, repeats: int) -> tuple[float, float]:
+    """Median and min of ``repeats`` runs, in ms (the machine is shared: the min is the
+    least disturbed run)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 1)
+    return round(statistics.median(times) * 1000, 1), round(min(times) * 1000, 1)
 
 
 def _duck_arrow(relation):
@@ -129,14 +131,14 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
         "rows": result.report.rows,
         "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
         "mib_read": round(result.report.bytes_read / 2**20, 2),
-        "project_ms": _median_ms(lambda: query(path, **kwargs), repeats),
     }
+    out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(path, **kwargs), repeats)
     if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
         w, s, e, n = kwargs["bbox"]
         # without the layouts column: geopandas and DuckDB decode it into one blob per row (6 kB
         # here), which made a 1 degree box over the input-order file take gigabytes
         columns = [c for c in pq.read_schema(path).names if c != "layouts"]
-        out["geopandas_ms"] = _median_ms(
+        out["geopandas_ms"], out["geopandas_ms_min"] = _times_ms(
             lambda: gpd.read_parquet(path, bbox=(w, s, e, n), columns=columns), repeats
         )
         con = duckdb.connect()
@@ -146,10 +148,31 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
             f"AND bbox.ymin <= {n} AND bbox.ymax >= {s}"
         )
         fetch = lambda: _duck_arrow(con.sql(sql))
-        out["duckdb_ms"] = _median_ms(fetch, repeats)
+        out["duckdb_ms"], out["duckdb_ms_min"] = _times_ms(fetch, repeats)
         out["duckdb_rows"] = fetch().num_rows  # covering overlap: >= exact rows
         con.close()
     return out
+
+
+def _build(folder: Path, chips: int, layouts: bool, reuse: bool, unsorted_too: bool) -> dict:
+    """Generate the per-item files and merge them, or reuse what an earlier run left in
+    ``folder`` (``--reuse``: merge time and peak memory are then those of that run)."""
+    record = folder / "build.json"
+    merged, unsorted = folder / "merged.parquet", folder / "unsorted.parquet"
+    if reuse and record.exists() and merged.exists():
+        built = json.loads(record.read_text())
+        if not unsorted_too or unsorted.exists():
+            built["reused"] = True
+            return built
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    files, rows = generate(folder / "index", chips, layouts)
+    built = {"files": files, "rows": rows, "generate_s": time.perf_counter() - start}
+    built["merge"] = _child(CHILD_MERGE, str(folder / "index"), str(merged))
+    if unsorted_too:
+        built["unsorted"] = _child(CHILD_UNSORTED, str(folder / "index"), str(unsorted))
+    record.write_text(json.dumps(built))
+    return built
 
 
 def main() -> None:
@@ -159,30 +182,36 @@ def main() -> None:
     parser.add_argument(
         "--layouts-max", type=int, default=1_000_000, help="largest size built with layouts"
     )
-    parser.add_argument("--work", default="/tmp/stacchip-bench-index")
+    parser.add_argument("--work", default=str(HERE / ".data" / "bench-index"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--boxes", type=int, default=5, help="random boxes per box size")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="reuse the inputs and merged files a --keep run left (no merge is timed)",
+    )
+    parser.add_argument("--no-input-order", action="store_true",
+                        help="skip the input-order file and its queries")
     args = parser.parse_args()
     work = Path(args.work)
-    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+          f", load {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     for chips in (int(s) for s in args.sizes.split(",")):
         for layouts in (v == "yes" for v in args.layouts.split(",")):
             if layouts and chips > args.layouts_max:
                 continue
             name = f"{chips}-{'layouts' if layouts else 'plain'}"
             folder = work / name
-            shutil.rmtree(folder, ignore_errors=True)
-            start = time.perf_counter()
-            files, rows = generate(folder / "index", chips, layouts)
-            gen = time.perf_counter() - start
+            built = _build(folder, chips, layouts, args.reuse, not args.no_input_order)
+            rows = built["rows"]
             print(
-                f"\n== {rows:,} chips in {files:,} per-item files "
+                f"\n== {rows:,} chips in {built['files']:,} per-item files "
                 f"({'with' if layouts else 'without'} layouts; "
-                f"generated in {gen:.0f} s)"
+                f"generated in {built['generate_s']:.0f} s"
+                f"{'; reused from an earlier run' if built.get('reused') else ''})"
             )
             merged, unsorted = folder / "merged.parquet", folder / "unsorted.parquet"
-            m = _child(CHILD_MERGE, str(folder / "index"), str(merged))
-            u = _child(CHILD_UNSORTED, str(folder / "index"), str(unsorted))
+            m = built["merge"]
             size = merged.stat().st_size
             meta = pq.read_metadata(merged)
             print(
@@ -190,30 +219,38 @@ def main() -> None:
                 f"{size / 2**20:8.1f} MiB ({size / rows * 1e6 / 2**20:.0f} MiB per million chips), "
                 f"{meta.num_row_groups} row groups"
             )
-            print(
-                f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
-                f"{unsorted.stat().st_size / 2**20:8.1f} MiB, "
-                f"{pq.read_metadata(unsorted).num_row_groups} row groups"
-            )
-            for label, path in (("sorted", merged), ("input order", unsorted)):
-                print(f"  queries, {label}:")
+            paths = [("sorted", merged)]
+            if not args.no_input_order:
+                u = built["unsorted"]
+                print(
+                    f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
+                    f"{unsorted.stat().st_size / 2**20:8.1f} MiB, "
+                    f"{pq.read_metadata(unsorted).num_row_groups} row groups"
+                )
+                paths.append(("input order", unsorted))
+            for label, path in paths:
+                print(f"  queries, {label} (ms: median of the boxes' medians, [min of all runs]):")
                 by_case: dict[str, list[dict]] = {}
-                for case, kwargs in queries(merged):
+                for case, kwargs in queries(merged, boxes=args.boxes):
                     by_case.setdefault(case, []).append(run_query(path, kwargs, args.repeats))
                 for case, results in by_case.items():
                     def med(k: str, results=results):
                         return statistics.median(r[k] for r in results) if k in results[0] else None
 
+                    def low(k: str, results=results):
+                        return min(r[k + "_min"] for r in results)
+
                     groups = ", ".join(r["groups"] for r in results)
                     line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
-                            f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} ms")
+                            f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} "
+                            f"[{low('project_ms'):6.1f}] ms")
                     if med("geopandas_ms") is not None:
                         line += (
-                            f"  geopandas {med('geopandas_ms'):7.1f} ms  "
-                            f"duckdb {med('duckdb_ms'):7.1f} ms"
+                            f"  geopandas {med('geopandas_ms'):7.1f} [{low('geopandas_ms'):6.1f}]"
+                            f" ms  duckdb {med('duckdb_ms'):7.1f} [{low('duckdb_ms'):6.1f}] ms"
                         )
                     print(line, flush=True)
-            if not args.keep:
+            if not args.keep and not args.reuse:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
