@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import shapely
@@ -331,6 +332,36 @@ def test_row_groups_are_pruned_by_their_statistics(merged):
     before = query(unsorted, bbox=box)
     assert before.report.row_groups_read == meta.num_row_groups
     assert set(before.table["chipid"].to_pylist()) == set(result.table["chipid"].to_pylist())
+
+
+def test_a_rewritten_index_is_not_answered_from_its_parsed_metadata(merged, tmp_path):
+    # the query keeps each file's parsed metadata; a file rewritten at the same path with the
+    # same size (other rows, other row groups) is read anew: the key has the footer's digest
+    import shutil
+
+    path = tmp_path / "idx.parquet"
+    shutil.copy(merged, path)
+    box = (-180, -90, 180, 90)
+    before = query(path, bbox=box)
+    assert before.report.row_groups_total == pq.read_metadata(merged).num_row_groups
+    table = pq.read_table(merged)
+    landsat = table.filter(pc.equal(table["platform"], "landsat-c2l2-sr")).drop_columns("layouts")
+    # the same size as before (padded key-value metadata): only the footer tells them apart
+    pad = 0
+    for _ in range(4):
+        with pq.ParquetWriter(path, landsat.schema, store_schema=False) as writer:
+            writer.write_table(landsat, row_group_size=1000)
+            writer.add_key_value_metadata({"geo": landsat.schema.metadata[b"geo"].decode(),
+                                           "pad": "x" * pad})
+        pad += os.path.getsize(merged) - os.path.getsize(path)
+    assert os.path.getsize(path) == os.path.getsize(merged)
+    after = query(path, bbox=box)
+    assert after.report.row_groups_total == pq.read_metadata(path).num_row_groups == -(
+        -landsat.num_rows // 1000
+    )
+    expected = [c for c, p in zip(before.table["chipid"].to_pylist(),
+                                  before.table["platform"].to_pylist()) if p == "landsat-c2l2-sr"]
+    assert expected and sorted(after.table["chipid"].to_pylist()) == sorted(expected)
 
 
 def test_query_over_s3_reads_ranges_only(merged, bucket, s3_server):

@@ -78,6 +78,7 @@ class Filters:
     platforms: tuple[str, ...] | None = None
     max_cloud: float | None = None
     max_nodata: float | None = None
+    area_is_boxes: bool = False  # the area is exactly the union of ``boxes`` (a bbox query)
 
 
 def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects: Any = None,
@@ -200,7 +201,8 @@ def make_filters(bbox=None, intersects=None, datetime_range=None, platforms=None
         if value is not None and not 0 <= value <= 1:
             raise ConfigError(f"{name} must be a fraction 0-1, got {value}")
     return Filters(
-        boxes, geometry, start, end, tuple(platforms) if platforms else None, max_cloud, max_nodata
+        boxes, geometry, start, end, tuple(platforms) if platforms else None, max_cloud, max_nodata,
+        area_is_boxes=bbox is not None,
     )
 
 
@@ -574,10 +576,21 @@ def _prefilter(table: pa.Table, filters: Filters) -> np.ndarray:
 
 
 def _footprints_meet(table: pa.Table, filters: Filters) -> np.ndarray:
-    """Whether each row's footprint intersects the area (exact, planar in lon/lat)."""
-    geoms = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
-    shapely.prepare(filters.geometry)
-    return shapely.intersects(geoms, filters.geometry)
+    """Whether each row's footprint intersects the area (exact, planar in lon/lat). When the
+    area is a box, a row whose covering lies inside it meets it without a test (a footprint
+    lies in its covering); only rows across the box's edge are parsed and tested."""
+    meets = np.zeros(len(table), bool)
+    if filters.area_is_boxes and filters.boxes and "bbox" in table.column_names:
+        bbox = table["bbox"].combine_chunks()
+        xmin, ymin, xmax, ymax = (bbox.field(k).to_numpy(zero_copy_only=False) for k in _COVERING)
+        for w, s, e, n in filters.boxes:  # NaN (an empty footprint) is never inside
+            meets |= (xmin >= w) & (xmax <= e) & (ymin >= s) & (ymax <= n) & (xmin <= xmax)
+    edge = np.flatnonzero(~meets)
+    if len(edge):
+        wkb = table["geometry"].take(pa.array(edge)).to_numpy(zero_copy_only=False)
+        shapely.prepare(filters.geometry)
+        meets[edge] = shapely.intersects(shapely.from_wkb(wkb), filters.geometry)
+    return meets
 
 
 def _time_mask(table: pa.Table, filters: Filters) -> np.ndarray:
