@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 
 CHILD_MERGE = """
 import json, sys, time
-from stacchip_core.pipeline.merge import merge
+from stacchip_core.pipeline.merge import MEMORY_ROWS, merge
 start = time.perf_counter()
-report = merge(sys.argv[1], sys.argv[2], progress=False)
+memory_rows = int(sys.argv[3]) if len(sys.argv) > 3 else MEMORY_ROWS
+report = merge(sys.argv[1], sys.argv[2], progress=False, memory_rows=memory_rows)
 seconds = time.perf_counter() - start
 peak = [int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
 print(json.dumps({"seconds": seconds, "peak_mib": peak, "rows": report.rows}))
@@ -175,6 +176,28 @@ def _build(folder: Path, chips: int, layouts: bool, reuse: bool, unsorted_too: b
     return built
 
 
+def memory_scaling(src: Path, work: Path, copies: list[float], memory_rows: int) -> None:
+    """Peak RSS of merges of a share or several copies of the same per-item files (symlinks;
+    copies are whole folders, so ``2`` merges every row twice): does memory grow with rows?"""
+    files = sorted(src.rglob("*.parquet"))
+    for share in copies:
+        folder = work / f"copies-{share:g}"
+        shutil.rmtree(folder, ignore_errors=True)
+        chosen = [(c, f) for c in range(int(share) or 1)
+                  for f in (files if share >= 1 else files[: round(len(files) * share)])]
+        for copy, f in chosen:
+            link = folder / f"c{copy}" / f.relative_to(src)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f.resolve())
+        out = work / f"copies-{share:g}.parquet"
+        m = _child(CHILD_MERGE, str(folder), str(out), str(memory_rows))
+        print(f"merge of {m['rows']:>11,} rows ({len(chosen):,} files, memory_rows "
+              f"{memory_rows:,}): {m['seconds']:6.1f} s, peak RSS {m['peak_mib']:5d} MiB",
+              flush=True)
+        out.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000,10000000")
@@ -190,6 +213,14 @@ def main() -> None:
         "--reuse", action="store_true",
         help="reuse the inputs and merged files a --keep run left (no merge is timed)",
     )
+    parser.add_argument(
+        "--memory-scaling", default="",
+        help="e.g. 0.1,1,2: after building each size, merge that share or number of copies "
+             "of its inputs and report peak RSS (is merge memory bounded?)",
+    )
+    parser.add_argument("--memory-rows", type=int, default=250_000,
+                        help="merge(memory_rows=) for --memory-scaling")
+    parser.add_argument("--no-queries", action="store_true")
     parser.add_argument("--no-input-order", action="store_true",
                         help="skip the input-order file and its queries")
     args = parser.parse_args()
@@ -228,7 +259,11 @@ def main() -> None:
                     f"{pq.read_metadata(unsorted).num_row_groups} row groups"
                 )
                 paths.append(("input order", unsorted))
-            for label, path in paths:
+            if args.memory_scaling:
+                memory_scaling(folder / "index", work / "scaling",
+                               [float(v) for v in args.memory_scaling.split(",")],
+                               args.memory_rows)
+            for label, path in [] if args.no_queries else paths:
                 print(f"  queries, {label} (ms: median of the boxes' medians, [min of all runs]):")
                 by_case: dict[str, list[dict]] = {}
                 for case, kwargs in queries(merged, boxes=args.boxes):

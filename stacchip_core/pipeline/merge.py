@@ -267,6 +267,11 @@ class _Partitions:
         bounds = np.searchsorted(part[order], np.arange((1 << self.bits) + 1))
         for k in np.flatnonzero(np.diff(bounds)):
             chunk = ordered.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k]))
+            # only the layouts its rows use: a partition's files together then hold each
+            # item's blob about once, not once per spill
+            i = chunk.schema.get_field_index("layouts")
+            if i >= 0 and pa.types.is_dictionary(chunk.schema.field(i).type):
+                chunk = chunk.set_column(i, "layouts", _compact(chunk.column(i)))
             folder = self.folder / str(k)
             folder.mkdir(exist_ok=True)
             # lz4, dictionary layouts: temporary files cost little to write and read back
@@ -285,14 +290,15 @@ class _Partitions:
                 yield pa.concat_tables(
                     [pq.read_table(f, read_dictionary=_DICTIONARY) for f in files]
                 ).sort_by(_SORT)
-            else:  # still too large: split it by the next bits of the key, up to
-                # memory_rows rows at a time (so the sub-partitions get few, large files)
+            else:  # still too large: split it by the next bits of the key, a quarter of
+                # memory_rows at a time (few, large sub-partition files; the split's copies
+                # of these rows stay well under those of a sort)
                 sub = _Partitions(self.folder / f"{k}.d", self.shift + self.bits)
                 pending: list[pa.Table] = []
                 for f in files:
                     pending.append(pq.read_table(f, read_dictionary=_DICTIONARY))
                     f.unlink()
-                    if sum(len(t) for t in pending) >= memory_rows:
+                    if sum(len(t) for t in pending) >= max(1, memory_rows // 4):
                         sub.add(pa.concat_tables(pending))
                         pending = []
                 if pending:
@@ -335,6 +341,11 @@ class _GroupWriter:
         self._buffered += len(table)
         while self._buffered and (size := self._group_rows(final=False)):
             self._write(size)
+        # the rows left for the next group are a slice of ``table``: copied, so the rest of
+        # it (a whole sorted partition, up to memory_rows rows) is freed before the next
+        if self._pending and len(self._pending[-1]) < len(table):
+            rest = pa.concat_tables(self._pending)
+            self._pending = [rest.take(pa.array(np.arange(len(rest))))]
 
     def _group_rows(self, final: bool) -> int:
         """The rows of the next row group, or 0 when more rows may still join it."""
