@@ -27,11 +27,13 @@ Integrity rules (what a careless or hostile input meets):
   aborted otherwise). Nothing is staged in ``$TMPDIR`` (but spilled partitions of a merge
   into S3, see below).
 
-Memory is bounded whatever the number of rows: up to ``memory_rows`` rows are sorted in
-memory; past that, rows are spilled into Hilbert-range partitions (temporary Parquet files
-in a hidden folder beside a local ``dst``, or under ``workdir``), and each partition is then
-sorted on its own, split again by the next bits of the key when it is still too large.
-Small merges need no temporary files at all.
+Memory is bounded by ``memory_rows``, whatever the number of rows: up to ``memory_rows``
+rows are sorted in memory; past that, every ``memory_rows`` rows are spilled into 64
+Hilbert-range partitions, one temporary Parquet file per partition and spill, closed at once
+(in a hidden folder beside a local ``dst``, or under ``workdir``), and each partition is then
+sorted on its own, split again by the next bits of the key when it is still too large. At
+most about three copies of ``memory_rows`` rows are held at once, plus the output's footer
+(docs/index-format.md has the measured peaks). Small merges need no temporary files at all.
 """
 
 from __future__ import annotations
