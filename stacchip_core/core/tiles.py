@@ -145,13 +145,30 @@ class GridSpec:
 
     @classmethod
     def from_grid(cls, grid) -> GridSpec:
+        """The spec of a chip grid.
+
+        Args:
+            grid: A ``ChipGrid`` (or anything with its ``transform`` and ``chip_size``).
+
+        Returns:
+            Its resolution, origin and chip size.
+        """
         t = grid.transform
         return cls(t.a, t.c, t.e, t.f, grid.chip_size)
 
     @classmethod
     def from_layouts(cls, layouts: dict[str, AssetLayout], chip_size: int) -> GridSpec:
         """The item's grid as the indexer recorded it; for older layouts, the grid of the
-        finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata)."""
+        finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata).
+
+        Args:
+            layouts: The item's layouts by asset key, as the index row stores them (with the
+                recorded ``grid`` attribute when the indexer wrote one).
+            chip_size: Chip size in grid pixels.
+
+        Returns:
+            The grid spec the layouts were recorded on.
+        """
         grid = getattr(layouts, "grid", None)
         if grid:
             a, c, e, f = grid
@@ -162,7 +179,19 @@ class GridSpec:
 
 
 def factor_for(lay: AssetLayout, grid: GridSpec) -> int:
-    """Grid pixels per asset pixel, or Unsupported when not a whole, aligned factor."""
+    """Grid pixels per asset pixel.
+
+    Args:
+        lay: The asset's layout.
+        grid: The chip grid.
+
+    Returns:
+        The whole number of grid pixels an asset pixel spans along each axis.
+
+    Raises:
+        Unsupported: The asset is not on a whole, aligned multiple of the grid's lattice, or
+            its compression or predictor is one the layout path does not decode.
+    """
     k = resolution_factor(lay.transform, (grid.a, grid.c, grid.e, grid.f))
     if k is None:
         a, _, e, _ = lay.transform
@@ -187,7 +216,14 @@ _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 
 def synth_header(lay: AssetLayout) -> bytes:
     """A minimal little-endian BigTIFF with one IFD describing the asset's full-resolution
-    image, its tile offsets and byte counts pointing into the real object."""
+    image, its tile offsets and byte counts pointing into the real object.
+
+    Args:
+        lay: The asset's layout.
+
+    Returns:
+        The header bytes (tags too long for their entry follow the IFD).
+    """
     bits = np.dtype(lay.dtype).itemsize * 8
     fmt = {"u": 1, "i": 2, "f": 3}[np.dtype(lay.dtype).kind]
     spp = lay.bands
@@ -250,7 +286,22 @@ def plan_window(
 ) -> ChipPlan:
     """The plan of any window: grid pixels ``height`` x ``width`` from ``(row0, col0)`` at
     ``factor`` (factor 1 and asset pixel offsets: a window in the asset's own pixels, e.g. a
-    stack member reprojected by the caller). Unsupported when it reaches beyond the image."""
+    stack member reprojected by the caller).
+
+    Args:
+        lay: The asset's layout.
+        row0: First grid row of the window.
+        col0: First grid column of the window.
+        height: Window height in grid pixels.
+        width: Window width in grid pixels.
+        factor: Grid pixels per asset pixel.
+
+    Returns:
+        The window's plan: its asset pixels and the tiles they lie in.
+
+    Raises:
+        Unsupported: The window reaches beyond the image.
+    """
     r0, r1, c0, c1 = native_window(row0, col0, height, width, factor)
     if r0 < 0 or c0 < 0 or r1 > lay.height or c1 > lay.width:
         raise Unsupported(f"{lay.key}: window beyond the image")
@@ -260,7 +311,21 @@ def plan_window(
 
 
 def plan(lay: AssetLayout, grid: GridSpec, x: int, y: int) -> ChipPlan:
-    """The plan of chip (x, y) of ``grid`` in asset ``lay``."""
+    """The plan of chip (x, y) of ``grid`` in asset ``lay``.
+
+    Args:
+        lay: The asset's layout.
+        grid: The chip grid.
+        x: Chip column.
+        y: Chip row.
+
+    Returns:
+        The chip's plan in this asset.
+
+    Raises:
+        Unsupported: The asset is off the grid's lattice, in a codec the layout path does
+            not decode, or the chip reaches beyond its image.
+    """
     factor = factor_for(lay, grid)
     cs = grid.chip_size
     try:
@@ -375,7 +440,20 @@ async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = No
     """The pixels of each plan, ``(bands, height, width)`` in the asset's dtype, or the
     exception that sends it to the rasterio path (``StaleLayout``); plans of the same object
     share one coalesced fetch and one decode per tile. An object found stale once in this
-    process is not asked again. Other read failures raise ``AssetError``."""
+    process is not asked again.
+
+    Args:
+        plans: The windows to read, of any assets.
+        cost: Counters to add this read's ranges, bytes, tiles and decode time to.
+
+    Returns:
+        Per plan, in order: the array, or the ``StaleLayout`` or ``Undecodable`` exception
+        whose plans the caller reads through rasterio.
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
+    """
     cost = cost if cost is not None else TileCost()
     results: list = [None] * len(plans)
     groups: dict[tuple, list[int]] = {}
@@ -413,7 +491,19 @@ async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = No
 
 
 def read_plans(plans: Sequence[ChipPlan], cost: TileCost | None = None) -> list:
-    """``read_plans_async`` from sync code, on the I/O layer's event loop."""
+    """``read_plans_async`` from sync code, on the I/O layer's event loop.
+
+    Args:
+        plans: The windows to read, of any assets.
+        cost: Counters to add this read's ranges, bytes, tiles and decode time to.
+
+    Returns:
+        Per plan, in order: the array, or the exception that sends it to rasterio.
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
+    """
     return objects.run(read_plans_async(plans, cost))
 
 
@@ -421,9 +511,21 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
                            grids: Sequence[GridSpec], xys: Sequence[tuple[int, int]]) -> list[dict]:
     """Chips ``xys[i]`` of assets ``keys[i]`` described by ``layouts[i]`` on ``grids[i]``.
 
-    Returns per chip ``{key: array (bands, cs, cs)}``, or ``{key: exception}`` entries for
-    assets the caller must read through rasterio (``StaleLayout``, ``Unsupported``).
     Chips of the same object share one coalesced fetch and one decode per tile.
+
+    Args:
+        layouts: Per chip, the layouts of its item by asset key.
+        keys: Per chip, the asset keys to read.
+        grids: Per chip, its item's grid.
+        xys: Per chip, its (x, y) on that grid.
+
+    Returns:
+        Per chip ``{key: array (bands, cs, cs)}``, or ``{key: exception}`` entries for
+        assets the caller must read through rasterio (``StaleLayout``, ``Unsupported``).
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
     """
     results: list[dict] = [{} for _ in xys]
     plans: list[ChipPlan] = []
@@ -446,5 +548,20 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
 
 
 def read_batch(layouts, keys, grids, xys) -> list[dict]:
-    """``read_batch_async`` from sync code, on the I/O layer's event loop."""
+    """``read_batch_async`` from sync code, on the I/O layer's event loop.
+
+    Args:
+        layouts: Per chip, the layouts of its item by asset key.
+        keys: Per chip, the asset keys to read.
+        grids: Per chip, its item's grid.
+        xys: Per chip, its (x, y) on that grid.
+
+    Returns:
+        Per chip ``{key: array}``, or ``{key: exception}`` for assets to read through
+        rasterio.
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
+    """
     return objects.run(read_batch_async(layouts, keys, grids, xys))

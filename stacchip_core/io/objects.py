@@ -664,6 +664,19 @@ def note_checked(href: str, expect: Expect, etag: str | None) -> None:
     _VERIFIED[(href, expect.size, expect.digest)] = etag
 
 
+def forget_verified() -> None:
+    """Forget which objects this process has checked against their layouts, as a new process
+    would: the next layout read of each object checks its header again (one request per
+    object, counted as a check) and takes the ETag it has then.
+
+    Reads notice a rewritten object by themselves where the store gives ETags (the ETag
+    seen at the check no longer matches: the object is checked again). Call this after
+    replacing objects in place behind a server without ETags, or to measure what a process
+    that did not index the objects spends.
+    """
+    _VERIFIED.clear()
+
+
 async def _verify(href: str, url: str, expect: Expect) -> str | None:
     """The header check of a layout: its first bytes must hash to the recorded digest.
     Returns the ETag the object has now (sent as If-Match by later reads); raises
