@@ -121,7 +121,21 @@ def queries(path: Path, seed: int = 0, boxes: int = 5) -> list[tuple[str, dict]]
     return cases
 
 
-def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
+def _baseline(path: str | None):
+    """The ``query`` function of another copy of core/query.py (``--baseline-query``), to
+    time before and after in the same run, interleaved (the machine is shared)."""
+    if not path:
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("baseline_query", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.query
+
+
+def run_query(path: Path, kwargs: dict, repeats: int, baseline=None) -> dict:
     import duckdb
     import geopandas as gpd
 
@@ -133,6 +147,15 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
         "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
         "mib_read": round(result.report.bytes_read / 2**20, 2),
     }
+    if baseline is not None:  # one run of each in turn, so both see the same load
+        assert baseline(path, **kwargs).table.equals(result.table)
+        now, before = [], []
+        for _ in range(repeats):
+            now.append(_times_ms(lambda: query(path, **kwargs), 1)[0])
+            before.append(_times_ms(lambda: baseline(path, **kwargs), 1)[0])
+        out["project_ms"], out["project_ms_min"] = statistics.median(now), min(now)
+        out["baseline_ms"], out["baseline_ms_min"] = statistics.median(before), min(before)
+        return out
     out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(path, **kwargs), repeats)
     if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
         w, s, e, n = kwargs["bbox"]
@@ -221,10 +244,18 @@ def main() -> None:
     parser.add_argument("--memory-rows", type=int, default=250_000,
                         help="merge(memory_rows=) for --memory-scaling")
     parser.add_argument("--no-queries", action="store_true")
+    parser.add_argument("--no-worldwide", action="store_true",
+                        help="skip the worldwide month (it reads every row group)")
     parser.add_argument("--no-input-order", action="store_true",
                         help="skip the input-order file and its queries")
+    parser.add_argument(
+        "--baseline-query", default="",
+        help="another copy of stacchip_core/core/query.py (e.g. main's) to time against the "
+             "current one, interleaved (geopandas and DuckDB are then not run)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
+    baseline = _baseline(args.baseline_query)
     print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
           f", load {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     for chips in (int(s) for s in args.sizes.split(",")):
@@ -267,7 +298,11 @@ def main() -> None:
                 print(f"  queries, {label} (ms: median of the boxes' medians, [min of all runs]):")
                 by_case: dict[str, list[dict]] = {}
                 for case, kwargs in queries(merged, boxes=args.boxes):
-                    by_case.setdefault(case, []).append(run_query(path, kwargs, args.repeats))
+                    if args.no_worldwide and "bbox" not in kwargs:
+                        continue
+                    by_case.setdefault(case, []).append(
+                        run_query(path, kwargs, args.repeats, baseline)
+                    )
                 for case, results in by_case.items():
                     def med(k: str, results=results):
                         return statistics.median(r[k] for r in results) if k in results[0] else None
@@ -279,7 +314,10 @@ def main() -> None:
                     line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
                             f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} "
                             f"[{low('project_ms'):6.1f}] ms")
-                    if med("geopandas_ms") is not None:
+                    if med("baseline_ms") is not None:
+                        line += (f"  baseline {med('baseline_ms'):7.1f} "
+                                 f"[{low('baseline_ms'):6.1f}] ms")
+                    elif med("geopandas_ms") is not None:
                         line += (
                             f"  geopandas {med('geopandas_ms'):7.1f} [{low('geopandas_ms'):6.1f}]"
                             f" ms  duckdb {med('duckdb_ms'):7.1f} [{low('duckdb_ms'):6.1f}] ms"
