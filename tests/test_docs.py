@@ -176,10 +176,6 @@ API_SOURCES = sorted(
 # merging those branches.
 DOCSTRING_GAPS_ALLOWED = {
     "stacchip_core/core/indexer.py",
-    "stacchip_core/core/read.py",
-    "stacchip_core/training/bandstats.py",
-    "stacchip_core/training/chipread.py",
-    "stacchip_core/training/prechip.py",
 }
 
 _SECTION = re.compile(r"^(\w+):\s*$")

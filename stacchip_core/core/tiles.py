@@ -358,10 +358,15 @@ def _ranges(p: ChipPlan) -> list[tuple[int, int]]:
 
 
 async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) -> list[np.ndarray]:
-    """All windows of one asset in a batch: one fetch (coalesced), one decode per distinct tile."""
+    """All windows of one asset in a batch: one fetch (coalesced), one decode per distinct tile.
+
+    libdeflate's tiles are inflated and the windows assembled in the inflater threads, one job
+    per asset (or per share of its tiles, when it has many): a job per tile cost a thread
+    hand-off and a wake-up of the I/O loop per tile, and the assembly ran on the loop."""
     from async_tiff import TIFF
 
-    if not _libdeflate_decodes(lay) and not objects.async_tiff_usable():
+    libdeflate = _libdeflate_decodes(lay)
+    if not libdeflate and not objects.async_tiff_usable():
         objects.use_async_tiff()  # raises NoTransport before any byte is fetched for nothing
     ranges = sorted({r for p in plans for r in _ranges(p)})
     data = await objects.read_ranges(lay.href, ranges, lay.expect()) if ranges else {}
@@ -370,29 +375,32 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
     tpr = lay.tiles_across
     wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
     cost.tiles += len(wanted)
-    decoded: dict[tuple[int, int], np.ndarray] = {}
-    if wanted and _libdeflate_decodes(lay):
-        loop = asyncio.get_running_loop()
-
-        def tile_bytes(tx, ty):
-            s = int(lay.offsets[ty * tpr + tx])
-            return data[(s, s + int(lay.counts[ty * tpr + tx]))]
-
+    loop = asyncio.get_running_loop()
+    if wanted and libdeflate:
+        n = min(_SHARES, max(1, len(wanted) // _TILES_PER_SHARE))
+        pieces = [[(xy, _tile_bytes(data, lay, *xy)) for xy in wanted[k::n]] for k in range(n)]
         try:
-            timed = await asyncio.gather(
-                *(
-                    loop.run_in_executor(_inflaters(), _timed_inflate, tile_bytes(*xy), lay)
-                    for xy in wanted
+            if len(pieces) == 1:  # inflate and assemble in one job
+                out, seconds = await loop.run_in_executor(
+                    _inflaters(), _inflate_assemble, lay, pieces[0], plans
                 )
+                cost.decode_seconds += seconds
+                return out
+            shares = await asyncio.gather(
+                *(loop.run_in_executor(_inflaters(), _inflate_many, lay, piece) for piece in pieces)
             )
         except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
             log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
             # a changed object: its header says so (StaleObject: the caller falls back)
             await objects.check_header(lay.href, lay.expect())
         else:
-            cost.decode_seconds += sum(t for _, t in timed)
-            decoded = {xy: arr for xy, (arr, _) in zip(wanted, timed)}
-    if wanted and not decoded:
+            decoded: dict[tuple[int, int], np.ndarray] = {}
+            for share, seconds in shares:
+                decoded.update(share)
+                cost.decode_seconds += seconds
+            return await loop.run_in_executor(_inflaters(), _assemble, lay, plans, decoded)
+    decoded = {}
+    if wanted:
         t0 = time.perf_counter()
         header = synth_header(lay)
         # signed off the loop (a hook may ask a token endpoint); the tiles are prefetched, so
@@ -408,32 +416,56 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
         for xy, tile_pixels in zip(wanted, pixels):
             decoded[xy] = np.asarray(tile_pixels)
         cost.decode_seconds += time.perf_counter() - t0
+    return _assemble(lay, plans, decoded)
+
+
+_SHARES = max(1, os.cpu_count() or 1)  # an asset's tiles are split over the inflater threads...
+_TILES_PER_SHARE = 4  # ...when it has at least this many per thread
+
+
+def _tile_bytes(data: dict, lay: AssetLayout, tx: int, ty: int):
+    i = ty * lay.tiles_across + tx
+    s = int(lay.offsets[i])
+    return data[(s, s + int(lay.counts[i]))]
+
+
+def _inflate_many(lay: AssetLayout, pieces: list) -> tuple[dict, float]:
+    """Tiles ``[(xy, bytes)]`` inflated, and the thread CPU seconds it took."""
+    t0 = time.thread_time()
+    decoded = {xy: _inflate_tile(buf, lay) for xy, buf in pieces}
+    return decoded, time.thread_time() - t0
+
+
+def _inflate_assemble(lay: AssetLayout, pieces: list, plans: list[ChipPlan]):
+    decoded, seconds = _inflate_many(lay, pieces)
+    return _assemble(lay, plans, decoded), seconds
+
+
+def _assemble(lay: AssetLayout, plans: list[ChipPlan], decoded: dict) -> list[np.ndarray]:
+    """Each plan's window ``(bands, height, width)`` from the decoded tiles: only the asset
+    pixels the window covers are copied (a 256 px chip in a 512 px tile: a quarter of it),
+    then expanded to grid pixels (at factor 1: the window itself, no second copy). A tile the
+    file leaves out (sparse: offset and byte count 0) reads as nodata, or 0, as GDAL's do."""
     fill = lay.nodata if lay.nodata is not None and not np.isnan(lay.nodata) else (
         np.nan if lay.nodata is not None else 0)
-    th, tw = lay.tile_height, lay.tile_width
+    th, tw, nb = lay.tile_height, lay.tile_width, lay.bands
     out = []
     for p in plans:
-        row0, col0, _r0, _r1, _c0, _c1 = p.window
-        tx0, ty0 = p.tiles[0]
-        tx1, ty1 = p.tiles[-1]
-        block = np.empty((lay.bands, (ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw), lay.dtype)
+        row0, col0, r0, r1, c0, c1 = p.window
+        block = np.empty((nb, r1 - r0, c1 - c0), lay.dtype)
         for tx, ty in p.tiles:
+            top, left = ty * th, tx * tw
+            a0, a1 = max(r0, top), min(r1, top + th)
+            b0, b1 = max(c0, left), min(c1, left + tw)
+            view = block[:, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0]
             tile = decoded.get((tx, ty))
-            view = block[
-                :, (ty - ty0) * th : (ty - ty0 + 1) * th, (tx - tx0) * tw : (tx - tx0 + 1) * tw
-            ]
-            if tile is None:  # a sparse tile (offset/byte count 0): GDAL reads nodata, or 0
+            if tile is None:
                 view[...] = fill
             else:
-                view[...] = np.moveaxis(tile.reshape(th, tw, lay.bands), 2, 0)
-        out.append(crop_expand(block, ty0 * th, tx0 * tw, row0, col0, p.height, p.width, p.factor))
+                part = tile.reshape(th, tw, nb)[a0 - top : a1 - top, b0 - left : b1 - left]
+                view[...] = np.moveaxis(part, 2, 0)
+        out.append(crop_expand(block, r0, c0, row0, col0, p.height, p.width, p.factor))
     return out
-
-
-def _timed_inflate(buf, lay: AssetLayout) -> tuple[np.ndarray, float]:
-    t0 = time.thread_time()
-    arr = _inflate_tile(buf, lay)
-    return arr, time.thread_time() - t0
 
 
 async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = None) -> list:

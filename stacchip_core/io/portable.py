@@ -69,6 +69,16 @@ def serves(url: str) -> bool:
     return scheme in SCHEMES or len(scheme) == 1
 
 
+def preload() -> None:
+    """Import what this transport needs for HTTP (aiohttp, yarl), without starting anything.
+
+    A process that will fork DataLoader workers calls it once: modules imported before a fork
+    are the children's too, and each forked worker otherwise imports aiohttp on its first
+    read (0.2 s of CPU per worker, measured; every epoch when workers do not persist)."""
+    import aiohttp  # noqa: F401
+    import yarl  # noqa: F401
+
+
 # --- local files ------------------------------------------------------------------------
 
 def local_etag(st: os.stat_result) -> str:

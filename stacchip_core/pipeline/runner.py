@@ -175,6 +175,32 @@ def _timed(fn: Callable, index: int):
     return fn(index), time.perf_counter() - start
 
 
+def local_workers(scheduler: str) -> int | None:
+    """The worker processes of a ``local`` or ``local:N`` scheduler, None for ``sync`` and
+    ``tcp://HOST:PORT``.
+
+    Args:
+        scheduler: The scheduler setting.
+
+    Returns:
+        N (``local``: one per core), or None.
+
+    Raises:
+        ConfigError: If the setting is none of those (``localhost:8786``, ``local:abc``,
+            ``local:0``...).
+    """
+    if scheduler in ("sync",) or (scheduler.startswith("tcp://") and len(scheduler) > 6):
+        return None
+    if scheduler == "local":
+        return os.cpu_count() or 1
+    name, _, n = scheduler.partition(":")
+    if name == "local" and n.isdigit() and int(n) > 0:
+        return int(n)
+    raise ConfigError(
+        f"unknown scheduler {scheduler!r}: use sync, local, local:N (N > 0) or tcp://HOST:PORT"
+    )
+
+
 def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: str = "local",
               retries: int = 2, command: str = "") -> RunReport:
     """Run ``fn(index)`` for every index and collect a report.
@@ -202,6 +228,7 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
     started = datetime.now(UTC).isoformat()
     tasks: list[TaskResult] = []
     start = time.perf_counter()
+    local = local_workers(scheduler)  # a bad value: ConfigError before anything runs
     bar = tqdm(total=len(indices), desc=command or "jobs", unit="job", disable=None)
     if scheduler == "sync":
         for index in indices:
@@ -213,15 +240,12 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
 
         cluster = None
         address: LocalCluster | str
-        if scheduler.startswith("local"):
-            workers = int(scheduler.split(":")[1]) if ":" in scheduler else (os.cpu_count() or 1)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+        if local is not None:
+            cluster = LocalCluster(n_workers=local, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None)
             address = cluster
-        elif scheduler.startswith("tcp://"):
-            address = scheduler
         else:
-            raise ConfigError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
+            address = scheduler
         try:
             with Client(address) as client:
                 futures = {
