@@ -263,10 +263,7 @@ def test_http_timeout_is_one_clear_error(served, monkeypatch):
     server, _, _ = served
     lays = decode(record_layouts({"a": f"{server.url}/a.tif"}))
     monkeypatch.setenv("STACCHIP_IO_TIMEOUT", "1")
-    monkeypatch.setenv("STACCHIP_IO_RETRIES", "0")
-    from stacchip_core.io.objects import _store
-
-    _store.cache_clear()
+    monkeypatch.setenv("STACCHIP_IO_RETRIES", "0")  # stores built before are not reused
     # every request stalls, however many attempts the client makes: once, in a run of many test
     # files under load, this read succeeded with a single stall (cause not found; retries are 0)
     server.faults["/a.tif"] = ["stall"] * 4
@@ -275,7 +272,6 @@ def test_http_timeout_is_one_clear_error(served, monkeypatch):
             read_batch([lays], [["a"]], [GridSpec.from_layouts(lays, CS)], [(0, 0)])
     finally:
         server.faults.pop("/a.tif", None)
-        _store.cache_clear()
 
 
 def test_stale_layout_falls_back_with_one_warning(served, caplog):

@@ -385,20 +385,36 @@ def test_cli_chip_of_an_http_index_writes_a_georeferenced_tif(http_s2, tmp_path)
 def test_cloud_urls_resolve_to_their_store(monkeypatch, url, kind, config, path):
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
     monkeypatch.setenv("STACCHIP_ANONYMOUS", "1")
-    objects._store.cache_clear()
-    try:
-        store, key = objects.locate(url)
-        assert type(store).__name__ == kind and key == path
-        assert config.items() <= store.config.items()
-        assert store.config.get("skip_signature") in (True, "true")  # anonymous
-    finally:
-        objects._store.cache_clear()
+    store, key = objects.locate(url)
+    assert type(store).__name__ == kind and key == path
+    assert config.items() <= store.config.items()
+    assert store.config.get("skip_signature") in (True, "true")  # anonymous
+
+
+@pytest.mark.parametrize("url,variable", [
+    ("az://cont/a.tif", "AZURE_STORAGE_ACCOUNT_NAME"),
+    ("s3://bkt/a.tif", "AWS_REGION"),
+    ("s3://bkt/a.tif", "STACCHIP_IO_TIMEOUT"),
+    ("https://example.com/a.tif", "HTTPS_PROXY"),
+])
+def test_a_changed_setting_gives_a_new_store(monkeypatch, url, variable):
+    """Stores are kept per bucket or host, but one built before a setting it reads changed is
+    not reused (test_az_url_without_account_is_one_clear_error shows what that changes)."""
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "first")
+    first, _ = objects.locate(url)
+    assert objects.locate(url)[0] is first  # kept while nothing changes
+    monkeypatch.setenv(variable, "7" if variable == "STACCHIP_IO_TIMEOUT" else "http://127.0.0.1:9")
+    second, _ = objects.locate(url)
+    assert second is not first
+    monkeypatch.setenv("UNRELATED_SETTING", "1")  # a variable no store reads changes nothing
+    assert objects.locate(url)[0] is second
 
 
 def test_az_url_without_account_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    objects.locate("az://cont/x.tif")  # a store for this container, while the account was set
     monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_NAME", raising=False)
     monkeypatch.delenv("AZURE_STORAGE_ACCOUNT", raising=False)
-    objects._store.cache_clear()
     with pytest.raises(
         ObjectError, match=r"^cannot open az://cont/x.tif: .*AZURE_STORAGE_ACCOUNT_NAME\)$"
     ):

@@ -152,13 +152,17 @@ def test_torch_dataloader_workers_use_layouts_only(served_index, torch, persiste
 
 @pytest.mark.slow
 def test_loading_an_index_never_starts_obstore(served_index, tmp_path):
-    """In a fresh interpreter: an index over http and a local one load without obstore."""
+    """In a fresh interpreter: an index over http and a local one load without obstore, so a
+    process forked after loading one (a DataLoader worker) may still use obstore."""
     _, index_url, rows = served_index
     code = (
-        "import sys; from stacchip_core.io import objects; from stacchip_core.training.prechip "
+        "import os, sys; from stacchip_core.io import objects; from stacchip_core.training.prechip "
         "import load_index;"
-        "n = [len(load_index(u)) for u in sys.argv[1:]]; print(n, objects._USED_BY, "
-        "objects.counters().portable)"
+        "n = [len(load_index(u)) for u in sys.argv[1:]];"
+        "print(n, objects.counters().portable, flush=True);"
+        "pid = os.fork();\n"
+        "if pid == 0: print('child may use obstore:', objects.usable(), flush=True); os._exit(0)\n"
+        "os.waitpid(pid, 0)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, index_url, str(_local_copy(index_url, tmp_path))],
@@ -168,7 +172,8 @@ def test_loading_an_index_never_starts_obstore(served_index, tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[0] == f"[{len(rows)}, {len(rows)}] None 1"
+    n = len(rows)
+    assert out.stdout.splitlines() == [f"[{n}, {n}] 1", "child may use obstore: True"]
 
 
 def _local_copy(url: str, tmp_path: Path) -> Path:
