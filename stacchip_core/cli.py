@@ -47,7 +47,15 @@ def _escaped(exc: click.ClickException) -> click.ClickException:
 
 def error_line(exc: BaseException) -> str:
     """The one line an error prints as: its message (unexpected errors with their type),
-    URLs redacted, control characters escaped (catalog data cannot forge lines)."""
+    URLs redacted, control characters escaped (catalog data cannot forge lines).
+
+    Args:
+        exc: The error.
+
+    Returns:
+        Its message (``Type: message`` for errors that are not a ``StacchipError``) on one
+        line.
+    """
     text = str(exc) if isinstance(exc, StacchipError) else f"{type(exc).__name__}: {exc}"
     return redact_text(text.strip())  # arrow ends some messages with a newline
 
@@ -232,9 +240,12 @@ def index(
     max_items,
     workers,
 ) -> None:
-    """Index the chips of STAC items into OUTPUT: one ITEM (a JSON file or URL) into a file;
-    many ITEMs, or the items of a --catalog search, into a folder of per-item index files
-    (then `stacchip merge` them)."""
+    """Index the chips of STAC items into --output.
+
+    One ITEM (a JSON file or URL) goes into one GeoParquet file; many ITEMs, or the items
+    of a --catalog search, into a folder of per-item index files (then `stacchip merge`
+    them).
+    """
     from stacchip_core.core.index import write_index
     from stacchip_core.core.indexer import Indexer
 
@@ -314,7 +325,11 @@ def index(
     help="A stack id: INDEX is then a stacks table (stacchip stack); .npz or .tif.",
 )
 def chip(index_path, row, chipid, assets, mountpath, output, stackid) -> None:
-    """Read the pixels of one chip of INDEX into OUTPUT."""
+    """Read the pixels of one chip of INDEX into --output.
+
+    Name the chip by --row or --chipid. With --stack, INDEX is a stacks table (`stacchip
+    stack`) and --output holds every step of that stack.
+    """
     from stacchip_core.core.chipper import chip_from_row
     from stacchip_core.core.index import find_row
     from stacchip_core.core.output import write_chip
@@ -357,7 +372,11 @@ def _write_stack(path: Path, stackid: str, bands: str | None, output: Path) -> N
 @click.argument("src")
 @click.argument("dst")
 def merge(src, dst) -> None:
-    """Merge the per-item index files under SRC (folder or s3://) into one GeoParquet DST."""
+    """Merge per-item index files into one GeoParquet index.
+
+    SRC is the folder or s3:// prefix `stacchip index` or `stacchip process` wrote them to;
+    DST the merged file, its rows in Hilbert order so that queries read few row groups.
+    """
     from stacchip_core.pipeline.merge import merge as merge_indexes
 
     result = merge_indexes(src, dst)
@@ -413,7 +432,11 @@ def stack(
     every,
     region,
 ) -> None:
-    """Group the chips of INDEX into stacks of the same place (time series, other sensors)."""
+    """Group the chips of INDEX into stacks of the same place.
+
+    A stack is an anchor chip and the chips that cover the same ground: a time series of one
+    platform, or chips of other sensors (--with). `stacchip chip --stack` reads one.
+    """
     from stacchip_core.core.stacks import build_stacks, write_stacks
 
     table = build_stacks(
@@ -468,8 +491,12 @@ def stack(
 def query_command(
     index_path, bbox, intersects, datetime_range, platforms_, max_cloud, max_nodata, output
 ) -> None:
-    """Chips of INDEX (a file, folder, s3:// or https:// URL) that match the filters, reading
-    only the row groups that may match (-v logs what was read)."""
+    """Count (or write) the chips of INDEX that match the filters.
+
+    INDEX is a file, a folder, or an s3:// or https:// URL. Only the row groups that may
+    match are read (-v logs what was read); the line printed says how many and how many
+    bytes.
+    """
     from stacchip_core.core.index import write_index
     from stacchip_core.core.query import query
 
@@ -608,7 +635,12 @@ def process(
     batch_size,
     workers,
 ) -> None:
-    """Process samples of PLATFORM into --bucket: select, normalize, index."""
+    """Process samples of PLATFORM into --bucket.
+
+    Each job selects the items of its samples from the catalog, copies them into the bucket
+    as the platform's plugin normalizes them, and indexes them. Run one job (--job, or the
+    array-job environment), a range (--jobs) or all of them (--all).
+    """
     from functools import partial
 
     from stacchip_core.pipeline.process import count_samples, process_job
@@ -703,8 +735,11 @@ def prechip(
     workers,
     mountpath,
 ) -> None:
-    """Cut shuffled cubes of chips from INDEX into TARGET (folder or s3://), one job's share
-    (or many jobs with --index-range/--all)."""
+    """Cut shuffled cubes of chips from INDEX into TARGET.
+
+    TARGET is a folder or an s3:// prefix. A run writes one job's share of the cubes (--job,
+    or the array-job environment), or those of many jobs with --jobs or --all.
+    """
     from dataclasses import replace
     from functools import partial
 
@@ -770,7 +805,10 @@ def prechip(
 )
 @click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True)
 def stats(source, output, workers) -> None:
-    """Per-platform, per-band count, mean and std over the cubes under SOURCE."""
+    """Band statistics of the cubes under SOURCE.
+
+    Per platform and band: pixel count, mean and standard deviation (nodata left out).
+    """
     from stacchip_core.training.bandstats import band_stats, dump
 
     result = band_stats(source, workers)
@@ -794,7 +832,8 @@ def stats(source, output, workers) -> None:
 def demo(out: Path) -> None:
     """Run the whole job on an embedded synthetic archive.
 
-    Generate, process every source, merge, preview.
+    Generate a small archive of every source, process it into a local bucket, merge the
+    index, stack its chips and draw previews (the PNG index map needs the viz extra).
     """
     from stacchip_core.demo.run import run_demo
 
@@ -844,6 +883,7 @@ _add_plugin_authoring()
 
 
 def register_plugin_commands() -> None:
+    """Add the commands of installed plugins (their ``stacchip_register_commands`` hooks)."""
     from stacchip_core.plugins import get_plugin_manager
 
     get_plugin_manager().hook.stacchip_register_commands(cli=cli)
@@ -863,7 +903,12 @@ def env_job(platform: str, sample_vars: tuple[str, ...] = ("STACCHIP_SAMPLE_SOUR
     """Console-script entry of the original processors: configured by environment
     variables (the job index from AWS_BATCH_JOB_ARRAY_INDEX, JOB_COMPLETION_INDEX or
     SLURM_ARRAY_TASK_ID; STACCHIP_SAMPLE_SOURCE or STACCHIP_MGRS_SOURCE, STACCHIP_BUCKET,
-    STACCHIP_STAC_API). Errors are one line."""
+    STACCHIP_STAC_API). Errors are one line.
+
+    Args:
+        platform: The platform to process.
+        sample_vars: Environment variables naming the sample source, first set wins.
+    """
     import os
 
     from stacchip_core.pipeline.process import process

@@ -58,6 +58,7 @@ class Platform:
 
     @property
     def band_names(self) -> list[str]:
+        """The model bands' canonical names, in order."""
         return [b.name for b in self.bands]
 
     def find(self, name: str) -> Band | None:

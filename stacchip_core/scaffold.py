@@ -90,7 +90,7 @@ def new_plugin(name: str, directory: str | Path = ".") -> Path:
 
 @click.group()
 def plugin() -> None:
-    """Plugin authoring."""
+    """Write new plugins (`stacchip plugin new NAME`)."""
 
 
 @plugin.command("new")
@@ -104,8 +104,11 @@ def plugin() -> None:
     help="Where to create the package's folder.",
 )
 def new(name: str, directory: str) -> None:
-    """A new source plugin package for platform NAME: entry point, platform, statistics,
-    selection, normalization, a console script and passing tests."""
+    """Write a new source plugin package for platform NAME.
+
+    The package (stacchip-NAME, under --directory) has an entry point, a platform,
+    statistics, selection, normalization, a console script and passing tests.
+    """
     target = new_plugin(name, directory)
     click.echo(
         f"{target}\n\nnext:\n  pip install -e '{target}[test]'\n  pytest {target}/tests\n"

@@ -21,11 +21,16 @@ class Sample(Protocol):
     ``geometry`` in EPSG:4326 (None when the source has none) and its ``properties``."""
 
     @property
-    def index(self) -> int: ...
+    def index(self) -> int:
+        """The sample's row in the sample source: the job's sample number."""
+
     @property
-    def geometry(self) -> shapely.Geometry | None: ...
+    def geometry(self) -> shapely.Geometry | None:
+        """The sample's geometry in EPSG:4326, or None when the source has none."""
+
     @property
-    def properties(self) -> Mapping[str, Any]: ...
+    def properties(self) -> Mapping[str, Any]:
+        """The row's attributes (reading a missing one raises ``SampleAttributeError``)."""
 
 
 @runtime_checkable
@@ -120,6 +125,8 @@ class Store(Protocol):
 
 
 class SearchResult(Protocol):
+    """What a catalog's search returns: its items (pystac-client's ``ItemSearch`` has more)."""
+
     def items(self) -> Iterable[pystac.Item]:
         """The matched items.
 

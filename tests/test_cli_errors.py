@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, run_script_named
 
+from stacchip_core.pipeline.runner import local_workers
+
 SCRIPTS = [
     "stacchip-sentinel-2",
     "stacchip-landsat",
@@ -261,3 +263,26 @@ def test_bit_flipped_index_is_one_clean_line(naip_index, tmp_path, seed, command
         assert not one_line(r.stderr).endswith(
             "\\n"
         )  # arrow's trailing newline is not kept, even escaped
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "workers"),
+    [("sync", None), ("local", os.cpu_count()), ("local:3", 3), ("tcp://10.0.0.1:8786", None)],
+)
+def test_scheduler_settings_are_understood(scheduler, workers):
+    assert local_workers(scheduler) == workers
+
+
+@pytest.mark.parametrize("scheduler", ["localhost:8786", "local:abc", "local:0", "tcp://", "dask"])
+def test_a_bad_scheduler_is_one_line_before_any_job_runs(scheduler, archive, tmp_path):
+    """``local:abc`` used to fail deep in dask with a raw ValueError."""
+    r = run_cli(
+        "process", "naip", "--bucket", tmp_path, "--all", "--scheduler", scheduler,
+        "--sample", archive.points, "--stac-api", archive.items,
+    )
+    assert r.returncode != 0
+    assert one_line(r.stderr) == (
+        f"Error: unknown scheduler {scheduler!r}: use sync, local, local:N (N > 0) or "
+        "tcp://HOST:PORT"
+    )
+    assert not any(tmp_path.iterdir())  # nothing ran, nothing written

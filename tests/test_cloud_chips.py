@@ -383,7 +383,7 @@ def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
     server, _data, root = served
     lays = decode(record_layouts({"a": f"{server.url}/a.tif"}))
     lay, grid = lays["a"], GridSpec.from_layouts(lays, CS)
-    objects._VERIFIED.clear()  # as in a process that did not index the object
+    objects.forget_verified()  # as in a process that did not index the object
     server.reset()
     before = objects.counters()
     (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])

@@ -2,6 +2,7 @@
 fails), every tutorial notebook runs offline on synthetic data, the code blocks of the pages
 marked runnable run, and the README stays a pitch."""
 
+import ast
 import html
 import re
 import subprocess
@@ -150,6 +151,243 @@ def test_no_sphinx_roles_in_docstrings():
         for m in re.finditer(r":(?:func|class|meth|mod|data|attr|exc|obj):`[^`]*`", p.read_text())
     ]
     assert found == []
+
+
+# --- every public function documents its parameters and its result -------------------------
+#
+# The API reference renders these docstrings (Google style). Public: a module-level function,
+# or a method, property or constructor of a public class, whose name has no leading underscore.
+# Left out: dunders other than __init__ and __call__, nested functions, overloads and click
+# commands (their docstrings are --help text). A function with parameters (self, cls and
+# underscored ones aside) needs an Args section naming exactly those parameters (a
+# constructor's may be in its class docstring); one that returns a value (a return annotation
+# other than None or, unannotated, a `return <value>`) needs Returns or Yields; a property and a
+# public class need a docstring.
+
+API_SOURCES = sorted(
+    p
+    for p in [*ROOT.glob("stacchip_core/**/*.py"), *ROOT.glob("plugins/*/stacchip_*/**/*.py")]
+    if "tests" not in p.relative_to(ROOT).parts  # the plugin template's tests
+)
+
+# Modules other engineers were changing while the rest were documented (docstring edits there
+# would have conflicted). Each is expected to fail (strict xfail: once its docstrings are
+# complete, the test fails until the module leaves this list). The lead empties it after
+# merging those branches.
+DOCSTRING_GAPS_ALLOWED = {
+    "stacchip_core/core/indexer.py",
+}
+
+_SECTION = re.compile(r"^(\w+):\s*$")
+
+
+def _sections(doc: str | None) -> dict[str, list[str]]:
+    """A Google-style docstring's sections: {title: the names its entries start with}."""
+    out: dict[str, list[str]] = {}
+    lines = (doc or "").splitlines()
+    for k, line in enumerate(lines):
+        m = _SECTION.match(line.strip())
+        if not m or m[1] not in ("Args", "Arguments", "Returns", "Yields", "Raises"):
+            continue
+        base = len(line) - len(line.lstrip())
+        names, entry = out.setdefault(m[1], []), None
+        for item in lines[k + 1:]:
+            if not item.strip():
+                continue
+            indent = len(item) - len(item.lstrip())
+            if indent <= base:
+                break
+            entry = entry or indent
+            if indent == entry:
+                names.append(re.match(r"\**(\w*)", item.strip())[1])
+    return out
+
+
+def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef, method: bool) -> list[str]:
+    a = fn.args
+    names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x]
+    static = any(ast.unparse(d) == "staticmethod" for d in fn.decorator_list)
+    if method and not static and names and names[0] in ("self", "cls"):
+        names = names[1:]
+    return [n for n in names if not n.startswith("_")]
+
+
+def _returns_value(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    if fn.returns is not None:
+        return ast.unparse(fn.returns) not in ("None", "NoReturn", "Never")
+
+    def found(node: ast.AST) -> bool:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+                continue  # a nested scope's returns are its own
+            if isinstance(child, ast.Return) and child.value is not None and not (
+                isinstance(child.value, ast.Constant) and child.value.value is None
+            ):
+                return True
+            if found(child):
+                return True
+        return False
+
+    return found(fn)
+
+
+def _skipped(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    for d in fn.decorator_list:
+        target = d.func if isinstance(d, ast.Call) else d
+        name = ast.unparse(target)
+        if name.endswith((".command", ".group")) or name in ("overload", "typing.overload"):
+            return True  # click commands (--help text), typing overloads
+    return fn.name.startswith("_") and fn.name != "__call__"
+
+
+def docstring_gaps(path: Path) -> list[str]:
+    """What the public functions, methods and classes of one module lack."""
+    gaps: list[str] = []
+
+    def check(fn, where: str, method: bool, class_doc: str | None = None) -> None:
+        name = f"{where}{fn.name}:{fn.lineno}"
+        doc = ast.get_docstring(fn)
+        if fn.name == "__init__":
+            params = _params(fn, method)
+            documented = _sections(doc).get("Args", _sections(class_doc).get("Args"))
+            if params and sorted(documented or []) != sorted(params):
+                gaps.append(f"{name}: Args {documented} in the class or __init__ docstring, "
+                            f"parameters {params}")
+            return
+        if _skipped(fn):
+            return
+        if not doc:
+            gaps.append(f"{name}: no docstring")
+            return
+        if any(ast.unparse(d).endswith(("property", ".setter")) for d in fn.decorator_list):
+            return
+        sections = _sections(doc)
+        params = _params(fn, method)
+        args = sections.get("Args", sections.get("Arguments"))
+        if params and args is None:
+            gaps.append(f"{name}: no Args section ({', '.join(params)})")
+        elif sorted(args or []) != sorted(params):
+            gaps.append(f"{name}: Args names {args}, parameters are {params}")
+        if _returns_value(fn) and not ({"Returns", "Yields"} & sections.keys()):
+            gaps.append(f"{name}: returns a value, no Returns section")
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            check(node, "", False)
+        elif isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            class_doc = ast.get_docstring(node)
+            if not class_doc:
+                gaps.append(f"{node.name}:{node.lineno}: no docstring")
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    item.name in ("__init__", "__call__") or not item.name.startswith("__")
+                ):
+                    check(item, f"{node.name}.", True, class_doc)
+    return gaps
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        pytest.param(
+            p.relative_to(ROOT).as_posix(),
+            marks=pytest.mark.xfail(strict=True, reason="allowed gaps: DOCSTRING_GAPS_ALLOWED")
+            if p.relative_to(ROOT).as_posix() in DOCSTRING_GAPS_ALLOWED
+            else (),
+        )
+        for p in API_SOURCES
+    ],
+)
+def test_public_functions_document_args_and_returns(module):
+    assert docstring_gaps(ROOT / module) == []
+
+
+def test_the_docstring_check_finds_gaps(tmp_path):
+    """The check itself: each kind of gap is found, complete docstrings pass."""
+    source = tmp_path / "m.py"
+    source.write_text('''
+import click
+
+def no_doc(x): pass
+
+def no_args(x):
+    """Text."""
+
+def stale_args(x, y):
+    """Text.
+
+    Args:
+        x: One.
+        z: Gone.
+    """
+
+def no_returns() -> int:
+    """Text."""
+    return 1
+
+def untyped_returns():
+    """Text."""
+    def inner():
+        return 2
+    return inner
+
+def complete(x, *rest, _private=None, **options) -> int:
+    """Text.
+
+    Args:
+        x: One.
+        *rest: More.
+        **options: Any.
+
+    Returns:
+        One.
+    """
+    return 1
+
+def _private(x): pass
+
+@click.command()
+def command(x):
+    """Help text."""
+
+class Thing:
+    """A thing."""
+
+    def __init__(self, size):
+        self.size = size
+
+    @property
+    def area(self) -> int:
+        return 1
+
+    def method(self):
+        """Nothing back."""
+
+    def __len__(self): return 1
+
+    def __call__(self, x):
+        """Called."""
+
+class Documented:
+    """A thing.
+
+    Args:
+        size: Its size.
+    """
+
+    def __init__(self, size):
+        self.size = size
+''')
+    assert docstring_gaps(source) == [
+        "no_doc:4: no docstring",
+        "no_args:6: no Args section (x)",
+        "stale_args:9: Args names ['x', 'z'], parameters are ['x', 'y']",
+        "no_returns:17: returns a value, no Returns section",
+        "untyped_returns:21: returns a value, no Returns section",
+        "Thing.__init__:49: Args None in the class or __init__ docstring, parameters ['size']",
+        "Thing.area:53: no docstring",
+        "Thing.__call__:61: no Args section (x)",
+    ]
 
 
 def run_notebook(path: Path, preamble: str | None = None):

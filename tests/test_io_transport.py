@@ -207,7 +207,7 @@ def test_counters_subtract_and_count_checks_apart(served_index):
     server, _, rows = served_index
     lays = decode(rows[0]["layouts"])
     red = lays["red"]
-    objects._VERIFIED.clear()  # as in a process that did not index this object
+    objects.forget_verified()  # as in a process that did not index this object
     ranges = [(int(red.offsets[0]), int(red.offsets[0] + red.counts[0]))]
     before = objects.counters()
     objects.run(
@@ -229,6 +229,12 @@ def test_counters_subtract_and_count_checks_apart(served_index):
     again = objects.counters()
     objects.run(objects.read_ranges(red.href, ranges, eager))
     assert (objects.counters() - again).checks == 0  # at most one check per asset and process
+    objects.forget_verified()  # as a new process would: the next read checks the header again
+    server.reset()
+    again = objects.counters()
+    objects.run(objects.read_ranges(red.href, ranges, eager))
+    spent = objects.counters() - again
+    assert spent.checks == 1 and spent.check_bytes == red.head and server.requests == 2
 
 
 # --- layouts validated by content ----------------------------------------------------------
@@ -340,7 +346,7 @@ def test_a_changed_header_is_caught_by_the_first_check(tmp_path, caplog):
         size = path.stat().st_size
         write(second, 2)
         assert path.stat().st_size == size
-        objects._VERIFIED.clear()  # as in another process
+        objects.forget_verified()  # as in another process
         item = {
             "type": "Feature",
             "stac_version": "1.0.0",

@@ -6,6 +6,9 @@ item JSON is fetched when the row has layouts; indexes written before still read
 import json
 import logging
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -702,3 +705,50 @@ def test_local_chips_of_a_cold_item_come_from_layouts_then_from_open_handles(syn
         )
     assert backends == [(3, 0, ())] * 4 + [(0, 3, ())] * 2
     assert reader.report.tiles > 0 and reader.report.requests > 0
+
+
+# --- what a reader costs beyond the pixels ---------------------------------------------------
+
+def test_threads_sharing_a_reader_each_see_their_batch_and_the_total_loses_none(served_s2):
+    """Two threads read through one Reader at once: ``last`` is each thread's own batch (3 and
+    5 chips), and ``report`` holds both (8 chips, 8 x 3 layout reads) whatever the timing."""
+    _server, _url, rows, _item_json = served_s2
+    reader = Reader()
+    seen: dict[int, tuple[int, int]] = {}
+    start = threading.Barrier(2)
+
+    def read(n: int) -> None:
+        start.wait()
+        for _ in range(3):
+            reader.stacks(rows[:n], ["red", "green", "blue"])
+        seen[n] = (reader.last.chips, reader.last.layout_reads)
+
+    threads = [threading.Thread(target=read, args=(n,)) for n in (3, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {3: (3, 9), 5: (5, 15)}
+    assert (reader.report.chips, reader.report.layout_reads) == (24, 72)
+    assert reader.last.chips == 0  # this thread read nothing
+
+
+def test_a_fresh_process_reads_a_chip_without_importing_pandas(served_s2, tmp_path):
+    """Loading an index and reading a chip in a new process (a DataLoader worker's life)
+    imports neither pandas nor pyarrow.dataset: pyarrow's read_table, pa.array and a
+    timezone-aware datetime's to_pylist would each import them, 1 s of CPU per worker."""
+    _server, _url, rows, _item_json = served_s2
+    index = tmp_path / "index.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), index)
+    code = (
+        "import sys\n"
+        "from stacchip_core.training.dataset import ChipDataset\n"
+        f"ds = ChipDataset({str(index)!r}, bands=['red'])\n"
+        "sample = ds[2]\n"
+        "print(sample['pixels'].shape, sample['date'])\n"
+        "print(sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.splitlines()
+    assert out == [f"(1, 256, 256) {rows[2]['date'].isoformat()}", "[]"]

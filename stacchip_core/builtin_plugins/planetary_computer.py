@@ -36,7 +36,17 @@ PC_ACCOUNTS = frozenset({"naipeuwest", "sentinel2l2a01", "landsateuwest", "senti
 
 
 def from_planetary_computer(href: str, asset: pystac.Asset | None) -> bool:
-    """Whether ``href`` is an unsigned blob of Planetary Computer's storage."""
+    """Whether ``href`` is an unsigned blob of Planetary Computer's storage.
+
+    Args:
+        href: The asset's href.
+        asset: The asset, if known: an item linking to Planetary Computer marks blobs of
+            storage accounts not in ``PC_ACCOUNTS`` as its own.
+
+    Returns:
+        True for an https Azure blob href without a ``sig`` in its query, of a known
+        Planetary Computer account or of an item that links to Planetary Computer.
+    """
     url = urlparse(href)
     host = url.hostname or ""
     if url.scheme != "https" or not host.endswith(PC_BLOB_SUFFIX) or "sig" in parse_qs(url.query):
@@ -49,7 +59,20 @@ def from_planetary_computer(href: str, asset: pystac.Asset | None) -> bool:
 
 @hookimpl(trylast=True)
 def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
-    """Planetary Computer blob hrefs get a SAS token (planetary-computer package)."""
+    """Planetary Computer blob hrefs get a SAS token (planetary-computer package).
+
+    Args:
+        href: The asset's href.
+        asset: The asset, if known.
+
+    Returns:
+        ``href`` with the container's SAS token as its query, or None when ``href`` is not
+        an unsigned Planetary Computer blob (another signer, or none, answers).
+
+    Raises:
+        AssetError: The planetary-computer extra is not installed, or the token endpoint
+            failed or did not answer within the I/O time budget.
+    """
     if not from_planetary_computer(href, asset):
         return None
     try:
@@ -69,7 +92,15 @@ def stacchip_sign_href(href: str, asset: pystac.Asset | None) -> str | None:
 def sign_cached(href: str) -> str | None:
     """``href`` as the built-in signer answers it when that needs no request: unchanged (not
     a Planetary Computer blob), or signed with a cached token; None when a token must be
-    asked (or the package is missing: the hook then says so)."""
+    asked (or the package is missing: the hook then says so).
+
+    Args:
+        href: The asset's href.
+
+    Returns:
+        ``href`` itself, ``href`` with a cached token that is valid for another minute, or
+        None.
+    """
     if not from_planetary_computer(href, None):
         return href
     try:

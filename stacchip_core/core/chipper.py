@@ -144,6 +144,7 @@ class Chipper:
         self.close()
 
     def close(self) -> None:
+        """Close the chipper's open datasets and its reader's connections."""
         self._reader.close()
         self._source.close()
 

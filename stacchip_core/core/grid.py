@@ -320,18 +320,22 @@ class ChipGrid:
 
     @property
     def x_size(self) -> int:
+        """Chips across: whole chips only."""
         return self.shape[1] // self.chip_size
 
     @property
     def y_size(self) -> int:
+        """Chips down: whole chips only."""
         return self.shape[0] // self.chip_size
 
     @property
     def size(self) -> int:
+        """Chips on the grid."""
         return self.x_size * self.y_size
 
     @property
     def resolution(self) -> float:
+        """Pixel size in CRS units (the grid's x resolution)."""
         return abs(self.transform.a)
 
     def window(self, x: int, y: int) -> tuple[int, int, int, int]:

@@ -53,6 +53,12 @@ def bbox_centres(xmin: np.ndarray, ymin: np.ndarray, xmax: np.ndarray,
     centres across 180 degrees; a box as wide as the world (how some writers mark a chip
     that crosses it) centres on 180 degrees.
 
+    Args:
+        xmin: West edges in degrees.
+        ymin: South edges in degrees.
+        xmax: East edges in degrees (less than ``xmin`` for a box across the antimeridian).
+        ymax: North edges in degrees.
+
     Returns:
         (lon, lat) arrays.
     """

@@ -65,6 +65,15 @@ SUPPORTED_COMPRESSION = {1, 5, 8, 32946, 50000}
 
 @dataclass
 class AssetLayout:
+    """Where every tile of one asset's full-resolution image lies in its object, and what a
+    reader needs to decode and place them.
+
+    ``transform`` is ``(a, c, e, f)``: pixel width, x origin, pixel height, y origin.
+    ``offsets`` and ``counts`` hold each tile's byte offset and length, row by row (a count
+    of 0: a sparse tile). ``size`` and ``digest`` (of the object's first ``head`` bytes)
+    validate the object by content; layouts written before digests carry an ``etag``.
+    """
+
     key: str
     href: str
     width: int
@@ -89,10 +98,14 @@ class AssetLayout:
 
     @property
     def tiles_across(self) -> int:
+        """Tiles per row of the image."""
         return -(-self.width // self.tile_width)
 
     @property
     def supported(self) -> bool:
+        """Whether the layout path decodes this asset: a supported codec and predictor, and
+        interleaved bands (or one band).
+        """
         return (self.compression in SUPPORTED_COMPRESSION and self.predictor in (1, 2, 3)
                 and (self.planar == 1 or self.bands == 1))
 
@@ -265,7 +278,17 @@ decoded = _Decoded()
 
 class HeaderInput:
     """An obspec input for async-tiff: bytes it already has (a header, prefetched tiles) are
-    served from memory; anything else is read from the object through the I/O layer."""
+    served from memory; anything else is read from the object through the I/O layer.
+
+    Args:
+        url: The object's URL (signed, if it needs it).
+        header: The bytes from the object's start that are held.
+        tiles: Prefetched byte ranges, ``{(start, end): bytes}``.
+
+    Raises:
+        NoTransport: async-tiff cannot run in this process (a child forked after its
+            parent used it).
+    """
 
     def __init__(self, url: str, header: bytes, tiles: dict | None = None) -> None:
         objects.use_async_tiff()  # NoTransport in a child forked after its parent used async-tiff
@@ -276,6 +299,17 @@ class HeaderInput:
         )  # the end of the furthest byte read: what a layout's digest covers
 
     async def get_range_async(self, path, *, start, end=None, length=None):
+        """Bytes ``[start, end)`` of the object (obspec's ``get_range_async``).
+
+        Args:
+            path: The path async-tiff asks for (ignored: this input serves one object).
+            start: First byte.
+            end: Byte after the last (or give ``length``).
+            length: Bytes to read from ``start``.
+
+        Returns:
+            The bytes: from the header or the prefetched tiles when held, else read.
+        """
         end = start + length if end is None else end
         if end <= len(self.header):
             return self.header[start:end]
@@ -286,6 +320,17 @@ class HeaderInput:
         return (await objects.get_ranges_async(self.url, [start], [end]))[0]
 
     async def get_ranges_async(self, path, *, starts, ends=None, lengths=None):
+        """Several byte ranges of the object (obspec's ``get_ranges_async``).
+
+        Args:
+            path: The path async-tiff asks for (ignored).
+            starts: First bytes.
+            ends: Bytes after the last (or give ``lengths``).
+            lengths: Bytes to read from each start.
+
+        Returns:
+            The bytes of each range, in order.
+        """
         ends = [s + n for s, n in zip(starts, lengths)] if ends is None else ends
         return [await self.get_range_async(path, start=s, end=e) for s, e in zip(starts, ends)]
 

@@ -125,6 +125,7 @@ class DatasetCache:
         return ds
 
     def close(self) -> None:
+        """Close every dataset opened through this cache, in every thread."""
         with self._lock:
             for ds in self._all:
                 ds.close()
@@ -178,7 +179,15 @@ def read_chip_window(ds, grid: ChipGrid, factor: int | None, x: int, y: int, ind
 
 
 class AssetReader:
-    """``read_asset(name)`` as handed to the stats hook: whole band, native resolution."""
+    """``read_asset(name)`` as handed to the stats hook: whole band, native resolution.
+
+    Args:
+        item: The item whose assets are read.
+        grid: The item's chip grid.
+        platform: The item's platform (resolves band names and aliases), if known.
+        mountpath: A folder where the remote buckets are mounted, if any.
+        threads: Threads that read strips of a band at once (default: up to 4).
+    """
 
     def __init__(self, item: pystac.Item, grid: ChipGrid, platform: Platform | None, mountpath=None,
                  threads: int | None = None):

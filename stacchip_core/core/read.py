@@ -80,6 +80,9 @@ CHOSEN = frozenset({"local file", "layouts off"})
 # the report kind of what a forked child cannot read from layouts
 FORKED = "I/O layer unusable after fork"
 MAX_SOURCES = 32  # items whose open handles a Reader keeps; older ones are closed
+# items whose sources a Reader keeps (a source from layouts holds no handle, only what a plan
+# needs): with 32, random chips of 60 items rebuilt a source for every other chip
+MAX_KEPT = 1024
 
 
 # --- what a read costs -------------------------------------------------------------------
@@ -373,6 +376,7 @@ class Source:
         return self.grid.transform @ Affine.translation(col0, row0)
 
     def close(self) -> None:
+        """Close the rasterio handles this source opened (they reopen on a later read)."""
         self.cache.close()
 
 
@@ -595,6 +599,9 @@ def note_fallback(reason, href: str, key: str) -> None:
 
 # --- the reader ---------------------------------------------------------------------------
 
+_NOTHING = ReadReport()  # ``Reader.last`` before a thread's first read
+
+
 class Reader:
     """Reads batches of chips through the pipeline and keeps what outlives a batch: the
     sources of recent items (with their open handles; at most ``max_sources``), the threads
@@ -622,12 +629,13 @@ class Reader:
         self.mountpath, self.use_layouts, self.resampling = mountpath, use_layouts, resampling
         self.workers, self.max_sources = workers, max_sources
         self.report = ReadReport()
-        self.last = ReadReport()
         self._init()
 
     def _init(self) -> None:
         self._pid = os.getpid()
+        self._last = threading.local()
         self._sources: OrderedDict[tuple, Source] = OrderedDict()
+        self._open: OrderedDict[int, Source] = OrderedDict()  # sources with rasterio handles
         self._retired: list[
             Source
         ] = []  # evicted, closed once no read is running (threads may share a reader)
@@ -643,7 +651,7 @@ class Reader:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.report, self.last = ReadReport(), ReadReport()
+        self.report = ReadReport()
         self._init()
 
     def _check_fork(self) -> None:
@@ -700,9 +708,20 @@ class Reader:
     def _keep(self, key: tuple, source: Source) -> Source:
         with self._lock:
             self._sources[key] = source
-            while len(self._sources) > self.max_sources:
-                self._retired.append(self._sources.popitem(last=False)[1])
+            while len(self._sources) > max(MAX_KEPT, self.max_sources):
+                old = self._sources.popitem(last=False)[1]
+                if self._open.pop(id(old), None) is not None:
+                    self._retired.append(old)
         return source
+
+    def _opened(self, source: Source) -> None:
+        """``source`` has rasterio handles now: the oldest beyond ``max_sources`` close theirs
+        (once no read runs; they reopen if needed)."""
+        with self._lock:
+            self._open[id(source)] = source
+            self._open.move_to_end(id(source))
+            while len(self._open) > self.max_sources:
+                self._retired.append(self._open.popitem(last=False)[1])
 
     def read(
         self, requests: Sequence[ChipRequest], workers: int | None = None
@@ -770,7 +789,7 @@ class Reader:
         after = _io_counters()
         requests_n, bytes_n = after[0] - before[0], after[1] - before[1]
         fallbacks = Counter(_reason_kind(p.reason) for p in slow if p.reason not in CHOSEN)
-        self.last = ReadReport(
+        last = ReadReport(
             chips=len(requests),
             requests=requests_n,
             bytes=bytes_n,
@@ -780,8 +799,15 @@ class Reader:
             rasterio_reads=len(slow),
             fallbacks=tuple(sorted(fallbacks.items())),
         )
-        self.report = self.report + self.last
+        self._last.value = last
+        with self._lock:  # threads may share a reader: no update of the total is lost
+            self.report = self.report + last
         return [{k: res[k] for k in req.keys} for res, req in zip(out, requests)]
+
+    @property
+    def last(self) -> ReadReport:
+        """The cost of the last batch this thread read (each thread sees its own)."""
+        return getattr(self._last, "value", _NOTHING)
 
     def _threads(self, workers: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool._max_workers != workers:
@@ -793,6 +819,7 @@ class Reader:
 
     def _rasterio(self, req: ChipRequest, key: str) -> np.ndarray:
         source = req.source
+        self._opened(source)
         ds = source.cache.open(source.signed(key))
         try:
             return read_chip_window(
@@ -870,7 +897,11 @@ class Reader:
                         "bands, "
                         f"not {index}"
                     )
-            out.append(np.stack([arrays[k][b - 1] for k, b in pick]).astype(np.float32, copy=False))
+            planes = [arrays[k][b - 1] for k, b in pick]
+            stack = np.empty((len(planes), *planes[0].shape), np.float32)
+            for j, plane in enumerate(planes):  # cast while copying: one pass, no uint16 stack
+                stack[j] = plane
+            out.append(stack)
         return out
 
     def close(self) -> None:
@@ -882,6 +913,7 @@ class Reader:
             for source in [*self._sources.values(), *self._retired]:
                 source.close()
             self._sources.clear()
+            self._open.clear()
             self._retired.clear()
 
     def __enter__(self) -> Self:

@@ -145,13 +145,30 @@ class GridSpec:
 
     @classmethod
     def from_grid(cls, grid) -> GridSpec:
+        """The spec of a chip grid.
+
+        Args:
+            grid: A ``ChipGrid`` (or anything with its ``transform`` and ``chip_size``).
+
+        Returns:
+            Its resolution, origin and chip size.
+        """
         t = grid.transform
         return cls(t.a, t.c, t.e, t.f, grid.chip_size)
 
     @classmethod
     def from_layouts(cls, layouts: dict[str, AssetLayout], chip_size: int) -> GridSpec:
         """The item's grid as the indexer recorded it; for older layouts, the grid of the
-        finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata)."""
+        finest asset (as ``ChipGrid.from_item`` takes it for items with projection metadata).
+
+        Args:
+            layouts: The item's layouts by asset key, as the index row stores them (with the
+                recorded ``grid`` attribute when the indexer wrote one).
+            chip_size: Chip size in grid pixels.
+
+        Returns:
+            The grid spec the layouts were recorded on.
+        """
         grid = getattr(layouts, "grid", None)
         if grid:
             a, c, e, f = grid
@@ -162,7 +179,19 @@ class GridSpec:
 
 
 def factor_for(lay: AssetLayout, grid: GridSpec) -> int:
-    """Grid pixels per asset pixel, or Unsupported when not a whole, aligned factor."""
+    """Grid pixels per asset pixel.
+
+    Args:
+        lay: The asset's layout.
+        grid: The chip grid.
+
+    Returns:
+        The whole number of grid pixels an asset pixel spans along each axis.
+
+    Raises:
+        Unsupported: The asset is not on a whole, aligned multiple of the grid's lattice, or
+            its compression or predictor is one the layout path does not decode.
+    """
     k = resolution_factor(lay.transform, (grid.a, grid.c, grid.e, grid.f))
     if k is None:
         a, _, e, _ = lay.transform
@@ -187,7 +216,14 @@ _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 
 def synth_header(lay: AssetLayout) -> bytes:
     """A minimal little-endian BigTIFF with one IFD describing the asset's full-resolution
-    image, its tile offsets and byte counts pointing into the real object."""
+    image, its tile offsets and byte counts pointing into the real object.
+
+    Args:
+        lay: The asset's layout.
+
+    Returns:
+        The header bytes (tags too long for their entry follow the IFD).
+    """
     bits = np.dtype(lay.dtype).itemsize * 8
     fmt = {"u": 1, "i": 2, "f": 3}[np.dtype(lay.dtype).kind]
     spp = lay.bands
@@ -250,7 +286,22 @@ def plan_window(
 ) -> ChipPlan:
     """The plan of any window: grid pixels ``height`` x ``width`` from ``(row0, col0)`` at
     ``factor`` (factor 1 and asset pixel offsets: a window in the asset's own pixels, e.g. a
-    stack member reprojected by the caller). Unsupported when it reaches beyond the image."""
+    stack member reprojected by the caller).
+
+    Args:
+        lay: The asset's layout.
+        row0: First grid row of the window.
+        col0: First grid column of the window.
+        height: Window height in grid pixels.
+        width: Window width in grid pixels.
+        factor: Grid pixels per asset pixel.
+
+    Returns:
+        The window's plan: its asset pixels and the tiles they lie in.
+
+    Raises:
+        Unsupported: The window reaches beyond the image.
+    """
     r0, r1, c0, c1 = native_window(row0, col0, height, width, factor)
     if r0 < 0 or c0 < 0 or r1 > lay.height or c1 > lay.width:
         raise Unsupported(f"{lay.key}: window beyond the image")
@@ -260,7 +311,21 @@ def plan_window(
 
 
 def plan(lay: AssetLayout, grid: GridSpec, x: int, y: int) -> ChipPlan:
-    """The plan of chip (x, y) of ``grid`` in asset ``lay``."""
+    """The plan of chip (x, y) of ``grid`` in asset ``lay``.
+
+    Args:
+        lay: The asset's layout.
+        grid: The chip grid.
+        x: Chip column.
+        y: Chip row.
+
+    Returns:
+        The chip's plan in this asset.
+
+    Raises:
+        Unsupported: The asset is off the grid's lattice, in a codec the layout path does
+            not decode, or the chip reaches beyond its image.
+    """
     factor = factor_for(lay, grid)
     cs = grid.chip_size
     try:
@@ -293,10 +358,15 @@ def _ranges(p: ChipPlan) -> list[tuple[int, int]]:
 
 
 async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) -> list[np.ndarray]:
-    """All windows of one asset in a batch: one fetch (coalesced), one decode per distinct tile."""
+    """All windows of one asset in a batch: one fetch (coalesced), one decode per distinct tile.
+
+    libdeflate's tiles are inflated and the windows assembled in the inflater threads, one job
+    per asset (or per share of its tiles, when it has many): a job per tile cost a thread
+    hand-off and a wake-up of the I/O loop per tile, and the assembly ran on the loop."""
     from async_tiff import TIFF
 
-    if not _libdeflate_decodes(lay) and not objects.async_tiff_usable():
+    libdeflate = _libdeflate_decodes(lay)
+    if not libdeflate and not objects.async_tiff_usable():
         objects.use_async_tiff()  # raises NoTransport before any byte is fetched for nothing
     ranges = sorted({r for p in plans for r in _ranges(p)})
     data = await objects.read_ranges(lay.href, ranges, lay.expect()) if ranges else {}
@@ -305,29 +375,32 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
     tpr = lay.tiles_across
     wanted = sorted({t for p in plans for t in p.tiles if lay.counts[t[1] * tpr + t[0]]})
     cost.tiles += len(wanted)
-    decoded: dict[tuple[int, int], np.ndarray] = {}
-    if wanted and _libdeflate_decodes(lay):
-        loop = asyncio.get_running_loop()
-
-        def tile_bytes(tx, ty):
-            s = int(lay.offsets[ty * tpr + tx])
-            return data[(s, s + int(lay.counts[ty * tpr + tx]))]
-
+    loop = asyncio.get_running_loop()
+    if wanted and libdeflate:
+        n = min(_SHARES, max(1, len(wanted) // _TILES_PER_SHARE))
+        pieces = [[(xy, _tile_bytes(data, lay, *xy)) for xy in wanted[k::n]] for k in range(n)]
         try:
-            timed = await asyncio.gather(
-                *(
-                    loop.run_in_executor(_inflaters(), _timed_inflate, tile_bytes(*xy), lay)
-                    for xy in wanted
+            if len(pieces) == 1:  # inflate and assemble in one job
+                out, seconds = await loop.run_in_executor(
+                    _inflaters(), _inflate_assemble, lay, pieces[0], plans
                 )
+                cost.decode_seconds += seconds
+                return out
+            shares = await asyncio.gather(
+                *(loop.run_in_executor(_inflaters(), _inflate_many, lay, piece) for piece in pieces)
             )
         except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
             log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
             # a changed object: its header says so (StaleObject: the caller falls back)
             await objects.check_header(lay.href, lay.expect())
         else:
-            cost.decode_seconds += sum(t for _, t in timed)
-            decoded = {xy: arr for xy, (arr, _) in zip(wanted, timed)}
-    if wanted and not decoded:
+            decoded: dict[tuple[int, int], np.ndarray] = {}
+            for share, seconds in shares:
+                decoded.update(share)
+                cost.decode_seconds += seconds
+            return await loop.run_in_executor(_inflaters(), _assemble, lay, plans, decoded)
+    decoded = {}
+    if wanted:
         t0 = time.perf_counter()
         header = synth_header(lay)
         # signed off the loop (a hook may ask a token endpoint); the tiles are prefetched, so
@@ -343,39 +416,76 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
         for xy, tile_pixels in zip(wanted, pixels):
             decoded[xy] = np.asarray(tile_pixels)
         cost.decode_seconds += time.perf_counter() - t0
+    return _assemble(lay, plans, decoded)
+
+
+_SHARES = max(1, os.cpu_count() or 1)  # an asset's tiles are split over the inflater threads...
+_TILES_PER_SHARE = 4  # ...when it has at least this many per thread
+
+
+def _tile_bytes(data: dict, lay: AssetLayout, tx: int, ty: int):
+    i = ty * lay.tiles_across + tx
+    s = int(lay.offsets[i])
+    return data[(s, s + int(lay.counts[i]))]
+
+
+def _inflate_many(lay: AssetLayout, pieces: list) -> tuple[dict, float]:
+    """Tiles ``[(xy, bytes)]`` inflated, and the thread CPU seconds it took."""
+    t0 = time.thread_time()
+    decoded = {xy: _inflate_tile(buf, lay) for xy, buf in pieces}
+    return decoded, time.thread_time() - t0
+
+
+def _inflate_assemble(lay: AssetLayout, pieces: list, plans: list[ChipPlan]):
+    decoded, seconds = _inflate_many(lay, pieces)
+    return _assemble(lay, plans, decoded), seconds
+
+
+def _assemble(lay: AssetLayout, plans: list[ChipPlan], decoded: dict) -> list[np.ndarray]:
+    """Each plan's window ``(bands, height, width)`` from the decoded tiles: only the asset
+    pixels the window covers are copied (a 256 px chip in a 512 px tile: a quarter of it),
+    then expanded to grid pixels (at factor 1: the window itself, no second copy). A tile the
+    file leaves out (sparse: offset and byte count 0) reads as nodata, or 0, as GDAL's do."""
     fill = lay.nodata if lay.nodata is not None and not np.isnan(lay.nodata) else (
         np.nan if lay.nodata is not None else 0)
-    th, tw = lay.tile_height, lay.tile_width
+    th, tw, nb = lay.tile_height, lay.tile_width, lay.bands
     out = []
     for p in plans:
-        row0, col0, _r0, _r1, _c0, _c1 = p.window
-        tx0, ty0 = p.tiles[0]
-        tx1, ty1 = p.tiles[-1]
-        block = np.empty((lay.bands, (ty1 - ty0 + 1) * th, (tx1 - tx0 + 1) * tw), lay.dtype)
+        row0, col0, r0, r1, c0, c1 = p.window
+        block = np.empty((nb, r1 - r0, c1 - c0), lay.dtype)
         for tx, ty in p.tiles:
+            top, left = ty * th, tx * tw
+            a0, a1 = max(r0, top), min(r1, top + th)
+            b0, b1 = max(c0, left), min(c1, left + tw)
+            view = block[:, a0 - r0 : a1 - r0, b0 - c0 : b1 - c0]
             tile = decoded.get((tx, ty))
-            view = block[
-                :, (ty - ty0) * th : (ty - ty0 + 1) * th, (tx - tx0) * tw : (tx - tx0 + 1) * tw
-            ]
-            if tile is None:  # a sparse tile (offset/byte count 0): GDAL reads nodata, or 0
+            if tile is None:
                 view[...] = fill
             else:
-                view[...] = np.moveaxis(tile.reshape(th, tw, lay.bands), 2, 0)
-        out.append(crop_expand(block, ty0 * th, tx0 * tw, row0, col0, p.height, p.width, p.factor))
+                part = tile.reshape(th, tw, nb)[a0 - top : a1 - top, b0 - left : b1 - left]
+                view[...] = np.moveaxis(part, 2, 0)
+        out.append(crop_expand(block, r0, c0, row0, col0, p.height, p.width, p.factor))
     return out
-
-
-def _timed_inflate(buf, lay: AssetLayout) -> tuple[np.ndarray, float]:
-    t0 = time.thread_time()
-    arr = _inflate_tile(buf, lay)
-    return arr, time.thread_time() - t0
 
 
 async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = None) -> list:
     """The pixels of each plan, ``(bands, height, width)`` in the asset's dtype, or the
     exception that sends it to the rasterio path (``StaleLayout``); plans of the same object
     share one coalesced fetch and one decode per tile. An object found stale once in this
-    process is not asked again. Other read failures raise ``AssetError``."""
+    process is not asked again.
+
+    Args:
+        plans: The windows to read, of any assets.
+        cost: Counters to add this read's ranges, bytes, tiles and decode time to.
+
+    Returns:
+        Per plan, in order: the array, or the ``StaleLayout`` or ``Undecodable`` exception
+        whose plans the caller reads through rasterio.
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
+    """
     cost = cost if cost is not None else TileCost()
     results: list = [None] * len(plans)
     groups: dict[tuple, list[int]] = {}
@@ -413,7 +523,19 @@ async def read_plans_async(plans: Sequence[ChipPlan], cost: TileCost | None = No
 
 
 def read_plans(plans: Sequence[ChipPlan], cost: TileCost | None = None) -> list:
-    """``read_plans_async`` from sync code, on the I/O layer's event loop."""
+    """``read_plans_async`` from sync code, on the I/O layer's event loop.
+
+    Args:
+        plans: The windows to read, of any assets.
+        cost: Counters to add this read's ranges, bytes, tiles and decode time to.
+
+    Returns:
+        Per plan, in order: the array, or the exception that sends it to rasterio.
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
+    """
     return objects.run(read_plans_async(plans, cost))
 
 
@@ -421,9 +543,21 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
                            grids: Sequence[GridSpec], xys: Sequence[tuple[int, int]]) -> list[dict]:
     """Chips ``xys[i]`` of assets ``keys[i]`` described by ``layouts[i]`` on ``grids[i]``.
 
-    Returns per chip ``{key: array (bands, cs, cs)}``, or ``{key: exception}`` entries for
-    assets the caller must read through rasterio (``StaleLayout``, ``Unsupported``).
     Chips of the same object share one coalesced fetch and one decode per tile.
+
+    Args:
+        layouts: Per chip, the layouts of its item by asset key.
+        keys: Per chip, the asset keys to read.
+        grids: Per chip, its item's grid.
+        xys: Per chip, its (x, y) on that grid.
+
+    Returns:
+        Per chip ``{key: array (bands, cs, cs)}``, or ``{key: exception}`` entries for
+        assets the caller must read through rasterio (``StaleLayout``, ``Unsupported``).
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
     """
     results: list[dict] = [{} for _ in xys]
     plans: list[ChipPlan] = []
@@ -446,5 +580,20 @@ async def read_batch_async(layouts: Sequence[dict[str, AssetLayout]], keys: Sequ
 
 
 def read_batch(layouts, keys, grids, xys) -> list[dict]:
-    """``read_batch_async`` from sync code, on the I/O layer's event loop."""
+    """``read_batch_async`` from sync code, on the I/O layer's event loop.
+
+    Args:
+        layouts: Per chip, the layouts of its item by asset key.
+        keys: Per chip, the asset keys to read.
+        grids: Per chip, its item's grid.
+        xys: Per chip, its (x, y) on that grid.
+
+    Returns:
+        Per chip ``{key: array}``, or ``{key: exception}`` for assets to read through
+        rasterio.
+
+    Raises:
+        AssetError: An object could not be read (access denied, network...); a changed
+            or missing object is a ``StaleLayout`` result instead.
+    """
     return objects.run(read_batch_async(layouts, keys, grids, xys))

@@ -30,6 +30,20 @@ LINZ_ORIGIN = (1756000.0, 5920000.0)  # NZTM (EPSG:2193)
 
 @dataclass
 class Archive:
+    """Where ``build_archive`` wrote each part of the archive.
+
+    Attributes:
+        root: The archive's folder.
+        items: The folder of item JSON, one subfolder per collection (the embedded catalog
+            searches it in place).
+        collections: ``collections.json``: the collections, for loading into a STAC API.
+        mgrs: The MGRS tile samples (name, polygon).
+        points: The point samples (Landsat, NAIP).
+        linz_source: A LINZ-like source bucket, as a folder.
+        stack_items: The stacks place's items: Sentinel-2 on several dates, Sentinel-1 and
+            Landsat once.
+    """
+
     root: Path
     items: Path  # folder of item JSON (the embedded catalog reads it)
     collections: Path  # collections.json
@@ -49,13 +63,20 @@ def _s2_years(index: int) -> list[int]:
     return sorted(Random(index).sample(list(range(2018, 2024)), 2))
 
 
-def build_archive(root: str | Path, scene_px: int = 512, seed: int = 0) -> Archive:
-    """Write the archive under ``root`` (idempotent for the same arguments)."""
+def build_archive(root: str | Path, scene_px: int = 512) -> Archive:
+    """Write the archive under ``root`` (idempotent for the same arguments).
+
+    Args:
+        root: The folder to write into (created).
+        scene_px: Width and height of the Sentinel-2 scenes in 10 m pixels.
+
+    Returns:
+        Where each part of the archive is.
+    """
     root = Path(root)
     items = root / "items"
-    rng = random.Random(seed)
-    _sentinel2(items, scene_px, rng)
-    _landsat(items, rng)
+    _sentinel2(items, scene_px)
+    _landsat(items)
     _naip(items)
     _sentinel1(items)
     _modis(items)
@@ -70,7 +91,7 @@ def build_archive(root: str | Path, scene_px: int = 512, seed: int = 0) -> Archi
     )
 
 
-def _sentinel2(items: Path, px: int, rng: random.Random) -> None:
+def _sentinel2(items: Path, px: int) -> None:
     """For sample 0's two years, per quarter: a clear-ish item, a cloudier one, and decoys
     (lowest cloud but too much nodata; another MGRS tile; above the cloud limit)."""
     n = 0
@@ -112,7 +133,7 @@ def _sentinel2(items: Path, px: int, rng: random.Random) -> None:
     )
 
 
-def _landsat(items: Path, rng: random.Random) -> None:
+def _landsat(items: Path) -> None:
     from random import Random
 
     year = Random(0).choice(list(range(2018, 2024)))  # sample 0's year
@@ -258,7 +279,14 @@ MODIS_TILE = (12, 2)  # (h, v): the first tile of the MODIS plugin's list, sampl
 
 
 def s1_quarter(index: int) -> tuple[int, int]:
-    """The year and quarter (0-3) the Sentinel-1 plugin draws for MGRS sample ``index``."""
+    """The year and quarter the Sentinel-1 plugin draws for MGRS sample ``index``.
+
+    Args:
+        index: The sample's number.
+
+    Returns:
+        (year, quarter), the quarter 0-3.
+    """
     rng = random.Random(index)
     year = rng.sample(range(2018, 2024), 1)[0]
     return year, rng.sample(range(4), 1)[0]
@@ -291,6 +319,16 @@ def _sentinel1(items: Path) -> None:
 
 
 def modis_months(h: int, v: int, year: int) -> list[int]:
+    """The four months of ``year`` the MODIS plugin draws for tile (h, v).
+
+    Args:
+        h: The tile's horizontal number.
+        v: The tile's vertical number.
+        year: The year.
+
+    Returns:
+        Four months, 1-12, in the order drawn.
+    """
     return random.Random(h * v * year).sample(range(1, 13), 4)
 
 

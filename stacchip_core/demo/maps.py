@@ -41,7 +41,14 @@ _LEVELS = np.rint(
 
 def cloud_colours(cloud: np.ndarray) -> list[str]:
     """Hex colours of cloud fractions 0..1 (viridis in 256 levels: clear is purple, cloudy
-    yellow)."""
+    yellow).
+
+    Args:
+        cloud: Cloud fractions, any shape (clipped to 0..1).
+
+    Returns:
+        One ``#rrggbb`` colour per fraction, in flattened order.
+    """
     level = np.minimum((np.clip(np.asarray(cloud, dtype=float), 0, 1) * 256).astype(int), 255)
     return ["#{:02x}{:02x}{:02x}".format(*c) for c in _LEVELS[level.reshape(-1)].tolist()]
 
@@ -66,6 +73,16 @@ def _by_cloud(table: pa.Table) -> pa.Table:
 
 
 def index_map_html(table: pa.Table, path: str | Path, title: str = "stacchip index") -> Path:
+    """Write the index's interactive map: one self-contained HTML page that opens offline.
+
+    Args:
+        table: Index rows (geometry, chipid, platform and the cloud and nodata fractions).
+        path: The page to write (its folder is created; written through a temporary file).
+        title: The page's title and heading.
+
+    Returns:
+        ``path``.
+    """
     path = Path(path)
     table = _by_cloud(table)
     geoms = _footprints(table)
@@ -142,7 +159,15 @@ window.addEventListener("mousemove", e => {{
 
 def index_map_png(table: pa.Table, path: str | Path) -> Path | None:
     """A static map: one panel per platform, chips filled by cloud fraction, a shared colour
-    bar. Drawn with matplotlib (the ``viz`` extra); None, with one log line, without it."""
+    bar. Drawn with matplotlib (the ``viz`` extra); None, with one log line, without it.
+
+    Args:
+        table: Index rows (geometry, platform and the cloud fraction).
+        path: The PNG to write (its folder is created).
+
+    Returns:
+        ``path``, or None when matplotlib is not installed.
+    """
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -29,7 +29,14 @@ CLOUD_MASKS = {
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it (edges of the tile excluded)."""
+    """Pixels of ``mask`` with a 4-neighbour outside it (edges of the tile excluded).
+
+    Args:
+        mask: A boolean mask (h, w).
+
+    Returns:
+        The mask's outline, boolean (h, w).
+    """
     m = np.pad(mask, 1, mode="edge")
     inner = m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
     return mask & ~inner
@@ -37,7 +44,14 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 def preview_bands(platform: Platform | None) -> list[str] | None:
     """The bands ``true_colour`` shows: red, green and blue, else the platform's first three
-    (None: the default assets). Only these are read: a Sentinel-2 preview needs 3 of 10."""
+    (None: the default assets). Only these are read: a Sentinel-2 preview needs 3 of 10.
+
+    Args:
+        platform: The chips' platform, if installed.
+
+    Returns:
+        Three band names, or None without a platform or bands.
+    """
     if platform is None or not platform.bands:
         return None
     names = platform.band_names
@@ -48,7 +62,16 @@ def read_preview_chips(rows: list[dict], platform: Platform | None,
                        reader: Reader) -> tuple[list[Chip], list[np.ndarray | None]]:
     """The chips of ``rows`` (the bands a preview shows: ``preview_bands``) and their cloud
     masks (None where the platform has no quality layer), read through ``reader`` as two
-    batches."""
+    batches.
+
+    Args:
+        rows: Index rows.
+        platform: Their platform, if installed.
+        reader: The reader to read them with.
+
+    Returns:
+        (chips, masks), one of each per row.
+    """
     chips = reader.chips(rows, assets=preview_bands(platform))
     masks: list[np.ndarray | None] = [None] * len(rows)
     if platform is not None and platform.name in CLOUD_MASKS:
@@ -66,7 +89,18 @@ def read_preview_chips(rows: list[dict], platform: Platform | None,
 def true_colour(
     stack: np.ndarray, names: list[str], nodata, clear: np.ndarray | None
 ) -> np.ndarray:
-    """RGB uint8 (3, h, w): 2-98 % stretch over clear, valid pixels (clouds then saturate)."""
+    """RGB uint8 (3, h, w): 2-98 % stretch over clear, valid pixels (clouds then saturate).
+
+    Args:
+        stack: The chip's bands (bands, h, w).
+        names: The band names, in ``stack``'s order: red, green and blue are shown, else
+            the first three bands.
+        nodata: The nodata value, if any: pixels with it in every shown band are black.
+        clear: The pixels the stretch is taken over (cloud-free), or None for all valid.
+
+    Returns:
+        The RGB tile; black where not valid.
+    """
     wanted = [names.index(b) for b in ("red", "green", "blue") if b in names] or list(
         range(min(3, len(names)))
     )
@@ -92,7 +126,16 @@ def true_colour(
 
 
 def tile_origin(i: int, cols: int, cs: int) -> tuple[int, int]:
-    """(row, col) of tile ``i``'s top-left pixel in a preview grid."""
+    """(row, col) of tile ``i``'s top-left pixel in a preview grid.
+
+    Args:
+        i: The tile's number, row by row.
+        cols: Tiles per row.
+        cs: Tile size in pixels.
+
+    Returns:
+        The pixel's (row, col) in the grid's canvas.
+    """
     r, c = divmod(i, cols)
     return GAP + r * (cs + LABEL + GAP), GAP + c * (cs + GAP)
 
@@ -106,9 +149,21 @@ def preview_grid(
     chips: list[Chip] | None = None,
     masks: list[np.ndarray | None] | None = None,
 ) -> dict:
-    """Write the preview PNG of index ``rows``; returns the tiles' chipids, origins and masks
-    (``masks[i]``: the outlined cloud mask of tile i, or None). ``chips`` and ``masks``: as
-    ``read_preview_chips`` gives them (read here when not given)."""
+    """Write the preview PNG of index ``rows``: each chip in true colour, its cloud mask
+    outlined, its fractions printed under it.
+
+    Args:
+        rows: Index rows.
+        platform: Their platform, if installed.
+        path: The PNG to write (its folder is created).
+        cols: Tiles per row.
+        chips: The chips, as ``read_preview_chips`` gives them (read here when not given).
+        masks: Their cloud masks, likewise.
+
+    Returns:
+        ``path``, the tiles' ``chipids`` and ``origins``, their ``masks`` (``masks[i]``: the
+        outlined cloud mask of tile i, or None), ``cols`` and ``chip_size``.
+    """
     if chips is None or masks is None:
         with Reader() as reader:
             chips, masks = read_preview_chips(rows, platform, reader)
@@ -207,7 +262,15 @@ TEXT = (34, 34, 34)
 def text_mask(text: str, width: int) -> np.ndarray:
     """The pixels of ``text`` in the built-in font, at twice its size when that fits in
     ``width`` (else at its size; characters past ``width`` are cut). Unknown characters are
-    blank."""
+    blank.
+
+    Args:
+        text: The text.
+        width: The most pixels it may take across.
+
+    Returns:
+        A boolean mask (7 or 14 px high), True where the text is drawn.
+    """
     for scale in (2, 1):
         advance = 5 * scale + 1
         if len(text) * advance - scale <= width or scale == 1:
@@ -231,7 +294,16 @@ def _with_labels(canvas: np.ndarray, labels: list[tuple[int, int, str]], width: 
 
 
 def stack_strip(tiles: list[np.ndarray], labels: list[str], path: Path) -> dict:
-    """Tiles (3, h, w) uint8 in one row, each with its label under it."""
+    """Write tiles (3, h, w) uint8 in one row, each with its label under it, as a PNG.
+
+    Args:
+        tiles: The tiles.
+        labels: One label per tile.
+        path: The PNG to write (its folder is created).
+
+    Returns:
+        ``path``, the tiles' ``origins`` and the ``chip_size``.
+    """
     cs = max(t.shape[1] for t in tiles)
     height, width = GAP + cs + LABEL + GAP, GAP + len(tiles) * (cs + GAP)
     canvas = np.full((height, width, 3), 255, np.uint8)
@@ -273,8 +345,17 @@ def _rgb(pixels: np.ndarray, valid: np.ndarray, names: list[str], top: float = 7
 
 
 def series_preview(stack, clouds: list[float], path: Path) -> dict:
-    """A time series (``StackPixels``) as a strip of colour tiles, date and cloud fraction
-    under each step, invalid pixels black."""
+    """Write a time series (``StackPixels``) as a strip of colour tiles, date and cloud
+    fraction under each step, invalid pixels black.
+
+    Args:
+        stack: The stack's pixels, as ``StackReader.read`` returns them.
+        clouds: The cloud fraction of each step.
+        path: The PNG to write.
+
+    Returns:
+        As ``stack_strip``.
+    """
     p = stack.anchor
     tiles = list(_rgb(stack.pixels[p], stack.valid[p], stack.bands[p]))
     labels = [f"{d.isoformat()}  cloud {c:.2f}" for d, c in zip(stack.dates[p], clouds)]
@@ -282,8 +363,16 @@ def series_preview(stack, clouds: list[float], path: Path) -> dict:
 
 
 def pair_preview(stack, path: Path) -> dict:
-    """A multi-sensor stack's first step: each platform's member on the anchor window, side by
-    side (radar in grey), platform and date under each."""
+    """Write a multi-sensor stack's first step: each platform's member on the anchor window,
+    side by side (radar in grey), platform and date under each.
+
+    Args:
+        stack: The stack's pixels, as ``StackReader.read`` returns them.
+        path: The PNG to write.
+
+    Returns:
+        As ``stack_strip``.
+    """
     tiles, labels = [], []
     for p, px in stack.pixels.items():
         tiles.append(_rgb(px[:1], stack.valid[p][:1], stack.bands[p], top=90)[0])

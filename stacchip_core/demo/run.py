@@ -95,7 +95,14 @@ class DemoReport(Report):
 
 
 def demo_jobs(archive) -> list[tuple[str, Path | None, int]]:
-    """(platform, sample source, sample index) of the jobs the demo runs."""
+    """The jobs the demo runs: one per source.
+
+    Args:
+        archive: The synthetic archive (``build_archive``).
+
+    Returns:
+        (platform, sample source or None, sample index) per job.
+    """
     return [
         ("sentinel-2-l2a", archive.mgrs, 0),
         ("landsat-c2l2-sr", archive.points, 0),
@@ -110,7 +117,15 @@ def demo_jobs(archive) -> list[tuple[str, Path | None, int]]:
 def run_demo(out: str | Path, preview_chips: int = 8) -> DemoReport:
     """Build the archive under ``out`` (scenes that look like land), run one job per source,
     merge, then write per-source preview grids, the index map (HTML and PNG) and a summary with
-    the indexing and reading throughput."""
+    the indexing and reading throughput. Platforms that are not installed are skipped.
+
+    Args:
+        out: The demo's folder: ``archive``, ``bucket``, ``previews`` and ``stacks`` go in it.
+        preview_chips: Chips per source in its preview (the cloudiest).
+
+    Returns:
+        Where everything went, a summary per source and the throughput.
+    """
     out = Path(out).resolve()
     with synthetic.land_appearance():
         archive = build_archive(out / "archive")
@@ -187,7 +202,17 @@ STACK_PLATFORMS = ("sentinel-2-l2a", "sentinel-1-rtc", "landsat-c2l2-sr")
 def run_stacks(items: Path, out: Path, previews: Path) -> StacksSummary | None:
     """Index the stacks place (Landsat at 128 px chips: an S2 chip then straddles several of
     them), build its time series (Sentinel-2, at least 4 steps) and its multi-sensor stacks
-    (Sentinel-2 with Sentinel-1 and Landsat within 3 days), read one of each and preview them."""
+    (Sentinel-2 with Sentinel-1 and Landsat within 3 days), read one of each and preview them.
+
+    Args:
+        items: The stacks place's items (``Archive.stack_items``).
+        out: The folder for its index and stacks tables.
+        previews: The folder for the two previews.
+
+    Returns:
+        The stacks and their previews, or None (one log line) when one of the three
+        platforms is not installed.
+    """
     import pyarrow as pa
 
     from stacchip_core.core.index import write_index

@@ -30,7 +30,18 @@ def band_pattern(band: int, rows: int, cols: int, dtype=np.uint16, noise: int = 
     """Deterministic, distinct per band and pixel, never 0 (0 is nodata):
     ``1000 * band + (row * (7 + band) + col * (3 + 2 * band)) % 997 + 1``, plus seeded
     uniform noise in ``[0, noise)`` when asked (realistic entropy for benchmarks: without
-    it a band compresses ~100:1, real imagery ~2-3:1)."""
+    it a band compresses ~100:1, real imagery ~2-3:1).
+
+    Args:
+        band: The band's number (0 for the first).
+        rows: Height in pixels.
+        cols: Width in pixels.
+        dtype: The array's dtype.
+        noise: Upper bound of the noise added (0: none).
+
+    Returns:
+        The band (rows, cols).
+    """
     r = np.arange(rows, dtype=np.int32)[:, None]
     c = np.arange(cols, dtype=np.int32)[None, :]
     out = (1000 * band + (r * (7 + band) + c * (3 + 2 * band)) % 997 + 1).astype(dtype)
@@ -43,7 +54,18 @@ def scl_layer(rows: int, cols: int, seed: int = 0, nodata_corner: float = 0.3,
               n_clouds: int = 4) -> np.ndarray:
     """An SCL-like uint8 layer: a nodata triangle in the lower-left corner (a swath edge),
     cloud blobs (classes 8, 9), their shadows (3), cirrus (10), the rest vegetation (4)
-    or bare soil (5)."""
+    or bare soil (5).
+
+    Args:
+        rows: Height in pixels.
+        cols: Width in pixels.
+        seed: Places the cloud blobs.
+        nodata_corner: Size of the nodata triangle, as a fraction of rows + cols (0: none).
+        n_clouds: Number of cloud blobs.
+
+    Returns:
+        The layer (rows, cols), uint8.
+    """
     rng = np.random.default_rng(seed)
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
@@ -64,7 +86,17 @@ def scl_layer(rows: int, cols: int, seed: int = 0, nodata_corner: float = 0.3,
 def qa_pixel_layer(rows: int, cols: int, seed: int = 0, n_clouds: int = 3) -> np.ndarray:
     """A Landsat C2 QA_PIXEL-like uint16 layer with real bit values: fill (bit 0) at the
     left and right margins of a tilted scene, clear (bit 6) elsewhere, cloud (bit 3) with
-    high confidence (bits 8-9), dilated cloud (bit 1) rings and cloud shadow (bit 4)."""
+    high confidence (bits 8-9), dilated cloud (bit 1) rings and cloud shadow (bit 4).
+
+    Args:
+        rows: Height in pixels.
+        cols: Width in pixels.
+        seed: Places the clouds.
+        n_clouds: Number of clouds.
+
+    Returns:
+        The layer (rows, cols), uint16.
+    """
     FILL, DILATED, CLOUD, SHADOW, CLEAR = 1, 1 << 1, 1 << 3, 1 << 4, 1 << 6
     HIGH_CONF = 3 << 8
     rng = np.random.default_rng(seed)
@@ -127,7 +159,17 @@ def land_appearance():
 
 def terrain(rows: int, cols: int, seed: int = 0, octaves: int = 5) -> np.ndarray:
     """Fractal value noise in [0, 1]: octaves of seeded random lattices, bilinearly upsampled
-    (the same seed gives the same landscape at any size, so 10 m and 20 m bands agree)."""
+    (the same seed gives the same landscape at any size, so 10 m and 20 m bands agree).
+
+    Args:
+        rows: Height in pixels.
+        cols: Width in pixels.
+        seed: Picks the landscape.
+        octaves: Lattices summed, each twice as fine and 0.55 times as strong as the last.
+
+    Returns:
+        The noise (rows, cols), float64, stretched to [0, 1].
+    """
     rng = np.random.default_rng(seed + 7919)
     out = np.zeros((rows, cols))
     for o in range(octaves):
@@ -146,7 +188,16 @@ def terrain(rows: int, cols: int, seed: int = 0, octaves: int = 5) -> np.ndarray
 
 def land_cover(rows: int, cols: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(cover class index into ``_COVER``, terrain) of a landscape: water below 0.3, forest
-    above 0.68, fields (a seeded crop per rectangle of a tilted grid) between."""
+    above 0.68, fields (a seeded crop per rectangle of a tilted grid) between.
+
+    Args:
+        rows: Height in pixels.
+        cols: Width in pixels.
+        seed: Picks the landscape and the crops.
+
+    Returns:
+        (cover, terrain), both (rows, cols).
+    """
     t = terrain(rows, cols, seed)
     r = np.arange(rows)[:, None] / rows
     c = np.arange(cols)[None, :] / cols
@@ -161,7 +212,22 @@ def land_band(name: str, rows: int, cols: int, seed: int = 0, dtype=np.uint16, s
               haze: np.ndarray | None = None) -> np.ndarray:
     """One band of the landscape (``name``: a canonical band; reflectance x 10000 x ``scale``),
     with opaque ``clouds``, semi-transparent ``haze`` (cirrus, dilated cloud edges) and dark
-    ``shadows`` (boolean masks of the band's shape). Never 0 (0 is nodata)."""
+    ``shadows`` (boolean masks of the band's shape). Never 0 (0 is nodata).
+
+    Args:
+        name: The canonical band name (an unknown one reflects as red).
+        rows: Height in pixels.
+        cols: Width in pixels.
+        seed: Picks the landscape (``land_cover``).
+        dtype: The band's dtype (values are clipped to its range).
+        scale: Factor on reflectance x 10000 (e.g. ``255 / 6000`` for uint8 imagery).
+        clouds: Where opaque cloud is.
+        shadows: Where cloud shadow is.
+        haze: Where semi-transparent cloud is.
+
+    Returns:
+        The band (rows, cols).
+    """
     cover, t = land_cover(rows, cols, seed)
     base = np.asarray(_REFLECTANCE.get(name, _REFLECTANCE["red"]), dtype=np.float64)[cover]
     detail = terrain(rows, cols, seed + 1, octaves=3)
@@ -285,8 +351,29 @@ def sentinel2_scene(
     at ``size/2``, a 60 m coastal band at ``size/6`` (when divisible). ``naming`` picks the
     asset keys of Earth Search (``red``, ``scl``) or Planetary Computer (``B04``, ``SCL``).
     ``nodata_corner`` and ``n_clouds`` shape the SCL layer (``scl_layer``); ``land_seed`` (default
-    ``seed``) picks the landscape, so scenes of one place on several dates can share it. Returns
-    the item JSON path."""
+    ``seed``) picks the landscape, so scenes of one place on several dates can share it.
+
+    Args:
+        outdir: The folder the item's folder is written into.
+        size: Width and height in 10 m pixels.
+        seed: Places the clouds (and picks the landscape unless ``land_seed`` does).
+        item_id: The item's id.
+        naming: ``"earth-search"`` or ``"planetary-computer"`` asset keys.
+        when: The item's datetime.
+        origin: Upper-left corner in the CRS.
+        epsg: The CRS's EPSG code.
+        bands_10m: The 10 m bands to write (names of ``S2_BANDS_10M``).
+        bands_20m: The 20 m bands to write (names of ``S2_BANDS_20M``).
+        blocksize: COG tile size in pixels.
+        cloud_cover: The item's ``eo:cloud_cover``.
+        noise: Noise added to the band patterns (see ``band_pattern``).
+        nodata_corner: The SCL layer's nodata triangle (see ``scl_layer``).
+        n_clouds: The SCL layer's cloud blobs.
+        land_seed: Picks the landscape (default: ``seed``).
+
+    Returns:
+        The item JSON's path, ``outdir/item_id/item_id.json``.
+    """
     outdir = Path(outdir) / item_id
     pc = naming == "planetary-computer"
     t10 = Affine(10, 0, origin[0], 0, -10, origin[1])
@@ -348,7 +435,24 @@ def landsat_scene(
     noise: int = 0,
 ) -> Path:
     """A Landsat C2 scene at 30 m: six uint16 reflectance bands and ``qa_pixel``, shape
-    and transform at item level as USGS publishes them. Returns the item JSON path."""
+    and transform at item level as USGS publishes them.
+
+    Args:
+        outdir: The folder the item's folder is written into.
+        rows: Height in pixels.
+        cols: Width in pixels.
+        seed: Places the clouds (``qa_pixel_layer``) and picks the landscape.
+        item_id: The item's id.
+        when: The item's datetime.
+        origin: Upper-left corner in the CRS.
+        epsg: The CRS's EPSG code.
+        blocksize: COG tile size in pixels.
+        collection: The item's collection.
+        noise: Noise added to the band patterns (see ``band_pattern``).
+
+    Returns:
+        The item JSON's path, ``outdir/item_id/item_id.json``.
+    """
     outdir = Path(outdir) / item_id
     t = Affine(30, 0, origin[0], 0, -30, origin[1])
     crs = f"EPSG:{epsg}"
@@ -384,7 +488,21 @@ def naip_scene(
     epsg: int = 26919,
     blocksize: int = 512,
 ) -> Path:
-    """A NAIP scene at 0.6 m: one 4-band uint8 ``image`` asset (red, green, blue, nir)."""
+    """A NAIP scene at 0.6 m: one 4-band uint8 ``image`` asset (red, green, blue, nir).
+
+    Args:
+        outdir: The folder the item's folder is written into.
+        rows: Height in pixels.
+        cols: Width in pixels.
+        item_id: The item's id.
+        when: The item's datetime.
+        origin: Upper-left corner in the CRS.
+        epsg: The CRS's EPSG code.
+        blocksize: COG tile size in pixels.
+
+    Returns:
+        The item JSON's path, ``outdir/item_id/item_id.json``.
+    """
     outdir = Path(outdir) / item_id
     t = Affine(0.6, 0, origin[0], 0, -0.6, origin[1])
     if _APPEARANCE.get() == "land":
@@ -417,7 +535,16 @@ MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +n
 
 
 def s1_backscatter(band: int, rows: int, cols: int) -> np.ndarray:
-    """gamma0-like float32 backscatter, exactly ``band_pattern / 20000`` (0.05 .. 0.45)."""
+    """gamma0-like float32 backscatter, exactly ``band_pattern / 20000`` (0.05 .. 0.45).
+
+    Args:
+        band: The band's number (0: vv, 1: vh).
+        rows: Height in pixels.
+        cols: Width in pixels.
+
+    Returns:
+        The band (rows, cols), float32.
+    """
     return (band_pattern(band, rows, cols).astype(np.float32) / np.float32(20000.0)).astype(
         np.float32
     )
@@ -425,7 +552,15 @@ def s1_backscatter(band: int, rows: int, cols: int) -> np.ndarray:
 
 def s1_nodata_masks(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Where vv and vh carry no signal: both lose a swath-edge wedge on the left (-32768);
-    vh also has a NaN block in its upper right quarter (a non-finite pixel is nodata too)."""
+    vh also has a NaN block in its upper right quarter (a non-finite pixel is nodata too).
+
+    Args:
+        rows: Height in pixels.
+        cols: Width in pixels.
+
+    Returns:
+        (edge, nan_block): boolean masks (rows, cols).
+    """
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     edge = c < (cols // 5) - r // 6
@@ -449,7 +584,23 @@ def sentinel1_scene(
     """A Sentinel-1 RTC scene as Planetary Computer publishes it: float32 gamma0 ``vv`` and
     ``vh`` at 10 m in UTM, nodata -32768 where there is no signal (and NaN in vh, see
     ``s1_nodata_masks``), projection fields at item level, ``raster:bands`` nodata per asset.
-    ``polarisations=("hh", "hv")`` writes a polar-mode scene. Returns the item JSON path."""
+    ``polarisations=("hh", "hv")`` writes a polar-mode scene.
+
+    Args:
+        outdir: The folder the item's folder is written into.
+        rows: Height in pixels.
+        cols: Width in pixels.
+        item_id: The item's id.
+        when: The item's datetime (and its start and end).
+        origin: Upper-left corner in the CRS.
+        epsg: The CRS's EPSG code.
+        polarisations: The two assets' keys, co-polarised first.
+        collection: The item's collection.
+        blocksize: COG tile size in pixels.
+
+    Returns:
+        The item JSON's path, ``outdir/item_id/item_id.json``.
+    """
     outdir = Path(outdir) / item_id
     t = Affine(10, 0, origin[0], 0, -10, origin[1])
     edge, nan_block = s1_nodata_masks(rows, cols)
@@ -489,7 +640,15 @@ def sentinel1_scene(
 
 
 def modis_tile_origin(h: int, v: int) -> tuple[float, float]:
-    """Upper-left corner of sinusoidal tile (h, v) in metres."""
+    """Upper-left corner of sinusoidal tile (h, v) in metres.
+
+    Args:
+        h: The tile's horizontal number.
+        v: The tile's vertical number.
+
+    Returns:
+        (x, y) in the MODIS sinusoidal CRS.
+    """
     return MODIS_ORIGIN[0] + h * MODIS_TILE, MODIS_ORIGIN[1] - v * MODIS_TILE
 
 
@@ -497,7 +656,16 @@ def modis_state_layer(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     """``sur_refl_state_500m``-like uint16 flags with real bit values: land (bits 3-5 = 001)
     and clear everywhere, then cloud blobs (cloud state 01 cloudy, rims 10 mixed), shadows
     (bit 2), internal-algorithm cloud (bit 10) in a band, 'not set, assumed clear' (11) and
-    cirrus (bits 8-9, not counted as cloud) patches."""
+    cirrus (bits 8-9, not counted as cloud) patches.
+
+    Args:
+        rows: Height in pixels.
+        cols: Width in pixels.
+        seed: Places the cloud blobs.
+
+    Returns:
+        The layer (rows, cols), uint16.
+    """
     LAND = 1 << 3
     rng = np.random.default_rng(seed)
     r = np.arange(rows)[:, None]
@@ -517,7 +685,15 @@ def modis_state_layer(rows: int, cols: int, seed: int = 0) -> np.ndarray:
 
 
 def modis_fill_mask(rows: int, cols: int) -> np.ndarray:
-    """Pixels without observation (fill): a strip along the bottom right."""
+    """Pixels without observation (fill): a strip along the bottom right.
+
+    Args:
+        rows: Height in pixels.
+        cols: Width in pixels.
+
+    Returns:
+        A boolean mask (rows, cols).
+    """
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     return (r > rows - rows // 6) & (c > cols // 3)
@@ -530,7 +706,23 @@ def modis_scene(outdir: str | Path, size: int = 520, *, h: int = 12, v: int = 4,
     ``sur_refl_b01`` .. ``b07`` (fill -28672), uint16 ``sur_refl_state_500m`` (fill 65535),
     uint32 ``sur_refl_qc_500m`` (MODLAND bits 10 where cloudy), the upper-left ``size`` px of
     tile (h, v) in the sinusoidal CRS given as ``proj:wkt2`` only, ``datetime`` null with an
-    8-day ``start_datetime``/``end_datetime``, ``modis:horizontal-tile``/``vertical-tile``."""
+    8-day ``start_datetime``/``end_datetime``, ``modis:horizontal-tile``/``vertical-tile``.
+
+    Args:
+        outdir: The folder the item's folder is written into.
+        size: Width and height in 500 m pixels.
+        h: The tile's horizontal number.
+        v: The tile's vertical number.
+        item_id: The item's id (default: as the MODIS archive names them, from ``platform``,
+            ``start`` and the tile).
+        start: The composite's first day.
+        platform: ``"terra"`` (MOD09A1) or ``"aqua"`` (MYD09A1).
+        seed: Places the cloud blobs (``modis_state_layer``).
+        blocksize: COG tile size in pixels.
+
+    Returns:
+        The item JSON's path, ``outdir/item_id/item_id.json``.
+    """
     import pyproj
 
     from stacchip_core.core.grid import ChipGrid

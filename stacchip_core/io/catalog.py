@@ -55,6 +55,12 @@ def open_catalog(url: str | Path):
 
 
 class EmbeddedSearch:
+    """One search's result, answered as pystac-client's ``ItemSearch`` answers it.
+
+    Args:
+        items: The matched items, in the search's order.
+    """
+
     def __init__(self, items: list[pystac.Item]) -> None:
         self._items = items
 
@@ -111,6 +117,9 @@ class EmbeddedCatalog:
     newest first (then id, descending); ``sortby`` puts missing values last ascending and first
     descending, ties broken by id in the first key's direction; numbers sort as numbers (as
     in catalogs that declare their numeric queryables, like the public ones).
+
+    Args:
+        items: Item dicts (``from_path`` reads them from files).
     """
 
     def __init__(self, items: list[dict] | None = None, *, _table=None) -> None:

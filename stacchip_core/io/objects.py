@@ -509,22 +509,33 @@ def read_table(url: str | Path, **kwargs):
     """
     import io
 
-    import pyarrow.parquet as pq
-
     url = str(url)
     if not is_remote(url):
         path = unquote(urlsplit(url).path) if url.lower().startswith("file:") else url
         if not os.path.isfile(path):
             raise ObjectError(f"no such file: {path}")
-        return pq.read_table(path, **kwargs)
+        return _parquet(path, kwargs)
     if not portable.serves(url):  # gs://, az://: only obstore reads them
-        return pq.read_table(io.BytesIO(get_bytes(url)), **kwargs)
+        return _parquet(io.BytesIO(get_bytes(url)), kwargs)
     try:
         response = run(portable.read(url))
     except Exception as exc:  # noqa: BLE001 - aiohttp's errors and HttpStatus
         raise _error(url, exc) from None
     _count(requests=1, bytes=len(response.body), portable=1)
-    return pq.read_table(io.BytesIO(response.body), **kwargs)
+    return _parquet(io.BytesIO(response.body), kwargs)
+
+
+def _parquet(source, kwargs: dict):
+    """A whole Parquet file. Through ``ParquetFile`` unless a keyword needs the dataset
+    API (filters...): ``pq.read_table`` imports pyarrow.dataset, and with it pandas, which
+    cost a DataLoader's parent 1.0 s of CPU on first use of the index (measured)."""
+    import pyarrow.parquet as pq
+
+    if set(kwargs) <= {"columns", "read_dictionary"}:
+        return pq.ParquetFile(source, read_dictionary=kwargs.get("read_dictionary")).read(
+            columns=kwargs.get("columns")
+        )
+    return pq.read_table(source, **kwargs)
 
 
 # --- signing, off the I/O loop ------------------------------------------------------------
@@ -662,6 +673,19 @@ def note_checked(href: str, expect: Expect, etag: str | None) -> None:
     if len(_VERIFIED) > 100_000:  # bounded over a long epoch
         _VERIFIED.clear()
     _VERIFIED[(href, expect.size, expect.digest)] = etag
+
+
+def forget_verified() -> None:
+    """Forget which objects this process has checked against their layouts, as a new process
+    would: the next layout read of each object checks its header again (one request per
+    object, counted as a check) and takes the ETag it has then.
+
+    Reads notice a rewritten object by themselves where the store gives ETags (the ETag
+    seen at the check no longer matches: the object is checked again). Call this after
+    replacing objects in place behind a server without ETags, or to measure what a process
+    that did not index the objects spends.
+    """
+    _VERIFIED.clear()
 
 
 async def _verify(href: str, url: str, expect: Expect) -> str | None:
@@ -1010,4 +1034,15 @@ def _after_fork() -> None:
     _SIGNER = None  # its threads stayed in the parent
 
 
-os.register_at_fork(after_in_child=_after_fork)
+def _before_fork() -> None:
+    # a child of a process that used obstore reads through the fork-safe transport: import
+    # aiohttp once here rather than in every child (0.2 s of CPU per DataLoader worker,
+    # measured; every epoch when workers do not persist)
+    if _USED_BY == os.getpid():
+        try:
+            portable.preload()
+        except ImportError:  # pragma: no cover - aiohttp is a dependency
+            pass
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork)

@@ -16,6 +16,12 @@ from stacchip_core.types import Store  # noqa: F401  (the protocol LocalStore an
 
 @dataclass
 class LocalStore:
+    """A local folder as a store (``open_store`` makes one for a path).
+
+    Attributes:
+        root: The folder; keys are paths relative to it.
+    """
+
     root: Path
 
     def path(self, key: str) -> Path:
@@ -156,6 +162,15 @@ def s3_client(endpoint: str | None = None):
 
 @dataclass
 class S3Store:
+    """An S3 bucket (or a prefix of one) as a store (``open_store`` makes one for an
+    ``s3://`` URL).
+
+    Attributes:
+        bucket: The bucket.
+        prefix: The key prefix the store's keys are relative to ("" for the bucket's root).
+        endpoint: The S3 endpoint; None for the configured one (or AWS).
+    """
+
     bucket: str
     prefix: str = ""
     endpoint: str | None = None  # None: the configured S3 endpoint (or AWS)

@@ -43,7 +43,12 @@ class Sample:
 
 class Attributes(dict):
     """A sample's attributes; reading a missing one is a SampleAttributeError that names
-    the sample (not a bare ``KeyError: 'name'``)."""
+    the sample (not a bare ``KeyError: 'name'``).
+
+    Args:
+        values: The attributes.
+        where: The sample, as the error names it (``sample 3 of samples.gpkg``).
+    """
 
     def __init__(self, values: dict, where: str) -> None:
         super().__init__(values)
@@ -65,7 +70,20 @@ class ItemResult(Report):
 
 
 def load_sample(source: str | Path | None, index: int) -> Sample:
-    """Row ``index`` of any layer geopandas reads (a local file, URL or s3:// path)."""
+    """Row ``index`` of any layer geopandas reads (a local file, URL or s3:// path).
+
+    Args:
+        source: The sample source, or None for a sample with only its index (platforms that
+            number their own samples).
+        index: The row.
+
+    Returns:
+        The sample: its geometry in EPSG:4326 and its attributes.
+
+    Raises:
+        SampleError: A negative index, a source that cannot be read, or an index past its
+            last row.
+    """
     if index < 0:
         raise SampleError(f"sample index must be >= 0, got {index}")
     if source is None:
@@ -97,22 +115,71 @@ def _plain(value):
 
 def item_prefix(platform: str, item_id: str) -> str:
     """``{platform}/{item_id}``: the item id from the catalog is encoded, the platform name
-    must be plain (see io.keys), so no key leaves the bucket."""
+    must be plain (see io.keys), so no key leaves the bucket.
+
+    Args:
+        platform: The platform's name.
+        item_id: The item's id.
+
+    Returns:
+        The key prefix of the item's assets and JSON.
+
+    Raises:
+        UnsafeKeyError: A platform name that is not plain, or an empty item id.
+    """
     return keys.join(keys.name(platform, "platform name"), keys.segment(item_id, "item id"))
 
 
 def index_key(platform: str, item_id: str) -> str:
+    """``index/{platform}/{item_id}/index_{item_id}.parquet``: where an item's index goes.
+
+    Args:
+        platform: The platform's name.
+        item_id: The item's id.
+
+    Returns:
+        The key.
+
+    Raises:
+        UnsafeKeyError: A platform name that is not plain, or an empty item id.
+    """
     safe = keys.segment(item_id, "item id")
     return keys.join("index", keys.name(platform, "platform name"), safe, f"index_{safe}.parquet")
 
 
 def item_key(platform: str, item_id: str) -> str:
+    """``{platform}/{item_id}/stac_item.json``: where an item's normalized JSON goes.
+
+    Args:
+        platform: The platform's name.
+        item_id: The item's id.
+
+    Returns:
+        The key.
+
+    Raises:
+        UnsafeKeyError: A platform name that is not plain, or an empty item id.
+    """
     return keys.join(item_prefix(platform, item_id), "stac_item.json")
 
 
 def process_item(platform: Platform, item: pystac.Item, store: Store, chip_size: int | None = None,
                  max_nodata: float = 0.5) -> ItemResult:
-    """Normalize, write and index one item into the store (skipped when its index exists)."""
+    """Normalize, write and index one item into the store (skipped when its index exists).
+
+    Args:
+        platform: The item's platform.
+        item: The item, as the selection hook gave it.
+        store: The target bucket.
+        chip_size: Chip size in pixels (default: the platform's).
+        max_nodata: Chips with a larger nodata fraction are left out of the index.
+
+    Returns:
+        ``done`` with the chip count and the index's URL, or ``skipped``.
+
+    Raises:
+        PlatformError: No installed plugin normalizes items of the platform.
+    """
     ikey = index_key(platform.name, item.id)
     if store.exists(ikey):
         log.info("%s: complete, skipped", item.id)
@@ -154,7 +221,28 @@ def process(
     chip_size: int | None = None,
     max_nodata: float = 0.5,
 ) -> list[ItemResult]:
-    """Run one job: select the items for sample ``index`` and process each into ``bucket``."""
+    """Run one job: select the items for sample ``index`` and process each into ``bucket``.
+
+    Args:
+        platform: The platform's name.
+        index: The sample's row in ``sample_source``.
+        bucket: The target: a folder or ``s3://bucket[/prefix]``.
+        sample_source: The sample locations (any layer geopandas reads); None only for
+            platforms that number their own samples.
+        stac_api: The catalog to select from (default: ``STACCHIP_STAC_API``, else the
+            platform's).
+        chip_size: Chip size in pixels (default: the platform's).
+        max_nodata: Chips with a larger nodata fraction are left out of the index.
+
+    Returns:
+        One result per selected item, in selection order.
+
+    Raises:
+        SampleError: No sample source where the platform needs one, or the sample cannot
+            be read.
+        SampleAttributeError: The selection needs an attribute the sample source lacks.
+        PlatformError: No installed plugin selects or normalizes items of the platform.
+    """
     plat = get_platform(platform)
     if sample_source is None and plat.extra.get("samples") is None:
         # only platforms that number their own samples (LINZ's prefixes) run without a source
@@ -190,7 +278,22 @@ def process_job(
     workers: int = 4,
 ) -> list[ItemResult]:
     """One job, picklable for a cluster (its results pickle too): sample ``index``, or with
-    ``batch_size`` B the samples ``index*B .. index*B+B-1`` (see process_batch)."""
+    ``batch_size`` B the samples ``index*B .. index*B+B-1`` (see process_batch).
+
+    Args:
+        index: The job's number.
+        platform: The platform's name.
+        bucket: The target: a folder or ``s3://bucket[/prefix]``.
+        sample_source: The sample locations (see ``process``).
+        stac_api: The catalog to select from (see ``process``).
+        chip_size: Chip size in pixels (default: the platform's).
+        max_nodata: Chips with a larger nodata fraction are left out of the index.
+        batch_size: Samples per job.
+        workers: Items processed at once within a batch.
+
+    Returns:
+        One result per selected item.
+    """
     if batch_size <= 1:
         return process(platform, index, bucket, sample_source, stac_api, chip_size, max_nodata)
     return process_batch(
@@ -213,8 +316,25 @@ def process_batch(
     batch (the last batch stops at the source's end), each item once, ``workers`` items
     processed at once. Results in sample, then selection order.
 
+    Args:
+        platform: The platform's name.
+        job: The job's number.
+        batch_size: Samples per job.
+        bucket: The target: a folder or ``s3://bucket[/prefix]``.
+        sample_source: The sample locations (see ``process``).
+        stac_api: The catalog to select from (see ``process``).
+        chip_size: Chip size in pixels (default: the platform's).
+        max_nodata: Chips with a larger nodata fraction are left out of the index.
+        workers: Items processed at once.
+
+    Returns:
+        One result per distinct selected item.
+
     Raises:
-        SampleError: the batch starts past the last sample.
+        ConfigError: The batch starts past the last sample.
+        SampleError: The sample source cannot be read, or there is none where the platform
+            needs one.
+        PlatformError: No installed plugin selects or normalizes items of the platform.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -265,6 +385,7 @@ class IndexManyReport(Report):
 
     @property
     def items_per_second(self) -> float:
+        """Items indexed or failed per second (0 for a run that took no time)."""
         return (self.done + self.failed) / self.seconds if self.seconds else 0.0
 
 
@@ -332,7 +453,19 @@ def index_many(items, output: str | Path, workers: int = 8, **indexer_kwargs) ->
 
 def count_samples(platform: str, sample_source=None) -> int:
     """How many samples ``--all`` means: the rows of the sample source, or the platform's
-    own sample count (LINZ's list of prefixes)."""
+    own sample count (LINZ's list of prefixes).
+
+    Args:
+        platform: The platform's name.
+        sample_source: The sample locations, if any.
+
+    Returns:
+        The number of samples.
+
+    Raises:
+        SampleError: The source cannot be read, or there is none and the platform does not
+            number its own samples.
+    """
     if sample_source is not None:
         import pyogrio
 

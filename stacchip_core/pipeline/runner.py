@@ -29,6 +29,14 @@ INDEX_ENV_VARS = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX", "SLURM_AR
 
 
 def job_index_from_env() -> int | None:
+    """The array-job index of this process, from the first of ``INDEX_ENV_VARS`` that is set.
+
+    Returns:
+        The index, or None when none of them is set (an empty value counts as unset).
+
+    Raises:
+        ConfigError: The variable's value is not an integer.
+    """
     for var in INDEX_ENV_VARS:
         value = os.environ.get(var)
         if value not in (None, ""):
@@ -40,7 +48,17 @@ def job_index_from_env() -> int | None:
 
 
 def parse_range(text: str) -> range:
-    """``a:b`` -> indices a .. b-1."""
+    """``a:b`` -> indices a .. b-1.
+
+    Args:
+        text: The range, ``a:b`` with 0 <= a < b.
+
+    Returns:
+        The indices.
+
+    Raises:
+        ConfigError: Not of the form ``a:b``, or empty or negative.
+    """
     try:
         a, b = (int(part) for part in text.split(":"))
     except ValueError as exc:
@@ -53,6 +71,14 @@ def parse_range(text: str) -> range:
 def batch_range(job: int, batch_size: int, total: int | None = None) -> range:
     """The samples of job ``job`` when each job runs ``batch_size`` of them: ``job*B`` to
     ``job*B + B`` (B = batch_size), cut at ``total`` samples.
+
+    Args:
+        job: The job's number.
+        batch_size: Samples per job.
+        total: How many samples there are, if known.
+
+    Returns:
+        The job's sample indices.
 
     Raises:
         ConfigError: a batch size below 1, or a job past the last sample.
@@ -69,7 +95,15 @@ def batch_range(job: int, batch_size: int, total: int | None = None) -> range:
 
 
 def batch_count(samples: int, batch_size: int) -> int:
-    """How many jobs ``samples`` samples make in batches of ``batch_size``."""
+    """How many jobs ``samples`` samples make in batches of ``batch_size``.
+
+    Args:
+        samples: How many samples there are.
+        batch_size: Samples per job (below 1 counts as 1).
+
+    Returns:
+        The number of jobs, the last one possibly short.
+    """
     return -(-samples // max(1, batch_size))
 
 
@@ -107,22 +141,64 @@ class RunReport(Report):
 
     @property
     def failed(self) -> list[TaskResult]:
+        """The jobs that failed, by index."""
         return [t for t in self.tasks if t.status == "failed"]
 
     def summary(self) -> RunSummary:
+        """How many jobs were done and failed.
+
+        Returns:
+            The counts.
+        """
         failed = len(self.failed)
         return RunSummary(len(self.tasks), len(self.tasks) - failed, failed)
 
     def to_dict(self) -> dict:
+        """The report as plain data, with its summary.
+
+        Returns:
+            The report's fields and ``summary``.
+        """
         return {**asdict(self), "summary": asdict(self.summary())}
 
     def to_json(self) -> str:
+        """The report as the JSON file the CLI writes next to a run's outputs.
+
+        Returns:
+            ``to_dict()`` as indented JSON (values JSON has no type for as strings).
+        """
         return json.dumps(self.to_dict(), indent=1, default=str)
 
 
 def _timed(fn: Callable, index: int):
     start = time.perf_counter()
     return fn(index), time.perf_counter() - start
+
+
+def local_workers(scheduler: str) -> int | None:
+    """The worker processes of a ``local`` or ``local:N`` scheduler, None for ``sync`` and
+    ``tcp://HOST:PORT``.
+
+    Args:
+        scheduler: The scheduler setting.
+
+    Returns:
+        N (``local``: one per core), or None.
+
+    Raises:
+        ConfigError: If the setting is none of those (``localhost:8786``, ``local:abc``,
+            ``local:0``...).
+    """
+    if scheduler in ("sync",) or (scheduler.startswith("tcp://") and len(scheduler) > 6):
+        return None
+    if scheduler == "local":
+        return os.cpu_count() or 1
+    name, _, n = scheduler.partition(":")
+    if name == "local" and n.isdigit() and int(n) > 0:
+        return int(n)
+    raise ConfigError(
+        f"unknown scheduler {scheduler!r}: use sync, local, local:N (N > 0) or tcp://HOST:PORT"
+    )
 
 
 def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: str = "local",
@@ -134,11 +210,25 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
     127.0.0.1), or ``tcp://HOST:PORT`` (an existing dask scheduler). ``fn`` must be
     picklable (a module-level function or a functools.partial of one). Failed tasks are
     retried ``retries`` times by dask before they count as failed.
+
+    Args:
+        fn: The job, called with its index; its return value is the task's ``result``.
+        indices: The job indices to run.
+        scheduler: Where to run them (see above).
+        retries: Retries of a failed job (dask schedulers; ``sync`` runs each job once).
+        command: What the run is, for the report, the progress bar and the dask task keys.
+
+    Returns:
+        The run's report: every job, done or failed, in index order.
+
+    Raises:
+        ConfigError: An unknown scheduler.
     """
     indices = list(indices)
     started = datetime.now(UTC).isoformat()
     tasks: list[TaskResult] = []
     start = time.perf_counter()
+    local = local_workers(scheduler)  # a bad value: ConfigError before anything runs
     bar = tqdm(total=len(indices), desc=command or "jobs", unit="job", disable=None)
     if scheduler == "sync":
         for index in indices:
@@ -150,15 +240,12 @@ def run_tasks(fn: Callable[[int], object], indices: Iterable[int], scheduler: st
 
         cluster = None
         address: LocalCluster | str
-        if scheduler.startswith("local"):
-            workers = int(scheduler.split(":")[1]) if ":" in scheduler else (os.cpu_count() or 1)
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+        if local is not None:
+            cluster = LocalCluster(n_workers=local, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None)
             address = cluster
-        elif scheduler.startswith("tcp://"):
-            address = scheduler
         else:
-            raise ConfigError(f"unknown scheduler {scheduler!r}: use sync, local, local:N or tcp://HOST:PORT")
+            address = scheduler
         try:
             with Client(address) as client:
                 futures = {

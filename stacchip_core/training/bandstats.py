@@ -24,6 +24,9 @@ from stacchip_core.types import Report
 
 @dataclass
 class Moments:
+    """Per-band pixel count, mean and sum of squared deviations: mergeable, so that chips,
+    batches or processes can be summed in any order (Chan et al.)."""
+
     count: np.ndarray  # (bands,) int64
     mean: np.ndarray  # (bands,) float64
     m2: np.ndarray  # (bands,) float64: sum of squared deviations from the mean
@@ -46,6 +49,7 @@ class Moments:
 
     @property
     def std(self) -> np.ndarray:
+        """The population standard deviation per band (0 for a band without pixels)."""
         return np.sqrt(self.m2 / np.where(self.count == 0, 1, self.count))
 
 

@@ -95,11 +95,14 @@ class ChipReader:
 
     @property
     def report(self) -> ReadReport:
+        """What this reader's reads cost so far (chips, requests, bytes, tiles, fallbacks)."""
         return self._reader.report
 
     @property
     def last_report(self) -> ReadReport:
+        """What the last batch this thread read cost."""
         return self._reader.last
 
     def close(self) -> None:
+        """Close the open handles and threads of the reader (later reads reopen them)."""
         self._reader.close()

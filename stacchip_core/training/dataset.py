@@ -15,6 +15,10 @@ import pyarrow as pa
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.prechip import ChipFilter, load_index
 
+# the columns of an index row that a read (core.read) and a sample need
+ROW_COLUMNS = ("chipid", "platform", "item_id", "item_href", "date", "chip_index_x",
+               "chip_index_y", "chip_size", "bbox", "layouts")
+
 
 class ChipDataset:
     """``dataset[i] -> {"pixels": float32 (bands, cs, cs), "chipid", "platform", "item_id",
@@ -58,6 +62,7 @@ class ChipDataset:
             i = table.column_names.index("layouts")
             table = table.set_column(i, "layouts", pc.dictionary_encode(table.column(i)))
         self.table = table
+        self._names = set(table.column_names)
         self.transform = transform
         self._bands = bands
         self._readers: dict[str, ChipReader] = {}
@@ -78,15 +83,17 @@ class ChipDataset:
 
     def _rows(self, indices: list[int]) -> list[dict]:
         n = len(self)
-        fixed = []
-        for i in indices:
-            i = int(i)
-            if i < 0:
-                i += n
-            if not 0 <= i < n:
-                raise IndexError(f"index {i} out of range for {n} chips")
-            fixed.append(i)
-        return self.table.take(fixed).to_pylist()
+        fixed = np.asarray(indices, dtype=np.int64).reshape(-1)
+        fixed = np.where(fixed < 0, fixed + n, fixed)
+        bad = (fixed < 0) | (fixed >= n)
+        if bad.any():
+            raise IndexError(f"index {int(np.asarray(indices)[bad][0])} out of range for {n} chips")
+        # Arrow indices from the buffer, and only the columns a read and a sample use: pa.array()
+        # and a timezone-aware datetime's to_pylist() import pandas, 1.0 s of CPU in every fresh
+        # DataLoader worker (measured), and the geometry is not needed here
+        take = pa.Array.from_buffers(pa.int64(), len(fixed), [None, pa.py_buffer(fixed)])
+        columns = [c for c in ROW_COLUMNS if c in self._names]
+        return self.table.select(columns).take(take).to_pylist()
 
     def _sample(self, row: dict, pixels: np.ndarray) -> dict:
         bbox = row["bbox"]

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ChipFilter:
+    """Which rows of an index to keep: platforms, at most this nodata and cloud fraction,
+    a date window (inclusive) and a lon/lat box the chips intersect. ``load`` pushes it
+    down into the Parquet read (core.query); ``apply`` filters a table already in memory."""
+
     platforms: tuple[str, ...] | None = None
     max_nodata: float = 0.05
     max_cloud: float | None = None
@@ -108,6 +112,9 @@ class ChipFilter:
 
 @dataclass(frozen=True)
 class Cube:
+    """One output cube of prechip: ``rows`` of the index (a block of the platform's
+    shuffled rows), written as cube ``number`` of ``platform``."""
+
     platform: str
     number: int  # k: the cube's number within its platform
     rows: np.ndarray  # the row numbers of its permutation block, in order

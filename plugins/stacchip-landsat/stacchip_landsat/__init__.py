@@ -94,11 +94,26 @@ NAMES = {L1.name, L2.name}
 
 @hookimpl
 def stacchip_platforms():
+    """The platforms this plugin adds.
+
+    Returns:
+        Landsat Collection 2 Level-1 and Level-2.
+    """
     return [L1, L2]
 
 
 @hookimpl_for(*NAMES)
 def stacchip_chip_stats(platform, grid, read_asset):
+    """Cloud and nodata fractions from the QA_PIXEL bit flags.
+
+    Args:
+        platform: A Landsat platform.
+        grid: The item's chip grid.
+        read_asset: Reads the QA_PIXEL layer reduced per chip.
+
+    Returns:
+        The fractions of ``QA_CLOUD_BITS`` and the fill bit per chip.
+    """
     # strip by strip: decoding overlaps with the bit tests, the 69 Mpx band is never held whole
     fractions = read_asset.chip_fractions("qa_pixel", {
         "cloud": lambda qa: bit_mask(qa, QA_CLOUD_BITS),
@@ -109,6 +124,16 @@ def stacchip_chip_stats(platform, grid, read_asset):
 
 @hookimpl_for(*NAMES)
 def stacchip_select_items(platform, sample, catalog):
+    """Per quarter of a seeded year, the least cloudy Landsat 8 or 9 item at the sample.
+
+    Args:
+        platform: A Landsat platform (its name is the collection searched).
+        sample: A point (or any geometry: its centroid is searched).
+        catalog: The STAC API to search.
+
+    Returns:
+        At most four items, in date order.
+    """
     point = sample.geometry.centroid
     year = random.Random(sample.index).choice(list(YEARS))
     selected = []
@@ -131,6 +156,18 @@ def stacchip_select_items(platform, sample, catalog):
 
 @hookimpl_for(*NAMES)
 def stacchip_normalize_item(platform, item, store, prefix):
+    """Copy the bands and QA_PIXEL into the store, from their ``s3`` alternates when the
+    item has them.
+
+    Args:
+        platform: A Landsat platform.
+        item: The selected item.
+        store: The target store.
+        prefix: The key prefix of the copies.
+
+    Returns:
+        The item with its hrefs pointing at the copies.
+    """
     keys = [
         k
         for k in list(platform.asset_keys(item).values()) + [platform.asset_key(item, "qa_pixel")]
@@ -143,8 +180,10 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 
 def main_l2() -> None:
+    """``stacchip-landsat-l2``: the original console script, configured by environment."""
     env_job(L2.name)
 
 
 def main_l1() -> None:
+    """``stacchip-landsat-l1``: the original console script, configured by environment."""
     env_job(L1.name)

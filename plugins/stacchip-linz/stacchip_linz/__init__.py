@@ -102,21 +102,57 @@ PLATFORM = Platform(
 
 @hookimpl
 def stacchip_platforms():
+    """The platforms this plugin adds.
+
+    Returns:
+        LINZ aerial imagery.
+    """
     return [PLATFORM]
 
 
 @hookimpl_for(PLATFORM)
 def stacchip_chip_stats(platform, grid, read_asset):
+    """LINZ imagery has no cloud mask: nodata where the red band is 0, no cloud.
+
+    Args:
+        platform: LINZ.
+        grid: The item's chip grid.
+        read_asset: Reads the red band reduced per chip.
+
+    Returns:
+        Zero cloud and the nodata fraction per chip.
+    """
     nodata = read_asset.chip_fractions("red", {"nodata": lambda band1: band1 == 0})["nodata"]
     return ChipStats(cloud=np.zeros_like(nodata), nodata=nodata)
 
 
 def sample_size(n: int) -> int:
+    """How many of a prefix's tiles are processed.
+
+    Args:
+        n: The prefix's tiles.
+
+    Returns:
+        ``SAMPLE_FRACTION`` of them, at least ``SAMPLE_MIN`` and at most ``SAMPLE_MAX`` (and
+        never more than ``n``).
+    """
     return min(n, max(SAMPLE_MIN, min(int(n * SAMPLE_FRACTION), SAMPLE_MAX)))
 
 
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample):
+    """A seeded draw of the tiles under the sample's prefix of the LINZ bucket.
+
+    Args:
+        platform: LINZ.
+        sample: A ``prefix`` attribute, else the sample's number picks one of ``PREFIXES``.
+
+    Returns:
+        One item per drawn tile, its ``visual`` asset the tile.
+
+    Raises:
+        SampleError: A sample number past the last of ``PREFIXES``.
+    """
     prefix = sample.properties.get("prefix")
     if prefix is None:
         if sample.index >= len(PREFIXES):
@@ -138,7 +174,13 @@ def stacchip_select_items(platform, sample):
 
 
 def resample(href: str, path: Path, resolution: float = TARGET_RESOLUTION) -> None:
-    """Resample a LINZ tile to ``resolution`` (bilinear), keep RGB, write a COG."""
+    """Resample a LINZ tile to ``resolution`` (bilinear), keep RGB, write a COG.
+
+    Args:
+        href: The tile (a path or URL rasterio opens).
+        path: The COG to write.
+        resolution: The target resolution in the tile's CRS units (metres).
+    """
     apply_gdal_options()
     with rasterio.open(href) as src:
         scale = abs(src.transform.a) / resolution
@@ -150,6 +192,17 @@ def resample(href: str, path: Path, resolution: float = TARGET_RESOLUTION) -> No
 
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
+    """Resample the tile to ``TARGET_RESOLUTION`` into the store, with a new item for it.
+
+    Args:
+        platform: LINZ.
+        item: The selected item.
+        store: The target store.
+        prefix: The key prefix of the copy.
+
+    Returns:
+        A new item (rio-stac, with projection metadata) whose ``visual`` asset is the copy.
+    """
     from rio_stac import create_stac_item
 
     source = item.assets["visual"].href
@@ -178,4 +231,5 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 
 def main() -> None:
+    """``stacchip-linz``: the original console script, configured by environment."""
     env_job(PLATFORM.name)

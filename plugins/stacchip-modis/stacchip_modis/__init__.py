@@ -153,11 +153,23 @@ PLATFORM_250M = Platform(
 
 @hookimpl
 def stacchip_platforms():
+    """The platforms this plugin adds.
+
+    Returns:
+        MODIS 09A1 (500 m) and 09Q1 (250 m).
+    """
     return [PLATFORM, PLATFORM_250M]
 
 
 def state_cloud(state: np.ndarray) -> np.ndarray:
-    """Cloud from the 500 m state flags (see the module docstring for the bit table)."""
+    """Cloud from the 500 m state flags (see the module docstring for the bit table).
+
+    Args:
+        state: The ``sur_refl_state_500m`` flags.
+
+    Returns:
+        A boolean mask, True where cloudy, mixed, shadowed or internally cloudy (not fill).
+    """
     cloud_state = state & np.uint16(3)
     mask = (cloud_state == CLOUD_STATES[0]) | (cloud_state == CLOUD_STATES[1])
     mask |= (state & np.uint16((1 << SHADOW_BIT) | (1 << INTERNAL_CLOUD_BIT))) != 0
@@ -166,12 +178,32 @@ def state_cloud(state: np.ndarray) -> np.ndarray:
 
 
 def qc_cloud(qc: np.ndarray) -> np.ndarray:
-    """Cloud from the QC band's MODLAND bits 0-1 (10: not produced due to cloud effects)."""
+    """Cloud from the QC band's MODLAND bits 0-1 (10: not produced due to cloud effects).
+
+    Args:
+        qc: The QC band.
+
+    Returns:
+        A boolean mask, True where cloudy.
+    """
     return (qc & np.asarray(3, dtype=qc.dtype)) == QC_CLOUD
 
 
 @hookimpl_for(PLATFORM, PLATFORM_250M)
 def stacchip_chip_stats(platform, item, read_asset):
+    """Cloud from the state flags (or, without them, the QC band); nodata where band 1 is fill.
+
+    Args:
+        platform: A MODIS platform.
+        item: The item (which of its quality layers it has).
+        read_asset: Reads band 1 and a quality layer reduced per chip.
+
+    Returns:
+        The cloud and nodata fractions per chip.
+
+    Raises:
+        AssetError: The item has neither quality layer.
+    """
     state, qc = (layer.name for layer in platform.aux)  # the 500 m or the 250 m layers
     nodata = read_asset.chip_fractions("sur_refl_b01", {"nodata": lambda b01: b01 == FILL})[
         "nodata"
@@ -186,7 +218,17 @@ def stacchip_chip_stats(platform, item, read_asset):
 
 
 def tile_of(sample) -> tuple[int, int]:
-    """The sample's (h, v): ``h``/``v`` columns of a sample source, else the Nth of TILES."""
+    """The sample's (h, v): ``h``/``v`` columns of a sample source, else the Nth of TILES.
+
+    Args:
+        sample: The sample.
+
+    Returns:
+        (h, v).
+
+    Raises:
+        SampleError: A sample number past the last of ``TILES``.
+    """
     props = sample.properties
     if props.get("h") is not None and props.get("v") is not None:
         return int(props["h"]), int(props["v"])
@@ -198,19 +240,51 @@ def tile_of(sample) -> tuple[int, int]:
 
 
 def months(h: int, v: int, year: int) -> list[int]:
-    """The months of ``year`` processed for tile (h, v), drawn as stacchip 0.1 drew them."""
+    """The months of ``year`` processed for tile (h, v), drawn as stacchip 0.1 drew them.
+
+    Args:
+        h: The tile's horizontal number.
+        v: The tile's vertical number.
+        year: The year.
+
+    Returns:
+        ``MONTHS_PER_YEAR`` months, 1-12, in the order drawn.
+    """
     if MONTHS_PER_YEAR >= 12:
         return list(range(1, 13))
     return random.Random(h * v * year).sample(range(1, 13), MONTHS_PER_YEAR)
 
 
 def month_range(year: int, month: int) -> str:
+    """A month as a STAC datetime interval.
+
+    Args:
+        year: The year.
+        month: The month, 1-12.
+
+    Returns:
+        ``YYYY-MM-01/YYYY-MM-DD``, DD the month's last day.
+    """
     last = calendar.monthrange(year, month)[1]
     return f"{year}-{month:02d}-01/{year}-{month:02d}-{last:02d}"
 
 
 @hookimpl_for(PLATFORM, PLATFORM_250M)
 def stacchip_select_items(platform, sample, catalog):
+    """In each of ``YEARS``, per month drawn for the sample's tile, the first composite.
+
+    Args:
+        platform: A MODIS platform (its collections are searched).
+        sample: The tile (``h`` and ``v`` attributes, else the Nth of ``TILES``).
+        catalog: The STAC API to search.
+
+    Returns:
+        Up to ``MONTHS_PER_YEAR`` items a year, in date order.
+
+    Raises:
+        ConfigError: No STAC API.
+        SampleError: A sample number past the last of ``TILES``.
+    """
     if catalog is None:
         raise ConfigError(f"{platform.name} needs a STAC API (--stac-api)")
     h, v = tile_of(sample)
@@ -233,6 +307,17 @@ def stacchip_select_items(platform, sample, catalog):
 
 @hookimpl_for(PLATFORM, PLATFORM_250M)
 def stacchip_normalize_item(platform, item, store, prefix):
+    """Copy the bands and quality layers into the store; the copy is dated by its last day.
+
+    Args:
+        platform: A MODIS platform.
+        item: The selected item.
+        store: The target store.
+        prefix: The key prefix of the copies.
+
+    Returns:
+        The item with its hrefs pointing at the copies, its datetime the composite's end.
+    """
     keys = [k for k in [*platform.asset_keys(item).values(),
                         *(platform.asset_key(item, layer.name) for layer in platform.aux)] if k]
     out = copy_assets(item, keys, store, prefix)  # signs Planetary Computer hrefs on the way

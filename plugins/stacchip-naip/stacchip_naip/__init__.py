@@ -47,11 +47,25 @@ PLATFORM = Platform(
 
 @hookimpl
 def stacchip_platforms():
+    """The platforms this plugin adds.
+
+    Returns:
+        NAIP.
+    """
     return [PLATFORM]
 
 
 @hookimpl_for(PLATFORM)
 def stacchip_chip_stats(platform, grid):
+    """NAIP has no quality layer: no cloud and no nodata in any chip.
+
+    Args:
+        platform: NAIP.
+        grid: The item's chip grid.
+
+    Returns:
+        Zeros per chip.
+    """
     return ChipStats.zeros((grid.y_size, grid.x_size))
 
 
@@ -61,6 +75,16 @@ def _year(item) -> int:
 
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
+    """The latest item at the sample's point, and one older year's item drawn by the sample.
+
+    Args:
+        platform: NAIP.
+        sample: A point (or any geometry: its centroid is searched).
+        catalog: The STAC API to search.
+
+    Returns:
+        At most two items, latest first.
+    """
     found = list(
         catalog.search(collections=[COLLECTION], intersects=sample.geometry.centroid).items()
     )
@@ -77,6 +101,20 @@ def stacchip_select_items(platform, sample, catalog):
 
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
+    """Copy the four-band image into the store.
+
+    Args:
+        platform: NAIP.
+        item: The selected item.
+        store: The target store.
+        prefix: The key prefix of the copy.
+
+    Returns:
+        The item with its href pointing at the copy.
+
+    Raises:
+        AssetError: The item has no image asset.
+    """
     key = platform.asset_key(item, "red")
     if key is None:  # one typed error, not a KeyError from the copy
         raise AssetError(f"item {item.id!r} has no image asset (its assets: {sorted(item.assets)})")
@@ -84,4 +122,5 @@ def stacchip_normalize_item(platform, item, store, prefix):
 
 
 def main() -> None:
+    """``stacchip-naip``: the original console script, configured by environment."""
     env_job(PLATFORM.name)

@@ -79,11 +79,24 @@ PLATFORM = Platform(
 
 @hookimpl
 def stacchip_platforms():
+    """The platforms this plugin adds.
+
+    Returns:
+        Sentinel-1 RTC.
+    """
     return [PLATFORM]
 
 
 def nodata_value(item: pystac.Item, key: str) -> float:
-    """The nodata value of asset ``key``: as declared (raster:bands), else the product's."""
+    """The nodata value of asset ``key``: as declared (raster:bands), else the product's.
+
+    Args:
+        item: The item.
+        key: The asset's key.
+
+    Returns:
+        The value (NaN when declared so).
+    """
     for band in item.assets[key].extra_fields.get("raster:bands") or []:
         if band.get("nodata") is not None:
             value = band["nodata"]
@@ -92,7 +105,15 @@ def nodata_value(item: pystac.Item, key: str) -> float:
 
 
 def nodata_mask(data: np.ndarray, value: float) -> np.ndarray:
-    """Pixels without signal: the nodata value, and for floats anything not finite."""
+    """Pixels without signal: the nodata value, and for floats anything not finite.
+
+    Args:
+        data: A band.
+        value: Its nodata value.
+
+    Returns:
+        A boolean mask of ``data``'s shape.
+    """
     if data.dtype.kind != "f":
         return data == value
     mask = ~np.isfinite(data)
@@ -102,11 +123,33 @@ def nodata_mask(data: np.ndarray, value: float) -> np.ndarray:
 
 
 def polarisation_keys(platform: Platform, item: pystac.Item) -> list[str]:
+    """The item's vv and vh asset keys, those it has.
+
+    Args:
+        platform: Sentinel-1 RTC.
+        item: The item.
+
+    Returns:
+        The keys, vv first.
+    """
     return [k for k in (platform.asset_key(item, p) for p in POLARISATIONS) if k]
 
 
 @hookimpl_for(PLATFORM)
 def stacchip_chip_stats(platform, item, read_asset):
+    """Radar sees through clouds: no cloud; nodata where either polarisation has no signal.
+
+    Args:
+        platform: Sentinel-1 RTC.
+        item: The item (its assets' declared nodata values).
+        read_asset: Reads vv and vh reduced per chip.
+
+    Returns:
+        Zero cloud and the larger nodata fraction of the two per chip.
+
+    Raises:
+        AssetError: The item has neither a vv nor a vh asset.
+    """
     keys = polarisation_keys(platform, item)
     if not keys:
         raise AssetError(
@@ -124,7 +167,14 @@ def stacchip_chip_stats(platform, item, read_asset):
 
 def year_and_quarter(index: int) -> tuple[int, str]:
     """The sample's year and quarter, drawn as stacchip 0.1 drew them (``random.seed(index)``,
-    then one year of 2018-2023, then one quarter): a rerun selects the same."""
+    then one year of 2018-2023, then one quarter): a rerun selects the same.
+
+    Args:
+        index: The sample's number.
+
+    Returns:
+        (year, the quarter as a ``YYYY-MM-DD/YYYY-MM-DD`` interval).
+    """
     rng = random.Random(index)
     year = rng.sample(YEARS, 1)[0]
     start, end = rng.sample(QUARTERS, 1)[0]
@@ -133,6 +183,20 @@ def year_and_quarter(index: int) -> tuple[int, str]:
 
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(platform, sample, catalog):
+    """The first item of the sample's seeded quarter over its MGRS tile with both polarisations.
+
+    Args:
+        platform: Sentinel-1 RTC.
+        sample: An MGRS tile polygon.
+        catalog: The STAC API to search.
+
+    Returns:
+        One item, or none when no item of the quarter has both.
+
+    Raises:
+        SampleError: The sample has no geometry (no sample source).
+        ConfigError: No STAC API.
+    """
     if sample.geometry is None:
         raise SampleError("sentinel-1-rtc needs a sample source of MGRS tile polygons (--sample)")
     if catalog is None:
@@ -148,6 +212,14 @@ def stacchip_select_items(platform, sample, catalog):
 
 
 def check_grid(item: pystac.Item) -> None:
+    """Refuse an item without a map grid: GRD scenes are in radar geometry.
+
+    Args:
+        item: The item.
+
+    Raises:
+        PlatformError: A GRD collection's item, or one whose grid cannot be read.
+    """
     # GRD files carry ground control points, not a map grid; refused by collection before any
     # header read (the header fallback for items without projection would read a GCP raster)
     reason = None
@@ -167,7 +239,12 @@ def check_grid(item: pystac.Item) -> None:
 
 
 def to_deflate_cog(source: Path, target: Path) -> None:
-    """Rewrite a raster as a deflate-compressed COG (floating-point predictor for float32)."""
+    """Rewrite a raster as a deflate-compressed COG (floating-point predictor for float32).
+
+    Args:
+        source: The raster.
+        target: The COG to write.
+    """
     import rasterio
     import rasterio.shutil
 
@@ -179,6 +256,21 @@ def to_deflate_cog(source: Path, target: Path) -> None:
 
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
+    """Rewrite vv and vh as deflate COGs into the store.
+
+    Args:
+        platform: Sentinel-1 RTC.
+        item: The selected item.
+        store: The target store.
+        prefix: The key prefix of the copies.
+
+    Returns:
+        A copy of the item with only vv and vh, their hrefs pointing at the rewrites.
+
+    Raises:
+        PlatformError: The item has no map grid (``check_grid``).
+        AssetError: The item has neither a vv nor a vh asset, or one cannot be rewritten.
+    """
     check_grid(item)
     keys = polarisation_keys(platform, item)
     if not keys:

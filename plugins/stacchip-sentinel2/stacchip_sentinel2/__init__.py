@@ -87,6 +87,11 @@ PLATFORM = Platform(
 
 @hookimpl
 def stacchip_platforms():
+    """The platforms this plugin adds.
+
+    Returns:
+        Sentinel-2 L2A.
+    """
     return [PLATFORM]
 
 
@@ -98,16 +103,47 @@ NODATA_MASK = ClassMask(SCL_NODATA_CLASSES)
 
 @hookimpl_for(NAME)
 def stacchip_chip_stats(platform, grid, read_asset):
+    """Cloud and nodata fractions from the SCL layer at its native 20 m.
+
+    Args:
+        platform: Sentinel-2 L2A.
+        grid: The item's chip grid.
+        read_asset: Reads the SCL layer reduced per chip.
+
+    Returns:
+        The fractions of ``SCL_CLOUD_CLASSES`` and ``SCL_NODATA_CLASSES`` per chip.
+    """
     fractions = read_asset.chip_fractions("scl", {"cloud": CLOUD_MASK, "nodata": NODATA_MASK})
     return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
 
 
 def quarters(year: int) -> list[str]:
+    """The year's four quarters as STAC datetime intervals.
+
+    Args:
+        year: The year.
+
+    Returns:
+        ``YYYY-MM-DD/YYYY-MM-DD`` intervals, January first.
+    """
     return [f"{year}-{start}/{year}-{end}" for start, end in QUARTERS]
 
 
 @hookimpl_for(NAME)
 def stacchip_select_items(platform, sample, catalog):
+    """Per quarter of two seeded years, the least cloudy item of the sample's MGRS tile.
+
+    Args:
+        platform: Sentinel-2 L2A.
+        sample: An MGRS tile: its polygon and the tile's ``name`` (``20HNJ``).
+        catalog: The STAC API to search.
+
+    Returns:
+        At most eight items, in date order.
+
+    Raises:
+        SampleAttributeError: The sample has no ``name`` attribute.
+    """
     tile = sample.properties["name"]
     years = sorted(random.Random(sample.index).sample(list(YEARS), N_YEARS))
     selected = []
@@ -129,6 +165,17 @@ def stacchip_select_items(platform, sample, catalog):
 
 @hookimpl_for(NAME)
 def stacchip_normalize_item(platform, item, store, prefix):
+    """Copy the ten bands and SCL into the store.
+
+    Args:
+        platform: Sentinel-2 L2A.
+        item: The selected item.
+        store: The target store.
+        prefix: The key prefix of the copies.
+
+    Returns:
+        The item with its hrefs pointing at the copies.
+    """
     keys = list(platform.asset_keys(item).values()) + [platform.asset_key(item, "scl")]
     return copy_assets(item, [k for k in keys if k], store, prefix)
 

@@ -49,6 +49,11 @@ PLATFORM = Platform(
 
 @hookimpl
 def stacchip_platforms():
+    """The platforms this plugin adds.
+
+    Returns:
+        The one platform.
+    """
     return [PLATFORM]
 # --8<-- [end:platform]
 
@@ -56,7 +61,18 @@ def stacchip_platforms():
 # --8<-- [start:stats]
 @hookimpl_for(PLATFORM)
 def stacchip_chip_stats(grid, read_asset):
-    # the quality layer at its native resolution, in strips, reduced per chip as it is read
+    """Cloud and nodata fractions of every chip of an item, from its quality layer.
+
+    The layer is read at its native resolution, in strips, and reduced per chip as it is
+    read.
+
+    Args:
+        grid: The item's chip grid.
+        read_asset: Reads a band of the item reduced per chip.
+
+    Returns:
+        The fractions, (grid.y_size, grid.x_size) each.
+    """
     fractions = read_asset.chip_fractions(
         "mask",
         {
@@ -71,7 +87,15 @@ def stacchip_chip_stats(grid, read_asset):
 # --8<-- [start:select]
 @hookimpl_for(PLATFORM)
 def stacchip_select_items(sample, catalog):
-    # the least cloudy items over the sample's location
+    """The least cloudy items over the sample's location.
+
+    Args:
+        sample: The sample location.
+        catalog: The catalog to search.
+
+    Returns:
+        At most ``ITEMS_PER_SAMPLE`` items, the least cloudy first.
+    """
     found = catalog.search(collections=[COLLECTION], intersects=sample.geometry)
     items = [i for i in found.items() if i.properties.get("eo:cloud_cover", 0) <= MAX_CLOUD_COVER]
     items.sort(key=lambda i: (i.properties.get("eo:cloud_cover", 0), i.id))
@@ -82,7 +106,17 @@ def stacchip_select_items(sample, catalog):
 # --8<-- [start:normalize]
 @hookimpl_for(PLATFORM)
 def stacchip_normalize_item(platform, item, store, prefix):
-    # copy the bands and the quality layer into the bucket (a rerun copies nothing twice)
+    """Copy the bands and the quality layer into the bucket (a rerun copies nothing twice).
+
+    Args:
+        platform: The item's platform.
+        item: The selected item.
+        store: The target bucket.
+        prefix: The key prefix of the copies.
+
+    Returns:
+        The item with its hrefs pointing at the copies.
+    """
     keys = [platform.asset_key(item, name) for name in platform.band_names + ["mask"]]
     return copy_assets(item, [k for k in keys if k], store, prefix)
 # --8<-- [end:normalize]
