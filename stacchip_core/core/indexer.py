@@ -170,6 +170,7 @@ class Indexer:
 
     @property
     def platform_name(self) -> str:
+        """The platform's name; without a platform, the item's collection (or ``unknown``)."""
         if self.platform is not None:
             return self.platform.name
         return self.item.collection_id or "unknown"
@@ -177,26 +178,32 @@ class Indexer:
     # the original API
     @property
     def shape(self) -> tuple[int, int]:
+        """The grid's (rows, cols) in pixels of the finest asset."""
         return self.grid.shape
 
     @property
     def transform(self):
+        """The grid's affine transform."""
         return self.grid.transform
 
     @property
     def crs(self):
+        """The grid's CRS (pyproj)."""
         return self.grid.crs
 
     @property
     def x_size(self) -> int:
+        """Chips across."""
         return self.grid.x_size
 
     @property
     def y_size(self) -> int:
+        """Chips down."""
         return self.grid.y_size
 
     @property
     def size(self) -> int:
+        """Chips in the grid (``x_size * y_size``), before the nodata filter."""
         return self.grid.size
 
     @property
