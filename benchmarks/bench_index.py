@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 
 CHILD_MERGE = """
 import json, sys, time
-from stacchip_core.pipeline.merge import merge
+from stacchip_core.pipeline.merge import MEMORY_ROWS, merge
 start = time.perf_counter()
-report = merge(sys.argv[1], sys.argv[2], progress=False)
+memory_rows = int(sys.argv[3]) if len(sys.argv) > 3 else MEMORY_ROWS
+report = merge(sys.argv[1], sys.argv[2], progress=False, memory_rows=memory_rows)
 seconds = time.perf_counter() - start
 peak = [int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
 print(json.dumps({"seconds": seconds, "peak_mib": peak, "rows": report.rows}))
@@ -80,13 +81,15 @@ def _child(code: str, *args: str) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _times_ms(fn, repeats: int) -> tuple[float, float]:
+    """Median and min of ``repeats`` runs, in ms (the machine is shared: the min is the
+    least disturbed run)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 1)
+    return round(statistics.median(times) * 1000, 1), round(min(times) * 1000, 1)
 
 
 def _duck_arrow(relation):
@@ -118,7 +121,21 @@ def queries(path: Path, seed: int = 0, boxes: int = 5) -> list[tuple[str, dict]]
     return cases
 
 
-def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
+def _baseline(path: str | None):
+    """The ``query`` function of another copy of core/query.py (``--baseline-query``), to
+    time before and after in the same run, interleaved (the machine is shared)."""
+    if not path:
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("baseline_query", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.query
+
+
+def run_query(path: Path, kwargs: dict, repeats: int, baseline=None) -> dict:
     import duckdb
     import geopandas as gpd
 
@@ -129,14 +146,23 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
         "rows": result.report.rows,
         "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
         "mib_read": round(result.report.bytes_read / 2**20, 2),
-        "project_ms": _median_ms(lambda: query(path, **kwargs), repeats),
     }
+    if baseline is not None:  # one run of each in turn, so both see the same load
+        assert baseline(path, **kwargs).table.equals(result.table)
+        now, before = [], []
+        for _ in range(repeats):
+            now.append(_times_ms(lambda: query(path, **kwargs), 1)[0])
+            before.append(_times_ms(lambda: baseline(path, **kwargs), 1)[0])
+        out["project_ms"], out["project_ms_min"] = statistics.median(now), min(now)
+        out["baseline_ms"], out["baseline_ms_min"] = statistics.median(before), min(before)
+        return out
+    out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(path, **kwargs), repeats)
     if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
         w, s, e, n = kwargs["bbox"]
         # without the layouts column: geopandas and DuckDB decode it into one blob per row (6 kB
         # here), which made a 1 degree box over the input-order file take gigabytes
         columns = [c for c in pq.read_schema(path).names if c != "layouts"]
-        out["geopandas_ms"] = _median_ms(
+        out["geopandas_ms"], out["geopandas_ms_min"] = _times_ms(
             lambda: gpd.read_parquet(path, bbox=(w, s, e, n), columns=columns), repeats
         )
         con = duckdb.connect()
@@ -146,10 +172,53 @@ def run_query(path: Path, kwargs: dict, repeats: int) -> dict:
             f"AND bbox.ymin <= {n} AND bbox.ymax >= {s}"
         )
         fetch = lambda: _duck_arrow(con.sql(sql))
-        out["duckdb_ms"] = _median_ms(fetch, repeats)
+        out["duckdb_ms"], out["duckdb_ms_min"] = _times_ms(fetch, repeats)
         out["duckdb_rows"] = fetch().num_rows  # covering overlap: >= exact rows
         con.close()
     return out
+
+
+def _build(folder: Path, chips: int, layouts: bool, reuse: bool, unsorted_too: bool) -> dict:
+    """Generate the per-item files and merge them, or reuse what an earlier run left in
+    ``folder`` (``--reuse``: merge time and peak memory are then those of that run)."""
+    record = folder / "build.json"
+    merged, unsorted = folder / "merged.parquet", folder / "unsorted.parquet"
+    if reuse and record.exists() and merged.exists():
+        built = json.loads(record.read_text())
+        if not unsorted_too or unsorted.exists():
+            built["reused"] = True
+            return built
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    files, rows = generate(folder / "index", chips, layouts)
+    built = {"files": files, "rows": rows, "generate_s": time.perf_counter() - start}
+    built["merge"] = _child(CHILD_MERGE, str(folder / "index"), str(merged))
+    if unsorted_too:
+        built["unsorted"] = _child(CHILD_UNSORTED, str(folder / "index"), str(unsorted))
+    record.write_text(json.dumps(built))
+    return built
+
+
+def memory_scaling(src: Path, work: Path, copies: list[float], memory_rows: int) -> None:
+    """Peak RSS of merges of a share or several copies of the same per-item files (symlinks;
+    copies are whole folders, so ``2`` merges every row twice): does memory grow with rows?"""
+    files = sorted(src.rglob("*.parquet"))
+    for share in copies:
+        folder = work / f"copies-{share:g}"
+        shutil.rmtree(folder, ignore_errors=True)
+        chosen = [(c, f) for c in range(int(share) or 1)
+                  for f in (files if share >= 1 else files[: round(len(files) * share)])]
+        for copy, f in chosen:
+            link = folder / f"c{copy}" / f.relative_to(src)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f.resolve())
+        out = work / f"copies-{share:g}.parquet"
+        m = _child(CHILD_MERGE, str(folder), str(out), str(memory_rows))
+        print(f"merge of {m['rows']:>11,} rows ({len(chosen):,} files, memory_rows "
+              f"{memory_rows:,}): {m['seconds']:6.1f} s, peak RSS {m['peak_mib']:5d} MiB",
+              flush=True)
+        out.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:
@@ -159,30 +228,52 @@ def main() -> None:
     parser.add_argument(
         "--layouts-max", type=int, default=1_000_000, help="largest size built with layouts"
     )
-    parser.add_argument("--work", default="/tmp/stacchip-bench-index")
+    parser.add_argument("--work", default=str(HERE / ".data" / "bench-index"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--boxes", type=int, default=5, help="random boxes per box size")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument(
+        "--reuse", action="store_true",
+        help="reuse the inputs and merged files a --keep run left (no merge is timed)",
+    )
+    parser.add_argument(
+        "--memory-scaling", default="",
+        help="e.g. 0.1,1,2: after building each size, merge that share or number of copies "
+             "of its inputs and report peak RSS (is merge memory bounded?)",
+    )
+    parser.add_argument("--memory-rows", type=int, default=250_000,
+                        help="merge(memory_rows=) for --memory-scaling")
+    parser.add_argument("--no-queries", action="store_true")
+    parser.add_argument("--no-worldwide", action="store_true",
+                        help="skip the worldwide month (it reads every row group)")
+    parser.add_argument("--no-input-order", action="store_true",
+                        help="skip the input-order file and its queries")
+    parser.add_argument(
+        "--baseline-query", default="",
+        help="another copy of stacchip_core/core/query.py (e.g. main's) to time against the "
+             "current one, interleaved (geopandas and DuckDB are then not run)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
-    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    baseline = _baseline(args.baseline_query)
+    print(f"machine: {os.uname().machine}, {os.cpu_count()} cores, Python {sys.version.split()[0]}"
+          f", load {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     for chips in (int(s) for s in args.sizes.split(",")):
         for layouts in (v == "yes" for v in args.layouts.split(",")):
             if layouts and chips > args.layouts_max:
                 continue
             name = f"{chips}-{'layouts' if layouts else 'plain'}"
             folder = work / name
-            shutil.rmtree(folder, ignore_errors=True)
-            start = time.perf_counter()
-            files, rows = generate(folder / "index", chips, layouts)
-            gen = time.perf_counter() - start
+            built = _build(folder, chips, layouts, args.reuse, not args.no_input_order)
+            rows = built["rows"]
             print(
-                f"\n== {rows:,} chips in {files:,} per-item files "
+                f"\n== {rows:,} chips in {built['files']:,} per-item files "
                 f"({'with' if layouts else 'without'} layouts; "
-                f"generated in {gen:.0f} s)"
+                f"generated in {built['generate_s']:.0f} s"
+                f"{'; reused from an earlier run' if built.get('reused') else ''})"
             )
             merged, unsorted = folder / "merged.parquet", folder / "unsorted.parquet"
-            m = _child(CHILD_MERGE, str(folder / "index"), str(merged))
-            u = _child(CHILD_UNSORTED, str(folder / "index"), str(unsorted))
+            m = built["merge"]
             size = merged.stat().st_size
             meta = pq.read_metadata(merged)
             print(
@@ -190,30 +281,49 @@ def main() -> None:
                 f"{size / 2**20:8.1f} MiB ({size / rows * 1e6 / 2**20:.0f} MiB per million chips), "
                 f"{meta.num_row_groups} row groups"
             )
-            print(
-                f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
-                f"{unsorted.stat().st_size / 2**20:8.1f} MiB, "
-                f"{pq.read_metadata(unsorted).num_row_groups} row groups"
-            )
-            for label, path in (("sorted", merged), ("input order", unsorted)):
-                print(f"  queries, {label}:")
+            paths = [("sorted", merged)]
+            if not args.no_input_order:
+                u = built["unsorted"]
+                print(
+                    f"input order:      {u['seconds']:7.1f} s  peak RSS {u['peak_mib']:5d} MiB  "
+                    f"{unsorted.stat().st_size / 2**20:8.1f} MiB, "
+                    f"{pq.read_metadata(unsorted).num_row_groups} row groups"
+                )
+                paths.append(("input order", unsorted))
+            if args.memory_scaling:
+                memory_scaling(folder / "index", work / "scaling",
+                               [float(v) for v in args.memory_scaling.split(",")],
+                               args.memory_rows)
+            for label, path in [] if args.no_queries else paths:
+                print(f"  queries, {label} (ms: median of the boxes' medians, [min of all runs]):")
                 by_case: dict[str, list[dict]] = {}
-                for case, kwargs in queries(merged):
-                    by_case.setdefault(case, []).append(run_query(path, kwargs, args.repeats))
+                for case, kwargs in queries(merged, boxes=args.boxes):
+                    if args.no_worldwide and "bbox" not in kwargs:
+                        continue
+                    by_case.setdefault(case, []).append(
+                        run_query(path, kwargs, args.repeats, baseline)
+                    )
                 for case, results in by_case.items():
                     def med(k: str, results=results):
                         return statistics.median(r[k] for r in results) if k in results[0] else None
 
+                    def low(k: str, results=results):
+                        return min(r[k + "_min"] for r in results)
+
                     groups = ", ".join(r["groups"] for r in results)
                     line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
-                            f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} ms")
-                    if med("geopandas_ms") is not None:
+                            f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} "
+                            f"[{low('project_ms'):6.1f}] ms")
+                    if med("baseline_ms") is not None:
+                        line += (f"  baseline {med('baseline_ms'):7.1f} "
+                                 f"[{low('baseline_ms'):6.1f}] ms")
+                    elif med("geopandas_ms") is not None:
                         line += (
-                            f"  geopandas {med('geopandas_ms'):7.1f} ms  "
-                            f"duckdb {med('duckdb_ms'):7.1f} ms"
+                            f"  geopandas {med('geopandas_ms'):7.1f} [{low('geopandas_ms'):6.1f}]"
+                            f" ms  duckdb {med('duckdb_ms'):7.1f} [{low('duckdb_ms'):6.1f}] ms"
                         )
                     print(line, flush=True)
-            if not args.keep:
+            if not args.keep and not args.reuse:
                 shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -521,7 +521,7 @@ def query_command(
 
 
 def _indices(
-    index: int | None, index_range: str | None, all_jobs: bool, count
+    index: int | None, index_range: str | None, all_jobs: bool, count, nothing: str = "no job"
 ) -> tuple[list[int], bool]:
     """The job numbers to run and whether to fan them out: --job (else the array-job
     environment), --jobs a:b, or --all. ("index" names the GeoParquet chip table only; the
@@ -534,7 +534,10 @@ def _indices(
     if index_range:
         return list(parse_range(index_range)), True
     if all_jobs:
-        return list(range(count())), True
+        jobs = list(range(count()))
+        if not jobs:
+            raise ConfigError(f"--all: nothing to run ({nothing})")
+        return jobs, True
     if index is None:
         index = job_index_from_env()
     if index is None:
@@ -651,6 +654,7 @@ def process(
         index_range,
         all_samples,
         lambda: batch_count(count_samples(platform, sample_source), batch_size),
+        "the sample source has no sample",
     )
     job = partial(
         process_job,
@@ -762,6 +766,7 @@ def prechip(
         index_range,
         all_jobs,
         lambda: count_jobs(index_path, cube_size, cubes_per_job, None, seed, chip_filter),
+        f"no cube of {cube_size} chips (--cube-size) among the chips the filter keeps",
     )
     task = partial(
         prechip_job,

@@ -286,3 +286,14 @@ def test_a_bad_scheduler_is_one_line_before_any_job_runs(scheduler, archive, tmp
         "tcp://HOST:PORT"
     )
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_prechip_all_with_no_cube_to_cut_is_one_line(naip_index, tmp_path):
+    """Fewer chips than one cube: nothing to run, said in one line (was an IndexError)."""
+    r = run_cli("prechip", naip_index, tmp_path / "t", "--all", "--cube-size", 100000)
+    assert r.returncode == 1
+    assert one_line(r.stderr) == (
+        "Error: --all: nothing to run (no cube of 100000 chips (--cube-size) among the chips "
+        "the filter keeps)"
+    )
+    assert not (tmp_path / "t").exists()

@@ -55,6 +55,8 @@ def test_demo_runs_the_whole_job_offline(demo):
         "modis": 4,
     }
     assert platforms.count("naip") == 8 and platforms.count("linz") == 10
+    # Level 1 chips on the 15 m pan grid: 600 px a side, 2 x 2 chips of 256 per item
+    assert platforms.count("landsat-c2l1") == 16 and platforms.count("landsat-c2l2-sr") == 4
     index_files = list((out / "bucket" / "index").rglob("*.parquet"))
     assert len(index_files) == 31
     for item_dir in (out / "bucket" / "sentinel-2-l2a").iterdir():
@@ -64,9 +66,9 @@ def test_demo_runs_the_whole_job_offline(demo):
             assert ds.count == 3
     assert "sentinel-2-l2a" in r.stdout and "cloud mean" in r.stdout and "bucket:" in r.stdout
     assert f"indexed:  {len(table)} chips of 31 items" in r.stdout and "chips/s" in r.stdout
-    assert (
-        "read:     44 chips" in r.stdout
-    )  # 8 previewed chips of linz, naip, S2, MODIS; all 4 of each Landsat and S1
+    # 8 previewed chips of linz, naip, S2, MODIS and Landsat L1 (16 chips: its 15 m grid),
+    # all 4 of Landsat L2 and S1
+    assert "read:     48 chips" in r.stdout
     # the stacks place (issue 21): 4 six-step Sentinel-2 series and 4 S2 + S1 + Landsat stacks
     assert (
         "stacks:   4 time series (6 steps previewed), 4 sentinel-2-l2a + sentinel-1-rtc + "
@@ -76,6 +78,55 @@ def test_demo_runs_the_whole_job_offline(demo):
     assert (out / "previews" / "stack_series.png").exists() and (
         out / "stacks" / "pairs.parquet"
     ).exists()
+
+
+DEMO_PLATFORMS = ["sentinel-2-l2a", "landsat-c2l2-sr", "landsat-c2l1", "naip", "linz",
+                  "sentinel-1-rtc", "modis"]
+
+
+@pytest.mark.parametrize("platform", DEMO_PLATFORMS)
+def test_every_demo_source_prechips(demo, tmp_path, platform):
+    """Each source of the demo's index cuts into cubes with the platform's bands, no chip
+    failing; the cubes' pixels are the source files' (Landsat L1: pan on its 15 m grid, the
+    30 m bands expanded 2x)."""
+    from stacchip_core.plugins import get_platform
+
+    out, _ = demo
+    r = run_cli("-q", "prechip", out / "bucket" / "merged.parquet", tmp_path, "--platform",
+                platform, "--max-nodata", "1", "--cube-size", "2", "--all", "--scheduler", "sync")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(next((tmp_path / "_runs").glob("prechip-*.json")).read_text())
+    results = [t["result"] for t in report["tasks"]]
+    assert [t["status"] for t in report["tasks"]] == ["done"] * len(results) and results
+    assert all(res["failed"] == [] and res["failed_chips"] == [] for res in results)
+    rows = {
+        row["chipid"]: row
+        for row in pq.read_table(out / "bucket" / "merged.parquet").to_pylist()
+        if row["platform"] == platform
+    }
+    names = [b.name for b in get_platform(platform).bands]
+    cubes = sorted((tmp_path / "v1" / platform).glob("cube_*.npz"))
+    assert len(cubes) == len(results)
+    for path in cubes:
+        cube = np.load(path)
+        assert cube["bands"].tolist() == names
+        assert cube["pixels"].shape[:2] == (2, len(names))
+        assert set(cube["chipids"].tolist()) <= set(rows)
+    if platform == "landsat-c2l1":
+        cube = np.load(cubes[0])
+        row = rows[str(cube["chipids"][0])]
+        item = json.loads(Path(row["item_href"]).read_text())
+        cs, x, y = row["chip_size"], row["chip_index_x"], row["chip_index_y"]
+        with rasterio.open(item["assets"]["pan"]["href"]) as ds:  # 15 m: the chip grid
+            pan = ds.read(1, window=((y * cs, (y + 1) * cs), (x * cs, (x + 1) * cs)))
+        with rasterio.open(item["assets"]["red"]["href"]) as ds:  # 30 m: half the pixels
+            half = cs // 2
+            red = ds.read(1, window=((y * half, (y + 1) * half), (x * half, (x + 1) * half)))
+        np.testing.assert_array_equal(cube["pixels"][0, names.index("pan")], pan)
+        np.testing.assert_array_equal(
+            cube["pixels"][0, names.index("red")], np.repeat(np.repeat(red, 2, 0), 2, 1)
+        )
+        assert (pan > 0).mean() > 0.5
 
 
 def _outline(mask):

@@ -1,6 +1,8 @@
 """StacchipGeoDataset: TorchGeo's GeoDataset contract over a stacchip index, its samplers,
 and one of its trainers fed from an index."""
 
+from typing import ClassVar
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -135,3 +137,137 @@ def test_torchgeo_regression_trainer_fits_on_an_index(dataset, lightning, tmp_pa
     assert torch.isfinite(trainer.callback_metrics["train_loss"]) and torch.isfinite(
         trainer.callback_metrics["val_loss"]
     )
+
+
+# --- batches of queries over HTTP: one pipeline call, each tile fetched once -----------------
+
+RGB = ["red", "green", "blue"]
+
+
+@pytest.fixture(scope="module")
+def http_scene(tmp_path_factory):
+    """A 1024 px S2 scene with noise (512 px tiles of ~300 KB: 2 x 2 per band, never within
+    the I/O layer's 64 KiB coalescing gap unless adjacent in the file), behind the loopback
+    Range server; yields ``(server, index table)``."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from rangeserver import RangeServer
+
+    from stacchip_core.demo import synthetic
+
+    d = tmp_path_factory.mktemp("http_scene")
+    src = synthetic.sentinel2_scene(d, 1024, bands_10m=("blue", "green", "red"), bands_20m=(),
+                                    noise=4000)
+    item = json.loads(Path(src).read_text())
+    root = d / "served"
+    root.mkdir()
+    for asset in item["assets"].values():
+        shutil.copy(asset["href"], root / Path(asset["href"]).name)
+        asset["href"] = Path(asset["href"]).name
+    (root / "item.json").write_text(json.dumps(item))
+    with RangeServer(root) as server:
+        table = Indexer(f"{server.url}/item.json", platform="sentinel-2-l2a",
+                        stats=False).create_index()
+        yield server, table
+
+
+def _query(col: int, row: int, size: int = 256):
+    """The query of ``size`` px from pixel (col, row) of the S2 scene (10 m)."""
+    import pandas as pd
+
+    x0, y1 = S2_ORIGIN[0] + col * 10, S2_ORIGIN[1] - row * 10
+    t = pd.Timestamp("2024-03-11 14:11:54")
+    return slice(x0, x0 + size * 10, 10.0), slice(y1 - size * 10, y1, 10.0), slice(t, t, 1)
+
+
+def test_a_batch_of_queries_reads_each_tile_once(torchgeo, http_scene):
+    """``__getitems__``: the same pixels as one query at a time, from one request per tile
+    the batch touches (a tile and a chip shared by queries are fetched once)."""
+    from stacchip_core.core.layout import decode
+    from stacchip_core.core.tiles import GridSpec, plan
+    from stacchip_core.training.torchgeo import StacchipGeoDataset
+
+    server, table = http_scene
+    queries = [
+        _query(128, 128),  # chips (0,0), (1,0), (0,1), (1,1): all in tile (0,0)
+        _query(256, 256),  # chip (1,1) alone, shared with the first query
+        _query(600, 700),  # chips (2,2), (3,2), (2,3), (3,3): all in tile (1,1)
+    ]
+    chips = [(0, 0), (1, 0), (0, 1), (1, 1), (2, 2), (3, 2), (2, 3), (3, 3)]
+    lays = decode(table.slice(0, 1).to_pylist()[0]["layouts"])
+    grid = GridSpec.from_layouts(lays, 256)
+    touched = {(k, t) for k in RGB for x, y in chips for t in plan(lays[k], grid, x, y).tiles}
+    assert len(touched) == 6  # tiles (0,0) and (1,1) of three bands
+
+    server.reset()
+    batch = StacchipGeoDataset(table, bands=RGB).__getitems__(queries)
+    assert server.requests == len(touched)
+    tile_bytes = sum(
+        int(lays[k].counts[ty * lays[k].tiles_across + tx]) for k, (tx, ty) in touched
+    )
+    # a tile's range holds GDAL's 4-byte leader and trailer around it
+    assert tile_bytes <= server.bytes <= tile_bytes + 8 * len(touched)
+
+    server.reset()
+    one_by_one = StacchipGeoDataset(table, bands=RGB)
+    singles = [one_by_one[q] for q in queries]
+    assert server.requests >= len(touched)
+    for q, a, b in zip(queries, batch, singles):
+        assert a["bounds"] == q and tuple(a["image"].shape) == (3, 256, 256)
+        np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+    # the pixels are the served files' (read whole with rasterio)
+    import rasterio
+
+    for b, name in enumerate(RGB):
+        with rasterio.open(server.root / f"{name}.tif") as ds:
+            full = ds.read(1)
+        np.testing.assert_array_equal(batch[0]["image"][b].numpy(), full[128:384, 128:384])
+        np.testing.assert_array_equal(batch[2]["image"][b].numpy(), full[700:956, 600:856])
+
+
+@pytest.mark.parametrize("how", ["batch_sampler", "sampler"])
+def test_data_loader_batches_go_through_getitems(torchgeo, http_scene, how):
+    """TorchGeo's batch sampler, and a sampler with ``batch_size``: torch's fetcher hands each
+    batch's queries to ``__getitems__`` in one call, with the pixels of single queries."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torchgeo.datasets import stack_samples
+    from torchgeo.samplers import RandomBatchGeoSampler, RandomGeoSampler
+
+    from stacchip_core.training.torchgeo import StacchipGeoDataset
+
+    class Counted(StacchipGeoDataset):
+        calls: ClassVar[list[int]] = []
+
+        def __getitems__(self, queries):
+            self.calls.append(len(queries))
+            return super().__getitems__(queries)
+
+    _, table = http_scene
+    ds = Counted(table, bands=RGB)
+    if how == "batch_sampler":
+        sampler = RandomBatchGeoSampler(ds, size=100, batch_size=4, length=8)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=stack_samples)
+    else:
+        loader = DataLoader(ds, sampler=RandomGeoSampler(ds, size=100, length=8), batch_size=4,
+                            collate_fn=stack_samples)
+    batches = list(loader)
+    assert Counted.calls == [4, 4]
+    assert [tuple(b["image"].shape) for b in batches] == [(4, 3, 100, 100)] * 2
+    got = torch.cat([b["image"] for b in batches])
+    # each sample carries its query: read them again one at a time
+    queries = [q for b in batches for q in b["bounds"]]
+    expected = torch.stack([StacchipGeoDataset(table, bands=RGB)[q]["image"] for q in queries])
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_a_pickled_dataset_reads_the_same(dataset):
+    """What a spawned worker gets: the copy rebuilds its lookup and gives the same sample."""
+    import pickle
+
+    query = dataset.chip_query(4)
+    before = dataset[query]["image"].numpy()
+    copy = pickle.loads(pickle.dumps(dataset))
+    np.testing.assert_array_equal(copy[query]["image"].numpy(), before)

@@ -11,7 +11,7 @@ import pytest
 from stacchip_core import Chipper, Indexer
 from stacchip_core.demo.synthetic import band_pattern
 from stacchip_core.training.bandstats import Moments, band_stats, moments
-from stacchip_core.training.dataset import ChipDataset, PlatformBatchSampler
+from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.prechip import ChipFilter, plan_cubes, prechip
 
 
@@ -260,7 +260,9 @@ def test_moment_merging_is_stable_with_a_large_offset():
     assert abs(naive - values.std()) > 1e-4
 
 
-def test_dataset_items_and_sampler(index):
+def test_dataset_items_and_sampler(index, torch):
+    from stacchip_core.training.dataset import PlatformBatchSampler  # re-exported from samplers
+
     ds = ChipDataset(
         index, bands={"sentinel-2-l2a": ["red", "nir"]}, transform=lambda s: {**s, "seen": True}
     )
@@ -307,6 +309,8 @@ def test_dataset_in_worker_processes_matches_one_process(index, method):
 
 
 def test_torch_dataloader_with_two_workers(index, torch):
+    from stacchip_core.training.samplers import PlatformBatchSampler
+
     ds = ChipDataset(index, bands=["red", "green", "blue"])
     sampler = PlatformBatchSampler(ds.platforms, batch_size=4, shuffle=False)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2)
@@ -346,3 +350,72 @@ def test_prechip_from_and_to_s3(index, bucket, s3_server, tmp_path):
         with np.load(io.BytesIO(body)) as a, np.load(tmp_path / key) as b:
             np.testing.assert_array_equal(a["pixels"], b["pixels"])
             assert list(a["chipids"]) == list(b["chipids"])
+
+
+# --- the batching rule's seeding -------------------------------------------------------------
+
+PLATFORMS = np.array(["s2"] * 40 + ["naip"] * 12 + ["landsat"] * 7, dtype=object)
+
+
+def _orders(torch, oversample: bool, seed: int, epoch: int) -> list[list[int]]:
+    from stacchip_core.training.samplers import PlatformBatchSampler, epoch_batches
+
+    if oversample:
+        return [b.tolist() for b in epoch_batches(PLATFORMS, 4, epoch, seed, True, True, 1)]
+    sampler = PlatformBatchSampler(PLATFORMS, 4, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("oversample", [False, True])
+def test_seed_and_epoch_pairs_give_their_own_orders(torch, oversample):
+    """Seeded with the pair: (seed 0, epoch 1) is not (seed 1, epoch 0), as a seed + epoch
+    seed made it; the same pair gives the same batches, and each batch holds one platform."""
+    pairs = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (0, 2)]
+    orders = {pair: _orders(torch, oversample, *pair) for pair in pairs}
+    assert orders[(0, 1)] != orders[(1, 0)] and orders[(0, 2)] != orders[(2, 0)]
+    assert orders[(1, 1)] != orders[(0, 2)] and orders[(1, 1)] != orders[(2, 0)]
+    assert len({str(o) for o in orders.values()}) == len(pairs)
+    for pair in pairs:
+        assert _orders(torch, oversample, *pair) == orders[pair]
+    per = 40 if oversample else None
+    for order in orders.values():
+        assert all(len(set(PLATFORMS[b])) == 1 for b in order)
+        rows = [i for b in order for i in b]
+        if per is None:
+            assert sorted(rows) == list(range(len(PLATFORMS)))
+        else:  # every platform up to the largest's 40
+            assert sorted(np.unique(PLATFORMS[rows], return_counts=True)[1]) == [per] * 3
+
+
+def test_data_module_and_sampler_share_one_batching_rule(torch):
+    """The data module's epoch batches are PlatformBatchSampler's, from the samplers module;
+    the old import paths still give the same objects."""
+    from stacchip_core.training import dataset, samplers
+
+    for seed, epoch in [(0, 0), (3, 5)]:
+        sampler = samplers.PlatformBatchSampler(PLATFORMS, 5, seed=seed)
+        sampler.set_epoch(epoch)
+        got = samplers.epoch_batches(PLATFORMS, 5, epoch, seed, True, False, 1)
+        assert [b.tolist() for b in got] == list(sampler)
+    assert dataset.PlatformBatchSampler is samplers.PlatformBatchSampler
+
+
+def test_negative_seed_is_one_clear_error(torch):
+    from stacchip_core.errors import ConfigError
+    from stacchip_core.training.samplers import PlatformBatchSampler
+
+    with pytest.raises(ConfigError, match="seed and epoch must be 0 or more"):
+        list(PlatformBatchSampler(PLATFORMS, 4, seed=-1))
+
+
+def test_the_dataset_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import stacchip_core.training.dataset as d; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(d.ChipDataset.__name__)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and r.stdout.strip() == "ChipDataset", r.stderr

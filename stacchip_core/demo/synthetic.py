@@ -435,7 +435,8 @@ def landsat_scene(
     noise: int = 0,
 ) -> Path:
     """A Landsat C2 scene at 30 m: six uint16 reflectance bands and ``qa_pixel``, shape
-    and transform at item level as USGS publishes them.
+    and transform at item level as USGS publishes them; a ``landsat-c2l1`` item also has
+    ``pan`` (15 m, its own shape and transform) and ``lwir11``/``lwir12``.
 
     Args:
         outdir: The folder the item's folder is written into.
@@ -447,7 +448,7 @@ def landsat_scene(
         origin: Upper-left corner in the CRS.
         epsg: The CRS's EPSG code.
         blocksize: COG tile size in pixels.
-        collection: The item's collection.
+        collection: The item's collection (``landsat-c2l1`` adds pan and thermal bands).
         noise: Noise added to the band patterns (see ``band_pattern``).
 
     Returns:
@@ -465,6 +466,20 @@ def landsat_scene(
         data[fill] = 0
         path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
         assets[name] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
+    if collection == "landsat-c2l1":
+        # Level 1 also holds the 15 m panchromatic band (its own grid, twice as fine) and the
+        # two thermal bands, which the platform reads with the six: an item without them
+        # cannot be chipped with the platform's bands
+        t15 = Affine(15, 0, origin[0], 0, -15, origin[1])
+        pan = _band_data(len(LANDSAT_BANDS), "pan", 2 * rows, 2 * cols, seed, noise, masks, 2)
+        pan[_expand(fill, 2)] = 0
+        path = write_cog(outdir / "pan.tif", pan, t15, crs, nodata=0, blocksize=blocksize)
+        assets["pan"] = _asset(path, (2 * rows, 2 * cols), t15, gsd=15)
+        for i, name in enumerate(("lwir11", "lwir12"), start=len(LANDSAT_BANDS) + 1):
+            data = _band_data(i, name, rows, cols, seed, noise, masks)
+            data[fill] = 0
+            path = write_cog(outdir / f"{name}.tif", data, t, crs, nodata=0, blocksize=blocksize)
+            assets[name] = {"href": str(path.resolve()), "type": COG_MEDIA_TYPE, "roles": ["data"]}
     path = write_cog(outdir / "qa_pixel.tif", qa, t, crs, nodata=1, blocksize=blocksize)
     assets["qa_pixel"] = {
         "href": str(path.resolve()),

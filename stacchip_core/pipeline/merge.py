@@ -27,11 +27,13 @@ Integrity rules (what a careless or hostile input meets):
   aborted otherwise). Nothing is staged in ``$TMPDIR`` (but spilled partitions of a merge
   into S3, see below).
 
-Memory is bounded whatever the number of rows: up to ``memory_rows`` rows are sorted in
-memory; past that, rows are spilled into Hilbert-range partitions (temporary Parquet files
-in a hidden folder beside a local ``dst``, or under ``workdir``), and each partition is then
-sorted on its own, split again by the next bits of the key when it is still too large.
-Small merges need no temporary files at all.
+Memory is bounded by ``memory_rows``, whatever the number of rows: up to ``memory_rows``
+rows are sorted in memory; past that, every ``memory_rows`` rows are spilled into 64
+Hilbert-range partitions, one temporary Parquet file per partition and spill, closed at once
+(in a hidden folder beside a local ``dst``, or under ``workdir``), and each partition is then
+sorted on its own, split again by the next bits of the key when it is still too large. At
+most about three copies of ``memory_rows`` rows are held at once, plus the output's footer
+(docs/index-format.md has the measured peaks). Small merges need no temporary files at all.
 """
 
 from __future__ import annotations
@@ -241,20 +243,22 @@ class _Sorter:
         yield from self._parts.drain(self.memory_rows)
 
     def close(self) -> None:
-        if self._parts is not None:
-            self._parts.close()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class _Partitions:
-    """Partition files ``{folder}/{k}.parquet`` by the next ``PARTITION_BITS`` bits of
-    the Hilbert key after ``shift`` bits, in key order when drained."""
+    """Partitions by the next ``PARTITION_BITS`` bits of the Hilbert key after ``shift``
+    bits, in key order when drained. Each spill writes one file per partition it has rows
+    for, ``{folder}/{k}/{spill}.parquet``, closed at once: nothing about the spilled rows but
+    a row count per partition stays in memory. (Open writers, one per partition, kept every
+    row group's metadata: 16 kB each, 40 MiB for a 10M-row merge and 10x that at 100M.)"""
 
     def __init__(self, folder: Path, shift: int) -> None:
         self.folder, self.shift = folder, shift
         self.bits = min(PARTITION_BITS, BITS - shift)
-        self._writers: dict[int, pq.ParquetWriter] = {}
+        self.rows = np.zeros(1 << self.bits, np.int64)
+        self.spills = 0
         folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, table: pa.Table) -> None:
@@ -263,40 +267,47 @@ class _Partitions:
         order = np.argsort(part, kind="stable")
         ordered = table.take(pa.array(order))
         bounds = np.searchsorted(part[order], np.arange((1 << self.bits) + 1))
-        for k in range(1 << self.bits):
-            if bounds[k + 1] > bounds[k]:
-                chunk = ordered.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k]))
-                writer = self._writers.get(k)
-                if writer is None:
-                    # lz4, dictionary layouts: temporary files cost little to write and read back
-                    writer = pq.ParquetWriter(
-                        self.folder / f"{k}.parquet",
-                        chunk.schema,
-                        compression="lz4",
-                        use_dictionary=_DICTIONARY,
-                        write_statistics=False,
-                    )
-                    self._writers[k] = writer
-                writer.write_table(chunk)
+        for k in np.flatnonzero(np.diff(bounds)):
+            chunk = ordered.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k]))
+            # only the layouts its rows use: a partition's files together then hold each
+            # item's blob about once, not once per spill
+            i = chunk.schema.get_field_index("layouts")
+            if i >= 0 and pa.types.is_dictionary(chunk.schema.field(i).type):
+                chunk = chunk.set_column(i, "layouts", _compact(chunk.column(i)))
+            folder = self.folder / str(k)
+            folder.mkdir(exist_ok=True)
+            # lz4, dictionary layouts: temporary files cost little to write and read back
+            pq.write_table(chunk, folder / f"{self.spills:08d}.parquet", compression="lz4",
+                           use_dictionary=_DICTIONARY, write_statistics=False)
+            self.rows[k] += len(chunk)
+        self.spills += 1
 
-    def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers.clear()
+    def _files(self, k: int) -> list[Path]:
+        return sorted((self.folder / str(k)).glob("*.parquet"))  # in spill order
 
     def drain(self, memory_rows: int) -> Iterator[pa.Table]:
-        self.close()
-        for k in sorted(int(p.stem) for p in self.folder.glob("*.parquet")):
-            path = self.folder / f"{k}.parquet"
-            if pq.read_metadata(path).num_rows <= memory_rows or self.shift + self.bits >= BITS:
-                yield pq.read_table(path, read_dictionary=_DICTIONARY).sort_by(_SORT)
-            else:  # still too large: split it by the next bits of the key, a batch at a time
+        for k in np.flatnonzero(self.rows):
+            files = self._files(int(k))
+            if self.rows[k] <= memory_rows or self.shift + self.bits >= BITS:
+                yield pa.concat_tables(
+                    [pq.read_table(f, read_dictionary=_DICTIONARY) for f in files]
+                ).sort_by(_SORT)
+            else:  # still too large: split it by the next bits of the key, a quarter of
+                # memory_rows at a time (few, large sub-partition files; the split's copies
+                # of these rows stay well under those of a sort)
                 sub = _Partitions(self.folder / f"{k}.d", self.shift + self.bits)
-                for batch in pq.ParquetFile(path, read_dictionary=_DICTIONARY).iter_batches(65536):
-                    sub.add(pa.Table.from_batches([batch]))
+                pending: list[pa.Table] = []
+                for f in files:
+                    pending.append(pq.read_table(f, read_dictionary=_DICTIONARY))
+                    f.unlink()
+                    if sum(len(t) for t in pending) >= max(1, memory_rows // 4):
+                        sub.add(pa.concat_tables(pending))
+                        pending = []
+                if pending:
+                    sub.add(pa.concat_tables(pending))
                 yield from sub.drain(memory_rows)
-                shutil.rmtree(sub.folder, ignore_errors=True)
-            path.unlink()
+            shutil.rmtree(self.folder / str(k), ignore_errors=True)
+            shutil.rmtree(self.folder / f"{k}.d", ignore_errors=True)
 
 
 class _GroupWriter:
@@ -332,6 +343,11 @@ class _GroupWriter:
         self._buffered += len(table)
         while self._buffered and (size := self._group_rows(final=False)):
             self._write(size)
+        # the rows left for the next group are a slice of ``table``: copied, so the rest of
+        # it (a whole sorted partition, up to memory_rows rows) is freed before the next
+        if self._pending and len(self._pending[-1]) < len(table):
+            rest = pa.concat_tables(self._pending)
+            self._pending = [rest.take(pa.array(np.arange(len(rest))))]
 
     def _group_rows(self, final: bool) -> int:
         """The rows of the next row group, or 0 when more rows may still join it."""

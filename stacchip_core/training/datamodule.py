@@ -8,16 +8,16 @@
   sets. The result is the ``split`` column of ``datamodule.table`` (``write_splits`` saves it);
   an index that already has a ``split`` column keeps it, so a split is reproducible, visible
   and editable.
-- **Batches of one platform** (sources differ in band count), ``PlatformBatchSampler``'s rule
-  (shuffled per epoch from ``seed + epoch``); ``oversample=True`` repeats the chips of small
-  platforms in training until every platform has as many chips as the largest (the original's
-  recipe).
-- **Sharding**: the epoch's batches are dealt round-robin to DDP ranks (``ShardedBatchSampler``,
-  in the main process), and the loader hands a rank's batches to its workers in turn, so every
-  chip is read once per epoch (``oversample`` aside) and never twice. Ranks get equally many
-  batches (DDP needs equal step counts): when the batches do not divide evenly, the largest
-  batches are split in two until they do, instead of padding with repeated chips as
-  ``DistributedSampler`` does.
+- **Batches of one platform** (sources differ in band count), the one rule of ``samplers``
+  (``PlatformBatchSampler``'s; shuffled per epoch from the pair ``(seed, epoch)``);
+  ``oversample=True`` repeats the chips of small platforms in training until every platform
+  has as many chips as the largest (the original's recipe).
+- **Sharding**: the epoch's batches are dealt round-robin to DDP ranks
+  (``samplers.ShardedBatchSampler``, in the main process; importable from here too), and the
+  loader hands a rank's batches to its workers in turn, so every chip is read once per epoch
+  (``oversample`` aside) and never twice. Ranks get equally many batches (DDP needs equal step
+  counts): when the batches do not divide evenly, the largest batches are split in two until
+  they do, instead of padding with repeated chips as ``DistributedSampler`` does.
 - **Fast reads**: a worker reads a whole batch with ``ChipDataset.__getitems__`` (every tile of
   every chip in flight at once); workers persist across epochs (the epoch's order is decided in
   the main process, so they need no state of their own) and each keeps ``prefetch_factor``
@@ -30,7 +30,7 @@ Batches are dicts: ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``it
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import lightning
@@ -38,12 +38,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
 from stacchip_core.core.stacks import read_stacks
 from stacchip_core.errors import ConfigError, StackError
-from stacchip_core.training.dataset import ChipDataset, PlatformBatchSampler
+from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.prechip import ChipFilter, load_index
+from stacchip_core.training.samplers import (  # noqa: F401 - epoch_batches re-exported
+    ShardedBatchSampler,
+    epoch_batches,
+)
 from stacchip_core.training.stacks import StackDataset
 
 SPLITS = ("train", "val", "test")
@@ -56,6 +60,20 @@ def _mix(x: np.ndarray) -> np.ndarray:
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """A float64 column as numpy, from its data buffers when it has no nulls: pyarrow's
+    ``to_numpy`` imports pandas, 0.6 s of CPU in a training run's main process (measured),
+    which nothing else there needs."""
+    chunks = [c.cast(pa.float64()) for c in column.chunks]
+    if any(c.null_count for c in chunks):
+        return column.to_numpy().astype(np.float64)
+    parts = [
+        np.frombuffer(c.buffers()[1], np.float64, count=len(c), offset=c.offset * 8)
+        for c in chunks
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, np.float64)
 
 
 def spatial_splits(table: pa.Table, block_deg: float = 1.0, val: float = 0.1, test: float = 0.1,
@@ -73,8 +91,8 @@ def spatial_splits(table: pa.Table, block_deg: float = 1.0, val: float = 0.1, te
         The split of every row, an object array.
     """
     b = table["bbox"]
-    lon = (pc.struct_field(b, "xmin").to_numpy() + pc.struct_field(b, "xmax").to_numpy()) / 2
-    lat = (pc.struct_field(b, "ymin").to_numpy() + pc.struct_field(b, "ymax").to_numpy()) / 2
+    lon = (_floats(pc.struct_field(b, "xmin")) + _floats(pc.struct_field(b, "xmax"))) / 2
+    lat = (_floats(pc.struct_field(b, "ymin")) + _floats(pc.struct_field(b, "ymax"))) / 2
     bx = np.floor(lon / block_deg).astype(np.int64) + (1 << 20)
     by = np.floor(lat / block_deg).astype(np.int64) + (1 << 20)
     key = (
@@ -84,178 +102,6 @@ def spatial_splits(table: pa.Table, block_deg: float = 1.0, val: float = 0.1, te
     )
     u = (_mix(key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.where(u < test, "test", np.where(u < test + val, "val", "train")).astype(object)
-
-
-def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int, shuffle: bool,
-                  oversample: bool, world_size: int) -> list[np.ndarray]:
-    """The epoch's batches (row numbers), one platform each, a multiple of ``world_size`` long.
-
-    Without ``oversample`` these are ``PlatformBatchSampler``'s batches (one batching rule for
-    both; its ``seed + epoch`` shuffling), then the largest batches are split in two until every
-    rank gets as many batches (DDP needs equal step counts); no chip is repeated.
-
-    Args:
-        platforms: The platform of every row.
-        batch_size: The most rows per batch.
-        epoch: The epoch (added to ``seed``).
-        seed: The shuffling seed.
-        shuffle: Shuffle within platforms and the order of batches.
-        oversample: Repeat small platforms' rows up to the largest platform.
-        world_size: The number of ranks.
-
-    Returns:
-        The batches' row numbers.
-
-    Raises:
-        ConfigError: If the rows are too few to give every rank a batch.
-    """
-    if not oversample:
-        sampler = PlatformBatchSampler(platforms.tolist(), batch_size, shuffle=shuffle, seed=seed)
-        sampler.set_epoch(epoch)
-        batches = [np.asarray(b, dtype=np.int64) for b in sampler]
-    else:  # PlatformBatchSampler's rule, with whole extra passes and a random remainder
-        rng = np.random.default_rng(seed + epoch)
-        names = sorted(set(platforms.tolist()))
-        groups = {n: np.flatnonzero(platforms == n) for n in names}
-        target = max((len(g) for g in groups.values()), default=0)
-        batches = []
-        for name in names:
-            rows = rng.permutation(groups[name]) if shuffle else groups[name]
-            if 0 < len(rows) < target:
-                reps = [rng.permutation(groups[name]) for _ in range(target // len(rows) - 1)]
-                rows = np.concatenate(
-                    [rows, *reps, rng.choice(groups[name], target % len(rows), replace=False)]
-                )
-            batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-        if shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-    if len(batches) and len(batches) < world_size and sum(map(len, batches)) < world_size:
-        raise ConfigError(f"{sum(map(len, batches))} chips cannot feed {world_size} ranks")
-    while len(batches) % world_size:  # split the largest batch rather than repeat chips
-        i = max(range(len(batches)), key=lambda k: len(batches[k]))
-        if len(batches[i]) < 2:
-            raise ConfigError(
-                f"{len(batches)} batches of one chip cannot be shared by {world_size} ranks"
-            )
-        half = len(batches[i]) // 2
-        batches[i:i + 1] = [batches[i][:half], batches[i][half:]]
-    return batches
-
-
-class ShardedBatchSampler(BatchSampler):
-    """The epoch's platform batches for one DDP rank: a torch ``batch_sampler``.
-
-    It runs in the main process (data-loader workers receive the batches' indices and read
-    each through ``ChipDataset.__getitems__``), so persistent workers need no epoch of their
-    own: each pass asks ``epoch_fn`` (the trainer's epoch), else takes the last ``set_epoch``,
-    else counts passes. The loader deals batches to its workers in order, so each chip of the
-    rank's share is read once per epoch.
-
-    Args:
-        sampler: ignored unless it is a ``DistributedSampler`` (Lightning injects one under
-            DDP): then its rank and replica count are used.
-        batch_size: chips per batch (a batch never mixes platforms).
-        drop_last: must be False (kept for the ``BatchSampler`` interface).
-        platforms: the dataset's platform per row (``ChipDataset.platforms``).
-        rank: this process's rank.
-        world_size: number of ranks.
-        shuffle: shuffle within platforms and the order of batches, per epoch.
-        oversample: repeat small platforms' chips up to the largest platform.
-        seed: shuffling seed (with the epoch).
-        epoch_fn: the current epoch (e.g. the trainer's), asked at the start of each pass.
-
-    Raises:
-        ConfigError: ``drop_last`` is True, or ``rank`` is not in 0..world_size - 1.
-    """
-
-    def __init__(
-        self,
-        sampler: Sampler | None = None,
-        batch_size: int = 32,
-        drop_last: bool = False,
-        *,
-        platforms: Sequence[str] | np.ndarray,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle: bool = True,
-        oversample: bool = False,
-        seed: int = 0,
-        epoch_fn: Callable[[], int | None] | None = None,
-    ) -> None:
-        if drop_last:
-            raise ConfigError("drop_last is not supported: every chip is read once per epoch")
-        super().__init__(
-            sampler if sampler is not None else range(len(platforms)), batch_size, False
-        )
-        if isinstance(sampler, DistributedSampler):
-            rank, world_size = sampler.rank, sampler.num_replicas
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is not in 0..{world_size - 1}")
-        self.platforms = np.asarray(platforms, dtype=object)
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.oversample, self.seed = shuffle, oversample, seed
-        self.epoch_fn = epoch_fn
-        self.epoch: int | None = None
-        self._passes = 0
-        self._cache: tuple[int, list[np.ndarray]] | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next passes (when there is no ``epoch_fn``).
-
-        Args:
-            epoch: The epoch.
-        """
-        self.epoch = epoch
-
-    def current_epoch(self) -> int:
-        """The epoch the next pass shuffles with.
-
-        Returns:
-            ``epoch_fn()``, else the last ``set_epoch``, else the number of passes so far.
-        """
-        epoch = self.epoch_fn() if self.epoch_fn is not None else None
-        if epoch is None:
-            epoch = self.epoch if self.epoch is not None else self._passes
-        return int(epoch)
-
-    def rank_batches(self, epoch: int | None = None) -> list[np.ndarray]:
-        """This rank's batches (row numbers) of ``epoch`` (default: the current one).
-
-        Args:
-            epoch: The epoch; None: ``current_epoch()``.
-
-        Returns:
-            The batches of this rank.
-
-        Raises:
-            ConfigError: If the rows are too few to give every rank a batch.
-        """
-        epoch = self.current_epoch() if epoch is None else epoch
-        if (
-            self._cache is None or self._cache[0] != epoch
-        ):  # len() and iter() of one epoch shuffle once
-            batches = epoch_batches(
-                self.platforms,
-                self.batch_size,
-                epoch,
-                self.seed,
-                self.shuffle,
-                self.oversample,
-                self.world_size,
-            )
-            self._cache = (epoch, batches[self.rank::self.world_size])
-        return self._cache[1]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        # a generator: the epoch is taken when the pass starts, not when iter() is called
-        # (torch's multiprocessing iterator calls iter() twice on its first pass)
-        mine = self.rank_batches()
-        self._passes += 1
-        for rows in mine:
-            yield rows.tolist()
-
-    def __len__(self) -> int:
-        return len(self.rank_batches())
 
 
 def collate_chips(samples: list[dict]) -> dict:

@@ -2,12 +2,14 @@
 
 Torch is not imported: items are numpy arrays and plain metadata, which the DataLoader's
 default collate turns into tensors. Each worker process keeps its own open datasets (the
-cache starts empty after a fork and is not pickled for spawn).
+cache starts empty after a fork and is not pickled for spawn). The batch samplers (one
+platform per batch) are in ``samplers``; ``PlatformBatchSampler`` is still importable from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -132,62 +134,11 @@ class ChipDataset:
         return [self._sample(row, px) for row, px in zip(rows, pixels)]
 
 
-class PlatformBatchSampler:
-    """Batches of indices that each hold one platform only (sources differ in band count).
+def __getattr__(name: str) -> Any:
+    # PlatformBatchSampler moved to samplers (which needs torch): still importable from here,
+    # without importing torch for ChipDataset alone
+    if name == "PlatformBatchSampler":
+        from stacchip_core.training.samplers import PlatformBatchSampler
 
-    Shuffled with ``seed + epoch`` (call ``set_epoch`` each epoch): indices within each
-    platform, then the order of the batches. A torch ``batch_sampler``.
-
-    Args:
-        platforms: The platform of every sample, in dataset order.
-        batch_size: The most indices per batch.
-        shuffle: Shuffle the indices and the batches.
-        seed: The base seed of the shuffle.
-        drop_last: Drop each platform's last, incomplete batch.
-    """
-
-    def __init__(
-        self,
-        platforms: Sequence[str],
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-    ) -> None:
-        self.platforms = np.asarray(platforms, dtype=object)
-        self.batch_size, self.shuffle, self.seed, self.drop_last = (
-            batch_size,
-            shuffle,
-            seed,
-            drop_last,
-        )
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Shuffle with ``seed + epoch`` from now on.
-
-        Args:
-            epoch: The epoch about to start.
-        """
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
-        rng = np.random.default_rng(self.seed + self.epoch)
-        batches = []
-        for name in sorted(set(self.platforms)):
-            indices = np.flatnonzero(self.platforms == name)
-            if self.shuffle:
-                indices = rng.permutation(indices)
-            for start in range(0, len(indices), self.batch_size):
-                batch = indices[start:start + self.batch_size]
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append(batch.tolist())
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())
+        return PlatformBatchSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
