@@ -2,6 +2,8 @@
 
     python benchmarks/bench.py                  # everything; the original needs --original-python
     python benchmarks/bench.py --original-python /path/to/venv/bin/python --repeats 5
+    python benchmarks/bench.py --original-python /tmp/orig-venv/bin/python --s2-index-only \
+        --rounds 3 --repeats 3 [--also-python main=/work/main/.venv/bin/python]
 
 Each measurement runs in a fresh process (peak RSS is per measurement); times are medians of
 --repeats runs with the files in the page cache. Data is generated once into --data.
@@ -16,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -49,18 +52,23 @@ def generate(data: Path) -> dict[str, Path]:
     return {"s2": s2, "landsat": ls}
 
 
-# Each job prints one JSON line: {"seconds": [...], "maxrss_mib": ...}
+# Each job prints one JSON line: {"seconds": [...], "cpu": [...], "maxrss_mib": ...}
 JOB = textwrap.dedent(r"""
 import json, random, resource, sys, time
 kind, item_path, repeats, n_chips = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 import numpy as np, pystac
 d = json.load(open(item_path))
-times = []
+times, cpu = [], []
+
+def cpu_now():
+    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+    return r.ru_utime + r.ru_stime
 
 def timed(fn):
     fn()  # warm-up, untimed: first-touch page faults and lazy imports are not the work measured
     for _ in range(repeats):
-        t = time.perf_counter(); out = fn(); times.append(time.perf_counter() - t)
+        c = cpu_now(); t = time.perf_counter(); out = fn(); times.append(time.perf_counter() - t)
+        cpu.append(cpu_now() - c)
     return out
 
 random.seed(0)
@@ -119,7 +127,7 @@ else:
                 ]
             )
 maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": times, "maxrss_mib": maxrss_mib}))
+print(json.dumps({"seconds": times, "cpu": cpu, "maxrss_mib": maxrss_mib}))
 """)
 
 
@@ -159,12 +167,15 @@ def run(
     # a small GDAL block cache: repeats must decode again, as the first run (and the
     # original, which reopens files for every chip) does
     env = {"GDAL_CACHEMAX": "64", **(env or {})}
+    # run from the temp folder: `python -c` puts the working directory first on sys.path, so
+    # from a checkout another venv's python would import this checkout's stacchip_core
     out = subprocess.run(
-        [python, "-c", JOB, kind, str(item), str(repeats), str(chips)],
+        [python, "-c", JOB, kind, str(Path(item).resolve()), str(repeats), str(chips)],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
         check=False,
+        cwd=tempfile.gettempdir(),
     )
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-2000:]}")
@@ -172,6 +183,38 @@ def run(
     result["median"] = statistics.median(result["seconds"])
     result["chips"] = chips
     return result
+
+
+def s2_index_comparison(items: dict[str, Path], original: str, rounds: int, repeats: int,
+                        also: list[tuple[str, str]]) -> None:
+    """One full-size Sentinel-2 scene indexed with SCL statistics and layouts (the defaults)
+    by this checkout, by any ``also`` pythons, and by 0.1.38's Sentinel2Indexer: ``rounds``
+    rounds, the tools interleaved within each, ``repeats`` timed builds per job after a
+    warm-up. Prints medians of wall and CPU seconds (every thread), the load average at each
+    job, and the speed-ups over 0.1.38."""
+    jobs = [("this checkout", "ours-s2-index", sys.executable), *[
+        (name, "ours-s2-index", py) for name, py in also], ("0.1.38", "orig-s2-index", original)]
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    loads = []
+    for _ in range(rounds):
+        for name, kind, python in jobs:
+            loads.append(os.getloadavg()[0])
+            r = run(python, kind, items["s2"], repeats)
+            wall.setdefault(name, []).extend(r["seconds"])
+            cpu.setdefault(name, []).extend(r["cpu"])
+    med = {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in wall}
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}; {rounds} rounds x {repeats} builds per tool")
+    print(f"load average (1 min) at each job: {' '.join(f'{x:.1f}' for x in loads)}")
+    for name, (w, c) in med.items():
+        print(f"{name:<16} wall median {w:.3f} s  CPU median {c:.3f} s   "
+              f"(wall {' '.join(f'{x:.3f}' for x in wall[name])})")
+    ow, oc = med["0.1.38"]
+    for name, (w, c) in med.items():
+        if name != "0.1.38":
+            print(f"speed-up of {name} over 0.1.38: wall {ow / w:.1f}x, CPU {oc / c:.1f}x "
+                  "(target >= 10)")
 
 
 def main() -> None:
@@ -183,10 +226,21 @@ def main() -> None:
         "--original-python", help="python of a venv with stacchip==0.1.38 (numpy<2, pyarrow 25.0.1)"
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--s2-index-only", action="store_true",
+                        help="only the Sentinel-2 index build against 0.1.38, in --rounds rounds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--also-python", action="append", default=[], metavar="NAME=PYTHON",
+                        help="with --s2-index-only: another checkout's python to compare")
     args = parser.parse_args()
     t = time.perf_counter()
     items = generate(args.data)
     print(f"data ready in {time.perf_counter() - t:.1f} s under {args.data}", file=sys.stderr)
+    if args.s2_index_only:
+        if not args.original_python:
+            raise SystemExit("--s2-index-only needs --original-python")
+        also = [tuple(a.split("=", 1)) for a in args.also_python]
+        s2_index_comparison(items, args.original_python, args.rounds, args.repeats, also)
+        return
     ours = sys.executable
     r = {}
     for kind, item in [

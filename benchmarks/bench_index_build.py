@@ -3,15 +3,20 @@ request, for this project sequentially and concurrently (build_indexes, what
 ``stacchip index --workers`` runs) and for stacchip 0.1.38's Sentinel2Indexer, in one run.
 
     python benchmarks/bench_index_build.py --original-python /tmp/orig-venv/bin/python
-    python benchmarks/bench_index_build.py --items 1000 --sequential-items 50 --delay 0.02
+    python benchmarks/bench_index_build.py --items 1000 --sequential-items 1000 \
+        --original-items 100 --workers 16 --delay 0.02
 
 The scene is bench.py's full-size synthetic Sentinel-2 L2A item (blue, green, red and nir at
 10980 px, SCL at 5490 px, a coastal band; 512 px tiles), generated once into --data. Every
 item is served under its own URLs (a folder of symlinks to the same COGs: a few files on
-disk), so no cache of either tool helps across items. The server is tests/rangeserver.py
-(threaded, single-range GETs, ``delay`` seconds slept before each answer). Each measurement
-runs in a fresh process after one untimed item; request counts come from the server.
-Defaults of both tools: SCL statistics and (for this project) layouts.
+disk), so no cache of either tool helps across items. The server is nginx
+(benchmarks/nginx_server.py: files served from C, Range and multi-range, ``delay`` seconds
+added to every request by its Lua module without blocking others, requests and bytes counted);
+``--server python`` takes tests/rangeserver.py instead (threaded, single-range GETs; it takes
+CPU from the client on 2 cores). Each measurement runs in a fresh process after one untimed
+item; request counts come from the server. Defaults of both tools: SCL statistics and (for
+this project) layouts. ``--original-items`` runs 0.1.38 on fewer items than the project's
+sequential build when it is too slow for all of them.
 """
 
 from __future__ import annotations
@@ -41,10 +46,13 @@ def stats():
 if kind == "ours":
     from stacchip_core.core.indexer import build_indexes
     def run(batch):
-        done = [r for r in build_indexes([u for _, u in batch], workers=workers)]
-        bad = [r.error for r in done if r.table is None]
-        assert not bad, bad[:3]
-        return sum(len(r.table) for r in done)
+        # tables are dropped as they come: each holds its layouts blob once per row in memory
+        # (18 MB for this scene), so 1,000 of them would not fit
+        rows = 0
+        for r in build_indexes([u for _, u in batch], workers=workers):
+            assert r.table is not None, r.error
+            rows += len(r.table)
+        return rows
 else:
     import pystac
     from stacchip.indexer import Sentinel2Indexer
@@ -85,6 +93,7 @@ def job(python: str, kind: str, workers: int, items: list, stats_url: str) -> di
 def main() -> None:
     from bench import generate
     from bench_cloud import serve_items
+    from nginx_server import NginxServer
     from rangeserver import RangeServer
 
     parser = argparse.ArgumentParser(
@@ -100,8 +109,12 @@ def main() -> None:
         "--sequential-items", type=int, default=50, help="items of the sequential builds"
     )
     parser.add_argument(
+        "--original-items", type=int, help="items of 0.1.38's build (default: --sequential-items)"
+    )
+    parser.add_argument(
         "--workers", default="8,32", help="concurrent builds to run (items in flight)"
     )
+    parser.add_argument("--server", choices=("nginx", "python"), default="nginx")
     args = parser.parse_args()
     item = generate(args.data)["s2"]
     root = args.data / "served-build"
@@ -112,8 +125,11 @@ def main() -> None:
         for w in args.workers.split(",")
     ]
     if args.original_python:
-        plan.append(("stacchip 0.1.38 Sentinel2Indexer, sequential", "orig", 1, seq))
-    with RangeServer(root, delay=args.delay) as server:
+        plan.append(("stacchip 0.1.38 Sentinel2Indexer, sequential", "orig", 1,
+                     args.original_items or seq))
+    serve = NginxServer if args.server == "nginx" else RangeServer
+    load = os.getloadavg()
+    with serve(root, delay=args.delay) as server:
         total = 1 + sum(n for *_, n in plan) + len(plan)
         items = [(str(p), u) for p, u in serve_items(item, root, server.url, total, "b", "build")]
         start, results = 0, []
@@ -128,7 +144,8 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; "
-        f"{args.delay * 1000:.0f} ms per request"
+        f"{args.delay * 1000:.0f} ms per request ({args.server}); load average before "
+        f"{load[0]:.1f}, after {os.getloadavg()[0]:.1f}"
     )
     print(f"{'build':<48}{'items':>6}{'seconds':>9}{'items/s':>9}{'req/item':>9}{'KiB/item':>9}")
     for r in results:

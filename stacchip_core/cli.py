@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -267,8 +268,10 @@ def index(
         return
     from stacchip_core.pipeline.process import index_many
 
-    sources: list = list(items)
+    sources: Iterable = list(items)
     if catalog:
+        from itertools import chain
+
         from stacchip_core.io.catalog import open_catalog
 
         search = open_catalog(catalog).search(
@@ -277,7 +280,9 @@ def index(
             datetime=datetime_range,
             max_items=max_items,
         )
-        sources.extend(search.items())
+        # lazily: the first items are indexed while later pages of the search are fetched,
+        # and a search of 100,000 items is never held whole
+        sources = chain(sources, search.items())
     report = index_many(
         sources,
         output,

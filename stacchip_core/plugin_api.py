@@ -7,7 +7,7 @@ stacchip-core; import-linter checks this for the plugins in this repository
 
 - declarations: `Platform`, `Band`;
 - hook markers: `hookimpl`, `hookimpl_for`;
-- statistics: `ChipStats`, `class_mask`, `bit_mask`, and the hook arguments' types
+- statistics: `ChipStats`, `class_mask`, `ClassMask`, `bit_mask`, and the hook arguments' types
   `ChipGrid`, `AssetReader`, `NativeBand`;
 - selection and normalization: the `Sample`, `Store` and `Catalog` protocols,
   `copy_assets` (the common normalization: copy the assets, rewrite the hrefs),
@@ -22,7 +22,7 @@ nothing inside stacchip-core imports it.
 
 from __future__ import annotations
 
-from stacchip_core.core.chipstats import ChipStats, bit_mask, class_mask
+from stacchip_core.core.chipstats import ChipStats, ClassMask, bit_mask, class_mask
 from stacchip_core.core.grid import ChipGrid
 from stacchip_core.core.output import write_cog
 from stacchip_core.core.raster import AssetReader, NativeBand, asset_href
@@ -54,8 +54,8 @@ from stacchip_core.types import Catalog, Sample, Store
 
 __all__ = [
     "AssetError", "AssetReader", "Band", "Catalog", "CatalogError", "ChipGrid", "ChipStats",
-    "ConfigError", "GridError", "ItemError", "NativeBand", "NotFoundError", "ObjectError",
-    "Platform", "PlatformError", "ProjectionError", "Sample", "SampleAttributeError",
+    "ClassMask", "ConfigError", "GridError", "ItemError", "NativeBand", "NotFoundError",
+    "ObjectError", "Platform", "PlatformError", "ProjectionError", "Sample", "SampleAttributeError",
     "SampleError", "StacchipError", "Store", "UnsafeKeyError", "apply_gdal_options",
     "asset_href", "bit_mask", "class_mask", "copy_assets", "copy_into", "env_job", "fetch",
     "hookimpl", "hookimpl_for", "join_key", "key_segment", "open_store", "redact",

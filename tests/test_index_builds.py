@@ -118,3 +118,36 @@ def test_a_batch_job_equals_its_samples_run_one_by_one(archive, tmp_path):
         b = pq.read_table(tmp_path / "b" / "index" / S2 / r.item_id / f"index_{r.item_id}.parquet")
         drop = ["item_href", "layouts"]
         assert a.drop_columns(drop).equals(b.drop_columns(drop)) and a.num_rows == r.chips
+
+
+def test_cli_index_a_stac_api_search_equals_the_item_files(s3_archive, stac_api, tmp_path):
+    """`stacchip index --catalog <STAC API>` searches a real stac-fastapi-pgstac (paged: more
+    items than a page) and builds, per item, the index its JSON file gives: equal column by
+    column, layouts included, but for item_href (the API's item URL against the file)."""
+    import json
+
+    from conftest import run_cli
+
+    files = sorted((s3_archive / S2).rglob("*.json"))
+    ids = {json.loads(p.read_text())["id"]: p for p in files}
+    assert len(ids) > 20  # more than stac-fastapi's default page of 10
+    api_out, file_out = tmp_path / "api", tmp_path / "files"
+    r = run_cli("index", "--catalog", stac_api, "--collections", S2, "-o", api_out,
+                "--workers", "4")
+    assert r.returncode == 0, r.stderr
+    assert f"of {len(ids)} items in " in r.stdout and "; 0 failed" in r.stdout
+    r = run_cli("index", *files, "-o", file_out, "--workers", "4")
+    assert r.returncode == 0, r.stderr
+    built = {p.parent.name: p for p in (api_out / "index" / S2).rglob("*.parquet")}
+    assert set(built) == set(ids)
+    for item_id, path in ids.items():
+        api = pq.read_table(built[item_id])
+        own = pq.read_table(file_out / "index" / S2 / item_id / f"index_{item_id}.parquet")
+        assert len(api) == len(own) > 0
+        assert api.drop(["item_href"]).equals(own.drop(["item_href"]))
+        assert api.schema.metadata == own.schema.metadata
+        assert set(api["item_href"].to_pylist()) == {
+            f"{stac_api}/collections/{S2}/items/{item_id}"}
+        assert set(own["item_href"].to_pylist()) == {str(path)}
+    assert len({x for p in built.values() for x in pq.read_table(p)["cloud_cover_percentage"]
+                .to_pylist()}) > 10  # real statistics, not zeros

@@ -193,3 +193,151 @@ def test_strip_fractions_equal_whole_band_fractions(s2_fixture, threads, chip_si
             strips[name], grid.chip_fractions(fn(whole.data), whole.factor)
         )
     assert strips["cloud"].shape == (grid.y_size, grid.x_size) == (rows, rows)
+
+
+# --- the quality layer through the tile reader (issue 20) ------------------------------
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "float32"])
+@pytest.mark.parametrize(
+    "classes",
+    [(), (3,), (0, 1), (3, 8, 9, 10), (8, 9, 10, 11, 12, 13, 14, 15, 16), (-2, -1, 0, 5),
+     (250, 251, 252, 253, 254, 255), (255, 256, 70000), (-32768, -32767, 32767)],
+)
+def test_class_mask_objects_equal_class_mask(dtype, classes):
+    from stacchip_core.core.chipstats import ClassMask, Scratch
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype) if dtype != "float32" else None
+    lo, hi = (info.min, info.max) if info else (-40, 300)
+    # every class and its neighbours, plus the dtype's extremes, plus random values
+    valid = [c for c in classes if lo <= c <= hi]  # classes the dtype can hold
+    # every class and its neighbours, the dtype's extremes and 0, then random values
+    near = [c + d for c in valid for d in (-1, 0, 1) if lo <= c + d <= hi]
+    values = np.concatenate([np.array([*near, lo, hi, 0], np.int64),
+                             rng.integers(lo, hi, 5000, endpoint=True)])[:5000].astype(dtype)
+    data = rng.permutation(values).reshape(50, 100)
+    expected = np.isin(data, np.array(valid, dtype))
+    assert 0 < expected.sum() if valid else expected.sum() == 0
+    mask = ClassMask(classes)
+    assert np.array_equal(mask(data), expected)
+    assert np.array_equal(class_mask(data, valid), expected)
+    scratch = Scratch()  # reused across shapes: a smaller array after a larger one, and back
+    for rows in (slice(None), slice(0, 7), slice(10, 30), slice(None)):
+        part = np.ascontiguousarray(data[rows])
+        assert np.array_equal(mask.into(part, scratch), expected[rows])
+
+
+@pytest.mark.parametrize("block", [1, 128, 255, 256, 300])
+def test_row_counts_do_not_overflow_and_equal_a_loop(block):
+    from stacchip_core.core.chipstats import row_counts
+
+    nx = 3
+    ones = np.ones((block, nx * block + 5), bool)  # every pixel set: the largest counts
+    assert row_counts(ones, block, nx).tolist() == [block * block] * nx
+    rng = np.random.default_rng(block)
+    mask = rng.random((block, nx * block)) < 0.3
+    loop = [int(mask[:, x * block:(x + 1) * block].sum()) for x in range(nx)]
+    assert row_counts(mask, block, nx).tolist() == loop
+    assert row_counts(mask.astype(np.uint16) * 7, block, nx).tolist() == loop  # nonzero is True
+
+
+def _scl_variant(tmp_path, item: dict, layer: np.ndarray, options: dict) -> dict:
+    """``item`` with its SCL rewritten as a GeoTIFF of the creation ``options``."""
+    import json
+
+    import rasterio
+
+    src = item["assets"]["scl"]["href"]
+    with rasterio.open(src) as ds:
+        profile = {**ds.profile, "tiled": False, "blockysize": 64}
+        for k in ("blockxsize", "compress", "predictor", "interleave"):
+            profile.pop(k, None)
+    path = tmp_path / "scl.tif"
+    with rasterio.open(path, "w", **{**profile, **options}) as out:
+        out.write(layer, 1)
+    d = json.loads(json.dumps(item))
+    d["assets"]["scl"]["href"] = str(path)
+    return d
+
+
+TILED = {"tiled": True, "blockxsize": 512, "blockysize": 512}
+
+
+@pytest.mark.parametrize(
+    ("options", "path"),
+    [
+        ({**TILED, "compress": "deflate"}, "tiles"),  # libdeflate
+        ({**TILED, "compress": "deflate", "predictor": 2, "blockxsize": 256, "blockysize": 256},
+         "tiles"),
+        ({**TILED, "compress": "lzw"}, "tiles"),  # async-tiff decodes
+        ({**TILED, "compress": "zstd"}, "tiles"),
+        ({**TILED, "compress": "none"}, "tiles"),
+        ({"compress": "deflate"}, "gdal"),  # striped, not tiled: no layout
+        ({**TILED, "compress": "packbits"}, "gdal"),  # a codec the tile reader does not read
+        ({**TILED, "compress": "deflate", "endianness": "big"}, "gdal"),
+    ],
+    ids=["deflate", "deflate-pred2-256", "lzw", "zstd", "uncompressed", "striped", "packbits",
+         "big-endian"],
+)
+def test_tile_reader_fractions_equal_gdal_fractions(s2_fixture, tmp_path, options, path):
+    """The quality layer read through the tile reader gives exactly GDAL's per-chip fractions;
+    layouts it cannot read fall back to GDAL. Both equal hand-computed fractions."""
+    from stacchip_core.core.chipstats import ClassMask
+    from stacchip_core.core.grid import ChipGrid
+    from stacchip_core.core.raster import AssetReader
+    from stacchip_core.core.tilestats import TileAssetReader
+    from stacchip_core.plugins import get_platform
+
+    item, scl = s2_fixture
+    it = pystac.Item.from_dict(_scl_variant(tmp_path, item, scl, options))
+    platform = get_platform("sentinel-2-l2a")
+    masks = {"cloud": ClassMask([3, 8, 9, 10]), "nodata": ClassMask([0, 1]),
+             "lambda": lambda a: a == 4}
+    for chip_size, threads in ((256, 1), (256, 3), (640, 2)):
+        grid = ChipGrid.from_item(it, chip_size)
+        reader = TileAssetReader(it, grid, platform, threads=threads)
+        tiled = reader.chip_fractions("scl", masks)
+        assert reader.paths == {"scl": path}
+        gdal = AssetReader(it, grid, platform).chip_fractions("scl", masks)
+        for name in masks:
+            assert tiled[name].dtype == np.float32
+            np.testing.assert_array_equal(tiled[name], gdal[name])
+    block, n = 128, 42
+    np.testing.assert_array_equal(
+        TileAssetReader(it, ChipGrid.from_item(it, 256), platform).chip_fractions(
+            "scl", masks)["cloud"],
+        per_chip(np.isin(scl, [3, 8, 9, 10]), block, n, n).astype(np.float32))
+
+
+def test_chips_that_cut_native_pixels_and_changed_objects_go_to_gdal(s2_fixture, tmp_path):
+    """255 px chips on the 20 m SCL cut native pixels (GDAL's path weighs them); a layout read
+    before its object was rewritten is stale: the fractions are those of the new file."""
+    from stacchip_core.core.chipstats import ClassMask
+    from stacchip_core.core.grid import ChipGrid
+    from stacchip_core.core.raster import AssetReader
+    from stacchip_core.core.tilestats import TileAssetReader
+    from stacchip_core.plugins import get_platform
+
+    item, scl = s2_fixture
+    platform = get_platform("sentinel-2-l2a")
+    masks = {"cloud": ClassMask([3, 8, 9, 10])}
+    d = _scl_variant(tmp_path, item, scl, {**TILED, "compress": "deflate"})
+    it = pystac.Item.from_dict(d)
+    grid = ChipGrid.from_item(it, 255)
+    reader = TileAssetReader(it, grid, platform)
+    np.testing.assert_array_equal(reader.chip_fractions("scl", masks)["cloud"],
+                                  AssetReader(it, grid, platform).chip_fractions("scl", masks)[
+                                      "cloud"])
+    assert reader.paths == {"scl": "gdal"}
+
+    grid = ChipGrid.from_item(it, 256)
+    first = TileAssetReader(it, grid, platform)
+    before = first.chip_fractions("scl", masks)["cloud"]
+    assert first.paths == {"scl": "tiles"}
+    cloudy = np.where(scl == 0, 0, 9).astype(np.uint8)  # every valid pixel cloud now
+    _scl_variant(tmp_path, item, cloudy, {**TILED, "compress": "deflate"})
+    again = TileAssetReader(it, grid, platform, layouts=first.layouts)
+    after = again.chip_fractions("scl", masks)["cloud"]
+    assert again.paths == {"scl": "gdal"}
+    np.testing.assert_array_equal(after, per_chip(cloudy == 9, 128, 42, 42).astype(np.float32))
+    assert after.sum() > before.sum()

@@ -22,7 +22,7 @@ from stacchip_core.core.assets import raster_keys
 from stacchip_core.core.chipstats import ChipStats
 from stacchip_core.core.headers import item_grid
 from stacchip_core.core.index import build_table
-from stacchip_core.core.raster import AssetReader
+from stacchip_core.core.tilestats import TileAssetReader
 from stacchip_core.errors import ItemError, PlatformError, StacchipError
 from stacchip_core.io.urls import redact_text
 from stacchip_core.platform import Platform
@@ -170,6 +170,7 @@ class Indexer:
 
     @property
     def platform_name(self) -> str:
+        """The platform's name; without a platform, the item's collection (or ``unknown``)."""
         if self.platform is not None:
             return self.platform.name
         return self.item.collection_id or "unknown"
@@ -177,26 +178,32 @@ class Indexer:
     # the original API
     @property
     def shape(self) -> tuple[int, int]:
+        """The grid's (rows, cols) in pixels of the finest asset."""
         return self.grid.shape
 
     @property
     def transform(self):
+        """The grid's affine transform."""
         return self.grid.transform
 
     @property
     def crs(self):
+        """The grid's CRS (pyproj)."""
         return self.grid.crs
 
     @property
     def x_size(self) -> int:
+        """Chips across."""
         return self.grid.x_size
 
     @property
     def y_size(self) -> int:
+        """Chips down."""
         return self.grid.y_size
 
     @property
     def size(self) -> int:
+        """Chips in the grid (``x_size * y_size``), before the nodata filter."""
         return self.grid.size
 
     @property
@@ -208,17 +215,30 @@ class Indexer:
         return min(xs), min(ys), max(xs), max(ys)
 
     @cached_property
+    def _layouts_blob(self) -> bytes | None:
+        # read once, before the statistics: the quality layer is then read through the tile
+        # reader with the layout just recorded, without a header request of its own
+        return self.asset_layouts() if self.layouts else None
+
+    @cached_property
     def chip_stats(self) -> ChipStats:
         """Cloud and nodata fractions of every chip, from the platform's stats hook.
+
+        The hook's ``read_asset`` reads quality layers through the tile reader where their
+        COG layout allows, else through GDAL (core.tilestats); both give the same fractions.
 
         Raises:
             PlatformError: If no installed plugin computes statistics for the platform.
             ValueError: If the hook's arrays do not have the grid's shape in chips.
         """
+        from stacchip_core.core.layout import decode
+
         shape = (self.grid.y_size, self.grid.x_size)
         if not self.stats:
             return ChipStats.zeros(shape)
-        reader = AssetReader(self.item, self.grid, self.platform, self.mountpath)
+        blob = self._layouts_blob
+        reader = TileAssetReader(self.item, self.grid, self.platform, self.mountpath,
+                                 layouts=decode(blob) if blob else None)
         result = get_plugin_manager().hook.stacchip_chip_stats(
             platform=self.platform, item=self.item, grid=self.grid, read_asset=reader
         )
@@ -307,7 +327,7 @@ class Indexer:
             nodata=nodata[keep],
             polygons=polygons[keep],
             bounds=bounds[keep],
-            layouts=self.asset_layouts() if self.layouts else None,
+            layouts=self._layouts_blob,
         )
 
 

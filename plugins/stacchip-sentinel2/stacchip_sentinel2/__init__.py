@@ -34,8 +34,8 @@ import random
 from stacchip_core.plugin_api import (
     Band,
     ChipStats,
+    ClassMask,
     Platform,
-    class_mask,
     copy_assets,
     env_job,
     hookimpl,
@@ -95,6 +95,12 @@ def stacchip_platforms():
     return [PLATFORM]
 
 
+# callables like class_mask; the indexer's reader evaluates them into reused arrays, a run
+# of consecutive classes in one comparison (SCL_NODATA_CLASSES: scl <= 1)
+CLOUD_MASK = ClassMask(SCL_CLOUD_CLASSES)
+NODATA_MASK = ClassMask(SCL_NODATA_CLASSES)
+
+
 @hookimpl_for(NAME)
 def stacchip_chip_stats(platform, grid, read_asset):
     """Cloud and nodata fractions from the SCL layer at its native 20 m.
@@ -107,10 +113,7 @@ def stacchip_chip_stats(platform, grid, read_asset):
     Returns:
         The fractions of ``SCL_CLOUD_CLASSES`` and ``SCL_NODATA_CLASSES`` per chip.
     """
-    fractions = read_asset.chip_fractions("scl", {
-        "cloud": lambda scl: class_mask(scl, SCL_CLOUD_CLASSES),
-        "nodata": lambda scl: class_mask(scl, SCL_NODATA_CLASSES),
-    })
+    fractions = read_asset.chip_fractions("scl", {"cloud": CLOUD_MASK, "nodata": NODATA_MASK})
     return ChipStats(cloud=fractions["cloud"], nodata=fractions["nodata"])
 
 
