@@ -15,6 +15,14 @@ What the merged file looks like (docs/index-format.md):
   (``STATISTICS``); the ``layouts`` column is dictionary encoded (one blob per
   item and row group).
 
+With ``partition_rows`` the output is a partitioned index instead: a folder (or ``s3://``
+prefix) of files ``part-00000.parquet``, ... in the same global order, each at most
+``partition_rows`` rows, cut at the coarsest Hilbert cell boundary of level CELL_LEVEL in
+the window of half to all of those rows (so a file is a compact region), each a whole index
+as above, and the manifest ``_partitions.parquet`` written last (one row per file: rows,
+row groups, bbox, datetime span, platforms; core.query prunes files by it). The cuts come
+from the rows per cell, counted while the inputs are read.
+
 Integrity rules (what a careless or hostile input meets):
 
 - ``dst`` inside ``src`` (as a path, ``file://`` or ``s3://``) is never an input: reruns
