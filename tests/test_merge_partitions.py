@@ -98,11 +98,24 @@ def test_the_manifest_says_what_each_file_holds(inputs, parts):
     manifest = _manifest(parts).to_pylist()
     crossing_files = 0
     for row in manifest:
-        table = pq.read_table(parts / row["file"], columns=["bbox", "datetime", "platform"])
+        table = pq.read_table(parts / row["file"],
+                              columns=["bbox", "datetime", "platform", "geometry"])
         bbox = table["bbox"].combine_chunks()
         bounds = np.stack([bbox.field(k).to_numpy() for k in ("xmin", "ymin", "xmax", "ymax")], 1)
-        assert [row["xmin"], row["ymin"], row["xmax"], row["ymax"]] == overall_bbox(bounds)
-        crossing_files += row["xmin"] == -180 and row["xmax"] == 180
+        # latitudes: those of the coverings
+        assert [row["ymin"], row["ymax"]] == overall_bbox(bounds)[1::2]
+        # longitudes: the shortest arc holding every footprint's parts, to 0.01 degree
+        lon = shapely.bounds(shapely.get_parts(
+            shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+        ))[:, [0, 2]]
+        west, east = row["xmin"], row["xmax"]
+        if west <= east:
+            assert ((lon[:, 0] >= west) & (lon[:, 1] <= east)).all()
+        else:  # across 180 degrees: each part on one side
+            assert ((lon[:, 0] >= west) | (lon[:, 1] <= east)).all()
+            crossing_files += 1
+        assert np.abs(lon[:, 0] - west).min() < 0.0101 and np.abs(lon[:, 1] - east).min() < 0.0101
+        assert (west, east) != (-180, 180)  # no file spans the world
         span = pc.min_max(table["datetime"])
         assert (row["datetime_min"], row["datetime_max"]) == (
             span["min"].as_py(), span["max"].as_py()

@@ -62,6 +62,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import shapely
 from tqdm import tqdm
 
 from stacchip_core.core.hilbert import BITS, bbox_centres, hilbert_keys
@@ -228,6 +229,7 @@ _PART_NAME = re.compile(r"part-\d{5,}\.parquet")
 # files end at Hilbert cell boundaries of this level (4**10 cells over the world, about
 # 0.35 x 0.18 degrees each): the merge counts the rows per cell (8 MiB) before it writes
 CELL_LEVEL = 10
+LON_BINS = 36_000  # the manifest's longitudes, rounded outwards to 0.01 degree
 MANIFEST_SCHEMA = pa.schema([
     pa.field("file", pa.string(), False),
     pa.field("rows", pa.int64(), False),
@@ -544,6 +546,7 @@ class _GroupWriter:
         self._times: list = []  # per row group: min and max datetime (None: a null)
         self._platforms: set[str] = set()
         self.bbox: list[float] = []
+        self._lons = np.zeros(LON_BINS, bool)  # the longitudes the footprints cover
         self._writer = pq.ParquetWriter(sink, _dictionary_schema(schema), compression="zstd",
                                         use_dictionary=_DICTIONARY, write_page_index=True,
                                         write_statistics=STATISTICS, store_schema=False)
@@ -599,6 +602,7 @@ class _GroupWriter:
         self._multi = self._multi or _multipolygons(group.column("geometry"))
         self._bounds.append(_partial_bounds(b))
         self._written += len(group)
+        self._lons |= _longitudes(b, group.column("geometry"))
         when = group.column("datetime")
         if when.null_count:
             self._times.append(None)
@@ -632,10 +636,13 @@ class _GroupWriter:
 
 
     def summary(self, name: str) -> dict:
-        """The manifest row of the file written (after it is closed): its name, rows, bbox
-        (that of its geo metadata: the union of the coverings), datetime span (None when a
+        """The manifest row of the file written (after it is closed): its name, rows, row
+        groups, bbox (latitudes those of its geo metadata; longitudes the shortest arc that
+        holds every footprint, west > east across 180 degrees), datetime span (None when a
         row has none: the file is then never pruned by time) and platforms."""
         bbox: list[float | None] = [*self.bbox] if self.bbox else [None] * 4
+        if self.bbox:  # the shortest arc of longitudes: west > east across 180 degrees
+            bbox[0], bbox[2] = _arc(self._lons)
         times = self._times if self._times and None not in self._times else None
         return {
             "file": name,
@@ -646,6 +653,49 @@ class _GroupWriter:
             "datetime_max": max(t[1] for t in times) if times else None,
             "platforms": sorted(self._platforms),
         }
+
+
+def _longitudes(b: np.ndarray, geometry: pa.ChunkedArray) -> np.ndarray:
+    """Which of LON_BINS longitude bins the rows' footprints cover, rounded outwards. A
+    covering across 180 degrees is [west, 180] and [-180, east] (RFC 7946), or spans -180 to
+    180 (core.index.covering): those few rows' footprints are parsed for their parts'
+    bounds, so that a file holding chips on the antimeridian does not span the world."""
+    xmin, xmax = b[:, 0], b[:, 2]
+    world = (xmin <= -180) & (xmax >= 180)
+    wrapped = xmin > xmax
+    plain = ~world & ~wrapped
+    starts = [xmin[plain], xmin[wrapped], np.full(int(wrapped.sum()), -180.0)]
+    ends = [xmax[plain], np.full(int(wrapped.sum()), 180.0), xmax[wrapped]]
+    if world.any():
+        wkb = geometry.take(pa.array(np.flatnonzero(world))).to_numpy(zero_copy_only=False)
+        parts = shapely.bounds(shapely.get_parts(shapely.from_wkb(wkb)))
+        starts.append(parts[:, 0])
+        ends.append(parts[:, 2])
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    valid = np.isfinite(start) & np.isfinite(end)
+    lo, hi = (np.clip(np.floor((v[valid] + 180) / 360 * LON_BINS), 0, LON_BINS - 1).astype(np.int64)
+              for v in (start, end))
+    # +1 where a footprint's bins start, -1 after they end: covered where the sum is positive
+    steps = np.bincount(lo, minlength=LON_BINS + 1) - np.bincount(hi + 1, minlength=LON_BINS + 1)
+    return np.cumsum(steps[:LON_BINS]) > 0
+
+
+def _arc(covered: np.ndarray) -> tuple[float, float]:
+    """(west, east) of the shortest arc holding every covered bin: the complement of the
+    largest gap, west > east when it crosses 180 degrees (not when it need not)."""
+    bins = np.flatnonzero(covered)
+    width = 360 / LON_BINS
+    if not len(bins):
+        return -180.0, 180.0
+    gaps = np.diff(bins) - 1
+    around = bins[0] + LON_BINS - bins[-1] - 1  # the gap across 180 degrees
+    if not len(gaps) or around >= gaps.max():
+        west, east = bins[0], bins[-1]
+    else:
+        k = int(np.argmax(gaps))
+        west, east = bins[k + 1], bins[k]
+    # a hair outwards: a footprint's edge on a bin's edge is inside whatever the rounding
+    return (max(-180.0, -180 + west * width - 1e-9), min(180.0, -180 + (east + 1) * width + 1e-9))
 
 
 def _row_bytes(table: pa.Table) -> np.ndarray:
