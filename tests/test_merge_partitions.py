@@ -19,8 +19,8 @@ from index_synth import write_items
 
 from stacchip_core.core.hilbert import bbox_centres, hilbert_keys
 from stacchip_core.core.index import overall_bbox
-from stacchip_core.core.query import bbox_geometry, query
-from stacchip_core.errors import ConfigError
+from stacchip_core.core.query import bbox_geometry, index_files, query
+from stacchip_core.errors import ConfigError, IndexFormatError, ObjectError
 from stacchip_core.pipeline.merge import CELL_LEVEL, merge
 
 ITEMS = 40  # 62,244 chips
@@ -70,6 +70,7 @@ def test_partitions_hold_exactly_the_input_rows(inputs, merged, parts):
     names = manifest["file"].to_pylist()
     assert names == [f"part-{i:05d}.parquet" for i in range(len(names))]
     assert sorted(p.name for p in parts.iterdir()) == sorted(names + ["_partitions.parquet"])
+    assert index_files(parts) == [f"{parts.resolve()}/{n}" for n in names]  # not the manifest
     tables = [pq.read_table(parts / n) for n in names]
     sizes = [t.num_rows for t in tables]
     assert manifest["rows"].to_pylist() == sizes and sum(sizes) == rows == 62_244
@@ -306,3 +307,18 @@ def test_cli_merge_partitions(inputs, parts, tmp_path):
 def test_bad_partition_rows_is_one_clear_error(inputs, tmp_path):
     with pytest.raises(ConfigError, match="partition_rows must be a positive row count"):
         merge(inputs[0], tmp_path / "world", progress=False, partition_rows=0)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("../all.parquet", "names a file outside its folder"),
+    ("part-00099.parquet", "no such file|cannot"),
+])
+def test_a_bad_manifest_is_one_clear_error(parts, tmp_path, name, message):
+    folder = shutil.copytree(parts, tmp_path / "world")
+    manifest = _manifest(folder)
+    files = manifest["file"].to_pylist()
+    files[0] = name
+    manifest = manifest.set_column(0, manifest.schema.field(0), pa.array(files))
+    pq.write_table(manifest, folder / "_partitions.parquet")
+    with pytest.raises((IndexFormatError, ObjectError), match=message):
+        query(folder, bbox=(-180, -90, 180, 90))
