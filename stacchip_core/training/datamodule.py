@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from stacchip_core.core.stacks import read_stacks
 from stacchip_core.errors import ConfigError, StackError
@@ -101,7 +101,10 @@ def collate_chips(samples: list[dict]) -> dict:
         ``platform`` (one string), ``lon``/``lat`` tensors.
     """
     return {
-        "pixels": torch.from_numpy(np.stack([s["pixels"] for s in samples])),
+        # torch's own collate of the tensors: in a worker it stacks straight into shared
+        # memory; a stacked tensor of our own was copied there again on its way to the main
+        # process (12.6 MB per RGB batch of 16)
+        "pixels": default_collate([torch.from_numpy(s["pixels"]) for s in samples]),
         "chipid": [s["chipid"] for s in samples],
         "item_id": [s["item_id"] for s in samples],
         "date": [s["date"] for s in samples],
