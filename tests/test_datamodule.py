@@ -351,25 +351,3 @@ def test_ddp_two_processes_see_every_chip_once_per_epoch(lightning, index_path, 
     reads = {int(p.stem.split("-")[1]): p.read_text().split() for p in out.glob("reads-*.txt")}
     assert len(reads) == 4 and not set(reads) & {r["pid"] for r in ranks}
     assert sorted(c for chips in reads.values() for c in chips) == sorted(expected * 2)
-
-
-def test_spatial_splits_of_chunked_and_sliced_columns(lightning):
-    """Blocks by the chip centre's 1 degree cell, hashed with the seed: the same split for the
-    same centre whatever the table's chunking (read from the column buffers, slices too)."""
-    from stacchip_core.training.datamodule import spatial_splits
-
-    rng = np.random.default_rng(5)
-    lon, lat = rng.uniform(-180, 179, 400), rng.uniform(-80, 79, 400)
-    boxes = [{"xmin": x, "ymin": y, "xmax": x + 0.01, "ymax": y + 0.01} for x, y in zip(lon, lat)]
-    whole = pa.table({"bbox": boxes})
-    chunked = pa.concat_tables([whole.slice(0, 150), whole.slice(150, 100), whole.slice(250)])
-    assert chunked["bbox"].num_chunks == 3
-    expected = spatial_splits(pa.table({"bbox": pa.array(boxes)}))
-    np.testing.assert_array_equal(spatial_splits(chunked), expected)
-    np.testing.assert_array_equal(spatial_splits(chunked.slice(7, 300)), expected[7:307])
-    assert set(Counter(expected)) == {"train", "val", "test"}
-    # the same cell gets the same split: chips a few metres apart never straddle splits
-    twins = pa.table({"bbox": [dict(b, xmin=b["xmin"] + 1e-4, xmax=b["xmax"] + 1e-4)
-                               for b in boxes]})
-    same = np.floor(lon) == np.floor(lon + 1e-4)
-    np.testing.assert_array_equal(spatial_splits(twins)[same], expected[same])
