@@ -20,7 +20,7 @@ from index_synth import write_items
 from stacchip_core.core.hilbert import bbox_centres, hilbert_keys
 from stacchip_core.core.index import overall_bbox
 from stacchip_core.core.query import bbox_geometry, index_files, query
-from stacchip_core.errors import ConfigError, IndexFormatError, ObjectError
+from stacchip_core.errors import ConfigError, IndexFormatError, NotFoundError, ObjectError
 from stacchip_core.pipeline.merge import CELL_LEVEL, merge
 
 ITEMS = 40  # 62,244 chips
@@ -322,3 +322,10 @@ def test_a_bad_manifest_is_one_clear_error(parts, tmp_path, name, message):
     pq.write_table(manifest, folder / "_partitions.parquet")
     with pytest.raises((IndexFormatError, ObjectError), match=message):
         query(folder, bbox=(-180, -90, 180, 90))
+
+
+def test_a_manifest_of_no_files_is_one_clear_error(parts, tmp_path):
+    folder = shutil.copytree(parts, tmp_path / "world")
+    pq.write_table(_manifest(folder).slice(0, 0), folder / "_partitions.parquet")
+    with pytest.raises(NotFoundError, match="names no index file"):
+        query(folder, bbox=(0, 0, 1, 1))

@@ -134,6 +134,8 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
             source.close()
         nbytes, requests = source.bytes_read, source.requests
         files = [_sibling(manifest_url, name) for name in manifest["file"].to_pylist()]
+        if not files:
+            raise NotFoundError(f"{redact(manifest_url)} names no index file")
         keep = files_may_match(manifest, filters)
         selected = [url for url, k in zip(files, keep) if k]
         if "row_groups" in manifest.column_names:  # the pruned files' row groups, unread
