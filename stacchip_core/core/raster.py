@@ -194,6 +194,14 @@ class AssetReader:
         self.item, self.grid, self.platform, self.mountpath = item, grid, platform, mountpath
         self.threads = threads or min(4, os.cpu_count() or 1)
 
+    def _key_and_band(self, name: str, band: int | None) -> tuple[str, int]:
+        """The asset key of ``name`` and its band: ``band``, else the platform's, else 1."""
+        key = self.key(name)
+        if band is None:
+            declared = self.platform.find(name) if self.platform else None
+            band = declared.index if declared else 1
+        return key, band
+
     def key(self, name: str) -> str:
         """The item's asset key of band ``name``.
 
@@ -230,10 +238,7 @@ class AssetReader:
         Raises:
             AssetError: If the asset is missing, cannot be read or does not fit the grid.
         """
-        key = self.key(name)
-        if band is None:
-            declared = self.platform.find(name) if self.platform else None
-            band = declared.index if declared else 1
+        key, band = self._key_and_band(name, band)
         href = asset_href(self.item.assets[key], self.mountpath)
         log.info("reading %s of %s at native resolution", key, self.item.id)
         apply_gdal_options()
@@ -276,10 +281,7 @@ class AssetReader:
         Raises:
             AssetError: If the asset is missing, cannot be read or does not fit the grid.
         """
-        key = self.key(name)
-        if band is None:
-            declared = self.platform.find(name) if self.platform else None
-            band = declared.index if declared else 1
+        key, band = self._key_and_band(name, band)
         href = asset_href(self.item.assets[key], self.mountpath)
         log.info("reading %s of %s at native resolution, in strips", key, self.item.id)
         apply_gdal_options()

@@ -96,10 +96,7 @@ class TileAssetReader(AssetReader):
         Raises:
             AssetError: If the asset is missing, cannot be read or does not fit the grid.
         """
-        key = self.key(name)
-        if band is None:
-            declared = self.platform.find(name) if self.platform else None
-            band = declared.index if declared else 1
+        key, band = self._key_and_band(name, band)
         try:
             fractions = self._from_tiles(key, band, masks)
         except _Fallback as exc:
