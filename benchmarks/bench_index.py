@@ -8,6 +8,9 @@ no rasters): 3 of 4 items Sentinel-2-like (1,764 chips), 1 of 4 Landsat-like (57
 places at random over the world, each revisited up to 4 times over 5 years.
 
     uv run --all-packages python benchmarks/bench_index.py --sizes 100000,1000000,10000000
+
+A partitioned variant of the same index (a folder of files by region, --partition-rows) is
+merged and queried alongside the single file with --partition-rows 1000000.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import json, sys, time
 from stacchip_core.pipeline.merge import MEMORY_ROWS, merge
 start = time.perf_counter()
 memory_rows = int(sys.argv[3]) if len(sys.argv) > 3 else MEMORY_ROWS
-report = merge(sys.argv[1], sys.argv[2], progress=False, memory_rows=memory_rows)
+partition_rows = int(sys.argv[4]) if len(sys.argv) > 4 else None
+report = merge(sys.argv[1], sys.argv[2], progress=False, memory_rows=memory_rows,
+               partition_rows=partition_rows)
 seconds = time.perf_counter() - start
 peak = [int(l.split()[1]) // 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
 print(json.dumps({"seconds": seconds, "peak_mib": peak, "rows": report.rows}))
@@ -145,8 +150,13 @@ def run_query(path: Path, kwargs: dict, repeats: int, baseline=None) -> dict:
     out = {
         "rows": result.report.rows,
         "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
+        "files": f"{result.report.files_read}/{result.report.files_total}",
         "mib_read": round(result.report.bytes_read / 2**20, 2),
     }
+    if path.is_dir():  # a partitioned index: the project's query only
+        out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(path, **kwargs),
+                                                             repeats)
+        return out
     if baseline is not None:  # one run of each in turn, so both see the same load
         assert baseline(path, **kwargs).table.equals(result.table)
         now, before = [], []
@@ -199,6 +209,19 @@ def _build(folder: Path, chips: int, layouts: bool, reuse: bool, unsorted_too: b
     return built
 
 
+def _partitioned(folder: Path, rows: int, reuse: bool) -> tuple[Path, dict]:
+    """A partitioned merge of the same inputs (``--partition-rows``), timed in a fresh
+    process, or the one an earlier run left (``--reuse``)."""
+    record = folder / "build.json"
+    built = json.loads(record.read_text())
+    out = folder / f"parts-{rows}"
+    name = f"partitioned-{rows}"
+    if not (reuse and name in built and (out / "_partitions.parquet").exists()):
+        built[name] = _child(CHILD_MERGE, str(folder / "index"), str(out), "250000", str(rows))
+        record.write_text(json.dumps(built))
+    return out, built[name]
+
+
 def memory_scaling(src: Path, work: Path, copies: list[float], memory_rows: int) -> None:
     """Peak RSS of merges of a share or several copies of the same per-item files (symlinks;
     copies are whole folders, so ``2`` merges every row twice): does memory grow with rows?"""
@@ -243,6 +266,9 @@ def main() -> None:
     )
     parser.add_argument("--memory-rows", type=int, default=250_000,
                         help="merge(memory_rows=) for --memory-scaling")
+    parser.add_argument("--partition-rows", type=int, default=0,
+                        help="also merge into a partitioned index of files of at most this "
+                             "many rows and query it (the project's query only)")
     parser.add_argument("--no-queries", action="store_true")
     parser.add_argument("--no-worldwide", action="store_true",
                         help="skip the worldwide month (it reads every row group)")
@@ -290,6 +316,18 @@ def main() -> None:
                     f"{pq.read_metadata(unsorted).num_row_groups} row groups"
                 )
                 paths.append(("input order", unsorted))
+            if args.partition_rows:
+                parts, pm = _partitioned(folder, args.partition_rows, args.reuse)
+                manifest = pq.read_table(parts / "_partitions.parquet")
+                size = sum(f.stat().st_size for f in parts.iterdir())
+                print(
+                    f"merge (partitioned, {args.partition_rows:,} rows): {pm['seconds']:7.1f} s"
+                    f"  peak RSS {pm['peak_mib']:5d} MiB  {size / 2**20:8.1f} MiB in "
+                    f"{manifest.num_rows} files ({min(manifest['rows'].to_pylist()):,}-"
+                    f"{max(manifest['rows'].to_pylist()):,} rows), "
+                    f"{sum(manifest['row_groups'].to_pylist())} row groups"
+                )
+                paths.append(("partitioned", parts))
             if args.memory_scaling:
                 memory_scaling(folder / "index", work / "scaling",
                                [float(v) for v in args.memory_scaling.split(",")],
@@ -311,6 +349,8 @@ def main() -> None:
                         return min(r[k + "_min"] for r in results)
 
                     groups = ", ".join(r["groups"] for r in results)
+                    if path.is_dir():
+                        groups = ", ".join(r["files"] for r in results) + " files; " + groups
                     line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
                             f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} "
                             f"[{low('project_ms'):6.1f}] ms")

@@ -371,15 +371,19 @@ def _write_stack(path: Path, stackid: str, bands: str | None, output: Path) -> N
 @cli.command()
 @click.argument("src")
 @click.argument("dst")
-def merge(src, dst) -> None:
+@click.option("--partition-rows", type=click.IntRange(min=1), default=None,
+              help="Write DST as a folder of files of at most this many rows, each a compact "
+                   "region, plus a manifest (_partitions.parquet) queries prune files by.")
+def merge(src, dst, partition_rows) -> None:
     """Merge per-item index files into one GeoParquet index.
 
     SRC is the folder or s3:// prefix `stacchip index` or `stacchip process` wrote them to;
-    DST the merged file, its rows in Hilbert order so that queries read few row groups.
+    DST the merged file, its rows in Hilbert order so that queries read few row groups (with
+    --partition-rows, a folder or s3:// prefix of such files).
     """
     from stacchip_core.pipeline.merge import merge as merge_indexes
 
-    result = merge_indexes(src, dst)
+    result = merge_indexes(src, dst, partition_rows=partition_rows)
     echo(f"{result.output}: {result.rows} chips from {result.files} index files")
 
 

@@ -40,6 +40,11 @@ _COVERING = ("xmin", "ymin", "xmax", "ymax")
 _WORLD = (-180.0, 180.0)
 # columns a merged index dictionary-encodes (pipeline.merge): read as dictionaries
 _DICTIONARY = ("platform", "item_id", "item_href", "layouts")
+# the manifest of a partitioned index (pipeline.merge writes it after its files): one row per
+# file with its name, rows, row groups, bbox, datetime span and platforms
+MANIFEST = "_partitions.parquet"
+_MANIFEST_COLUMNS = ("file", "xmin", "ymin", "xmax", "ymax", "datetime_min", "datetime_max",
+                     "platforms")
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,9 @@ class QueryReport(Report):
     """What a query read: ``row_groups_read`` of ``row_groups_total`` row groups over
     ``files`` files, ``bytes_read`` bytes in ``requests`` requests (a HEAD, the footer, then
     the column chunks, adjacent ones coalesced, each pass's requests sent at once), ``rows``
-    rows returned, in ``seconds``."""
+    rows returned, in ``seconds``. Over a partitioned index, ``files_read`` of
+    ``files_total`` files were opened (the others pruned by the manifest, which is counted
+    in the bytes and requests); ``files`` equals ``files_read``."""
 
     files: int
     row_groups_read: int
@@ -56,6 +63,8 @@ class QueryReport(Report):
     requests: int
     rows: int
     seconds: float
+    files_total: int = 1
+    files_read: int = 1
 
 
 @dataclass(frozen=True)
@@ -115,11 +124,29 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
         filters = replace(filters, geometry=None)
     started = time.perf_counter()
     tables, read, total, nbytes, requests = [], 0, 0, 0, 0
-    files = index_files(index)
-    for url in files:
+    files, manifest_url = _listing(index)
+    selected = files
+    if manifest_url is not None:  # a partitioned index: open only the files that may match
+        source = _RangeFile(manifest_url)
+        try:
+            manifest = _read_manifest(source, manifest_url)
+        finally:
+            source.close()
+        nbytes, requests = source.bytes_read, source.requests
+        files = [_sibling(manifest_url, name) for name in manifest["file"].to_pylist()]
+        if not files:
+            raise NotFoundError(f"{redact(manifest_url)} names no index file")
+        keep = files_may_match(manifest, filters)
+        selected = [url for url, k in zip(files, keep) if k]
+        if "row_groups" in manifest.column_names:  # the pruned files' row groups, unread
+            total = int(pc.sum(manifest["row_groups"].filter(pa.array(~keep))).as_py() or 0)
+    for url in selected or files[:1]:
         source = _RangeFile(url)
         try:
-            table, groups, count = _query_file(source, url, filters, columns)
+            if selected:
+                table, groups, count = _query_file(source, url, filters, columns)
+            else:  # every file pruned: only the first one's footer, for the columns
+                table, groups, count = _empty_result(source, url, columns), 0, 0
         finally:
             source.close()
         tables.append(table)
@@ -128,10 +155,11 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
     table = (
         tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
     )
-    report = QueryReport(len(files), read, total, nbytes, requests, len(table),
-                         round(time.perf_counter() - started, 4))
-    log.info("query %s: %d rows; read %d of %d row groups, %d bytes in %d requests, %.3f s",
-             index, report.rows, read, total, nbytes, requests, report.seconds)
+    report = QueryReport(len(selected), read, total, nbytes, requests, len(table),
+                         round(time.perf_counter() - started, 4), len(files), len(selected))
+    log.info("query %s: %d rows; read %d of %d files, %d of %d row groups, %d bytes in %d "
+             "requests, %.3f s", index, report.rows, len(selected), len(files), read, total,
+             nbytes, requests, report.seconds)
     return QueryResult(table, report)
 
 
@@ -148,22 +176,98 @@ def index_files(index: str | Path) -> list[str]:
     Raises:
         NotFoundError: If the folder does not exist or holds no ``.parquet`` file.
     """
+    files, manifest_url = _listing(index)
+    if manifest_url is None:
+        return files
+    source = _RangeFile(manifest_url)
+    try:
+        manifest = _read_manifest(source, manifest_url)
+    finally:
+        source.close()
+    return [_sibling(manifest_url, name) for name in manifest["file"].to_pylist()]
+
+
+def _listing(index: str | Path) -> tuple[list[str], str | None]:
+    """The index files under ``index`` and the URL of its manifest (a partitioned index) or
+    None: with a manifest, the files are those it names (see query)."""
     text = str(index)
     if text.endswith(".parquet") or objects.is_remote(text) and not text.startswith("s3://"):
-        return [text]
+        return [text], None
     from stacchip_core.io.store import LocalStore, open_store
 
     if not text.startswith("s3://") and Path(text.removeprefix("file://")).is_file():
-        return [text]
+        return [text], None
     store = open_store(text)
-    if isinstance(store, LocalStore) and not store.root.exists():
-        raise NotFoundError(f"no index at {index}")
+    if isinstance(store, LocalStore):
+        if not store.root.exists():
+            raise NotFoundError(f"no index at {index}")
+        if store.path(MANIFEST).is_file():  # no listing needed
+            return [], store.url(MANIFEST)
     keys = list(store.list("", ".parquet"))
+    if MANIFEST in keys:
+        return [], store.url(MANIFEST)
     if not keys:
         if text.startswith("s3://"):  # an object without the suffix
-            return [text]
+            return [text], None
         raise NotFoundError(f"no .parquet index files under {index}")
-    return [store.url(k) for k in keys]
+    return [store.url(k) for k in keys], None
+
+
+def _sibling(manifest_url: str, name: str) -> str:
+    """The URL of file ``name`` of the partitioned index whose manifest is at
+    ``manifest_url`` (names are plain file names: nothing outside the folder is reached)."""
+    if "/" in name or name in ("", ".", ".."):
+        raise IndexFormatError(f"{redact(manifest_url)} names a file outside its folder: {name!r}")
+    return f"{manifest_url.rpartition('/')[0]}/{name}"
+
+
+def _read_manifest(source: _RangeFile, url: str) -> pa.Table:
+    try:
+        table = pq.ParquetFile(source).read()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IndexFormatError(f"{redact(url)} is not a readable manifest: {exc}") from None
+    missing = [c for c in _MANIFEST_COLUMNS if c not in table.column_names]
+    if missing:
+        raise IndexFormatError(f"{redact(url)} is not a partition manifest: no column "
+                               f"{', '.join(missing)}")
+    return table
+
+
+def files_may_match(manifest: pa.Table, filters: Filters) -> np.ndarray:
+    """Which files of a partitioned index may hold a matching row, by their manifest rows
+    (the bbox of the file's coverings, west > east across the antimeridian as for a row;
+    the datetime span; the platforms). A null says nothing: the file is kept.
+
+    Args:
+        manifest: The manifest (one row per file).
+        filters: The query's normalized filters.
+
+    Returns:
+        One bool per file: False only if no row of the file can match.
+    """
+    keep = np.ones(len(manifest), bool)
+    if filters.boxes is not None:
+        bounds = [
+            manifest[c].cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+            for c in ("xmin", "ymin", "xmax", "ymax")
+        ]
+        unknown = np.isnan(np.stack(bounds)).any(axis=0)
+        keep &= _boxes_meet(bounds, filters.boxes) | unknown
+    if filters.start or filters.end:
+        lo, hi = manifest["datetime_min"], manifest["datetime_max"]
+        if filters.start:  # a null compares to null: kept
+            before = pc.less(hi, pa.scalar(filters.start, hi.type))
+            keep &= ~pc.fill_null(before, False).to_numpy(zero_copy_only=False)
+        if filters.end:
+            after = pc.greater(lo, pa.scalar(filters.end, lo.type))
+            keep &= ~pc.fill_null(after, False).to_numpy(zero_copy_only=False)
+    if filters.platforms:
+        platforms = manifest["platforms"].combine_chunks()
+        parents = pc.list_parent_indices(platforms).to_numpy(zero_copy_only=False)
+        hit = pc.is_in(pc.list_flatten(platforms), pa.array(list(filters.platforms)))
+        hits = np.bincount(parents[hit.to_numpy(zero_copy_only=False)], minlength=len(manifest))
+        keep &= (hits > 0) | platforms.is_null().to_numpy(zero_copy_only=False)
+    return keep
 
 
 # --- filters ---------------------------------------------------------------------------------
@@ -458,6 +562,16 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
         if pa.types.is_dictionary(field.type):
             table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
     return table, read, meta.num_row_groups
+
+
+def _empty_result(source: _RangeFile, url: str, columns: Sequence[str] | None) -> pa.Table:
+    """No rows, with the columns a query of this file returns (from its footer)."""
+    schema = _file_info(source, url).metadata.schema.to_arrow_schema()
+    wanted = list(columns) if columns else schema.names
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise ConfigError(f"{redact(url)} has no column {', '.join(missing)}")
+    return schema.empty_table().select(wanted)
 
 
 @dataclass(frozen=True)

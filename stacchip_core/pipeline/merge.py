@@ -15,6 +15,14 @@ What the merged file looks like (docs/index-format.md):
   (``STATISTICS``); the ``layouts`` column is dictionary encoded (one blob per
   item and row group).
 
+With ``partition_rows`` the output is a partitioned index instead: a folder (or ``s3://``
+prefix) of files ``part-00000.parquet``, ... in the same global order, each at most
+``partition_rows`` rows, cut at the coarsest Hilbert cell boundary of level CELL_LEVEL in
+the window of half to all of those rows (so a file is a compact region), each a whole index
+as above, and the manifest ``_partitions.parquet`` written last (one row per file: rows,
+row groups, bbox, datetime span, platforms; core.query prunes files by it). The cuts come
+from the rows per cell, counted while the inputs are read.
+
 Integrity rules (what a careless or hostile input meets):
 
 - ``dst`` inside ``src`` (as a path, ``file://`` or ``s3://``) is never an input: reruns
@@ -38,10 +46,13 @@ most about three copies of ``memory_rows`` rows are held at once, plus the outpu
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,11 +62,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import shapely
 from tqdm import tqdm
 
 from stacchip_core.core.hilbert import BITS, bbox_centres, hilbert_keys
 from stacchip_core.core.index import SCHEMA, geo_metadata
-from stacchip_core.errors import IndexFormatError, NotFoundError, OutputError
+from stacchip_core.core.query import MANIFEST  # what each file holds; written last
+from stacchip_core.errors import ConfigError, IndexFormatError, NotFoundError, OutputError
 from stacchip_core.io.store import LocalStore, S3Store, open_store
 from stacchip_core.io.urls import redact_text
 from stacchip_core.types import Report
@@ -129,6 +142,7 @@ def merge(
     memory_rows: int = MEMORY_ROWS,
     workdir: str | Path | None = None,
     row_group_min_rows: int = ROW_GROUP_MIN_ROWS,
+    partition_rows: int | None = None,
 ) -> MergeReport:
     """Combine every ``*.parquet`` under ``src`` into one GeoParquet index ``dst``, sorted
     for spatial queries (see the module doc).
@@ -144,6 +158,10 @@ def merge(
         row_group_min_rows: the fewest rows in a row group but the last (at most
             ``row_group_rows``); each group ends at the coarsest Hilbert cell boundary
             between the two.
+        partition_rows: write a partitioned index instead: ``dst`` is then a folder (or
+            ``s3://`` prefix) of files ``part-00000.parquet``, ... of at most this many rows
+            each, cut at Hilbert cell boundaries, and the manifest ``_partitions.parquet``
+            (see `write_partitioned`).
 
     Returns:
         The counts and the output URL.
@@ -152,6 +170,7 @@ def merge(
         NotFoundError: ``src`` holds no .parquet file.
         IndexFormatError: an input is not a stacchip index.
         OutputError: ``dst`` names no file or cannot be written.
+        ConfigError: ``partition_rows`` is not positive.
     """
     source = open_store(src)
     dst = str(dst)
@@ -159,18 +178,39 @@ def merge(
     if not name:
         raise OutputError(f"merge output {dst!r} names no file")
     target = open_store(parent or ".")
-    keys = [k for k in source.list("", ".parquet") if not _same_object(source, k, target, name)]
+    if partition_rows is not None:
+        if partition_rows < 1:
+            raise ConfigError(f"partition_rows must be a positive row count, got {partition_rows}")
+        folder = open_store(dst.rstrip("/"))
+        if isinstance(folder, LocalStore) and folder.root.is_file():
+            raise OutputError(f"merge output {dst!r} is a file, not a folder for partitions")
+        keys = [k for k in source.list("", ".parquet") if not _inside(source, k, folder)]
+    else:
+        keys = [k for k in source.list("", ".parquet")
+                if not _same_object(source, k, target, name)]
     if not keys:
         raise NotFoundError(f"no .parquet index files under {src}")
     schema = _merged_schema(source, keys[0])
     bar = tqdm(keys, desc="merge", unit="file", disable=None if progress is None else not progress)
     sorter = _Sorter(schema, memory_rows, lambda: _workdir(workdir, target, name))
+    cells = _CellCounts()
     rows = 0
     try:
         for number, key in enumerate(bar):
             table = _conform(_read(source, key), schema, source.url(key))
             rows += len(table)
-            sorter.add(_with_sort_columns(table, number))
+            table = _with_sort_columns(table, number)
+            if partition_rows is not None:
+                cells.add(table.column(_KEY).to_numpy())
+            sorter.add(table)
+        if partition_rows is not None:
+            cuts = partition_cuts(cells.cells(), cells.counts(), partition_rows)
+            files = write_partitioned(folder, sorter.sorted(), schema, cuts, row_group_rows,
+                                      row_group_min_rows)
+            url = folder.url("")
+            log.info("merged %d rows from %d files into %d partitions under %s%s", rows,
+                     len(keys), files, url, ", spilled to disk" if sorter.spilled else "")
+            return MergeReport(len(keys), rows, url)
         with _output(target, name) as sink:
             writer = _GroupWriter(sink, schema, row_group_rows, row_group_min_rows)
             with writer:
@@ -182,6 +222,179 @@ def merge(
     log.info("merged %d rows from %d files into %s (%d row groups%s)", rows, len(keys), url,
              writer.groups, ", spilled to disk" if sorter.spilled else "")
     return MergeReport(len(keys), rows, url)
+
+
+PART = "part-{:05d}.parquet"  # the files of a partitioned index, in Hilbert order
+_PART_NAME = re.compile(r"part-\d{5,}\.parquet")
+# files end at Hilbert cell boundaries of this level (4**10 cells over the world, about
+# 0.35 x 0.18 degrees each): the merge counts the rows per cell (8 MiB) before it writes
+CELL_LEVEL = 10
+LON_BINS = 36_000  # the manifest's longitudes, rounded outwards to 0.01 degree
+MANIFEST_SCHEMA = pa.schema([
+    pa.field("file", pa.string(), False),
+    pa.field("rows", pa.int64(), False),
+    pa.field("row_groups", pa.int64(), False),
+    pa.field("xmin", pa.float64()),
+    pa.field("ymin", pa.float64()),
+    pa.field("xmax", pa.float64()),
+    pa.field("ymax", pa.float64()),
+    pa.field("datetime_min", pa.timestamp("us", tz="UTC")),
+    pa.field("datetime_max", pa.timestamp("us", tz="UTC")),
+    pa.field("platforms", pa.list_(pa.string())),
+])
+
+
+class _CellCounts:
+    """Rows per Hilbert cell of level CELL_LEVEL, counted as the inputs are read (keys are
+    buffered up to about a million, then binned)."""
+
+    def __init__(self) -> None:
+        self._keys: list[np.ndarray] = []
+        self._buffered = 0
+        self._counts = np.zeros(4**CELL_LEVEL, np.int64)
+
+    def add(self, keys: np.ndarray) -> None:
+        self._keys.append((keys >> np.uint64(BITS - 2 * CELL_LEVEL)).astype(np.int64))
+        self._buffered += len(keys)
+        if self._buffered >= 1 << 20:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._keys:
+            self._counts += np.bincount(np.concatenate(self._keys), minlength=4**CELL_LEVEL)
+        self._keys, self._buffered = [], 0
+
+    def cells(self) -> np.ndarray:
+        self._flush()
+        return np.flatnonzero(self._counts)
+
+    def counts(self) -> np.ndarray:
+        self._flush()
+        return self._counts[self._counts > 0]
+
+
+def partition_cuts(cells: np.ndarray, counts: np.ndarray, rows: int) -> list[int]:
+    """Where the files of a partitioned merge start (row positions in the sort order): each
+    file holds ``rows // 2`` to ``rows`` rows (the last may hold fewer) and ends at the
+    coarsest Hilbert cell boundary in that window, the last of the best (fewer files), so a
+    file is a run of whole cells, a compact region. A window inside one cell (more than
+    ``rows // 2`` rows in a cell of level CELL_LEVEL) is cut at ``rows``.
+
+    Args:
+        cells: The non-empty cells of level CELL_LEVEL, in Hilbert order.
+        counts: The rows of each of ``cells``.
+        rows: The most rows in a file.
+
+    Returns:
+        The positions of the first row of every file but the first.
+    """
+    ends = np.cumsum(counts)  # the position after each cell
+    total = int(ends[-1]) if len(ends) else 0
+    inner = ends[:-1]  # the boundaries between cells
+    # the bit length of c ^ next: the higher, the larger the cell that ends there
+    score = np.frexp((cells[:-1] ^ cells[1:]).astype(np.float64))[1]
+    least = max(1, rows // 2)
+    cuts: list[int] = []
+    start = 0
+    while total - start > rows:
+        lo = int(np.searchsorted(inner, start + least, side="left"))
+        hi = int(np.searchsorted(inner, start + rows, side="right"))
+        if hi > lo:
+            window = score[lo:hi]
+            start = int(inner[lo + len(window) - 1 - int(np.argmax(window[::-1]))])
+        else:
+            start += rows
+        cuts.append(start)
+    return cuts
+
+
+def write_partitioned(folder, tables: Iterator[pa.Table], schema: pa.Schema, cuts: list[int],
+                      row_group_rows: int = ROW_GROUP_ROWS,
+                      row_group_min_rows: int = ROW_GROUP_MIN_ROWS) -> int:
+    """Write sorted rows as a partitioned index: file ``PART.format(k)`` holds the rows from
+    ``cuts[k - 1]`` to ``cuts[k]``, each a whole index (row groups, covering, zstd, geo
+    metadata), one open at a time. The manifest ``MANIFEST`` is written last, one row per
+    file (``MANIFEST_SCHEMA``: name, rows, the bbox of its chips' coverings, its min and
+    max datetime, its platforms); then the part files an earlier merge left beyond these
+    are removed. A reader that goes by the manifest never meets a missing file.
+
+    Args:
+        folder: The output store (a local folder or an S3 prefix).
+        tables: Sorted tables with the sort columns (from the merge's sorter).
+        schema: The index schema to write.
+        cuts: Where each file but the first starts (`partition_cuts`).
+        row_group_rows: The most rows in a row group.
+        row_group_min_rows: The fewest rows in a row group but a file's last.
+
+    Returns:
+        The number of files written.
+
+    Raises:
+        OutputError: a file cannot be written.
+    """
+    ends = [*cuts, None]
+    records: list[dict] = []
+    position = 0
+    stack: contextlib.ExitStack | None = None
+    writer: _GroupWriter | None = None
+
+    def close() -> None:
+        nonlocal stack, writer
+        assert stack is not None and writer is not None
+        stack.close()
+        records.append(writer.summary(PART.format(len(records))))
+        stack, writer = None, None
+
+    try:
+        for table in tables:
+            while len(table):
+                if writer is None:
+                    stack = contextlib.ExitStack()
+                    sink = stack.enter_context(_output(folder, PART.format(len(records))))
+                    writer = stack.enter_context(
+                        _GroupWriter(sink, schema, row_group_rows, row_group_min_rows)
+                    )
+                end = ends[len(records)]
+                take = len(table) if end is None else min(len(table), end - position)
+                writer.add(table.slice(0, take))
+                position += take
+                table = table.slice(take)
+                if position == end:
+                    close()
+        if writer is not None:
+            close()
+    except BaseException:
+        if stack is not None:
+            stack.__exit__(*sys.exc_info())  # the open file is removed (or its upload aborted)
+        raise
+    manifest = pa.Table.from_pylist(records, schema=MANIFEST_SCHEMA)
+    buffer = io.BytesIO()
+    pq.write_table(manifest, buffer, compression="zstd", store_schema=False)
+    folder.write_bytes(MANIFEST, buffer.getvalue())
+    names = {r["file"] for r in records}
+    for key in list(folder.list("", ".parquet")):
+        if _PART_NAME.fullmatch(key) and key not in names:
+            _remove(folder, key)
+    return len(records)
+
+
+def _inside(source, key: str, folder) -> bool:
+    """Whether input ``key`` of ``source`` lies in the output ``folder`` (an earlier
+    partitioned merge into a folder under ``src``)."""
+    if isinstance(source, LocalStore) and isinstance(folder, LocalStore):
+        return source.path(key).resolve().is_relative_to(folder.root.resolve())
+    if isinstance(source, S3Store) and isinstance(folder, S3Store):
+        return source.bucket == folder.bucket and (
+            not folder.prefix or source.key(key).startswith(folder.prefix + "/")
+        )
+    return False
+
+
+def _remove(store, key: str) -> None:
+    if isinstance(store, LocalStore):
+        store.path(key).unlink(missing_ok=True)
+    else:
+        store.client.delete_object(Bucket=store.bucket, Key=store.key(key))
 
 
 def _with_sort_columns(table: pa.Table, number: int) -> pa.Table:
@@ -329,6 +542,11 @@ class _GroupWriter:
         self._buffered = 0
         self._bounds: list[np.ndarray] = []  # per row group: the rows the overall bbox needs
         self._multi = False
+        self._written = 0
+        self._times: list = []  # per row group: min and max datetime (None: a null)
+        self._platforms: set[str] = set()
+        self.bbox: list[float] = []
+        self._lons = np.zeros(LON_BINS, bool)  # the longitudes the footprints cover
         self._writer = pq.ParquetWriter(sink, _dictionary_schema(schema), compression="zstd",
                                         use_dictionary=_DICTIONARY, write_page_index=True,
                                         write_statistics=STATISTICS, store_schema=False)
@@ -383,6 +601,18 @@ class _GroupWriter:
         )
         self._multi = self._multi or _multipolygons(group.column("geometry"))
         self._bounds.append(_partial_bounds(b))
+        self._written += len(group)
+        self._lons |= _longitudes(b, group.column("geometry"))
+        when = group.column("datetime")
+        if when.null_count:
+            self._times.append(None)
+        else:
+            span = pc.min_max(when)
+            self._times.append((span["min"].as_py(), span["max"].as_py()))
+        platform = group.column("platform")
+        if pa.types.is_dictionary(platform.type):
+            platform = platform.cast(platform.type.value_type)
+        self._platforms.update(pc.unique(platform).to_pylist())
         columns = [_compact(group.column(f.name)) if f.name in _DICTIONARY else group.column(f.name)
                    for f in self.schema]
         self._writer.write_table(
@@ -396,12 +626,76 @@ class _GroupWriter:
                 self._write(self._group_rows(final=True))
             bounds = np.concatenate(self._bounds) if self._bounds else np.empty((0, 4))
             meta = geo_metadata(bounds)
+            self.bbox = meta["columns"]["geometry"].get("bbox", [])
             meta["columns"]["geometry"]["geometry_types"] = (
                 ["Polygon", "MultiPolygon"] if self._multi else ["Polygon"]
             )
             self._writer.add_key_value_metadata({"geo": json.dumps(meta)})
         self._writer.close()
         return False
+
+
+    def summary(self, name: str) -> dict:
+        """The manifest row of the file written (after it is closed): its name, rows, row
+        groups, bbox (latitudes those of its geo metadata; longitudes the shortest arc that
+        holds every footprint, west > east across 180 degrees), datetime span (None when a
+        row has none: the file is then never pruned by time) and platforms."""
+        bbox: list[float | None] = [*self.bbox] if self.bbox else [None] * 4
+        if self.bbox:  # the shortest arc of longitudes: west > east across 180 degrees
+            bbox[0], bbox[2] = _arc(self._lons)
+        times = self._times if self._times and None not in self._times else None
+        return {
+            "file": name,
+            "rows": self._written,
+            "row_groups": self.groups,
+            **dict(zip(("xmin", "ymin", "xmax", "ymax"), bbox)),
+            "datetime_min": min(t[0] for t in times) if times else None,
+            "datetime_max": max(t[1] for t in times) if times else None,
+            "platforms": sorted(self._platforms),
+        }
+
+
+def _longitudes(b: np.ndarray, geometry: pa.ChunkedArray) -> np.ndarray:
+    """Which of LON_BINS longitude bins the rows' footprints cover, rounded outwards. A
+    covering across 180 degrees is [west, 180] and [-180, east] (RFC 7946), or spans -180 to
+    180 (core.index.covering): those few rows' footprints are parsed for their parts'
+    bounds, so that a file holding chips on the antimeridian does not span the world."""
+    xmin, xmax = b[:, 0], b[:, 2]
+    world = (xmin <= -180) & (xmax >= 180)
+    wrapped = xmin > xmax
+    plain = ~world & ~wrapped
+    starts = [xmin[plain], xmin[wrapped], np.full(int(wrapped.sum()), -180.0)]
+    ends = [xmax[plain], np.full(int(wrapped.sum()), 180.0), xmax[wrapped]]
+    if world.any():
+        wkb = geometry.take(pa.array(np.flatnonzero(world))).to_numpy(zero_copy_only=False)
+        parts = shapely.bounds(shapely.get_parts(shapely.from_wkb(wkb)))
+        starts.append(parts[:, 0])
+        ends.append(parts[:, 2])
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    valid = np.isfinite(start) & np.isfinite(end)
+    lo, hi = (np.clip(np.floor((v[valid] + 180) / 360 * LON_BINS), 0, LON_BINS - 1).astype(np.int64)
+              for v in (start, end))
+    # +1 where a footprint's bins start, -1 after they end: covered where the sum is positive
+    steps = np.bincount(lo, minlength=LON_BINS + 1) - np.bincount(hi + 1, minlength=LON_BINS + 1)
+    return np.cumsum(steps[:LON_BINS]) > 0
+
+
+def _arc(covered: np.ndarray) -> tuple[float, float]:
+    """(west, east) of the shortest arc holding every covered bin: the complement of the
+    largest gap, west > east when it crosses 180 degrees (not when it need not)."""
+    bins = np.flatnonzero(covered)
+    width = 360 / LON_BINS
+    if not len(bins):
+        return -180.0, 180.0
+    gaps = np.diff(bins) - 1
+    around = bins[0] + LON_BINS - bins[-1] - 1  # the gap across 180 degrees
+    if not len(gaps) or around >= gaps.max():
+        west, east = bins[0], bins[-1]
+    else:
+        k = int(np.argmax(gaps))
+        west, east = bins[k + 1], bins[k]
+    # a hair outwards: a footprint's edge on a bin's edge is inside whatever the rounding
+    return (max(-180.0, -180 + west * width - 1e-9), min(180.0, -180 + (east + 1) * width + 1e-9))
 
 
 def _row_bytes(table: pa.Table) -> np.ndarray:
