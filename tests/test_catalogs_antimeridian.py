@@ -88,7 +88,7 @@ def test_index_bbox_query_over_norway_returns_no_chukotka_chip(chukotka_index):
 
 
 def test_geo_metadata_stays_polygon_without_crossing():
-    table = Indexer(load(S2_ITEM), stats=False).create_index()
+    table = Indexer(load(S2_ITEM), stats=False, layouts=False).create_index()
     meta = json.loads(table.schema.metadata[b"geo"])["columns"]["geometry"]
     assert meta["geometry_types"] == ["Polygon"] and meta["bbox"][0] < meta["bbox"][2]
 

@@ -317,6 +317,7 @@ assert dm.train_dataloader().persistent_workers
 '''
 
 
+@pytest.mark.slow  # over 5 s on two shared cores (two ranks, each with workers)
 def test_ddp_two_processes_see_every_chip_once_per_epoch(lightning, index_path, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)

@@ -479,7 +479,9 @@ MEMORY_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("items, rows", [(120, 176_040), (600, 888_516)])
+@pytest.mark.parametrize(
+    "items, rows", [(120, 176_040), pytest.param(600, 888_516, marks=pytest.mark.slow)]
+)  # the larger merge: over 5 s on two shared cores
 def test_merge_of_many_inputs_stays_under_a_memory_cap(tmp_path, items, rows):
     # 6 kB layouts per item: 1.1 GB (120 items) and 5x that if the layouts were held per row.
     # The same cap holds 5x the rows: merge memory depends on memory_rows, not on the rows

@@ -985,6 +985,7 @@ trainer.fit(Probe(), datamodule=dm)
 """
 
 
+@pytest.mark.slow  # over 5 s on two shared cores (two ranks, each with workers)
 def test_stack_data_module_under_ddp_two_processes_see_every_stack_once(lightning, place, tmp_path):
     import os
     import subprocess

@@ -216,8 +216,9 @@ class Indexer:
 
     @cached_property
     def _layouts_blob(self) -> bytes | None:
-        # read once, before the statistics: the quality layer is then read through the tile
-        # reader with the layout just recorded, without a header request of its own
+        # read once, when the statistics first read a quality layer that the item has: that
+        # layer is then read through the tile reader with the layout just recorded, without
+        # a header request of its own
         return self.asset_layouts() if self.layouts else None
 
     @cached_property
@@ -236,9 +237,12 @@ class Indexer:
         shape = (self.grid.y_size, self.grid.x_size)
         if not self.stats:
             return ChipStats.zeros(shape)
-        blob = self._layouts_blob
+        def layouts():
+            blob = self._layouts_blob
+            return decode(blob) if blob else None
+
         reader = TileAssetReader(self.item, self.grid, self.platform, self.mountpath,
-                                 layouts=decode(blob) if blob else None)
+                                 layouts_from=layouts)
         result = get_plugin_manager().hook.stacchip_chip_stats(
             platform=self.platform, item=self.item, grid=self.grid, read_asset=reader
         )

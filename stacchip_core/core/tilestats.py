@@ -56,6 +56,9 @@ class TileAssetReader(AssetReader):
         layouts: The item's layouts when the indexer has just read them (the indexer reads
             them anyway to record them); an asset not in it gets its layout read here, from
             one header request.
+        layouts_from: Gives those layouts when first needed (after the asset is known to
+            exist), so that a stats hook asking for a missing asset fails before any layout
+            is read.
 
     Attributes:
         paths: Per asset key read by ``chip_fractions``, ``"tiles"`` or ``"gdal"``.
@@ -63,12 +66,17 @@ class TileAssetReader(AssetReader):
 
     def __init__(self, item: pystac.Item, grid: ChipGrid, platform: Platform | None,
                  mountpath=None, threads: int | None = None,
-                 layouts: ItemLayouts | dict[str, AssetLayout] | None = None) -> None:
+                 layouts: ItemLayouts | dict[str, AssetLayout] | None = None,
+                 layouts_from: Callable[[], ItemLayouts | None] | None = None) -> None:
         super().__init__(item, grid, platform, mountpath, threads)
         self.layouts = dict(layouts or {})
+        self._layouts_from = layouts_from
         self.paths: dict[str, str] = {}
 
     def _layout(self, key: str) -> AssetLayout | None:
+        if self._layouts_from is not None:  # asked for on the first read of a known asset
+            provider, self._layouts_from = self._layouts_from, None
+            self.layouts = {**(provider() or {}), **self.layouts}
         lay = self.layouts.get(key)
         if lay is None and objects.async_tiff_usable():
             href = unsigned_href(self.item.assets[key], self.mountpath)
