@@ -58,6 +58,7 @@ def _keyed(table: pa.Table) -> pa.Table:
     return table.sort_by([("chipid", "ascending")])
 
 
+@pytest.mark.slow  # over 5 s on two shared cores
 def test_sorted_merge_holds_exactly_the_input_rows(inputs, merged):
     src, rows = inputs
     expected = pa.concat_tables([pq.read_table(p) for p in sorted(src.rglob("*.parquet"))])
@@ -479,9 +480,8 @@ MEMORY_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(
-    "items, rows", [(120, 176_040), pytest.param(600, 888_516, marks=pytest.mark.slow)]
-)  # the larger merge: over 5 s on two shared cores
+@pytest.mark.slow  # 7-14 s on two shared cores (a merge in a child under RLIMIT_AS)
+@pytest.mark.parametrize("items, rows", [(120, 176_040), (600, 888_516)])
 def test_merge_of_many_inputs_stays_under_a_memory_cap(tmp_path, items, rows):
     # 6 kB layouts per item: 1.1 GB (120 items) and 5x that if the layouts were held per row.
     # The same cap holds 5x the rows: merge memory depends on memory_rows, not on the rows

@@ -590,6 +590,7 @@ def test_cli_chip_writes_a_stack(place, tmp_path):
     assert r.returncode == 1 and "stack 'nope' is not in" in r.stderr
 
 
+@pytest.mark.slow  # over 5 s on two shared cores (the demo's archive, its stacks drawn)
 def test_demo_stacks_and_their_previews(tmp_path):
     """The demo's stacks place as the demo writes it (land appearance): 4 six-step series and 4
     S2 + S1 + Landsat stacks; the series strip shows each step's pixels, black exactly where the
