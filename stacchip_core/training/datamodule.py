@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, default_collate
 from stacchip_core.core.stacks import read_stacks
 from stacchip_core.errors import ConfigError, StackError
 from stacchip_core.training.dataset import ChipDataset
-from stacchip_core.training.prechip import ChipFilter, load_index
+from stacchip_core.training.prechip import ChipFilter, load_filtered
 from stacchip_core.training.samplers import (  # noqa: F401 - epoch_batches re-exported
     ShardedBatchSampler,
     epoch_batches,
@@ -192,18 +192,8 @@ class StacchipDataModule(lightning.LightningDataModule):
         super().__init__()
         if isinstance(indexes, (str, pa.Table)) or hasattr(indexes, "__fspath__"):
             indexes = [indexes]
-        # a filter reads only the row groups that may match (ChipFilter.load); applied again below
-        tables = [
-            t
-            if isinstance(t, pa.Table)
-            else chip_filter.load(str(t))
-            if chip_filter
-            else load_index(str(t))
-            for t in indexes
-        ]
+        tables = [load_filtered(t, chip_filter) for t in indexes]
         table = pa.concat_tables(tables, promote_options="default")
-        if chip_filter is not None:
-            table = chip_filter.apply(table)
         if "split" not in table.column_names:
             splits = spatial_splits(table, split_block_deg, val_fraction, test_fraction, split_seed)
             table = table.append_column("split", pa.array(splits.tolist(), pa.string()))

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from stacchip_core.training.chipread import ChipReader
-from stacchip_core.training.prechip import ChipFilter, load_index
+from stacchip_core.training.prechip import ChipFilter, load_filtered
 
 # the columns of an index row that a read (core.read) and a sample need
 ROW_COLUMNS = ("chipid", "platform", "item_id", "item_href", "date", "chip_index_x",
@@ -50,11 +50,7 @@ class ChipDataset:
         chip_filter: ChipFilter | None = None,
         mountpath=None,
     ) -> None:
-        if chip_filter is not None and not isinstance(index, pa.Table):
-            table = chip_filter.load(str(index))  # reads only the row groups that may match
-        else:
-            table = load_index(index) if not isinstance(index, pa.Table) else index
-            table = chip_filter.apply(table) if chip_filter is not None else table
+        table = load_filtered(index, chip_filter)
         if "layouts" in table.column_names and not pa.types.is_dictionary(
             table.schema.field("layouts").type
         ):

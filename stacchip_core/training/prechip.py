@@ -141,6 +141,26 @@ def load_index(location: str) -> pa.Table:
         raise IndexFormatError(f"{location} is not a readable index: {exc}") from exc
 
 
+def load_filtered(index, chip_filter: ChipFilter | None = None) -> pa.Table:
+    """The rows of an index that ``chip_filter`` keeps (all rows without one).
+
+    Args:
+        index: An index file, folder or URL, or an index table.
+        chip_filter: The rows to keep; on a file, folder or URL it reads only the row groups
+            (and partition files) that may match (``ChipFilter.load``).
+
+    Returns:
+        The kept rows.
+
+    Raises:
+        IndexFormatError: If the file is not a readable index.
+        ObjectError: If the file cannot be read.
+    """
+    if isinstance(index, pa.Table):
+        return chip_filter.apply(index) if chip_filter is not None else index
+    return chip_filter.load(str(index)) if chip_filter is not None else load_index(str(index))
+
+
 def plan_cubes(
     table: pa.Table, cube_size: int = 128, spares: int | None = None, seed: int = 42
 ) -> list[Cube]:

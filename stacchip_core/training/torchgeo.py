@@ -49,7 +49,7 @@ from stacchip_core.core.stacks import StackPixels, read_stacks
 from stacchip_core.errors import ConfigError, GridError, NotFoundError
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.dataset import ROW_COLUMNS
-from stacchip_core.training.prechip import ChipFilter, load_index
+from stacchip_core.training.prechip import ChipFilter, load_filtered
 from stacchip_core.training.stacks import StackReader
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,7 @@ class StacchipGeoDataset(GeoDataset):
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         mountpath: str | None = None,
     ) -> None:
-        if chip_filter is not None and not isinstance(index, pa.Table):
-            table = chip_filter.load(str(index))  # reads only the row groups that may match
-        else:
-            table = load_index(index) if not isinstance(index, pa.Table) else index
-            table = chip_filter.apply(table) if chip_filter is not None else table
+        table = load_filtered(index, chip_filter)
         if not len(table):
             raise NotFoundError("no chips in the index (after filtering)")
         self.reader = ChipReader(list(bands) if bands else None, mountpath)
