@@ -345,16 +345,15 @@ class TileCost:
     decode_seconds: float = 0.0
 
 
+def _tile_range(lay: AssetLayout, tx: int, ty: int) -> tuple[int, int]:
+    """Tile (tx, ty)'s bytes ``[start, end)`` in the object (empty for a sparse tile)."""
+    i = ty * lay.tiles_across + tx
+    s = int(lay.offsets[i])
+    return s, s + int(lay.counts[i])
+
+
 def _ranges(p: ChipPlan) -> list[tuple[int, int]]:
-    tpr = p.lay.tiles_across
-    out = []
-    for tx, ty in p.tiles:
-        i = ty * tpr + tx
-        n = int(p.lay.counts[i])
-        if n:
-            s = int(p.lay.offsets[i])
-            out.append((s, s + n))
-    return out
+    return [r for r in (_tile_range(p.lay, tx, ty) for tx, ty in p.tiles) if r[1] > r[0]]
 
 
 async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) -> list[np.ndarray]:
@@ -378,7 +377,7 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
     loop = asyncio.get_running_loop()
     if wanted and libdeflate:
         n = min(_SHARES, max(1, len(wanted) // _TILES_PER_SHARE))
-        pieces = [[(xy, _tile_bytes(data, lay, *xy)) for xy in wanted[k::n]] for k in range(n)]
+        pieces = [[(xy, data[_tile_range(lay, *xy)]) for xy in wanted[k::n]] for k in range(n)]
         try:
             if len(pieces) == 1:  # inflate and assemble in one job
                 out, seconds = await loop.run_in_executor(
@@ -421,12 +420,6 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
 
 _SHARES = max(1, os.cpu_count() or 1)  # an asset's tiles are split over the inflater threads...
 _TILES_PER_SHARE = 4  # ...when it has at least this many per thread
-
-
-def _tile_bytes(data: dict, lay: AssetLayout, tx: int, ty: int):
-    i = ty * lay.tiles_across + tx
-    s = int(lay.offsets[i])
-    return data[(s, s + int(lay.counts[i]))]
 
 
 def _inflate_many(lay: AssetLayout, pieces: list) -> tuple[dict, float]:

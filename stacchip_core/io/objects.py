@@ -1077,10 +1077,7 @@ def _before_fork() -> None:
     # aiohttp once here rather than in every child (0.2 s of CPU per DataLoader worker,
     # measured; every epoch when workers do not persist)
     if _USED_BY == os.getpid():
-        try:
-            portable.preload()
-        except ImportError:  # pragma: no cover - aiohttp is a dependency
-            pass
+        portable.preload()
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork)
