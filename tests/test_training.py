@@ -308,12 +308,16 @@ def test_dataset_in_worker_processes_matches_one_process(index, method):
     assert parallel == single
 
 
-def test_torch_dataloader_with_two_workers(index, torch):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_torch_dataloader_with_two_workers(index, torch, method):
     from stacchip_core.training.samplers import PlatformBatchSampler
 
     ds = ChipDataset(index, bands=["red", "green", "blue"])
     sampler = PlatformBatchSampler(ds.platforms, batch_size=4, shuffle=False)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=2)
+    # spawn: the index reaches the workers through shared memory (training.handoff)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=2, multiprocessing_context=method
+    )
     batches = list(loader)
     assert len(batches) == len(sampler)
     single = [ds[i] for b in sampler for i in b]

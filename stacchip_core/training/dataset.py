@@ -9,12 +9,14 @@ platform per batch) are in ``samplers``; ``PlatformBatchSampler`` is still impor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from stacchip_core.training.chipread import ChipReader
+from stacchip_core.training.handoff import share
 from stacchip_core.training.prechip import ChipFilter, load_filtered
 
 # the columns of an index row that a read (core.read) and a sample need
@@ -65,7 +67,18 @@ class ChipDataset:
         self._bands = bands
         self._readers: dict[str, ChipReader] = {}
         self.mountpath = mountpath
-        self.platforms = np.asarray(table["platform"].to_pylist(), dtype=object)
+
+    @cached_property
+    def platforms(self) -> np.ndarray:
+        """The platform of every row (what ``PlatformBatchSampler`` groups by)."""
+        return np.asarray(self.table["platform"].to_pylist(), dtype=object)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a spawned worker maps the table from shared memory (training.handoff) and needs
+        # neither the platforms nor the parent's readers
+        state = {**self.__dict__, "table": share(self.table), "_readers": {}}
+        state.pop("platforms", None)
+        return state
 
     def _reader(self, platform: str) -> ChipReader:
         reader = self._readers.get(platform)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,7 @@ from stacchip_core.errors import AssetError, PlatformError, StackError
 from stacchip_core.io import objects
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.plugins import platforms, sign_href
+from stacchip_core.training.handoff import share
 
 log = logging.getLogger(__name__)
 
@@ -589,6 +591,10 @@ class StackDataset:
         self.transform, self.steps, self.errors = transform, steps, errors
         self.reader = StackReader(bands, resampling)
         self.platforms = np.asarray(self.table["platform"].to_pylist(), dtype=object)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a spawned worker maps the table from shared memory (training.handoff)
+        return {**self.__dict__, "table": share(self.table)}
 
     def __len__(self) -> int:
         return self.table.num_rows

@@ -49,6 +49,7 @@ from stacchip_core.core.stacks import StackPixels, read_stacks
 from stacchip_core.errors import ConfigError, GridError, NotFoundError
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.dataset import ROW_COLUMNS
+from stacchip_core.training.handoff import share
 from stacchip_core.training.prechip import ChipFilter, load_filtered
 from stacchip_core.training.stacks import StackReader
 
@@ -179,8 +180,9 @@ class StacchipGeoDataset(GeoDataset):
         self._lookup_cache: tuple[Any, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # the lookup is rebuilt where it is used (a spawned worker has its own spatial tree)
-        return {**self.__dict__, "_lookup_cache": None}
+        # the lookup is rebuilt where it is used (a spawned worker has its own spatial tree); a
+        # spawned worker maps the table from shared memory (training.handoff)
+        return {**self.__dict__, "_lookup_cache": None, "table": share(self.table)}
 
     def _lookup(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
         """The index's spatial tree, chip boxes (N, 4) and time bounds (ns), built once per
