@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import pickle
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -61,6 +62,7 @@ def test_spawned_worker_maps_the_table_from_shared_memory(method):
         parent, child = ctx.Pipe()
         p = ctx.Process(target=_child, args=(child, ds))
         p.start()
+        assert parent.poll(60)  # a child that failed sends nothing
         got.append(parent.recv())
         p.join(60)
         assert p.exitcode == 0
@@ -78,6 +80,29 @@ def test_spawned_worker_maps_the_table_from_shared_memory(method):
         assert os.fstat(fd).st_ino != made.st_ino
     except OSError:
         pass
+
+
+def _echo(conn, value) -> None:
+    conn.send(value)
+
+
+@pytest.mark.parametrize("value", [np.arange(200_000), {"not": "weakly referable"}],
+                         ids=["array", "dict"])
+def test_spawned_worker_gets_other_values(value):
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_echo, args=(child, handoff.share(value)))
+    p.start()
+    assert parent.poll(60)
+    got = parent.recv()
+    p.join(60)
+    assert type(got) is type(value)
+    if isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(got, np.arange(200_000))
+    else:
+        assert got == {"not": "weakly referable"}
+    # an array is written to a shared file (held while it lives), a dict travels in the pickle
+    assert (id(value) in handoff._SHARED) == isinstance(value, np.ndarray)
 
 
 def test_dataset_pickle_carries_no_platforms_or_readers():

@@ -335,6 +335,44 @@ def test_row_groups_are_pruned_by_their_statistics(merged):
     assert set(before.table["chipid"].to_pylist()) == set(result.table["chipid"].to_pylist())
 
 
+@pytest.fixture(scope="module")
+def paged(merged, tmp_path_factory):
+    """The merged index with the same row groups written in small data pages (many per
+    chunk, as geometry has in a full-size merge)."""
+    pf = pq.ParquetFile(merged)
+    out = tmp_path_factory.mktemp("paged") / "paged.parquet"
+    with pq.ParquetWriter(out, pf.schema_arrow, compression="zstd", data_page_size=2048,
+                          write_batch_size=50, write_page_index=True,
+                          use_dictionary=["platform", "item_id", "item_href", "layouts"]) as w:
+        for g in range(pf.metadata.num_row_groups):
+            w.write_table(pf.read_row_group(g), row_group_size=1 << 30)
+    return out
+
+
+@pytest.mark.parametrize("where", [*_boxes(11, 0), 0, 20_000, 40_000, 61_000])
+def test_rows_decoded_by_pages_equal_whole_chunks(merged, paged, where, monkeypatch):
+    from stacchip_core.core import query as q
+
+    if isinstance(where, int):  # a 0.2 degree box at the corner of that row's chip
+        b = pq.read_table(merged, columns=["bbox"]).column("bbox").combine_chunks()
+        x, y = b.field("xmin")[where].as_py(), b.field("ymin")[where].as_py()
+        box = (x - 0.1, y - 0.1, x + 0.1, y + 0.1)
+    else:
+        box = where
+    whole = query(merged, bbox=box)
+    assert whole.report.pages_total == 0  # 2,000-row groups: no chunk reaches PAGED_BYTES
+    monkeypatch.setattr(q, "PAGED_BYTES", 0)  # every flat column of a kept group by pages
+    got = query(paged, bbox=box)
+    assert got.table.schema == whole.table.schema
+    assert _keyed(got.table).equals(_keyed(whole.table))
+    assert got.report.row_groups_read == whole.report.row_groups_read
+    if whole.report.rows:
+        assert 0 < got.report.pages_decoded <= got.report.pages_total
+    if isinstance(where, int):  # a few chips: a few pages of each chunk
+        assert 0 < whole.report.rows < 1000
+        assert got.report.pages_decoded < got.report.pages_total / 2
+
+
 def test_a_rewritten_index_is_not_answered_from_its_parsed_metadata(merged, tmp_path):
     # the query keeps each file's parsed metadata; a file rewritten at the same path with the
     # same size (other rows, other row groups) is read anew: the key has the footer's digest

@@ -271,3 +271,22 @@ def test_a_pickled_dataset_reads_the_same(dataset):
     before = dataset[query]["image"].numpy()
     copy = pickle.loads(pickle.dumps(dataset))
     np.testing.assert_array_equal(copy[query]["image"].numpy(), before)
+
+
+@pytest.mark.slow  # 4.5 s: the child imports torch and torchgeo
+def test_a_spawned_worker_reads_the_same(dataset):
+    """A real spawned process: the table and the GeoDataFrame reach it through shared memory
+    (training.handoff), and it reads the same pixels."""
+    import multiprocessing
+
+    from torch_stack_child import read_query
+
+    query = dataset.chip_query(4)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=read_query, args=(child, dataset, query))
+    p.start()
+    assert parent.poll(120)  # a child that failed sends nothing
+    got = parent.recv()
+    p.join(60)
+    np.testing.assert_array_equal(got, dataset[query]["image"].numpy())

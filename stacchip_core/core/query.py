@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import shapely
 
+from stacchip_core.core import pages as pagelib
 from stacchip_core.errors import ConfigError, IndexFormatError, NotFoundError, ObjectError
 from stacchip_core.io import objects, portable
 from stacchip_core.io.urls import redact
@@ -40,6 +42,10 @@ _COVERING = ("xmin", "ymin", "xmax", "ymax")
 _WORLD = (-180.0, 180.0)
 # columns a merged index dictionary-encodes (pipeline.merge): read as dictionaries
 _DICTIONARY = ("platform", "item_id", "item_href", "layouts")
+# a kept row group's chunk of a column at least this large (decoded) has only the pages that
+# hold the kept rows decoded (core.pages): geometry (9.6 MB a group) and chipid (2 MB) of a
+# merged index; smaller chunks are one or a few pages, decoded whole in one call
+PAGED_BYTES = 1 << 20
 # the manifest of a partitioned index (pipeline.merge writes it after its files): one row per
 # file with its name, rows, row groups, bbox, datetime span and platforms
 MANIFEST = "_partitions.parquet"
@@ -54,7 +60,9 @@ class QueryReport(Report):
     the column chunks, adjacent ones coalesced, each pass's requests sent at once), ``rows``
     rows returned, in ``seconds``. Over a partitioned index, ``files_read`` of
     ``files_total`` files were opened (the others pruned by the manifest, which is counted
-    in the bytes and requests); ``files`` equals ``files_read``."""
+    in the bytes and requests); ``files`` equals ``files_read``. Of the large column chunks
+    of the row groups where rows matched, ``pages_decoded`` of ``pages_total`` data pages
+    were decoded (those holding matching rows, see core.pages)."""
 
     files: int
     row_groups_read: int
@@ -65,6 +73,8 @@ class QueryReport(Report):
     seconds: float
     files_total: int = 1
     files_read: int = 1
+    pages_decoded: int = 0
+    pages_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,7 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
         filters = replace(filters, geometry=None)
     started = time.perf_counter()
     tables, read, total, nbytes, requests = [], 0, 0, 0, 0
+    decoded, pages_total = 0, 0
     files, manifest_url = _listing(index)
     selected = files
     if manifest_url is not None:  # a partitioned index: open only the files that may match
@@ -144,22 +155,25 @@ def query(index: str | Path, *, bbox: Sequence[float] | None = None, intersects:
         source = _RangeFile(url)
         try:
             if selected:
-                table, groups, count = _query_file(source, url, filters, columns)
+                table, groups, count, paged = _query_file(source, url, filters, columns)
             else:  # every file pruned: only the first one's footer, for the columns
-                table, groups, count = _empty_result(source, url, columns), 0, 0
+                table, groups, count, paged = _empty_result(source, url, columns), 0, 0, (0, 0)
         finally:
             source.close()
         tables.append(table)
         read, total = read + groups, total + count
+        decoded, pages_total = decoded + paged[0], pages_total + paged[1]
         nbytes, requests = nbytes + source.bytes_read, requests + source.requests
     table = (
         tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
     )
     report = QueryReport(len(selected), read, total, nbytes, requests, len(table),
-                         round(time.perf_counter() - started, 4), len(files), len(selected))
+                         round(time.perf_counter() - started, 4), len(files), len(selected),
+                         decoded, pages_total)
     log.info("query %s: %d rows; read %d of %d files, %d of %d row groups, %d bytes in %d "
-             "requests, %.3f s", index, report.rows, len(selected), len(files), read, total,
-             nbytes, requests, report.seconds)
+             "requests, decoded %d of %d pages of large chunks, %.3f s", index, report.rows,
+             len(selected), len(files), read, total, nbytes, requests, decoded, pages_total,
+             report.seconds)
     return QueryResult(table, report)
 
 
@@ -515,7 +529,7 @@ def _covering(meta: pq.FileMetaData) -> dict[str, str]:
 # --- reading ---------------------------------------------------------------------------------
 
 def _query_file(source: _RangeFile, url: str, filters: Filters,
-                columns: Sequence[str] | None) -> tuple[pa.Table, int, int]:
+                columns: Sequence[str] | None) -> tuple[pa.Table, int, int, tuple[int, int]]:
     info = _file_info(source, url)
     meta = info.metadata
     groups = [i for i, stats in enumerate(info.stats)
@@ -545,15 +559,22 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
         masks = np.split(mask, np.cumsum(info.rows[groups])[:-1])
         hits = [i for i, m in enumerate(masks) if m.any()]
         groups, masks = [groups[i] for i in hits], [masks[i] for i in hits]
-    # the columns the first pass did not already decode, of the rows it kept
+    # the columns the first pass did not already decode, of the rows it kept; of the large
+    # chunks, only the pages that hold those rows are decoded
     rest = [c for c in needed if first is None or c not in cheap]
     source.prefetch(_chunk_ranges(meta, groups, rest))
-    second = _read(pf, url, groups, rest) if rest or first is None else None
+    paged = [c for c in rest if masks and _paged(info, groups, c)]
+    whole = [c for c in rest if c not in paged]
+    second = _read(pf, url, groups, whole) if whole or first is None else None
     if second is not None and len(second) and masks:
         second = second.filter(pa.array(np.concatenate(masks)))
+    counts = [0, 0]
+    by_pages = {c: _rows_by_pages(source, info, pf, groups, masks, c, counts) for c in paged}
     parts = [t for t in (first, second) if t is not None]
     table = pa.Table.from_arrays(
-        [next(t.column(c) for t in parts if c in t.column_names) for c in needed], names=needed
+        [by_pages[c] if c in by_pages else next(t.column(c) for t in parts if c in t.column_names)
+         for c in needed],
+        names=needed,
     )
     if len(table) and filters.geometry is not None:
         table = table.filter(pa.array(_footprints_meet(table, filters)))
@@ -561,7 +582,54 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
     for i, field in enumerate(table.schema):  # the index's plain types
         if pa.types.is_dictionary(field.type):
             table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
-    return table, read, meta.num_row_groups
+    return table, read, meta.num_row_groups, (counts[0], counts[1])
+
+
+def _paged(info: _FileInfo, groups: list[int], column: str) -> bool:
+    """Whether ``column``'s chunks are decoded by pages: a flat top-level column with a
+    chunk of at least PAGED_BYTES among ``groups``."""
+    j = info.positions.get(column)
+    if j is None or column not in info.flat:
+        return False
+    rgs = (info.metadata.row_group(g) for g in groups)
+    return max((rg.column(j).total_uncompressed_size for rg in rgs), default=0) >= PAGED_BYTES
+
+
+def _rows_by_pages(source: _RangeFile, info: _FileInfo, pf: pq.ParquetFile, groups: list[int],
+                   masks: list[np.ndarray], column: str, counts: list[int]) -> pa.ChunkedArray:
+    """The rows of ``column`` that ``masks`` keep in ``groups``, decoding only the data pages
+    that hold them (a whole chunk when most of its pages do, or its pages cannot be told)."""
+    meta, j = info.metadata, info.positions[column]
+    target = pf.schema_arrow.field(column).type
+    dictionary = column in _DICTIONARY
+    if dictionary and not pa.types.is_dictionary(target):
+        target = pa.dictionary(pa.int32(), target)
+    arrays = []
+    for g, mask in zip(groups, masks):
+        rows = np.flatnonzero(mask)
+        chunk = meta.row_group(g).column(j)
+        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
+        start = start if start is not None and start > 0 else chunk.data_page_offset
+        source.seek(start)
+        found = pagelib.chunk_pages(source.read(chunk.total_compressed_size))
+        chosen = found.pages_of(rows) if found is not None else None
+        if found is None or chosen is None or len(chosen) > len(found.pages) // 2:
+            got = _read(pf, source.url, [g], [column]).column(0).take(pa.array(rows))
+            if found is not None:
+                counts[0] += len(found.pages)
+                counts[1] += len(found.pages)
+        else:
+            blob, _ = pagelib.pages_file(info.flat, column, chunk, meta.created_by, found, chosen)
+            values = pagelib.read_pages(blob, column, dictionary)
+            sizes = found.first_rows[chosen + 1] - found.first_rows[chosen]
+            base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            page = np.searchsorted(found.first_rows, rows, side="right") - 1
+            local = base[np.searchsorted(chosen, page)] + rows - found.first_rows[page]
+            got = values.take(pa.array(local))
+            counts[0] += len(chosen)
+            counts[1] += len(found.pages)
+        arrays.extend(got.cast(target).chunks if got.type != target else got.chunks)
+    return pa.chunked_array(arrays, type=target)
 
 
 def _empty_result(source: _RangeFile, url: str, columns: Sequence[str] | None) -> pa.Table:
@@ -584,6 +652,8 @@ class _FileInfo:
     covering: dict[str, str]
     stats: tuple[dict[str, tuple[Any, Any]], ...]
     rows: np.ndarray
+    positions: dict[str, int]  # a top-level leaf column -> its position in a row group
+    flat: dict[str, Any]  # the schema elements of flat top-level columns (core.pages)
 
 
 _INFO_FILES = 32  # files whose parsed metadata is kept (a few hundred kB each)
@@ -607,12 +677,19 @@ def _file_info(source: _RangeFile, url: str) -> _FileInfo:
         names = tuple(meta.schema.to_arrow_schema().names)
     except (pa.ArrowInvalid, OSError) as exc:
         raise IndexFormatError(f"{redact(url)} is not a readable index: {exc}") from None
+    try:
+        flat = pagelib.flat_columns(source.footer_thrift())
+    except (IndexError, KeyError, ValueError, struct.error):  # then chunks are decoded whole
+        flat = {}
+    first = meta.row_group(0) if meta.num_row_groups else None
     info = _FileInfo(
         meta,
         names,
         _covering(meta),
         tuple(_column_stats(meta, i) for i in range(meta.num_row_groups)),
         np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64),
+        {first.column(j).path_in_schema: j for j in range(first.num_columns)} if first else {},
+        flat,
     )
     with _infos_lock:
         _infos[key] = info
@@ -824,6 +901,14 @@ class _RangeFile:
             start = max(0, self.size - 8 - int.from_bytes(tail[:4], "little"))
         data = self._cached(start, self.size) or b""
         return hashlib.blake2b(data, digest_size=16).digest()
+
+    def footer_thrift(self) -> bytes:
+        """The footer's Thrift bytes (the file metadata, without its length and magic)."""
+        tail = self._cached(self.size - 8, self.size) if self.size >= 8 else None
+        if tail is None or tail[4:] != b"PAR1":
+            return b""
+        start = self.size - 8 - int.from_bytes(tail[:4], "little")
+        return self._cached(start, self.size - 8) or b""
 
     def prefetch(self, ranges: list[tuple[int, int]]) -> None:
         ranges = [(s, e) for s, e in ranges if e > s and not self._cached(s, e)]

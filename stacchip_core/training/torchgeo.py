@@ -182,7 +182,8 @@ class StacchipGeoDataset(GeoDataset):
     def __getstate__(self) -> dict[str, Any]:
         # the lookup is rebuilt where it is used (a spawned worker has its own spatial tree); a
         # spawned worker maps the table from shared memory (training.handoff)
-        return {**self.__dict__, "_lookup_cache": None, "table": share(self.table)}
+        return {**self.__dict__, "_lookup_cache": None, "table": share(self.table),
+                "index": share(self.index)}
 
     def _lookup(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
         """The index's spatial tree, chip boxes (N, 4) and time bounds (ns), built once per
