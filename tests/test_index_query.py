@@ -373,6 +373,22 @@ def test_rows_decoded_by_pages_equal_whole_chunks(merged, paged, where, monkeypa
         assert got.report.pages_decoded < got.report.pages_total / 2
 
 
+def test_pages_that_pyarrow_refuses_are_decoded_whole(merged, paged, monkeypatch):
+    from stacchip_core.core import pages
+    from stacchip_core.core import query as q
+
+    def refuse(*args, **kwargs):
+        raise pa.ArrowInvalid("a writer quirk")
+
+    box = (-180, 80, 180, 90)
+    whole = query(merged, bbox=box)
+    monkeypatch.setattr(q, "PAGED_BYTES", 0)
+    monkeypatch.setattr(pages, "read_pages", refuse)
+    got = query(paged, bbox=box)
+    assert _keyed(got.table).equals(_keyed(whole.table)) and whole.report.rows > 0
+    assert got.report.pages_decoded == got.report.pages_total > 0  # every page: whole chunks
+
+
 def test_a_rewritten_index_is_not_answered_from_its_parsed_metadata(merged, tmp_path):
     # the query keeps each file's parsed metadata; a file rewritten at the same path with the
     # same size (other rows, other row groups) is read anew: the key has the footer's digest

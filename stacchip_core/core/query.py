@@ -611,23 +611,32 @@ def _rows_by_pages(source: _RangeFile, info: _FileInfo, pf: pq.ParquetFile, grou
         start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
         start = start if start is not None and start > 0 else chunk.data_page_offset
         source.seek(start)
-        found = pagelib.chunk_pages(source.read(chunk.total_compressed_size))
+        got = None
+        try:
+            found = pagelib.chunk_pages(source.read(chunk.total_compressed_size))
+        except (IndexError, KeyError, ValueError, struct.error):  # pyarrow says what is wrong
+            found = None
         chosen = found.pages_of(rows) if found is not None else None
-        if found is None or chosen is None or len(chosen) > len(found.pages) // 2:
+        if found is not None and chosen is not None and len(chosen) <= len(found.pages) // 2:
+            try:
+                blob, _ = pagelib.pages_file(info.flat, column, chunk, meta.created_by, found,
+                                             chosen)
+                values = pagelib.read_pages(blob, column, dictionary)
+            except (pa.ArrowException, KeyError, ValueError):  # decoded whole below instead
+                log.debug("pages of %s in row group %d not decodable alone", column, g)
+            else:
+                sizes = found.first_rows[chosen + 1] - found.first_rows[chosen]
+                base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+                page = np.searchsorted(found.first_rows, rows, side="right") - 1
+                local = base[np.searchsorted(chosen, page)] + rows - found.first_rows[page]
+                got = values.take(pa.array(local))
+                counts[0] += len(chosen)
+                counts[1] += len(found.pages)
+        if got is None:
             got = _read(pf, source.url, [g], [column]).column(0).take(pa.array(rows))
             if found is not None:
                 counts[0] += len(found.pages)
                 counts[1] += len(found.pages)
-        else:
-            blob, _ = pagelib.pages_file(info.flat, column, chunk, meta.created_by, found, chosen)
-            values = pagelib.read_pages(blob, column, dictionary)
-            sizes = found.first_rows[chosen + 1] - found.first_rows[chosen]
-            base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            page = np.searchsorted(found.first_rows, rows, side="right") - 1
-            local = base[np.searchsorted(chosen, page)] + rows - found.first_rows[page]
-            got = values.take(pa.array(local))
-            counts[0] += len(chosen)
-            counts[1] += len(found.pages)
         arrays.extend(got.cast(target).chunks if got.type != target else got.chunks)
     return pa.chunked_array(arrays, type=target)
 
