@@ -101,6 +101,28 @@ def test_exact_pixels_by_dtype_and_predictor(tmp_path, dtype, predictor):
         np.testing.assert_array_equal(r["a"], expected(data, 1, x, y))
 
 
+# 64 px chips in 128 px tiles: tile (0, 0) holds chips (0..1, 0..1); its (first row, end row,
+# end column) that the batch's windows cover
+@pytest.mark.parametrize("batch,region", [
+    ([(1, 1)], (64, 128, 128)),
+    ([(0, 1)], (64, 128, 64)),
+    ([(0, 0), (0, 1)], (0, 128, 64)),
+    ([(0, 1), (1, 0)], (0, 128, 128)),
+])
+def test_only_the_rows_and_columns_windows_cover_are_undone(tmp_path, batch, region):
+    """The predictor is undone on the rows the batch's windows cover in a tile and on the
+    columns up to their right edge (the union over the windows that share the tile)."""
+    from stacchip_core.core.tiles import _regions, plan_window
+
+    data = pattern(1, H, W, "uint16")
+    href = str(write_tif(tmp_path / "a.tif", data, predictor=2))
+    lays, res = chips({"a": href}, batch)
+    for (x, y), r in zip(batch, res):
+        np.testing.assert_array_equal(r["a"], expected(data, 1, x, y))
+    plans = [plan_window(lays["a"], y * CS, x * CS, CS, CS) for x, y in batch]
+    assert _regions(lays["a"], plans) == {(0, 0): region}
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bands", [1, 3])
 @pytest.mark.parametrize("predictor", [1, 3])

@@ -80,13 +80,20 @@ def _inflaters():
     return _INFLATERS
 
 
-def _inflate_tile(buf, lay: AssetLayout) -> np.ndarray:
-    """One deflate tile as (th, tw, bands): libdeflate, then the predictor undone in numpy.
+# tile-local (first row, end row, end column) of a tile that the windows of a batch cover
+Region = tuple[int, int, int]
+
+
+def _inflate_tile(buf, lay: AssetLayout, region: Region | None = None) -> tuple[np.ndarray, int]:
+    """One deflate tile's ``region`` (default: all of it) as ``(array, first row)``, the array
+    ``(rows, columns from 0, bands)``: libdeflate, then the predictor undone in numpy.
     Measured on full-size S2 tiles (512 px uint16): 1.4 ms a tile vs 2.2 for async-tiff's
     decoder and 2.5 for zlib.
 
-    Predictor 2 (integers): a wrapping cumulative sum along each row. Predictor 3 (floats,
-    TIFF Technical Note 3; Sentinel-1 RTC): see ``_undo_float_predictor``."""
+    Predictor 2 (integers): a wrapping cumulative sum along each row, over only the rows the
+    windows cover and the columns up to their right edge: of a 512 px tile's 1.6 ms, the sum
+    is 0.56 ms, and a 256 px chip covers a quarter to a half of what it sums. Predictor 3
+    (floats, TIFF Technical Note 3; Sentinel-1 RTC): see ``_undo_float_predictor``."""
     import deflate
 
     dtype = np.dtype(lay.dtype).newbyteorder(
@@ -95,11 +102,27 @@ def _inflate_tile(buf, lay: AssetLayout) -> np.ndarray:
     th, tw, spp = lay.tile_height, lay.tile_width, lay.bands
     raw = deflate.zlib_decompress(buf, th * tw * spp * dtype.itemsize)
     if lay.predictor == 3:
-        return _undo_float_predictor(np.frombuffer(raw, np.uint8), th, tw, spp, dtype)
-    arr = np.frombuffer(raw, dtype).reshape(th, tw, spp)
+        return _undo_float_predictor(np.frombuffer(raw, np.uint8), th, tw, spp, dtype), 0
+    r0, r1, c1 = region if region is not None else (0, th, tw)
+    arr = np.frombuffer(raw, dtype).reshape(th, tw, spp)[r0:r1, :c1]
     if lay.predictor == 2:
         arr = np.cumsum(arr, axis=1, dtype=dtype)
-    return arr
+    return arr, r0
+
+
+def _regions(lay: AssetLayout, plans: Sequence[ChipPlan]) -> dict[tuple[int, int], Region]:
+    """Per tile, the tile-local rows and the columns from 0 that the plans' windows cover."""
+    th, tw = lay.tile_height, lay.tile_width
+    out: dict[tuple[int, int], Region] = {}
+    for p in plans:
+        _, _, r0, r1, _, c1 = p.window
+        for tx, ty in p.tiles:
+            top, left = ty * th, tx * tw
+            a0, a1, b1 = max(r0, top) - top, min(r1, top + th) - top, min(c1, left + tw) - left
+            have = out.get((tx, ty))
+            out[(tx, ty)] = (a0, a1, b1) if have is None else (
+                min(have[0], a0), max(have[1], a1), max(have[2], b1))
+    return out
 
 
 def _undo_float_predictor(
@@ -385,15 +408,17 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
                 )
                 cost.decode_seconds += seconds
                 return out
-            shares = await asyncio.gather(
-                *(loop.run_in_executor(_inflaters(), _inflate_many, lay, piece) for piece in pieces)
-            )
+            regions = _regions(lay, plans)
+            shares = await asyncio.gather(*(
+                loop.run_in_executor(_inflaters(), _inflate_many, lay, piece, regions)
+                for piece in pieces
+            ))
         except Exception as exc:  # noqa: BLE001 - not what the layout promised (a corrupt tile...): async-tiff's turn
             log.debug("libdeflate could not decode %s: %s", redact(lay.href), exc)
             # a changed object: its header says so (StaleObject: the caller falls back)
             await objects.check_header(lay.href, lay.expect())
         else:
-            decoded: dict[tuple[int, int], np.ndarray] = {}
+            decoded: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
             for share, seconds in shares:
                 decoded.update(share)
                 cost.decode_seconds += seconds
@@ -412,8 +437,9 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
         except Exception:
             await objects.check_header(lay.href, lay.expect())  # changed: StaleObject instead
             raise
+        th, tw = lay.tile_height, lay.tile_width
         for xy, tile_pixels in zip(wanted, pixels):
-            decoded[xy] = np.asarray(tile_pixels)
+            decoded[xy] = (np.asarray(tile_pixels).reshape(th, tw, lay.bands), 0)
         cost.decode_seconds += time.perf_counter() - t0
     return _assemble(lay, plans, decoded)
 
@@ -422,15 +448,16 @@ _SHARES = max(1, os.cpu_count() or 1)  # an asset's tiles are split over the inf
 _TILES_PER_SHARE = 4  # ...when it has at least this many per thread
 
 
-def _inflate_many(lay: AssetLayout, pieces: list) -> tuple[dict, float]:
-    """Tiles ``[(xy, bytes)]`` inflated, and the thread CPU seconds it took."""
+def _inflate_many(lay: AssetLayout, pieces: list, regions: dict) -> tuple[dict, float]:
+    """Tiles ``[(xy, bytes)]`` inflated (their ``regions``), and the thread CPU seconds it
+    took."""
     t0 = time.thread_time()
-    decoded = {xy: _inflate_tile(buf, lay) for xy, buf in pieces}
+    decoded = {xy: _inflate_tile(buf, lay, regions.get(xy)) for xy, buf in pieces}
     return decoded, time.thread_time() - t0
 
 
 def _inflate_assemble(lay: AssetLayout, pieces: list, plans: list[ChipPlan]):
-    decoded, seconds = _inflate_many(lay, pieces)
+    decoded, seconds = _inflate_many(lay, pieces, _regions(lay, plans))
     return _assemble(lay, plans, decoded), seconds
 
 
@@ -454,8 +481,9 @@ def _assemble(lay: AssetLayout, plans: list[ChipPlan], decoded: dict) -> list[np
             tile = decoded.get((tx, ty))
             if tile is None:
                 view[...] = fill
-            else:
-                part = tile.reshape(th, tw, nb)[a0 - top : a1 - top, b0 - left : b1 - left]
+            else:  # (rows first..., columns 0..., bands): see _inflate_tile
+                arr, first = tile
+                part = arr[a0 - top - first : a1 - top - first, b0 - left : b1 - left]
                 view[...] = np.moveaxis(part, 2, 0)
         out.append(crop_expand(block, r0, c0, row0, col0, p.height, p.width, p.factor))
     return out
