@@ -140,12 +140,34 @@ def _baseline(path: str | None):
     return module.query
 
 
-def run_query(path: Path, kwargs: dict, repeats: int, baseline=None) -> dict:
+def run_query(path: Path, kwargs: dict, repeats: int, baseline=None, url: str = "") -> dict:
+    """Time the project's query of ``path`` (or of ``url``, the same file over HTTP: then
+    only the project's query and the baseline), against the baseline or geopandas and
+    DuckDB."""
     import duckdb
     import geopandas as gpd
 
     from stacchip_core.core.query import query
 
+    if url:  # the file over HTTP: the project and the baseline read ranges of it
+        result = query(url, **kwargs)
+        out = {"rows": result.report.rows, "requests": result.report.requests,
+               "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
+               "mib_read": round(result.report.bytes_read / 2**20, 2)}
+        if baseline is None:
+            out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(url, **kwargs),
+                                                                 repeats)
+            return out
+        before = baseline(url, **kwargs)
+        assert before.table.equals(result.table)
+        out["baseline_mib"] = round(before.report.bytes_read / 2**20, 2)
+        now, then = [], []
+        for _ in range(repeats):
+            now.append(_times_ms(lambda: query(url, **kwargs), 1)[0])
+            then.append(_times_ms(lambda: baseline(url, **kwargs), 1)[0])
+        out["project_ms"], out["project_ms_min"] = statistics.median(now), min(now)
+        out["baseline_ms"], out["baseline_ms_min"] = statistics.median(then), min(then)
+        return out
     result = query(path, **kwargs)
     out = {
         "rows": result.report.rows,
@@ -158,7 +180,9 @@ def run_query(path: Path, kwargs: dict, repeats: int, baseline=None) -> dict:
                                                              repeats)
         return out
     if baseline is not None:  # one run of each in turn, so both see the same load
-        assert baseline(path, **kwargs).table.equals(result.table)
+        before_result = baseline(path, **kwargs)
+        assert before_result.table.equals(result.table)
+        out["baseline_mib"] = round(before_result.report.bytes_read / 2**20, 2)
         now, before = [], []
         for _ in range(repeats):
             now.append(_times_ms(lambda: query(path, **kwargs), 1)[0])
@@ -279,6 +303,11 @@ def main() -> None:
         help="another copy of stacchip_core/core/query.py (e.g. main's) to time against the "
              "current one, interleaved (geopandas and DuckDB are then not run)",
     )
+    parser.add_argument(
+        "--http-delay", type=float, default=None,
+        help="query the sorted file over a loopback nginx adding this many seconds to each "
+             "request (e.g. 0.02; the project's query and the baseline only)",
+    )
     args = parser.parse_args()
     work = Path(args.work)
     baseline = _baseline(args.baseline_query)
@@ -332,14 +361,23 @@ def main() -> None:
                 memory_scaling(folder / "index", work / "scaling",
                                [float(v) for v in args.memory_scaling.split(",")],
                                args.memory_rows)
+            server = None
+            if args.http_delay is not None:
+                from nginx_server import NginxServer
+
+                server = NginxServer(folder, delay=args.http_delay).start()
+                paths = [("sorted, over HTTP", merged)]
             for label, path in [] if args.no_queries else paths:
+                url = f"{server.url}/merged.parquet" if server is not None else ""
+                if url:
+                    label += f" at {args.http_delay * 1000:g} ms per request"
                 print(f"  queries, {label} (ms: median of the boxes' medians, [min of all runs]):")
                 by_case: dict[str, list[dict]] = {}
                 for case, kwargs in queries(merged, boxes=args.boxes):
                     if args.no_worldwide and "bbox" not in kwargs:
                         continue
                     by_case.setdefault(case, []).append(
-                        run_query(path, kwargs, args.repeats, baseline)
+                        run_query(path, kwargs, args.repeats, baseline, url)
                     )
                 for case, results in by_case.items():
                     def med(k: str, results=results):
@@ -354,15 +392,19 @@ def main() -> None:
                     line = (f"    {case:<24} rows {med('rows'):>9,.0f}  groups {groups:<28} "
                             f"MiB {med('mib_read'):7.2f}  project {med('project_ms'):7.1f} "
                             f"[{low('project_ms'):6.1f}] ms")
+                    if med("requests") is not None:
+                        line += f" in {med('requests'):.0f} requests"
                     if med("baseline_ms") is not None:
                         line += (f"  baseline {med('baseline_ms'):7.1f} "
-                                 f"[{low('baseline_ms'):6.1f}] ms")
+                                 f"[{low('baseline_ms'):6.1f}] ms, MiB {med('baseline_mib'):.2f}")
                     elif med("geopandas_ms") is not None:
                         line += (
                             f"  geopandas {med('geopandas_ms'):7.1f} [{low('geopandas_ms'):6.1f}]"
                             f" ms  duckdb {med('duckdb_ms'):7.1f} [{low('duckdb_ms'):6.1f}] ms"
                         )
                     print(line, flush=True)
+            if server is not None:
+                server.stop()
             if not args.keep and not args.reuse:
                 shutil.rmtree(folder, ignore_errors=True)
 

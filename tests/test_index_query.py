@@ -335,17 +335,42 @@ def test_row_groups_are_pruned_by_their_statistics(merged):
     assert set(before.table["chipid"].to_pylist()) == set(result.table["chipid"].to_pylist())
 
 
+def _small_pages(merged, out, page_index: bool):
+    pf = pq.ParquetFile(merged)
+    with pq.ParquetWriter(out, pf.schema_arrow, compression="zstd", data_page_size=2048,
+                          write_batch_size=50, write_page_index=page_index,
+                          use_dictionary=["platform", "item_id", "item_href", "layouts"]) as w:
+        for g in range(pf.metadata.num_row_groups):
+            w.write_table(pf.read_row_group(g), row_group_size=1 << 30)
+    return out
+
+
 @pytest.fixture(scope="module")
 def paged(merged, tmp_path_factory):
     """The merged index with the same row groups written in small data pages (many per
     chunk, as geometry has in a full-size merge)."""
-    pf = pq.ParquetFile(merged)
-    out = tmp_path_factory.mktemp("paged") / "paged.parquet"
-    with pq.ParquetWriter(out, pf.schema_arrow, compression="zstd", data_page_size=2048,
-                          write_batch_size=50, write_page_index=True,
-                          use_dictionary=["platform", "item_id", "item_href", "layouts"]) as w:
-        for g in range(pf.metadata.num_row_groups):
-            w.write_table(pf.read_row_group(g), row_group_size=1 << 30)
+    return _small_pages(merged, tmp_path_factory.mktemp("paged") / "paged.parquet", True)
+
+
+@pytest.fixture(scope="module")
+def paged_no_index(merged, tmp_path_factory):
+    """The same pages without the page index: the chunks are fetched whole."""
+    return _small_pages(merged, tmp_path_factory.mktemp("paged") / "no-index.parquet", False)
+
+
+def _corrupt_offset_indexes(path, out):
+    """A copy of ``path`` with the offset index of every geometry chunk overwritten."""
+    from stacchip_core.core import pages
+
+    data = bytearray(path.read_bytes())
+    meta = pq.ParquetFile(path).metadata
+    footer = bytes(data[-8 - int.from_bytes(data[-8:-4], "little"):-8])
+    j = meta.schema.to_arrow_schema().names.index("geometry")
+    for g in range(meta.num_row_groups):
+        where = pages.offset_index_at(footer, meta.row_group(g).column(j).data_page_offset)
+        assert where is not None
+        data[where[0]:where[0] + where[1]] = b"\x19\x1c" + b"\xff" * (where[1] - 2)
+    out.write_bytes(bytes(data))
     return out
 
 
@@ -371,6 +396,49 @@ def test_rows_decoded_by_pages_equal_whole_chunks(merged, paged, where, monkeypa
     if isinstance(where, int):  # a few chips: a few pages of each chunk
         assert 0 < whole.report.rows < 1000
         assert got.report.pages_decoded < got.report.pages_total / 2
+
+
+@pytest.mark.parametrize("where", [0, 20_000, 40_000, 61_000])
+def test_only_the_pages_holding_kept_rows_are_fetched(merged, paged, paged_no_index, where,
+                                                      monkeypatch, tmp_path):
+    from stacchip_core.core import query as q
+
+    b = pq.read_table(merged, columns=["bbox"]).column("bbox").combine_chunks()
+    x, y = b.field("xmin")[where].as_py(), b.field("ymin")[where].as_py()
+    box = (x - 0.1, y - 0.1, x + 0.1, y + 0.1)
+    from stacchip_core.io import objects
+
+    monkeypatch.setattr(q, "PAGED_BYTES", 0)
+    # pages of 2 kB lie closer than the 64 kB that merges ranges into one request: without
+    # merging, the bytes count what was asked for
+    monkeypatch.setattr(objects, "COALESCE_GAP", 0)
+    by_index = query(paged, bbox=box)
+    by_headers = query(paged_no_index, bbox=box)
+    broken = query(_corrupt_offset_indexes(paged, tmp_path / "broken.parquet"), bbox=box)
+    assert 0 < by_index.report.rows < 1000
+    for other in (by_headers, broken):
+        assert _keyed(other.table).equals(_keyed(by_index.table))
+        assert other.report.pages_decoded == by_index.report.pages_decoded
+    # the page index's own bytes are in the footer's neighbourhood, not in the chunks: the
+    # fetched chunk bytes are what shrink. Without a page index (or with a broken one for
+    # geometry) every paged chunk comes whole
+    chunk_bytes = _second_pass_chunk_bytes(paged_no_index, by_index)
+    assert by_index.report.bytes_read < by_headers.report.bytes_read - chunk_bytes / 2
+    assert by_index.report.bytes_read < broken.report.bytes_read
+
+
+def _second_pass_chunk_bytes(path, result) -> int:
+    """The compressed bytes of the chunks of the kept rows' row groups, but the first pass's."""
+    meta = pq.ParquetFile(path).metadata
+    ids = set(result.table["chipid"].to_pylist())
+    chips = pq.read_table(path, columns=["chipid"])
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    starts = np.cumsum([0, *sizes])
+    hit = np.flatnonzero([c in ids for c in chips["chipid"].to_pylist()])
+    groups = sorted(set(np.searchsorted(starts, hit, side="right") - 1))
+    names = [meta.row_group(0).column(j).path_in_schema for j in range(meta.num_columns)]
+    return sum(meta.row_group(g).column(j).total_compressed_size for g in groups
+               for j, n in enumerate(names) if n in ("geometry", "chipid"))
 
 
 def test_pages_that_pyarrow_refuses_are_decoded_whole(merged, paged, monkeypatch):
@@ -445,6 +513,38 @@ def test_query_over_http_counts_its_requests(merged, tmp_path):
         assert server.bytes == result.report.bytes_read < os.path.getsize(merged) / 2
         assert all(r is not None for m, _, r in server.log if m == "GET")  # never the whole object
         assert result.table.equals(query(merged, bbox=(10, 10, 11, 11)).table)
+
+
+def test_pages_over_http_are_ranges_the_report_counts(merged, paged, paged_no_index,
+                                                      monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    from rangeserver import RangeServer
+
+    from stacchip_core.core import query as q
+    from stacchip_core.io import objects
+
+    monkeypatch.setattr(q, "PAGED_BYTES", 0)
+    monkeypatch.setattr(objects, "COALESCE_GAP", 0)
+    folder = Path(paged).parent
+    shutil.copy(paged_no_index, folder / "no-index.parquet")
+    b = pq.read_table(merged, columns=["bbox"]).column("bbox").combine_chunks()
+    x, y = b.field("xmin")[20_000].as_py(), b.field("ymin")[20_000].as_py()
+    box = (x - 0.1, y - 0.1, x + 0.1, y + 0.1)
+    with RangeServer(folder) as server:
+        got = {}
+        for name in ("paged.parquet", "no-index.parquet"):
+            before = (server.requests, server.bytes)
+            got[name] = query(f"{server.url}/{name}", bbox=box)
+            assert (server.requests - before[0], server.bytes - before[1]) == (
+                got[name].report.requests, got[name].report.bytes_read)
+        assert all(r is not None for m, _, r in server.log if m == "GET")
+    local = query(merged, bbox=box)
+    assert local.report.rows > 0
+    for result in got.values():
+        assert _keyed(result.table).equals(_keyed(local.table))
+    assert got["paged.parquet"].report.bytes_read < got["no-index.parquet"].report.bytes_read
 
 
 @pytest.mark.parametrize("kwargs, message", [

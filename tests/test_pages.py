@@ -82,3 +82,61 @@ def test_rows_by_pages_equal_the_whole_chunk(parquet, column, pick):
     assert values.take(pa.array(local)).to_pylist() == whole.take(pa.array(rows)).to_pylist()
     if pick == "one":
         assert len(chosen) == 1
+
+
+def _chunks(data: bytes):
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata
+    return [meta.row_group(g).column(j) for g in range(meta.num_row_groups)
+            for j in range(meta.num_columns)]
+
+
+def test_the_offset_index_of_every_chunk_is_found_and_tiles_it(parquet):
+    footer = _footer(parquet)
+    chunks = _chunks(parquet)
+    assert len(chunks) == 3 * 9 and all(c.has_offset_index for c in chunks)
+    for chunk in chunks:
+        where = pages.offset_index_at(footer, chunk.data_page_offset)
+        assert where is not None
+        # a window to search first that misses the chunk: the whole footer is searched
+        assert pages.offset_index_at(footer, chunk.data_page_offset, (0, 8)) == where
+        assert pages.offset_index_at(footer, chunk.data_page_offset, (0, len(footer))) == where
+        offsets, sizes, first = pages.offset_index(parquet[where[0]:where[0] + where[1]])
+        start = (chunk.dictionary_page_offset if chunk.has_dictionary_page
+                 else chunk.data_page_offset)
+        assert offsets[0] == chunk.data_page_offset
+        assert offsets[-1] + sizes[-1] == start + chunk.total_compressed_size
+        assert (offsets[1:] == offsets[:-1] + sizes[:-1]).all()  # pages follow each other
+        if chunk.path_in_schema in pages.flat_columns(footer):  # the same pages as the headers
+            found = pages.chunk_pages(parquet[start:start + chunk.total_compressed_size])
+            assert found is not None
+            assert first.tolist() == found.first_rows[:-1].tolist()
+            assert sizes.tolist() == [len(p) for p in found.pages]
+
+
+def test_a_file_without_a_page_index_has_no_offset_index(parquet):
+    out = io.BytesIO()
+    pq.write_table(_table(), out, row_group_size=2000, data_page_size=512, write_batch_size=100,
+                   write_page_index=False)
+    data = out.getvalue()
+    footer = _footer(data)
+    assert [pages.offset_index_at(footer, c.data_page_offset) for c in _chunks(data)] == [
+        None] * 27
+
+
+@pytest.mark.parametrize("buf, error", [
+    (b"", IndexError),
+    (b"\x00", KeyError),  # a struct without page locations
+    (b"\x19\x0c\x00", ValueError),  # no pages
+    # two pages whose first rows go down: 0 then 0
+    (b"\x19\x2c\x16\x08\x15\x04\x16\x00\x00\x16\x0c\x15\x04\x16\x00\x00\x00", ValueError),
+])
+def test_a_malformed_offset_index_is_refused(buf, error):
+    with pytest.raises(error):
+        pages.offset_index(buf)
+
+
+def test_an_offset_index_gives_offsets_sizes_and_first_rows():
+    # two pages: at 4 (2 bytes, rows from 0) and at 6 (2 bytes, rows from 1)
+    buf = b"\x19\x2c\x16\x08\x15\x04\x16\x00\x00\x16\x0c\x15\x04\x16\x02\x00\x00"
+    offsets, sizes, first = pages.offset_index(buf)
+    assert (offsets.tolist(), sizes.tolist(), first.tolist()) == ([4, 6], [2, 2], [0, 1])

@@ -43,8 +43,9 @@ _WORLD = (-180.0, 180.0)
 # columns a merged index dictionary-encodes (pipeline.merge): read as dictionaries
 _DICTIONARY = ("platform", "item_id", "item_href", "layouts")
 # a kept row group's chunk of a column at least this large (decoded) has only the pages that
-# hold the kept rows decoded (core.pages): geometry (9.6 MB a group) and chipid (2 MB) of a
-# merged index; smaller chunks are one or a few pages, decoded whole in one call
+# hold the kept rows fetched (by its offset index) and decoded (core.pages): geometry (9.6 MB
+# a group) and chipid (2 MB) of a merged index; smaller chunks are one or a few pages,
+# fetched and decoded whole in one call
 PAGED_BYTES = 1 << 20
 # the manifest of a partitioned index (pipeline.merge writes it after its files): one row per
 # file with its name, rows, row groups, bbox, datetime span and platforms
@@ -62,7 +63,8 @@ class QueryReport(Report):
     ``files_total`` files were opened (the others pruned by the manifest, which is counted
     in the bytes and requests); ``files`` equals ``files_read``. Of the large column chunks
     of the row groups where rows matched, ``pages_decoded`` of ``pages_total`` data pages
-    were decoded (those holding matching rows, see core.pages)."""
+    were decoded (those holding matching rows, see core.pages), and only those fetched when
+    the file has a page index."""
 
     files: int
     row_groups_read: int
@@ -550,26 +552,35 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
     # columns of only the row groups where some row passed (a 1 degree box: 1-3 of them)
     cheap = [c for c in _filter_columns(filters) if c in names and c != "geometry"]
     needed = list(dict.fromkeys(wanted + [c for c in _filter_columns(filters) if c in names]))
-    first, masks = None, []
+    first, masks, paged, located = None, [], [], {}
     if cheap and groups:
-        source.prefetch(_chunk_ranges(meta, groups, cheap))
+        # the large chunks of the second pass are read by pages: their offset indexes come
+        # with the first pass's chunks (a few hundred bytes per chunk), so the pages that
+        # hold the kept rows are known without another round of requests
+        paged = [c for c in needed if c not in cheap and _paged(info, groups, c)]
+        located = {(g, c): _offset_index_at(source, info, g, c) for c in paged for g in groups}
+        source.prefetch(_chunk_ranges(meta, groups, cheap) + [
+            (at[0], at[0] + at[1]) for at in located.values() if at is not None])
         first = _read(pf, url, groups, cheap)
         mask = _prefilter(first, filters)
         first = first.filter(pa.array(mask))  # rows of groups without a match are all False
         masks = np.split(mask, np.cumsum(info.rows[groups])[:-1])
         hits = [i for i, m in enumerate(masks) if m.any()]
         groups, masks = [groups[i] for i in hits], [masks[i] for i in hits]
+        paged = paged if groups else []  # no row kept: every column is an empty read
     # the columns the first pass did not already decode, of the rows it kept; of the large
-    # chunks, only the pages that hold those rows are decoded
+    # chunks, only the pages that hold those rows are fetched and decoded
     rest = [c for c in needed if first is None or c not in cheap]
-    source.prefetch(_chunk_ranges(meta, groups, rest))
-    paged = [c for c in rest if masks and _paged(info, groups, c)]
     whole = [c for c in rest if c not in paged]
+    chunks = [_PagedChunk(g, c, np.flatnonzero(m), located.get((g, c)))
+              for c in paged for g, m in zip(groups, masks)]
+    source.prefetch(_chunk_ranges(meta, groups, whole) + _page_ranges(source, info, chunks))
     second = _read(pf, url, groups, whole) if whole or first is None else None
     if second is not None and len(second) and masks:
         second = second.filter(pa.array(np.concatenate(masks)))
     counts = [0, 0]
-    by_pages = {c: _rows_by_pages(source, info, pf, groups, masks, c, counts) for c in paged}
+    by_pages = {c: _rows_by_pages(source, info, pf, [k for k in chunks if k.column == c], counts)
+                for c in paged}
     parts = [t for t in (first, second) if t is not None]
     table = pa.Table.from_arrays(
         [by_pages[c] if c in by_pages else next(t.column(c) for t in parts if c in t.column_names)
@@ -595,35 +606,127 @@ def _paged(info: _FileInfo, groups: list[int], column: str) -> bool:
     return max((rg.column(j).total_uncompressed_size for rg in rgs), default=0) >= PAGED_BYTES
 
 
-def _rows_by_pages(source: _RangeFile, info: _FileInfo, pf: pq.ParquetFile, groups: list[int],
-                   masks: list[np.ndarray], column: str, counts: list[int]) -> pa.ChunkedArray:
-    """The rows of ``column`` that ``masks`` keep in ``groups``, decoding only the data pages
-    that hold them (a whole chunk when most of its pages do, or its pages cannot be told)."""
-    meta, j = info.metadata, info.positions[column]
+@dataclass
+class _PagedChunk:
+    """One row group's chunk of a column decoded by pages, as its plan is made: the kept
+    rows and where its offset index is, then which pages hold those rows."""
+
+    group: int
+    column: str
+    rows: np.ndarray  # kept rows, within the group
+    index_at: tuple[int, int] | None = None  # the offset index's range
+    pages: pagelib.ChunkPages | None = None  # from the offset index, bytes filled in later
+    offsets: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    chosen: np.ndarray | None = None  # the pages to fetch; None: the chunk is fetched whole
+
+
+def _chunk_start(chunk: Any) -> int:
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
+    return start if start is not None and start > 0 else chunk.data_page_offset
+
+
+def _offset_index_at(source: _RangeFile, info: _FileInfo, group: int, column: str
+                     ) -> tuple[int, int] | None:
+    """Where the offset index of ``column``'s chunk in ``group`` lies, found in the footer
+    (core.pages.offset_index_at), or None when it has none."""
+    chunk = info.metadata.row_group(group).column(info.positions[column])
+    footer = source.footer_thrift()
+    if not chunk.has_offset_index or not footer:
+        return None
+    # the row groups fill most of the footer in order, about the same size each
+    n = info.metadata.num_row_groups
+    span = 2 * len(footer) // n + 4096
+    middle = len(footer) * (2 * group + 1) // (2 * n)
+    return pagelib.offset_index_at(footer, chunk.data_page_offset,
+                                   (middle - span, middle + span))
+
+
+def _page_ranges(source: _RangeFile, info: _FileInfo, chunks: list[_PagedChunk]
+                 ) -> list[tuple[int, int]]:
+    """The ranges to fetch of paged chunks: of each chunk with an offset index (fetched
+    already), its dictionary page and the data pages holding its kept rows; the whole chunk
+    when those are more than half of its pages, or it has no offset index, or its offset
+    index does not describe it."""
+    ranges = []
+    for k in chunks:
+        chunk = info.metadata.row_group(k.group).column(info.positions[k.column])
+        start = _chunk_start(chunk)
+        if k.index_at is None:
+            ranges.append((start, start + chunk.total_compressed_size))
+            continue
+        try:
+            source.seek(k.index_at[0])
+            offsets, sizes, first = pagelib.offset_index(source.read(k.index_at[1]))
+        except (IndexError, KeyError, ValueError, TypeError, struct.error):
+            offsets = None
+        # the pages must tile the chunk exactly, after its dictionary page
+        if (offsets is None or offsets[0] != chunk.data_page_offset
+                or offsets[-1] + sizes[-1] != start + chunk.total_compressed_size):
+            log.debug("offset index of %s in row group %d does not describe its chunk",
+                      k.column, k.group)
+            ranges.append((start, start + chunk.total_compressed_size))
+            continue
+        rows = info.rows[k.group]
+        k.pages = pagelib.ChunkPages(None, (), np.append(first, rows))
+        chosen = k.pages.pages_of(k.rows)
+        if len(chosen) > len(offsets) // 2:  # decoded whole: one range, one call
+            ranges.append((start, start + chunk.total_compressed_size))
+            continue
+        k.offsets, k.sizes, k.chosen = offsets, sizes, chosen
+        if start < chunk.data_page_offset:
+            ranges.append((start, chunk.data_page_offset))
+        ranges.extend((int(offsets[p]), int(offsets[p] + sizes[p])) for p in chosen)
+    return ranges
+
+
+def _fetched_pages(source: _RangeFile, info: _FileInfo, k: _PagedChunk
+                   ) -> tuple[pagelib.ChunkPages | None, np.ndarray | None]:
+    """A chunk's pages and the ones holding its kept rows: from the pages fetched by their
+    offset index, or else from the whole chunk's page headers (None, None when those cannot
+    be read: then it is decoded whole)."""
+    chunk = info.metadata.row_group(k.group).column(info.positions[k.column])
+    start = _chunk_start(chunk)
+    if k.chosen is not None and k.pages is not None and k.offsets is not None:
+        assert k.sizes is not None
+        source.seek(start)
+        dictionary = (source.read(chunk.data_page_offset - start)
+                      if start < chunk.data_page_offset else None)
+        data = [b""] * len(k.offsets)
+        for p in k.chosen:
+            source.seek(int(k.offsets[p]))
+            data[p] = source.read(int(k.sizes[p]))
+        return replace(k.pages, dictionary=dictionary, pages=tuple(data)), k.chosen
+    source.seek(start)
+    try:
+        found = pagelib.chunk_pages(source.read(chunk.total_compressed_size))
+    except (IndexError, KeyError, ValueError, struct.error):  # pyarrow says what is wrong
+        return None, None
+    return found, found.pages_of(k.rows) if found is not None else None
+
+
+def _rows_by_pages(source: _RangeFile, info: _FileInfo, pf: pq.ParquetFile,
+                   chunks: list[_PagedChunk], counts: list[int]) -> pa.ChunkedArray:
+    """The kept rows of one column's ``chunks``, decoding only the data pages that hold them
+    (a whole chunk when most of its pages do, or its pages cannot be told)."""
+    meta = info.metadata
+    column = chunks[0].column
     target = pf.schema_arrow.field(column).type
     dictionary = column in _DICTIONARY
     if dictionary and not pa.types.is_dictionary(target):
         target = pa.dictionary(pa.int32(), target)
     arrays = []
-    for g, mask in zip(groups, masks):
-        rows = np.flatnonzero(mask)
-        chunk = meta.row_group(g).column(j)
-        start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
-        start = start if start is not None and start > 0 else chunk.data_page_offset
-        source.seek(start)
-        got = None
-        try:
-            found = pagelib.chunk_pages(source.read(chunk.total_compressed_size))
-        except (IndexError, KeyError, ValueError, struct.error):  # pyarrow says what is wrong
-            found = None
-        chosen = found.pages_of(rows) if found is not None else None
+    for k in chunks:
+        chunk = meta.row_group(k.group).column(info.positions[column])
+        found, chosen = _fetched_pages(source, info, k)
+        rows, got = k.rows, None
         if found is not None and chosen is not None and len(chosen) <= len(found.pages) // 2:
             try:
                 blob, _ = pagelib.pages_file(info.flat, column, chunk, meta.created_by, found,
                                              chosen)
                 values = pagelib.read_pages(blob, column, dictionary)
             except (pa.ArrowException, KeyError, ValueError):  # decoded whole below instead
-                log.debug("pages of %s in row group %d not decodable alone", column, g)
+                log.debug("pages of %s in row group %d not decodable alone", column, k.group)
             else:
                 sizes = found.first_rows[chosen + 1] - found.first_rows[chosen]
                 base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -632,8 +735,8 @@ def _rows_by_pages(source: _RangeFile, info: _FileInfo, pf: pq.ParquetFile, grou
                 got = values.take(pa.array(local))
                 counts[0] += len(chosen)
                 counts[1] += len(found.pages)
-        if got is None:
-            got = _read(pf, source.url, [g], [column]).column(0).take(pa.array(rows))
+        if got is None:  # reads what it needs beyond the fetched pages (logged at debug)
+            got = _read(pf, source.url, [k.group], [column]).column(0).take(pa.array(rows))
             if found is not None:
                 counts[0] += len(found.pages)
                 counts[1] += len(found.pages)
