@@ -21,7 +21,7 @@ from index_synth import write_items
 
 from stacchip_core.core.hilbert import bbox_centres, hilbert_keys
 from stacchip_core.core.query import bbox_geometry, query
-from stacchip_core.errors import ConfigError
+from stacchip_core.errors import ConfigError, IndexFormatError
 from stacchip_core.pipeline.merge import merge
 
 ITEMS = 40  # 62,244 chips, places revisited up to 4 times
@@ -320,9 +320,9 @@ def test_row_groups_are_pruned_by_their_statistics(merged):
     chunks = sum(size(g, j) for g in expected for j in covering)
     chunks += sum(size(g, j) for g in hits for j in range(meta.num_columns) if j not in covering)
     assert hits and result.report.bytes_read == footer + chunks
-    assert (
-        result.report.requests >= 4
-    )  # HEAD, footer, then each pass (counted exactly over http below)
+    # the footer's last 64 KiB (which say the size), then each pass (counted exactly over
+    # http below)
+    assert result.report.requests >= 3
     # and without the order: rows from everywhere in each row group (as input order gives
     # once a row group holds many items) prune nothing, and the answer is the same
     unsorted = merged.parent / "unsorted.parquet"
@@ -508,8 +508,11 @@ def test_query_over_http_counts_its_requests(merged, tmp_path):
     shutil.copy(merged, tmp_path / "all.parquet")
     with RangeServer(tmp_path) as server:
         result = query(f"{server.url}/all.parquet", bbox=(10, 10, 11, 11))
-        # a HEAD, the footer, then the needed column chunks: what the report says, and no more
-        assert server.requests == result.report.requests >= 3
+        # the footer as a suffix range (no HEAD: its response says the size), then the
+        # needed column chunks: what the report says, and no more
+        assert server.requests == result.report.requests >= 2
+        assert server.log[0] == ("GET", "/all.parquet", f"bytes=-{64 * 1024}")
+        assert "HEAD" not in [m for m, _, _ in server.log]
         assert server.bytes == result.report.bytes_read < os.path.getsize(merged) / 2
         assert all(r is not None for m, _, r in server.log if m == "GET")  # never the whole object
         assert result.table.equals(query(merged, bbox=(10, 10, 11, 11)).table)
@@ -545,6 +548,17 @@ def test_pages_over_http_are_ranges_the_report_counts(merged, paged, paged_no_in
     for result in got.values():
         assert _keyed(result.table).equals(_keyed(local.table))
     assert got["paged.parquet"].report.bytes_read < got["no-index.parquet"].report.bytes_read
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1", b"not parquet at all" * 10_000])
+def test_an_index_that_is_not_parquet_is_one_clear_error(tmp_path, content):
+    from rangeserver import RangeServer
+
+    (tmp_path / "bad.parquet").write_bytes(content)
+    with RangeServer(tmp_path) as server:
+        for url in (tmp_path / "bad.parquet", f"{server.url}/bad.parquet"):
+            with pytest.raises(IndexFormatError, match="is not a readable index"):
+                query(url, bbox=(0, 0, 1, 1))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -208,6 +208,22 @@ def test_a_forked_child_reads_every_scheme_through_the_fork_safe_transport(bucke
     assert counts.bytes == len(urls) * (len(body) + 5 + 100)
 
 
+@pytest.mark.parametrize("n", [1, 100, 2048, 5000])
+def test_a_suffix_range_gives_the_last_bytes_and_the_size(bucket, tmp_path, n):
+    from rangeserver import RangeServer
+
+    from stacchip_core.io import portable
+
+    body = bytes(range(256)) * 8  # 2,048 bytes: the last n, or all of it when n is larger
+    (tmp_path / "o.bin").write_bytes(body)
+    boto3.client("s3").put_object(Bucket=bucket, Key="k/o.bin", Body=body)
+    with RangeServer(tmp_path) as server:
+        for url in (str(tmp_path / "o.bin"), f"{server.url}/o.bin", f"s3://{bucket}/k/o.bin"):
+            got = objects.run(portable.read(url, -n))
+            assert (bytes(got.body), got.size) == (body[-n:], len(body))
+        assert server.log == [("GET", "/o.bin", f"bytes=-{n}")]
+
+
 def test_counters_subtract_and_count_checks_apart(served_index):
     server, _, rows = served_index
     lays = decode(rows[0]["layouts"])

@@ -105,7 +105,8 @@ def read_local(url: str, start: int | None, end: int | None, if_match: str | Non
 
     Args:
         url: A local path or file:// URL.
-        start: First byte, or None for the whole file.
+        start: First byte, or None for the whole file; negative: the last ``-start`` bytes
+            (all of a smaller file).
         end: Byte after the last (clipped to the file's size; None: to its end).
         if_match: An ETag the file must have (``local_etag``).
         body: False for the size and ETag only.
@@ -126,6 +127,9 @@ def read_local(url: str, start: int | None, end: int | None, if_match: str | Non
             return Response(b"", st.st_size, etag)
         if start is None:
             data = f.read()
+        elif start < 0:
+            size = st.st_size
+            data = os.pread(f.fileno(), min(-start, size), max(0, size + start))
         else:
             data = os.pread(
                 f.fileno(), max(0, min(int(end or st.st_size), st.st_size) - start), start
@@ -258,7 +262,9 @@ async def _http(url: str, start: int | None, end: int | None, if_match: str | No
     from yarl import URL
 
     headers = {"Accept-Encoding": "identity", **extra}
-    if start is not None:
+    if start is not None and start < 0:  # a suffix: the last -start bytes
+        headers["Range"] = f"bytes={start}"
+    elif start is not None:
         headers["Range"] = f"bytes={start}-{max(start, int(end or 0) - 1)}"
     if if_match:
         headers["If-Match"] = if_match
@@ -273,9 +279,9 @@ async def _http(url: str, start: int | None, end: int | None, if_match: str | No
         if resp.status not in (200, 206):
             raise HttpStatus(resp.status)
         data = await resp.read() if body else b""
+        size = _size(resp.headers, resp.status, len(data))  # of the whole object
         if start is not None and resp.status == 200 and body:  # a server that ignores Range
             data = data[start:end]
-        size = _size(resp.headers, resp.status, len(data))
         return Response(data, size, resp.headers.get("ETag"))
     raise aiohttp.ClientError("unreachable")  # pragma: no cover
 
@@ -293,7 +299,8 @@ async def read(
 
     Args:
         url: A local path, file://, http(s):// or s3:// URL.
-        start: First byte, or None for the whole object.
+        start: First byte, or None for the whole object; negative: the last ``-start``
+            bytes (a suffix range; all of a smaller object), with ``end`` None.
         end: Byte after the last (None: to the object's end).
         if_match: An ETag the object must have (``If-Match``).
         body: False for the size and ETag only (a HEAD request).
