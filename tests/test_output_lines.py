@@ -121,6 +121,7 @@ def test_item_ids_forge_no_line_from_dask_workers(archive, tmp_path):
     )
 
 
+@pytest.mark.slow  # 4-6 s on two shared cores (CLI runs in subprocesses)
 def test_hrefs_forge_no_line(archive, tmp_path):
     href = str(tmp_path / f"missing{FORGED}.tif")
     items = hostile_items(archive, tmp_path, LATEST_NAIP, href=href)
