@@ -149,46 +149,34 @@ def run_query(path: Path, kwargs: dict, repeats: int, baseline=None, url: str = 
 
     from stacchip_core.core.query import query
 
-    if url:  # the file over HTTP: the project and the baseline read ranges of it
-        result = query(url, **kwargs)
-        out = {"rows": result.report.rows, "requests": result.report.requests,
-               "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
-               "mib_read": round(result.report.bytes_read / 2**20, 2)}
-        if baseline is None:
-            out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(url, **kwargs),
-                                                                 repeats)
-            return out
-        before = baseline(url, **kwargs)
-        assert before.table.equals(result.table)
-        out["baseline_mib"] = round(before.report.bytes_read / 2**20, 2)
-        now, then = [], []
-        for _ in range(repeats):
-            now.append(_times_ms(lambda: query(url, **kwargs), 1)[0])
-            then.append(_times_ms(lambda: baseline(url, **kwargs), 1)[0])
-        out["project_ms"], out["project_ms_min"] = statistics.median(now), min(now)
-        out["baseline_ms"], out["baseline_ms_min"] = statistics.median(then), min(then)
-        return out
-    result = query(path, **kwargs)
+    target = url or path  # over HTTP: the project and the baseline read ranges of the file
+    result = query(target, **kwargs)
     out = {
         "rows": result.report.rows,
         "groups": f"{result.report.row_groups_read}/{result.report.row_groups_total}",
         "files": f"{result.report.files_read}/{result.report.files_total}",
         "mib_read": round(result.report.bytes_read / 2**20, 2),
     }
+    if url:
+        out["requests"] = result.report.requests
     if path.is_dir():  # a partitioned index: the project's query only
         out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(path, **kwargs),
                                                              repeats)
         return out
     if baseline is not None:  # one run of each in turn, so both see the same load
-        before_result = baseline(path, **kwargs)
+        before_result = baseline(target, **kwargs)
         assert before_result.table.equals(result.table)
         out["baseline_mib"] = round(before_result.report.bytes_read / 2**20, 2)
         now, before = [], []
         for _ in range(repeats):
-            now.append(_times_ms(lambda: query(path, **kwargs), 1)[0])
-            before.append(_times_ms(lambda: baseline(path, **kwargs), 1)[0])
+            now.append(_times_ms(lambda: query(target, **kwargs), 1)[0])
+            before.append(_times_ms(lambda: baseline(target, **kwargs), 1)[0])
         out["project_ms"], out["project_ms_min"] = statistics.median(now), min(now)
         out["baseline_ms"], out["baseline_ms_min"] = statistics.median(before), min(before)
+        return out
+    if url:
+        out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(url, **kwargs),
+                                                             repeats)
         return out
     out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(path, **kwargs), repeats)
     if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
