@@ -28,7 +28,7 @@ class RangeServer:
             protocol_version = "HTTP/1.1"
             # headers and body go out in two writes: with Nagle, the body of every request on a
             # kept-alive connection waited for the client's delayed ACK (a second range read of
-            # a file took 44-46 ms instead of 5)
+            # a file took 44-46 ms instead of 1-2)
             disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet

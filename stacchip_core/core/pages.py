@@ -285,7 +285,20 @@ class ChunkPages:
         Returns:
             The page numbers, sorted and unique.
         """
-        return np.unique(np.searchsorted(self.first_rows, rows, side="right") - 1)
+        return pages_holding(self.first_rows, rows)
+
+
+def pages_holding(first_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The data pages of a chunk that hold ``rows``.
+
+    Args:
+        first_rows: Each page's first row, then the chunk's rows.
+        rows: Sorted row numbers within the chunk.
+
+    Returns:
+        The page numbers, sorted and unique.
+    """
+    return np.unique(np.searchsorted(first_rows, rows, side="right") - 1)
 
 
 def chunk_pages(chunk: bytes) -> ChunkPages | None:
@@ -373,8 +386,8 @@ def _offset_index_in(footer: bytes, pattern: bytes, data_page_offset: int, start
     while at > 0:
         if footer[at - 1] in _DATA_PAGE_OFFSET_HEADS:
             try:
-                _, end = _struct(footer, at + len(pattern), _CMD_DATA_PAGE_OFFSET)
-                chunk, _ = _struct(footer, end, _CC_META)
+                _, meta_end = _struct(footer, at + len(pattern), _CMD_DATA_PAGE_OFFSET)
+                chunk, _ = _struct(footer, meta_end, _CC_META)
             except (IndexError, ValueError, struct.error):
                 chunk = {}
             offset = chunk.get(_CC_OFFSET_INDEX)

@@ -559,7 +559,8 @@ def _query_file(source: _RangeFile, url: str, filters: Filters,
         # with the first pass's chunks (a few hundred bytes per chunk), so the pages that
         # hold the kept rows are known without another round of requests
         paged = [c for c in needed if c not in cheap and _paged(info, groups, c)]
-        located = {(g, c): _offset_index_at(source, info, g, c) for c in paged for g in groups}
+        footer = source.footer_thrift() if paged else b""
+        located = {(g, c): _offset_index_at(footer, info, g, c) for c in paged for g in groups}
         source.prefetch(_chunk_ranges(meta, groups, cheap) + [
             (at[0], at[0] + at[1]) for at in located.values() if at is not None])
         first = _read(pf, url, groups, cheap)
@@ -607,32 +608,40 @@ def _paged(info: _FileInfo, groups: list[int], column: str) -> bool:
     return max((rg.column(j).total_uncompressed_size for rg in rgs), default=0) >= PAGED_BYTES
 
 
+@dataclass(frozen=True)
+class _PagePlan:
+    """The data pages of a chunk, from its offset index, and those holding the kept rows."""
+
+    offsets: np.ndarray
+    sizes: np.ndarray
+    first_rows: np.ndarray  # one per page, then the chunk's rows
+    chosen: np.ndarray
+
+
 @dataclass
 class _PagedChunk:
     """One row group's chunk of a column decoded by pages, as its plan is made: the kept
-    rows and where its offset index is, then which pages hold those rows."""
+    rows and where its offset index is, then which pages to fetch."""
 
     group: int
     column: str
     rows: np.ndarray  # kept rows, within the group
     index_at: tuple[int, int] | None = None  # the offset index's range
-    pages: pagelib.ChunkPages | None = None  # from the offset index, bytes filled in later
-    offsets: np.ndarray | None = None
-    sizes: np.ndarray | None = None
-    chosen: np.ndarray | None = None  # the pages to fetch; None: the chunk is fetched whole
+    plan: _PagePlan | None = None  # None: the chunk is fetched whole
 
 
 def _chunk_start(chunk: Any) -> int:
-    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
-    return start if start is not None and start > 0 else chunk.data_page_offset
+    """Where a column chunk's bytes begin: its dictionary page, or its first data page."""
+    offsets = [o for o in (chunk.dictionary_page_offset if chunk.has_dictionary_page else None,
+                           chunk.data_page_offset) if o is not None and o > 0]
+    return min(offsets)
 
 
-def _offset_index_at(source: _RangeFile, info: _FileInfo, group: int, column: str
+def _offset_index_at(footer: bytes, info: _FileInfo, group: int, column: str
                      ) -> tuple[int, int] | None:
-    """Where the offset index of ``column``'s chunk in ``group`` lies, found in the footer
-    (core.pages.offset_index_at), or None when it has none."""
+    """Where the offset index of ``column``'s chunk in ``group`` lies, found in the footer's
+    Thrift bytes (core.pages.offset_index_at), or None when it has none."""
     chunk = info.metadata.row_group(group).column(info.positions[column])
-    footer = source.footer_thrift()
     if not chunk.has_offset_index or not footer:
         return None
     # the row groups fill most of the footer in order, about the same size each
@@ -668,13 +677,12 @@ def _page_ranges(source: _RangeFile, info: _FileInfo, chunks: list[_PagedChunk]
                       k.column, k.group)
             ranges.append((start, start + chunk.total_compressed_size))
             continue
-        rows = info.rows[k.group]
-        k.pages = pagelib.ChunkPages(None, (), np.append(first, rows))
-        chosen = k.pages.pages_of(k.rows)
+        first_rows = np.append(first, info.rows[k.group])
+        chosen = pagelib.pages_holding(first_rows, k.rows)
         if len(chosen) > len(offsets) // 2:  # decoded whole: one range, one call
             ranges.append((start, start + chunk.total_compressed_size))
             continue
-        k.offsets, k.sizes, k.chosen = offsets, sizes, chosen
+        k.plan = _PagePlan(offsets, sizes, first_rows, chosen)
         if start < chunk.data_page_offset:
             ranges.append((start, chunk.data_page_offset))
         ranges.extend((int(offsets[p]), int(offsets[p] + sizes[p])) for p in chosen)
@@ -688,16 +696,16 @@ def _fetched_pages(source: _RangeFile, info: _FileInfo, k: _PagedChunk
     be read: then it is decoded whole)."""
     chunk = info.metadata.row_group(k.group).column(info.positions[k.column])
     start = _chunk_start(chunk)
-    if k.chosen is not None and k.pages is not None and k.offsets is not None:
-        assert k.sizes is not None
+    plan = k.plan
+    if plan is not None:
         source.seek(start)
         dictionary = (source.read(chunk.data_page_offset - start)
                       if start < chunk.data_page_offset else None)
-        data = [b""] * len(k.offsets)
-        for p in k.chosen:
-            source.seek(int(k.offsets[p]))
-            data[p] = source.read(int(k.sizes[p]))
-        return replace(k.pages, dictionary=dictionary, pages=tuple(data)), k.chosen
+        data = [b""] * len(plan.offsets)  # b"": a page not fetched
+        for p in plan.chosen:
+            source.seek(int(plan.offsets[p]))
+            data[p] = source.read(int(plan.sizes[p]))
+        return pagelib.ChunkPages(dictionary, tuple(data), plan.first_rows), plan.chosen
     source.seek(start)
     try:
         found = pagelib.chunk_pages(source.read(chunk.total_compressed_size))
@@ -846,9 +854,7 @@ def _chunk_ranges(
             col = rg.column(j)
             if col.path_in_schema.split(".")[0] not in columns:
                 continue
-            offsets = [o for o in (col.dictionary_page_offset if col.has_dictionary_page else None,
-                                   col.data_page_offset) if o is not None and o > 0]
-            start = min(offsets)
+            start = _chunk_start(col)
             ranges.append((start, start + col.total_compressed_size))
     return ranges
 
@@ -1015,7 +1021,6 @@ class _RangeFile:
     def __init__(self, url: str) -> None:
         self.url = url
         self.bytes_read = 0
-        self.requests = 0
         self._pos = 0
         self.closed = False
         self._cache: list[tuple[int, bytes]] = []
