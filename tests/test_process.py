@@ -247,6 +247,7 @@ def test_linz_job_resamples_to_30cm(archive, tmp_path, monkeypatch):
 
 # --- the command line and the original console scripts ----------------------------------
 
+@pytest.mark.slow  # 4-6 s on two shared cores (CLI runs and console scripts in subprocesses)
 def test_cli_process_and_env_configured_console_script(archive, tmp_path):
     r = run_cli(
         "-q",

@@ -183,6 +183,7 @@ def test_log_json(tmp_path):
     assert any("1 of 1 chips kept" in line["message"] for line in lines)
 
 
+@pytest.mark.slow  # about 5 s on two shared cores (a dask cluster over TCP)
 def test_fan_out_to_a_running_cluster_over_tcp(archive, tmp_path):
     from dask.distributed import LocalCluster
 
