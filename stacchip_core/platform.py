@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pystac
+if TYPE_CHECKING:
+    import pystac
 
 # Copernicus Data Space names assets by band and resolution: B04_10m, B04_20m, SCL_20m, SCL_60m
 _RESOLUTION_SUFFIX = re.compile(r"^(?P<base>.+)_(?P<res>\d+(?:\.\d+)?)m$", re.IGNORECASE)

@@ -11,15 +11,17 @@ import importlib.metadata
 import logging
 import os
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
-import pystac
 
 from stacchip_core import hookspecs
 from stacchip_core.builtin_plugins import BUILTINS
 from stacchip_core.errors import PlatformError, PluginError
 from stacchip_core.platform import Platform
+
+if TYPE_CHECKING:
+    import pystac
 
 log = logging.getLogger(__name__)
 

@@ -733,11 +733,18 @@ def test_threads_sharing_a_reader_each_see_their_batch_and_the_total_loses_none(
     assert reader.last.chips == 0  # this thread read nothing
 
 
-def test_a_fresh_process_reads_a_chip_without_importing_pandas(served_s2, tmp_path):
-    """Loading an index and reading a chip in a new process (a DataLoader worker's life)
-    imports neither pandas nor pyarrow.dataset: pyarrow's read_table, pa.array and a
-    timezone-aware datetime's to_pylist would each import them, 1 s of CPU per worker."""
+# what a process that reads chips through layouts must not import: pyarrow's read_table, pa.array
+# and a timezone-aware datetime's to_pylist import pandas and pyarrow.dataset (1 s of CPU per
+# DataLoader worker); rasterio (with boto3), pystac and shapely are for the GDAL fallback,
+# items without layouts and indexing (0.4 s together, measured, paid by every spawned worker)
+NOT_FOR_READS = ("pandas", "pyarrow.dataset", "rasterio", "boto3", "pystac", "shapely", "click")
+
+
+def test_a_fresh_process_reads_a_chip_importing_only_what_reads_need(served_s2, tmp_path):
+    """Loading an index and reading a chip through layouts in a new process (a spawned
+    DataLoader worker's life) imports none of ``NOT_FOR_READS``, the plugins included."""
     _server, _url, rows, _item_json = served_s2
+    assert all(r["layouts"] for r in rows)
     index = tmp_path / "index.parquet"
     pq.write_table(pa.Table.from_pylist(rows), index)
     code = (
@@ -746,9 +753,24 @@ def test_a_fresh_process_reads_a_chip_without_importing_pandas(served_s2, tmp_pa
         f"ds = ChipDataset({str(index)!r}, bands=['red'])\n"
         "sample = ds[2]\n"
         "print(sample['pixels'].shape, sample['date'])\n"
-        "print(sorted(m for m in ('pandas', 'pyarrow.dataset') if m in sys.modules))\n"
+        "print(ds._reader('sentinel-2-l2a').report.layout_reads)\n"
+        f"print(sorted(m for m in {NOT_FOR_READS!r} if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout.splitlines()
-    assert out == [f"(1, 256, 256) {rows[2]['date'].isoformat()}", "[]"]
+    assert out == [f"(1, 256, 256) {rows[2]['date'].isoformat()}", "1", "[]"]
+
+
+@pytest.mark.parametrize("name", ["Chipper", "Indexer", "ChipGrid", "merge", "read_index"])
+def test_the_package_root_gives_its_lazy_names(name):
+    """The root's readers and indexer load on first use, and are the modules' own objects."""
+    import importlib
+
+    import stacchip_core
+
+    assert name in dir(stacchip_core) and name in stacchip_core.__all__
+    module = importlib.import_module(stacchip_core._LAZY[name])
+    assert getattr(stacchip_core, name) is getattr(module, name)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        stacchip_core.Nope  # noqa: B018

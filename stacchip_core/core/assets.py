@@ -3,7 +3,10 @@ indexer (layouts) and the header fallback of the grid use."""
 
 from __future__ import annotations
 
-import pystac
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pystac
 
 # roles of assets that are pictures of the data, not the data (Earth Search's "visual" TCI,
 # thumbnails, overviews) or not pixels at all

@@ -6,14 +6,18 @@ import logging
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyproj
-import pystac
-import shapely
 from affine import Affine
 
 from stacchip_core.errors import GridError, ProjectionError
+
+if TYPE_CHECKING:
+    import pystac
+
+# shapely is imported by the functions that build footprints (indexing, not reading)
 
 log = logging.getLogger(__name__)
 
@@ -435,6 +439,8 @@ class ChipGrid:
             The chips' polygons (an object array of length ``size``) and their float64
             ``(size, 4)`` bounds.
         """
+        import shapely
+
         lon, lat = self._lattice_lonlat
         ny, nx = self.y_size, self.x_size
         # corners in ring order top-left, bottom-left, bottom-right,
@@ -534,6 +540,8 @@ class ChipGrid:
 def _split_at_antimeridian(rings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """MultiPolygons of rings (n, 5, 2) that cross 180 degrees, split there, and their
     RFC 7946 bounds (west > east). Vectorized over the crossing chips."""
+    import shapely
+
     unwrapped = rings.copy()
     lons = unwrapped[..., 0]
     lons[lons < 0] += 360.0  # one continuous polygon from ~179 to ~181
@@ -561,6 +569,8 @@ def _around_pole(grid: ChipGrid, index: int, north: bool, per_side: int = 64):
     between two corners 90 degrees of longitude apart is far from the chip's edge), ordered
     by longitude and closed along the antimeridian to the pole: a lon/lat polygon cannot
     hold a pole otherwise."""
+    import shapely
+
     y, x = divmod(index, grid.x_size)
     cs = grid.chip_size
     t = np.linspace(0.0, 1.0, per_side, endpoint=False)
@@ -603,6 +613,8 @@ def _dense_footprint(
     antimeridian if it crosses it. ``pole`` (north, its (col, row)): a pole on the chip's
     edge or corner, which from there spans a range of longitudes (90 degrees at a corner,
     180 on an edge), so the pole's point becomes a segment along its latitude."""
+    import shapely
+
     y, x = divmod(index, grid.x_size)
     cs = grid.chip_size
     t = np.linspace(0.0, 1.0, per_side, endpoint=False)

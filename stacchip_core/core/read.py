@@ -35,13 +35,11 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 import pyproj
-import pystac
 from affine import Affine
-from rasterio.errors import RasterioError
 
 from stacchip_core.core.assets import raster_keys
 from stacchip_core.core.chip import Chip, band_names
@@ -71,6 +69,9 @@ from stacchip_core.io.store import read_url
 from stacchip_core.io.urls import redact
 from stacchip_core.platform import Platform
 from stacchip_core.plugins import find_platform, sign_href
+
+if TYPE_CHECKING:
+    import pystac
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,8 @@ def item_for_row(row: dict, mountpath: str | Path | None = None) -> pystac.Item:
         raise IndexFormatError(
             f"index row {row.get('chipid')!r} has no item_href; load the item yourself"
         )
+    import pystac  # only for rows without layouts
+
     data = json.loads(read_url(resolve_href(href, mountpath)))
     item = pystac.Item.from_dict(data)
     item.set_self_href(href)
@@ -821,6 +824,8 @@ class Reader:
         source = req.source
         self._opened(source)
         ds = source.cache.open(source.signed(key))
+        from rasterio.errors import RasterioError  # imported with the dataset it opened
+
         try:
             return read_chip_window(
                 ds, source.grid, source.factor(key, ds), req.x, req.y, resampling=self.resampling

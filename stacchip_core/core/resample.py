@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyproj
-from rasterio.windows import Window
 
 from stacchip_core.core.window import resolution_factor
 from stacchip_core.errors import AssetError
@@ -130,6 +129,8 @@ def read_resampled(ds, grid, col0: int, row0: int, width: int, height: int, inde
     if indexes is None:
         indexes = list(range(1, ds.count + 1))
     single = isinstance(indexes, int)
+    from rasterio.windows import Window
+
     block = ds.read(
         [indexes] if single else indexes, window=Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
     )
@@ -230,6 +231,7 @@ def chip_fractions(
     from concurrent.futures import ThreadPoolExecutor
 
     import rasterio
+    from rasterio.windows import Window
 
     cs, ny, nx = grid.chip_size, grid.y_size, grid.x_size
     out = {k: np.zeros((ny, nx), np.float32) for k in masks}

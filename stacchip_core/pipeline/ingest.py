@@ -6,9 +6,8 @@ import logging
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import pystac
 
 from stacchip_core.core.raster import asset_href
 from stacchip_core.errors import AssetError
@@ -20,6 +19,9 @@ from stacchip_core.io.store import S3Store
 from stacchip_core.io.urls import redact, redact_text
 from stacchip_core.plugins import sign_href
 from stacchip_core.types import Store
+
+if TYPE_CHECKING:
+    import pystac
 
 log = logging.getLogger(__name__)
 

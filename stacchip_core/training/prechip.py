@@ -25,12 +25,9 @@ from datetime import date, datetime
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import shapely
 
 from stacchip_core.errors import CubeError, IndexFormatError, StacchipError
 from stacchip_core.io import keys
-from stacchip_core.io.catalog import bbox_candidates
 from stacchip_core.io.store import open_store
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.types import Report
@@ -60,6 +57,13 @@ class ChipFilter:
         Returns:
             The kept rows.
         """
+        # here, not at import: a DataLoader worker loads this module and filters nothing
+        # (pyarrow.compute, shapely and the catalog's pystac: 0.1 s of CPU)
+        import pyarrow.compute as pc
+        import shapely
+
+        from stacchip_core.io.catalog import bbox_candidates
+
         mask = pc.less_equal(table["nodata_percentage"], self.max_nodata)
         if self.max_cloud is not None:
             mask = pc.and_(mask, pc.less_equal(table["cloud_cover_percentage"], self.max_cloud))

@@ -19,9 +19,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import pystac
-import rasterio
-from rasterio.enums import Resampling
 
 from stacchip_core.plugin_api import (
     Band,
@@ -160,6 +157,8 @@ def stacchip_select_items(platform, sample):
                 f"sample {sample.index} is out of range: there are {len(PREFIXES)} LINZ prefixes"
             )
         prefix = PREFIXES[sample.index]
+    import pystac  # here: every reader process loads this plugin
+
     source = open_store(os.environ.get(SOURCE_ENV, SOURCE), endpoint=source_s3_endpoint())
     tiffs = [key for key in source.list(prefix, ".tiff")]
     chosen = random.Random(SAMPLE_SEED).sample(tiffs, sample_size(len(tiffs)))
@@ -181,6 +180,9 @@ def resample(href: str, path: Path, resolution: float = TARGET_RESOLUTION) -> No
         path: The COG to write.
         resolution: The target resolution in the tile's CRS units (metres).
     """
+    import rasterio  # here, not at import: every reader process loads this plugin
+    from rasterio.enums import Resampling
+
     apply_gdal_options()
     with rasterio.open(href) as src:
         scale = abs(src.transform.a) / resolution
@@ -203,6 +205,7 @@ def stacchip_normalize_item(platform, item, store, prefix):
     Returns:
         A new item (rio-stac, with projection metadata) whose ``visual`` asset is the copy.
     """
+    import pystac
     from rio_stac import create_stac_item
 
     source = item.assets["visual"].href

@@ -25,10 +25,10 @@ from __future__ import annotations
 import logging
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import numpy as np
-import pystac
 
 from stacchip_core.plugin_api import (
     AssetError,
@@ -52,6 +52,9 @@ from stacchip_core.plugin_api import (
     redact_text,
     scratch_dir,
 )
+
+if TYPE_CHECKING:
+    import pystac
 
 log = logging.getLogger(__name__)
 
