@@ -15,7 +15,9 @@ Reported per mode: chips/s (wall time of one epoch, worker start-up included), C
 the parent and of its workers (getrusage of the process and of its waited-for children),
 requests and KiB per chip from nginx's counters, and per band set the decode floor: CPU ms to
 inflate just the tiles the chips touch (libdeflate and the predictor, on one core, bytes already
-in memory). The memory mode runs the data module over an epoch of many chips from many items
+in memory). The spawn-ceiling mode runs the spawn loader over ``spawn_floor.ZeroChips``, which
+reads nothing: torch's own start-up of spawned workers, the least any dataset pays; the report
+turns it into the best chips/s spawn could reach. The memory mode runs the data module over an epoch of many chips from many items
 (items share the same COG files under different URLs, so the disk stays small) and samples the
 RSS of the parent and its workers.
 """
@@ -84,6 +86,12 @@ MODES: list[tuple[str, str, str, dict[str, Any]]] = [
         'the same, `multiprocessing_context="spawn"` (start-up included)',
         "loader",
         {"context": "spawn"},
+    ),
+    (
+        "spawn-ceiling",
+        "the same over `ZeroChips` (reads nothing): torch's spawn start-up alone",
+        "loader",
+        {"context": "spawn", "zero": True},
     ),
     ("module", "`StacchipDataModule(index, num_workers=2).train_dataloader()`", "module", {}),
     ("geods", "`StacchipGeoDataset` + `RandomGeoSampler`, batches of 16, 2 workers", "geods", {}),
@@ -162,13 +170,20 @@ else:
     if kind == "loader":
         c0 = cpu(); t0 = time.perf_counter(); stats(reset=True)
         ds = ChipDataset(cfg["index"], bands=bands)  # a path: loaded as a user's code would
+        if cfg.get("zero"):
+            sys.path.insert(0, cfg["bench_dir"])  # spawned workers import ZeroChips from there
+            from spawn_floor import ZeroChips
+            ds = ZeroChips(len(ds), len(bands))
         if cfg.get("parent_read"):
             ds[0]  # looking at one sample first: before timing starts
             c0 = cpu(); t0 = time.perf_counter(); stats(reset=True)
         sampler = PlatformBatchSampler(ds.platforms, batch, seed=0)
         kw = {"multiprocessing_context": cfg["context"]} if cfg.get("context") and workers else {}
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, **kw)
-        n = sum(len(b["chipid"]) for b in loader)
+        it = iter(loader)
+        n = len(next(it)["chipid"])
+        out["first_s"] = time.perf_counter() - t0  # start-up: the first batch
+        n += sum(len(b["chipid"]) for b in it)
     elif kind == "module":
         from stacchip_core.training.datamodule import StacchipDataModule
         c0 = cpu(); t0 = time.perf_counter(); stats(reset=True)
@@ -487,6 +502,26 @@ def memory_index(base, n_items: int, per_item: int, url: str, path: Path, seed: 
 
 # --- the run -----------------------------------------------------------------------------
 
+def spawn_ceiling(per: dict, key: str, modes) -> str:
+    """What spawn could reach at best: torch's start-up (ZeroChips' first batch) followed by
+    the best stacchip mode's epoch, against that mode."""
+    zero, spawn = per.get(f"spawn-ceiling:{key}"), per.get(f"spawn:{key}")
+    ours = [per[f"{m[0]}:{key}"] for m in modes
+            if m[2] in ("loader", "module", "geods") and not m[3].get("zero")
+            and f"{m[0]}:{key}" in per and "error" not in per[f"{m[0]}:{key}"]]
+    if not zero or "error" in zero or "first_s" not in zero or not spawn or "error" in spawn \
+            or not ours:
+        return ""
+    best = max(ours, key=lambda r: r["chips"] / r["seconds"])
+    rate = best["chips"] / best["seconds"]
+    ceiling = best["chips"] / (zero["first_s"] + best["seconds"])
+    got = spawn["chips"] / spawn["seconds"]
+    return (f"\nspawn's ceiling: torch's spawned workers take {zero['first_s']:.2f} s to give "
+            f"a first batch of `ZeroChips`; after that, an epoch at the best mode's speed would "
+            f"give {ceiling:.1f} chips/s = {ceiling / rate:.2f}x the best ({rate:.1f}); "
+            f"stacchip's spawn gives {got:.1f} = {got / rate:.2f}x")
+
+
 def fmt_row(name: str, r: dict, floor_ms: float, tiles: float | None) -> str:
     if "error" in r:
         return f"| {name} | failed: {r['error']} | | | | | | |"
@@ -651,6 +686,8 @@ def main() -> None:
                             "chips": slow if is_slow else chips,
                             "parent_read": opts.get("parent_read", False),
                             "context": opts.get("context"),
+                            "zero": opts.get("zero", False),
+                            "bench_dir": str(HERE),
                             "tests_dir": str(HERE.parent / "tests"),
                         }
                         python = sys.executable
@@ -727,8 +764,10 @@ def report(results: dict, modes, bandsets, chips: int, slow: int, args) -> None:
                 if r is not None:
                     s = opts.get("slow", False)
                     # TorchGeo's RasterDataset reads random windows, not the chips the floor counts
-                    tiles = None if _kind == "tgraster" else (slow_tiles if s else fast_tiles)
+                    tiles = (None if _kind == "tgraster" or opts.get("zero")
+                             else (slow_tiles if s else fast_tiles))
                     print(fmt_row(label, r, slow_floor if s else fast_floor, tiles))
+            print(spawn_ceiling(per, key, modes))
     m = results.get("memory")
     if m:
         if "error" in m:
