@@ -385,8 +385,6 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
     libdeflate's tiles are inflated and the windows assembled in the inflater threads, one job
     per asset (or per share of its tiles, when it has many): a job per tile cost a thread
     hand-off and a wake-up of the I/O loop per tile, and the assembly ran on the loop."""
-    from async_tiff import TIFF
-
     libdeflate = _libdeflate_decodes(lay)
     if not libdeflate and not objects.async_tiff_usable():
         objects.use_async_tiff()  # raises NoTransport before any byte is fetched for nothing
@@ -425,6 +423,8 @@ async def _asset_chips(lay: AssetLayout, plans: list[ChipPlan], cost: TileCost) 
             return await loop.run_in_executor(_inflaters(), _assemble, lay, plans, decoded)
     decoded = {}
     if wanted:
+        from async_tiff import TIFF  # here: libdeflate's assets (most) never need it
+
         t0 = time.perf_counter()
         header = synth_header(lay)
         # signed off the loop (a hook may ask a token endpoint); the tiles are prefetched, so
