@@ -75,6 +75,19 @@ def test_splits_are_spatially_disjoint_reproducible_and_stored(lightning, index_
     assert set(make(edited).table["split"].to_pylist()) == {"test"}
 
 
+@pytest.mark.parametrize(
+    ("split", "rows", "same"), [("train", 26, True), ("val", 0, False), ("test", 0, False)]
+)
+def test_a_split_holding_every_row_is_the_table_itself(lightning, index_path, split, rows, same):
+    """With no val or test share every row is in train: its dataset uses the module's table,
+    not a second copy of it (the layouts of a large index are hundreds of MB)."""
+    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), val_fraction=0.0,
+              test_fraction=0.0)
+    part = dm.split_table(split)
+    assert len(part) == rows
+    assert (part is dm.table) is same
+
+
 def test_filters_apply_before_splitting(lightning, index_path):
     dm = make(
         index_path, chip_filter=ChipFilter(max_nodata=1.0, platforms=("naip", "landsat-c2l2-sr"))

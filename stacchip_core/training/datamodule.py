@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from stacchip_core.core.stacks import read_stacks
 from stacchip_core.errors import ConfigError, StackError
+from stacchip_core.io import objects
 from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.prechip import ChipFilter, load_filtered
 from stacchip_core.training.samplers import (  # noqa: F401 - epoch_batches re-exported
@@ -197,6 +198,7 @@ class StacchipDataModule(lightning.LightningDataModule):
         if "split" not in table.column_names:
             splits = spatial_splits(table, split_block_deg, val_fraction, test_fraction, split_seed)
             table = table.append_column("split", pa.array(splits.tolist(), pa.string()))
+        objects.release_arrow_memory()  # before the workers fork: each would count the pages
         self.table = table
         self.bands, self.transform, self.mountpath = bands, transform, mountpath
         self.batch_size, self.num_workers, self.seed, self.oversample = (
@@ -222,7 +224,10 @@ class StacchipDataModule(lightning.LightningDataModule):
         """
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
-        return self.table.filter(pc.equal(self.table["split"], split))
+        keep = pc.equal(self.table["split"], split)
+        if pc.all(keep).as_py():  # one split holds every row: the table itself, not a copy
+            return self.table
+        return self.table.filter(keep)
 
     def write_splits(self, path) -> None:
         """The filtered index with its ``split`` column, as GeoParquet-compatible Parquet.

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from stacchip_core.io import objects
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.handoff import share
 from stacchip_core.training.prechip import ChipFilter, load_filtered
@@ -61,6 +62,7 @@ class ChipDataset:
 
             i = table.column_names.index("layouts")
             table = table.set_column(i, "layouts", pc.dictionary_encode(table.column(i)))
+            objects.release_arrow_memory()  # the dense column, freed
         self.table = table
         self._names = set(table.column_names)
         self.transform = transform
