@@ -17,9 +17,9 @@ requests and KiB per chip from nginx's counters, and per band set the decode flo
 inflate just the tiles the chips touch (libdeflate and the predictor, on one core, bytes already
 in memory). The spawn-ceiling mode runs the spawn loader over ``spawn_floor.ZeroChips``, which
 reads nothing: torch's own start-up of spawned workers, the least any dataset pays; the report
-turns it into the best chips/s spawn could reach. The memory mode runs the data module over an epoch of many chips from many items
-(items share the same COG files under different URLs, so the disk stays small) and samples the
-RSS of the parent and its workers.
+turns it into the best chips/s spawn could reach. The memory mode runs the data module over an
+epoch of many chips from many items (items share the same COG files under different URLs, so
+the disk stays small) and samples the RSS of the parent and its workers.
 """
 
 from __future__ import annotations
