@@ -174,11 +174,10 @@ def run_query(path: Path, kwargs: dict, repeats: int, baseline=None, url: str = 
         out["project_ms"], out["project_ms_min"] = statistics.median(now), min(now)
         out["baseline_ms"], out["baseline_ms_min"] = statistics.median(before), min(before)
         return out
-    if url:
-        out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(url, **kwargs),
-                                                             repeats)
+    out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(target, **kwargs),
+                                                         repeats)
+    if url:  # geopandas and DuckDB read the local file only
         return out
-    out["project_ms"], out["project_ms_min"] = _times_ms(lambda: query(path, **kwargs), repeats)
     if "bbox" in kwargs and "datetime_range" not in kwargs and "max_cloud" not in kwargs:
         w, s, e, n = kwargs["bbox"]
         # without the layouts column: geopandas and DuckDB decode it into one blob per row (6 kB

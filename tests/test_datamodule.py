@@ -88,6 +88,17 @@ def test_a_split_holding_every_row_is_the_table_itself(lightning, index_path, sp
     assert (part is dm.table) is same
 
 
+def test_a_row_without_a_split_is_in_no_split(lightning, index_path):
+    """A stored split column with a null: that row is in no split, even when every other
+    row is in one (the shortcut that returns the whole table must not take it)."""
+    table = make(index_path, chip_filter=ChipFilter(max_nodata=1.0)).table
+    split = pa.array(["train"] * (len(table) - 1) + [None], pa.string())
+    edited = table.set_column(table.schema.get_field_index("split"), "split", split)
+    dm = make(edited)
+    assert len(dm.split_table("train")) == len(table) - 1
+    assert dm.split_table("train") is not dm.table
+
+
 def test_filters_apply_before_splitting(lightning, index_path):
     dm = make(
         index_path, chip_filter=ChipFilter(max_nodata=1.0, platforms=("naip", "landsat-c2l2-sr"))

@@ -988,7 +988,7 @@ def _size_of(url: str) -> int:
 
 
 def _get_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-    """The bytes of ``ranges``, all requests at once (see _head for the transport)."""
+    """The bytes of ``ranges``, all requests at once (see _tail for the transport)."""
     if not portable.serves(url):
         return [
             bytes(b)

@@ -225,7 +225,9 @@ class StacchipDataModule(lightning.LightningDataModule):
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
         keep = pc.equal(self.table["split"], split)
-        if pc.all(keep).as_py():  # one split holds every row: the table itself, not a copy
+        # one split holds every row: the table itself, not a copy (a null split is no row's:
+        # filter drops it, so it must not count as a match here)
+        if pc.all(keep, skip_nulls=False).as_py():
             return self.table
         return self.table.filter(keep)
 
