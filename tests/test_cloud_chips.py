@@ -102,16 +102,17 @@ def test_exact_pixels_by_dtype_and_predictor(tmp_path, dtype, predictor):
 
 
 # 64 px chips in 128 px tiles: tile (0, 0) holds chips (0..1, 0..1); its (first row, end row,
-# end column) that the batch's windows cover
+# first column, end column) that the batch's windows cover
 @pytest.mark.parametrize("batch,region", [
-    ([(1, 1)], (64, 128, 128)),
-    ([(0, 1)], (64, 128, 64)),
-    ([(0, 0), (0, 1)], (0, 128, 64)),
-    ([(0, 1), (1, 0)], (0, 128, 128)),
+    ([(1, 1)], (64, 128, 64, 128)),
+    ([(0, 1)], (64, 128, 0, 64)),
+    ([(1, 0)], (0, 64, 64, 128)),  # inflated down to row 64 only; columns 0-63 summed plainly
+    ([(0, 0), (0, 1)], (0, 128, 0, 64)),
+    ([(0, 1), (1, 0)], (0, 128, 0, 128)),
 ])
 def test_only_the_rows_and_columns_windows_cover_are_undone(tmp_path, batch, region):
-    """The predictor is undone on the rows the batch's windows cover in a tile and on the
-    columns up to their right edge (the union over the windows that share the tile)."""
+    """The predictor is undone on the rows and columns the batch's windows cover in a tile
+    (the bounding box of their union), the tile inflated down to its last row only."""
     from stacchip_core.core.tiles import _regions, plan_window
 
     data = pattern(1, H, W, "uint16")
@@ -121,6 +122,42 @@ def test_only_the_rows_and_columns_windows_cover_are_undone(tmp_path, batch, reg
         np.testing.assert_array_equal(r["a"], expected(data, 1, x, y))
     plans = [plan_window(lays["a"], y * CS, x * CS, CS, CS) for x, y in batch]
     assert _regions(lays["a"], plans) == {(0, 0): region}
+
+
+@pytest.mark.parametrize("rows", [1, 37, 64, 127, 128])
+def test_tiles_inflate_in_part(rows):
+    """A tile is inflated down to the last row its chips need and no further: with its
+    Adler-32 checksum (the stream's last 4 bytes) broken, the top rows are still exact, and
+    only the whole tile (which libdeflate checks) fails."""
+    import zlib
+
+    import deflate
+
+    from stacchip_core.core.tiles import _inflate_rows
+
+    tile = np.random.default_rng(rows).integers(0, 4000, (128, 96), dtype=np.uint16)
+    stream = bytearray(zlib.compress(tile.tobytes()))
+    stream[-1] ^= 0xFF
+    row_bytes = 96 * 2
+    if rows == 128:
+        with pytest.raises(deflate.DeflateError):
+            _inflate_rows(bytes(stream), row_bytes, rows, 128)
+    else:
+        raw = _inflate_rows(memoryview(bytes(stream)), row_bytes, rows, 128)
+        np.testing.assert_array_equal(np.frombuffer(raw, np.uint16).reshape(rows, 96),
+                                      tile[:rows])
+
+
+def test_a_tile_cut_short_does_not_inflate_in_part():
+    """A stream that ends before the rows a chip needs is an error, not a short array."""
+    import zlib
+
+    from stacchip_core.core.tiles import _inflate_rows
+
+    tile = np.random.default_rng(0).integers(0, 4000, (128, 96), dtype=np.uint16)
+    stream = zlib.compress(tile.tobytes())
+    with pytest.raises(ValueError, match="not 12288"):
+        _inflate_rows(stream[: len(stream) // 4], 96 * 2, 64, 128)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -394,7 +431,9 @@ def test_big_endian_tiffs_are_left_to_rasterio(tmp_path):
 def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
     """Deflate tiles carry a checksum: a clean read makes no header check (one request per
     tile), and a tile that fails to inflate sends the header check that tells a changed object
-    (stale: read elsewhere) from a corrupt tile (undecodable) — same object size either way."""
+    (stale: read elsewhere) from a corrupt tile (undecodable) — same object size either way.
+    Chip (0, 1) ends at the last row of tile (0, 0), so the tile is inflated whole and its
+    checksum checked (a chip ending above it inflates a part: test_tiles_inflate_in_part)."""
     from stacchip_core.core.tiles import Undecodable
     from stacchip_core.io import objects
 
@@ -404,7 +443,7 @@ def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
     objects.forget_verified()  # as in a process that did not index the object
     server.reset()
     before = objects.counters()
-    (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
+    (res,) = read_batch([lays], [["a"]], [grid], [(0, 1)])
     spent = objects.counters() - before
     assert (
         isinstance(res["a"], np.ndarray)
@@ -418,7 +457,7 @@ def test_deflate_tiles_are_checked_by_inflating(served, header_changed):
         raw[lay.head - 1] ^= 0xFF  # and the bytes before the first tile differ
     (root / "a.tif").write_bytes(bytes(raw))
     before = objects.counters()
-    (res,) = read_batch([lays], [["a"]], [grid], [(0, 0)])
+    (res,) = read_batch([lays], [["a"]], [grid], [(0, 1)])
     spent = objects.counters() - before
     assert spent.checks == 1
     if header_changed:

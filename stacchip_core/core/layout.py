@@ -115,8 +115,9 @@ class AssetLayout:
         Returns:
             The size, ETag, header digest and header length to check.
         """
-        # deflate tiles verify themselves (Adler-32, exact size): the header is checked only
-        # when one fails to inflate (core.tiles), not once per asset and process up front
+        # deflate tiles verify themselves (Adler-32 and exact size; a part: its exact length, see
+        # core.tiles._inflate_rows): the header is checked only when one fails to inflate
+        # (core.tiles), not once per asset and process up front
         return objects.Expect(self.size, self.etag, self.digest, self.head,
                               deferred=self.compression in DEFLATE)
 

@@ -711,9 +711,9 @@ class Expect:
     digest: str | None = None
     head: int = 0
     # the caller verifies what it reads (deflate tiles carry an Adler-32 checksum and must
-    # inflate to their exact size): no header check up front, only when a tile fails
-    # (``check_header``). Saves one request per asset and process: 3.6-4.0 requests for 3.0
-    # tiles per cold RGB chip in bench_loaders.py before
+    # inflate to their exact size, or a part of one to its exact length): no header check up
+    # front, only when a tile fails (``check_header``). Saves one request per asset and
+    # process: 3.6-4.0 requests for 3.0 tiles per cold RGB chip in bench_loaders.py before
     deferred: bool = False
 
 
