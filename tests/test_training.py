@@ -327,6 +327,36 @@ def test_torch_dataloader_with_two_workers(index, torch, method):
         assert torch.equal(px, torch.from_numpy(s["pixels"]))
 
 
+def _with_freeze_count(sample: dict) -> dict:
+    import gc
+
+    return {**sample, "frozen": gc.get_freeze_count()}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_dataloader_worker_freezes_the_heap_it_started_with(index, torch, workers):
+    """A forked worker's first batch freezes the objects it inherited (training.workers), so
+    the cyclic collector never walks them; the main process (``num_workers=0``) is left as
+    it was."""
+    import gc
+
+    from stacchip_core.training.samplers import PlatformBatchSampler
+
+    ds = ChipDataset(index, bands=["red"], transform=_with_freeze_count)
+    sampler = PlatformBatchSampler(ds.platforms, batch_size=4, shuffle=False)
+    before = gc.get_freeze_count()
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=sampler, num_workers=workers, multiprocessing_context=(
+            "fork" if workers else None)
+    )
+    frozen = torch.cat([b["frozen"] for b in loader])
+    assert len(frozen) == len(ds) and gc.get_freeze_count() == before
+    if workers:
+        assert int(frozen.min()) > 10_000  # torch, pyarrow, numpy...: the whole inherited heap
+    else:
+        assert frozen.tolist() == [before] * len(ds)
+
+
 def test_prechip_from_and_to_s3(index, bucket, s3_server, tmp_path):
     import boto3
 

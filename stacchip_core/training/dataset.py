@@ -19,6 +19,7 @@ from stacchip_core.io import objects
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.handoff import share
 from stacchip_core.training.prechip import ChipFilter, load_filtered
+from stacchip_core.training.workers import settle
 
 # the columns of an index row that a read (core.read) and a sample need
 ROW_COLUMNS = ("chipid", "platform", "item_id", "item_href", "date", "chip_index_x",
@@ -134,6 +135,7 @@ class ChipDataset:
         Raises:
             IndexError: If an index is out of range.
         """
+        settle()  # in a DataLoader worker: its inherited heap frozen (training.workers)
         rows = self._rows(list(indices))
         pixels: list = [None] * len(rows)
         by_platform: dict[str, list[int]] = {}

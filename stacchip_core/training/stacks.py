@@ -36,6 +36,7 @@ from stacchip_core.io import objects
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.plugins import platforms, sign_href
 from stacchip_core.training.handoff import share
+from stacchip_core.training.workers import settle
 
 log = logging.getLogger(__name__)
 
@@ -606,6 +607,7 @@ class StackDataset:
         return got[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        settle()  # in a DataLoader worker: its inherited heap frozen (training.workers)
         n = len(self)
         fixed = []
         for i in indices:

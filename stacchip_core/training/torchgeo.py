@@ -52,6 +52,7 @@ from stacchip_core.training.dataset import ROW_COLUMNS
 from stacchip_core.training.handoff import share
 from stacchip_core.training.prechip import ChipFilter, load_filtered
 from stacchip_core.training.stacks import StackReader
+from stacchip_core.training.workers import settle
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +277,7 @@ class StacchipGeoDataset(GeoDataset):
         Raises:
             IndexError: A query holds no chip of the index.
         """
+        settle()  # in a DataLoader worker: its inherited heap frozen (training.workers)
         queries = list(queries)
         full = [self._disambiguate_slice(q) for q in queries]
         tree, *_ = self._lookup()
@@ -403,6 +405,7 @@ class StacchipStackGeoSamples(torch.utils.data.Dataset):
         return self.table.num_rows
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        settle()
         sample = stack_sample(
             self.reader.read(self.table.slice(int(i), 1).to_pylist()[0]), self.platform
         )
