@@ -4,11 +4,12 @@ started with, so that Python's cyclic garbage collector never walks them.
 A forked worker inherits its parent's whole heap: every object of torch, Lightning, pyarrow and
 the training script (a spawned one builds the same by importing them). CPython runs a full
 collection when the objects that survived since the last one reach a quarter of the rest. A
-parent that imported Lightning after its last full collection hands its workers a heap past
-that point, so each worker soon walks every inherited object, and writing their GC headers
-copies their pages (copy-on-write). Measured with the data module (RGB, 2 forked workers, 640
-cold chips at 0 ms, three runs): one full collection of 0.38-0.63 s in 5 of 6 workers, 8.6-9.6
-CPU ms per chip in the workers; with ``gc.freeze()`` at the first read none ran, 7.6-8.5 ms.
+parent that imported much after its last full collection (a training script importing rasterio
+is enough) hands its workers a heap past that point, so each worker soon walks every inherited
+object, and writing their GC headers copies their pages (copy-on-write). Measured with the
+data module (RGB, 2 forked workers, 640 cold chips at 0 ms, three alternated runs of
+benchmarks/worker_gc.py): one full collection of 0.32-0.37 s in every worker, 8.5-9.5 CPU ms
+per chip in the workers; with ``gc.freeze()`` at the first read none ran, 7.4-8.0 ms.
 
 Frozen objects are still freed by reference counting; only cycles among them, left over from
 the parent, stay until the worker exits. That is the trade Python's documentation recommends
