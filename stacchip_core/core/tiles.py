@@ -126,10 +126,11 @@ def _inflate_tile(buf, lay: AssetLayout, region: Region | None = None
     )  # layouts are recorded from little-endian TIFFs only
     th, tw, spp = lay.tile_height, lay.tile_width, lay.bands
     r0, r1, c0, c1 = region if region is not None else (0, th, 0, tw)
-    raw = _inflate_rows(buf, tw * spp * dtype.itemsize, r1, th)
-    if lay.predictor == 3:
-        arr = _undo_float_predictor(np.frombuffer(raw, np.uint8), r1, tw, spp, dtype)
-        return arr[r0:], r0, 0
+    row_bytes = tw * spp * dtype.itemsize
+    raw = _inflate_rows(buf, row_bytes, r1, th)
+    if lay.predictor == 3:  # rows are predicted apart: only the region's are undone
+        part = np.frombuffer(raw, np.uint8)[r0 * row_bytes:]
+        return _undo_float_predictor(part, r1 - r0, tw, spp, dtype), r0, 0
     rows = np.frombuffer(raw, dtype).reshape(r1, tw, spp)[r0:]
     if lay.predictor != 2:
         return rows[:, c0:c1], r0, c0
