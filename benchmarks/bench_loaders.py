@@ -386,9 +386,10 @@ def pick(table, n: int, seed: int):
 
 def tiles_of(table, bands: list[str]) -> list[tuple[str, int, int, int]]:
     """(asset key, offset, byte count, rows) of every tile the chips of ``table`` touch, once
-    per URL; ``rows``: down to which of its rows the chips need it."""
+    per URL; ``rows``: down to which of its rows the chips need it (the readers' own region of
+    a tile, core.tiles._regions, joined over the chips)."""
     from stacchip_core.core.layout import decode
-    from stacchip_core.core.tiles import GridSpec, plan
+    from stacchip_core.core.tiles import GridSpec, _regions, plan
     from stacchip_core.plugins import get_platform
 
     s2 = get_platform(S2)
@@ -399,11 +400,11 @@ def tiles_of(table, bands: list[str]) -> list[tuple[str, int, int, int]]:
         keys = {k for b in bands for k in s2.find(b).keys if k in lays}  # type: ignore[union-attr]
         for k in keys:
             lay = lays[k]
-            p = plan(lay, grid, r["chip_index_x"], r["chip_index_y"])
-            for tx, ty in p.tiles:
+            for (tx, ty), (_, end, _, _) in _regions(
+                lay, [plan(lay, grid, r["chip_index_x"], r["chip_index_y"])]
+            ).items():
                 i = ty * lay.tiles_across + tx
                 t = (lay.href, k, int(lay.offsets[i]), int(lay.counts[i]))
-                end = min(p.window[3] - ty * lay.tile_height, lay.tile_height)
                 out[t] = max(out.get(t, 0), end)
     return [(*t[1:], rows) for t, rows in sorted(out.items())]
 
@@ -412,8 +413,7 @@ def decode_floor(table, bands: list[str], scene_dir: Path) -> tuple[float, float
     """(tiles per chip, CPU ms per chip) to inflate the touched tiles alone: libdeflate and the
     horizontal predictor, one core, the bytes already in memory; and CPU ms per chip to inflate
     them only down to the last row the chips need (as the readers do: ISA-L for a part,
-    libdeflate for a whole tile, core.tiles._inflate_rows)."""
-    import deflate
+    libdeflate for a whole tile, core.tiles._inflate_rows). The two are timed alternately."""
     import numpy as np
 
     from stacchip_core.core.layout import decode
@@ -426,29 +426,24 @@ def decode_floor(table, bands: list[str], scene_dir: Path) -> tuple[float, float
         with open(scene_dir / Path(lays[key].href).name, "rb") as fh:
             fh.seek(off)
             blobs.append((key, fh.read(count), rows))
-    best, rows_best = float("inf"), float("inf")
-    for _ in range(3):
-        t = time.process_time()
-        for key, buf, _rows in blobs:
-            lay = lays[key]
-            dtype = np.dtype(lay.dtype).newbyteorder("<")
-            size = lay.tile_height * lay.tile_width * lay.bands * dtype.itemsize
-            arr = np.frombuffer(deflate.zlib_decompress(buf, size), dtype).reshape(
-                lay.tile_height, lay.tile_width, lay.bands
-            )
-            if lay.predictor == 2:
-                np.cumsum(arr, axis=1, dtype=dtype)
-        best = min(best, time.process_time() - t)
+
+    def inflate(whole: bool) -> float:
         t = time.process_time()
         for key, buf, rows in blobs:
             lay = lays[key]
+            n = lay.tile_height if whole else rows
             dtype = np.dtype(lay.dtype).newbyteorder("<")
             row_bytes = lay.tile_width * lay.bands * dtype.itemsize
-            arr = np.frombuffer(_inflate_rows(buf, row_bytes, rows, lay.tile_height),
-                                dtype).reshape(rows, lay.tile_width, lay.bands)
+            arr = np.frombuffer(_inflate_rows(buf, row_bytes, n, lay.tile_height),
+                                dtype).reshape(n, lay.tile_width, lay.bands)
             if lay.predictor == 2:
                 np.cumsum(arr, axis=1, dtype=dtype)
-        rows_best = min(rows_best, time.process_time() - t)
+        return time.process_time() - t
+
+    best, rows_best = float("inf"), float("inf")
+    for _ in range(3):
+        best = min(best, inflate(whole=True))
+        rows_best = min(rows_best, inflate(whole=False))
     n = len(table)
     return len(tiles) / n, best * 1000 / n, rows_best * 1000 / n
 
