@@ -177,7 +177,7 @@ else:
         if cfg.get("parent_read"):
             ds[0]  # looking at one sample first: before timing starts
             c0 = cpu(); t0 = time.perf_counter(); stats(reset=True)
-        sampler = PlatformBatchSampler(ds.platforms, batch, seed=0)
+        sampler = PlatformBatchSampler(ds, batch, seed=0)  # the dataset: read-ahead without workers
         kw = {"multiprocessing_context": cfg["context"]} if cfg.get("context") and workers else {}
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, **kw)
         it = iter(loader)

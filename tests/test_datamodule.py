@@ -235,6 +235,20 @@ def test_module_loader_reads_batches_in_persistent_workers(lightning, index_path
     assert [c for b in loader for c in b["chipid"]] == epochs[1]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_module_without_workers_reads_the_next_batch_ahead(lightning, index_path, workers):
+    """``num_workers=0``: the sampler hints the loader's own dataset, which reads each next
+    batch in the background (training.readahead); with workers it hints nothing."""
+    dm = make(index_path, chip_filter=ChipFilter(max_nodata=1.0), split_block_deg=100,
+              val_fraction=0.0, test_fraction=0.0, batch_size=5, num_workers=workers)
+    loader = dm.train_dataloader()
+    hint = loader.batch_sampler.read_ahead
+    assert (hint.__self__ is loader.dataset) if workers == 0 else hint is None
+    seen = [c for b in loader for c in b["chipid"]]
+    assert sorted(seen) == sorted(dm.table["chipid"].to_pylist())
+    assert loader.dataset._ahead._on is (workers == 0)
+
+
 def test_module_batches_follow_platform_batch_sampler(lightning, index_path):
     from stacchip_core.training.datamodule import epoch_batches
     from stacchip_core.training.dataset import PlatformBatchSampler

@@ -267,6 +267,7 @@ class StacchipDataModule(lightning.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         rank, world = self._rank()
         dataset = self._dataset(split)
+        workers = self._workers()
         trainer = getattr(self, "trainer", None)
         epoch_fn = (lambda: trainer.current_epoch) if (train and trainer is not None) else None
         sampler = ShardedBatchSampler(
@@ -279,8 +280,9 @@ class StacchipDataModule(lightning.LightningDataModule):
             oversample=self.oversample and train,
             seed=self.seed,
             epoch_fn=epoch_fn,
+            # without workers, the next batch is read while this one trains
+            read_ahead=None if workers else getattr(dataset, "read_ahead", None),
         )
-        workers = self._workers()
         extra: dict[str, Any] = {}
         if workers > 0:
             extra = {

@@ -19,6 +19,7 @@ from stacchip_core.io import objects
 from stacchip_core.training.chipread import ChipReader
 from stacchip_core.training.handoff import share
 from stacchip_core.training.prechip import ChipFilter, load_filtered
+from stacchip_core.training.readahead import ReadAhead
 from stacchip_core.training.workers import settle
 
 # the columns of an index row that a read (core.read) and a sample need
@@ -70,6 +71,7 @@ class ChipDataset:
         self._bands = bands
         self._readers: dict[str, ChipReader] = {}
         self.mountpath = mountpath
+        self._ahead = ReadAhead(self._read_batch)
 
     @cached_property
     def platforms(self) -> np.ndarray:
@@ -87,8 +89,9 @@ class ChipDataset:
         reader = self._readers.get(platform)
         if reader is None:
             bands = self._bands.get(platform) if isinstance(self._bands, dict) else self._bands
-            reader = self._readers[platform] = ChipReader(
-                list(bands) if bands else None, self.mountpath
+            # setdefault: a read-ahead thread may be creating the same one
+            reader = self._readers.setdefault(
+                platform, ChipReader(list(bands) if bands else None, self.mountpath)
             )
         return reader
 
@@ -136,6 +139,24 @@ class ChipDataset:
             IndexError: If an index is out of range.
         """
         settle()  # in a DataLoader worker: its inherited heap frozen (training.workers)
+        ahead = self._ahead.take(indices)
+        rows, pixels = ahead.result() if ahead is not None else self._read_batch(indices)
+        return [self._sample(row, px) for row, px in zip(rows, pixels)]
+
+    def read_ahead(self, indices: Sequence[int]) -> None:
+        """A batch sampler's hint: ``indices`` is a batch the loader asks for soon.
+
+        In a loader without worker processes, once it has asked for a hinted batch, each
+        hint starts reading its batch in a background thread (``training.readahead``), so
+        its round trips overlap the use of the batch before. ``PlatformBatchSampler(ds, ...)``
+        and the data modules with ``num_workers=0`` give the hints.
+
+        Args:
+            indices: Row numbers of the index.
+        """
+        self._ahead.hint(indices)
+
+    def _read_batch(self, indices: Sequence[int]) -> tuple[list[dict], list[np.ndarray]]:
         rows = self._rows(list(indices))
         pixels: list = [None] * len(rows)
         by_platform: dict[str, list[int]] = {}
@@ -144,8 +165,7 @@ class ChipDataset:
         for name, js in by_platform.items():
             for j, arr in zip(js, self._reader(name).read_many([rows[j] for j in js])):
                 pixels[j] = arr
-        return [self._sample(row, px) for row, px in zip(rows, pixels)]
-
+        return rows, pixels
 
 def __getattr__(name: str) -> Any:
     # PlatformBatchSampler moved to samplers (which needs torch): still importable from here,

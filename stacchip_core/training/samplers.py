@@ -16,11 +16,18 @@ every platform has as many as the largest.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from stacchip_core.errors import ConfigError
+
+
+class SupportsPlatforms(Protocol):
+    """A dataset a batch sampler can take: the platform of every row (``ChipDataset``)."""
+
+    platforms: np.ndarray
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -99,8 +106,14 @@ class PlatformBatchSampler:
     Shuffled from ``(seed, epoch)`` (call ``set_epoch`` each epoch): indices within each
     platform, then the order of the batches. A torch ``batch_sampler``.
 
+    Given the dataset itself rather than its platforms, it also tells the dataset which
+    batch comes next (its ``read_ahead``, if it has one) just before it yields a batch: in a
+    loader without worker processes the next batch is then read while this one is used
+    (``training.readahead``). With workers it changes nothing.
+
     Args:
-        platforms: The platform of every sample, in dataset order.
+        platforms: The platform of every sample, in dataset order; or a dataset with a
+            ``platforms`` attribute (``ChipDataset``).
         batch_size: The most indices per batch.
         shuffle: Shuffle the indices and the batches.
         seed: The base seed of the shuffle.
@@ -109,12 +122,16 @@ class PlatformBatchSampler:
 
     def __init__(
         self,
-        platforms: Sequence[str] | np.ndarray,
+        platforms: Sequence[str] | np.ndarray | SupportsPlatforms,
         batch_size: int,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
     ) -> None:
+        self.read_ahead: Callable[[Sequence[int]], None] | None = None
+        if hasattr(platforms, "platforms"):
+            self.read_ahead = getattr(platforms, "read_ahead", None)
+            platforms = platforms.platforms
         self.platforms = np.asarray(platforms, dtype=object)
         self.batch_size, self.shuffle, self.seed, self.drop_last = (
             batch_size,
@@ -146,10 +163,36 @@ class PlatformBatchSampler:
         ]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        return with_hints(self._batches(), self.read_ahead)
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+def with_hints(
+    batches: list[list[int]], read_ahead: Callable[[Sequence[int]], None] | None
+) -> Iterator[list[int]]:
+    """The batches, each one's successor handed to ``read_ahead`` just before it is yielded.
+
+    Args:
+        batches: The epoch's batches, in order.
+        read_ahead: The dataset's hint (``ChipDataset.read_ahead``), or None.
+
+    Returns:
+        An iterator over ``batches``.
+    """
+    if read_ahead is None:
+        return iter(batches)
+
+    def hinted() -> Iterator[list[int]]:
+        for i, batch in enumerate(batches):
+            if i == 0:
+                read_ahead(batch)
+            if i + 1 < len(batches):
+                read_ahead(batches[i + 1])
+            yield batch
+
+    return hinted()
 
 
 def epoch_batches(platforms: np.ndarray, batch_size: int, epoch: int, seed: int, shuffle: bool,
@@ -213,6 +256,8 @@ class ShardedBatchSampler(BatchSampler):
         oversample: repeat small platforms' chips up to the largest platform.
         seed: shuffling seed (with the epoch).
         epoch_fn: the current epoch (e.g. the trainer's), asked at the start of each pass.
+        read_ahead: the dataset's hint of the next batch (``ChipDataset.read_ahead``), for a
+            loader without workers (``with_hints``).
 
     Raises:
         ConfigError: ``drop_last`` is True, or ``rank`` is not in 0..world_size - 1.
@@ -231,6 +276,7 @@ class ShardedBatchSampler(BatchSampler):
         oversample: bool = False,
         seed: int = 0,
         epoch_fn: Callable[[], int | None] | None = None,
+        read_ahead: Callable[[Sequence[int]], None] | None = None,
     ) -> None:
         if drop_last:
             raise ConfigError("drop_last is not supported: every chip is read once per epoch")
@@ -244,7 +290,7 @@ class ShardedBatchSampler(BatchSampler):
         self.platforms = np.asarray(platforms, dtype=object)
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.oversample, self.seed = shuffle, oversample, seed
-        self.epoch_fn = epoch_fn
+        self.epoch_fn, self.read_ahead = epoch_fn, read_ahead
         self.epoch: int | None = None
         self._passes = 0
         self._cache: tuple[int, list[np.ndarray]] | None = None
@@ -301,8 +347,7 @@ class ShardedBatchSampler(BatchSampler):
         # (torch's multiprocessing iterator calls iter() twice on its first pass)
         mine = self.rank_batches()
         self._passes += 1
-        for rows in mine:
-            yield rows.tolist()
+        yield from with_hints([rows.tolist() for rows in mine], self.read_ahead)
 
     def __len__(self) -> int:
         return len(self.rank_batches())

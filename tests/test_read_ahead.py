@@ -1,0 +1,163 @@
+"""Read-ahead in a loader without workers (training.readahead): while a batch is used, the
+next one is fetched; no batch is read twice; loaders with workers are left as they were."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from stacchip_core.core.indexer import Indexer
+from stacchip_core.training.chipread import ChipReader
+from stacchip_core.training.dataset import ChipDataset
+from stacchip_core.training.readahead import ReadAhead
+
+S2 = "sentinel-2-l2a"
+
+
+@pytest.fixture
+def served(http_s2, tmp_path):
+    """The synthetic S2 scene over the loopback server (one tile of red.tif per chip) and
+    its index; the server's counters at zero."""
+    server, url, root = http_s2
+    pq.write_table(Indexer(url, platform=S2, stats=False).create_index(), root / "idx.parquet")
+    rows = pq.read_table(root / "idx.parquet").to_pylist()
+    server.reset()
+    return server, f"{server.url}/idx.parquet", rows
+
+
+def _batch_requests(server, index_url: str, batches: list[list[int]]) -> list[int]:
+    """The requests each batch costs read alone (tiles next to each other in a file are
+    fetched together, so a batch's count depends on which chips it holds)."""
+    ds = ChipDataset(index_url, bands=["red"])
+    counts = []
+    for batch in batches:
+        server.reset()
+        ds.__getitems__(batch)
+        counts.append(server.requests)
+    server.reset()
+    return counts
+
+
+def _requests_reach(server, n: int, seconds: float) -> int:
+    """The server's request count once it reaches ``n``, or after ``seconds``."""
+    end = time.monotonic() + seconds
+    while server.requests < n and time.monotonic() < end:
+        time.sleep(0.01)
+    return server.requests
+
+
+@pytest.mark.parametrize("given", ["dataset", "platforms"])
+def test_a_loader_without_workers_fetches_the_next_batch_while_one_is_used(
+    served, torch, given
+):
+    from torch.utils.data import DataLoader
+
+    from stacchip_core.training.samplers import PlatformBatchSampler
+
+    server, index_url, rows = served
+    ds = ChipDataset(index_url, bands=["red"])
+    sampler = PlatformBatchSampler(ds if given == "dataset" else ds.platforms, 2, seed=4)
+    batches = list(sampler)
+    assert len(batches) >= 3 and (sampler.read_ahead is not None) == (given == "dataset")
+    costs = _batch_requests(server, index_url, batches)
+    ahead = given == "dataset"
+    seen = []
+    for k, batch in enumerate(DataLoader(ds, batch_sampler=sampler, num_workers=0)):
+        # while batch k is held: batch k + 1 is fetched too, with read-ahead only
+        upto = min(k + 1 + ahead, len(batches))
+        expected = sum(costs[:upto])
+        assert _requests_reach(server, expected, 10 if ahead else 0.3) == expected, k
+        seen.append(batch)
+    assert server.requests == sum(costs)  # no batch was read twice
+    slow = ChipReader(bands=["red"], use_layouts=False)
+    got = [(cid, px) for b in seen for cid, px in zip(b["chipid"], b["pixels"].numpy())]
+    assert [c for c, _ in got] == [rows[i]["chipid"] for b in batches for i in b]
+    for (_, px), i in zip(got, [i for b in batches for i in b]):
+        np.testing.assert_array_equal(px, slow.read(rows[i]))
+
+
+def test_an_epoch_left_early_then_a_full_one(served, torch):
+    from torch.utils.data import DataLoader
+
+    from stacchip_core.training.samplers import PlatformBatchSampler
+
+    server, index_url, rows = served
+    ds = ChipDataset(index_url, bands=["red"])
+    sampler = PlatformBatchSampler(ds, 2, seed=4)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    sampler.set_epoch(0)
+    left = sum(_batch_requests(server, index_url, first[:2]))
+    full = sum(_batch_requests(server, index_url, second))
+    for _ in loader:
+        break  # batch 0 read, batch 1 already on its way
+    assert _requests_reach(server, left, 10) == left
+    sampler.set_epoch(1)
+    got = [cid for b in loader for cid in b["chipid"]]
+    assert got == [rows[i]["chipid"] for b in second for i in b]
+    assert server.requests == left + full
+
+
+def test_hints_in_a_loader_with_workers_read_nothing_in_the_parent(served, torch):
+    """The sampler runs in the parent and hints its dataset there; the parent, which read a
+    sample first, is never asked for a hinted batch and reads nothing more."""
+    from torch.utils.data import DataLoader
+
+    from stacchip_core.training.samplers import PlatformBatchSampler
+
+    server, index_url, rows = served
+    ds = ChipDataset(index_url, bands=["red"])
+    ds[0]
+    sampler = PlatformBatchSampler(ds, 2, seed=4)
+    costs = _batch_requests(server, index_url, list(sampler))
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, multiprocessing_context="fork")
+    assert sorted(cid for b in loader for cid in b["chipid"]) == sorted(
+        r["chipid"] for r in rows
+    )
+    assert server.requests == sum(costs)
+
+
+def _taken(ahead: ReadAhead) -> tuple:
+    return ahead.take([1, 2]) is None, ahead._on
+
+
+def _double(indices: list[int]) -> list[int]:
+    return [2 * i for i in indices]
+
+
+@pytest.mark.parametrize("copy", ["pickled", "forked"])
+def test_a_copy_starts_without_hints(copy):
+    ahead = ReadAhead(_double)
+    ahead.hint([1, 2])
+    ahead.hint([3])
+    if copy == "pickled":
+        assert _taken(pickle.loads(pickle.dumps(ahead))) == (True, False)
+    else:
+        context = multiprocessing.get_context("fork")  # the child inherits, nothing pickled
+        answer = context.SimpleQueue()
+        child = context.Process(target=lambda: answer.put(_taken(ahead)))
+        child.start()
+        child.join(30)
+        assert answer.get() == (True, False)
+    # here: asking for the hinted batch switches read-ahead on and starts the next one
+    assert ahead.take([1, 2]) is None and ahead._on
+    assert ahead.take([3]).result(timeout=10) == [6]
+
+
+def test_hints_before_the_first_hinted_batch_are_dropped_and_depth_is_kept():
+    ahead = ReadAhead(_double, depth=2)
+    for batch in ([0], [1], [2]):
+        ahead.hint(batch)
+    assert ahead.take([1]) is None  # [0] never asked for; [2] started
+    assert [ahead.take([2]).result(timeout=10)] == [[4]]
+    for batch in ([3], [4], [5]):  # three hints, depth 2: the oldest is dropped
+        ahead.hint(batch)
+    assert ahead.take([3]) is None
+    assert [ahead.take([i]).result(timeout=10) for i in (4, 5)] == [[8], [10]]
