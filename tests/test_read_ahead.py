@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -161,3 +163,24 @@ def test_hints_before_the_first_hinted_batch_are_dropped_and_depth_is_kept():
         ahead.hint(batch)
     assert ahead.take([3]) is None
     assert [ahead.take([i]).result(timeout=10) for i in (4, 5)] == [[8], [10]]
+
+
+def test_threads_sharing_a_reader_each_count_their_own_requests(served):
+    """Two batches in flight at once through one reader (as with read-ahead): each batch's
+    report holds its own requests (a tally per read, not the process's counters), and the
+    total is what the server saw."""
+    server, index_url, rows = served
+    batches = [[0, 1, 2], [4, 5, 6, 7, 8]]
+    costs = _batch_requests(server, index_url, batches)
+    server.delay = 0.1  # both batches wait on the server together
+    reader = ChipReader(bands=["red"])
+    together = threading.Barrier(2)
+
+    def read(batch: list[int]) -> int:
+        together.wait()
+        reader.read_many([rows[i] for i in batch])
+        return reader.last_report.requests
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(read, batches)) == costs
+    assert reader.report.requests == server.requests == sum(costs)

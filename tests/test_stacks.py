@@ -816,10 +816,12 @@ def test_a_series_is_written_where_its_item_lies(place, tmp_path, layouts_crs):
 BANDS = {S2: ["red", "nir"], S1: ["vv"], LS: ["red"]}
 
 
-def test_stack_data_module_epoch_in_two_workers_sees_every_stack_once(lightning, place):
+@pytest.mark.parametrize("workers", [2, 0])
+def test_stack_data_module_epoch_in_two_workers_sees_every_stack_once(lightning, place, workers):
     """19 stacks of every platform (S2: 4 of 6 steps; S1: 9 and Landsat: 6 of one step, the
     Landsat ones on 128 px chips): batches of one anchor platform, padded to the longest
-    stack's 6 steps, read in two persistent workers; pixels equal StackReader's."""
+    stack's 6 steps, read in two persistent workers, or in the main process with each next
+    batch read ahead; pixels equal StackReader's."""
     from stacchip_core.training.datamodule import StacchipStackDataModule
     from stacchip_core.training.stacks import StackReader
 
@@ -827,12 +829,13 @@ def test_stack_data_module_epoch_in_two_workers_sees_every_stack_once(lightning,
     s = build_stacks(idx)
     dm = StacchipStackDataModule(
         s, bands=BANDS, split_block_deg=100, val_fraction=0.0, test_fraction=0.0,
-        batch_size=4, num_workers=2, seed=1,
+        batch_size=4, num_workers=workers, seed=1,
     )
     assert dm.steps == 6
     loader = dm.train_dataloader()
-    assert loader.num_workers == 2 and loader.persistent_workers
+    assert loader.num_workers == workers and loader.persistent_workers == (workers > 0)
     batches = list(loader)
+    assert loader.dataset._ahead._on is (workers == 0)
     # S2 4 -> (4); S1 9 -> (4, 4, 1); Landsat 6 -> (4, 2)
     assert sorted((b["platform"], len(b["stackid"])) for b in batches) == sorted(
         [(S2, 4), (S1, 4), (S1, 4), (S1, 1), (LS, 4), (LS, 2)]

@@ -127,11 +127,10 @@ class ReadReport:
         return sum(n for _, n in self.fallbacks)
 
 
-def _io_counters() -> tuple[int, int]:
-    """(requests, bytes) of this process so far, from the I/O layer's counters (validation
-    reads included: they cross the wire too)."""
-    snap = objects.counters()
-    return snap.requests + snap.checks, snap.bytes + snap.check_bytes
+def wire(spent: objects.Counters) -> tuple[int, int]:
+    """(requests, bytes) of a tally's counters, validation reads included: they cross the
+    wire too."""
+    return spent.requests + spent.checks, spent.bytes + spent.check_bytes
 
 
 # --- one item as a read needs it ---------------------------------------------------------
@@ -762,35 +761,34 @@ class Reader:
         plans = plan(requests, self.use_layouts)
         out: list[dict[str, np.ndarray]] = [{} for _ in requests]
         cost = TileCost()
-        before = _io_counters()
-        fast = [p for p in plans if p.backend == LAYOUT]
-        if fast:
-            for p, res in zip(fast, read_plans([p.tile_plan for p in fast], cost)):
-                if isinstance(res, np.ndarray):
-                    out[p.chip][p.key] = res
-                else:  # stale or undecodable: this asset alone goes to rasterio
-                    note_fallback(res, p.href, p.key)
-                    p.backend, p.reason = RASTERIO, f"{fallback_kind(res)}: {res}"
-        slow = [p for p in plans if p.backend == RASTERIO]
-        for p in slow:
-            noted = (p.reason or "").startswith(("stale", "undecodable", FORKED))
-            if p.reason not in CHOSEN and not noted:
-                log.debug("asset %r read with rasterio: %s", p.key, p.reason)
-        if slow:
-            apply_gdal_options()
-            workers = self.workers if workers is None else workers
-            if workers <= 1 or len(slow) < 2:
-                arrays = [self._rasterio(requests[p.chip], p.key) for p in slow]
-            else:
-                arrays = list(
-                    self._threads(workers).map(
-                        lambda p: self._rasterio(requests[p.chip], p.key), slow
+        with objects.tally() as spent:  # this read's requests, not other threads'
+            fast = [p for p in plans if p.backend == LAYOUT]
+            if fast:
+                for p, res in zip(fast, read_plans([p.tile_plan for p in fast], cost)):
+                    if isinstance(res, np.ndarray):
+                        out[p.chip][p.key] = res
+                    else:  # stale or undecodable: this asset alone goes to rasterio
+                        note_fallback(res, p.href, p.key)
+                        p.backend, p.reason = RASTERIO, f"{fallback_kind(res)}: {res}"
+            slow = [p for p in plans if p.backend == RASTERIO]
+            for p in slow:
+                noted = (p.reason or "").startswith(("stale", "undecodable", FORKED))
+                if p.reason not in CHOSEN and not noted:
+                    log.debug("asset %r read with rasterio: %s", p.key, p.reason)
+            if slow:
+                apply_gdal_options()
+                workers = self.workers if workers is None else workers
+                if workers <= 1 or len(slow) < 2:
+                    arrays = [self._rasterio(requests[p.chip], p.key) for p in slow]
+                else:
+                    arrays = list(
+                        self._threads(workers).map(
+                            lambda p: self._rasterio(requests[p.chip], p.key), slow
+                        )
                     )
-                )
-            for p, arr in zip(slow, arrays):
-                out[p.chip][p.key] = arr
-        after = _io_counters()
-        requests_n, bytes_n = after[0] - before[0], after[1] - before[1]
+                for p, arr in zip(slow, arrays):
+                    out[p.chip][p.key] = arr
+        requests_n, bytes_n = wire(spent.counters)
         fallbacks = Counter(_reason_kind(p.reason) for p in slow if p.reason not in CHOSEN)
         last = ReadReport(
             chips=len(requests),

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import astuple, dataclass, fields
 from datetime import timedelta
 from functools import lru_cache
@@ -289,6 +292,10 @@ class Counters:
 
 _COUNTS: dict[str, int] = dict.fromkeys((f.name for f in fields(Counters)), 0)
 _COUNTS_LOCK = threading.Lock()
+# the tallies open in this context: a read's own counts, apart from what other threads read
+# meanwhile (a read-ahead thread, a shared reader); asyncio tasks started through run() and
+# run_coroutine_threadsafe carry their caller's context, so the loop's reads count here too
+_TALLIES: ContextVar[tuple[dict[str, int], ...]] = ContextVar("stacchip_tallies", default=())
 
 
 def _zero_counts() -> None:
@@ -297,9 +304,42 @@ def _zero_counts() -> None:
 
 
 def _count(**deltas: int) -> None:
+    tallies = _TALLIES.get()
     with _COUNTS_LOCK:
         for name, value in deltas.items():
             _COUNTS[name] += value
+            for counts in tallies:
+                counts[name] += value
+
+
+class Tally:
+    """The object reads made inside one ``tally()`` block (``counters``), whichever thread
+    or I/O task made them for it."""
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(_COUNTS, 0)
+
+    @property
+    def counters(self) -> Counters:
+        """What the block's reads cost so far."""
+        with _COUNTS_LOCK:
+            return Counters(**self._counts)
+
+
+@contextmanager
+def tally() -> Iterator[Tally]:
+    """Count the reads this block makes, and only them: reads of other threads meanwhile
+    are in ``counters()`` but not here. Blocks nest.
+
+    Yields:
+        The block's ``Tally``.
+    """
+    mine = Tally()
+    token = _TALLIES.set((*_TALLIES.get(), mine._counts))
+    try:
+        yield mine
+    finally:
+        _TALLIES.reset(token)
 
 
 def counters() -> Counters:
@@ -967,7 +1007,8 @@ class _Loop:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(1) as helper:  # waiting on our own loop would never end
-                return helper.submit(asyncio.run, coro).result()
+                context = contextvars.copy_context()  # its reads count in the caller's tally
+                return helper.submit(context.run, asyncio.run, coro).result()
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
 

@@ -15,6 +15,7 @@ such as SCL or QA, nearest or bilinear for bands).
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.core.layout import AssetLayout, decoded
-from stacchip_core.core.read import ReadReport, note_fallback, read_windows
+from stacchip_core.core.read import ReadReport, note_fallback, read_windows, wire
 from stacchip_core.core.stacks import StackPixels, read_stacks
 from stacchip_core.core.tiles import GridSpec, StaleLayout, TileCost, Unsupported, factor_for
 from stacchip_core.core.window import crop_expand, native_window
@@ -36,8 +37,10 @@ from stacchip_core.io import objects
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.plugins import platforms, sign_href
 from stacchip_core.training.handoff import share
+from stacchip_core.training.readahead import ReadAhead
 from stacchip_core.training.workers import settle
 
+_NOTHING = ReadReport()
 log = logging.getLogger(__name__)
 
 MARGIN = 2  # native pixels around the anchor footprint, for the resampling kernel
@@ -261,8 +264,28 @@ class StackReader:
         if resampling not in ("nearest", "bilinear"):
             raise StackError(f"resampling must be 'nearest' or 'bilinear', got {resampling!r}")
         self.bands, self.resampling, self.margin = bands, resampling, margin
-        self.last = ReadReport()
+        self._init()
+
+    def _init(self) -> None:
         self.report = ReadReport()
+        self._last = threading.local()  # threads may share a reader (a read-ahead thread)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"bands": self.bands, "resampling": self.resampling, "margin": self.margin}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init()
+
+    @property
+    def last(self) -> ReadReport:
+        """The cost of the last batch this thread read (each thread sees its own)."""
+        return getattr(self._last, "value", _NOTHING)
+
+    @last.setter
+    def last(self, value: ReadReport) -> None:
+        self._last.value = value
 
     def band_names(self, platform: str) -> list[str]:
         """The bands read of ``platform``'s members.
@@ -366,20 +389,21 @@ class StackReader:
             plans.append(plan)
         cost = TileCost()
         fallbacks: Counter = Counter()
-        before = objects.counters()
-        chip_res, win_res = fetch(chips, windows, cost, fallbacks)
-        after = objects.counters()
+        with objects.tally() as spent:  # this batch's requests, not other threads'
+            chip_res, win_res = fetch(chips, windows, cost, fallbacks)
+        requests, nbytes = wire(spent.counters)
         self.last = ReadReport(
             chips=sum(len(p) for p in plans if p and not isinstance(p[0], StackError)),
-            requests=(after.requests + after.checks) - (before.requests + before.checks),
-            bytes=(after.bytes + after.check_bytes) - (before.bytes + before.check_bytes),
+            requests=requests,
+            bytes=nbytes,
             tiles=cost.tiles,
             decode_seconds=cost.decode_seconds,
             layout_reads=sum(len(c.keys) for c in chips) + len(windows) - sum(fallbacks.values()),
             rasterio_reads=sum(fallbacks.values()),
             fallbacks=tuple(sorted(fallbacks.items())),
         )
-        self.report = self.report + self.last
+        with self._lock:  # no update of the total is lost to another thread's
+            self.report = self.report + self.last
         return [self._assemble(s, plan, chip_res, win_res) for s, plan in zip(stacks, plans)]
 
     def _plan(self, s: dict, m: dict, chips: list, windows: list):
@@ -592,6 +616,7 @@ class StackDataset:
         self.transform, self.steps, self.errors = transform, steps, errors
         self.reader = StackReader(bands, resampling)
         self.platforms = np.asarray(self.table["platform"].to_pylist(), dtype=object)
+        self._ahead = ReadAhead(self._read_batch)
 
     def __getstate__(self) -> dict[str, Any]:
         # a spawned worker maps the table from shared memory (training.handoff)
@@ -608,16 +633,10 @@ class StackDataset:
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         settle()  # in a DataLoader worker: its inherited heap frozen (training.workers)
-        n = len(self)
-        fixed = []
-        for i in indices:
-            i = int(i) + (n if int(i) < 0 else 0)
-            if not 0 <= i < n:
-                raise IndexError(f"index {i} out of range for {n} stacks")
-            fixed.append(i)
-        rows = self.table.take(fixed).to_pylist()
+        ahead = self._ahead.take(indices)
+        rows, results = ahead.result() if ahead is not None else self._read_batch(indices)
         out = []
-        for row, res in zip(rows, self.reader.read_many(rows)):
+        for row, res in zip(rows, results):
             if isinstance(res, Exception):
                 if self.errors == "raise":
                     raise res
@@ -626,6 +645,29 @@ class StackDataset:
             sample = self._sample(row, res)
             out.append(self.transform(sample) if self.transform else sample)
         return out
+
+    def read_ahead(self, indices: Sequence[int]) -> None:
+        """A batch sampler's hint: ``indices`` is a batch the loader asks for soon (read in
+        a background thread once this process consumes hinted batches; ``ChipDataset``'s
+        ``read_ahead`` and ``training.readahead`` say more).
+
+        Args:
+            indices: Row numbers of the stacks table.
+        """
+        self._ahead.hint(indices)
+
+    def _read_batch(
+        self, indices: Sequence[int]
+    ) -> tuple[list[dict], list[StackPixels | StackError]]:
+        n = len(self)
+        fixed = []
+        for i in indices:
+            i = int(i) + (n if int(i) < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"index {i} out of range for {n} stacks")
+            fixed.append(i)
+        rows = self.table.take(fixed).to_pylist()
+        return rows, self.reader.read_many(rows)
 
     def _fit(self, arr: np.ndarray, fill) -> np.ndarray:
         if self.steps is None or len(arr) == self.steps:
