@@ -128,8 +128,14 @@ class ReadReport:
 
 
 def wire(spent: objects.Counters) -> tuple[int, int]:
-    """(requests, bytes) of a tally's counters, validation reads included: they cross the
-    wire too."""
+    """Requests and bytes that crossed the wire, validation reads included.
+
+    Args:
+        spent: Counters (a tally's, or a difference of two snapshots).
+
+    Returns:
+        ``(requests, bytes)``.
+    """
     return spent.requests + spent.checks, spent.bytes + spent.check_bytes
 
 

@@ -285,6 +285,11 @@ class StackReader:
 
     @last.setter
     def last(self, value: ReadReport) -> None:
+        """Set this thread's last batch cost.
+
+        Args:
+            value: The batch's report.
+        """
         self._last.value = value
 
     def band_names(self, platform: str) -> list[str]:
