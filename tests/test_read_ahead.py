@@ -107,23 +107,33 @@ def test_an_epoch_left_early_then_a_full_one(served, torch):
     assert server.requests == left + full
 
 
-def test_hints_in_a_loader_with_workers_read_nothing_in_the_parent(served, torch):
-    """The sampler runs in the parent and hints its dataset there; the parent, which read a
-    sample first, is never asked for a hinted batch and reads nothing more."""
+@pytest.mark.parametrize("before", ["a sample", "an epoch without workers"])
+def test_hints_in_a_loader_with_workers_read_nothing_in_the_parent(served, torch, before):
+    """The sampler runs in the parent and hints its dataset there. A parent that read a
+    sample first is never asked for a hinted batch and reads nothing more; one that read an
+    epoch ahead itself first reads at most 3 batches for nothing, then stops."""
     from torch.utils.data import DataLoader
 
     from stacchip_core.training.samplers import PlatformBatchSampler
 
     server, index_url, rows = served
     ds = ChipDataset(index_url, bands=["red"])
-    ds[0]
     sampler = PlatformBatchSampler(ds, 2, seed=4)
+    if before == "a sample":
+        ds[0]
+    else:
+        assert len([b for b in DataLoader(ds, batch_sampler=sampler)]) == len(sampler)
+        sampler.set_epoch(1)
     costs = _batch_requests(server, index_url, list(sampler))
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, multiprocessing_context="fork")
     assert sorted(cid for b in loader for cid in b["chipid"]) == sorted(
         r["chipid"] for r in rows
     )
-    assert server.requests == sum(costs)
+    if before == "a sample":
+        assert server.requests == sum(costs)
+    else:
+        assert sum(costs) <= server.requests <= sum(costs) + sum(sorted(costs)[-3:])
+        assert not ds._ahead._on
 
 
 def _taken(ahead: ReadAhead) -> tuple:
@@ -184,3 +194,33 @@ def test_threads_sharing_a_reader_each_count_their_own_requests(served):
     with ThreadPoolExecutor(2) as pool:
         assert list(pool.map(read, batches)) == costs
     assert reader.report.requests == server.requests == sum(costs)
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, indices: list[int]) -> list[int]:
+        with self.lock:
+            self.calls.append(indices)
+        return indices
+
+
+def test_batches_left_untaken_switch_read_ahead_off():
+    """Read ahead in this process, then hinted by a sampler whose batches go elsewhere (a
+    loader with workers over the same dataset): at most depth + 1 batches are read for
+    nothing, then hints wait for a hinted batch to be asked for again."""
+    read = _Counting()
+    ahead = ReadAhead(read, depth=2)
+    ahead.hint([0])
+    ahead.hint([1])
+    assert ahead.take([0]) is None and ahead.take([1]).result(timeout=10) == [1]
+    for k in range(2, 12):  # never taken here
+        ahead.hint([k])
+    assert not ahead._on
+    # 2, 3 and 4 started; 4 may be cancelled before a thread picks it up
+    assert sorted(c[0] for c in read.calls) in ([1, 2, 3], [1, 2, 3, 4])
+    # asked for a hinted batch again: on again, from the batches hinted after it
+    assert ahead.take([10]) is None and ahead._on
+    assert ahead.take([11]).result(timeout=10) == [11]

@@ -13,6 +13,9 @@ request, 640 chips, batches of 16), alternating with and without, twice: RGB 178
 Hints are only acted on once this process has been asked for a hinted batch: in a loader
 with workers the sampler runs in the parent, whose dataset reads nothing, and a batch read
 there would be a batch read twice. A forked child or an unpickled copy starts with no hints.
+When batches read ahead go untaken twice in a row (the same dataset, read ahead in one
+process before, now feeds a loader with workers), read-ahead switches off again until a
+hinted batch is asked for: at most ``depth + 1`` batches are read for nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class ReadAhead(Generic[T]):
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._on = False  # this process consumes the hinted batches
+        self._untaken = 0  # batches read ahead and dropped since one was taken
         self._hinted: OrderedDict[tuple[int, ...], None] = OrderedDict()
         self._futures: OrderedDict[tuple[int, ...], Future[T]] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
@@ -91,8 +95,11 @@ class ReadAhead(Generic[T]):
         self._here()
         key = tuple(int(i) for i in indices)
         found = self._futures.pop(key, None)
-        if found is not None or key not in self._hinted:
+        if found is not None:
+            self._untaken = 0
             return found
+        if key not in self._hinted:
+            return None
         self._on = True
         keys = list(self._hinted)
         self._hinted.clear()
@@ -103,8 +110,16 @@ class ReadAhead(Generic[T]):
     def _start(self, key: tuple[int, ...]) -> None:
         if key in self._futures:
             return
-        while len(self._futures) >= self.depth:  # never taken (an epoch left early)
+        while len(self._futures) >= self.depth:  # never taken: an epoch left early, or...
             self._futures.popitem(last=False)[1].cancel()
+            self._untaken += 1
+            if self._untaken >= 2:  # ...nobody here takes them: wait for a hinted batch again
+                for future in self._futures.values():
+                    future.cancel()
+                self._futures.clear()
+                self._on, self._untaken = False, 0
+                self._hinted[key] = None
+                return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="stacchip-ahead")
         self._futures[key] = self._pool.submit(self.read, list(key))
