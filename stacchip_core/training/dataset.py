@@ -167,6 +167,7 @@ class ChipDataset:
                 pixels[j] = arr
         return rows, pixels
 
+
 def __getattr__(name: str) -> Any:
     # PlatformBatchSampler moved to samplers (which needs torch): still importable from here,
     # without importing torch for ChipDataset alone
