@@ -92,9 +92,9 @@ MAX_KEPT = 1024
 class ReadReport:
     """What reads cost: one batch (``Reader.last``) or all so far (``Reader.report``).
 
-    ``requests``/``bytes``: object-store requests and bytes received during the batch, from
-    the I/O layer's per-process counters (``objects.counters()``, validation reads included;
-    reads that other threads make meanwhile count too); reads through rasterio are not in
+    ``requests``/``bytes``: object-store requests and bytes the batch's own reads received,
+    validation reads included, from the I/O layer's tally of that read (``objects.tally()``:
+    batches other threads read meanwhile are not in it); reads through rasterio are not in
     them (GDAL does its own I/O).
     ``tiles``: distinct tiles decoded by the layout path; ``decode_seconds``: CPU seconds
     spent decoding them. ``layout_reads``/``rasterio_reads``: asset reads (one asset of one
@@ -610,6 +610,45 @@ def note_fallback(reason, href: str, key: str) -> None:
 _NOTHING = ReadReport()  # ``Reader.last`` before a thread's first read
 
 
+class ReadCosts:
+    """What a reader's batches cost: ``report``, their sum, and ``last``, the last batch each
+    thread read. Threads may share a reader (a read-ahead thread): no update of the sum is
+    lost, and each thread sees its own last batch.
+
+    Args:
+        report: The sum so far.
+    """
+
+    def __init__(self, report: ReadReport = _NOTHING) -> None:
+        self.report = report
+        self._last = threading.local()
+        self._lock = threading.Lock()
+
+    @property
+    def last(self) -> ReadReport:
+        """The cost of the last batch this thread read."""
+        return getattr(self._last, "value", _NOTHING)
+
+    @last.setter
+    def last(self, batch: ReadReport) -> None:
+        """Set this thread's last batch without adding it to the sum.
+
+        Args:
+            batch: The batch's cost.
+        """
+        self._last.value = batch
+
+    def add(self, batch: ReadReport) -> None:
+        """One more batch read by this thread: its ``last``, and added to ``report``.
+
+        Args:
+            batch: The batch's cost.
+        """
+        self._last.value = batch
+        with self._lock:
+            self.report = self.report + batch
+
+
 class Reader:
     """Reads batches of chips through the pipeline and keeps what outlives a batch: the
     sources of recent items (with their open handles; at most ``max_sources``), the threads
@@ -636,12 +675,11 @@ class Reader:
     ) -> None:
         self.mountpath, self.use_layouts, self.resampling = mountpath, use_layouts, resampling
         self.workers, self.max_sources = workers, max_sources
-        self.report = ReadReport()
-        self._init()
+        self._init(_NOTHING)
 
-    def _init(self) -> None:
+    def _init(self, report: ReadReport) -> None:
         self._pid = os.getpid()
-        self._last = threading.local()
+        self._costs = ReadCosts(report)  # a fresh lock and per-thread last; the sum kept
         self._sources: OrderedDict[tuple, Source] = OrderedDict()
         self._open: OrderedDict[int, Source] = OrderedDict()  # sources with rasterio handles
         self._retired: list[
@@ -659,14 +697,13 @@ class Reader:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.report = ReadReport()
-        self._init()
+        self._init(_NOTHING)
 
     def _check_fork(self) -> None:
         if (
             os.getpid() != self._pid
         ):  # a forked child: its parent's handles and threads are not its own
-            self._init()
+            self._init(self.report)
 
     def source(self, row: dict, names: Sequence[str] = ()) -> Source:
         """The source of an index row, kept for later rows of the same item. When the row's
@@ -806,15 +843,18 @@ class Reader:
             rasterio_reads=len(slow),
             fallbacks=tuple(sorted(fallbacks.items())),
         )
-        self._last.value = last
-        with self._lock:  # threads may share a reader: no update of the total is lost
-            self.report = self.report + last
+        self._costs.add(last)
         return [{k: res[k] for k in req.keys} for res, req in zip(out, requests)]
+
+    @property
+    def report(self) -> ReadReport:
+        """What this reader's batches cost so far, all threads together."""
+        return self._costs.report
 
     @property
     def last(self) -> ReadReport:
         """The cost of the last batch this thread read (each thread sees its own)."""
-        return getattr(self._last, "value", _NOTHING)
+        return self._costs.last
 
     def _threads(self, workers: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool._max_workers != workers:

@@ -15,7 +15,6 @@ such as SCL or QA, nearest or bilinear for bands).
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.core.layout import AssetLayout, decoded
-from stacchip_core.core.read import ReadReport, note_fallback, read_windows, wire
+from stacchip_core.core.read import ReadCosts, ReadReport, note_fallback, read_windows, wire
 from stacchip_core.core.stacks import StackPixels, read_stacks
 from stacchip_core.core.tiles import GridSpec, StaleLayout, TileCost, Unsupported, factor_for
 from stacchip_core.core.window import crop_expand, native_window
@@ -40,7 +39,6 @@ from stacchip_core.training.handoff import share
 from stacchip_core.training.readahead import ReadAhead
 from stacchip_core.training.workers import settle
 
-_NOTHING = ReadReport()
 log = logging.getLogger(__name__)
 
 MARGIN = 2  # native pixels around the anchor footprint, for the resampling kernel
@@ -264,33 +262,24 @@ class StackReader:
         if resampling not in ("nearest", "bilinear"):
             raise StackError(f"resampling must be 'nearest' or 'bilinear', got {resampling!r}")
         self.bands, self.resampling, self.margin = bands, resampling, margin
-        self._init()
-
-    def _init(self) -> None:
-        self.report = ReadReport()
-        self._last = threading.local()  # threads may share a reader (a read-ahead thread)
-        self._lock = threading.Lock()
+        self._costs = ReadCosts()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"bands": self.bands, "resampling": self.resampling, "margin": self.margin}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._init()
+        self._costs = ReadCosts()
+
+    @property
+    def report(self) -> ReadReport:
+        """What this reader's batches cost so far, all threads together."""
+        return self._costs.report
 
     @property
     def last(self) -> ReadReport:
         """The cost of the last batch this thread read (each thread sees its own)."""
-        return getattr(self._last, "value", _NOTHING)
-
-    @last.setter
-    def last(self, value: ReadReport) -> None:
-        """Set this thread's last batch cost.
-
-        Args:
-            value: The batch's report.
-        """
-        self._last.value = value
+        return self._costs.last
 
     def band_names(self, platform: str) -> list[str]:
         """The bands read of ``platform``'s members.
@@ -376,7 +365,7 @@ class StackReader:
                 total = total + self.last
             except AssetError as exc:
                 out.append(StackError(f"stack {s['stackid']}: {exc}"))
-        self.last = total  # the batch's cost: the stacks read one by one
+        self._costs.last = total  # the batch's cost: the stacks read one by one
         return out
 
     def _read_many(self, stacks: list[dict]) -> list[StackPixels | StackError]:
@@ -397,7 +386,7 @@ class StackReader:
         with objects.tally() as spent:  # this batch's requests, not other threads'
             chip_res, win_res = fetch(chips, windows, cost, fallbacks)
         requests, nbytes = wire(spent.counters)
-        self.last = ReadReport(
+        self._costs.add(ReadReport(
             chips=sum(len(p) for p in plans if p and not isinstance(p[0], StackError)),
             requests=requests,
             bytes=nbytes,
@@ -406,9 +395,7 @@ class StackReader:
             layout_reads=sum(len(c.keys) for c in chips) + len(windows) - sum(fallbacks.values()),
             rasterio_reads=sum(fallbacks.values()),
             fallbacks=tuple(sorted(fallbacks.items())),
-        )
-        with self._lock:  # no update of the total is lost to another thread's
-            self.report = self.report + self.last
+        ))
         return [self._assemble(s, plan, chip_res, win_res) for s, plan in zip(stacks, plans)]
 
     def _plan(self, s: dict, m: dict, chips: list, windows: list):
