@@ -3,10 +3,12 @@ next one is fetched; no batch is read twice; loaders with workers are left as th
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -137,7 +139,7 @@ def test_hints_in_a_loader_with_workers_read_nothing_in_the_parent(served, torch
 
 
 def _taken(ahead: ReadAhead) -> tuple:
-    return ahead.take([1, 2]) is None, ahead._on
+    return ahead.take([1, 2], _double) is None, ahead._on
 
 
 def _double(indices: list[int]) -> list[int]:
@@ -146,9 +148,9 @@ def _double(indices: list[int]) -> list[int]:
 
 @pytest.mark.parametrize("copy", ["pickled", "forked"])
 def test_a_copy_starts_without_hints(copy):
-    ahead = ReadAhead(_double)
-    ahead.hint([1, 2])
-    ahead.hint([3])
+    ahead = ReadAhead()
+    ahead.hint([1, 2], _double)
+    ahead.hint([3], _double)
     if copy == "pickled":
         assert _taken(pickle.loads(pickle.dumps(ahead))) == (True, False)
     else:
@@ -159,20 +161,20 @@ def test_a_copy_starts_without_hints(copy):
         child.join(30)
         assert answer.get() == (True, False)
     # here: asking for the hinted batch switches read-ahead on and starts the next one
-    assert ahead.take([1, 2]) is None and ahead._on
-    assert ahead.take([3]).result(timeout=10) == [6]
+    assert ahead.take([1, 2], _double) is None and ahead._on
+    assert ahead.take([3], _double).result(timeout=10) == [6]
 
 
 def test_hints_before_the_first_hinted_batch_are_dropped_and_depth_is_kept():
-    ahead = ReadAhead(_double, depth=2)
+    ahead = ReadAhead(depth=2)
     for batch in ([0], [1], [2]):
-        ahead.hint(batch)
-    assert ahead.take([1]) is None  # [0] never asked for; [2] started
-    assert [ahead.take([2]).result(timeout=10)] == [[4]]
+        ahead.hint(batch, _double)
+    assert ahead.take([1], _double) is None  # [0] never asked for; [2] started
+    assert [ahead.take([2], _double).result(timeout=10)] == [[4]]
     for batch in ([3], [4], [5]):  # three hints, depth 2: the oldest is dropped
-        ahead.hint(batch)
-    assert ahead.take([3]) is None
-    assert [ahead.take([i]).result(timeout=10) for i in (4, 5)] == [[8], [10]]
+        ahead.hint(batch, _double)
+    assert ahead.take([3], _double) is None
+    assert [ahead.take([i], _double).result(timeout=10) for i in (4, 5)] == [[8], [10]]
 
 
 def test_threads_sharing_a_reader_each_count_their_own_requests(served):
@@ -212,15 +214,37 @@ def test_batches_left_untaken_switch_read_ahead_off():
     loader with workers over the same dataset): at most depth + 1 batches are read for
     nothing, then hints wait for a hinted batch to be asked for again."""
     read = _Counting()
-    ahead = ReadAhead(read, depth=2)
-    ahead.hint([0])
-    ahead.hint([1])
-    assert ahead.take([0]) is None and ahead.take([1]).result(timeout=10) == [1]
+    ahead = ReadAhead(depth=2)
+    ahead.hint([0], read)
+    ahead.hint([1], read)
+    assert ahead.take([0], read) is None and ahead.take([1], read).result(timeout=10) == [1]
     for k in range(2, 12):  # never taken here
-        ahead.hint([k])
+        ahead.hint([k], read)
     assert not ahead._on
     # 2, 3 and 4 started; 4 may be cancelled before a thread picks it up
     assert sorted(c[0] for c in read.calls) in ([1, 2, 3], [1, 2, 3, 4])
     # asked for a hinted batch again: on again, from the batches hinted after it
-    assert ahead.take([10]) is None and ahead._on
-    assert ahead.take([11]).result(timeout=10) == [11]
+    assert ahead.take([10], read) is None and ahead._on
+    assert ahead.take([11], read).result(timeout=10) == [11]
+
+
+def test_a_dataset_read_ahead_is_freed_with_its_last_reference(served, torch):
+    """No reference cycle through the read-ahead: a dataset dropped after an epoch read ahead
+    is freed at once (its open files and readers with it), not when the cyclic collector
+    next runs."""
+    from torch.utils.data import DataLoader
+
+    from stacchip_core.training.samplers import PlatformBatchSampler
+
+    _, index_url, _ = served
+    ds = ChipDataset(index_url, bands=["red"])
+    sampler = PlatformBatchSampler(ds, 2, seed=4)
+    assert len([b for b in DataLoader(ds, batch_sampler=sampler)]) == len(sampler)
+    assert ds._ahead._on
+    gone = weakref.ref(ds)
+    gc.disable()
+    try:
+        del ds, sampler
+        assert gone() is None
+    finally:
+        gc.enable()

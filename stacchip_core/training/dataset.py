@@ -71,7 +71,7 @@ class ChipDataset:
         self._bands = bands
         self._readers: dict[str, ChipReader] = {}
         self.mountpath = mountpath
-        self._ahead = ReadAhead(self._read_batch)
+        self._ahead: ReadAhead = ReadAhead()
 
     @cached_property
     def platforms(self) -> np.ndarray:
@@ -139,8 +139,7 @@ class ChipDataset:
             IndexError: If an index is out of range.
         """
         settle()  # in a DataLoader worker: its inherited heap frozen (training.workers)
-        ahead = self._ahead.take(indices)
-        rows, pixels = ahead.result() if ahead is not None else self._read_batch(indices)
+        rows, pixels = self._ahead.batch(indices, self._read_batch)
         return [self._sample(row, px) for row, px in zip(rows, pixels)]
 
     def read_ahead(self, indices: Sequence[int]) -> None:
@@ -154,7 +153,7 @@ class ChipDataset:
         Args:
             indices: Row numbers of the index.
         """
-        self._ahead.hint(indices)
+        self._ahead.hint(indices, self._read_batch)
 
     def _read_batch(self, indices: Sequence[int]) -> tuple[list[dict], list[np.ndarray]]:
         rows = self._rows(list(indices))

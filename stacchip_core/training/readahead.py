@@ -33,16 +33,20 @@ KEPT_HINTS = 8  # hints remembered before this process is known to consume them
 
 
 class ReadAhead(Generic[T]):
-    """Batches read before they are asked for, by ``read(indices)`` in background threads.
+    """Batches read before they are asked for, in background threads.
+
+    Each call that may start a read is given the dataset's ``read`` (row numbers in, the
+    batch out; called from a background thread, so it must be thread-safe, as the readers of
+    ``core.read`` are). It is not kept: a dataset holding its ``ReadAhead`` and its bound
+    ``read`` held here would be a reference cycle, and a dataset dropped by its loader would
+    keep its open files and threads until the cyclic collector ran.
 
     Args:
-        read: Reads one batch (row numbers in, the batch out); called from a background
-            thread, so it must be thread-safe (the readers of ``core.read`` are).
         depth: The most batches read ahead at once.
     """
 
-    def __init__(self, read: Callable[[list[int]], T], depth: int = DEPTH) -> None:
-        self.read, self.depth = read, depth
+    def __init__(self, depth: int = DEPTH) -> None:
+        self.depth = depth
         self._reset()
 
     def _reset(self) -> None:
@@ -58,29 +62,43 @@ class ReadAhead(Generic[T]):
             self._reset()
 
     def __getstate__(self) -> dict:
-        return {"read": self.read, "depth": self.depth}
+        return {"depth": self.depth}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._reset()
 
-    def hint(self, indices: Sequence[int]) -> None:
+    def hint(self, indices: Sequence[int], read: Callable[[list[int]], T]) -> None:
         """``indices`` is a batch the loader will ask for soon (after the ones hinted before).
 
         Args:
             indices: The batch's row numbers.
+            read: Reads a batch.
         """
         self._here()
         key = tuple(int(i) for i in indices)
         if self._on:
-            self._start(key)
+            self._start(key, read)
             return
         self._hinted[key] = None
         self._hinted.move_to_end(key)  # hinted again (a new pass): its place is the newest
         while len(self._hinted) > KEPT_HINTS:
             self._hinted.popitem(last=False)
 
-    def take(self, indices: Sequence[int]) -> Future[T] | None:
+    def batch(self, indices: Sequence[int], read: Callable[[list[int]], T]) -> T:
+        """The batch of ``indices``: the one read ahead if there is one, else read now.
+
+        Args:
+            indices: The batch's row numbers.
+            read: Reads a batch.
+
+        Returns:
+            What ``read`` returns for them.
+        """
+        ahead = self.take(indices, read)
+        return ahead.result() if ahead is not None else read(list(indices))
+
+    def take(self, indices: Sequence[int], read: Callable[[list[int]], T]) -> Future[T] | None:
         """The batch of ``indices`` if it is being read ahead, else None (read it now).
 
         The first batch asked for that was hinted switches read-ahead on in this process,
@@ -88,6 +106,7 @@ class ReadAhead(Generic[T]):
 
         Args:
             indices: The batch's row numbers.
+            read: Reads a batch (the ones hinted after it).
 
         Returns:
             A future of the batch, or None.
@@ -104,22 +123,22 @@ class ReadAhead(Generic[T]):
         keys = list(self._hinted)
         self._hinted.clear()
         for later in keys[keys.index(key) + 1:]:
-            self._start(later)
+            self._start(later, read)
         return None
 
-    def _start(self, key: tuple[int, ...]) -> None:
+    def _start(self, key: tuple[int, ...], read: Callable[[list[int]], T]) -> None:
         if key in self._futures:
             return
-        while len(self._futures) >= self.depth:  # never taken: an epoch left early, or...
+        if len(self._futures) >= self.depth:  # never taken: an epoch left early, or...
             self._futures.popitem(last=False)[1].cancel()
             self._untaken += 1
-            if self._untaken >= 2:  # ...nobody here takes them: wait for a hinted batch again
-                for future in self._futures.values():
-                    future.cancel()
-                self._futures.clear()
-                self._on, self._untaken = False, 0
-                self._hinted[key] = None
-                return
+        if self._untaken >= 2:  # ...nobody here takes them: wait for a hinted batch again
+            for future in self._futures.values():
+                future.cancel()
+            self._futures.clear()
+            self._on, self._untaken = False, 0
+            self._hinted[key] = None
+            return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="stacchip-ahead")
-        self._futures[key] = self._pool.submit(self.read, list(key))
+        self._futures[key] = self._pool.submit(read, list(key))

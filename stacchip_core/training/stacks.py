@@ -608,7 +608,7 @@ class StackDataset:
         self.transform, self.steps, self.errors = transform, steps, errors
         self.reader = StackReader(bands, resampling)
         self.platforms = np.asarray(self.table["platform"].to_pylist(), dtype=object)
-        self._ahead = ReadAhead(self._read_batch)
+        self._ahead: ReadAhead = ReadAhead()
 
     def __getstate__(self) -> dict[str, Any]:
         # a spawned worker maps the table from shared memory (training.handoff)
@@ -625,8 +625,7 @@ class StackDataset:
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict]:
         settle()  # in a DataLoader worker: its inherited heap frozen (training.workers)
-        ahead = self._ahead.take(indices)
-        rows, results = ahead.result() if ahead is not None else self._read_batch(indices)
+        rows, results = self._ahead.batch(indices, self._read_batch)
         out = []
         for row, res in zip(rows, results):
             if isinstance(res, Exception):
@@ -646,7 +645,7 @@ class StackDataset:
         Args:
             indices: Row numbers of the stacks table.
         """
-        self._ahead.hint(indices)
+        self._ahead.hint(indices, self._read_batch)
 
     def _read_batch(
         self, indices: Sequence[int]
