@@ -75,9 +75,15 @@ USER_GDAL = {
 MODES: list[tuple[str, str, str, dict[str, Any]]] = [
     (
         "loader0",
-        "`DataLoader(ChipDataset, batch_sampler=…, num_workers=0)`",
+        "`DataLoader(ChipDataset, batch_sampler=…, collate_fn=collate_chips, num_workers=0)`",
         "loader",
         {"workers": 0},
+    ),
+    (
+        "loader0-torch",
+        "the same with torch's default collate",
+        "loader",
+        {"workers": 0, "torch_collate": True},
     ),
     ("loader2", "the same, `num_workers=2` (fork)", "loader", {}),
     ("loader2-read", "the same after `ds[0]` in the parent", "loader", {"parent_read": True}),
@@ -179,6 +185,9 @@ else:
             c0 = cpu(); t0 = time.perf_counter(); stats(reset=True)
         sampler = PlatformBatchSampler(ds, batch, seed=0)  # the dataset: read-ahead without workers
         kw = {"multiprocessing_context": cfg["context"]} if cfg.get("context") and workers else {}
+        if not cfg.get("torch_collate"):  # as the docs wire it
+            from stacchip_core.training.collate import collate_chips
+            kw["collate_fn"] = collate_chips
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=workers, **kw)
         it = iter(loader)
         n = len(next(it)["chipid"])

@@ -937,7 +937,7 @@ class Reader:
             requests.append(
                 ChipRequest(source, int(row["chip_index_x"]), int(row["chip_index_y"]), keys)
             )
-        out = []
+        chips = []
         for row, pick, arrays in zip(rows, picks, self.read(requests)):
             for key, index in pick:
                 if index > arrays[key].shape[0]:
@@ -946,12 +946,8 @@ class Reader:
                         "bands, "
                         f"not {index}"
                     )
-            planes = [arrays[k][b - 1] for k, b in pick]
-            stack = np.empty((len(planes), *planes[0].shape), np.float32)
-            for j, plane in enumerate(planes):  # cast while copying: one pass, no uint16 stack
-                stack[j] = plane
-            out.append(stack)
-        return out
+            chips.append([arrays[k][b - 1] for k, b in pick])
+        return _float_stacks(chips)
 
     def close(self) -> None:
         """Close every kept source's handles and the rasterio threads."""
@@ -970,6 +966,31 @@ class Reader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _float_stacks(chips: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Each chip's planes cast to one float32 ``(bands, h, w)`` while copied (one pass, no
+    stack in the source dtype).
+
+    Chips of one shape are written into one ``(n, bands, h, w)`` array and returned as its rows
+    (views): a collate can then take the whole batch without copying it
+    (``training.collate.collate_chips``; torch's own stack of 16 RGB chips cost 0.9 CPU ms
+    per chip in one process, faulting in a new 12.6 MB tensor on 2 OpenMP threads).
+
+    Args:
+        chips: Per chip, its planes ``(h, w)`` in band order.
+
+    Returns:
+        One float32 ``(bands, h, w)`` per chip, in order.
+    """
+    shapes = {(len(planes), *planes[0].shape) for planes in chips}
+    if len(shapes) > 1:  # mixed chip sizes: an array each
+        return [_float_stacks([planes])[0] for planes in chips]
+    out = np.empty((len(chips), *(shapes.pop() if shapes else (0, 0, 0))), np.float32)
+    for i, planes in enumerate(chips):
+        for j, plane in enumerate(planes):
+            out[i, j] = plane
+    return list(out)
 
 
 DEFAULT_BLACKLIST = ("scl", "qa_pixel")

@@ -38,11 +38,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
 from stacchip_core.core.stacks import read_stacks
 from stacchip_core.errors import ConfigError, StackError
 from stacchip_core.io import objects
+from stacchip_core.training.collate import collate_chips, collate_stacks
 from stacchip_core.training.dataset import ChipDataset
 from stacchip_core.training.prechip import ChipFilter, load_filtered
 from stacchip_core.training.samplers import (  # noqa: F401 - epoch_batches re-exported
@@ -89,30 +90,6 @@ def spatial_splits(table: pa.Table, block_deg: float = 1.0, val: float = 0.1, te
     )
     u = (_mix(key) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     return np.where(u < test, "test", np.where(u < test + val, "val", "train")).astype(object)
-
-
-def collate_chips(samples: list[dict]) -> dict:
-    """One batch from ``ChipDataset.__getitems__``'s samples.
-
-    Args:
-        samples: the samples of one batch, all of one platform.
-
-    Returns:
-        ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``item_id``/``date`` lists,
-        ``platform`` (one string), ``lon``/``lat`` tensors.
-    """
-    return {
-        # torch's own collate of the tensors: in a worker it stacks straight into shared
-        # memory; a stacked tensor of our own was copied there again on its way to the main
-        # process (12.6 MB per RGB batch of 16)
-        "pixels": default_collate([torch.from_numpy(s["pixels"]) for s in samples]),
-        "chipid": [s["chipid"] for s in samples],
-        "item_id": [s["item_id"] for s in samples],
-        "date": [s["date"] for s in samples],
-        "platform": samples[0]["platform"],
-        "lon": torch.tensor([s["lon"] for s in samples]),
-        "lat": torch.tensor([s["lat"] for s in samples]),
-    }
 
 
 def default_workers(ranks_per_node: int = 1, cpus: int | None = None) -> int:
@@ -325,56 +302,6 @@ class StacchipDataModule(lightning.LightningDataModule):
 
 
 # --- stacks ------------------------------------------------------------------------------
-
-
-def _stack_part(parts: list[dict]) -> dict:
-    time = np.stack([p["time"] for p in parts])
-    return {"pixels": torch.from_numpy(np.stack([p["pixels"] for p in parts])),
-            "valid": torch.from_numpy(np.stack([p["valid"] for p in parts])),
-            "time": torch.from_numpy(time), "present": torch.from_numpy(time >= 0)}
-
-
-def collate_stacks(samples: list[dict]) -> dict | None:
-    """One batch from ``StackDataset.__getitems__``'s samples (one anchor platform, every
-    stack padded or cut to the same steps T).
-
-    Args:
-        samples: the samples of one batch.
-
-    Returns:
-        ``pixels`` float32 tensor (B, T, C, H, W), ``valid`` bool (B, T, H, W), ``time`` int64
-        (B, T) days since 1970-01-01 (-1 for padding), ``present`` bool (B, T) (False for
-        padding steps), ``dates`` (per stack, its steps' ISO dates, padding left out),
-        ``stackid`` list, ``platform`` (one string), ``lon``/``lat`` tensors, and ``sensors``
-        ``{platform: {"pixels", "valid", "time", "present"}}`` for the other platforms of
-        multi-sensor stacks. None when every stack of the batch was skipped
-        (``errors="skip"``): Lightning skips a step whose batch is None only if the module
-        does, so check for it.
-
-    Raises:
-        StackError: the stacks of the batch have different sets of platforms.
-    """
-    if not samples:
-        return None
-    out: dict[str, Any] = {
-        **_stack_part(samples),
-        "dates": [s["dates"] for s in samples],
-        "stackid": [s["stackid"] for s in samples],
-        "platform": samples[0]["platform"],
-        "lon": torch.tensor([s["lon"] for s in samples]),
-        "lat": torch.tensor([s["lat"] for s in samples]),
-    }
-    names = sorted(samples[0].get("sensors", {}))
-    for s in samples:
-        if sorted(s.get("sensors", {})) != names:
-            raise StackError(
-                f"stacks {samples[0]['stackid']} and {s['stackid']} of one batch hold different "
-                f"platforms ({names} vs {sorted(s.get('sensors', {}))}); "
-                "build them with the same --with"
-            )
-    if names:
-        out["sensors"] = {p: _stack_part([s["sensors"][p] for s in samples]) for p in names}
-    return out
 
 
 class StacchipStackDataModule(StacchipDataModule):
