@@ -709,6 +709,7 @@ def main() -> None:
                             "parent_read": opts.get("parent_read", False),
                             "context": opts.get("context"),
                             "zero": opts.get("zero", False),
+                            "torch_collate": opts.get("torch_collate", False),
                             "bench_dir": str(HERE),
                             "tests_dir": str(HERE.parent / "tests"),
                         }
