@@ -45,12 +45,12 @@ def batch_of(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
 def collate_chips(samples: list[dict]) -> dict:
     """One batch from ``ChipDataset.__getitems__``'s samples.
 
-    Args:
-        samples: the samples of one batch, all of one platform.
-
     In the main process (a loader without workers), the pixels of a batch the reader wrote as
     one array (``ChipDataset``'s, unless a transform replaced them) become the batch's tensor
     as they are, without a copy.
+
+    Args:
+        samples: the samples of one batch, all of one platform.
 
     Returns:
         ``pixels`` float32 tensor (B, bands, cs, cs), ``chipid``/``item_id``/``date`` lists,
