@@ -974,8 +974,9 @@ def _float_stacks(chips: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
 
     Chips of one shape are written into one ``(n, bands, h, w)`` array and returned as its rows
     (views): a collate can then take the whole batch without copying it
-    (``training.collate.collate_chips``; torch's own stack of 16 RGB chips cost 0.9 CPU ms
-    per chip in one process, faulting in a new 12.6 MB tensor on 2 OpenMP threads).
+    (``training.collate.collate_chips``; torch's own stack of 16 RGB chips cost 0.4-0.6 CPU
+    ms per chip more in one process on the loader benchmark: a new 12.6 MB tensor faulted in
+    and filled on 2 OpenMP threads).
 
     Args:
         chips: Per chip, its planes ``(h, w)`` in band order.
