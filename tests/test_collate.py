@@ -1,6 +1,6 @@
 """Batches out of ChipDataset's samples: in the main process, a batch the reader wrote as one
 array becomes the batch's tensor without a copy; anything else (a transform's new arrays, rows
-reordered or left out, a worker process) is stacked by torch, with the same values."""
+reordered or left out, a worker process) is stacked in one copy, with the same values."""
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -48,7 +48,7 @@ def test_a_batch_read_as_one_array_is_taken_without_a_copy(torch, s2):
 
 
 @pytest.mark.parametrize("change", ["transform", "reordered", "part"])
-def test_any_other_batch_is_stacked_by_torch(torch, s2, change):
+def test_any_other_batch_is_stacked_in_a_copy(torch, s2, change):
     from stacchip_core.training.collate import batch_of, collate_chips
 
     double = {"transform": lambda s: {**s, "pixels": s["pixels"] * 2}}.get(change)
