@@ -517,6 +517,11 @@ def test_stack_dataset_samples_batch_with_padding(place):
     assert not first["valid"][1].any() and not first["pixels"][1].any()
     assert first["sensors"][S1]["pixels"].shape == (2, 1, 256, 256)
     assert first["dates"] == ["2023-02-04"] and len(ds) == 4
+    assert ds.__getitems__([-4])[0]["stackid"] == first["stackid"]  # from the end
+    with pytest.raises(IndexError, match=r"^index 4 out of range for 4 stacks$"):
+        ds.__getitems__([0, 4])
+    with pytest.raises(IndexError, match=r"^index -5 out of range for 4 stacks$"):
+        ds.__getitems__([-5, 0])  # named as given
 
 
 def test_xarray_and_written_stacks_hold_the_members(place, tmp_path):

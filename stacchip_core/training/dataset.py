@@ -99,12 +99,7 @@ class ChipDataset:
         return len(self.table)
 
     def _rows(self, indices: list[int]) -> list[dict]:
-        n = len(self)
-        fixed = np.asarray(indices, dtype=np.int64).reshape(-1)
-        fixed = np.where(fixed < 0, fixed + n, fixed)
-        bad = (fixed < 0) | (fixed >= n)
-        if bad.any():
-            raise IndexError(f"index {int(np.asarray(indices)[bad][0])} out of range for {n} chips")
+        fixed = row_numbers(indices, len(self), "chips")
         # Arrow indices from the buffer, and only the columns a read and a sample use: pa.array()
         # and a timezone-aware datetime's to_pylist() import pandas, 1.0 s of CPU in every fresh
         # DataLoader worker (measured), and the geometry is not needed here
@@ -165,6 +160,29 @@ class ChipDataset:
             for j, arr in zip(js, self._reader(name).read_many([rows[j] for j in js])):
                 pixels[j] = arr
         return rows, pixels
+
+
+def row_numbers(indices: Sequence[int], n: int, noun: str) -> np.ndarray:
+    """A batch's indices as row numbers of a table of ``n`` rows (negative ones count from the
+    end), vectorized.
+
+    Args:
+        indices: The indices a loader asked for.
+        n: Rows of the table.
+        noun: What a row is, for the message ("chips", "stacks").
+
+    Returns:
+        The row numbers, int64.
+
+    Raises:
+        IndexError: An index is out of range (named as it was given).
+    """
+    given = np.asarray(indices, dtype=np.int64).reshape(-1)
+    fixed = np.where(given < 0, given + n, given)
+    bad = (fixed < 0) | (fixed >= n)
+    if bad.any():
+        raise IndexError(f"index {int(given[bad][0])} out of range for {n} {noun}")
+    return fixed
 
 
 def __getattr__(name: str) -> Any:

@@ -35,6 +35,7 @@ from stacchip_core.errors import AssetError, PlatformError, StackError
 from stacchip_core.io import objects
 from stacchip_core.io.settings import apply_gdal_options
 from stacchip_core.plugins import platforms, sign_href
+from stacchip_core.training.dataset import row_numbers
 from stacchip_core.training.handoff import share
 from stacchip_core.training.readahead import ReadAhead
 from stacchip_core.training.workers import settle
@@ -650,14 +651,7 @@ class StackDataset:
     def _read_batch(
         self, indices: Sequence[int]
     ) -> tuple[list[dict], list[StackPixels | StackError]]:
-        n = len(self)
-        fixed = []
-        for i in indices:
-            i = int(i) + (n if int(i) < 0 else 0)
-            if not 0 <= i < n:
-                raise IndexError(f"index {i} out of range for {n} stacks")
-            fixed.append(i)
-        rows = self.table.take(fixed).to_pylist()
+        rows = self.table.take(row_numbers(indices, len(self), "stacks").tolist()).to_pylist()
         return rows, self.reader.read_many(rows)
 
     def _fit(self, arr: np.ndarray, fill) -> np.ndarray:
