@@ -649,7 +649,24 @@ class ReadCosts:
             self.report = self.report + batch
 
 
-class Reader:
+class ReportsCosts:
+    """``report`` and ``last`` of a reader that keeps its batches' costs in a ``ReadCosts``
+    (``Reader``, ``training.stacks.StackReader``)."""
+
+    _costs: ReadCosts
+
+    @property
+    def report(self) -> ReadReport:
+        """What this reader's batches cost so far, all threads together."""
+        return self._costs.report
+
+    @property
+    def last(self) -> ReadReport:
+        """The cost of the last batch this thread read (each thread sees its own)."""
+        return self._costs.last
+
+
+class Reader(ReportsCosts):
     """Reads batches of chips through the pipeline and keeps what outlives a batch: the
     sources of recent items (with their open handles; at most ``max_sources``), the threads
     of the rasterio backend, and the cost so far (``report``; the last batch: ``last``).
@@ -845,16 +862,6 @@ class Reader:
         )
         self._costs.add(last)
         return [{k: res[k] for k in req.keys} for res, req in zip(out, requests)]
-
-    @property
-    def report(self) -> ReadReport:
-        """What this reader's batches cost so far, all threads together."""
-        return self._costs.report
-
-    @property
-    def last(self) -> ReadReport:
-        """The cost of the last batch this thread read (each thread sees its own)."""
-        return self._costs.last
 
     def _threads(self, workers: int) -> ThreadPoolExecutor:
         if self._pool is None or self._pool._max_workers != workers:

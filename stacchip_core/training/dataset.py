@@ -98,7 +98,7 @@ class ChipDataset:
     def __len__(self) -> int:
         return len(self.table)
 
-    def _rows(self, indices: list[int]) -> list[dict]:
+    def _rows(self, indices: Sequence[int]) -> list[dict]:
         fixed = row_numbers(indices, len(self), "chips")
         # Arrow indices from the buffer, and only the columns a read and a sample use: pa.array()
         # and a timezone-aware datetime's to_pylist() import pandas, 1.0 s of CPU in every fresh
@@ -151,7 +151,7 @@ class ChipDataset:
         self._ahead.hint(indices, self._read_batch)
 
     def _read_batch(self, indices: Sequence[int]) -> tuple[list[dict], list[np.ndarray]]:
-        rows = self._rows(list(indices))
+        rows = self._rows(indices)
         pixels: list = [None] * len(rows)
         by_platform: dict[str, list[int]] = {}
         for j, row in enumerate(rows):

@@ -27,7 +27,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stacchip_core.core.layout import AssetLayout, decoded
-from stacchip_core.core.read import ReadCosts, ReadReport, note_fallback, read_windows, wire
+from stacchip_core.core.read import (
+    ReadCosts,
+    ReadReport,
+    ReportsCosts,
+    note_fallback,
+    read_windows,
+    wire,
+)
 from stacchip_core.core.stacks import StackPixels, read_stacks
 from stacchip_core.core.tiles import GridSpec, StaleLayout, TileCost, Unsupported, factor_for
 from stacchip_core.core.window import crop_expand, native_window
@@ -233,7 +240,7 @@ def _native_window(
     return (r0, r1), (c0, c1)
 
 
-class StackReader:
+class StackReader(ReportsCosts):
     """Read stacks: ``read_many(stacks)`` -> per stack a ``StackPixels`` or the ``StackError``
     that stopped it (one clear line naming the member); ``read(stack)`` raises it.
 
@@ -271,16 +278,6 @@ class StackReader:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._costs = ReadCosts()
-
-    @property
-    def report(self) -> ReadReport:
-        """What this reader's batches cost so far, all threads together."""
-        return self._costs.report
-
-    @property
-    def last(self) -> ReadReport:
-        """The cost of the last batch this thread read (each thread sees its own)."""
-        return self._costs.last
 
     def band_names(self, platform: str) -> list[str]:
         """The bands read of ``platform``'s members.
