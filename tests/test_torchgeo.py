@@ -87,6 +87,36 @@ def test_a_query_across_four_chips_is_mosaicked(dataset):
         ]
 
 
+def test_overlapping_items_fill_each_pixel_from_the_earliest(torchgeo, synthetic_scenes, tmp_path):
+    """Two items of different dates overlapping off the chip lattice: each pixel of a query
+    comes from the earliest item holding it, and a later chip that the earlier one half
+    covers fills only the rest (the masked copy of ``_sample``; no test reached it before)."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from stacchip_core.demo import synthetic
+    from stacchip_core.training.torchgeo import StacchipGeoDataset
+
+    shift = 300  # px east: off the 256 px lattice, the later item's chip 1 spans cols 556..811
+    later = synthetic.sentinel2_scene(
+        tmp_path, 768, item_id="S2_LATER", when=datetime(2024, 4, 10, 14, 11, 54, tzinfo=UTC),
+        origin=(S2_ORIGIN[0] + shift * 10, S2_ORIGIN[1]),
+    )
+    index = pa.concat_tables([Indexer(str(p), chip_max_nodata=1.0).create_index()
+                              for p in (synthetic_scenes["s2"], later)])
+    ds = StacchipGeoDataset(index, bands=["blue", "green", "red", "nir"])
+    # cols 700..799, rows 100..149 of the first scene: its east edge is col 768
+    x0, y1 = S2_ORIGIN[0] + 700 * 10, S2_ORIGIN[1] - 100 * 10
+    when = slice(pd.Timestamp("2024-03-01"), pd.Timestamp("2024-05-01"), 1)
+    image = ds[x0:x0 + 1000:10.0, y1 - 500:y1:10.0, when]["image"].numpy()
+    assert image.shape == (4, 50, 100) and image.dtype == np.float32
+    for b in range(4):
+        pattern = band_pattern(b, 768, 768)
+        np.testing.assert_array_equal(image[b, :, :68], pattern[100:150, 700:768])  # earlier
+        np.testing.assert_array_equal(image[b, :, 68:], pattern[100:150, 768 - shift:800 - shift])
+
+
 def test_torchgeo_samplers_and_collate(dataset):
     from torch.utils.data import DataLoader
     from torchgeo.datasets import stack_samples
