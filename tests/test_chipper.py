@@ -102,6 +102,8 @@ def test_multiband_naip(synthetic_scenes):
 
 def test_sequence_protocol_and_handle_reuse(synthetic_scenes):
     item = synthetic_scenes["landsat"]
+    gc.collect()  # handles of other tests' unreachable cycles are not this chipper's
+    assert open_handles(item, ["red", "qa_pixel"]) == 0
     with Chipper(str(item), assets=["red", "qa_pixel"]) as chipper:
         chips = list(chipper)
         assert len(chips) == len(chipper) == 4
